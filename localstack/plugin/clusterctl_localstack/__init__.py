@@ -1,0 +1,1 @@
+"""LocalStack plugins for the clusterctl test harness."""

@@ -1,0 +1,809 @@
+//! The [`Cloud`] implementation on AWS: aws-sdk-ec2 and aws-sdk-elasticloadbalancingv2.
+//!
+//! Configuration comes from the standard aws-config chain (environment,
+//! profiles, SSO, instance metadata) and the standard `AWS_ENDPOINT_URL`, so the
+//! same code talks to AWS or to LocalStack. The SDK's own retries are turned
+//! off: [`super::Resilient`] owns the retry policy. Every SDK error is turned
+//! into a [`CloudError`] here; no SDK type leaves this file.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::{BehaviorVersion, Region};
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_ec2 as ec2;
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_elasticloadbalancingv2 as elb;
+use ipnet::Ipv4Net;
+
+use super::*;
+
+/// Where to find AWS: the region and profile given on the command line, if any.
+#[derive(Debug, Clone, Default)]
+pub struct AwsOptions {
+    pub region: Option<String>,
+    pub profile: Option<String>,
+}
+
+/// The cloud on AWS (or anything that speaks its API at `AWS_ENDPOINT_URL`).
+pub struct AwsCloud {
+    ec2: ec2::Client,
+    elb: elb::Client,
+    region: String,
+}
+
+impl AwsCloud {
+    /// Loads configuration from the standard chain; `default_region` is used when nothing else names one.
+    pub async fn connect(options: &AwsOptions, default_region: &str) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(60))
+                    .build(),
+            );
+        if let Some(profile) = &options.profile {
+            loader = loader.profile_name(profile);
+        }
+        let region = options.region.clone().unwrap_or_else(|| default_region.to_string());
+        loader = loader.region(Region::new(region.clone()));
+        let config = loader.load().await;
+        AwsCloud { ec2: ec2::Client::new(&config), elb: elb::Client::new(&config), region }
+    }
+
+    /// The region this client talks to.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+}
+
+/// Turns an SDK error into a [`CloudError`] saying what was being done.
+fn classify<E, R>(action: impl Into<String>, err: SdkError<E, R>) -> CloudError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let action = action.into();
+    match &err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let code = e.code().map(str::to_string);
+            let message = e.message().unwrap_or_default().to_string();
+            let kind = match code.as_deref() {
+                Some(c) => CloudError::kind_of_code(c),
+                None => ErrorKind::Other,
+            };
+            CloudError::new(action, kind, code, message)
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            CloudError::new(action, ErrorKind::Transport, None, DisplayErrorContext(&err).to_string())
+        }
+        _ => CloudError::new(action, ErrorKind::Other, None, DisplayErrorContext(&err).to_string()),
+    }
+}
+
+fn ec2_filters(tags: &Tags) -> Vec<ec2::types::Filter> {
+    tags.iter().map(|(k, v)| ec2::types::Filter::builder().name(format!("tag:{k}")).values(v).build()).collect()
+}
+
+fn ec2_tag_spec(resource: ec2::types::ResourceType, tags: &Tags) -> ec2::types::TagSpecification {
+    ec2::types::TagSpecification::builder()
+        .resource_type(resource)
+        .set_tags(Some(tags.iter().map(|(k, v)| ec2::types::Tag::builder().key(k).value(v).build()).collect()))
+        .build()
+}
+
+fn ec2_tags(tags: &[ec2::types::Tag]) -> Tags {
+    tags.iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect()
+}
+
+fn elb_tags(tags: &Tags) -> Vec<elb::types::Tag> {
+    tags.iter().map(|(k, v)| elb::types::Tag::builder().key(k).value(v).build()).collect()
+}
+
+fn parse_net(action: &str, s: Option<&str>) -> CloudResult<Ipv4Net> {
+    s.and_then(|s| s.parse().ok())
+        .ok_or_else(|| CloudError::new(action, ErrorKind::Other, None, format!("the answer has no valid IPv4 CIDR ({s:?})")))
+}
+
+fn parse_ip(s: Option<&str>) -> Option<Ipv4Addr> {
+    s.and_then(|s| s.parse().ok())
+}
+
+fn missing(action: &str, what: &str) -> CloudError {
+    CloudError::new(action, ErrorKind::Other, None, format!("the answer has no {what}"))
+}
+
+fn convert_instance(i: &ec2::types::Instance) -> Option<Instance> {
+    use ec2::types::InstanceStateName as S;
+    let state = match i.state()?.name()? {
+        S::Pending => InstanceState::Pending,
+        S::Running => InstanceState::Running,
+        S::ShuttingDown => InstanceState::ShuttingDown,
+        S::Terminated => InstanceState::Terminated,
+        S::Stopping => InstanceState::Stopping,
+        S::Stopped => InstanceState::Stopped,
+        _ => InstanceState::Pending,
+    };
+    Some(Instance {
+        id: i.instance_id()?.to_string(),
+        state,
+        instance_type: i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
+        image_id: i.image_id().unwrap_or_default().to_string(),
+        subnet_id: i.subnet_id().map(str::to_string),
+        private_ip: parse_ip(i.private_ip_address()),
+        public_ip: parse_ip(i.public_ip_address()),
+        tags: ec2_tags(i.tags()),
+    })
+}
+
+fn ip_permission(rule: &IngressRule) -> ec2::types::IpPermission {
+    let (proto, from, to) = match rule.protocol {
+        Protocol::Tcp => ("tcp", rule.from_port as i32, rule.to_port as i32),
+        Protocol::Udp => ("udp", rule.from_port as i32, rule.to_port as i32),
+        Protocol::All => ("-1", -1, -1),
+    };
+    let mut b = ec2::types::IpPermission::builder()
+        .ip_protocol(proto)
+        .ip_ranges(ec2::types::IpRange::builder().cidr_ip(rule.source.to_string()).build());
+    if rule.protocol != Protocol::All {
+        b = b.from_port(from).to_port(to);
+    }
+    b.build()
+}
+
+fn ingress_rules(perms: &[ec2::types::IpPermission]) -> Vec<IngressRule> {
+    let mut rules = Vec::new();
+    for p in perms {
+        let protocol = match p.ip_protocol() {
+            Some("tcp") | Some("6") => Protocol::Tcp,
+            Some("udp") | Some("17") => Protocol::Udp,
+            Some("-1") | Some("all") => Protocol::All,
+            _ => continue,
+        };
+        let (from_port, to_port) = match protocol {
+            Protocol::All => (0, 0),
+            _ => (p.from_port().unwrap_or(0).clamp(0, 65535) as u16, p.to_port().unwrap_or(0).clamp(0, 65535) as u16),
+        };
+        for range in p.ip_ranges() {
+            if let Some(source) = range.cidr_ip().and_then(|c| c.parse().ok()) {
+                rules.push(IngressRule { protocol, from_port, to_port, source });
+            }
+        }
+    }
+    rules
+}
+
+impl AwsCloud {
+    /// Tags of ELBv2 resources, 20 ARNs per call.
+    async fn elb_tags_of(&self, arns: &[String]) -> CloudResult<std::collections::HashMap<String, Tags>> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in arns.chunks(20) {
+            let resp = self
+                .elb
+                .describe_tags()
+                .set_resource_arns(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| classify("reading load balancer tags", e))?;
+            for d in resp.tag_descriptions() {
+                if let Some(arn) = d.resource_arn() {
+                    let tags = d.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect();
+                    out.insert(arn.to_string(), tags);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Cloud for AwsCloud {
+    async fn vpcs(&self, tags: &Tags) -> CloudResult<Vec<Vpc>> {
+        let action = "listing VPCs";
+        let pages = self.ec2.describe_vpcs().set_filters(Some(ec2_filters(tags))).into_paginator().send().try_collect().await.map_err(|e| classify(action, e))?;
+        let mut out = Vec::new();
+        for v in pages.iter().flat_map(|p| p.vpcs()) {
+            out.push(Vpc { id: v.vpc_id().ok_or_else(|| missing(action, "VPC id"))?.to_string(), cidr: parse_net(action, v.cidr_block())?, tags: ec2_tags(v.tags()) });
+        }
+        Ok(out)
+    }
+
+    async fn subnets(&self, tags: &Tags) -> CloudResult<Vec<Subnet>> {
+        let action = "listing subnets";
+        let pages = self.ec2.describe_subnets().set_filters(Some(ec2_filters(tags))).into_paginator().send().try_collect().await.map_err(|e| classify(action, e))?;
+        let mut out = Vec::new();
+        for s in pages.iter().flat_map(|p| p.subnets()) {
+            out.push(Subnet {
+                id: s.subnet_id().ok_or_else(|| missing(action, "subnet id"))?.to_string(),
+                vpc_id: s.vpc_id().unwrap_or_default().to_string(),
+                zone: s.availability_zone().unwrap_or_default().to_string(),
+                cidr: parse_net(action, s.cidr_block())?,
+                map_public_ip_on_launch: s.map_public_ip_on_launch().unwrap_or(false),
+                tags: ec2_tags(s.tags()),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn internet_gateways(&self, tags: &Tags) -> CloudResult<Vec<InternetGateway>> {
+        let action = "listing internet gateways";
+        let pages = self.ec2.describe_internet_gateways().set_filters(Some(ec2_filters(tags))).into_paginator().send().try_collect().await.map_err(|e| classify(action, e))?;
+        let mut out = Vec::new();
+        for g in pages.iter().flat_map(|p| p.internet_gateways()) {
+            out.push(InternetGateway {
+                id: g.internet_gateway_id().ok_or_else(|| missing(action, "gateway id"))?.to_string(),
+                attached_vpcs: g.attachments().iter().filter_map(|a| a.vpc_id().map(str::to_string)).collect(),
+                tags: ec2_tags(g.tags()),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn route_tables(&self, tags: &Tags) -> CloudResult<Vec<RouteTable>> {
+        let action = "listing route tables";
+        let pages = self.ec2.describe_route_tables().set_filters(Some(ec2_filters(tags))).into_paginator().send().try_collect().await.map_err(|e| classify(action, e))?;
+        let mut out = Vec::new();
+        for r in pages.iter().flat_map(|p| p.route_tables()) {
+            out.push(RouteTable {
+                id: r.route_table_id().ok_or_else(|| missing(action, "route table id"))?.to_string(),
+                vpc_id: r.vpc_id().unwrap_or_default().to_string(),
+                routes: r
+                    .routes()
+                    .iter()
+                    .filter_map(|rt| Some(Route { destination: rt.destination_cidr_block()?.parse().ok()?, gateway_id: rt.gateway_id().map(str::to_string) }))
+                    .collect(),
+                associations: r
+                    .associations()
+                    .iter()
+                    .filter_map(|a| {
+                        Some(RouteTableAssociation {
+                            id: a.route_table_association_id()?.to_string(),
+                            subnet_id: a.subnet_id().map(str::to_string),
+                            main: a.main().unwrap_or(false),
+                        })
+                    })
+                    .collect(),
+                tags: ec2_tags(r.tags()),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn security_groups(&self, tags: &Tags) -> CloudResult<Vec<SecurityGroup>> {
+        let action = "listing security groups";
+        let pages = self.ec2.describe_security_groups().set_filters(Some(ec2_filters(tags))).into_paginator().send().try_collect().await.map_err(|e| classify(action, e))?;
+        let mut out = Vec::new();
+        for g in pages.iter().flat_map(|p| p.security_groups()) {
+            out.push(SecurityGroup {
+                id: g.group_id().ok_or_else(|| missing(action, "group id"))?.to_string(),
+                vpc_id: g.vpc_id().unwrap_or_default().to_string(),
+                name: g.group_name().unwrap_or_default().to_string(),
+                ingress: ingress_rules(g.ip_permissions()),
+                tags: ec2_tags(g.tags()),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn key_pairs(&self, tags: &Tags) -> CloudResult<Vec<KeyPair>> {
+        let action = "listing key pairs";
+        let resp = self.ec2.describe_key_pairs().set_filters(Some(ec2_filters(tags))).send().await.map_err(|e| classify(action, e))?;
+        Ok(resp
+            .key_pairs()
+            .iter()
+            .filter_map(|k| Some(KeyPair { name: k.key_name()?.to_string(), id: k.key_pair_id().map(str::to_string), tags: ec2_tags(k.tags()) }))
+            // Filters are a request, not a promise: keep only what really matches.
+            .filter(|k| tags_match(&k.tags, tags))
+            .collect())
+    }
+
+    async fn instances(&self, tags: &Tags) -> CloudResult<Vec<Instance>> {
+        let action = "listing instances";
+        let states = ec2::types::Filter::builder()
+            .name("instance-state-name")
+            .set_values(Some(["pending", "running", "shutting-down", "stopping", "stopped"].map(String::from).to_vec()))
+            .build();
+        let mut filters = ec2_filters(tags);
+        filters.push(states);
+        let pages = self.ec2.describe_instances().set_filters(Some(filters)).into_paginator().send().try_collect().await.map_err(|e| classify(action, e))?;
+        Ok(pages
+            .iter()
+            .flat_map(|p| p.reservations())
+            .flat_map(|r| r.instances())
+            .filter_map(convert_instance)
+            .filter(|i| i.state != InstanceState::Terminated && tags_match(&i.tags, tags))
+            .collect())
+    }
+
+    async fn instances_by_id(&self, ids: &[String]) -> CloudResult<Vec<Instance>> {
+        let action = format!("describing instances {}", ids.join(", "));
+        let pages = self.ec2.describe_instances().set_instance_ids(Some(ids.to_vec())).into_paginator().send().try_collect().await.map_err(|e| classify(action.clone(), e))?;
+        let found: Vec<Instance> = pages.iter().flat_map(|p| p.reservations()).flat_map(|r| r.instances()).filter_map(convert_instance).collect();
+        if let Some(id) = ids.iter().find(|id| !found.iter().any(|i| &i.id == *id)) {
+            return Err(CloudError::new(format!("describing instance {id}"), ErrorKind::NotFound, Some("InvalidInstanceID.NotFound".into()), "not in the answer"));
+        }
+        Ok(found)
+    }
+
+    async fn load_balancers(&self, tags: &Tags) -> CloudResult<Vec<LoadBalancer>> {
+        let action = "listing load balancers";
+        let pages = self.elb.describe_load_balancers().into_paginator().send().try_collect().await.map_err(|e| classify(action, e))?;
+        let all: Vec<_> = pages.iter().flat_map(|p| p.load_balancers()).cloned().collect();
+        let arns: Vec<String> = all.iter().filter_map(|l| l.load_balancer_arn().map(str::to_string)).collect();
+        let tag_map = self.elb_tags_of(&arns).await?;
+        Ok(all
+            .iter()
+            .filter_map(|l| {
+                let arn = l.load_balancer_arn()?.to_string();
+                let tags = tag_map.get(&arn).cloned().unwrap_or_default();
+                Some(LoadBalancer {
+                    name: l.load_balancer_name().unwrap_or_default().to_string(),
+                    dns_name: l.dns_name().unwrap_or_default().to_string(),
+                    vpc_id: l.vpc_id().map(str::to_string),
+                    subnet_ids: l.availability_zones().iter().filter_map(|z| z.subnet_id().map(str::to_string)).collect(),
+                    security_group_ids: l.security_groups().to_vec(),
+                    arn,
+                    tags,
+                })
+            })
+            .filter(|l| tags_match(&l.tags, tags))
+            .collect())
+    }
+
+    async fn target_groups(&self, tags: &Tags) -> CloudResult<Vec<TargetGroup>> {
+        let action = "listing target groups";
+        let pages = self.elb.describe_target_groups().into_paginator().send().try_collect().await.map_err(|e| classify(action, e))?;
+        let all: Vec<_> = pages.iter().flat_map(|p| p.target_groups()).cloned().collect();
+        let arns: Vec<String> = all.iter().filter_map(|t| t.target_group_arn().map(str::to_string)).collect();
+        let tag_map = self.elb_tags_of(&arns).await?;
+        Ok(all
+            .iter()
+            .filter_map(|t| {
+                let arn = t.target_group_arn()?.to_string();
+                Some(TargetGroup {
+                    name: t.target_group_name().unwrap_or_default().to_string(),
+                    port: t.port().unwrap_or(0).clamp(0, 65535) as u16,
+                    vpc_id: t.vpc_id().map(str::to_string),
+                    tags: tag_map.get(&arn).cloned().unwrap_or_default(),
+                    arn,
+                })
+            })
+            .filter(|t| tags_match(&t.tags, tags))
+            .collect())
+    }
+
+    async fn listeners(&self, load_balancer_arn: &str) -> CloudResult<Vec<Listener>> {
+        let action = format!("listing listeners of {load_balancer_arn}");
+        let pages = self.elb.describe_listeners().load_balancer_arn(load_balancer_arn).into_paginator().send().try_collect().await.map_err(|e| classify(action, e))?;
+        Ok(pages
+            .iter()
+            .flat_map(|p| p.listeners())
+            .filter_map(|l| {
+                Some(Listener {
+                    arn: l.listener_arn()?.to_string(),
+                    load_balancer_arn: load_balancer_arn.to_string(),
+                    port: l.port().unwrap_or(0).clamp(0, 65535) as u16,
+                    target_group_arn: l.default_actions().iter().find_map(|a| a.target_group_arn().map(str::to_string)),
+                })
+            })
+            .collect())
+    }
+
+    async fn target_health(&self, target_group_arn: &str) -> CloudResult<Vec<TargetHealth>> {
+        let action = format!("reading target health of {target_group_arn}");
+        let resp = self.elb.describe_target_health().target_group_arn(target_group_arn).send().await.map_err(|e| classify(action, e))?;
+        Ok(resp
+            .target_health_descriptions()
+            .iter()
+            .filter_map(|d| {
+                let target = d.target()?;
+                Some(TargetHealth {
+                    instance_id: target.id()?.to_string(),
+                    port: target.port().unwrap_or(0).clamp(0, 65535) as u16,
+                    state: d.target_health().and_then(|h| h.state()).map(|s| s.as_str().to_string()).unwrap_or_else(|| "unknown".into()),
+                })
+            })
+            .collect())
+    }
+
+    async fn find_image(&self, pattern: &str, owner: Option<&str>) -> CloudResult<Option<Image>> {
+        let action = format!("looking up images named {pattern}");
+        let mut req = self.ec2.describe_images().filters(ec2::types::Filter::builder().name("name").values(pattern).build());
+        if let Some(owner) = owner {
+            req = req.owners(owner);
+        }
+        let resp = req.send().await.map_err(|e| classify(action, e))?;
+        let newest = resp.images().iter().filter(|i| i.image_id().is_some()).max_by(|a, b| {
+            (a.creation_date().unwrap_or_default(), a.name()).cmp(&(b.creation_date().unwrap_or_default(), b.name()))
+        });
+        Ok(newest.map(|i| Image {
+            id: i.image_id().unwrap_or_default().to_string(),
+            name: i.name().map(str::to_string),
+            root_device_name: i.root_device_name().map(str::to_string),
+        }))
+    }
+
+    async fn image(&self, id: &str) -> CloudResult<Image> {
+        let action = format!("looking up image {id}");
+        let resp = self.ec2.describe_images().image_ids(id).send().await.map_err(|e| classify(action.clone(), e))?;
+        let i = resp.images().first().ok_or_else(|| CloudError::new(action, ErrorKind::NotFound, Some("InvalidAMIID.NotFound".into()), "no such image"))?;
+        Ok(Image { id: id.to_string(), name: i.name().map(str::to_string), root_device_name: i.root_device_name().map(str::to_string) })
+    }
+
+    async fn create_vpc(&self, cidr: Ipv4Net, tags: &Tags) -> CloudResult<Vpc> {
+        let action = format!("creating VPC {cidr}");
+        let resp = self
+            .ec2
+            .create_vpc()
+            .cidr_block(cidr.to_string())
+            .tag_specifications(ec2_tag_spec(ec2::types::ResourceType::Vpc, tags))
+            .send()
+            .await
+            .map_err(|e| classify(action.clone(), e))?;
+        let id = resp.vpc().and_then(|v| v.vpc_id()).ok_or_else(|| missing(&action, "VPC id"))?;
+        Ok(Vpc { id: id.to_string(), cidr, tags: tags.clone() })
+    }
+
+    async fn create_subnet(&self, vpc_id: &str, zone: &str, cidr: Ipv4Net, tags: &Tags) -> CloudResult<Subnet> {
+        let action = format!("creating subnet {cidr} in {zone}");
+        let resp = self
+            .ec2
+            .create_subnet()
+            .vpc_id(vpc_id)
+            .availability_zone(zone)
+            .cidr_block(cidr.to_string())
+            .tag_specifications(ec2_tag_spec(ec2::types::ResourceType::Subnet, tags))
+            .send()
+            .await
+            .map_err(|e| classify(action.clone(), e))?;
+        let s = resp.subnet().ok_or_else(|| missing(&action, "subnet"))?;
+        Ok(Subnet {
+            id: s.subnet_id().ok_or_else(|| missing(&action, "subnet id"))?.to_string(),
+            vpc_id: vpc_id.to_string(),
+            zone: zone.to_string(),
+            cidr,
+            map_public_ip_on_launch: s.map_public_ip_on_launch().unwrap_or(false),
+            tags: tags.clone(),
+        })
+    }
+
+    async fn enable_public_ips(&self, subnet_id: &str) -> CloudResult<()> {
+        self.ec2
+            .modify_subnet_attribute()
+            .subnet_id(subnet_id)
+            .map_public_ip_on_launch(ec2::types::AttributeBooleanValue::builder().value(true).build())
+            .send()
+            .await
+            .map_err(|e| classify(format!("enabling public addresses in subnet {subnet_id}"), e))?;
+        Ok(())
+    }
+
+    async fn create_internet_gateway(&self, tags: &Tags) -> CloudResult<InternetGateway> {
+        let action = "creating internet gateway";
+        let resp = self
+            .ec2
+            .create_internet_gateway()
+            .tag_specifications(ec2_tag_spec(ec2::types::ResourceType::InternetGateway, tags))
+            .send()
+            .await
+            .map_err(|e| classify(action, e))?;
+        let id = resp.internet_gateway().and_then(|g| g.internet_gateway_id()).ok_or_else(|| missing(action, "gateway id"))?;
+        Ok(InternetGateway { id: id.to_string(), attached_vpcs: vec![], tags: tags.clone() })
+    }
+
+    async fn attach_internet_gateway(&self, gateway_id: &str, vpc_id: &str) -> CloudResult<()> {
+        self.ec2
+            .attach_internet_gateway()
+            .internet_gateway_id(gateway_id)
+            .vpc_id(vpc_id)
+            .send()
+            .await
+            .map_err(|e| classify(format!("attaching internet gateway {gateway_id} to {vpc_id}"), e))?;
+        Ok(())
+    }
+
+    async fn create_route_table(&self, vpc_id: &str, tags: &Tags) -> CloudResult<RouteTable> {
+        let action = format!("creating route table in {vpc_id}");
+        let resp = self
+            .ec2
+            .create_route_table()
+            .vpc_id(vpc_id)
+            .tag_specifications(ec2_tag_spec(ec2::types::ResourceType::RouteTable, tags))
+            .send()
+            .await
+            .map_err(|e| classify(action.clone(), e))?;
+        let id = resp.route_table().and_then(|r| r.route_table_id()).ok_or_else(|| missing(&action, "route table id"))?;
+        Ok(RouteTable { id: id.to_string(), vpc_id: vpc_id.to_string(), routes: vec![], associations: vec![], tags: tags.clone() })
+    }
+
+    async fn create_route(&self, route_table_id: &str, destination: Ipv4Net, gateway_id: &str) -> CloudResult<()> {
+        self.ec2
+            .create_route()
+            .route_table_id(route_table_id)
+            .destination_cidr_block(destination.to_string())
+            .gateway_id(gateway_id)
+            .send()
+            .await
+            .map_err(|e| classify(format!("adding route {destination} via {gateway_id} to {route_table_id}"), e))?;
+        Ok(())
+    }
+
+    async fn associate_route_table(&self, route_table_id: &str, subnet_id: &str) -> CloudResult<()> {
+        self.ec2
+            .associate_route_table()
+            .route_table_id(route_table_id)
+            .subnet_id(subnet_id)
+            .send()
+            .await
+            .map_err(|e| classify(format!("associating route table {route_table_id} with subnet {subnet_id}"), e))?;
+        Ok(())
+    }
+
+    async fn create_security_group(&self, vpc_id: &str, name: &str, description: &str, tags: &Tags) -> CloudResult<SecurityGroup> {
+        let action = format!("creating security group {name}");
+        let resp = self
+            .ec2
+            .create_security_group()
+            .vpc_id(vpc_id)
+            .group_name(name)
+            .description(description)
+            .tag_specifications(ec2_tag_spec(ec2::types::ResourceType::SecurityGroup, tags))
+            .send()
+            .await
+            .map_err(|e| classify(action.clone(), e))?;
+        let id = resp.group_id().ok_or_else(|| missing(&action, "group id"))?;
+        Ok(SecurityGroup { id: id.to_string(), vpc_id: vpc_id.to_string(), name: name.to_string(), ingress: vec![], tags: tags.clone() })
+    }
+
+    async fn authorize_ingress(&self, group_id: &str, rules: &[IngressRule]) -> CloudResult<()> {
+        self.ec2
+            .authorize_security_group_ingress()
+            .group_id(group_id)
+            .set_ip_permissions(Some(rules.iter().map(ip_permission).collect()))
+            .send()
+            .await
+            .map_err(|e| classify(format!("allowing traffic into security group {group_id}"), e))?;
+        Ok(())
+    }
+
+    async fn revoke_ingress(&self, group_id: &str, rules: &[IngressRule]) -> CloudResult<()> {
+        self.ec2
+            .revoke_security_group_ingress()
+            .group_id(group_id)
+            .set_ip_permissions(Some(rules.iter().map(ip_permission).collect()))
+            .send()
+            .await
+            .map_err(|e| classify(format!("revoking traffic into security group {group_id}"), e))?;
+        Ok(())
+    }
+
+    async fn import_key_pair(&self, name: &str, public_key: &str, tags: &Tags) -> CloudResult<KeyPair> {
+        let action = format!("importing key pair {name}");
+        let resp = self
+            .ec2
+            .import_key_pair()
+            .key_name(name)
+            .public_key_material(aws_sdk_ec2::primitives::Blob::new(public_key.as_bytes()))
+            .tag_specifications(ec2_tag_spec(ec2::types::ResourceType::KeyPair, tags))
+            .send()
+            .await
+            .map_err(|e| classify(action, e))?;
+        Ok(KeyPair { name: name.to_string(), id: resp.key_pair_id().map(str::to_string), tags: tags.clone() })
+    }
+
+    async fn run_instance(&self, request: &LaunchRequest) -> CloudResult<Instance> {
+        let name = request.tags.get("Name").cloned().unwrap_or_default();
+        let action = format!("launching instance {name} in {}", request.subnet_id);
+        let disk = ec2::types::BlockDeviceMapping::builder()
+            .device_name(request.image.root_device_name.clone().unwrap_or_else(|| "/dev/xvda".into()))
+            .ebs(
+                ec2::types::EbsBlockDevice::builder()
+                    .volume_size(request.disk_gb as i32)
+                    .volume_type(ec2::types::VolumeType::Gp3)
+                    .delete_on_termination(true)
+                    .build(),
+            )
+            .build();
+        let mut req = self
+            .ec2
+            .run_instances()
+            .image_id(&request.image.id)
+            .instance_type(ec2::types::InstanceType::from(request.instance_type.as_str()))
+            .min_count(1)
+            .max_count(1)
+            .key_name(&request.key_name)
+            .subnet_id(&request.subnet_id)
+            .set_security_group_ids(Some(request.security_group_ids.clone()))
+            .block_device_mappings(disk)
+            .client_token(&request.client_token)
+            .tag_specifications(ec2_tag_spec(ec2::types::ResourceType::Instance, &request.tags))
+            .tag_specifications(ec2_tag_spec(ec2::types::ResourceType::Volume, &request.tags));
+        if let Some(user_data) = &request.user_data {
+            use base64::Engine;
+            req = req.user_data(base64::engine::general_purpose::STANDARD.encode(user_data));
+        }
+        let resp = req.send().await.map_err(|e| classify(action.clone(), e))?;
+        resp.instances().first().and_then(convert_instance).ok_or_else(|| missing(&action, "instance"))
+    }
+
+    async fn terminate_instances(&self, ids: &[String]) -> CloudResult<()> {
+        self.ec2
+            .terminate_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| classify(format!("terminating instances {}", ids.join(", ")), e))?;
+        Ok(())
+    }
+
+    async fn create_load_balancer(&self, name: &str, subnet_ids: &[String], security_group_ids: &[String], tags: &Tags) -> CloudResult<LoadBalancer> {
+        let action = format!("creating load balancer {name}");
+        let mut req = self
+            .elb
+            .create_load_balancer()
+            .name(name)
+            .r#type(elb::types::LoadBalancerTypeEnum::Network)
+            .scheme(elb::types::LoadBalancerSchemeEnum::InternetFacing)
+            .set_subnets(Some(subnet_ids.to_vec()))
+            .set_tags(Some(elb_tags(tags)));
+        if !security_group_ids.is_empty() {
+            req = req.set_security_groups(Some(security_group_ids.to_vec()));
+        }
+        let resp = req.send().await.map_err(|e| classify(action.clone(), e))?;
+        let l = resp.load_balancers().first().ok_or_else(|| missing(&action, "load balancer"))?;
+        Ok(LoadBalancer {
+            arn: l.load_balancer_arn().ok_or_else(|| missing(&action, "load balancer ARN"))?.to_string(),
+            name: name.to_string(),
+            dns_name: l.dns_name().unwrap_or_default().to_string(),
+            vpc_id: l.vpc_id().map(str::to_string),
+            subnet_ids: subnet_ids.to_vec(),
+            security_group_ids: security_group_ids.to_vec(),
+            tags: tags.clone(),
+        })
+    }
+
+    async fn create_target_group(&self, name: &str, vpc_id: &str, port: u16, tags: &Tags) -> CloudResult<TargetGroup> {
+        let action = format!("creating target group {name}");
+        let resp = self
+            .elb
+            .create_target_group()
+            .name(name)
+            .protocol(elb::types::ProtocolEnum::Tcp)
+            .port(port as i32)
+            .vpc_id(vpc_id)
+            .target_type(elb::types::TargetTypeEnum::Instance)
+            .health_check_protocol(elb::types::ProtocolEnum::Tcp)
+            .health_check_interval_seconds(10)
+            .healthy_threshold_count(2)
+            .unhealthy_threshold_count(2)
+            .set_tags(Some(elb_tags(tags)))
+            .send()
+            .await
+            .map_err(|e| classify(action.clone(), e))?;
+        let t = resp.target_groups().first().ok_or_else(|| missing(&action, "target group"))?;
+        Ok(TargetGroup {
+            arn: t.target_group_arn().ok_or_else(|| missing(&action, "target group ARN"))?.to_string(),
+            name: name.to_string(),
+            port,
+            vpc_id: Some(vpc_id.to_string()),
+            tags: tags.clone(),
+        })
+    }
+
+    async fn create_listener(&self, load_balancer_arn: &str, port: u16, target_group_arn: &str, tags: &Tags) -> CloudResult<Listener> {
+        let action = format!("creating listener on port {port}");
+        let forward = elb::types::Action::builder().r#type(elb::types::ActionTypeEnum::Forward).target_group_arn(target_group_arn).build();
+        let resp = self
+            .elb
+            .create_listener()
+            .load_balancer_arn(load_balancer_arn)
+            .protocol(elb::types::ProtocolEnum::Tcp)
+            .port(port as i32)
+            .default_actions(forward)
+            .set_tags(Some(elb_tags(tags)))
+            .send()
+            .await
+            .map_err(|e| classify(action.clone(), e))?;
+        let l = resp.listeners().first().ok_or_else(|| missing(&action, "listener"))?;
+        Ok(Listener {
+            arn: l.listener_arn().ok_or_else(|| missing(&action, "listener ARN"))?.to_string(),
+            load_balancer_arn: load_balancer_arn.to_string(),
+            port,
+            target_group_arn: Some(target_group_arn.to_string()),
+        })
+    }
+
+    async fn register_targets(&self, target_group_arn: &str, instance_ids: &[String], port: u16) -> CloudResult<()> {
+        let targets = instance_ids.iter().map(|id| elb::types::TargetDescription::builder().id(id).port(port as i32).build()).collect();
+        self.elb
+            .register_targets()
+            .target_group_arn(target_group_arn)
+            .set_targets(Some(targets))
+            .send()
+            .await
+            .map_err(|e| classify(format!("registering {} in {target_group_arn}", instance_ids.join(", ")), e))?;
+        Ok(())
+    }
+
+    async fn deregister_targets(&self, target_group_arn: &str, instance_ids: &[String], port: u16) -> CloudResult<()> {
+        let targets = instance_ids.iter().map(|id| elb::types::TargetDescription::builder().id(id).port(port as i32).build()).collect();
+        self.elb
+            .deregister_targets()
+            .target_group_arn(target_group_arn)
+            .set_targets(Some(targets))
+            .send()
+            .await
+            .map_err(|e| classify(format!("deregistering {} from {target_group_arn}", instance_ids.join(", ")), e))?;
+        Ok(())
+    }
+
+    async fn delete_listener(&self, arn: &str) -> CloudResult<()> {
+        self.elb.delete_listener().listener_arn(arn).send().await.map_err(|e| classify(format!("deleting listener {arn}"), e))?;
+        Ok(())
+    }
+
+    async fn delete_load_balancer(&self, arn: &str) -> CloudResult<()> {
+        self.elb.delete_load_balancer().load_balancer_arn(arn).send().await.map_err(|e| classify(format!("deleting load balancer {arn}"), e))?;
+        Ok(())
+    }
+
+    async fn delete_target_group(&self, arn: &str) -> CloudResult<()> {
+        self.elb.delete_target_group().target_group_arn(arn).send().await.map_err(|e| classify(format!("deleting target group {arn}"), e))?;
+        Ok(())
+    }
+
+    async fn delete_security_group(&self, id: &str) -> CloudResult<()> {
+        self.ec2.delete_security_group().group_id(id).send().await.map_err(|e| classify(format!("deleting security group {id}"), e))?;
+        Ok(())
+    }
+
+    async fn delete_subnet(&self, id: &str) -> CloudResult<()> {
+        self.ec2.delete_subnet().subnet_id(id).send().await.map_err(|e| classify(format!("deleting subnet {id}"), e))?;
+        Ok(())
+    }
+
+    async fn disassociate_route_table(&self, association_id: &str) -> CloudResult<()> {
+        self.ec2
+            .disassociate_route_table()
+            .association_id(association_id)
+            .send()
+            .await
+            .map_err(|e| classify(format!("disassociating route table link {association_id}"), e))?;
+        Ok(())
+    }
+
+    async fn delete_route_table(&self, id: &str) -> CloudResult<()> {
+        self.ec2.delete_route_table().route_table_id(id).send().await.map_err(|e| classify(format!("deleting route table {id}"), e))?;
+        Ok(())
+    }
+
+    async fn detach_internet_gateway(&self, gateway_id: &str, vpc_id: &str) -> CloudResult<()> {
+        self.ec2
+            .detach_internet_gateway()
+            .internet_gateway_id(gateway_id)
+            .vpc_id(vpc_id)
+            .send()
+            .await
+            .map_err(|e| classify(format!("detaching internet gateway {gateway_id} from {vpc_id}"), e))?;
+        Ok(())
+    }
+
+    async fn delete_internet_gateway(&self, id: &str) -> CloudResult<()> {
+        self.ec2.delete_internet_gateway().internet_gateway_id(id).send().await.map_err(|e| classify(format!("deleting internet gateway {id}"), e))?;
+        Ok(())
+    }
+
+    async fn delete_vpc(&self, id: &str) -> CloudResult<()> {
+        self.ec2.delete_vpc().vpc_id(id).send().await.map_err(|e| classify(format!("deleting VPC {id}"), e))?;
+        Ok(())
+    }
+
+    async fn delete_key_pair(&self, name: &str) -> CloudResult<()> {
+        self.ec2.delete_key_pair().key_name(name).send().await.map_err(|e| classify(format!("deleting key pair {name}"), e))?;
+        Ok(())
+    }
+}
