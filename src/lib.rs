@@ -1,2 +1,20 @@
 //! clusterctl: turns a TOML cluster spec into a running container cluster on AWS.
+//!
+//! # Layout
+//! - [`cli`]: the command line (clap), one file per command, terminal output; the binary's
+//!   `main.rs` only parses arguments and calls [`cli::run`].
+//! - [`spec`]: the cluster spec in TOML, validated into typed values with located errors.
+//! - [`cloud`]: the cloud-controller abstraction: the [`cloud::Cloud`] trait, its AWS
+//!   implementation, the retry decorator and an in-memory fake.
+//! - [`provision`]: discover what a cluster owns, plan, converge and destroy infrastructure.
+//! - [`home`]: the operator's per-cluster folder (SSH key, later credentials).
+//! - [`report`]: the progress-reporting trait the library uses instead of drawing.
+//!
+//! See `docs/ARCHITECTURE.md` for the decisions behind this shape.
+
+pub mod cli;
 pub mod cloud;
+pub mod home;
+pub mod provision;
+pub mod report;
+pub mod spec;

@@ -109,9 +109,9 @@ impl FakeCloud {
         self.lock().calls.clear();
     }
 
-    /// Every instance ever launched that is not terminated.
+    /// Every instance that is neither terminated nor shutting down.
     pub fn live_instances(&self) -> Vec<Instance> {
-        self.lock().instances.values().map(|f| f.instance.clone()).filter(|i| i.state != InstanceState::Terminated).collect()
+        self.lock().instances.values().map(|f| f.instance.clone()).filter(|i| !i.state.is_gone()).collect()
     }
 
     /// How many resources of any kind exist (terminated instances excluded).
@@ -375,7 +375,7 @@ impl Cloud for FakeCloud {
         Ok(kp)
     }
     async fn run_instance(&self, request: &LaunchRequest) -> CloudResult<Instance> {
-        let action = || format!("launching an instance in {}", request.subnet_id);
+        let action = || format!("launching instance {} in {}", request.tags.get("Name").map(String::as_str).unwrap_or("?"), request.subnet_id);
         let mut s = self.enter("run_instance", action)?;
         if !s.ignore_client_tokens {
             if let Some(id) = s.tokens.get(&request.client_token).cloned() {

@@ -1,0 +1,81 @@
+//! `clusterctl create`: converge the infrastructure a spec describes.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+
+use super::progress::TerminalReport;
+use super::{connect, load_spec, Failure, Global, Output};
+use crate::home::ClusterHome;
+use crate::provision::{self, ConvergeOptions};
+
+/// Arguments of `create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The cluster spec (TOML).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Print the plan (what would be created, changed, deleted) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format of the plan or summary.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+/// Runs `create`.
+pub async fn run(global: &Global, args: &CreateArgs) -> Result<(), Failure> {
+    let spec = load_spec(&args.file)?;
+    let started = Instant::now();
+    let cloud = connect(global, &spec).await;
+    let report = TerminalReport::new(global.quiet);
+
+    if args.dry_run {
+        let inventory = provision::discover(cloud.as_ref(), spec.name.as_str()).await?;
+        let plan = provision::plan(&spec, &inventory)?;
+        match args.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+            Output::Text => print!("plan for cluster {}:\n{plan}", spec.name),
+        }
+        return Ok(());
+    }
+
+    let key = ClusterHome::of(spec.name.as_str()).ssh_key(&spec)?;
+    let options = ConvergeOptions::new(key.public_openssh.clone());
+    let converged = provision::converge(cloud.as_ref(), &spec, &options, &report).await;
+    report.finish();
+    let converged = converged.map_err(|e| Failure::Operation(anyhow::Error::new(e).context(format!("creating cluster {}", spec.name))))?;
+    let mutations = cloud.mutations();
+    let endpoint = converged.load_balancer.as_ref().map(|l| format!("{}:{}", l.dns_name, spec.api.port));
+    match args.output {
+        Output::Json => {
+            let summary = serde_json::json!({
+                "cluster": spec.name.as_str(),
+                "changes": converged.plan.steps,
+                "mutating_calls": mutations.len(),
+                "api_endpoint": endpoint,
+                "instances": converged.instances.values().collect::<Vec<_>>(),
+                "seconds": started.elapsed().as_secs_f64(),
+            });
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Output::Text => {
+            if converged.plan.is_empty() {
+                println!("cluster {}: no changes", spec.name);
+            } else {
+                println!("cluster {}: {} changes applied ({} cloud calls that change something)", spec.name, converged.plan.steps.len(), mutations.len());
+            }
+            for ((pool, slot), i) in &converged.instances {
+                let ip = i.private_ip.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+                println!("  {pool}/{slot}  {}  {}  {ip}", i.id, i.state);
+            }
+            if let Some(endpoint) = endpoint {
+                println!("  API endpoint: {endpoint}");
+            }
+            println!("  ssh key: {}", key.private_path.display());
+            println!("done in {:.1}s", started.elapsed().as_secs_f64());
+        }
+    }
+    Ok(())
+}

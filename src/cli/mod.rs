@@ -1,0 +1,118 @@
+//! The command line: clap definitions, one file per command, and terminal output.
+//!
+//! Commands call library code and draw its progress through [`progress::TerminalReport`];
+//! nothing below this module knows about terminals. Errors come back as
+//! [`Failure`]s that carry their exit code: 2 for bad input, 1 for operations.
+
+pub mod create;
+pub mod destroy;
+pub mod progress;
+pub mod status;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::cloud::aws::{AwsCloud, AwsOptions};
+use crate::cloud::{Resilient, RetryPolicy};
+use crate::spec::ClusterSpec;
+
+/// Turns a TOML cluster spec into a running container cluster on AWS.
+#[derive(Debug, Parser)]
+#[command(name = "clusterctl", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Print only errors and the final result.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print diagnostics (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// AWS profile to use (default: the standard credential chain).
+    #[arg(long, global = true, env = "AWS_PROFILE")]
+    pub profile: Option<String>,
+    /// AWS region (default: the spec's region).
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the cluster, or finish and repair it; changes nothing when it is complete.
+    Create(create::CreateArgs),
+    /// Remove everything the cluster created, found by its tags.
+    Destroy(destroy::DestroyArgs),
+    /// Show what exists and what differs from the spec.
+    Status(status::StatusArgs),
+}
+
+/// Output format of commands that print data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A failed command: bad input (exit 2) or a failed operation (exit 1).
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad spec, manifest or flags; nothing was changed.
+    Input(anyhow::Error),
+    /// An operation failed part-way; a re-run repairs.
+    Operation(anyhow::Error),
+}
+
+impl Failure {
+    /// The process exit code.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Input(_) => 2,
+            Failure::Operation(_) => 1,
+        }
+    }
+
+    /// The error with its whole chain.
+    pub fn error(&self) -> &anyhow::Error {
+        match self {
+            Failure::Input(e) | Failure::Operation(e) => e,
+        }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Operation(e.into())
+    }
+}
+
+/// Loads and validates a spec; any problem is bad input.
+pub fn load_spec(path: &PathBuf) -> Result<ClusterSpec, Failure> {
+    ClusterSpec::load(path).map_err(|e| Failure::Input(e.into()))
+}
+
+/// Connects to the cloud the spec names, through the retry decorator.
+pub async fn connect(global: &Global, spec: &ClusterSpec) -> Arc<Resilient> {
+    let options = AwsOptions { region: global.region.clone(), profile: global.profile.clone() };
+    let aws = AwsCloud::connect(&options, spec.region.as_str()).await;
+    Arc::new(Resilient::new(Arc::new(aws), RetryPolicy::default()))
+}
+
+/// Runs one parsed command line.
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Create(args) => create::run(&cli.global, args).await,
+        Command::Destroy(args) => destroy::run(&cli.global, args).await,
+        Command::Status(args) => status::run(&cli.global, args).await,
+    }
+}

@@ -1,0 +1,364 @@
+//! Applies a plan, then waits until the machines run and the API's targets are registered.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use ipnet::Ipv4Net;
+use tokio::time::Instant;
+
+use crate::cloud::{Cloud, Image, Instance, InstanceState, LaunchRequest, LoadBalancer};
+use crate::report::Reporter;
+use crate::spec::{ClusterSpec, ImageRef, NodePool};
+
+use super::inventory::{discover, Inventory};
+use super::plan::{desired_rules, group_roles, instances_by_slot, plan, Plan, Step};
+use super::{Names, ProvisionError};
+
+/// What converging needs beyond the spec.
+#[derive(Debug, Clone)]
+pub struct ConvergeOptions {
+    /// The OpenSSH public key imported as the cluster's key pair.
+    pub public_key: String,
+    /// How long instances may take to reach `running`.
+    pub instance_deadline: Duration,
+    /// How long the API's targets may take to show up as registered.
+    pub target_deadline: Duration,
+    /// Pause between polls while waiting.
+    pub poll_interval: Duration,
+}
+
+impl ConvergeOptions {
+    /// Options with default deadlines.
+    pub fn new(public_key: String) -> Self {
+        ConvergeOptions {
+            public_key,
+            instance_deadline: Duration::from_secs(300),
+            target_deadline: Duration::from_secs(120),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The result of a converge.
+#[derive(Debug, Clone)]
+pub struct Converged {
+    /// What was applied (empty when nothing had to change).
+    pub plan: Plan,
+    /// The cluster's instances by pool and slot, all running.
+    pub instances: BTreeMap<(String, u32), Instance>,
+    /// The API load balancer, when the spec asks for one.
+    pub load_balancer: Option<LoadBalancer>,
+}
+
+/// Ids resolved so far: from the inventory, then from each step applied.
+#[derive(Default)]
+struct Resolved {
+    vpc: Option<String>,
+    subnets: BTreeMap<String, String>,
+    gateway: Option<String>,
+    route_table: Option<String>,
+    groups: BTreeMap<String, String>,
+    instances: BTreeMap<(String, u32), Instance>,
+    target_group: Option<String>,
+    load_balancer: Option<LoadBalancer>,
+    images: BTreeMap<String, Image>,
+}
+
+fn need<'a>(value: &'a Option<String>, what: &str) -> Result<&'a str, ProvisionError> {
+    value.as_deref().ok_or_else(|| ProvisionError::Conflict(format!("cannot continue: the cluster's {what} is missing")))
+}
+
+impl Resolved {
+    fn new(spec: &ClusterSpec, inventory: &Inventory) -> Self {
+        let names = Names::new(spec);
+        let mut r = Resolved {
+            vpc: inventory.vpcs.first().map(|v| v.id.clone()),
+            gateway: inventory.internet_gateways.first().map(|g| g.id.clone()),
+            route_table: inventory
+                .route_tables
+                .iter()
+                .find(|r| r.tags.get(crate::cloud::ROLE_TAG).map(String::as_str) == Some("public"))
+                .map(|r| r.id.clone()),
+            target_group: inventory.target_groups.iter().find(|t| t.name == names.api_lb()).map(|t| t.arn.clone()),
+            load_balancer: inventory.load_balancers.iter().find(|l| l.name == names.api_lb()).cloned(),
+            ..Resolved::default()
+        };
+        for want in &spec.network.subnets {
+            if let Some(s) = inventory.subnets.iter().find(|s| s.zone == want.zone.as_str() && s.cidr == want.cidr) {
+                r.subnets.insert(s.zone.clone(), s.id.clone());
+            }
+        }
+        for g in &inventory.security_groups {
+            r.groups.insert(g.name.clone(), g.id.clone());
+        }
+        for (key, instances) in instances_by_slot(inventory) {
+            r.instances.insert(key, instances[0].clone());
+        }
+        r
+    }
+
+    fn subnet(&self, zone: &str) -> Result<&str, ProvisionError> {
+        self.subnets.get(zone).map(String::as_str).ok_or_else(|| ProvisionError::Conflict(format!("cannot continue: the subnet in {zone} is missing")))
+    }
+}
+
+/// Converges the cloud to the spec: discover, plan, apply, wait.
+pub async fn converge(cloud: &dyn Cloud, spec: &ClusterSpec, options: &ConvergeOptions, reporter: &dyn Reporter) -> Result<Converged, ProvisionError> {
+    reporter.phase("discovering existing resources");
+    let inventory = discover(cloud, spec.name.as_str()).await?;
+    let plan = plan(spec, &inventory)?;
+    for note in &plan.notes {
+        reporter.warn(note);
+    }
+    let mut r = Resolved::new(spec, &inventory);
+    let names = Names::new(spec);
+
+    if !plan.is_empty() {
+        reporter.phase("applying changes");
+    }
+    let mut launches = Vec::new();
+    for step in &plan.steps {
+        if let Step::LaunchInstance { pool, slot, .. } = step {
+            launches.push((pool.clone(), *slot));
+            continue;
+        }
+        if !launches.is_empty() {
+            launch_all(cloud, spec, &mut r, std::mem::take(&mut launches), reporter).await?;
+        }
+        apply(cloud, spec, &names, options, &mut r, step).await?;
+        reporter.done(&format!("{} {step}", step.sign()));
+    }
+    if !launches.is_empty() {
+        launch_all(cloud, spec, &mut r, launches, reporter).await?;
+    }
+
+    wait_running(cloud, &names, spec, &mut r, options, reporter).await?;
+    if spec.api.load_balancer {
+        wait_registered(cloud, spec, &r, options, reporter).await?;
+    }
+    Ok(Converged { plan, instances: r.instances, load_balancer: r.load_balancer })
+}
+
+async fn apply(cloud: &dyn Cloud, spec: &ClusterSpec, names: &Names<'_>, options: &ConvergeOptions, r: &mut Resolved, step: &Step) -> Result<(), ProvisionError> {
+    match step {
+        Step::CreateVpc { cidr } => {
+            r.vpc = Some(cloud.create_vpc(*cidr, &names.network_tags("vpc")).await?.id);
+        }
+        Step::CreateSubnet { zone, cidr } => {
+            let vpc = need(&r.vpc, "VPC")?;
+            let subnet = cloud.create_subnet(vpc, zone, *cidr, &names.network_tags(&format!("subnet-{zone}"))).await?;
+            r.subnets.insert(zone.clone(), subnet.id);
+        }
+        Step::EnablePublicIps { zone } => cloud.enable_public_ips(r.subnet(zone)?).await?,
+        Step::CreateInternetGateway => {
+            r.gateway = Some(cloud.create_internet_gateway(&names.network_tags("gateway")).await?.id);
+        }
+        Step::AttachInternetGateway => cloud.attach_internet_gateway(need(&r.gateway, "internet gateway")?, need(&r.vpc, "VPC")?).await?,
+        Step::CreateRouteTable => {
+            r.route_table = Some(cloud.create_route_table(need(&r.vpc, "VPC")?, &names.network_tags("public")).await?.id);
+        }
+        Step::CreateDefaultRoute => {
+            cloud.create_route(need(&r.route_table, "route table")?, Ipv4Net::default(), need(&r.gateway, "internet gateway")?).await?
+        }
+        Step::AssociateRouteTable { zone } => cloud.associate_route_table(need(&r.route_table, "route table")?, r.subnet(zone)?).await?,
+        Step::CreateSecurityGroup { group } => {
+            let role = group.rsplit_once(&format!("{}-", spec.name.as_str())).map(|(_, role)| role).unwrap_or(group);
+            let description = format!("clusterctl cluster {}: {role}", spec.name);
+            let sg = cloud.create_security_group(need(&r.vpc, "VPC")?, group, &description, &names.network_tags(role)).await?;
+            r.groups.insert(group.clone(), sg.id);
+        }
+        Step::AuthorizeIngress { group, rules } => {
+            let id = need(&r.groups.get(group).cloned(), &format!("security group {group}"))?.to_string();
+            cloud.authorize_ingress(&id, rules).await?;
+        }
+        Step::RevokeIngress { group, rules } => {
+            let id = need(&r.groups.get(group).cloned(), &format!("security group {group}"))?.to_string();
+            cloud.revoke_ingress(&id, rules).await?;
+        }
+        Step::ImportKeyPair { name } => {
+            cloud.import_key_pair(name, &options.public_key, &names.tags("ssh", name)).await?;
+        }
+        Step::LaunchInstance { .. } => unreachable!("launches are applied together by launch_all"),
+        Step::TerminateInstance { id, .. } => cloud.terminate_instances(std::slice::from_ref(id)).await?,
+        Step::CreateTargetGroup { name, port } => {
+            r.target_group = Some(cloud.create_target_group(name, need(&r.vpc, "VPC")?, *port, &names.tags("api", name)).await?.arn);
+        }
+        Step::CreateLoadBalancer { name } => {
+            let subnets: Vec<String> = spec.network.subnets.iter().map(|s| r.subnet(s.zone.as_str()).map(str::to_string)).collect::<Result<_, _>>()?;
+            let groups: Vec<String> = r.groups.get(&names.group_name(super::GroupRole::ApiLb)).cloned().into_iter().collect();
+            r.load_balancer = Some(cloud.create_load_balancer(name, &subnets, &groups, &names.tags("api", name)).await?);
+        }
+        Step::CreateListener { port } => {
+            let lb = r.load_balancer.as_ref().map(|l| l.arn.clone());
+            cloud.create_listener(need(&lb, "API load balancer")?, *port, need(&r.target_group, "API target group")?, &names.tags("api", &names.api_lb())).await?;
+        }
+        Step::RegisterMasters { slots } => {
+            let ids: Vec<String> = slots
+                .iter()
+                .map(|slot| {
+                    r.instances
+                        .get(&(spec.masters.name.as_str().to_string(), *slot))
+                        .map(|i| i.id.clone())
+                        .ok_or_else(|| ProvisionError::Conflict(format!("cannot register master {slot}: it has no instance")))
+                })
+                .collect::<Result<_, _>>()?;
+            cloud.register_targets(need(&r.target_group, "API target group")?, &ids, spec.api.port).await?;
+        }
+        Step::DeregisterTargets { ids } => cloud.deregister_targets(need(&r.target_group, "API target group")?, ids, spec.api.port).await?,
+        Step::DeleteListener { arn } => cloud.delete_listener(arn).await?,
+        Step::DeleteLoadBalancer { arn, .. } => {
+            cloud.delete_load_balancer(arn).await?;
+            r.load_balancer = None;
+        }
+        Step::DeleteTargetGroup { arn, .. } => {
+            cloud.delete_target_group(arn).await?;
+            r.target_group = None;
+        }
+    }
+    Ok(())
+}
+
+/// Resolves a pool's image once per converge.
+async fn image_for(cloud: &dyn Cloud, pool: &NodePool) -> Result<Image, ProvisionError> {
+    match &pool.image {
+        ImageRef::Id(id) => Ok(cloud.image(id).await?),
+        ImageRef::Name { pattern, owner } => cloud.find_image(pattern, owner.as_deref()).await?.ok_or_else(|| {
+            ProvisionError::Conflict(format!(
+                "no image matches name {pattern}{} for pool {}",
+                owner.as_ref().map(|o| format!(" of owner {o}")).unwrap_or_default(),
+                pool.name.as_str()
+            ))
+        }),
+    }
+}
+
+/// Launches instances for the given slots in parallel.
+async fn launch_all(cloud: &dyn Cloud, spec: &ClusterSpec, r: &mut Resolved, slots: Vec<(String, u32)>, reporter: &dyn Reporter) -> Result<(), ProvisionError> {
+    let names = Names::new(spec);
+    for pool in spec.pools() {
+        if slots.iter().any(|(p, _)| p == pool.name.as_str()) && !r.images.contains_key(pool.name.as_str()) {
+            r.images.insert(pool.name.as_str().into(), image_for(cloud, pool).await?);
+        }
+    }
+    let vpc = need(&r.vpc, "VPC")?.to_string();
+    let key_name = names.key_pair();
+    let mut requests = Vec::new();
+    for (pool_name, slot) in &slots {
+        let pool = spec.pool(pool_name).ok_or_else(|| ProvisionError::Conflict(format!("unknown pool {pool_name}")))?;
+        let group = names.group_name(super::GroupRole::of(pool.role));
+        let request = LaunchRequest {
+            image: r.images[pool_name].clone(),
+            instance_type: pool.instance_type.clone(),
+            subnet_id: r.subnet(spec.subnet_for_slot(*slot).zone.as_str())?.to_string(),
+            security_group_ids: vec![need(&r.groups.get(&group).cloned(), &format!("security group {group}"))?.to_string()],
+            key_name: key_name.clone(),
+            disk_gb: pool.disk_gb,
+            client_token: String::new(),
+            user_data: None,
+            tags: names.instance_tags(pool, *slot),
+        };
+        requests.push((pool, *slot, request));
+    }
+    let launches = requests.into_iter().map(|(pool, slot, mut request)| {
+        let names = &names;
+        let vpc = &vpc;
+        async move {
+            let name = names.instance_name(pool, slot);
+            reporter.item(&name, "launching");
+            // A token already used by a terminated machine returns that machine: launch again with the next token.
+            for attempt in 0..3 {
+                request.client_token = names.client_token(pool, slot, vpc, attempt);
+                let instance = cloud.run_instance(&request).await?;
+                if !instance.state.is_gone() {
+                    reporter.item(&name, &format!("{} {}", instance.id, instance.state));
+                    return Ok(((pool.name.as_str().to_string(), slot), instance));
+                }
+            }
+            Err(ProvisionError::Conflict(format!("launching {name}: every launch token returned a terminated machine")))
+        }
+    });
+    let mut errors = Vec::new();
+    for result in join_all(launches).await {
+        match result {
+            Ok((key, instance)) => {
+                r.instances.insert(key, instance);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => Err(ProvisionError::Many(errors)),
+    }
+}
+
+/// Waits until every instance of the spec is running.
+async fn wait_running(cloud: &dyn Cloud, names: &Names<'_>, spec: &ClusterSpec, r: &mut Resolved, options: &ConvergeOptions, reporter: &dyn Reporter) -> Result<(), ProvisionError> {
+    let label = |key: &(String, u32)| spec.pool(&key.0).map(|p| names.instance_name(p, key.1)).unwrap_or_else(|| format!("{}-{}", key.0, key.1));
+    let mut waiting: Vec<(String, u32)> = r.instances.iter().filter(|(_, i)| i.state != InstanceState::Running).map(|(k, _)| k.clone()).collect();
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    reporter.phase("waiting for instances to run");
+    let start = Instant::now();
+    loop {
+        let ids: Vec<String> = waiting.iter().map(|k| r.instances[k].id.clone()).collect();
+        let current = cloud.instances_by_id(&ids).await?;
+        for i in current {
+            if let Some(key) = waiting.iter().find(|k| r.instances[*k].id == i.id).cloned() {
+                if i.state == InstanceState::Running {
+                    reporter.item_done(&label(&key), &format!("{} running at {}", i.id, i.private_ip.map(|a| a.to_string()).unwrap_or_default()));
+                } else if i.state.is_gone() {
+                    return Err(ProvisionError::Conflict(format!("instance {} ({}) was terminated while it started; run create again", label(&key), i.id)));
+                } else {
+                    reporter.item(&label(&key), &format!("{} {}", i.id, i.state));
+                }
+                r.instances.insert(key, i);
+            }
+        }
+        waiting.retain(|k| r.instances[k].state != InstanceState::Running);
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() >= options.instance_deadline {
+            let pending = waiting.iter().map(|k| format!("{} ({}) is {}", label(k), r.instances[k].id, r.instances[k].state)).collect::<Vec<_>>().join(", ");
+            return Err(ProvisionError::Timeout { what: "instances to run".into(), waited: options.instance_deadline, pending });
+        }
+        tokio::time::sleep(options.poll_interval).await;
+    }
+}
+
+/// Waits until every master is registered in the API target group.
+async fn wait_registered(cloud: &dyn Cloud, spec: &ClusterSpec, r: &Resolved, options: &ConvergeOptions, reporter: &dyn Reporter) -> Result<(), ProvisionError> {
+    let tg = need(&r.target_group, "API target group")?;
+    let masters: Vec<&Instance> = (0..spec.masters.count).filter_map(|s| r.instances.get(&(spec.masters.name.as_str().to_string(), s))).collect();
+    let start = Instant::now();
+    let mut announced = false;
+    loop {
+        let health = cloud.target_health(tg).await?;
+        let missing: Vec<&&Instance> = masters.iter().filter(|m| !health.iter().any(|h| h.instance_id == m.id)).collect();
+        if missing.is_empty() {
+            if announced {
+                reporter.done("masters registered with the API load balancer");
+            }
+            return Ok(());
+        }
+        if !announced {
+            reporter.phase("waiting for the API load balancer's targets");
+            announced = true;
+        }
+        if start.elapsed() >= options.target_deadline {
+            let pending = missing.iter().map(|m| format!("{} is not registered", m.id)).collect::<Vec<_>>().join(", ");
+            return Err(ProvisionError::Timeout { what: "the masters to be registered with the API load balancer".into(), waited: options.target_deadline, pending });
+        }
+        tokio::time::sleep(options.poll_interval).await;
+    }
+}
+
+/// The rules of every group, for status output.
+pub fn all_desired_rules(spec: &ClusterSpec) -> BTreeMap<String, Vec<crate::cloud::IngressRule>> {
+    let names = Names::new(spec);
+    group_roles(spec).into_iter().map(|role| (names.group_name(role), desired_rules(spec, role).into_iter().collect())).collect()
+}

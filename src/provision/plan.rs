@@ -1,0 +1,346 @@
+//! The difference between a spec and what exists, as ordered steps.
+//!
+//! A plan names resources by what they are in the cluster (zone, pool and
+//! slot, role), not by cloud ids, because most of them do not exist yet;
+//! [`super::converge`] resolves the ids while it applies the steps in order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::cloud::{Instance, IngressRule, Protocol, ROLE_TAG};
+use crate::spec::{ClusterSpec, Role};
+
+use super::inventory::{pool_slot, Inventory};
+use super::{GroupRole, Names, ProvisionError};
+
+/// One change to make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    CreateVpc { cidr: Ipv4Net },
+    CreateSubnet { zone: String, cidr: Ipv4Net },
+    EnablePublicIps { zone: String },
+    CreateInternetGateway,
+    AttachInternetGateway,
+    CreateRouteTable,
+    CreateDefaultRoute,
+    AssociateRouteTable { zone: String },
+    CreateSecurityGroup { group: String },
+    AuthorizeIngress { group: String, rules: Vec<IngressRule> },
+    RevokeIngress { group: String, rules: Vec<IngressRule> },
+    ImportKeyPair { name: String },
+    LaunchInstance { pool: String, slot: u32, name: String, zone: String, instance_type: String },
+    TerminateInstance { id: String, name: String, reason: String },
+    CreateTargetGroup { name: String, port: u16 },
+    CreateLoadBalancer { name: String },
+    CreateListener { port: u16 },
+    RegisterMasters { slots: Vec<u32> },
+    DeregisterTargets { ids: Vec<String> },
+    DeleteListener { arn: String },
+    DeleteLoadBalancer { name: String, arn: String },
+    DeleteTargetGroup { name: String, arn: String },
+}
+
+impl Step {
+    /// `+` creates, `~` changes, `-` deletes.
+    pub fn sign(&self) -> char {
+        match self {
+            Step::EnablePublicIps { .. }
+            | Step::AttachInternetGateway
+            | Step::AssociateRouteTable { .. }
+            | Step::AuthorizeIngress { .. }
+            | Step::RevokeIngress { .. }
+            | Step::RegisterMasters { .. }
+            | Step::DeregisterTargets { .. } => '~',
+            Step::TerminateInstance { .. } | Step::DeleteListener { .. } | Step::DeleteLoadBalancer { .. } | Step::DeleteTargetGroup { .. } => '-',
+            _ => '+',
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rules = |r: &[IngressRule]| r.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ");
+        match self {
+            Step::CreateVpc { cidr } => write!(f, "vpc {cidr}"),
+            Step::CreateSubnet { zone, cidr } => write!(f, "subnet {cidr} in {zone}"),
+            Step::EnablePublicIps { zone } => write!(f, "subnet in {zone}: give instances public addresses"),
+            Step::CreateInternetGateway => write!(f, "internet gateway"),
+            Step::AttachInternetGateway => write!(f, "internet gateway: attach to the vpc"),
+            Step::CreateRouteTable => write!(f, "route table"),
+            Step::CreateDefaultRoute => write!(f, "route table: default route 0.0.0.0/0 through the internet gateway"),
+            Step::AssociateRouteTable { zone } => write!(f, "route table: associate with the subnet in {zone}"),
+            Step::CreateSecurityGroup { group } => write!(f, "security group {group}"),
+            Step::AuthorizeIngress { group, rules: r } => write!(f, "security group {group}: allow {}", rules(r)),
+            Step::RevokeIngress { group, rules: r } => write!(f, "security group {group}: revoke {}", rules(r)),
+            Step::ImportKeyPair { name } => write!(f, "key pair {name}"),
+            Step::LaunchInstance { name, zone, instance_type, .. } => write!(f, "instance {name} ({instance_type} in {zone})"),
+            Step::TerminateInstance { id, name, reason } => write!(f, "instance {name} ({id}): {reason}"),
+            Step::CreateTargetGroup { name, port } => write!(f, "target group {name} (tcp/{port})"),
+            Step::CreateLoadBalancer { name } => write!(f, "network load balancer {name}"),
+            Step::CreateListener { port } => write!(f, "listener tcp/{port}"),
+            Step::RegisterMasters { slots } => {
+                write!(f, "target group: register masters {}", slots.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "))
+            }
+            Step::DeregisterTargets { ids } => write!(f, "target group: deregister {}", ids.join(", ")),
+            Step::DeleteListener { arn } => write!(f, "listener {arn}"),
+            Step::DeleteLoadBalancer { name, .. } => write!(f, "load balancer {name}"),
+            Step::DeleteTargetGroup { name, .. } => write!(f, "target group {name}"),
+        }
+    }
+}
+
+/// The ordered steps that take what exists to what the spec asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    /// Things noticed but deliberately left alone.
+    pub notes: Vec<String>,
+}
+
+impl Plan {
+    /// Whether nothing needs to change.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.steps.is_empty() {
+            writeln!(f, "no changes")?;
+        }
+        for step in &self.steps {
+            writeln!(f, "  {} {step}", step.sign())?;
+        }
+        for note in &self.notes {
+            writeln!(f, "  note: {note}")?;
+        }
+        let count = |c: char| self.steps.iter().filter(|s| s.sign() == c).count();
+        if !self.steps.is_empty() {
+            writeln!(f, "{} to create, {} to change, {} to delete", count('+'), count('~'), count('-'))?;
+        }
+        Ok(())
+    }
+}
+
+/// The inbound rules each security group must have, exactly.
+pub fn desired_rules(spec: &ClusterSpec, role: GroupRole) -> BTreeSet<IngressRule> {
+    let tcp = |port: u16, source: Ipv4Net| IngressRule { protocol: Protocol::Tcp, from_port: port, to_port: port, source };
+    let all_from_vpc = IngressRule { protocol: Protocol::All, from_port: 0, to_port: 0, source: spec.network.vpc_cidr };
+    let admins = &spec.network.admin_cidrs;
+    let mut rules = BTreeSet::new();
+    match role {
+        GroupRole::Masters => {
+            rules.extend(admins.iter().map(|a| tcp(22, *a)));
+            rules.extend(admins.iter().map(|a| tcp(spec.api.port, *a)));
+            rules.insert(all_from_vpc);
+        }
+        GroupRole::Workers => {
+            rules.extend(admins.iter().map(|a| tcp(22, *a)));
+            rules.insert(all_from_vpc);
+        }
+        GroupRole::ApiLb => {
+            rules.extend(admins.iter().map(|a| tcp(spec.api.port, *a)));
+        }
+    }
+    rules
+}
+
+/// The security group roles a spec needs.
+pub fn group_roles(spec: &ClusterSpec) -> Vec<GroupRole> {
+    GroupRole::ALL.into_iter().filter(|r| *r != GroupRole::ApiLb || spec.api.load_balancer).collect()
+}
+
+/// Instances of the inventory by pool and slot; extra instances in one slot come after the first.
+pub fn instances_by_slot(inventory: &Inventory) -> BTreeMap<(String, u32), Vec<&Instance>> {
+    let mut map: BTreeMap<(String, u32), Vec<&Instance>> = BTreeMap::new();
+    for i in inventory.instances.iter().filter(|i| !i.state.is_gone()) {
+        if let Some(key) = pool_slot(i) {
+            map.entry(key).or_default().push(i);
+        }
+    }
+    map
+}
+
+/// Computes the steps from `inventory` to `spec`.
+pub fn plan(spec: &ClusterSpec, inventory: &Inventory) -> Result<Plan, ProvisionError> {
+    let names = Names::new(spec);
+    let mut p = Plan::default();
+    let steps = &mut p.steps;
+
+    // Network.
+    if inventory.vpcs.len() > 1 {
+        let ids: Vec<_> = inventory.vpcs.iter().map(|v| v.id.as_str()).collect();
+        return Err(ProvisionError::Conflict(format!(
+            "cluster {} owns {} VPCs ({}); expected one. Destroy the cluster or delete the extra VPC",
+            spec.name,
+            ids.len(),
+            ids.join(", ")
+        )));
+    }
+    let vpc = inventory.vpcs.first();
+    match vpc {
+        None => steps.push(Step::CreateVpc { cidr: spec.network.vpc_cidr }),
+        Some(v) if v.cidr != spec.network.vpc_cidr => {
+            return Err(ProvisionError::Conflict(format!(
+                "the cluster's VPC {} has CIDR {} but the spec asks for {}; a VPC's CIDR cannot change",
+                v.id, v.cidr, spec.network.vpc_cidr
+            )));
+        }
+        Some(_) => {}
+    }
+    for want in &spec.network.subnets {
+        let zone = want.zone.as_str().to_string();
+        match inventory.subnets.iter().find(|s| s.zone == zone && s.cidr == want.cidr) {
+            None => {
+                steps.push(Step::CreateSubnet { zone: zone.clone(), cidr: want.cidr });
+                steps.push(Step::EnablePublicIps { zone });
+            }
+            Some(s) if !s.map_public_ip_on_launch => steps.push(Step::EnablePublicIps { zone }),
+            Some(_) => {}
+        }
+    }
+    for s in &inventory.subnets {
+        if !spec.network.subnets.iter().any(|w| w.zone.as_str() == s.zone && w.cidr == s.cidr) {
+            p.notes.push(format!("subnet {} ({} in {}) is not in the spec; left alone until destroy", s.id, s.cidr, s.zone));
+        }
+    }
+    match inventory.internet_gateways.first() {
+        None => {
+            steps.push(Step::CreateInternetGateway);
+            steps.push(Step::AttachInternetGateway);
+        }
+        Some(g) if vpc.is_none_or(|v| !g.attached_vpcs.contains(&v.id)) => steps.push(Step::AttachInternetGateway),
+        Some(_) => {}
+    }
+    let route_table = inventory.route_tables.iter().find(|r| r.tags.get(ROLE_TAG).map(String::as_str) == Some("public"));
+    match route_table {
+        None => {
+            steps.push(Step::CreateRouteTable);
+            steps.push(Step::CreateDefaultRoute);
+        }
+        Some(r) => {
+            let default: Ipv4Net = Ipv4Net::default();
+            if !r.routes.iter().any(|rt| rt.destination == default && rt.gateway_id.as_deref().is_some_and(|g| g.starts_with("igw-"))) {
+                steps.push(Step::CreateDefaultRoute);
+            }
+        }
+    }
+    for want in &spec.network.subnets {
+        let existing = inventory.subnets.iter().find(|s| s.zone == want.zone.as_str() && s.cidr == want.cidr);
+        let associated = match (route_table, existing) {
+            (Some(r), Some(s)) => r.associations.iter().any(|a| a.subnet_id.as_deref() == Some(s.id.as_str())),
+            _ => false,
+        };
+        if !associated {
+            steps.push(Step::AssociateRouteTable { zone: want.zone.as_str().to_string() });
+        }
+    }
+
+    // Security groups and their rules.
+    for role in group_roles(spec) {
+        let name = names.group_name(role);
+        let want = desired_rules(spec, role);
+        match inventory.security_groups.iter().find(|g| g.name == name) {
+            None => {
+                steps.push(Step::CreateSecurityGroup { group: name.clone() });
+                steps.push(Step::AuthorizeIngress { group: name, rules: want.into_iter().collect() });
+            }
+            Some(g) => {
+                let have: BTreeSet<IngressRule> = g.ingress.iter().cloned().collect();
+                let missing: Vec<_> = want.difference(&have).cloned().collect();
+                let extra: Vec<_> = have.difference(&want).cloned().collect();
+                if !missing.is_empty() {
+                    steps.push(Step::AuthorizeIngress { group: name.clone(), rules: missing });
+                }
+                if !extra.is_empty() {
+                    steps.push(Step::RevokeIngress { group: name, rules: extra });
+                }
+            }
+        }
+    }
+
+    // Key pair.
+    if !inventory.key_pairs.iter().any(|k| k.name == names.key_pair()) {
+        steps.push(Step::ImportKeyPair { name: names.key_pair() });
+    }
+
+    // Instances.
+    let by_slot = instances_by_slot(inventory);
+    for pool in spec.pools() {
+        for slot in 0..pool.count {
+            if !by_slot.contains_key(&(pool.name.as_str().to_string(), slot)) {
+                steps.push(Step::LaunchInstance {
+                    pool: pool.name.as_str().into(),
+                    slot,
+                    name: names.instance_name(pool, slot),
+                    zone: spec.subnet_for_slot(slot).zone.as_str().into(),
+                    instance_type: pool.instance_type.clone(),
+                });
+            }
+        }
+    }
+    for ((pool, slot), instances) in &by_slot {
+        let wanted = spec.pool(pool).is_some_and(|p| *slot < p.count);
+        for (n, i) in instances.iter().enumerate() {
+            let name = i.tags.get("Name").cloned().unwrap_or_else(|| format!("{pool}-{slot}"));
+            if !wanted {
+                steps.push(Step::TerminateInstance { id: i.id.clone(), name, reason: format!("pool {pool} wants fewer machines") });
+            } else if n > 0 {
+                steps.push(Step::TerminateInstance { id: i.id.clone(), name, reason: format!("a second machine in slot {pool}/{slot}") });
+            }
+        }
+    }
+
+    // API load balancer.
+    let lb_name = names.api_lb();
+    let lb = inventory.load_balancers.iter().find(|l| l.name == lb_name);
+    let tg = inventory.target_groups.iter().find(|t| t.name == lb_name);
+    if spec.api.load_balancer {
+        if tg.is_none() {
+            steps.push(Step::CreateTargetGroup { name: lb_name.clone(), port: spec.api.port });
+        }
+        if lb.is_none() {
+            steps.push(Step::CreateLoadBalancer { name: lb_name.clone() });
+        }
+        let listening = lb.is_some_and(|l| inventory.listeners.iter().any(|x| x.load_balancer_arn == l.arn && x.port == spec.api.port));
+        if !listening {
+            steps.push(Step::CreateListener { port: spec.api.port });
+        }
+        let registered: Vec<&str> = tg.and_then(|t| inventory.targets.get(&t.arn)).map(|ts| ts.iter().map(|t| t.instance_id.as_str()).collect()).unwrap_or_default();
+        let master_slots = 0..spec.masters.count;
+        let unregistered: Vec<u32> = master_slots
+            .clone()
+            .filter(|slot| match by_slot.get(&(spec.masters.name.as_str().to_string(), *slot)) {
+                Some(is) => !registered.contains(&is[0].id.as_str()),
+                None => true,
+            })
+            .collect();
+        if !unregistered.is_empty() {
+            steps.push(Step::RegisterMasters { slots: unregistered });
+        }
+        let current: Vec<&str> = master_slots
+            .filter_map(|slot| by_slot.get(&(spec.masters.name.as_str().to_string(), slot)).map(|is| is[0].id.as_str()))
+            .collect();
+        let stale: Vec<String> = registered.iter().filter(|id| !current.contains(id)).map(|id| id.to_string()).collect();
+        if !stale.is_empty() {
+            steps.push(Step::DeregisterTargets { ids: stale });
+        }
+    } else {
+        for l in inventory.listeners.iter() {
+            steps.push(Step::DeleteListener { arn: l.arn.clone() });
+        }
+        if let Some(l) = lb {
+            steps.push(Step::DeleteLoadBalancer { name: l.name.clone(), arn: l.arn.clone() });
+        }
+        if let Some(t) = tg {
+            steps.push(Step::DeleteTargetGroup { name: t.name.clone(), arn: t.arn.clone() });
+        }
+    }
+    let _ = Role::Master;
+    Ok(p)
+}

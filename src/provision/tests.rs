@@ -1,0 +1,261 @@
+//! Plan, converge and destroy against the in-memory fake cloud.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::cloud::fake::FakeCloud;
+use crate::cloud::{Cloud, ErrorKind, IngressRule, Protocol, Resilient, RetryPolicy};
+use crate::report::{NoReport, RecordingReport};
+use crate::spec::ClusterSpec;
+
+fn spec_with(workers: u32) -> ClusterSpec {
+    let text = format!(
+        r#"
+[cluster]
+name = "t1"
+region = "us-east-1"
+availability_zones = ["us-east-1a", "us-east-1b"]
+
+[network]
+vpc_cidr = "10.42.0.0/16"
+admin_cidrs = ["10.42.0.1/32"]
+
+[masters]
+count = 1
+instance_type = "t3.medium"
+image = {{ name = "debian-12-*" }}
+
+[[workers]]
+name = "default"
+count = {workers}
+instance_type = "t3.small"
+image = {{ name = "debian-12-*" }}
+"#
+    );
+    ClusterSpec::parse(Path::new("test.toml"), &text).expect("valid test spec")
+}
+
+fn setup() -> (Arc<FakeCloud>, Resilient) {
+    let fake = Arc::new(FakeCloud::new());
+    let policy = RetryPolicy { retry_budget: 50, ..RetryPolicy::default() };
+    let cloud = Resilient::new(fake.clone(), policy);
+    (fake, cloud)
+}
+
+fn options() -> ConvergeOptions {
+    ConvergeOptions::new("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxvl8bXzBVu8d1wRcR1UcQlkrZ2mW7bWeH2cBq3fU0u test".into())
+}
+
+async fn create(cloud: &dyn Cloud, spec: &ClusterSpec) -> Converged {
+    converge(cloud, spec, &options(), &NoReport).await.expect("converge succeeds")
+}
+
+#[tokio::test(start_paused = true)]
+async fn converge_from_nothing_creates_the_whole_tagged_infrastructure() {
+    let (fake, cloud) = setup();
+    let spec = spec_with(2);
+    let done = create(&cloud, &spec).await;
+    let inv = discover(&cloud, "t1").await.unwrap();
+    assert_eq!(inv.vpcs.len(), 1);
+    assert_eq!(inv.subnets.len(), 2);
+    assert!(inv.subnets.iter().all(|s| s.map_public_ip_on_launch));
+    assert_eq!(inv.internet_gateways.len(), 1);
+    assert_eq!(inv.internet_gateways[0].attached_vpcs, vec![inv.vpcs[0].id.clone()]);
+    assert_eq!(inv.route_tables.len(), 1, "only our own route table is tagged");
+    assert_eq!(inv.route_tables[0].associations.len(), 2);
+    assert_eq!(inv.security_groups.len(), 3);
+    assert_eq!(inv.key_pairs.len(), 1);
+    assert_eq!(inv.instances.len(), 3);
+    assert!(inv.instances.iter().all(|i| i.state == crate::cloud::InstanceState::Running));
+    assert_eq!(inv.load_balancers.len(), 1);
+    assert_eq!(inv.target_groups.len(), 1);
+    assert_eq!(inv.listeners.len(), 1);
+    let master = &done.instances[&("masters".to_string(), 0)];
+    assert_eq!(inv.targets[&inv.target_groups[0].arn].iter().map(|t| t.instance_id.clone()).collect::<Vec<_>>(), vec![master.id.clone()]);
+    assert_eq!(fake.resource_count(), inv.len() + 1, "plus the VPC's untagged main route table");
+}
+
+#[tokio::test(start_paused = true)]
+async fn security_groups_open_ssh_and_api_only_to_admins() {
+    let (_fake, cloud) = setup();
+    let spec = spec_with(1);
+    create(&cloud, &spec).await;
+    let inv = discover(&cloud, "t1").await.unwrap();
+    let admin = "10.42.0.1/32".parse().unwrap();
+    let vpc = "10.42.0.0/16".parse().unwrap();
+    let group = |name: &str| inv.security_groups.iter().find(|g| g.name == name).unwrap().ingress.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+    let tcp = |port, source| IngressRule { protocol: Protocol::Tcp, from_port: port, to_port: port, source };
+    let all = IngressRule { protocol: Protocol::All, from_port: 0, to_port: 0, source: vpc };
+    assert_eq!(group("t1-masters"), [tcp(22, admin), tcp(6443, admin), all.clone()].into());
+    assert_eq!(group("t1-workers"), [tcp(22, admin), all].into());
+    assert_eq!(group("t1-api-lb"), [tcp(6443, admin)].into());
+}
+
+#[tokio::test(start_paused = true)]
+async fn rerunning_converge_on_a_complete_cluster_makes_no_mutating_call() {
+    let (fake, cloud) = setup();
+    let spec = spec_with(2);
+    create(&cloud, &spec).await;
+    fake.clear_calls();
+    let again = Resilient::new(fake.clone(), RetryPolicy::default());
+    let done = create(&again, &spec).await;
+    assert!(done.plan.is_empty(), "plan: {}", done.plan);
+    assert_eq!(fake.mutating_calls(), Vec::<String>::new());
+    assert!(again.mutations().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn dry_run_plan_lists_every_creation_and_changes_nothing() {
+    let (fake, cloud) = setup();
+    let spec = spec_with(2);
+    let inv = discover(&cloud, "t1").await.unwrap();
+    let p = plan(&spec, &inv).unwrap();
+    let text = p.to_string();
+    assert!(text.contains("+ vpc 10.42.0.0/16"), "{text}");
+    assert!(text.contains("+ subnet 10.42.0.0/20 in us-east-1a"), "{text}");
+    assert!(text.contains("+ instance t1-default-1 (t3.small in us-east-1b)"), "{text}");
+    assert!(text.contains("+ network load balancer t1-api"), "{text}");
+    assert_eq!(p.steps.iter().filter(|s| matches!(s, Step::LaunchInstance { .. })).count(), 3);
+    assert!(fake.mutating_calls().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttled_calls_are_retried_with_back_off() {
+    let (fake, cloud) = setup();
+    fake.fail("create_vpc", ErrorKind::Throttled, 2);
+    fake.fail("run_instance", ErrorKind::Throttled, 5);
+    fake.fail("subnets", ErrorKind::Throttled, 1);
+    create(&cloud, &spec_with(2)).await;
+    assert_eq!(fake.live_instances().len(), 3);
+    assert_eq!(fake.calls().iter().filter(|c| *c == "create_vpc").count(), 3);
+    assert_eq!(cloud.retries_left(), 50 - 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_beyond_the_shared_budget_gives_up_with_a_clear_error() {
+    let fake = Arc::new(FakeCloud::new());
+    let cloud = Resilient::new(fake.clone(), RetryPolicy { retry_budget: 3, ..RetryPolicy::default() });
+    fake.fail("create_vpc", ErrorKind::Throttled, 100);
+    let err = converge(&cloud, &spec_with(1), &options(), &NoReport).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("creating VPC 10.42.0.0/16"), "{text}");
+    assert!(text.contains("retry budget"), "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn instances_invisible_right_after_launch_are_polled_not_failed() {
+    let (fake, cloud) = setup();
+    fake.hide_new_instances_for(4);
+    create(&cloud, &spec_with(2)).await;
+    assert_eq!(fake.live_instances().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn not_found_right_after_create_is_eventual_consistency_for_mutations() {
+    let (fake, cloud) = setup();
+    fake.fail("authorize_ingress", ErrorKind::NotFound, 2);
+    fake.fail("attach_internet_gateway", ErrorKind::NotFound, 1);
+    create(&cloud, &spec_with(1)).await;
+    let inv = discover(&cloud, "t1").await.unwrap();
+    assert!(inv.security_groups.iter().all(|g| !g.ingress.is_empty()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupted_create_is_finished_by_the_next_with_no_duplicates() {
+    let (fake, cloud) = setup();
+    // The launches fail part-way, as if the process died after the network was made.
+    fake.fail("run_instance", ErrorKind::Invalid, 2);
+    let err = converge(&cloud, &spec_with(3), &options(), &NoReport).await.unwrap_err();
+    assert!(err.to_string().contains("launching instance"), "{err}");
+    let partial = fake.live_instances().len();
+    assert_eq!(partial, 2, "two of four launches failed");
+    create(&cloud, &spec_with(3)).await;
+    assert_eq!(fake.live_instances().len(), 4);
+    let inv = discover(&cloud, "t1").await.unwrap();
+    assert_eq!(inv.vpcs.len(), 1);
+    assert_eq!(inv.subnets.len(), 2);
+    assert_eq!(inv.security_groups.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn instances_are_found_by_tag_even_when_the_cloud_ignores_launch_tokens() {
+    let (fake, cloud) = setup();
+    fake.ignore_client_tokens();
+    create(&cloud, &spec_with(2)).await;
+    create(&cloud, &spec_with(2)).await;
+    assert_eq!(fake.live_instances().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_smaller_pool_terminates_the_highest_slots() {
+    let (fake, cloud) = setup();
+    create(&cloud, &spec_with(3)).await;
+    let inv = discover(&cloud, "t1").await.unwrap();
+    let p = plan(&spec_with(1), &inv).unwrap();
+    let terminated: Vec<_> = p.steps.iter().filter_map(|s| if let Step::TerminateInstance { name, .. } = s { Some(name.clone()) } else { None }).collect();
+    assert_eq!(terminated, vec!["t1-default-1", "t1-default-2"]);
+    create(&cloud, &spec_with(1)).await;
+    assert_eq!(fake.live_instances().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rule_added_out_of_band_is_revoked() {
+    let (_fake, cloud) = setup();
+    create(&cloud, &spec_with(1)).await;
+    let inv = discover(&cloud, "t1").await.unwrap();
+    let workers = inv.security_groups.iter().find(|g| g.name == "t1-workers").unwrap();
+    let open = IngressRule { protocol: Protocol::Tcp, from_port: 80, to_port: 80, source: "0.0.0.0/0".parse().unwrap() };
+    cloud.authorize_ingress(&workers.id, std::slice::from_ref(&open)).await.unwrap();
+    let p = plan(&spec_with(1), &discover(&cloud, "t1").await.unwrap()).unwrap();
+    assert_eq!(p.steps, vec![Step::RevokeIngress { group: "t1-workers".into(), rules: vec![open] }]);
+    create(&cloud, &spec_with(1)).await;
+    assert!(plan(&spec_with(1), &discover(&cloud, "t1").await.unwrap()).unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn destroy_removes_everything_and_a_second_destroy_has_nothing_to_do() {
+    let (fake, cloud) = setup();
+    create(&cloud, &spec_with(2)).await;
+    let report = RecordingReport::default();
+    let done = destroy(&cloud, "t1", Duration::from_secs(60), &report).await.unwrap();
+    assert!(done.is_clean(), "{done:?}");
+    assert_eq!(fake.resource_count(), 0);
+    let again = destroy(&cloud, "t1", Duration::from_secs(60), &NoReport).await.unwrap();
+    assert!(again.deleted.is_empty() && again.is_clean());
+}
+
+#[tokio::test(start_paused = true)]
+async fn destroy_retries_dependency_violation_until_the_group_is_free() {
+    let (fake, cloud) = setup();
+    create(&cloud, &spec_with(1)).await;
+    fake.fail("delete_security_group", ErrorKind::DependencyViolation, 4);
+    fake.fail("delete_vpc", ErrorKind::DependencyViolation, 2);
+    let done = destroy(&cloud, "t1", Duration::from_secs(60), &NoReport).await.unwrap();
+    assert!(done.is_clean(), "{done:?}");
+    assert_eq!(fake.resource_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn destroy_treats_not_found_on_delete_as_success() {
+    let (fake, cloud) = setup();
+    create(&cloud, &spec_with(1)).await;
+    // Someone else deleted things between our listing and our deletes.
+    fake.fail("delete_listener", ErrorKind::NotFound, 1);
+    fake.fail("delete_key_pair", ErrorKind::NotFound, 1);
+    let done = destroy(&cloud, "t1", Duration::from_secs(60), &NoReport).await.unwrap();
+    assert!(done.errors.is_empty(), "{done:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn destroy_lists_what_it_could_not_remove() {
+    let fake = Arc::new(FakeCloud::new());
+    let cloud = Resilient::new(fake.clone(), RetryPolicy { dependency_deadline: Duration::from_secs(10), ..RetryPolicy::default() });
+    create(&cloud, &spec_with(1)).await;
+    fake.fail("delete_security_group", ErrorKind::DependencyViolation, 1000);
+    let done = destroy(&cloud, "t1", Duration::from_secs(60), &NoReport).await.unwrap();
+    assert!(!done.is_clean());
+    assert!(done.remaining.iter().any(|r| r.contains("security group")), "{:?}", done.remaining);
+    assert!(done.remaining.iter().any(|r| r.starts_with("vpc ")), "{:?}", done.remaining);
+}

@@ -1,0 +1,69 @@
+//! How library code reports progress without drawing anything itself.
+//!
+//! Long operations call a [`Reporter`]; the CLI implements it with indicatif
+//! bars on a terminal and plain lines otherwise. Tests use [`NoReport`] or
+//! [`RecordingReport`].
+
+use std::sync::Mutex;
+
+/// Receives progress from long-running library operations.
+pub trait Reporter: Send + Sync {
+    /// A new phase starts (`network`, `instances`, `load balancer`, ...).
+    fn phase(&self, name: &str);
+    /// Something was done, e.g. `created subnet 10.0.0.0/20 in us-east-1a`.
+    fn done(&self, message: &str);
+    /// One tracked item (an instance, a node) is in a new state; items are shown side by side while waiting.
+    fn item(&self, key: &str, status: &str);
+    /// A tracked item reached its goal.
+    fn item_done(&self, key: &str, status: &str);
+    /// Something noteworthy that is not an error.
+    fn warn(&self, message: &str);
+}
+
+/// A reporter that ignores everything.
+pub struct NoReport;
+
+impl Reporter for NoReport {
+    fn phase(&self, _: &str) {}
+    fn done(&self, _: &str) {}
+    fn item(&self, _: &str, _: &str) {}
+    fn item_done(&self, _: &str, _: &str) {}
+    fn warn(&self, _: &str) {}
+}
+
+/// A reporter that keeps every event as a line, for tests.
+#[derive(Default)]
+pub struct RecordingReport {
+    lines: Mutex<Vec<String>>,
+}
+
+impl RecordingReport {
+    /// Every event so far, as `kind: text` lines.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn push(&self, line: String) {
+        if let Ok(mut l) = self.lines.lock() {
+            l.push(line);
+        }
+    }
+}
+
+impl Reporter for RecordingReport {
+    fn phase(&self, name: &str) {
+        self.push(format!("phase: {name}"));
+    }
+    fn done(&self, message: &str) {
+        self.push(format!("done: {message}"));
+    }
+    fn item(&self, key: &str, status: &str) {
+        self.push(format!("item: {key}: {status}"));
+    }
+    fn item_done(&self, key: &str, status: &str) {
+        self.push(format!("item done: {key}: {status}"));
+    }
+    fn warn(&self, message: &str) {
+        self.push(format!("warn: {message}"));
+    }
+}

@@ -1,0 +1,85 @@
+//! Shared helpers of the integration tests: the LocalStack harness, unique specs, the binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts the LocalStack harness once per test process (idempotent) and points AWS config at it.
+pub fn harness() -> &'static str {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT.get_or_init(|| {
+        let out = Command::new(root().join("localstack/up")).output().expect("running localstack/up");
+        assert!(out.status.success(), "localstack/up failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let endpoint = stdout
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix("AWS_ENDPOINT_URL=").map(|v| v.trim_matches('"').to_string()))
+            .expect("localstack/up prints AWS_ENDPOINT_URL=... last");
+        // SAFETY: set once, before any test thread reads the environment through the SDK.
+        unsafe {
+            std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
+            std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+            std::env::set_var("AWS_REGION", "us-east-1");
+            std::env::remove_var("AWS_PROFILE");
+        }
+        endpoint
+    })
+}
+
+/// A fresh CLUSTERCTL_HOME for one test.
+pub fn temp_home() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary folder")
+}
+
+/// Writes a copy of `clusters/localstack.toml` with a unique name, VPC CIDR and worker count.
+pub fn unique_spec(dir: &Path, name: &str, second_octet: u8, workers: u32) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("clusters/localstack.toml")).expect("example spec");
+    let mut doc: toml::Table = text.parse().expect("example spec is TOML");
+    doc["cluster"].as_table_mut().unwrap().insert("name".into(), name.into());
+    let network = doc["network"].as_table_mut().unwrap();
+    network.insert("vpc_cidr".into(), format!("10.{second_octet}.0.0/16").into());
+    network.insert("admin_cidrs".into(), toml::Value::Array(vec![format!("10.{second_octet}.0.1/32").into()]));
+    network.remove("subnets");
+    let pools = doc["workers"].as_array_mut().unwrap();
+    pools.truncate(1);
+    pools[0].as_table_mut().unwrap().insert("count".into(), i64::from(workers).into());
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
+    path
+}
+
+/// Runs the clusterctl binary with a CLUSTERCTL_HOME.
+pub fn clusterctl(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clusterctl")).args(args).env("CLUSTERCTL_HOME", home).output().expect("running clusterctl")
+}
+
+/// Panics with the command's output unless it succeeded.
+pub fn assert_ok(out: &Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{what} failed ({:?}):\nstdout:\n{stdout}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// Destroys a cluster when dropped, so that a failing test leaves nothing behind.
+pub struct DestroyGuard {
+    pub home: PathBuf,
+    pub spec: PathBuf,
+}
+
+impl Drop for DestroyGuard {
+    fn drop(&mut self) {
+        let out = clusterctl(&self.home, &["destroy", "-f", self.spec.to_str().unwrap(), "--yes", "-q"]);
+        if !out.status.success() {
+            eprintln!("destroy guard for {} failed: {}", self.spec.display(), String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
