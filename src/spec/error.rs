@@ -81,7 +81,12 @@ pub(crate) struct Problems(Vec<Problem>);
 
 impl Problems {
     /// Records a problem with `field` at `span`.
-    pub fn add(&mut self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
+    pub fn add(
+        &mut self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         self.0.push(Problem {
             span,
             field: field.into(),
@@ -90,7 +95,12 @@ impl Problems {
     }
 
     /// Records a problem about a spanned value.
-    pub fn at<T>(&mut self, value: &Spanned<T>, field: impl Into<String>, message: impl Into<String>) {
+    pub fn at<T>(
+        &mut self,
+        value: &Spanned<T>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         self.add(value.span(), field, message);
     }
 
@@ -105,7 +115,9 @@ impl Problems {
             })
             .collect();
         located.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        located.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1 && a.2.field == b.2.field && a.2.message == b.2.message);
+        located.dedup_by(|a, b| {
+            a.0 == b.0 && a.1 == b.1 && a.2.field == b.2.field && a.2.message == b.2.message
+        });
         let mut errors: Vec<SpecError> = located
             .into_iter()
             .map(|(line, column, p)| SpecError::Invalid {
@@ -137,16 +149,88 @@ pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Turns a TOML syntax error into a problem, naming the field being written where it can tell.
+/// Turns a TOML syntax error into a problem. The document cannot be parsed, so the field is
+/// guessed from the text: the table header above the error and the key on its line.
 pub(crate) fn syntax_problem(text: &str, error: &toml::de::Error) -> Problem {
     let span = error.span().unwrap_or(0..0);
-    let (partial, _) = DeTable::parse_recoverable(text);
-    let field = field_at(&partial, span.start).unwrap_or_else(|| "toml".to_owned());
-    Problem {
-        span,
-        field,
-        message: format!("syntax error: {}", error.message()),
+    let mut message = error.message().to_owned();
+    if message == "duplicate key" {
+        // The span is the repeated key; naming it saves a search.
+        if let Some(key) = text
+            .get(span.clone())
+            .filter(|k| !k.is_empty() && !k.contains('\n'))
+        {
+            message = format!("duplicate key `{key}`");
+        }
     }
+    Problem {
+        field: field_on_line(text, span.start).unwrap_or_else(|| "toml".to_owned()),
+        span,
+        message: format!("syntax error: {message}"),
+    }
+}
+
+/// The field written on the line holding byte `offset`, read from the raw text: the last table
+/// header before it (`[[workers]]` counted, so the second one is `workers[1]`) and the bare key at
+/// the start of the line. `None` when the line holds neither.
+fn field_on_line(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map_or(text.len(), |i| line_start + i);
+    let line = text[line_start..line_end].trim();
+    let bare = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|part| {
+                !part.trim().is_empty()
+                    && part
+                        .trim()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            })
+    };
+    let dotted = |s: &str| s.split('.').map(str::trim).collect::<Vec<_>>().join(".");
+
+    let mut table = String::new();
+    let mut arrays: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for earlier in text[..line_start].lines().map(str::trim) {
+        if let Some(name) = earlier
+            .strip_prefix("[[")
+            .and_then(|r| r.split("]]").next())
+        {
+            if bare(name) {
+                let name = dotted(name);
+                let index = arrays.entry(name.clone()).or_insert(0);
+                table = format!("{name}[{index}]");
+                *index += 1;
+            }
+        } else if let Some(name) = earlier.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            if bare(name) {
+                table = dotted(name);
+            }
+        }
+    }
+
+    if let Some(header) = line.strip_prefix('[') {
+        let name = header
+            .trim_start_matches('[')
+            .split(']')
+            .next()
+            .unwrap_or_default();
+        return bare(name).then(|| dotted(name));
+    }
+    let key = line.split('=').next().unwrap_or_default().trim();
+    let key = key.split_whitespace().next().unwrap_or_default();
+    if !bare(key) {
+        return (!table.is_empty()).then_some(table);
+    }
+    let key = dotted(key);
+    Some(if table.is_empty() {
+        key
+    } else {
+        format!("{table}.{key}")
+    })
 }
 
 /// Turns a serde error (unknown field, wrong type) into a problem named after the field it is on.
@@ -170,7 +254,9 @@ fn reword(message: &str) -> String {
         return message.to_owned();
     };
     if got.ends_with(" as i128") || got.ends_with(" as u128") {
-        let number = got.trim_end_matches(" as i128").trim_end_matches(" as u128");
+        let number = got
+            .trim_end_matches(" as i128")
+            .trim_end_matches(" as u128");
         return format!("is out of range, got {number}");
     }
     let expected = match expected {
@@ -181,9 +267,7 @@ fn reword(message: &str) -> String {
         e if e.starts_with("struct ") => "a table",
         e => e,
     };
-    let got = got
-        .replace("sequence", "array")
-        .replace("map", "table");
+    let got = got.replace("sequence", "array").replace("map", "table");
     format!("must be {expected}, got {got}")
 }
 
@@ -210,7 +294,10 @@ fn render_path(path: &[Segment]) -> String {
                 if !out.is_empty() {
                     out.push('.');
                 }
-                if k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') && !k.is_empty() {
+                if k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    && !k.is_empty()
+                {
                     out.push_str(k);
                 } else {
                     out.push_str(&format!("{k:?}"));
@@ -288,6 +375,29 @@ mod tests {
             reword("invalid type: string \"x\", expected a sequence"),
             "must be an array, got string \"x\""
         );
+    }
+
+    #[test]
+    fn syntax_errors_are_named_after_the_key_on_their_line() {
+        let text = "[cluster]\nname = 1\n[[workers]]\nname = 2\n[[workers]]\ncount = 3\n[masters\n";
+        let offset = |needle: &str| text.find(needle).unwrap();
+        assert_eq!(
+            field_on_line(text, offset("name = 1")).as_deref(),
+            Some("cluster.name")
+        );
+        assert_eq!(
+            field_on_line(text, offset("name = 2")).as_deref(),
+            Some("workers[0].name")
+        );
+        assert_eq!(
+            field_on_line(text, offset("count = 3") + 5).as_deref(),
+            Some("workers[1].count")
+        );
+        assert_eq!(
+            field_on_line(text, offset("[masters")).as_deref(),
+            Some("masters")
+        );
+        assert_eq!(field_on_line("= 1", 0), None);
     }
 
     #[test]

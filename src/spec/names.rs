@@ -49,7 +49,9 @@ impl PoolName {
     /// Checks a worker pool name; "masters" is refused because the master pool has it.
     pub fn parse(name: &str) -> Result<Self, String> {
         if name == Self::MASTERS {
-            return Err("\"masters\" is reserved for the master pool; choose another name".to_owned());
+            return Err(
+                "\"masters\" is reserved for the master pool; choose another name".to_owned(),
+            );
         }
         check_dns_label(name, POOL_NAME_MAX, false)?;
         Ok(Self(name.to_owned()))
@@ -94,7 +96,9 @@ impl Zone {
     pub fn parse(name: &str) -> Result<Self, String> {
         let mut chars = name.chars();
         match chars.next_back() {
-            Some(letter) if letter.is_ascii_lowercase() && is_region(chars.as_str()) => Ok(Self(name.to_owned())),
+            Some(letter) if letter.is_ascii_lowercase() && is_region(chars.as_str()) => {
+                Ok(Self(name.to_owned()))
+            }
             _ => Err(format!(
                 "{name:?} is not an availability zone name; expected a region followed by one letter, like \"us-east-1a\""
             )),
@@ -159,7 +163,9 @@ fn check_dns_label(name: &str, max: usize, letter_first: bool) -> Result<(), Str
     }
     let length = name.chars().count();
     if length > max {
-        return Err(format!("{name:?} is {length} characters long, at most {max} are allowed"));
+        return Err(format!(
+            "{name:?} is {length} characters long, at most {max} are allowed"
+        ));
     }
     if let Some(bad) = name
         .chars()
@@ -191,10 +197,26 @@ mod tests {
         assert!(ClusterName::parse("demo").is_ok());
         assert!(ClusterName::parse("a").is_ok());
         assert!(ClusterName::parse(&"a".repeat(28)).is_ok());
-        assert!(ClusterName::parse(&"a".repeat(29)).unwrap_err().contains("at most 28"));
-        assert!(ClusterName::parse("Demo").unwrap_err().contains("found 'D'"));
-        assert!(ClusterName::parse("1demo").unwrap_err().contains("start with a lowercase letter"));
-        assert!(ClusterName::parse("demo-").unwrap_err().contains("end with a letter or digit"));
+        assert!(
+            ClusterName::parse(&"a".repeat(29))
+                .unwrap_err()
+                .contains("at most 28")
+        );
+        assert!(
+            ClusterName::parse("Demo")
+                .unwrap_err()
+                .contains("found 'D'")
+        );
+        assert!(
+            ClusterName::parse("1demo")
+                .unwrap_err()
+                .contains("start with a lowercase letter")
+        );
+        assert!(
+            ClusterName::parse("demo-")
+                .unwrap_err()
+                .contains("end with a letter or digit")
+        );
         assert!(ClusterName::parse("").is_err());
     }
 
@@ -207,8 +229,15 @@ mod tests {
         assert!(Region::parse("US-east-1").is_err());
         assert!(Region::parse("us-east-12").is_err());
         let region = Region::parse("us-east-1").unwrap();
-        assert_eq!(Zone::parse_in("us-east-1b", &region).unwrap().region(), "us-east-1");
-        assert!(Zone::parse_in("us-west-2a", &region).unwrap_err().contains("not in the cluster's region us-east-1"));
+        assert_eq!(
+            Zone::parse_in("us-east-1b", &region).unwrap().region(),
+            "us-east-1"
+        );
+        assert!(
+            Zone::parse_in("us-west-2a", &region)
+                .unwrap_err()
+                .contains("not in the cluster's region us-east-1")
+        );
         assert!(Zone::parse("us-east-1").is_err());
         assert!(Zone::parse("us-east-1ab").is_err());
     }
@@ -218,7 +247,11 @@ mod tests {
         assert!(PoolName::parse("default").is_ok());
         assert!(PoolName::parse("2nd").is_ok());
         assert!(PoolName::parse("masters").unwrap_err().contains("reserved"));
-        assert!(PoolName::parse(&"p".repeat(21)).unwrap_err().contains("at most 20"));
+        assert!(
+            PoolName::parse(&"p".repeat(21))
+                .unwrap_err()
+                .contains("at most 20")
+        );
         assert_eq!(PoolName::masters().as_str(), "masters");
     }
 }

@@ -13,12 +13,12 @@ use toml::de::DeTable;
 
 use super::error::{Problems, shape_problem, syntax_problem};
 use super::raw::{
-    RawApi, RawCluster, RawImage, RawMasters, RawNetwork, RawSpec, RawSsh, RawStringMap, RawWorkerPool,
-    SString,
+    RawApi, RawCluster, RawImage, RawMasters, RawNetwork, RawSpec, RawSsh, RawStringMap,
+    RawWorkerPool, SString,
 };
 use super::{
-    ApiConfig, ClusterName, ClusterSpec, ImageRef, Network, NodePool, PoolName, Region, Role, SpecError,
-    SshConfig, SshKeySource, SubnetSpec, Zone,
+    ApiConfig, ClusterName, ClusterSpec, ImageRef, Network, NodePool, PoolName, Region, Role,
+    SpecError, SshConfig, SshKeySource, SubnetSpec, Zone,
 };
 
 /// Most availability zones a cluster may span.
@@ -56,6 +56,9 @@ pub(crate) fn parse(source: &Path, text: &str) -> Result<ClusterSpec, SpecError>
     let mut check = Check {
         problems: Problems::default(),
         spec_folder: source.parent().map(Path::to_path_buf).unwrap_or_default(),
+        home: std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from),
     };
     let spec = check.spec(source, raw);
     match (check.problems.into_error(source, text), spec) {
@@ -79,7 +82,10 @@ fn unreachable_no_problem(source: &Path) -> SpecError {
 /// The validation of one spec: the problems found so far, and where relative paths start.
 struct Check {
     problems: Problems,
+    /// Where a relative `ssh.private_key` starts.
     spec_folder: PathBuf,
+    /// What `~` stands for in `ssh.private_key`.
+    home: Option<PathBuf>,
 }
 
 impl Check {
@@ -151,9 +157,16 @@ impl Check {
     }
 
     /// `value`, or a "is required" problem at the header of the table it is missing from.
-    fn require<'a, T>(&mut self, value: Option<&'a T>, table: &Range<usize>, field: &str, hint: &str) -> Option<&'a T> {
+    fn require<'a, T>(
+        &mut self,
+        value: Option<&'a T>,
+        table: &Range<usize>,
+        field: &str,
+        hint: &str,
+    ) -> Option<&'a T> {
         if value.is_none() {
-            self.problems.add(table.clone(), field, format!("is required; {hint}"));
+            self.problems
+                .add(table.clone(), field, format!("is required; {hint}"));
         }
         value
     }
@@ -162,15 +175,30 @@ impl Check {
     fn cluster(
         &mut self,
         table: &Spanned<RawCluster>,
-    ) -> (Option<ClusterName>, Option<Region>, Option<Vec<Zone>>, Option<BTreeMap<String, String>>) {
+    ) -> (
+        Option<ClusterName>,
+        Option<Region>,
+        Option<Vec<Zone>>,
+        Option<BTreeMap<String, String>>,
+    ) {
         let header = table.span();
         let raw = table.get_ref();
 
         let name = self
-            .require(raw.name.as_ref(), &header, "cluster.name", "add e.g. name = \"demo\" to [cluster]")
+            .require(
+                raw.name.as_ref(),
+                &header,
+                "cluster.name",
+                "add e.g. name = \"demo\" to [cluster]",
+            )
             .and_then(|name| self.checked(name, "cluster.name", ClusterName::parse));
         let region = self
-            .require(raw.region.as_ref(), &header, "cluster.region", "add e.g. region = \"us-east-1\" to [cluster]")
+            .require(
+                raw.region.as_ref(),
+                &header,
+                "cluster.region",
+                "add e.g. region = \"us-east-1\" to [cluster]",
+            )
             .and_then(|region| self.checked(region, "cluster.region", Region::parse));
         let zones = self
             .require(
@@ -188,7 +216,12 @@ impl Check {
     }
 
     /// Runs a name check on a spanned string, recording its complaint.
-    fn checked<T>(&mut self, value: &SString, field: &str, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
+    fn checked<T>(
+        &mut self,
+        value: &SString,
+        field: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
         match parse(value.get_ref()) {
             Ok(parsed) => Some(parsed),
             Err(message) => {
@@ -198,20 +231,30 @@ impl Check {
         }
     }
 
-    fn zones(&mut self, zones: &Spanned<Vec<SString>>, region: Option<&Region>) -> Option<Vec<Zone>> {
+    fn zones(
+        &mut self,
+        zones: &Spanned<Vec<SString>>,
+        region: Option<&Region>,
+    ) -> Option<Vec<Zone>> {
         let field = "cluster.availability_zones";
         let list = zones.get_ref();
         if list.is_empty() {
             let example = region.map_or_else(|| "us-east-1a".to_owned(), |r| format!("{r}a"));
-            self.problems
-                .at(zones, field, format!("must list at least one zone, e.g. [\"{example}\"]"));
+            self.problems.at(
+                zones,
+                field,
+                format!("must list at least one zone, e.g. [\"{example}\"]"),
+            );
             return None;
         }
         if list.len() > MAX_ZONES {
             self.problems.at(
                 zones,
                 field,
-                format!("lists {} zones, at most {MAX_ZONES} are allowed", list.len()),
+                format!(
+                    "lists {} zones, at most {MAX_ZONES} are allowed",
+                    list.len()
+                ),
             );
             return None;
         }
@@ -270,7 +313,10 @@ impl Check {
                 self.problems.at(
                     value,
                     field,
-                    format!("value of {:?} is {length} characters long, at most 256 are allowed", key.get_ref()),
+                    format!(
+                        "value of {:?} is {length} characters long, at most 256 are allowed",
+                        key.get_ref()
+                    ),
                 );
                 ok = false;
             }
@@ -278,7 +324,12 @@ impl Check {
         ok.then(|| plain_map(tags))
     }
 
-    fn network(&mut self, table: &Spanned<RawNetwork>, region: Option<&Region>, zones: Option<&[Zone]>) -> Option<Network> {
+    fn network(
+        &mut self,
+        table: &Spanned<RawNetwork>,
+        region: Option<&Region>,
+        zones: Option<&[Zone]>,
+    ) -> Option<Network> {
         let header = table.span();
         let raw = table.get_ref();
         let vpc = self
@@ -300,7 +351,9 @@ impl Check {
         let subnets = match raw.subnets.as_ref() {
             Some(subnets) => self.explicit_subnets(subnets, vpc, region, zones),
             None => match (raw.vpc_cidr.as_ref(), vpc, zones) {
-                (Some(written), Some(vpc), Some(zones)) => self.derived_subnets(written, vpc, zones),
+                (Some(written), Some(vpc), Some(zones)) => {
+                    self.derived_subnets(written, vpc, zones)
+                }
                 _ => None,
             },
         };
@@ -329,7 +382,10 @@ impl Check {
             self.problems.at(
                 value,
                 field,
-                format!("{vpc} has prefix /{}; a VPC's prefix must be /16 to /24", vpc.prefix_len()),
+                format!(
+                    "{vpc} has prefix /{}; a VPC's prefix must be /16 to /24",
+                    vpc.prefix_len()
+                ),
             );
             return None;
         }
@@ -406,12 +462,24 @@ impl Check {
             let raw = subnet.get_ref();
             let zone_field = format!("{field}[{i}].zone");
             let cidr_field = format!("{field}[{i}].cidr");
-            let example = zones.and_then(|z| z.get(i)).map_or_else(|| "us-east-1a".to_owned(), |z| z.to_string());
+            let example = zones
+                .and_then(|z| z.get(i))
+                .map_or_else(|| "us-east-1a".to_owned(), |z| z.to_string());
             let zone = self
-                .require(raw.zone.as_ref(), &header, &zone_field, &format!("add e.g. zone = \"{example}\""))
+                .require(
+                    raw.zone.as_ref(),
+                    &header,
+                    &zone_field,
+                    &format!("add e.g. zone = \"{example}\""),
+                )
                 .and_then(|zone| self.subnet_zone(zone, &zone_field, region, zones, &seen));
             let cidr = self
-                .require(raw.cidr.as_ref(), &header, &cidr_field, "add e.g. cidr = \"10.42.0.0/20\"")
+                .require(
+                    raw.cidr.as_ref(),
+                    &header,
+                    &cidr_field,
+                    "add e.g. cidr = \"10.42.0.0/20\"",
+                )
                 .and_then(|cidr| self.subnet_cidr(cidr, &cidr_field, vpc, &seen));
             match (zone, cidr) {
                 (Some(zone), Some(cidr)) => seen.push((i, SubnetSpec { zone, cidr })),
@@ -471,7 +539,9 @@ impl Check {
             self.problems.at(
                 value,
                 field,
-                format!("{zone} already has a subnet, network.subnets[{j}]; each zone gets exactly one"),
+                format!(
+                    "{zone} already has a subnet, network.subnets[{j}]; each zone gets exactly one"
+                ),
             );
             return None;
         }
@@ -490,7 +560,10 @@ impl Check {
             self.problems.at(
                 value,
                 field,
-                format!("{cidr} has prefix /{}; a subnet's prefix must be /16 to /28", cidr.prefix_len()),
+                format!(
+                    "{cidr} has prefix /{}; a subnet's prefix must be /16 to /28",
+                    cidr.prefix_len()
+                ),
             );
             return None;
         }
@@ -513,7 +586,12 @@ impl Check {
 
     /// One subnet per zone: the VPC split into blocks DERIVED_SUBNET_EXTRA_BITS longer, the i-th
     /// zone taking the i-th block.
-    fn derived_subnets(&mut self, written: &SString, vpc: Ipv4Net, zones: &[Zone]) -> Option<Vec<SubnetSpec>> {
+    fn derived_subnets(
+        &mut self,
+        written: &SString,
+        vpc: Ipv4Net,
+        zones: &[Zone],
+    ) -> Option<Vec<SubnetSpec>> {
         let prefix = vpc.prefix_len() + DERIVED_SUBNET_EXTRA_BITS;
         let blocks: Vec<Ipv4Net> = match vpc.subnets(prefix) {
             Ok(blocks) => blocks.take(zones.len()).collect(),
@@ -565,7 +643,7 @@ impl Check {
             );
             return None;
         }
-        let private = match resolve_key_path(text, &self.spec_folder) {
+        let private = match resolve_key_path(text, &self.spec_folder, self.home.as_deref()) {
             Ok(path) => path,
             Err(message) => {
                 self.problems.at(written, field, message);
@@ -605,8 +683,11 @@ impl Check {
             Some(port) => {
                 let value = self.int_in(port, "api.port", 1, 65535)?;
                 if value == 22 {
-                    self.problems
-                        .at(port, "api.port", "22 is the nodes' SSH port; choose another, e.g. 6443");
+                    self.problems.at(
+                        port,
+                        "api.port",
+                        "22 is the nodes' SSH port; choose another, e.g. 6443",
+                    );
                     return None;
                 }
                 u16::try_from(value).ok()?
@@ -614,17 +695,22 @@ impl Check {
             None => DEFAULT_API_PORT,
         };
         let load_balancer = raw.load_balancer.as_ref().is_none_or(|lb| *lb.get_ref());
-        Some(ApiConfig { port, load_balancer })
+        Some(ApiConfig {
+            port,
+            load_balancer,
+        })
     }
 
     /// An integer within `lo..=hi`, or a problem saying which bound it broke.
     fn int_in(&mut self, value: &Spanned<i64>, field: &str, lo: i64, hi: i64) -> Option<i64> {
         let v = *value.get_ref();
         if v < lo {
-            self.problems.at(value, field, format!("must be at least {lo}, got {v}"));
+            self.problems
+                .at(value, field, format!("must be at least {lo}, got {v}"));
             None
         } else if v > hi {
-            self.problems.at(value, field, format!("must be at most {hi}, got {v}"));
+            self.problems
+                .at(value, field, format!("must be at most {hi}, got {v}"));
             None
         } else {
             Some(v)
@@ -635,7 +721,12 @@ impl Check {
         let header = table.span();
         let raw = table.get_ref();
         let count = self
-            .require(raw.count.as_ref(), &header, "masters.count", "add count = 1 (or 3 for high availability) to [masters]")
+            .require(
+                raw.count.as_ref(),
+                &header,
+                "masters.count",
+                "add count = 1 (or 3 for high availability) to [masters]",
+            )
             .and_then(|count| {
                 let v = *count.get_ref();
                 if v == 1 || v == 3 {
@@ -644,7 +735,9 @@ impl Check {
                     self.problems.at(
                         count,
                         "masters.count",
-                        format!("must be 1 or 3, got {v} (3 keeps a quorum when one master is lost)"),
+                        format!(
+                            "must be 1 or 3, got {v} (3 keeps a quorum when one master is lost)"
+                        ),
                     );
                     None
                 }
@@ -709,7 +802,7 @@ impl Check {
                     self.problems.at(
                         name,
                         &name_field,
-                        format!("{parsed:?} is already the name of workers[{first}]; pool names must be unique"),
+                        format!("{:?} is already the name of workers[{first}]; pool names must be unique", parsed.as_str()),
                     );
                     return None;
                 }
@@ -718,7 +811,12 @@ impl Check {
             });
         let count_field = format!("{prefix}.count");
         let count = self
-            .require(raw.count.as_ref(), &header, &count_field, "add e.g. count = 2 to this [[workers]] pool")
+            .require(
+                raw.count.as_ref(),
+                &header,
+                &count_field,
+                "add e.g. count = 2 to this [[workers]] pool",
+            )
             .and_then(|count| self.int_in(count, &count_field, 0, MAX_WORKERS))
             .and_then(|count| u32::try_from(count).ok());
         let machine = self.machine(
@@ -756,7 +854,12 @@ impl Check {
     ) -> Option<(String, ImageRef, u32, BTreeMap<String, String>)> {
         let type_field = format!("{prefix}.instance_type");
         let instance_type = self
-            .require(instance_type, header, &type_field, &format!("add e.g. instance_type = \"t3.medium\" to {table_name}"))
+            .require(
+                instance_type,
+                header,
+                &type_field,
+                &format!("add e.g. instance_type = \"t3.medium\" to {table_name}"),
+            )
             .and_then(|t| self.checked(t, &type_field, check_instance_type));
         let image_field = format!("{prefix}.image");
         let image = self
@@ -797,13 +900,20 @@ impl Check {
                     None
                 }
             }
-            RawImage::Filter { name, owner, unknown } => {
+            RawImage::Filter {
+                name,
+                owner,
+                unknown,
+            } => {
                 let mut ok = true;
                 for key in unknown {
                     self.problems.at(
                         key,
                         format!("{field}.{}", key.get_ref()),
-                        format!("unknown field `{}`, expected `name` or `owner`", key.get_ref()),
+                        format!(
+                            "unknown field `{}`, expected `name` or `owner`",
+                            key.get_ref()
+                        ),
                     );
                     ok = false;
                 }
@@ -820,7 +930,9 @@ impl Check {
                     }
                 };
                 let owner = match owner {
-                    Some(owner) => Some(self.checked(owner, &format!("{field}.owner"), check_image_owner)?),
+                    Some(owner) => {
+                        Some(self.checked(owner, &format!("{field}.owner"), check_image_owner)?)
+                    }
                     None => None,
                 };
                 let pattern = pattern?;
@@ -837,8 +949,11 @@ impl Check {
                 ok = false;
             }
             if let Err(message) = check_label_value(value.get_ref()) {
-                self.problems
-                    .at(value, field, format!("value of {:?} {message}", key.get_ref()));
+                self.problems.at(
+                    value,
+                    field,
+                    format!("value of {:?} {message}", key.get_ref()),
+                );
                 ok = false;
             }
         }
@@ -861,11 +976,15 @@ fn parse_cidr(text: &str) -> Result<Ipv4Net, String> {
             "{text:?} has host bits set; did you mean \"{}\"?",
             net.trunc()
         )),
-        Err(_) if Ipv4Addr::from_str(text).is_ok() => {
-            Err(format!("{text:?} has no prefix length; did you mean \"{text}/32\"?"))
-        }
-        Err(_) if text.contains(':') => Err(format!("{text:?} is IPv6; only IPv4 CIDR blocks are supported")),
-        Err(_) => Err(format!("{text:?} is not an IPv4 CIDR block like \"10.42.0.0/16\"")),
+        Err(_) if Ipv4Addr::from_str(text).is_ok() => Err(format!(
+            "{text:?} has no prefix length; did you mean \"{text}/32\"?"
+        )),
+        Err(_) if text.contains(':') => Err(format!(
+            "{text:?} is IPv6; only IPv4 CIDR blocks are supported"
+        )),
+        Err(_) => Err(format!(
+            "{text:?} is not an IPv4 CIDR block like \"10.42.0.0/16\""
+        )),
     }
 }
 
@@ -876,22 +995,34 @@ fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
 /// `^ami-[0-9a-f]{8,17}$`
 fn is_ami_id(id: &str) -> bool {
     id.strip_prefix("ami-").is_some_and(|hex| {
-        (8..=17).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        (8..=17).contains(&hex.len())
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
 /// `^[a-z][a-z0-9-]*\.[a-z0-9]+$`
 fn check_instance_type(text: &str) -> Result<String, String> {
     let shaped = text.split_once('.').is_some_and(|(family, size)| {
-        family.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-            && family.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        family
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase())
+            && family
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !size.is_empty()
-            && size.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && size
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     });
     if shaped {
         Ok(text.to_owned())
     } else {
-        Err(format!("{text:?} is not an EC2 instance type; expected a family and a size like \"t3.medium\""))
+        Err(format!(
+            "{text:?} is not an EC2 instance type; expected a family and a size like \"t3.medium\""
+        ))
     }
 }
 
@@ -902,7 +1033,9 @@ fn check_image_name(text: &str) -> Result<String, String> {
     }
     let length = text.chars().count();
     if length > 128 {
-        return Err(format!("is {length} characters long, at most 128 are allowed"));
+        return Err(format!(
+            "is {length} characters long, at most 128 are allowed"
+        ));
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || "()[] ./-'@_*?".contains(c);
     if let Some(bad) = text.chars().find(|c| !allowed(*c)) {
@@ -929,7 +1062,10 @@ fn check_image_owner(text: &str) -> Result<String, String> {
 fn check_unix_user(text: &str) -> Result<String, String> {
     let valid = !text.is_empty()
         && text.len() <= 32
-        && text.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && text
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
         && text
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
@@ -949,11 +1085,15 @@ fn check_tag_key(key: &str) -> Result<(), String> {
     }
     let length = key.chars().count();
     if length > 128 {
-        return Err(format!("key {key:?} is {length} characters long, at most 128 are allowed"));
+        return Err(format!(
+            "key {key:?} is {length} characters long, at most 128 are allowed"
+        ));
     }
     // AWS reserves "aws:" whatever its case.
     if key.to_ascii_lowercase().starts_with("aws:") {
-        return Err(format!("key {key:?} starts with \"aws:\", which AWS reserves"));
+        return Err(format!(
+            "key {key:?} starts with \"aws:\", which AWS reserves"
+        ));
     }
     if key.starts_with("clusterctl:") {
         return Err(format!(
@@ -974,7 +1114,9 @@ fn check_label_key(key: &str) -> Result<(), String> {
             && prefix.len() <= 253
             && prefix.split('.').all(|part| {
                 !part.is_empty()
-                    && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                     && !part.starts_with('-')
                     && !part.ends_with('-')
             });
@@ -1002,13 +1144,17 @@ fn check_label_value(value: &str) -> Result<(), String> {
 fn check_label_name(name: &str) -> Result<(), String> {
     let length = name.chars().count();
     if length > 63 {
-        return Err(format!("is {length} characters long, at most 63 are allowed"));
+        return Err(format!(
+            "is {length} characters long, at most 63 are allowed"
+        ));
     }
     if let Some(bad) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!("contains {bad:?}; use letters, digits, '.', '_' and '-'"));
+        return Err(format!(
+            "contains {bad:?}; use letters, digits, '.', '_' and '-'"
+        ));
     }
     let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
     if !alnum(name.chars().next()) || !alnum(name.chars().next_back()) {
@@ -1018,13 +1164,17 @@ fn check_label_name(name: &str) -> Result<(), String> {
 }
 
 /// The private key's path: `~` expanded, relative paths taken from the spec file's folder.
-fn resolve_key_path(text: &str, spec_folder: &Path) -> Result<PathBuf, String> {
+fn resolve_key_path(
+    text: &str,
+    spec_folder: &Path,
+    home: Option<&Path>,
+) -> Result<PathBuf, String> {
     let expanded = if text == "~" || text.starts_with("~/") {
-        let home = std::env::var_os("HOME")
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| format!("{text:?} starts with '~' but HOME is not set; give the full path"))?;
+        let home = home.ok_or_else(|| {
+            format!("{text:?} starts with '~' but HOME is not set; give the full path")
+        })?;
         let rest = text.trim_start_matches('~').trim_start_matches('/');
-        PathBuf::from(home).join(rest)
+        home.join(rest)
     } else {
         PathBuf::from(text)
     };
@@ -1041,7 +1191,9 @@ fn readable_file(path: &Path) -> Result<(), String> {
     if !metadata.is_file() {
         return Err("not a file".to_owned());
     }
-    std::fs::File::open(path).map(|_| ()).map_err(|e| io_reason(&e))
+    std::fs::File::open(path)
+        .map(|_| ())
+        .map_err(|e| io_reason(&e))
 }
 
 /// The OS error's own words, lowercase, without the "(os error N)" suffix.
@@ -1064,8 +1216,16 @@ mod tests {
     #[test]
     fn cidrs_must_be_network_addresses() {
         assert!(parse_cidr("10.42.0.0/16").is_ok());
-        assert!(parse_cidr("10.42.0.1/16").unwrap_err().contains("did you mean \"10.42.0.0/16\""));
-        assert!(parse_cidr("10.42.0.1").unwrap_err().contains("\"10.42.0.1/32\""));
+        assert!(
+            parse_cidr("10.42.0.1/16")
+                .unwrap_err()
+                .contains("did you mean \"10.42.0.0/16\"")
+        );
+        assert!(
+            parse_cidr("10.42.0.1")
+                .unwrap_err()
+                .contains("\"10.42.0.1/32\"")
+        );
         assert!(parse_cidr("::/0").unwrap_err().contains("IPv6"));
         assert!(parse_cidr("banana").is_err());
     }
@@ -1107,7 +1267,28 @@ mod tests {
     #[test]
     fn key_paths_are_resolved_against_the_spec_folder() {
         let folder = Path::new("/specs");
-        assert_eq!(resolve_key_path("keys/id", folder).unwrap(), PathBuf::from("/specs/keys/id"));
-        assert_eq!(resolve_key_path("/abs/id", folder).unwrap(), PathBuf::from("/abs/id"));
+        let home = Some(Path::new("/home/ops"));
+        assert_eq!(
+            resolve_key_path("keys/id", folder, home).unwrap(),
+            PathBuf::from("/specs/keys/id")
+        );
+        assert_eq!(
+            resolve_key_path("/abs/id", folder, home).unwrap(),
+            PathBuf::from("/abs/id")
+        );
+        assert_eq!(
+            resolve_key_path("~/.ssh/id", folder, home).unwrap(),
+            PathBuf::from("/home/ops/.ssh/id")
+        );
+        assert!(
+            resolve_key_path("~/.ssh/id", folder, None)
+                .unwrap_err()
+                .contains("HOME is not set")
+        );
+        // "~user" is not expanded: it is a relative path like any other.
+        assert_eq!(
+            resolve_key_path("~ops/id", folder, home).unwrap(),
+            PathBuf::from("/specs/~ops/id")
+        );
     }
 }
