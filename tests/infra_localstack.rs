@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clusterctl::cloud::aws::{AwsCloud, AwsOptions};
-use clusterctl::cloud::{Cloud, IngressRule, InstanceState, Protocol, Resilient, RetryPolicy};
+use clusterctl::cloud::{IngressRule, InstanceState, Protocol, Resilient, RetryPolicy};
 use clusterctl::provision::{self, ConvergeOptions};
 use clusterctl::report::NoReport;
 use clusterctl::spec::ClusterSpec;
