@@ -7,11 +7,13 @@
 //! - [`cloud`]: the cloud-controller abstraction: the [`cloud::Cloud`] trait, its AWS
 //!   implementation, the retry decorator and an in-memory fake.
 //! - [`provision`]: discover what a cluster owns, plan, converge and destroy infrastructure.
+//! - [`bootstrap`]: SSH to machines with verified host keys (install and join come later).
 //! - [`home`]: the operator's per-cluster folder (SSH key, later credentials).
 //! - [`report`]: the progress-reporting trait the library uses instead of drawing.
 //!
 //! See `docs/ARCHITECTURE.md` for the decisions behind this shape.
 
+pub mod bootstrap;
 pub mod cli;
 pub mod cloud;
 pub mod home;

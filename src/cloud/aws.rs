@@ -434,6 +434,20 @@ impl Cloud for AwsCloud {
         Ok(Image { id: id.to_string(), name: i.name().map(str::to_string), root_device_name: i.root_device_name().map(str::to_string) })
     }
 
+    async fn console_output(&self, instance_id: &str) -> CloudResult<Option<String>> {
+        use base64::Engine;
+        let action = format!("reading the console of {instance_id}");
+        let resp = self.ec2.get_console_output().instance_id(instance_id).send().await.map_err(|e| classify(action, e))?;
+        // EC2 sends the console base64-encoded; fall back to the text itself if it is not.
+        Ok(resp.output().map(|o| {
+            base64::engine::general_purpose::STANDARD
+                .decode(o.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .unwrap_or_else(|| o.to_string())
+        }))
+    }
+
     async fn create_vpc(&self, cidr: Ipv4Net, tags: &Tags) -> CloudResult<Vpc> {
         let action = format!("creating VPC {cidr}");
         let resp = self

@@ -36,6 +36,7 @@ struct State {
     calls: Vec<String>,
     hide_new_instances_for: u32,
     ignore_client_tokens: bool,
+    consoles: HashMap<String, String>,
 }
 
 struct FakeInstance {
@@ -92,6 +93,11 @@ impl FakeCloud {
     /// Makes launches ignore their idempotency token, as LocalStack's moto does.
     pub fn ignore_client_tokens(&self) {
         self.lock().ignore_client_tokens = true;
+    }
+
+    /// Sets what an instance's console shows.
+    pub fn set_console(&self, instance_id: &str, text: &str) {
+        self.lock().consoles.insert(instance_id.into(), text.into());
     }
 
     /// Every call made so far, by trait method name.
@@ -259,6 +265,12 @@ impl Cloud for FakeCloud {
     async fn image(&self, id: &str) -> CloudResult<Image> {
         let s = self.enter("image", || format!("looking up image {id}"))?;
         s.images.iter().find(|i| i.id == id).cloned().ok_or_else(|| not_found(format!("looking up image {id}"), "InvalidAMIID.NotFound"))
+    }
+
+    async fn console_output(&self, instance_id: &str) -> CloudResult<Option<String>> {
+        let s = self.enter("console_output", || format!("reading the console of {instance_id}"))?;
+        let f = s.instances.get(instance_id).ok_or_else(|| not_found(format!("reading the console of {instance_id}"), "InvalidInstanceID.NotFound"))?;
+        Ok(s.consoles.get(&f.instance.id).cloned())
     }
 
     async fn create_vpc(&self, cidr: Ipv4Net, tags: &Tags) -> CloudResult<Vpc> {

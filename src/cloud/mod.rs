@@ -298,6 +298,8 @@ pub trait Cloud: Send + Sync {
     async fn find_image(&self, pattern: &str, owner: Option<&str>) -> CloudResult<Option<Image>>;
     /// One image by id.
     async fn image(&self, id: &str) -> CloudResult<Image>;
+    /// What the instance printed on its console (decoded), if anything yet.
+    async fn console_output(&self, instance_id: &str) -> CloudResult<Option<String>>;
 
     /// Creates a VPC.
     async fn create_vpc(&self, cidr: Ipv4Net, tags: &Tags) -> CloudResult<Vpc>;

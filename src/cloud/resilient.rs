@@ -235,6 +235,10 @@ impl Cloud for Resilient {
         self.call(Class::Read, String::new(), || self.inner.image(id)).await
     }
 
+    async fn console_output(&self, instance_id: &str) -> CloudResult<Option<String>> {
+        self.call(Class::Read, String::new(), || self.inner.console_output(instance_id)).await
+    }
+
     async fn create_vpc(&self, cidr: Ipv4Net, tags: &Tags) -> CloudResult<Vpc> {
         self.call(Class::Create, format!("create_vpc {cidr}"), || self.inner.create_vpc(cidr, tags)).await
     }

@@ -1,0 +1,227 @@
+//! SSH sessions on ssh2, on blocking threads.
+//!
+//! [`connect`] retries with bounded back-off while a machine boots (connection refused, timeouts,
+//! the key not yet authorized) until a deadline, and verifies the host key before anything is
+//! sent: a key that differs from the pinned one is a hard error, never retried or ignored.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use ssh2::{MethodType, Session};
+use thiserror::Error;
+
+use super::hostkeys::{self, HostKey};
+
+/// Errors of SSH work, each naming the node.
+#[derive(Debug, Error)]
+pub enum SshError {
+    /// The machine did not accept us before the deadline.
+    #[error("connecting to {node} ({address}) over SSH: gave up after {waited:?}; last error: {last}")]
+    Unreachable { node: String, address: SocketAddr, waited: Duration, last: String },
+    /// The machine offered a host key other than the expected one.
+    #[error("host key of {node} ({address}) does not match: expected {}, offered {offered}", expected.join(" or "))]
+    HostKeyMismatch { node: String, address: SocketAddr, expected: Vec<String>, offered: String },
+    /// A command exited non-zero.
+    #[error("running `{command}` on {node}: exit status {status}: {stderr}")]
+    Command { node: String, command: String, status: i32, stderr: String },
+    /// The session broke.
+    #[error("{action} on {node}: {message}")]
+    Session { node: String, action: String, message: String },
+}
+
+/// How to decide whether a machine's host key is the right one.
+#[derive(Debug, Clone)]
+pub enum HostKeyTrust {
+    /// Accept only these keys (pinned from the machine's console output).
+    Pinned(Vec<HostKey>),
+    /// Accept whatever key is offered the first time; the caller records it (see [`SshSession::host_key`]).
+    FirstUse,
+}
+
+/// Where and as whom to log in.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    /// The node's name, for messages.
+    pub node: String,
+    pub address: SocketAddr,
+    pub user: String,
+    pub private_key: PathBuf,
+    pub trust: HostKeyTrust,
+}
+
+/// What a remote command printed and how it exited.
+#[derive(Debug, Clone)]
+pub struct CommandOutput {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// An authenticated SSH session with a verified host key.
+pub struct SshSession {
+    session: Session,
+    target: SshTarget,
+    host_key: HostKey,
+}
+
+fn session_error(target: &SshTarget, action: &str, e: impl std::fmt::Display) -> SshError {
+    SshError::Session { node: target.node.clone(), action: action.to_string(), message: e.to_string() }
+}
+
+/// Quotes a string for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Connects, verifies the host key and authenticates, retrying while the machine boots. Blocking.
+pub fn connect(target: &SshTarget, deadline: Duration) -> Result<SshSession, SshError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(250);
+    let mut last;
+    loop {
+        match attempt(target) {
+            Ok(session) => return Ok(session),
+            Err(Attempt::Fatal(e)) => return Err(e),
+            Err(Attempt::Retry(message)) => last = message,
+        }
+        if start.elapsed() + pause > deadline {
+            return Err(SshError::Unreachable { node: target.node.clone(), address: target.address, waited: start.elapsed(), last });
+        }
+        tracing::debug!(node = %target.node, error = %last, "ssh not ready, retrying");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(3));
+    }
+}
+
+enum Attempt {
+    Retry(String),
+    Fatal(SshError),
+}
+
+fn attempt(target: &SshTarget) -> Result<SshSession, Attempt> {
+    let tcp = TcpStream::connect_timeout(&target.address, Duration::from_secs(5)).map_err(|e| Attempt::Retry(format!("tcp: {e}")))?;
+    let mut session = Session::new().map_err(|e| Attempt::Retry(format!("session: {e}")))?;
+    session.set_tcp_stream(tcp);
+    session.set_timeout(30_000);
+    // Prefer the algorithms cloud-init prints, strongest first.
+    let _ = session.method_pref(MethodType::HostKey, "ssh-ed25519,ecdsa-sha2-nistp256,rsa-sha2-512,rsa-sha2-256,ssh-rsa");
+    session.handshake().map_err(|e| Attempt::Retry(format!("handshake: {e}")))?;
+    let offered = session
+        .host_key()
+        .and_then(|(blob, _)| HostKey::from_blob(blob))
+        .ok_or_else(|| Attempt::Retry("the server offered no readable host key".into()))?;
+    if let HostKeyTrust::Pinned(expected) = &target.trust {
+        if let Err(m) = hostkeys::verify(expected, &offered) {
+            return Err(Attempt::Fatal(SshError::HostKeyMismatch {
+                node: target.node.clone(),
+                address: target.address,
+                expected: m.expected,
+                offered: m.offered,
+            }));
+        }
+    }
+    session
+        .userauth_pubkey_file(&target.user, None, &target.private_key, None)
+        .map_err(|e| Attempt::Retry(format!("authenticating as {}: {e}", target.user)))?;
+    if !session.authenticated() {
+        return Err(Attempt::Retry(format!("not authenticated as {}", target.user)));
+    }
+    Ok(SshSession { session, target: target.clone(), host_key: offered })
+}
+
+impl SshSession {
+    /// The host key the machine offered (and that was verified, or is to be recorded on first use).
+    pub fn host_key(&self) -> &HostKey {
+        &self.host_key
+    }
+
+    /// The node's name.
+    pub fn node(&self) -> &str {
+        &self.target.node
+    }
+
+    /// Runs a command as the login user and collects its output, whatever its exit status.
+    pub fn exec(&self, command: &str) -> Result<CommandOutput, SshError> {
+        let err = |e: ssh2::Error| session_error(&self.target, &format!("running `{command}`"), e);
+        let mut channel = self.session.channel_session().map_err(err)?;
+        channel.exec(command).map_err(err)?;
+        let mut stdout = String::new();
+        channel.read_to_string(&mut stdout).map_err(|e| session_error(&self.target, "reading output", e))?;
+        let mut stderr = String::new();
+        channel.stderr().read_to_string(&mut stderr).map_err(|e| session_error(&self.target, "reading errors", e))?;
+        channel.wait_close().map_err(err)?;
+        let status = channel.exit_status().map_err(err)?;
+        Ok(CommandOutput { status, stdout, stderr })
+    }
+
+    /// Runs a command and fails unless it exits 0.
+    pub fn run(&self, command: &str) -> Result<CommandOutput, SshError> {
+        let out = self.exec(command)?;
+        if out.status != 0 {
+            return Err(SshError::Command { node: self.target.node.clone(), command: command.to_string(), status: out.status, stderr: out.stderr.trim().to_string() });
+        }
+        Ok(out)
+    }
+
+    /// Runs a command as root through `sudo -n` (never prompts).
+    pub fn sudo(&self, command: &str) -> Result<CommandOutput, SshError> {
+        self.run(&format!("sudo -n sh -c {}", shell_quote(command)))
+    }
+
+    /// Installs `contents` at `path` (owned by root, `mode`): sent to a temporary file, checked by
+    /// SHA-256 on the node, then renamed into place. Returns false when an identical file was there.
+    pub fn upload(&self, contents: &[u8], path: &str, mode: u32) -> Result<bool, SshError> {
+        let digest = hex::encode(Sha256::digest(contents));
+        let q = shell_quote(path);
+        let current = self.exec(&format!("sudo -n sha256sum {q} 2>/dev/null | cut -d' ' -f1"))?;
+        if current.stdout.trim() == digest {
+            let _ = self.sudo(&format!("chmod {mode:o} {q}"));
+            return Ok(false);
+        }
+        let tmp = format!("/tmp/clusterctl-upload-{}", &digest[..16]);
+        let mut remote = self
+            .session
+            .scp_send(Path::new(&tmp), 0o600, contents.len() as u64, None)
+            .map_err(|e| session_error(&self.target, &format!("sending {path}"), e))?;
+        std::io::Write::write_all(&mut remote, contents).map_err(|e| session_error(&self.target, &format!("sending {path}"), e))?;
+        remote.send_eof().and_then(|_| remote.wait_eof()).and_then(|_| remote.close()).and_then(|_| remote.wait_close()).map_err(|e| session_error(&self.target, &format!("sending {path}"), e))?;
+        let t = shell_quote(&tmp);
+        let staged = shell_quote(&format!("{path}.clusterctl-new"));
+        self.sudo(&format!(
+            "echo '{digest}  '{t} | sha256sum -c --quiet && mkdir -p \"$(dirname {q})\" && install -m {mode:o} -o root -g root {t} {staged} && mv -f {staged} {q}; status=$?; rm -f {t}; exit $status"
+        ))?;
+        Ok(true)
+    }
+}
+
+/// Connects on a blocking thread.
+pub async fn connect_async(target: SshTarget, deadline: Duration) -> Result<SshSession, SshError> {
+    let node = target.node.clone();
+    tokio::task::spawn_blocking(move || connect(&target, deadline))
+        .await
+        .unwrap_or_else(|e| Err(SshError::Session { node, action: "connecting".into(), message: e.to_string() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quote_survives_single_quotes() {
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn an_address_where_nothing_listens_gives_up_at_the_deadline_naming_the_node() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let target = SshTarget { node: "w-0".into(), address, user: "admin".into(), private_key: "/nonexistent".into(), trust: HostKeyTrust::FirstUse };
+        let err = connect(&target, Duration::from_millis(600)).err().expect("nothing listens");
+        let text = err.to_string();
+        assert!(text.contains("w-0") && text.contains("tcp:"), "{text}");
+    }
+}
