@@ -1,0 +1,93 @@
+"""The few Docker operations the realizer needs, through the ``docker`` command line (no SDK:
+nothing to pin, and the same commands a person would type to look at what the realizer did)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+
+LOG = logging.getLogger("clusterctl.docker")
+
+# never let a proxy from the environment near the Docker CLI (it talks to a unix socket anyway)
+_ENV = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+
+
+class DockerError(Exception):
+    def __init__(self, args: list[str], returncode: int, stderr: str):
+        self.cmd = args
+        self.returncode = returncode
+        self.stderr = stderr.strip()
+        super().__init__(f"docker {' '.join(args[:2])}... failed ({returncode}): {self.stderr}")
+
+
+def docker(*args: str, timeout: float = 60, check: bool = True, input: bytes | None = None) -> str:
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(
+            ["docker", *args], capture_output=True, timeout=timeout, env=_ENV, input=input, check=False
+        )
+    except subprocess.TimeoutExpired as e:
+        raise DockerError(list(args), -1, f"timed out after {timeout} s") from e
+    dt = time.monotonic() - t0
+    if dt > 5:
+        LOG.info("docker %s took %.1f s", " ".join(args[:2]), dt)
+    if check and p.returncode != 0:
+        raise DockerError(list(args), p.returncode, p.stderr.decode(errors="replace"))
+    return p.stdout.decode(errors="replace")
+
+
+def docker_bytes(*args: str, timeout: float = 30) -> bytes:
+    p = subprocess.run(["docker", *args], capture_output=True, timeout=timeout, env=_ENV, check=False)
+    if p.returncode != 0:
+        raise DockerError(list(args), p.returncode, p.stderr.decode(errors="replace"))
+    return p.stdout + p.stderr
+
+
+def label_args(labels: dict[str, str]) -> list[str]:
+    out: list[str] = []
+    for k, v in labels.items():
+        out += ["--label", f"{k}={v}"]
+    return out
+
+
+def containers(filters: dict[str, str]) -> dict[str, str]:
+    """name -> state (running, exited, created, restarting, paused, dead) of matching containers."""
+    args = ["ps", "-a", "--no-trunc", "--format", "{{.Names}}\t{{.State}}"]
+    for k, v in filters.items():
+        args += ["--filter", f"label={k}={v}"]
+    out = {}
+    for line in docker(*args, timeout=20).splitlines():
+        if "\t" in line:
+            name, state = line.split("\t", 1)
+            out[name] = state.strip()
+    return out
+
+
+def networks(filters: dict[str, str]) -> list[dict]:
+    """Inspected networks matching the label filters."""
+    args = ["network", "ls", "-q"]
+    for k, v in filters.items():
+        args += ["--filter", f"label={k}={v}"]
+    ids = docker(*args, timeout=20).split()
+    if not ids:
+        return []
+    try:
+        return json.loads(docker("network", "inspect", *ids, timeout=20))
+    except DockerError:  # one vanished in between: inspect one by one
+        out = []
+        for i in ids:
+            try:
+                out += json.loads(docker("network", "inspect", i, timeout=20))
+            except DockerError:
+                pass
+        return out
+
+
+def image_exists(image: str) -> bool:
+    return subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", image],
+        capture_output=True, timeout=20, env=_ENV, check=False,
+    ).returncode == 0
