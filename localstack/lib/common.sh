@@ -25,7 +25,7 @@ ls_log() { printf 'localstack: %s\n' "$*" >&2; }
 ls_die() { ls_log "error: $*"; exit 1; }
 
 # 1 when the EC2/NLB realizer is on (the default): instances become node containers.
-ls_realizer_on() { [[ "${CLUSTERCTL_LOCALSTACK_REALIZER:-0}" == 1 ]]; }  # DEV: default flips to 1 when tested
+ls_realizer_on() { [[ "${CLUSTERCTL_LOCALSTACK_REALIZER:-1}" == 1 ]]; }
 
 # docker0's IPv4 address (172.17.0.1 normally), empty without that bridge.
 ls_docker_bridge_addr() {

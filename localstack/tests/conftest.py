@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import time
 import urllib.request
 import uuid
 
@@ -13,7 +14,8 @@ import pytest
 from botocore.config import Config
 
 LS_DIR = pathlib.Path(__file__).resolve().parent.parent
-STATE = LS_DIR / ".state"
+REPO = LS_DIR.parent
+STATE = pathlib.Path(os.environ.get("CLUSTERCTL_LOCALSTACK_STATE_DIR") or LS_DIR / ".state").resolve()
 PORT = int(os.environ.get("CLUSTERCTL_LOCALSTACK_PORT", "4566"))
 ENDPOINT = f"http://127.0.0.1:{PORT}"
 REGION = "us-east-1"
@@ -37,14 +39,14 @@ def localstack_running() -> dict:
         pytest.fail(f"LocalStack does not answer at {ENDPOINT} ({e}): run localstack/up first")
 
 
-def _client(service: str):
+def _client(service: str, region: str = REGION):
     return boto3.client(
         service,
         endpoint_url=ENDPOINT,
-        region_name=REGION,
+        region_name=region,
         aws_access_key_id="test",
         aws_secret_access_key="test",
-        config=Config(retries={"max_attempts": 1}),  # see every error as it is
+        config=Config(retries={"total_max_attempts": 1}),  # no retries: see every error as it is
     )
 
 
@@ -79,19 +81,35 @@ def cluster_filter(cluster: str) -> list[dict]:
     return [{"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]}]
 
 
-class Network:
-    """A tagged VPC with two public subnets, an internet gateway, a route table and a security group."""
+_next_octet = [150 + os.getpid() % 50]
 
-    def __init__(self, ec2, cluster: str):
+
+def unique_octet() -> int:
+    """Second octet of a VPC CIDR 10.X.0.0/16 of its own (150..199) per test: with the realizer a VPC
+    with machines is a Docker network, and those must not overlap (other users of the same LocalStack,
+    such as the Rust integration tests, use 10.61-63 and 10.200-210)."""
+    o = _next_octet[0]
+    _next_octet[0] = 150 + (o - 150 + 1) % 50
+    return o
+
+
+class Network:
+    """A tagged VPC (10.X.0.0/16, X unique per test) with two public subnets, an internet gateway, a
+    route table and a security group."""
+
+    def __init__(self, ec2, cluster: str, octet: int | None = None):
         self.ec2, self.cluster = ec2, cluster
-        self.vpc_id = ec2.create_vpc(CidrBlock="10.42.0.0/16", TagSpecifications=tag_spec("vpc", cluster))[
+        self.octet = octet if octet is not None else unique_octet()
+        self.cidr = f"10.{self.octet}.0.0/16"
+        self.prefix = f"10.{self.octet}."
+        self.vpc_id = ec2.create_vpc(CidrBlock=self.cidr, TagSpecifications=tag_spec("vpc", cluster))[
             "Vpc"
         ]["VpcId"]
         self.subnet_ids = [
             ec2.create_subnet(
                 VpcId=self.vpc_id,
-                CidrBlock=f"10.42.{i}.0/24",
-                AvailabilityZone=f"{REGION}{az}",
+                CidrBlock=f"10.{self.octet}.{i}.0/24",
+                AvailabilityZone=f"{ec2.meta.region_name}{az}",
                 TagSpecifications=tag_spec("subnet", cluster),
             )["Subnet"]["SubnetId"]
             for i, az in ((1, "a"), (2, "b"))
@@ -137,6 +155,25 @@ class Network:
         self.instance_ids += ids
         return ids
 
+    def instances(self, ids: list[str]) -> dict[str, dict]:
+        return {
+            i["InstanceId"]: i
+            for r in self.ec2.describe_instances(InstanceIds=ids)["Reservations"]
+            for i in r["Instances"]
+        }
+
+    def wait_running(self, ids: list[str], timeout: float = 60) -> dict[str, dict]:
+        """Waits until every instance is running (the realizer: when its sshd answers)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.instances(ids)
+            states = {i: d["State"]["Name"] for i, d in found.items()}
+            if len(found) == len(ids) and all(s == "running" for s in states.values()):
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not running within {timeout} s: {states}")
+            time.sleep(0.25)
+
     def destroy(self) -> None:
         ec2 = self.ec2
         if self.instance_ids:
@@ -159,3 +196,55 @@ def network(ec2, cluster):
         yield net
     finally:
         net.destroy()
+
+
+# ------------------------------------------------------------------------------ realizer helpers
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+
+
+def harness_json(path: str, method: str = "GET", body=None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{ENDPOINT}{path}", data=data, method=method, headers={"Content-Type": "application/json"})
+    with OPENER.open(req, timeout=10) as resp:
+        return json.load(resp)
+
+
+def realizer_state() -> dict:
+    return harness_json("/_clusterctl/realizer")
+
+
+@pytest.fixture(scope="session")
+def realizer_on() -> bool:
+    try:
+        return bool(realizer_state().get("enabled"))
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def realized() -> dict:
+    """Skips the test unless the EC2/NLB realizer is on: only then are instance addresses the
+    addresses of containers made here, so only then may a test dial them."""
+    try:
+        state = realizer_state()
+    except OSError as e:
+        pytest.skip(f"no /_clusterctl/realizer ({e})")
+    if not state.get("enabled"):
+        pytest.skip("the realizer is off (CLUSTERCTL_LOCALSTACK_REALIZER=0)")
+    return state
+
+
+# ------------------------------------------------------------------------------ measurements
+MEASUREMENTS: list[tuple[str, float]] = []
+
+
+def measure(what: str, seconds: float) -> None:
+    """Records a timing; all of them are printed at the end of the run."""
+    MEASUREMENTS.append((what, seconds))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MEASUREMENTS:
+        terminalreporter.section("realizer timings")
+        for what, seconds in MEASUREMENTS:
+            terminalreporter.write_line(f"{seconds:7.2f} s  {what}")

@@ -1,6 +1,6 @@
 """Pins the raw LocalStack 4.14 / moto behaviours that differ from AWS and that clusterctl's AWS code
-must cope with (README.md, "Quirks"). When the harness itself changes one of them (the EC2 and NLB
-realizers will), change the test and the README together."""
+must cope with (README.md, "Quirks"). Where the realizer changes one of them (it is on by default),
+the test pins both behaviours (``realizer_on``); change the test and the README together."""
 
 from __future__ import annotations
 
@@ -21,14 +21,22 @@ def test_unsupported_describe_instances_filters_fail_with_501(ec2):
         assert _error(e) == ("InternalFailure", 501), name
 
 
-def test_client_token_is_ignored(network, cluster):
+def test_client_token(network, cluster, realizer_on):
     a = network.run_instances(1, ClientToken=f"{cluster}-token")
     b = network.run_instances(1, ClientToken=f"{cluster}-token")
-    assert a != b  # AWS would return the first launch again
+    if realizer_on:
+        assert a == b  # the realizer gives AWS's behaviour: the first launch again, nothing new
+    else:
+        assert a != b  # moto alone launches again
 
 
-def test_run_instances_does_not_check_key_name(network):
-    assert network.run_instances(1, KeyName="no-such-key")  # AWS: InvalidKeyPair.NotFound
+def test_run_instances_key_name(network, realizer_on):
+    if realizer_on:  # the realizer checks it, as AWS does
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            network.run_instances(1, KeyName="no-such-key")
+        assert _error(e) == ("InvalidKeyPair.NotFound", 400)
+    else:
+        assert network.run_instances(1, KeyName="no-such-key")  # moto alone does not check
 
 
 def test_delete_security_group_in_use_succeeds(ec2, network, cluster):
@@ -51,16 +59,19 @@ def test_dry_run_is_ignored(ec2):
     ec2.delete_vpc(VpcId=vpc["VpcId"])
 
 
-def test_nlb_quirks(elbv2, network, cluster):
+def test_nlb_quirks(elbv2, network, cluster, realizer_on):
     kw = dict(Name=f"{cluster}-q", Type="network", Scheme="internet-facing", Subnets=network.subnet_ids)
     first = elbv2.create_load_balancer(**kw)["LoadBalancers"][0]
     second = elbv2.create_load_balancer(**kw)["LoadBalancers"][0]
     try:
         # AWS returns the existing balancer for an identical CreateLoadBalancer; moto makes another one
         assert first["LoadBalancerArn"] != second["LoadBalancerArn"]
-        # network balancers get "app" ARNs (AWS: loadbalancer/net/...), and a public-looking DNS name
+        # network balancers get "app" ARNs (AWS: loadbalancer/net/...)
         assert ":loadbalancer/app/" in first["LoadBalancerArn"]
-        assert first["DNSName"].endswith(".elb.amazonaws.com")
+        if realizer_on:  # the DNS name is the VPC network's gateway address, where the forwarders listen
+            assert first["DNSName"] == second["DNSName"] == network.prefix + "0.1"
+        else:  # moto alone: a public-looking DNS name that must never be resolved
+            assert first["DNSName"].endswith(".elb.amazonaws.com")
         assert first["State"]["Code"] == "provisioning"
 
         tg = elbv2.create_target_group(
@@ -71,16 +82,36 @@ def test_nlb_quirks(elbv2, network, cluster):
             elbv2.create_target_group(
                 Name=f"{cluster}-q", Protocol="TCP", Port=80, VpcId=network.vpc_id, TargetType="instance"
             )
-        # any target id is accepted and every target is "healthy", even one that does not exist
-        elbv2.register_targets(TargetGroupArn=tg["TargetGroupArn"], Targets=[{"Id": "i-0123456789abcdef0"}])
-        health = elbv2.describe_target_health(TargetGroupArn=tg["TargetGroupArn"])["TargetHealthDescriptions"]
-        assert [h["TargetHealth"]["State"] for h in health] == ["healthy"]
-
-        # a second listener on the same port is accepted (AWS: DuplicateListener)
         action = [{"Type": "forward", "TargetGroupArn": tg["TargetGroupArn"]}]
-        l1 = elbv2.create_listener(LoadBalancerArn=first["LoadBalancerArn"], Protocol="TCP", Port=80, DefaultActions=action)
-        l2 = elbv2.create_listener(LoadBalancerArn=first["LoadBalancerArn"], Protocol="TCP", Port=80, DefaultActions=action)
-        assert l1["Listeners"][0]["ListenerArn"] != l2["Listeners"][0]["ListenerArn"]
+        if realizer_on:
+            # as AWS: an instance id that does not exist is refused; a group without a listener is unused
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                elbv2.register_targets(TargetGroupArn=tg["TargetGroupArn"], Targets=[{"Id": "i-0123456789abcdef0"}])
+            assert _error(e)[0] == "InvalidTarget"
+            ids = network.run_instances(1)
+            network.wait_running(ids)
+            elbv2.register_targets(TargetGroupArn=tg["TargetGroupArn"], Targets=[{"Id": ids[0]}])
+            health = elbv2.describe_target_health(TargetGroupArn=tg["TargetGroupArn"])["TargetHealthDescriptions"]
+            assert [(h["TargetHealth"]["State"], h["TargetHealth"]["Reason"]) for h in health] == [
+                ("unused", "Target.NotInUse")
+            ]
+            # a second listener on the same port: DuplicateListener, as AWS
+            elbv2.create_listener(LoadBalancerArn=first["LoadBalancerArn"], Protocol="TCP", Port=80, DefaultActions=action)
+            with pytest.raises(elbv2.exceptions.DuplicateListenerException):
+                elbv2.create_listener(LoadBalancerArn=first["LoadBalancerArn"], Protocol="TCP", Port=80, DefaultActions=action)
+            # the harness's own limit: balancers of one VPC share the gateway address, so not a port
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                elbv2.create_listener(LoadBalancerArn=second["LoadBalancerArn"], Protocol="TCP", Port=80, DefaultActions=action)
+            assert _error(e)[0] == "InvalidConfigurationRequest"
+        else:
+            # any target id is accepted and every target is "healthy", even one that does not exist
+            elbv2.register_targets(TargetGroupArn=tg["TargetGroupArn"], Targets=[{"Id": "i-0123456789abcdef0"}])
+            health = elbv2.describe_target_health(TargetGroupArn=tg["TargetGroupArn"])["TargetHealthDescriptions"]
+            assert [h["TargetHealth"]["State"] for h in health] == ["healthy"]
+            # a second listener on the same port is accepted (AWS: DuplicateListener)
+            l1 = elbv2.create_listener(LoadBalancerArn=first["LoadBalancerArn"], Protocol="TCP", Port=80, DefaultActions=action)
+            l2 = elbv2.create_listener(LoadBalancerArn=first["LoadBalancerArn"], Protocol="TCP", Port=80, DefaultActions=action)
+            assert l1["Listeners"][0]["ListenerArn"] != l2["Listeners"][0]["ListenerArn"]
     finally:
         for lb in (first, second):
             elbv2.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])

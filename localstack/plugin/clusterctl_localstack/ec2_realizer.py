@@ -83,6 +83,7 @@ class Node:
     launched: float = field(default_factory=time.monotonic)
     invisible_until: float = 0.0
     ready_after_s: Optional[float] = None
+    terminated_at: float = 0.0
 
 
 def _set_state(inst: Any, name: str) -> None:
@@ -287,7 +288,7 @@ class Ec2Realizer:
                 except Exception:  # noqa: BLE001
                     pass
             raise
-        invisible_s = FAULTS.invisible_ms() / 1000.0
+        invisible_s = FAULTS.invisible_ms(region) / 1000.0
         try:
             for inst in instances:
                 nic = inst.nics[0]
@@ -443,6 +444,7 @@ class Ec2Realizer:
 
         inst = node.instance
         node.desired = "terminated"
+        node.terminated_at = time.monotonic()
         _set_state(inst, "terminated")
         inst._reason = "Server.InternalError"
         inst.state_reason = StateReason(
@@ -514,20 +516,23 @@ class Ec2Realizer:
                 node.busy = False
 
     def on_terminate(self, instances: list[Any]) -> None:
-        nodes = self._nodes_of(instances)
+        nodes = list({n.iid: n for n in self._nodes_of(instances) if n.desired != "terminated"}.values())
         for node in nodes:
             node.gen += 1
             node.desired = "terminated"
+            node.terminated_at = time.monotonic()
         if nodes:
             self._remove_containers([n.iid for n in nodes])
         for node in nodes:
             self._forget(node)
 
     def _remove_containers(self, names: list[str]) -> None:
+        names = list(dict.fromkeys(names))
         try:
             docker("rm", "-f", "-v", *names, timeout=60)
         except DockerError as e:
-            if "no such container" not in e.stderr.lower():
+            benign = ("no such container", "already in progress")
+            if any(line.strip() and not any(b in line.lower() for b in benign) for line in e.stderr.splitlines()):
                 LOG.warning("docker rm %s: %s", names, e)
 
     def _forget(self, node: Node) -> None:
@@ -611,8 +616,8 @@ class Ec2Realizer:
         stray = []
         for name, state in seen.items():
             node = self.nodes.get(name)
-            if node is None or node.desired == "terminated":
-                stray.append(name)
+            if node is None or (node.desired == "terminated" and time.monotonic() - node.terminated_at > 5):
+                stray.append(name)  # (a termination under way removes its container itself)
         for node in nodes:
             if node.desired == "terminated":
                 continue

@@ -11,9 +11,11 @@
                  instances launched from now on stay invisible to DescribeInstances and
                  DescribeInstanceStatus for that long after their launch (eventual consistency;
                  asking for one by id answers InvalidInstanceID.NotFound, as AWS does); 0 ends it
+             "region": "eu-west-3" in either kind limits it to requests for that region, so that
+                 a test's faults do not hit other users of the same LocalStack
            answers the current settings (as GET does)
     GET    /_clusterctl/faults   current rules with counters (calls seen, errors injected)
-    DELETE /_clusterctl/faults   clears every fault
+    DELETE /_clusterctl/faults   clears every fault (?region=R: only those limited to region R)
 
     GET    /_clusterctl/realizer the realizer's view: nodes, networks, load balancers, target health
 
@@ -48,6 +50,7 @@ class Rule:
     error: str
     rate: float = 1.0
     service: Optional[str] = None
+    region: Optional[str] = None
     count: Optional[int] = None
     status: int = 400
     message: str = ""
@@ -58,7 +61,8 @@ class Rule:
 
     def view(self) -> dict:
         return {
-            "operation": self.operation, "service": self.service, "error": self.error, "rate": self.rate,
+            "operation": self.operation, "service": self.service, "region": self.region,
+            "error": self.error, "rate": self.rate,
             "count": self.count, "status": self.status, "message": self.message, "seed": self.seed,
             "seen": self.seen, "injected": self.injected,
         }
@@ -68,25 +72,27 @@ class Faults:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.rules: list[Rule] = []
-        self._invisible_ms = 0
+        self._invisible_ms: dict[Optional[str], int] = {}  # region (None: every region) -> ms
 
-    def invisible_ms(self) -> int:
-        return self._invisible_ms
+    def invisible_ms(self, region: Optional[str] = None) -> int:
+        ms = self._invisible_ms
+        return ms[region] if region in ms else ms.get(None, 0)
 
     def add(self, payload: Any) -> None:
         items = payload if isinstance(payload, list) else [payload]
-        new_rules, invisible = [], None
+        new_rules, invisible = [], {}
         for item in items:
             if not isinstance(item, dict):
                 raise ValueError("each fault must be a JSON object")
-            unknown = set(item) - {"operation", "service", "error", "rate", "count", "status", "message", "seed", "invisible_ms"}
+            unknown = set(item) - {"operation", "service", "region", "error", "rate", "count", "status", "message",
+                                   "seed", "invisible_ms"}
             if unknown:
                 raise ValueError(f"unknown fields: {sorted(unknown)}")
             if "invisible_ms" in item:
                 v = item["invisible_ms"]
                 if not isinstance(v, (int, float)) or v < 0:
                     raise ValueError("invisible_ms must be a number >= 0")
-                invisible = int(v)
+                invisible[item.get("region")] = int(v)
             if "operation" in item or "error" in item:
                 op = item.get("operation")
                 if not isinstance(op, str) or not op:
@@ -102,7 +108,8 @@ class Faults:
                     raise ValueError("count must be an integer >= 0")
                 seed = item.get("seed")
                 rule = Rule(
-                    operation=op, error=err, rate=rate, service=item.get("service"), count=count,
+                    operation=op, error=err, rate=rate, service=item.get("service"), region=item.get("region"),
+                    count=count,
                     status=int(item.get("status", _STATUS.get(err, 400))),
                     message=item.get("message") or f"{err} (injected by the clusterctl harness)",
                     seed=seed,
@@ -112,23 +119,28 @@ class Faults:
                 new_rules.append(rule)
         with self.lock:
             self.rules += new_rules
-            if invisible is not None:
-                self._invisible_ms = invisible
+            self._invisible_ms.update(invisible)
         LOG.info("faults added: %s%s", [r.view() for r in new_rules],
-                 f", invisible_ms={invisible}" if invisible is not None else "")
+                 f", invisible_ms={invisible}" if invisible else "")
 
-    def clear(self) -> None:
+    def clear(self, region: Optional[str] = None) -> None:
         with self.lock:
-            self.rules = []
-            self._invisible_ms = 0
-        LOG.info("faults cleared")
+            if region is None:
+                self.rules = []
+                self._invisible_ms = {}
+            else:
+                self.rules = [r for r in self.rules if r.region != region]
+                self._invisible_ms.pop(region, None)
+        LOG.info("faults cleared%s", f" for {region}" if region else "")
 
-    def check(self, service: str, operation: str) -> Optional[Rule]:
+    def check(self, service: str, operation: str, region: Optional[str] = None) -> Optional[Rule]:
         with self.lock:
             for rule in self.rules:
                 if rule.operation not in ("*", operation):
                     continue
                 if rule.service and rule.service != service:
+                    continue
+                if rule.region and rule.region != region:
                     continue
                 if rule.count is not None and rule.injected >= rule.count:
                     continue
@@ -140,7 +152,9 @@ class Faults:
 
     def view(self) -> dict:
         with self.lock:
-            return {"rules": [r.view() for r in self.rules], "invisible_ms": self._invisible_ms}
+            inv = {(k or "*"): v for k, v in self._invisible_ms.items() if v}
+            return {"rules": [r.view() for r in self.rules], "invisible_ms": inv.get("*", 0),
+                    "invisible_ms_by_region": inv}
 
 
 FAULTS = Faults()
@@ -150,7 +164,7 @@ def fault_handler(chain: Any, context: Any, response: Any) -> None:
     """Request handler (after parse_service_request): raises the injected error."""
     if not FAULTS.rules or context.operation is None or context.service is None:
         return
-    rule = FAULTS.check(context.service.service_name, context.operation.name)
+    rule = FAULTS.check(context.service.service_name, context.operation.name, context.region)
     if rule is None:
         return
     from localstack.aws.api import CommonServiceException
@@ -168,7 +182,7 @@ def faults_endpoint(request: Any, **_: Any):
     if request.method == "GET":
         return _json(FAULTS.view())
     if request.method == "DELETE":
-        FAULTS.clear()
+        FAULTS.clear(request.args.get("region") or None)
         return _json(FAULTS.view())
     try:
         payload = json.loads(request.get_data() or b"{}")

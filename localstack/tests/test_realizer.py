@@ -1,0 +1,544 @@
+"""The EC2 / NLB realizer (issue 3): instances are machines reachable over SSH, network load
+balancers forward real traffic to healthy targets, faults can be injected.
+
+Every address dialled here is one the realized API handed out, checked first to be a container or
+a network gateway of this harness (``assert_ours``). Tests skip when the realizer is off.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import re
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import botocore.exceptions
+import pytest
+from botocore.handlers import decode_console_output
+from conftest import (
+    OPENER,
+    REPO,
+    STATE,
+    Network,
+    _client,
+    harness_json,
+    measure,
+    realizer_state,
+)
+
+pytestmark = pytest.mark.usefixtures("realized")
+
+SSH_OPTS = [
+    "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes",
+    "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", "-o", "PasswordAuthentication=no",
+]
+
+
+# ------------------------------------------------------------------------------------ helpers
+def assert_ours(ip: str) -> None:
+    """Network rule: only ever dial containers and gateways this harness made."""
+    state = realizer_state()
+    ours = {n["ip"] for n in state["nodes"].values()} | {n["gateway"] for n in state["networks"].values()}
+    assert ip in ours, f"{ip} is not an address of this harness ({sorted(ours)})"
+
+
+def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check)
+
+
+def container_exists(name: str) -> bool:
+    return docker("inspect", name, check=False).returncode == 0
+
+
+def host_keys(ec2, iid: str, timeout: float = 30) -> list[str]:
+    """'type base64' of each host key in the last complete host key block of the console."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = ec2.get_console_output(InstanceId=iid).get("Output", "")  # boto3 decodes the base64
+        blocks = re.findall(r"-----BEGIN SSH HOST KEY KEYS-----\n(.*?)\n-----END SSH HOST KEY KEYS-----", out, re.S)
+        if blocks:
+            return [" ".join(line.split()[:2]) for line in blocks[-1].splitlines() if line.strip()]
+        assert time.monotonic() < deadline, f"no host key block on the console of {iid}:\n{out[-2000:]}"
+        time.sleep(0.5)
+
+
+class Ssh:
+    """The system ssh client, pinned to the host keys the console printed."""
+
+    def __init__(self, key, tmp_path, ec2, iid: str, ip: str):
+        assert_ours(ip)
+        self.key, self.ip = key, ip
+        self.known_hosts = tmp_path / f"known_hosts-{iid}"
+        self.known_hosts.write_text("".join(f"{ip} {k}\n" for k in host_keys(ec2, iid)))
+
+    def run(self, cmd: str, user: str = "admin", input: bytes | None = None, check: bool = True, timeout: float = 120):
+        p = subprocess.run(
+            ["ssh", *SSH_OPTS, "-o", f"UserKnownHostsFile={self.known_hosts}", "-i", str(self.key), f"{user}@{self.ip}", cmd],
+            input=input, capture_output=True, timeout=timeout, check=False,
+        )
+        if check and p.returncode != 0:
+            raise AssertionError(f"ssh {user}@{self.ip} {cmd!r}: rc {p.returncode}: {p.stderr.decode(errors='replace')}")
+        return p
+
+
+def http_get(url: str, timeout: float = 5) -> str:
+    with OPENER.open(url, timeout=timeout) as resp:
+        return resp.read().decode().strip()
+
+
+@pytest.fixture(scope="module")
+def ec2m():
+    return _client("ec2")
+
+
+@pytest.fixture(scope="module")
+def key(ec2m, tmp_path_factory):
+    """An ed25519 key pair, imported as a LocalStack key pair: (name, private key path)."""
+    d = tmp_path_factory.mktemp("key")
+    path = d / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pytest", "-f", str(path)], check=True)
+    name = f"pytest-{uuid.uuid4().hex[:8]}"
+    ec2m.import_key_pair(KeyName=name, PublicKeyMaterial=(d / "id.pub").read_bytes())
+    yield name, path
+    ec2m.delete_key_pair(KeyName=name)
+
+
+@pytest.fixture(scope="session")
+def busybox_tar():
+    out = subprocess.run([str(REPO / "localstack/workload-images/build")], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def net(ec2, cluster):
+    n = Network(ec2, cluster)
+    try:
+        yield n
+    finally:
+        n.destroy()
+
+
+USER_DATA = "#!/bin/sh\necho \"user-data ran on $(cat /etc/clusterctl-instance/instance-id)\"\n"
+
+
+@pytest.fixture(scope="module")
+def three(ec2m, key, tmp_path_factory):
+    """Three instances launched with the key pair and user data; waits until all run (<= 30 s)."""
+    cluster = f"pytest-{uuid.uuid4().hex[:10]}"
+    n = Network(ec2m, cluster)
+    try:
+        t0 = time.monotonic()
+        ids = n.run_instances(3, KeyName=key[0], UserData=USER_DATA)
+        found = n.wait_running(ids, timeout=30)
+        measure("3 instances: RunInstances to all running", time.monotonic() - t0)
+        tmp = tmp_path_factory.mktemp("ssh")
+        ssh = {i: Ssh(key[1], tmp, ec2m, i, d["PrivateIpAddress"]) for i, d in found.items()}
+        yield n, found, ssh
+    finally:
+        n.destroy()
+
+
+# ------------------------------------------------------------------------------- instances
+def test_three_instances_are_machines(ec2m, three):
+    n, found, ssh = three
+    assert len(found) == 3
+    for iid, d in found.items():
+        ip = d["PrivateIpAddress"]
+        assert ip.startswith(n.prefix + "1.") and not ip.endswith(".1")
+        # the subnet maps public IPs: the public address is the same reachable container address
+        assert d["PublicIpAddress"] == ip
+        assert d.get("PublicDnsName", "") == ""
+        info = json.loads(docker("inspect", iid).stdout)[0]
+        assert info["State"]["Running"]
+        assert info["Config"]["Labels"]["clusterctl.instance-id"] == iid
+        assert info["Config"]["Labels"]["clusterctl.vpc-id"] == n.vpc_id
+        assert info["Config"]["Labels"]["clusterctl.localstack"] == str(STATE)
+        assert list(info["NetworkSettings"]["Networks"].values())[0]["IPAMConfig"]["IPv4Address"] == ip
+
+
+def test_ssh_as_admin_with_the_key_sudo_and_pinned_host_key(three):
+    _, found, ssh = three
+    for iid, s in ssh.items():
+        # StrictHostKeyChecking=yes against the keys of the console: the host key sshd offers is that one
+        out = s.run("sudo -n true && cat /etc/clusterctl-instance/instance-id && hostname").stdout.decode().split()
+        assert out[0] == iid
+        assert out[1] == "ip-" + found[iid]["PrivateIpAddress"].replace(".", "-")
+        # root login is refused
+        p = s.run("true", user="root", check=False)
+        assert p.returncode == 255 and b"Permission denied" in p.stderr
+
+
+def test_host_key_of_sshd_equals_console(ec2m, three):
+    _, found, _ = three
+    iid, d = next(iter(found.items()))
+    scanned = subprocess.run(["ssh-keyscan", "-T", "5", d["PrivateIpAddress"]], capture_output=True, text=True).stdout
+    offered = {" ".join(line.split()[1:3]) for line in scanned.splitlines() if line and not line.startswith("#")}
+    assert offered and offered == set(host_keys(ec2m, iid))
+
+
+def test_user_data_ran_once_and_console_is_base64(ec2m, three):
+    _, found, _ = three
+    for iid in found:
+        out = ec2m.get_console_output(InstanceId=iid)["Output"]
+        assert out.count(f"user-data ran on {iid}") == 1
+    # what goes over the wire is base64 (boto3 decodes it; the Rust SDK does not)
+    raw = _client("ec2")
+    raw.meta.events.unregister("after-call.ec2.GetConsoleOutput", decode_console_output)
+    iid = next(iter(found))
+    assert "-----BEGIN SSH HOST KEY KEYS-----" in base64.b64decode(raw.get_console_output(InstanceId=iid)["Output"]).decode()
+
+
+def test_systemd_running_and_docker_serves_busybox(three, busybox_tar):
+    _, found, ssh = three
+    iid, s = next(iter(ssh.items()))
+    state = s.run("systemctl is-system-running", check=False).stdout.decode().strip()
+    if state != "running":
+        failed = s.run("systemctl --failed --no-legend --plain", check=False).stdout.decode()
+        assert state == "degraded", f"{state}: {failed}"
+        pytest.fail(f"degraded: {failed}")
+    with open(busybox_tar, "rb") as f:
+        s.run("sudo docker load -q", input=f.read())
+    s.run("sudo docker run -d --pull never --name web -p 8080:80 clusterctl-busybox httpd -f -p 80 -h /www")
+    ip = found[iid]["PrivateIpAddress"]
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            assert http_get(f"http://{ip}:8080/") == "clusterctl-busybox"
+            break
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+
+
+def test_nodes_reach_localstack_at_the_cloud_endpoint(three):
+    _, _, ssh = three
+    s = next(iter(ssh.values()))
+    endpoint = s.run("cat /etc/clusterctl-instance/cloud-endpoint").stdout.decode().strip()
+    assert endpoint == realizer_state()["cloud_endpoint"] and not endpoint.startswith("http://127.")
+    health = json.loads(s.run(f"curl -sf -m 5 {endpoint}/_localstack/health").stdout)
+    assert health["services"]["ec2"] in ("available", "running")
+
+
+def test_terminate_removes_the_container_within_2s_and_kill_impairs_within_10s(ec2, net, key):
+    ids = net.run_instances(2, KeyName=key[0])
+    net.wait_running(ids)
+    victim, killed = ids
+    t0 = time.monotonic()
+    ec2.terminate_instances(InstanceIds=[victim])
+    while container_exists(victim):
+        assert time.monotonic() - t0 < 2, "container still there 2 s after TerminateInstances"
+        time.sleep(0.05)
+    measure("TerminateInstances to container gone", time.monotonic() - t0)
+    assert net.instances([victim])[victim]["State"]["Name"] in ("shutting-down", "terminated")
+
+    status = ec2.describe_instance_status(InstanceIds=[killed])["InstanceStatuses"][0]
+    assert (status["InstanceStatus"]["Status"], status["SystemStatus"]["Status"]) == ("ok", "ok")
+    t0 = time.monotonic()
+    docker("kill", killed)
+    while True:
+        s = ec2.describe_instance_status(InstanceIds=[killed])["InstanceStatuses"]
+        if s and s[0]["InstanceStatus"]["Status"] == "impaired" and s[0]["SystemStatus"]["Status"] == "impaired":
+            break
+        assert time.monotonic() - t0 < 10, f"not impaired 10 s after docker kill: {s}"
+        time.sleep(0.2)
+    measure("docker kill to DescribeInstanceStatus impaired", time.monotonic() - t0)
+    assert s[0]["InstanceState"]["Name"] == "running"
+    assert s[0]["InstanceStatus"]["Details"][0]["Status"] == "failed"
+    assert "ImpairedSince" in s[0]["SystemStatus"]["Details"][0]
+    assert net.instances([killed])[killed]["State"]["Name"] == "running"  # as AWS shows a failed machine
+    # a stop/start brings it back
+    ec2.stop_instances(InstanceIds=[killed])
+    ec2.start_instances(InstanceIds=[killed])
+    net.wait_running([killed])
+    s = ec2.describe_instance_status(InstanceIds=[killed])["InstanceStatuses"][0]
+    assert s["InstanceStatus"]["Status"] == "ok"
+
+
+def test_stop_start_reboot_act_on_the_container(ec2, net, key, tmp_path):
+    (iid,) = net.run_instances(1, KeyName=key[0])
+    d = net.wait_running([iid])[iid]
+    ip = d["PrivateIpAddress"]
+    s = Ssh(key[1], tmp_path, ec2, iid, ip)
+    s.run("sudo touch /var/lib/survives-stop")
+
+    r = ec2.stop_instances(InstanceIds=[iid])["StoppingInstances"][0]
+    assert r["CurrentState"]["Name"] == "stopping"
+    deadline = time.monotonic() + 30
+    while net.instances([iid])[iid]["State"]["Name"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert json.loads(docker("inspect", iid).stdout)[0]["State"]["Running"] is False
+    assert net.instances([iid])[iid].get("PublicIpAddress") in (None, "")  # no address while stopped
+
+    t0 = time.monotonic()
+    r = ec2.start_instances(InstanceIds=[iid])["StartingInstances"][0]
+    assert r["CurrentState"]["Name"] == "pending"
+    d = net.wait_running([iid])[iid]
+    measure("StartInstances to running", time.monotonic() - t0)
+    assert d["PrivateIpAddress"] == ip and d["PublicIpAddress"] == ip
+    s.run("test -e /var/lib/survives-stop")  # same disk, same host keys (pinned)
+
+    started = json.loads(docker("inspect", iid).stdout)[0]["State"]["StartedAt"]
+    ec2.reboot_instances(InstanceIds=[iid])
+    deadline = time.monotonic() + 30
+    while json.loads(docker("inspect", iid).stdout)[0]["State"]["StartedAt"] == started:
+        assert time.monotonic() < deadline, "RebootInstances did not restart the container"
+        time.sleep(0.2)
+    assert net.instances([iid])[iid]["State"]["Name"] == "running"
+    deadline = time.monotonic() + 30
+    while s.run("true", check=False).returncode != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+
+def test_client_token_returns_the_first_launch(ec2, net, cluster):
+    token = f"{cluster}-token"
+    a = net.run_instances(2, ClientToken=token)
+    b = net.run_instances(2, ClientToken=token)
+    assert a == b
+    alive = [{"Name": "vpc-id", "Values": [net.vpc_id]}, {"Name": "instance-state-name", "Values": ["pending", "running"]}]
+    assert sorted(i["InstanceId"] for r in ec2.describe_instances(Filters=alive)["Reservations"] for i in r["Instances"]) == sorted(a)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        net.run_instances(3, ClientToken=token)
+    assert e.value.response["Error"]["Code"] == "IdempotentParameterMismatch"
+
+
+def test_image_mapping(ec2, net, cluster):
+    amis = [i["ImageId"] for i in ec2.describe_images(
+        Filters=[{"Name": "name", "Values": ["ubuntu/images/hvm-ssd/ubuntu-*-amd64-server-*"]}])["Images"]]
+    ami = amis[-1]
+    tag = f"clusterctl-node:{cluster}"
+    mapping = STATE / "images.d" / f"{cluster}.json"
+    docker("tag", "clusterctl-node:latest", tag)
+    mapping.parent.mkdir(exist_ok=True)
+    try:
+        mapping.write_text(json.dumps({"amis": {ami: tag}}))
+        (iid,) = [i["InstanceId"] for i in ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, SubnetId=net.subnet_ids[0])["Instances"]]
+        net.instance_ids.append(iid)
+        assert docker("inspect", "-f", "{{.Config.Image}}", iid).stdout.strip() == tag
+        # a mapping to an image that does not exist: an error, nothing launched, nothing pulled
+        mapping.write_text(json.dumps({"amis": {ami: f"clusterctl-node:{cluster}-missing"}}))
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, SubnetId=net.subnet_ids[0])
+        assert e.value.response["Error"]["Code"] == "InvalidAMIID.Unavailable"
+        alive = [{"Name": "vpc-id", "Values": [net.vpc_id]}, {"Name": "instance-state-name", "Values": ["pending", "running"]}]
+        assert [i["InstanceId"] for r in ec2.describe_instances(Filters=alive)["Reservations"] for i in r["Instances"]] == [iid]
+    finally:
+        mapping.unlink(missing_ok=True)
+        ec2.terminate_instances(InstanceIds=net.instance_ids)
+        docker("rmi", tag, check=False)
+
+
+# ------------------------------------------------------------------------------- load balancer
+def test_nlb_forwards_to_healthy_targets_only(ec2, elbv2, net, key, busybox_tar, tmp_path, cluster):
+    ids = net.run_instances(2, KeyName=key[0])
+    found = net.wait_running(ids)
+    port = 8080
+    with open(busybox_tar, "rb") as f:
+        image = f.read()
+    ssh = {}
+    for iid, d in found.items():
+        s = ssh[iid] = Ssh(key[1], tmp_path, ec2, iid, d["PrivateIpAddress"])
+        s.run("sudo docker load -q", input=image)
+        s.run(f"sudo mkdir -p /srv/www && echo {iid} | sudo tee /srv/www/index.html >/dev/null && "
+              f"sudo docker run -d --pull never --name web -p {port}:80 -v /srv/www:/www clusterctl-busybox httpd -f -p 80 -h /www")
+
+    lb = elbv2.create_load_balancer(Name=f"{cluster}-lb", Type="network", Scheme="internet-facing", Subnets=net.subnet_ids)["LoadBalancers"][0]
+    try:
+        dns = lb["DNSName"]
+        assert dns == net.prefix + "0.1"  # the VPC network's gateway: the host and every node reach it
+        assert_ours(dns)
+        interval, healthy_n, unhealthy_n = 5, 2, 2
+        tg = elbv2.create_target_group(
+            Name=f"{cluster}-web", Protocol="TCP", Port=port, VpcId=net.vpc_id, TargetType="instance",
+            HealthCheckProtocol="HTTP", HealthCheckPath="/", HealthCheckIntervalSeconds=interval,
+            HealthCheckTimeoutSeconds=2, HealthyThresholdCount=healthy_n, UnhealthyThresholdCount=unhealthy_n,
+        )["TargetGroups"][0]
+        tg_arn = tg["TargetGroupArn"]
+        elbv2.register_targets(TargetGroupArn=tg_arn, Targets=[{"Id": i} for i in ids])
+
+        def health() -> dict[str, dict]:
+            return {h["Target"]["Id"]: h["TargetHealth"]
+                    for h in elbv2.describe_target_health(TargetGroupArn=tg_arn)["TargetHealthDescriptions"]}
+
+        assert {h["State"] for h in health().values()} == {"unused"}  # no listener yet
+        listener = elbv2.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="TCP", Port=port,
+                                         DefaultActions=[{"Type": "forward", "TargetGroupArn": tg_arn}])["Listeners"][0]
+        assert {h["State"] for h in health().values()} <= {"initial", "healthy"}
+        t0 = time.monotonic()
+        while {h["State"] for h in health().values()} != {"healthy"}:
+            assert time.monotonic() - t0 < interval * (healthy_n + 2), health()
+            time.sleep(0.3)
+        measure("NLB targets registered to healthy", time.monotonic() - t0)
+
+        seen = collections.Counter(http_get(f"http://{dns}:{port}/") for _ in range(20))
+        assert set(seen) == set(ids), seen
+        # nodes of the VPC reach the balancer too
+        a, b = ids
+        assert ssh[a].run(f"curl -sf -m 5 http://{dns}:{port}/").stdout.decode().strip() in ids
+
+        # stop the server on b: every request goes to a, b turns unhealthy within the check window
+        ssh[b].run("sudo docker stop -t 0 web")
+        t0 = time.monotonic()
+        answers = collections.Counter()
+        while health()[b]["State"] != "unhealthy":
+            answers[http_get(f"http://{dns}:{port}/")] += 1
+            assert time.monotonic() - t0 < interval * (unhealthy_n + 1) + 3, health()
+            time.sleep(0.2)
+        measure("NLB server stopped to target unhealthy", time.monotonic() - t0)
+        assert set(answers) == {a}, answers  # no request failed or went to b meanwhile
+        h = health()
+        assert h[b]["Reason"] == "Target.FailedHealthChecks" and h[a]["State"] == "healthy"
+        assert set(http_get(f"http://{dns}:{port}/") for _ in range(10)) == {a}
+
+        # b serves again: healthy again, traffic to both
+        ssh[b].run("sudo docker start web")
+        t0 = time.monotonic()
+        while health()[b]["State"] != "healthy":
+            assert time.monotonic() - t0 < interval * (healthy_n + 1) + 3, health()
+            time.sleep(0.3)
+        measure("NLB server back to target healthy", time.monotonic() - t0)
+        assert set(http_get(f"http://{dns}:{port}/") for _ in range(10)) == set(ids)
+
+        # stopping the instance: unused (Target.InvalidState), no traffic to it
+        ec2.stop_instances(InstanceIds=[b])
+        deadline = time.monotonic() + 30
+        while health()[b]["State"] != "unused":
+            assert time.monotonic() < deadline, health()
+            time.sleep(0.3)
+        assert health()[b]["Reason"] == "Target.InvalidState"
+
+        # deleting the listener stops the forwarder
+        elbv2.delete_listener(ListenerArn=listener["ListenerArn"])
+        with pytest.raises(urllib.error.URLError):
+            http_get(f"http://{dns}:{port}/", timeout=3)
+        elbv2.delete_target_group(TargetGroupArn=tg_arn)
+    finally:
+        elbv2.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+    assert not any(l["address"].startswith(dns + ":") for l in realizer_state()["listeners"].values())
+
+
+def test_nlb_deleting_the_balancer_stops_its_forwarder(ec2, elbv2, net, cluster):
+    (iid,) = net.run_instances(1)
+    net.wait_running([iid])
+    lb = elbv2.create_load_balancer(Name=f"{cluster}-lb", Type="network", Subnets=net.subnet_ids)["LoadBalancers"][0]
+    tg = None
+    try:
+        tg = elbv2.create_target_group(Name=f"{cluster}-ssh", Protocol="TCP", Port=22, VpcId=net.vpc_id,
+                                       HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=3,
+                                       HealthyThresholdCount=2)["TargetGroups"][0]
+        elbv2.register_targets(TargetGroupArn=tg["TargetGroupArn"], Targets=[{"Id": iid}])
+        elbv2.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="TCP", Port=2222,
+                              DefaultActions=[{"Type": "forward", "TargetGroupArn": tg["TargetGroupArn"]}])
+        dns = lb["DNSName"]
+        assert_ours(dns)
+        deadline = time.monotonic() + 20
+        while True:  # sshd's banner through the balancer once the target is healthy
+            try:
+                with socket.create_connection((dns, 2222), timeout=3) as c:
+                    c.settimeout(3)
+                    if c.recv(8).startswith(b"SSH-"):
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    finally:
+        elbv2.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+        if tg:
+            elbv2.delete_target_group(TargetGroupArn=tg["TargetGroupArn"])
+    with pytest.raises(OSError):
+        socket.create_connection((dns, 2222), timeout=3)
+
+
+# ------------------------------------------------------------------------------- faults
+FAULT_REGION = "eu-west-3"  # faults limited to a region nobody else uses here
+
+
+@pytest.fixture
+def faulty():
+    harness_json(f"/_clusterctl/faults?region={FAULT_REGION}", "DELETE")
+    try:
+        yield lambda body: harness_json("/_clusterctl/faults", "POST", body)
+    finally:
+        harness_json(f"/_clusterctl/faults?region={FAULT_REGION}", "DELETE")
+
+
+def test_faults_request_limit_and_invisibility(faulty, cluster):
+    ec2 = _client("ec2", region=FAULT_REGION)
+    net = Network(ec2, cluster)
+    try:
+        state = faulty([
+            {"operation": "RunInstances", "error": "RequestLimitExceeded", "rate": 0.3, "region": FAULT_REGION},
+            {"invisible_ms": 2000, "region": FAULT_REGION},
+        ])
+        assert state["invisible_ms_by_region"] == {FAULT_REGION: 2000}
+        # the errors: RunInstances in a subnet that does not exist, so that nothing launches when no
+        # fault hits; the SDK must see exactly the injected errors, all RequestLimitExceeded (503)
+        seen = collections.Counter()
+        calls = 60
+        for _ in range(calls):
+            try:
+                ec2.run_instances(ImageId="ami-1e749f67", MinCount=1, MaxCount=1, SubnetId="subnet-00000000000000000")
+            except botocore.exceptions.ClientError as e:
+                seen[(e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"])] += 1
+        rule = [r for r in harness_json("/_clusterctl/faults")["rules"] if r.get("region") == FAULT_REGION][0]
+        assert rule["seen"] == calls
+        assert seen[("RequestLimitExceeded", 503)] == rule["injected"]
+        assert seen[("InvalidSubnetID.NotFound", 400)] == calls - rule["injected"]
+        assert 0.1 * calls <= rule["injected"] <= 0.55 * calls, rule  # rate 0.3 (binomial, far tails excluded)
+        # other operations, and the same operation in other regions, are untouched
+        for _ in range(10):
+            ec2.describe_vpcs()
+        _client("ec2").describe_instances(MaxResults=5)
+
+        # invisibility: a new instance is not there for Describe* for ~2 s, then is
+        while True:
+            try:
+                (iid,) = net.run_instances(1)
+                break
+            except botocore.exceptions.ClientError as e:
+                assert e.response["Error"]["Code"] == "RequestLimitExceeded"
+        t0 = time.monotonic()
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            ec2.describe_instances(InstanceIds=[iid])
+        assert e.value.response["Error"]["Code"] == "InvalidInstanceID.NotFound"
+        by_vpc = [{"Name": "vpc-id", "Values": [net.vpc_id]}]
+        while not [i for r in ec2.describe_instances(Filters=by_vpc)["Reservations"] for i in r["Instances"]]:
+            assert time.monotonic() - t0 < 5
+            time.sleep(0.1)
+        measure("invisible_ms=2000: launch to visible", time.monotonic() - t0)
+        assert 1.5 <= time.monotonic() - t0 <= 3.5
+
+        # after DELETE: no errors, new instances visible at once
+        harness_json(f"/_clusterctl/faults?region={FAULT_REGION}", "DELETE")
+        for _ in range(10):
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                ec2.run_instances(ImageId="ami-1e749f67", MinCount=1, MaxCount=1, SubnetId="subnet-00000000000000000")
+            assert e.value.response["Error"]["Code"] == "InvalidSubnetID.NotFound"
+        (iid2,) = net.run_instances(1)
+        assert iid2 in net.instances([iid2])
+    finally:
+        net.destroy()
+
+
+def test_faults_endpoint_validates_and_counts(faulty):
+    with pytest.raises(urllib.error.HTTPError) as e:
+        faulty({"operation": "RunInstances", "rate": 2})
+    assert e.value.code == 400
+    faulty({"operation": "DescribeVpcs", "error": "Throttling", "count": 2, "region": FAULT_REGION})
+    ec2 = _client("ec2", region=FAULT_REGION)
+    codes = []
+    for _ in range(4):
+        try:
+            ec2.describe_vpcs()
+            codes.append("ok")
+        except botocore.exceptions.ClientError as err:
+            codes.append(err.response["Error"]["Code"])
+    assert codes == ["Throttling", "Throttling", "ok", "ok"]
