@@ -118,6 +118,7 @@ class Ec2Realizer:
         self.nodes: dict[str, Node] = {}
         self.nets: dict[tuple[str, str, str], VpcNet] = {}
         self.pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="clusterctl-docker")
+        self.rm_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="clusterctl-rm")
         self._images_ok: dict[str, float] = {}
         self._cgroup_args: Optional[list[str]] = None
         self._stop = threading.Event()
@@ -527,13 +528,23 @@ class Ec2Realizer:
             self._forget(node)
 
     def _remove_containers(self, names: list[str]) -> None:
+        """docker rm -f -v, several at once (the docker CLI removes one after the other)."""
         names = list(dict.fromkeys(names))
-        try:
-            docker("rm", "-f", "-v", *names, timeout=60)
-        except DockerError as e:
-            benign = ("no such container", "already in progress")
-            if any(line.strip() and not any(b in line.lower() for b in benign) for line in e.stderr.splitlines()):
-                LOG.warning("docker rm %s: %s", names, e)
+        chunks = [names[i::4] for i in range(min(4, len(names)))]
+
+        def rm(chunk: list[str]) -> None:
+            try:
+                docker("rm", "-f", "-v", *chunk, timeout=60)
+            except DockerError as e:
+                benign = ("no such container", "already in progress")
+                if any(line.strip() and not any(b in line.lower() for b in benign) for line in e.stderr.splitlines()):
+                    LOG.warning("docker rm %s: %s", chunk, e)
+
+        if len(chunks) <= 1:
+            for c in chunks:
+                rm(c)
+        else:
+            list(self.rm_pool.map(rm, chunks))
 
     def _forget(self, node: Node) -> None:
         import shutil
