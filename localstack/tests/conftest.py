@@ -175,6 +175,8 @@ class Network:
             time.sleep(0.25)
 
     def destroy(self) -> None:
+        if getattr(self, "destroyed", False):
+            return
         ec2 = self.ec2
         if self.instance_ids:
             ec2.terminate_instances(InstanceIds=self.instance_ids)

@@ -14,7 +14,8 @@ def _error(excinfo) -> tuple[str, int]:
     return r["Error"]["Code"], r["ResponseMetadata"]["HTTPStatusCode"]
 
 
-def test_unsupported_describe_instances_filters_fail_with_501(ec2):
+def test_unsupported_describe_instances_filters_fail_with_501(ec2, network):
+    network.run_instances(1)  # moto evaluates filters per instance: with no instance at all nothing fails
     for name in ("client-token", "network-interface.addresses.private-ip-address"):
         with pytest.raises(botocore.exceptions.ClientError) as e:
             ec2.describe_instances(Filters=[{"Name": name, "Values": ["x"]}])
@@ -52,6 +53,37 @@ def test_delete_security_group_in_use_succeeds(ec2, network, cluster):
     network.sg_id = ec2.create_security_group(  # for the fixture's clean-up
         GroupName=f"{cluster}-nodes", Description="x", VpcId=network.vpc_id
     )["GroupId"]
+
+
+def test_delete_subnet_and_vpc_in_use(ec2, elbv2, network, cluster, realizer_on):
+    ids = network.run_instances(1)
+    if not realizer_on:
+        pytest.skip("moto alone deletes a subnet with instances (README, Quirks)")
+    network.wait_running(ids)
+    # with the realizer, as AWS: a subnet with a live machine, a VPC with a balancer cannot go
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ec2.delete_subnet(SubnetId=network.subnet_ids[0])
+    assert _error(e) == ("DependencyViolation", 400)
+    lb = elbv2.create_load_balancer(Name=f"{cluster}-dep", Type="network", Subnets=[network.subnet_ids[1]])["LoadBalancers"][0]
+    try:
+        ec2.terminate_instances(InstanceIds=ids)
+        ec2.delete_subnet(SubnetId=network.subnet_ids[0])  # no live machine any more
+        for a in network.assoc_ids:
+            ec2.disassociate_route_table(AssociationId=a)
+        network.assoc_ids = []
+        ec2.delete_route_table(RouteTableId=network.rtb_id)
+        ec2.detach_internet_gateway(InternetGatewayId=network.igw_id, VpcId=network.vpc_id)
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            ec2.delete_vpc(VpcId=network.vpc_id)  # subnet 2 and the balancer still there
+        assert _error(e) == ("DependencyViolation", 400)
+    finally:
+        elbv2.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+    # (the fixture deletes the rest; deleting a deleted subnet or route table is skipped there)
+    ec2.delete_subnet(SubnetId=network.subnet_ids[1])
+    ec2.delete_security_group(GroupId=network.sg_id)
+    ec2.delete_internet_gateway(InternetGatewayId=network.igw_id)
+    ec2.delete_vpc(VpcId=network.vpc_id)
+    network.destroyed = True
 
 
 def test_dry_run_is_ignored(ec2):

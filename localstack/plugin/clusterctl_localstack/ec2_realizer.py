@@ -748,6 +748,36 @@ def install() -> None:
 
         setattr(EC2Backend, name, wrapped)
 
+    # AWS's dependency checks where a realized machine or balancer would be orphaned (moto alone
+    # deletes a subnet with instances in it, and a VPC once its subnets are gone)
+    from moto.ec2.exceptions import DependencyViolationError
+
+    def live_nodes(pred: Any) -> list[str]:
+        return [n.iid for n in list(r.nodes.values()) if n.desired != "terminated" and pred(n)]
+
+    orig_delete_subnet = EC2Backend.delete_subnet
+
+    def delete_subnet(self: Any, subnet_id: str):
+        if live_nodes(lambda n: n.instance.subnet_id == subnet_id and n.account == self.account_id):
+            raise DependencyViolationError(f"The subnet '{subnet_id}' has dependencies and cannot be deleted.")
+        return orig_delete_subnet(self, subnet_id)
+
+    EC2Backend.delete_subnet = delete_subnet
+
+    orig_delete_vpc = EC2Backend.delete_vpc
+
+    def delete_vpc(self: Any, vpc_id: str):
+        from .nlb import nlb
+
+        key = (self.account_id, self.region_name, vpc_id)
+        if live_nodes(lambda n: (n.account, n.region, n.vpc_id) == key) or any(
+            (lb.account, lb.region, lb.vpc_id) == key for lb in list(nlb().lbs.values())
+        ):
+            raise DependencyViolationError(f"The vpc '{vpc_id}' has dependencies and cannot be deleted.")
+        return orig_delete_vpc(self, vpc_id)
+
+    EC2Backend.delete_vpc = delete_vpc
+
     pairs = lambda result: [i for i, _ in result]  # noqa: E731
     wrap("start_instances", r.on_start, pairs)
     wrap("stop_instances", r.on_stop, pairs)
