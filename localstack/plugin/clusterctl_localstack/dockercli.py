@@ -87,7 +87,14 @@ def networks(filters: dict[str, str]) -> list[dict]:
 
 
 def image_exists(image: str) -> bool:
-    return subprocess.run(
+    """True if the image is there; False if not; DockerError if Docker does not answer."""
+    p = subprocess.run(
         ["docker", "image", "inspect", "--format", "{{.Id}}", image],
         capture_output=True, timeout=20, env=_ENV, check=False,
-    ).returncode == 0
+    )
+    if p.returncode == 0:
+        return True
+    err = p.stderr.decode(errors="replace")
+    if "no such image" in err.lower():
+        return False
+    raise DockerError(["image", "inspect", image], p.returncode, err)

@@ -152,7 +152,12 @@ class Ec2Realizer:
         t = self._images_ok.get(image)
         if t and time.monotonic() - t < 30:
             return
-        if not image_exists(image):
+        try:
+            exists = image_exists(image)
+        except DockerError as e:
+            raise RealizerError("InternalError", f"the harness cannot reach Docker ({e.stderr[:200]}); "
+                                "scripts/lib/ensure-docker starts it") from e
+        if not exists:
             raise RealizerError(
                 "InvalidAMIID.Unavailable",
                 f"AMI {ami} boots the local image {image}, which does not exist "
