@@ -321,6 +321,7 @@ def test_image_mapping(ec2, net, cluster):
         mapping.write_text(json.dumps({"amis": {ami: tag}}))
         (iid,) = [i["InstanceId"] for i in ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, SubnetId=net.subnet_ids[0])["Instances"]]
         net.instance_ids.append(iid)
+        net.wait_running([iid])  # the container is made after RunInstances answers
         assert docker("inspect", "-f", "{{.Config.Image}}", iid).stdout.strip() == tag
         # a mapping to an image that does not exist: an error, nothing launched, nothing pulled
         mapping.write_text(json.dumps({"amis": {ami: f"clusterctl-node:{cluster}-missing"}}))
