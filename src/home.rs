@@ -50,6 +50,11 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     move |source| HomeError::Io { action, path: path.to_path_buf(), source }
 }
 
+/// Makes a folder accessible to its owner only.
+pub fn restrict_dir(path: &Path) -> std::io::Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+}
+
 fn private_dir(path: &Path) -> Result<(), HomeError> {
     fs::create_dir_all(path).map_err(io("creating folder", path))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(io("restricting folder", path))

@@ -138,3 +138,38 @@ mod tests {
         assert!(HostKey::parse_openssh("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIBxvl8bXzBVu8d1wRcR1UcQlkrZ2mW7bWeH2cBq3fU0u").is_none());
     }
 }
+
+/// Host keys recorded on first use, per instance, in the cluster's folder (`known_hosts`).
+#[derive(Debug, Clone)]
+pub struct KnownHosts {
+    path: std::path::PathBuf,
+}
+
+impl KnownHosts {
+    /// The record kept at `path` (one `<instance id> <algorithm> <base64>` line per key).
+    pub fn at(path: std::path::PathBuf) -> Self {
+        KnownHosts { path }
+    }
+
+    /// The keys recorded for an instance.
+    pub fn get(&self, instance_id: &str) -> Vec<HostKey> {
+        std::fs::read_to_string(&self.path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(id, _)| *id == instance_id)
+            .filter_map(|(_, key)| HostKey::parse_openssh(key))
+            .collect()
+    }
+
+    /// Records an instance's key (replacing what was recorded for it).
+    pub fn record(&self, instance_id: &str, key: &HostKey) -> std::io::Result<()> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let mut lines: Vec<String> = text.lines().filter(|l| !l.starts_with(&format!("{instance_id} "))).map(str::to_string).collect();
+        lines.push(format!("{instance_id} {}", key.to_openssh()));
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&self.path, lines.join("\n") + "\n")
+    }
+}
