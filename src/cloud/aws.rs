@@ -692,6 +692,7 @@ impl Cloud for AwsCloud {
             .target_type(elb::types::TargetTypeEnum::Instance)
             .health_check_protocol(elb::types::ProtocolEnum::Tcp)
             .health_check_interval_seconds(5)
+            .health_check_timeout_seconds(5)
             .healthy_threshold_count(2)
             .unhealthy_threshold_count(2)
             .set_tags(Some(elb_tags(tags)))

@@ -486,6 +486,10 @@ impl Cloud for FakeCloud {
     async fn register_targets(&self, target_group_arn: &str, instance_ids: &[String], port: u16) -> CloudResult<()> {
         let action = || format!("registering targets in {target_group_arn}");
         let mut s = self.enter("register_targets", action)?;
+        // As on AWS, only running instances can be registered.
+        if let Some(id) = instance_ids.iter().find(|id| s.instances.get(*id).is_none_or(|f| f.instance.state != InstanceState::Running)) {
+            return Err(CloudError::new(action(), ErrorKind::Invalid, Some("InvalidTarget".into()), format!("{id} is not in a running state")));
+        }
         let targets = s.targets.get_mut(target_group_arn).ok_or_else(|| not_found(action(), "TargetGroupNotFound"))?;
         for id in instance_ids {
             if !targets.iter().any(|(t, p)| t == id && *p == port) {

@@ -118,9 +118,15 @@ pub async fn converge(cloud: &dyn Cloud, spec: &ClusterSpec, options: &ConvergeO
         reporter.phase("applying changes");
     }
     let mut launches = Vec::new();
+    // Only running instances can be registered as targets: registration waits for them.
+    let mut registrations = Vec::new();
     for step in &plan.steps {
         if let Step::LaunchInstance { pool, slot, .. } = step {
             launches.push((pool.clone(), *slot));
+            continue;
+        }
+        if matches!(step, Step::RegisterMasters { .. }) {
+            registrations.push(step);
             continue;
         }
         if !launches.is_empty() {
@@ -134,6 +140,10 @@ pub async fn converge(cloud: &dyn Cloud, spec: &ClusterSpec, options: &ConvergeO
     }
 
     wait_running(cloud, &names, spec, &mut r, options, reporter).await?;
+    for step in registrations {
+        apply(cloud, spec, &names, options, &mut r, step).await?;
+        reporter.done(&format!("{} {step}", step.sign()));
+    }
     if spec.api.load_balancer {
         wait_registered(cloud, spec, &r, options, reporter).await?;
     }
