@@ -7,14 +7,21 @@
 //! - [`cloud`]: the cloud-controller abstraction: the [`cloud::Cloud`] trait, its AWS
 //!   implementation, the retry decorator and an in-memory fake.
 //! - [`provision`]: discover what a cluster owns, plan, converge and destroy infrastructure.
+//! - [`api`]: the Kubernetes-shaped object model (`Node`, `Lease`, ...) and the resource registry.
+//! - [`apiserver`]: the master's HTTPS API (REST, watch, authentication, authorization) over a durable
+//!   store behind a trait (SQLite by default).
+//! - [`client`]: the HTTPS client of that API, used by the CLI, the node agents and the controllers.
 //! - [`bootstrap`]: SSH to machines with verified host keys (install and join come later).
 //! - [`home`]: the operator's per-cluster folder (SSH key, later credentials).
 //! - [`report`]: the progress-reporting trait the library uses instead of drawing.
 //!
 //! See `docs/ARCHITECTURE.md` for the decisions behind this shape.
 
+pub mod api;
+pub mod apiserver;
 pub mod bootstrap;
 pub mod cli;
+pub mod client;
 pub mod cloud;
 pub mod home;
 pub mod provision;

@@ -1,0 +1,230 @@
+//! What every object, list, watch event and error shares: `metadata`, list metadata, the watch event
+//! envelope and the `Status` failure object.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::time::Time;
+
+/// The `metadata` of every object.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// A prefix to which the server appends a random suffix when `name` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Set by the server on create, never changes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    /// The store revision of the last write; send it back on update for optimistic concurrency.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resource_version: String,
+    /// Bumped by the server when anything outside `metadata` and `status` changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_timestamp: Option<Time>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl ObjectMeta {
+    /// Metadata with just a name (cluster-scoped objects).
+    pub fn named(name: impl Into<String>) -> Self {
+        ObjectMeta { name: name.into(), ..Default::default() }
+    }
+
+    /// Metadata with a namespace and a name.
+    pub fn namespaced(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectMeta { name: name.into(), namespace: Some(namespace.into()), ..Default::default() }
+    }
+
+    /// The resource version as a number, if it is one.
+    pub fn revision(&self) -> Option<u64> {
+        self.resource_version.parse().ok()
+    }
+}
+
+/// The `metadata` of a list.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListMeta {
+    /// The store revision the list was read at: watch from here to miss nothing.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resource_version: String,
+}
+
+/// A list of objects, e.g. `NodeList`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct List<T> {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ListMeta,
+    #[serde(default = "Vec::new")]
+    pub items: Vec<T>,
+}
+
+/// What happened to an object, as a watch reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum WatchEventType {
+    Added,
+    Modified,
+    Deleted,
+    /// The watch failed; the object is a [`Status`].
+    Error,
+}
+
+impl fmt::Display for WatchEventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WatchEventType::Added => "ADDED",
+            WatchEventType::Modified => "MODIFIED",
+            WatchEventType::Deleted => "DELETED",
+            WatchEventType::Error => "ERROR",
+        })
+    }
+}
+
+/// One line of a watch stream: `{"type": "ADDED", "object": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchEvent<T> {
+    #[serde(rename = "type")]
+    pub event_type: WatchEventType,
+    pub object: T,
+}
+
+/// Why a request failed, in Kubernetes' words.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StatusReason {
+    NotFound,
+    AlreadyExists,
+    Conflict,
+    Unauthorized,
+    Forbidden,
+    BadRequest,
+    Invalid,
+    MethodNotAllowed,
+    UnsupportedMediaType,
+    /// The requested resource version is older than the server's history (HTTP 410).
+    Expired,
+    Gone,
+    InternalError,
+    ServiceUnavailable,
+    Timeout,
+    /// A reason this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Which object a [`Status`] is about.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusDetails {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+}
+
+/// The failure object every error response carries (`kind: Status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    #[serde(default = "status_api_version")]
+    pub api_version: String,
+    #[serde(default = "status_kind")]
+    pub kind: String,
+    /// `Failure` for errors, `Success` otherwise.
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub message: String,
+    pub reason: StatusReason,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<StatusDetails>,
+    /// The HTTP status code.
+    #[serde(default)]
+    pub code: u16,
+}
+
+fn status_api_version() -> String {
+    "v1".into()
+}
+
+fn status_kind() -> String {
+    "Status".into()
+}
+
+impl Status {
+    /// A failure with the given reason, HTTP code and message.
+    pub fn failure(reason: StatusReason, code: u16, message: impl Into<String>) -> Self {
+        Status {
+            api_version: status_api_version(),
+            kind: status_kind(),
+            status: "Failure".into(),
+            message: message.into(),
+            reason,
+            details: None,
+            code,
+        }
+    }
+
+    /// The same failure, naming the object it is about.
+    pub fn with_details(mut self, details: StatusDetails) -> Self {
+        self.details = Some(details);
+        self
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({:?}, {})", self.message, self.reason, self.code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_leaves_out_what_is_empty() {
+        let meta = ObjectMeta::named("w1");
+        assert_eq!(serde_json::to_value(&meta).unwrap(), serde_json::json!({"name": "w1"}));
+    }
+
+    #[test]
+    fn status_reads_unknown_reasons() {
+        let s: Status = serde_json::from_value(serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "m", "reason": "SomethingNew", "code": 418
+        }))
+        .unwrap();
+        assert_eq!(s.reason, StatusReason::Unknown);
+        let s = Status::failure(StatusReason::NotFound, 404, "nodes \"x\" not found");
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["reason"], "NotFound");
+        assert_eq!(v["kind"], "Status");
+    }
+
+    #[test]
+    fn watch_events_use_upper_case_types() {
+        let e = WatchEvent { event_type: WatchEventType::Modified, object: 1 };
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"type":"MODIFIED","object":1}"#);
+    }
+}

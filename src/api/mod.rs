@@ -1,0 +1,32 @@
+//! The object model, shaped like Kubernetes' JSON (`apiVersion`, `kind`, `metadata`, `spec`, `status`).
+//!
+//! # Layout
+//! - [`meta`]: `ObjectMeta`, lists, watch events and the `Status` failure object.
+//! - [`resource`]: the registry of served resources ([`ResourceType`]): REST paths, store keys,
+//!   namespaced or not; the [`Resource`] trait ties a typed object to its resource.
+//! - [`time`]: RFC 3339 timestamps (`Time` to the second, `MicroTime` to the microsecond).
+//! - Typed objects: [`node`] (`Node`), [`lease`] (`Lease`), [`certificates`]
+//!   (`CertificateSigningRequest`), [`config`] (`Secret`, `ConfigMap`). Other resources (pods,
+//!   services, deployments, ...) travel as untyped `serde_json::Value` until they get types.
+//!
+//! Typed objects leave `apiVersion` and `kind` empty when built by hand; the client and the server fill
+//! them from the resource.
+
+pub mod certificates;
+pub mod config;
+pub mod lease;
+pub mod meta;
+pub mod node;
+pub mod resource;
+pub mod time;
+
+pub use certificates::{
+    CertificateSigningRequest, CertificateSigningRequestCondition, CertificateSigningRequestSpec,
+    CertificateSigningRequestStatus, KUBELET_CLIENT_SIGNER,
+};
+pub use config::{ConfigMap, Secret};
+pub use lease::{Lease, LeaseSpec, NODE_LEASE_NAMESPACE};
+pub use meta::{List, ListMeta, ObjectMeta, Status, StatusDetails, StatusReason, WatchEvent, WatchEventType};
+pub use node::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Taint};
+pub use resource::{Resource, ResourceType};
+pub use time::{MicroTime, Time};

@@ -1,0 +1,102 @@
+//! Certificate signing requests from joining nodes: checked, signed at once with the cluster CA and
+//! stored approved, so that a node holding only a bootstrap token leaves the `POST` with its client
+//! certificate (kubeadm's auto-approval of node client certificates, in one step).
+//!
+//! A bootstrap identity may only ask for `kubernetes.io/kube-apiserver-client-kubelet` certificates
+//! whose subject is exactly `CN=system:node:<name>, O=system:nodes` with a valid node name. As with
+//! kubeadm, a bootstrap token may claim any node name. Requests created by other identities are stored
+//! as they are, unsigned.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+use x509_parser::prelude::FromDer;
+
+use super::auth::{Identity, NODE_USER_PREFIX, NODES_GROUP};
+use super::error::ApiError;
+use super::objects::valid_name;
+use crate::api::resource::CERTIFICATE_SIGNING_REQUESTS;
+use crate::api::{CertificateSigningRequest, KUBELET_CLIENT_SIGNER, Time};
+
+/// Signs node client certificates with the cluster CA (implemented by `pki::ClusterCa`).
+pub trait CsrSigner: Send + Sync {
+    /// Signs a PEM certificate request already checked to ask for `CN=system:node:<name>,
+    /// O=system:nodes`, returning the certificate in PEM; the error says why it could not.
+    fn sign_node_csr(&self, csr_pem: &str) -> Result<String, String>;
+}
+
+const ALLOWED_USAGES: &[&str] = &["digital signature", "key encipherment", "client auth"];
+
+/// The node name a PEM request asks a client certificate for, after checking its signature and that
+/// its subject is exactly `CN=system:node:<name>, O=system:nodes`.
+pub fn node_name_of_request(csr_pem: &str) -> Result<String, String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()).map_err(|_| "the request is not PEM".to_string())?;
+    if pem.label != "CERTIFICATE REQUEST" {
+        return Err(format!("the request is a PEM {:?}, not a CERTIFICATE REQUEST", pem.label));
+    }
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
+        .map_err(|_| "the request is not a PKCS#10 certificate request".to_string())?;
+    csr.verify_signature().map_err(|_| "the request's signature does not verify".to_string())?;
+    let subject = &csr.certification_request_info.subject;
+    let cns: Vec<&str> = subject.iter_common_name().filter_map(|a| a.as_str().ok()).collect();
+    let orgs: Vec<&str> = subject.iter_organization().filter_map(|a| a.as_str().ok()).collect();
+    let attributes = subject.iter_attributes().count();
+    let name = match cns.as_slice() {
+        [cn] => cn.strip_prefix(NODE_USER_PREFIX).ok_or_else(|| format!("the subject's CN {cn:?} does not start with {NODE_USER_PREFIX:?}"))?,
+        _ => return Err("the subject must have exactly one CN".into()),
+    };
+    if orgs != [NODES_GROUP] || attributes != 2 {
+        return Err(format!("the subject must be exactly CN=system:node:<name>, O={NODES_GROUP}"));
+    }
+    if !valid_name(name) {
+        return Err(format!("{name:?} is not a valid node name"));
+    }
+    Ok(name.to_string())
+}
+
+/// Fills the server-owned parts of a new request (`username`, `groups`, empty `status`) and, for a
+/// bootstrap identity, checks and signs it.
+pub fn admit(identity: &Identity, object: &mut Value, signer: &dyn CsrSigner) -> Result<(), ApiError> {
+    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+    let invalid = |m: String| ApiError::invalid(&CERTIFICATE_SIGNING_REQUESTS, &name, m);
+    let csr: CertificateSigningRequest = serde_json::from_value(object.clone()).map_err(|e| invalid(format!("not a certificate signing request: {e}")))?;
+    object["spec"]["username"] = json!(identity.user);
+    object["spec"]["groups"] = json!(identity.groups);
+    object["status"] = json!({});
+    if !identity.is_bootstrapper() {
+        return Ok(());
+    }
+    if csr.spec.signer_name != KUBELET_CLIENT_SIGNER {
+        return Err(ApiError::forbidden(
+            &CERTIFICATE_SIGNING_REQUESTS,
+            &name,
+            format!("bootstrap tokens may only request node client certificates (signerName {KUBELET_CLIENT_SIGNER})"),
+        ));
+    }
+    if !csr.spec.usages.is_empty() {
+        if !csr.spec.usages.iter().any(|u| u == "client auth") {
+            return Err(invalid("spec.usages must include \"client auth\"".into()));
+        }
+        if let Some(u) = csr.spec.usages.iter().find(|u| !ALLOWED_USAGES.contains(&u.as_str())) {
+            return Err(invalid(format!("spec.usages: {u:?} is not allowed for {KUBELET_CLIENT_SIGNER}")));
+        }
+    }
+    let pem = STANDARD.decode(csr.spec.request.trim()).map_err(|_| invalid("spec.request is not base64".into()))?;
+    let pem = String::from_utf8(pem).map_err(|_| invalid("spec.request is not a PEM text".into()))?;
+    let node = node_name_of_request(&pem).map_err(|m| invalid(format!("spec.request: {m}")))?;
+    let cert = signer.sign_node_csr(&pem).map_err(|e| ApiError::internal(format!("signing the certificate for node {node:?}: {e}")))?;
+    let now = Time::now();
+    object["status"] = json!({
+        "certificate": STANDARD.encode(cert),
+        "conditions": [{
+            "type": "Approved",
+            "status": "True",
+            "reason": "AutoApproved",
+            "message": format!("node client certificate for {node} signed for {}", identity.user),
+            "lastUpdateTime": now,
+            "lastTransitionTime": now,
+        }],
+    });
+    tracing::info!(node = %node, requester = %identity.user, "signed a node client certificate");
+    Ok(())
+}

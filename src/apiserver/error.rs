@@ -1,0 +1,133 @@
+//! Failed requests as Kubernetes `Status` responses, with Kubernetes' wording.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::store::StoreError;
+use crate::api::resource::ResourceType;
+use crate::api::{Status, StatusDetails, StatusReason};
+
+/// A request that failed; becomes a `Status` body with the matching HTTP code.
+#[derive(Debug, Clone)]
+pub struct ApiError(pub Box<Status>);
+
+fn details(resource: &ResourceType, name: &str) -> StatusDetails {
+    StatusDetails { name: name.into(), group: resource.group.into(), kind: resource.plural.into() }
+}
+
+impl ApiError {
+    fn new(reason: StatusReason, code: u16, message: impl Into<String>) -> Self {
+        ApiError(Box::new(Status::failure(reason, code, message)))
+    }
+
+    fn about(reason: StatusReason, code: u16, resource: &ResourceType, name: &str, message: String) -> Self {
+        ApiError(Box::new(Status::failure(reason, code, message).with_details(details(resource, name))))
+    }
+
+    /// 404: the named object does not exist.
+    pub fn not_found(resource: &ResourceType, name: &str) -> Self {
+        Self::about(StatusReason::NotFound, 404, resource, name, format!("{resource} {name:?} not found"))
+    }
+
+    /// 404: the path names no served resource.
+    pub fn no_route() -> Self {
+        Self::new(StatusReason::NotFound, 404, "the server could not find the requested resource")
+    }
+
+    /// 409 AlreadyExists: create of a name that is taken.
+    pub fn already_exists(resource: &ResourceType, name: &str) -> Self {
+        Self::about(StatusReason::AlreadyExists, 409, resource, name, format!("{resource} {name:?} already exists"))
+    }
+
+    /// 409 Conflict: the object changed since the client read it.
+    pub fn conflict(resource: &ResourceType, name: &str) -> Self {
+        Self::about(
+            StatusReason::Conflict,
+            409,
+            resource,
+            name,
+            format!("Operation cannot be fulfilled on {resource} {name:?}: the object has been modified; please apply your changes to the latest version and try again"),
+        )
+    }
+
+    /// 400: the request itself is malformed.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusReason::BadRequest, 400, message)
+    }
+
+    /// 422: the object is well-formed JSON but not a valid object.
+    pub fn invalid(resource: &ResourceType, name: &str, message: impl std::fmt::Display) -> Self {
+        Self::about(StatusReason::Invalid, 422, resource, name, format!("{resource} {name:?} is invalid: {message}"))
+    }
+
+    /// 401: no valid credentials.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusReason::Unauthorized, 401, message)
+    }
+
+    /// 403: the identity may not do this.
+    pub fn forbidden(resource: &ResourceType, name: &str, message: String) -> Self {
+        Self::about(StatusReason::Forbidden, 403, resource, name, message)
+    }
+
+    /// 405: the verb does not apply to this path.
+    pub fn method_not_allowed() -> Self {
+        Self::new(StatusReason::MethodNotAllowed, 405, "the server does not allow this method on the requested resource")
+    }
+
+    /// 415: a body format this server does not read (e.g. strategic merge patch).
+    pub fn unsupported_media_type(content_type: &str) -> Self {
+        Self::new(StatusReason::UnsupportedMediaType, 415, format!("the body of the request was in an unknown format: {content_type}"))
+    }
+
+    /// 410 Expired: a resource version older than the store's history.
+    pub fn expired(message: impl Into<String>) -> Self {
+        Self::new(StatusReason::Expired, 410, message)
+    }
+
+    /// 500: the server failed.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusReason::InternalError, 500, message)
+    }
+
+    /// 503: the server cannot answer now.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusReason::ServiceUnavailable, 503, message)
+    }
+
+    /// The response to a store failure while working on `resource` `name`.
+    pub fn from_store(e: StoreError, resource: &ResourceType, name: &str) -> Self {
+        match e {
+            StoreError::NotFound { .. } => Self::not_found(resource, name),
+            StoreError::AlreadyExists { .. } => Self::already_exists(resource, name),
+            StoreError::Conflict { .. } => Self::conflict(resource, name),
+            StoreError::TooOld { requested, compacted } => {
+                Self::expired(format!("too old resource version: {requested} (history starts after {compacted})"))
+            }
+            e @ (StoreError::Corrupt { .. } | StoreError::Backend { .. }) => {
+                let chain = error_chain(&e);
+                tracing::error!(error = %chain, "store failure");
+                Self::internal(chain)
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.0.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (code, Json(self.0)).into_response()
+    }
+}

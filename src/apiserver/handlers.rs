@@ -1,0 +1,259 @@
+//! The REST verbs on any registered resource: get, list, create, update (PUT), patch (JSON merge
+//! patch), delete; watch is in [`super::watch`].
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::auth::{self, Attributes, Decision, Identity, Verb};
+use super::error::ApiError;
+use super::objects::{self, meta_str, with_revision};
+use super::selectors::Selectors;
+use super::store::StoreError;
+use super::target::Target;
+use super::{AppState, csr, watch};
+use crate::api::resource;
+
+/// How often an update without a precondition is retried when another write slips in between.
+const UNCONDITIONAL_RETRIES: usize = 5;
+
+/// Serves one request on a resource path.
+pub(crate) async fn resource(
+    state: AppState,
+    identity: Identity,
+    method: Method,
+    path: &str,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let target = Target::parse(path)?;
+    let status_sub = target.subresource.is_some();
+    match (&method, &target.name) {
+        (&Method::GET, Some(_)) => get(&state, &identity, &target).await,
+        (&Method::GET, None) => {
+            let selectors = Selectors::parse(query.get("labelSelector").map(String::as_str), query.get("fieldSelector").map(String::as_str))
+                .map_err(ApiError::bad_request)?;
+            if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
+                authorize(&state, &identity, &target, Verb::Watch, None).await?;
+                watch::serve(state, target, selectors, &query).await
+            } else {
+                list(&state, &identity, &target, &selectors).await
+            }
+        }
+        (&Method::POST, None) => create(&state, &identity, target, &body).await,
+        (&Method::PUT, Some(_)) => update(&state, &identity, &target, &body, status_sub).await,
+        (&Method::PATCH, Some(_)) => patch(&state, &identity, &target, &headers, &body, status_sub).await,
+        (&Method::DELETE, Some(_)) if !status_sub => delete(&state, &identity, &target, &body).await,
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// Checks the request against the authorizer; a pod-status write by a node is checked against the
+/// stored pod.
+async fn authorize(state: &AppState, identity: &Identity, target: &Target, verb: Verb, name: Option<&str>) -> Result<(), ApiError> {
+    let attrs = Attributes {
+        verb,
+        resource: target.resource,
+        subresource: target.subresource.as_deref(),
+        namespace: target.namespace.as_deref(),
+        name: name.or(target.name.as_deref()),
+    };
+    match auth::authorize(identity, &attrs) {
+        Decision::Allow => Ok(()),
+        Decision::Deny => Err(auth::forbidden(identity, &attrs)),
+        Decision::AllowIfPodOnNode(node) => {
+            let name = attrs.name.unwrap_or("");
+            let stored = state.store.get(&target.key(name)).await.map_err(|e| ApiError::from_store(e, target.resource, name))?;
+            let bound = stored.as_ref().and_then(|s| s.value.pointer("/spec/nodeName")).and_then(Value::as_str) == Some(node.as_str());
+            if bound { Ok(()) } else { Err(auth::forbidden(identity, &attrs)) }
+        }
+    }
+}
+
+fn name_of(target: &Target) -> &str {
+    target.name.as_deref().unwrap_or("")
+}
+
+async fn get(state: &AppState, identity: &Identity, target: &Target) -> Result<Response, ApiError> {
+    authorize(state, identity, target, Verb::Get, None).await?;
+    let name = name_of(target);
+    let stored = state
+        .store
+        .get(&target.key(name))
+        .await
+        .map_err(|e| ApiError::from_store(e, target.resource, name))?
+        .ok_or_else(|| ApiError::not_found(target.resource, name))?;
+    Ok(Json(with_revision(stored.value, stored.mod_rev)).into_response())
+}
+
+async fn list(state: &AppState, identity: &Identity, target: &Target, selectors: &Selectors) -> Result<Response, ApiError> {
+    authorize(state, identity, target, Verb::List, None).await?;
+    let (items, rev) = state.store.list(&target.prefix()).await.map_err(|e| ApiError::from_store(e, target.resource, ""))?;
+    let items: Vec<Value> =
+        items.into_iter().map(|o| with_revision(o.value, o.mod_rev)).filter(|o| selectors.matches(o)).collect();
+    Ok(Json(json!({
+        "apiVersion": target.resource.api_version(),
+        "kind": target.resource.list_kind(),
+        "metadata": { "resourceVersion": rev.to_string() },
+        "items": items,
+    }))
+    .into_response())
+}
+
+async fn create(state: &AppState, identity: &Identity, mut target: Target, body: &[u8]) -> Result<Response, ApiError> {
+    let rt = target.resource;
+    let mut object = objects::parse_object(body).map_err(ApiError::bad_request)?;
+    objects::check_type(rt, &mut object).map_err(ApiError::bad_request)?;
+    if rt.namespaced {
+        let body_ns = meta_str(&object, "namespace").filter(|ns| !ns.is_empty()).map(String::from);
+        match (&target.namespace, body_ns) {
+            (Some(path_ns), Some(body_ns)) if *path_ns != body_ns => {
+                return Err(ApiError::bad_request(format!(
+                    "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({path_ns})"
+                )));
+            }
+            (None, body_ns) => target.namespace = Some(body_ns.unwrap_or_else(|| "default".into())),
+            _ => {}
+        }
+        if let Some(ns) = target.namespace.as_deref().filter(|ns| !objects::valid_namespace(ns)) {
+            return Err(ApiError::bad_request(format!("{ns:?} is not a valid namespace name")));
+        }
+    }
+    let generate = meta_str(&object, "generateName").filter(|g| !g.is_empty()).map(String::from);
+    let given = meta_str(&object, "name").filter(|n| !n.is_empty()).map(String::from);
+    let attempts = if given.is_none() && generate.is_some() { 5 } else { 1 };
+    for attempt in 1..=attempts {
+        let name = match (&given, &generate) {
+            (Some(n), _) => n.clone(),
+            (None, Some(prefix)) => format!("{prefix}{}", objects::name_suffix()),
+            (None, None) => return Err(ApiError::invalid(rt, "", "metadata.name: Required value: name or generateName is required")),
+        };
+        if !objects::valid_name(&name) {
+            return Err(ApiError::invalid(rt, &name, "metadata.name: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"));
+        }
+        if attempt == 1 {
+            authorize(state, identity, &target, Verb::Create, Some(&name)).await?;
+        }
+        let mut candidate = object.clone();
+        objects::metadata_mut(&mut candidate).insert("name".into(), json!(name));
+        objects::prepare_create(&mut candidate, target.namespace.as_deref().filter(|_| rt.namespaced));
+        if *rt == resource::CERTIFICATE_SIGNING_REQUESTS {
+            csr::admit(identity, &mut candidate, state.config.csr_signer.as_ref())?;
+        }
+        match state.store.create(&target.key(&name), candidate.clone()).await {
+            Ok(rev) => return Ok((StatusCode::CREATED, Json(with_revision(candidate, rev))).into_response()),
+            Err(StoreError::AlreadyExists { .. }) if attempt < attempts => continue,
+            Err(e) => return Err(ApiError::from_store(e, rt, &name)),
+        }
+    }
+    Err(ApiError::internal("could not generate a free name"))
+}
+
+/// Reads the stored object, builds the new one with `build` and writes it with optimistic concurrency:
+/// a `resourceVersion` in the request must match; without one the write is retried on a race.
+async fn write_back<F>(state: &AppState, target: &Target, requested_rev: Option<u64>, build: F) -> Result<Response, ApiError>
+where
+    F: Fn(&Value) -> Result<Value, ApiError>,
+{
+    let (rt, name) = (target.resource, name_of(target));
+    let key = target.key(name);
+    for _ in 0..UNCONDITIONAL_RETRIES {
+        let stored = state.store.get(&key).await.map_err(|e| ApiError::from_store(e, rt, name))?.ok_or_else(|| ApiError::not_found(rt, name))?;
+        if requested_rev.is_some_and(|r| r != stored.mod_rev) {
+            return Err(ApiError::conflict(rt, name));
+        }
+        let next = build(&with_revision(stored.value.clone(), stored.mod_rev))?;
+        match state.store.update(&key, next.clone(), Some(stored.mod_rev)).await {
+            Ok(rev) => return Ok(Json(with_revision(next, rev)).into_response()),
+            Err(StoreError::Conflict { .. }) if requested_rev.is_none() => continue,
+            Err(e) => return Err(ApiError::from_store(e, rt, name)),
+        }
+    }
+    Err(ApiError::conflict(rt, name))
+}
+
+fn requested_revision(object: &Value, target: &Target) -> Result<Option<u64>, ApiError> {
+    match meta_str(object, "resourceVersion").filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::invalid(target.resource, name_of(target), format!("metadata.resourceVersion: {v:?} is not a resource version"))),
+    }
+}
+
+fn check_identity(object: &mut Value, target: &Target) -> Result<(), ApiError> {
+    let name = name_of(target);
+    match meta_str(object, "name") {
+        None | Some("") => {
+            objects::metadata_mut(object).insert("name".into(), json!(name));
+        }
+        Some(n) if n == name => {}
+        Some(n) => return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})"))),
+    }
+    if let (Some(path_ns), Some(body_ns)) = (target.namespace.as_deref(), meta_str(object, "namespace").filter(|n| !n.is_empty()))
+        && path_ns != body_ns
+    {
+        return Err(ApiError::bad_request(format!(
+            "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({path_ns})"
+        )));
+    }
+    Ok(())
+}
+
+async fn update(state: &AppState, identity: &Identity, target: &Target, body: &[u8], status_only: bool) -> Result<Response, ApiError> {
+    authorize(state, identity, target, Verb::Update, None).await?;
+    let mut incoming = objects::parse_object(body).map_err(ApiError::bad_request)?;
+    objects::check_type(target.resource, &mut incoming).map_err(ApiError::bad_request)?;
+    check_identity(&mut incoming, target)?;
+    let requested = requested_revision(&incoming, target)?;
+    write_back(state, target, requested, |stored| Ok(objects::merge_update(stored, incoming.clone(), status_only))).await
+}
+
+async fn patch(
+    state: &AppState,
+    identity: &Identity,
+    target: &Target,
+    headers: &HeaderMap,
+    body: &[u8],
+    status_only: bool,
+) -> Result<Response, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if media != "application/merge-patch+json" {
+        return Err(ApiError::unsupported_media_type(content_type));
+    }
+    authorize(state, identity, target, Verb::Patch, None).await?;
+    let patch: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
+    let requested = requested_revision(&patch, target)?;
+    write_back(state, target, requested, |stored| {
+        let mut patched = stored.clone();
+        objects::merge_patch(&mut patched, &patch);
+        objects::check_type(target.resource, &mut patched).map_err(ApiError::bad_request)?;
+        check_identity(&mut patched, target)?;
+        Ok(objects::merge_update(stored, patched, status_only))
+    })
+    .await
+}
+
+async fn delete(state: &AppState, identity: &Identity, target: &Target, body: &[u8]) -> Result<Response, ApiError> {
+    authorize(state, identity, target, Verb::Delete, None).await?;
+    let (rt, name) = (target.resource, name_of(target));
+    // DeleteOptions may carry a resourceVersion precondition.
+    let expected = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let options: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the delete options are not valid JSON: {e}")))?;
+        match options.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
+            Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("{v:?} is not a resource version")))?),
+            None => None,
+        }
+    };
+    let (old, rev) = state.store.delete(&target.key(name), expected).await.map_err(|e| ApiError::from_store(e, rt, name))?;
+    Ok(Json(with_revision(old, rev)).into_response())
+}

@@ -1,0 +1,275 @@
+//! The master's API server: HTTPS REST and watch in Kubernetes' conventions, over a durable store.
+//!
+//! # Layout
+//! - this file: [`serve`] (accept loop, TLS, per-connection identity, graceful shutdown), the router,
+//!   the authentication middleware and the health, version and discovery endpoints.
+//! - [`auth`]: identities (client certificate, bootstrap token, anonymous) and the authorizer.
+//! - [`target`]: request paths parsed against the resource registry ([`crate::api::resource`]).
+//! - [`handlers`]: get, list, create, update, patch, delete; [`watch`]: streaming watches.
+//! - [`objects`]: what happens to an object's JSON on its way in (server-owned metadata, status kept
+//!   apart from spec, merge patches); [`selectors`]: label and field selectors.
+//! - [`csr`]: node certificate signing requests, signed through the [`CsrSigner`] trait.
+//! - [`store`]: the [`store::Store`] trait and the embedded SQLite store.
+//! - [`error`]: failures as Kubernetes `Status` objects.
+//!
+//! Objects live in the store under `/registry/{group or core}/{plural}/{namespace or _cluster}/{name}`;
+//! an object's `resourceVersion` is the store revision of its last write.
+
+pub mod auth;
+pub mod csr;
+pub mod error;
+mod handlers;
+pub mod objects;
+pub mod selectors;
+pub mod store;
+pub mod target;
+mod tls;
+mod watch;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch as signal;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+pub use auth::Identity;
+pub use csr::CsrSigner;
+pub use error::ApiError;
+use auth::PeerIdentity;
+use store::Store;
+
+/// The discovery ConfigMap anyone may read: `data["ca.crt"]` is the cluster CA (kubeadm style; the
+/// joining node checks it against the CA hash it was given).
+pub const CLUSTER_INFO_PATH: &str = "/api/v1/namespaces/kube-public/configmaps/cluster-info";
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open requests may run on after shutdown was asked for.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server's certificate and key, and the CA that signs client certificates (all PEM).
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub client_ca_pem: String,
+}
+
+/// Everything the API server needs besides its store and listener.
+#[derive(Clone)]
+pub struct ApiServerConfig {
+    pub tls: ServerTls,
+    /// Signs node client certificates for bootstrap-token requests.
+    pub csr_signer: Arc<dyn CsrSigner>,
+    /// The CA published in `kube-public/cluster-info`.
+    pub cluster_info_ca_pem: String,
+}
+
+/// Why the API server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiServerError {
+    #[error("reading the {what} PEM")]
+    Pem {
+        what: &'static str,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("the {what} PEM holds no certificate")]
+    NoCertificate { what: &'static str },
+    #[error("building the TLS configuration: {action}")]
+    Tls {
+        action: &'static str,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("building the client certificate verifier")]
+    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
+}
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: Arc<ApiServerConfig>,
+    /// Turns true when the server shuts down (ends watches).
+    pub(crate) stopping: signal::Receiver<bool>,
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets open requests finish (watches
+/// end at once) for up to 10 s.
+pub async fn serve(
+    config: ApiServerConfig,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: impl Future,
+) -> Result<(), ApiServerError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(&config.tls)?));
+    let (stop_tx, stop_rx) = signal::channel(false);
+    let state = AppState { store, config: Arc::new(config), stopping: stop_rx.clone() };
+    let app = router(state);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    connections.spawn(serve_connection(tcp, peer, acceptor.clone(), app.clone(), stop_rx.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: give the system a moment.
+                    tracing::warn!(error = %e, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while connections.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(open = connections.len(), "closing connections still open after shutdown");
+        connections.abort_all();
+    }
+    Ok(())
+}
+
+async fn serve_connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, app: Router, mut stopping: signal::Receiver<bool>) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let identity = PeerIdentity(tls::peer_identity(tls.get_ref().1));
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(identity.clone());
+        app.clone().oneshot(req.map(Body::new))
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    let stop = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    };
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = stop => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/version", get(version))
+        .fallback(resource)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}
+
+/// Finds out who is asking and refuses anonymous requests outside the allowed paths.
+async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let from_cert = req.extensions().get::<PeerIdentity>().and_then(|p| p.0.clone());
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let identity = match (from_cert, bearer) {
+        (Some(identity), _) => identity,
+        (None, Some(token)) => match auth::bootstrap_token_identity(state.store.as_ref(), &token).await {
+            Ok(identity) => identity,
+            Err(e) => return e.into_response(),
+        },
+        (None, None) if auth::anonymous_allowed(req.method(), req.uri().path()) => Identity::anonymous(),
+        (None, None) => return ApiError::unauthorized("Unauthorized").into_response(),
+    };
+    req.extensions_mut().insert(identity);
+    next.run(req).await
+}
+
+async fn resource(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if method == Method::GET && uri.path() == CLUSTER_INFO_PATH {
+        return Json(json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": { "name": "cluster-info", "namespace": "kube-public" },
+            "data": { "ca.crt": state.config.cluster_info_ca_pem },
+        }))
+        .into_response();
+    }
+    let path = uri.path().to_string();
+    let verb = method.clone();
+    match handlers::resource(state, identity.clone(), method, &path, query, headers, body).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::debug!(user = %identity.user, %verb, %path, code = e.0.code, "{}", e.0.message);
+            e.into_response()
+        }
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), state.store.revision()).await {
+        Ok(Ok(_)) => "ok".into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store: no answer within 2 s").into_response(),
+    }
+}
+
+async fn version() -> Json<serde_json::Value> {
+    Json(json!({
+        "major": "1",
+        "minor": "30",
+        "gitVersion": concat!("v1.30.0-clusterctl.", env!("CARGO_PKG_VERSION")),
+        "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+    }))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,219 @@
+//! What the server does to an object's JSON on its way into the store: names checked, server-owned
+//! metadata (uid, creationTimestamp, generation) set or kept, status kept apart from spec on update,
+//! JSON merge patches applied.
+
+use serde_json::{Map, Value, json};
+
+use crate::api::resource::ResourceType;
+use crate::api::time::Time;
+
+/// Whether `name` is a valid object name: a DNS subdomain (lower-case letters, digits, `-` and `.`,
+/// starting and ending with a letter or digit, at most 253 characters).
+pub fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 253
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+/// Whether `name` is a valid namespace name: a DNS label (no dots, at most 63 characters).
+pub fn valid_namespace(name: &str) -> bool {
+    valid_name(name) && name.len() <= 63 && !name.contains('.')
+}
+
+/// A random version 4 UUID.
+pub fn new_uid() -> String {
+    let mut b = rand::random::<u128>().to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// Five random characters for `generateName`, from Kubernetes' alphabet (no vowels, no look-alikes).
+pub fn name_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect()
+}
+
+/// The string at `/metadata/<field>`, if any.
+pub fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
+    object.get("metadata")?.get(field)?.as_str()
+}
+
+/// The `metadata` map, created if missing.
+pub fn metadata_mut(object: &mut Value) -> &mut Map<String, Value> {
+    if !object.get("metadata").is_some_and(Value::is_object) {
+        object["metadata"] = json!({});
+    }
+    object["metadata"].as_object_mut().expect("metadata was just made an object")
+}
+
+/// Parses a request body that must be a JSON object.
+pub fn parse_object(body: &[u8]) -> Result<Value, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("the request body is not valid JSON: {e}"))?;
+    if v.is_object() { Ok(v) } else { Err("the request body is not a JSON object".into()) }
+}
+
+/// Checks `apiVersion` and `kind` against the resource, filling them when absent.
+pub fn check_type(resource: &ResourceType, object: &mut Value) -> Result<(), String> {
+    let api_version = resource.api_version();
+    match object.get("apiVersion").and_then(Value::as_str) {
+        None | Some("") => object["apiVersion"] = json!(api_version),
+        Some(v) if v == api_version => {}
+        Some(v) => return Err(format!("apiVersion {v:?} does not match the request's {api_version:?}")),
+    }
+    match object.get("kind").and_then(Value::as_str) {
+        None | Some("") => object["kind"] = json!(resource.kind),
+        Some(k) if k == resource.kind => {}
+        Some(k) => return Err(format!("kind {k:?} does not match the request's {:?}", resource.kind)),
+    }
+    Ok(())
+}
+
+/// Sets the metadata the server owns on a new object.
+pub fn prepare_create(object: &mut Value, namespace: Option<&str>) {
+    let meta = metadata_mut(object);
+    match namespace {
+        Some(ns) => meta.insert("namespace".into(), json!(ns)),
+        None => meta.remove("namespace"),
+    };
+    meta.insert("uid".into(), json!(new_uid()));
+    meta.insert("creationTimestamp".into(), json!(Time::now()));
+    meta.insert("generation".into(), json!(1));
+    meta.remove("resourceVersion");
+    meta.remove("deletionTimestamp");
+}
+
+/// Everything but `apiVersion`, `kind`, `metadata` and `status`: what a generation counts changes of.
+fn desired_part(object: &Value) -> Map<String, Value> {
+    let mut m = object.as_object().cloned().unwrap_or_default();
+    for k in ["apiVersion", "kind", "metadata", "status"] {
+        m.remove(k);
+    }
+    m
+}
+
+/// The object to store for an update of `stored` with `incoming`: a plain update takes everything but
+/// `status` from `incoming`; a `status` update takes only `status`. Server-owned metadata is kept and
+/// `generation` is bumped when the desired part changed.
+pub fn merge_update(stored: &Value, incoming: Value, status_only: bool) -> Value {
+    let mut next = if status_only {
+        let mut next = stored.clone();
+        match incoming.get("status") {
+            Some(status) => next["status"] = status.clone(),
+            None => {
+                if let Some(m) = next.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+        next
+    } else {
+        let mut next = incoming;
+        match stored.get("status") {
+            Some(status) => next["status"] = status.clone(),
+            None => {
+                if let Some(m) = next.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+        next
+    };
+    let stored_meta = stored.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    let generation = stored_meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
+    let bump = !status_only && desired_part(stored) != desired_part(&next);
+    let meta = metadata_mut(&mut next);
+    for owned in ["uid", "creationTimestamp", "deletionTimestamp", "namespace", "name"] {
+        match stored_meta.get(owned) {
+            Some(v) => meta.insert(owned.into(), v.clone()),
+            None => meta.remove(owned),
+        };
+    }
+    meta.insert("generation".into(), json!(if bump { generation + 1 } else { generation }));
+    meta.remove("resourceVersion");
+    next
+}
+
+/// Applies a JSON merge patch (RFC 7386) to `target`.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let map = target.as_object_mut().expect("target was just made an object");
+    for (k, v) in patch {
+        if v.is_null() {
+            map.remove(k);
+        } else {
+            merge_patch(map.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+/// Sets `metadata.resourceVersion` for a response or event.
+pub fn with_revision(mut object: Value, rev: u64) -> Value {
+    metadata_mut(&mut object).insert("resourceVersion".into(), json!(rev.to_string()));
+    object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dns_subdomains() {
+        for ok in ["w1", "ip-10-0-1-5.ec2.internal", "a"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "W1", "-a", "a-", "a_b", "a/b", "system:node"] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+        assert!(!valid_namespace("a.b"));
+    }
+
+    #[test]
+    fn uids_look_like_uuid_v4() {
+        let u = new_uid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert_ne!(u, new_uid());
+    }
+
+    #[test]
+    fn a_plain_update_keeps_the_stored_status_and_bumps_generation_on_spec_change() {
+        let stored = json!({"metadata": {"name": "n", "uid": "u1", "generation": 3, "creationTimestamp": "2026-01-01T00:00:00Z"},
+                            "spec": {"a": 1}, "status": {"s": "old"}});
+        let incoming = json!({"metadata": {"name": "n", "uid": "forged", "labels": {"x": "y"}}, "spec": {"a": 2}, "status": {"s": "new"}});
+        let next = merge_update(&stored, incoming, false);
+        assert_eq!(next["status"], json!({"s": "old"}));
+        assert_eq!(next["spec"], json!({"a": 2}));
+        assert_eq!(next["metadata"]["uid"], "u1");
+        assert_eq!(next["metadata"]["labels"], json!({"x": "y"}));
+        assert_eq!(next["metadata"]["generation"], 4);
+    }
+
+    #[test]
+    fn a_status_update_changes_only_status() {
+        let stored = json!({"metadata": {"name": "n", "generation": 1, "labels": {"a": "b"}}, "spec": {"a": 1}, "status": {"s": "old"}});
+        let incoming = json!({"metadata": {"name": "n", "labels": {}}, "spec": {"a": 9}, "status": {"s": "new"}});
+        let next = merge_update(&stored, incoming, true);
+        assert_eq!(next["status"], json!({"s": "new"}));
+        assert_eq!(next["spec"], json!({"a": 1}));
+        assert_eq!(next["metadata"]["labels"], json!({"a": "b"}));
+        assert_eq!(next["metadata"]["generation"], 1);
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        let mut doc = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
+        merge_patch(&mut doc, &json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"m": 1}}));
+        assert_eq!(doc, json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"m": 1}}));
+    }
+}

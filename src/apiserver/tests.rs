@@ -1,0 +1,565 @@
+//! The API server end to end: `serve` on 127.0.0.1:0 with certificates made here by rcgen, driven
+//! through [`ApiClient`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use futures::StreamExt;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::store::{SqliteStore, Store};
+use super::{ApiServerConfig, ApiServerError, CsrSigner, ServerTls, serve};
+use crate::api::resource::{CERTIFICATE_SIGNING_REQUESTS, LEASES, NODES, PODS, SECRETS};
+use crate::api::{
+    CertificateSigningRequest, KUBELET_CLIENT_SIGNER, Lease, List, Node, NodeCondition, ObjectMeta, Secret, StatusReason, Time,
+    WatchEvent, WatchEventType,
+};
+use crate::client::{ApiClient, ClientAuth, ClientError, ListOptions, Method};
+
+/// A throw-away cluster CA that also signs node CSRs like `pki::ClusterCa` will.
+struct TestCa {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        TestCa { pem, issuer: Issuer::new(params, key) }
+    }
+
+    fn serving(&self) -> (String, String) {
+        let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap();
+        (params.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
+    }
+
+    fn client(&self, user: &str, groups: &[&str]) -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, user);
+        for g in groups {
+            params.distinguished_name.push(DnType::OrganizationName, *g);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        (params.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
+    }
+}
+
+impl CsrSigner for TestCa {
+    fn sign_node_csr(&self, csr_pem: &str) -> Result<String, String> {
+        let mut request = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| e.to_string())?;
+        request.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        request.signed_by(&self.issuer).map(|c| c.pem()).map_err(|e| e.to_string())
+    }
+}
+
+/// A running server and the means to reach it.
+struct TestServer {
+    url: String,
+    ca: Arc<TestCa>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ApiServerError>>,
+}
+
+impl TestServer {
+    async fn start() -> Self {
+        Self::start_with(SqliteStore::in_memory().unwrap()).await
+    }
+
+    async fn start_with(store: SqliteStore) -> Self {
+        let ca = Arc::new(TestCa::new("test-ca"));
+        let (cert_pem, key_pem) = ca.serving();
+        let config = ApiServerConfig {
+            tls: ServerTls { cert_pem, key_pem, client_ca_pem: ca.pem.clone() },
+            csr_signer: ca.clone(),
+            cluster_info_ca_pem: ca.pem.clone(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let store: Arc<dyn Store> = Arc::new(store);
+        let task = tokio::spawn(serve(config, store, listener, async move {
+            let _ = stopped.await;
+        }));
+        TestServer { url, ca, stop: Some(stop), task }
+    }
+
+    fn as_user(&self, user: &str, groups: &[&str]) -> ApiClient {
+        let (cert_pem, key_pem) = self.ca.client(user, groups);
+        ApiClient::new(&self.url, ClientAuth::Certificate { ca_pem: self.ca.pem.clone(), cert_pem, key_pem }).unwrap()
+    }
+
+    fn admin(&self) -> ApiClient {
+        self.as_user("admin", &["system:masters"])
+    }
+
+    fn node(&self, name: &str) -> ApiClient {
+        self.as_user(&format!("system:node:{name}"), &["system:nodes"])
+    }
+
+    fn anonymous(&self) -> ApiClient {
+        ApiClient::new(&self.url, ClientAuth::Insecure).unwrap()
+    }
+
+    fn with_token(&self, token: &str) -> ApiClient {
+        ApiClient::new(&self.url, ClientAuth::Token { ca_pem: self.ca.pem.clone(), token: token.into() }).unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(5), &mut self.task).await.expect("the server did not stop within 5 s").unwrap().unwrap();
+    }
+}
+
+fn code(r: Result<impl std::fmt::Debug, ClientError>) -> u16 {
+    match r {
+        Err(e) => e.code().unwrap_or_else(|| panic!("expected an API error, got {e}")),
+        Ok(v) => panic!("expected an API error, got {v:?}"),
+    }
+}
+
+fn ready(status: &str) -> NodeCondition {
+    NodeCondition {
+        condition_type: "Ready".into(),
+        status: status.into(),
+        reason: "KubeletReady".into(),
+        last_heartbeat_time: Some(Time::now()),
+        ..Default::default()
+    }
+}
+
+async fn next_event<T: std::fmt::Debug>(watch: &mut futures::stream::BoxStream<'static, Result<WatchEvent<T>, ClientError>>) -> WatchEvent<T> {
+    match tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
+        Ok(Some(Ok(e))) => e,
+        other => panic!("expected a watch event within 5 s, got {other:?}"),
+    }
+}
+
+fn pod(name: &str, node: Option<&str>, app: &str) -> Value {
+    let mut p = json!({
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+    });
+    if let Some(n) = node {
+        p["spec"]["nodeName"] = json!(n);
+    }
+    p
+}
+
+#[tokio::test]
+async fn a_request_without_credentials_is_401_but_health_and_discovery_are_open() {
+    let server = TestServer::start().await;
+    let anon = server.anonymous();
+    let err = anon.get::<Value>(&NODES, None, "w1").await.unwrap_err();
+    assert_eq!((err.code(), err.reason()), (Some(401), Some(&StatusReason::Unauthorized)));
+    assert_eq!(code(anon.list_values("/api/v1/nodes").await), 401);
+    assert_eq!(anon.request_text("GET", "/healthz").await.unwrap(), "ok");
+    assert_eq!(anon.request_text("GET", "/readyz").await.unwrap(), "ok");
+    assert!(anon.get_value("/version").await.unwrap()["gitVersion"].as_str().unwrap().contains("clusterctl"));
+    let info = anon.get_value("/api/v1/namespaces/kube-public/configmaps/cluster-info").await.unwrap();
+    assert_eq!(info["data"]["ca.crt"], server.ca.pem.as_str());
+    // Writing cluster-info is not discovery.
+    assert_eq!(code(anon.replace_value("/api/v1/namespaces/kube-public/configmaps/cluster-info", &json!({})).await), 401);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused() {
+    let server = TestServer::start().await;
+    let other = TestCa::new("other-ca");
+    let (cert_pem, key_pem) = other.client("admin", &["system:masters"]);
+    let client = ApiClient::new(&server.url, ClientAuth::Certificate { ca_pem: server.ca.pem.clone(), cert_pem, key_pem }).unwrap();
+    let err = client.list_values("/api/v1/nodes").await.unwrap_err();
+    assert!(matches!(err, ClientError::Transport { .. }), "{err}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_admin_creates_lists_gets_and_updates_nodes() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let mut node = Node::new("w1");
+    node.metadata.labels.insert("pool".into(), "workers".into());
+    node.spec.provider_id = Some("aws:///us-east-1a/i-1".into());
+    let created: Node = admin.create(&NODES, None, &node).await.unwrap();
+    assert!(!created.metadata.uid.is_empty());
+    assert!(created.metadata.creation_timestamp.is_some());
+    assert_eq!(created.metadata.generation, Some(1));
+    let rv1: u64 = created.metadata.resource_version.parse().unwrap();
+    assert_eq!(code(admin.create(&NODES, None, &node).await), 409);
+
+    admin.create(&NODES, None, &Node::new("w2")).await.unwrap();
+    let list: List<Node> = admin.list(&NODES, None, &ListOptions::default()).await.unwrap();
+    assert_eq!(list.kind, "NodeList");
+    assert_eq!(list.items.iter().map(|n| n.metadata.name.as_str()).collect::<Vec<_>>(), vec!["w1", "w2"]);
+    assert!(list.metadata.resource_version.parse::<u64>().unwrap() > rv1);
+
+    let mut got: Node = admin.get(&NODES, None, "w1").await.unwrap();
+    assert_eq!(got, created);
+    got.spec.unschedulable = true;
+    let updated: Node = admin.replace(&NODES, None, "w1", &got).await.unwrap();
+    assert!(updated.spec.unschedulable);
+    assert_eq!(updated.metadata.uid, created.metadata.uid);
+    assert_eq!(updated.metadata.generation, Some(2));
+    assert!(updated.metadata.resource_version.parse::<u64>().unwrap() > rv1);
+    assert_eq!(code(admin.get::<Node>(&NODES, None, "nope").await), 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_update_with_a_stale_resource_version_is_409() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let stale: Node = admin.create(&NODES, None, &Node::new("w1")).await.unwrap();
+    let mut fresh = stale.clone();
+    fresh.spec.unschedulable = true;
+    admin.replace(&NODES, None, "w1", &fresh).await.unwrap();
+    let mut late = stale.clone();
+    late.metadata.labels.insert("late".into(), "yes".into());
+    let err = admin.replace(&NODES, None, "w1", &late).await.unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(err.code(), Some(409));
+    // The status subresource is guarded the same way.
+    late.status.conditions.push(ready("True"));
+    assert!(admin.replace_status(&NODES, None, "w1", &late).await.unwrap_err().is_conflict());
+    // Without a resourceVersion the write goes through.
+    late.metadata.resource_version.clear();
+    admin.replace(&NODES, None, "w1", &late).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_plain_update_keeps_the_status_and_a_status_update_keeps_the_rest() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let mut node = Node::new("w1");
+    node.status.conditions.push(ready("True"));
+    let created: Node = admin.create(&NODES, None, &node).await.unwrap();
+    assert!(created.is_ready());
+
+    let mut spec_change = created.clone();
+    spec_change.spec.unschedulable = true;
+    spec_change.status.conditions.clear();
+    let after: Node = admin.replace(&NODES, None, "w1", &spec_change).await.unwrap();
+    assert!(after.spec.unschedulable && after.is_ready(), "a plain PUT must not touch status");
+
+    let mut status_change = after.clone();
+    status_change.spec.unschedulable = false;
+    status_change.status.conditions = vec![ready("False")];
+    let after: Node = admin.replace_status(&NODES, None, "w1", &status_change).await.unwrap();
+    assert!(after.spec.unschedulable && !after.is_ready(), "a status PUT must touch only status");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_writes_its_own_node_but_not_another_one() {
+    let server = TestServer::start().await;
+    server.admin().create(&NODES, None, &Node::new("w2")).await.unwrap();
+    let w1 = server.node("w1");
+    let mut mine: Node = w1.create(&NODES, None, &Node::new("w1")).await.unwrap();
+    mine.status.conditions.push(ready("True"));
+    let mine: Node = w1.replace_status(&NODES, None, "w1", &mine).await.unwrap();
+    assert!(mine.is_ready());
+
+    let mut theirs: Node = w1.get(&NODES, None, "w2").await.unwrap();
+    theirs.status.conditions.push(ready("False"));
+    let err = w1.replace_status(&NODES, None, "w2", &theirs).await.unwrap_err();
+    assert_eq!(err.code(), Some(403));
+    assert!(err.to_string().contains(r#"User "system:node:w1" cannot update resource "nodes/status""#), "{err}");
+    assert_eq!(code(w1.replace(&NODES, None, "w2", &theirs).await), 403);
+    assert_eq!(code(w1.create(&NODES, None, &Node::new("w3")).await), 403);
+    assert_eq!(code(w1.delete(&NODES, None, "w1").await), 403);
+    assert_eq!(code(w1.list::<Value>(&SECRETS, Some("kube-system"), &ListOptions::default()).await), 403);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_creates_and_renews_only_its_own_lease() {
+    let server = TestServer::start().await;
+    let w1 = server.node("w1");
+    let lease: Lease = w1.create(&LEASES, None, &Lease::for_node("w1", 40)).await.unwrap();
+    assert_eq!(lease.metadata.namespace.as_deref(), Some("kube-node-lease"));
+    let mut renewed = lease.clone();
+    let sent = Some(crate::api::MicroTime::now());
+    renewed.spec.renew_time = sent;
+    let renewed: Lease = w1.replace(&LEASES, Some("kube-node-lease"), "w1", &renewed).await.unwrap();
+    assert_eq!(renewed.spec.renew_time, sent);
+    assert_eq!(code(w1.create(&LEASES, None, &Lease::for_node("w2", 40)).await), 403);
+    let mut elsewhere = Lease::for_node("w1", 40);
+    elsewhere.metadata.namespace = Some("default".into());
+    assert_eq!(code(w1.create(&LEASES, None, &elsewhere).await), 403);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_writes_the_status_only_of_pods_bound_to_it() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    admin.create(&PODS, Some("default"), &pod("p1", Some("w1"), "web")).await.unwrap();
+    admin.create(&PODS, Some("default"), &pod("p2", Some("w2"), "web")).await.unwrap();
+    let w1 = server.node("w1");
+    let mut p1: Value = w1.get(&PODS, Some("default"), "p1").await.unwrap();
+    p1["status"] = json!({"phase": "Running"});
+    let p1: Value = w1.replace_status(&PODS, Some("default"), "p1", &p1).await.unwrap();
+    assert_eq!(p1["status"]["phase"], "Running");
+    let mut p2: Value = w1.get(&PODS, Some("default"), "p2").await.unwrap();
+    p2["status"] = json!({"phase": "Running"});
+    assert_eq!(code(w1.replace_status(&PODS, Some("default"), "p2", &p2).await), 403);
+    assert_eq!(code(w1.replace(&PODS, Some("default"), "p1", &p1).await), 403);
+    assert_eq!(code(w1.replace_status(&PODS, Some("default"), "missing", &p2).await), 403);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn watch_from_a_resource_version_sees_modifications_in_order() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    admin.create(&NODES, None, &Node::new("w0")).await.unwrap();
+    let created: Node = admin.create(&NODES, None, &Node::new("w1")).await.unwrap();
+    let mut watch = admin.watch::<Node>(&NODES, None, Some(&created.metadata.resource_version), &ListOptions::default()).await.unwrap();
+    let mut current = created;
+    for i in 0..3 {
+        current.metadata.labels.insert("step".into(), i.to_string());
+        current = admin.replace(&NODES, None, "w1", &current).await.unwrap();
+    }
+    let mut last = 0u64;
+    for i in 0..3 {
+        let e = next_event(&mut watch).await;
+        assert_eq!(e.event_type, WatchEventType::Modified);
+        assert_eq!(e.object.metadata.labels["step"], i.to_string());
+        let rv: u64 = e.object.metadata.resource_version.parse().unwrap();
+        assert!(rv > last);
+        last = rv;
+    }
+    assert_eq!(last.to_string(), current.metadata.resource_version);
+    admin.delete(&NODES, None, "w1").await.unwrap();
+    let e = next_event(&mut watch).await;
+    assert_eq!((e.event_type, e.object.metadata.name.as_str()), (WatchEventType::Deleted, "w1"));
+    drop(watch);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn watch_without_a_resource_version_starts_with_added_for_existing_objects() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    admin.create(&NODES, None, &Node::new("w1")).await.unwrap();
+    admin.create(&NODES, None, &Node::new("w2")).await.unwrap();
+    let mut watch = admin.watch::<Node>(&NODES, None, None, &ListOptions::default()).await.unwrap();
+    let first = next_event(&mut watch).await;
+    let second = next_event(&mut watch).await;
+    assert_eq!((first.event_type, first.object.metadata.name.as_str()), (WatchEventType::Added, "w1"));
+    assert_eq!((second.event_type, second.object.metadata.name.as_str()), (WatchEventType::Added, "w2"));
+    admin.create(&NODES, None, &Node::new("w3")).await.unwrap();
+    let third = next_event(&mut watch).await;
+    assert_eq!((third.event_type, third.object.metadata.name.as_str()), (WatchEventType::Added, "w3"));
+    drop(watch);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_watching_its_pods_sees_a_pod_bound_later_as_added() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    admin.create(&PODS, Some("default"), &pod("p1", None, "web")).await.unwrap();
+    admin.create(&PODS, Some("other"), &pod("p0", Some("w1"), "web")).await.unwrap();
+    let w1 = server.node("w1");
+    let mut watch = w1.watch::<Value>(&PODS, None, None, &ListOptions::fields("spec.nodeName=w1")).await.unwrap();
+    let e = next_event(&mut watch).await;
+    assert_eq!((e.event_type, e.object["metadata"]["name"].as_str()), (WatchEventType::Added, Some("p0")));
+    let _: Value = admin.patch(&PODS, Some("default"), "p1", &json!({"spec": {"nodeName": "w1"}})).await.unwrap();
+    let e = next_event(&mut watch).await;
+    assert_eq!((e.event_type, e.object["metadata"]["name"].as_str()), (WatchEventType::Added, Some("p1")));
+    admin.delete(&PODS, Some("default"), "p1").await.unwrap();
+    assert_eq!(next_event(&mut watch).await.event_type, WatchEventType::Deleted);
+    drop(watch);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_watch_from_a_version_older_than_the_history_is_410() {
+    let server = TestServer::start_with(SqliteStore::in_memory_with_history(5).unwrap()).await;
+    let admin = server.admin();
+    let first: Node = admin.create(&NODES, None, &Node::new("w1")).await.unwrap();
+    for i in 0..10 {
+        let _: Node = admin.patch(&NODES, None, "w1", &json!({"metadata": {"labels": {"i": i.to_string()}}})).await.unwrap();
+    }
+    let mut watch = admin.watch::<Node>(&NODES, None, Some(&first.metadata.resource_version), &ListOptions::default()).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap_err();
+    assert!(err.is_gone(), "{err}");
+    assert_eq!(err.reason(), Some(&StatusReason::Expired));
+    server.stop().await;
+}
+
+fn node_csr(cn: &str, org: &str) -> (String, KeyPair) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.distinguished_name.push(DnType::OrganizationName, org);
+    (params.serialize_request(&key).unwrap().pem().unwrap(), key)
+}
+
+fn csr_object(name: &str, csr_pem: &str) -> CertificateSigningRequest {
+    let mut csr = CertificateSigningRequest { metadata: ObjectMeta::named(name), ..Default::default() };
+    csr.spec.request = STANDARD.encode(csr_pem);
+    csr.spec.signer_name = KUBELET_CLIENT_SIGNER.into();
+    csr.spec.usages = vec!["digital signature".into(), "client auth".into()];
+    csr
+}
+
+async fn create_token(admin: &ApiClient, id: &str, secret: &str, expires: Time) {
+    let token = Secret::bootstrap_token(id, secret, expires);
+    let _: Secret = admin.create(&SECRETS, None, &token).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bootstrap_token_gets_a_node_certificate_that_then_authenticates_as_the_node() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    create_token(&admin, "abcdef", "0123456789abcdef", Time::from_system_time(std::time::SystemTime::now() + Duration::from_secs(3600))).await;
+    let joining = server.with_token("abcdef.0123456789abcdef");
+    let (csr_pem, key) = node_csr("system:node:w9", "system:nodes");
+    let signed: CertificateSigningRequest = joining.create(&CERTIFICATE_SIGNING_REQUESTS, None, &csr_object("node-csr-w9", &csr_pem)).await.unwrap();
+    assert_eq!(signed.spec.username, "system:bootstrap:abcdef");
+    assert!(signed.spec.groups.contains(&"system:bootstrappers".to_string()));
+    assert_eq!(signed.status.conditions[0].condition_type, "Approved");
+    let cert_pem = String::from_utf8(STANDARD.decode(signed.status.certificate.unwrap()).unwrap()).unwrap();
+
+    // The token itself may do nothing else.
+    assert_eq!(code(joining.list::<Node>(&NODES, None, &ListOptions::default()).await), 403);
+    assert_eq!(code(joining.get::<Value>(&CERTIFICATE_SIGNING_REQUESTS, None, "node-csr-w9").await), 403);
+
+    let node = ApiClient::new(&server.url, ClientAuth::Certificate { ca_pem: server.ca.pem.clone(), cert_pem, key_pem: key.serialize_pem() }).unwrap();
+    let mut w9: Node = node.create(&NODES, None, &Node::new("w9")).await.unwrap();
+    w9.status.conditions.push(ready("True"));
+    node.replace_status(&NODES, None, "w9", &w9).await.unwrap();
+    assert_eq!(code(node.create(&NODES, None, &Node::new("w8")).await), 403);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_or_unknown_bootstrap_token_is_401() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    create_token(&admin, "abcdef", "0123456789abcdef", Time::from_system_time(std::time::SystemTime::now() - Duration::from_secs(1))).await;
+    let (csr_pem, _) = node_csr("system:node:w9", "system:nodes");
+    let request = csr_object("node-csr-w9", &csr_pem);
+    for token in ["abcdef.0123456789abcdef", "abcdef.0123456789abcdeX", "zzzzzz.0123456789abcdef", "not-a-token"] {
+        let err = server.with_token(token).create(&CERTIFICATE_SIGNING_REQUESTS, None, &request).await.unwrap_err();
+        assert_eq!(err.code(), Some(401), "{token}: {err}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_bootstrap_token_cannot_get_a_certificate_outside_system_nodes() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    create_token(&admin, "abcdef", "0123456789abcdef", Time::from_system_time(std::time::SystemTime::now() + Duration::from_secs(3600))).await;
+    let joining = server.with_token("abcdef.0123456789abcdef");
+    for (cn, org) in [("system:node:w9", "system:masters"), ("admin", "system:nodes"), ("system:node:W9", "system:nodes")] {
+        let (csr_pem, _) = node_csr(cn, org);
+        let err = joining.create(&CERTIFICATE_SIGNING_REQUESTS, None, &csr_object("c", &csr_pem)).await.unwrap_err();
+        assert_eq!(err.code(), Some(422), "{cn}/{org}: {err}");
+    }
+    let (csr_pem, _) = node_csr("system:node:w9", "system:nodes");
+    let mut other_signer = csr_object("c", &csr_pem);
+    other_signer.spec.signer_name = "kubernetes.io/kube-apiserver-client".into();
+    assert_eq!(code(joining.create(&CERTIFICATE_SIGNING_REQUESTS, None, &other_signer).await), 403);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn merge_patch_changes_what_it_names_and_keeps_the_rest() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    admin.create(&PODS, Some("default"), &pod("p1", None, "web")).await.unwrap();
+    let patched: Value = admin.patch(&PODS, Some("default"), "p1", &json!({"metadata": {"labels": {"tier": "front", "app": null}}})).await.unwrap();
+    assert_eq!(patched["metadata"]["labels"], json!({"tier": "front"}));
+    assert_eq!(patched["spec"]["containers"][0]["image"], "busybox");
+    let patched: Value = admin.patch_status(&PODS, Some("default"), "p1", &json!({"status": {"phase": "Pending"}, "spec": {"nodeName": "x"}})).await.unwrap();
+    assert_eq!(patched["status"]["phase"], "Pending");
+    assert!(patched["spec"].get("nodeName").is_none(), "a status patch must not touch spec");
+    let stale = json!({"metadata": {"resourceVersion": "1"}, "spec": {"nodeName": "w1"}});
+    assert_eq!(code(admin.patch::<Value>(&PODS, Some("default"), "p1", &stale).await), 409);
+    let raw = admin.request(Method::PATCH, "/api/v1/namespaces/default/pods/p1", Some(&json!({}))).await.unwrap_err();
+    assert_eq!(raw.code(), Some(415));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn label_and_field_selectors_filter_lists_across_namespaces() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    admin.create(&PODS, Some("default"), &pod("a", Some("w1"), "web")).await.unwrap();
+    admin.create(&PODS, Some("default"), &pod("b", Some("w2"), "web")).await.unwrap();
+    admin.create(&PODS, Some("other"), &pod("c", Some("w1"), "db")).await.unwrap();
+    let names = |l: List<Value>| l.items.iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(names(admin.list(&PODS, None, &ListOptions::default()).await.unwrap()), vec!["a", "b", "c"]);
+    assert_eq!(names(admin.list(&PODS, Some("default"), &ListOptions::default()).await.unwrap()), vec!["a", "b"]);
+    assert_eq!(names(admin.list(&PODS, None, &ListOptions::fields("spec.nodeName=w1")).await.unwrap()), vec!["a", "c"]);
+    assert_eq!(names(admin.list(&PODS, None, &ListOptions::labels("app=web")).await.unwrap()), vec!["a", "b"]);
+    let both = ListOptions { label_selector: Some("app=web".into()), field_selector: Some("spec.nodeName=w1".into()) };
+    assert_eq!(names(admin.list(&PODS, None, &both).await.unwrap()), vec!["a"]);
+    assert_eq!(code(admin.list::<Value>(&PODS, None, &ListOptions::fields("spec.nodeName")).await), 400);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn create_fills_namespace_and_generated_names_and_refuses_mismatches() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let made: Value = admin.create(&PODS, Some("default"), &json!({"metadata": {"generateName": "web-"}, "spec": {}})).await.unwrap();
+    let name = made["metadata"]["name"].as_str().unwrap();
+    assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+    assert_eq!(made["metadata"]["namespace"], "default");
+    assert_eq!((made["apiVersion"].as_str(), made["kind"].as_str()), (Some("v1"), Some("Pod")));
+    let mismatch = json!({"metadata": {"name": "x", "namespace": "other"}});
+    assert_eq!(code(admin.create_value("/api/v1/namespaces/default/pods", &mismatch).await), 400);
+    let wrong_kind = json!({"kind": "Service", "metadata": {"name": "x"}});
+    assert_eq!(code(admin.create_value("/api/v1/namespaces/default/pods", &wrong_kind).await), 400);
+    assert_eq!(code(admin.create_value("/api/v1/namespaces/default/pods", &json!({"metadata": {"name": "Bad_Name"}})).await), 422);
+    assert_eq!(code(admin.create_value("/api/v1/namespaces/default/pods", &json!({"metadata": {}})).await), 422);
+    assert_eq!(code(admin.get_value("/api/v1/widgets").await), 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn delete_returns_the_last_state_and_a_second_delete_is_404() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    admin.create(&NODES, None, &Node::new("w1")).await.unwrap();
+    let gone = admin.delete_value("/api/v1/nodes/w1").await.unwrap();
+    assert_eq!(gone["metadata"]["name"], "w1");
+    assert_eq!(code(admin.delete(&NODES, None, "w1").await), 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_watches_promptly() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let mut watch = admin.watch::<Node>(&NODES, None, None, &ListOptions::default()).await.unwrap();
+    let started = std::time::Instant::now();
+    server.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let end = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("the watch did not end");
+    assert!(end.is_none() || end.unwrap().is_err());
+}

@@ -1,0 +1,58 @@
+//! The server's TLS: its certificate, and client certificates verified against the cluster CA but not
+//! required (bootstrap tokens and anonymous health checks come without one).
+
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::auth::Identity;
+use super::{ApiServerError, ServerTls};
+
+fn certificates(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, ApiServerError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| ApiServerError::Pem { what, source })?;
+    if certs.is_empty() {
+        return Err(ApiServerError::NoCertificate { what });
+    }
+    Ok(certs)
+}
+
+/// The rustls configuration for `tls`.
+pub fn server_config(tls: &ServerTls) -> Result<rustls::ServerConfig, ApiServerError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = certificates(&tls.cert_pem, "serving certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|source| ApiServerError::Pem { what: "serving key", source })?;
+    let mut roots = RootCertStore::empty();
+    for ca in certificates(&tls.client_ca_pem, "client CA")? {
+        roots.add(ca).map_err(|source| ApiServerError::Tls { action: "adding the client CA", source })?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(ApiServerError::ClientVerifier)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|source| ApiServerError::Tls { action: "choosing protocol versions", source })?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|source| ApiServerError::Tls { action: "loading the serving certificate and key", source })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The identity in a verified client certificate: `CN` is the user, each `O` a group.
+pub fn peer_identity(conn: &rustls::ServerConnection) -> Option<Identity> {
+    let cert = conn.peer_certificates()?.first()?;
+    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let subject = x509.subject();
+    let user = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    if user.is_empty() {
+        return None;
+    }
+    let groups = subject.iter_organization().filter_map(|o| o.as_str().ok()).map(String::from).collect();
+    Some(Identity::new(user, groups))
+}

@@ -1,0 +1,155 @@
+//! `?watch=true`: a chunked `application/json` response with one `{"type": .., "object": ..}` per line.
+//!
+//! Without `resourceVersion` (or with `0`) the stream starts with an `ADDED` event for every current
+//! object, read at one revision, then continues from that revision (list and watch in one). With
+//! `resourceVersion=N` it carries every change after N; if N is older than the store's history the
+//! stream holds one `ERROR` event with a 410 `Expired` status, as Kubernetes does. With selectors, an
+//! object that starts matching arrives as `ADDED` and one that stops matching as `DELETED`. The stream
+//! ends after `timeoutSeconds` if given, when the server shuts down, or when the client goes away.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use futures::{StreamExt, future, stream};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::objects::with_revision;
+use super::selectors::Selectors;
+use super::store::{StoreError, StoreEvent, StoreEventKind};
+use super::target::Target;
+use crate::api::{Status, WatchEventType};
+
+fn line(event_type: WatchEventType, object: &impl serde::Serialize) -> Bytes {
+    let mut text = serde_json::to_vec(&json!({ "type": event_type, "object": object })).unwrap_or_default();
+    text.push(b'\n');
+    Bytes::from(text)
+}
+
+fn error_line(status: &Status) -> Bytes {
+    line(WatchEventType::Error, status)
+}
+
+/// The watch event a store event becomes for a watcher with `selectors`, if any.
+fn to_watch_event(event: StoreEvent, selectors: &Selectors) -> Option<(WatchEventType, Value)> {
+    let object = with_revision(event.value, event.rev);
+    let now = selectors.matches(&object);
+    let event_type = match event.kind {
+        StoreEventKind::Created => now.then_some(WatchEventType::Added)?,
+        StoreEventKind::Deleted => now.then_some(WatchEventType::Deleted)?,
+        StoreEventKind::Updated => {
+            let before = event.prev_value.as_ref().is_none_or(|p| selectors.matches(p));
+            match (before, now) {
+                (true, true) => WatchEventType::Modified,
+                (false, true) => WatchEventType::Added,
+                (true, false) => WatchEventType::Deleted,
+                (false, false) => return None,
+            }
+        }
+    };
+    Some((event_type, object))
+}
+
+fn streaming(body: Body) -> Response {
+    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache, private")], body).into_response()
+}
+
+/// Starts a watch on `target`'s collection.
+pub(crate) async fn serve(state: AppState, target: Target, selectors: Selectors, query: &HashMap<String, String>) -> Result<Response, ApiError> {
+    let rt = target.resource;
+    let prefix = target.prefix();
+    let timeout = match query.get("timeoutSeconds") {
+        Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| ApiError::bad_request(format!("timeoutSeconds {t:?} is not a number")))?)),
+        None => None,
+    };
+    let from = match query.get("resourceVersion").map(String::as_str) {
+        None | Some("" | "0") => None,
+        Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("resourceVersion {v:?} is not a resource version")))?),
+    };
+
+    let mut initial = Vec::new();
+    let start = match from {
+        Some(rev) => rev,
+        None => {
+            let (items, rev) = state.store.list(&prefix).await.map_err(|e| ApiError::from_store(e, rt, ""))?;
+            for item in items {
+                let object = with_revision(item.value, item.mod_rev);
+                if selectors.matches(&object) {
+                    initial.push(line(WatchEventType::Added, &object));
+                }
+            }
+            rev
+        }
+    };
+    let events = match state.store.watch(&prefix, Some(start)).await {
+        Ok(events) => events,
+        Err(e @ StoreError::TooOld { .. }) => {
+            let status = ApiError::from_store(e, rt, "").0;
+            let body = Body::from_stream(stream::once(future::ready(Ok::<_, Infallible>(error_line(&status)))));
+            return Ok(streaming(body));
+        }
+        Err(e) => return Err(ApiError::from_store(e, rt, "")),
+    };
+
+    let live = events
+        .scan(false, move |failed, item| {
+            if *failed {
+                return future::ready(None);
+            }
+            let out = match item {
+                Ok(event) => to_watch_event(event, &selectors).map(|(t, o)| line(t, &o)),
+                Err(e) => {
+                    *failed = true;
+                    Some(error_line(&ApiError::from_store(e, rt, "").0))
+                }
+            };
+            future::ready(Some(out))
+        })
+        .filter_map(future::ready);
+    let mut stopping = state.stopping.clone();
+    let stop = async move {
+        let shutdown = async {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        match timeout {
+            Some(t) => {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = tokio::time::sleep(t) => {}
+                }
+            }
+            None => shutdown.await,
+        }
+    };
+    let lines = stream::iter(initial).chain(live).take_until(Box::pin(stop)).map(Ok::<_, Infallible>);
+    Ok(streaming(Body::from_stream(lines)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: StoreEventKind, value: Value, prev: Option<Value>) -> StoreEvent {
+        StoreEvent { kind, key: "/k".into(), value, prev_value: prev, rev: 7 }
+    }
+
+    #[test]
+    fn objects_entering_and_leaving_a_selector_are_added_and_deleted() {
+        let sel = Selectors::parse(None, Some("spec.nodeName=w1")).unwrap();
+        let unbound = json!({"metadata": {"name": "p"}, "spec": {}});
+        let bound = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "w1"}});
+        let (t, o) = to_watch_event(event(StoreEventKind::Updated, bound.clone(), Some(unbound.clone())), &sel).unwrap();
+        assert_eq!(t, WatchEventType::Added);
+        assert_eq!(o["metadata"]["resourceVersion"], "7");
+        let (t, _) = to_watch_event(event(StoreEventKind::Updated, unbound.clone(), Some(bound.clone())), &sel).unwrap();
+        assert_eq!(t, WatchEventType::Deleted);
+        assert!(to_watch_event(event(StoreEventKind::Created, unbound, None), &sel).is_none());
+        let (t, _) = to_watch_event(event(StoreEventKind::Updated, bound.clone(), Some(bound)), &Selectors::default()).unwrap();
+        assert_eq!(t, WatchEventType::Modified);
+    }
+}
