@@ -24,6 +24,8 @@ pub mod cli;
 pub mod client;
 pub mod cloud;
 pub mod home;
+pub mod node;
+pub mod pki;
 pub mod provision;
 pub mod report;
 pub mod spec;

@@ -10,3 +10,4 @@
 
 pub mod hostkeys;
 pub mod ssh;
+pub mod templates;

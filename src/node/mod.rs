@@ -1,0 +1,3 @@
+//! The node side of the one binary (see docs/ARCHITECTURE.md).
+
+pub mod config;

@@ -1,0 +1,77 @@
+//! Writing files that hold keys or tokens: mode 0600 from the first byte, through a temporary file
+//! in the same folder, fsynced, then renamed over the target, so that a reader (or a crash) never
+//! sees a half-written or briefly world-readable key.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use super::PkiError;
+
+/// Writes `contents` to `path` with `mode`, atomically (temporary file, fsync, rename). Missing
+/// parent folders are created with mode 0700.
+pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.exists() {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
+    }
+    let file_name = path.file_name().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = parent.join(tmp_name);
+    let result = (|| {
+        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        // A temporary file left by a crash keeps its old mode; `mode` above applies only on creation.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        // Make the rename itself durable.
+        fs::File::open(parent).and_then(|d| d.sync_all())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes a private key (or any secret) readable by its owner only (0600).
+pub fn write_key_file(path: &Path, pem: &str) -> Result<(), PkiError> {
+    write_file_atomic(path, pem.as_bytes(), 0o600).map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_are_0600_and_replace_the_old_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pki/ca.key");
+        write_key_file(&path, "first").unwrap();
+        write_key_file(&path, "second").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "second");
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(dir.path().join("pki")).unwrap().permissions().mode() & 0o077, 0);
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("pki")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("ca.key")]);
+    }
+
+    #[test]
+    fn an_existing_world_readable_file_becomes_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        fs::write(&path, "old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        write_key_file(&path, "new").unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_failed_write_names_the_path() {
+        let err = write_key_file(Path::new("/proc/definitely/not/writable/key"), "x").unwrap_err();
+        assert!(err.to_string().contains("/proc/definitely/not/writable/key"), "{err}");
+    }
+}

@@ -1,0 +1,117 @@
+#!/bin/sh
+# clusterctl's node install script, rendered from templates/install.sh by `clusterctl create`.
+#
+# usage: install.sh <master|worker> <binary-sha256> [<staged-binary>]
+#
+# Idempotent. Run as root, after the caller has put the node config and the systemd unit in place:
+#   1. installs the clusterctl binary from <staged-binary> (gzip-compressed if its name ends in .gz;
+#      default {{staged_binary}}) unless the installed binary already has <binary-sha256>, the
+#      SHA-256 of the uncompressed binary; the staged file is removed once installed;
+#   2. reloads systemd if the unit file changed, enables the unit;
+#   3. restarts the unit if the binary, the config or the unit changed since this script last
+#      (re)started it, else starts it if it is not running.
+# Prints exactly one line on stdout, "changed" or "unchanged"; on failure exits non-zero with a
+# message on stderr.
+set -eu
+
+binary_path={{binary_path}}
+config_path={{config_path}}
+unit_dir={{unit_dir}}
+state_dir={{state_dir}}
+default_staged={{staged_binary}}
+
+fail() {
+    echo "install.sh: $*" >&2
+    exit 1
+}
+
+usage="usage: install.sh <master|worker> <binary-sha256> [<staged-binary>]"
+[ $# -ge 2 ] && [ $# -le 3 ] || fail "$usage"
+role=$1
+want=$2
+staged=${3:-$default_staged}
+case $role in
+    master | worker) ;;
+    *) fail "unknown role '$role' (expected master or worker); $usage" ;;
+esac
+case $want in
+    *[!0-9a-f]*) fail "'$want' is not a SHA-256 in lowercase hex" ;;
+esac
+[ ${#want} -eq 64 ] || fail "'$want' is not a SHA-256 in lowercase hex"
+
+unit=clusterctl-$role.service
+unit_path=$unit_dir/$unit
+stamp=$state_dir/install.stamp
+changed=no
+
+# The SHA-256 of a file, or nothing if it does not exist.
+sha256() {
+    if [ -f "$1" ]; then
+        sha256sum "$1" | cut -d' ' -f1
+    fi
+}
+
+[ -f "$config_path" ] || fail "the node config $config_path is missing"
+[ -f "$unit_path" ] || fail "the unit $unit_path is missing"
+
+umask 077
+mkdir -p "$state_dir" || fail "creating $state_dir"
+chmod 700 "$state_dir" "$(dirname "$config_path")" || fail "restricting $state_dir"
+chmod 600 "$config_path" || fail "restricting $config_path"
+
+# 1. The binary, replaced atomically (a running process keeps its old file).
+if [ "$(sha256 "$binary_path")" != "$want" ]; then
+    [ -f "$staged" ] || fail "the installed binary $binary_path is not $want and the staged binary $staged is missing"
+    mkdir -p "$(dirname "$binary_path")" || fail "creating the folder of $binary_path"
+    tmp=$binary_path.new
+    trap 'rm -f "$tmp"' EXIT
+    case $staged in
+        *.gz) gzip -dc "$staged" >"$tmp" || fail "decompressing $staged" ;;
+        *) cp "$staged" "$tmp" || fail "copying $staged" ;;
+    esac
+    got=$(sha256 "$tmp")
+    [ "$got" = "$want" ] || fail "the staged binary $staged has SHA-256 $got, expected $want"
+    chmod 755 "$tmp"
+    mv -f "$tmp" "$binary_path" || fail "moving the new binary to $binary_path"
+    trap - EXIT
+    rm -f "$staged"
+    changed=yes
+fi
+
+# What the unit runs with now; the stamp holds what it was last (re)started with.
+unit_line="unit $unit $(sha256 "$unit_path")"
+current="binary $want
+config $(sha256 "$config_path")
+$unit_line"
+previous=$(cat "$stamp" 2>/dev/null || true)
+
+# 2. systemd's view of the unit.
+if ! printf '%s\n' "$previous" | grep -qxF "$unit_line"; then
+    systemctl daemon-reload >&2 || fail "reloading systemd after $unit changed"
+    changed=yes
+fi
+if ! systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+    systemctl enable --quiet "$unit" >&2 || fail "enabling $unit"
+    changed=yes
+fi
+
+# 3. The service itself. The stamp is written only after a successful (re)start, so a failed
+# restart is retried by the next run.
+if [ "$previous" != "$current" ]; then
+    systemctl restart "$unit" >&2 || fail "restarting $unit"
+    changed=yes
+elif ! systemctl is-active --quiet "$unit"; then
+    systemctl reset-failed "$unit" >/dev/null 2>&1 || true
+    systemctl start "$unit" >&2 || fail "starting $unit"
+    changed=yes
+fi
+if [ "$previous" != "$current" ]; then
+    printf '%s\n' "$current" >"$stamp.tmp"
+    mv -f "$stamp.tmp" "$stamp" || fail "writing $stamp"
+fi
+
+if [ "$changed" = yes ]; then
+    echo changed
+else
+    echo unchanged
+fi
