@@ -17,12 +17,14 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the decisions behind this shape.
 
+pub mod agent;
 pub mod api;
 pub mod apiserver;
 pub mod bootstrap;
 pub mod cli;
 pub mod client;
 pub mod cloud;
+pub mod controllers;
 pub mod home;
 pub mod node;
 pub mod pki;

@@ -33,7 +33,7 @@ async fn example_cluster_is_created_checked_rerun_without_changes_and_destroyed_
     let _guard = DestroyGuard { home: home.path().into(), spec: spec_path.clone() };
     let s = spec_path.to_str().unwrap();
 
-    let out = clusterctl(home.path(), &["create", "-f", s]);
+    let out = clusterctl(home.path(), &["create", "-f", s, "--infra-only"]);
     let stdout = assert_ok(&out, "create");
     assert!(stdout.contains("API endpoint:"), "{stdout}");
 
@@ -90,7 +90,7 @@ async fn example_cluster_is_created_checked_rerun_without_changes_and_destroyed_
     let done = provision::converge(&rerun, &spec, &ConvergeOptions::new(key.public_openssh), &NoReport).await.unwrap();
     assert!(done.plan.is_empty(), "{}", done.plan);
     assert_eq!(rerun.mutations(), Vec::<String>::new());
-    let stdout = assert_ok(&clusterctl(home.path(), &["create", "-f", s]), "second create");
+    let stdout = assert_ok(&clusterctl(home.path(), &["create", "-f", s, "--infra-only"]), "second create");
     assert!(stdout.contains("no changes"), "{stdout}");
 
     let status = assert_ok(&clusterctl(home.path(), &["status", "-f", s, "-o", "json"]), "status");
@@ -119,7 +119,7 @@ async fn a_create_killed_midway_is_finished_by_the_next_with_exactly_the_expecte
     let s = spec_path.to_str().unwrap();
 
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clusterctl"))
-        .args(["create", "-f", s, "-q"])
+        .args(["create", "-f", s, "-q", "--infra-only"])
         .env("CLUSTERCTL_HOME", home.path())
         .spawn()
         .unwrap();
@@ -139,14 +139,14 @@ async fn a_create_killed_midway_is_finished_by_the_next_with_exactly_the_expecte
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    assert_ok(&clusterctl(home.path(), &["create", "-f", s]), "create after kill");
+    assert_ok(&clusterctl(home.path(), &["create", "-f", s, "--infra-only"]), "create after kill");
     let inv = provision::discover(&cloud, "it-kill").await.unwrap();
     assert_eq!(inv.instances.len(), 5, "{:?}", inv.describe());
     assert_eq!(inv.vpcs.len(), 1);
     assert_eq!(inv.subnets.len(), 2);
     assert_eq!(inv.security_groups.len(), 3);
     assert_eq!(inv.load_balancers.len(), 1);
-    let stdout = assert_ok(&clusterctl(home.path(), &["create", "-f", s]), "third create");
+    let stdout = assert_ok(&clusterctl(home.path(), &["create", "-f", s, "--infra-only"]), "third create");
     assert!(stdout.contains("no changes"), "{stdout}");
 
     assert_ok(&clusterctl(home.path(), &["destroy", "-f", s, "--yes"]), "destroy");

@@ -36,7 +36,7 @@ async fn realized_machines_are_reached_over_ssh_with_pinned_host_keys() {
     let home = temp_home();
     let spec_path = unique_spec(home.path(), "it-ssh", 64, 1);
     let _guard = DestroyGuard { home: home.path().into(), spec: spec_path.clone() };
-    assert_ok(&clusterctl(home.path(), &["create", "-f", spec_path.to_str().unwrap()]), "create");
+    assert_ok(&clusterctl(home.path(), &["create", "-f", spec_path.to_str().unwrap(), "--infra-only"]), "create");
 
     let aws = AwsCloud::connect(&AwsOptions::default(), "us-east-1").await;
     let cloud = Resilient::new(Arc::new(aws), RetryPolicy::default());

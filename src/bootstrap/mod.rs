@@ -11,3 +11,4 @@
 pub mod hostkeys;
 pub mod ssh;
 pub mod templates;
+pub mod cluster;

@@ -8,6 +8,7 @@ use clap::Args;
 use super::progress::TerminalReport;
 use super::{connect, load_spec, Failure, Global, Output};
 use crate::home::ClusterHome;
+use crate::bootstrap::cluster::{bootstrap, BootstrapOptions};
 use crate::provision::{self, ConvergeOptions};
 
 /// Arguments of `create`.
@@ -22,6 +23,12 @@ pub struct CreateArgs {
     /// Output format of the plan or summary.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
+    /// Create the network and machines only; do not install the node software.
+    #[arg(long)]
+    pub infra_only: bool,
+    /// Lifetime of the join token made for new workers, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub token_ttl: u64,
 }
 
 /// Runs `create`.
@@ -47,6 +54,23 @@ pub async fn run(global: &Global, args: &CreateArgs) -> Result<(), Failure> {
     report.finish();
     let converged = converged.map_err(|e| Failure::Operation(anyhow::Error::new(e).context(format!("creating cluster {}", spec.name))))?;
     let mutations = cloud.mutations();
+    let bootstrapped = if args.infra_only {
+        None
+    } else {
+        if spec.masters.count > 1 {
+            return Err(Failure::Input(anyhow::anyhow!(
+                "{}: masters.count = {} needs the highly available control plane (etcd), which this version does not have yet; use 1 master, or --infra-only",
+                args.file.display(),
+                spec.masters.count
+            )));
+        }
+        let home = ClusterHome::of(spec.name.as_str());
+        let mut options = BootstrapOptions::new().map_err(|e| Failure::Operation(anyhow::anyhow!("finding the running binary: {e}")))?;
+        options.token_ttl = std::time::Duration::from_secs(args.token_ttl);
+        let result = bootstrap(cloud.as_ref(), &spec, &converged, &home, &key.private_path, &options, &report).await;
+        report.finish();
+        Some(result.map_err(|e| Failure::Operation(anyhow::Error::new(e).context(format!("bootstrapping cluster {}", spec.name))))?)
+    };
     let endpoint = converged.load_balancer.as_ref().map(|l| format!("{}:{}", l.dns_name, spec.api.port));
     match args.output {
         Output::Json => {
@@ -55,14 +79,19 @@ pub async fn run(global: &Global, args: &CreateArgs) -> Result<(), Failure> {
                 "changes": converged.plan.steps,
                 "mutating_calls": mutations.len(),
                 "api_endpoint": endpoint,
+                "nodes": bootstrapped.as_ref().map(|b| b.nodes.iter().map(|(n, ready)| serde_json::json!({"name": n, "ready": ready})).collect::<Vec<_>>()),
+                "nodes_changed": bootstrapped.as_ref().map(|b| b.changed.clone()),
                 "instances": converged.instances.values().collect::<Vec<_>>(),
                 "seconds": started.elapsed().as_secs_f64(),
             });
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Output::Text => {
-            if converged.plan.is_empty() {
+            let nodes_changed = bootstrapped.as_ref().is_some_and(|b| !b.changed.is_empty());
+            if converged.plan.is_empty() && !nodes_changed {
                 println!("cluster {}: no changes", spec.name);
+            } else if converged.plan.is_empty() {
+                println!("cluster {}: infrastructure unchanged; node software updated", spec.name);
             } else {
                 println!("cluster {}: {} changes applied ({} cloud calls that change something)", spec.name, converged.plan.steps.len(), mutations.len());
             }
@@ -74,6 +103,11 @@ pub async fn run(global: &Global, args: &CreateArgs) -> Result<(), Failure> {
                 println!("  API endpoint: {endpoint}");
             }
             println!("  ssh key: {}", key.private_path.display());
+            if let Some(b) = &bootstrapped {
+                let ready = b.nodes.iter().filter(|(_, r)| *r).count();
+                println!("  nodes: {ready}/{} Ready ({})", b.nodes.len(), if b.changed.is_empty() { "nothing reinstalled".to_string() } else { format!("installed or updated: {}", b.changed.join(", ")) });
+                println!("  credentials: {} (use: clusterctl get nodes -f {})", b.kubeconfig.display(), args.file.display());
+            }
             println!("done in {:.1}s", started.elapsed().as_secs_f64());
         }
     }

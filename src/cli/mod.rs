@@ -6,6 +6,8 @@
 
 pub mod create;
 pub mod destroy;
+pub mod get;
+pub mod node;
 pub mod progress;
 pub mod status;
 
@@ -54,6 +56,10 @@ pub enum Command {
     Destroy(destroy::DestroyArgs),
     /// Show what exists and what differs from the spec.
     Status(status::StatusArgs),
+    /// List the cluster's objects (nodes) through its API.
+    Get(get::GetArgs),
+    /// Run the node software (used by the systemd units on each machine).
+    Node(node::NodeArgs),
 }
 
 /// Output format of commands that print data.
@@ -114,5 +120,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Create(args) => create::run(&cli.global, args).await,
         Command::Destroy(args) => destroy::run(&cli.global, args).await,
         Command::Status(args) => status::run(&cli.global, args).await,
+        Command::Get(args) => get::run(args).await,
+        Command::Node(args) => node::run(args).await,
     }
 }

@@ -1,0 +1,147 @@
+//! The node agent (kubelet): registers its Node, renews its Lease, reports its status.
+//!
+//! Layout: this file holds the registration and heartbeat loop; [`host`] reads the machine's
+//! capacity and identity. Running pods comes with the workloads issue.
+
+pub mod host;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::api::time::now_rfc3339;
+use crate::client::{ApiClient, ClientError};
+
+/// Namespace of node leases.
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// Who this agent is and how often it reports.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub internal_ip: IpAddr,
+    /// `aws:///<zone>/<instance id>`.
+    pub provider_id: String,
+    pub labels: BTreeMap<String, String>,
+    /// How often the lease is renewed.
+    pub heartbeat: Duration,
+    /// How often the full node status is written even when nothing changed.
+    pub status_every: Duration,
+}
+
+/// The node object this agent registers.
+pub fn node_object(config: &AgentConfig, host: &host::HostInfo) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": { "name": config.node_name, "labels": config.labels },
+        "spec": { "providerID": config.provider_id },
+        "status": status(config, host, "True", "KubeletReady", "agent is posting ready status"),
+    })
+}
+
+fn status(config: &AgentConfig, host: &host::HostInfo, ready: &str, reason: &str, message: &str) -> Value {
+    let now = now_rfc3339();
+    let capacity = json!({ "cpu": host.cpus.to_string(), "memory": format!("{}Ki", host.memory_kib), "pods": "110" });
+    json!({
+        "capacity": capacity,
+        "allocatable": capacity,
+        "addresses": [
+            { "type": "InternalIP", "address": config.internal_ip.to_string() },
+            { "type": "Hostname", "address": config.node_name },
+        ],
+        "conditions": [{
+            "type": "Ready", "status": ready, "reason": reason, "message": message,
+            "lastHeartbeatTime": now, "lastTransitionTime": now,
+        }],
+        "nodeInfo": {
+            "machineID": host.machine_id,
+            "kubeletVersion": concat!("clusterctl-", env!("CARGO_PKG_VERSION")),
+            "osImage": host.os_image,
+            "architecture": std::env::consts::ARCH,
+            "operatingSystem": "linux",
+        },
+    })
+}
+
+/// Registers the node (or takes over its existing object) and writes a Ready status.
+async fn report(client: &ApiClient, config: &AgentConfig, host: &host::HostInfo) -> Result<(), ClientError> {
+    let path = format!("/api/v1/nodes/{}", config.node_name);
+    match client.get_value(&path).await {
+        Err(e) if e.is_not_found() => {
+            client.create_value("/api/v1/nodes", &node_object(config, host)).await?;
+        }
+        Err(e) => return Err(e),
+        Ok(mut node) => {
+            let mut new_status = status(config, host, "True", "KubeletReady", "agent is posting ready status");
+            // Keep the transition time while the condition does not change.
+            if let Some(old) = ready_condition(&node) {
+                if old.get("status").and_then(Value::as_str) == Some("True") {
+                    if let Some(t) = old.get("lastTransitionTime") {
+                        new_status["conditions"][0]["lastTransitionTime"] = t.clone();
+                    }
+                }
+            }
+            node["status"] = new_status;
+            client.replace_value(&format!("{path}/status"), &node).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The node's Ready condition, if any.
+pub fn ready_condition(node: &Value) -> Option<&Value> {
+    node.pointer("/status/conditions")?.as_array()?.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+}
+
+/// Renews (or creates) the node's lease.
+async fn renew_lease(client: &ApiClient, config: &AgentConfig) -> Result<(), ClientError> {
+    let path = format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{}", config.node_name);
+    let now = now_rfc3339();
+    let duration = (config.heartbeat.as_secs() * 5).max(10);
+    match client.get_value(&path).await {
+        Err(e) if e.is_not_found() => {
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": { "name": config.node_name, "namespace": LEASE_NAMESPACE },
+                "spec": { "holderIdentity": config.node_name, "leaseDurationSeconds": duration, "acquireTime": now, "renewTime": now },
+            });
+            client.create_value(&format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases"), &lease).await?;
+        }
+        Err(e) => return Err(e),
+        Ok(mut lease) => {
+            lease["spec"]["renewTime"] = json!(now);
+            lease["spec"]["holderIdentity"] = json!(config.node_name);
+            client.replace_value(&path, &lease).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the agent until the process ends: report at once, then renew the lease every heartbeat
+/// and write the status every `status_every` (and whenever the node is not shown Ready).
+pub async fn run(client: ApiClient, config: AgentConfig) {
+    let host = host::HostInfo::read();
+    let mut last_status = None::<tokio::time::Instant>;
+    let mut ticker = tokio::time::interval(config.heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Err(e) = renew_lease(&client, &config).await {
+            tracing::warn!(error = %e, "renewing the node lease");
+        }
+        let due = last_status.is_none_or(|t| t.elapsed() >= config.status_every);
+        let shown_ready = match client.get_value(&format!("/api/v1/nodes/{}", config.node_name)).await {
+            Ok(node) => ready_condition(&node).and_then(|c| c.get("status")).and_then(Value::as_str) == Some("True"),
+            Err(_) => false,
+        };
+        if due || !shown_ready {
+            match report(&client, &config, &host).await {
+                Ok(()) => last_status = Some(tokio::time::Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "reporting node status"),
+            }
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! From running machines to a working cluster: install and start the node software over SSH,
+//! masters first, then every worker in parallel; join the workers; wait until every node is Ready;
+//! write the operator's credentials.
+//!
+//! Re-running on an installed cluster changes nothing: uploads are skipped when the node already
+//! has identical files, and the install script restarts a service only when something changed.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use super::hostkeys::{self, KnownHosts};
+use super::ssh::{self, HostKeyTrust, SshError, SshSession, SshTarget};
+use super::templates;
+use crate::client::kubeconfig::Kubeconfig;
+use crate::client::{ApiClient, ClientAuth};
+use crate::cloud::{Cloud, Instance};
+use crate::home::ClusterHome;
+use crate::node::config::{ApiEndpoint, MasterSettings, NodeConfig, NodeRole, WorkerSettings};
+use crate::pki::{self, JoinToken};
+use crate::provision::Converged;
+use crate::report::Reporter;
+use crate::spec::{ClusterSpec, Role};
+
+/// Where the node software keeps its state on a node.
+pub const DATA_DIR: &str = "/var/lib/clusterctl";
+/// Where the master keeps the cluster's PKI.
+pub const PKI_DIR: &str = "/var/lib/clusterctl/pki";
+
+/// Errors of bootstrapping, each naming the node and what was being done.
+#[derive(Debug, Error)]
+pub enum BootstrapError {
+    #[error("{node}: {step}: {source}")]
+    Ssh { node: String, step: String, #[source] source: SshError },
+    #[error("{node}: {step}: {message}")]
+    Node { node: String, step: String, message: String },
+    #[error("{0}")]
+    Other(String),
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<BootstrapError>),
+    #[error("timed out after {waited:?} waiting for {what}: {pending}")]
+    Timeout { what: String, waited: Duration, pending: String },
+}
+
+/// How bootstrapping runs.
+#[derive(Debug, Clone)]
+pub struct BootstrapOptions {
+    /// The binary to install on the nodes (the running one).
+    pub binary: PathBuf,
+    /// How long machines may take to accept SSH.
+    pub ssh_deadline: Duration,
+    /// How long nodes may take to become Ready.
+    pub ready_deadline: Duration,
+    /// Lifetime of the join token made for new workers.
+    pub token_ttl: Duration,
+}
+
+impl BootstrapOptions {
+    /// Defaults: the running binary, 5 minutes for SSH and for readiness, 1 hour tokens.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(BootstrapOptions {
+            binary: std::env::current_exe()?,
+            ssh_deadline: Duration::from_secs(300),
+            ready_deadline: Duration::from_secs(300),
+            token_ttl: Duration::from_secs(3600),
+        })
+    }
+}
+
+/// A machine of the cluster and what it should become.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub name: String,
+    pub role: Role,
+    pub pool: String,
+    pub zone: String,
+    pub instance: Instance,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Machine {
+    fn address(&self) -> Result<IpAddr, BootstrapError> {
+        self.instance
+            .public_ip
+            .or(self.instance.private_ip)
+            .map(IpAddr::V4)
+            .ok_or_else(|| BootstrapError::Node { node: self.name.clone(), step: "finding its address".into(), message: "the instance has no IP address".into() })
+    }
+
+    fn private_ip(&self) -> Result<IpAddr, BootstrapError> {
+        self.instance.private_ip.map(IpAddr::V4).ok_or_else(|| BootstrapError::Node {
+            node: self.name.clone(),
+            step: "finding its address".into(),
+            message: "the instance has no private IP address".into(),
+        })
+    }
+}
+
+/// What bootstrapping produced.
+#[derive(Debug, Clone)]
+pub struct Bootstrapped {
+    /// `https://host:port` of the API, through the load balancer when there is one.
+    pub server: String,
+    pub kubeconfig: PathBuf,
+    /// Nodes on which something was installed or restarted.
+    pub changed: Vec<String>,
+    /// Every node and whether it is Ready.
+    pub nodes: Vec<(String, bool)>,
+}
+
+/// The binary and scripts every node gets, prepared once.
+struct Artifacts {
+    binary_sha256: String,
+    binary_gz: Vec<u8>,
+    install_script: String,
+}
+
+impl Artifacts {
+    fn prepare(binary: &std::path::Path) -> Result<Self, BootstrapError> {
+        let raw = std::fs::read(binary).map_err(|e| BootstrapError::Other(format!("reading the binary to install {}: {e}", binary.display())))?;
+        let binary_sha256 = hex::encode(Sha256::digest(&raw));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&raw).and_then(|_| Ok(())).map_err(|e| BootstrapError::Other(format!("compressing the binary: {e}")))?;
+        let binary_gz = gz.finish().map_err(|e| BootstrapError::Other(format!("compressing the binary: {e}")))?;
+        Ok(Artifacts { binary_sha256, binary_gz, install_script: templates::install_script() })
+    }
+}
+
+/// The machines of a converged cluster, masters first.
+pub fn machines(spec: &ClusterSpec, converged: &Converged) -> Vec<Machine> {
+    let mut out = Vec::new();
+    for pool in spec.pools() {
+        for slot in 0..pool.count {
+            if let Some(instance) = converged.instances.get(&(pool.name.as_str().to_string(), slot)) {
+                let name = format!("{}-{}-{slot}", spec.name, pool.name.as_str());
+                let zone = spec.subnet_for_slot(slot).zone.as_str().to_string();
+                let mut labels = pool.labels.clone();
+                labels.insert("clusterctl.io/pool".into(), pool.name.as_str().into());
+                labels.insert("topology.kubernetes.io/zone".into(), zone.clone());
+                labels.insert("node.kubernetes.io/instance-type".into(), pool.instance_type.clone());
+                if pool.role == Role::Master {
+                    labels.insert("node-role.kubernetes.io/control-plane".into(), String::new());
+                }
+                out.push(Machine { name, role: pool.role, pool: pool.name.as_str().into(), zone, instance: instance.clone(), labels });
+            }
+        }
+    }
+    out
+}
+
+/// Connects to a machine with its host key pinned from the console (else trusted on first use and recorded).
+async fn connect(cloud: &dyn Cloud, machine: &Machine, user: &str, key: &std::path::Path, known: &KnownHosts, deadline: Duration) -> Result<SshSession, BootstrapError> {
+    let console = cloud.console_output(&machine.instance.id).await.map_err(|e| BootstrapError::Other(e.to_string()))?.unwrap_or_default();
+    let mut pinned = hostkeys::from_console(&console);
+    if pinned.is_empty() {
+        pinned = known.get(&machine.instance.id);
+    }
+    let trust = if pinned.is_empty() { HostKeyTrust::FirstUse } else { HostKeyTrust::Pinned(pinned) };
+    let first_use = matches!(trust, HostKeyTrust::FirstUse);
+    let target = SshTarget { node: machine.name.clone(), address: SocketAddr::new(machine.address()?, 22), user: user.into(), private_key: key.into(), trust };
+    let session = ssh::connect_async(target, deadline).await.map_err(|source| BootstrapError::Ssh { node: machine.name.clone(), step: "connecting".into(), source })?;
+    if first_use {
+        known.record(&machine.instance.id, session.host_key()).map_err(|e| BootstrapError::Other(format!("recording the host key of {}: {e}", machine.name)))?;
+    }
+    Ok(session)
+}
+
+/// Installs the node software on one machine (blocking). Returns whether anything changed.
+fn install(session: &SshSession, artifacts: &Artifacts, role: NodeRole, config_toml: &str) -> Result<bool, BootstrapError> {
+    let node = session.node().to_string();
+    let ssh_err = |step: &str| {
+        let node = node.clone();
+        let step = step.to_string();
+        move |source| BootstrapError::Ssh { node, step, source }
+    };
+    let installed = session.exec("sha256sum /usr/local/bin/clusterctl 2>/dev/null | cut -d' ' -f1").map_err(ssh_err("checking the installed binary"))?;
+    if installed.stdout.trim() != artifacts.binary_sha256 {
+        session.upload(&artifacts.binary_gz, templates::STAGED_BINARY_PATH, 0o644).map_err(ssh_err("uploading the binary"))?;
+    }
+    let (unit_name, unit) = templates::unit(role);
+    let unit_name = format!("{}/{unit_name}", templates::UNIT_DIR);
+    session.upload(unit.as_bytes(), &unit_name, 0o644).map_err(ssh_err("uploading the systemd unit"))?;
+    session.upload(config_toml.as_bytes(), "/etc/clusterctl/node.toml", 0o600).map_err(ssh_err("uploading the node config"))?;
+    session.upload(artifacts.install_script.as_bytes(), templates::INSTALL_SCRIPT_PATH, 0o755).map_err(ssh_err("uploading the install script"))?;
+    let out = session.sudo(&templates::install_command(role, &artifacts.binary_sha256)).map_err(ssh_err("running the install script"))?;
+    templates::install_changed(&out.stdout).ok_or_else(|| BootstrapError::Node { node: node.clone(), step: "running the install script".into(), message: format!("unexpected output: {}", out.stdout.trim()) })
+}
+
+/// Reads a file as root, or None when it does not exist yet.
+fn read_root_file(session: &SshSession, path: &str) -> Result<Option<String>, SshError> {
+    let out = session.exec(&format!("sudo -n cat {} 2>/dev/null", ssh::shell_quote(path)))?;
+    Ok((out.status == 0).then_some(out.stdout))
+}
+
+/// Bootstraps every machine of a converged cluster and waits until all nodes are Ready.
+pub async fn bootstrap(
+    cloud: &dyn Cloud,
+    spec: &ClusterSpec,
+    converged: &Converged,
+    home: &ClusterHome,
+    ssh_key: &std::path::Path,
+    options: &BootstrapOptions,
+    reporter: &dyn Reporter,
+) -> Result<Bootstrapped, BootstrapError> {
+    let machines = machines(spec, converged);
+    let masters: Vec<&Machine> = machines.iter().filter(|m| m.role == Role::Master).collect();
+    let workers: Vec<&Machine> = machines.iter().filter(|m| m.role == Role::Worker).collect();
+    let master = *masters.first().ok_or_else(|| BootstrapError::Other("the cluster has no master machine".into()))?;
+    let lb_host = converged.load_balancer.as_ref().map(|l| l.dns_name.clone());
+    let api_host = lb_host.clone().unwrap_or(master.private_ip()?.to_string());
+    let server = format!("https://{api_host}:{}", spec.api.port);
+    let known = KnownHosts::at(home.dir.join("known_hosts"));
+    let user = spec.ssh.user.clone();
+
+    reporter.phase("preparing the node software");
+    let artifacts = {
+        let binary = options.binary.clone();
+        Arc::new(tokio::task::spawn_blocking(move || Artifacts::prepare(&binary)).await.map_err(|e| BootstrapError::Other(e.to_string()))??)
+    };
+
+    reporter.phase("connecting to the machines over SSH");
+    let connects = machines.iter().map(|m| {
+        let known = &known;
+        let user = &user;
+        async move {
+            reporter.item(&m.name, "connecting");
+            let s = connect(cloud, m, user, ssh_key, known, options.ssh_deadline).await;
+            if s.is_ok() {
+                reporter.item_done(&m.name, "connected, host key verified");
+            }
+            s
+        }
+    });
+    let mut sessions = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (m, result) in machines.iter().zip(futures::future::join_all(connects).await) {
+        match result {
+            Ok(s) => {
+                sessions.insert(m.name.clone(), Arc::new(std::sync::Mutex::new(s)));
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(if errors.len() == 1 { errors.remove(0) } else { BootstrapError::Many(errors) });
+    }
+
+    // Masters.
+    reporter.phase("installing the master");
+    let mut serving_ips: Vec<IpAddr> = Vec::new();
+    let mut serving_names: Vec<String> = vec!["localhost".into()];
+    for m in &masters {
+        serving_ips.push(m.private_ip()?);
+        if let Ok(a) = m.address() {
+            serving_ips.push(a);
+        }
+    }
+    match lb_host.as_ref().map(|h| h.parse::<IpAddr>()) {
+        Some(Ok(ip)) => serving_ips.push(ip),
+        Some(Err(_)) => serving_names.push(lb_host.clone().unwrap_or_default()),
+        None => {}
+    }
+    serving_ips.push(IpAddr::from([127, 0, 0, 1]));
+    serving_ips.sort();
+    serving_ips.dedup();
+    let mut changed = Vec::new();
+    for m in &masters {
+        let config = NodeConfig {
+            cluster: spec.name.as_str().into(),
+            role: NodeRole::Master,
+            node_name: m.name.clone(),
+            instance_id: m.instance.id.clone(),
+            internal_ip: m.private_ip()?,
+            zone: m.zone.clone(),
+            pool: m.pool.clone(),
+            labels: m.labels.clone(),
+            api: ApiEndpoint { endpoint: api_host.clone(), port: spec.api.port },
+            data_dir: DATA_DIR.into(),
+            master: Some(MasterSettings {
+                listen: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), spec.api.port),
+                serving_names: serving_names.clone(),
+                serving_ips: serving_ips.clone(),
+                node_grace_seconds: 10,
+            }),
+            worker: None,
+        };
+        let toml = config.to_toml().map_err(|e| BootstrapError::Other(format!("rendering the config of {}: {e}", m.name)))?;
+        let session = sessions[&m.name].clone();
+        let artifacts = artifacts.clone();
+        reporter.item(&m.name, "installing");
+        let did = tokio::task::spawn_blocking(move || {
+            let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
+            install(&s, &artifacts, NodeRole::Master, &toml)
+        })
+        .await
+        .map_err(|e| BootstrapError::Other(e.to_string()))??;
+        reporter.item_done(&m.name, if did { "installed and started" } else { "already up to date" });
+        if did {
+            changed.push(m.name.clone());
+        }
+    }
+
+    // The master made the cluster's PKI on its first start: fetch the CA and the admin credentials.
+    reporter.phase("waiting for the API server");
+    let creds = {
+        let session = sessions[&master.name].clone();
+        let deadline = options.ready_deadline;
+        let node = master.name.clone();
+        tokio::task::spawn_blocking(move || -> Result<(String, String, String), BootstrapError> {
+            let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
+            let start = Instant::now();
+            loop {
+                let read = |f: &str| read_root_file(&s, &format!("{PKI_DIR}/{f}")).map_err(|source| BootstrapError::Ssh { node: node.clone(), step: format!("reading {f}"), source });
+                if let (Some(ca), Some(cert), Some(key)) = (read("ca.crt")?, read("admin.crt")?, read("admin.key")?) {
+                    return Ok((ca, cert, key));
+                }
+                if start.elapsed() > deadline {
+                    let journal = s.exec("sudo -n journalctl -u clusterctl-master -n 20 --no-pager").map(|o| o.stdout).unwrap_or_default();
+                    return Err(BootstrapError::Node { node: node.clone(), step: "waiting for the master to create the cluster's certificates".into(), message: format!("not there after {deadline:?}; last log lines:\n{journal}") });
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+        .await
+        .map_err(|e| BootstrapError::Other(e.to_string()))??
+    };
+    let (ca_pem, admin_cert, admin_key) = creds;
+    let direct = ApiClient::new(&format!("https://{}:{}", master.address()?, spec.api.port), ClientAuth::Certificate { ca_pem: ca_pem.clone(), cert_pem: admin_cert.clone(), key_pem: admin_key.clone() })
+        .map_err(|e| BootstrapError::Other(format!("building the API client: {e}")))?;
+    wait_until(options.ready_deadline, "the API server on the master to be ready", || async { direct.request_text("GET", "/readyz").await.is_ok().then_some(()) }).await?;
+    let kubeconfig_path = home.dir.join("kubeconfig");
+    let kubeconfig = Kubeconfig { cluster_name: spec.name.as_str().into(), server: server.clone(), ca_pem: ca_pem.clone(), client_cert_pem: admin_cert.clone(), client_key_pem: admin_key.clone() };
+    kubeconfig.write(&kubeconfig_path).map_err(|e| BootstrapError::Other(format!("writing {}: {e}", kubeconfig_path.display())))?;
+
+    // Workers.
+    if !workers.is_empty() {
+        reporter.phase("installing and joining the workers");
+        let ca_hash = pki::ca_hash(&ca_pem).map_err(|e| BootstrapError::Other(format!("hashing the cluster CA: {e}")))?;
+        let token = JoinToken::generate();
+        let expires = crate::api::time::rfc3339_after(options.token_ttl);
+        let mut data = BTreeMap::new();
+        for (k, v) in token.secret_data(&expires) {
+            use base64::Engine;
+            data.insert(k, base64::engine::general_purpose::STANDARD.encode(v));
+        }
+        let secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+            "metadata": { "name": format!("bootstrap-token-{}", token.id()), "namespace": "kube-system" },
+            "data": data,
+        });
+        let installs = workers.iter().map(|m| {
+            let m = (*m).clone();
+            let session = sessions[&m.name].clone();
+            let artifacts = artifacts.clone();
+            let token = token.to_string();
+            let ca_hash = ca_hash.clone();
+            let api_host = api_host.clone();
+            let port = spec.api.port;
+            let cluster = spec.name.as_str().to_string();
+            async move {
+                reporter.item(&m.name, "installing");
+                let name = m.name.clone();
+                let result = tokio::task::spawn_blocking(move || -> Result<bool, BootstrapError> {
+                    let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
+                    // A joined worker keeps the token it joined with, so that its config does not change.
+                    let current = read_root_file(&s, "/etc/clusterctl/node.toml").ok().flatten().and_then(|t| NodeConfig::from_toml(&t).ok());
+                    let joined = s.exec(&format!("sudo -n test -f {DATA_DIR}/pki/node.crt")).map(|o| o.status == 0).unwrap_or(false);
+                    let join_token = match current.and_then(|c| c.worker).map(|w| w.join_token) {
+                        Some(old) if joined => old,
+                        _ => token,
+                    };
+                    let config = NodeConfig {
+                        cluster,
+                        role: NodeRole::Worker,
+                        node_name: m.name.clone(),
+                        instance_id: m.instance.id.clone(),
+                        internal_ip: m.private_ip()?,
+                        zone: m.zone.clone(),
+                        pool: m.pool.clone(),
+                        labels: m.labels.clone(),
+                        api: ApiEndpoint { endpoint: api_host, port },
+                        data_dir: DATA_DIR.into(),
+                        master: None,
+                        worker: Some(WorkerSettings { join_token, ca_hash, heartbeat_seconds: 2 }),
+                    };
+                    let toml = config.to_toml().map_err(|e| BootstrapError::Other(format!("rendering the config of {}: {e}", m.name)))?;
+                    install(&s, &artifacts, NodeRole::Worker, &toml)
+                })
+                .await
+                .map_err(|e| BootstrapError::Other(e.to_string()))
+                .and_then(|r| r);
+                match &result {
+                    Ok(true) => reporter.item(&name, "installed, joining"),
+                    Ok(false) => reporter.item(&name, "already up to date"),
+                    Err(_) => reporter.item_done(&name, "failed"),
+                }
+                (name, result)
+            }
+        });
+        // The token must exist before any worker starts; creating it is cheap, so do it first.
+        direct.create_value("/api/v1/namespaces/kube-system/secrets", &secret).await.map_err(|e| BootstrapError::Other(format!("creating the join token: {e}")))?;
+        let mut errors = Vec::new();
+        for (name, result) in futures::future::join_all(installs).await {
+            match result {
+                Ok(true) => changed.push(name),
+                Ok(false) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(if errors.len() == 1 { errors.remove(0) } else { BootstrapError::Many(errors) });
+        }
+    }
+
+    // Every node Ready, seen through the load balancer as the operator will see it.
+    reporter.phase("waiting for every node to be Ready");
+    let client = ApiClient::new(&server, ClientAuth::Certificate { ca_pem, cert_pem: admin_cert, key_pem: admin_key }).map_err(|e| BootstrapError::Other(format!("building the API client: {e}")))?;
+    let wanted: Vec<String> = machines.iter().map(|m| m.name.clone()).collect();
+    let start = Instant::now();
+    let nodes = loop {
+        let ready: Vec<(String, bool)> = match client.list_values("/api/v1/nodes").await {
+            Ok(items) => wanted
+                .iter()
+                .map(|w| {
+                    let node = items.iter().find(|n| n.pointer("/metadata/name").and_then(|v| v.as_str()) == Some(w.as_str()));
+                    let ok = node.and_then(crate::agent::ready_condition).and_then(|c| c.get("status")).and_then(|s| s.as_str()) == Some("True");
+                    (w.clone(), ok)
+                })
+                .collect(),
+            Err(e) => wanted.iter().map(|w| (w.clone(), false)).inspect(|_| tracing::debug!(error = %e, "listing nodes")).collect(),
+        };
+        for (n, ok) in &ready {
+            if *ok {
+                reporter.item_done(n, "Ready");
+            } else {
+                reporter.item(n, "not ready yet");
+            }
+        }
+        if ready.iter().all(|(_, ok)| *ok) {
+            break ready;
+        }
+        if start.elapsed() > options.ready_deadline {
+            let pending = ready.iter().filter(|(_, ok)| !ok).map(|(n, _)| n.clone()).collect::<Vec<_>>().join(", ");
+            return Err(BootstrapError::Timeout { what: "every node to be Ready".into(), waited: options.ready_deadline, pending });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    Ok(Bootstrapped { server, kubeconfig: kubeconfig_path, changed, nodes })
+}
+
+async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut probe: F) -> Result<(), BootstrapError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<()>>,
+{
+    let start = Instant::now();
+    loop {
+        if probe().await.is_some() {
+            return Ok(());
+        }
+        if start.elapsed() > deadline {
+            return Err(BootstrapError::Timeout { what: what.into(), waited: deadline, pending: "no answer".into() });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

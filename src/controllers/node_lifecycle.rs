@@ -1,0 +1,119 @@
+//! Node lifecycle: a node whose lease is older than the grace period is marked `Ready=Unknown`.
+//!
+//! Level-triggered: every tick compares each node's Ready condition with its lease and writes
+//! only when they disagree. A node comes back Ready when its agent reports again (the agent
+//! rewrites its status whenever it is not shown Ready).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::agent::{ready_condition, LEASE_NAMESPACE};
+use crate::api::time::{now_rfc3339, parse_rfc3339};
+use crate::client::{ApiClient, ClientError};
+
+/// What a tick decided for one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Lease fresh (or the node already shown not ready): nothing to do.
+    Keep,
+    /// The lease is stale but the node is shown Ready: mark it Unknown.
+    MarkUnknown { stale_for: Duration },
+}
+
+/// Decides from a node, its lease's renew time (seconds since the epoch) and now.
+pub fn verdict(node: &Value, lease_renewed: Option<f64>, now: f64, grace: Duration) -> Verdict {
+    let shown = ready_condition(node).and_then(|c| c.get("status")).and_then(Value::as_str).unwrap_or("Unknown");
+    // Without a lease, the node's own heartbeat time counts.
+    let heartbeat = lease_renewed.or_else(|| ready_condition(node).and_then(|c| c.get("lastHeartbeatTime")).and_then(Value::as_str).and_then(parse_rfc3339));
+    let age = heartbeat.map(|t| (now - t).max(0.0)).unwrap_or(f64::INFINITY);
+    if shown == "True" && age > grace.as_secs_f64() {
+        Verdict::MarkUnknown { stale_for: Duration::from_secs_f64(age.min(1e9)) }
+    } else {
+        Verdict::Keep
+    }
+}
+
+/// One pass over all nodes.
+pub async fn tick(client: &ApiClient, grace: Duration) -> Result<usize, ClientError> {
+    let nodes = client.list_values("/api/v1/nodes").await?;
+    let leases = client.list_values(&format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases")).await?;
+    let renewed: HashMap<String, f64> = leases
+        .iter()
+        .filter_map(|l| Some((l.pointer("/metadata/name")?.as_str()?.to_string(), parse_rfc3339(l.pointer("/spec/renewTime")?.as_str()?)?)))
+        .collect();
+    let now = crate::api::time::now_seconds();
+    let mut changed = 0;
+    for mut node in nodes {
+        let Some(name) = node.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string) else { continue };
+        if let Verdict::MarkUnknown { stale_for } = verdict(&node, renewed.get(&name).copied(), now, grace) {
+            let message = format!("Kubelet stopped posting node status ({}s without a lease renewal).", stale_for.as_secs());
+            if let Some(conditions) = node.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
+                for c in conditions.iter_mut().filter(|c| c.get("type").and_then(Value::as_str) == Some("Ready")) {
+                    c["status"] = json!("Unknown");
+                    c["reason"] = json!("NodeStatusUnknown");
+                    c["message"] = json!(message);
+                    c["lastTransitionTime"] = json!(now_rfc3339());
+                }
+            }
+            match client.replace_value(&format!("/api/v1/nodes/{name}/status"), &node).await {
+                Ok(_) => {
+                    tracing::info!(node = %name, "node not ready: {message}");
+                    changed += 1;
+                }
+                // The agent wrote in between: the next tick looks again.
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// Runs the controller forever, one tick a second.
+pub async fn run(client: ApiClient, grace: Duration) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        if let Err(e) = tick(&client, grace).await {
+            tracing::warn!(error = %e, "node lifecycle pass");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(status: &str, heartbeat: &str) -> Value {
+        json!({ "metadata": { "name": "n" }, "status": { "conditions": [{ "type": "Ready", "status": status, "lastHeartbeatTime": heartbeat }] } })
+    }
+
+    #[test]
+    fn a_ready_node_with_a_fresh_lease_is_kept() {
+        let now = parse_rfc3339("2026-01-01T00:00:10Z").unwrap();
+        assert_eq!(verdict(&node("True", "2026-01-01T00:00:00Z"), Some(now - 3.0), now, Duration::from_secs(10)), Verdict::Keep);
+    }
+
+    #[test]
+    fn a_ready_node_whose_lease_is_older_than_the_grace_is_marked_unknown() {
+        let now = parse_rfc3339("2026-01-01T00:01:00Z").unwrap();
+        assert_eq!(
+            verdict(&node("True", "2026-01-01T00:00:00Z"), Some(now - 11.0), now, Duration::from_secs(10)),
+            Verdict::MarkUnknown { stale_for: Duration::from_secs(11) }
+        );
+    }
+
+    #[test]
+    fn a_node_already_not_ready_is_not_written_again() {
+        let now = parse_rfc3339("2026-01-01T00:01:00Z").unwrap();
+        assert_eq!(verdict(&node("Unknown", "2026-01-01T00:00:00Z"), Some(now - 60.0), now, Duration::from_secs(10)), Verdict::Keep);
+    }
+
+    #[test]
+    fn without_a_lease_the_heartbeat_time_counts() {
+        let now = parse_rfc3339("2026-01-01T00:00:30Z").unwrap();
+        assert!(matches!(verdict(&node("True", "2026-01-01T00:00:00Z"), None, now, Duration::from_secs(10)), Verdict::MarkUnknown { .. }));
+    }
+}

@@ -1,0 +1,173 @@
+//! A whole cluster against LocalStack with realized machines: create until every node is Ready,
+//! credentials and authorization, re-run without changes, node liveness, master crash durability.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clusterctl::bootstrap::hostkeys;
+use clusterctl::bootstrap::ssh::{connect_async, HostKeyTrust, SshSession, SshTarget};
+use clusterctl::client::kubeconfig::Kubeconfig;
+use clusterctl::client::{ApiClient, ClientAuth};
+use clusterctl::cloud::aws::{AwsCloud, AwsOptions};
+use clusterctl::cloud::{Cloud, Instance, Resilient, RetryPolicy};
+use clusterctl::provision;
+use common::*;
+use serde_json::{json, Value};
+
+async fn ssh_to(cloud: &Resilient, instance: &Instance, key: &std::path::Path) -> SshSession {
+    let console = cloud.console_output(&instance.id).await.unwrap().unwrap_or_default();
+    let keys = hostkeys::from_console(&console);
+    assert!(!keys.is_empty(), "console of {} has host keys", instance.id);
+    let ip = instance.private_ip.unwrap();
+    let target = SshTarget { node: instance.tags["Name"].clone(), address: SocketAddr::from((ip, 22)), user: "admin".into(), private_key: key.into(), trust: HostKeyTrust::Pinned(keys) };
+    connect_async(target, Duration::from_secs(60)).await.unwrap()
+}
+
+async fn sudo(session: &Arc<std::sync::Mutex<SshSession>>, command: &str) -> String {
+    let session = session.clone();
+    let command = command.to_string();
+    tokio::task::spawn_blocking(move || session.lock().unwrap().sudo(&command).unwrap().stdout).await.unwrap()
+}
+
+fn ready_of(nodes: &[Value], name: &str) -> Option<String> {
+    let n = nodes.iter().find(|n| n.pointer("/metadata/name").and_then(Value::as_str) == Some(name))?;
+    clusterctl::agent::ready_condition(n)?.get("status")?.as_str().map(str::to_string)
+}
+
+async fn wait_ready(client: &ApiClient, name: &str, want: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if let Ok(nodes) = client.list_values("/api/v1/nodes").await {
+            if ready_of(&nodes, name).as_deref() == Some(want) {
+                return start.elapsed();
+            }
+        }
+        assert!(start.elapsed() < within, "{name} did not become Ready={want} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_is_created_ready_secured_idempotent_and_survives_failures() {
+    harness();
+    let home = temp_home();
+    let spec_path = unique_spec(home.path(), "it-boot", 65, 2);
+    let _guard = DestroyGuard { home: home.path().into(), spec: spec_path.clone() };
+    let s = spec_path.to_str().unwrap();
+
+    // From nothing to every node Ready.
+    let started = Instant::now();
+    let stdout = assert_ok(&clusterctl(home.path(), &["create", "-f", s]), "create");
+    eprintln!("create took {:.1}s", started.elapsed().as_secs_f64());
+    assert!(stdout.contains("nodes: 3/3 Ready"), "{stdout}");
+
+    // get nodes, through the realized load balancer.
+    let table = assert_ok(&clusterctl(home.path(), &["get", "nodes", "-f", s]), "get nodes");
+    for name in ["it-boot-masters-0", "it-boot-default-0", "it-boot-default-1"] {
+        let line = table.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in\n{table}"));
+        assert!(line.contains(" Ready"), "{line}");
+    }
+    let kubeconfig_path = home.path().join("it-boot/kubeconfig");
+    let kc = Kubeconfig::load(&kubeconfig_path).unwrap();
+    assert!(kc.server.starts_with("https://10.65.0.1:"), "the API is reached through the load balancer: {}", kc.server);
+
+    // Credentials: files with keys are 0600 on the operator's machine.
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["it-boot/kubeconfig", "it-boot/ssh/id_ed25519"] {
+        let mode = std::fs::metadata(home.path().join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+
+    // No credentials: 401. A node's credentials on another node: 403.
+    let anonymous = ApiClient::new(&kc.server, ClientAuth::Insecure).unwrap();
+    let err = anonymous.get_value("/api/v1/nodes").await.unwrap_err();
+    assert_eq!(err.code(), Some(401), "{err}");
+    let aws = AwsCloud::connect(&AwsOptions::default(), "us-east-1").await;
+    let cloud = Resilient::new(Arc::new(aws), RetryPolicy::default());
+    let inv = provision::discover(&cloud, "it-boot").await.unwrap();
+    let key = home.path().join("it-boot/ssh/id_ed25519");
+    let by_name = |n: &str| inv.instances.iter().find(|i| i.tags["Name"] == n).unwrap().clone();
+    let worker0 = Arc::new(std::sync::Mutex::new(ssh_to(&cloud, &by_name("it-boot-default-0"), &key).await));
+    let master = Arc::new(std::sync::Mutex::new(ssh_to(&cloud, &by_name("it-boot-masters-0"), &key).await));
+    let node_cert = sudo(&worker0, "cat /var/lib/clusterctl/pki/node.crt").await;
+    let node_key = sudo(&worker0, "cat /var/lib/clusterctl/pki/node.key").await;
+    let as_worker0 = ApiClient::new(&kc.server, ClientAuth::Certificate { ca_pem: kc.ca_pem.clone(), cert_pem: node_cert, key_pem: node_key }).unwrap();
+    let mut other = as_worker0.get_value("/api/v1/nodes/it-boot-default-1").await.unwrap();
+    other["metadata"]["labels"]["evil"] = json!("yes");
+    let err = as_worker0.replace_value("/api/v1/nodes/it-boot-default-1/status", &other).await.unwrap_err();
+    assert_eq!(err.code(), Some(403), "{err}");
+    let own = as_worker0.get_value("/api/v1/nodes/it-boot-default-0").await.unwrap();
+    as_worker0.replace_value("/api/v1/nodes/it-boot-default-0/status", &own).await.unwrap();
+
+    // Key and token files on nodes are 0600.
+    let modes = sudo(&master, "stat -c '%a %n' /etc/clusterctl/node.toml /var/lib/clusterctl/pki/*.key").await;
+    assert!(modes.lines().count() >= 4 && modes.lines().all(|l| l.starts_with("600 ")), "{modes}");
+    let modes = sudo(&worker0, "stat -c '%a %n' /etc/clusterctl/node.toml /var/lib/clusterctl/pki/node.key").await;
+    assert!(modes.lines().all(|l| l.starts_with("600 ")), "{modes}");
+
+    // Re-running create: no cloud mutation, no reinstall, in a few seconds.
+    let started = Instant::now();
+    let out = assert_ok(&clusterctl(home.path(), &["create", "-f", s, "-o", "json"]), "second create");
+    let summary: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["mutating_calls"], 0, "{out}");
+    assert_eq!(summary["nodes_changed"], json!([]), "{out}");
+    let rerun = started.elapsed();
+    eprintln!("re-run took {:.1}s", rerun.as_secs_f64());
+    assert!(rerun < Duration::from_secs(30), "re-run took {rerun:?}");
+
+    // A worker whose agent stops goes NotReady within 15 s, and Ready again when it returns.
+    let admin = ApiClient::new(&kc.server, ClientAuth::Certificate { ca_pem: kc.ca_pem.clone(), cert_pem: kc.client_cert_pem.clone(), key_pem: kc.client_key_pem.clone() }).unwrap();
+    sudo(&worker0, "systemctl stop clusterctl-worker").await;
+    let took = wait_ready(&admin, "it-boot-default-0", "Unknown", Duration::from_secs(15)).await;
+    eprintln!("NotReady after {:.1}s", took.as_secs_f64());
+    sudo(&worker0, "systemctl start clusterctl-worker").await;
+    let took = wait_ready(&admin, "it-boot-default-0", "True", Duration::from_secs(15)).await;
+    eprintln!("Ready again after {:.1}s", took.as_secs_f64());
+
+    // kill -9 of the master during 1,000 writes: every acknowledged write survives.
+    let master_ip = by_name("it-boot-masters-0").private_ip.unwrap();
+    let direct = ApiClient::new(&format!("https://{master_ip}:6443"), ClientAuth::Certificate { ca_pem: kc.ca_pem.clone(), cert_pem: kc.client_cert_pem.clone(), key_pem: kc.client_key_pem.clone() }).unwrap();
+    let writer = {
+        let direct = direct.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut failed = 0;
+            for i in 0..1000 {
+                let cm = json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": format!("burst-{i}"), "namespace": "default" }, "data": { "i": i.to_string() } });
+                match direct.create_value("/api/v1/namespaces/default/configmaps", &cm).await {
+                    Ok(_) => acked.push(i),
+                    Err(_) => {
+                        failed += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            (acked, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    sudo(&master, "systemctl kill -s KILL clusterctl-master").await;
+    let (acked, failed) = writer.await.unwrap();
+    eprintln!("{} writes acknowledged, {failed} failed while the master was down", acked.len());
+    assert!(failed > 0, "the kill happened during the burst");
+    let start = Instant::now();
+    let stored = loop {
+        match direct.list_values("/api/v1/namespaces/default/configmaps").await {
+            Ok(items) => break items,
+            Err(e) => {
+                assert!(start.elapsed() < Duration::from_secs(30), "the master did not come back: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let names: std::collections::HashSet<String> = stored.iter().filter_map(|c| c.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string)).collect();
+    let lost: Vec<_> = acked.iter().filter(|i| !names.contains(&format!("burst-{i}"))).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost after kill -9: {lost:?}");
+
+    // Destroy leaves nothing.
+    assert_ok(&clusterctl(home.path(), &["destroy", "-f", s, "--yes"]), "destroy");
+    assert!(provision::discover(&cloud, "it-boot").await.unwrap().is_empty());
+}
