@@ -155,7 +155,7 @@ pub fn machines(spec: &ClusterSpec, converged: &Converged) -> Vec<Machine> {
 }
 
 /// Connects to a machine with its host key pinned from the console (else trusted on first use and recorded).
-async fn connect(cloud: &dyn Cloud, machine: &Machine, user: &str, key: &std::path::Path, known: &KnownHosts, deadline: Duration) -> Result<SshSession, BootstrapError> {
+pub async fn connect(cloud: &dyn Cloud, machine: &Machine, user: &str, key: &std::path::Path, known: &KnownHosts, deadline: Duration) -> Result<SshSession, BootstrapError> {
     let console = cloud.console_output(&machine.instance.id).await.map_err(|e| BootstrapError::Other(e.to_string()))?.unwrap_or_default();
     let mut pinned = hostkeys::from_console(&console);
     if pinned.is_empty() {

@@ -12,3 +12,4 @@ pub mod hostkeys;
 pub mod ssh;
 pub mod templates;
 pub mod cluster;
+pub mod images;

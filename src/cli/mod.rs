@@ -7,6 +7,7 @@
 pub mod create;
 pub mod destroy;
 pub mod get;
+pub mod images;
 pub mod node;
 pub mod progress;
 pub mod status;
@@ -58,6 +59,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// List the cluster's objects (nodes) through its API.
     Get(get::GetArgs),
+    /// Load container image tarballs (`docker save`) onto every node; the cluster never pulls.
+    LoadImage(images::LoadImageArgs),
     /// Run the node software (used by the systemd units on each machine).
     Node(node::NodeArgs),
 }
@@ -122,5 +125,6 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status(args) => status::run(&cli.global, args).await,
         Command::Get(args) => get::run(args).await,
         Command::Node(args) => node::run(args).await,
+        Command::LoadImage(args) => images::run(&cli.global, args).await,
     }
 }
