@@ -36,6 +36,24 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// The objects this one belongs to (a pod's ReplicaSet, a ReplicaSet's Deployment).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owner_references: Vec<OwnerReference>,
+}
+
+/// Names the object that owns another; the owner's controller manages it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerReference {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+    /// The owner is the managing controller (at most one reference has this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_owner_deletion: Option<bool>,
 }
 
 impl ObjectMeta {
@@ -47,6 +65,16 @@ impl ObjectMeta {
     /// Metadata with a namespace and a name.
     pub fn namespaced(namespace: impl Into<String>, name: impl Into<String>) -> Self {
         ObjectMeta { name: name.into(), namespace: Some(namespace.into()), ..Default::default() }
+    }
+
+    /// The owner reference marked as the managing controller, if any.
+    pub fn controller_owner(&self) -> Option<&OwnerReference> {
+        self.owner_references.iter().find(|o| o.controller == Some(true))
+    }
+
+    /// The namespace, `default` when unset.
+    pub fn namespace_or_default(&self) -> &str {
+        self.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or("default")
     }
 
     /// The resource version as a number, if it is one.

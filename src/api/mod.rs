@@ -6,18 +6,23 @@
 //!   namespaced or not; the [`Resource`] trait ties a typed object to its resource.
 //! - [`time`]: RFC 3339 timestamps (`Time` to the second, `MicroTime` to the microsecond).
 //! - Typed objects: [`node`] (`Node`), [`lease`] (`Lease`), [`certificates`]
-//!   (`CertificateSigningRequest`), [`config`] (`Secret`, `ConfigMap`). Other resources (pods,
-//!   services, deployments, ...) travel as untyped `serde_json::Value` until they get types.
+//!   (`CertificateSigningRequest`), [`config`] (`Secret`, `ConfigMap`), [`pod`] (`Pod`, `Container`,
+//!   probes, status), [`deployment`] (`Deployment`, `ReplicaSet`), [`service`] (`Service`, `Endpoints`).
+//! - [`quantity`]: resource quantities (`500m`, `64Mi`) and `IntOrString`.
 //!
 //! Typed objects leave `apiVersion` and `kind` empty when built by hand; the client and the server fill
 //! them from the resource.
 
 pub mod certificates;
 pub mod config;
+pub mod deployment;
 pub mod lease;
 pub mod meta;
 pub mod node;
+pub mod pod;
+pub mod quantity;
 pub mod resource;
+pub mod service;
 pub mod time;
 
 pub use certificates::{
@@ -26,7 +31,7 @@ pub use certificates::{
 };
 pub use config::{ConfigMap, Secret};
 pub use lease::{Lease, LeaseSpec, NODE_LEASE_NAMESPACE};
-pub use meta::{List, ListMeta, ObjectMeta, Status, StatusDetails, StatusReason, WatchEvent, WatchEventType};
+pub use meta::{List, ListMeta, ObjectMeta, OwnerReference, Status, StatusDetails, StatusReason, WatchEvent, WatchEventType};
 pub use node::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Taint};
 pub use resource::{Resource, ResourceType};
 pub use time::{MicroTime, Time};

@@ -1,0 +1,501 @@
+//! `Pod` (v1): one or more containers that run together on one node, placed by the scheduler
+//! (`spec.nodeName`) and run by that node's agent, which reports `status`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::meta::ObjectMeta;
+use super::quantity::{IntOrString, Quantity, QuantityError};
+use super::resource::{PODS, Resource, ResourceType};
+use super::time::Time;
+
+/// A group of containers on one node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pod {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub api_version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PodSpec,
+    #[serde(default)]
+    pub status: PodStatus,
+}
+
+impl Resource for Pod {
+    const TYPE: ResourceType = PODS;
+}
+
+/// The pod template of a Deployment or ReplicaSet: metadata (labels) and spec of the pods it makes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateSpec {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PodSpec,
+}
+
+/// What the pod should run and where.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default)]
+    pub containers: Vec<Container>,
+    /// `Always` (default), `OnFailure` or `Never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<String>,
+    /// The node the pod is bound to; empty until the scheduler binds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Node labels the pod requires.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Seconds between SIGTERM and SIGKILL (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<i64>,
+}
+
+/// The restart policy when none is given.
+pub const DEFAULT_RESTART_POLICY: &str = "Always";
+/// The grace period when none is given.
+pub const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 30;
+
+impl PodSpec {
+    /// The restart policy, `Always` when unset.
+    pub fn restart_policy(&self) -> &str {
+        self.restart_policy.as_deref().unwrap_or(DEFAULT_RESTART_POLICY)
+    }
+
+    /// The node the pod is bound to, `None` when unbound.
+    pub fn bound_node(&self) -> Option<&str> {
+        self.node_name.as_deref().filter(|n| !n.is_empty())
+    }
+
+    /// Sum of the containers' requests (a container's limit counts when it requests nothing, as in
+    /// Kubernetes).
+    pub fn requests(&self) -> Result<ResourceAmounts, QuantityError> {
+        let mut total = ResourceAmounts::default();
+        for c in &self.containers {
+            total = total.plus(c.resources.effective_requests()?);
+        }
+        Ok(total)
+    }
+
+    /// The host ports the pod's containers take, with their protocol.
+    pub fn host_ports(&self) -> Vec<(u16, String)> {
+        self.containers
+            .iter()
+            .flat_map(|c| c.ports.iter())
+            .filter_map(|p| Some((u16::try_from(p.host_port?).ok().filter(|p| *p > 0)?, p.protocol().to_string())))
+            .collect()
+    }
+}
+
+/// CPU and memory as numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceAmounts {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+impl ResourceAmounts {
+    /// The sum of two amounts.
+    pub fn plus(self, other: ResourceAmounts) -> Self {
+        ResourceAmounts {
+            cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+        }
+    }
+
+    /// `cpu` and `memory` read from a map such as a node's `allocatable`; absent keys count 0.
+    pub fn from_map(map: &BTreeMap<String, Quantity>) -> Result<Self, QuantityError> {
+        Ok(ResourceAmounts {
+            cpu_millis: map.get("cpu").map(Quantity::millicores).transpose()?.unwrap_or(0),
+            memory_bytes: map.get("memory").map(Quantity::bytes).transpose()?.unwrap_or(0),
+        })
+    }
+}
+
+/// One container of a pod.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    pub name: String,
+    #[serde(default)]
+    pub image: String,
+    /// Replaces the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Replaces the image's command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+    #[serde(default, skip_serializing_if = "ResourceRequirements::is_empty")]
+    pub resources: ResourceRequirements,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    /// `IfNotPresent` or `Never` (images are never pulled implicitly here); `Always` is accepted
+    /// and treated like `IfNotPresent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+}
+
+/// One environment variable.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// A port a container listens on, optionally published on the node (`hostPort`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    pub container_port: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<i64>,
+    /// `TCP` (default), `UDP` or `SCTP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ContainerPort {
+    /// The protocol, `TCP` when unset.
+    pub fn protocol(&self) -> &str {
+        self.protocol.as_deref().unwrap_or("TCP")
+    }
+}
+
+/// CPU and memory a container requests (for scheduling) and may use at most (enforced).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceRequirements {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, Quantity>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, Quantity>,
+}
+
+impl ResourceRequirements {
+    /// Nothing requested and nothing limited.
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty() && self.limits.is_empty()
+    }
+
+    /// The requests, where a resource with a limit but no request requests its limit.
+    pub fn effective_requests(&self) -> Result<ResourceAmounts, QuantityError> {
+        let pick = |key: &str| self.requests.get(key).or_else(|| self.limits.get(key));
+        Ok(ResourceAmounts {
+            cpu_millis: pick("cpu").map(Quantity::millicores).transpose()?.unwrap_or(0),
+            memory_bytes: pick("memory").map(Quantity::bytes).transpose()?.unwrap_or(0),
+        })
+    }
+
+    /// The limits as numbers (0 = unlimited).
+    pub fn limit_amounts(&self) -> Result<ResourceAmounts, QuantityError> {
+        ResourceAmounts::from_map(&self.limits)
+    }
+}
+
+/// A health check of a container: exactly one of `httpGet`, `tcpSocket`, `exec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpSocketAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<i64>,
+}
+
+impl Probe {
+    /// Seconds before the first probe (default 0).
+    pub fn initial_delay(&self) -> i64 {
+        self.initial_delay_seconds.unwrap_or(0)
+    }
+    /// Seconds between probes (default 10).
+    pub fn period(&self) -> i64 {
+        self.period_seconds.unwrap_or(10)
+    }
+    /// Seconds a probe may take (default 1).
+    pub fn timeout(&self) -> i64 {
+        self.timeout_seconds.unwrap_or(1)
+    }
+    /// Consecutive failures that count as failed (default 3).
+    pub fn failures(&self) -> i64 {
+        self.failure_threshold.unwrap_or(3)
+    }
+    /// Consecutive successes that count as succeeded (default 1).
+    pub fn successes(&self) -> i64 {
+        self.success_threshold.unwrap_or(1)
+    }
+}
+
+/// An HTTP GET against the container; 200-399 is success.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpGetAction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A number or the name of a container port.
+    pub port: IntOrString,
+}
+
+/// A TCP connect to the container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpSocketAction {
+    /// A number or the name of a container port.
+    pub port: IntOrString,
+}
+
+/// A command run in the container; exit 0 is success.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecAction {
+    #[serde(default)]
+    pub command: Vec<String>,
+}
+
+/// What the agent (and the scheduler, for `PodScheduled`) observed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    /// `Pending`, `Running`, `Succeeded`, `Failed` or `Unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<PodCondition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_statuses: Vec<ContainerStatus>,
+    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+    #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One condition of a pod: `PodScheduled`, `Initialized`, `ContainersReady`, `Ready`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodCondition {
+    #[serde(rename = "type")]
+    pub condition_type: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+}
+
+/// The observed state of one container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    pub name: String,
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub restart_count: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<bool>,
+    #[serde(default)]
+    pub state: ContainerState,
+    /// The state before the last restart.
+    #[serde(default, skip_serializing_if = "ContainerState::is_empty")]
+    pub last_state: ContainerState,
+    /// `docker://<id>`.
+    #[serde(default, rename = "containerID", skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default, rename = "imageID", skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+}
+
+/// One of waiting, running or terminated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<ContainerStateWaiting>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<ContainerStateRunning>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminated: Option<ContainerStateTerminated>,
+}
+
+impl ContainerState {
+    /// No state recorded.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_none() && self.running.is_none() && self.terminated.is_none()
+    }
+}
+
+/// Not running yet (or again): e.g. `ContainerCreating`, `ErrImageNeverPull`, `CrashLoopBackOff`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStateWaiting {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Running since `startedAt`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStateRunning {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+}
+
+/// Exited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStateTerminated {
+    #[serde(default)]
+    pub exit_code: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    #[serde(default, rename = "containerID", skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+}
+
+impl Pod {
+    /// The condition of the given type, if written.
+    pub fn condition(&self, condition_type: &str) -> Option<&PodCondition> {
+        self.status.conditions.iter().find(|c| c.condition_type == condition_type)
+    }
+
+    /// Whether the pod's `Ready` condition is `True`.
+    pub fn is_ready(&self) -> bool {
+        self.condition("Ready").is_some_and(|c| c.status == "True")
+    }
+
+    /// Whether the pod has finished for good (`Succeeded` or `Failed`).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    }
+
+    /// Whether the pod is being deleted.
+    pub fn is_terminating(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+    }
+
+    /// The phase, `Pending` when unset.
+    pub fn phase(&self) -> &str {
+        self.status.phase.as_deref().unwrap_or("Pending")
+    }
+
+    /// Sets (or replaces) a condition, keeping its transition time when the status is unchanged.
+    pub fn set_condition(&mut self, mut condition: PodCondition) {
+        match self.status.conditions.iter_mut().find(|c| c.condition_type == condition.condition_type) {
+            Some(existing) => {
+                if existing.status == condition.status {
+                    condition.last_transition_time = existing.last_transition_time.or(condition.last_transition_time);
+                }
+                *existing = condition;
+            }
+            None => self.status.conditions.push(condition),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_pod_with_kubernetes_field_names_and_ignores_unknown_ones() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-1", "namespace": "default", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc", "uid": "u", "controller": true}]},
+            "spec": {
+                "containers": [{
+                    "name": "web", "image": "busybox:1", "command": ["httpd"], "args": ["-f"],
+                    "env": [{"name": "A", "value": "b"}], "workingDir": "/www",
+                    "ports": [{"containerPort": 80, "hostPort": 8080, "name": "http"}],
+                    "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": 1}},
+                    "livenessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 5},
+                    "readinessProbe": {"tcpSocket": {"port": 80}},
+                    "imagePullPolicy": "Never",
+                    "stdin": true
+                }],
+                "restartPolicy": "OnFailure", "nodeSelector": {"disk": "ssd"}, "terminationGracePeriodSeconds": 5,
+                "dnsPolicy": "ClusterFirst"
+            },
+            "status": {
+                "phase": "Running", "podIP": "172.17.0.2", "hostIP": "10.0.1.5", "startTime": "2026-01-01T00:00:00Z",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "web", "ready": true, "restartCount": 2, "image": "busybox:1", "containerID": "docker://abc",
+                                       "state": {"running": {"startedAt": "2026-01-01T00:00:01Z"}},
+                                       "lastState": {"terminated": {"exitCode": 137, "reason": "Error", "finishedAt": "2026-01-01T00:00:00Z"}}}]
+            }
+        }))
+        .unwrap();
+        assert!(pod.is_ready());
+        assert_eq!(pod.metadata.controller_owner().map(|o| o.name.as_str()), Some("web-abc"));
+        let c = &pod.spec.containers[0];
+        assert_eq!(c.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap().port, IntOrString::String("http".into()));
+        assert_eq!(c.readiness_probe.as_ref().unwrap().period(), 10);
+        assert_eq!(pod.spec.requests().unwrap(), ResourceAmounts { cpu_millis: 100, memory_bytes: 64 << 20 });
+        assert_eq!(pod.spec.host_ports(), vec![(8080, "TCP".to_string())]);
+        assert_eq!(pod.status.container_statuses[0].last_state.terminated.as_ref().unwrap().exit_code, 137);
+        let back = serde_json::to_value(&pod).unwrap();
+        assert_eq!(back["status"]["podIP"], "172.17.0.2");
+        assert_eq!(back["spec"]["containers"][0]["resources"]["limits"]["cpu"], "1");
+        assert_eq!(back["status"]["containerStatuses"][0]["containerID"], "docker://abc");
+    }
+
+    #[test]
+    fn a_limit_without_a_request_counts_as_the_request() {
+        let r = ResourceRequirements { requests: BTreeMap::new(), limits: [("memory".to_string(), Quantity::from("1Gi"))].into() };
+        assert_eq!(r.effective_requests().unwrap().memory_bytes, 1 << 30);
+    }
+}
