@@ -12,6 +12,7 @@
 //!   store behind a trait (SQLite by default).
 //! - [`client`]: the HTTPS client of that API, used by the CLI, the node agents and the controllers.
 //! - [`bootstrap`]: SSH to machines with verified host keys (install and join come later).
+//! - [`manifest`]: multi-document YAML manifests validated into typed objects, errors with field paths.
 //! - [`home`]: the operator's per-cluster folder (SSH key, later credentials).
 //! - [`report`]: the progress-reporting trait the library uses instead of drawing.
 //!
@@ -26,6 +27,7 @@ pub mod client;
 pub mod cloud;
 pub mod controllers;
 pub mod home;
+pub mod manifest;
 pub mod node;
 pub mod pki;
 pub mod provision;
