@@ -1,9 +1,13 @@
 //! The node agent (kubelet): registers its Node, renews its Lease, reports its status.
 //!
 //! Layout: this file holds the registration and heartbeat loop; [`host`] reads the machine's
-//! capacity and identity. Running pods comes with the workloads issue.
+//! capacity and identity; [`pods`] runs the pods bound to the node through a [`runtime`]
+//! (Docker), fed by a [`reflector`].
 
 pub mod host;
+pub mod pods;
+pub mod reflector;
+pub mod runtime;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -123,6 +127,7 @@ async fn renew_lease(client: &ApiClient, config: &AgentConfig) -> Result<(), Cli
 /// Runs the agent until the process ends: report at once, then renew the lease every heartbeat
 /// and write the status every `status_every` (and whenever the node is not shown Ready).
 pub async fn run(client: ApiClient, config: AgentConfig) {
+    tokio::spawn(run_pods(client.clone(), config.node_name.clone(), config.internal_ip));
     let host = host::HostInfo::read();
     let mut last_status = None::<tokio::time::Instant>;
     let mut ticker = tokio::time::interval(config.heartbeat);
@@ -144,4 +149,18 @@ pub async fn run(client: ApiClient, config: AgentConfig) {
             }
         }
     }
+}
+
+/// Runs pod sync on the node's Docker, waiting for Docker to answer first.
+async fn run_pods(client: ApiClient, node_name: String, node_ip: IpAddr) {
+    let docker = loop {
+        match runtime::docker::DockerRuntime::connect().await {
+            Ok(d) => break d,
+            Err(e) => {
+                tracing::warn!(error = %e, "connecting to Docker for pods; retrying in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    pods::run(client, std::sync::Arc::new(docker), node_name, node_ip).await;
 }

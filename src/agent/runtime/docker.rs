@@ -1,0 +1,177 @@
+//! [`ContainerRuntime`] on the Docker Engine API (bollard) over the node's local socket.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+    StopContainerOptionsBuilder,
+};
+use futures::StreamExt;
+
+use super::{ContainerInfo, ContainerRuntime, ContainerSpec, RuntimeError};
+
+/// The node's Docker daemon.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+fn failed(action: impl Into<String>, e: bollard::errors::Error) -> RuntimeError {
+    let action = action.into();
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, message } => RuntimeError::NotFound(message),
+        bollard::errors::Error::DockerResponseServerError { message, .. } => RuntimeError::Failed { action, message },
+        other => RuntimeError::Unreachable { action, message: other.to_string() },
+    }
+}
+
+impl DockerRuntime {
+    /// Connects to `/var/run/docker.sock` and agrees on an API version (nodes run Docker 20.10).
+    pub async fn connect() -> Result<Self, RuntimeError> {
+        let docker = Docker::connect_with_unix_defaults().map_err(|e| failed("connecting to the Docker socket", e))?;
+        let docker = docker.negotiate_version().await.map_err(|e| failed("negotiating the Docker API version", e))?;
+        Ok(DockerRuntime { docker })
+    }
+}
+
+fn info_from_inspect(r: bollard::models::ContainerInspectResponse) -> ContainerInfo {
+    let state = r.state.unwrap_or_default();
+    let labels = r.config.and_then(|c| c.labels).unwrap_or_default().into_iter().collect();
+    let net = r.network_settings.unwrap_or_default();
+    let ip = net
+        .networks
+        .unwrap_or_default()
+        .values()
+        .filter_map(|n| n.ip_address.as_deref())
+        .find(|a| !a.is_empty())
+        .and_then(|a| a.parse().ok());
+    let mut published = BTreeMap::new();
+    for (key, bindings) in net.ports.unwrap_or_default() {
+        let Some(cport) = key.split('/').next().and_then(|p| p.parse::<u16>().ok()) else { continue };
+        if let Some(hport) = bindings.unwrap_or_default().iter().filter_map(|b| b.host_port.as_deref()?.parse::<u16>().ok()).next() {
+            published.insert(cport, hport);
+        }
+    }
+    let zero = |t: Option<String>| t.filter(|s| !s.starts_with("0001-"));
+    ContainerInfo {
+        id: r.id.unwrap_or_default(),
+        labels,
+        running: state.running.unwrap_or(false),
+        exit_code: state.exit_code,
+        started_at: zero(state.started_at),
+        finished_at: zero(state.finished_at),
+        ip,
+        published,
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for DockerRuntime {
+    async fn list(&self, label_key: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        let filters = HashMap::from([("label".to_string(), vec![label_key.to_string()])]);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let summaries = self.docker.list_containers(Some(options)).await.map_err(|e| failed("listing containers", e))?;
+        let mut out = Vec::new();
+        for s in summaries {
+            let Some(id) = s.id else { continue };
+            match self.inspect(&id).await {
+                Ok(info) => out.push(info),
+                Err(RuntimeError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        let r = self.docker.inspect_container(id, None).await.map_err(|e| failed(format!("inspecting container {id}"), e))?;
+        Ok(info_from_inspect(r))
+    }
+
+    async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+            Err(e) => Err(failed(format!("inspecting image {image}"), e)),
+        }
+    }
+
+    async fn run(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        if !self.image_present(&spec.image).await? {
+            return Err(RuntimeError::ImageNotPresent(spec.image.clone()));
+        }
+        let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+        for p in &spec.ports {
+            let host_port = p.host_port.map(|h| h.to_string()).unwrap_or_default();
+            bindings.insert(format!("{}/tcp", p.container_port), Some(vec![PortBinding { host_ip: None, host_port: Some(host_port) }]));
+        }
+        let non_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: non_empty(&spec.command),
+            cmd: non_empty(&spec.args),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            working_dir: spec.working_dir.clone(),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            exposed_ports: Some(spec.ports.iter().map(|p| format!("{}/tcp", p.container_port)).collect()),
+            host_config: Some(HostConfig {
+                port_bindings: Some(bindings),
+                nano_cpus: spec.cpu_millis.map(|m| (m * 1_000_000) as i64),
+                memory: spec.memory_bytes.map(|b| b as i64),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let created = self.docker.create_container(Some(options), body).await.map_err(|e| failed(format!("creating container {}", spec.name), e))?;
+        self.docker
+            .start_container(&created.id, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| failed(format!("starting container {}", spec.name), e))?;
+        Ok(created.id)
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let options = StopContainerOptionsBuilder::default().t(grace.as_secs() as i32).build();
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(e) => Err(failed(format!("stopping container {id}"), e)),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(e) => Err(failed(format!("removing container {id}"), e)),
+        }
+    }
+
+    async fn logs(&self, id: &str, tail: usize) -> Result<String, RuntimeError> {
+        let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&tail.to_string()).build();
+        let mut stream = self.docker.logs(id, Some(options));
+        let mut out = String::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| failed(format!("reading the logs of {id}"), e))?;
+            out.push_str(&chunk.to_string());
+        }
+        Ok(out)
+    }
+
+    async fn exec(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {
+        let options = CreateExecOptions { cmd: Some(command.to_vec()), attach_stdout: Some(true), attach_stderr: Some(true), ..Default::default() };
+        let exec = self.docker.create_exec(id, options).await.map_err(|e| failed(format!("exec in {id}"), e))?;
+        if let StartExecResults::Attached { mut output, .. } = self.docker.start_exec(&exec.id, None).await.map_err(|e| failed(format!("exec in {id}"), e))? {
+            while output.next().await.is_some() {}
+        }
+        let done = self.docker.inspect_exec(&exec.id).await.map_err(|e| failed(format!("exec in {id}"), e))?;
+        Ok(done.exit_code.unwrap_or(-1))
+    }
+}

@@ -1,0 +1,156 @@
+//! An in-memory [`ContainerRuntime`] that records what it is asked and can be told to fail.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{ContainerInfo, ContainerRuntime, ContainerSpec, RuntimeError};
+
+#[derive(Debug, Default)]
+struct State {
+    images: BTreeSet<String>,
+    containers: BTreeMap<String, (ContainerSpec, ContainerInfo)>,
+    calls: Vec<String>,
+    next_id: u64,
+    next_port: u16,
+    /// Operation names ("run", "stop", ...) whose next call fails.
+    fail_next: BTreeSet<String>,
+    /// Exit code that exec returns, per container id (0 when unset).
+    exec_results: HashMap<String, i64>,
+}
+
+/// The fake runtime; clones share one state.
+#[derive(Debug, Clone, Default)]
+pub struct FakeRuntime {
+    state: Arc<Mutex<State>>,
+}
+
+impl FakeRuntime {
+    /// A runtime that has `images`.
+    pub fn with_images(images: &[&str]) -> Self {
+        let fake = FakeRuntime::default();
+        fake.lock().images = images.iter().map(|s| s.to_string()).collect();
+        fake.lock().next_port = 32768;
+        fake
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every call so far, e.g. `run web-1`, `stop <id> 30s`, `remove <id>`.
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    /// The next call of `operation` fails.
+    pub fn fail_next(&self, operation: &str) {
+        self.lock().fail_next.insert(operation.to_string());
+    }
+
+    /// The container's process ends with `code` (as if it crashed or was killed).
+    pub fn exit(&self, id: &str, code: i64) {
+        if let Some((_, info)) = self.lock().containers.get_mut(id) {
+            info.running = false;
+            info.exit_code = Some(code);
+            info.finished_at = Some("2026-01-01T00:00:01Z".into());
+        }
+    }
+
+    /// What exec (exec probes) returns for the container.
+    pub fn set_exec_result(&self, id: &str, code: i64) {
+        self.lock().exec_results.insert(id.to_string(), code);
+    }
+
+    /// The containers that exist, with their specs.
+    pub fn containers(&self) -> Vec<(ContainerSpec, ContainerInfo)> {
+        self.lock().containers.values().cloned().collect()
+    }
+
+    fn call(&self, operation: &str, text: String) -> Result<(), RuntimeError> {
+        let mut s = self.lock();
+        s.calls.push(text);
+        if s.fail_next.remove(operation) {
+            return Err(RuntimeError::Failed { action: operation.to_string(), message: "injected failure".into() });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for FakeRuntime {
+    async fn list(&self, label_key: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        self.call("list", "list".into())?;
+        Ok(self.lock().containers.values().filter(|(_, i)| i.labels.contains_key(label_key)).map(|(_, i)| i.clone()).collect())
+    }
+
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        self.lock().containers.get(id).map(|(_, i)| i.clone()).ok_or_else(|| RuntimeError::NotFound(id.to_string()))
+    }
+
+    async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
+        Ok(self.lock().images.contains(image))
+    }
+
+    async fn run(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        self.call("run", format!("run {}", spec.name))?;
+        let mut s = self.lock();
+        if !s.images.contains(&spec.image) {
+            return Err(RuntimeError::ImageNotPresent(spec.image.clone()));
+        }
+        s.next_id += 1;
+        let id = format!("c{}", s.next_id);
+        let mut published = BTreeMap::new();
+        for p in &spec.ports {
+            let host = match p.host_port {
+                Some(h) => h,
+                None => {
+                    s.next_port += 1;
+                    s.next_port
+                }
+            };
+            published.insert(p.container_port, host);
+        }
+        let info = ContainerInfo {
+            id: id.clone(),
+            labels: spec.labels.clone(),
+            running: true,
+            exit_code: None,
+            started_at: Some("2026-01-01T00:00:00Z".into()),
+            finished_at: None,
+            ip: Some("172.17.0.2".parse().expect("a literal address")),
+            published,
+        };
+        s.containers.insert(id.clone(), (spec.clone(), info));
+        Ok(id)
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        self.call("stop", format!("stop {id} {}s", grace.as_secs()))?;
+        if let Some((_, info)) = self.lock().containers.get_mut(id) {
+            if info.running {
+                info.running = false;
+                info.exit_code = Some(143);
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.call("remove", format!("remove {id}"))?;
+        self.lock().containers.remove(id);
+        Ok(())
+    }
+
+    async fn logs(&self, id: &str, _tail: usize) -> Result<String, RuntimeError> {
+        self.call("logs", format!("logs {id}"))?;
+        Ok(String::new())
+    }
+
+    async fn exec(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {
+        self.call("exec", format!("exec {id} {}", command.join(" ")))?;
+        Ok(self.lock().exec_results.get(id).copied().unwrap_or(0))
+    }
+}

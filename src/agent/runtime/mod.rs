@@ -1,0 +1,101 @@
+//! What the agent needs from a container runtime, behind one trait.
+//!
+//! [`docker::DockerRuntime`] speaks the Docker Engine API on the node's local socket;
+//! [`fake::FakeRuntime`] is an in-memory recording fake for unit tests. The runtime never pulls:
+//! images come onto nodes by `clusterctl image load`.
+
+pub mod docker;
+pub mod fake;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// Label keys by which the agent finds (and, after a restart, adopts) the containers of its pods.
+pub mod labels {
+    pub const NAMESPACE: &str = "io.clusterctl.pod.namespace";
+    pub const POD: &str = "io.clusterctl.pod.name";
+    pub const UID: &str = "io.clusterctl.pod.uid";
+    pub const CONTAINER: &str = "io.clusterctl.container.name";
+    /// Hash of the container's spec: a changed spec means a new container.
+    pub const SPEC_HASH: &str = "io.clusterctl.container.hash";
+    /// Grace period in seconds, so that orphans found after a restart stop as gracefully.
+    pub const GRACE: &str = "io.clusterctl.pod.grace";
+}
+
+/// A container port to publish on the node: on `host_port`, or on an ephemeral port when `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PortSpec {
+    pub container_port: u16,
+    pub host_port: Option<u16>,
+}
+
+/// Everything needed to create one container.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerSpec {
+    /// Docker's container name (unique on the node).
+    pub name: String,
+    pub image: String,
+    /// Replaces the image's entrypoint when not empty.
+    pub command: Vec<String>,
+    /// Replaces the image's cmd when not empty.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub ports: Vec<PortSpec>,
+    pub cpu_millis: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What the runtime knows of one container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    /// RFC 3339, as the runtime reports it.
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Address on the node's bridge network.
+    pub ip: Option<IpAddr>,
+    /// container port -> port published on the node.
+    pub published: BTreeMap<u16, u16>,
+}
+
+/// A failed runtime call.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image is not on this node (and the agent never pulls).
+    #[error("image {0} is not present on this node")]
+    ImageNotPresent(String),
+    #[error("container {0} not found")]
+    NotFound(String),
+    /// The runtime refused or failed the call.
+    #[error("{action}: {message}")]
+    Failed { action: String, message: String },
+    /// The runtime could not be reached.
+    #[error("{action}: the container runtime does not answer")]
+    Unreachable { action: String, message: String },
+}
+
+/// The side of a container runtime the agent uses.
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// Every container (running or not) that carries `label_key`.
+    async fn list(&self, label_key: &str) -> Result<Vec<ContainerInfo>, RuntimeError>;
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError>;
+    async fn image_present(&self, image: &str) -> Result<bool, RuntimeError>;
+    /// Creates and starts a container; returns its id.
+    async fn run(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+    /// SIGTERM, then SIGKILL after `grace`.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// The last `tail` lines of output (stdout and stderr).
+    async fn logs(&self, id: &str, tail: usize) -> Result<String, RuntimeError>;
+    /// Runs a command inside the container and returns its exit code.
+    async fn exec(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError>;
+}
