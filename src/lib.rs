@@ -13,6 +13,7 @@
 //! - [`client`]: the HTTPS client of that API, used by the CLI, the node agents and the controllers.
 //! - [`bootstrap`]: SSH to machines with verified host keys (install and join come later).
 //! - [`manifest`]: multi-document YAML manifests validated into typed objects, errors with field paths.
+//! - [`scheduler`]: places unbound pods on nodes (filters, scores, binds; pure decision functions).
 //! - [`home`]: the operator's per-cluster folder (SSH key, later credentials).
 //! - [`report`]: the progress-reporting trait the library uses instead of drawing.
 //!
@@ -31,5 +32,7 @@ pub mod manifest;
 pub mod node;
 pub mod pki;
 pub mod provision;
+pub mod proxy;
 pub mod report;
+pub mod scheduler;
 pub mod spec;

@@ -96,6 +96,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 
     let node = ca.issue_client(&format!("system:node:{}", config.node_name), &["system:nodes"])?;
     let node_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: node.cert_pem, key_pem: node.key_pem })?;
+    tokio::spawn(crate::proxy::run(node_client.clone()));
     tokio::spawn(agent::run(node_client, super::agent_config(&config, Duration::from_secs(2))));
 
     server.await.context("the API server task")?.context("the API server")?;

@@ -87,6 +87,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         },
     };
     let client = ApiClient::new(&server, ClientAuth::Certificate { ca_pem: creds.ca_pem, cert_pem: creds.cert_pem, key_pem: creds.key_pem })?;
+    tokio::spawn(crate::proxy::run(client.clone()));
     tokio::select! {
         _ = agent::run(client, super::agent_config(&config, Duration::from_secs(worker.heartbeat_seconds.max(1)))) => {}
         _ = super::master::shutdown_signal() => {}
