@@ -1,0 +1,347 @@
+//! The deployment controller: Deployment → one ReplicaSet per pod template (named
+//! `<deployment>-<hash>`, label `pod-template-hash`) → pods, all tied by controller owner
+//! references.
+//!
+//! Level-triggered: every pass reconciles every Deployment, then every ReplicaSet, from the
+//! watch-fed caches. A Deployment's new ReplicaSet is scaled up while old ones are scaled down
+//! within `maxSurge` (pods above `replicas`) and `maxUnavailable` (ready pods below `replicas`).
+//! A ReplicaSet creates or deletes pods to match its `replicas` (unbound and not-ready pods go
+//! first). ReplicaSets and pods whose owner is gone are deleted (garbage collection). After its
+//! writes a pass waits until the caches show them, so a pod is never made twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use super::cache::Cache;
+use crate::api::deployment::{Deployment, DeploymentStatus, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
+use crate::api::pod::{Pod, PodTemplateSpec};
+use crate::api::resource::{DEPLOYMENTS, PODS, REPLICA_SETS};
+use crate::api::{ObjectMeta, OwnerReference};
+use crate::client::{ApiClient, ClientError};
+
+/// How often every object is reconciled without any change.
+pub const RESYNC: Duration = Duration::from_secs(5);
+
+/// A short stable hash of a pod template (10 hex digits), as the `pod-template-hash` label.
+pub fn template_hash(template: &PodTemplateSpec) -> String {
+    let text = serde_json::to_string(template).unwrap_or_default();
+    hex::encode(Sha256::digest(text.as_bytes()))[..10].to_string()
+}
+
+fn owner_ref(api_version: &str, kind: &str, meta: &ObjectMeta) -> OwnerReference {
+    OwnerReference {
+        api_version: api_version.into(),
+        kind: kind.into(),
+        name: meta.name.clone(),
+        uid: meta.uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn owned_by(meta: &ObjectMeta, owner_uid: &str) -> bool {
+    meta.controller_owner().is_some_and(|o| o.uid == owner_uid)
+}
+
+fn is_active(pod: &Pod) -> bool {
+    !pod.is_terminating() && !pod.is_terminal()
+}
+
+/// The replica counts a rolling update should move to: `(new, [old...])`, given the wanted
+/// replicas, the limits, the current `replicas` of the new and old sets and the ready pods of
+/// each.
+pub fn rolling_step(replicas: u32, max_surge: u32, max_unavailable: u32, new: (u32, u32), old: &[(u32, u32)]) -> (u32, Vec<u32>) {
+    let old_total: u32 = old.iter().map(|o| o.0).sum();
+    if old_total == 0 {
+        return (replicas, old.iter().map(|_| 0).collect());
+    }
+    // Scale up the new set within the surge.
+    let allowed = replicas + max_surge;
+    let current = new.0 + old_total;
+    let new_target = if current < allowed { (new.0 + (allowed - current)).min(replicas) } else { new.0.min(replicas) };
+    // Scale down old sets: their not-ready pods freely, ready ones while enough stay ready.
+    let min_available = replicas.saturating_sub(max_unavailable);
+    let ready_total: u32 = new.1 + old.iter().map(|o| o.1).sum::<u32>();
+    let mut budget = ready_total.saturating_sub(min_available);
+    // Never scale old sets below what keeps the total at `replicas` once the new set is full.
+    let mut removable_total = (new_target + old_total).saturating_sub(replicas).max(budget.min(old_total));
+    let mut targets = Vec::new();
+    for &(count, ready) in old {
+        let unready = count.saturating_sub(ready);
+        let remove_unready = unready.min(removable_total);
+        removable_total -= remove_unready;
+        let remove_ready = ready.min(budget).min(removable_total);
+        budget -= remove_ready;
+        removable_total -= remove_ready;
+        targets.push(count - remove_unready - remove_ready);
+    }
+    (new_target, targets)
+}
+
+/// The controller's view: caches of deployments, replica sets and pods.
+pub struct Caches {
+    pub deployments: Arc<Cache<Deployment>>,
+    pub replica_sets: Arc<Cache<ReplicaSet>>,
+    pub pods: Arc<Cache<Pod>>,
+}
+
+/// Revisions written in a pass, to wait for before the next.
+#[derive(Default)]
+struct Written {
+    replica_sets: u64,
+    pods: u64,
+}
+
+fn rev_of(meta: &ObjectMeta) -> u64 {
+    meta.revision().unwrap_or(0)
+}
+
+/// Reconciles one Deployment: its ReplicaSets' sizes and its status.
+async fn reconcile_deployment(client: &ApiClient, d: &Deployment, sets: &[ReplicaSet], pods: &[Pod], written: &mut Written) -> Result<(), ClientError> {
+    let ns = d.metadata.namespace_or_default().to_string();
+    let hash = template_hash(&d.spec.template);
+    let mut owned: Vec<&ReplicaSet> = sets.iter().filter(|rs| owned_by(&rs.metadata, &d.metadata.uid)).collect();
+    owned.sort_by_key(|rs| (rs.metadata.annotations.get(REVISION_ANNOTATION).and_then(|r| r.parse::<u64>().ok()).unwrap_or(0), rs.metadata.creation_timestamp));
+    let replicas = d.spec.replicas();
+    let new = owned.iter().find(|rs| rs.metadata.labels.get(POD_TEMPLATE_HASH_LABEL) == Some(&hash)).copied();
+    let new = match new {
+        Some(rs) => rs.clone(),
+        None => {
+            let revision = owned.iter().filter_map(|rs| rs.metadata.annotations.get(REVISION_ANNOTATION)?.parse::<u64>().ok()).max().unwrap_or(0) + 1;
+            let mut template = d.spec.template.clone();
+            template.metadata.labels.insert(POD_TEMPLATE_HASH_LABEL.into(), hash.clone());
+            let mut selector = d.spec.selector.clone();
+            selector.match_labels.insert(POD_TEMPLATE_HASH_LABEL.into(), hash.clone());
+            let mut meta = ObjectMeta::namespaced(&ns, format!("{}-{hash}", d.metadata.name));
+            meta.labels = template.metadata.labels.clone();
+            meta.annotations.insert(REVISION_ANNOTATION.into(), revision.to_string());
+            meta.owner_references.push(owner_ref("apps/v1", "Deployment", &d.metadata));
+            let only_set = owned.iter().all(|rs| rs.spec.replicas() == 0);
+            let rs = ReplicaSet {
+                metadata: meta,
+                spec: ReplicaSetSpec { replicas: Some(if only_set && !d.spec.is_recreate() { replicas as i32 } else { 0 }), selector, template, min_ready_seconds: d.spec.min_ready_seconds },
+                ..Default::default()
+            };
+            let created = client.create(&REPLICA_SETS, Some(&ns), &rs).await?;
+            tracing::info!(deployment = %d.metadata.name, replicaset = %created.metadata.name, "created replica set");
+            written.replica_sets = written.replica_sets.max(rev_of(&created.metadata));
+            created
+        }
+    };
+    let olds: Vec<&ReplicaSet> = owned.iter().filter(|rs| rs.metadata.uid != new.metadata.uid).copied().collect();
+    let ready_of = |rs: &ReplicaSet| pods.iter().filter(|p| is_active(p) && owned_by(&p.metadata, &rs.metadata.uid) && p.is_ready()).count() as u32;
+    let count_of = |rs: &ReplicaSet| pods.iter().filter(|p| is_active(p) && owned_by(&p.metadata, &rs.metadata.uid)).count() as u32;
+    let (new_target, old_targets) = if d.spec.is_recreate() {
+        let old_pods: u32 = olds.iter().map(|rs| count_of(rs)).sum();
+        (if old_pods == 0 { replicas } else { 0 }, olds.iter().map(|_| 0).collect())
+    } else {
+        let (surge, unavailable) = d.spec.rolling_limits();
+        let old: Vec<(u32, u32)> = olds.iter().map(|rs| (rs.spec.replicas(), ready_of(rs))).collect();
+        rolling_step(replicas, surge, unavailable, (new.spec.replicas(), ready_of(&new)), &old)
+    };
+    let resize = |rs: &ReplicaSet, to: u32| {
+        let mut next = rs.clone();
+        next.spec.replicas = Some(to as i32);
+        next
+    };
+    let mut updates = Vec::new();
+    if new.spec.replicas() != new_target {
+        updates.push(resize(&new, new_target));
+    }
+    for (rs, to) in olds.iter().zip(old_targets) {
+        if rs.spec.replicas() != to {
+            updates.push(resize(rs, to));
+        }
+    }
+    for rs in updates {
+        let written_rs = client.replace(&REPLICA_SETS, Some(&ns), &rs.metadata.name, &rs).await?;
+        tracing::info!(deployment = %d.metadata.name, replicaset = %rs.metadata.name, replicas = rs.spec.replicas(), "scaled replica set");
+        written.replica_sets = written.replica_sets.max(rev_of(&written_rs.metadata));
+    }
+    // Status from the pods as they are.
+    let all: Vec<&Pod> = pods.iter().filter(|p| is_active(p) && owned.iter().chain(std::iter::once(&&new)).any(|rs| owned_by(&p.metadata, &rs.metadata.uid))).collect();
+    let ready = all.iter().filter(|p| p.is_ready()).count() as i32;
+    let status = DeploymentStatus {
+        observed_generation: d.metadata.generation,
+        replicas: all.len() as i32,
+        updated_replicas: count_of(&new) as i32,
+        ready_replicas: ready,
+        available_replicas: ready,
+        unavailable_replicas: (replicas as i32 - ready).max(0),
+        conditions: d.status.conditions.clone(),
+    };
+    if status != d.status {
+        let mut next = d.clone();
+        next.status = status;
+        match client.replace_status(&DEPLOYMENTS, Some(&ns), &d.metadata.name, &next).await {
+            Ok(_) | Err(ClientError::Api { code: 409, .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Pods to delete first: unbound, then not ready, then the newest.
+fn deletion_order(mut pods: Vec<&Pod>) -> Vec<&Pod> {
+    pods.sort_by_key(|p| (p.spec.bound_node().is_some(), p.is_ready(), std::cmp::Reverse(p.metadata.creation_timestamp), p.metadata.name.clone()));
+    pods
+}
+
+/// Reconciles one ReplicaSet: creates or deletes pods to match `replicas`; writes its status.
+async fn reconcile_replica_set(client: &ApiClient, rs: &ReplicaSet, pods: &[Pod], written: &mut Written) -> Result<(), ClientError> {
+    let ns = rs.metadata.namespace_or_default().to_string();
+    let mine: Vec<&Pod> = pods.iter().filter(|p| is_active(p) && owned_by(&p.metadata, &rs.metadata.uid)).collect();
+    let want = rs.spec.replicas() as usize;
+    if mine.len() < want {
+        for _ in mine.len()..want {
+            let mut meta = ObjectMeta { generate_name: Some(format!("{}-", rs.metadata.name)), namespace: Some(ns.clone()), ..Default::default() };
+            meta.labels = rs.spec.template.metadata.labels.clone();
+            meta.annotations = rs.spec.template.metadata.annotations.clone();
+            meta.owner_references.push(owner_ref("apps/v1", "ReplicaSet", &rs.metadata));
+            let pod = Pod { metadata: meta, spec: rs.spec.template.spec.clone(), ..Default::default() };
+            let created = client.create(&PODS, Some(&ns), &pod).await?;
+            written.pods = written.pods.max(rev_of(&created.metadata));
+        }
+        tracing::info!(replicaset = %rs.metadata.name, created = want - mine.len(), "created pods");
+    } else if mine.len() > want {
+        for pod in deletion_order(mine.clone()).into_iter().take(mine.len() - want) {
+            match client.delete(&PODS, Some(&ns), &pod.metadata.name).await {
+                Ok(()) => written.pods = written.pods.max(rev_of(&pod.metadata) + 1),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::info!(replicaset = %rs.metadata.name, deleted = mine.len() - want, "deleted pods");
+    }
+    let ready = mine.iter().filter(|p| p.is_ready()).count() as i32;
+    let status = ReplicaSetStatus { replicas: mine.len() as i32, ready_replicas: ready, available_replicas: ready, observed_generation: rs.metadata.generation };
+    if status != rs.status {
+        let mut next = rs.clone();
+        next.status = status;
+        match client.replace_status(&REPLICA_SETS, Some(&ns), &rs.metadata.name, &next).await {
+            Ok(_) | Err(ClientError::Api { code: 409, .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One pass over every Deployment and ReplicaSet, then garbage collection of orphans.
+pub async fn pass(client: &ApiClient, caches: &Caches) {
+    let deployments = caches.deployments.snapshot();
+    let pods = caches.pods.snapshot();
+    let mut written = Written::default();
+    let sets = caches.replica_sets.snapshot();
+    for d in &deployments {
+        if let Err(e) = reconcile_deployment(client, d, &sets, &pods, &mut written).await {
+            tracing::warn!(error = %e, deployment = %d.metadata.name, "reconciling deployment");
+        }
+    }
+    if written.replica_sets > 0 {
+        caches.replica_sets.wait_for(written.replica_sets, Duration::from_secs(5)).await;
+    }
+    let sets = caches.replica_sets.snapshot();
+    let deployment_uids: HashMap<&str, ()> = deployments.iter().map(|d| (d.metadata.uid.as_str(), ())).collect();
+    for rs in &sets {
+        let ns = rs.metadata.namespace_or_default();
+        if let Some(owner) = rs.metadata.controller_owner().filter(|o| o.kind == "Deployment")
+            && !deployment_uids.contains_key(owner.uid.as_str())
+            && caches.deployments.synced()
+        {
+            match client.delete(&REPLICA_SETS, Some(ns), &rs.metadata.name).await {
+                Ok(()) => tracing::info!(replicaset = %rs.metadata.name, "deleted: its deployment is gone"),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => tracing::warn!(error = %e, "deleting orphaned replica set {}", rs.metadata.name),
+            }
+            continue;
+        }
+        if let Err(e) = reconcile_replica_set(client, rs, &pods, &mut written).await {
+            tracing::warn!(error = %e, replicaset = %rs.metadata.name, "reconciling replica set");
+        }
+    }
+    let set_uids: BTreeMap<&str, ()> = sets.iter().map(|rs| (rs.metadata.uid.as_str(), ())).collect();
+    for pod in &pods {
+        if let Some(owner) = pod.metadata.controller_owner().filter(|o| o.kind == "ReplicaSet")
+            && !set_uids.contains_key(owner.uid.as_str())
+        {
+            match client.delete(&PODS, Some(pod.metadata.namespace_or_default()), &pod.metadata.name).await {
+                Ok(()) => written.pods = written.pods.max(rev_of(&pod.metadata) + 1),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => tracing::warn!(error = %e, "deleting orphaned pod {}", pod.metadata.name),
+            }
+        }
+    }
+    if written.pods > 0 {
+        caches.pods.wait_for(written.pods, Duration::from_secs(5)).await;
+    }
+}
+
+/// Runs the controller forever on the given client (a `system:masters` identity).
+pub async fn run(client: ApiClient) {
+    let changed = Arc::new(Notify::new());
+    let caches = Caches {
+        deployments: Cache::spawn(client.clone(), DEPLOYMENTS, changed.clone()),
+        replica_sets: Cache::spawn(client.clone(), REPLICA_SETS, changed.clone()),
+        pods: Cache::spawn(client.clone(), PODS, changed.clone()),
+    };
+    loop {
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(RESYNC) => {}
+        }
+        if caches.deployments.synced() && caches.replica_sets.synced() && caches.pods.synced() {
+            pass(&client, &caches).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_old_sets_the_new_set_gets_every_replica() {
+        assert_eq!(rolling_step(3, 1, 0, (0, 0), &[]), (3, vec![]));
+        assert_eq!(rolling_step(3, 1, 0, (3, 1), &[(0, 0)]), (3, vec![0]));
+    }
+
+    #[test]
+    fn a_rolling_update_surges_first_and_keeps_replicas_minus_max_unavailable_ready() {
+        // 3 replicas, surge 1, unavailable 0: one new pod first, no old pod removed.
+        assert_eq!(rolling_step(3, 1, 0, (0, 0), &[(3, 3)]), (1, vec![3]));
+        // The new pod is not ready yet: nothing more happens.
+        assert_eq!(rolling_step(3, 1, 0, (1, 0), &[(3, 3)]), (1, vec![3]));
+        // It is ready: one old pod goes.
+        assert_eq!(rolling_step(3, 1, 0, (1, 1), &[(3, 3)]), (1, vec![2]));
+        // Room again: a second new pod.
+        assert_eq!(rolling_step(3, 1, 0, (1, 1), &[(2, 2)]), (2, vec![2]));
+        assert_eq!(rolling_step(3, 1, 0, (3, 3), &[(1, 1)]), (3, vec![0]));
+    }
+
+    #[test]
+    fn max_unavailable_lets_old_pods_go_before_new_ones_are_ready() {
+        // 4 replicas, surge 0, unavailable 1.
+        assert_eq!(rolling_step(4, 0, 1, (0, 0), &[(4, 4)]), (0, vec![3]));
+        assert_eq!(rolling_step(4, 0, 1, (0, 0), &[(3, 3)]), (1, vec![3]));
+    }
+
+    #[test]
+    fn not_ready_old_pods_are_removed_freely() {
+        assert_eq!(rolling_step(3, 1, 0, (1, 0), &[(3, 0)]), (1, vec![2]));
+    }
+
+    #[test]
+    fn template_hashes_are_stable_and_change_with_the_template() {
+        let mut t = PodTemplateSpec::default();
+        t.metadata.labels.insert("app".into(), "web".into());
+        let h = template_hash(&t);
+        assert_eq!(h.len(), 10);
+        assert_eq!(h, template_hash(&t.clone()));
+        t.metadata.labels.insert("v".into(), "2".into());
+        assert_ne!(h, template_hash(&t));
+    }
+}

@@ -1,0 +1,310 @@
+//! The scheduler: places unbound pods (`spec.nodeName` empty) on nodes.
+//!
+//! Decisions are pure functions over [`NodeInfo`] snapshots ([`filter`], [`score`], [`place`]):
+//! a node passes when it is Ready, not cordoned, has room for the pod's CPU and memory requests
+//! (allocatable minus what its pods request), carries the pod's `nodeSelector` labels and has
+//! the pod's host ports free; among those the least requested node wins, with a bonus for nodes
+//! and zones (`topology.kubernetes.io/zone`) holding fewer pods of the same owner. [`run`] feeds
+//! them from watch-fed caches of nodes and pods, binds by replacing the pod with its
+//! `resourceVersion`, and writes `PodScheduled=False` with the reasons on pods that fit nowhere;
+//! those are retried whenever a node or pod changes, and every few seconds.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::api::pod::{Pod, PodCondition, ResourceAmounts};
+use crate::api::quantity::Quantity;
+use crate::api::resource::{NODES, PODS};
+use crate::api::{Node, Time};
+use crate::client::ApiClient;
+use crate::controllers::cache::Cache;
+
+/// The zone label nodes carry.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// How often unschedulable pods are retried without any change.
+pub const RESYNC: Duration = Duration::from_secs(3);
+
+/// What the scheduler knows of one node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ready: bool,
+    pub unschedulable: bool,
+    pub allocatable: ResourceAmounts,
+    /// Sum of the requests of the pods bound here.
+    pub requested: ResourceAmounts,
+    /// `(port, protocol)` taken by pods bound here.
+    pub host_ports: BTreeSet<(u16, String)>,
+    /// Pods bound here per owner uid.
+    pub owned: HashMap<String, u32>,
+}
+
+impl NodeInfo {
+    /// The node's facts from its object; requests are added by [`NodeInfo::add_pod`].
+    pub fn from_node(node: &Node) -> Self {
+        let map: BTreeMap<String, Quantity> = node.status.allocatable.iter().map(|(k, v)| (k.clone(), Quantity(v.clone()))).collect();
+        let capacity: BTreeMap<String, Quantity> = node.status.capacity.iter().map(|(k, v)| (k.clone(), Quantity(v.clone()))).collect();
+        let allocatable = ResourceAmounts::from_map(if map.is_empty() { &capacity } else { &map }).unwrap_or_default();
+        NodeInfo {
+            name: node.metadata.name.clone(),
+            labels: node.metadata.labels.clone(),
+            ready: node.is_ready(),
+            unschedulable: node.spec.unschedulable,
+            allocatable,
+            ..Default::default()
+        }
+    }
+
+    /// Counts a pod bound to this node.
+    pub fn add_pod(&mut self, pod: &Pod) {
+        self.requested = self.requested.plus(pod.spec.requests().unwrap_or_default());
+        self.host_ports.extend(pod.spec.host_ports());
+        if let Some(owner) = pod.metadata.controller_owner() {
+            *self.owned.entry(owner.uid.clone()).or_default() += 1;
+        }
+    }
+
+    fn zone(&self) -> Option<&str> {
+        self.labels.get(ZONE_LABEL).map(String::as_str)
+    }
+}
+
+/// Why a node cannot take a pod, in the words of Kubernetes' scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rejection {
+    NotReady,
+    Unschedulable,
+    NodeSelector,
+    HostPorts,
+    InsufficientCpu,
+    InsufficientMemory,
+}
+
+impl Rejection {
+    fn text(self) -> &'static str {
+        match self {
+            Rejection::NotReady => "node(s) were not ready",
+            Rejection::Unschedulable => "node(s) were unschedulable",
+            Rejection::NodeSelector => "node(s) didn't match Pod's node affinity/selector",
+            Rejection::HostPorts => "node(s) didn't have free ports for the requested pod ports",
+            Rejection::InsufficientCpu => "Insufficient cpu",
+            Rejection::InsufficientMemory => "Insufficient memory",
+        }
+    }
+}
+
+/// Every reason `node` cannot take `pod` (empty: it can).
+pub fn filter(pod: &Pod, requests: ResourceAmounts, node: &NodeInfo) -> Vec<Rejection> {
+    let mut out = Vec::new();
+    if !node.ready {
+        out.push(Rejection::NotReady);
+    }
+    if node.unschedulable {
+        out.push(Rejection::Unschedulable);
+    }
+    if !pod.spec.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
+        out.push(Rejection::NodeSelector);
+    }
+    if pod.spec.host_ports().iter().any(|p| node.host_ports.contains(p)) {
+        out.push(Rejection::HostPorts);
+    }
+    if node.requested.cpu_millis.saturating_add(requests.cpu_millis) > node.allocatable.cpu_millis && requests.cpu_millis > 0 {
+        out.push(Rejection::InsufficientCpu);
+    }
+    if node.requested.memory_bytes.saturating_add(requests.memory_bytes) > node.allocatable.memory_bytes && requests.memory_bytes > 0 {
+        out.push(Rejection::InsufficientMemory);
+    }
+    out
+}
+
+/// How much a node is worth for the pod (higher is better): least requested (0-100) plus spread
+/// of the owner's pods over nodes (0-100) and zones (0-50).
+pub fn score(pod: &Pod, requests: ResourceAmounts, node: &NodeInfo, zone_counts: &HashMap<String, u32>, max_owned: u32) -> i64 {
+    let free = |alloc: u64, used: u64| if alloc == 0 { 0 } else { (alloc.saturating_sub(used) * 100 / alloc) as i64 };
+    let least_requested = (free(node.allocatable.cpu_millis, node.requested.cpu_millis + requests.cpu_millis)
+        + free(node.allocatable.memory_bytes, node.requested.memory_bytes + requests.memory_bytes))
+        / 2;
+    let Some(owner) = pod.metadata.controller_owner() else { return least_requested };
+    let here = i64::from(node.owned.get(&owner.uid).copied().unwrap_or(0));
+    let max = i64::from(max_owned.max(1));
+    let node_spread = 100 * (max - here.min(max)) / max;
+    let zone_spread = match node.zone() {
+        Some(z) => {
+            let max_zone = i64::from(zone_counts.values().copied().max().unwrap_or(0).max(1));
+            50 * (max_zone - i64::from(zone_counts.get(z).copied().unwrap_or(0)).min(max_zone)) / max_zone
+        }
+        None => 0,
+    };
+    least_requested + 2 * node_spread + zone_spread
+}
+
+/// The node the pod should go to, or the message of why none fits
+/// (`0/3 nodes are available: 3 Insufficient memory.`).
+pub fn place(pod: &Pod, nodes: &[NodeInfo]) -> Result<String, String> {
+    let requests = pod.spec.requests().unwrap_or_default();
+    let mut reasons: BTreeMap<Rejection, usize> = BTreeMap::new();
+    let mut fitting = Vec::new();
+    for node in nodes {
+        let rejections = filter(pod, requests, node);
+        if rejections.is_empty() {
+            fitting.push(node);
+        }
+        for r in rejections {
+            *reasons.entry(r).or_default() += 1;
+        }
+    }
+    if fitting.is_empty() {
+        let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {}", r.text())).collect();
+        parts.sort();
+        let detail = if parts.is_empty() { String::new() } else { format!(": {}", parts.join(", ")) };
+        return Err(format!("0/{} nodes are available{detail}.", nodes.len()));
+    }
+    let owner = pod.metadata.controller_owner().map(|o| o.uid.clone());
+    let mut zone_counts: HashMap<String, u32> = HashMap::new();
+    let mut max_owned = 0;
+    if let Some(uid) = &owner {
+        for n in nodes {
+            let count = n.owned.get(uid).copied().unwrap_or(0);
+            max_owned = max_owned.max(count);
+            if let Some(z) = n.zone() {
+                *zone_counts.entry(z.to_string()).or_default() += count;
+            }
+        }
+        for n in &fitting {
+            if let Some(z) = n.zone() {
+                zone_counts.entry(z.to_string()).or_default();
+            }
+        }
+    }
+    // Ties go to the name that sorts first, so that decisions are reproducible.
+    let best = fitting
+        .iter()
+        .max_by(|a, b| score(pod, requests, a, &zone_counts, max_owned).cmp(&score(pod, requests, b, &zone_counts, max_owned)).then(b.name.cmp(&a.name)))
+        .map(|n| n.name.clone());
+    best.ok_or_else(|| format!("0/{} nodes are available.", nodes.len()))
+}
+
+/// Places every pod of `pending` in turn, counting each placement before the next; returns the
+/// decisions in order.
+pub fn place_all(pending: &[Pod], nodes: &mut [NodeInfo]) -> Vec<Result<String, String>> {
+    pending
+        .iter()
+        .map(|pod| {
+            let decision = place(pod, nodes);
+            if let Ok(name) = &decision
+                && let Some(n) = nodes.iter_mut().find(|n| &n.name == name)
+            {
+                n.add_pod(pod);
+            }
+            decision
+        })
+        .collect()
+}
+
+/// The nodes with the pods bound to them counted in.
+pub fn node_infos(nodes: &[Node], pods: &[Pod]) -> Vec<NodeInfo> {
+    let mut infos: Vec<NodeInfo> = nodes.iter().map(NodeInfo::from_node).collect();
+    let index: HashMap<String, usize> = infos.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
+    for pod in pods.iter().filter(|p| !p.is_terminal()) {
+        if let Some(i) = pod.spec.bound_node().and_then(|n| index.get(n)) {
+            infos[*i].add_pod(pod);
+        }
+    }
+    infos
+}
+
+/// One pass: every unbound pod placed or marked unschedulable. Returns how many were bound.
+pub async fn pass(client: &ApiClient, nodes: &Cache<Node>, pods: &Cache<Pod>) -> usize {
+    let all_pods = pods.snapshot();
+    let mut infos = node_infos(&nodes.snapshot(), &all_pods);
+    let mut pending: Vec<Pod> = all_pods.into_iter().filter(|p| p.spec.bound_node().is_none() && !p.is_terminating() && !p.is_terminal()).collect();
+    pending.sort_by_key(|p| (p.metadata.creation_timestamp, p.metadata.name.clone()));
+    let mut bound = 0;
+    let mut last_rev = 0;
+    for pod in pending {
+        let decision = place(&pod, &infos);
+        let ns = pod.metadata.namespace_or_default().to_string();
+        let name = pod.metadata.name.clone();
+        match decision {
+            Ok(node) => {
+                let mut next = pod.clone();
+                next.spec.node_name = Some(node.clone());
+                match client.replace(&PODS, Some(&ns), &name, &next).await {
+                    Ok(written) => {
+                        tracing::info!(pod = %format!("{ns}/{name}"), node = %node, "bound");
+                        last_rev = last_rev.max(written.metadata.revision().unwrap_or(0));
+                        if let Some(n) = infos.iter_mut().find(|n| n.name == node) {
+                            n.add_pod(&pod);
+                        }
+                        bound += 1;
+                        // The PodScheduled condition is written with the status.
+                        let mut status = written;
+                        status.set_condition(PodCondition {
+                            condition_type: "PodScheduled".into(),
+                            status: "True".into(),
+                            last_transition_time: Some(Time::now()),
+                            ..Default::default()
+                        });
+                        if let Err(e) = client.replace_status(&PODS, Some(&ns), &name, &status).await {
+                            tracing::debug!(error = %e, "marking {ns}/{name} scheduled");
+                        }
+                    }
+                    Err(e) if e.is_conflict() || e.is_not_found() => {}
+                    Err(e) => tracing::warn!(error = %e, "binding {ns}/{name} to {node}"),
+                }
+            }
+            Err(message) => {
+                let current = pod.condition("PodScheduled");
+                if current.is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(message.as_str())) {
+                    continue;
+                }
+                let mut next = pod.clone();
+                next.set_condition(PodCondition {
+                    condition_type: "PodScheduled".into(),
+                    status: "False".into(),
+                    reason: Some("Unschedulable".into()),
+                    message: Some(message.clone()),
+                    last_transition_time: Some(Time::now()),
+                    last_probe_time: None,
+                });
+                next.status.phase.get_or_insert_with(|| "Pending".into());
+                match client.replace_status(&PODS, Some(&ns), &name, &next).await {
+                    Ok(written) => {
+                        tracing::info!(pod = %format!("{ns}/{name}"), "unschedulable: {message}");
+                        last_rev = last_rev.max(written.metadata.revision().unwrap_or(0));
+                    }
+                    Err(e) if e.is_conflict() || e.is_not_found() => {}
+                    Err(e) => tracing::warn!(error = %e, "marking {ns}/{name} unschedulable"),
+                }
+            }
+        }
+    }
+    // The next pass must see these writes, or it would place the same pods again.
+    if last_rev > 0 {
+        pods.wait_for(last_rev, Duration::from_secs(5)).await;
+    }
+    bound
+}
+
+/// Runs the scheduler forever on the given client (a `system:masters` identity).
+pub async fn run(client: ApiClient) {
+    let changed = Arc::new(Notify::new());
+    let nodes = Cache::<Node>::spawn(client.clone(), NODES, changed.clone());
+    let pods = Cache::<Pod>::spawn(client.clone(), PODS, changed.clone());
+    loop {
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(RESYNC) => {}
+        }
+        if nodes.synced() && pods.synced() {
+            pass(&client, &nodes, &pods).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

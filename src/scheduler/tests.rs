@@ -1,0 +1,90 @@
+use super::*;
+use crate::api::OwnerReference;
+use crate::api::pod::{Container, ContainerPort, ResourceRequirements};
+
+fn node(name: &str, cpu: u64, mem_mi: u64, zone: &str) -> NodeInfo {
+    NodeInfo {
+        name: name.into(),
+        labels: [(ZONE_LABEL.to_string(), zone.to_string())].into(),
+        ready: true,
+        allocatable: ResourceAmounts { cpu_millis: cpu, memory_bytes: mem_mi << 20 },
+        ..Default::default()
+    }
+}
+
+fn pod(name: &str, cpu: &str, mem: &str, owner: Option<&str>) -> Pod {
+    let mut p = Pod::default();
+    p.metadata.name = name.into();
+    if let Some(uid) = owner {
+        p.metadata.owner_references.push(OwnerReference { kind: "ReplicaSet".into(), name: "rs".into(), uid: uid.into(), controller: Some(true), ..Default::default() });
+    }
+    p.spec.containers.push(Container {
+        name: "c".into(),
+        image: "i".into(),
+        resources: ResourceRequirements { requests: [("cpu".to_string(), Quantity::from(cpu)), ("memory".to_string(), Quantity::from(mem))].into(), limits: BTreeMap::new() },
+        ..Default::default()
+    });
+    p
+}
+
+#[test]
+fn a_pod_that_fits_nowhere_gets_the_reasons_counted_per_node() {
+    let nodes = [node("a", 2000, 512, "z1"), node("b", 2000, 512, "z1"), node("c", 2000, 512, "z2")];
+    assert_eq!(place(&pod("big", "100m", "1Gi", None), &nodes), Err("0/3 nodes are available: 3 Insufficient memory.".into()));
+    let mut mixed = nodes.clone();
+    mixed[0].ready = false;
+    mixed[1].unschedulable = true;
+    assert_eq!(
+        place(&pod("big", "100m", "1Gi", None), &mixed),
+        Err("0/3 nodes are available: 1 node(s) were not ready, 1 node(s) were unschedulable, 3 Insufficient memory.".into())
+    );
+}
+
+#[test]
+fn requests_of_bound_pods_use_up_allocatable() {
+    let mut nodes = vec![node("a", 1000, 1024, "z1")];
+    let decisions = place_all(&[pod("p1", "600m", "10Mi", None), pod("p2", "600m", "10Mi", None)], &mut nodes);
+    assert_eq!(decisions[0], Ok("a".into()));
+    assert_eq!(decisions[1], Err("0/1 nodes are available: 1 Insufficient cpu.".into()));
+}
+
+#[test]
+fn replicas_of_one_owner_spread_over_nodes_and_zones() {
+    let mut nodes = vec![node("a", 4000, 4096, "z1"), node("b", 4000, 4096, "z1"), node("c", 4000, 4096, "z2")];
+    let pods: Vec<Pod> = (0..3).map(|i| pod(&format!("web-{i}"), "100m", "16Mi", Some("rs-1"))).collect();
+    let mut placed: Vec<String> = place_all(&pods, &mut nodes).into_iter().map(Result::unwrap).collect();
+    placed.sort();
+    assert_eq!(placed, ["a", "b", "c"]);
+}
+
+#[test]
+fn the_least_requested_node_wins() {
+    let mut busy = node("a", 2000, 2048, "z1");
+    busy.requested = ResourceAmounts { cpu_millis: 1500, memory_bytes: 1500 << 20 };
+    let nodes = [busy, node("b", 2000, 2048, "z1")];
+    assert_eq!(place(&pod("p", "100m", "10Mi", None), &nodes), Ok("b".into()));
+}
+
+#[test]
+fn node_selector_and_host_ports_filter_nodes() {
+    let mut a = node("a", 2000, 2048, "z1");
+    a.labels.insert("disk".into(), "ssd".into());
+    a.host_ports.insert((8080, "TCP".into()));
+    let nodes = [a, node("b", 2000, 2048, "z1")];
+    let mut p = pod("p", "100m", "10Mi", None);
+    p.spec.node_selector.insert("disk".into(), "ssd".into());
+    assert_eq!(place(&p, &nodes), Ok("a".into()));
+    p.spec.containers[0].ports.push(ContainerPort { container_port: 80, host_port: Some(8080), ..Default::default() });
+    assert_eq!(
+        place(&p, &nodes),
+        Err("0/2 nodes are available: 1 node(s) didn't have free ports for the requested pod ports, 1 node(s) didn't match Pod's node affinity/selector.".into())
+    );
+}
+
+#[test]
+fn a_node_without_requests_takes_pods_without_requests() {
+    let nodes = [node("a", 0, 0, "z1")];
+    let mut p = pod("p", "0", "0", None);
+    p.spec.containers[0].resources = ResourceRequirements::default();
+    assert_eq!(place(&p, &nodes), Ok("a".into()));
+}
