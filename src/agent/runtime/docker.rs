@@ -175,3 +175,69 @@ impl ContainerRuntime for DockerRuntime {
         Ok(done.exit_code.unwrap_or(-1))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IMAGE: &str = "clusterctl-busybox:latest";
+
+    /// The host's Docker with the local busybox image, or `None` (the test is then skipped).
+    async fn docker() -> Option<DockerRuntime> {
+        let rt = DockerRuntime::connect().await.ok()?;
+        rt.image_present(IMAGE).await.ok()?.then_some(rt)
+    }
+
+    #[tokio::test]
+    async fn a_container_runs_with_labels_and_published_ports_answers_exec_and_stops_gracefully() {
+        let Some(rt) = docker().await else {
+            eprintln!("skipped: no Docker with {IMAGE}");
+            return;
+        };
+        let name = format!("clusterctl-test-{}", hex::encode(rand::random::<[u8; 4]>()));
+        let spec = ContainerSpec {
+            name: name.clone(),
+            image: IMAGE.into(),
+            command: vec!["sh".into(), "-c".into()],
+            args: vec!["echo hello-$GREETING; exec httpd -f -p 8080 -h /www".into()],
+            env: vec![("GREETING".into(), "world".into())],
+            ports: vec![super::super::PortSpec { container_port: 8080, host_port: None }],
+            memory_bytes: Some(32 << 20),
+            cpu_millis: Some(200),
+            labels: [("io.clusterctl.test".to_string(), name.clone())].into(),
+            ..Default::default()
+        };
+        let id = rt.run(&spec).await.expect("running the container");
+        let outcome = async {
+            let info = rt.inspect(&id).await?;
+            assert!(info.running);
+            assert_eq!(info.labels["io.clusterctl.test"], name);
+            let host_port = info.published[&8080];
+            assert!(host_port > 0);
+            assert!(rt.list("io.clusterctl.test").await?.iter().any(|c| c.id == id));
+            assert_eq!(rt.exec(&id, &["true".into()]).await?, 0);
+            assert_eq!(rt.exec(&id, &["false".into()]).await?, 1);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !rt.logs(&id, 10).await?.contains("hello-world") {
+                assert!(tokio::time::Instant::now() < deadline, "the container's output never showed hello-world");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(!rt.image_present("clusterctl-test-no-such-image:1").await?);
+            rt.stop(&id, Duration::from_secs(2)).await?;
+            let stopped = rt.inspect(&id).await?;
+            assert!(!stopped.running);
+            Ok::<_, RuntimeError>(())
+        }
+        .await;
+        rt.remove(&id).await.expect("removing the container");
+        outcome.expect("runtime calls");
+        assert!(matches!(rt.inspect(&id).await, Err(RuntimeError::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn a_missing_image_is_an_error_and_never_pulled() {
+        let Some(rt) = docker().await else { return };
+        let spec = ContainerSpec { name: "clusterctl-test-missing".into(), image: "clusterctl-test-no-such-image:1".into(), ..Default::default() };
+        assert!(matches!(rt.run(&spec).await, Err(RuntimeError::ImageNotPresent(_))));
+    }
+}
