@@ -287,6 +287,7 @@ pub async fn bootstrap(
                 serving_names: serving_names.clone(),
                 serving_ips: serving_ips.clone(),
                 node_grace_seconds: 10,
+                pod_eviction_seconds: 10,
             }),
             worker: None,
         };

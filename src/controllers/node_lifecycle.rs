@@ -1,4 +1,6 @@
-//! Node lifecycle: a node whose lease is older than the grace period is marked `Ready=Unknown`.
+//! Node lifecycle: a node whose lease is older than the grace period is marked `Ready=Unknown`;
+//! the pods of a node that stays not ready longer than the eviction toleration (and of nodes
+//! that no longer exist) are deleted, so that their controllers replace them on healthy nodes.
 //!
 //! Level-triggered: every tick compares each node's Ready condition with its lease and writes
 //! only when they disagree. A node comes back Ready when its agent reports again (the agent
@@ -33,6 +35,49 @@ pub fn verdict(node: &Value, lease_renewed: Option<f64>, now: f64, grace: Durati
     } else {
         Verdict::Keep
     }
+}
+
+/// Whether the pods of `node` should be evicted: it has been shown not ready (its Ready condition
+/// not `True`) for longer than `toleration`, counted from the condition's last transition.
+pub fn evicts(node: &Value, now: f64, toleration: Duration) -> bool {
+    let Some(ready) = ready_condition(node) else { return false };
+    if ready.get("status").and_then(Value::as_str) == Some("True") {
+        return false;
+    }
+    let since = ready
+        .get("lastTransitionTime")
+        .and_then(Value::as_str)
+        .and_then(parse_rfc3339)
+        .or_else(|| ready.get("lastHeartbeatTime").and_then(Value::as_str).and_then(parse_rfc3339));
+    since.is_some_and(|t| now - t > toleration.as_secs_f64())
+}
+
+/// Deletes the pods bound to nodes that [`evicts`] picks or that do not exist.
+pub async fn evict(client: &ApiClient, nodes: &[Value], toleration: Duration) -> Result<usize, ClientError> {
+    let now = crate::api::time::now_seconds();
+    let known: HashMap<&str, &Value> = nodes.iter().filter_map(|n| Some((n.pointer("/metadata/name")?.as_str()?, n))).collect();
+    let pods = client.list_values("/api/v1/pods").await?;
+    let mut evicted = 0;
+    for pod in &pods {
+        let Some(node) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) else { continue };
+        let gone = match known.get(node) {
+            Some(n) => evicts(n, now, toleration),
+            None => true,
+        };
+        if !gone {
+            continue;
+        }
+        let (Some(ns), Some(name)) = (pod.pointer("/metadata/namespace").and_then(Value::as_str), pod.pointer("/metadata/name").and_then(Value::as_str)) else { continue };
+        match client.delete_value(&format!("/api/v1/namespaces/{ns}/pods/{name}")).await {
+            Ok(_) => {
+                tracing::info!(pod = %format!("{ns}/{name}"), node = %node, "evicted: the node is not ready");
+                evicted += 1;
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(evicted)
 }
 
 /// One pass over all nodes.
@@ -71,13 +116,21 @@ pub async fn tick(client: &ApiClient, grace: Duration) -> Result<usize, ClientEr
     Ok(changed)
 }
 
-/// Runs the controller forever, one tick a second.
-pub async fn run(client: ApiClient, grace: Duration) {
+/// Runs the controller forever, one tick a second: nodes marked, then pods evicted after
+/// `toleration`.
+pub async fn run(client: ApiClient, grace: Duration, toleration: Duration) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticker.tick().await;
         if let Err(e) = tick(&client, grace).await {
             tracing::warn!(error = %e, "node lifecycle pass");
+        }
+        let evicted = match client.list_values("/api/v1/nodes").await {
+            Ok(nodes) => evict(&client, &nodes, toleration).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = evicted {
+            tracing::warn!(error = %e, "pod eviction pass");
         }
     }
 }
@@ -109,6 +162,18 @@ mod tests {
     fn a_node_already_not_ready_is_not_written_again() {
         let now = parse_rfc3339("2026-01-01T00:01:00Z").unwrap();
         assert_eq!(verdict(&node("Unknown", "2026-01-01T00:00:00Z"), Some(now - 60.0), now, Duration::from_secs(10)), Verdict::Keep);
+    }
+
+    #[test]
+    fn pods_are_evicted_only_after_the_node_stayed_not_ready_beyond_the_toleration() {
+        let now = parse_rfc3339("2026-01-01T00:01:00Z").unwrap();
+        let with_transition = |status: &str, t: &str| json!({"status": {"conditions": [{"type": "Ready", "status": status, "lastTransitionTime": t}]}});
+        let tol = Duration::from_secs(10);
+        assert!(!evicts(&with_transition("Unknown", "2026-01-01T00:00:55Z"), now, tol));
+        assert!(evicts(&with_transition("Unknown", "2026-01-01T00:00:45Z"), now, tol));
+        assert!(evicts(&with_transition("False", "2026-01-01T00:00:00Z"), now, tol));
+        assert!(!evicts(&with_transition("True", "2026-01-01T00:00:00Z"), now, tol));
+        assert!(!evicts(&json!({"status": {}}), now, tol));
     }
 
     #[test]

@@ -169,6 +169,10 @@ pub struct MasterSettings {
     /// How old a node's lease may get before the node is NotReady.
     #[serde(default = "default_grace")]
     pub node_grace_seconds: u64,
+    /// How long a node may stay NotReady before its pods are evicted (deleted, so that their
+    /// controllers replace them elsewhere).
+    #[serde(default = "default_pod_eviction")]
+    pub pod_eviction_seconds: u64,
 }
 
 /// A worker's settings. `Debug` hides the join token.
@@ -206,6 +210,10 @@ fn default_data_dir() -> PathBuf {
 }
 
 fn default_grace() -> u64 {
+    10
+}
+
+fn default_pod_eviction() -> u64 {
     10
 }
 
@@ -317,6 +325,7 @@ mod tests {
                 serving_names: vec!["demo-api.elb.localhost.localstack.cloud".into(), "localhost".into()],
                 serving_ips: vec!["10.0.1.5".parse().unwrap(), "127.0.0.1".parse().unwrap()],
                 node_grace_seconds: 10,
+                pod_eviction_seconds: 10,
             }),
             worker: None,
             ..worker()

@@ -3,8 +3,9 @@
 //! On first start it makes the cluster's PKI under `<data_dir>/pki` (CA, the API server's serving
 //! certificate, the admin's client certificate; keys mode 0600, never sent anywhere by the
 //! master), re-issuing the serving certificate when the names it is reached by change. Then it
-//! runs the API server on its durable store, the node lifecycle controller, and an agent for the
-//! master's own Node, the last two as in-process clients of the API server.
+//! runs the API server on its durable store, the scheduler, the node lifecycle, deployment and
+//! endpoints controllers, and an agent for the master's own Node, all but the server as
+//! in-process clients of the API server.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -17,7 +18,7 @@ use crate::agent::{self, AgentConfig};
 use crate::apiserver::store::SqliteStore;
 use crate::apiserver::{self, ApiServerConfig, ServerTls};
 use crate::client::{ApiClient, ClientAuth};
-use crate::controllers::node_lifecycle;
+use crate::controllers::{deployment, endpoints, node_lifecycle};
 use crate::node::config::NodeConfig;
 use crate::pki::{self, ClusterCa};
 
@@ -92,7 +93,16 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let local = format!("https://127.0.0.1:{}", settings.listen.port());
     let controller = ca.issue_client("system:kube-controller-manager", &["system:masters"])?;
     let controller_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: controller.cert_pem, key_pem: controller.key_pem })?;
-    tokio::spawn(node_lifecycle::run(controller_client, Duration::from_secs(settings.node_grace_seconds)));
+    tokio::spawn(node_lifecycle::run(
+        controller_client.clone(),
+        Duration::from_secs(settings.node_grace_seconds),
+        Duration::from_secs(settings.pod_eviction_seconds),
+    ));
+    tokio::spawn(deployment::run(controller_client.clone()));
+    tokio::spawn(endpoints::run(controller_client));
+    let scheduler = ca.issue_client("system:kube-scheduler", &["system:masters"])?;
+    let scheduler_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: scheduler.cert_pem, key_pem: scheduler.key_pem })?;
+    tokio::spawn(crate::scheduler::run(scheduler_client));
 
     let node = ca.issue_client(&format!("system:node:{}", config.node_name), &["system:nodes"])?;
     let node_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: node.cert_pem, key_pem: node.key_pem })?;
