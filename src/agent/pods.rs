@@ -124,6 +124,8 @@ pub struct PodSync<R: ContainerRuntime> {
     pods: HashMap<String, PodTrack>,
     /// Containers being stopped in the background.
     terminating: Arc<Mutex<HashSet<String>>>,
+    /// Start of Docker container names (`k8s_`; tests use `clusterctl-test-`).
+    name_prefix: String,
 }
 
 /// A pod status to write.
@@ -171,7 +173,7 @@ fn quantity(container: &Value, resource: &str) -> Option<String> {
 }
 
 /// The runtime's spec for one pod container.
-fn container_spec(pod: &Value, container: &Value, attempt: u32) -> ContainerSpec {
+fn container_spec(prefix: &str, pod: &Value, container: &Value, attempt: u32) -> ContainerSpec {
     let (ns, name, uid) = (str_at(pod, "/metadata/namespace").unwrap_or("default"), str_at(pod, "/metadata/name").unwrap_or(""), str_at(pod, "/metadata/uid").unwrap_or(""));
     let cname = str_at(container, "/name").unwrap_or("");
     let strings = |k: &str| container.get(k).and_then(Value::as_array).map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default();
@@ -204,7 +206,7 @@ fn container_spec(pod: &Value, container: &Value, attempt: u32) -> ContainerSpec
         (labels::GRACE.to_string(), grace_of(pod).as_secs().to_string()),
     ]);
     ContainerSpec {
-        name: format!("k8s_{cname}_{name}_{ns}_{}_{attempt}", uid.get(..8).unwrap_or(uid)),
+        name: format!("{prefix}{cname}_{name}_{ns}_{}_{attempt}", uid.get(..8).unwrap_or(uid)),
         image: str_at(container, "/image").unwrap_or("").to_string(),
         command: strings("command"),
         args: strings("args"),
@@ -297,7 +299,13 @@ async fn step_probe<R: ContainerRuntime>(runtime: &R, spec: Option<&ProbeSpec>, 
 impl<R: ContainerRuntime> PodSync<R> {
     /// Pod sync for the node at `node_ip`.
     pub fn new(runtime: Arc<R>, node_ip: IpAddr) -> Self {
-        PodSync { runtime, node_ip, pods: HashMap::new(), terminating: Arc::default() }
+        PodSync { runtime, node_ip, pods: HashMap::new(), terminating: Arc::default(), name_prefix: "k8s_".into() }
+    }
+
+    /// Names containers `<prefix><container>_<pod>_<namespace>_<uid>_<attempt>`.
+    pub fn with_name_prefix(mut self, prefix: &str) -> Self {
+        self.name_prefix = prefix.to_string();
+        self
     }
 
     /// Stops (SIGTERM, grace, SIGKILL) and removes a container in the background.
@@ -452,7 +460,7 @@ impl<R: ContainerRuntime> PodSync<R> {
                             if let Err(e) = self.runtime.remove(&c.id).await {
                                 tracing::warn!(container = %c.id, error = %e, "removing an exited container");
                             }
-                            start(&*self.runtime, pod, spec, ct).await;
+                            start(&*self.runtime, &self.name_prefix, pod, spec, ct).await;
                             infos.insert(cname, None);
                         } else {
                             ct.waiting = Some(("CrashLoopBackOff".into(), format!("back-off {}s restarting failed container {cname}", ct.backoff.as_secs())));
@@ -464,7 +472,7 @@ impl<R: ContainerRuntime> PodSync<R> {
                     }
                 }
                 None => {
-                    start(&*self.runtime, pod, spec, ct).await;
+                    start(&*self.runtime, &self.name_prefix, pod, spec, ct).await;
                     infos.insert(cname, None);
                 }
             }
@@ -479,9 +487,9 @@ impl<R: ContainerRuntime> PodSync<R> {
         let track = self.pods.get_mut(uid)?;
         let status = pod_status(pod, &specs, track, &infos, self.node_ip, &policy);
         let current = pod.get("status").filter(|s| !s.is_null());
-        // Written when it changed, or when someone else's write replaced ours.
-        let ours = current.and_then(|s| s.get("hostIP")).is_some();
-        if track.last_status.as_ref() == Some(&status) && ours {
+        // Written when it changed, or when the stored status is not ours (a fresh agent, someone
+        // else's write, or our write not yet seen by the watch).
+        if track.last_status.as_ref() == Some(&status) && current == Some(&status) {
             return None;
         }
         Some(status)
@@ -496,7 +504,7 @@ impl<R: ContainerRuntime> PodSync<R> {
 }
 
 /// Creates and starts a container; records why not in `ct.waiting`.
-async fn start<R: ContainerRuntime>(runtime: &R, pod: &Value, spec: &Value, ct: &mut ContainerTrack) {
+async fn start<R: ContainerRuntime>(runtime: &R, prefix: &str, pod: &Value, spec: &Value, ct: &mut ContainerTrack) {
     let image = str_at(spec, "/image").unwrap_or("");
     let never = str_at(spec, "/imagePullPolicy") == Some("Never");
     match runtime.image_present(image).await {
@@ -511,7 +519,7 @@ async fn start<R: ContainerRuntime>(runtime: &R, pod: &Value, spec: &Value, ct: 
             return;
         }
     }
-    match runtime.run(&container_spec(pod, spec, ct.restart_count)).await {
+    match runtime.run(&container_spec(prefix, pod, spec, ct.restart_count)).await {
         Ok(id) => {
             ct.container_id = None; // set when seen running, which resets probes
             ct.waiting = Some(("ContainerCreating".into(), format!("started {id}")));
@@ -822,6 +830,60 @@ mod tests {
         assert!(calls.contains(&format!("stop {id} 5s")), "{calls:?}");
         assert!(calls.contains(&format!("remove {id}")), "{calls:?}");
         assert!(fake.containers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn on_the_hosts_docker_a_pod_becomes_ready_serves_on_its_published_port_and_is_removed_when_deleted() {
+        use crate::agent::runtime::docker::DockerRuntime;
+        let Ok(rt) = DockerRuntime::connect().await else { return };
+        // Skipped without the image, or when something else runs pods on this Docker (a sync
+        // stops every pod container it was not asked for).
+        if !rt.image_present(IMAGE).await.unwrap_or(false) || !rt.list(labels::UID).await.map(|l| l.is_empty()).unwrap_or(false) {
+            eprintln!("skipped: no usable Docker");
+            return;
+        }
+        let rt = Arc::new(rt);
+        let mut p = pod("web-1", "Always", json!({
+            "name": "web", "image": IMAGE, "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+            "ports": [{ "containerPort": 8080 }],
+            "readinessProbe": { "httpGet": { "path": "/", "port": 8080 }, "periodSeconds": 1 },
+        }));
+        let uid = format!("clusterctl-test-{}", hex::encode(rand::random::<[u8; 4]>()));
+        p["metadata"]["uid"] = json!(uid);
+        p["spec"]["terminationGracePeriodSeconds"] = json!(1);
+        let mut sync = PodSync::new(rt.clone(), "127.0.0.1".parse().unwrap()).with_name_prefix("clusterctl-test-");
+        let outcome = async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let status = loop {
+                let u = sync.sync(std::slice::from_ref(&p)).await.expect("sync");
+                if let Some(u) = u.last() {
+                    if u.status["conditions"][3]["status"] == "True" {
+                        break u.status.clone();
+                    }
+                }
+                assert!(Instant::now() < deadline, "the pod never became ready");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            };
+            let host_port = status["publishedPorts"][0]["hostPort"].as_u64().expect("a published port") as u16;
+            assert_eq!(http_get(SocketAddr::new("127.0.0.1".parse().unwrap(), host_port), "/").await, Some(200));
+            sync.sync(&[]).await.expect("sync");
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while rt.list(labels::UID).await.expect("list").iter().any(|c| c.labels.get(labels::UID) == Some(&uid)) {
+                assert!(Instant::now() < deadline, "the deleted pod's container was not removed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        // A failed assertion must not leave the container behind.
+        let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(tokio::time::timeout(Duration::from_secs(60), outcome))).await;
+        for c in rt.list(labels::UID).await.unwrap_or_default() {
+            if c.labels.get(labels::UID) == Some(&uid) {
+                let _ = rt.remove(&c.id).await;
+            }
+        }
+        match result {
+            Ok(done) => done.expect("the test finished in time"),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     }
 
     #[test]
