@@ -1,4 +1,5 @@
-//! `clusterctl get nodes`: read the cluster's objects through its API, with the written credentials.
+//! `clusterctl get nodes|pods|deployments|services|endpoints`: read the cluster's objects through
+//! its API, with the written credentials, as kubectl's tables or as JSON/YAML lists.
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,7 +15,32 @@ use crate::home::ClusterHome;
 /// What to list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Kind {
+    #[value(alias = "node", alias = "no")]
     Nodes,
+    #[value(alias = "pod", alias = "po")]
+    Pods,
+    #[value(alias = "deployment", alias = "deploy")]
+    Deployments,
+    #[value(alias = "replicaset", alias = "rs")]
+    Replicasets,
+    #[value(alias = "service", alias = "svc")]
+    Services,
+    #[value(alias = "ep")]
+    Endpoints,
+}
+
+impl Kind {
+    fn resource(self) -> &'static crate::api::ResourceType {
+        use crate::api::resource;
+        match self {
+            Kind::Nodes => &resource::NODES,
+            Kind::Pods => &resource::PODS,
+            Kind::Deployments => &resource::DEPLOYMENTS,
+            Kind::Replicasets => &resource::REPLICA_SETS,
+            Kind::Services => &resource::SERVICES,
+            Kind::Endpoints => &resource::ENDPOINTS,
+        }
+    }
 }
 
 /// Output of `get`.
@@ -41,6 +67,12 @@ pub struct GetArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: GetOutput,
+    /// The namespace of namespaced objects.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Objects of every namespace.
+    #[arg(short = 'A', long = "all-namespaces")]
+    pub all_namespaces: bool,
 }
 
 /// The API client of a cluster, from the credentials `create` wrote.
@@ -57,7 +89,8 @@ pub fn cluster_client(file: Option<&PathBuf>, cluster: Option<&String>) -> Resul
     Ok(client)
 }
 
-fn age(created: Option<&str>) -> String {
+/// `5s`, `3m`, `2h`, `4d` since an RFC 3339 time, as kubectl's AGE column.
+pub fn age(created: Option<&str>) -> String {
     let Some(t) = created.and_then(crate::api::time::parse_rfc3339) else { return "-".into() };
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
     let s = (now - t).max(0.0) as u64;
@@ -89,19 +122,46 @@ pub fn node_row(n: &Value) -> [String; 6] {
 /// Runs `get`.
 pub async fn run(args: &GetArgs) -> Result<(), Failure> {
     let client = cluster_client(args.file.as_ref(), args.cluster.as_ref())?;
-    let Kind::Nodes = args.kind;
-    let nodes = client.list_values("/api/v1/nodes").await.map_err(|e| Failure::Operation(anyhow::anyhow!("listing nodes: {e}")))?;
+    let rt = args.kind.resource();
+    let namespace = (!args.all_namespaces).then_some(args.namespace.as_str());
+    let items = client
+        .list_values(&rt.collection_path(namespace))
+        .await
+        .map_err(|e| Failure::Operation(anyhow::anyhow!("listing {}: {e}", rt.plural)))?;
+    let list = serde_json::json!({ "apiVersion": rt.api_version(), "kind": rt.list_kind(), "items": items });
     match args.output {
-        GetOutput::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "apiVersion": "v1", "kind": "NodeList", "items": nodes }))?),
-        GetOutput::Yaml => print!("{}", serde_yaml_ng::to_string(&serde_json::json!({ "apiVersion": "v1", "kind": "NodeList", "items": nodes }))?),
+        GetOutput::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+        GetOutput::Yaml => print!("{}", serde_yaml_ng::to_string(&list)?),
         GetOutput::Table => {
-            let mut rows = vec![["NAME", "ROLE", "STATUS", "INTERNAL-IP", "INSTANCE", "AGE"].map(String::from)];
-            rows.extend(nodes.iter().map(node_row));
-            let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
-            for r in rows {
-                let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-                println!("{}", line.join("   ").trim_end());
+            let with_ns = args.all_namespaces && rt.namespaced;
+            let (header, rows): (&[&str], Vec<Vec<String>>) = match args.kind {
+                Kind::Nodes => (&["NAME", "ROLE", "STATUS", "INTERNAL-IP", "INSTANCE", "AGE"], items.iter().map(|n| node_row(n).to_vec()).collect()),
+                Kind::Pods => (&["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"], items.iter().map(super::table::pod_row).collect()),
+                Kind::Deployments => (&["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], items.iter().map(super::table::deployment_row).collect()),
+                Kind::Replicasets => (&["NAME", "DESIRED", "CURRENT", "READY", "AGE"], items.iter().map(super::table::replica_set_row).collect()),
+                Kind::Services => (&["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"], items.iter().map(super::table::service_row).collect()),
+                Kind::Endpoints => (&["NAME", "ENDPOINTS", "AGE"], items.iter().map(super::table::endpoints_row).collect()),
+            };
+            if items.is_empty() {
+                match namespace.filter(|_| rt.namespaced) {
+                    Some(ns) => eprintln!("No resources found in {ns} namespace."),
+                    None => eprintln!("No resources found"),
+                }
+                return Ok(());
             }
+            let mut table: Vec<Vec<String>> = Vec::new();
+            let mut head: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+            if with_ns {
+                head.insert(0, "NAMESPACE".into());
+            }
+            table.push(head);
+            for (item, mut row) in items.iter().zip(rows) {
+                if with_ns {
+                    row.insert(0, item.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_string());
+                }
+                table.push(row);
+            }
+            print!("{}", super::table::render(&table));
         }
     }
     Ok(())

@@ -4,13 +4,17 @@
 //! nothing below this module knows about terminals. Errors come back as
 //! [`Failure`]s that carry their exit code: 2 for bad input, 1 for operations.
 
+pub mod apply;
 pub mod create;
+pub mod delete;
 pub mod destroy;
 pub mod get;
 pub mod images;
 pub mod node;
 pub mod progress;
+pub mod scale;
 pub mod status;
+pub mod table;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,8 +61,14 @@ pub enum Command {
     Destroy(destroy::DestroyArgs),
     /// Show what exists and what differs from the spec.
     Status(status::StatusArgs),
-    /// List the cluster's objects (nodes) through its API.
+    /// List the cluster's objects (nodes, pods, deployments, services, ...) through its API.
     Get(get::GetArgs),
+    /// Create or update the objects of manifest files (validated first; nothing applied on errors).
+    Apply(apply::ManifestArgs),
+    /// Delete the objects of manifest files.
+    Delete(delete::DeleteArgs),
+    /// Change the size of something: `scale deployment NAME --replicas N`.
+    Scale(scale::ScaleArgs),
     /// Load container image tarballs (`docker save`) onto every node; the cluster never pulls.
     LoadImage(images::LoadImageArgs),
     /// Run the node software (used by the systemd units on each machine).
@@ -124,6 +134,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Destroy(args) => destroy::run(&cli.global, args).await,
         Command::Status(args) => status::run(&cli.global, args).await,
         Command::Get(args) => get::run(args).await,
+        Command::Apply(args) => apply::run_apply(args).await,
+        Command::Delete(args) => delete::run(args).await,
+        Command::Scale(args) => scale::run(args).await,
         Command::Node(args) => node::run(args).await,
         Command::LoadImage(args) => images::run(&cli.global, args).await,
     }

@@ -6,6 +6,7 @@
 //! documents are checked, and all errors returned, before the caller applies anything.
 //! Unknown fields are tolerated; supported kinds: Namespace, ConfigMap, Pod, Deployment, Service.
 
+pub mod apply;
 mod validate;
 
 use std::fmt;
