@@ -136,8 +136,12 @@ pub struct StatusUpdate {
     pub status: Value,
 }
 
+/// Hash of what the container is run with (not of its JSON, which a rewrite of the pod by a typed
+/// client may reorder or fill with defaults): a change means a new container.
 fn spec_hash(container: &Value) -> String {
-    hex::encode(&Sha256::digest(container.to_string().as_bytes())[..8])
+    let s = container_spec("", &Value::Null, container, 0);
+    let key = format!("{:?}", (&s.image, &s.command, &s.args, &s.env, &s.working_dir, &s.ports, s.cpu_millis, s.memory_bytes));
+    hex::encode(&Sha256::digest(key.as_bytes())[..8])
 }
 
 fn grace_of(pod: &Value) -> Duration {
@@ -197,15 +201,7 @@ fn container_spec(prefix: &str, pod: &Value, container: &Value, attempt: u32) ->
                 .collect()
         })
         .unwrap_or_default();
-    let labels = BTreeMap::from([
-        (labels::NAMESPACE.to_string(), ns.to_string()),
-        (labels::POD.to_string(), name.to_string()),
-        (labels::UID.to_string(), uid.to_string()),
-        (labels::CONTAINER.to_string(), cname.to_string()),
-        (labels::SPEC_HASH.to_string(), spec_hash(container)),
-        (labels::GRACE.to_string(), grace_of(pod).as_secs().to_string()),
-    ]);
-    ContainerSpec {
+    let mut spec = ContainerSpec {
         name: format!("{prefix}{cname}_{name}_{ns}_{}_{attempt}", uid.get(..8).unwrap_or(uid)),
         image: str_at(container, "/image").unwrap_or("").to_string(),
         command: strings("command"),
@@ -215,8 +211,19 @@ fn container_spec(prefix: &str, pod: &Value, container: &Value, attempt: u32) ->
         ports,
         cpu_millis: quantity(container, "cpu").and_then(|q| cpu_millis(&q)),
         memory_bytes: quantity(container, "memory").and_then(|q| memory_bytes(&q)),
-        labels,
+        labels: BTreeMap::new(),
+    };
+    if !pod.is_null() {
+        spec.labels = BTreeMap::from([
+            (labels::NAMESPACE.to_string(), ns.to_string()),
+            (labels::POD.to_string(), name.to_string()),
+            (labels::UID.to_string(), uid.to_string()),
+            (labels::CONTAINER.to_string(), cname.to_string()),
+            (labels::SPEC_HASH.to_string(), spec_hash(container)),
+            (labels::GRACE.to_string(), grace_of(pod).as_secs().to_string()),
+        ]);
     }
+    spec
 }
 
 /// Runs one probe against a running container; `true` when it passes.
@@ -884,6 +891,24 @@ mod tests {
             Ok(done) => done.expect("the test finished in time"),
             Err(panic) => std::panic::resume_unwind(panic),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_rewritten_with_the_same_meaning_keeps_its_container() {
+        let fake = FakeRuntime::with_images(&[IMAGE, "other:1"]);
+        let mut sync = sync_of(&fake);
+        sync.sync(&[pod("web-1", "Always", web())]).await.unwrap();
+        let mut same = web();
+        same["args"] = json!([]);
+        same["env"] = json!([]);
+        same["readinessProbe"] = Value::Null;
+        same["resources"]["limits"]["cpu"] = json!("0.5");
+        sync.sync(&[pod("web-1", "Always", same)]).await.unwrap();
+        let mut other = web();
+        other["image"] = json!("other:1");
+        sync.sync(&[pod("web-1", "Always", other)]).await.unwrap();
+        let runs = fake.calls().iter().filter(|c| c.starts_with("run")).count();
+        assert_eq!(runs, 2, "only the new image makes a new container: {:?}", fake.calls());
     }
 
     #[test]
