@@ -10,3 +10,6 @@ pub mod cache;
 pub mod deployment;
 pub mod endpoints;
 pub mod node_lifecycle;
+
+#[cfg(test)]
+mod tests;

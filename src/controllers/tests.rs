@@ -1,0 +1,184 @@
+//! The scheduler and the controllers together against an in-process API server (127.0.0.1:0),
+//! with the agents' part (pod IP, Ready) played by the test.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::api::deployment::Deployment;
+use crate::api::pod::{Pod, PodCondition};
+use crate::api::resource::{DEPLOYMENTS, ENDPOINTS, NODES, PODS, SERVICES};
+use crate::api::service::{Endpoints, Service};
+use crate::api::{Node, NodeCondition, Time};
+use crate::apiserver::store::{SqliteStore, Store};
+use crate::apiserver::{ApiServerConfig, ServerTls, serve};
+use crate::client::{ApiClient, ClientAuth, ListOptions};
+use crate::manifest::{self, apply};
+use crate::pki::ClusterCa;
+
+async fn start() -> ApiClient {
+    let ca = Arc::new(ClusterCa::generate("test").unwrap());
+    let serving = ca.issue_server(&["localhost".to_string()], &["127.0.0.1".parse().unwrap()]).unwrap();
+    let config = ApiServerConfig {
+        tls: ServerTls { cert_pem: serving.cert_pem, key_pem: serving.key_pem, client_ca_pem: ca.cert_pem().to_string() },
+        csr_signer: ca.clone(),
+        cluster_info_ca_pem: ca.cert_pem().to_string(),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    tokio::spawn(serve(config, store, listener, std::future::pending::<()>()));
+    let admin = ca.issue_client("admin", &["system:masters"]).unwrap();
+    ApiClient::new(&url, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: admin.cert_pem, key_pem: admin.key_pem }).unwrap()
+}
+
+async fn add_node(client: &ApiClient, name: &str, zone: &str, memory: &str) {
+    let mut node = Node::new(name);
+    node.metadata.labels.insert(crate::scheduler::ZONE_LABEL.into(), zone.into());
+    let created = client.create(&NODES, None, &node).await.unwrap();
+    let mut status = created.clone();
+    status.status.allocatable = [("cpu".to_string(), "2".to_string()), ("memory".to_string(), memory.to_string())].into();
+    status.status.conditions = vec![NodeCondition { condition_type: "Ready".into(), status: "True".into(), last_heartbeat_time: Some(Time::now()), ..Default::default() }];
+    client.replace_status(&NODES, None, name, &status).await.unwrap();
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails naming `what`.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn pods(client: &ApiClient) -> Vec<Pod> {
+    client.list::<Pod>(&PODS, Some("default"), &ListOptions::default()).await.unwrap().items
+}
+
+/// Plays the agents: every bound pod gets an IP and is Ready.
+async fn make_ready(client: &ApiClient) {
+    for (i, mut p) in pods(client).await.into_iter().enumerate() {
+        if p.spec.bound_node().is_none() || p.is_ready() {
+            continue;
+        }
+        p.status.phase = Some("Running".into());
+        p.status.pod_ip = Some(format!("172.17.0.{}", 10 + i));
+        p.set_condition(PodCondition { condition_type: "Ready".into(), status: "True".into(), ..Default::default() });
+        let _ = client.replace_status(&PODS, Some("default"), &p.metadata.name.clone(), &p).await;
+    }
+}
+
+const APP: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+        - name: web
+          image: busybox
+          ports: [{containerPort: 8080, name: http}]
+          resources: {requests: {cpu: 100m, memory: 64Mi}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_is_spread_over_nodes_served_by_endpoints_scaled_and_rolled() {
+    let client = start().await;
+    for (n, z) in [("w1", "a"), ("w2", "a"), ("w3", "b")] {
+        add_node(&client, n, z, "1Gi").await;
+    }
+    tokio::spawn(crate::scheduler::run(client.clone()));
+    tokio::spawn(super::deployment::run(client.clone()));
+    tokio::spawn(super::endpoints::run(client.clone()));
+
+    let docs = manifest::parse("app.yaml", APP).unwrap();
+    for d in &docs {
+        assert_eq!(apply::apply(&client, &d.object, "default").await.unwrap(), apply::Outcome::Created);
+    }
+    for d in &docs {
+        assert_eq!(apply::apply(&client, &d.object, "default").await.unwrap(), apply::Outcome::Unchanged);
+    }
+
+    // Three pods, one per node.
+    let nodes = eventually("3 pods are bound to 3 nodes", || async {
+        let ps = pods(&client).await;
+        let mut nodes: Vec<String> = ps.iter().filter_map(|p| p.spec.bound_node().map(String::from)).collect();
+        nodes.sort();
+        (ps.len() == 3 && nodes.len() == 3).then_some(nodes)
+    })
+    .await;
+    assert_eq!(nodes, ["w1", "w2", "w3"]);
+
+    // The service gets a node port and, once the pods are ready, three endpoints.
+    make_ready(&client).await;
+    eventually("the service has a node port", || async {
+        let s: Service = client.get(&SERVICES, Some("default"), "web").await.ok()?;
+        (s.spec.ports[0].node_port == Some(30000)).then_some(())
+    })
+    .await;
+    eventually("the endpoints list 3 ready pods on port 8080", || async {
+        let e: Endpoints = client.get(&ENDPOINTS, Some("default"), "web").await.ok()?;
+        let s = e.subsets.first()?;
+        (s.addresses.len() == 3 && s.ports[0].port == 8080).then_some(())
+    })
+    .await;
+    eventually("the deployment's status shows 3 ready", || async {
+        let d: Deployment = client.get(&DEPLOYMENTS, Some("default"), "web").await.ok()?;
+        (d.status.ready_replicas == 3 && d.status.updated_replicas == 3).then_some(())
+    })
+    .await;
+    // Re-applying the service keeps its allocated node port.
+    assert_eq!(apply::apply(&client, &docs[1].object, "default").await.unwrap(), apply::Outcome::Unchanged);
+
+    // Scale down.
+    client.patch::<Deployment>(&DEPLOYMENTS, Some("default"), "web", &json!({"spec": {"replicas": 1}})).await.unwrap();
+    eventually("one pod is left", || async { (pods(&client).await.len() == 1).then_some(()) }).await;
+
+    // A new image rolls: the old pod stays until a new one is ready (maxUnavailable 25% of 1 = 0).
+    let mut d: Deployment = client.get(&DEPLOYMENTS, Some("default"), "web").await.unwrap();
+    d.spec.template.spec.containers[0].image = "busybox:2".into();
+    client.replace(&DEPLOYMENTS, Some("default"), "web", &d).await.unwrap();
+    eventually("the rollout finishes with one new pod", || async {
+        make_ready(&client).await;
+        let ps = pods(&client).await;
+        let ready_count = ps.iter().filter(|p| p.is_ready()).count();
+        assert!(ready_count >= 1, "a ready pod must always remain");
+        (ps.len() == 1 && ps[0].spec.containers[0].image == "busybox:2").then_some(())
+    })
+    .await;
+
+    // A pod that fits nowhere says why.
+    let big = Pod {
+        metadata: crate::api::ObjectMeta::namespaced("default", "big"),
+        spec: serde_json::from_value(json!({"containers": [{"name": "c", "image": "i", "resources": {"requests": {"memory": "4Gi"}}}]})).unwrap(),
+        ..Default::default()
+    };
+    client.create(&PODS, Some("default"), &big).await.unwrap();
+    eventually("the big pod is marked unschedulable", || async {
+        let p: Pod = client.get(&PODS, Some("default"), "big").await.ok()?;
+        let c = p.condition("PodScheduled")?;
+        (c.status == "False" && c.message.as_deref() == Some("0/3 nodes are available: 3 Insufficient memory.")).then_some(())
+    })
+    .await;
+}
