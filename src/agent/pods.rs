@@ -362,11 +362,29 @@ impl<R: ContainerRuntime> PodSync<R> {
             by_pod.entry(uid).or_default().entry(cname).or_default().push(c);
         }
         self.pods.retain(|uid, _| live.contains_key(uid.as_str()));
+        for (uid, pod) in &live {
+            self.pods.entry(uid.to_string()).or_insert_with(|| PodTrack {
+                containers: HashMap::new(),
+                start_time: str_at(pod, "/status/startTime").map(String::from).unwrap_or_else(now_rfc3339),
+                last_status: None,
+            });
+        }
 
+        // Pods are synced concurrently: a node starting 30 pods waits for Docker once, not 30 times.
+        let env = SyncEnv { runtime: &*self.runtime, prefix: &self.name_prefix, terminating: &self.terminating, node_ip: self.node_ip };
+        let env = &env;
+        let work = self.pods.iter_mut().filter_map(|(uid, track)| {
+            let pod = *live.get(uid.as_str())?;
+            let containers = by_pod.remove(uid).unwrap_or_default();
+            Some(async move { (pod, sync_pod(env, track, pod, containers, now).await) })
+        });
+        let results = futures::future::join_all(work).await;
         let mut updates = Vec::new();
-        for (uid, pod) in live {
-            let mut containers = by_pod.remove(uid).unwrap_or_default();
-            if let Some(status) = self.sync_pod(uid, pod, &mut containers, now).await {
+        for (pod, (status, to_terminate)) in results {
+            for (id, grace) in to_terminate {
+                self.terminate(&id, grace);
+            }
+            if let Some(status) = status {
                 updates.push(StatusUpdate {
                     namespace: str_at(pod, "/metadata/namespace").unwrap_or("default").to_string(),
                     name: str_at(pod, "/metadata/name").unwrap_or("").to_string(),
@@ -377,137 +395,137 @@ impl<R: ContainerRuntime> PodSync<R> {
         Ok(updates)
     }
 
-    /// Syncs one pod; returns its status when it differs from the last one written.
-    async fn sync_pod(&mut self, uid: &str, pod: &Value, actual: &mut HashMap<String, Vec<ContainerInfo>>, now: Instant) -> Option<Value> {
-        let policy = str_at(pod, "/spec/restartPolicy").unwrap_or("Always").to_string();
-        let grace = grace_of(pod);
-        let specs: Vec<Value> = pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
-        let known_restarts: HashMap<String, u32> = pod
-            .pointer("/status/containerStatuses")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|s| Some((s.get("name")?.as_str()?.to_string(), s.get("restartCount")?.as_u64()? as u32))).collect())
-            .unwrap_or_default();
-        let track = self.pods.entry(uid.to_string()).or_insert_with(|| PodTrack {
-            containers: HashMap::new(),
-            start_time: str_at(pod, "/status/startTime").map(String::from).unwrap_or_else(now_rfc3339),
-            last_status: None,
-        });
-        let mut to_terminate = Vec::new();
-        let mut infos: HashMap<String, Option<ContainerInfo>> = HashMap::new();
-
-        for spec in &specs {
-            let cname = str_at(spec, "/name").unwrap_or("").to_string();
-            let ct = track.containers.entry(cname.clone()).or_insert_with(|| ContainerTrack::new(known_restarts.get(&cname).copied().unwrap_or(0)));
-            let hash = spec_hash(spec);
-            let mut found = actual.remove(&cname).unwrap_or_default();
-            // A container of an older spec is replaced.
-            found.retain(|c| {
-                let same = c.labels.get(labels::SPEC_HASH) == Some(&hash);
-                if !same {
-                    to_terminate.push(c.id.clone());
-                }
-                same
-            });
-            found.sort_by_key(|c| (c.running, c.started_at.clone()));
-            let current = found.pop();
-            for extra in found {
-                to_terminate.push(extra.id);
-            }
-            if current.as_ref().is_some_and(|c| self.terminating.lock().unwrap_or_else(|e| e.into_inner()).contains(&c.id)) {
-                // Being stopped (liveness failure, new spec): look again once it is gone.
-                infos.insert(cname, None);
-                continue;
-            }
-            let liveness = ProbeSpec::parse(spec.get("livenessProbe"));
-            let readiness = ProbeSpec::parse(spec.get("readinessProbe"));
-            match current {
-                Some(c) if c.running => {
-                    if ct.container_id.as_deref() != Some(&c.id) {
-                        // Started by us just now, or adopted after an agent restart.
-                        ct.container_id = Some(c.id.clone());
-                        ct.running_since = Some(now);
-                        ct.liveness = ProbeTrack { passing: true, ..Default::default() };
-                        ct.readiness = ProbeTrack::default();
-                    }
-                    ct.waiting = None;
-                    ct.restart_at = None;
-                    let since = ct.running_since.unwrap_or(now);
-                    if now.duration_since(since) >= BACKOFF_RESET {
-                        ct.backoff = BACKOFF_START;
-                    }
-                    step_probe(&*self.runtime, liveness.as_ref(), &mut ct.liveness, since, spec, &c, now).await;
-                    step_probe(&*self.runtime, readiness.as_ref(), &mut ct.readiness, since, spec, &c, now).await;
-                    if !ct.liveness.passing {
-                        tracing::info!(pod = ?str_at(pod, "/metadata/name"), container = %cname, "liveness probe failed; restarting");
-                        to_terminate.push(c.id.clone());
-                        ct.liveness = ProbeTrack { passing: true, ..Default::default() };
-                    }
-                    infos.insert(cname, Some(c));
-                }
-                Some(c) => {
-                    // Exited.
-                    let exit = c.exit_code.unwrap_or(-1);
-                    ct.last_terminated = Some(json!({
-                        "exitCode": exit,
-                        "reason": if exit == 0 { "Completed" } else { "Error" },
-                        "startedAt": c.started_at, "finishedAt": c.finished_at, "containerID": format!("docker://{}", c.id),
-                    }));
-                    ct.readiness = ProbeTrack::default();
-                    let restart = match policy.as_str() {
-                        "Never" => false,
-                        "OnFailure" => exit != 0,
-                        _ => true,
-                    };
-                    if restart {
-                        let at = *ct.restart_at.get_or_insert_with(|| now + ct.backoff);
-                        if now >= at {
-                            ct.restart_count += 1;
-                            ct.backoff = (ct.backoff * 2).min(BACKOFF_CAP);
-                            ct.restart_at = None;
-                            if let Err(e) = self.runtime.remove(&c.id).await {
-                                tracing::warn!(container = %c.id, error = %e, "removing an exited container");
-                            }
-                            start(&*self.runtime, &self.name_prefix, pod, spec, ct).await;
-                            infos.insert(cname, None);
-                        } else {
-                            ct.waiting = Some(("CrashLoopBackOff".into(), format!("back-off {}s restarting failed container {cname}", ct.backoff.as_secs())));
-                            infos.insert(cname, Some(c));
-                        }
-                    } else {
-                        ct.waiting = None;
-                        infos.insert(cname, Some(c));
-                    }
-                }
-                None => {
-                    start(&*self.runtime, &self.name_prefix, pod, spec, ct).await;
-                    infos.insert(cname, None);
-                }
-            }
-        }
-        // Containers no longer in the spec.
-        for rest in actual.values().flatten() {
-            to_terminate.push(rest.id.clone());
-        }
-        for id in to_terminate {
-            self.terminate(&id, grace);
-        }
-        let track = self.pods.get_mut(uid)?;
-        let status = pod_status(pod, &specs, track, &infos, self.node_ip, &policy);
-        let current = pod.get("status").filter(|s| !s.is_null());
-        // Written when it changed, or when the stored status is not ours (a fresh agent, someone
-        // else's write, or our write not yet seen by the watch).
-        if track.last_status.as_ref() == Some(&status) && current == Some(&status) {
-            return None;
-        }
-        Some(status)
-    }
-
     /// Remembers that `status` was written for the pod `uid`.
     pub fn written(&mut self, uid: &str, status: Value) {
         if let Some(t) = self.pods.get_mut(uid) {
             t.last_status = Some(status);
         }
     }
+}
+
+/// What every pod's sync shares.
+struct SyncEnv<'a, R> {
+    runtime: &'a R,
+    prefix: &'a str,
+    terminating: &'a Mutex<HashSet<String>>,
+    node_ip: IpAddr,
+}
+
+/// Syncs one pod; returns its status when it differs from the last one written, and the
+/// containers to stop.
+async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrack, pod: &Value, mut actual: HashMap<String, Vec<ContainerInfo>>, now: Instant) -> (Option<Value>, Vec<(String, Duration)>) {
+    let policy = str_at(pod, "/spec/restartPolicy").unwrap_or("Always").to_string();
+    let grace = grace_of(pod);
+    let specs: Vec<Value> = pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let known_restarts: HashMap<String, u32> = pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|s| Some((s.get("name")?.as_str()?.to_string(), s.get("restartCount")?.as_u64()? as u32))).collect())
+        .unwrap_or_default();
+    let mut to_terminate = Vec::new();
+    let mut infos: HashMap<String, Option<ContainerInfo>> = HashMap::new();
+
+    for spec in &specs {
+        let cname = str_at(spec, "/name").unwrap_or("").to_string();
+        let ct = track.containers.entry(cname.clone()).or_insert_with(|| ContainerTrack::new(known_restarts.get(&cname).copied().unwrap_or(0)));
+        let hash = spec_hash(spec);
+        let mut found = actual.remove(&cname).unwrap_or_default();
+        // A container of an older spec is replaced.
+        found.retain(|c| {
+            let same = c.labels.get(labels::SPEC_HASH) == Some(&hash);
+            if !same {
+                to_terminate.push(c.id.clone());
+            }
+            same
+        });
+        found.sort_by_key(|c| (c.running, c.started_at.clone()));
+        let current = found.pop();
+        for extra in found {
+            to_terminate.push(extra.id);
+        }
+        if current.as_ref().is_some_and(|c| env.terminating.lock().unwrap_or_else(|e| e.into_inner()).contains(&c.id)) {
+            // Being stopped (liveness failure, new spec): look again once it is gone.
+            infos.insert(cname, None);
+            continue;
+        }
+        let liveness = ProbeSpec::parse(spec.get("livenessProbe"));
+        let readiness = ProbeSpec::parse(spec.get("readinessProbe"));
+        match current {
+            Some(c) if c.running => {
+                if ct.container_id.as_deref() != Some(&c.id) {
+                    // Started by us just now, or adopted after an agent restart.
+                    ct.container_id = Some(c.id.clone());
+                    ct.running_since = Some(now);
+                    ct.liveness = ProbeTrack { passing: true, ..Default::default() };
+                    ct.readiness = ProbeTrack::default();
+                }
+                ct.waiting = None;
+                ct.restart_at = None;
+                let since = ct.running_since.unwrap_or(now);
+                if now.duration_since(since) >= BACKOFF_RESET {
+                    ct.backoff = BACKOFF_START;
+                }
+                step_probe(env.runtime, liveness.as_ref(), &mut ct.liveness, since, spec, &c, now).await;
+                step_probe(env.runtime, readiness.as_ref(), &mut ct.readiness, since, spec, &c, now).await;
+                if !ct.liveness.passing {
+                    tracing::info!(pod = ?str_at(pod, "/metadata/name"), container = %cname, "liveness probe failed; restarting");
+                    to_terminate.push(c.id.clone());
+                    ct.liveness = ProbeTrack { passing: true, ..Default::default() };
+                }
+                infos.insert(cname, Some(c));
+            }
+            Some(c) => {
+                // Exited.
+                let exit = c.exit_code.unwrap_or(-1);
+                ct.last_terminated = Some(json!({
+                    "exitCode": exit,
+                    "reason": if exit == 0 { "Completed" } else { "Error" },
+                    "startedAt": c.started_at, "finishedAt": c.finished_at, "containerID": format!("docker://{}", c.id),
+                }));
+                ct.readiness = ProbeTrack::default();
+                let restart = match policy.as_str() {
+                    "Never" => false,
+                    "OnFailure" => exit != 0,
+                    _ => true,
+                };
+                if restart {
+                    let at = *ct.restart_at.get_or_insert_with(|| now + ct.backoff);
+                    if now >= at {
+                        ct.restart_count += 1;
+                        ct.backoff = (ct.backoff * 2).min(BACKOFF_CAP);
+                        ct.restart_at = None;
+                        if let Err(e) = env.runtime.remove(&c.id).await {
+                            tracing::warn!(container = %c.id, error = %e, "removing an exited container");
+                        }
+                        start(env.runtime, env.prefix, pod, spec, ct).await;
+                        infos.insert(cname, None);
+                    } else {
+                        ct.waiting = Some(("CrashLoopBackOff".into(), format!("back-off {}s restarting failed container {cname}", ct.backoff.as_secs())));
+                        infos.insert(cname, Some(c));
+                    }
+                } else {
+                    ct.waiting = None;
+                    infos.insert(cname, Some(c));
+                }
+            }
+            None => {
+                start(env.runtime, env.prefix, pod, spec, ct).await;
+                infos.insert(cname, None);
+            }
+        }
+    }
+    // Containers no longer in the spec.
+    for rest in actual.values().flatten() {
+        to_terminate.push(rest.id.clone());
+    }
+    let status = pod_status(pod, &specs, track, &infos, env.node_ip, &policy);
+    let current = pod.get("status").filter(|s| !s.is_null());
+    // Written when it changed, or when the stored status is not ours (a fresh agent, someone
+    // else's write, or our write not yet seen by the watch).
+    if track.last_status.as_ref() == Some(&status) && current == Some(&status) {
+        return (None, to_terminate.into_iter().map(|id| (id, grace)).collect());
+    }
+    (Some(status), to_terminate.into_iter().map(|id| (id, grace)).collect())
 }
 
 /// Creates and starts a container; records why not in `ct.waiting`.

@@ -76,10 +76,11 @@ impl ContainerRuntime for DockerRuntime {
         let filters = HashMap::from([("label".to_string(), vec![label_key.to_string()])]);
         let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
         let summaries = self.docker.list_containers(Some(options)).await.map_err(|e| failed("listing containers", e))?;
+        // Inspected a few at a time: the summaries lack exit codes and bridge addresses.
+        let inspected: Vec<_> = futures::stream::iter(summaries.into_iter().filter_map(|s| s.id)).map(|id| async move { self.inspect(&id).await }).buffered(8).collect().await;
         let mut out = Vec::new();
-        for s in summaries {
-            let Some(id) = s.id else { continue };
-            match self.inspect(&id).await {
+        for r in inspected {
+            match r {
                 Ok(info) => out.push(info),
                 Err(RuntimeError::NotFound(_)) => {}
                 Err(e) => return Err(e),
