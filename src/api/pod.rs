@@ -58,6 +58,39 @@ pub struct PodSpec {
     /// Seconds between SIGTERM and SIGKILL (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination_grace_period_seconds: Option<i64>,
+    /// Node taints the pod accepts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+}
+
+/// Lets a pod onto nodes with a matching taint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Toleration {
+    /// Empty with `operator: Exists` matches every key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `Equal` (default) or `Exists`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Empty matches every effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
+}
+
+impl Toleration {
+    /// Whether this toleration matches a taint `(key, value, effect)`.
+    pub fn tolerates(&self, key: &str, value: Option<&str>, effect: &str) -> bool {
+        let effect_ok = self.effect.as_deref().is_none_or(|e| e.is_empty() || e == effect);
+        let key_ok = match self.key.as_deref().filter(|k| !k.is_empty()) {
+            None => self.operator.as_deref() == Some("Exists"),
+            Some(k) => k == key,
+        };
+        let value_ok = self.operator.as_deref() == Some("Exists") || self.value.as_deref().unwrap_or("") == value.unwrap_or("");
+        effect_ok && key_ok && value_ok
+    }
 }
 
 /// The restart policy when none is given.

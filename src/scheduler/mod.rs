@@ -1,7 +1,8 @@
 //! The scheduler: places unbound pods (`spec.nodeName` empty) on nodes.
 //!
 //! Decisions are pure functions over [`NodeInfo`] snapshots ([`filter`], [`score`], [`place`]):
-//! a node passes when it is Ready, not cordoned, has room for the pod's CPU and memory requests
+//! a node passes when it is Ready, not cordoned, has no taint the pod does not tolerate (a master's
+//! `node-role.kubernetes.io/control-plane` label counts as one), has room for the pod's CPU and memory requests
 //! (allocatable minus what its pods request), carries the pod's `nodeSelector` labels and has
 //! the pod's host ports free; among those the least requested node wins, with a bonus for nodes
 //! and zones (`topology.kubernetes.io/zone`) holding fewer pods of the same owner. [`run`] feeds
@@ -22,6 +23,9 @@ use crate::api::{Node, Time};
 use crate::client::ApiClient;
 use crate::controllers::cache::Cache;
 
+/// The label of master nodes; it counts as a `NoSchedule` taint of the same key (as kubeadm
+/// taints control-plane nodes), so only pods that tolerate it run on masters.
+pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 /// The zone label nodes carry.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// How often unschedulable pods are retried without any change.
@@ -41,6 +45,8 @@ pub struct NodeInfo {
     pub host_ports: BTreeSet<(u16, String)>,
     /// Pods bound here per owner uid.
     pub owned: HashMap<String, u32>,
+    /// `NoSchedule` and `NoExecute` taints as `(key, value, effect)`.
+    pub taints: Vec<(String, Option<String>, String)>,
 }
 
 impl NodeInfo {
@@ -55,6 +61,14 @@ impl NodeInfo {
             ready: node.is_ready(),
             unschedulable: node.spec.unschedulable,
             allocatable,
+            taints: node
+                .spec
+                .taints
+                .iter()
+                .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+                .map(|t| (t.key.clone(), t.value.clone(), t.effect.clone()))
+                .chain(node.metadata.labels.contains_key(CONTROL_PLANE_LABEL).then(|| (CONTROL_PLANE_LABEL.to_string(), None, "NoSchedule".to_string())))
+                .collect(),
             ..Default::default()
         }
     }
@@ -78,6 +92,7 @@ impl NodeInfo {
 pub enum Rejection {
     NotReady,
     Unschedulable,
+    Taint,
     NodeSelector,
     HostPorts,
     InsufficientCpu,
@@ -89,6 +104,7 @@ impl Rejection {
         match self {
             Rejection::NotReady => "node(s) were not ready",
             Rejection::Unschedulable => "node(s) were unschedulable",
+            Rejection::Taint => "node(s) had untolerated taint(s)",
             Rejection::NodeSelector => "node(s) didn't match Pod's node affinity/selector",
             Rejection::HostPorts => "node(s) didn't have free ports for the requested pod ports",
             Rejection::InsufficientCpu => "Insufficient cpu",
@@ -105,6 +121,9 @@ pub fn filter(pod: &Pod, requests: ResourceAmounts, node: &NodeInfo) -> Vec<Reje
     }
     if node.unschedulable {
         out.push(Rejection::Unschedulable);
+    }
+    if node.taints.iter().any(|(k, v, e)| !pod.spec.tolerations.iter().any(|t| t.tolerates(k, v.as_deref(), e))) {
+        out.push(Rejection::Taint);
     }
     if !pod.spec.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
         out.push(Rejection::NodeSelector);
