@@ -151,6 +151,9 @@ pub async fn run(client: ApiClient, config: AgentConfig) {
     }
 }
 
+/// Where the agent keeps the last known pods of its node (see [`pods::save_checkpoint`]).
+pub const POD_CHECKPOINT: &str = "/var/lib/clusterctl/agent/pods.json";
+
 /// Runs pod sync on the node's Docker, waiting for Docker to answer first.
 async fn run_pods(client: ApiClient, node_name: String, node_ip: IpAddr) {
     let docker = loop {
@@ -162,5 +165,5 @@ async fn run_pods(client: ApiClient, node_name: String, node_ip: IpAddr) {
             }
         }
     };
-    pods::run(client, std::sync::Arc::new(docker), node_name, node_ip).await;
+    pods::run(client, std::sync::Arc::new(docker), node_name, node_ip, Some(POD_CHECKPOINT.into())).await;
 }

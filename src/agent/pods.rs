@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -627,17 +628,35 @@ fn pod_status(pod: &Value, specs: &[Value], track: &PodTrack, infos: &HashMap<St
     })
 }
 
+/// Reads the pods last saved by [`save_checkpoint`].
+pub fn load_checkpoint(path: &Path) -> Option<Vec<Value>> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// Saves the pods bound to the node (write to a temporary file, then rename), so that an agent
+/// restarted while the API server is unreachable keeps running and restarting them.
+pub fn save_checkpoint(path: &Path, pods: &[Value]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(pods).map_err(std::io::Error::other)?)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Runs pod sync for `node_name` until the process ends: a reflector keeps the bound pods, a
 /// second-by-second sync drives the runtime, and changed statuses are written. Runtime and API
-/// failures are logged and retried; what runs keeps running.
-pub async fn run<R: ContainerRuntime>(client: ApiClient, runtime: Arc<R>, node_name: String, node_ip: IpAddr) {
+/// failures are logged and retried; what runs keeps running. With a `checkpoint` file, the last
+/// known pods are saved there and used at start until the API server answers.
+pub async fn run<R: ContainerRuntime>(client: ApiClient, runtime: Arc<R>, node_name: String, node_ip: IpAddr, checkpoint: Option<PathBuf>) {
     let (tx, mut rx) = tokio::sync::watch::channel(super::reflector::Objects::new());
     tokio::spawn(super::reflector::reflect(client.clone(), &PODS, ListOptions::fields(format!("spec.nodeName={node_name}")), tx));
     let mut sync = PodSync::new(runtime, node_ip);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Until the first list arrives, an empty copy must not stop the containers that run (an agent
-    // restarted while the master is down keeps its workloads).
+    // Until the first list arrives, an empty copy must not stop the containers that run: the
+    // checkpoint stands in for it, or nothing is done.
+    let saved = checkpoint.as_deref().and_then(load_checkpoint);
     let mut listed = false;
     loop {
         let fired = tokio::select! {
@@ -649,9 +668,23 @@ pub async fn run<R: ContainerRuntime>(client: ApiClient, runtime: Arc<R>, node_n
                 true
             }
         };
-        listed |= fired || rx.has_changed().unwrap_or(false);
+        let fresh = fired || rx.has_changed().unwrap_or(false);
+        listed |= fresh;
         if !listed {
+            if let Some(pods) = &saved {
+                if let Err(e) = sync.sync(pods).await {
+                    tracing::warn!(error = %e, "syncing the checkpointed pods with the container runtime");
+                }
+            }
             continue;
+        }
+        if fresh {
+            if let Some(path) = &checkpoint {
+                let pods: Vec<Value> = rx.borrow().values().cloned().collect();
+                if let Err(e) = save_checkpoint(path, &pods) {
+                    tracing::warn!(path = %path.display(), error = %e, "saving the pods checkpoint");
+                }
+            }
         }
         let desired: Vec<Value> = rx.borrow_and_update().values().cloned().collect();
         let updates = match sync.sync(&desired).await {
@@ -927,6 +960,16 @@ mod tests {
         sync.sync(&[pod("web-1", "Always", other)]).await.unwrap();
         let runs = fake.calls().iter().filter(|c| c.starts_with("run")).count();
         assert_eq!(runs, 2, "only the new image makes a new container: {:?}", fake.calls());
+    }
+
+    #[test]
+    fn the_checkpoint_gives_back_the_pods_it_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent/pods.json");
+        assert!(load_checkpoint(&path).is_none());
+        let pods = vec![pod("web-1", "Always", web())];
+        save_checkpoint(&path, &pods).unwrap();
+        assert_eq!(load_checkpoint(&path), Some(pods));
     }
 
     #[test]
