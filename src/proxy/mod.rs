@@ -175,7 +175,15 @@ impl ServiceProxy {
 
 async fn serve(listener: TcpListener, backends: Arc<Backends>) {
     loop {
-        let Ok((mut inbound, peer)) = listener.accept().await else { continue };
+        let (mut inbound, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: do not spin.
+                tracing::warn!(error = %e, "accepting on a node port");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let backends = backends.clone();
         tokio::spawn(async move {
             for backend in backends.order() {
