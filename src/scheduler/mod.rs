@@ -47,6 +47,8 @@ pub struct NodeInfo {
     pub owned: HashMap<String, u32>,
     /// `NoSchedule` and `NoExecute` taints as `(key, value, effect)`.
     pub taints: Vec<(String, Option<String>, String)>,
+    /// The zone label's value, read once.
+    pub zone: Option<String>,
 }
 
 impl NodeInfo {
@@ -69,6 +71,7 @@ impl NodeInfo {
                 .map(|t| (t.key.clone(), t.value.clone(), t.effect.clone()))
                 .chain(node.metadata.labels.contains_key(CONTROL_PLANE_LABEL).then(|| (CONTROL_PLANE_LABEL.to_string(), None, "NoSchedule".to_string())))
                 .collect(),
+            zone: node.metadata.labels.get(ZONE_LABEL).cloned(),
             ..Default::default()
         }
     }
@@ -83,7 +86,7 @@ impl NodeInfo {
     }
 
     fn zone(&self) -> Option<&str> {
-        self.labels.get(ZONE_LABEL).map(String::as_str)
+        self.zone.as_deref()
     }
 }
 
@@ -113,8 +116,31 @@ impl Rejection {
     }
 }
 
-/// Every reason `node` cannot take `pod` (empty: it can).
-pub fn filter(pod: &Pod, requests: ResourceAmounts, node: &NodeInfo) -> Vec<Rejection> {
+/// What the scheduler reads of a pod, computed once per decision.
+#[derive(Debug, Clone)]
+pub struct PodFacts<'a> {
+    pub pod: &'a Pod,
+    pub requests: ResourceAmounts,
+    pub host_ports: Vec<(u16, String)>,
+    /// The uid of the controlling owner (e.g. the ReplicaSet).
+    pub owner: Option<&'a str>,
+}
+
+impl<'a> PodFacts<'a> {
+    /// The facts of `pod`; unparsable requests count as none (manifests are validated).
+    pub fn of(pod: &'a Pod) -> Self {
+        PodFacts {
+            pod,
+            requests: pod.spec.requests().unwrap_or_default(),
+            host_ports: pod.spec.host_ports(),
+            owner: pod.metadata.controller_owner().map(|o| o.uid.as_str()),
+        }
+    }
+}
+
+/// Every reason `node` cannot take the pod (empty: it can).
+pub fn filter(facts: &PodFacts<'_>, node: &NodeInfo) -> Vec<Rejection> {
+    let (pod, requests) = (facts.pod, facts.requests);
     let mut out = Vec::new();
     if !node.ready {
         out.push(Rejection::NotReady);
@@ -128,7 +154,7 @@ pub fn filter(pod: &Pod, requests: ResourceAmounts, node: &NodeInfo) -> Vec<Reje
     if !pod.spec.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
         out.push(Rejection::NodeSelector);
     }
-    if pod.spec.host_ports().iter().any(|p| node.host_ports.contains(p)) {
+    if facts.host_ports.iter().any(|p| node.host_ports.contains(p)) {
         out.push(Rejection::HostPorts);
     }
     if node.requested.cpu_millis.saturating_add(requests.cpu_millis) > node.allocatable.cpu_millis && requests.cpu_millis > 0 {
@@ -140,21 +166,47 @@ pub fn filter(pod: &Pod, requests: ResourceAmounts, node: &NodeInfo) -> Vec<Reje
     out
 }
 
+/// How the owner's pods are spread: per zone, and the most on one node and in one zone.
+#[derive(Debug, Default)]
+pub struct Spread<'a> {
+    pub zones: HashMap<&'a str, u32>,
+    pub max_node: u32,
+    pub max_zone: u32,
+}
+
+impl<'a> Spread<'a> {
+    /// The spread of the pods of `owner` over `nodes`.
+    pub fn of(owner: Option<&str>, nodes: &'a [NodeInfo]) -> Self {
+        let mut spread = Spread::default();
+        let Some(uid) = owner else { return spread };
+        for n in nodes {
+            let count = n.owned.get(uid).copied().unwrap_or(0);
+            spread.max_node = spread.max_node.max(count);
+            if let Some(z) = n.zone() {
+                *spread.zones.entry(z).or_default() += count;
+            }
+        }
+        spread.max_zone = spread.zones.values().copied().max().unwrap_or(0);
+        spread
+    }
+}
+
 /// How much a node is worth for the pod (higher is better): least requested (0-100) plus spread
-/// of the owner's pods over nodes (0-100) and zones (0-50).
-pub fn score(pod: &Pod, requests: ResourceAmounts, node: &NodeInfo, zone_counts: &HashMap<String, u32>, max_owned: u32) -> i64 {
+/// of the owner's pods over nodes (0-200) and zones (0-50).
+pub fn score(facts: &PodFacts<'_>, node: &NodeInfo, spread: &Spread<'_>) -> i64 {
+    let requests = facts.requests;
     let free = |alloc: u64, used: u64| if alloc == 0 { 0 } else { (alloc.saturating_sub(used) * 100 / alloc) as i64 };
     let least_requested = (free(node.allocatable.cpu_millis, node.requested.cpu_millis + requests.cpu_millis)
         + free(node.allocatable.memory_bytes, node.requested.memory_bytes + requests.memory_bytes))
         / 2;
-    let Some(owner) = pod.metadata.controller_owner() else { return least_requested };
-    let here = i64::from(node.owned.get(&owner.uid).copied().unwrap_or(0));
-    let max = i64::from(max_owned.max(1));
+    let Some(owner) = facts.owner else { return least_requested };
+    let here = i64::from(node.owned.get(owner).copied().unwrap_or(0));
+    let max = i64::from(spread.max_node.max(1));
     let node_spread = 100 * (max - here.min(max)) / max;
     let zone_spread = match node.zone() {
         Some(z) => {
-            let max_zone = i64::from(zone_counts.values().copied().max().unwrap_or(0).max(1));
-            50 * (max_zone - i64::from(zone_counts.get(z).copied().unwrap_or(0)).min(max_zone)) / max_zone
+            let max_zone = i64::from(spread.max_zone.max(1));
+            50 * (max_zone - i64::from(spread.zones.get(z).copied().unwrap_or(0)).min(max_zone)) / max_zone
         }
         None => 0,
     };
@@ -164,47 +216,35 @@ pub fn score(pod: &Pod, requests: ResourceAmounts, node: &NodeInfo, zone_counts:
 /// The node the pod should go to, or the message of why none fits
 /// (`0/3 nodes are available: 3 Insufficient memory.`).
 pub fn place(pod: &Pod, nodes: &[NodeInfo]) -> Result<String, String> {
-    let requests = pod.spec.requests().unwrap_or_default();
+    let facts = PodFacts::of(pod);
+    let spread = Spread::of(facts.owner, nodes);
     let mut reasons: BTreeMap<Rejection, usize> = BTreeMap::new();
-    let mut fitting = Vec::new();
+    let mut best: Option<(i64, &NodeInfo)> = None;
     for node in nodes {
-        let rejections = filter(pod, requests, node);
+        let rejections = filter(&facts, node);
         if rejections.is_empty() {
-            fitting.push(node);
+            let s = score(&facts, node, &spread);
+            // Ties go to the name that sorts first, so that decisions are reproducible.
+            let better = match best {
+                None => true,
+                Some((bs, bn)) => s > bs || (s == bs && node.name < bn.name),
+            };
+            if better {
+                best = Some((s, node));
+            }
         }
         for r in rejections {
             *reasons.entry(r).or_default() += 1;
         }
     }
-    if fitting.is_empty() {
-        let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {}", r.text())).collect();
-        parts.sort();
-        let detail = if parts.is_empty() { String::new() } else { format!(": {}", parts.join(", ")) };
-        return Err(format!("0/{} nodes are available{detail}.", nodes.len()));
+    if let Some((_, node)) = best {
+        return Ok(node.name.clone());
     }
-    let owner = pod.metadata.controller_owner().map(|o| o.uid.clone());
-    let mut zone_counts: HashMap<String, u32> = HashMap::new();
-    let mut max_owned = 0;
-    if let Some(uid) = &owner {
-        for n in nodes {
-            let count = n.owned.get(uid).copied().unwrap_or(0);
-            max_owned = max_owned.max(count);
-            if let Some(z) = n.zone() {
-                *zone_counts.entry(z.to_string()).or_default() += count;
-            }
-        }
-        for n in &fitting {
-            if let Some(z) = n.zone() {
-                zone_counts.entry(z.to_string()).or_default();
-            }
-        }
-    }
-    // Ties go to the name that sorts first, so that decisions are reproducible.
-    let best = fitting
-        .iter()
-        .max_by(|a, b| score(pod, requests, a, &zone_counts, max_owned).cmp(&score(pod, requests, b, &zone_counts, max_owned)).then(b.name.cmp(&a.name)))
-        .map(|n| n.name.clone());
-    best.ok_or_else(|| format!("0/{} nodes are available.", nodes.len()))
+    let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {}", r.text())).collect();
+    let mut parts = parts;
+    parts.sort();
+    let detail = if parts.is_empty() { String::new() } else { format!(": {}", parts.join(", ")) };
+    Err(format!("0/{} nodes are available{detail}.", nodes.len()))
 }
 
 /// Places every pod of `pending` in turn, counting each placement before the next; returns the
