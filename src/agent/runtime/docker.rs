@@ -121,6 +121,10 @@ impl ContainerRuntime for DockerRuntime {
             labels: Some(spec.labels.clone().into_iter().collect()),
             exposed_ports: Some(spec.ports.iter().map(|p| format!("{}/tcp", p.container_port)).collect()),
             host_config: Some(HostConfig {
+                // docker-init (tini, shipped with Debian's docker.io) as PID 1 passes SIGTERM on,
+                // so that a process without a handler (busybox httpd) stops at once, not after
+                // the whole grace period.
+                init: Some(true),
                 port_bindings: Some(bindings),
                 nano_cpus: spec.cpu_millis.map(|m| (m * 1_000_000) as i64),
                 memory: spec.memory_bytes.map(|b| b as i64),
@@ -224,7 +228,9 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             assert!(!rt.image_present("clusterctl-test-no-such-image:1").await?);
-            rt.stop(&id, Duration::from_secs(2)).await?;
+            let asked = std::time::Instant::now();
+            rt.stop(&id, Duration::from_secs(10)).await?;
+            assert!(asked.elapsed() < Duration::from_secs(5), "SIGTERM stopped the container, not the grace period's SIGKILL");
             let stopped = rt.inspect(&id).await?;
             assert!(!stopped.running);
             Ok::<_, RuntimeError>(())
