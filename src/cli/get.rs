@@ -59,7 +59,7 @@ pub struct GetArgs {
     #[arg(value_enum)]
     pub kind: Kind,
     /// The cluster spec (to name the cluster).
-    #[arg(short = 'f', long = "file", conflicts_with = "cluster")]
+    #[arg(short = 'f', long = "file", visible_alias = "spec", conflicts_with = "cluster")]
     pub file: Option<PathBuf>,
     /// The cluster's name (instead of a spec).
     #[arg(long)]

@@ -194,6 +194,14 @@ fn deletion_order(mut pods: Vec<&Pod>) -> Vec<&Pod> {
 /// Reconciles one ReplicaSet: creates or deletes pods to match `replicas`; writes its status.
 async fn reconcile_replica_set(client: &ApiClient, rs: &ReplicaSet, pods: &[Pod], written: &mut Written) -> Result<(), ClientError> {
     let ns = rs.metadata.namespace_or_default().to_string();
+    // Finished pods (e.g. failed ones) are replaced, and removed so that they do not pile up.
+    for done in pods.iter().filter(|p| p.is_terminal() && !p.is_terminating() && owned_by(&p.metadata, &rs.metadata.uid)) {
+        match client.delete(&PODS, Some(&ns), &done.metadata.name).await {
+            Ok(()) => tracing::info!(pod = %done.metadata.name, phase = %done.phase(), "deleted finished pod"),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
     let mine: Vec<&Pod> = pods.iter().filter(|p| is_active(p) && owned_by(&p.metadata, &rs.metadata.uid)).collect();
     let want = rs.spec.replicas() as usize;
     if mine.len() < want {
