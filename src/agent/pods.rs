@@ -318,6 +318,12 @@ impl<R: ContainerRuntime> PodSync<R> {
 
     /// Stops (SIGTERM, grace, SIGKILL) and removes a container in the background.
     fn terminate(&self, id: &str, grace: Duration) {
+        self.stop_in_background(id, grace, true);
+    }
+
+    /// Stops a container in the background, and removes it when `remove`; a container only stopped
+    /// is then restarted by its restart policy, with back-off and a counted restart.
+    fn stop_in_background(&self, id: &str, grace: Duration, remove: bool) {
         if !self.terminating.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string()) {
             return;
         }
@@ -326,8 +332,10 @@ impl<R: ContainerRuntime> PodSync<R> {
             if let Err(e) = runtime.stop(&id, grace).await {
                 tracing::warn!(container = %id, error = %e, "stopping a container");
             }
-            if let Err(e) = runtime.remove(&id).await {
-                tracing::warn!(container = %id, error = %e, "removing a container");
+            if remove {
+                if let Err(e) = runtime.remove(&id).await {
+                    tracing::warn!(container = %id, error = %e, "removing a container");
+                }
             }
             terminating.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         });
@@ -382,8 +390,8 @@ impl<R: ContainerRuntime> PodSync<R> {
         let results = futures::future::join_all(work).await;
         let mut updates = Vec::new();
         for (pod, (status, to_terminate)) in results {
-            for (id, grace) in to_terminate {
-                self.terminate(&id, grace);
+            for (id, grace, remove) in to_terminate {
+                self.stop_in_background(&id, grace, remove);
             }
             if let Some(status) = status {
                 updates.push(StatusUpdate {
@@ -414,7 +422,7 @@ struct SyncEnv<'a, R> {
 
 /// Syncs one pod; returns its status when it differs from the last one written, and the
 /// containers to stop.
-async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrack, pod: &Value, mut actual: HashMap<String, Vec<ContainerInfo>>, now: Instant) -> (Option<Value>, Vec<(String, Duration)>) {
+async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrack, pod: &Value, mut actual: HashMap<String, Vec<ContainerInfo>>, now: Instant) -> (Option<Value>, Vec<(String, Duration, bool)>) {
     let policy = str_at(pod, "/spec/restartPolicy").unwrap_or("Always").to_string();
     let grace = grace_of(pod);
     let specs: Vec<Value> = pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -435,14 +443,14 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
         found.retain(|c| {
             let same = c.labels.get(labels::SPEC_HASH) == Some(&hash);
             if !same {
-                to_terminate.push(c.id.clone());
+                to_terminate.push((c.id.clone(), grace, true));
             }
             same
         });
         found.sort_by_key(|c| (c.running, c.started_at.clone()));
         let current = found.pop();
         for extra in found {
-            to_terminate.push(extra.id);
+            to_terminate.push((extra.id, grace, true));
         }
         if current.as_ref().is_some_and(|c| env.terminating.lock().unwrap_or_else(|e| e.into_inner()).contains(&c.id)) {
             // Being stopped (liveness failure, new spec): look again once it is gone.
@@ -470,7 +478,7 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
                 step_probe(env.runtime, readiness.as_ref(), &mut ct.readiness, since, spec, &c, now).await;
                 if !ct.liveness.passing {
                     tracing::info!(pod = ?str_at(pod, "/metadata/name"), container = %cname, "liveness probe failed; restarting");
-                    to_terminate.push(c.id.clone());
+                    to_terminate.push((c.id.clone(), grace, false));
                     ct.liveness = ProbeTrack { passing: true, ..Default::default() };
                 }
                 infos.insert(cname, Some(c));
@@ -517,16 +525,16 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
     }
     // Containers no longer in the spec.
     for rest in actual.values().flatten() {
-        to_terminate.push(rest.id.clone());
+        to_terminate.push((rest.id.clone(), grace, true));
     }
     let status = pod_status(pod, &specs, track, &infos, env.node_ip, &policy);
     let current = pod.get("status").filter(|s| !s.is_null());
     // Written when it changed, or when the stored status is not ours (a fresh agent, someone
     // else's write, or our write not yet seen by the watch).
     if track.last_status.as_ref() == Some(&status) && current == Some(&status) {
-        return (None, to_terminate.into_iter().map(|id| (id, grace)).collect());
+        return (None, to_terminate);
     }
-    (Some(status), to_terminate.into_iter().map(|id| (id, grace)).collect())
+    (Some(status), to_terminate)
 }
 
 /// Creates and starts a container; records why not in `ct.waiting`.
@@ -872,8 +880,8 @@ mod tests {
         }
         assert!(fake.calls().contains(&format!("stop {id} 5s")));
         let u = sync.sync(std::slice::from_ref(&p)).await.unwrap();
-        let _ = u;
         assert_eq!(fake.calls().iter().filter(|c| c.starts_with("run")).count(), 2);
+        assert_eq!(container_status(&u)["restartCount"], 1, "a liveness restart counts");
     }
 
     #[tokio::test(start_paused = true)]
