@@ -11,10 +11,16 @@
 //! - [`apiserver`]: the master's HTTPS API (REST, watch, authentication, authorization) over a durable
 //!   store behind a trait (SQLite by default).
 //! - [`client`]: the HTTPS client of that API, used by the CLI, the node agents and the controllers.
-//! - [`bootstrap`]: SSH to machines with verified host keys (install and join come later).
+//! - [`bootstrap`]: from machines to a cluster over SSH: verified host keys, checked uploads,
+//!   install script and units from `templates/`, the create flow, image side-loading.
+//! - [`pki`]: the cluster CA, serving and client certificates, node CSR signing, join tokens.
+//! - [`node`]: the node side of the binary (`clusterctl node master|worker`) and its config file.
+//! - [`agent`]: the kubelet: node registration, lease heartbeats, pods as Docker containers.
+//! - [`controllers`]: node lifecycle (not-ready marking, eviction), deployments, endpoints.
+//! - [`proxy`]: every node's NodePort listeners forwarding to ready endpoints.
 //! - [`manifest`]: multi-document YAML manifests validated into typed objects, errors with field paths.
 //! - [`scheduler`]: places unbound pods on nodes (filters, scores, binds; pure decision functions).
-//! - [`home`]: the operator's per-cluster folder (SSH key, later credentials).
+//! - [`home`]: the operator's per-cluster folder (SSH key, known hosts, kubeconfig).
 //! - [`report`]: the progress-reporting trait the library uses instead of drawing.
 //!
 //! See `docs/ARCHITECTURE.md` for the decisions behind this shape.
