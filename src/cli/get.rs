@@ -48,6 +48,8 @@ impl Kind {
 pub enum GetOutput {
     #[default]
     Table,
+    /// The table (pods already show their IP and node).
+    Wide,
     Json,
     Yaml,
 }
@@ -73,6 +75,36 @@ pub struct GetArgs {
     /// Objects of every namespace.
     #[arg(short = 'A', long = "all-namespaces")]
     pub all_namespaces: bool,
+    /// After the list, print a row for every change until interrupted.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+}
+
+/// The header and one table row of `kind`.
+fn header(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::Nodes => &["NAME", "ROLE", "STATUS", "INTERNAL-IP", "INSTANCE", "AGE"],
+        Kind::Pods => &["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"],
+        Kind::Deployments => &["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        Kind::Replicasets => &["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
+        Kind::Services => &["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
+        Kind::Endpoints => &["NAME", "ENDPOINTS", "AGE"],
+    }
+}
+
+fn row(kind: Kind, item: &Value, with_ns: bool) -> Vec<String> {
+    let mut r = match kind {
+        Kind::Nodes => node_row(item).to_vec(),
+        Kind::Pods => super::table::pod_row(item),
+        Kind::Deployments => super::table::deployment_row(item),
+        Kind::Replicasets => super::table::replica_set_row(item),
+        Kind::Services => super::table::service_row(item),
+        Kind::Endpoints => super::table::endpoints_row(item),
+    };
+    if with_ns {
+        r.insert(0, item.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_string());
+    }
+    r
 }
 
 /// The API client of a cluster, from the credentials `create` wrote.
@@ -124,44 +156,54 @@ pub async fn run(args: &GetArgs) -> Result<(), Failure> {
     let client = cluster_client(args.file.as_ref(), args.cluster.as_ref())?;
     let rt = args.kind.resource();
     let namespace = (!args.all_namespaces).then_some(args.namespace.as_str());
-    let items = client
-        .list_values(&rt.collection_path(namespace))
+    let list = client
+        .list::<Value>(rt, namespace, &crate::client::ListOptions::default())
         .await
         .map_err(|e| Failure::Operation(anyhow::anyhow!("listing {}: {e}", rt.plural)))?;
-    let list = serde_json::json!({ "apiVersion": rt.api_version(), "kind": rt.list_kind(), "items": items });
+    let items = list.items;
+    let with_ns = args.all_namespaces && rt.namespaced;
+    let mut widths: Vec<usize> = Vec::new();
     match args.output {
-        GetOutput::Json => println!("{}", serde_json::to_string_pretty(&list)?),
-        GetOutput::Yaml => print!("{}", serde_yaml_ng::to_string(&list)?),
-        GetOutput::Table => {
-            let with_ns = args.all_namespaces && rt.namespaced;
-            let (header, rows): (&[&str], Vec<Vec<String>>) = match args.kind {
-                Kind::Nodes => (&["NAME", "ROLE", "STATUS", "INTERNAL-IP", "INSTANCE", "AGE"], items.iter().map(|n| node_row(n).to_vec()).collect()),
-                Kind::Pods => (&["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"], items.iter().map(super::table::pod_row).collect()),
-                Kind::Deployments => (&["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], items.iter().map(super::table::deployment_row).collect()),
-                Kind::Replicasets => (&["NAME", "DESIRED", "CURRENT", "READY", "AGE"], items.iter().map(super::table::replica_set_row).collect()),
-                Kind::Services => (&["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"], items.iter().map(super::table::service_row).collect()),
-                Kind::Endpoints => (&["NAME", "ENDPOINTS", "AGE"], items.iter().map(super::table::endpoints_row).collect()),
-            };
-            if items.is_empty() {
+        GetOutput::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "apiVersion": rt.api_version(), "kind": rt.list_kind(), "items": items }))?),
+        GetOutput::Yaml => print!("{}", serde_yaml_ng::to_string(&serde_json::json!({ "apiVersion": rt.api_version(), "kind": rt.list_kind(), "items": items }))?),
+        GetOutput::Table | GetOutput::Wide => {
+            if items.is_empty() && !args.watch {
                 match namespace.filter(|_| rt.namespaced) {
                     Some(ns) => eprintln!("No resources found in {ns} namespace."),
                     None => eprintln!("No resources found"),
                 }
                 return Ok(());
             }
-            let mut table: Vec<Vec<String>> = Vec::new();
-            let mut head: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+            let mut head: Vec<String> = header(args.kind).iter().map(|h| h.to_string()).collect();
             if with_ns {
                 head.insert(0, "NAMESPACE".into());
             }
-            table.push(head);
-            for (item, mut row) in items.iter().zip(rows) {
-                if with_ns {
-                    row.insert(0, item.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_string());
-                }
-                table.push(row);
-            }
+            let mut table = vec![head];
+            table.extend(items.iter().map(|i| row(args.kind, i, with_ns)));
+            widths = (0..table[0].len()).map(|c| table.iter().map(|r| r.get(c).map_or(0, String::len)).max().unwrap_or(0)).collect();
             print!("{}", super::table::render(&table));
+        }
+    }
+    if !args.watch {
+        return Ok(());
+    }
+    let rv = list.metadata.resource_version;
+    let mut events = client
+        .watch::<Value>(rt, namespace, Some(&rv), &crate::client::ListOptions::default())
+        .await
+        .map_err(|e| Failure::Operation(anyhow::anyhow!("watching {}: {e}", rt.plural)))?;
+    use futures::StreamExt;
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| Failure::Operation(anyhow::anyhow!("watching {}: {e}", rt.plural)))?;
+        match args.output {
+            GetOutput::Json => println!("{}", serde_json::to_string(&event.object)?),
+            GetOutput::Yaml => print!("---\n{}", serde_yaml_ng::to_string(&event.object)?),
+            GetOutput::Table | GetOutput::Wide => {
+                let r = row(args.kind, &event.object, with_ns);
+                let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0))).collect();
+                let suffix = if event.event_type == crate::api::WatchEventType::Deleted { "   (deleted)" } else { "" };
+                println!("{}{suffix}", line.join("   ").trim_end());
+            }
         }
     }
     Ok(())
