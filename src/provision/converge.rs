@@ -213,7 +213,18 @@ async fn apply(cloud: &dyn Cloud, spec: &ClusterSpec, names: &Names<'_>, options
                         .ok_or_else(|| ProvisionError::Conflict(format!("cannot register master {slot}: it has no instance")))
                 })
                 .collect::<Result<_, _>>()?;
-            cloud.register_targets(need(&r.target_group, "API target group")?, &ids, spec.api.port).await?;
+            let target_group = need(&r.target_group, "API target group")?.to_string();
+            // The load balancer may see an instance as running a little after EC2 reports it so.
+            let start = Instant::now();
+            loop {
+                match cloud.register_targets(&target_group, &ids, spec.api.port).await {
+                    Err(e) if e.code.as_deref() == Some("InvalidTarget") && start.elapsed() < options.instance_deadline => {
+                        tracing::debug!(error = %e, "targets not registrable yet");
+                        tokio::time::sleep(options.poll_interval).await;
+                    }
+                    other => break other?,
+                }
+            }
         }
         Step::DeregisterTargets { ids } => cloud.deregister_targets(need(&r.target_group, "API target group")?, ids, spec.api.port).await?,
         Step::DeleteListener { arn } => cloud.delete_listener(arn).await?,
