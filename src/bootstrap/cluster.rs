@@ -126,7 +126,7 @@ impl Artifacts {
         let raw = std::fs::read(binary).map_err(|e| BootstrapError::Other(format!("reading the binary to install {}: {e}", binary.display())))?;
         let binary_sha256 = hex::encode(Sha256::digest(&raw));
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&raw).and_then(|_| Ok(())).map_err(|e| BootstrapError::Other(format!("compressing the binary: {e}")))?;
+        gz.write_all(&raw).map_err(|e| BootstrapError::Other(format!("compressing the binary: {e}")))?;
         let binary_gz = gz.finish().map_err(|e| BootstrapError::Other(format!("compressing the binary: {e}")))?;
         Ok(Artifacts { binary_sha256, binary_gz, install_script: templates::install_script() })
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::agent::{self, AgentConfig};
+use crate::agent;
 use crate::apiserver::store::SqliteStore;
 use crate::apiserver::{self, ApiServerConfig, ServerTls};
 use crate::client::{ApiClient, ClientAuth};
@@ -124,6 +124,3 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
-
-#[allow(dead_code)]
-fn _agent_config_type(_: AgentConfig) {}

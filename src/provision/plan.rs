@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::cloud::{Instance, IngressRule, Protocol, ROLE_TAG};
-use crate::spec::{ClusterSpec, Role};
+use crate::spec::ClusterSpec;
 
 use super::inventory::{pool_slot, Inventory};
 use super::{GroupRole, Names, ProvisionError};
@@ -341,6 +341,5 @@ pub fn plan(spec: &ClusterSpec, inventory: &Inventory) -> Result<Plan, Provision
             steps.push(Step::DeleteTargetGroup { name: t.name.clone(), arn: t.arn.clone() });
         }
     }
-    let _ = Role::Master;
     Ok(p)
 }
