@@ -100,6 +100,11 @@ pub fn ready_condition(node: &Value) -> Option<&Value> {
     node.pointer("/status/conditions")?.as_array()?.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
 }
 
+/// The status of the node's Ready condition (`True`, `False`, `Unknown`), if it has one.
+pub fn ready_status(node: &Value) -> Option<&str> {
+    ready_condition(node)?.get("status")?.as_str()
+}
+
 /// Renews (or creates) the node's lease.
 async fn renew_lease(client: &ApiClient, config: &AgentConfig) -> Result<(), ClientError> {
     let path = format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{}", config.node_name);
@@ -139,7 +144,7 @@ pub async fn run(client: ApiClient, config: AgentConfig) {
         }
         let due = last_status.is_none_or(|t| t.elapsed() >= config.status_every);
         let shown_ready = match client.get_value(&format!("/api/v1/nodes/{}", config.node_name)).await {
-            Ok(node) => ready_condition(&node).and_then(|c| c.get("status")).and_then(Value::as_str) == Some("True"),
+            Ok(node) => ready_status(&node) == Some("True"),
             Err(_) => false,
         };
         if due || !shown_ready {

@@ -48,6 +48,17 @@ pub enum BootstrapError {
     Timeout { what: String, waited: Duration, pending: String },
 }
 
+impl BootstrapError {
+    /// Ok when nothing failed; the one error, or all of them, otherwise.
+    pub fn all(mut errors: Vec<BootstrapError>) -> Result<(), BootstrapError> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(BootstrapError::Many(errors)),
+        }
+    }
+}
+
 /// How bootstrapping runs.
 #[derive(Debug, Clone)]
 pub struct BootstrapOptions {
@@ -247,9 +258,7 @@ pub async fn bootstrap(
             Err(e) => errors.push(e),
         }
     }
-    if !errors.is_empty() {
-        return Err(if errors.len() == 1 { errors.remove(0) } else { BootstrapError::Many(errors) });
-    }
+    BootstrapError::all(errors)?;
 
     // Masters.
     reporter.phase("installing the master");
@@ -414,9 +423,7 @@ pub async fn bootstrap(
                 Err(e) => errors.push(e),
             }
         }
-        if !errors.is_empty() {
-            return Err(if errors.len() == 1 { errors.remove(0) } else { BootstrapError::Many(errors) });
-        }
+        BootstrapError::all(errors)?;
     }
 
     // Every node Ready, seen through the load balancer as the operator will see it.
@@ -430,7 +437,7 @@ pub async fn bootstrap(
                 .iter()
                 .map(|w| {
                     let node = items.iter().find(|n| n.pointer("/metadata/name").and_then(|v| v.as_str()) == Some(w.as_str()));
-                    let ok = node.and_then(crate::agent::ready_condition).and_then(|c| c.get("status")).and_then(|s| s.as_str()) == Some("True");
+                    let ok = node.and_then(crate::agent::ready_status) == Some("True");
                     (w.clone(), ok)
                 })
                 .collect(),

@@ -58,9 +58,6 @@ pub async fn load_image(
             Err(e) => errors.push(e),
         }
     }
-    match errors.len() {
-        0 => Ok(done),
-        1 => Err(errors.remove(0)),
-        _ => Err(BootstrapError::Many(errors)),
-    }
+    BootstrapError::all(errors)?;
+    Ok(done)
 }

@@ -138,7 +138,7 @@ pub fn age(created: Option<&str>) -> String {
 pub fn node_row(n: &Value) -> [String; 6] {
     let s = |p: &str| n.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
     let role = if n.pointer("/metadata/labels").and_then(|l| l.get("node-role.kubernetes.io/control-plane")).is_some() { "master" } else { "worker" };
-    let status = match crate::agent::ready_condition(n).and_then(|c| c.get("status")).and_then(Value::as_str) {
+    let status = match crate::agent::ready_status(n) {
         Some("True") => "Ready",
         _ => "NotReady",
     };

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::agent::{ready_condition, LEASE_NAMESPACE};
+use crate::agent::{ready_condition, ready_status, LEASE_NAMESPACE};
 use crate::api::time::{now_rfc3339, parse_rfc3339};
 use crate::client::{ApiClient, ClientError};
 
@@ -26,7 +26,7 @@ pub enum Verdict {
 
 /// Decides from a node, its lease's renew time (seconds since the epoch) and now.
 pub fn verdict(node: &Value, lease_renewed: Option<f64>, now: f64, grace: Duration) -> Verdict {
-    let shown = ready_condition(node).and_then(|c| c.get("status")).and_then(Value::as_str).unwrap_or("Unknown");
+    let shown = ready_status(node).unwrap_or("Unknown");
     // Without a lease, the node's own heartbeat time counts.
     let heartbeat = lease_renewed.or_else(|| ready_condition(node).and_then(|c| c.get("lastHeartbeatTime")).and_then(Value::as_str).and_then(parse_rfc3339));
     let age = heartbeat.map(|t| (now - t).max(0.0)).unwrap_or(f64::INFINITY);
