@@ -147,22 +147,27 @@ impl Artifacts {
 pub fn machines(spec: &ClusterSpec, converged: &Converged) -> Vec<Machine> {
     let mut out = Vec::new();
     for pool in spec.pools() {
-        for slot in 0..pool.count {
-            if let Some(instance) = converged.instances.get(&(pool.name.as_str().to_string(), slot)) {
-                let name = format!("{}-{}-{slot}", spec.name, pool.name.as_str());
-                let zone = spec.subnet_for_slot(slot).zone.as_str().to_string();
-                let mut labels = pool.labels.clone();
-                labels.insert("clusterctl.io/pool".into(), pool.name.as_str().into());
-                labels.insert("topology.kubernetes.io/zone".into(), zone.clone());
-                labels.insert("node.kubernetes.io/instance-type".into(), pool.instance_type.clone());
-                if pool.role == Role::Master {
-                    labels.insert("node-role.kubernetes.io/control-plane".into(), String::new());
-                }
-                out.push(Machine { name, role: pool.role, pool: pool.name.as_str().into(), zone, instance: instance.clone(), labels });
+        for ((pool_name, slot), instance) in &converged.instances {
+            if pool_name == pool.name.as_str() {
+                out.push(machine(spec, pool, *slot, instance));
             }
         }
     }
     out
+}
+
+/// What the machine in a pool's slot should become: its node name, zone and labels.
+pub fn machine(spec: &ClusterSpec, pool: &crate::spec::NodePool, slot: u32, instance: &Instance) -> Machine {
+    let name = format!("{}-{}-{slot}", spec.name, pool.name.as_str());
+    let zone = spec.subnet_for_slot(slot).zone.as_str().to_string();
+    let mut labels = pool.labels.clone();
+    labels.insert("clusterctl.io/pool".into(), pool.name.as_str().into());
+    labels.insert("topology.kubernetes.io/zone".into(), zone.clone());
+    labels.insert("node.kubernetes.io/instance-type".into(), pool.instance_type.clone());
+    if pool.role == Role::Master {
+        labels.insert("node-role.kubernetes.io/control-plane".into(), String::new());
+    }
+    Machine { name, role: pool.role, pool: pool.name.as_str().into(), zone, instance: instance.clone(), labels }
 }
 
 /// Connects to a machine with its host key pinned from the console (else trusted on first use and recorded).

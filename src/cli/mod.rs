@@ -122,7 +122,7 @@ pub fn load_spec(path: &PathBuf) -> Result<ClusterSpec, Failure> {
 
 /// Connects to the cloud the spec names, through the retry decorator.
 pub async fn connect(global: &Global, spec: &ClusterSpec) -> Arc<Resilient> {
-    let options = AwsOptions { region: global.region.clone(), profile: global.profile.clone() };
+    let options = AwsOptions { region: global.region.clone(), profile: global.profile.clone(), ..Default::default() };
     let aws = AwsCloud::connect(&options, spec.region.as_str()).await;
     Arc::new(Resilient::new(Arc::new(aws), RetryPolicy::default()))
 }

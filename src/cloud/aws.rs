@@ -25,6 +25,12 @@ use super::*;
 pub struct AwsOptions {
     pub region: Option<String>,
     pub profile: Option<String>,
+    /// An endpoint other than AWS's (what `AWS_ENDPOINT_URL` says for the operator; a master's
+    /// config says it for the cloud controller).
+    pub endpoint_url: Option<String>,
+    /// Fixed credentials (access key id, secret) instead of the standard chain: only ever the
+    /// LocalStack harness's `test` credentials, which a master gets through its config.
+    pub static_credentials: Option<(String, String)>,
 }
 
 /// The cloud on AWS (or anything that speaks its API at `AWS_ENDPOINT_URL`).
@@ -47,6 +53,12 @@ impl AwsCloud {
             );
         if let Some(profile) = &options.profile {
             loader = loader.profile_name(profile);
+        }
+        if let Some(url) = &options.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some((id, secret)) = &options.static_credentials {
+            loader = loader.credentials_provider(ec2::config::Credentials::new(id, secret, None, None, "clusterctl-node-config"));
         }
         let region = options.region.clone().unwrap_or_else(|| default_region.to_string());
         loader = loader.region(Region::new(region.clone()));
@@ -432,6 +444,31 @@ impl Cloud for AwsCloud {
         let resp = self.ec2.describe_images().image_ids(id).send().await.map_err(|e| classify(action.clone(), e))?;
         let i = resp.images().first().ok_or_else(|| CloudError::new(action, ErrorKind::NotFound, Some("InvalidAMIID.NotFound".into()), "no such image"))?;
         Ok(Image { id: id.to_string(), name: i.name().map(str::to_string), root_device_name: i.root_device_name().map(str::to_string) })
+    }
+
+    async fn instance_statuses(&self, ids: &[String]) -> CloudResult<Vec<InstanceStatus>> {
+        let action = format!("reading the status checks of {}", ids.join(", "));
+        let pages = self
+            .ec2
+            .describe_instance_status()
+            .set_instance_ids(Some(ids.to_vec()))
+            .into_paginator()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| classify(action.clone(), e))?;
+        let check = |s: Option<&ec2::types::InstanceStatusSummary>| s.and_then(|s| s.status()).map(|s| s.as_str().to_string()).unwrap_or_default();
+        Ok(pages
+            .iter()
+            .flat_map(|p| p.instance_statuses())
+            .filter_map(|st| {
+                Some(InstanceStatus {
+                    instance_id: st.instance_id()?.to_string(),
+                    instance_check: check(st.instance_status()),
+                    system_check: check(st.system_status()),
+                })
+            })
+            .collect())
     }
 
     async fn console_output(&self, instance_id: &str) -> CloudResult<Option<String>> {

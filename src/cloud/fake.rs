@@ -35,6 +35,8 @@ struct State {
     failures: Vec<Injected>,
     calls: Vec<String>,
     hide_new_instances_for: u32,
+    /// Instances whose status checks fail (a machine that died outside the API).
+    impaired: std::collections::BTreeSet<String>,
     ignore_client_tokens: bool,
     consoles: HashMap<String, String>,
 }
@@ -93,6 +95,11 @@ impl FakeCloud {
     /// Makes launches ignore their idempotency token, as LocalStack's moto does.
     pub fn ignore_client_tokens(&self) {
         self.lock().ignore_client_tokens = true;
+    }
+
+    /// Makes an instance fail its status checks, as a machine that died outside the API does.
+    pub fn impair(&self, instance_id: &str) {
+        self.lock().impaired.insert(instance_id.to_string());
     }
 
     /// Sets what an instance's console shows.
@@ -254,6 +261,18 @@ impl Cloud for FakeCloud {
             .get(target_group_arn)
             .ok_or_else(|| not_found(format!("reading target health of {target_group_arn}"), "TargetGroupNotFound"))?;
         Ok(targets.iter().map(|(id, port)| TargetHealth { instance_id: id.clone(), port: *port, state: "initial".into() }).collect())
+    }
+    async fn instance_statuses(&self, ids: &[String]) -> CloudResult<Vec<InstanceStatus>> {
+        let s = self.enter("instance_statuses", || format!("reading the status checks of {}", ids.join(", ")))?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| s.instances.get(id))
+            .filter(|f| f.instance.state == InstanceState::Running)
+            .map(|f| {
+                let check = if s.impaired.contains(&f.instance.id) { "impaired" } else { "ok" };
+                InstanceStatus { instance_id: f.instance.id.clone(), instance_check: check.into(), system_check: check.into() }
+            })
+            .collect())
     }
     async fn find_image(&self, pattern: &str, _owner: Option<&str>) -> CloudResult<Option<Image>> {
         let s = self.enter("find_image", || format!("looking up images named {pattern}"))?;

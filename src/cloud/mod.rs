@@ -222,6 +222,23 @@ pub struct LaunchRequest {
     pub tags: Tags,
 }
 
+/// Health of a running instance as EC2's status checks see it (`DescribeInstanceStatus`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceStatus {
+    pub instance_id: String,
+    /// The instance status check (`ok`, `impaired`, `initializing`, `insufficient-data`, `not-applicable`).
+    pub instance_check: String,
+    /// The system status check, same values.
+    pub system_check: String,
+}
+
+impl InstanceStatus {
+    /// Whether either check says the machine is impaired (failed).
+    pub fn impaired(&self) -> bool {
+        self.instance_check == "impaired" || self.system_check == "impaired"
+    }
+}
+
 /// A network load balancer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LoadBalancer {
@@ -294,6 +311,8 @@ pub trait Cloud: Send + Sync {
     async fn listeners(&self, load_balancer_arn: &str) -> CloudResult<Vec<Listener>>;
     /// Registered targets of a target group and their health.
     async fn target_health(&self, target_group_arn: &str) -> CloudResult<Vec<TargetHealth>>;
+    /// Status checks of running instances among `ids` (instances not running are left out).
+    async fn instance_statuses(&self, ids: &[String]) -> CloudResult<Vec<InstanceStatus>>;
     /// The newest image whose name matches the pattern (`*` wildcards), optionally of one owner.
     async fn find_image(&self, pattern: &str, owner: Option<&str>) -> CloudResult<Option<Image>>;
     /// One image by id.

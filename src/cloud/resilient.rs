@@ -228,6 +228,9 @@ impl Cloud for Resilient {
     async fn target_health(&self, target_group_arn: &str) -> CloudResult<Vec<TargetHealth>> {
         self.call(Class::Read, String::new(), || self.inner.target_health(target_group_arn)).await
     }
+    async fn instance_statuses(&self, ids: &[String]) -> CloudResult<Vec<InstanceStatus>> {
+        self.call(Class::Read, String::new(), || self.inner.instance_statuses(ids)).await
+    }
     async fn find_image(&self, pattern: &str, owner: Option<&str>) -> CloudResult<Option<Image>> {
         self.call(Class::Read, String::new(), || self.inner.find_image(pattern, owner)).await
     }

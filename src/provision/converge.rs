@@ -190,7 +190,10 @@ async fn apply(cloud: &dyn Cloud, spec: &ClusterSpec, names: &Names<'_>, options
             cloud.import_key_pair(name, &options.public_key, &names.tags("ssh", name)).await?;
         }
         Step::LaunchInstance { .. } => unreachable!("launches are applied together by launch_all"),
-        Step::TerminateInstance { id, .. } => cloud.terminate_instances(std::slice::from_ref(id)).await?,
+        Step::TerminateInstance { id, .. } => {
+            cloud.terminate_instances(std::slice::from_ref(id)).await?;
+            r.instances.retain(|_, i| &i.id != id);
+        }
         Step::CreateTargetGroup { name, port } => {
             r.target_group = Some(cloud.create_target_group(name, need(&r.vpc, "VPC")?, *port, &names.tags("api", name)).await?.arn);
         }
@@ -354,7 +357,7 @@ async fn wait_running(cloud: &dyn Cloud, names: &Names<'_>, spec: &ClusterSpec, 
 /// Waits until every master is registered in the API target group.
 async fn wait_registered(cloud: &dyn Cloud, spec: &ClusterSpec, r: &Resolved, options: &ConvergeOptions, reporter: &dyn Reporter) -> Result<(), ProvisionError> {
     let tg = need(&r.target_group, "API target group")?;
-    let masters: Vec<&Instance> = (0..spec.masters.count).filter_map(|s| r.instances.get(&(spec.masters.name.as_str().to_string(), s))).collect();
+    let masters: Vec<&Instance> = r.instances.iter().filter(|((pool, _), _)| pool == spec.masters.name.as_str()).map(|(_, i)| i).collect();
     let start = Instant::now();
     let mut announced = false;
     loop {

@@ -269,23 +269,31 @@ pub fn plan(spec: &ClusterSpec, inventory: &Inventory) -> Result<Plan, Provision
         steps.push(Step::ImportKeyPair { name: names.key_pair() });
     }
 
-    // Instances.
+    // Instances: each pool keeps `count` machines; new ones take the lowest free slots, and a pool
+    // that shrinks loses its highest slots. (`clusterctl scale` picks and drains the machines it
+    // removes itself before this ever sees too many.)
     let by_slot = instances_by_slot(inventory);
+    let mut live_slots: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for pool in spec.pools() {
-        for slot in 0..pool.count {
-            if !by_slot.contains_key(&(pool.name.as_str().to_string(), slot)) {
-                steps.push(Step::LaunchInstance {
-                    pool: pool.name.as_str().into(),
-                    slot,
-                    name: names.instance_name(pool, slot),
-                    zone: spec.subnet_for_slot(slot).zone.as_str().into(),
-                    instance_type: pool.instance_type.clone(),
-                });
-            }
+        let name = pool.name.as_str().to_string();
+        let have: Vec<u32> = by_slot.keys().filter(|(p, _)| *p == name).map(|(_, s)| *s).collect();
+        let mut keep: Vec<u32> = have.iter().copied().take(pool.count as usize).collect();
+        let missing = (pool.count as usize).saturating_sub(have.len());
+        for slot in (0u32..).filter(|s| !have.contains(s)).take(missing) {
+            steps.push(Step::LaunchInstance {
+                pool: name.clone(),
+                slot,
+                name: names.instance_name(pool, slot),
+                zone: spec.subnet_for_slot(slot).zone.as_str().into(),
+                instance_type: pool.instance_type.clone(),
+            });
+            keep.push(slot);
         }
+        keep.sort_unstable();
+        live_slots.insert(name, keep);
     }
     for ((pool, slot), instances) in &by_slot {
-        let wanted = spec.pool(pool).is_some_and(|p| *slot < p.count);
+        let wanted = live_slots.get(pool).is_some_and(|slots| slots.contains(slot));
         for (n, i) in instances.iter().enumerate() {
             let name = i.tags.get("Name").cloned().unwrap_or_else(|| format!("{pool}-{slot}"));
             if !wanted {
@@ -312,9 +320,10 @@ pub fn plan(spec: &ClusterSpec, inventory: &Inventory) -> Result<Plan, Provision
             steps.push(Step::CreateListener { port: spec.api.port });
         }
         let registered: Vec<&str> = tg.and_then(|t| inventory.targets.get(&t.arn)).map(|ts| ts.iter().map(|t| t.instance_id.as_str()).collect()).unwrap_or_default();
-        let master_slots = 0..spec.masters.count;
+        let master_slots = live_slots.get(spec.masters.name.as_str()).cloned().unwrap_or_default();
         let unregistered: Vec<u32> = master_slots
-            .clone()
+            .iter()
+            .copied()
             .filter(|slot| match by_slot.get(&(spec.masters.name.as_str().to_string(), *slot)) {
                 Some(is) => !registered.contains(&is[0].id.as_str()),
                 None => true,
@@ -324,7 +333,8 @@ pub fn plan(spec: &ClusterSpec, inventory: &Inventory) -> Result<Plan, Provision
             steps.push(Step::RegisterMasters { slots: unregistered });
         }
         let current: Vec<&str> = master_slots
-            .filter_map(|slot| by_slot.get(&(spec.masters.name.as_str().to_string(), slot)).map(|is| is[0].id.as_str()))
+            .iter()
+            .filter_map(|slot| by_slot.get(&(spec.masters.name.as_str().to_string(), *slot)).map(|is| is[0].id.as_str()))
             .collect();
         let stale: Vec<String> = registered.iter().filter(|id| !current.contains(id)).map(|id| id.to_string()).collect();
         if !stale.is_empty() {

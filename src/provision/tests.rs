@@ -259,3 +259,26 @@ async fn destroy_lists_what_it_could_not_remove() {
     assert!(done.remaining.iter().any(|r| r.contains("security group")), "{:?}", done.remaining);
     assert!(done.remaining.iter().any(|r| r.starts_with("vpc ")), "{:?}", done.remaining);
 }
+
+#[tokio::test(start_paused = true)]
+async fn pools_keep_a_count_of_machines_whatever_their_slots() {
+    let (_fake, cloud) = setup();
+    let done = create(&cloud, &spec_with(3)).await;
+    // A scale-down removed the machine in slot 1 (the one with the fewest pods, say).
+    let slot1 = done.instances[&("default".to_string(), 1)].id.clone();
+    cloud.terminate_instances(std::slice::from_ref(&slot1)).await.unwrap();
+    let inv = discover(&cloud, "t1").await.unwrap();
+    assert!(plan(&spec_with(2), &inv).unwrap().is_empty(), "slots 0 and 2 make a pool of 2");
+
+    let grow = plan(&spec_with(4), &inv).unwrap();
+    let launched: Vec<u32> = grow.steps.iter().filter_map(|s| if let Step::LaunchInstance { slot, .. } = s { Some(*slot) } else { None }).collect();
+    assert_eq!(launched, vec![1, 3], "new machines take the lowest free slots");
+
+    let shrink = plan(&spec_with(1), &inv).unwrap();
+    let gone: Vec<String> = shrink.steps.iter().filter_map(|s| if let Step::TerminateInstance { name, .. } = s { Some(name.clone()) } else { None }).collect();
+    assert_eq!(gone, vec!["t1-default-2".to_string()], "a shrinking pool loses its highest slots");
+
+    let done = converge(&cloud, &spec_with(1), &options(), &NoReport).await.unwrap();
+    let workers: Vec<u32> = done.instances.keys().filter(|(p, _)| p == "default").map(|(_, s)| *s).collect();
+    assert_eq!(workers, vec![0], "terminated machines are not among the converged ones");
+}
