@@ -17,6 +17,7 @@
 //! - [`node`]: the node side of the binary (`clusterctl node master|worker`) and its config file.
 //! - [`agent`]: the kubelet: node registration, lease heartbeats, pods as Docker containers.
 //! - [`controllers`]: node lifecycle (not-ready marking, eviction), deployments, endpoints.
+//! - [`cloudcontroller`]: the master's cloud controller manager (service load balancers, node deletion, machine replacement).
 //! - [`proxy`]: every node's NodePort listeners forwarding to ready endpoints.
 //! - [`manifest`]: multi-document YAML manifests validated into typed objects, errors with field paths.
 //! - [`scheduler`]: places unbound pods on nodes (filters, scores, binds; pure decision functions).
@@ -32,6 +33,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod client;
 pub mod cloud;
+pub mod cloudcontroller;
 pub mod controllers;
 pub mod home;
 pub mod manifest;

@@ -31,6 +31,42 @@ impl Reporter for NoReport {
     fn warn(&self, _: &str) {}
 }
 
+/// A reporter that writes log lines (`tracing`), for loops running on a node. Item states are
+/// logged only when they change, so that waits do not flood the journal.
+#[derive(Default)]
+pub struct LogReport {
+    last: Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+impl LogReport {
+    fn changed(&self, key: &str, status: &str) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.insert(key.to_string(), status.to_string()).as_deref() != Some(status)
+    }
+}
+
+impl Reporter for LogReport {
+    fn phase(&self, name: &str) {
+        tracing::info!("{name}");
+    }
+    fn done(&self, message: &str) {
+        tracing::info!("{message}");
+    }
+    fn item(&self, key: &str, status: &str) {
+        if self.changed(key, status) {
+            tracing::info!("{key}: {status}");
+        }
+    }
+    fn item_done(&self, key: &str, status: &str) {
+        if self.changed(key, status) {
+            tracing::info!("{key}: {status}");
+        }
+    }
+    fn warn(&self, message: &str) {
+        tracing::warn!("{message}");
+    }
+}
+
 /// A reporter that keeps every event as a line, for tests.
 #[derive(Default)]
 pub struct RecordingReport {

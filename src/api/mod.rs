@@ -8,6 +8,7 @@
 //! - Typed objects: [`node`] (`Node`), [`lease`] (`Lease`), [`certificates`]
 //!   (`CertificateSigningRequest`), [`config`] (`Secret`, `ConfigMap`), [`pod`] (`Pod`, `Container`,
 //!   probes, status), [`deployment`] (`Deployment`, `ReplicaSet`), [`service`] (`Service`, `Endpoints`).
+//! - [`machinepool`]: `MachinePool`, a worker pool's desired size and what the machine controller saw.
 //! - [`quantity`]: resource quantities (`500m`, `64Mi`) and `IntOrString`.
 //!
 //! Typed objects leave `apiVersion` and `kind` empty when built by hand; the client and the server fill
@@ -17,6 +18,7 @@ pub mod certificates;
 pub mod config;
 pub mod deployment;
 pub mod lease;
+pub mod machinepool;
 pub mod meta;
 pub mod node;
 pub mod pod;
@@ -30,6 +32,7 @@ pub use certificates::{
     CertificateSigningRequestStatus, KUBELET_CLIENT_SIGNER,
 };
 pub use config::{ConfigMap, Secret};
+pub use machinepool::{MachinePool, MachinePoolSpec, MachinePoolStatus};
 pub use lease::{Lease, LeaseSpec, NODE_LEASE_NAMESPACE};
 pub use meta::{List, ListMeta, ObjectMeta, OwnerReference, Status, StatusDetails, StatusReason, WatchEvent, WatchEventType};
 pub use node::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Taint};

@@ -42,6 +42,9 @@ pub const CERTIFICATE_SIGNING_REQUESTS: ResourceType = ResourceType {
     namespaced: false,
 };
 
+pub const MACHINE_POOLS: ResourceType =
+    ResourceType { group: "clusterctl.io", version: "v1", plural: "machinepools", kind: "MachinePool", namespaced: false };
+
 /// Every resource the API serves.
 pub const ALL: &[ResourceType] = &[
     NODES,
@@ -55,6 +58,7 @@ pub const ALL: &[ResourceType] = &[
     REPLICA_SETS,
     LEASES,
     CERTIFICATE_SIGNING_REQUESTS,
+    MACHINE_POOLS,
 ];
 
 /// A typed object that knows which resource it is.

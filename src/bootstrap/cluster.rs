@@ -22,7 +22,7 @@ use crate::client::kubeconfig::Kubeconfig;
 use crate::client::{ApiClient, ClientAuth};
 use crate::cloud::{Cloud, Instance};
 use crate::home::ClusterHome;
-use crate::node::config::{ApiEndpoint, MasterSettings, NodeConfig, NodeRole, WorkerSettings};
+use crate::node::config::{ApiEndpoint, CloudSettings, MasterSettings, NodeConfig, NodeRole, WorkerSettings};
 use crate::pki::{self, JoinToken};
 use crate::provision::Converged;
 use crate::report::Reporter;
@@ -208,6 +208,39 @@ fn install(session: &SshSession, artifacts: &Artifacts, role: NodeRole, config_t
     templates::install_changed(&out.stdout).ok_or_else(|| BootstrapError::Node { node: node.clone(), step: "running the install script".into(), message: format!("unexpected output: {}", out.stdout.trim()) })
 }
 
+/// Where a machine of the LocalStack harness finds the cloud endpoint as it reaches it (the harness's
+/// stand-in for the instance metadata service's view of the region's endpoints).
+pub const INSTANCE_CLOUD_ENDPOINT: &str = "/etc/clusterctl-instance/cloud-endpoint";
+
+/// The master's copy of the spec: the operator's, less the operator's own key path (the master uses
+/// the key `create` uploads to it).
+fn node_spec_copy(spec: &ClusterSpec) -> Result<String, BootstrapError> {
+    let text = std::fs::read_to_string(&spec.source).map_err(|e| BootstrapError::Other(format!("reading {}: {e}", spec.source.display())))?;
+    let mut table: toml::Table = text.parse().map_err(|e| BootstrapError::Other(format!("reading {}: {e}", spec.source.display())))?;
+    if let Some(ssh) = table.get_mut("ssh").and_then(toml::Value::as_table_mut) {
+        ssh.remove("private_key");
+    }
+    toml::to_string(&table).map_err(|e| BootstrapError::Other(format!("rendering the master's copy of the spec: {e}")))
+}
+
+/// How the master's cloud controller reaches the cloud. With an endpoint override (the LocalStack
+/// harness) the master gets the endpoint as the machine reaches it, and only LocalStack's fixed
+/// `test` credentials, never the operator's; on AWS neither (the instance's own credentials).
+pub fn master_cloud_settings(region: &str, operator_endpoint: Option<String>, instance_endpoint: Option<String>, operator_key_id: Option<String>) -> CloudSettings {
+    let endpoint_url = operator_endpoint.map(|op| instance_endpoint.map(|i| i.trim().to_string()).filter(|i| !i.is_empty()).unwrap_or(op));
+    let test_credentials = endpoint_url.is_some() && operator_key_id.as_deref() == Some("test");
+    CloudSettings {
+        region: region.into(),
+        endpoint_url,
+        access_key_id: test_credentials.then(|| "test".into()),
+        secret_access_key: test_credentials.then(|| "test".into()),
+        spec_path: crate::node::config::SPEC_PATH.into(),
+        ssh_key_path: crate::node::config::SSH_KEY_PATH.into(),
+        health_timeout_seconds: 60,
+        max_unhealthy_percent: 50,
+    }
+}
+
 /// Reads a file as root, or None when it does not exist yet.
 fn read_root_file(session: &SshSession, path: &str) -> Result<Option<String>, SshError> {
     let out = session.exec(&format!("sudo -n cat {} 2>/dev/null", ssh::shell_quote(path)))?;
@@ -253,7 +286,7 @@ pub async fn bootstrap(
             s
         }
     });
-    let mut sessions = BTreeMap::new();
+    let mut sessions = Sessions::new();
     let mut errors = Vec::new();
     for (m, result) in machines.iter().zip(futures::future::join_all(connects).await) {
         match result {
@@ -284,7 +317,28 @@ pub async fn bootstrap(
     serving_ips.sort();
     serving_ips.dedup();
     let mut changed = Vec::new();
+    let spec_copy = node_spec_copy(spec)?;
+    let ssh_key_bytes = std::fs::read(ssh_key).map_err(|e| BootstrapError::Other(format!("reading the cluster's SSH key {}: {e}", ssh_key.display())))?;
     for m in &masters {
+        let cloud_settings = {
+            let session = sessions[&m.name].clone();
+            let region = spec.region.as_str().to_string();
+            let (spec_copy, key) = (spec_copy.clone(), ssh_key_bytes.clone());
+            let node = m.name.clone();
+            tokio::task::spawn_blocking(move || -> Result<CloudSettings, BootstrapError> {
+                let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
+                let ssh_err = |step: &str| {
+                    let (node, step) = (node.clone(), step.to_string());
+                    move |source| BootstrapError::Ssh { node, step, source }
+                };
+                s.upload(spec_copy.as_bytes(), crate::node::config::SPEC_PATH, 0o600).map_err(ssh_err("uploading the cluster spec"))?;
+                s.upload(&key, crate::node::config::SSH_KEY_PATH, 0o600).map_err(ssh_err("uploading the cluster's SSH key"))?;
+                let instance_endpoint = read_root_file(&s, INSTANCE_CLOUD_ENDPOINT).map_err(ssh_err("reading the instance's cloud endpoint"))?;
+                Ok(master_cloud_settings(&region, std::env::var("AWS_ENDPOINT_URL").ok(), instance_endpoint, std::env::var("AWS_ACCESS_KEY_ID").ok()))
+            })
+            .await
+            .map_err(|e| BootstrapError::Other(e.to_string()))??
+        };
         let config = NodeConfig {
             cluster: spec.name.as_str().into(),
             role: NodeRole::Master,
@@ -302,6 +356,7 @@ pub async fn bootstrap(
                 serving_ips: serving_ips.clone(),
                 node_grace_seconds: 10,
                 pod_eviction_seconds: 10,
+                cloud: Some(cloud_settings),
             }),
             worker: None,
         };
@@ -357,86 +412,130 @@ pub async fn bootstrap(
     if !workers.is_empty() {
         reporter.phase("installing and joining the workers");
         let ca_hash = pki::ca_hash(&ca_pem).map_err(|e| BootstrapError::Other(format!("hashing the cluster CA: {e}")))?;
-        let token = JoinToken::generate();
-        let expires = crate::api::time::rfc3339_after(options.token_ttl);
-        let mut data = BTreeMap::new();
-        for (k, v) in token.secret_data(&expires) {
-            use base64::Engine;
-            data.insert(k, base64::engine::general_purpose::STANDARD.encode(v));
-        }
-        let secret = serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
-            "metadata": { "name": format!("bootstrap-token-{}", token.id()), "namespace": "kube-system" },
-            "data": data,
-        });
-        let installs = workers.iter().map(|m| {
-            let m = (*m).clone();
-            let session = sessions[&m.name].clone();
-            let artifacts = artifacts.clone();
-            let token = token.to_string();
-            let ca_hash = ca_hash.clone();
-            let api_host = api_host.clone();
-            let port = spec.api.port;
-            let cluster = spec.name.as_str().to_string();
-            async move {
-                reporter.item(&m.name, "installing");
-                let name = m.name.clone();
-                let result = tokio::task::spawn_blocking(move || -> Result<bool, BootstrapError> {
-                    let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
-                    // A joined worker keeps the token it joined with, so that its config does not change.
-                    let current = read_root_file(&s, "/etc/clusterctl/node.toml").ok().flatten().and_then(|t| NodeConfig::from_toml(&t).ok());
-                    let joined = s.exec(&format!("sudo -n test -f {DATA_DIR}/pki/node.crt")).map(|o| o.status == 0).unwrap_or(false);
-                    let join_token = match current.and_then(|c| c.worker).map(|w| w.join_token) {
-                        Some(old) if joined => old,
-                        _ => token,
-                    };
-                    let config = NodeConfig {
-                        cluster,
-                        role: NodeRole::Worker,
-                        node_name: m.name.clone(),
-                        instance_id: m.instance.id.clone(),
-                        internal_ip: m.private_ip()?,
-                        zone: m.zone.clone(),
-                        pool: m.pool.clone(),
-                        labels: m.labels.clone(),
-                        api: ApiEndpoint { endpoint: api_host, port },
-                        data_dir: DATA_DIR.into(),
-                        master: None,
-                        worker: Some(WorkerSettings { join_token, ca_hash, heartbeat_seconds: 2 }),
-                    };
-                    let toml = config.to_toml().map_err(|e| BootstrapError::Other(format!("rendering the config of {}: {e}", m.name)))?;
-                    install(&s, &artifacts, NodeRole::Worker, &toml)
-                })
-                .await
-                .map_err(|e| BootstrapError::Other(e.to_string()))
-                .and_then(|r| r);
-                match &result {
-                    Ok(true) => reporter.item(&name, "installed, joining"),
-                    Ok(false) => reporter.item(&name, "already up to date"),
-                    Err(_) => reporter.item_done(&name, "failed"),
-                }
-                (name, result)
-            }
-        });
-        // The token must exist before any worker starts; creating it is cheap, so do it first.
-        direct.create_value("/api/v1/namespaces/kube-system/secrets", &secret).await.map_err(|e| BootstrapError::Other(format!("creating the join token: {e}")))?;
-        let mut errors = Vec::new();
-        for (name, result) in futures::future::join_all(installs).await {
-            match result {
-                Ok(true) => changed.push(name),
-                Ok(false) => {}
-                Err(e) => errors.push(e),
-            }
-        }
-        BootstrapError::all(errors)?;
+        let join = Join { cluster: spec.name.as_str().into(), api_host: api_host.clone(), port: spec.api.port, ca_hash, token_ttl: options.token_ttl };
+        changed.extend(install_workers(&direct, &join, &workers, &sessions, &artifacts, reporter).await?);
     }
 
     // Every node Ready, seen through the load balancer as the operator will see it.
     reporter.phase("waiting for every node to be Ready");
     let client = ApiClient::new(&server, ClientAuth::Certificate { ca_pem, cert_pem: admin_cert, key_pem: admin_key }).map_err(|e| BootstrapError::Other(format!("building the API client: {e}")))?;
     let wanted: Vec<String> = machines.iter().map(|m| m.name.clone()).collect();
+    let nodes = wait_ready(&client, &wanted, options.ready_deadline, reporter).await?;
+    // The spec's worker counts become the cluster's desired sizes (the spec wins at create).
+    for pool in &spec.workers {
+        record_pool_size(&client, pool.name.as_str(), pool.count).await?;
+    }
+    Ok(Bootstrapped { server, kubeconfig: kubeconfig_path, changed, nodes })
+}
+
+/// Where new workers join and how they trust the API.
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub cluster: String,
+    /// The API's host (the load balancer's address, else the master's) and port.
+    pub api_host: String,
+    pub port: u16,
+    /// The cluster CA's hash (`sha256:<hex>`) the workers pin.
+    pub ca_hash: String,
+    /// Lifetime of the join token made for them.
+    pub token_ttl: Duration,
+}
+
+type Sessions = BTreeMap<String, Arc<std::sync::Mutex<SshSession>>>;
+
+/// Makes a join token (a bootstrap-token Secret, through `client`) and installs the workers in
+/// parallel over their sessions; returns the workers on which something changed.
+async fn install_workers(client: &ApiClient, join: &Join, workers: &[&Machine], sessions: &Sessions, artifacts: &Arc<Artifacts>, reporter: &dyn Reporter) -> Result<Vec<String>, BootstrapError> {
+    let token = JoinToken::generate();
+    let expires = crate::api::time::rfc3339_after(join.token_ttl);
+    let mut data = BTreeMap::new();
+    for (k, v) in token.secret_data(&expires) {
+        use base64::Engine;
+        data.insert(k, base64::engine::general_purpose::STANDARD.encode(v));
+    }
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+        "metadata": { "name": format!("bootstrap-token-{}", token.id()), "namespace": "kube-system" },
+        "data": data,
+    });
+    // The token must exist before any worker starts.
+    client.create_value("/api/v1/namespaces/kube-system/secrets", &secret).await.map_err(|e| BootstrapError::Other(format!("creating the join token: {e}")))?;
+    let installs = workers.iter().map(|m| {
+        let m = (*m).clone();
+        let session = sessions[&m.name].clone();
+        let artifacts = artifacts.clone();
+        let token = token.to_string();
+        let join = join.clone();
+        async move {
+            reporter.item(&m.name, "installing");
+            let name = m.name.clone();
+            let result = tokio::task::spawn_blocking(move || -> Result<bool, BootstrapError> {
+                let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
+                // A joined worker keeps the token it joined with, so that its config does not change.
+                let current = read_root_file(&s, "/etc/clusterctl/node.toml").ok().flatten().and_then(|t| NodeConfig::from_toml(&t).ok());
+                let joined = s.exec(&format!("sudo -n test -f {DATA_DIR}/pki/node.crt")).map(|o| o.status == 0).unwrap_or(false);
+                let join_token = match current.and_then(|c| c.worker).map(|w| w.join_token) {
+                    Some(old) if joined => old,
+                    _ => token,
+                };
+                let config = NodeConfig {
+                    cluster: join.cluster,
+                    role: NodeRole::Worker,
+                    node_name: m.name.clone(),
+                    instance_id: m.instance.id.clone(),
+                    internal_ip: m.private_ip()?,
+                    zone: m.zone.clone(),
+                    pool: m.pool.clone(),
+                    labels: m.labels.clone(),
+                    api: ApiEndpoint { endpoint: join.api_host, port: join.port },
+                    data_dir: DATA_DIR.into(),
+                    master: None,
+                    worker: Some(WorkerSettings { join_token, ca_hash: join.ca_hash, heartbeat_seconds: 2 }),
+                };
+                let toml = config.to_toml().map_err(|e| BootstrapError::Other(format!("rendering the config of {}: {e}", m.name)))?;
+                install(&s, &artifacts, NodeRole::Worker, &toml)
+            })
+            .await
+            .map_err(|e| BootstrapError::Other(e.to_string()))
+            .and_then(|r| r);
+            match &result {
+                Ok(true) => reporter.item(&name, "installed, joining"),
+                Ok(false) => reporter.item(&name, "already up to date"),
+                Err(_) => reporter.item_done(&name, "failed"),
+            }
+            (name, result)
+        }
+    });
+    let mut changed = Vec::new();
+    let mut errors = Vec::new();
+    for (name, result) in futures::future::join_all(installs).await {
+        match result {
+            Ok(true) => changed.push(name),
+            Ok(false) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    BootstrapError::all(errors)?;
+    Ok(changed)
+}
+
+/// Records a worker pool's desired size in its `MachinePool` object, which the machine controller keeps.
+pub async fn record_pool_size(client: &ApiClient, pool: &str, replicas: u32) -> Result<(), BootstrapError> {
+    use crate::api::machinepool::MachinePool;
+    use crate::api::resource::MACHINE_POOLS;
+    let failed = |e: crate::client::ClientError| BootstrapError::Other(format!("recording pool {pool}'s size: {e}"));
+    match client.get::<MachinePool>(&MACHINE_POOLS, None, pool).await {
+        Ok(p) if p.spec.replicas == replicas => Ok(()),
+        Ok(_) => client.patch::<MachinePool>(&MACHINE_POOLS, None, pool, &serde_json::json!({ "spec": { "replicas": replicas } })).await.map(|_| ()).map_err(failed),
+        Err(e) if e.is_not_found() => client.create(&MACHINE_POOLS, None, &MachinePool::new(pool, replicas)).await.map(|_| ()).map_err(failed),
+        Err(e) => Err(failed(e)),
+    }
+}
+
+/// Waits until every named node is Ready; returns each node and whether it is.
+pub async fn wait_ready(client: &ApiClient, wanted: &[String], deadline: Duration, reporter: &dyn Reporter) -> Result<Vec<(String, bool)>, BootstrapError> {
     let start = Instant::now();
-    let nodes = loop {
+    loop {
         let ready: Vec<(String, bool)> = match client.list_values("/api/v1/nodes").await {
             Ok(items) => wanted
                 .iter()
@@ -456,15 +555,41 @@ pub async fn bootstrap(
             }
         }
         if ready.iter().all(|(_, ok)| *ok) {
-            break ready;
+            return Ok(ready);
         }
-        if start.elapsed() > options.ready_deadline {
+        if start.elapsed() > deadline {
             let pending = ready.iter().filter(|(_, ok)| !ok).map(|(n, _)| n.clone()).collect::<Vec<_>>().join(", ");
-            return Err(BootstrapError::Timeout { what: "every node to be Ready".into(), waited: options.ready_deadline, pending });
+            return Err(BootstrapError::Timeout { what: "every node to be Ready".into(), waited: deadline, pending });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Bootstraps new workers from inside the cluster (the master's machine controller): connects
+/// over SSH with the cluster's key and pinned host keys, installs the running binary, joins them
+/// with a fresh token, and waits until they are Ready.
+pub async fn add_workers(cloud: &dyn Cloud, client: &ApiClient, join: &Join, machines: &[Machine], user: &str, ssh_key: &std::path::Path, known: &KnownHosts, options: &BootstrapOptions, reporter: &dyn Reporter) -> Result<(), BootstrapError> {
+    let artifacts = {
+        let binary = options.binary.clone();
+        Arc::new(tokio::task::spawn_blocking(move || Artifacts::prepare(&binary)).await.map_err(|e| BootstrapError::Other(e.to_string()))??)
     };
-    Ok(Bootstrapped { server, kubeconfig: kubeconfig_path, changed, nodes })
+    let connects = machines.iter().map(|m| async move { (m.name.clone(), connect(cloud, m, user, ssh_key, known, options.ssh_deadline).await) });
+    let mut sessions = Sessions::new();
+    let mut errors = Vec::new();
+    for (name, result) in futures::future::join_all(connects).await {
+        match result {
+            Ok(s) => {
+                sessions.insert(name, Arc::new(std::sync::Mutex::new(s)));
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    BootstrapError::all(errors)?;
+    let workers: Vec<&Machine> = machines.iter().collect();
+    install_workers(client, join, &workers, &sessions, &artifacts, reporter).await?;
+    let names: Vec<String> = machines.iter().map(|m| m.name.clone()).collect();
+    wait_ready(client, &names, options.ready_deadline, reporter).await?;
+    Ok(())
 }
 
 async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut probe: F) -> Result<(), BootstrapError>

@@ -13,6 +13,7 @@ pub mod images;
 pub mod node;
 pub mod progress;
 pub mod scale;
+pub mod scale_pools;
 pub mod status;
 pub mod table;
 
@@ -136,7 +137,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Get(args) => get::run(args).await,
         Command::Apply(args) => apply::run_apply(args).await,
         Command::Delete(args) => delete::run(args).await,
-        Command::Scale(args) => scale::run(args).await,
+        Command::Scale(args) => scale::run(&cli.global, args).await,
         Command::Node(args) => node::run(args).await,
         Command::LoadImage(args) => images::run(&cli.global, args).await,
     }

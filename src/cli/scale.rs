@@ -1,5 +1,13 @@
-//! `clusterctl scale deployment NAME --replicas N`. The group leaves room for
-//! `clusterctl scale -f spec --workers N` (scaling worker pools), which comes with a later issue.
+//! `clusterctl scale deployment NAME --replicas N`, and `clusterctl scale -f SPEC --workers N`
+//! (`--pool NAME=N` for any pool) for worker pools.
+//!
+//! Scaling a pool records the new size in its `MachinePool` object and in the spec file, so that
+//! both agree afterwards. Up: the master's machine controller launches and bootstraps the new
+//! machines in parallel (the same converge and bootstrap code as `create`), and this command shows
+//! each machine's progress until all are Ready. Down: this command picks the machines with the
+//! fewest pods, cordons them (which takes them out of every service load balancer), deregisters
+//! them from the balancers' target groups, evicts their pods and waits until their controllers run
+//! them elsewhere, and only then terminates the machines and deletes their nodes.
 
 use std::path::PathBuf;
 
@@ -17,12 +25,18 @@ use crate::api::resource::DEPLOYMENTS;
 pub struct ScaleArgs {
     #[command(subcommand)]
     pub target: Option<ScaleTarget>,
-    /// The cluster spec whose worker pool to scale (not available yet).
+    /// The cluster spec whose worker pools to scale (its counts are updated too).
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
-    /// The number of workers (not available yet).
-    #[arg(long)]
+    /// The number of workers of the spec's first worker pool.
+    #[arg(long, conflicts_with = "pool")]
     pub workers: Option<u32>,
+    /// `NAME=N`: the number of workers of pool NAME (repeatable).
+    #[arg(long)]
+    pub pool: Vec<String>,
+    /// How long to wait for new machines to be Ready or old ones to be drained, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
 }
 
 /// What to scale.
@@ -52,7 +66,7 @@ pub struct ScaleDeploymentArgs {
 }
 
 /// Runs `scale`.
-pub async fn run(args: &ScaleArgs) -> Result<(), Failure> {
+pub async fn run(global: &super::Global, args: &ScaleArgs) -> Result<(), Failure> {
     match &args.target {
         Some(ScaleTarget::Deployment(d)) => {
             let replicas = i32::try_from(d.replicas).map_err(|_| Failure::Input(anyhow::anyhow!("--replicas {} is too large", d.replicas)))?;
@@ -67,9 +81,7 @@ pub async fn run(args: &ScaleArgs) -> Result<(), Failure> {
                 Err(e) => Err(Failure::Operation(anyhow::anyhow!("scaling deployment {}: {e}", d.name))),
             }
         }
-        None if args.workers.is_some() || args.file.is_some() => {
-            Err(Failure::Input(anyhow::anyhow!("scaling worker pools (scale -f SPEC --workers N) is not available yet; edit the spec and run create")))
-        }
-        None => Err(Failure::Input(anyhow::anyhow!("say what to scale: clusterctl scale deployment NAME --replicas N"))),
+        None if args.workers.is_some() || args.file.is_some() || !args.pool.is_empty() => super::scale_pools::run(global, args).await,
+        None => Err(Failure::Input(anyhow::anyhow!("say what to scale: clusterctl scale deployment NAME --replicas N, or clusterctl scale -f SPEC --workers N"))),
     }
 }

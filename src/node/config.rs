@@ -173,6 +173,73 @@ pub struct MasterSettings {
     /// controllers replace them elsewhere).
     #[serde(default = "default_pod_eviction")]
     pub pod_eviction_seconds: u64,
+    /// The cloud controller manager's settings; without them it does not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<CloudSettings>,
+}
+
+/// How the master's cloud controller manager reaches the cloud and makes machines.
+///
+/// On AWS the master uses its instance's credentials (no key is ever written here); against the
+/// LocalStack harness the endpoint as the node reaches it and LocalStack's fixed `test` credentials.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudSettings {
+    /// The region of the cluster.
+    pub region: String,
+    /// An endpoint other than AWS's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    /// Fixed credentials: only LocalStack's `test` pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    /// The cluster spec as validated by `create` (pools, network, images), for launching machines.
+    #[serde(default = "default_spec_path")]
+    pub spec_path: PathBuf,
+    /// The cluster's dedicated SSH private key, for bootstrapping new machines.
+    #[serde(default = "default_ssh_key_path")]
+    pub ssh_key_path: PathBuf,
+    /// How long a worker's node may stay NotReady before its machine is replaced.
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout_seconds: u64,
+    /// No machine of a pool is replaced while more than this share (percent) of it is unhealthy.
+    #[serde(default = "default_max_unhealthy")]
+    pub max_unhealthy_percent: u32,
+}
+
+/// Where `create` puts the master's copy of the cluster spec.
+pub const SPEC_PATH: &str = "/etc/clusterctl/cluster.toml";
+/// Where `create` puts the cluster's SSH key on the master.
+pub const SSH_KEY_PATH: &str = "/etc/clusterctl/ssh/id_ed25519";
+
+fn default_spec_path() -> PathBuf {
+    SPEC_PATH.into()
+}
+fn default_ssh_key_path() -> PathBuf {
+    SSH_KEY_PATH.into()
+}
+fn default_health_timeout() -> u64 {
+    60
+}
+fn default_max_unhealthy() -> u32 {
+    50
+}
+
+impl fmt::Debug for CloudSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CloudSettings")
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<hidden>"))
+            .field("spec_path", &self.spec_path)
+            .field("ssh_key_path", &self.ssh_key_path)
+            .field("health_timeout_seconds", &self.health_timeout_seconds)
+            .field("max_unhealthy_percent", &self.max_unhealthy_percent)
+            .finish()
+    }
 }
 
 /// A worker's settings. `Debug` hides the join token.
@@ -326,6 +393,7 @@ mod tests {
                 serving_ips: vec!["10.0.1.5".parse().unwrap(), "127.0.0.1".parse().unwrap()],
                 node_grace_seconds: 10,
                 pod_eviction_seconds: 10,
+                cloud: None,
             }),
             worker: None,
             ..worker()

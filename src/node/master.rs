@@ -99,7 +99,15 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         Duration::from_secs(settings.pod_eviction_seconds),
     ));
     tokio::spawn(deployment::run(controller_client.clone()));
-    tokio::spawn(endpoints::run(controller_client));
+    tokio::spawn(endpoints::run(controller_client.clone()));
+    if let Some(cloud) = settings.cloud.clone() {
+        let (client, config, ca_pem) = (controller_client, config.clone(), ca.cert_pem().to_string());
+        tokio::spawn(async move {
+            if let Err(e) = crate::cloudcontroller::run(client, cloud, config, ca_pem).await {
+                tracing::error!(error = format!("{e:#}"), "the cloud controller manager stopped");
+            }
+        });
+    }
     let scheduler = ca.issue_client("system:kube-scheduler", &["system:masters"])?;
     let scheduler_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: scheduler.cert_pem, key_pem: scheduler.key_pem })?;
     tokio::spawn(crate::scheduler::run(scheduler_client));

@@ -1,0 +1,257 @@
+//! The machine controller: keeps every worker pool at the size its `MachinePool` object asks for,
+//! and replaces machines that are unhealthy.
+//!
+//! A machine is unhealthy when its instance fails EC2's status checks (a machine that died outside
+//! the API), when its node has not been Ready for the health timeout (default 60 s), or when it never
+//! joined within the timeout plus a boot allowance. Each pass, per pool:
+//! - fewer machines than desired (terminated ones are gone from the count): launch the missing ones;
+//! - else, one unhealthy machine is replaced: a new one launched and bootstrapped over SSH (the same
+//!   converge and bootstrap code as `clusterctl create`), and only when it is Ready the old one is
+//!   terminated and its Node deleted. Never more than one replacement at a time per pool, and none
+//!   while more than `max_unhealthy_percent` of the pool is unhealthy (a network split must not
+//!   replace the cluster): the pool's `ReplacementBlocked` condition says why.
+//!
+//! Machines are never removed for being too many: `clusterctl scale` drains and removes machines itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use crate::api::machinepool::MachinePool;
+use crate::api::node::NodeCondition;
+use crate::api::resource::{MACHINE_POOLS, NODES};
+use crate::api::time::Time;
+use crate::api::Node;
+use crate::bootstrap::cluster::{self as bootstrap, BootstrapOptions, Join};
+use crate::bootstrap::hostkeys::KnownHosts;
+use crate::client::ApiClient;
+use crate::cloud::{owned_by, Cloud, Instance, InstanceState, POOL_TAG, ROLE_TAG};
+use crate::provision::{self, ConvergeOptions};
+use crate::report::LogReport;
+use crate::spec::{ClusterSpec, Role};
+
+use super::services::instance_id;
+
+/// How long a new machine may take to boot and join, beyond the health timeout.
+pub const BOOT_ALLOWANCE: Duration = Duration::from_secs(180);
+
+/// What the controller makes of one machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// Booting or joining, not yet judged.
+    Starting,
+    /// Why it is unhealthy.
+    Unhealthy(String),
+}
+
+/// One machine of a pool as the controller sees it.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub instance: Instance,
+    /// Its node's name, when it has one.
+    pub node: Option<String>,
+    pub health: Health,
+}
+
+/// What to do for one pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Nothing,
+    /// Launch this many machines.
+    Launch(u32),
+    /// Replace the machine (instance id) for the reason given.
+    Replace { instance: String, reason: String },
+    /// Unhealthy machines are left alone; the message says why.
+    Blocked(String),
+}
+
+/// Judges a pool's machines (`instances` not terminated) from their nodes and status checks.
+/// `first_seen` is when the controller first saw each instance, `now` the same clock's time.
+pub fn assess(instances: &[Instance], nodes: &[Node], impaired: &BTreeSet<String>, first_seen: &BTreeMap<String, Instant>, now: Instant, timeout: Duration) -> Vec<Machine> {
+    instances
+        .iter()
+        .map(|i| {
+            let node = nodes.iter().find(|n| instance_id(n).as_deref() == Some(i.id.as_str()));
+            let seen = first_seen.get(&i.id).map(|t| now.saturating_duration_since(*t)).unwrap_or_default();
+            let health = if impaired.contains(&i.id) {
+                Health::Unhealthy("the machine failed its status checks".into())
+            } else if let Some(n) = node {
+                match n.status.conditions.iter().find(|c| c.condition_type == "Ready") {
+                    Some(c) if c.status == "True" => Health::Healthy,
+                    Some(c) => {
+                        let since = c.last_transition_time.map(|t| t.age()).unwrap_or(seen);
+                        if since >= timeout && seen >= timeout {
+                            Health::Unhealthy(format!("node {} not Ready for {}s", n.metadata.name, since.as_secs()))
+                        } else {
+                            Health::Starting
+                        }
+                    }
+                    None if seen >= timeout + BOOT_ALLOWANCE => Health::Unhealthy(format!("node {} never reported Ready", n.metadata.name)),
+                    None => Health::Starting,
+                }
+            } else if i.state == InstanceState::Stopped && seen >= timeout {
+                Health::Unhealthy("the machine is stopped".into())
+            } else if seen >= timeout + BOOT_ALLOWANCE {
+                Health::Unhealthy(format!("no node joined in {}s", seen.as_secs()))
+            } else {
+                Health::Starting
+            };
+            Machine { instance: i.clone(), node: node.map(|n| n.metadata.name.clone()), health }
+        })
+        .collect()
+}
+
+/// Decides what to do for a pool that should have `desired` machines.
+pub fn decide(desired: u32, machines: &[Machine], max_unhealthy_percent: u32) -> Action {
+    let live = machines.len() as u32;
+    if live < desired {
+        return Action::Launch(desired - live);
+    }
+    let unhealthy: Vec<&Machine> = machines.iter().filter(|m| matches!(m.health, Health::Unhealthy(_))).collect();
+    let Some(first) = unhealthy.first() else { return Action::Nothing };
+    let share = unhealthy.len() as u32 * 100 / live.max(1);
+    if share > max_unhealthy_percent {
+        let which = unhealthy
+            .iter()
+            .map(|m| format!("{} ({})", m.node.clone().unwrap_or_else(|| m.instance.id.clone()), if let Health::Unhealthy(r) = &m.health { r.as_str() } else { "" }))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Action::Blocked(format!(
+            "{} of {live} machines are unhealthy ({share}%, more than the {max_unhealthy_percent}% limit): not replacing any, as this looks like a network split or an outage rather than failed machines: {which}",
+            unhealthy.len()
+        ));
+    }
+    let reason = if let Health::Unhealthy(r) = &first.health { r.clone() } else { String::new() };
+    Action::Replace { instance: first.instance.id.clone(), reason }
+}
+
+/// What the controller needs besides the API client.
+pub struct Context {
+    pub cloud: std::sync::Arc<dyn Cloud>,
+    pub spec_path: std::path::PathBuf,
+    pub ssh_key: std::path::PathBuf,
+    pub known_hosts: KnownHosts,
+    pub join: Join,
+    pub health_timeout: Duration,
+    pub max_unhealthy_percent: u32,
+}
+
+/// The controller's memory between passes.
+#[derive(Default)]
+pub struct State {
+    first_seen: BTreeMap<String, Instant>,
+}
+
+fn condition(kind: &str, status: bool, reason: &str, message: &str) -> NodeCondition {
+    NodeCondition {
+        condition_type: kind.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_heartbeat_time: None,
+        last_transition_time: Some(Time::now()),
+    }
+}
+
+/// One pass over every worker pool.
+pub async fn pass(ctx: &Context, client: &ApiClient, state: &mut State) -> anyhow::Result<()> {
+    let spec = ClusterSpec::load(&ctx.spec_path)?;
+    let cluster = spec.name.as_str().to_string();
+    let mut selector = owned_by(&cluster);
+    selector.insert(ROLE_TAG.into(), "worker".into());
+    let instances: Vec<Instance> = ctx.cloud.instances(&selector).await?.into_iter().filter(|i| !i.state.is_gone()).collect();
+    let now = Instant::now();
+    for i in &instances {
+        state.first_seen.entry(i.id.clone()).or_insert(now);
+    }
+    state.first_seen.retain(|id, _| instances.iter().any(|i| &i.id == id));
+    let running: Vec<String> = instances.iter().filter(|i| i.state == InstanceState::Running).map(|i| i.id.clone()).collect();
+    let impaired: BTreeSet<String> =
+        if running.is_empty() { BTreeSet::new() } else { ctx.cloud.instance_statuses(&running).await?.into_iter().filter(|s| s.impaired()).map(|s| s.instance_id).collect() };
+    let nodes: Vec<Node> = client.list(&NODES, None, &Default::default()).await?.items;
+
+    for pool in spec.workers.iter() {
+        let name = pool.name.as_str();
+        let object = match client.get::<MachinePool>(&MACHINE_POOLS, None, name).await {
+            Ok(p) => p,
+            Err(e) if e.is_not_found() => client.create(&MACHINE_POOLS, None, &MachinePool::new(name, pool.count)).await?,
+            Err(e) => return Err(e.into()),
+        };
+        let mine: Vec<Instance> = instances.iter().filter(|i| i.tags.get(POOL_TAG).map(String::as_str) == Some(name)).cloned().collect();
+        let machines = assess(&mine, &nodes, &impaired, &state.first_seen, now, ctx.health_timeout);
+        let action = decide(object.spec.replicas, &machines, ctx.max_unhealthy_percent);
+        let ready = machines.iter().filter(|m| m.health == Health::Healthy).count() as u32;
+        let conditions = match &action {
+            Action::Blocked(message) => vec![condition("ReplacementBlocked", true, "TooManyUnhealthy", message)],
+            _ => vec![condition("ReplacementBlocked", false, "", "")],
+        };
+        let blocked_before = object.condition("ReplacementBlocked").is_some_and(|c| c.status == "True");
+        let changed = object.status.replicas != mine.len() as u32 || object.status.ready_replicas != ready || blocked_before != matches!(action, Action::Blocked(_));
+        if changed || object.status.conditions.is_empty() {
+            let patch = serde_json::json!({ "status": { "replicas": mine.len(), "readyReplicas": ready, "conditions": conditions } });
+            if let Err(e) = client.patch_status::<MachinePool>(&MACHINE_POOLS, None, name, &patch).await {
+                tracing::warn!(error = %e, pool = name, "writing the pool's status");
+            }
+        }
+        match action {
+            Action::Nothing => {}
+            Action::Blocked(message) => tracing::warn!(pool = name, "{message}"),
+            Action::Launch(n) => {
+                tracing::info!(pool = name, "the pool has {} of {} machines: launching {n}", mine.len(), object.spec.replicas);
+                grow(ctx, client, &spec, &instances, name, n).await?;
+            }
+            Action::Replace { instance, reason } => {
+                let node = machines.iter().find(|m| m.instance.id == instance).and_then(|m| m.node.clone());
+                tracing::info!(pool = name, instance = %instance, node = ?node, "replacing an unhealthy machine: {reason}");
+                grow(ctx, client, &spec, &instances, name, 1).await?;
+                ctx.cloud.terminate_instances(std::slice::from_ref(&instance)).await?;
+                if let Some(node) = node {
+                    match client.delete(&NODES, None, &node).await {
+                        Ok(()) => {}
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => tracing::warn!(error = %e, node = %node, "deleting the replaced machine's node"),
+                    }
+                }
+                tracing::info!(pool = name, instance = %instance, "replaced");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Launches `n` more machines in a pool (every other pool kept at its current size) through the
+/// same converge as `create`, then bootstraps them over SSH and waits until they are Ready.
+async fn grow(ctx: &Context, client: &ApiClient, spec: &ClusterSpec, instances: &[Instance], pool: &str, n: u32) -> anyhow::Result<()> {
+    let mut target = spec.clone();
+    for p in target.workers.iter_mut() {
+        let live = instances.iter().filter(|i| i.tags.get(POOL_TAG).map(String::as_str) == Some(p.name.as_str())).count() as u32;
+        p.count = if p.name.as_str() == pool { live + n } else { live };
+    }
+    let key_text = std::fs::read_to_string(&ctx.ssh_key)?;
+    let public = ssh_key::PrivateKey::from_openssh(&key_text)?.public_key().to_openssh()?;
+    let report = LogReport::default();
+    let converged = provision::converge(ctx.cloud.as_ref(), &target, &ConvergeOptions::new(public), &report).await?;
+    let known: BTreeSet<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+    let pool_spec = target.pool(pool).ok_or_else(|| anyhow::anyhow!("pool {pool} is not in the spec"))?;
+    let new: Vec<bootstrap::Machine> = converged
+        .instances
+        .iter()
+        .filter(|((p, _), i)| p == pool && !known.contains(i.id.as_str()))
+        .map(|((_, slot), i)| bootstrap::machine(&target, pool_spec, *slot, i))
+        .collect();
+    debug_assert!(new.iter().all(|m| m.role == Role::Worker));
+    let options = BootstrapOptions::new()?;
+    bootstrap::add_workers(ctx.cloud.as_ref(), client, &ctx.join, &new, &spec.ssh.user, &ctx.ssh_key, &ctx.known_hosts, &options, &report).await?;
+    Ok(())
+}
+
+/// Runs the controller forever.
+pub async fn run(ctx: Context, client: ApiClient) {
+    let mut state = State::default();
+    loop {
+        if let Err(e) = pass(&ctx, &client, &mut state).await {
+            tracing::warn!(error = format!("{e:#}"), "machine controller pass");
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}

@@ -1,0 +1,65 @@
+//! The node controller: a Node whose machine is terminated (or gone from the cloud) is deleted at
+//! once, and so are the pods bound to a node that no longer exists (as Kubernetes' pod garbage
+//! collector does), so that their controllers replace them on the nodes that are left.
+
+use std::collections::BTreeSet;
+
+use crate::api::pod::Pod;
+use crate::api::resource::{NODES, PODS};
+use crate::api::Node;
+use crate::client::ApiClient;
+use crate::cloud::{owned_by, Cloud, CloudError, InstanceState};
+
+use super::services::instance_id;
+
+/// Nodes whose machine is not among the cluster's live instances (pending, running, stopping, stopped).
+pub fn orphaned<'a>(nodes: &'a [Node], live: &BTreeSet<String>) -> Vec<&'a Node> {
+    nodes.iter().filter(|n| instance_id(n).is_some_and(|id| !live.contains(&id))).collect()
+}
+
+/// Pods bound to a node that does not exist.
+pub fn stranded<'a>(pods: &'a [Pod], nodes: &BTreeSet<String>) -> Vec<&'a Pod> {
+    pods.iter().filter(|p| p.spec.node_name.as_deref().is_some_and(|n| !nodes.contains(n))).collect()
+}
+
+/// The cluster's instances that are still machines.
+pub async fn live_instances(cloud: &dyn Cloud, cluster: &str) -> Result<BTreeSet<String>, CloudError> {
+    Ok(cloud
+        .instances(&owned_by(cluster))
+        .await?
+        .into_iter()
+        .filter(|i| !matches!(i.state, InstanceState::ShuttingDown | InstanceState::Terminated))
+        .map(|i| i.id)
+        .collect())
+}
+
+/// One pass; returns how many nodes and pods were deleted.
+pub async fn pass(cloud: &dyn Cloud, client: &ApiClient, cluster: &str) -> anyhow::Result<(usize, usize)> {
+    let live = live_instances(cloud, cluster).await?;
+    let nodes: Vec<Node> = client.list(&NODES, None, &Default::default()).await?.items;
+    let mut deleted_nodes = 0;
+    for n in orphaned(&nodes, &live) {
+        match client.delete(&NODES, None, &n.metadata.name).await {
+            Ok(()) => {
+                deleted_nodes += 1;
+                tracing::info!(node = %n.metadata.name, instance = ?instance_id(n), "deleted the node: its machine is terminated or gone");
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => tracing::warn!(error = %e, node = %n.metadata.name, "deleting a node whose machine is gone"),
+        }
+    }
+    let remaining: BTreeSet<String> = nodes.iter().filter(|n| instance_id(n).is_none_or(|id| live.contains(&id))).map(|n| n.metadata.name.clone()).collect();
+    let pods: Vec<Pod> = client.list(&PODS, None, &Default::default()).await?.items;
+    let mut deleted_pods = 0;
+    for p in stranded(&pods, &remaining) {
+        match client.delete(&PODS, Some(p.metadata.namespace_or_default()), &p.metadata.name).await {
+            Ok(()) => {
+                deleted_pods += 1;
+                tracing::info!(pod = %p.metadata.name, node = ?p.spec.node_name, "deleted a pod of a node that is gone");
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => tracing::warn!(error = %e, pod = %p.metadata.name, "deleting a pod of a node that is gone"),
+        }
+    }
+    Ok((deleted_nodes, deleted_pods))
+}
