@@ -565,10 +565,15 @@ pub async fn wait_ready(client: &ApiClient, wanted: &[String], deadline: Duratio
     }
 }
 
+/// Where a node keeps the image tarballs loaded into the cluster (`clusterctl image load`).
+pub const IMAGES_DIR: &str = "/var/lib/clusterctl/images";
+
 /// Bootstraps new workers from inside the cluster (the master's machine controller): connects
-/// over SSH with the cluster's key and pinned host keys, installs the running binary, joins them
+/// over SSH with the cluster's key and pinned host keys, loads the cluster's images (`images`:
+/// tarballs on this machine) before the node can get pods, installs the running binary, joins them
 /// with a fresh token, and waits until they are Ready.
-pub async fn add_workers(cloud: &dyn Cloud, client: &ApiClient, join: &Join, machines: &[Machine], user: &str, ssh_key: &std::path::Path, known: &KnownHosts, options: &BootstrapOptions, reporter: &dyn Reporter) -> Result<(), BootstrapError> {
+#[allow(clippy::too_many_arguments)]
+pub async fn add_workers(cloud: &dyn Cloud, client: &ApiClient, join: &Join, machines: &[Machine], user: &str, ssh_key: &std::path::Path, known: &KnownHosts, images: &[PathBuf], options: &BootstrapOptions, reporter: &dyn Reporter) -> Result<(), BootstrapError> {
     let artifacts = {
         let binary = options.binary.clone();
         Arc::new(tokio::task::spawn_blocking(move || Artifacts::prepare(&binary)).await.map_err(|e| BootstrapError::Other(e.to_string()))??)
@@ -585,6 +590,26 @@ pub async fn add_workers(cloud: &dyn Cloud, client: &ApiClient, join: &Join, mac
         }
     }
     BootstrapError::all(errors)?;
+    let loads = sessions.iter().map(|(name, session)| {
+        let (name, session, images) = (name.clone(), session.clone(), images.to_vec());
+        async move {
+            reporter.item(&name, &format!("loading {} images", images.len()));
+            tokio::task::spawn_blocking(move || -> Result<(), BootstrapError> {
+                let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
+                for tar in &images {
+                    let step = format!("loading image {}", tar.display());
+                    let bytes = std::fs::read(tar).map_err(|e| BootstrapError::Node { node: name.clone(), step: step.clone(), message: e.to_string() })?;
+                    let remote = format!("{IMAGES_DIR}/{}", tar.file_name().and_then(|f| f.to_str()).unwrap_or("image.tar"));
+                    s.upload(&bytes, &remote, 0o600).map_err(|source| BootstrapError::Ssh { node: name.clone(), step: step.clone(), source })?;
+                    s.sudo(&format!("docker load -i {}", ssh::shell_quote(&remote))).map_err(|source| BootstrapError::Ssh { node: name.clone(), step: step.clone(), source })?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| BootstrapError::Other(e.to_string()))?
+        }
+    });
+    BootstrapError::all(futures::future::join_all(loads).await.into_iter().filter_map(Result::err).collect())?;
     let workers: Vec<&Machine> = machines.iter().collect();
     install_workers(client, join, &workers, &sessions, &artifacts, reporter).await?;
     let names: Vec<String> = machines.iter().map(|m| m.name.clone()).collect();

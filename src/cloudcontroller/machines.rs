@@ -241,7 +241,11 @@ async fn grow(ctx: &Context, client: &ApiClient, spec: &ClusterSpec, instances: 
         .collect();
     debug_assert!(new.iter().all(|m| m.role == Role::Worker));
     let options = BootstrapOptions::new()?;
-    bootstrap::add_workers(ctx.cloud.as_ref(), client, &ctx.join, &new, &spec.ssh.user, &ctx.ssh_key, &ctx.known_hosts, &options, &report).await?;
+    // The images loaded into the cluster, as this master keeps them, go to the new machines too.
+    let images: Vec<std::path::PathBuf> = std::fs::read_dir(bootstrap::IMAGES_DIR)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "tar")).collect())
+        .unwrap_or_default();
+    bootstrap::add_workers(ctx.cloud.as_ref(), client, &ctx.join, &new, &spec.ssh.user, &ctx.ssh_key, &ctx.known_hosts, &images, &options, &report).await?;
     Ok(())
 }
 
