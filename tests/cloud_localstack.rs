@@ -73,7 +73,7 @@ async fn http_get(ip: &str, port: u16) -> Option<String> {
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await.ok()?.ok()?;
     let text = String::from_utf8_lossy(&buf).to_string();
-    text.starts_with("HTTP/1.0 200").then(|| text.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string())
+    text.lines().next().is_some_and(|l| l.starts_with("HTTP/1.") && l.contains(" 200")).then(|| text.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string())
 }
 
 /// Waits until the pool has `n` machines, all with Ready nodes, and no node of a machine that is gone.

@@ -146,3 +146,6 @@ async fn find_network(cloud: &dyn Cloud, cluster: &str) -> anyhow::Result<servic
     let subnet_ids = cloud.subnets(&owned).await?.into_iter().filter(|s| s.vpc_id == vpc.id).map(|s| s.id).collect();
     Ok(services::Network { vpc_id: vpc.id, subnet_ids })
 }
+
+#[cfg(test)]
+mod tests;

@@ -257,6 +257,9 @@ async fn image_for(cloud: &dyn Cloud, pool: &NodePool) -> Result<Image, Provisio
     }
 }
 
+/// How many launch tokens a slot tries before giving up (each terminated machine of the slot uses one).
+const LAUNCH_ATTEMPTS: u32 = 32;
+
 /// Launches instances for the given slots in parallel.
 async fn launch_all(cloud: &dyn Cloud, spec: &ClusterSpec, r: &mut Resolved, slots: Vec<(String, u32)>, reporter: &dyn Reporter) -> Result<(), ProvisionError> {
     let names = Names::new(spec);
@@ -290,11 +293,13 @@ async fn launch_all(cloud: &dyn Cloud, spec: &ClusterSpec, r: &mut Resolved, slo
         async move {
             let name = names.instance_name(pool, slot);
             reporter.item(&name, "launching");
-            // A token already used by a terminated machine returns that machine: launch again with the next token.
-            for attempt in 0..3 {
+            // A token already used by a terminated machine returns that machine (as it was at
+            // launch): launch again with the next token. A slot is reused after every replacement.
+            for attempt in 0..LAUNCH_ATTEMPTS {
                 request.client_token = names.client_token(pool, slot, vpc, attempt);
                 let instance = cloud.run_instance(&request).await?;
-                if !instance.state.is_gone() {
+                let now = cloud.instances_by_id(std::slice::from_ref(&instance.id)).await?;
+                if !instance.state.is_gone() && now.iter().all(|i| !i.state.is_gone()) {
                     reporter.item(&name, &format!("{} {}", instance.id, instance.state));
                     return Ok(((pool.name.as_str().to_string(), slot), instance));
                 }

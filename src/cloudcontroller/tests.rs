@@ -1,0 +1,189 @@
+//! The cloud controllers' decisions, and the service controller against the in-memory fake cloud.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::machines::{assess, decide, Action, Health};
+use super::services::{self, Network};
+use crate::api::node::NodeCondition;
+use crate::api::service::{Service, ServicePort};
+use crate::api::{Node, ObjectMeta};
+use crate::cloud::fake::FakeCloud;
+use crate::cloud::{owned_by, Cloud, Instance, InstanceState, Resilient, RetryPolicy, ROLE_TAG};
+
+fn node(name: &str, instance: &str, ready: &str, worker: bool) -> Node {
+    let mut n = Node::default();
+    n.metadata = ObjectMeta { name: name.into(), ..ObjectMeta::default() };
+    if !worker {
+        n.metadata.labels.insert("node-role.kubernetes.io/control-plane".into(), String::new());
+    }
+    n.spec.provider_id = Some(format!("aws:///us-east-1a/{instance}"));
+    n.status.conditions.push(NodeCondition { condition_type: "Ready".into(), status: ready.into(), ..NodeCondition::default() });
+    n
+}
+
+fn lb_service(name: &str, port: i64, node_port: Option<i64>) -> Service {
+    let mut s = Service::default();
+    s.metadata = ObjectMeta::namespaced("default", name);
+    s.spec.service_type = Some("LoadBalancer".into());
+    s.spec.ports.push(ServicePort { port, node_port, ..ServicePort::default() });
+    s
+}
+
+fn instance(id: &str) -> Instance {
+    Instance {
+        id: id.into(),
+        state: InstanceState::Running,
+        instance_type: "t3.small".into(),
+        image_id: "ami-1".into(),
+        subnet_id: None,
+        private_ip: None,
+        public_ip: None,
+        tags: Default::default(),
+    }
+}
+
+#[test]
+fn only_ready_schedulable_workers_take_balancer_traffic() {
+    let mut cordoned = node("w3", "i-3", "True", true);
+    cordoned.spec.unschedulable = true;
+    let nodes = vec![node("m", "i-0", "True", false), node("w1", "i-1", "True", true), node("w2", "i-2", "Unknown", true), cordoned];
+    assert_eq!(services::targets(&nodes), BTreeSet::from(["i-1".to_string()]));
+}
+
+#[test]
+fn balancer_names_fit_aws_limits_and_differ_per_cluster() {
+    let a = services::balancer_name("a-cluster-name-of-twenty-eight", "default/web");
+    assert!(a.len() <= 23 && !a.contains("--"), "{a}");
+    assert_ne!(a, services::balancer_name("another", "default/web"));
+    assert_eq!(a, services::balancer_name("a-cluster-name-of-twenty-eight", "default/web"), "stable across passes");
+}
+
+/// A VPC with one subnet and two running workers.
+async fn network(cloud: &dyn Cloud) -> (Network, Vec<String>) {
+    let vpc = cloud.create_vpc("10.9.0.0/16".parse().unwrap(), &owned_by("c1")).await.unwrap();
+    let subnet = cloud.create_subnet(&vpc.id, "us-east-1a", "10.9.0.0/20".parse().unwrap(), &owned_by("c1")).await.unwrap();
+    cloud.import_key_pair("k", "ssh-ed25519 AAAA", &owned_by("c1")).await.unwrap();
+    let image = cloud.image("ami-0debian12000001").await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let request = crate::cloud::LaunchRequest {
+            image: image.clone(),
+            instance_type: "t3.small".into(),
+            subnet_id: subnet.id.clone(),
+            security_group_ids: vec![],
+            key_name: "k".into(),
+            disk_gb: 8,
+            client_token: format!("t{n}"),
+            user_data: None,
+            tags: owned_by("c1"),
+        };
+        ids.push(cloud.run_instance(&request).await.unwrap().id);
+    }
+    while cloud.instances_by_id(&ids).await.unwrap().iter().any(|i| i.state != InstanceState::Running) {}
+    (Network { vpc_id: vpc.id, subnet_ids: vec![subnet.id] }, ids)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_balancer_service_gets_a_tagged_balancer_that_follows_the_workers_and_goes_with_it() {
+    let fake = Arc::new(FakeCloud::new());
+    let cloud = Resilient::new(fake.clone(), RetryPolicy::default());
+    let (net, ids) = network(&cloud).await;
+    let svc = lb_service("web", 80, Some(30080));
+    let targets: BTreeSet<String> = ids.iter().cloned().collect();
+
+    // No node port yet: nothing is made.
+    let none = services::reconcile(&cloud, "c1", &net, &[lb_service("web", 80, None)], &targets).await.unwrap();
+    assert!(none.is_empty());
+
+    let addresses = services::reconcile(&cloud, "c1", &net, std::slice::from_ref(&svc), &targets).await.unwrap();
+    let mut selector = owned_by("c1");
+    selector.insert(ROLE_TAG.into(), services::ROLE.into());
+    let lbs = cloud.load_balancers(&selector).await.unwrap();
+    assert_eq!(lbs.len(), 1);
+    assert_eq!(lbs[0].tags.get(services::SERVICE_TAG).map(String::as_str), Some("default/web"));
+    assert_eq!(addresses.get("default/web"), Some(&lbs[0].dns_name));
+    let tgs = cloud.target_groups(&selector).await.unwrap();
+    assert_eq!((tgs.len(), tgs[0].port), (1, 30080), "one target group on the NodePort");
+    let registered: BTreeSet<String> = cloud.target_health(&tgs[0].arn).await.unwrap().into_iter().map(|t| t.instance_id).collect();
+    assert_eq!(registered, targets);
+    let listeners = cloud.listeners(&lbs[0].arn).await.unwrap();
+    assert_eq!((listeners.len(), listeners[0].port), (1, 80));
+    assert_eq!(cloud.security_groups(&selector).await.unwrap().len(), 1, "the balancer has its own group");
+
+    // A second pass changes nothing; a worker leaving is deregistered.
+    let calls = fake.calls().len();
+    services::reconcile(&cloud, "c1", &net, std::slice::from_ref(&svc), &targets).await.unwrap();
+    let mutations: Vec<String> = fake.calls()[calls..].iter().filter(|c| c.starts_with("create") || c.starts_with("register") || c.starts_with("delete")).cloned().collect();
+    assert!(mutations.is_empty(), "an unchanged service changes nothing: {mutations:?}");
+    let fewer = BTreeSet::from([ids[1].clone()]);
+    services::reconcile(&cloud, "c1", &net, std::slice::from_ref(&svc), &fewer).await.unwrap();
+    let registered: BTreeSet<String> = cloud.target_health(&tgs[0].arn).await.unwrap().into_iter().map(|t| t.instance_id).collect();
+    assert_eq!(registered, fewer);
+
+    // The service gone: balancer, listener, target group and security group go too.
+    services::reconcile(&cloud, "c1", &net, &[], &fewer).await.unwrap();
+    assert!(cloud.load_balancers(&selector).await.unwrap().is_empty());
+    assert!(cloud.target_groups(&selector).await.unwrap().is_empty());
+    assert!(cloud.security_groups(&selector).await.unwrap().is_empty());
+}
+
+fn judged(health: &[Health]) -> Vec<super::machines::Machine> {
+    health.iter().enumerate().map(|(i, h)| super::machines::Machine { instance: instance(&format!("i-{i}")), node: Some(format!("w{i}")), health: h.clone() }).collect()
+}
+
+#[test]
+fn a_short_pool_launches_and_an_unhealthy_machine_is_replaced_one_at_a_time() {
+    let bad = Health::Unhealthy("node w1 not Ready for 70s".into());
+    assert_eq!(decide(3, &judged(&[Health::Healthy, Health::Healthy]), 50), Action::Launch(1));
+    assert_eq!(decide(2, &judged(&[Health::Healthy, Health::Healthy]), 50), Action::Nothing);
+    assert_eq!(decide(1, &judged(&[Health::Healthy, Health::Healthy]), 50), Action::Nothing, "never removes: scale does");
+    assert_eq!(decide(2, &judged(&[Health::Healthy, Health::Starting]), 50), Action::Nothing);
+    assert!(matches!(decide(3, &judged(&[Health::Healthy, bad.clone(), bad.clone()]), 50), Action::Blocked(m) if m.contains("2 of 3") && m.contains("50%")));
+    assert_eq!(
+        decide(2, &judged(&[Health::Healthy, bad.clone()]), 50),
+        Action::Replace { instance: "i-1".into(), reason: "node w1 not Ready for 70s".into() },
+        "1 of 2 is exactly the limit"
+    );
+}
+
+#[test]
+fn machines_are_judged_by_status_checks_node_readiness_and_time_to_join() {
+    let timeout = Duration::from_secs(60);
+    let t0 = Instant::now();
+    let later = t0 + Duration::from_secs(61);
+    let instances = vec![instance("i-1"), instance("i-2"), instance("i-3"), instance("i-4")];
+    let mut notready = node("w2", "i-2", "False", true);
+    notready.status.conditions[0].last_transition_time = Some(crate::api::time::Time::from_unix_seconds(0));
+    let nodes = vec![node("w1", "i-1", "True", true), notready, node("w3", "i-3", "True", true)];
+    let first_seen: BTreeMap<String, Instant> = instances.iter().map(|i| (i.id.clone(), t0)).collect();
+    let impaired = BTreeSet::from(["i-3".to_string()]);
+
+    let early = assess(&instances, &nodes, &impaired, &first_seen, t0, timeout);
+    let health: Vec<&Health> = early.iter().map(|m| &m.health).collect();
+    assert_eq!(health[0], &Health::Healthy);
+    assert_eq!(health[1], &Health::Starting, "just seen: not judged yet");
+    assert!(matches!(health[2], Health::Unhealthy(r) if r.contains("status checks")), "a failed status check counts at once");
+    assert_eq!(health[3], &Health::Starting, "no node yet, within the boot allowance");
+
+    let late = assess(&instances, &nodes, &impaired, &first_seen, later, timeout);
+    assert!(matches!(&late[1].health, Health::Unhealthy(r) if r.contains("not Ready")));
+    assert_eq!(late[3].health, Health::Starting, "a machine may take the timeout plus the boot allowance to join");
+    let much_later = assess(&instances, &nodes, &impaired, &first_seen, t0 + timeout + super::machines::BOOT_ALLOWANCE, timeout);
+    assert!(matches!(&much_later[3].health, Health::Unhealthy(r) if r.contains("no node joined")));
+}
+
+#[test]
+fn nodes_of_gone_machines_and_pods_of_gone_nodes_are_found() {
+    let nodes = vec![node("w1", "i-1", "True", true), node("w2", "i-2", "True", true)];
+    let live = BTreeSet::from(["i-1".to_string()]);
+    let orphaned: Vec<&str> = super::nodes::orphaned(&nodes, &live).iter().map(|n| n.metadata.name.as_str()).collect();
+    assert_eq!(orphaned, vec!["w2"]);
+    let mut on_w2 = crate::api::pod::Pod::default();
+    on_w2.spec.node_name = Some("w2".into());
+    let unbound = crate::api::pod::Pod::default();
+    let pods = vec![on_w2, unbound];
+    let names = BTreeSet::from(["w1".to_string()]);
+    assert_eq!(super::nodes::stranded(&pods, &names).len(), 1, "only bound pods of missing nodes");
+}
