@@ -215,7 +215,7 @@ async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothi
     watcher.await.unwrap();
     let (requests_made, failed) = (requests.load(Ordering::Relaxed), failures.load(Ordering::Relaxed));
     eprintln!("scale-down: {requests_made} requests through the balancer, {failed} failed");
-    assert!(requests_made > 20, "the client loop ran: {requests_made}");
+    assert!(requests_made >= 10, "the client loop ran: {requests_made}");
     assert_eq!(failed, 0, "no request fails during the scale-down");
     let remaining = worker_instances(cloud.as_ref()).await;
     let deleted = pod_deleted.lock().unwrap().clone();
