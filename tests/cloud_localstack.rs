@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use clusterctl::client::kubeconfig::Kubeconfig;
 use clusterctl::client::{ApiClient, ClientAuth};
 use clusterctl::cloud::aws::{AwsCloud, AwsOptions};
-use clusterctl::cloud::{owned_by, Cloud, InstanceState, ROLE_TAG};
+use clusterctl::cloud::{owned_by, Cloud, ROLE_TAG};
 use common::*;
 use serde_json::Value;
 
@@ -188,19 +188,18 @@ async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothi
     let node_instance: BTreeMap<String, String> = workers(&client).await.iter().map(|n| (name(n), instance_of(n))).collect();
     let watcher = {
         let (client, pod_deleted, terminated_at, watching, cloud, before) = (client.clone(), pod_deleted.clone(), terminated_at.clone(), watching.clone(), cloud.clone(), before.clone());
+        let machines: Vec<String> = node_instance.values().cloned().collect();
         tokio::spawn(async move {
             while watching.load(Ordering::Relaxed) {
                 let pods: BTreeSet<String> = client.list_values("/api/v1/namespaces/default/pods").await.unwrap_or_default().iter().map(name).collect();
+                let alive = worker_instances(cloud.as_ref()).await;
                 let now = Instant::now();
                 for p in before.keys().filter(|p| !pods.contains(*p)) {
                     pod_deleted.lock().unwrap().entry(p.clone()).or_insert(now);
                 }
-                let mut selector = owned_by(CLUSTER);
-                selector.insert(ROLE_TAG.into(), "worker".into());
-                if let Ok(all) = cloud.instances(&selector).await {
-                    for i in all.iter().filter(|i| matches!(i.state, InstanceState::ShuttingDown | InstanceState::Terminated)) {
-                        terminated_at.lock().unwrap().entry(i.id.clone()).or_insert(now);
-                    }
+                // The first time a machine is seen terminating or gone.
+                for m in machines.iter().filter(|m| !alive.contains(*m)) {
+                    terminated_at.lock().unwrap().entry(m.clone()).or_insert(now);
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -243,6 +242,45 @@ async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothi
     // 2 of 3 workers dead at once, with the limit at 50%: nothing is replaced, and the pool says why.
     assert_ok(&clusterctl(home.path(), &["scale", "-f", s, "--workers", "3"]), "scale --workers 3");
     pool_settles(&client, cloud.as_ref(), 3, Duration::from_secs(30), "3 Ready workers").await;
+
+    // create with another build of the node software rolls it out node by node: master first, then
+    // each worker drained, upgraded, Ready and uncordoned before the next is touched.
+    let newer = home.path().join("clusterctl-newer");
+    let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_clusterctl")).unwrap();
+    bytes.extend_from_slice(b"\n-- a newer build --\n");
+    std::fs::write(&newer, &bytes).unwrap();
+    let newer_sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    let cordoned_at_once = Arc::new(AtomicUsize::new(0));
+    let upgrading = Arc::new(AtomicBool::new(true));
+    let observer = {
+        let (client, cordoned_at_once, upgrading) = (client.clone(), cordoned_at_once.clone(), upgrading.clone());
+        tokio::spawn(async move {
+            while upgrading.load(Ordering::Relaxed) {
+                let cordoned = workers(&client).await.iter().filter(|n| n["spec"]["unschedulable"] == true).count();
+                cordoned_at_once.fetch_max(cordoned, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clusterctl")).args(["create", "-f", s]).env("CLUSTERCTL_HOME", home.path()).env("CLUSTERCTL_NODE_BINARY", &newer).output().unwrap();
+    let text = assert_ok(&out, "create with a newer binary");
+    upgrading.store(false, Ordering::Relaxed);
+    observer.await.unwrap();
+    eprintln!("{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("upgrading the node software on 3 workers, one at a time"), "{err}");
+    assert_eq!(cordoned_at_once.load(Ordering::Relaxed), 1, "one worker at a time is taken out");
+    for id in worker_instances(cloud.as_ref()).await {
+        let sha = std::process::Command::new("docker").args(["exec", &id, "sha256sum", "/usr/local/bin/clusterctl"]).output().unwrap();
+        assert!(String::from_utf8_lossy(&sha.stdout).starts_with(&newer_sha), "{id} runs the newer build");
+    }
+    pool_settles(&client, cloud.as_ref(), 3, Duration::from_secs(30), "3 Ready workers after the upgrade").await;
+    let ready = client.list_values("/api/v1/namespaces/default/pods").await.unwrap().iter().filter(|p| is_ready(p)).count();
+    assert_eq!(ready, 3, "the web pods run after the upgrade");
+
     let ids = worker_instances(cloud.as_ref()).await;
     for id in &ids[..2] {
         assert!(std::process::Command::new("docker").args(["kill", id]).output().unwrap().status.success());

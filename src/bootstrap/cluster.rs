@@ -73,10 +73,15 @@ pub struct BootstrapOptions {
 }
 
 impl BootstrapOptions {
-    /// Defaults: the running binary, 5 minutes for SSH and for readiness, 1 hour tokens.
+    /// Defaults: the running binary (or `$CLUSTERCTL_NODE_BINARY`, another build to roll out),
+    /// 5 minutes for SSH and for readiness, 1 hour tokens.
     pub fn new() -> std::io::Result<Self> {
+        let binary = match std::env::var_os("CLUSTERCTL_NODE_BINARY") {
+            Some(path) => PathBuf::from(path),
+            None => std::env::current_exe()?,
+        };
         Ok(BootstrapOptions {
-            binary: std::env::current_exe()?,
+            binary,
             ssh_deadline: Duration::from_secs(300),
             ready_deadline: Duration::from_secs(300),
             token_ttl: Duration::from_secs(3600),
@@ -413,7 +418,26 @@ pub async fn bootstrap(
         reporter.phase("installing and joining the workers");
         let ca_hash = pki::ca_hash(&ca_pem).map_err(|e| BootstrapError::Other(format!("hashing the cluster CA: {e}")))?;
         let join = Join { cluster: spec.name.as_str().into(), api_host: api_host.clone(), port: spec.api.port, ca_hash, token_ttl: options.token_ttl };
-        changed.extend(install_workers(&direct, &join, &workers, &sessions, &artifacts, reporter).await?);
+        // Joined workers running another binary are upgraded one at a time, drained first; the
+        // others (new machines, config changes) are installed in parallel.
+        let mut upgrades = Vec::new();
+        let mut others = Vec::new();
+        for m in &workers {
+            if needs_upgrade(&sessions[&m.name], &artifacts).await? {
+                upgrades.push(*m);
+            } else {
+                others.push(*m);
+            }
+        }
+        let token = create_join_token(&direct, options.token_ttl).await?;
+        changed.extend(install_with_token(&join, &others, &sessions, &artifacts, &token, reporter).await?);
+        if !upgrades.is_empty() {
+            reporter.phase(&format!("upgrading the node software on {} workers, one at a time", upgrades.len()));
+        }
+        for m in upgrades {
+            upgrade_worker(&direct, &join, m, &sessions, &artifacts, &token, options.ready_deadline, reporter).await?;
+            changed.push(m.name.clone());
+        }
     }
 
     // Every node Ready, seen through the load balancer as the operator will see it.
@@ -446,8 +470,49 @@ type Sessions = BTreeMap<String, Arc<std::sync::Mutex<SshSession>>>;
 /// Makes a join token (a bootstrap-token Secret, through `client`) and installs the workers in
 /// parallel over their sessions; returns the workers on which something changed.
 async fn install_workers(client: &ApiClient, join: &Join, workers: &[&Machine], sessions: &Sessions, artifacts: &Arc<Artifacts>, reporter: &dyn Reporter) -> Result<Vec<String>, BootstrapError> {
+    let token = create_join_token(client, join.token_ttl).await?;
+    install_with_token(join, workers, sessions, artifacts, &token, reporter).await
+}
+
+/// Whether a worker has joined and runs another binary than the one to install.
+async fn needs_upgrade(session: &Arc<std::sync::Mutex<SshSession>>, artifacts: &Arc<Artifacts>) -> Result<bool, BootstrapError> {
+    let (session, want) = (session.clone(), artifacts.binary_sha256.clone());
+    tokio::task::spawn_blocking(move || {
+        let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
+        let node = s.node().to_string();
+        let err = |source| BootstrapError::Ssh { node: node.clone(), step: "checking the installed binary".into(), source };
+        let joined = s.exec(&format!("sudo -n test -f {DATA_DIR}/pki/node.crt")).map_err(err)?.status == 0;
+        let installed = s.exec("sha256sum /usr/local/bin/clusterctl 2>/dev/null | cut -d' ' -f1").map_err(err)?.stdout.trim().to_string();
+        Ok(joined && !installed.is_empty() && installed != want)
+    })
+    .await
+    .map_err(|e| BootstrapError::Other(e.to_string()))?
+}
+
+/// Upgrades one joined worker: cordon, drain (its pods Ready elsewhere first), install the new
+/// binary (which restarts the agent; its containers of pods that return are adopted), wait until
+/// the restarted agent has renewed its lease and the node is Ready, uncordon.
+#[allow(clippy::too_many_arguments)]
+async fn upgrade_worker(client: &ApiClient, join: &Join, m: &Machine, sessions: &Sessions, artifacts: &Arc<Artifacts>, token: &JoinToken, deadline: Duration, reporter: &dyn Reporter) -> Result<(), BootstrapError> {
+    use crate::client::drain;
+    let fail = |step: &str, e: String| BootstrapError::Node { node: m.name.clone(), step: step.into(), message: e };
+    let name = vec![m.name.clone()];
+    reporter.item(&m.name, "cordoning");
+    drain::set_unschedulable(client, &name, true).await.map_err(|e| fail("cordoning", e.to_string()))?;
+    drain::evict_and_wait(client, &name.iter().cloned().collect(), deadline, reporter).await.map_err(|e| fail("draining", format!("{e:#}")))?;
+    reporter.item(&m.name, "drained; installing the new binary");
+    let since = std::time::SystemTime::now();
+    install_with_token(join, &[m], sessions, artifacts, token, reporter).await?;
+    drain::wait_renewed_and_ready(client, &m.name, since, deadline).await.map_err(|e| fail("waiting for the upgraded node", format!("{e:#}")))?;
+    drain::set_unschedulable(client, &name, false).await.map_err(|e| fail("uncordoning", e.to_string()))?;
+    reporter.item_done(&m.name, "upgraded, Ready, schedulable");
+    Ok(())
+}
+
+/// Makes a join token: a bootstrap-token Secret that expires after `ttl`.
+async fn create_join_token(client: &ApiClient, ttl: Duration) -> Result<JoinToken, BootstrapError> {
     let token = JoinToken::generate();
-    let expires = crate::api::time::rfc3339_after(join.token_ttl);
+    let expires = crate::api::time::rfc3339_after(ttl);
     let mut data = BTreeMap::new();
     for (k, v) in token.secret_data(&expires) {
         use base64::Engine;
@@ -458,8 +523,12 @@ async fn install_workers(client: &ApiClient, join: &Join, workers: &[&Machine], 
         "metadata": { "name": format!("bootstrap-token-{}", token.id()), "namespace": "kube-system" },
         "data": data,
     });
-    // The token must exist before any worker starts.
     client.create_value("/api/v1/namespaces/kube-system/secrets", &secret).await.map_err(|e| BootstrapError::Other(format!("creating the join token: {e}")))?;
+    Ok(token)
+}
+
+/// Installs workers in parallel with a join token that exists already.
+async fn install_with_token(join: &Join, workers: &[&Machine], sessions: &Sessions, artifacts: &Arc<Artifacts>, token: &JoinToken, reporter: &dyn Reporter) -> Result<Vec<String>, BootstrapError> {
     let installs = workers.iter().map(|m| {
         let m = (*m).clone();
         let session = sessions[&m.name].clone();

@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 use super::progress::TerminalReport;
 use super::scale::ScaleArgs;
 use super::{connect, load_spec, Failure, Global};
-use crate::api::deployment::ReplicaSet;
 use crate::api::pod::Pod;
-use crate::api::resource::{NODES, PODS, REPLICA_SETS};
+use crate::api::resource::{NODES, PODS};
 use crate::api::Node;
 use crate::bootstrap::cluster::record_pool_size;
 use crate::client::ApiClient;
@@ -186,8 +185,9 @@ async fn shrink(cloud: &dyn Cloud, client: &ApiClient, cluster: &str, live: Vec<
     let label = |id: &str| leaving.iter().find(|i| i.id == id).and_then(|i| i.tags.get("Name").cloned()).unwrap_or_else(|| id.to_string());
 
     // Cordon: no new pods, and out of every service balancer.
-    for name in node_names.keys() {
-        client.patch::<Node>(&NODES, None, name, &serde_json::json!({ "spec": { "unschedulable": true } })).await?;
+    let names: Vec<String> = node_names.keys().cloned().collect();
+    crate::client::drain::set_unschedulable(client, &names, true).await?;
+    for name in &names {
         report.item(name, "cordoned");
     }
     let mut selector = owned_by(cluster);
@@ -201,53 +201,8 @@ async fn shrink(cloud: &dyn Cloud, client: &ApiClient, cluster: &str, live: Vec<
     }
 
     // Drain: evict every pod of the leaving nodes, then wait until their owners have them back elsewhere.
-    let evicted: Vec<&Pod> = pods.iter().filter(|p| p.spec.node_name.as_ref().is_some_and(|n| node_names.contains_key(n))).collect();
-    let owners: BTreeSet<(String, String)> = evicted
-        .iter()
-        .filter_map(|p| p.metadata.owner_references.iter().find(|o| o.kind == "ReplicaSet").map(|o| (p.metadata.namespace_or_default().to_string(), o.name.clone())))
-        .collect();
-    for p in &evicted {
-        match client.delete(&PODS, Some(p.metadata.namespace_or_default()), &p.metadata.name).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(anyhow::anyhow!("evicting pod {}: {e}", p.metadata.name)),
-        }
-        if let Some(node) = &p.spec.node_name {
-            report.item(node, &format!("evicted {}", p.metadata.name));
-        }
-    }
-    let start = Instant::now();
-    loop {
-        let pods: Vec<Pod> = client.list(&PODS, None, &Default::default()).await?.items;
-        let left_behind = pods.iter().filter(|p| p.spec.node_name.as_ref().is_some_and(|n| node_names.contains_key(n))).count();
-        let mut short = Vec::new();
-        for (ns, rs) in &owners {
-            let want = match client.get::<ReplicaSet>(&REPLICA_SETS, Some(ns), rs).await {
-                Ok(r) => r.spec.replicas.unwrap_or(1).max(0) as usize,
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let running = pods
-                .iter()
-                .filter(|p| p.metadata.namespace_or_default() == ns && p.metadata.owner_references.iter().any(|o| &o.name == rs))
-                .filter(|p| p.spec.node_name.as_ref().is_some_and(|n| !node_names.contains_key(n)))
-                .filter(|p| p.status.conditions.iter().any(|c| c.condition_type == "Ready" && c.status == "True"))
-                .count();
-            if running < want {
-                short.push(format!("{ns}/{rs} {running}/{want}"));
-            }
-        }
-        if left_behind == 0 && short.is_empty() {
-            break;
-        }
-        for name in node_names.keys() {
-            report.item(name, &format!("draining: {left_behind} pods left; waiting for {}", if short.is_empty() { "nothing".into() } else { short.join(", ") }));
-        }
-        if start.elapsed() > deadline {
-            anyhow::bail!("draining {} did not finish in {deadline:?}: {left_behind} pods still there, replicas short: {}", node_names.keys().cloned().collect::<Vec<_>>().join(", "), short.join(", "));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let leaving_nodes: BTreeSet<String> = node_names.keys().cloned().collect();
+    crate::client::drain::evict_and_wait(client, &leaving_nodes, deadline, report).await?;
     for name in node_names.keys() {
         report.item(name, "drained; terminating");
     }

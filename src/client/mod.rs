@@ -9,6 +9,7 @@
 //! can match `NotFound` or `Conflict`, [`ClientError::Transport`] is worth retrying. Connecting may
 //! take 5 s and a request 30 s; watches have no overall limit.
 
+pub mod drain;
 pub mod kubeconfig;
 
 use std::sync::Arc;
