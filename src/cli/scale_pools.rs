@@ -222,3 +222,94 @@ async fn shrink(cloud: &dyn Cloud, client: &ApiClient, cluster: &str, live: Vec<
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"[cluster]
+name = "t1"
+region = "us-east-1"
+availability_zones = ["us-east-1a"]
+
+[network]
+vpc_cidr = "10.42.0.0/16"
+admin_cidrs = ["10.42.0.1/32"]
+
+[masters]
+count = 1
+instance_type = "t3.medium"
+image = { name = "debian-12-*" }
+
+[[workers]]
+name = "default"
+count = 2   # the web tier
+instance_type = "t3.small"
+image = { name = "debian-12-*" }
+
+[[workers]]
+count = 1
+instance_type = "t3.large"
+name = "big"
+image = { name = "debian-12-*" }
+"#;
+
+    fn spec() -> ClusterSpec {
+        ClusterSpec::parse(Path::new("t.toml"), SPEC).unwrap()
+    }
+
+    #[test]
+    fn the_count_of_the_named_pool_changes_and_nothing_else() {
+        let next = set_pool_count(Path::new("t.toml"), SPEC, "default", 5).unwrap();
+        assert!(next.contains("count = 5  # the web tier"), "{next}");
+        assert_eq!(next.lines().count(), SPEC.lines().count());
+        let parsed = ClusterSpec::parse(Path::new("t.toml"), &next).unwrap();
+        assert_eq!((parsed.pool("default").unwrap().count, parsed.pool("big").unwrap().count, parsed.masters.count), (5, 1, 1));
+        // The count may come before the name.
+        let next = set_pool_count(Path::new("t.toml"), SPEC, "big", 3).unwrap();
+        assert_eq!(ClusterSpec::parse(Path::new("t.toml"), &next).unwrap().pool("big").unwrap().count, 3);
+        assert!(set_pool_count(Path::new("t.toml"), SPEC, "nope", 3).unwrap_err().contains("no [[workers]] table"));
+    }
+
+    #[test]
+    fn sizes_come_from_workers_or_pool_flags_and_bad_ones_are_refused() {
+        let s = spec();
+        assert_eq!(wanted_sizes(&s, Some(4), &[]).unwrap(), vec![("default".to_string(), 4)]);
+        assert_eq!(wanted_sizes(&s, None, &["big=2".into()]).unwrap(), vec![("big".to_string(), 2)]);
+        assert!(wanted_sizes(&s, None, &["masters=2".into()]).unwrap_err().contains("no worker pool"));
+        assert!(wanted_sizes(&s, None, &["big".into()]).unwrap_err().contains("NAME=COUNT"));
+        assert!(wanted_sizes(&s, None, &["big=-1".into()]).unwrap_err().contains("whole number"));
+        assert!(wanted_sizes(&s, Some(101), &[]).unwrap_err().contains("more than the 100"));
+        assert!(wanted_sizes(&s, None, &[]).is_err());
+    }
+
+    #[test]
+    fn removal_takes_the_machines_with_the_fewest_pods_then_the_highest_slots() {
+        let machine = |id: &str, slot: u32| Instance {
+            id: id.into(),
+            state: crate::cloud::InstanceState::Running,
+            instance_type: "t3.small".into(),
+            image_id: "ami".into(),
+            subnet_id: None,
+            private_ip: None,
+            public_ip: None,
+            tags: [(SLOT_TAG.to_string(), slot.to_string())].into(),
+        };
+        let node = |name: &str, id: &str| {
+            let mut n = Node::default();
+            n.metadata.name = name.into();
+            n.spec.provider_id = Some(format!("aws:///z/{id}"));
+            n
+        };
+        let pod = |node: &str| {
+            let mut p = Pod::default();
+            p.spec.node_name = Some(node.into());
+            p
+        };
+        let instances = vec![machine("i-0", 0), machine("i-1", 1), machine("i-2", 2)];
+        let nodes = vec![node("w0", "i-0"), node("w1", "i-1"), node("w2", "i-2")];
+        let pods = vec![pod("w0"), pod("w2"), pod("w2")];
+        let picked: Vec<&str> = pick_for_removal(&instances, &nodes, &pods, 2).iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(picked, vec!["i-1", "i-0"], "no pods first, then one pod; the busiest stays");
+    }
+}
