@@ -15,7 +15,7 @@ use super::objects::{self, meta_str, with_revision};
 use super::selectors::Selectors;
 use super::store::StoreError;
 use super::target::Target;
-use super::{AppState, csr, watch};
+use super::{AppState, csr, scale, watch};
 use crate::api::resource;
 
 /// How often an update without a precondition is retried when another write slips in between.
@@ -32,6 +32,9 @@ pub(crate) async fn resource(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let target = Target::parse(path)?;
+    if target.subresource.as_deref() == Some("scale") {
+        return scale::serve(&state, &identity, &target, &method, &headers, &body).await;
+    }
     let status_sub = target.subresource.is_some();
     match (&method, &target.name) {
         (&Method::GET, Some(_)) => get(&state, &identity, &target).await,
@@ -55,7 +58,7 @@ pub(crate) async fn resource(
 
 /// Checks the request against the authorizer; a pod-status write by a node is checked against the
 /// stored pod.
-async fn authorize(state: &AppState, identity: &Identity, target: &Target, verb: Verb, name: Option<&str>) -> Result<(), ApiError> {
+pub(super) async fn authorize(state: &AppState, identity: &Identity, target: &Target, verb: Verb, name: Option<&str>) -> Result<(), ApiError> {
     let attrs = Attributes {
         verb,
         resource: target.resource,
@@ -156,7 +159,7 @@ async fn create(state: &AppState, identity: &Identity, mut target: Target, body:
 
 /// Reads the stored object, builds the new one with `build` and writes it with optimistic concurrency:
 /// a `resourceVersion` in the request must match; without one the write is retried on a race.
-async fn write_back<F>(state: &AppState, target: &Target, requested_rev: Option<u64>, build: F) -> Result<Response, ApiError>
+pub(super) async fn write_back<F>(state: &AppState, target: &Target, requested_rev: Option<u64>, build: F) -> Result<Response, ApiError>
 where
     F: Fn(&Value) -> Result<Value, ApiError>,
 {

@@ -563,3 +563,53 @@ async fn shutdown_ends_open_watches_promptly() {
     let end = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("the watch did not end");
     assert!(end.is_none() || end.unwrap().is_err());
 }
+
+/// Debian's kubectl 1.20 (fetched by `scripts/test` into `.cache/kubectl`), if present.
+fn debian_kubectl() -> Option<std::path::PathBuf> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/kubectl/usr/bin/kubectl");
+    path.is_file().then_some(path)
+}
+
+/// Runs kubectl with `kubeconfig`; panics unless it succeeds, returns its standard output.
+async fn kubectl(kubectl: &std::path::Path, kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    let home = kubeconfig.parent().unwrap();
+    let out = tokio::process::Command::new(kubectl).args(args).env("KUBECONFIG", kubeconfig).env("HOME", home).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "kubectl {args:?} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_kubectl_lists_scales_and_deletes_through_discovery() {
+    let Some(kubectl_bin) = debian_kubectl() else {
+        eprintln!("skipped: no .cache/kubectl/usr/bin/kubectl (scripts/test fetches Debian's kubernetes-client)");
+        return;
+    };
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    admin.create(&NODES, None, &Node { metadata: ObjectMeta { name: "w1".into(), ..Default::default() }, ..Default::default() }).await.unwrap();
+    admin.create_value("/api/v1/namespaces/default/pods", &pod("web-1", Some("w1"), "web")).await.unwrap();
+    admin.create_value("/api/v1/namespaces/kube-system/pods", &pod("dns-1", Some("w1"), "dns")).await.unwrap();
+    let deployment = json!({"metadata": {"name": "web"}, "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
+    admin.create_value("/apis/apps/v1/namespaces/default/deployments", &deployment).await.unwrap();
+    let (client_cert_pem, client_key_pem) = server.ca.client("admin", &["system:masters"]);
+    let dir = tempfile::tempdir().unwrap();
+    let kc = crate::client::kubeconfig::Kubeconfig { cluster_name: "t".into(), server: server.url.clone(), ca_pem: server.ca.pem.clone(), client_cert_pem, client_key_pem };
+    let path = dir.path().join("kubeconfig");
+    kc.write(&path).unwrap();
+    let run = |args: &'static [&'static str]| kubectl(&kubectl_bin, &path, args);
+
+    assert!(run(&["get", "nodes"]).await.lines().any(|l| l.starts_with("w1 ")));
+    let pods = run(&["get", "pods", "-A"]).await;
+    assert!(pods.lines().any(|l| l.starts_with("default ") && l.contains("web-1")), "{pods}");
+    assert!(pods.lines().any(|l| l.starts_with("kube-system ") && l.contains("dns-1")), "{pods}");
+    assert!(run(&["get", "deployments"]).await.lines().any(|l| l.starts_with("web ")));
+    assert_eq!(run(&["scale", "deployment", "web", "--replicas", "5"]).await.trim(), "deployment.apps/web scaled");
+    let scaled = admin.get_value("/apis/apps/v1/namespaces/default/deployments/web").await.unwrap();
+    assert_eq!(scaled["spec"]["replicas"], 5);
+    assert_eq!(scaled["spec"]["template"], deployment["spec"]["template"], "scaling changes only the replicas");
+    assert_eq!(run(&["delete", "pod", "web-1"]).await.trim(), "pod \"web-1\" deleted");
+    assert_eq!(code(admin.get::<Value>(&PODS, Some("default"), "web-1").await), 404);
+    server.stop().await;
+}
