@@ -15,7 +15,7 @@ use super::objects::{self, meta_str, with_revision};
 use super::selectors::Selectors;
 use super::store::StoreError;
 use super::target::Target;
-use super::{AppState, csr, scale, watch};
+use super::{AppState, csr, scale, table, watch};
 use crate::api::resource;
 
 /// How often an update without a precondition is retried when another write slips in between.
@@ -37,7 +37,7 @@ pub(crate) async fn resource(
     }
     let status_sub = target.subresource.is_some();
     match (&method, &target.name) {
-        (&Method::GET, Some(_)) => get(&state, &identity, &target).await,
+        (&Method::GET, Some(_)) => get(&state, &identity, &target, &headers).await,
         (&Method::GET, None) => {
             let selectors = Selectors::parse(query.get("labelSelector").map(String::as_str), query.get("fieldSelector").map(String::as_str))
                 .map_err(ApiError::bad_request)?;
@@ -45,7 +45,7 @@ pub(crate) async fn resource(
                 authorize(&state, &identity, &target, Verb::Watch, None).await?;
                 watch::serve(state, target, selectors, &query).await
             } else {
-                list(&state, &identity, &target, &selectors).await
+                list(&state, &identity, &target, &selectors, &headers).await
             }
         }
         (&Method::POST, None) => create(&state, &identity, target, &body).await,
@@ -82,7 +82,7 @@ fn name_of(target: &Target) -> &str {
     target.name.as_deref().unwrap_or("")
 }
 
-async fn get(state: &AppState, identity: &Identity, target: &Target) -> Result<Response, ApiError> {
+async fn get(state: &AppState, identity: &Identity, target: &Target, headers: &HeaderMap) -> Result<Response, ApiError> {
     authorize(state, identity, target, Verb::Get, None).await?;
     let name = name_of(target);
     let stored = state
@@ -91,14 +91,21 @@ async fn get(state: &AppState, identity: &Identity, target: &Target) -> Result<R
         .await
         .map_err(|e| ApiError::from_store(e, target.resource, name))?
         .ok_or_else(|| ApiError::not_found(target.resource, name))?;
-    Ok(Json(with_revision(stored.value, stored.mod_rev)).into_response())
+    let object = with_revision(stored.value, stored.mod_rev);
+    if table::wants_table(headers) {
+        return Ok(Json(table::table(target.resource, &[object], &stored.mod_rev.to_string())).into_response());
+    }
+    Ok(Json(object).into_response())
 }
 
-async fn list(state: &AppState, identity: &Identity, target: &Target, selectors: &Selectors) -> Result<Response, ApiError> {
+async fn list(state: &AppState, identity: &Identity, target: &Target, selectors: &Selectors, headers: &HeaderMap) -> Result<Response, ApiError> {
     authorize(state, identity, target, Verb::List, None).await?;
     let (items, rev) = state.store.list(&target.prefix()).await.map_err(|e| ApiError::from_store(e, target.resource, ""))?;
     let items: Vec<Value> =
         items.into_iter().map(|o| with_revision(o.value, o.mod_rev)).filter(|o| selectors.matches(o)).collect();
+    if table::wants_table(headers) {
+        return Ok(Json(table::table(target.resource, &items, &rev.to_string())).into_response());
+    }
     Ok(Json(json!({
         "apiVersion": target.resource.api_version(),
         "kind": target.resource.list_kind(),

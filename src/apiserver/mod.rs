@@ -9,6 +9,7 @@
 //! - [`objects`]: what happens to an object's JSON on its way in (server-owned metadata, status kept
 //!   apart from spec, merge patches); [`selectors`]: label and field selectors.
 //! - [`discovery`]: `/api`, `/apis` and the resource lists of each group version, for kubectl.
+//! - [`table`]: `Table` answers to lists and gets for kubectl's printing.
 //! - [`scale`]: the `scale` subresource of deployments (`autoscaling/v1` `Scale`).
 //! - [`csr`]: node certificate signing requests, signed through the [`CsrSigner`] trait.
 //! - [`store`]: the [`store::Store`] trait and the embedded SQLite store.
@@ -24,6 +25,7 @@ pub mod error;
 mod handlers;
 pub mod objects;
 mod scale;
+mod table;
 pub mod selectors;
 pub mod store;
 pub mod target;

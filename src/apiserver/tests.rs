@@ -580,7 +580,7 @@ async fn kubectl(kubectl: &std::path::Path, kubeconfig: &std::path::Path, args: 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn debian_kubectl_lists_scales_and_deletes_through_discovery() {
+async fn debian_kubectl_prints_the_server_tables_scales_and_deletes_through_discovery() {
     let Some(kubectl_bin) = debian_kubectl() else {
         eprintln!("skipped: no .cache/kubectl/usr/bin/kubectl (scripts/test fetches Debian's kubernetes-client)");
         return;
@@ -600,11 +600,19 @@ async fn debian_kubectl_lists_scales_and_deletes_through_discovery() {
     kc.write(&path).unwrap();
     let run = |args: &'static [&'static str]| kubectl(&kubectl_bin, &path, args);
 
-    assert!(run(&["get", "nodes"]).await.lines().any(|l| l.starts_with("w1 ")));
+    let nodes = run(&["get", "nodes"]).await;
+    assert!(nodes.starts_with("NAME   ROLE     STATUS     INTERNAL-IP"), "the server's columns:\n{nodes}");
+    assert!(nodes.lines().any(|l| l.starts_with("w1 ") && l.contains("NotReady")), "{nodes}");
     let pods = run(&["get", "pods", "-A"]).await;
+    assert!(pods.starts_with("NAMESPACE     NAME    READY   STATUS    RESTARTS"), "{pods}");
     assert!(pods.lines().any(|l| l.starts_with("default ") && l.contains("web-1")), "{pods}");
     assert!(pods.lines().any(|l| l.starts_with("kube-system ") && l.contains("dns-1")), "{pods}");
-    assert!(run(&["get", "deployments"]).await.lines().any(|l| l.starts_with("web ")));
+    let deployments = run(&["get", "deployments"]).await;
+    assert!(deployments.lines().any(|l| l.starts_with("web ") && l.contains("0/2")), "{deployments}");
+    let one = run(&["get", "pod", "web-1", "-o", "wide"]).await;
+    assert!(one.lines().nth(1).is_some_and(|l| l.starts_with("web-1 ") && l.ends_with("w1")), "{one}");
+    let json_list: Value = serde_json::from_str(&run(&["get", "nodes", "-o", "json"]).await).unwrap();
+    assert_eq!(json_list["items"][0]["metadata"]["name"], "w1", "-o json still gets objects");
     assert_eq!(run(&["scale", "deployment", "web", "--replicas", "5"]).await.trim(), "deployment.apps/web scaled");
     let scaled = admin.get_value("/apis/apps/v1/namespaces/default/deployments/web").await.unwrap();
     assert_eq!(scaled["spec"]["replicas"], 5);

@@ -10,8 +10,8 @@ use std::fmt::Write as _;
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
-use super::get::age;
-use super::table::{pod_status, render};
+use super::table::render;
+use crate::api::columns::{age, pod_status};
 use super::{ClusterSelection, Failure};
 use crate::api::quantity::{parse_cpu_millicores, parse_memory_bytes};
 use crate::api::resource::{self, ResourceType};
