@@ -43,7 +43,7 @@ pub(crate) async fn resource(
                 .map_err(ApiError::bad_request)?;
             if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
                 authorize(&state, &identity, &target, Verb::Watch, None).await?;
-                watch::serve(state, target, selectors, &query).await
+                watch::serve(state, target, selectors, &query, table::wants_table(&headers)).await
             } else {
                 list(&state, &identity, &target, &selectors, &headers).await
             }

@@ -68,11 +68,11 @@ pub async fn run(global: &Global, args: &LoadImageArgs) -> Result<(), Failure> {
     for image in &args.images {
         let path = PathBuf::from(image);
         if path.is_file() {
-            tarballs.push(path);
+            tarballs.push((image.clone(), path));
         } else if image.ends_with(".tar") {
             return Err(Failure::Input(anyhow::anyhow!("{image}: no such image tarball")));
         } else {
-            tarballs.push(save_local_image(image, saved.path())?);
+            tarballs.push((image.clone(), save_local_image(image, saved.path())?));
         }
     }
     let cloud = connect(global, &spec).await;
@@ -86,13 +86,13 @@ pub async fn run(global: &Global, args: &LoadImageArgs) -> Result<(), Failure> {
     let report = TerminalReport::new(global.quiet);
     let machines = machines(&spec, &converged);
     let known = KnownHosts::at(home.dir.join("known_hosts"));
-    for t in &tarballs {
-        report.phase(&format!("loading {} onto {} nodes", t.display(), machines.len()));
+    for (image, t) in &tarballs {
+        report.phase(&format!("loading {image} onto {} nodes", machines.len()));
         let done = load_image(cloud.as_ref() as &dyn crate::cloud::Cloud, &machines, &spec.ssh.user, &key.private_path, &known, t, &report).await;
         report.finish();
-        let done = done.map_err(|e| Failure::Operation(anyhow::Error::new(e).context(format!("loading {}", t.display()))))?;
+        let done = done.map_err(|e| Failure::Operation(anyhow::Error::new(e).context(format!("loading {image}"))))?;
         let names: std::collections::BTreeSet<_> = done.iter().map(|(_, n)| n.clone()).collect();
-        println!("{}: loaded {} on {} nodes", t.display(), names.into_iter().collect::<Vec<_>>().join(", "), done.len());
+        println!("{image}: loaded {} on {} nodes", names.into_iter().collect::<Vec<_>>().join(", "), done.len());
     }
     Ok(())
 }
