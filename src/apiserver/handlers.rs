@@ -166,7 +166,8 @@ async fn create(state: &AppState, identity: &Identity, mut target: Target, body:
 
 /// Reads the stored object, builds the new one with `build` and writes it with optimistic concurrency:
 /// a `resourceVersion` in the request must match; without one the write is retried on a race.
-pub(super) async fn write_back<F>(state: &AppState, target: &Target, requested_rev: Option<u64>, build: F) -> Result<Response, ApiError>
+/// Returns the written object with its new `resourceVersion`.
+pub(super) async fn write_back<F>(state: &AppState, target: &Target, requested_rev: Option<u64>, build: F) -> Result<Value, ApiError>
 where
     F: Fn(&Value) -> Result<Value, ApiError>,
 {
@@ -179,7 +180,7 @@ where
         }
         let next = build(&with_revision(stored.value.clone(), stored.mod_rev))?;
         match state.store.update(&key, next.clone(), Some(stored.mod_rev)).await {
-            Ok(rev) => return Ok(Json(with_revision(next, rev)).into_response()),
+            Ok(rev) => return Ok(with_revision(next, rev)),
             Err(StoreError::Conflict { .. }) if requested_rev.is_none() => continue,
             Err(e) => return Err(ApiError::from_store(e, rt, name)),
         }
@@ -222,7 +223,8 @@ async fn update(state: &AppState, identity: &Identity, target: &Target, body: &[
     objects::check_type(target.resource, &mut incoming).map_err(ApiError::bad_request)?;
     check_identity(&mut incoming, target)?;
     let requested = requested_revision(&incoming, target)?;
-    write_back(state, target, requested, |stored| Ok(objects::merge_update(stored, incoming.clone(), status_only))).await
+    let written = write_back(state, target, requested, |stored| Ok(objects::merge_update(stored, incoming.clone(), status_only))).await?;
+    Ok(Json(written).into_response())
 }
 
 async fn patch(
@@ -241,14 +243,15 @@ async fn patch(
     authorize(state, identity, target, Verb::Patch, None).await?;
     let patch: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
     let requested = requested_revision(&patch, target)?;
-    write_back(state, target, requested, |stored| {
+    let written = write_back(state, target, requested, |stored| {
         let mut patched = stored.clone();
         objects::merge_patch(&mut patched, &patch);
         objects::check_type(target.resource, &mut patched).map_err(ApiError::bad_request)?;
         check_identity(&mut patched, target)?;
         Ok(objects::merge_update(stored, patched, status_only))
     })
-    .await
+    .await?;
+    Ok(Json(written).into_response())
 }
 
 async fn delete(state: &AppState, identity: &Identity, target: &Target, body: &[u8]) -> Result<Response, ApiError> {

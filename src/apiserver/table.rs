@@ -12,8 +12,8 @@ use crate::api::resource::ResourceType;
 /// Whether the client prefers a Table (the first media type it accepts asks for one).
 pub fn wants_table(headers: &HeaderMap) -> bool {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let first = accept.split(',').next().unwrap_or("");
-    first.split(';').map(str::trim).any(|p| p == "as=Table") && first.split(';').map(str::trim).any(|p| p == "g=meta.k8s.io") && first.split(';').map(str::trim).any(|p| p == "v=v1")
+    let first: Vec<&str> = accept.split(',').next().unwrap_or("").split(';').map(str::trim).collect();
+    ["as=Table", "g=meta.k8s.io", "v=v1"].iter().all(|wanted| first.contains(wanted))
 }
 
 /// The Table of `items` (objects of `rt`).

@@ -621,3 +621,43 @@ async fn debian_kubectl_prints_the_server_tables_scales_and_deletes_through_disc
     assert_eq!(code(admin.get::<Value>(&PODS, Some("default"), "web-1").await), 404);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_scale_subresource_reads_and_writes_only_a_deployments_replicas() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let deployment = json!({"metadata": {"name": "web"}, "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
+    admin.create_value("/apis/apps/v1/namespaces/default/deployments", &deployment).await.unwrap();
+    let path = "/apis/apps/v1/namespaces/default/deployments/web/scale";
+    let scale = admin.get_value(path).await.unwrap();
+    assert_eq!((scale["kind"].as_str(), scale["spec"]["replicas"].as_i64(), scale["status"]["selector"].as_str()), (Some("Scale"), Some(2), Some("app=web")));
+
+    let mut wanted = scale.clone();
+    wanted["spec"]["replicas"] = json!(7);
+    let written = admin.request(Method::PUT, path, Some(&wanted)).await.unwrap();
+    assert_eq!(written["spec"]["replicas"], 7);
+    let stored = admin.get_value("/apis/apps/v1/namespaces/default/deployments/web").await.unwrap();
+    assert_eq!(stored["spec"]["replicas"], 7);
+    assert_eq!(stored["spec"]["template"], deployment["spec"]["template"]);
+    assert_eq!(stored["metadata"]["generation"], 2, "a changed replica count is a new generation");
+
+    // The Scale read before that write is stale now.
+    wanted["spec"]["replicas"] = json!(9);
+    assert_eq!(code(admin.request(Method::PUT, path, Some(&wanted)).await), 409);
+
+    assert_eq!(code(admin.request(Method::PUT, path, Some(&json!({"spec": {"replicas": -1}}))).await), 400);
+    assert_eq!(code(admin.get_value("/apis/apps/v1/namespaces/default/deployments/nope/scale").await), 404);
+    assert_eq!(code(admin.get_value("/api/v1/namespaces/default/pods/web/scale").await), 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn discovery_is_served_to_any_authenticated_client_but_not_anonymously() {
+    let server = TestServer::start().await;
+    let groups = server.node("w1").get_value("/apis").await.unwrap();
+    assert_eq!(groups["kind"], "APIGroupList");
+    assert_eq!(server.admin().get_value("/apis/apps/v1").await.unwrap()["groupVersion"], "apps/v1");
+    assert_eq!(code(server.anonymous().get_value("/api/v1").await), 401);
+    server.stop().await;
+}

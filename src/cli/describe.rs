@@ -80,7 +80,11 @@ pub async fn run(args: &DescribeArgs) -> Result<(), Failure> {
             describe_deployment(&object, &sets)
         }
         DescribeKind::Service => {
-            let endpoints = client.get::<Value>(&resource::ENDPOINTS, namespace, &args.name).await.ok();
+            let endpoints = match client.get::<Value>(&resource::ENDPOINTS, namespace, &args.name).await {
+                Ok(e) => Some(e),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(Failure::Operation(anyhow::anyhow!("reading the endpoints of service {}: {e}", args.name))),
+            };
             describe_service(&object, endpoints.as_ref())
         }
     };
