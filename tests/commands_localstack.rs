@@ -1,7 +1,8 @@
 //! The inspection and maintenance commands and standard-client compatibility end to end, on one
 //! realized cluster (1 master + 2 workers, VPC 10.70.0.0/16): Debian's kubectl 1.20 with the
 //! kubeconfig `create` wrote (get nodes, get pods -A, get deployments, scale, delete pod),
-//! `describe` of a pod and a node, `logs` (plain, --tail, -f, errors), and `drain` / `uncordon`.
+//! `describe` of a pod and a node, `logs` (plain, --tail, -f, errors), `drain` / `uncordon`, and
+//! drain's refusal of a pod no controller owns.
 
 mod common;
 
@@ -51,6 +52,20 @@ spec:
             requests:
               cpu: 50m
               memory: 16Mi
+"#;
+
+/// A pod that no controller owns.
+const LONELY: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: lonely
+spec:
+  containers:
+    - name: sleeper
+      image: clusterctl-busybox:latest
+      imagePullPolicy: Never
+      command: ["sleep", "3600"]
 "#;
 
 fn admin(home: &Path) -> ApiClient {
@@ -215,5 +230,23 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
     assert!(client.get_value(&format!("/api/v1/nodes/{victim}")).await.unwrap()["spec"].get("unschedulable").is_none());
     assert_ok(&clusterctl(h, &["scale", "deployment", "hello", "--replicas", "6", "--cluster", CLUSTER]), "scale to 6");
     wait_for(&client, "a replica on the uncordoned node", Duration::from_secs(60), |ps| ps.iter().any(|p| node_of(p) == victim && is_ready(p))).await;
+
+    // --- a pod no controller owns makes drain refuse, before it cordons anything ---
+    let lonely = h.join("lonely.yaml");
+    std::fs::write(&lonely, LONELY).unwrap();
+    assert_ok(&clusterctl(h, &["apply", "-f", lonely.to_str().unwrap(), "--cluster", CLUSTER]), "apply lonely");
+    let start = Instant::now();
+    let lonely_node = loop {
+        let pod = client.get_value("/api/v1/namespaces/default/pods/lonely").await.unwrap();
+        if !node_of(&pod).is_empty() {
+            break node_of(&pod);
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "lonely was not scheduled: {pod}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let refused = clusterctl(h, &["drain", &lonely_node, "--cluster", CLUSTER]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no controller owns pod(s) default/lonely"), "{refused:?}");
+    assert!(client.get_value(&format!("/api/v1/nodes/{lonely_node}")).await.unwrap()["spec"].get("unschedulable").is_none(), "a refused drain leaves the node schedulable");
     eprintln!("whole test body: {:.0} s", started.elapsed().as_secs_f64());
 }
