@@ -9,12 +9,14 @@
 //!   (`CertificateSigningRequest`), [`config`] (`Secret`, `ConfigMap`), [`pod`] (`Pod`, `Container`,
 //!   probes, status), [`deployment`] (`Deployment`, `ReplicaSet`), [`service`] (`Service`, `Endpoints`).
 //! - [`machinepool`]: `MachinePool`, a worker pool's desired size and what the machine controller saw.
+//! - [`columns`]: the columns each kind of object is listed with (`clusterctl get`, kubectl's Tables).
 //! - [`quantity`]: resource quantities (`500m`, `64Mi`) and `IntOrString`.
 //!
 //! Typed objects leave `apiVersion` and `kind` empty when built by hand; the client and the server fill
 //! them from the resource.
 
 pub mod certificates;
+pub mod columns;
 pub mod config;
 pub mod deployment;
 pub mod lease;

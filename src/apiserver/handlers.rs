@@ -15,7 +15,7 @@ use super::objects::{self, meta_str, with_revision};
 use super::selectors::Selectors;
 use super::store::StoreError;
 use super::target::Target;
-use super::{AppState, csr, watch};
+use super::{AppState, csr, scale, table, watch};
 use crate::api::resource;
 
 /// How often an update without a precondition is retried when another write slips in between.
@@ -32,17 +32,20 @@ pub(crate) async fn resource(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let target = Target::parse(path)?;
+    if target.subresource.as_deref() == Some("scale") {
+        return scale::serve(&state, &identity, &target, &method, &headers, &body).await;
+    }
     let status_sub = target.subresource.is_some();
     match (&method, &target.name) {
-        (&Method::GET, Some(_)) => get(&state, &identity, &target).await,
+        (&Method::GET, Some(_)) => get(&state, &identity, &target, &headers).await,
         (&Method::GET, None) => {
             let selectors = Selectors::parse(query.get("labelSelector").map(String::as_str), query.get("fieldSelector").map(String::as_str))
                 .map_err(ApiError::bad_request)?;
             if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
                 authorize(&state, &identity, &target, Verb::Watch, None).await?;
-                watch::serve(state, target, selectors, &query).await
+                watch::serve(state, target, selectors, &query, table::wants_table(&headers)).await
             } else {
-                list(&state, &identity, &target, &selectors).await
+                list(&state, &identity, &target, &selectors, &headers).await
             }
         }
         (&Method::POST, None) => create(&state, &identity, target, &body).await,
@@ -55,7 +58,7 @@ pub(crate) async fn resource(
 
 /// Checks the request against the authorizer; a pod-status write by a node is checked against the
 /// stored pod.
-async fn authorize(state: &AppState, identity: &Identity, target: &Target, verb: Verb, name: Option<&str>) -> Result<(), ApiError> {
+pub(super) async fn authorize(state: &AppState, identity: &Identity, target: &Target, verb: Verb, name: Option<&str>) -> Result<(), ApiError> {
     let attrs = Attributes {
         verb,
         resource: target.resource,
@@ -79,7 +82,7 @@ fn name_of(target: &Target) -> &str {
     target.name.as_deref().unwrap_or("")
 }
 
-async fn get(state: &AppState, identity: &Identity, target: &Target) -> Result<Response, ApiError> {
+async fn get(state: &AppState, identity: &Identity, target: &Target, headers: &HeaderMap) -> Result<Response, ApiError> {
     authorize(state, identity, target, Verb::Get, None).await?;
     let name = name_of(target);
     let stored = state
@@ -88,14 +91,21 @@ async fn get(state: &AppState, identity: &Identity, target: &Target) -> Result<R
         .await
         .map_err(|e| ApiError::from_store(e, target.resource, name))?
         .ok_or_else(|| ApiError::not_found(target.resource, name))?;
-    Ok(Json(with_revision(stored.value, stored.mod_rev)).into_response())
+    let object = with_revision(stored.value, stored.mod_rev);
+    if table::wants_table(headers) {
+        return Ok(Json(table::table(target.resource, &[object], &stored.mod_rev.to_string())).into_response());
+    }
+    Ok(Json(object).into_response())
 }
 
-async fn list(state: &AppState, identity: &Identity, target: &Target, selectors: &Selectors) -> Result<Response, ApiError> {
+async fn list(state: &AppState, identity: &Identity, target: &Target, selectors: &Selectors, headers: &HeaderMap) -> Result<Response, ApiError> {
     authorize(state, identity, target, Verb::List, None).await?;
     let (items, rev) = state.store.list(&target.prefix()).await.map_err(|e| ApiError::from_store(e, target.resource, ""))?;
     let items: Vec<Value> =
         items.into_iter().map(|o| with_revision(o.value, o.mod_rev)).filter(|o| selectors.matches(o)).collect();
+    if table::wants_table(headers) {
+        return Ok(Json(table::table(target.resource, &items, &rev.to_string())).into_response());
+    }
     Ok(Json(json!({
         "apiVersion": target.resource.api_version(),
         "kind": target.resource.list_kind(),
@@ -156,7 +166,8 @@ async fn create(state: &AppState, identity: &Identity, mut target: Target, body:
 
 /// Reads the stored object, builds the new one with `build` and writes it with optimistic concurrency:
 /// a `resourceVersion` in the request must match; without one the write is retried on a race.
-async fn write_back<F>(state: &AppState, target: &Target, requested_rev: Option<u64>, build: F) -> Result<Response, ApiError>
+/// Returns the written object with its new `resourceVersion`.
+pub(super) async fn write_back<F>(state: &AppState, target: &Target, requested_rev: Option<u64>, build: F) -> Result<Value, ApiError>
 where
     F: Fn(&Value) -> Result<Value, ApiError>,
 {
@@ -169,7 +180,7 @@ where
         }
         let next = build(&with_revision(stored.value.clone(), stored.mod_rev))?;
         match state.store.update(&key, next.clone(), Some(stored.mod_rev)).await {
-            Ok(rev) => return Ok(Json(with_revision(next, rev)).into_response()),
+            Ok(rev) => return Ok(with_revision(next, rev)),
             Err(StoreError::Conflict { .. }) if requested_rev.is_none() => continue,
             Err(e) => return Err(ApiError::from_store(e, rt, name)),
         }
@@ -212,7 +223,8 @@ async fn update(state: &AppState, identity: &Identity, target: &Target, body: &[
     objects::check_type(target.resource, &mut incoming).map_err(ApiError::bad_request)?;
     check_identity(&mut incoming, target)?;
     let requested = requested_revision(&incoming, target)?;
-    write_back(state, target, requested, |stored| Ok(objects::merge_update(stored, incoming.clone(), status_only))).await
+    let written = write_back(state, target, requested, |stored| Ok(objects::merge_update(stored, incoming.clone(), status_only))).await?;
+    Ok(Json(written).into_response())
 }
 
 async fn patch(
@@ -231,14 +243,15 @@ async fn patch(
     authorize(state, identity, target, Verb::Patch, None).await?;
     let patch: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
     let requested = requested_revision(&patch, target)?;
-    write_back(state, target, requested, |stored| {
+    let written = write_back(state, target, requested, |stored| {
         let mut patched = stored.clone();
         objects::merge_patch(&mut patched, &patch);
         objects::check_type(target.resource, &mut patched).map_err(ApiError::bad_request)?;
         check_identity(&mut patched, target)?;
         Ok(objects::merge_update(stored, patched, status_only))
     })
-    .await
+    .await?;
+    Ok(Json(written).into_response())
 }
 
 async fn delete(state: &AppState, identity: &Identity, target: &Target, body: &[u8]) -> Result<Response, ApiError> {

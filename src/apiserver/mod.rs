@@ -8,6 +8,9 @@
 //! - [`handlers`]: get, list, create, update, patch, delete; [`watch`]: streaming watches.
 //! - [`objects`]: what happens to an object's JSON on its way in (server-owned metadata, status kept
 //!   apart from spec, merge patches); [`selectors`]: label and field selectors.
+//! - [`discovery`]: `/api`, `/apis` and the resource lists of each group version, for kubectl.
+//! - [`table`]: `Table` answers to lists and gets for kubectl's printing.
+//! - [`scale`]: the `scale` subresource of deployments (`autoscaling/v1` `Scale`).
 //! - [`csr`]: node certificate signing requests, signed through the [`CsrSigner`] trait.
 //! - [`store`]: the [`store::Store`] trait and the embedded SQLite store.
 //! - [`error`]: failures as Kubernetes `Status` objects.
@@ -17,9 +20,12 @@
 
 pub mod auth;
 pub mod csr;
+pub mod discovery;
 pub mod error;
 mod handlers;
 pub mod objects;
+mod scale;
+mod table;
 pub mod selectors;
 pub mod store;
 pub mod target;
@@ -238,6 +244,11 @@ async fn resource(
             "data": { "ca.crt": state.config.cluster_info_ca_pem },
         }))
         .into_response();
+    }
+    if method == Method::GET
+        && let Some(document) = discovery::document(uri.path())
+    {
+        return Json(document).into_response();
     }
     let path = uri.path().to_string();
     let verb = method.clone();

@@ -4,6 +4,7 @@
 //! /api/v1/{plural}[/{name}[/status]]                          cluster-scoped, or all namespaces
 //! /api/v1/namespaces/{ns}/{plural}[/{name}[/status]]          namespaced
 //! /apis/{group}/{version}/...                                 the same for other groups
+//! /apis/apps/v1/namespaces/{ns}/deployments/{name}/scale      the scale subresource
 //! ```
 
 use super::error::ApiError;
@@ -16,7 +17,7 @@ pub struct Target {
     pub resource: &'static ResourceType,
     pub namespace: Option<String>,
     pub name: Option<String>,
-    /// Only `status` is served.
+    /// `status`, or `scale` for deployments.
     pub subresource: Option<String>,
 }
 
@@ -57,7 +58,7 @@ impl Target {
         if resource.namespaced && namespace.is_none() && name.is_some() {
             return Err(ApiError::no_route());
         }
-        if sub.is_some_and(|s| s != "status") {
+        if sub.is_some_and(|s| s != "status" && !(s == "scale" && super::discovery::has_scale(resource))) {
             return Err(ApiError::no_route());
         }
         if let Some(ns) = namespace.filter(|ns| !valid_namespace(ns)) {
@@ -125,6 +126,8 @@ mod tests {
             assert_eq!(e.0.code, 404, "{path}");
         }
         assert_eq!(Target::parse("/api/v1/nodes/W1").unwrap_err().0.code, 400);
+        assert_eq!(Target::parse("/api/v1/namespaces/default/pods/p1/scale").unwrap_err().0.code, 404);
+        assert_eq!(t("/apis/apps/v1/namespaces/default/deployments/web/scale").subresource.as_deref(), Some("scale"));
     }
 
     #[test]

@@ -563,3 +563,101 @@ async fn shutdown_ends_open_watches_promptly() {
     let end = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("the watch did not end");
     assert!(end.is_none() || end.unwrap().is_err());
 }
+
+/// Debian's kubectl 1.20 (fetched by `scripts/test` into `.cache/kubectl`), if present.
+fn debian_kubectl() -> Option<std::path::PathBuf> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/kubectl/usr/bin/kubectl");
+    path.is_file().then_some(path)
+}
+
+/// Runs kubectl with `kubeconfig`; panics unless it succeeds, returns its standard output.
+async fn kubectl(kubectl: &std::path::Path, kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    let home = kubeconfig.parent().unwrap();
+    let out = tokio::process::Command::new(kubectl).args(args).env("KUBECONFIG", kubeconfig).env("HOME", home).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "kubectl {args:?} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_kubectl_prints_the_server_tables_scales_and_deletes_through_discovery() {
+    let Some(kubectl_bin) = debian_kubectl() else {
+        eprintln!("skipped: no .cache/kubectl/usr/bin/kubectl (scripts/test fetches Debian's kubernetes-client)");
+        return;
+    };
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    admin.create(&NODES, None, &Node { metadata: ObjectMeta { name: "w1".into(), ..Default::default() }, ..Default::default() }).await.unwrap();
+    admin.create_value("/api/v1/namespaces/default/pods", &pod("web-1", Some("w1"), "web")).await.unwrap();
+    admin.create_value("/api/v1/namespaces/kube-system/pods", &pod("dns-1", Some("w1"), "dns")).await.unwrap();
+    let deployment = json!({"metadata": {"name": "web"}, "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
+    admin.create_value("/apis/apps/v1/namespaces/default/deployments", &deployment).await.unwrap();
+    let (client_cert_pem, client_key_pem) = server.ca.client("admin", &["system:masters"]);
+    let dir = tempfile::tempdir().unwrap();
+    let kc = crate::client::kubeconfig::Kubeconfig { cluster_name: "t".into(), server: server.url.clone(), ca_pem: server.ca.pem.clone(), client_cert_pem, client_key_pem };
+    let path = dir.path().join("kubeconfig");
+    kc.write(&path).unwrap();
+    let run = |args: &'static [&'static str]| kubectl(&kubectl_bin, &path, args);
+
+    let nodes = run(&["get", "nodes"]).await;
+    assert!(nodes.starts_with("NAME   ROLE     STATUS     INTERNAL-IP"), "the server's columns:\n{nodes}");
+    assert!(nodes.lines().any(|l| l.starts_with("w1 ") && l.contains("NotReady")), "{nodes}");
+    let pods = run(&["get", "pods", "-A"]).await;
+    assert!(pods.starts_with("NAMESPACE     NAME    READY   STATUS    RESTARTS"), "{pods}");
+    assert!(pods.lines().any(|l| l.starts_with("default ") && l.contains("web-1")), "{pods}");
+    assert!(pods.lines().any(|l| l.starts_with("kube-system ") && l.contains("dns-1")), "{pods}");
+    let deployments = run(&["get", "deployments"]).await;
+    assert!(deployments.lines().any(|l| l.starts_with("web ") && l.contains("0/2")), "{deployments}");
+    let one = run(&["get", "pod", "web-1", "-o", "wide"]).await;
+    assert!(one.lines().nth(1).is_some_and(|l| l.starts_with("web-1 ") && l.ends_with("w1")), "{one}");
+    let json_list: Value = serde_json::from_str(&run(&["get", "nodes", "-o", "json"]).await).unwrap();
+    assert_eq!(json_list["items"][0]["metadata"]["name"], "w1", "-o json still gets objects");
+    assert_eq!(run(&["scale", "deployment", "web", "--replicas", "5"]).await.trim(), "deployment.apps/web scaled");
+    let scaled = admin.get_value("/apis/apps/v1/namespaces/default/deployments/web").await.unwrap();
+    assert_eq!(scaled["spec"]["replicas"], 5);
+    assert_eq!(scaled["spec"]["template"], deployment["spec"]["template"], "scaling changes only the replicas");
+    assert_eq!(run(&["delete", "pod", "web-1"]).await.trim(), "pod \"web-1\" deleted");
+    assert_eq!(code(admin.get::<Value>(&PODS, Some("default"), "web-1").await), 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_scale_subresource_reads_and_writes_only_a_deployments_replicas() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let deployment = json!({"metadata": {"name": "web"}, "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
+    admin.create_value("/apis/apps/v1/namespaces/default/deployments", &deployment).await.unwrap();
+    let path = "/apis/apps/v1/namespaces/default/deployments/web/scale";
+    let scale = admin.get_value(path).await.unwrap();
+    assert_eq!((scale["kind"].as_str(), scale["spec"]["replicas"].as_i64(), scale["status"]["selector"].as_str()), (Some("Scale"), Some(2), Some("app=web")));
+
+    let mut wanted = scale.clone();
+    wanted["spec"]["replicas"] = json!(7);
+    let written = admin.request(Method::PUT, path, Some(&wanted)).await.unwrap();
+    assert_eq!(written["spec"]["replicas"], 7);
+    let stored = admin.get_value("/apis/apps/v1/namespaces/default/deployments/web").await.unwrap();
+    assert_eq!(stored["spec"]["replicas"], 7);
+    assert_eq!(stored["spec"]["template"], deployment["spec"]["template"]);
+    assert_eq!(stored["metadata"]["generation"], 2, "a changed replica count is a new generation");
+
+    // The Scale read before that write is stale now.
+    wanted["spec"]["replicas"] = json!(9);
+    assert_eq!(code(admin.request(Method::PUT, path, Some(&wanted)).await), 409);
+
+    assert_eq!(code(admin.request(Method::PUT, path, Some(&json!({"spec": {"replicas": -1}}))).await), 400);
+    assert_eq!(code(admin.get_value("/apis/apps/v1/namespaces/default/deployments/nope/scale").await), 404);
+    assert_eq!(code(admin.get_value("/api/v1/namespaces/default/pods/web/scale").await), 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn discovery_is_served_to_any_authenticated_client_but_not_anonymously() {
+    let server = TestServer::start().await;
+    let groups = server.node("w1").get_value("/apis").await.unwrap();
+    assert_eq!(groups["kind"], "APIGroupList");
+    assert_eq!(server.admin().get_value("/apis/apps/v1").await.unwrap()["groupVersion"], "apps/v1");
+    assert_eq!(code(server.anonymous().get_value("/api/v1").await), 401);
+    server.stop().await;
+}

@@ -6,6 +6,7 @@
 //! stream holds one `ERROR` event with a 410 `Expired` status, as Kubernetes does. With selectors, an
 //! object that starts matching arrives as `ADDED` and one that stops matching as `DELETED`. The stream
 //! ends after `timeoutSeconds` if given, when the server shuts down, or when the client goes away.
+//! A client that asks for Tables (`kubectl get -w`) gets each object as a one-row Table.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,6 +24,7 @@ use super::objects::with_revision;
 use super::selectors::Selectors;
 use super::store::{StoreError, StoreEvent, StoreEventKind};
 use super::target::Target;
+use crate::api::resource::ResourceType;
 use crate::api::{Status, WatchEventType};
 
 fn line(event_type: WatchEventType, object: &impl serde::Serialize) -> Bytes {
@@ -55,12 +57,21 @@ fn to_watch_event(event: StoreEvent, selectors: &Selectors) -> Option<(WatchEven
     Some((event_type, object))
 }
 
+/// The object as the watcher wants it: itself, or a one-row Table of it.
+fn shown(rt: &ResourceType, as_table: bool, object: Value) -> Value {
+    if !as_table {
+        return object;
+    }
+    let rv = object.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("").to_string();
+    super::table::table(rt, &[object], &rv)
+}
+
 fn streaming(body: Body) -> Response {
     ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache, private")], body).into_response()
 }
 
 /// Starts a watch on `target`'s collection.
-pub(crate) async fn serve(state: AppState, target: Target, selectors: Selectors, query: &HashMap<String, String>) -> Result<Response, ApiError> {
+pub(crate) async fn serve(state: AppState, target: Target, selectors: Selectors, query: &HashMap<String, String>, as_table: bool) -> Result<Response, ApiError> {
     let rt = target.resource;
     let prefix = target.prefix();
     let timeout = match query.get("timeoutSeconds") {
@@ -80,7 +91,7 @@ pub(crate) async fn serve(state: AppState, target: Target, selectors: Selectors,
             for item in items {
                 let object = with_revision(item.value, item.mod_rev);
                 if selectors.matches(&object) {
-                    initial.push(line(WatchEventType::Added, &object));
+                    initial.push(line(WatchEventType::Added, &shown(rt, as_table, object)));
                 }
             }
             rev
@@ -102,7 +113,7 @@ pub(crate) async fn serve(state: AppState, target: Target, selectors: Selectors,
                 return future::ready(None);
             }
             let out = match item {
-                Ok(event) => to_watch_event(event, &selectors).map(|(t, o)| line(t, &o)),
+                Ok(event) => to_watch_event(event, &selectors).map(|(t, o)| line(t, &shown(rt, as_table, o))),
                 Err(e) => {
                     *failed = true;
                     Some(error_line(&ApiError::from_store(e, rt, "").0))

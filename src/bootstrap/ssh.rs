@@ -157,6 +157,27 @@ impl SshSession {
         Ok(CommandOutput { status, stdout, stderr })
     }
 
+    /// Runs a command and copies its output (standard error merged in) to `sink` as it arrives, with
+    /// no read timeout, until the command ends (for `logs -f`). Returns its exit status.
+    pub fn stream(&self, command: &str, sink: &mut dyn std::io::Write) -> Result<i32, SshError> {
+        let err = |e: ssh2::Error| session_error(&self.target, &format!("running `{command}`"), e);
+        // A followed log may stay quiet for any length of time.
+        self.session.set_timeout(0);
+        let mut channel = self.session.channel_session().map_err(err)?;
+        channel.handle_extended_data(ssh2::ExtendedData::Merge).map_err(err)?;
+        channel.exec(command).map_err(err)?;
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            let n = channel.read(&mut buffer).map_err(|e| session_error(&self.target, "reading output", e))?;
+            if n == 0 {
+                break;
+            }
+            sink.write_all(&buffer[..n]).and_then(|()| sink.flush()).map_err(|e| session_error(&self.target, "writing output", e))?;
+        }
+        channel.wait_close().map_err(err)?;
+        channel.exit_status().map_err(err)
+    }
+
     /// Runs a command and fails unless it exits 0.
     pub fn run(&self, command: &str) -> Result<CommandOutput, SshError> {
         let out = self.exec(command)?;

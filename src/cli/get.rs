@@ -2,12 +2,12 @@
 //! its API, with the written credentials, as kubectl's tables or as JSON/YAML lists.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
 use super::{load_spec, Failure};
+use crate::api::columns;
 use crate::client::kubeconfig::Kubeconfig;
 use crate::client::{ApiClient, ClientAuth};
 use crate::home::ClusterHome;
@@ -80,27 +80,8 @@ pub struct GetArgs {
     pub watch: bool,
 }
 
-/// The header and one table row of `kind`.
-fn header(kind: Kind) -> &'static [&'static str] {
-    match kind {
-        Kind::Nodes => &["NAME", "ROLE", "STATUS", "INTERNAL-IP", "INSTANCE", "AGE"],
-        Kind::Pods => &["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"],
-        Kind::Deployments => &["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
-        Kind::Replicasets => &["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
-        Kind::Services => &["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
-        Kind::Endpoints => &["NAME", "ENDPOINTS", "AGE"],
-    }
-}
-
 fn row(kind: Kind, item: &Value, with_ns: bool) -> Vec<String> {
-    let mut r = match kind {
-        Kind::Nodes => node_row(item).to_vec(),
-        Kind::Pods => super::table::pod_row(item),
-        Kind::Deployments => super::table::deployment_row(item),
-        Kind::Replicasets => super::table::replica_set_row(item),
-        Kind::Services => super::table::service_row(item),
-        Kind::Endpoints => super::table::endpoints_row(item),
-    };
+    let mut r = columns::row(kind.resource(), item);
     if with_ns {
         r.insert(0, item.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_string());
     }
@@ -119,36 +100,6 @@ pub fn cluster_client(file: Option<&PathBuf>, cluster: Option<&String>) -> Resul
     let client = ApiClient::new(&kc.server, ClientAuth::Certificate { ca_pem: kc.ca_pem, cert_pem: kc.client_cert_pem, key_pem: kc.client_key_pem })
         .map_err(|e| Failure::Operation(anyhow::anyhow!("building the API client for {}: {e}", kc.server)))?;
     Ok(client)
-}
-
-/// `5s`, `3m`, `2h`, `4d` since an RFC 3339 time, as kubectl's AGE column.
-pub fn age(created: Option<&str>) -> String {
-    let Some(t) = created.and_then(crate::api::time::parse_rfc3339) else { return "-".into() };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-    let s = (now - t).max(0.0) as u64;
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        7200..=172_799 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86400),
-    }
-}
-
-/// One row of `get nodes`.
-pub fn node_row(n: &Value) -> [String; 6] {
-    let s = |p: &str| n.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
-    let role = if n.pointer("/metadata/labels").and_then(|l| l.get("node-role.kubernetes.io/control-plane")).is_some() { "master" } else { "worker" };
-    let status = match crate::agent::ready_status(n) {
-        Some("True") => "Ready",
-        _ => "NotReady",
-    };
-    let ip = n
-        .pointer("/status/addresses")
-        .and_then(Value::as_array)
-        .and_then(|a| a.iter().find(|x| x.get("type").and_then(Value::as_str) == Some("InternalIP")))
-        .and_then(|x| x.get("address")).and_then(Value::as_str).unwrap_or("").to_string();
-    let instance = s("/spec/providerID").rsplit('/').next().unwrap_or("").to_string();
-    [s("/metadata/name"), role.into(), status.into(), ip, instance, age(n.pointer("/metadata/creationTimestamp").and_then(Value::as_str))]
 }
 
 /// Runs `get`.
@@ -174,7 +125,7 @@ pub async fn run(args: &GetArgs) -> Result<(), Failure> {
                 }
                 return Ok(());
             }
-            let mut head: Vec<String> = header(args.kind).iter().map(|h| h.to_string()).collect();
+            let mut head: Vec<String> = columns::header(args.kind.resource()).iter().map(|h| h.to_string()).collect();
             if with_ns {
                 head.insert(0, "NAMESPACE".into());
             }

@@ -5,11 +5,15 @@
 //! [`Failure`]s that carry their exit code: 2 for bad input, 1 for operations.
 
 pub mod apply;
+pub mod cordon;
 pub mod create;
 pub mod delete;
+pub mod describe;
 pub mod destroy;
+pub mod drain;
 pub mod get;
 pub mod images;
+pub mod logs;
 pub mod node;
 pub mod progress;
 pub mod scale;
@@ -70,7 +74,19 @@ pub enum Command {
     Delete(delete::DeleteArgs),
     /// Change the size of something: `scale deployment NAME --replicas N`.
     Scale(scale::ScaleArgs),
-    /// Load container image tarballs (`docker save`) onto every node; the cluster never pulls.
+    /// Show one node, pod, deployment or service in detail.
+    Describe(describe::DescribeArgs),
+    /// Print the logs of a pod's container (read on its node over SSH).
+    Logs(logs::LogsArgs),
+    /// Mark a node unschedulable: no new pods are placed on it.
+    Cordon(cordon::NodeNameArgs),
+    /// Mark a node schedulable again.
+    Uncordon(cordon::NodeNameArgs),
+    /// Cordon a node, evict its pods and wait until their replacements run elsewhere.
+    Drain(drain::DrainArgs),
+    /// Container images: `image load -f SPEC IMAGE|TARBALL...` (the cluster never pulls).
+    Image(images::ImageArgs),
+    /// Same as `image load`.
     LoadImage(images::LoadImageArgs),
     /// Run the node software (used by the systemd units on each machine).
     Node(node::NodeArgs),
@@ -116,6 +132,24 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
+/// Which cluster a command talks to: `-f SPEC` or `--cluster NAME`.
+#[derive(Debug, Args)]
+pub struct ClusterSelection {
+    /// The cluster spec (to name the cluster).
+    #[arg(short = 'f', long = "file", visible_alias = "spec", conflicts_with = "cluster")]
+    pub file: Option<PathBuf>,
+    /// The cluster's name (instead of a spec).
+    #[arg(long)]
+    pub cluster: Option<String>,
+}
+
+impl ClusterSelection {
+    /// The cluster's API client, from the credentials `create` wrote.
+    pub fn client(&self) -> Result<crate::client::ApiClient, Failure> {
+        get::cluster_client(self.file.as_ref(), self.cluster.as_ref())
+    }
+}
+
 /// Loads and validates a spec; any problem is bad input.
 pub fn load_spec(path: &PathBuf) -> Result<ClusterSpec, Failure> {
     ClusterSpec::load(path).map_err(|e| Failure::Input(e.into()))
@@ -139,6 +173,12 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Delete(args) => delete::run(args).await,
         Command::Scale(args) => scale::run(&cli.global, args).await,
         Command::Node(args) => node::run(args).await,
+        Command::Describe(args) => describe::run(args).await,
+        Command::Logs(args) => logs::run(&cli.global, args).await,
+        Command::Cordon(args) => cordon::run(args, true).await,
+        Command::Uncordon(args) => cordon::run(args, false).await,
+        Command::Drain(args) => drain::run(args).await,
+        Command::Image(images::ImageArgs { command: images::ImageCommand::Load(args) }) => images::run(&cli.global, args).await,
         Command::LoadImage(args) => images::run(&cli.global, args).await,
     }
 }

@@ -1,0 +1,252 @@
+//! The inspection and maintenance commands and standard-client compatibility end to end, on one
+//! realized cluster (1 master + 2 workers, VPC 10.70.0.0/16): Debian's kubectl 1.20 with the
+//! kubeconfig `create` wrote (get nodes, get pods -A, get deployments, scale, delete pod),
+//! `describe` of a pod and a node, `logs` (plain, --tail, -f, errors), `drain` / `uncordon`, and
+//! drain's refusal of a pod no controller owns.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clusterctl::client::kubeconfig::Kubeconfig;
+use clusterctl::client::{ApiClient, ClientAuth};
+use common::*;
+use serde_json::Value;
+
+const CLUSTER: &str = "it-cmds";
+
+/// Two replicas that print a greeting, then serve HTTP and log every request (the readiness probe
+/// makes one every 2 s) on standard error.
+const HELLO: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: hello
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: hello
+  template:
+    metadata:
+      labels:
+        app: hello
+    spec:
+      containers:
+        - name: greeter
+          image: clusterctl-busybox:latest
+          imagePullPolicy: Never
+          command: ["sh", "-c", "echo hello from $(hostname); mkdir -p /www && echo ok > /www/index.html && exec httpd -f -v -p 80 -h /www"]
+          ports:
+            - containerPort: 80
+          readinessProbe:
+            httpGet:
+              path: /
+              port: 80
+            periodSeconds: 2
+          resources:
+            requests:
+              cpu: 50m
+              memory: 16Mi
+"#;
+
+/// A pod that no controller owns.
+const LONELY: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: lonely
+spec:
+  containers:
+    - name: sleeper
+      image: clusterctl-busybox:latest
+      imagePullPolicy: Never
+      command: ["sleep", "3600"]
+"#;
+
+fn admin(home: &Path) -> ApiClient {
+    let kc = Kubeconfig::load(&home.join(CLUSTER).join("kubeconfig")).unwrap();
+    ApiClient::new(&kc.server, ClientAuth::Certificate { ca_pem: kc.ca_pem, cert_pem: kc.client_cert_pem, key_pem: kc.client_key_pem }).unwrap()
+}
+
+/// Debian's kubectl, fetched into .cache/kubectl (as `scripts/test` does) when it is not there yet.
+fn debian_kubectl() -> PathBuf {
+    if let Ok(path) = std::env::var("CLUSTERCTL_KUBECTL") {
+        return path.into();
+    }
+    let out = Command::new(root().join("scripts/lib/ensure-kubectl")).output().expect("running scripts/lib/ensure-kubectl");
+    assert!(out.status.success(), "ensure-kubectl failed: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().expect("ensure-kubectl prints the path").trim())
+}
+
+fn kubectl(bin: &Path, home: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin).args(args).env("KUBECONFIG", home.join(CLUSTER).join("kubeconfig")).env("HOME", home).output().expect("running kubectl");
+    assert_ok(&out, &format!("kubectl {}", args.join(" ")))
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+fn name(v: &Value) -> String {
+    v["metadata"]["name"].as_str().unwrap_or("").to_string()
+}
+
+fn node_of(pod: &Value) -> String {
+    pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+async fn hello_pods(client: &ApiClient) -> Vec<Value> {
+    let all = client.list_values("/api/v1/namespaces/default/pods").await.unwrap_or_default();
+    all.into_iter().filter(|p| p["metadata"]["labels"]["app"] == "hello").collect()
+}
+
+async fn wait_for<F: Fn(&[Value]) -> bool>(client: &ApiClient, what: &str, within: Duration, done: F) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let ps = hello_pods(client).await;
+        if done(&ps) {
+            eprintln!("{what}: {:.1}s", start.elapsed().as_secs_f64());
+            return ps;
+        }
+        let summary: Vec<String> = ps.iter().map(|p| format!("{} on {:?} ready={}", name(p), node_of(p), is_ready(p))).collect();
+        assert!(start.elapsed() < within, "{what} not within {within:?}; hello pods: {summary:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
+    let started = Instant::now();
+    harness();
+    let kubectl_bin = debian_kubectl();
+    let home = temp_home();
+    let h = home.path();
+    let spec_path = unique_spec(h, CLUSTER, 70, 2);
+    let _guard = DestroyGuard { home: h.into(), spec: spec_path.clone() };
+    let s = spec_path.to_str().unwrap();
+    assert_ok(&clusterctl(h, &["create", "-f", s, "-q"]), "create");
+    // `image load` of an image by name: saved from the local Docker, loaded on every node.
+    let loaded = assert_ok(&clusterctl(h, &["image", "load", "-f", s, "clusterctl-busybox:latest", "-q"]), "image load");
+    assert!(loaded.contains("clusterctl-busybox:latest") && loaded.contains("on 3 nodes"), "{loaded}");
+    let manifest = h.join("hello.yaml");
+    std::fs::write(&manifest, HELLO).unwrap();
+    assert_ok(&clusterctl(h, &["apply", "-f", manifest.to_str().unwrap(), "--cluster", CLUSTER]), "apply");
+    let client = admin(h);
+    let ps = wait_for(&client, "2 ready hello replicas", Duration::from_secs(90), |ps| ps.iter().filter(|p| is_ready(p)).count() == 2).await;
+    eprintln!("cluster up, app ready after {:.0} s", started.elapsed().as_secs_f64());
+
+    // --- kubectl 1.20 with the written kubeconfig ---
+    let nodes = client.list_values("/api/v1/nodes").await.unwrap();
+    let node_names: BTreeSet<String> = nodes.iter().map(name).collect();
+    assert_eq!(node_names.len(), 3);
+    let listed = kubectl(&kubectl_bin, h, &["get", "nodes"]);
+    let listed_names: BTreeSet<String> = listed.lines().skip(1).filter_map(|l| l.split_whitespace().next()).map(String::from).collect();
+    assert_eq!(listed_names, node_names, "kubectl get nodes:\n{listed}");
+    assert!(listed.starts_with("NAME ") && listed.lines().skip(1).all(|l| l.split_whitespace().nth(2) == Some("Ready")), "the server's table, every node Ready:\n{listed}");
+    let all_pods = kubectl(&kubectl_bin, h, &["get", "pods", "-A"]);
+    for p in &ps {
+        let row = all_pods.lines().find(|l| l.starts_with("default ") && l.contains(&name(p)));
+        assert!(row.is_some_and(|r| r.contains(" Running ")), "kubectl get pods -A shows {} Running:\n{all_pods}", name(p));
+    }
+    let deployments = kubectl(&kubectl_bin, h, &["get", "deployments"]);
+    assert!(deployments.lines().any(|l| l.starts_with("hello ") && l.contains(" 2/2 ")), "{deployments}");
+    assert_eq!(kubectl(&kubectl_bin, h, &["scale", "deployment", "hello", "--replicas", "3"]).trim(), "deployment.apps/hello scaled");
+    assert_eq!(client.get_value("/apis/apps/v1/namespaces/default/deployments/hello").await.unwrap()["spec"]["replicas"], 3);
+    let ps = wait_for(&client, "3 ready replicas after kubectl scale", Duration::from_secs(60), |ps| ps.iter().filter(|p| is_ready(p)).count() == 3).await;
+    let doomed = name(&ps[0]);
+    assert_eq!(kubectl(&kubectl_bin, h, &["delete", "pod", &doomed]).trim(), format!("pod \"{doomed}\" deleted"));
+    wait_for(&client, "the deleted pod replaced", Duration::from_secs(60), |ps| {
+        ps.iter().all(|p| name(p) != doomed) && ps.iter().filter(|p| is_ready(p)).count() == 3
+    })
+    .await;
+
+    // --- describe ---
+    let ps = hello_pods(&client).await;
+    let pod = ps.iter().find(|p| is_ready(p)).unwrap().clone();
+    let (pod_name, pod_node) = (name(&pod), node_of(&pod));
+    let described = assert_ok(&clusterctl(h, &["describe", "pod", &pod_name, "--cluster", CLUSTER]), "describe pod");
+    assert!(described.contains(&format!("Name:           {pod_name}\n")), "{described}");
+    assert!(described.contains(&format!("Node:           {pod_node}/")), "{described}");
+    assert!(described.contains("Status:         Running\n"), "{described}");
+    assert!(described.contains("Controlled By:  ReplicaSet/hello-"), "{described}");
+    assert!(described.contains("  greeter:\n    Image:          clusterctl-busybox:latest\n"), "{described}");
+    assert!(described.contains("    State:          Running\n"), "{described}");
+    assert!(described.contains("    Restart Count:  0\n"), "{described}");
+    let described = assert_ok(&clusterctl(h, &["describe", "node", &pod_node, "-f", s]), "describe node");
+    assert!(described.contains("Unschedulable:  false\n"), "{described}");
+    assert!(described.lines().any(|l| l.trim_start().starts_with("Ready ") && l.contains("True")), "{described}");
+    assert!(described.lines().any(|l| l.trim_start().starts_with("default ") && l.contains(&pod_name)), "describe node lists its pods:\n{described}");
+    let missing = clusterctl(h, &["describe", "pod", "nope", "--cluster", CLUSTER]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("pod \"nope\" not found in namespace default"), "{missing:?}");
+
+    // --- logs, read on the pod's node ---
+    let logs = assert_ok(&clusterctl(h, &["logs", &pod_name, "--spec", s]), "logs");
+    assert!(logs.lines().next().is_some_and(|l| l.starts_with("hello from ")), "the greeting comes first:\n{logs}");
+    let tail = assert_ok(&clusterctl(h, &["logs", &pod_name, "--spec", s, "--tail", "1"]), "logs --tail 1");
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    let wrong = clusterctl(h, &["logs", &pod_name, "--spec", s, "-c", "nope"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("container \"nope\" is not in pod"), "{wrong:?}");
+    // -f keeps printing: the probe's requests arrive every 2 s after the existing lines.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_clusterctl"))
+        .args(["logs", &pod_name, "--spec", s, "-f", "--tail", "0"])
+        .env("CLUSTERCTL_HOME", h)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let first_new_line = tokio::task::spawn_blocking(move || BufReader::new(stdout).lines().next().and_then(Result::ok));
+    let line = tokio::time::timeout(Duration::from_secs(20), first_new_line).await;
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let line = line.expect("logs -f printed a new line within 20 s").unwrap();
+    assert!(line.as_deref().is_some_and(|l| l.contains("response:200")), "a probe request logged by httpd -v: {line:?}");
+
+    // --- drain a worker: its pods run elsewhere before drain returns ---
+    let ps = hello_pods(&client).await;
+    let victim = node_of(ps.iter().find(|p| !node_of(p).is_empty()).unwrap());
+    let drain_started = Instant::now();
+    let drained = assert_ok(&clusterctl(h, &["drain", &victim, "--cluster", CLUSTER, "--timeout", "90s"]), "drain");
+    eprintln!("drain took {:.1} s:\n{drained}", drain_started.elapsed().as_secs_f64());
+    assert!(drained.contains(&format!("node/{victim} cordoned")) && drained.contains(&format!("node/{victim} drained")), "{drained}");
+    let listed = kubectl(&kubectl_bin, h, &["get", "nodes"]);
+    assert!(listed.lines().any(|l| l.starts_with(&format!("{victim} ")) && l.contains("Ready,SchedulingDisabled")), "{listed}");
+    let ps = hello_pods(&client).await;
+    let ready_elsewhere = ps.iter().filter(|p| is_ready(p) && node_of(p) != victim).count();
+    assert_eq!(ready_elsewhere, 3, "all replicas ready off {victim} when drain returned");
+    assert!(ps.iter().all(|p| node_of(p) != victim), "no pod left on {victim}");
+    let node = client.get_value(&format!("/api/v1/nodes/{victim}")).await.unwrap();
+    assert_eq!(node["spec"]["unschedulable"], true);
+
+    // --- uncordon: the node takes new pods again ---
+    assert_eq!(assert_ok(&clusterctl(h, &["uncordon", &victim, "--cluster", CLUSTER]), "uncordon").trim(), format!("node/{victim} uncordoned"));
+    assert!(client.get_value(&format!("/api/v1/nodes/{victim}")).await.unwrap()["spec"].get("unschedulable").is_none());
+    assert_ok(&clusterctl(h, &["scale", "deployment", "hello", "--replicas", "6", "--cluster", CLUSTER]), "scale to 6");
+    wait_for(&client, "a replica on the uncordoned node", Duration::from_secs(60), |ps| ps.iter().any(|p| node_of(p) == victim && is_ready(p))).await;
+
+    // --- a pod no controller owns makes drain refuse, before it cordons anything ---
+    let lonely = h.join("lonely.yaml");
+    std::fs::write(&lonely, LONELY).unwrap();
+    assert_ok(&clusterctl(h, &["apply", "-f", lonely.to_str().unwrap(), "--cluster", CLUSTER]), "apply lonely");
+    let start = Instant::now();
+    let lonely_node = loop {
+        let pod = client.get_value("/api/v1/namespaces/default/pods/lonely").await.unwrap();
+        if !node_of(&pod).is_empty() {
+            break node_of(&pod);
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "lonely was not scheduled: {pod}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let refused = clusterctl(h, &["drain", &lonely_node, "--cluster", CLUSTER]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no controller owns pod(s) default/lonely"), "{refused:?}");
+    assert!(client.get_value(&format!("/api/v1/nodes/{lonely_node}")).await.unwrap()["spec"].get("unschedulable").is_none(), "a refused drain leaves the node schedulable");
+    eprintln!("whole test body: {:.0} s", started.elapsed().as_secs_f64());
+}
