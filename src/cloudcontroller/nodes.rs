@@ -39,6 +39,17 @@ pub async fn pass(cloud: &dyn Cloud, client: &ApiClient, cluster: &str) -> anyho
     let nodes: Vec<Node> = client.list(&NODES, None, &Default::default()).await?.items;
     let mut deleted_nodes = 0;
     for n in orphaned(&nodes, &live) {
+        // A listing can miss a machine; only one described as terminated (or unknown) is gone.
+        let id = instance_id(n).unwrap_or_default();
+        match cloud.instances_by_id(std::slice::from_ref(&id)).await {
+            Ok(found) if found.iter().all(|i| i.state.is_gone()) => {}
+            Ok(_) => continue,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                tracing::warn!(error = %e, node = %n.metadata.name, "describing the machine of a node that seems gone");
+                continue;
+            }
+        }
         match client.delete(&NODES, None, &n.metadata.name).await {
             Ok(()) => {
                 deleted_nodes += 1;
@@ -48,7 +59,8 @@ pub async fn pass(cloud: &dyn Cloud, client: &ApiClient, cluster: &str) -> anyho
             Err(e) => tracing::warn!(error = %e, node = %n.metadata.name, "deleting a node whose machine is gone"),
         }
     }
-    let remaining: BTreeSet<String> = nodes.iter().filter(|n| instance_id(n).is_none_or(|id| live.contains(&id))).map(|n| n.metadata.name.clone()).collect();
+    let nodes: Vec<Node> = client.list(&NODES, None, &Default::default()).await?.items;
+    let remaining: BTreeSet<String> = nodes.iter().map(|n| n.metadata.name.clone()).collect();
     let pods: Vec<Pod> = client.list(&PODS, None, &Default::default()).await?.items;
     let mut deleted_pods = 0;
     for p in stranded(&pods, &remaining) {
