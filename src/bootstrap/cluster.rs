@@ -101,6 +101,24 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The node config of this machine, without the role's own section.
+    fn node_config(&self, cluster: &str, role: NodeRole, api: ApiEndpoint) -> Result<NodeConfig, BootstrapError> {
+        Ok(NodeConfig {
+            cluster: cluster.into(),
+            role,
+            node_name: self.name.clone(),
+            instance_id: self.instance.id.clone(),
+            internal_ip: self.private_ip()?,
+            zone: self.zone.clone(),
+            pool: self.pool.clone(),
+            labels: self.labels.clone(),
+            api,
+            data_dir: DATA_DIR.into(),
+            master: None,
+            worker: None,
+        })
+    }
+
     fn address(&self) -> Result<IpAddr, BootstrapError> {
         self.instance
             .public_ip
@@ -345,16 +363,6 @@ pub async fn bootstrap(
             .map_err(|e| BootstrapError::Other(e.to_string()))??
         };
         let config = NodeConfig {
-            cluster: spec.name.as_str().into(),
-            role: NodeRole::Master,
-            node_name: m.name.clone(),
-            instance_id: m.instance.id.clone(),
-            internal_ip: m.private_ip()?,
-            zone: m.zone.clone(),
-            pool: m.pool.clone(),
-            labels: m.labels.clone(),
-            api: ApiEndpoint { endpoint: api_host.clone(), port: spec.api.port },
-            data_dir: DATA_DIR.into(),
             master: Some(MasterSettings {
                 listen: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), spec.api.port),
                 serving_names: serving_names.clone(),
@@ -363,7 +371,7 @@ pub async fn bootstrap(
                 pod_eviction_seconds: 10,
                 cloud: Some(cloud_settings),
             }),
-            worker: None,
+            ..m.node_config(spec.name.as_str(), NodeRole::Master, ApiEndpoint { endpoint: api_host.clone(), port: spec.api.port })?
         };
         let toml = config.to_toml().map_err(|e| BootstrapError::Other(format!("rendering the config of {}: {e}", m.name)))?;
         let session = sessions[&m.name].clone();
@@ -548,18 +556,8 @@ async fn install_with_token(join: &Join, workers: &[&Machine], sessions: &Sessio
                     _ => token,
                 };
                 let config = NodeConfig {
-                    cluster: join.cluster,
-                    role: NodeRole::Worker,
-                    node_name: m.name.clone(),
-                    instance_id: m.instance.id.clone(),
-                    internal_ip: m.private_ip()?,
-                    zone: m.zone.clone(),
-                    pool: m.pool.clone(),
-                    labels: m.labels.clone(),
-                    api: ApiEndpoint { endpoint: join.api_host, port: join.port },
-                    data_dir: DATA_DIR.into(),
-                    master: None,
                     worker: Some(WorkerSettings { join_token, ca_hash: join.ca_hash, heartbeat_seconds: 2 }),
+                    ..m.node_config(&join.cluster, NodeRole::Worker, ApiEndpoint { endpoint: join.api_host, port: join.port })?
                 };
                 let toml = config.to_toml().map_err(|e| BootstrapError::Other(format!("rendering the config of {}: {e}", m.name)))?;
                 install(&s, &artifacts, NodeRole::Worker, &toml)

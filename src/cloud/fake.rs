@@ -521,6 +521,10 @@ impl Cloud for FakeCloud {
         let action = || format!("deregistering targets from {target_group_arn}");
         let mut s = self.enter("deregister_targets", action)?;
         let targets = s.targets.get_mut(target_group_arn).ok_or_else(|| not_found(action(), "TargetGroupNotFound"))?;
+        // As LocalStack's moto: one target that is not registered fails the whole call.
+        if let Some(missing) = instance_ids.iter().find(|id| !targets.iter().any(|(t, p)| t == *id && *p == port)) {
+            return Err(CloudError::new(action(), ErrorKind::Invalid, Some("InvalidTarget".into()), format!("{missing} is not a registered target")));
+        }
         targets.retain(|(t, p)| !(instance_ids.contains(t) && *p == port));
         Ok(())
     }

@@ -321,10 +321,22 @@ impl Cloud for Resilient {
         .await
     }
     async fn deregister_targets(&self, target_group_arn: &str, instance_ids: &[String], port: u16) -> CloudResult<()> {
-        self.delete(format!("deregister_targets {}", instance_ids.join(",")), || {
-            self.inner.deregister_targets(target_group_arn, instance_ids, port)
-        })
-        .await
+        let result = self.delete(format!("deregister_targets {}", instance_ids.join(",")), || self.inner.deregister_targets(target_group_arn, instance_ids, port)).await;
+        // A target that is not registered (any more) is deregistered: retry one by one, so that
+        // one already gone does not keep the others registered.
+        match result {
+            Err(e) if e.code.as_deref() == Some("InvalidTarget") => {
+                for id in instance_ids {
+                    let one = std::slice::from_ref(id);
+                    match self.delete(format!("deregister_targets {id}"), || self.inner.deregister_targets(target_group_arn, one, port)).await {
+                        Err(e) if e.code.as_deref() == Some("InvalidTarget") => {}
+                        other => other?,
+                    }
+                }
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     async fn delete_listener(&self, arn: &str) -> CloudResult<()> {

@@ -122,6 +122,12 @@ async fn a_load_balancer_service_gets_a_tagged_balancer_that_follows_the_workers
     let registered: BTreeSet<String> = cloud.target_health(&tgs[0].arn).await.unwrap().into_iter().map(|t| t.instance_id).collect();
     assert_eq!(registered, fewer);
 
+    // Deregistering a target already gone (the controller and `scale` race) still deregisters the rest.
+    services::reconcile(&cloud, "c1", &net, std::slice::from_ref(&svc), &targets).await.unwrap();
+    cloud.deregister_targets(&tgs[0].arn, &[ids[0].clone()], 30080).await.unwrap();
+    cloud.deregister_targets(&tgs[0].arn, &ids, 30080).await.unwrap();
+    assert!(cloud.target_health(&tgs[0].arn).await.unwrap().is_empty());
+
     // The service gone: balancer, listener, target group and security group go too.
     services::reconcile(&cloud, "c1", &net, &[], &fewer).await.unwrap();
     assert!(cloud.load_balancers(&selector).await.unwrap().is_empty());
