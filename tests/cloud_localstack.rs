@@ -173,6 +173,16 @@ async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothi
         });
     }
 
+    // From here a client loop through the balancer counts failed requests: scaling the deployment
+    // and the workers must not fail any.
+    counting.store(true, Ordering::Relaxed);
+    assert_ok(&clusterctl(home.path(), &["scale", "deployment", "web", "--replicas", "4", "--cluster", CLUSTER]), "scale deployment");
+    eventually("4 ready web pods", Duration::from_secs(60), || async {
+        let ready = client.list_values("/api/v1/namespaces/default/pods").await.map_err(|e| e.to_string())?.iter().filter(|p| is_ready(p)).count();
+        if ready == 4 { Ok(()) } else { Err(format!("{ready} ready")) }
+    })
+    .await;
+
     // Scale up from 2 to 5 workers.
     let out = assert_ok(&clusterctl(home.path(), &["scale", "-f", s, "--workers", "5"]), "scale --workers 5");
     eprintln!("{out}");
@@ -205,7 +215,6 @@ async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothi
             }
         })
     };
-    counting.store(true, Ordering::Relaxed);
     let out = assert_ok(&clusterctl(home.path(), &["scale", "-f", s, "--workers", "1"]), "scale --workers 1");
     eprintln!("{out}");
     pool_settles(&client, cloud.as_ref(), 1, Duration::from_secs(30), "1 Ready worker").await;
@@ -213,9 +222,9 @@ async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothi
     watching.store(false, Ordering::Relaxed);
     watcher.await.unwrap();
     let (requests_made, failed) = (requests.load(Ordering::Relaxed), failures.load(Ordering::Relaxed));
-    eprintln!("scale-down: {requests_made} requests through the balancer, {failed} failed");
-    assert!(requests_made >= 10, "the client loop ran: {requests_made}");
-    assert_eq!(failed, 0, "no request fails during the scale-down");
+    eprintln!("scaling the deployment and the workers: {requests_made} requests through the balancer, {failed} failed");
+    assert!(requests_made >= 50, "the client loop ran: {requests_made}");
+    assert_eq!(failed, 0, "no request fails while the deployment and the workers scale");
     let remaining = worker_instances(cloud.as_ref()).await;
     let deleted = pod_deleted.lock().unwrap().clone();
     let gone = terminated_at.lock().unwrap().clone();
@@ -227,7 +236,7 @@ async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothi
         }
     }
     let ready = client.list_values("/api/v1/namespaces/default/pods").await.unwrap().iter().filter(|p| is_ready(p)).count();
-    assert_eq!(ready, 3, "all 3 web pods run on the remaining worker");
+    assert_eq!(ready, 4, "all 4 web pods run on the remaining worker");
 
     // Deleting the service deletes its balancer and target groups.
     assert_ok(&clusterctl(home.path(), &["delete", "-f", root().join("manifests/web-lb.yaml").to_str().unwrap(), "--cluster", CLUSTER]), "delete service");
@@ -279,7 +288,7 @@ async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothi
     }
     pool_settles(&client, cloud.as_ref(), 3, Duration::from_secs(30), "3 Ready workers after the upgrade").await;
     let ready = client.list_values("/api/v1/namespaces/default/pods").await.unwrap().iter().filter(|p| is_ready(p)).count();
-    assert_eq!(ready, 3, "the web pods run after the upgrade");
+    assert_eq!(ready, 4, "the web pods run after the upgrade");
 
     let ids = worker_instances(cloud.as_ref()).await;
     for id in &ids[..2] {
