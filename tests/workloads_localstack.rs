@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clusterctl::client::kubeconfig::Kubeconfig;
-use clusterctl::api::time::parse_rfc3339;
+use clusterctl::api::time::{now_seconds, parse_rfc3339};
 use clusterctl::client::{ApiClient, ClientAuth};
 use common::*;
 use serde_json::Value;
@@ -440,16 +440,22 @@ async fn stopped_master_leaves_pods_serving_and_untouched(client: &ApiClient) {
 
     ec2.start_instances().instance_ids(&master_instance).send().await.expect("StartInstances of the master");
     let start = Instant::now();
+    let started_at = now_seconds();
+    // Back means: every agent renewed its lease with the restarted master, and every node is Ready.
     loop {
-        if let Ok(ns) = client.list_values("/api/v1/nodes").await {
-            if ns.len() == nodes.len() && ns.iter().all(node_ready) {
-                break;
+        let leases = client.list_values("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases").await.unwrap_or_default();
+        let renewed = leases.iter().filter(|l| parse_rfc3339(str_at(l, "/spec/renewTime")).is_some_and(|t| t > started_at)).count();
+        if renewed == nodes.len() {
+            if let Ok(ns) = client.list_values("/api/v1/nodes").await {
+                if ns.len() == nodes.len() && ns.iter().all(node_ready) {
+                    break;
+                }
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(180), "nodes not all Ready within 180 s of StartInstances");
+        assert!(start.elapsed() < Duration::from_secs(180), "nodes not all back and Ready within 180 s of StartInstances ({renewed} leases renewed)");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    eprintln!("master back, all nodes Ready after {:.1}s", start.elapsed().as_secs_f64());
+    eprintln!("master back, every lease renewed and all nodes Ready after {:.1}s", start.elapsed().as_secs_f64());
     // Beyond the eviction toleration (10 s): nothing evicted, recreated or restarted.
     let back = Instant::now();
     while back.elapsed() < Duration::from_secs(15) {
