@@ -166,10 +166,14 @@ pub fn filter(facts: &PodFacts<'_>, node: &NodeInfo) -> Vec<Rejection> {
     out
 }
 
-/// How the owner's pods are spread: per zone, and the most on one node and in one zone.
+/// How the owner's pods are spread: on each node, per zone, and the most on one node and in
+/// one zone. Computed once per pod with one look-up per node; zones are a short list because
+/// clusters span few of them.
 #[derive(Debug, Default)]
 pub struct Spread<'a> {
-    pub zones: HashMap<&'a str, u32>,
+    /// The owner's pods on each node, in the order of the nodes given to [`Spread::of`].
+    pub per_node: Vec<u32>,
+    pub zones: Vec<(&'a str, u32)>,
     pub max_node: u32,
     pub max_zone: u32,
 }
@@ -179,34 +183,47 @@ impl<'a> Spread<'a> {
     pub fn of(owner: Option<&str>, nodes: &'a [NodeInfo]) -> Self {
         let mut spread = Spread::default();
         let Some(uid) = owner else { return spread };
+        spread.per_node.reserve(nodes.len());
         for n in nodes {
             let count = n.owned.get(uid).copied().unwrap_or(0);
+            spread.per_node.push(count);
             spread.max_node = spread.max_node.max(count);
             if let Some(z) = n.zone() {
-                *spread.zones.entry(z).or_default() += count;
+                match spread.zones.iter_mut().find(|(name, _)| *name == z) {
+                    Some((_, c)) => *c += count,
+                    None => spread.zones.push((z, count)),
+                }
             }
         }
-        spread.max_zone = spread.zones.values().copied().max().unwrap_or(0);
+        spread.max_zone = spread.zones.iter().map(|(_, c)| *c).max().unwrap_or(0);
         spread
+    }
+
+    /// The owner's pods in `zone`.
+    pub fn in_zone(&self, zone: &str) -> u32 {
+        self.zones.iter().find(|(z, _)| *z == zone).map_or(0, |(_, c)| *c)
     }
 }
 
 /// How much a node is worth for the pod (higher is better): least requested (0-100) plus spread
-/// of the owner's pods over nodes (0-200) and zones (0-50).
-pub fn score(facts: &PodFacts<'_>, node: &NodeInfo, spread: &Spread<'_>) -> i64 {
+/// of the owner's pods over nodes (0-200) and zones (0-50); `here` is how many of the owner's
+/// pods the node holds.
+pub fn score(facts: &PodFacts<'_>, node: &NodeInfo, here: u32, spread: &Spread<'_>) -> i64 {
     let requests = facts.requests;
     let free = |alloc: u64, used: u64| if alloc == 0 { 0 } else { (alloc.saturating_sub(used) * 100 / alloc) as i64 };
     let least_requested = (free(node.allocatable.cpu_millis, node.requested.cpu_millis + requests.cpu_millis)
         + free(node.allocatable.memory_bytes, node.requested.memory_bytes + requests.memory_bytes))
         / 2;
-    let Some(owner) = facts.owner else { return least_requested };
-    let here = i64::from(node.owned.get(owner).copied().unwrap_or(0));
+    if facts.owner.is_none() {
+        return least_requested;
+    }
+    let here = i64::from(here);
     let max = i64::from(spread.max_node.max(1));
     let node_spread = 100 * (max - here.min(max)) / max;
     let zone_spread = match node.zone() {
         Some(z) => {
             let max_zone = i64::from(spread.max_zone.max(1));
-            50 * (max_zone - i64::from(spread.zones.get(z).copied().unwrap_or(0)).min(max_zone)) / max_zone
+            50 * (max_zone - i64::from(spread.in_zone(z)).min(max_zone)) / max_zone
         }
         None => 0,
     };
@@ -216,32 +233,36 @@ pub fn score(facts: &PodFacts<'_>, node: &NodeInfo, spread: &Spread<'_>) -> i64 
 /// The node the pod should go to, or the message of why none fits
 /// (`0/3 nodes are available: 3 Insufficient memory.`).
 pub fn place(pod: &Pod, nodes: &[NodeInfo]) -> Result<String, String> {
+    place_index(pod, nodes).map(|i| nodes[i].name.clone())
+}
+
+/// [`place`], answering with the node's index in `nodes`.
+fn place_index(pod: &Pod, nodes: &[NodeInfo]) -> Result<usize, String> {
     let facts = PodFacts::of(pod);
     let spread = Spread::of(facts.owner, nodes);
     let mut reasons: BTreeMap<Rejection, usize> = BTreeMap::new();
-    let mut best: Option<(i64, &NodeInfo)> = None;
-    for node in nodes {
+    let mut best: Option<(i64, usize)> = None;
+    for (i, node) in nodes.iter().enumerate() {
         let rejections = filter(&facts, node);
         if rejections.is_empty() {
-            let s = score(&facts, node, &spread);
+            let s = score(&facts, node, spread.per_node.get(i).copied().unwrap_or(0), &spread);
             // Ties go to the name that sorts first, so that decisions are reproducible.
             let better = match best {
                 None => true,
-                Some((bs, bn)) => s > bs || (s == bs && node.name < bn.name),
+                Some((bs, bi)) => s > bs || (s == bs && node.name < nodes[bi].name),
             };
             if better {
-                best = Some((s, node));
+                best = Some((s, i));
             }
         }
         for r in rejections {
             *reasons.entry(r).or_default() += 1;
         }
     }
-    if let Some((_, node)) = best {
-        return Ok(node.name.clone());
+    if let Some((_, i)) = best {
+        return Ok(i);
     }
-    let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {}", r.text())).collect();
-    let mut parts = parts;
+    let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {}", r.text())).collect();
     parts.sort();
     let detail = if parts.is_empty() { String::new() } else { format!(": {}", parts.join(", ")) };
     Err(format!("0/{} nodes are available{detail}.", nodes.len()))
@@ -253,13 +274,11 @@ pub fn place_all(pending: &[Pod], nodes: &mut [NodeInfo]) -> Vec<Result<String, 
     pending
         .iter()
         .map(|pod| {
-            let decision = place(pod, nodes);
-            if let Ok(name) = &decision
-                && let Some(n) = nodes.iter_mut().find(|n| &n.name == name)
-            {
-                n.add_pod(pod);
+            let decision = place_index(pod, nodes);
+            if let Ok(i) = decision {
+                nodes[i].add_pod(pod);
             }
-            decision
+            decision.map(|i| nodes[i].name.clone())
         })
         .collect()
 }
