@@ -53,8 +53,16 @@ fn running_off(pods: &[Value], node: Option<&str>) -> usize {
 /// Polls every 250 ms until `done`; the seconds it took.
 async fn time_until(client: &ApiClient, what: &str, within: Duration, done: impl Fn(&[Value]) -> bool) -> anyhow::Result<f64> {
     let start = Instant::now();
+    let mut last_shown = (usize::MAX, 0, 0);
     loop {
         let pods = bench_pods(client).await;
+        // Progress on stderr: how many exist, are bound, run.
+        let bound = pods.iter().filter(|p| p.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty())).count();
+        let shown = (pods.len(), bound, running_off(&pods, None));
+        if shown != last_shown {
+            eprintln!("  {:6.1}s  pods {:3}  bound {:3}  running {:3}", start.elapsed().as_secs_f64(), shown.0, shown.1, shown.2);
+            last_shown = shown;
+        }
         if done(&pods) {
             return Ok(start.elapsed().as_secs_f64());
         }

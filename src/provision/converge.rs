@@ -288,10 +288,13 @@ async fn launch_all(cloud: &dyn Cloud, spec: &ClusterSpec, r: &mut Resolved, slo
             let name = names.instance_name(pool, slot);
             reporter.item(&name, "launching");
             // A token already used by a terminated machine returns that machine: launch again with the next token.
+            // The answer to a reused token is its first launch's, as it was then (pending), so the
+            // machine's state now decides.
             for attempt in 0..3 {
                 request.client_token = names.client_token(pool, slot, vpc, attempt);
                 let instance = cloud.run_instance(&request).await?;
-                if !instance.state.is_gone() {
+                let gone = instance.state.is_gone() || cloud.instances_by_id(std::slice::from_ref(&instance.id)).await?.iter().any(|i| i.state.is_gone());
+                if !gone {
                     reporter.item(&name, &format!("{} {}", instance.id, instance.state));
                     return Ok(((pool.name.as_str().to_string(), slot), instance));
                 }
