@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::Notify;
 
 use crate::api::pod::{Pod, PodCondition, ResourceAmounts};
@@ -295,77 +296,115 @@ pub fn node_infos(nodes: &[Node], pods: &[Pod]) -> Vec<NodeInfo> {
     infos
 }
 
+/// How many bind (or unschedulable) writes one pass has in flight: decisions are made one pod at
+/// a time in memory, and the writes that carry them out wait on the API server concurrently, so a
+/// burst of 100 pods costs a few round trips, not 200.
+pub const WRITES_IN_FLIGHT: usize = 16;
+
+/// What a pass decided for one pending pod.
+enum Decision {
+    Bind(Pod, String),
+    Unschedulable(Pod, String),
+}
+
 /// One pass: every unbound pod placed or marked unschedulable. Returns how many were bound.
 pub async fn pass(client: &ApiClient, nodes: &Cache<Node>, pods: &Cache<Pod>) -> usize {
     let all_pods = pods.snapshot();
     let mut infos = node_infos(&nodes.snapshot(), &all_pods);
     let mut pending: Vec<Pod> = all_pods.into_iter().filter(|p| p.spec.bound_node().is_none() && !p.is_terminating() && !p.is_terminal()).collect();
     pending.sort_by_key(|p| (p.metadata.creation_timestamp, p.metadata.name.clone()));
-    let mut bound = 0;
-    let mut last_rev = 0;
+    // Decide every pod in order, each placement counted before the next (as if already bound).
+    let mut decisions = Vec::new();
     for pod in pending {
-        let decision = place(&pod, &infos);
-        let ns = pod.metadata.namespace_or_default().to_string();
-        let name = pod.metadata.name.clone();
-        match decision {
-            Ok(node) => {
-                let mut next = pod.clone();
-                next.spec.node_name = Some(node.clone());
-                match client.replace(&PODS, Some(&ns), &name, &next).await {
-                    Ok(written) => {
-                        tracing::info!(pod = %format!("{ns}/{name}"), node = %node, "bound");
-                        last_rev = last_rev.max(written.metadata.revision().unwrap_or(0));
-                        if let Some(n) = infos.iter_mut().find(|n| n.name == node) {
-                            n.add_pod(&pod);
-                        }
-                        bound += 1;
-                        // The PodScheduled condition is written with the status.
-                        let mut status = written;
-                        status.set_condition(PodCondition {
-                            condition_type: "PodScheduled".into(),
-                            status: "True".into(),
-                            last_transition_time: Some(Time::now()),
-                            ..Default::default()
-                        });
-                        if let Err(e) = client.replace_status(&PODS, Some(&ns), &name, &status).await {
-                            tracing::debug!(error = %e, "marking {ns}/{name} scheduled");
-                        }
-                    }
-                    Err(e) if e.is_conflict() || e.is_not_found() => {}
-                    Err(e) => tracing::warn!(error = %e, "binding {ns}/{name} to {node}"),
-                }
+        match place_index(&pod, &infos) {
+            Ok(i) => {
+                infos[i].add_pod(&pod);
+                decisions.push(Decision::Bind(pod, infos[i].name.clone()));
             }
             Err(message) => {
                 let current = pod.condition("PodScheduled");
-                if current.is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(message.as_str())) {
-                    continue;
-                }
-                let mut next = pod.clone();
-                next.set_condition(PodCondition {
-                    condition_type: "PodScheduled".into(),
-                    status: "False".into(),
-                    reason: Some("Unschedulable".into()),
-                    message: Some(message.clone()),
-                    last_transition_time: Some(Time::now()),
-                    last_probe_time: None,
-                });
-                next.status.phase.get_or_insert_with(|| "Pending".into());
-                match client.replace_status(&PODS, Some(&ns), &name, &next).await {
-                    Ok(written) => {
-                        tracing::info!(pod = %format!("{ns}/{name}"), "unschedulable: {message}");
-                        last_rev = last_rev.max(written.metadata.revision().unwrap_or(0));
-                    }
-                    Err(e) if e.is_conflict() || e.is_not_found() => {}
-                    Err(e) => tracing::warn!(error = %e, "marking {ns}/{name} unschedulable"),
+                if !current.is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(message.as_str())) {
+                    decisions.push(Decision::Unschedulable(pod, message));
                 }
             }
         }
     }
+    let results: Vec<(bool, u64)> = futures::stream::iter(decisions)
+        .map(|d| async move {
+            match d {
+                Decision::Bind(pod, node) => bind(client, &pod, &node).await.map_or((false, 0), |rev| (true, rev)),
+                Decision::Unschedulable(pod, message) => (false, mark_unschedulable(client, &pod, &message).await.unwrap_or(0)),
+            }
+        })
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .collect()
+        .await;
+    let bound = results.iter().filter(|(b, _)| *b).count();
+    let last_rev = results.iter().map(|(_, r)| *r).max().unwrap_or(0);
     // The next pass must see these writes, or it would place the same pods again.
     if last_rev > 0 {
         pods.wait_for(last_rev, Duration::from_secs(5)).await;
     }
     bound
+}
+
+/// Binds `pod` to `node` and marks it scheduled; the revision of the bind, or `None` when it
+/// did not happen (the pod changed or is gone: the next pass decides again).
+async fn bind(client: &ApiClient, pod: &Pod, node: &str) -> Option<u64> {
+    let ns = pod.metadata.namespace_or_default();
+    let name = &pod.metadata.name;
+    let mut next = pod.clone();
+    next.spec.node_name = Some(node.to_string());
+    match client.replace(&PODS, Some(ns), name, &next).await {
+        Ok(written) => {
+            tracing::info!(pod = %format!("{ns}/{name}"), node = %node, "bound");
+            let rev = written.metadata.revision().unwrap_or(0);
+            // The PodScheduled condition is written with the status.
+            let mut status = written;
+            status.set_condition(PodCondition {
+                condition_type: "PodScheduled".into(),
+                status: "True".into(),
+                last_transition_time: Some(Time::now()),
+                ..Default::default()
+            });
+            if let Err(e) = client.replace_status(&PODS, Some(ns), name, &status).await {
+                tracing::debug!(error = %e, "marking {ns}/{name} scheduled");
+            }
+            Some(rev)
+        }
+        Err(e) if e.is_conflict() || e.is_not_found() => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "binding {ns}/{name} to {node}");
+            None
+        }
+    }
+}
+
+/// Writes `PodScheduled=False` with the reasons; the revision written, if any.
+async fn mark_unschedulable(client: &ApiClient, pod: &Pod, message: &str) -> Option<u64> {
+    let ns = pod.metadata.namespace_or_default();
+    let name = &pod.metadata.name;
+    let mut next = pod.clone();
+    next.set_condition(PodCondition {
+        condition_type: "PodScheduled".into(),
+        status: "False".into(),
+        reason: Some("Unschedulable".into()),
+        message: Some(message.to_string()),
+        last_transition_time: Some(Time::now()),
+        last_probe_time: None,
+    });
+    next.status.phase.get_or_insert_with(|| "Pending".into());
+    match client.replace_status(&PODS, Some(ns), name, &next).await {
+        Ok(written) => {
+            tracing::info!(pod = %format!("{ns}/{name}"), "unschedulable: {message}");
+            written.metadata.revision()
+        }
+        Err(e) if e.is_conflict() || e.is_not_found() => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "marking {ns}/{name} unschedulable");
+            None
+        }
+    }
 }
 
 /// Runs the scheduler forever on the given client (a `system:masters` identity).
