@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::agent::{ready_condition, ready_status, LEASE_NAMESPACE};
@@ -58,12 +59,15 @@ pub fn evicts(node: &Value, now: f64, toleration: Duration) -> bool {
     since.is_some_and(|t| now - t > toleration.as_secs_f64())
 }
 
+/// How many evictions are in flight at once: a dead worker's 30 pods cost a few round trips.
+const EVICTIONS_IN_FLIGHT: usize = 16;
+
 /// Deletes the pods bound to nodes that [`evicts`] picks or that do not exist.
 pub async fn evict(client: &ApiClient, nodes: &[Value], toleration: Duration) -> Result<usize, ClientError> {
     let now = crate::api::time::now_seconds();
     let known: HashMap<&str, &Value> = nodes.iter().filter_map(|n| Some((n.pointer("/metadata/name")?.as_str()?, n))).collect();
     let pods = client.list_values("/api/v1/pods").await?;
-    let mut evicted = 0;
+    let mut doomed = Vec::new();
     for pod in &pods {
         let Some(node) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) else { continue };
         let gone = match known.get(node) {
@@ -74,14 +78,25 @@ pub async fn evict(client: &ApiClient, nodes: &[Value], toleration: Duration) ->
             continue;
         }
         let (Some(ns), Some(name)) = (pod.pointer("/metadata/namespace").and_then(Value::as_str), pod.pointer("/metadata/name").and_then(Value::as_str)) else { continue };
-        match client.delete_value(&format!("/api/v1/namespaces/{ns}/pods/{name}")).await {
-            Ok(_) => {
-                tracing::info!(pod = %format!("{ns}/{name}"), node = %node, "evicted: the node is not ready");
-                evicted += 1;
+        doomed.push((ns.to_string(), name.to_string(), node.to_string()));
+    }
+    let results: Vec<Result<bool, ClientError>> = futures::stream::iter(doomed)
+        .map(|(ns, name, node)| async move {
+            match client.delete_value(&format!("/api/v1/namespaces/{ns}/pods/{name}")).await {
+                Ok(_) => {
+                    tracing::info!(pod = %format!("{ns}/{name}"), node = %node, "evicted: the node is not ready");
+                    Ok(true)
+                }
+                Err(e) if e.is_not_found() => Ok(false),
+                Err(e) => Err(e),
             }
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
-        }
+        })
+        .buffer_unordered(EVICTIONS_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut evicted = 0;
+    for r in results {
+        evicted += usize::from(r?);
     }
     Ok(evicted)
 }

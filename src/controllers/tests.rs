@@ -213,3 +213,28 @@ async fn sixty_replicas_are_created_in_batches_and_bound_concurrently_exactly_on
     assert_eq!(ps.len(), 60, "exactly the replicas, no duplicates");
     assert!(ps.iter().all(|p| p.condition("PodScheduled").is_some_and(|c| c.status == "True")), "every pod is marked scheduled");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pod_of_a_node_not_ready_beyond_the_toleration_is_evicted_in_one_pass() {
+    let client = start().await;
+    add_node(&client, "w1", "a", "1Gi").await;
+    add_node(&client, "w2", "a", "1Gi").await;
+    let mut dead: Node = client.get(&NODES, None, "w1").await.unwrap();
+    dead.status.conditions[0].status = "Unknown".into();
+    dead.status.conditions[0].last_transition_time = Some(Time::parse("2026-01-01T00:00:00Z").unwrap());
+    client.replace_status(&NODES, None, "w1", &dead).await.unwrap();
+    for i in 0..20 {
+        let node = if i < 15 { "w1" } else { "w2" };
+        let pod = Pod {
+            metadata: crate::api::ObjectMeta::namespaced("default", format!("p{i}")),
+            spec: serde_json::from_value(json!({"nodeName": node, "containers": [{"name": "c", "image": "i"}]})).unwrap(),
+            ..Default::default()
+        };
+        client.create(&PODS, Some("default"), &pod).await.unwrap();
+    }
+    let nodes = client.list_values("/api/v1/nodes").await.unwrap();
+    let evicted = super::node_lifecycle::evict(&client, &nodes, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(evicted, 15, "every pod of the dead node, none of the healthy one");
+    let left: Vec<String> = pods(&client).await.into_iter().filter(|p| !p.is_terminating()).filter_map(|p| p.spec.bound_node().map(String::from)).collect();
+    assert_eq!(left, vec!["w2"; 5]);
+}
