@@ -15,6 +15,10 @@ use super::inventory::{discover, Inventory};
 use super::plan::{desired_rules, group_roles, instances_by_slot, plan, Plan, Step};
 use super::{Names, ProvisionError};
 
+
+/// Launch tokens tried per slot: each machine of a slot that was terminated (and replaced) uses
+/// one up, so a slot can be refilled this many times.
+const LAUNCH_ATTEMPTS: u32 = 32;
 /// What converging needs beyond the spec.
 #[derive(Debug, Clone)]
 pub struct ConvergeOptions {
@@ -290,7 +294,7 @@ async fn launch_all(cloud: &dyn Cloud, spec: &ClusterSpec, r: &mut Resolved, slo
             // A token already used by a terminated machine returns that machine: launch again with the next token.
             // The answer to a reused token is its first launch's, as it was then (pending), so the
             // machine's state now decides.
-            for attempt in 0..3 {
+            for attempt in 0..LAUNCH_ATTEMPTS {
                 request.client_token = names.client_token(pool, slot, vpc, attempt);
                 let instance = cloud.run_instance(&request).await?;
                 let gone = instance.state.is_gone() || cloud.instances_by_id(std::slice::from_ref(&instance.id)).await?.iter().any(|i| i.state.is_gone());
