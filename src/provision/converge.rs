@@ -15,10 +15,10 @@ use super::inventory::{discover, Inventory};
 use super::plan::{desired_rules, group_roles, instances_by_slot, plan, Plan, Step};
 use super::{Names, ProvisionError};
 
-
 /// Launch tokens tried per slot: each machine of a slot that was terminated (and replaced) uses
 /// one up, so a slot can be refilled this many times.
 const LAUNCH_ATTEMPTS: u32 = 32;
+
 /// What converging needs beyond the spec.
 #[derive(Debug, Clone)]
 pub struct ConvergeOptions {
