@@ -1,13 +1,19 @@
-//! Workloads end to end against LocalStack with realized machines: an app applied from YAML runs
-//! as real containers on the workers, is reached through its NodePort on every node, restarts
-//! when its container dies, scales, and moves when a worker machine dies.
+//! Workloads end to end against LocalStack with realized machines, on one shared cluster
+//! (1 master + 3 workers): an app applied from YAML runs as real containers on the workers, is
+//! reached through its NodePort on every node, restarts when its container dies, scales, rolls
+//! out a new image tag without dropping below its availability, keeps serving while the master
+//! is stopped (and nothing is recreated when it starts again), and moves when a worker machine
+//! dies; a crashing container backs off 10 s, 20 s, ...; a pod that fits nowhere says why and
+//! schedules once room is made.
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clusterctl::client::kubeconfig::Kubeconfig;
+use clusterctl::api::time::{now_seconds, parse_rfc3339};
 use clusterctl::client::{ApiClient, ClientAuth};
 use common::*;
 use serde_json::Value;
@@ -19,6 +25,52 @@ fn admin(home: &std::path::Path, cluster: &str) -> ApiClient {
 
 async fn pods(client: &ApiClient) -> Vec<Value> {
     client.list_values("/api/v1/namespaces/default/pods").await.unwrap_or_default()
+}
+
+/// The pods labelled `app=<app>`.
+fn app<'a>(ps: &'a [Value], app: &str) -> Vec<&'a Value> {
+    ps.iter().filter(|p| p.pointer("/metadata/labels/app").and_then(Value::as_str) == Some(app)).collect()
+}
+
+/// Not being deleted.
+fn is_active(pod: &Value) -> bool {
+    pod.pointer("/metadata/deletionTimestamp").is_none_or(Value::is_null)
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Writes a manifest into `dir` and returns its path.
+fn manifest_file(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// The EC2 API of the harness, for what clusterctl itself does not do (stopping a machine).
+async fn ec2() -> aws_sdk_ec2::Client {
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(aws_config::Region::new("us-east-1")).load().await;
+    aws_sdk_ec2::Client::new(&conf)
+}
+
+/// The instance id behind a node (from its `providerID`).
+async fn instance_of(client: &ApiClient, node: &str) -> String {
+    let n = client.get_value(&format!("/api/v1/nodes/{node}")).await.unwrap();
+    str_at(&n, "/spec/providerID").rsplit('/').next().unwrap().to_string()
+}
+
+fn node_ready(n: &Value) -> bool {
+    n.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+fn is_master(n: &Value) -> bool {
+    n.pointer("/metadata/labels").and_then(Value::as_object).is_some_and(|l| l.contains_key("node-role.kubernetes.io/control-plane"))
+}
+
+/// A node's InternalIP.
+fn address(n: &Value) -> String {
+    str_at(n, "/status/addresses/0/address").to_string()
 }
 
 fn is_ready(pod: &Value) -> bool {
@@ -101,18 +153,317 @@ async fn an_app_runs_is_reached_restarts_scales_and_moves_off_a_dead_worker() {
     })
     .await;
 
+    // A container that exits at once, watched in the background while the rest goes on.
+    let crash = manifest_file(home.path(), "crash.yaml", CRASH_POD);
+    assert_ok(&clusterctl(home.path(), &["apply", "-f", &crash, "--cluster", "it-apps"]), "apply crash.yaml");
+    let crash_watch = tokio::spawn(watch_crash_loop(admin(home.path(), "it-apps")));
+
     // Scale to 5.
     assert_ok(&clusterctl(home.path(), &["scale", "deployment", "web", "--replicas", "5", "--cluster", "it-apps"]), "scale");
-    wait_for(&client, "5 ready replicas", Duration::from_secs(90), |ps| ps.iter().filter(|p| is_ready(p)).count() == 5).await;
+    wait_for(&client, "5 ready replicas", Duration::from_secs(90), |ps| app(ps, "web").iter().filter(|p| is_ready(p)).count() == 5).await;
+
+    rolling_update_keeps_availability(home.path(), s, &client, &manifest).await;
+
+    let runs = crash_watch.await.unwrap();
+    check_crash_loop_back_off(&runs);
+    assert_ok(&clusterctl(home.path(), &["delete", "-f", &crash, "--cluster", "it-apps"]), "delete crash.yaml");
+
+    unschedulable_until_room_is_made(home.path(), &client).await;
+    stopped_master_leaves_pods_serving_and_untouched(&client).await;
 
     // A dead worker machine: its pods are replaced on the other nodes.
     let ps = pods(&client).await;
-    let victim = ps.iter().filter_map(|p| p.pointer("/spec/nodeName").and_then(Value::as_str)).find(|n| n.contains("default")).unwrap().to_string();
+    let victim = app(&ps, "web").iter().filter_map(|p| p.pointer("/spec/nodeName").and_then(Value::as_str)).find(|n| n.contains("default")).unwrap().to_string();
     let victim_instance = client.get_value(&format!("/api/v1/nodes/{victim}")).await.unwrap()["spec"]["providerID"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
     let killed = std::process::Command::new("docker").args(["kill", &victim_instance]).output().unwrap();
     assert!(killed.status.success(), "docker kill {victim_instance}");
     wait_for(&client, "5 ready replicas off the dead worker", Duration::from_secs(120), |ps| {
-        ps.iter().filter(|p| is_ready(p) && p.pointer("/spec/nodeName").and_then(Value::as_str) != Some(victim.as_str())).count() == 5
+        app(ps, "web").iter().filter(|p| is_ready(p) && p.pointer("/spec/nodeName").and_then(Value::as_str) != Some(victim.as_str())).count() == 5
     })
     .await;
+}
+
+const CRASH_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: crash
+  labels:
+    app: crash
+spec:
+  restartPolicy: Always
+  containers:
+    - name: crash
+      image: clusterctl-busybox:latest
+      imagePullPolicy: Never
+      command: ["sh", "-c", "exit 3"]
+"#;
+
+/// What the crash-loop watcher saw: the start time (seconds since the epoch) of every run of the
+/// container, the highest restart count, and whether `CrashLoopBackOff` was shown.
+#[derive(Debug, Default)]
+struct CrashRuns {
+    starts: BTreeSet<String>,
+    max_restarts: u64,
+    back_off_shown: bool,
+}
+
+/// Polls the `crash` pod until three runs of its container were seen (about 30 s: 10 s and 20 s
+/// of back-off) or 150 s passed. Each run shows in `lastState.terminated` for at least the next
+/// back-off, so polling every 500 ms misses none.
+async fn watch_crash_loop(client: ApiClient) -> CrashRuns {
+    let mut runs = CrashRuns::default();
+    let start = Instant::now();
+    while runs.starts.len() < 3 && start.elapsed() < Duration::from_secs(150) {
+        if let Ok(pod) = client.get_value("/api/v1/namespaces/default/pods/crash").await {
+            let status = &pod["status"]["containerStatuses"][0];
+            for terminated in [status.pointer("/lastState/terminated"), status.pointer("/state/terminated")].into_iter().flatten() {
+                if let Some(at) = terminated["startedAt"].as_str().filter(|t| !t.starts_with("0001")) {
+                    runs.starts.insert(at.to_string());
+                }
+            }
+            runs.max_restarts = runs.max_restarts.max(status["restartCount"].as_u64().unwrap_or(0));
+            runs.back_off_shown |= status.pointer("/state/waiting/reason").and_then(Value::as_str) == Some("CrashLoopBackOff");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    runs
+}
+
+/// The runs start 10 s and then 20 s apart (the back-off doubles), give or take the agent's
+/// one-second sync and a slow machine.
+fn check_crash_loop_back_off(runs: &CrashRuns) {
+    let starts: Vec<f64> = runs.starts.iter().map(|t| parse_rfc3339(t).unwrap_or_else(|| panic!("container start time {t:?} is not RFC 3339"))).collect();
+    assert!(starts.len() >= 3, "three runs of the crashing container within 150 s: {runs:?}");
+    let mut sorted = starts.clone();
+    sorted.sort_by(f64::total_cmp);
+    let (first, second) = (sorted[1] - sorted[0], sorted[2] - sorted[1]);
+    eprintln!("crash loop: restarts after {first:.1}s and {second:.1}s");
+    assert!((9.5..20.0).contains(&first), "first back-off about 10 s, was {first:.1}s: {runs:?}");
+    assert!((19.5..40.0).contains(&second), "second back-off about 20 s, was {second:.1}s: {runs:?}");
+    assert!(runs.max_restarts >= 2, "restart count counts the restarts: {runs:?}");
+    assert!(runs.back_off_shown, "the waiting reason CrashLoopBackOff was shown: {runs:?}");
+}
+
+/// Changes the image tag of `web` (5 replicas, maxSurge 1, maxUnavailable 1) to a tag loaded
+/// just before; polls until every pod runs it, and checks that at least 4 pods were ready (and
+/// not being deleted) at every poll.
+async fn rolling_update_keeps_availability(home: &Path, spec: &str, client: &ApiClient, manifest: &Path) {
+    let v2_tarball = std::env::var("CLUSTERCTL_BUSYBOX_TAR").map(std::path::PathBuf::from).unwrap_or_else(|_| root().join(".cache/images/busybox.tar")).with_file_name("busybox-v2.tar");
+    assert!(v2_tarball.exists(), "{} missing: run localstack/workload-images/build", v2_tarball.display());
+    assert_ok(&clusterctl(home, &["load-image", "-f", spec, v2_tarball.to_str().unwrap()]), "load-image v2");
+    let original = std::fs::read_to_string(manifest).unwrap();
+    let v2 = original.replace("image: clusterctl-busybox:latest", "image: clusterctl-busybox:v2").replacen(
+        "\n  replicas: 3\n",
+        "\n  replicas: 5\n  strategy:\n    type: RollingUpdate\n    rollingUpdate:\n      maxSurge: 1\n      maxUnavailable: 1\n",
+        1,
+    );
+    assert!(v2.contains("clusterctl-busybox:v2") && v2.contains("maxUnavailable: 1"), "manifests/web.yaml no longer has the shape this test edits");
+    let path = manifest_file(home, "web-v2.yaml", &v2);
+    assert_ok(&clusterctl(home, &["apply", "-f", &path, "--cluster", "it-apps"]), "apply web-v2.yaml");
+
+    let min_ready = 5 - 1;
+    let start = Instant::now();
+    let mut lowest = usize::MAX;
+    let mut history: Vec<String> = Vec::new();
+    loop {
+        let ps = pods(client).await;
+        let active: Vec<&Value> = app(&ps, "web").into_iter().filter(|p| is_active(p)).collect();
+        let ready = active.iter().filter(|p| is_ready(p)).count();
+        let updated = active.iter().filter(|p| str_at(p, "/spec/containers/0/image") == "clusterctl-busybox:v2").count();
+        let line = format!("{:5.1}s ready {ready} updated {updated} active {}", start.elapsed().as_secs_f64(), active.len());
+        if history.last().map(|l| &l[7..]) != Some(&line[7..]) {
+            history.push(line);
+        }
+        if !ps.is_empty() {
+            lowest = lowest.min(ready);
+            assert!(ready >= min_ready, "rolling update went below {min_ready} ready pods:\n{}", history.join("\n"));
+        }
+        if active.len() == 5 && ready == 5 && updated == 5 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(240), "rolling update not done within 240 s:\n{}", history.join("\n"));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("rolling update: {:.1}s, never fewer than {lowest} ready pods:\n{}", start.elapsed().as_secs_f64(), history.join("\n"));
+    let ps = pods(client).await;
+    for p in app(&ps, "web").into_iter().filter(|p| is_active(p)) {
+        assert_eq!(str_at(p, "/status/containerStatuses/0/image"), "clusterctl-busybox:v2", "every pod runs the new image: {p}");
+    }
+}
+
+/// CPU allocatable of a node in millicores.
+fn cpu_millis(n: &Value) -> u64 {
+    let text = str_at(n, "/status/allocatable/cpu");
+    match text.strip_suffix('m') {
+        Some(m) => m.parse().unwrap(),
+        None => text.parse::<u64>().unwrap() * 1000,
+    }
+}
+
+/// `hog` takes a bit more than half of each worker's CPU (one replica per worker); `big` asks for
+/// three quarters, so it fits nowhere until `hog` is scaled down to two.
+async fn unschedulable_until_room_is_made(home: &Path, client: &ApiClient) {
+    let nodes = client.list_values("/api/v1/nodes").await.unwrap();
+    let workers: Vec<&Value> = nodes.iter().filter(|n| !is_master(n)).collect();
+    let cpu = workers.iter().map(|n| cpu_millis(n)).min().unwrap();
+    // The web pods (50m each, at most two per worker) must leave room for `big` alone.
+    assert!(cpu >= 1000, "workers report {cpu}m allocatable CPU; this test needs at least 1000m");
+    let (hog, big) = (cpu / 2 + 100, cpu * 3 / 4);
+    let text = format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: hog
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: hog
+  template:
+    metadata:
+      labels:
+        app: hog
+    spec:
+      containers:
+        - name: sleep
+          image: clusterctl-busybox:latest
+          imagePullPolicy: Never
+          command: ["sleep", "3600"]
+          resources:
+            requests:
+              cpu: {hog}m
+              memory: 8Mi
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: big
+  labels:
+    app: big
+spec:
+  containers:
+    - name: sleep
+      image: clusterctl-busybox:latest
+      imagePullPolicy: Never
+      command: ["sleep", "3600"]
+      resources:
+        requests:
+          cpu: {big}m
+          memory: 8Mi
+"#
+    );
+    let path = manifest_file(home, "hog.yaml", &text);
+    // hog first, so that its replicas are placed before big asks.
+    let hog_only = manifest_file(home, "hog-only.yaml", text.split("\n---\n").next().unwrap());
+    assert_ok(&clusterctl(home, &["apply", "-f", &hog_only, "--cluster", "it-apps"]), "apply hog");
+    let ps = wait_for(client, "3 hog replicas running", Duration::from_secs(90), |ps| {
+        app(ps, "hog").iter().filter(|p| is_active(p) && str_at(p, "/status/phase") == "Running").count() == 3
+    })
+    .await;
+    let hog_nodes: BTreeSet<&str> = app(&ps, "hog").iter().map(|p| str_at(p, "/spec/nodeName")).collect();
+    assert_eq!(hog_nodes.len(), 3, "one hog per worker ({hog}m of {cpu}m each)");
+    assert_ok(&clusterctl(home, &["apply", "-f", &path, "--cluster", "it-apps"]), "apply big");
+
+    let expected_total = format!("0/{} nodes are available", nodes.len());
+    let ps = wait_for(client, "big marked unschedulable", Duration::from_secs(60), |ps| {
+        app(ps, "big").iter().any(|p| {
+            p.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| cs.iter().any(|c| c["type"] == "PodScheduled" && c["status"] == "False"))
+        })
+    })
+    .await;
+    let pod = app(&ps, "big")[0];
+    let condition = pod["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "PodScheduled").unwrap();
+    let message = condition["message"].as_str().unwrap_or("");
+    eprintln!("big: {message}");
+    assert_eq!(condition["reason"], "Unschedulable", "{condition}");
+    assert!(message.starts_with(&expected_total), "the message counts every node: {message}");
+    assert!(message.contains(&format!("{} Insufficient cpu", workers.len())), "every worker lacks CPU: {message}");
+    assert!(str_at(pod, "/spec/nodeName").is_empty(), "big is not bound: {pod}");
+
+    assert_ok(&clusterctl(home, &["scale", "deployment", "hog", "--replicas", "2", "--cluster", "it-apps"]), "scale hog");
+    let ps = wait_for(client, "big running after hog scaled down", Duration::from_secs(120), |ps| {
+        app(ps, "big").iter().any(|p| str_at(p, "/status/phase") == "Running" && !str_at(p, "/spec/nodeName").is_empty())
+    })
+    .await;
+    let pod = app(&ps, "big")[0];
+    let scheduled = pod["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "PodScheduled").unwrap();
+    assert_eq!(scheduled["status"], "True", "{pod}");
+    assert_ok(&clusterctl(home, &["delete", "-f", &path, "--cluster", "it-apps"]), "delete hog.yaml");
+}
+
+/// What must not change while the master is away: each web pod's uid, container and restarts.
+async fn web_pods_snapshot(client: &ApiClient) -> BTreeMap<String, (String, String, u64)> {
+    app(&pods(client).await, "web")
+        .into_iter()
+        .filter(|p| is_active(p))
+        .map(|p| {
+            let c = &p["status"]["containerStatuses"][0];
+            (str_at(p, "/metadata/uid").to_string(), (str_at(p, "/metadata/name").to_string(), str_at(c, "/containerID").to_string(), c["restartCount"].as_u64().unwrap_or(0)))
+        })
+        .collect()
+}
+
+/// Stops the master through the EC2 API: every worker's NodePort keeps answering; starts it
+/// again: the nodes come back Ready and no web pod or container was replaced or restarted, also
+/// after the eviction toleration has passed.
+async fn stopped_master_leaves_pods_serving_and_untouched(client: &ApiClient) {
+    let nodes = client.list_values("/api/v1/nodes").await.unwrap();
+    let master = nodes.iter().find(|n| is_master(n)).expect("a master node");
+    let master_instance = instance_of(client, str_at(master, "/metadata/name")).await;
+    let worker_ips: Vec<String> = nodes.iter().filter(|n| !is_master(n)).map(address).collect();
+    wait_for(client, "5 ready web pods before the master stops", Duration::from_secs(60), |ps| app(ps, "web").iter().filter(|p| is_active(p) && is_ready(p)).count() == 5).await;
+    let before = web_pods_snapshot(client).await;
+    assert_eq!(before.len(), 5, "{before:?}");
+
+    let ec2 = ec2().await;
+    ec2.stop_instances().instance_ids(&master_instance).send().await.expect("StopInstances of the master");
+    let stopped_at = Instant::now();
+    loop {
+        let out = std::process::Command::new("docker").args(["inspect", "-f", "{{.State.Running}}", &master_instance]).output().unwrap();
+        if String::from_utf8_lossy(&out.stdout).trim() != "true" {
+            break;
+        }
+        assert!(stopped_at.elapsed() < Duration::from_secs(120), "the master's machine {master_instance} still runs 120 s after StopInstances");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("master stopped after {:.1}s", stopped_at.elapsed().as_secs_f64());
+    // Longer than the node grace (10 s), so that every lease is stale when the master is back.
+    let mut served = 0;
+    while stopped_at.elapsed() < Duration::from_secs(15) || served < 6 {
+        let ip = &worker_ips[served % worker_ips.len()];
+        assert!(http_get(ip, 30080).await.is_some(), "{ip}:30080 did not answer while the master was stopped");
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    ec2.start_instances().instance_ids(&master_instance).send().await.expect("StartInstances of the master");
+    let start = Instant::now();
+    let started_at = now_seconds();
+    // Back means: every agent renewed its lease with the restarted master, and every node is Ready.
+    loop {
+        let leases = client.list_values("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases").await.unwrap_or_default();
+        let renewed = leases.iter().filter(|l| parse_rfc3339(str_at(l, "/spec/renewTime")).is_some_and(|t| t > started_at)).count();
+        if renewed == nodes.len() {
+            if let Ok(ns) = client.list_values("/api/v1/nodes").await {
+                if ns.len() == nodes.len() && ns.iter().all(node_ready) {
+                    break;
+                }
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(180), "nodes not all back and Ready within 180 s of StartInstances ({renewed} leases renewed)");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("master back, every lease renewed and all nodes Ready after {:.1}s", start.elapsed().as_secs_f64());
+    // Beyond the eviction toleration (10 s): nothing evicted, recreated or restarted.
+    let back = Instant::now();
+    while back.elapsed() < Duration::from_secs(15) {
+        let now = web_pods_snapshot(client).await;
+        assert_eq!(now, before, "web pods (uid -> name, container, restarts) changed after the master came back");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for ip in &worker_ips {
+        assert!(http_get(ip, 30080).await.is_some(), "{ip}:30080 answers after the master is back");
+    }
 }

@@ -79,6 +79,9 @@ async fn report(client: &ApiClient, config: &AgentConfig, host: &host::HostInfo)
         }
         Err(e) => return Err(e),
         Ok(mut node) => {
+            if take_over(&mut node, config) {
+                node = client.replace_value(&path, &node).await?;
+            }
             let mut new_status = status(config, host, "True", "KubeletReady", "agent is posting ready status");
             // Keep the transition time while the condition does not change.
             if let Some(old) = ready_condition(&node) {
@@ -93,6 +96,24 @@ async fn report(client: &ApiClient, config: &AgentConfig, host: &host::HostInfo)
         }
     }
     Ok(())
+}
+
+/// Makes an existing Node object this machine's: a machine that replaced an earlier one of the
+/// same name (a worker slot filled again) writes its own `providerID` and labels, which the
+/// object otherwise keeps from the machine that is gone. Returns whether anything changed.
+pub fn take_over(node: &mut Value, config: &AgentConfig) -> bool {
+    let mut changed = false;
+    if node.pointer("/spec/providerID").and_then(Value::as_str) != Some(config.provider_id.as_str()) {
+        node["spec"]["providerID"] = json!(config.provider_id);
+        changed = true;
+    }
+    for (key, value) in &config.labels {
+        if node.pointer("/metadata/labels").and_then(|l| l.get(key)).and_then(Value::as_str) != Some(value.as_str()) {
+            node["metadata"]["labels"][key] = json!(value);
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// The node's Ready condition, if any.
@@ -171,4 +192,37 @@ async fn run_pods(client: ApiClient, node_name: String, node_ip: IpAddr) {
         }
     };
     pods::run(client, std::sync::Arc::new(docker), node_name, node_ip, Some(POD_CHECKPOINT.into())).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(provider_id: &str) -> AgentConfig {
+        AgentConfig {
+            node_name: "c-default-1".into(),
+            internal_ip: "10.0.0.5".parse().unwrap(),
+            provider_id: provider_id.into(),
+            labels: [("tier".to_string(), "web".to_string())].into(),
+            heartbeat: Duration::from_secs(2),
+            status_every: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn a_replacement_machine_takes_over_the_node_object_with_its_own_provider_id() {
+        let mut node = json!({ "metadata": { "name": "c-default-1", "labels": { "tier": "web", "other": "kept" } }, "spec": { "providerID": "aws:///us-east-1a/i-old" } });
+        assert!(take_over(&mut node, &config("aws:///us-east-1b/i-new")));
+        assert_eq!(node["spec"]["providerID"], "aws:///us-east-1b/i-new");
+        assert_eq!(node["metadata"]["labels"]["other"], "kept", "labels set by others stay");
+        assert!(!take_over(&mut node, &config("aws:///us-east-1b/i-new")), "the same machine again changes nothing");
+    }
+
+    #[test]
+    fn missing_labels_and_spec_are_filled_in() {
+        let mut node = json!({ "metadata": { "name": "c-default-1" } });
+        assert!(take_over(&mut node, &config("aws:///us-east-1a/i-1")));
+        assert_eq!(node["metadata"]["labels"]["tier"], "web");
+        assert_eq!(node["spec"]["providerID"], "aws:///us-east-1a/i-1");
+    }
 }

@@ -26,7 +26,9 @@ struct State {
     groups: BTreeMap<String, SecurityGroup>,
     key_pairs: BTreeMap<String, KeyPair>,
     instances: BTreeMap<String, FakeInstance>,
-    tokens: HashMap<String, String>,
+    /// The first answer to each launch token, given again as AWS does (even after the machine
+    /// was terminated).
+    tokens: HashMap<String, Instance>,
     load_balancers: BTreeMap<String, LoadBalancer>,
     target_groups: BTreeMap<String, TargetGroup>,
     listeners: BTreeMap<String, Listener>,
@@ -409,8 +411,8 @@ impl Cloud for FakeCloud {
         let action = || format!("launching instance {} in {}", request.tags.get("Name").map(String::as_str).unwrap_or("?"), request.subnet_id);
         let mut s = self.enter("run_instance", action)?;
         if !s.ignore_client_tokens {
-            if let Some(id) = s.tokens.get(&request.client_token).cloned() {
-                return Ok(s.instances[&id].instance.clone());
+            if let Some(first) = s.tokens.get(&request.client_token).cloned() {
+                return Ok(first);
             }
         }
         let subnet = s.subnets.get(&request.subnet_id).cloned().ok_or_else(|| not_found(action(), "InvalidSubnetID.NotFound"))?;
@@ -431,7 +433,7 @@ impl Cloud for FakeCloud {
             tags: request.tags.clone(),
         };
         let hidden_reads = s.hide_new_instances_for;
-        s.tokens.insert(request.client_token.clone(), instance.id.clone());
+        s.tokens.insert(request.client_token.clone(), instance.clone());
         s.instances.insert(instance.id.clone(), FakeInstance { instance: instance.clone(), hidden_reads, transition_reads: 1, groups: request.security_group_ids.clone() });
         Ok(instance)
     }

@@ -25,6 +25,8 @@ use crate::client::{ApiClient, ClientError};
 
 /// How often every object is reconciled without any change.
 pub const RESYNC: Duration = Duration::from_secs(5);
+/// The largest batch of pod creates in flight at once.
+pub const MAX_CREATE_BATCH: usize = 32;
 
 /// A short stable hash of a pod template (10 hex digits), as the `pod-template-hash` label.
 pub fn template_hash(template: &PodTemplateSpec) -> String {
@@ -205,14 +207,31 @@ async fn reconcile_replica_set(client: &ApiClient, rs: &ReplicaSet, pods: &[Pod]
     let mine: Vec<&Pod> = pods.iter().filter(|p| is_active(p) && owned_by(&p.metadata, &rs.metadata.uid)).collect();
     let want = rs.spec.replicas() as usize;
     if mine.len() < want {
-        for _ in mine.len()..want {
-            let mut meta = ObjectMeta { generate_name: Some(format!("{}-", rs.metadata.name)), namespace: Some(ns.clone()), ..Default::default() };
-            meta.labels = rs.spec.template.metadata.labels.clone();
-            meta.annotations = rs.spec.template.metadata.annotations.clone();
-            meta.owner_references.push(owner_ref("apps/v1", "ReplicaSet", &rs.metadata));
-            let pod = Pod { metadata: meta, spec: rs.spec.template.spec.clone(), ..Default::default() };
-            let created = client.create(&PODS, Some(&ns), &pod).await?;
-            written.pods = written.pods.max(rev_of(&created.metadata));
+        let mut meta = ObjectMeta { generate_name: Some(format!("{}-", rs.metadata.name)), namespace: Some(ns.clone()), ..Default::default() };
+        meta.labels = rs.spec.template.metadata.labels.clone();
+        meta.annotations = rs.spec.template.metadata.annotations.clone();
+        meta.owner_references.push(owner_ref("apps/v1", "ReplicaSet", &rs.metadata));
+        let pod = Pod { metadata: meta, spec: rs.spec.template.spec.clone(), ..Default::default() };
+        // Slow start (as Kubernetes' ReplicaSet controller): batches of 1, 2, 4, ... creates in
+        // flight at once, so that 100 replicas cost a few round trips, and a create that fails
+        // (quota, a bad template) fails once, not 100 times.
+        let (mut remaining, mut batch) = (want - mine.len(), 1);
+        while remaining > 0 {
+            let n = batch.min(remaining);
+            let results = futures::future::join_all((0..n).map(|_| client.create(&PODS, Some(&ns), &pod))).await;
+            // Every create that worked is waited for by the next pass, even when another failed.
+            let mut failed = None;
+            for created in results {
+                match created {
+                    Ok(pod) => written.pods = written.pods.max(rev_of(&pod.metadata)),
+                    Err(e) => failed = failed.or(Some(e)),
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            remaining -= n;
+            batch = (batch * 2).min(MAX_CREATE_BATCH);
         }
         tracing::info!(replicaset = %rs.metadata.name, created = want - mine.len(), "created pods");
     } else if mine.len() > want {

@@ -182,3 +182,59 @@ async fn a_deployment_is_spread_over_nodes_served_by_endpoints_scaled_and_rolled
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_replicas_are_created_in_batches_and_bound_concurrently_exactly_once() {
+    let client = start().await;
+    for (n, z) in [("w1", "a"), ("w2", "a"), ("w3", "b")] {
+        add_node(&client, n, z, "4Gi").await;
+    }
+    tokio::spawn(crate::scheduler::run(client.clone()));
+    tokio::spawn(super::deployment::run(client.clone()));
+    let app = APP.split("\n---\n").next().unwrap().replace("replicas: 3", "replicas: 60").replace("cpu: 100m, memory: 64Mi", "cpu: 10m, memory: 16Mi");
+    let docs = manifest::parse("app.yaml", &app).unwrap();
+    apply::apply(&client, &docs[0].object, "default").await.unwrap();
+    let per_node = eventually("60 pods are bound", || async {
+        let ps = pods(&client).await;
+        let bound: Vec<&str> = ps.iter().filter_map(|p| p.spec.bound_node()).collect();
+        (bound.len() == 60).then(|| {
+            let mut counts = std::collections::BTreeMap::<String, usize>::new();
+            for n in bound {
+                *counts.entry(n.to_string()).or_default() += 1;
+            }
+            counts
+        })
+    })
+    .await;
+    assert!(per_node.len() == 3 && per_node.values().all(|c| *c >= 15), "replicas spread over the three nodes: {per_node:?}");
+    // Concurrent creates and binds made no pod twice: the count stays at 60 over further passes.
+    tokio::time::sleep(super::deployment::RESYNC + Duration::from_secs(1)).await;
+    let ps = pods(&client).await;
+    assert_eq!(ps.len(), 60, "exactly the replicas, no duplicates");
+    assert!(ps.iter().all(|p| p.condition("PodScheduled").is_some_and(|c| c.status == "True")), "every pod is marked scheduled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pod_of_a_node_not_ready_beyond_the_toleration_is_evicted_in_one_pass() {
+    let client = start().await;
+    add_node(&client, "w1", "a", "1Gi").await;
+    add_node(&client, "w2", "a", "1Gi").await;
+    let mut dead: Node = client.get(&NODES, None, "w1").await.unwrap();
+    dead.status.conditions[0].status = "Unknown".into();
+    dead.status.conditions[0].last_transition_time = Some(Time::parse("2026-01-01T00:00:00Z").unwrap());
+    client.replace_status(&NODES, None, "w1", &dead).await.unwrap();
+    for i in 0..20 {
+        let node = if i < 15 { "w1" } else { "w2" };
+        let pod = Pod {
+            metadata: crate::api::ObjectMeta::namespaced("default", format!("p{i}")),
+            spec: serde_json::from_value(json!({"nodeName": node, "containers": [{"name": "c", "image": "i"}]})).unwrap(),
+            ..Default::default()
+        };
+        client.create(&PODS, Some("default"), &pod).await.unwrap();
+    }
+    let nodes = client.list_values("/api/v1/nodes").await.unwrap();
+    let evicted = super::node_lifecycle::evict(&client, &nodes, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(evicted, 15, "every pod of the dead node, none of the healthy one");
+    let left: Vec<String> = pods(&client).await.into_iter().filter(|p| !p.is_terminating()).filter_map(|p| p.spec.bound_node().map(String::from)).collect();
+    assert_eq!(left, vec!["w2"; 5]);
+}

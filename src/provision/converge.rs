@@ -15,6 +15,10 @@ use super::inventory::{discover, Inventory};
 use super::plan::{desired_rules, group_roles, instances_by_slot, plan, Plan, Step};
 use super::{Names, ProvisionError};
 
+/// Launch tokens tried per slot: each machine of a slot that was terminated (and replaced) uses
+/// one up, so a slot can be refilled this many times.
+const LAUNCH_ATTEMPTS: u32 = 32;
+
 /// What converging needs beyond the spec.
 #[derive(Debug, Clone)]
 pub struct ConvergeOptions {
@@ -257,9 +261,6 @@ async fn image_for(cloud: &dyn Cloud, pool: &NodePool) -> Result<Image, Provisio
     }
 }
 
-/// How many launch tokens a slot tries before giving up (each terminated machine of the slot uses one).
-const LAUNCH_ATTEMPTS: u32 = 32;
-
 /// Launches instances for the given slots in parallel.
 async fn launch_all(cloud: &dyn Cloud, spec: &ClusterSpec, r: &mut Resolved, slots: Vec<(String, u32)>, reporter: &dyn Reporter) -> Result<(), ProvisionError> {
     let names = Names::new(spec);
@@ -293,13 +294,14 @@ async fn launch_all(cloud: &dyn Cloud, spec: &ClusterSpec, r: &mut Resolved, slo
         async move {
             let name = names.instance_name(pool, slot);
             reporter.item(&name, "launching");
-            // A token already used by a terminated machine returns that machine (as it was at
-            // launch): launch again with the next token. A slot is reused after every replacement.
+            // A token already used by a terminated machine returns that machine: launch again with the next token.
+            // The answer to a reused token is its first launch's, as it was then (pending), so the
+            // machine's state now decides.
             for attempt in 0..LAUNCH_ATTEMPTS {
                 request.client_token = names.client_token(pool, slot, vpc, attempt);
                 let instance = cloud.run_instance(&request).await?;
-                let now = cloud.instances_by_id(std::slice::from_ref(&instance.id)).await?;
-                if !instance.state.is_gone() && now.iter().all(|i| !i.state.is_gone()) {
+                let gone = instance.state.is_gone() || cloud.instances_by_id(std::slice::from_ref(&instance.id)).await?.iter().any(|i| i.state.is_gone());
+                if !gone {
                     reporter.item(&name, &format!("{} {}", instance.id, instance.state));
                     return Ok(((pool.name.as_str().to_string(), slot), instance));
                 }

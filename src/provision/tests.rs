@@ -189,6 +189,23 @@ async fn instances_are_found_by_tag_even_when_the_cloud_ignores_launch_tokens() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_terminated_machine_is_replaced_although_its_launch_token_answers_with_it_as_first_launched() {
+    let (fake, cloud) = setup();
+    let spec = spec_with(2);
+    let mut old = create(&cloud, &spec).await.instances[&("default".to_string(), 1)].id.clone();
+    // Again and again: every replacement uses up one launch token.
+    for _ in 0..5 {
+        cloud.terminate_instances(std::slice::from_ref(&old)).await.unwrap();
+        let again = create(&cloud, &spec).await;
+        let new = &again.instances[&("default".to_string(), 1)];
+        assert_ne!(new.id, old, "the slot got a new machine");
+        assert_eq!(new.state, crate::cloud::InstanceState::Running);
+        assert_eq!(fake.live_instances().len(), 3);
+        old = new.id.clone();
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_smaller_pool_terminates_the_highest_slots() {
     let (fake, cloud) = setup();
     create(&cloud, &spec_with(3)).await;

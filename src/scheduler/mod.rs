@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::Notify;
 
 use crate::api::pod::{Pod, PodCondition, ResourceAmounts};
@@ -166,10 +167,14 @@ pub fn filter(facts: &PodFacts<'_>, node: &NodeInfo) -> Vec<Rejection> {
     out
 }
 
-/// How the owner's pods are spread: per zone, and the most on one node and in one zone.
+/// How the owner's pods are spread: on each node, per zone, and the most on one node and in
+/// one zone. Computed once per pod with one look-up per node; zones are a short list because
+/// clusters span few of them.
 #[derive(Debug, Default)]
 pub struct Spread<'a> {
-    pub zones: HashMap<&'a str, u32>,
+    /// The owner's pods on each node, in the order of the nodes given to [`Spread::of`].
+    pub per_node: Vec<u32>,
+    pub zones: Vec<(&'a str, u32)>,
     pub max_node: u32,
     pub max_zone: u32,
 }
@@ -179,34 +184,47 @@ impl<'a> Spread<'a> {
     pub fn of(owner: Option<&str>, nodes: &'a [NodeInfo]) -> Self {
         let mut spread = Spread::default();
         let Some(uid) = owner else { return spread };
+        spread.per_node.reserve(nodes.len());
         for n in nodes {
             let count = n.owned.get(uid).copied().unwrap_or(0);
+            spread.per_node.push(count);
             spread.max_node = spread.max_node.max(count);
             if let Some(z) = n.zone() {
-                *spread.zones.entry(z).or_default() += count;
+                match spread.zones.iter_mut().find(|(name, _)| *name == z) {
+                    Some((_, c)) => *c += count,
+                    None => spread.zones.push((z, count)),
+                }
             }
         }
-        spread.max_zone = spread.zones.values().copied().max().unwrap_or(0);
+        spread.max_zone = spread.zones.iter().map(|(_, c)| *c).max().unwrap_or(0);
         spread
+    }
+
+    /// The owner's pods in `zone`.
+    pub fn in_zone(&self, zone: &str) -> u32 {
+        self.zones.iter().find(|(z, _)| *z == zone).map_or(0, |(_, c)| *c)
     }
 }
 
 /// How much a node is worth for the pod (higher is better): least requested (0-100) plus spread
-/// of the owner's pods over nodes (0-200) and zones (0-50).
-pub fn score(facts: &PodFacts<'_>, node: &NodeInfo, spread: &Spread<'_>) -> i64 {
+/// of the owner's pods over nodes (0-200) and zones (0-50); `here` is how many of the owner's
+/// pods the node holds.
+pub fn score(facts: &PodFacts<'_>, node: &NodeInfo, here: u32, spread: &Spread<'_>) -> i64 {
     let requests = facts.requests;
     let free = |alloc: u64, used: u64| if alloc == 0 { 0 } else { (alloc.saturating_sub(used) * 100 / alloc) as i64 };
     let least_requested = (free(node.allocatable.cpu_millis, node.requested.cpu_millis + requests.cpu_millis)
         + free(node.allocatable.memory_bytes, node.requested.memory_bytes + requests.memory_bytes))
         / 2;
-    let Some(owner) = facts.owner else { return least_requested };
-    let here = i64::from(node.owned.get(owner).copied().unwrap_or(0));
+    if facts.owner.is_none() {
+        return least_requested;
+    }
+    let here = i64::from(here);
     let max = i64::from(spread.max_node.max(1));
     let node_spread = 100 * (max - here.min(max)) / max;
     let zone_spread = match node.zone() {
         Some(z) => {
             let max_zone = i64::from(spread.max_zone.max(1));
-            50 * (max_zone - i64::from(spread.zones.get(z).copied().unwrap_or(0)).min(max_zone)) / max_zone
+            50 * (max_zone - i64::from(spread.in_zone(z)).min(max_zone)) / max_zone
         }
         None => 0,
     };
@@ -216,32 +234,36 @@ pub fn score(facts: &PodFacts<'_>, node: &NodeInfo, spread: &Spread<'_>) -> i64 
 /// The node the pod should go to, or the message of why none fits
 /// (`0/3 nodes are available: 3 Insufficient memory.`).
 pub fn place(pod: &Pod, nodes: &[NodeInfo]) -> Result<String, String> {
+    place_index(pod, nodes).map(|i| nodes[i].name.clone())
+}
+
+/// [`place`], answering with the node's index in `nodes`.
+fn place_index(pod: &Pod, nodes: &[NodeInfo]) -> Result<usize, String> {
     let facts = PodFacts::of(pod);
     let spread = Spread::of(facts.owner, nodes);
     let mut reasons: BTreeMap<Rejection, usize> = BTreeMap::new();
-    let mut best: Option<(i64, &NodeInfo)> = None;
-    for node in nodes {
+    let mut best: Option<(i64, usize)> = None;
+    for (i, node) in nodes.iter().enumerate() {
         let rejections = filter(&facts, node);
         if rejections.is_empty() {
-            let s = score(&facts, node, &spread);
+            let s = score(&facts, node, spread.per_node.get(i).copied().unwrap_or(0), &spread);
             // Ties go to the name that sorts first, so that decisions are reproducible.
             let better = match best {
                 None => true,
-                Some((bs, bn)) => s > bs || (s == bs && node.name < bn.name),
+                Some((bs, bi)) => s > bs || (s == bs && node.name < nodes[bi].name),
             };
             if better {
-                best = Some((s, node));
+                best = Some((s, i));
             }
         }
         for r in rejections {
             *reasons.entry(r).or_default() += 1;
         }
     }
-    if let Some((_, node)) = best {
-        return Ok(node.name.clone());
+    if let Some((_, i)) = best {
+        return Ok(i);
     }
-    let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {}", r.text())).collect();
-    let mut parts = parts;
+    let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {}", r.text())).collect();
     parts.sort();
     let detail = if parts.is_empty() { String::new() } else { format!(": {}", parts.join(", ")) };
     Err(format!("0/{} nodes are available{detail}.", nodes.len()))
@@ -253,13 +275,11 @@ pub fn place_all(pending: &[Pod], nodes: &mut [NodeInfo]) -> Vec<Result<String, 
     pending
         .iter()
         .map(|pod| {
-            let decision = place(pod, nodes);
-            if let Ok(name) = &decision
-                && let Some(n) = nodes.iter_mut().find(|n| &n.name == name)
-            {
-                n.add_pod(pod);
+            let decision = place_index(pod, nodes);
+            if let Ok(i) = decision {
+                nodes[i].add_pod(pod);
             }
-            decision
+            decision.map(|i| nodes[i].name.clone())
         })
         .collect()
 }
@@ -276,77 +296,115 @@ pub fn node_infos(nodes: &[Node], pods: &[Pod]) -> Vec<NodeInfo> {
     infos
 }
 
+/// How many bind (or unschedulable) writes one pass has in flight: decisions are made one pod at
+/// a time in memory, and the writes that carry them out wait on the API server concurrently, so a
+/// burst of 100 pods costs a few round trips, not 200.
+pub const WRITES_IN_FLIGHT: usize = 16;
+
+/// What a pass decided for one pending pod.
+enum Decision {
+    Bind(Pod, String),
+    Unschedulable(Pod, String),
+}
+
 /// One pass: every unbound pod placed or marked unschedulable. Returns how many were bound.
 pub async fn pass(client: &ApiClient, nodes: &Cache<Node>, pods: &Cache<Pod>) -> usize {
     let all_pods = pods.snapshot();
     let mut infos = node_infos(&nodes.snapshot(), &all_pods);
     let mut pending: Vec<Pod> = all_pods.into_iter().filter(|p| p.spec.bound_node().is_none() && !p.is_terminating() && !p.is_terminal()).collect();
     pending.sort_by_key(|p| (p.metadata.creation_timestamp, p.metadata.name.clone()));
-    let mut bound = 0;
-    let mut last_rev = 0;
+    // Decide every pod in order, each placement counted before the next (as if already bound).
+    let mut decisions = Vec::new();
     for pod in pending {
-        let decision = place(&pod, &infos);
-        let ns = pod.metadata.namespace_or_default().to_string();
-        let name = pod.metadata.name.clone();
-        match decision {
-            Ok(node) => {
-                let mut next = pod.clone();
-                next.spec.node_name = Some(node.clone());
-                match client.replace(&PODS, Some(&ns), &name, &next).await {
-                    Ok(written) => {
-                        tracing::info!(pod = %format!("{ns}/{name}"), node = %node, "bound");
-                        last_rev = last_rev.max(written.metadata.revision().unwrap_or(0));
-                        if let Some(n) = infos.iter_mut().find(|n| n.name == node) {
-                            n.add_pod(&pod);
-                        }
-                        bound += 1;
-                        // The PodScheduled condition is written with the status.
-                        let mut status = written;
-                        status.set_condition(PodCondition {
-                            condition_type: "PodScheduled".into(),
-                            status: "True".into(),
-                            last_transition_time: Some(Time::now()),
-                            ..Default::default()
-                        });
-                        if let Err(e) = client.replace_status(&PODS, Some(&ns), &name, &status).await {
-                            tracing::debug!(error = %e, "marking {ns}/{name} scheduled");
-                        }
-                    }
-                    Err(e) if e.is_conflict() || e.is_not_found() => {}
-                    Err(e) => tracing::warn!(error = %e, "binding {ns}/{name} to {node}"),
-                }
+        match place_index(&pod, &infos) {
+            Ok(i) => {
+                infos[i].add_pod(&pod);
+                decisions.push(Decision::Bind(pod, infos[i].name.clone()));
             }
             Err(message) => {
                 let current = pod.condition("PodScheduled");
-                if current.is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(message.as_str())) {
-                    continue;
-                }
-                let mut next = pod.clone();
-                next.set_condition(PodCondition {
-                    condition_type: "PodScheduled".into(),
-                    status: "False".into(),
-                    reason: Some("Unschedulable".into()),
-                    message: Some(message.clone()),
-                    last_transition_time: Some(Time::now()),
-                    last_probe_time: None,
-                });
-                next.status.phase.get_or_insert_with(|| "Pending".into());
-                match client.replace_status(&PODS, Some(&ns), &name, &next).await {
-                    Ok(written) => {
-                        tracing::info!(pod = %format!("{ns}/{name}"), "unschedulable: {message}");
-                        last_rev = last_rev.max(written.metadata.revision().unwrap_or(0));
-                    }
-                    Err(e) if e.is_conflict() || e.is_not_found() => {}
-                    Err(e) => tracing::warn!(error = %e, "marking {ns}/{name} unschedulable"),
+                if !current.is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(message.as_str())) {
+                    decisions.push(Decision::Unschedulable(pod, message));
                 }
             }
         }
     }
+    let results: Vec<(bool, u64)> = futures::stream::iter(decisions)
+        .map(|d| async move {
+            match d {
+                Decision::Bind(pod, node) => bind(client, &pod, &node).await.map_or((false, 0), |rev| (true, rev)),
+                Decision::Unschedulable(pod, message) => (false, mark_unschedulable(client, &pod, &message).await.unwrap_or(0)),
+            }
+        })
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .collect()
+        .await;
+    let bound = results.iter().filter(|(b, _)| *b).count();
+    let last_rev = results.iter().map(|(_, r)| *r).max().unwrap_or(0);
     // The next pass must see these writes, or it would place the same pods again.
     if last_rev > 0 {
         pods.wait_for(last_rev, Duration::from_secs(5)).await;
     }
     bound
+}
+
+/// Binds `pod` to `node` and marks it scheduled; the revision of the bind, or `None` when it
+/// did not happen (the pod changed or is gone: the next pass decides again).
+async fn bind(client: &ApiClient, pod: &Pod, node: &str) -> Option<u64> {
+    let ns = pod.metadata.namespace_or_default();
+    let name = &pod.metadata.name;
+    let mut next = pod.clone();
+    next.spec.node_name = Some(node.to_string());
+    match client.replace(&PODS, Some(ns), name, &next).await {
+        Ok(written) => {
+            tracing::info!(pod = %format!("{ns}/{name}"), node = %node, "bound");
+            let rev = written.metadata.revision().unwrap_or(0);
+            // The PodScheduled condition is written with the status.
+            let mut status = written;
+            status.set_condition(PodCondition {
+                condition_type: "PodScheduled".into(),
+                status: "True".into(),
+                last_transition_time: Some(Time::now()),
+                ..Default::default()
+            });
+            if let Err(e) = client.replace_status(&PODS, Some(ns), name, &status).await {
+                tracing::debug!(error = %e, "marking {ns}/{name} scheduled");
+            }
+            Some(rev)
+        }
+        Err(e) if e.is_conflict() || e.is_not_found() => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "binding {ns}/{name} to {node}");
+            None
+        }
+    }
+}
+
+/// Writes `PodScheduled=False` with the reasons; the revision written, if any.
+async fn mark_unschedulable(client: &ApiClient, pod: &Pod, message: &str) -> Option<u64> {
+    let ns = pod.metadata.namespace_or_default();
+    let name = &pod.metadata.name;
+    let mut next = pod.clone();
+    next.set_condition(PodCondition {
+        condition_type: "PodScheduled".into(),
+        status: "False".into(),
+        reason: Some("Unschedulable".into()),
+        message: Some(message.to_string()),
+        last_transition_time: Some(Time::now()),
+        last_probe_time: None,
+    });
+    next.status.phase.get_or_insert_with(|| "Pending".into());
+    match client.replace_status(&PODS, Some(ns), name, &next).await {
+        Ok(written) => {
+            tracing::info!(pod = %format!("{ns}/{name}"), "unschedulable: {message}");
+            written.metadata.revision()
+        }
+        Err(e) if e.is_conflict() || e.is_not_found() => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "marking {ns}/{name} unschedulable");
+            None
+        }
+    }
 }
 
 /// Runs the scheduler forever on the given client (a `system:masters` identity).
