@@ -65,17 +65,6 @@ where
     }
 }
 
-/// GETs `http://ip:port/`; the body, or None.
-async fn http_get(ip: &str, port: u16) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect((ip, port))).await.ok()?.ok()?;
-    s.write_all(format!("GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await.ok()?.ok()?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    text.lines().next().is_some_and(|l| l.starts_with("HTTP/1.") && l.contains(" 200")).then(|| text.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string())
-}
-
 /// Waits until the pool has `n` machines, all with Ready nodes, and no node of a machine that is gone.
 async fn pool_settles(client: &ApiClient, cloud: &dyn Cloud, n: usize, within: Duration, what: &str) -> Duration {
     let (_, took) = eventually(what, within, || async {

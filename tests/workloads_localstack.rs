@@ -92,17 +92,6 @@ async fn wait_for<F: Fn(&[Value]) -> bool>(client: &ApiClient, what: &str, withi
     }
 }
 
-/// GETs `http://ip:port/` with a plain TCP client (the node is a container the harness made).
-async fn http_get(ip: &str, port: u16) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect((ip, port))).await.ok()?.ok()?;
-    s.write_all(format!("GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await.ok()?.ok()?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    text.starts_with("HTTP/1.").then(|| text.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_app_runs_is_reached_restarts_scales_and_moves_off_a_dead_worker() {
     harness();

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -82,4 +83,16 @@ impl Drop for DestroyGuard {
             eprintln!("destroy guard for {} failed: {}", self.spec.display(), String::from_utf8_lossy(&out.stderr));
         }
     }
+}
+
+/// GETs `http://ip:port/` with a plain TCP client (an address of a container the harness made);
+/// the body of a 200 answer, or None.
+pub async fn http_get(ip: &str, port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect((ip, port))).await.ok()?.ok()?;
+    s.write_all(format!("GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await.ok()?.ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    text.lines().next().is_some_and(|l| l.starts_with("HTTP/1.") && l.contains(" 200")).then(|| text.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string())
 }
