@@ -156,9 +156,16 @@ async fn a_deployment_is_spread_over_nodes_served_by_endpoints_scaled_and_rolled
     eventually("one pod is left", || async { (pods(&client).await.len() == 1).then_some(()) }).await;
 
     // A new image rolls: the old pod stays until a new one is ready (maxUnavailable 25% of 1 = 0).
-    let mut d: Deployment = client.get(&DEPLOYMENTS, Some("default"), "web").await.unwrap();
-    d.spec.template.spec.containers[0].image = "busybox:2".into();
-    client.replace(&DEPLOYMENTS, Some("default"), "web", &d).await.unwrap();
+    // Read, change, write, again on a conflict: the controller writes the status meanwhile.
+    loop {
+        let mut d: Deployment = client.get(&DEPLOYMENTS, Some("default"), "web").await.unwrap();
+        d.spec.template.spec.containers[0].image = "busybox:2".into();
+        match client.replace(&DEPLOYMENTS, Some("default"), "web", &d).await {
+            Ok(_) => break,
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => panic!("updating the deployment: {e}"),
+        }
+    }
     eventually("the rollout finishes with one new pod", || async {
         make_ready(&client).await;
         let ps = pods(&client).await;
