@@ -174,7 +174,6 @@ pub fn pick_for_removal<'a>(instances: &'a [Instance], nodes: &[Node], pods: &[P
 }
 
 /// Cordons, deregisters and drains the machines with the fewest pods, then terminates them.
-#[allow(clippy::too_many_arguments)]
 async fn shrink(cloud: &dyn Cloud, client: &ApiClient, cluster: &str, live: Vec<Instance>, n: u32, deadline: Duration, report: &dyn Reporter) -> anyhow::Result<()> {
     let nodes: Vec<Node> = client.list(&NODES, None, &Default::default()).await?.items;
     let pods: Vec<Pod> = client.list(&PODS, None, &Default::default()).await?.items;
