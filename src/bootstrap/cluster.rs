@@ -504,15 +504,14 @@ async fn needs_upgrade(session: &Arc<std::sync::Mutex<SshSession>>, artifacts: &
 async fn upgrade_worker(client: &ApiClient, join: &Join, m: &Machine, sessions: &Sessions, artifacts: &Arc<Artifacts>, token: &JoinToken, deadline: Duration, reporter: &dyn Reporter) -> Result<(), BootstrapError> {
     use crate::client::drain;
     let fail = |step: &str, e: String| BootstrapError::Node { node: m.name.clone(), step: step.into(), message: e };
-    let name = vec![m.name.clone()];
     reporter.item(&m.name, "cordoning");
-    drain::set_unschedulable(client, &name, true).await.map_err(|e| fail("cordoning", e.to_string()))?;
-    drain::evict_and_wait(client, &name.iter().cloned().collect(), deadline, reporter).await.map_err(|e| fail("draining", format!("{e:#}")))?;
+    drain::set_unschedulable(client, &m.name, true).await.map_err(|e| fail("cordoning", e.to_string()))?;
+    drain::evict_and_wait(client, &std::collections::BTreeSet::from([m.name.clone()]), deadline, reporter).await.map_err(|e| fail("draining", format!("{e:#}")))?;
     reporter.item(&m.name, "drained; installing the new binary");
     let since = std::time::SystemTime::now();
     install_with_token(join, &[m], sessions, artifacts, token, reporter).await?;
     drain::wait_renewed_and_ready(client, &m.name, since, deadline).await.map_err(|e| fail("waiting for the upgraded node", format!("{e:#}")))?;
-    drain::set_unschedulable(client, &name, false).await.map_err(|e| fail("uncordoning", e.to_string()))?;
+    drain::set_unschedulable(client, &m.name, false).await.map_err(|e| fail("uncordoning", e.to_string()))?;
     reporter.item_done(&m.name, "upgraded, Ready, schedulable");
     Ok(())
 }

@@ -2,10 +2,8 @@
 //! the scheduler's filter honours (pods already on the node stay; see `drain` to move them).
 
 use clap::Args;
-use serde_json::{Value, json};
 
 use super::{ClusterSelection, Failure};
-use crate::api::resource::NODES;
 use crate::client::ApiClient;
 
 /// Arguments of `cordon` and `uncordon`.
@@ -20,16 +18,9 @@ pub struct NodeNameArgs {
 /// Sets (`true`) or clears the node's `spec.unschedulable`; returns whether it changed.
 pub async fn set_unschedulable(client: &ApiClient, node: &str, unschedulable: bool) -> Result<bool, Failure> {
     let doing = if unschedulable { "cordoning" } else { "uncordoning" };
-    let current: Value = client.get(&NODES, None, node).await.map_err(|e| {
+    crate::client::drain::set_unschedulable(client, node, unschedulable).await.map_err(|e| {
         if e.is_not_found() { Failure::Operation(anyhow::anyhow!("node {node:?} not found")) } else { Failure::Operation(anyhow::anyhow!("{doing} node {node}: {e}")) }
-    })?;
-    if current.pointer("/spec/unschedulable").and_then(Value::as_bool).unwrap_or(false) == unschedulable {
-        return Ok(false);
-    }
-    // null removes the field, as kubectl leaves an uncordoned node.
-    let patch = json!({ "spec": { "unschedulable": if unschedulable { json!(true) } else { Value::Null } } });
-    client.patch::<Value>(&NODES, None, node, &patch).await.map_err(|e| Failure::Operation(anyhow::anyhow!("{doing} node {node}: {e}")))?;
-    Ok(true)
+    })
 }
 
 /// Runs `cordon` (`unschedulable` true) or `uncordon`.

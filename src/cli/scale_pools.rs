@@ -185,8 +185,8 @@ async fn shrink(cloud: &dyn Cloud, client: &ApiClient, cluster: &str, live: Vec<
 
     // Cordon: no new pods, and out of every service balancer.
     let names: Vec<String> = node_names.keys().cloned().collect();
-    crate::client::drain::set_unschedulable(client, &names, true).await?;
     for name in &names {
+        crate::client::drain::set_unschedulable(client, name, true).await?;
         report.item(name, "cordoned");
     }
     let mut selector = owned_by(cluster);

@@ -20,12 +20,16 @@ use crate::report::Reporter;
 /// How often a drain looks at the pods while it waits.
 const POLL: Duration = Duration::from_millis(500);
 
-/// Marks nodes (un)schedulable.
-pub async fn set_unschedulable(client: &ApiClient, nodes: &[String], unschedulable: bool) -> Result<(), ClientError> {
-    for name in nodes {
-        client.patch::<Node>(&NODES, None, name, &serde_json::json!({ "spec": { "unschedulable": unschedulable } })).await?;
+/// Sets (`true`) or clears a node's `spec.unschedulable` (cordon, uncordon); returns whether it changed.
+pub async fn set_unschedulable(client: &ApiClient, node: &str, unschedulable: bool) -> Result<bool, ClientError> {
+    let current: Node = client.get(&NODES, None, node).await?;
+    if current.spec.unschedulable == unschedulable {
+        return Ok(false);
     }
-    Ok(())
+    // null removes the field, as kubectl leaves an uncordoned node.
+    let patch = serde_json::json!({ "spec": { "unschedulable": if unschedulable { Value::Bool(true) } else { Value::Null } } });
+    client.patch::<Value>(&NODES, None, node, &patch).await?;
+    Ok(true)
 }
 
 /// The controller that owns a pod (a ReplicaSet here).

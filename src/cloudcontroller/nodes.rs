@@ -37,7 +37,7 @@ pub async fn live_instances(cloud: &dyn Cloud, cluster: &str) -> Result<BTreeSet
 pub async fn pass(cloud: &dyn Cloud, client: &ApiClient, cluster: &str) -> anyhow::Result<(usize, usize)> {
     let live = live_instances(cloud, cluster).await?;
     let nodes: Vec<Node> = client.list(&NODES, None, &Default::default()).await?.items;
-    let mut deleted_nodes = 0;
+    let mut deleted = BTreeSet::new();
     for n in orphaned(&nodes, &live) {
         // A listing can miss a machine; only one described as terminated (or unknown) is gone.
         let id = instance_id(n).unwrap_or_default();
@@ -52,15 +52,14 @@ pub async fn pass(cloud: &dyn Cloud, client: &ApiClient, cluster: &str) -> anyho
         }
         match client.delete(&NODES, None, &n.metadata.name).await {
             Ok(()) => {
-                deleted_nodes += 1;
+                deleted.insert(n.metadata.name.clone());
                 tracing::info!(node = %n.metadata.name, instance = ?instance_id(n), "deleted the node: its machine is terminated or gone");
             }
             Err(e) if e.is_not_found() => {}
             Err(e) => tracing::warn!(error = %e, node = %n.metadata.name, "deleting a node whose machine is gone"),
         }
     }
-    let nodes: Vec<Node> = client.list(&NODES, None, &Default::default()).await?.items;
-    let remaining: BTreeSet<String> = nodes.iter().map(|n| n.metadata.name.clone()).collect();
+    let remaining: BTreeSet<String> = nodes.iter().map(|n| n.metadata.name.clone()).filter(|n| !deleted.contains(n)).collect();
     let pods: Vec<Pod> = client.list(&PODS, None, &Default::default()).await?.items;
     let mut deleted_pods = 0;
     for p in stranded(&pods, &remaining) {
@@ -73,5 +72,5 @@ pub async fn pass(cloud: &dyn Cloud, client: &ApiClient, cluster: &str) -> anyho
             Err(e) => tracing::warn!(error = %e, pod = %p.metadata.name, "deleting a pod of a node that is gone"),
         }
     }
-    Ok((deleted_nodes, deleted_pods))
+    Ok((deleted.len(), deleted_pods))
 }
