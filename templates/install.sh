@@ -7,6 +7,8 @@
 #   1. installs the clusterctl binary from <staged-binary> (gzip-compressed if its name ends in .gz;
 #      default {{staged_binary}}) unless the installed binary already has <binary-sha256>, the
 #      SHA-256 of the uncompressed binary; the staged file is removed once installed;
+#   1b. on an HA master (a [master.etcd] section in the config): etcd's package, certificates,
+#      settings and the clusterctl-etcd unit, (re)started without waiting when they changed;
 #   2. reloads systemd if the unit file changed, enables the unit;
 #   3. restarts the unit if the binary, the config or the unit changed since this script last
 #      (re)started it, else starts it if it is not running.
@@ -76,6 +78,33 @@ if [ "$(sha256 "$binary_path")" != "$want" ]; then
     trap - EXIT
     rm -f "$staged"
     changed=yes
+fi
+
+# 1b. An HA master's etcd member (its config has [master.etcd]): Debian's etcd-server package (the
+# node image carries it, as a golden AMI would; installed here where it is missing), its
+# certificates and settings (`clusterctl node etcd-setup`), and the clusterctl-etcd unit, (re)started
+# without waiting: a member waits for its peers, and the cluster forms once a majority runs.
+etcd_unit=clusterctl-etcd.service
+if [ "$role" = master ] && grep -q '^\[master\.etcd\]' "$config_path"; then
+    if [ ! -x /usr/bin/etcd ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server etcd-client >&2 || fail "installing Debian's etcd-server"
+    fi
+    # Debian's own unit would run a second, unconfigured etcd.
+    systemctl mask --now etcd.service >/dev/null 2>&1 || true
+    [ -f "$unit_dir/$etcd_unit" ] || fail "the unit $unit_dir/$etcd_unit is missing"
+    etcd_env=$(dirname "$config_path")/etcd.env
+    "$binary_path" node etcd-setup --config "$config_path" --env-file "$etcd_env" >&2 || fail "making etcd's certificates and settings"
+    etcd_current="etcd $(sha256 "$etcd_env") $(sha256 "$unit_dir/$etcd_unit")"
+    etcd_stamp=$state_dir/etcd.stamp
+    if [ "$(cat "$etcd_stamp" 2>/dev/null || true)" != "$etcd_current" ]; then
+        systemctl daemon-reload >&2 || fail "reloading systemd after $etcd_unit changed"
+        systemctl enable --quiet "$etcd_unit" >&2 || fail "enabling $etcd_unit"
+        systemctl restart --no-block "$etcd_unit" >&2 || fail "restarting $etcd_unit"
+        printf '%s\n' "$etcd_current" >"$etcd_stamp"
+        changed=yes
+    elif ! systemctl is-active --quiet "$etcd_unit"; then
+        systemctl start --no-block "$etcd_unit" >&2 || fail "starting $etcd_unit"
+    fi
 fi
 
 # What the unit runs with now; the stamp holds what it was last (re)started with.

@@ -22,7 +22,8 @@ use crate::client::kubeconfig::Kubeconfig;
 use crate::client::{ApiClient, ClientAuth};
 use crate::cloud::{Cloud, Instance};
 use crate::home::ClusterHome;
-use crate::node::config::{ApiEndpoint, CloudSettings, MasterSettings, NodeConfig, NodeRole, WorkerSettings};
+use crate::node::config::{ApiEndpoint, CloudSettings, EtcdSettings, MasterSettings, NodeConfig, NodeRole, WorkerSettings};
+use crate::node::etcd;
 use crate::pki::{self, JoinToken};
 use crate::provision::Converged;
 use crate::report::Reporter;
@@ -225,6 +226,10 @@ fn install(session: &SshSession, artifacts: &Artifacts, role: NodeRole, config_t
     let (unit_name, unit) = templates::unit(role);
     let unit_name = format!("{}/{unit_name}", templates::UNIT_DIR);
     session.upload(unit.as_bytes(), &unit_name, 0o644).map_err(ssh_err("uploading the systemd unit"))?;
+    if role == NodeRole::Master && config_toml.contains("[master.etcd]") {
+        let (etcd_name, etcd_unit) = templates::etcd_unit();
+        session.upload(etcd_unit.as_bytes(), &format!("{}/{etcd_name}", templates::UNIT_DIR), 0o644).map_err(ssh_err("uploading the etcd unit"))?;
+    }
     session.upload(config_toml.as_bytes(), "/etc/clusterctl/node.toml", 0o600).map_err(ssh_err("uploading the node config"))?;
     session.upload(artifacts.install_script.as_bytes(), templates::INSTALL_SCRIPT_PATH, 0o755).map_err(ssh_err("uploading the install script"))?;
     let out = session.sudo(&templates::install_command(role, &artifacts.binary_sha256)).map_err(ssh_err("running the install script"))?;
@@ -342,7 +347,13 @@ pub async fn bootstrap(
     let mut changed = Vec::new();
     let spec_copy = node_spec_copy(spec)?;
     let ssh_key_bytes = std::fs::read(ssh_key).map_err(|e| BootstrapError::Other(format!("reading the cluster's SSH key {}: {e}", ssh_key.display())))?;
-    for m in &masters {
+    // An HA control plane: an etcd member on every master, formed together; the first master makes
+    // the cluster CA, and the others get a copy of it before they start.
+    let etcd = if masters.len() > 1 { Some(etcd_settings(&masters, "new")?) } else { None };
+    for (index, m) in masters.iter().enumerate() {
+        if etcd.is_some() && index > 0 {
+            copy_ca(&sessions[&master.name], &sessions[&m.name]).await?;
+        }
         let cloud_settings = {
             let session = sessions[&m.name].clone();
             let region = spec.region.as_str().to_string();
@@ -370,6 +381,9 @@ pub async fn bootstrap(
                 node_grace_seconds: 10,
                 pod_eviction_seconds: 10,
                 cloud: Some(cloud_settings),
+                etcd: etcd.clone(),
+                snapshot_every_minutes: 60,
+                snapshots_kept: 5,
             }),
             ..m.node_config(spec.name.as_str(), NodeRole::Master, ApiEndpoint { endpoint: api_host.clone(), port: spec.api.port })?
         };
@@ -458,6 +472,53 @@ pub async fn bootstrap(
         record_pool_size(&client, pool.name.as_str(), pool.count).await?;
     }
     Ok(Bootstrapped { server, kubeconfig: kubeconfig_path, changed, nodes })
+}
+
+/// The etcd settings of an HA control plane's masters: every master a member.
+pub fn etcd_settings(masters: &[&Machine], state: &str) -> Result<EtcdSettings, BootstrapError> {
+    let mut initial_cluster = Vec::new();
+    let mut endpoints = Vec::new();
+    for m in masters {
+        let ip = m.private_ip()?;
+        initial_cluster.push(format!("{}={}", m.name, etcd::peer_url(ip)));
+        endpoints.push(etcd::client_url(ip));
+    }
+    Ok(EtcdSettings { initial_cluster, initial_cluster_state: state.into(), endpoints })
+}
+
+/// Copies the cluster CA (certificate and key) from one master to another over the operator's
+/// sessions, in memory only: every master of an HA control plane signs with the same CA.
+pub async fn copy_ca(from: &Arc<std::sync::Mutex<SshSession>>, to: &Arc<std::sync::Mutex<SshSession>>) -> Result<(), BootstrapError> {
+    let (from, to) = (from.clone(), to.clone());
+    tokio::task::spawn_blocking(move || -> Result<(), BootstrapError> {
+        let source = from.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
+        let node = source.node().to_string();
+        let read = |f: &str| -> Result<String, BootstrapError> {
+            read_root_file(&source, &format!("{PKI_DIR}/{f}"))
+                .map_err(|e| BootstrapError::Ssh { node: node.clone(), step: format!("reading the cluster CA's {f}"), source: e })?
+                .ok_or_else(|| BootstrapError::Node { node: node.clone(), step: "copying the cluster CA".into(), message: format!("{PKI_DIR}/{f} is missing") })
+        };
+        let (cert, key) = (read("ca.crt")?, read("ca.key")?);
+        drop(source);
+        let target = to.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
+        let node = target.node().to_string();
+        let err = |step: &str| {
+            let (node, step) = (node.clone(), step.to_string());
+            move |e| BootstrapError::Ssh { node, step, source: e }
+        };
+        if let Some(existing) = read_root_file(&target, &format!("{PKI_DIR}/ca.crt")).map_err(err("reading its cluster CA"))? {
+            if existing == cert {
+                return Ok(());
+            }
+            return Err(BootstrapError::Node { node, step: "copying the cluster CA".into(), message: format!("{PKI_DIR}/ca.crt is another CA than the first master's; a master of another cluster?") });
+        }
+        target.sudo(&format!("install -d -m 700 {DATA_DIR} {PKI_DIR}")).map_err(err("creating the PKI folder"))?;
+        target.upload(key.as_bytes(), &format!("{PKI_DIR}/ca.key"), 0o600).map_err(err("uploading the CA key"))?;
+        target.upload(cert.as_bytes(), &format!("{PKI_DIR}/ca.crt"), 0o644).map_err(err("uploading the CA certificate"))?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| BootstrapError::Other(e.to_string()))?
 }
 
 /// Where new workers join and how they trust the API.

@@ -192,6 +192,29 @@ impl SshSession {
         self.run(&format!("sudo -n sh -c {}", shell_quote(command)))
     }
 
+    /// Reads a root-owned file: copied to a temporary file of the login user, received over SCP,
+    /// and checked against the SHA-256 the node computes.
+    pub fn download(&self, path: &str) -> Result<Vec<u8>, SshError> {
+        let q = shell_quote(path);
+        let digest = self.sudo(&format!("sha256sum {q} | cut -d' ' -f1"))?.stdout.trim().to_string();
+        let tmp = format!("/tmp/clusterctl-download-{}", &digest[..digest.len().min(16)]);
+        let t = shell_quote(&tmp);
+        self.sudo(&format!("install -m 600 -o {} {q} {t}", shell_quote(&self.target.user)))?;
+        let received = (|| {
+            let (mut remote, _) = self.session.scp_recv(Path::new(&tmp)).map_err(|e| session_error(&self.target, &format!("receiving {path}"), e))?;
+            let mut bytes = Vec::new();
+            remote.read_to_end(&mut bytes).map_err(|e| session_error(&self.target, &format!("receiving {path}"), e))?;
+            let _ = remote.send_eof().and_then(|_| remote.wait_eof()).and_then(|_| remote.close()).and_then(|_| remote.wait_close());
+            Ok(bytes)
+        })();
+        let _ = self.exec(&format!("rm -f {t}"));
+        let bytes = received?;
+        if hex::encode(Sha256::digest(&bytes)) != digest {
+            return Err(session_error(&self.target, &format!("receiving {path}"), "the received bytes do not have the file's SHA-256"));
+        }
+        Ok(bytes)
+    }
+
     /// Installs `contents` at `path` (owned by root, `mode`): sent to a temporary file, checked by
     /// SHA-256 on the node, then renamed into place. Returns false when an identical file was there.
     pub fn upload(&self, contents: &[u8], path: &str, mode: u32) -> Result<bool, SshError> {

@@ -21,6 +21,7 @@ use crate::node::config::{NodeRole, CONFIG_PATH, DEFAULT_DATA_DIR};
 const INSTALL_SH: &str = include_str!("../../templates/install.sh");
 const MASTER_UNIT: &str = include_str!("../../templates/clusterctl-master.service");
 const WORKER_UNIT: &str = include_str!("../../templates/clusterctl-worker.service");
+const ETCD_UNIT: &str = include_str!("../../templates/clusterctl-etcd.service");
 
 /// Where the installed binary lives on a node.
 pub const BINARY_PATH: &str = "/usr/local/bin/clusterctl";
@@ -131,6 +132,12 @@ pub fn unit(role: NodeRole) -> (String, String) {
     unit_with(role, &NodePaths::default())
 }
 
+/// An HA master's etcd unit: `(file name, contents)`, installed in [`UNIT_DIR`].
+pub fn etcd_unit() -> (String, String) {
+    let contents = render(crate::node::etcd::UNIT, ETCD_UNIT, &[("env_file", crate::node::etcd::ENV_PATH)]).expect(RENDERS);
+    (crate::node::etcd::UNIT.to_string(), contents)
+}
+
 /// [`unit`] with other paths.
 pub fn unit_with(role: NodeRole, paths: &NodePaths) -> (String, String) {
     let (name, text) = match role {
@@ -205,6 +212,11 @@ mod tests {
         assert!(worker.contains("KillMode=process\n") && worker.contains("docker.service"));
         let (_, master) = unit(NodeRole::Master);
         assert!(!master.contains("KillMode=process"));
+        let (name, etcd) = etcd_unit();
+        assert_eq!(name, "clusterctl-etcd.service");
+        for line in ["Type=notify\n", "EnvironmentFile=/etc/clusterctl/etcd.env\n", "ExecStart=/usr/bin/etcd\n", "Restart=always\n"] {
+            assert!(etcd.contains(line), "{name} lacks {line:?}");
+        }
     }
 
     #[test]

@@ -57,13 +57,6 @@ pub async fn run(global: &Global, args: &CreateArgs) -> Result<(), Failure> {
     let bootstrapped = if args.infra_only {
         None
     } else {
-        if spec.masters.count > 1 {
-            return Err(Failure::Input(anyhow::anyhow!(
-                "{}: masters.count = {} needs the highly available control plane (etcd), which this version does not have yet; use 1 master, or --infra-only",
-                args.file.display(),
-                spec.masters.count
-            )));
-        }
         let home = ClusterHome::of(spec.name.as_str());
         let mut options = BootstrapOptions::new().map_err(|e| Failure::Operation(anyhow::anyhow!("finding the running binary: {e}")))?;
         options.token_ttl = std::time::Duration::from_secs(args.token_ttl);

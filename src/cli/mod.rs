@@ -5,6 +5,7 @@
 //! [`Failure`]s that carry their exit code: 2 for bad input, 1 for operations.
 
 pub mod apply;
+pub mod backup;
 pub mod cordon;
 pub mod create;
 pub mod delete;
@@ -88,6 +89,10 @@ pub enum Command {
     Image(images::ImageArgs),
     /// Same as `image load`.
     LoadImage(images::LoadImageArgs),
+    /// Take a snapshot of the cluster's store (etcd, or the single master's) and download it.
+    Backup(backup::BackupArgs),
+    /// Put a snapshot back on every master (the control plane restarts; workloads keep running).
+    Restore(backup::RestoreArgs),
     /// Run the node software (used by the systemd units on each machine).
     Node(node::NodeArgs),
 }
@@ -175,6 +180,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Node(args) => node::run(args).await,
         Command::Describe(args) => describe::run(args).await,
         Command::Logs(args) => logs::run(&cli.global, args).await,
+        Command::Backup(args) => backup::run_backup(&cli.global, args).await,
+        Command::Restore(args) => backup::run_restore(&cli.global, args).await,
         Command::Cordon(args) => cordon::run(args, true).await,
         Command::Uncordon(args) => cordon::run(args, false).await,
         Command::Drain(args) => drain::run(args).await,

@@ -29,17 +29,62 @@ pub enum NodeCommand {
         #[arg(long, default_value = "/etc/clusterctl/node.toml")]
         config: PathBuf,
     },
+    /// Make an HA master's etcd certificates and settings file (run by the install script).
+    EtcdSetup {
+        /// The node's config file.
+        #[arg(long, default_value = "/etc/clusterctl/node.toml")]
+        config: PathBuf,
+        /// Where to write the etcd unit's environment file.
+        #[arg(long, default_value = crate::node::etcd::ENV_PATH)]
+        env_file: PathBuf,
+    },
+    /// Print the etcd members and their health as JSON (HA masters).
+    EtcdStatus {
+        /// The node's config file.
+        #[arg(long, default_value = "/etc/clusterctl/node.toml")]
+        config: PathBuf,
+    },
+    /// Write a snapshot of this master's store (etcd, or the embedded store) to a file.
+    Snapshot {
+        /// The node's config file.
+        #[arg(long, default_value = "/etc/clusterctl/node.toml")]
+        config: PathBuf,
+        /// The snapshot file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Replace this master's store with a snapshot (the master and etcd must be stopped).
+    Restore {
+        /// The node's config file.
+        #[arg(long, default_value = "/etc/clusterctl/node.toml")]
+        config: PathBuf,
+        /// The snapshot file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The etcd cluster's current members, `name=https://ip:2380,...` (HA masters).
+        #[arg(long)]
+        initial_cluster: Option<String>,
+    },
 }
 
 /// Runs the node software until it is stopped.
 pub async fn run(args: &NodeArgs) -> Result<(), Failure> {
     let path = match &args.role {
-        NodeCommand::Master { config } | NodeCommand::Worker { config } => config,
+        NodeCommand::Master { config }
+        | NodeCommand::Worker { config }
+        | NodeCommand::EtcdSetup { config, .. }
+        | NodeCommand::EtcdStatus { config }
+        | NodeCommand::Snapshot { config, .. }
+        | NodeCommand::Restore { config, .. } => config,
     };
     let config = NodeConfig::load(path).map_err(|e| Failure::Input(anyhow::Error::new(e)))?;
     match &args.role {
         NodeCommand::Master { .. } => crate::node::master::run(config).await?,
         NodeCommand::Worker { .. } => crate::node::worker::run(config).await?,
+        NodeCommand::EtcdSetup { env_file, .. } => crate::node::etcd::setup(&config, env_file)?,
+        NodeCommand::EtcdStatus { .. } => println!("{}", crate::node::etcd::status(&config).await?),
+        NodeCommand::Snapshot { out, .. } => crate::node::backup::snapshot(&config, out).await?,
+        NodeCommand::Restore { from, initial_cluster, .. } => crate::node::backup::restore(&config, from, initial_cluster.as_deref())?,
     }
     Ok(())
 }

@@ -24,6 +24,7 @@ pub async fn run(global: &Global, args: &StatusArgs) -> Result<(), Failure> {
     let cloud = connect(global, &spec).await;
     let inventory = provision::discover(cloud.as_ref(), spec.name.as_str()).await?;
     let plan = provision::plan(&spec, &inventory)?;
+    let etcd = if spec.masters.count > 1 && !inventory.instances.is_empty() { Some(etcd_members(global, &spec).await) } else { None };
     match args.output {
         Output::Json => {
             let out = serde_json::json!({
@@ -34,6 +35,10 @@ pub async fn run(global: &Global, args: &StatusArgs) -> Result<(), Failure> {
                 "resources": inventory,
                 "differences": plan.steps,
                 "notes": plan.notes,
+                "etcd": etcd.as_ref().map(|r| match r {
+                    Ok(members) => serde_json::json!({ "members": members }),
+                    Err(e) => serde_json::json!({ "error": e }),
+                }),
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
@@ -48,6 +53,18 @@ pub async fn run(global: &Global, args: &StatusArgs) -> Result<(), Failure> {
             for lb in &inventory.load_balancers {
                 println!("  API endpoint: {}:{}", lb.dns_name, spec.api.port);
             }
+            match &etcd {
+                Some(Ok(members)) => {
+                    let healthy = members.as_array().map(|a| a.iter().filter(|m| m["healthy"] == true).count()).unwrap_or(0);
+                    println!("  etcd: {healthy} of {} members healthy", members.as_array().map(Vec::len).unwrap_or(0));
+                    for m in members.as_array().into_iter().flatten() {
+                        let state = if m["leader"] == true { "healthy, leader" } else if m["healthy"] == true { "healthy" } else { m["error"].as_str().unwrap_or("unhealthy") };
+                        println!("    {} {} ({state})", m["name"].as_str().unwrap_or("?"), m["endpoint"].as_str().unwrap_or("?"));
+                    }
+                }
+                Some(Err(e)) => println!("  etcd: unknown ({e})"),
+                None => {}
+            }
             if plan.is_empty() {
                 println!("in sync with {}", args.file.display());
             } else {
@@ -56,4 +73,17 @@ pub async fn run(global: &Global, args: &StatusArgs) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The etcd members and their health, as the first reachable master's member sees them.
+async fn etcd_members(global: &Global, spec: &crate::spec::ClusterSpec) -> Result<serde_json::Value, String> {
+    let masters = super::backup::master_sessions(global, spec).await.map_err(|e| match e {
+        Failure::Input(e) | Failure::Operation(e) => format!("{e:#}"),
+    })?;
+    let (_, session) = masters.into_iter().next().ok_or("no master")?;
+    let out = tokio::task::spawn_blocking(move || session.sudo("/usr/local/bin/clusterctl node etcd-status"))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(&out.stdout).map_err(|e| format!("reading the members: {e}"))
 }

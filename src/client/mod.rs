@@ -11,6 +11,7 @@
 
 pub mod drain;
 pub mod kubeconfig;
+pub mod leader;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -61,19 +61,19 @@ pub async fn run(client: ApiClient, settings: CloudSettings, config: NodeConfig,
         health_timeout: Duration::from_secs(settings.health_timeout_seconds),
         max_unhealthy_percent: settings.max_unhealthy_percent,
     };
-    tokio::spawn(machines::run(ctx, client.clone()));
-    {
+    // All three in this one task, so that a leader that loses its lease stops every one of them.
+    let node_controller = {
         let (cloud, client, cluster) = (cloud.clone(), client.clone(), cluster.clone());
-        tokio::spawn(async move {
+        async move {
             loop {
                 if let Err(e) = nodes::pass(cloud.as_ref(), &client, &cluster).await {
                     tracing::warn!(error = format!("{e:#}"), "node controller pass");
                 }
                 tokio::time::sleep(NODE_PERIOD).await;
             }
-        });
-    }
-    run_services(cloud, client, cluster).await;
+        }
+    };
+    tokio::join!(machines::run(ctx, client.clone()), node_controller, run_services(cloud, client, cluster));
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! snapshots; a [`Notify`] wakes the owner on every change.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -92,7 +92,7 @@ impl<T: Keyed + Clone + DeserializeOwned + Send + 'static> Cache<T> {
     /// Starts a cache of `resource` (all namespaces) fed by a background list+watch.
     pub fn spawn(client: ApiClient, resource: ResourceType, changed: Arc<Notify>) -> Arc<Self> {
         let cache = Arc::new(Cache::new(changed));
-        tokio::spawn(reflect(client, resource, cache.clone()));
+        tokio::spawn(reflect(client, resource, Arc::downgrade(&cache)));
         cache
     }
 
@@ -123,17 +123,25 @@ impl<T: Keyed + Clone + DeserializeOwned + Send + 'static> Cache<T> {
 }
 
 /// Lists and watches forever.
-async fn reflect<T: Keyed + Clone + DeserializeOwned + Send + 'static>(client: ApiClient, resource: ResourceType, cache: Arc<Cache<T>>) {
+/// Lists and watches into the cache until every other holder of the cache has dropped it (a
+/// controller whose leadership ended).
+async fn reflect<T: Keyed + Clone + DeserializeOwned + Send + 'static>(client: ApiClient, resource: ResourceType, cache: Weak<Cache<T>>) {
     loop {
+        if cache.strong_count() == 0 {
+            return;
+        }
         match client.list::<T>(&resource, None, &ListOptions::default()).await {
             Ok(list) => {
                 let rev: u64 = list.metadata.resource_version.parse().unwrap_or(0);
-                cache.replace_all(list.items, rev);
+                let Some(c) = cache.upgrade() else { return };
+                c.replace_all(list.items, rev);
+                drop(c);
                 match client.watch::<T>(&resource, None, Some(&list.metadata.resource_version), &ListOptions::default()).await {
                     Ok(mut events) => {
                         while let Some(event) = events.next().await {
+                            let Some(c) = cache.upgrade() else { return };
                             match event {
-                                Ok(e) => cache.apply(e.event_type, e.object),
+                                Ok(e) => c.apply(e.event_type, e.object),
                                 Err(e) => {
                                     tracing::debug!(error = %e, "watch of {resource} ended");
                                     break;

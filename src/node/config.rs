@@ -176,6 +176,37 @@ pub struct MasterSettings {
     /// The cloud controller manager's settings; without them it does not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud: Option<CloudSettings>,
+    /// This master's etcd member (highly available control planes); without it the API server keeps
+    /// its objects in the embedded store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdSettings>,
+    /// Minutes between the scheduled snapshots of the store kept on this master (0: none).
+    #[serde(default = "default_snapshot_minutes")]
+    pub snapshot_every_minutes: u64,
+    /// How many scheduled snapshots are kept.
+    #[serde(default = "default_snapshots_kept")]
+    pub snapshots_kept: u32,
+}
+
+fn default_snapshot_minutes() -> u64 {
+    60
+}
+fn default_snapshots_kept() -> u32 {
+    5
+}
+
+/// A master's etcd member. Peer and client traffic is TLS with certificates from the cluster CA
+/// (made on the master by `clusterctl node etcd-setup`); the member's name is its node's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSettings {
+    /// Every member the cluster starts with, `name=https://<ip>:2380`, this one included.
+    pub initial_cluster: Vec<String>,
+    /// `new` when the members form the cluster together (create); `existing` when this member
+    /// joins a running cluster (a replaced master).
+    pub initial_cluster_state: String,
+    /// The client URLs of every member, as this master's API server dials them.
+    pub endpoints: Vec<String>,
 }
 
 /// How the master's cloud controller manager reaches the cloud and makes machines.
@@ -343,6 +374,17 @@ impl NodeConfig {
             if m.node_grace_seconds == 0 {
                 return Err("master.node_grace_seconds is 0".into());
             }
+            if let Some(e) = &m.etcd {
+                if !matches!(e.initial_cluster_state.as_str(), "new" | "existing") {
+                    return Err(format!("master.etcd.initial_cluster_state is {:?}, expected \"new\" or \"existing\"", e.initial_cluster_state));
+                }
+                if e.endpoints.is_empty() {
+                    return Err("master.etcd.endpoints is empty".into());
+                }
+                if !e.initial_cluster.iter().any(|m| m.split_once('=').is_some_and(|(name, _)| name == self.node_name)) {
+                    return Err(format!("master.etcd.initial_cluster has no member named {}", self.node_name));
+                }
+            }
             if let Some(bad) = m.serving_names.iter().find(|n| n.trim().is_empty() || (n.contains(['/', ' ', ':']) && n.parse::<IpAddr>().is_err())) {
                 return Err(format!("master.serving_names has {bad:?}, which is neither a DNS name nor an IP address"));
             }
@@ -394,6 +436,9 @@ mod tests {
                 node_grace_seconds: 10,
                 pod_eviction_seconds: 10,
                 cloud: None,
+                etcd: None,
+                snapshot_every_minutes: 60,
+                snapshots_kept: 5,
             }),
             worker: None,
             ..worker()

@@ -15,11 +15,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::agent;
-use crate::apiserver::store::SqliteStore;
+use crate::apiserver::store::{EtcdStore, SqliteStore, Store};
 use crate::apiserver::{self, ApiServerConfig, ServerTls};
+use crate::client::leader::LeaderElection;
 use crate::client::{ApiClient, ClientAuth};
 use crate::controllers::{deployment, endpoints, node_lifecycle};
-use crate::node::config::NodeConfig;
+use crate::node::config::{MasterSettings, NodeConfig};
 use crate::pki::{self, ClusterCa};
 
 fn read(path: &Path) -> Option<String> {
@@ -27,7 +28,7 @@ fn read(path: &Path) -> Option<String> {
 }
 
 /// Loads the cluster CA, making it on the very first start.
-fn load_or_create_ca(dir: &Path, cluster: &str) -> Result<ClusterCa> {
+pub(crate) fn load_or_create_ca(dir: &Path, cluster: &str) -> Result<ClusterCa> {
     let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
     if let (Some(c), Some(k)) = (read(&cert), read(&key)) {
         return ClusterCa::from_pem(&c, &k).with_context(|| format!("loading the cluster CA from {}", dir.display()));
@@ -77,8 +78,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let ca = load_or_create_ca(&pki_dir, &config.cluster)?;
     let (serving_cert, serving_key) = serving_certificate(&ca, &pki_dir, &settings.serving_names, &settings.serving_ips)?;
 
-    let store_path = config.data_dir.join("store.db");
-    let store = Arc::new(SqliteStore::open(&store_path).with_context(|| format!("opening the store {}", store_path.display()))?);
+    let store = open_store(&config, &settings).await?;
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
     let ca = Arc::new(ca);
     let api_config = ApiServerConfig {
@@ -91,26 +91,42 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 
     // In-process clients with certificates that exist only in memory.
     let local = format!("https://127.0.0.1:{}", settings.listen.port());
+    // The control loops, each under its own lease (one master of an HA control plane acts).
+    let identity = config.node_name.clone();
     let controller = ca.issue_client("system:kube-controller-manager", &["system:masters"])?;
     let controller_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: controller.cert_pem, key_pem: controller.key_pem })?;
-    tokio::spawn(node_lifecycle::run(
-        controller_client.clone(),
-        Duration::from_secs(settings.node_grace_seconds),
-        Duration::from_secs(settings.pod_eviction_seconds),
-    ));
-    tokio::spawn(deployment::run(controller_client.clone()));
-    tokio::spawn(endpoints::run(controller_client.clone()));
-    if let Some(cloud) = settings.cloud.clone() {
-        let (client, config, ca_pem) = (controller_client, config.clone(), ca.cert_pem().to_string());
-        tokio::spawn(async move {
-            if let Err(e) = crate::cloudcontroller::run(client, cloud, config, ca_pem).await {
-                tracing::error!(error = format!("{e:#}"), "the cloud controller manager stopped");
+    {
+        let client = controller_client.clone();
+        let (grace, eviction) = (Duration::from_secs(settings.node_grace_seconds), Duration::from_secs(settings.pod_eviction_seconds));
+        tokio::spawn(LeaderElection::new(CONTROLLERS_LEASE, &identity).run(controller_client.clone(), move || {
+            let client = client.clone();
+            async move {
+                tokio::join!(node_lifecycle::run(client.clone(), grace, eviction), deployment::run(client.clone()), endpoints::run(client));
             }
-        });
+        }));
+    }
+    if let Some(cloud) = settings.cloud.clone() {
+        let (client, config, ca_pem) = (controller_client.clone(), config.clone(), ca.cert_pem().to_string());
+        tokio::spawn(LeaderElection::new(CLOUD_CONTROLLER_LEASE, &identity).run(controller_client, move || {
+            let (client, cloud, config, ca_pem) = (client.clone(), cloud.clone(), config.clone(), ca_pem.clone());
+            async move {
+                if let Err(e) = crate::cloudcontroller::run(client, cloud, config, ca_pem).await {
+                    tracing::error!(error = format!("{e:#}"), "the cloud controller manager stopped");
+                }
+            }
+        }));
     }
     let scheduler = ca.issue_client("system:kube-scheduler", &["system:masters"])?;
     let scheduler_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: scheduler.cert_pem, key_pem: scheduler.key_pem })?;
-    tokio::spawn(crate::scheduler::run(scheduler_client));
+    {
+        let client = scheduler_client.clone();
+        tokio::spawn(LeaderElection::new(SCHEDULER_LEASE, &identity).run(scheduler_client, move || crate::scheduler::run(client.clone())));
+    }
+
+    if settings.snapshot_every_minutes > 0 {
+        let every = Duration::from_secs(settings.snapshot_every_minutes * 60);
+        tokio::spawn(super::backup::run_scheduled(config.clone(), every, settings.snapshots_kept as usize));
+    }
 
     let node = ca.issue_client(&format!("system:node:{}", config.node_name), &["system:nodes"])?;
     let node_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: node.cert_pem, key_pem: node.key_pem })?;
@@ -119,6 +135,37 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 
     server.await.context("the API server task")?.context("the API server")?;
     Ok(())
+}
+
+/// The leases of the control loops, in `kube-system`, as Kubernetes names them.
+pub const SCHEDULER_LEASE: &str = "kube-scheduler";
+pub const CONTROLLERS_LEASE: &str = "kube-controller-manager";
+pub const CLOUD_CONTROLLER_LEASE: &str = "cloud-controller-manager";
+
+/// The API server's store: this master's etcd member and its peers when the config has
+/// `[master.etcd]` (retried until etcd answers: the members may still be forming), else the
+/// embedded store in `<data_dir>/store.db`.
+async fn open_store(config: &NodeConfig, settings: &MasterSettings) -> Result<Arc<dyn Store>> {
+    let Some(etcd) = &settings.etcd else {
+        let path = config.data_dir.join("store.db");
+        let store = SqliteStore::open(&path).with_context(|| format!("opening the store {}", path.display()))?;
+        return Ok(Arc::new(store));
+    };
+    let options = super::etcd::client_options(config, etcd)?;
+    let started = std::time::Instant::now();
+    loop {
+        match EtcdStore::connect(options.clone()).await {
+            Ok(store) => match store.revision().await {
+                Ok(_) => return Ok(Arc::new(store)),
+                Err(e) => tracing::info!(error = %e, "etcd does not answer yet"),
+            },
+            Err(e) => tracing::info!(error = %e, "connecting to etcd"),
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("etcd at {:?} did not answer within 10 minutes", options.endpoints);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Resolves when systemd (or a user) asks the process to stop.

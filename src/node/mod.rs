@@ -2,9 +2,13 @@
 //! run by systemd units rendered from `templates/`.
 //!
 //! Layout: [`config`] is the node's config file; [`master`] runs the control plane (PKI, API
-//! server, controllers, the master's own agent); [`worker`] joins and runs the agent.
+//! server, controllers under leader election, the master's own agent); [`etcd`] is an HA master's
+//! etcd member (certificates, settings); [`backup`] takes and restores store snapshots; [`worker`]
+//! joins and runs the agent.
 
+pub mod backup;
 pub mod config;
+pub mod etcd;
 pub mod master;
 pub mod worker;
 

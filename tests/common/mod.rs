@@ -43,7 +43,12 @@ pub fn temp_home() -> tempfile::TempDir {
 
 /// Writes a copy of `clusters/localstack.toml` with a unique name, VPC CIDR and worker count.
 pub fn unique_spec(dir: &Path, name: &str, second_octet: u8, workers: u32) -> PathBuf {
-    let text = std::fs::read_to_string(root().join("clusters/localstack.toml")).expect("example spec");
+    unique_spec_from("clusters/localstack.toml", dir, name, second_octet, workers)
+}
+
+/// The same from another example spec of the repository.
+pub fn unique_spec_from(example: &str, dir: &Path, name: &str, second_octet: u8, workers: u32) -> PathBuf {
+    let text = std::fs::read_to_string(root().join(example)).expect("example spec");
     let mut doc: toml::Table = text.parse().expect("example spec is TOML");
     doc["cluster"].as_table_mut().unwrap().insert("name".into(), name.into());
     let network = doc["network"].as_table_mut().unwrap();

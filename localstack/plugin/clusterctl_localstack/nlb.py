@@ -87,6 +87,8 @@ class NlbRealizer:
         self.listeners: dict[str, ListenerRt] = {}
         self.checks: dict[tuple[str, str, int], Check] = {}
         self.bind_errors: dict[str, str] = {}
+        # (target ip, port) -> the client and upstream writers of the connections forwarded there
+        self.upstreams: dict[tuple[str, int], set] = {}
         realizer().listeners.append(self._on_ec2_event)
 
     # ------------------------------------------------------------- balancers
@@ -224,6 +226,7 @@ class NlbRealizer:
                 timeout = min(float(tg.health_check_timeout_seconds or 10), interval)
                 healthy_n = int(tg.healthy_threshold_count or 5)
                 unhealthy_n = int(tg.unhealthy_threshold_count or 2)
+                prev_addr = chk.addr
                 addr, verdict = self._target_addr(chk)
                 chk.addr = addr
                 if addr is None:
@@ -250,11 +253,27 @@ class NlbRealizer:
                             self._transition(chk, "unhealthy", reason, desc)
                         elif chk.state == "initial":
                             chk.reason, chk.description = "Elb.InitialHealthChecking", "Initial health checks in progress"
+                if chk.state in ("unhealthy", "unused") and prev_addr:
+                    # As an NLB does (unhealthy target connection termination, on by default): the
+                    # connections forwarded to a target that is no longer healthy are closed, so
+                    # that clients notice at once and reconnect to a healthy one.
+                    self._drop_upstream(prev_addr, chk.port)
                 await asyncio.sleep(interval)
         except asyncio.CancelledError:
             pass
         except Exception:  # noqa: BLE001
             LOG.exception("health check of %s in %s failed", chk.target_id, chk.tg_arn)
+
+    def _drop_upstream(self, ip: str, port: int) -> None:
+        pairs = self.upstreams.pop((ip, port), set())
+        if pairs:
+            LOG.info("closing %d connections forwarded to %s:%d, no longer healthy", len(pairs), ip, port)
+        for pair in pairs:
+            for w in pair:
+                try:
+                    w.close()
+                except Exception:  # noqa: BLE001
+                    pass
 
     @staticmethod
     def _transition(chk: Check, state: str, reason: Optional[str], desc: Optional[str]) -> None:
@@ -348,7 +367,12 @@ class NlbRealizer:
             if up_w is None:
                 return
             lrt.conns.add(up_w)
-            await asyncio.gather(self._pipe(reader, up_w), self._pipe(up_r, writer))
+            pair = (writer, up_w)
+            self.upstreams.setdefault((ip, port), set()).add(pair)
+            try:
+                await asyncio.gather(self._pipe(reader, up_w), self._pipe(up_r, writer))
+            finally:
+                self.upstreams.get((ip, port), set()).discard(pair)
         except Exception as e:  # noqa: BLE001
             LOG.debug("connection through %s: %s", larn, e)
         finally:

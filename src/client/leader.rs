@@ -1,0 +1,165 @@
+//! Leader election on a `Lease` in `kube-system`, as client-go's leaderelection does it for
+//! kube-scheduler and kube-controller-manager: on a highly available control plane every master
+//! runs the scheduler, the controllers and the cloud controller manager, and a lease per loop lets
+//! exactly one of each act.
+//!
+//! A candidate takes the lease when it is free or when its holder has not renewed it for the lease
+//! duration (15 s), as measured on the candidate's own clock from when it last saw the lease change
+//! (so clock skew between masters does not matter). The leader renews every retry period (2 s);
+//! when it has not managed to renew for the renew deadline (10 s) it stops its work before anyone
+//! else may take the lease (10 s < 15 s), then competes again. Writes are compare-and-swap on the
+//! lease's `resourceVersion`, so two candidates never both win.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{ApiClient, ClientError};
+use crate::api::lease::{Lease, LeaseSpec};
+use crate::api::meta::ObjectMeta;
+use crate::api::resource::LEASES;
+use crate::api::time::MicroTime;
+
+/// The namespace of the control loops' leases.
+pub const LEADER_LEASE_NAMESPACE: &str = "kube-system";
+
+/// One election: which lease, who we are, and its timings.
+#[derive(Debug, Clone)]
+pub struct LeaderElection {
+    /// The lease's name, e.g. `kube-scheduler`.
+    pub lease: String,
+    /// This candidate's identity (the master's node name).
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+/// What this candidate last saw of the lease, and when (on its own clock).
+#[derive(Debug, Clone)]
+struct Observed {
+    holder: Option<String>,
+    renew_time: Option<MicroTime>,
+    at: Instant,
+}
+
+impl LeaderElection {
+    /// kube-controller-manager's timings: a 15 s lease, renewed within 10 s, tried every 2 s.
+    pub fn new(lease: &str, identity: &str) -> Self {
+        LeaderElection {
+            lease: lease.into(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+
+    /// Runs `work` whenever this candidate leads, forever: acquires the lease (retrying every
+    /// retry period), spawns `work()`, renews; when renewing has failed for the renew deadline (or
+    /// another holder is seen) the work is aborted and the candidate competes again. `work` must
+    /// keep everything it acts with inside its own task, so that aborting it stops it.
+    pub async fn run<F, Fut>(self, client: ApiClient, work: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let mut observed: Option<Observed> = None;
+        loop {
+            // Candidate.
+            loop {
+                match self.try_acquire_or_renew(&client, &mut observed).await {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(lease = %self.lease, error = %e, "trying to acquire the lease"),
+                }
+                tokio::time::sleep(self.retry_period).await;
+            }
+            tracing::info!(lease = %self.lease, identity = %self.identity, "became the leader");
+            let mut task = tokio::spawn(work());
+            let mut renewed = Instant::now();
+            // Leader.
+            let reason = loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.retry_period) => {}
+                    _ = &mut task => break "the work ended".to_string(),
+                }
+                match self.try_acquire_or_renew(&client, &mut observed).await {
+                    Ok(true) => renewed = Instant::now(),
+                    Ok(false) => break format!("another candidate ({:?}) holds the lease", observed.as_ref().and_then(|o| o.holder.clone())),
+                    Err(e) => {
+                        if renewed.elapsed() >= self.renew_deadline {
+                            break format!("could not renew for {:?}: {e}", self.renew_deadline);
+                        }
+                        tracing::debug!(lease = %self.lease, error = %e, "renewing the lease");
+                    }
+                }
+            };
+            task.abort();
+            let _ = task.await;
+            tracing::warn!(lease = %self.lease, identity = %self.identity, "stopped leading: {reason}");
+        }
+    }
+
+    /// One attempt: Ok(true) when this candidate holds the lease afterwards.
+    async fn try_acquire_or_renew(&self, client: &ApiClient, observed: &mut Option<Observed>) -> Result<bool, ClientError> {
+        let now = MicroTime::now();
+        let current = match client.get::<Lease>(&LEASES, Some(LEADER_LEASE_NAMESPACE), &self.lease).await {
+            Ok(lease) => lease,
+            Err(e) if e.is_not_found() => {
+                let lease = Lease {
+                    api_version: LEASES.api_version(),
+                    kind: LEASES.kind.into(),
+                    metadata: ObjectMeta::namespaced(LEADER_LEASE_NAMESPACE, &self.lease),
+                    spec: self.held_spec(now, now, 0),
+                };
+                return match client.create(&LEASES, Some(LEADER_LEASE_NAMESPACE), &lease).await {
+                    Ok(_) => {
+                        *observed = Some(Observed { holder: Some(self.identity.clone()), renew_time: Some(now), at: Instant::now() });
+                        Ok(true)
+                    }
+                    Err(e) if e.is_already_exists() || e.is_conflict() => Ok(false),
+                    Err(e) => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        };
+        let spec = &current.spec;
+        let changed = observed.as_ref().is_none_or(|o| o.holder != spec.holder_identity || o.renew_time != spec.renew_time);
+        if changed {
+            *observed = Some(Observed { holder: spec.holder_identity.clone(), renew_time: spec.renew_time, at: Instant::now() });
+        }
+        let seen = observed.as_ref().expect("set above");
+        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+        let mine = holder.as_deref() == Some(self.identity.as_str());
+        let duration = spec.lease_duration_seconds.map(|s| Duration::from_secs(s.max(1) as u64)).unwrap_or(self.lease_duration);
+        if holder.is_some() && !mine && seen.at.elapsed() < duration {
+            return Ok(false);
+        }
+        let mut next = current.clone();
+        next.spec = if mine {
+            self.held_spec(spec.acquire_time.unwrap_or(now), now, spec.lease_transitions.unwrap_or(0))
+        } else {
+            self.held_spec(now, now, spec.lease_transitions.unwrap_or(0) + 1)
+        };
+        match client.replace(&LEASES, Some(LEADER_LEASE_NAMESPACE), &self.lease, &next).await {
+            Ok(_) => {
+                *observed = Some(Observed { holder: Some(self.identity.clone()), renew_time: Some(now), at: Instant::now() });
+                Ok(true)
+            }
+            Err(e) if e.is_conflict() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn held_spec(&self, acquired: MicroTime, renewed: MicroTime, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.lease_duration.as_secs() as i32),
+            acquire_time: Some(acquired),
+            renew_time: Some(renewed),
+            lease_transitions: Some(transitions),
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The highly available control plane end to end against LocalStack with realized machines:
+//! `clusters/localstack-ha.toml` (3 masters on etcd, 2 workers) is created; three healthy etcd
+//! members; one leader each for the scheduler, the controllers and the cloud controller; the master
+//! holding the leases is terminated while a client writes and reads through the API load balancer:
+//! the API answers again within 15 s, no acknowledged write is lost, the leases move, a workload
+//! change afterwards is carried out, and the dead master is replaced with etcd back at three
+//! healthy members; backup, delete a deployment, restore: it is back.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clusterctl::client::kubeconfig::Kubeconfig;
+use clusterctl::client::{ApiClient, ClientAuth};
+use clusterctl::cloud::aws::{AwsCloud, AwsOptions};
+use clusterctl::cloud::{owned_by, Cloud, ROLE_TAG};
+use common::*;
+use serde_json::{json, Value};
+
+const CLUSTER: &str = "it-ha";
+const LEASES: [&str; 3] = ["kube-scheduler", "kube-controller-manager", "cloud-controller-manager"];
+
+fn admin(home: &std::path::Path) -> ApiClient {
+    let kc = Kubeconfig::load(&home.join(CLUSTER).join("kubeconfig")).unwrap();
+    ApiClient::new(&kc.server, ClientAuth::Certificate { ca_pem: kc.ca_pem, cert_pem: kc.client_cert_pem, key_pem: kc.client_key_pem }).unwrap()
+}
+
+async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match probe().await {
+            Ok(v) => {
+                eprintln!("{what}: {:.1}s", start.elapsed().as_secs_f64());
+                return (v, start.elapsed());
+            }
+            Err(last) => assert!(start.elapsed() < within, "{what}: not within {within:?}; last seen: {last}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The holders of the three control-loop leases.
+async fn holders(client: &ApiClient) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for lease in LEASES {
+        let l = client.get_value(&format!("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{lease}")).await.map_err(|e| e.to_string())?;
+        out.push(l.pointer("/spec/holderIdentity").and_then(Value::as_str).unwrap_or_default().to_string());
+    }
+    Ok(out)
+}
+
+async fn master_instances(cloud: &dyn Cloud) -> Vec<String> {
+    let mut selector = owned_by(CLUSTER);
+    selector.insert(ROLE_TAG.into(), "master".into());
+    cloud.instances(&selector).await.unwrap().into_iter().filter(|i| !i.state.is_gone()).map(|i| i.id).collect()
+}
+
+/// `clusterctl status -o json`'s etcd members, or why not.
+fn etcd_members(home: &std::path::Path, spec: &str) -> Result<Vec<Value>, String> {
+    let out = clusterctl(home, &["status", "-f", spec, "-o", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stderr)))?;
+    v.pointer("/etcd/members").and_then(Value::as_array).cloned().ok_or_else(|| v["etcd"].to_string())
+}
+
+fn healthy_members(members: &[Value]) -> usize {
+    members.iter().filter(|m| m["healthy"] == true).count()
+}
+
+async fn ready_pods(client: &ApiClient, app: &str) -> usize {
+    client
+        .list_values("/api/v1/namespaces/default/pods")
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| p.pointer("/metadata/labels/app") == Some(&Value::from(app)))
+        .filter(|p| p.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
+    harness();
+    let home = temp_home();
+    let spec_path = unique_spec_from("clusters/localstack-ha.toml", home.path(), CLUSTER, 68, 2);
+    let guard = DestroyGuard { home: home.path().into(), spec: spec_path.clone() };
+    let s = spec_path.to_str().unwrap();
+    let cloud: Arc<dyn Cloud> = Arc::new(AwsCloud::connect(&AwsOptions::default(), "us-east-1").await);
+    let t0 = Instant::now();
+    assert_ok(&clusterctl(home.path(), &["create", "-f", s]), "create");
+    eprintln!("create (3 masters, 2 workers): {:.1}s", t0.elapsed().as_secs_f64());
+
+    let members = etcd_members(home.path(), s).unwrap();
+    assert_eq!((members.len(), healthy_members(&members)), (3, 3), "three healthy etcd members: {members:?}");
+    assert_eq!(members.iter().filter(|m| m["leader"] == true).count(), 1, "one etcd leader: {members:?}");
+    let client = admin(home.path());
+    let status: Value = serde_json::from_slice(&clusterctl(home.path(), &["status", "-f", s, "-o", "json"]).stdout).unwrap();
+    let lb = status.pointer("/resources/load_balancers/0/dns_name").and_then(Value::as_str).unwrap_or_default().to_string();
+    assert_eq!(client.server(), format!("https://{lb}:6443"), "the kubeconfig points at the API load balancer");
+    let masters: BTreeSet<String> = (0..3).map(|i| format!("{CLUSTER}-masters-{i}")).collect();
+    let (before, _) = eventually("a leader for every control loop", Duration::from_secs(30), || async {
+        let h = holders(&client).await?;
+        if h.iter().all(|x| masters.contains(x)) { Ok(h) } else { Err(format!("{h:?}")) }
+    })
+    .await;
+    eprintln!("lease holders: {before:?}");
+
+    let tarball = std::env::var("CLUSTERCTL_BUSYBOX_TAR").unwrap_or_else(|_| root().join(".cache/images/busybox.tar").to_string_lossy().into_owned());
+    assert_ok(&clusterctl(home.path(), &["load-image", "-f", s, &tarball]), "load-image");
+    assert_ok(&clusterctl(home.path(), &["apply", "-f", root().join("manifests/web.yaml").to_str().unwrap(), "--cluster", CLUSTER]), "apply");
+    eventually("3 web pods ready", Duration::from_secs(90), || async {
+        let n = ready_pods(&client, "web").await;
+        if n == 3 { Ok(()) } else { Err(format!("{n} ready")) }
+    })
+    .await;
+
+    // A client loop writes ConfigMaps and reads them back through the balancer; it records every
+    // acknowledged write and the longest time without a successful request.
+    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
+    let longest_gap = Arc::new(Mutex::new(Duration::ZERO));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (client, acknowledged, longest_gap, stop) = (client.clone(), acknowledged.clone(), longest_gap.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut last_ok = Instant::now();
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("probe-{i}");
+                let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"}, "data": {"i": i.to_string()}});
+                let write = tokio::time::timeout(Duration::from_secs(5), client.create_value("/api/v1/namespaces/default/configmaps", &body)).await;
+                if let Ok(Ok(_)) = write {
+                    acknowledged.lock().unwrap().push(name.clone());
+                    i += 1;
+                    let read = tokio::time::timeout(Duration::from_secs(5), client.get_value(&format!("/api/v1/namespaces/default/configmaps/{name}"))).await;
+                    if let Ok(Ok(_)) = read {
+                        let gap = last_ok.elapsed();
+                        let mut g = longest_gap.lock().unwrap();
+                        *g = (*g).max(gap);
+                        last_ok = Instant::now();
+                    }
+                } else if let Ok(Err(e)) = write {
+                    if e.is_already_exists() {
+                        // Acknowledged before, its answer lost: it counts as written.
+                        acknowledged.lock().unwrap().push(name.clone());
+                        i += 1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Terminate the machine of the master that leads the controllers.
+    let leader = before[1].clone();
+    let node: Value = client.get_value(&format!("/api/v1/nodes/{leader}")).await.unwrap();
+    let instance = node["spec"]["providerID"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+    let gap_before = *longest_gap.lock().unwrap();
+    *longest_gap.lock().unwrap() = Duration::ZERO;
+    cloud.terminate_instances(std::slice::from_ref(&instance)).await.unwrap();
+    let killed = Instant::now();
+    eprintln!("terminated {leader} ({instance}); longest gap before: {:.1}s", gap_before.as_secs_f64());
+    let (after, _) = eventually("every lease held by a surviving master", Duration::from_secs(40), || async {
+        let h = holders(&client).await?;
+        if h.iter().all(|x| masters.contains(x) && *x != leader) { Ok(h) } else { Err(format!("{h:?}")) }
+    })
+    .await;
+    eprintln!("lease holders after {:.1}s: {after:?}", killed.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let gap = *longest_gap.lock().unwrap();
+    eprintln!("longest time without an answer through the balancer after the termination: {:.1}s", gap.as_secs_f64());
+    assert!(gap <= Duration::from_secs(15), "the API answered again within 15 s (longest gap {gap:?})");
+    let written = acknowledged.lock().unwrap().clone();
+    let stored: BTreeSet<String> = client.list_values("/api/v1/namespaces/default/configmaps").await.unwrap().iter().map(|c| c["metadata"]["name"].as_str().unwrap_or("").to_string()).collect();
+    let lost: Vec<&String> = written.iter().filter(|n| !stored.contains(*n)).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?} of {}", written.len());
+    eprintln!("{} acknowledged writes, none lost", written.len());
+
+    // A workload change after the failover is carried out.
+    assert_ok(&clusterctl(home.path(), &["scale", "deployment", "web", "--replicas", "4", "--cluster", CLUSTER]), "scale deployment");
+    eventually("4 web pods ready after the failover", Duration::from_secs(60), || async {
+        let n = ready_pods(&client, "web").await;
+        if n == 4 { Ok(()) } else { Err(format!("{n} ready")) }
+    })
+    .await;
+
+    // The dead master is replaced, and etcd has three healthy members again.
+    eventually("the dead master replaced, etcd at three healthy members", Duration::from_secs(300), || async {
+        let ids = master_instances(cloud.as_ref()).await;
+        if ids.len() != 3 || ids.contains(&instance) {
+            return Err(format!("master instances {ids:?}"));
+        }
+        let members = etcd_members(home.path(), s)?;
+        if members.len() == 3 && healthy_members(&members) == 3 { Ok(()) } else { Err(format!("members {members:?}")) }
+    })
+    .await;
+
+    // Back up, delete the deployment, restore: it is back, and runs.
+    let backup = home.path().join("it-ha.snapshot");
+    let out = assert_ok(&clusterctl(home.path(), &["backup", "-f", s, "--out", backup.to_str().unwrap()]), "backup");
+    eprintln!("{out}");
+    assert!(std::fs::metadata(&backup).unwrap().len() > 0);
+    assert_ok(&clusterctl(home.path(), &["delete", "-f", root().join("manifests/web.yaml").to_str().unwrap(), "--cluster", CLUSTER]), "delete");
+    eventually("the deployment gone", Duration::from_secs(30), || async {
+        match client.get_value("/apis/apps/v1/namespaces/default/deployments/web").await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let out = assert_ok(&clusterctl(home.path(), &["restore", "-f", s, "--from", backup.to_str().unwrap()]), "restore");
+    eprintln!("{out}");
+    eventually("the deployment back with 4 ready pods", Duration::from_secs(120), || async {
+        client.get_value("/apis/apps/v1/namespaces/default/deployments/web").await.map_err(|e| e.to_string())?;
+        let n = ready_pods(&client, "web").await;
+        if n == 4 { Ok(()) } else { Err(format!("{n} ready")) }
+    })
+    .await;
+
+    drop(guard);
+}
