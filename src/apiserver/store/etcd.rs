@@ -103,8 +103,9 @@ impl EtcdOptions {
     }
 }
 
-/// A client of `endpoints`. Does not wait for etcd to answer: the first request tells.
-async fn connect(endpoints: &[String], tls: Option<&EtcdTls>) -> Result<Client, StoreError> {
+/// A client of `endpoints`. Does not wait for etcd to answer: the first request tells. With
+/// `require_leader` a member without a leader refuses requests (and ends watches) at once.
+async fn connect(endpoints: &[String], tls: Option<&EtcdTls>, require_leader: bool) -> Result<Client, StoreError> {
     let what = || format!("connecting to etcd at {}", endpoints.join(","));
     if endpoints.is_empty() {
         return Err(StoreError::backend(what(), std::io::Error::other("no endpoints given")));
@@ -113,7 +114,7 @@ async fn connect(endpoints: &[String], tls: Option<&EtcdTls>) -> Result<Client, 
         .with_timeout(REQUEST_TIMEOUT)
         .with_connect_timeout(REQUEST_TIMEOUT)
         .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT)
-        .with_require_leader(true);
+        .with_require_leader(require_leader);
     if let Some(tls) = tls {
         options = options.with_tls(
             TlsOptions::new()
@@ -252,7 +253,7 @@ impl EtcdStore {
     /// A store on the etcd cluster at `options.endpoints`. Does not wait for etcd; [`Store::revision`]
     /// tells when it answers.
     pub async fn connect(options: EtcdOptions) -> Result<Self, StoreError> {
-        let client = connect(&options.endpoints, options.tls.as_ref()).await?;
+        let client = connect(&options.endpoints, options.tls.as_ref(), true).await?;
         Ok(EtcdStore { client, history: options.history.max(1), compacted: Arc::new(AtomicU64::new(0)) })
     }
 
@@ -621,7 +622,7 @@ impl fmt::Debug for EtcdCluster {
 impl EtcdCluster {
     /// A handle on the cluster at `options.endpoints` (its `history` is not used).
     pub async fn connect(options: &EtcdOptions) -> Result<Self, StoreError> {
-        let client = connect(&options.endpoints, options.tls.as_ref()).await?;
+        let client = connect(&options.endpoints, options.tls.as_ref(), true).await?;
         Ok(EtcdCluster { client, endpoints: options.endpoints.clone(), tls: options.tls.clone() })
     }
 
@@ -718,9 +719,10 @@ impl EtcdCluster {
     }
 }
 
-/// The status of the member at `endpoint`, asked on a connection to it alone.
+/// The status of the member at `endpoint`, asked on a connection to it alone (without requiring a
+/// leader, so that a member cut off from the others still tells its state).
 async fn member_status(endpoint: &str, tls: Option<&EtcdTls>) -> Result<MemberStatus, StoreError> {
-    let client = connect(&[endpoint.to_string()], tls).await?;
+    let client = connect(&[endpoint.to_string()], tls, false).await?;
     let status = client.maintenance_client().status().await.map_err(|e| StoreError::backend(format!("asking {endpoint} for its status"), e))?;
     Ok(MemberStatus {
         member_id: status.header().map_or(0, |h| h.member_id()),

@@ -8,9 +8,12 @@
 //!
 //! # Layout
 //! - this file: the [`Store`] trait, its values and [`StoreError`].
-//! - [`sqlite`]: the embedded implementation, [`SqliteStore`] (the default; see there why SQLite).
-//! - `suite` (tests only): one behaviour suite every implementation must pass; an etcd store will run
-//!   the same functions.
+//! - [`sqlite`]: the embedded implementation, [`SqliteStore`] (one master; see there why SQLite).
+//! - [`etcd`]: [`EtcdStore`] on an etcd cluster (three masters, one member on each, every API server
+//!   a client of all of them), and [`EtcdCluster`] for operating that cluster (members, status,
+//!   snapshots).
+//! - `suite` (tests only): one behaviour suite every implementation passes, run by `store_suite!`.
+//! - `etcd_process` (tests only): real etcd members on loopback ports, killed when dropped.
 
 use std::pin::Pin;
 
