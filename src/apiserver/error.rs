@@ -105,6 +105,11 @@ impl ApiError {
             StoreError::TooOld { requested, compacted } => {
                 Self::expired(format!("too old resource version: {requested} (history starts after {compacted})"))
             }
+            // Kubernetes answers 504 "Too large resource version" after a wait; 410 makes every client
+            // re-list at once, which is what a client holding a revision from before a restore needs.
+            StoreError::FutureRevision { requested, current } => {
+                Self::expired(format!("resource version {requested} is ahead of the store's revision {current}: list again"))
+            }
             e @ (StoreError::Corrupt { .. } | StoreError::Backend { .. }) => {
                 let chain = error_chain(&e);
                 tracing::error!(error = %chain, "store failure");

@@ -3,10 +3,12 @@
 //! Without `resourceVersion` (or with `0`) the stream starts with an `ADDED` event for every current
 //! object, read at one revision, then continues from that revision (list and watch in one). With
 //! `resourceVersion=N` it carries every change after N; if N is older than the store's history the
-//! stream holds one `ERROR` event with a 410 `Expired` status, as Kubernetes does. With selectors, an
-//! object that starts matching arrives as `ADDED` and one that stops matching as `DELETED`. The stream
-//! ends after `timeoutSeconds` if given, when the server shuts down, or when the client goes away.
-//! A client that asks for Tables (`kubectl get -w`) gets each object as a one-row Table.
+//! stream holds one `ERROR` event with a 410 `Expired` status, as Kubernetes does; so does an N ahead
+//! of the store's revision (as after a restore from backup), so that the client re-lists. With
+//! selectors, an object that starts matching arrives as `ADDED` and one that stops matching as
+//! `DELETED`. The stream ends after `timeoutSeconds` if given, when the server shuts down, or when
+//! the client goes away. A client that asks for Tables (`kubectl get -w`) gets each object as a
+//! one-row Table.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -99,7 +101,7 @@ pub(crate) async fn serve(state: AppState, target: Target, selectors: Selectors,
     };
     let events = match state.store.watch(&prefix, Some(start)).await {
         Ok(events) => events,
-        Err(e @ StoreError::TooOld { .. }) => {
+        Err(e @ (StoreError::TooOld { .. } | StoreError::FutureRevision { .. })) => {
             let status = ApiError::from_store(e, rt, "").0;
             let body = Body::from_stream(stream::once(future::ready(Ok::<_, Infallible>(error_line(&status)))));
             return Ok(streaming(body));

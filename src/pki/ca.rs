@@ -221,6 +221,22 @@ impl ClusterCa {
         self.issue(params, "a client certificate")
     }
 
+    /// Issues an etcd member's certificate (serverAuth and clientAuth, one year), used both for its
+    /// client port and for its peer port: etcd presents it as a server to clients and peers, and as
+    /// a client when it dials the other members (and its own gRPC gateway). `name` becomes the CN;
+    /// entries of `dns_names` that are IP addresses become IP SANs, as with [`Self::issue_server`].
+    pub fn issue_etcd_member(&self, name: &str, dns_names: &[String], ips: &[IpAddr]) -> Result<Issued, PkiError> {
+        let (names, addrs) = split_names(dns_names, ips);
+        let mut params = leaf_params(name, &[], ExtendedKeyUsagePurpose::ServerAuth)?;
+        params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+        for dns in &names {
+            let ia5 = dns.clone().try_into().map_err(rcgen_err(format!("adding DNS name {dns:?} to etcd member {name}'s certificate")))?;
+            params.subject_alt_names.push(SanType::DnsName(ia5));
+        }
+        params.subject_alt_names.extend(addrs.into_iter().map(SanType::IpAddress));
+        self.issue(params, "an etcd member's certificate")
+    }
+
     fn issue(&self, params: CertificateParams, what: &str) -> Result<Issued, PkiError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(rcgen_err(format!("generating the key of {what}")))?;
         let cert = params.signed_by(&key, &self.issuer).map_err(rcgen_err(format!("signing {what}")))?;

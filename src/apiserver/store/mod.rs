@@ -8,9 +8,12 @@
 //!
 //! # Layout
 //! - this file: the [`Store`] trait, its values and [`StoreError`].
-//! - [`sqlite`]: the embedded implementation, [`SqliteStore`] (the default; see there why SQLite).
-//! - `suite` (tests only): one behaviour suite every implementation must pass; an etcd store will run
-//!   the same functions.
+//! - [`sqlite`]: the embedded implementation, [`SqliteStore`] (one master; see there why SQLite).
+//! - [`etcd`]: [`EtcdStore`] on an etcd cluster (three masters, one member on each, every API server
+//!   a client of all of them), and [`EtcdCluster`] for operating that cluster (members, status,
+//!   snapshots).
+//! - `suite` (tests only): one behaviour suite every implementation passes, run by `store_suite!`.
+//! - `etcd_process` (tests only): real etcd members on loopback ports, killed when dropped.
 
 use std::pin::Pin;
 
@@ -18,10 +21,14 @@ use async_trait::async_trait;
 use futures::Stream;
 use serde_json::Value;
 
+pub mod etcd;
+#[cfg(test)]
+pub(crate) mod etcd_process;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
 
+pub use etcd::{EtcdCluster, EtcdOptions, EtcdStore, EtcdTls};
 pub use sqlite::SqliteStore;
 
 /// How many past events a store keeps for watches that start at an older revision.
@@ -93,6 +100,10 @@ pub enum StoreError {
     Conflict { key: String, expected: u64, actual: u64 },
     #[error("revision {requested} is older than the retained history, which starts after revision {compacted}")]
     TooOld { requested: u64, compacted: u64 },
+    /// A watch from a revision the store has not reached: the client's state comes from elsewhere
+    /// (typically from before a backup was restored, which set the revision back) and must be re-listed.
+    #[error("revision {requested} is ahead of the store's current revision {current}")]
+    FutureRevision { requested: u64, current: u64 },
     #[error("the stored value of {key} is not valid JSON")]
     Corrupt {
         key: String,
@@ -137,7 +148,8 @@ pub trait Store: Send + Sync {
     async fn delete(&self, key: &str, expected_rev: Option<u64>) -> Result<(Value, u64), StoreError>;
 
     /// Events under `prefix` after `from_rev` (replayed from history, then live); with `None`, live
-    /// events from now on. `TooOld` if history no longer reaches back to `from_rev`.
+    /// events from now on. `TooOld` if history no longer reaches back to `from_rev`, `FutureRevision`
+    /// if `from_rev` is ahead of the current revision.
     async fn watch(&self, prefix: &str, from_rev: Option<u64>) -> Result<EventStream, StoreError>;
 
     /// The current revision; also tells that the store answers (readiness).

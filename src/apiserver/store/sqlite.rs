@@ -270,6 +270,9 @@ impl Inner {
         let current = meta(&conn, "revision")?;
         let live = self.live.subscribe();
         let Some(from) = from_rev else { return Ok((Vec::new(), live, current)) };
+        if from > current {
+            return Err(StoreError::FutureRevision { requested: from, current });
+        }
         let compacted = meta(&conn, "compacted")?;
         if from < compacted {
             return Err(StoreError::TooOld { requested: from, compacted });

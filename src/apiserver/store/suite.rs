@@ -1,6 +1,8 @@
 //! The behaviour every [`Store`] must have, as one async function per behaviour. An implementation's
-//! tests run them all with `store_suite!(<expression that builds a fresh store>)`; the store must keep
-//! exactly [`SUITE_HISTORY`] events of history.
+//! tests run them all with `store_suite!(<expression that builds a fresh store>)`; the expression may
+//! `.await`, and may build a fixture that owns what the store needs (an etcd process) as long as it
+//! implements [`SuiteStore`]. The store must keep [`SUITE_HISTORY`] events of history: at least that
+//! many, and few enough more that the compaction test sees `TooOld` (etcd's keeps up to 1/8 more).
 
 use std::time::Duration;
 
@@ -11,6 +13,17 @@ use super::{EventStream, Store, StoreError, StoreEvent, StoreEventKind};
 
 /// The history length the suite's stores are built with.
 pub(crate) const SUITE_HISTORY: u64 = 20;
+
+/// What `store_suite!` builds for each test: a store, or something that owns one.
+pub(crate) trait SuiteStore {
+    fn store(&self) -> &dyn Store;
+}
+
+impl SuiteStore for super::SqliteStore {
+    fn store(&self) -> &dyn Store {
+        self
+    }
+}
 
 async fn next(watch: &mut EventStream) -> StoreEvent {
     match tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
@@ -140,6 +153,19 @@ pub(crate) async fn watch_from_a_compacted_revision_is_too_old(store: &dyn Store
     assert_eq!(next(&mut watch).await.rev, current);
 }
 
+pub(crate) async fn watch_from_a_revision_ahead_of_the_store_is_refused(store: &dyn Store) {
+    let current = store.create("/r/a", json!({})).await.unwrap();
+    match store.watch("/r/", Some(current + 5)).await {
+        Err(StoreError::FutureRevision { requested, current: at }) => assert_eq!((requested, at), (current + 5, current)),
+        Err(e) => panic!("expected a future revision, got {e}"),
+        Ok(_) => panic!("expected a future revision, got a watch"),
+    }
+    // The current revision itself is not ahead.
+    let mut watch = store.watch("/r/", Some(current)).await.unwrap();
+    let rev = store.create("/r/b", json!({})).await.unwrap();
+    assert_eq!(next(&mut watch).await.rev, rev);
+}
+
 pub(crate) async fn a_watch_that_falls_behind_catches_up_in_order(store: &dyn Store) {
     let start = store.revision().await.unwrap();
     let mut watch = store.watch("/r/", Some(start)).await.unwrap();
@@ -155,7 +181,7 @@ pub(crate) async fn a_watch_that_falls_behind_catches_up_in_order(store: &dyn St
     }
 }
 
-/// Defines one `#[tokio::test]` per suite behaviour, each on a fresh store built by `$make`.
+/// Defines one `#[tokio::test]` per suite behaviour, each on a fresh [`SuiteStore`] built by `$make`.
 macro_rules! store_suite {
     ($make:expr) => {
         $crate::apiserver::store::suite::store_suite!(@tests $make;
@@ -168,14 +194,15 @@ macro_rules! store_suite {
             watch_from_a_revision_replays_then_streams_live,
             watch_without_a_revision_sees_only_new_writes,
             watch_from_a_compacted_revision_is_too_old,
+            watch_from_a_revision_ahead_of_the_store_is_refused,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test]
             async fn $name() {
-                let store = $make;
-                $crate::apiserver::store::suite::$name(&store).await;
+                let fixture = $make;
+                $crate::apiserver::store::suite::$name($crate::apiserver::store::suite::SuiteStore::store(&fixture)).await;
             }
         )*
     };

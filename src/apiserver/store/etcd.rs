@@ -1,0 +1,739 @@
+//! The etcd store, for clusters with three masters: every master's API server is a client of one
+//! etcd cluster (a member on each master), so any of them can serve any request and a master can die.
+//!
+//! Mapping onto etcd's v3 API:
+//! - an object is one key whose value is the JSON bytes; its `create_rev`/`mod_rev` are etcd's
+//!   `create_revision`/`mod_revision`, and the store's revision is etcd's (which starts at 1);
+//! - `create` is a transaction "create_revision == 0 then put"; `update`/`delete` are "version > 0
+//!   (and mod_revision == expected) then write, else read the key", so a refused write tells
+//!   `NotFound` from a `Conflict` with the key's actual revision without a second round trip;
+//! - reads are linearizable (etcd's default), `list` pages through the prefix at one revision;
+//! - `watch` is an etcd watch from `from_rev + 1` with previous values (`prev_kv`); whether the start
+//!   is compacted or ahead is asked first with a range at that revision, since etcd itself would
+//!   cancel a compacted watch only later and wait silently for a future one.
+//!
+//! History: etcd keeps every revision until it is compacted. Each store compacts etcd itself to
+//! `revision - history` once that is `history / 8` past the last compaction it made, so etcd keeps
+//! between `history` and `history * 9 / 8` events; no `--auto-compaction-*` flags are needed. With
+//! several API servers on one etcd each compacts on its own writes; a compaction that another one
+//! already passed is answered "required revision has been compacted", which is fine.
+//!
+//! Connection: the client balances requests over all endpoints, but still hands some to a dead
+//! member's endpoint (each such request fails at once, connection refused), so requests are retried
+//! for up to 3 s: reads whenever etcd was unavailable, writes only when they certainly did not happen
+//! (the request never left, or the member had no leader). A write that may have happened is not
+//! retried: the caller gets a `Backend` error, as it does for any write in flight when the leader dies
+//! (it times out until the others have elected a new one, 1 to 2 s). Every request has a 5 s
+//! timeout and connecting one too, so a member that does not answer never stalls one; HTTP/2
+//! keep-alive pings find a connection whose peer vanished, and `require_leader` makes a member cut
+//! off from the others refuse requests and end watches instead of serving stale state. A watch on a
+//! lost connection ends with a `Backend` error; one that etcd cancels for compaction ends `TooOld`.
+//!
+//! [`EtcdCluster`] is the handle for operating the etcd cluster itself: members, adding and removing
+//! them, per-endpoint status and snapshots.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, GetResponse, Identity, KeyValue, ResponseHeader,
+    TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions, WatchResponse, WatchStream,
+};
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use super::{DEFAULT_HISTORY, EventStream, Store, StoreError, StoreEvent, StoreEventKind, StoredObject};
+
+/// How long one request may take, and connecting to one endpoint.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on connections with open streams; etcd refuses pings more often than every 5 s.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Objects per range request of a `list`.
+const LIST_PAGE: i64 = 1000;
+/// A key no object has, for requests that only want the response header.
+const PROBE_KEY: &str = "/";
+
+/// The cluster CA's certificate and this client's certificate and key, all PEM, for etcd's TLS
+/// client port (etcd runs with `--client-cert-auth`).
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdTls").field("ca_pem", &self.ca_pem).field("cert_pem", &self.cert_pem).field("key_pem", &"<redacted>").finish()
+    }
+}
+
+/// Where etcd is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    /// Client URLs of the members, `https://10.0.1.10:2379` (or `http://` without TLS).
+    pub endpoints: Vec<String>,
+    pub tls: Option<EtcdTls>,
+    /// How many past events the store keeps for watches (see the module docs); unused by [`EtcdCluster`].
+    pub history: u64,
+}
+
+impl EtcdOptions {
+    /// Plain-text connections to `endpoints`, keeping the default history.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        EtcdOptions { endpoints, tls: None, history: DEFAULT_HISTORY }
+    }
+
+    /// The same, over TLS with a client certificate.
+    pub fn with_tls(mut self, tls: EtcdTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The same, keeping `history` events.
+    pub fn with_history(mut self, history: u64) -> Self {
+        self.history = history;
+        self
+    }
+}
+
+/// A client of `endpoints`. Does not wait for etcd to answer: the first request tells. With
+/// `require_leader` a member without a leader refuses requests (and ends watches) at once.
+async fn connect(endpoints: &[String], tls: Option<&EtcdTls>, require_leader: bool) -> Result<Client, StoreError> {
+    let what = || format!("connecting to etcd at {}", endpoints.join(","));
+    if endpoints.is_empty() {
+        return Err(StoreError::backend(what(), std::io::Error::other("no endpoints given")));
+    }
+    let mut options = ConnectOptions::new()
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_connect_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT)
+        .with_require_leader(require_leader);
+    if let Some(tls) = tls {
+        options = options.with_tls(
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
+        );
+    }
+    Client::connect(endpoints, Some(options)).await.map_err(|e| StoreError::backend(what(), e))
+}
+
+/// Which failed requests may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads, and operations whose repetition etcd detects: whenever etcd or the connection failed.
+    Safe,
+    /// Writes: only when the request certainly was not carried out (it never left this process, or
+    /// the member refused it for want of a leader), since a write whose outcome is unknown may have
+    /// been applied.
+    Write,
+}
+
+/// How long requests are retried; covers a leader election (1 to 2 s with etcd's defaults).
+const RETRY_BUDGET: Duration = Duration::from_secs(3);
+
+fn retryable(retry: Retry, e: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = e else { return false };
+    // Errors of this process's transport carry their cause; statuses sent by etcd carry none.
+    let local = std::error::Error::source(status);
+    // The balancer picked an endpoint that could not be connected to (a dead member).
+    let mut source = local;
+    while let Some(s) = source {
+        if s.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    match retry {
+        Retry::Safe => status.code() == tonic::Code::Unavailable || (status.code() == tonic::Code::Unknown && local.is_some()),
+        Retry::Write => status.code() == tonic::Code::Unavailable && status.message() == "etcdserver: no leader",
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails in a way `retry` does not cover, or the retry budget is
+/// spent; the balanced channel sends each attempt to a ready endpoint of its choice.
+async fn retrying<T, F, Fut>(retry: Retry, mut attempt: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + RETRY_BUDGET;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        match attempt().await {
+            Err(e) if retryable(retry, &e) && tokio::time::Instant::now() + backoff < deadline => {
+                tracing::debug!(error = %e, "retrying an etcd request");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn to_rev(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+fn to_etcd(rev: u64) -> i64 {
+    rev.min(i64::MAX as u64) as i64
+}
+
+fn header_rev(header: Option<&ResponseHeader>) -> u64 {
+    header.map_or(0, |h| to_rev(h.revision()))
+}
+
+fn parse_value(key: &str, bytes: &[u8]) -> Result<Value, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { key: key.to_string(), source })
+}
+
+fn key_of(kv: &KeyValue) -> String {
+    String::from_utf8_lossy(kv.key()).into_owned()
+}
+
+fn stored(kv: &KeyValue) -> Result<StoredObject, StoreError> {
+    let key = key_of(kv);
+    let value = parse_value(&key, kv.value())?;
+    Ok(StoredObject { key, value, create_rev: to_rev(kv.create_revision()), mod_rev: to_rev(kv.mod_revision()) })
+}
+
+fn grpc_message(e: &etcd_client::Error) -> Option<&str> {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => Some(status.message()),
+        _ => None,
+    }
+}
+
+/// etcd's answer to a read at, or a compaction to, a revision it has already compacted.
+fn is_compacted(e: &etcd_client::Error) -> bool {
+    grpc_message(e).is_some_and(|m| m.contains("required revision has been compacted"))
+}
+
+/// etcd's answer to a read at a revision it has not reached.
+fn is_future_revision(e: &etcd_client::Error) -> bool {
+    grpc_message(e).is_some_and(|m| m.contains("required revision is a future revision"))
+}
+
+/// The end of the key range holding every key that starts with `prefix` (etcd's convention: `\0`
+/// for "to the end").
+fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// The store on an etcd cluster (see the module docs for the mapping).
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    history: u64,
+    /// The revision this store last compacted etcd to (others may have compacted further).
+    compacted: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdStore").field("history", &self.history).finish_non_exhaustive()
+    }
+}
+
+impl EtcdStore {
+    /// A store on the etcd cluster at `options.endpoints`. Does not wait for etcd; [`Store::revision`]
+    /// tells when it answers.
+    pub async fn connect(options: EtcdOptions) -> Result<Self, StoreError> {
+        let client = connect(&options.endpoints, options.tls.as_ref(), true).await?;
+        Ok(EtcdStore { client, history: options.history.max(1), compacted: Arc::new(AtomicU64::new(0)) })
+    }
+
+    /// A range read, retried.
+    async fn range(&self, key: impl Into<Vec<u8>>, options: GetOptions) -> Result<GetResponse, etcd_client::Error> {
+        let key = key.into();
+        retrying(Retry::Safe, || {
+            let (mut kv, key, options) = (self.client.kv_client(), key.clone(), options.clone());
+            async move { kv.get(key, Some(options)).await }
+        })
+        .await
+    }
+
+    /// A transaction, retried as `retry` allows.
+    async fn txn(&self, retry: Retry, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
+        retrying(retry, || {
+            let (mut kv, txn) = (self.client.kv_client(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+    }
+
+    /// After a write at `rev`: compacts etcd's history when it has grown `history / 8` past the
+    /// last compaction. A failed compaction does not fail the write (the next write tries again).
+    async fn compact_after(&self, rev: u64) {
+        let slack = (self.history / 8).max(1);
+        let Some(target) = rev.checked_sub(self.history) else { return };
+        let last = self.compacted.load(Ordering::Acquire);
+        if target < last.saturating_add(slack) {
+            return;
+        }
+        if self.compacted.compare_exchange(last, target, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            // Another write of this store is compacting.
+            return;
+        }
+        match self.client.kv_client().compact(to_etcd(target), None).await {
+            Ok(_) => {}
+            Err(e) if is_compacted(&e) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, revision = target, "compacting etcd's history failed");
+                let _ = self.compacted.compare_exchange(target, last, Ordering::AcqRel, Ordering::Acquire);
+            }
+        }
+    }
+
+    /// A write of `key` guarded by "the key exists" and, with `expected_rev`, "its mod_revision is
+    /// that"; a refused one becomes `NotFound` or `Conflict`.
+    async fn guarded(&self, key: &str, expected_rev: Option<u64>, op: TxnOp, action: &str) -> Result<TxnResponse, StoreError> {
+        let mut compares = vec![Compare::version(key, CompareOp::Greater, 0)];
+        if let Some(expected) = expected_rev {
+            compares.push(Compare::mod_revision(key, CompareOp::Equal, to_etcd(expected)));
+        }
+        let txn = Txn::new().when(compares).and_then([op]).or_else([TxnOp::get(key, None)]);
+        let response = self.txn(Retry::Write, txn).await.map_err(|e| StoreError::backend(format!("{action} {key} in etcd"), e))?;
+        if response.succeeded() {
+            return Ok(response);
+        }
+        let actual = response.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| to_rev(kv.mod_revision())),
+            _ => None,
+        });
+        match (actual, expected_rev) {
+            (None, _) => Err(StoreError::NotFound { key: key.into() }),
+            (Some(actual), Some(expected)) => Err(StoreError::Conflict { key: key.into(), expected, actual }),
+            // The compares and the read see one state, so an existing key passes "version > 0".
+            (Some(actual), None) => Err(StoreError::backend(
+                format!("{action} {key} in etcd"),
+                std::io::Error::other(format!("etcd refused the write although the key exists at revision {actual}")),
+            )),
+        }
+    }
+
+    /// Refuses a watch from a revision etcd has compacted or not reached yet.
+    async fn check_watchable(&self, prefix: &str, from: u64) -> Result<(), StoreError> {
+        // Revision 0 means "the current one" to etcd; 1 is the oldest there is.
+        let at = GetOptions::new().with_count_only().with_revision(to_etcd(from.max(1)));
+        match self.range(PROBE_KEY, at).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_compacted(&e) => Err(StoreError::TooOld { requested: from, compacted: self.compact_revision(prefix, from).await }),
+            Err(e) if is_future_revision(&e) => Err(StoreError::FutureRevision { requested: from, current: self.revision().await? }),
+            Err(e) => Err(StoreError::backend(format!("checking that etcd still has revision {from}"), e)),
+        }
+    }
+
+    /// etcd's compaction revision, which only a watch that starts before it tells; this store's own
+    /// last compaction if etcd does not say.
+    async fn compact_revision(&self, prefix: &str, from: u64) -> u64 {
+        let fallback = self.compacted.load(Ordering::Acquire);
+        let options = WatchOptions::new().with_prefix().with_start_revision(to_etcd(from.saturating_add(1)));
+        let Ok(mut stream) = self.client.watch_client().watch(prefix, Some(options)).await else { return fallback };
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(r)) if r.compact_revision() > 0 => return Some(to_rev(r.compact_revision())),
+                    Ok(Some(r)) if r.canceled() || !r.events().is_empty() => return None,
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => return None,
+                }
+            }
+        })
+        .await;
+        answer.ok().flatten().unwrap_or(fallback)
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
+        let response = self.range(key, GetOptions::new()).await.map_err(|e| StoreError::backend(format!("reading {key} from etcd"), e))?;
+        response.kvs().first().map(stored).transpose()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<(Vec<StoredObject>, u64), StoreError> {
+        let end = prefix_range_end(prefix.as_bytes());
+        let mut start = if prefix.is_empty() { vec![0] } else { prefix.as_bytes().to_vec() };
+        let mut items = Vec::new();
+        // Every page after the first is read at the first one's revision.
+        let mut at = None;
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(LIST_PAGE);
+            if let Some(rev) = at {
+                options = options.with_revision(to_etcd(rev));
+            }
+            let response = self.range(start.clone(), options).await.map_err(|e| StoreError::backend(format!("listing {prefix} in etcd"), e))?;
+            let rev = *at.get_or_insert(header_rev(response.header()));
+            for kv in response.kvs() {
+                items.push(stored(kv)?);
+            }
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok((items, rev)),
+            }
+        }
+    }
+
+    async fn create(&self, key: &str, value: Value) -> Result<u64, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value.to_string(), None)]);
+        let response = self.txn(Retry::Write, txn).await.map_err(|e| StoreError::backend(format!("creating {key} in etcd"), e))?;
+        if !response.succeeded() {
+            return Err(StoreError::AlreadyExists { key: key.into() });
+        }
+        let rev = header_rev(response.header());
+        self.compact_after(rev).await;
+        Ok(rev)
+    }
+
+    async fn update(&self, key: &str, value: Value, expected_rev: Option<u64>) -> Result<u64, StoreError> {
+        let response = self.guarded(key, expected_rev, TxnOp::put(key, value.to_string(), None), "updating").await?;
+        let rev = header_rev(response.header());
+        self.compact_after(rev).await;
+        Ok(rev)
+    }
+
+    async fn delete(&self, key: &str, expected_rev: Option<u64>) -> Result<(Value, u64), StoreError> {
+        let op = TxnOp::delete(key, Some(DeleteOptions::new().with_prev_key()));
+        let response = self.guarded(key, expected_rev, op, "deleting").await?;
+        let rev = header_rev(response.header());
+        let old = response.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Delete(mut delete) => delete.take_prev_kvs().into_iter().next(),
+            _ => None,
+        });
+        let old = match old {
+            Some(kv) => parse_value(key, kv.value())?,
+            None => Value::Null,
+        };
+        self.compact_after(rev).await;
+        Ok((old, rev))
+    }
+
+    async fn watch(&self, prefix: &str, from_rev: Option<u64>) -> Result<EventStream, StoreError> {
+        let mut options = WatchOptions::new().with_prefix().with_prev_key();
+        if let Some(from) = from_rev {
+            self.check_watchable(prefix, from).await?;
+            options = options.with_start_revision(to_etcd(from.saturating_add(1)));
+        }
+        let action = || format!("starting a watch on {prefix} in etcd");
+        let mut stream = retrying(Retry::Safe, || {
+            let (mut client, options) = (self.client.watch_client(), options.clone());
+            async move { client.watch(prefix, Some(options)).await }
+        })
+        .await
+        .map_err(|e| StoreError::backend(action(), e))?;
+        // Events written after this returns must reach the watch, so wait until etcd has set it up.
+        let created = match tokio::time::timeout(REQUEST_TIMEOUT, stream.message()).await {
+            Ok(Ok(Some(response))) => response,
+            Ok(Ok(None)) => return Err(StoreError::backend(action(), std::io::Error::other("etcd ended the watch stream"))),
+            Ok(Err(e)) => return Err(StoreError::backend(action(), e)),
+            Err(_) => return Err(StoreError::backend(action(), std::io::Error::other(format!("no answer within {REQUEST_TIMEOUT:?}")))),
+        };
+        let last = from_rev.unwrap_or_else(|| header_rev(created.header()));
+        if created.canceled() {
+            return Err(cancelled(prefix, last, &created));
+        }
+        Ok(follow(stream, prefix.to_string(), last))
+    }
+
+    async fn revision(&self) -> Result<u64, StoreError> {
+        let response =
+            self.range(PROBE_KEY, GetOptions::new().with_count_only()).await.map_err(|e| StoreError::backend("reading etcd's revision", e))?;
+        Ok(header_rev(response.header()))
+    }
+}
+
+/// Why etcd cancelled a watch on `prefix` that had delivered everything up to `last`.
+fn cancelled(prefix: &str, last: u64, response: &WatchResponse) -> StoreError {
+    if response.compact_revision() > 0 {
+        return StoreError::TooOld { requested: last, compacted: to_rev(response.compact_revision()) };
+    }
+    let reason = match response.cancel_reason() {
+        "" => "etcd cancelled the watch".to_string(),
+        reason => format!("etcd cancelled the watch: {reason}"),
+    };
+    StoreError::backend(format!("watching {prefix} in etcd"), std::io::Error::other(reason))
+}
+
+fn to_event(event: &etcd_client::Event) -> Result<StoreEvent, StoreError> {
+    let (Some(kv), prev) = (event.kv(), event.prev_kv()) else {
+        return Err(StoreError::backend("reading a watch event from etcd", std::io::Error::other("the event has no key")));
+    };
+    let key = key_of(kv);
+    let prev_value = prev.map(|p| parse_value(&key, p.value())).transpose()?;
+    let rev = to_rev(kv.mod_revision());
+    Ok(match event.event_type() {
+        EventType::Put if kv.create_revision() == kv.mod_revision() => {
+            StoreEvent { kind: StoreEventKind::Created, value: parse_value(&key, kv.value())?, key, prev_value: None, rev }
+        }
+        EventType::Put => StoreEvent { kind: StoreEventKind::Updated, value: parse_value(&key, kv.value())?, key, prev_value, rev },
+        // A delete's kv holds only the key; its last value comes with prev_kv, which etcd keeps for
+        // every event after the compaction revision.
+        EventType::Delete => StoreEvent { kind: StoreEventKind::Deleted, value: prev_value.unwrap_or(Value::Null), key, prev_value: None, rev },
+    })
+}
+
+/// The events of an etcd watch whose creation was confirmed, ending with the first error.
+fn follow(stream: WatchStream, prefix: String, last: u64) -> EventStream {
+    struct Following {
+        stream: WatchStream,
+        prefix: String,
+        last: u64,
+    }
+    let start = Following { stream, prefix, last };
+    let batches = futures::stream::unfold(Some(start), |state| async move {
+        let mut f = state?;
+        loop {
+            let response = match f.stream.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => {
+                    let e = StoreError::backend(format!("watching {} in etcd", f.prefix), std::io::Error::other("etcd ended the watch stream"));
+                    return Some((vec![Err(e)], None));
+                }
+                Err(e) => return Some((vec![Err(StoreError::backend(format!("watching {} in etcd", f.prefix), e))], None)),
+            };
+            if response.canceled() {
+                return Some((vec![Err(cancelled(&f.prefix, f.last, &response))], None));
+            }
+            if response.events().is_empty() {
+                continue;
+            }
+            let mut batch = Vec::with_capacity(response.events().len());
+            for event in response.events() {
+                match to_event(event) {
+                    Ok(event) => {
+                        f.last = event.rev;
+                        batch.push(Ok(event));
+                    }
+                    Err(e) => {
+                        batch.push(Err(e));
+                        return Some((batch, None));
+                    }
+                }
+            }
+            return Some((batch, Some(f)));
+        }
+    });
+    Box::pin(batches.flat_map(futures::stream::iter))
+}
+
+/// One member of the etcd cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdMember {
+    pub id: u64,
+    /// Empty until a member that was added has started.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+impl From<&etcd_client::Member> for EtcdMember {
+    fn from(m: &etcd_client::Member) -> Self {
+        EtcdMember { id: m.id(), name: m.name().to_string(), peer_urls: m.peer_urls().to_vec(), client_urls: m.client_urls().to_vec() }
+    }
+}
+
+/// A member just added to the cluster, and the cluster's members including it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedMember {
+    pub id: u64,
+    pub members: Vec<EtcdMember>,
+}
+
+impl AddedMember {
+    /// The `--initial-cluster` value the new member starts with (with `--initial-cluster-state
+    /// existing`), naming it `name`: `name1=peer_url1,...`, as `etcdctl member add` prints it.
+    pub fn initial_cluster(&self, name: &str) -> String {
+        let mut entries = Vec::new();
+        for member in &self.members {
+            let member_name = if member.id == self.id { name } else { member.name.as_str() };
+            entries.extend(member.peer_urls.iter().map(|url| format!("{member_name}={url}")));
+        }
+        entries.join(",")
+    }
+}
+
+/// What one member says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub member_id: u64,
+    /// The leader's member id, 0 while there is none.
+    pub leader_id: u64,
+    pub revision: u64,
+    pub raft_term: u64,
+    pub db_size: i64,
+    pub version: String,
+    /// Alarms and other errors the member reports (such as `NOSPACE`).
+    pub errors: Vec<String>,
+}
+
+impl MemberStatus {
+    /// Whether this member is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.leader_id != 0 && self.leader_id == self.member_id
+    }
+
+    /// Whether the member has a leader and reports no errors.
+    pub fn healthy(&self) -> bool {
+        self.leader_id != 0 && self.errors.is_empty()
+    }
+}
+
+/// One endpoint's status, or why it did not answer.
+#[derive(Debug)]
+pub struct EndpointStatus {
+    pub endpoint: String,
+    pub status: Result<MemberStatus, StoreError>,
+}
+
+/// A handle for operating the etcd cluster: members, their status, snapshots.
+#[derive(Clone)]
+pub struct EtcdCluster {
+    client: Client,
+    endpoints: Vec<String>,
+    tls: Option<EtcdTls>,
+}
+
+impl fmt::Debug for EtcdCluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdCluster").field("endpoints", &self.endpoints).finish_non_exhaustive()
+    }
+}
+
+impl EtcdCluster {
+    /// A handle on the cluster at `options.endpoints` (its `history` is not used).
+    pub async fn connect(options: &EtcdOptions) -> Result<Self, StoreError> {
+        let client = connect(&options.endpoints, options.tls.as_ref(), true).await?;
+        Ok(EtcdCluster { client, endpoints: options.endpoints.clone(), tls: options.tls.clone() })
+    }
+
+    /// Every member, started or not.
+    pub async fn members(&self) -> Result<Vec<EtcdMember>, StoreError> {
+        let response = retrying(Retry::Safe, || {
+            let mut cluster = self.client.cluster_client();
+            async move { cluster.member_list().await }
+        })
+        .await
+        .map_err(|e| StoreError::backend("listing etcd's members", e))?;
+        Ok(response.members().iter().map(EtcdMember::from).collect())
+    }
+
+    /// Announces a new member at `peer_url` (`https://10.0.1.12:2380`), which must then start with
+    /// [`AddedMember::initial_cluster`] and `--initial-cluster-state existing`. Until it does, a
+    /// cluster of two grown to three needs both old members for quorum. A peer URL that is already
+    /// a member's (as when an earlier attempt's answer was lost) gives that member.
+    pub async fn add_member(&self, peer_url: &str) -> Result<AddedMember, StoreError> {
+        let action = || format!("adding an etcd member at {peer_url}");
+        let added = retrying(Retry::Safe, || {
+            let mut cluster = self.client.cluster_client();
+            async move { cluster.member_add(vec![peer_url.to_string()], None).await }
+        })
+        .await;
+        let response = match added {
+            Ok(response) => response,
+            Err(e) if grpc_message(&e).is_some_and(|m| m.contains("Peer URLs already exists")) => {
+                let members = self.members().await?;
+                let Some(id) = members.iter().find(|m| m.peer_urls.iter().any(|u| u == peer_url)).map(|m| m.id) else {
+                    return Err(StoreError::backend(action(), e));
+                };
+                return Ok(AddedMember { id, members });
+            }
+            Err(e) => return Err(StoreError::backend(action(), e)),
+        };
+        let Some(member) = response.member() else {
+            return Err(StoreError::backend(action(), std::io::Error::other("etcd did not say which member it added")));
+        };
+        Ok(AddedMember { id: member.id(), members: response.member_list().iter().map(EtcdMember::from).collect() })
+    }
+
+    /// Removes member `id` from the cluster (it stops serving once it learns of it). A member that
+    /// is not there (any more) is not an error.
+    pub async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
+        let removed = retrying(Retry::Safe, || {
+            let mut cluster = self.client.cluster_client();
+            async move { cluster.member_remove(id).await }
+        })
+        .await;
+        match removed {
+            Ok(_) => Ok(()),
+            Err(e) if grpc_message(&e).is_some_and(|m| m.contains("member not found")) => Ok(()),
+            Err(e) => Err(StoreError::backend(format!("removing etcd member {id:x}"), e)),
+        }
+    }
+
+    /// Asks every endpoint for its status, each on its own connection, all at once.
+    pub async fn endpoint_status(&self) -> Vec<EndpointStatus> {
+        let asks = self.endpoints.iter().map(|endpoint| async move {
+            EndpointStatus { endpoint: endpoint.clone(), status: member_status(endpoint, self.tls.as_ref()).await }
+        });
+        futures::future::join_all(asks).await
+    }
+
+    /// Writes a snapshot of the keyspace (from whichever member answers) to `path`, through a
+    /// temporary file that is synced and renamed, so that `path` is complete or absent. Returns its
+    /// size in bytes.
+    pub async fn snapshot_to(&self, path: &Path) -> Result<u64, StoreError> {
+        let action = format!("writing an etcd snapshot to {}", path.display());
+        let partial = path.with_extension("partial");
+        let result = async {
+            let mut stream = retrying(Retry::Safe, || {
+                let mut maintenance = self.client.maintenance_client();
+                async move { maintenance.snapshot().await }
+            })
+            .await
+            .map_err(|e| StoreError::backend(&action, e))?;
+            let mut file = tokio::fs::File::create(&partial).await.map_err(|e| StoreError::backend(&action, e))?;
+            let mut size = 0u64;
+            while let Some(chunk) = stream.message().await.map_err(|e| StoreError::backend(&action, e))? {
+                file.write_all(chunk.blob()).await.map_err(|e| StoreError::backend(&action, e))?;
+                size += chunk.blob().len() as u64;
+            }
+            file.sync_all().await.map_err(|e| StoreError::backend(&action, e))?;
+            tokio::fs::rename(&partial, path).await.map_err(|e| StoreError::backend(&action, e))?;
+            Ok(size)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&partial).await;
+        }
+        result
+    }
+}
+
+/// The status of the member at `endpoint`, asked on a connection to it alone (without requiring a
+/// leader, so that a member cut off from the others still tells its state).
+async fn member_status(endpoint: &str, tls: Option<&EtcdTls>) -> Result<MemberStatus, StoreError> {
+    let client = connect(&[endpoint.to_string()], tls, false).await?;
+    let status = client.maintenance_client().status().await.map_err(|e| StoreError::backend(format!("asking {endpoint} for its status"), e))?;
+    Ok(MemberStatus {
+        member_id: status.header().map_or(0, |h| h.member_id()),
+        leader_id: status.leader(),
+        revision: header_rev(status.header()),
+        raft_term: status.raft_term(),
+        db_size: status.db_size(),
+        version: status.version().to_string(),
+        errors: status.errors().to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests;
