@@ -150,7 +150,7 @@ pub struct Bootstrapped {
 }
 
 /// The binary and scripts every node gets, prepared once.
-struct Artifacts {
+pub struct Artifacts {
     binary_sha256: String,
     binary_gz: Vec<u8>,
     install_script: String,
@@ -328,75 +328,18 @@ pub async fn bootstrap(
 
     // Masters.
     reporter.phase("installing the master");
-    let mut serving_ips: Vec<IpAddr> = Vec::new();
-    let mut serving_names: Vec<String> = vec!["localhost".into()];
-    for m in &masters {
-        serving_ips.push(m.private_ip()?);
-        if let Ok(a) = m.address() {
-            serving_ips.push(a);
-        }
-    }
-    match lb_host.as_ref().map(|h| h.parse::<IpAddr>()) {
-        Some(Ok(ip)) => serving_ips.push(ip),
-        Some(Err(_)) => serving_names.push(lb_host.clone().unwrap_or_default()),
-        None => {}
-    }
-    serving_ips.push(IpAddr::from([127, 0, 0, 1]));
-    serving_ips.sort();
-    serving_ips.dedup();
+    let plane = ControlPlane::new(spec, &masters, lb_host.as_deref(), api_host.clone())?;
     let mut changed = Vec::new();
     let spec_copy = node_spec_copy(spec)?;
     let ssh_key_bytes = std::fs::read(ssh_key).map_err(|e| BootstrapError::Other(format!("reading the cluster's SSH key {}: {e}", ssh_key.display())))?;
     // An HA control plane: an etcd member on every master, formed together; the first master makes
     // the cluster CA, and the others get a copy of it before they start.
-    let etcd = if masters.len() > 1 { Some(etcd_settings(&masters, "new")?) } else { None };
     for (index, m) in masters.iter().enumerate() {
-        if etcd.is_some() && index > 0 {
+        if plane.etcd.is_some() && index > 0 {
             copy_ca(&sessions[&master.name], &sessions[&m.name]).await?;
         }
-        let cloud_settings = {
-            let session = sessions[&m.name].clone();
-            let region = spec.region.as_str().to_string();
-            let (spec_copy, key) = (spec_copy.clone(), ssh_key_bytes.clone());
-            let node = m.name.clone();
-            tokio::task::spawn_blocking(move || -> Result<CloudSettings, BootstrapError> {
-                let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
-                let ssh_err = |step: &str| {
-                    let (node, step) = (node.clone(), step.to_string());
-                    move |source| BootstrapError::Ssh { node, step, source }
-                };
-                s.upload(spec_copy.as_bytes(), crate::node::config::SPEC_PATH, 0o600).map_err(ssh_err("uploading the cluster spec"))?;
-                s.upload(&key, crate::node::config::SSH_KEY_PATH, 0o600).map_err(ssh_err("uploading the cluster's SSH key"))?;
-                let instance_endpoint = read_root_file(&s, INSTANCE_CLOUD_ENDPOINT).map_err(ssh_err("reading the instance's cloud endpoint"))?;
-                Ok(master_cloud_settings(&region, std::env::var("AWS_ENDPOINT_URL").ok(), instance_endpoint, std::env::var("AWS_ACCESS_KEY_ID").ok()))
-            })
-            .await
-            .map_err(|e| BootstrapError::Other(e.to_string()))??
-        };
-        let config = NodeConfig {
-            master: Some(MasterSettings {
-                listen: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), spec.api.port),
-                serving_names: serving_names.clone(),
-                serving_ips: serving_ips.clone(),
-                node_grace_seconds: 10,
-                pod_eviction_seconds: 10,
-                cloud: Some(cloud_settings),
-                etcd: etcd.clone(),
-                snapshot_every_minutes: 60,
-                snapshots_kept: 5,
-            }),
-            ..m.node_config(spec.name.as_str(), NodeRole::Master, ApiEndpoint { endpoint: api_host.clone(), port: spec.api.port })?
-        };
-        let toml = config.to_toml().map_err(|e| BootstrapError::Other(format!("rendering the config of {}: {e}", m.name)))?;
-        let session = sessions[&m.name].clone();
-        let artifacts = artifacts.clone();
         reporter.item(&m.name, "installing");
-        let did = tokio::task::spawn_blocking(move || {
-            let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
-            install(&s, &artifacts, NodeRole::Master, &toml)
-        })
-        .await
-        .map_err(|e| BootstrapError::Other(e.to_string()))??;
+        let did = install_master(&sessions[&m.name], spec, m, &plane, &spec_copy, &ssh_key_bytes, &artifacts).await?;
         reporter.item_done(&m.name, if did { "installed and started" } else { "already up to date" });
         if did {
             changed.push(m.name.clone());
@@ -474,6 +417,96 @@ pub async fn bootstrap(
     Ok(Bootstrapped { server, kubeconfig: kubeconfig_path, changed, nodes })
 }
 
+/// What every master of the cluster is told about the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    /// Names and addresses in the API servers' serving certificates.
+    pub serving_names: Vec<String>,
+    pub serving_ips: Vec<IpAddr>,
+    /// The API's host (the load balancer's address, else the first master's).
+    pub api_host: String,
+    /// The etcd members (HA control planes); None keeps the embedded store.
+    pub etcd: Option<EtcdSettings>,
+}
+
+impl ControlPlane {
+    /// The control plane of `masters`: etcd members formed together when there are several.
+    pub fn new(spec: &ClusterSpec, masters: &[&Machine], lb_host: Option<&str>, api_host: String) -> Result<Self, BootstrapError> {
+        let mut serving_ips: Vec<IpAddr> = Vec::new();
+        let mut serving_names: Vec<String> = vec!["localhost".into()];
+        for m in masters {
+            serving_ips.push(m.private_ip()?);
+            if let Ok(a) = m.address() {
+                serving_ips.push(a);
+            }
+        }
+        match lb_host.map(|h| h.parse::<IpAddr>()) {
+            Some(Ok(ip)) => serving_ips.push(ip),
+            Some(Err(_)) => serving_names.push(lb_host.unwrap_or_default().to_string()),
+            None => {}
+        }
+        serving_ips.push(IpAddr::from([127, 0, 0, 1]));
+        serving_ips.sort();
+        serving_ips.dedup();
+        let etcd = if spec.masters.count > 1 { Some(etcd_settings(masters, "new")?) } else { None };
+        Ok(ControlPlane { serving_names, serving_ips, api_host, etcd })
+    }
+}
+
+/// Installs the master software on one machine (the spec copy, the cluster's SSH key, the config
+/// with the control plane's settings, binary and units). Returns whether anything changed.
+pub async fn install_master(
+    session: &Arc<std::sync::Mutex<SshSession>>,
+    spec: &ClusterSpec,
+    m: &Machine,
+    plane: &ControlPlane,
+    spec_copy: &str,
+    ssh_key: &[u8],
+    artifacts: &Arc<Artifacts>,
+) -> Result<bool, BootstrapError> {
+    let cloud_settings = {
+        let session = session.clone();
+        let region = spec.region.as_str().to_string();
+        let (spec_copy, key) = (spec_copy.to_string(), ssh_key.to_vec());
+        let node = m.name.clone();
+        tokio::task::spawn_blocking(move || -> Result<CloudSettings, BootstrapError> {
+            let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
+            let ssh_err = |step: &str| {
+                let (node, step) = (node.clone(), step.to_string());
+                move |source| BootstrapError::Ssh { node, step, source }
+            };
+            s.upload(spec_copy.as_bytes(), crate::node::config::SPEC_PATH, 0o600).map_err(ssh_err("uploading the cluster spec"))?;
+            s.upload(&key, crate::node::config::SSH_KEY_PATH, 0o600).map_err(ssh_err("uploading the cluster's SSH key"))?;
+            let instance_endpoint = read_root_file(&s, INSTANCE_CLOUD_ENDPOINT).map_err(ssh_err("reading the instance's cloud endpoint"))?;
+            Ok(master_cloud_settings(&region, std::env::var("AWS_ENDPOINT_URL").ok(), instance_endpoint, std::env::var("AWS_ACCESS_KEY_ID").ok()))
+        })
+        .await
+        .map_err(|e| BootstrapError::Other(e.to_string()))??
+    };
+    let config = NodeConfig {
+        master: Some(MasterSettings {
+            listen: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), spec.api.port),
+            serving_names: plane.serving_names.clone(),
+            serving_ips: plane.serving_ips.clone(),
+            node_grace_seconds: 10,
+            pod_eviction_seconds: 10,
+            cloud: Some(cloud_settings),
+            etcd: plane.etcd.clone(),
+            snapshot_every_minutes: 60,
+            snapshots_kept: 5,
+        }),
+        ..m.node_config(spec.name.as_str(), NodeRole::Master, ApiEndpoint { endpoint: plane.api_host.clone(), port: spec.api.port })?
+    };
+    let toml = config.to_toml().map_err(|e| BootstrapError::Other(format!("rendering the config of {}: {e}", m.name)))?;
+    let (session, artifacts) = (session.clone(), artifacts.clone());
+    tokio::task::spawn_blocking(move || {
+        let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
+        install(&s, &artifacts, NodeRole::Master, &toml)
+    })
+    .await
+    .map_err(|e| BootstrapError::Other(e.to_string()))?
+}
+
 /// The etcd settings of an HA control plane's masters: every master a member.
 pub fn etcd_settings(masters: &[&Machine], state: &str) -> Result<EtcdSettings, BootstrapError> {
     let mut initial_cluster = Vec::new();
@@ -501,24 +534,29 @@ pub async fn copy_ca(from: &Arc<std::sync::Mutex<SshSession>>, to: &Arc<std::syn
         let (cert, key) = (read("ca.crt")?, read("ca.key")?);
         drop(source);
         let target = to.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
-        let node = target.node().to_string();
-        let err = |step: &str| {
-            let (node, step) = (node.clone(), step.to_string());
-            move |e| BootstrapError::Ssh { node, step, source: e }
-        };
-        if let Some(existing) = read_root_file(&target, &format!("{PKI_DIR}/ca.crt")).map_err(err("reading its cluster CA"))? {
-            if existing == cert {
-                return Ok(());
-            }
-            return Err(BootstrapError::Node { node, step: "copying the cluster CA".into(), message: format!("{PKI_DIR}/ca.crt is another CA than the first master's; a master of another cluster?") });
-        }
-        target.sudo(&format!("install -d -m 700 {DATA_DIR} {PKI_DIR}")).map_err(err("creating the PKI folder"))?;
-        target.upload(key.as_bytes(), &format!("{PKI_DIR}/ca.key"), 0o600).map_err(err("uploading the CA key"))?;
-        target.upload(cert.as_bytes(), &format!("{PKI_DIR}/ca.crt"), 0o644).map_err(err("uploading the CA certificate"))?;
-        Ok(())
+        upload_ca(&target, &cert, &key)
     })
     .await
     .map_err(|e| BootstrapError::Other(e.to_string()))?
+}
+
+/// Puts the cluster CA on a master that has none (blocking); a master with another CA is an error.
+pub fn upload_ca(target: &SshSession, cert: &str, key: &str) -> Result<(), BootstrapError> {
+    let node = target.node().to_string();
+    let err = |step: &str| {
+        let (node, step) = (node.clone(), step.to_string());
+        move |e| BootstrapError::Ssh { node, step, source: e }
+    };
+    if let Some(existing) = read_root_file(target, &format!("{PKI_DIR}/ca.crt")).map_err(err("reading its cluster CA"))? {
+        if existing == cert {
+            return Ok(());
+        }
+        return Err(BootstrapError::Node { node, step: "copying the cluster CA".into(), message: format!("{PKI_DIR}/ca.crt is another CA than the first master's; a master of another cluster?") });
+    }
+    target.sudo(&format!("install -d -m 700 {DATA_DIR} {PKI_DIR}")).map_err(err("creating the PKI folder"))?;
+    target.upload(key.as_bytes(), &format!("{PKI_DIR}/ca.key"), 0o600).map_err(err("uploading the CA key"))?;
+    target.upload(cert.as_bytes(), &format!("{PKI_DIR}/ca.crt"), 0o644).map_err(err("uploading the CA certificate"))?;
+    Ok(())
 }
 
 /// Where new workers join and how they trust the API.
@@ -741,6 +779,99 @@ pub async fn add_workers(cloud: &dyn Cloud, client: &ApiClient, join: &Join, mac
     install_workers(client, join, &workers, &sessions, &artifacts, reporter).await?;
     let names: Vec<String> = machines.iter().map(|m| m.name.clone()).collect();
     wait_ready(client, &names, options.ready_deadline, reporter).await?;
+    Ok(())
+}
+
+/// What a running master of an HA control plane needs to bootstrap a new one.
+pub struct MasterReplacement<'a> {
+    pub spec: &'a ClusterSpec,
+    /// The new machine.
+    pub new: &'a Machine,
+    /// Every master that should run afterwards, the new one included.
+    pub masters: &'a [Machine],
+    /// The API load balancer's address, and the API host the nodes use.
+    pub lb_host: Option<String>,
+    pub api_host: String,
+    /// This master's data folder: its PKI (the cluster CA, its etcd client credentials) and the
+    /// images loaded into the cluster.
+    pub data_dir: &'a std::path::Path,
+    pub ssh_key: &'a std::path::Path,
+    pub known: &'a KnownHosts,
+}
+
+/// Bootstraps a master that replaces a lost one, from a running master (the machine controller):
+/// etcd's member in the new machine's slot, or of a master that is gone, is removed while the
+/// others keep a quorum; the new machine is added as a member; it gets the cluster CA, the images
+/// loaded into the cluster and the master software with `initial_cluster_state = existing`; then
+/// its node must become Ready.
+pub async fn add_master(cloud: &dyn Cloud, client: &ApiClient, r: &MasterReplacement<'_>, options: &BootstrapOptions, reporter: &dyn Reporter) -> Result<(), BootstrapError> {
+    use crate::apiserver::store::{EtcdCluster, EtcdOptions, EtcdTls};
+    let other = |step: &str, e: &dyn std::fmt::Display| BootstrapError::Node { node: r.new.name.clone(), step: step.into(), message: e.to_string() };
+    let pki_dir = r.data_dir.join("pki");
+    let files = etcd::EtcdFiles::in_dir(&pki_dir);
+    let (ca_pem, cert_pem, key_pem) = files.client_credentials().map_err(|e| other("reading this master's etcd credentials", &format!("{e:#}")))?;
+    let ca_key = std::fs::read_to_string(pki_dir.join("ca.key")).map_err(|e| other("reading the cluster CA key", &e))?;
+    let local = EtcdOptions::new(vec![etcd::client_url(IpAddr::from([127, 0, 0, 1]))]).with_tls(EtcdTls { ca_pem: ca_pem.clone(), cert_pem, key_pem });
+    let cluster = EtcdCluster::connect(&local).await.map_err(|e| other("connecting to the local etcd member", &e))?;
+    let new_peer = etcd::peer_url(r.new.private_ip()?);
+    let live_peers: Vec<String> = r.masters.iter().filter_map(|m| m.private_ip().ok()).map(etcd::peer_url).collect();
+    let members = cluster.members().await.map_err(|e| other("listing etcd's members", &e))?;
+    let (stale, kept): (Vec<_>, Vec<_>) = members.into_iter().partition(|m| !m.peer_urls.iter().any(|u| live_peers.contains(u)) || (m.name == r.new.name && !m.peer_urls.contains(&new_peer)));
+    // Only while the remaining members keep a quorum of the membership without the stale ones.
+    let mut healthy = 0;
+    for m in kept.iter().filter(|m| !m.peer_urls.contains(&new_peer)) {
+        let mut one = local.clone();
+        one.endpoints = m.client_urls.clone();
+        if let Ok(c) = EtcdCluster::connect(&one).await {
+            if c.endpoint_status().await.iter().any(|s| s.status.as_ref().is_ok_and(|s| s.healthy())) {
+                healthy += 1;
+            }
+        }
+    }
+    let voters = kept.iter().filter(|m| !m.peer_urls.contains(&new_peer)).count();
+    if healthy < voters / 2 + 1 {
+        return Err(other("checking etcd's quorum", &format!("only {healthy} of {voters} remaining etcd members are healthy: not changing the membership")));
+    }
+    for m in &stale {
+        reporter.item(&r.new.name, &format!("removing etcd member {} ({:?})", m.name, m.peer_urls));
+        cluster.remove_member(m.id).await.map_err(|e| other("removing the lost etcd member", &e))?;
+    }
+    let added = cluster.add_member(&new_peer).await.map_err(|e| other("adding the new etcd member", &e))?;
+    let refs: Vec<&Machine> = r.masters.iter().collect();
+    let mut plane = ControlPlane::new(r.spec, &refs, r.lb_host.as_deref(), r.api_host.clone())?;
+    let etcd = plane.etcd.as_mut().ok_or_else(|| BootstrapError::Other("a single master is not replaced by another master".into()))?;
+    etcd.initial_cluster = added.initial_cluster(&r.new.name).split(',').map(str::to_string).collect();
+    etcd.initial_cluster_state = "existing".into();
+
+    reporter.item(&r.new.name, "connecting");
+    let session = connect(cloud, r.new, &r.spec.ssh.user, r.ssh_key, r.known, options.ssh_deadline).await?;
+    let session = Arc::new(std::sync::Mutex::new(session));
+    {
+        let (session, ca_pem, ca_key) = (session.clone(), ca_pem.clone(), ca_key.clone());
+        let images: Vec<PathBuf> = std::fs::read_dir(IMAGES_DIR).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
+        let node = r.new.name.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), BootstrapError> {
+            let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
+            upload_ca(&s, &ca_pem, &ca_key)?;
+            for tar in images.iter().filter(|p| p.extension().is_some_and(|x| x == "tar")) {
+                let bytes = std::fs::read(tar).map_err(|e| BootstrapError::Node { node: node.clone(), step: format!("reading {}", tar.display()), message: e.to_string() })?;
+                let remote = format!("{IMAGES_DIR}/{}", tar.file_name().and_then(|f| f.to_str()).unwrap_or("image.tar"));
+                s.upload(&bytes, &remote, 0o600).map_err(|source| BootstrapError::Ssh { node: node.clone(), step: format!("copying image {}", tar.display()), source })?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| BootstrapError::Other(e.to_string()))??;
+    }
+    let artifacts = {
+        let binary = options.binary.clone();
+        Arc::new(tokio::task::spawn_blocking(move || Artifacts::prepare(&binary)).await.map_err(|e| BootstrapError::Other(e.to_string()))??)
+    };
+    let ssh_key = std::fs::read(r.ssh_key).map_err(|e| other("reading the cluster's SSH key", &e))?;
+    reporter.item(&r.new.name, "installing");
+    install_master(&session, r.spec, r.new, &plane, &node_spec_copy(r.spec)?, &ssh_key, &artifacts).await?;
+    wait_ready(client, std::slice::from_ref(&r.new.name), options.ready_deadline, reporter).await?;
+    reporter.item_done(&r.new.name, "master Ready");
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! The machine controller: keeps every worker pool at the size its `MachinePool` object asks for,
+//! The machine controller: keeps every worker pool at the size its `MachinePool` object asks for
+//! (and an HA control plane at its three masters),
 //! and replaces machines that are unhealthy.
 //!
 //! A machine is unhealthy when its instance fails EC2's status checks (a machine that died outside
@@ -10,6 +11,12 @@
 //!   terminated and its Node deleted. Never more than one replacement at a time per pool, and none
 //!   while more than `max_unhealthy_percent` of the pool is unhealthy (a network split must not
 //!   replace the cluster): the pool's `ReplacementBlocked` condition says why.
+//!
+//! On an HA control plane the masters are kept at their count the same way, one at a time: an
+//! unhealthy master's machine is terminated first (its etcd member cannot be doubled), then a new
+//! one is launched in the free slot and bootstrapped from this master, its etcd member swapped in
+//! only while the others keep a quorum ([`bootstrap::add_master`]). The master running the
+//! controller never replaces itself.
 //!
 //! Machines are never removed for being too many: `clusterctl scale` drains and removes machines itself.
 
@@ -134,6 +141,9 @@ pub struct Context {
     pub join: Join,
     pub health_timeout: Duration,
     pub max_unhealthy_percent: u32,
+    /// This master's data folder (its PKI and the images loaded into the cluster), and its instance.
+    pub data_dir: std::path::PathBuf,
+    pub own_instance: String,
 }
 
 /// The controller's memory between passes.
@@ -157,18 +167,44 @@ fn condition(kind: &str, status: bool, reason: &str, message: &str) -> NodeCondi
 pub async fn pass(ctx: &Context, client: &ApiClient, state: &mut State) -> anyhow::Result<()> {
     let spec = ClusterSpec::load(&ctx.spec_path)?;
     let cluster = spec.name.as_str().to_string();
-    let mut selector = owned_by(&cluster);
-    selector.insert(ROLE_TAG.into(), "worker".into());
-    let instances: Vec<Instance> = ctx.cloud.instances(&selector).await?.into_iter().filter(|i| !i.state.is_gone()).collect();
+    let all: Vec<Instance> = ctx.cloud.instances(&owned_by(&cluster)).await?.into_iter().filter(|i| !i.state.is_gone()).collect();
     let now = Instant::now();
-    for i in &instances {
+    for i in &all {
         state.first_seen.entry(i.id.clone()).or_insert(now);
     }
-    state.first_seen.retain(|id, _| instances.iter().any(|i| &i.id == id));
-    let running: Vec<String> = instances.iter().filter(|i| i.state == InstanceState::Running).map(|i| i.id.clone()).collect();
+    state.first_seen.retain(|id, _| all.iter().any(|i| &i.id == id));
+    let running: Vec<String> = all.iter().filter(|i| i.state == InstanceState::Running).map(|i| i.id.clone()).collect();
     let impaired: BTreeSet<String> =
         if running.is_empty() { BTreeSet::new() } else { ctx.cloud.instance_statuses(&running).await?.into_iter().filter(|s| s.impaired()).map(|s| s.instance_id).collect() };
     let nodes: Vec<Node> = client.list(&NODES, None, &Default::default()).await?.items;
+    let role = |i: &Instance, r: &str| i.tags.get(ROLE_TAG).map(String::as_str) == Some(r);
+    let masters: Vec<Instance> = all.iter().filter(|i| role(i, "master")).cloned().collect();
+    if spec.masters.count > 1 {
+        let machines = assess(&masters, &nodes, &impaired, &state.first_seen, now, ctx.health_timeout);
+        match decide(spec.masters.count, &machines, ctx.max_unhealthy_percent) {
+            Action::Nothing => {}
+            Action::Blocked(message) => tracing::warn!(pool = "masters", "{message}"),
+            Action::Launch(_) => {
+                tracing::info!("the control plane has {} of {} masters: launching one", masters.len(), spec.masters.count);
+                replace_master(ctx, client, &spec, &all).await?;
+                return Ok(());
+            }
+            Action::Replace { instance, .. } if instance == ctx.own_instance => {}
+            Action::Replace { instance, reason } => {
+                // A master's etcd member cannot be doubled: the lost machine goes first, then the
+                // next pass launches its successor.
+                let node = machines.iter().find(|m| m.instance.id == instance).and_then(|m| m.node.clone());
+                tracing::info!(instance = %instance, node = ?node, "terminating an unhealthy master to replace it: {reason}");
+                ctx.cloud.terminate_instances(std::slice::from_ref(&instance)).await?;
+                if let Some(node) = node {
+                    let _ = client.delete(&NODES, None, &node).await;
+                }
+                return Ok(());
+            }
+        }
+    }
+    let instances: Vec<Instance> = all.iter().filter(|i| role(i, "worker")).cloned().collect();
+    let live_masters = masters.len() as u32;
 
     for pool in spec.workers.iter() {
         let name = pool.name.as_str();
@@ -198,12 +234,12 @@ pub async fn pass(ctx: &Context, client: &ApiClient, state: &mut State) -> anyho
             Action::Blocked(message) => tracing::warn!(pool = name, "{message}"),
             Action::Launch(n) => {
                 tracing::info!(pool = name, "the pool has {} of {} machines: launching {n}", mine.len(), object.spec.replicas);
-                grow(ctx, client, &spec, &instances, name, n).await?;
+                grow(ctx, client, &spec, &instances, live_masters, name, n).await?;
             }
             Action::Replace { instance, reason } => {
                 let node = machines.iter().find(|m| m.instance.id == instance).and_then(|m| m.node.clone());
                 tracing::info!(pool = name, instance = %instance, node = ?node, "replacing an unhealthy machine: {reason}");
-                grow(ctx, client, &spec, &instances, name, 1).await?;
+                grow(ctx, client, &spec, &instances, live_masters, name, 1).await?;
                 ctx.cloud.terminate_instances(std::slice::from_ref(&instance)).await?;
                 if let Some(node) = node {
                     match client.delete(&NODES, None, &node).await {
@@ -221,8 +257,10 @@ pub async fn pass(ctx: &Context, client: &ApiClient, state: &mut State) -> anyho
 
 /// Launches `n` more machines in a pool (every other pool kept at its current size) through the
 /// same converge as `create`, then bootstraps them over SSH and waits until they are Ready.
-async fn grow(ctx: &Context, client: &ApiClient, spec: &ClusterSpec, instances: &[Instance], pool: &str, n: u32) -> anyhow::Result<()> {
+async fn grow(ctx: &Context, client: &ApiClient, spec: &ClusterSpec, instances: &[Instance], live_masters: u32, pool: &str, n: u32) -> anyhow::Result<()> {
     let mut target = spec.clone();
+    // Masters are replaced by their own path, never launched as a side effect of a worker pool.
+    target.masters.count = live_masters;
     for p in target.workers.iter_mut() {
         let live = instances.iter().filter(|i| i.tags.get(POOL_TAG).map(String::as_str) == Some(p.name.as_str())).count() as u32;
         p.count = if p.name.as_str() == pool { live + n } else { live };
@@ -246,6 +284,43 @@ async fn grow(ctx: &Context, client: &ApiClient, spec: &ClusterSpec, instances: 
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "tar")).collect())
         .unwrap_or_default();
     bootstrap::add_workers(ctx.cloud.as_ref(), client, &ctx.join, &new, &spec.ssh.user, &ctx.ssh_key, &ctx.known_hosts, &images, &options, &report).await?;
+    Ok(())
+}
+
+/// Launches one master in the free slot of an HA control plane and bootstraps it from this master
+/// (etcd membership, CA, master software; see [`bootstrap::add_master`]).
+async fn replace_master(ctx: &Context, client: &ApiClient, spec: &ClusterSpec, all: &[Instance]) -> anyhow::Result<()> {
+    let mut target = spec.clone();
+    let has = |i: &Instance, tag: &str, value: &str| i.tags.get(tag).map(String::as_str) == Some(value);
+    target.masters.count = all.iter().filter(|i| has(i, ROLE_TAG, "master")).count() as u32 + 1;
+    for p in target.workers.iter_mut() {
+        p.count = all.iter().filter(|i| has(i, ROLE_TAG, "worker") && has(i, POOL_TAG, p.name.as_str())).count() as u32;
+    }
+    let key_text = std::fs::read_to_string(&ctx.ssh_key)?;
+    let public = ssh_key::PrivateKey::from_openssh(&key_text)?.public_key().to_openssh()?;
+    let report = LogReport::default();
+    let converged = provision::converge(ctx.cloud.as_ref(), &target, &ConvergeOptions::new(public), &report).await?;
+    let known: BTreeSet<&str> = all.iter().map(|i| i.id.as_str()).collect();
+    let masters: Vec<bootstrap::Machine> = converged
+        .instances
+        .iter()
+        .filter(|((p, _), _)| p == target.masters.name.as_str())
+        .map(|((_, slot), i)| bootstrap::machine(&target, &target.masters, *slot, i))
+        .collect();
+    let new = masters.iter().find(|m| !known.contains(m.instance.id.as_str())).ok_or_else(|| anyhow::anyhow!("converge launched no master"))?;
+    tracing::info!(node = %new.name, instance = %new.instance.id, "bootstrapping the new master");
+    let replacement = bootstrap::MasterReplacement {
+        spec: &target,
+        new,
+        masters: &masters,
+        lb_host: converged.load_balancer.as_ref().map(|l| l.dns_name.clone()),
+        api_host: ctx.join.api_host.clone(),
+        data_dir: &ctx.data_dir,
+        ssh_key: &ctx.ssh_key,
+        known: &ctx.known_hosts,
+    };
+    bootstrap::add_master(ctx.cloud.as_ref(), client, &replacement, &BootstrapOptions::new()?, &report).await?;
+    tracing::info!(node = %new.name, "the new master is Ready");
     Ok(())
 }
 

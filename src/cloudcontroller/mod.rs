@@ -60,6 +60,8 @@ pub async fn run(client: ApiClient, settings: CloudSettings, config: NodeConfig,
         join,
         health_timeout: Duration::from_secs(settings.health_timeout_seconds),
         max_unhealthy_percent: settings.max_unhealthy_percent,
+        data_dir: config.data_dir.clone(),
+        own_instance: config.instance_id.clone(),
     };
     // All three in this one task, so that a leader that loses its lease stops every one of them.
     let node_controller = {

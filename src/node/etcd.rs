@@ -87,8 +87,9 @@ pub fn environment(config: &NodeConfig, etcd: &EtcdSettings, files: &EtcdFiles) 
         ("ETCD_PEER_TRUSTED_CA_FILE", files.ca.display().to_string()),
         ("ETCD_PEER_CERT_FILE", files.member_cert.display().to_string()),
         ("ETCD_PEER_KEY_FILE", files.member_key.display().to_string()),
-        ("ETCD_AUTO_COMPACTION_MODE", "revision".into()),
-        ("ETCD_AUTO_COMPACTION_RETENTION", HISTORY.to_string()),
+        // No auto-compaction: the API servers compact to their watch history themselves.
+        ("ETCD_LOGGER", "zap".into()),
+        ("ETCD_LOG_OUTPUTS", "stderr".into()),
     ];
     let mut out = String::from("# clusterctl's etcd member, written by `clusterctl node etcd-setup`.\n");
     for (k, v) in vars {
