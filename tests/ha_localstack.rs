@@ -216,10 +216,29 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
         }
     })
     .await;
+    // Its pods go, and the app stops answering on a worker's NodePort.
+    let worker_ip = client
+        .list_values("/api/v1/nodes")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|n| n.pointer("/metadata/labels/clusterctl.io~1pool") == Some(&Value::from("default")))
+        .find_map(|n| n.pointer("/status/addresses").and_then(Value::as_array).and_then(|a| a.iter().find(|x| x["type"] == "InternalIP")).and_then(|x| x["address"].as_str()).map(str::to_string))
+        .unwrap();
+    eventually("no web pod left and no answer on the NodePort", Duration::from_secs(60), || async {
+        let pods = client.list_values("/api/v1/namespaces/default/pods").await.map_err(|e| e.to_string())?;
+        let left = pods.iter().filter(|p| p.pointer("/metadata/labels/app") == Some(&Value::from("web"))).count();
+        if left == 0 && http_get(&worker_ip, 30080).await.is_none() { Ok(()) } else { Err(format!("{left} pods left")) }
+    })
+    .await;
     let out = assert_ok(&clusterctl(home.path(), &["restore", "-f", s, "--from", backup.to_str().unwrap()]), "restore");
     eprintln!("{out}");
-    eventually("the deployment back with 4 ready pods", Duration::from_secs(120), || async {
+    eventually("the deployment back, its app answering on the NodePort", Duration::from_secs(120), || async {
         client.get_value("/apis/apps/v1/namespaces/default/deployments/web").await.map_err(|e| e.to_string())?;
+        http_get(&worker_ip, 30080).await.ok_or_else(|| "no answer".to_string())
+    })
+    .await;
+    eventually("4 ready web pods", Duration::from_secs(60), || async {
         let n = ready_pods(&client, "web").await;
         if n == 4 { Ok(()) } else { Err(format!("{n} ready")) }
     })
