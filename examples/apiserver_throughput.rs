@@ -1,6 +1,8 @@
 //! API server write throughput and watch delivery latency in process: the real server
-//! ([`apiserver::serve`]) on the real SQLite store (WAL, fsync before every commit returns) in a
-//! temporary folder on disk, over HTTPS with client certificates from the real cluster CA.
+//! ([`apiserver::serve`]) on each of its stores in turn, in the same run: the embedded SQLite store
+//! (WAL, fsync before every commit returns) and etcd (Debian's etcd 3.4, one member started here on
+//! loopback, TLS with certificates from the cluster CA, as the HA masters run it), both with their
+//! data in a temporary folder on disk, over HTTPS with client certificates from the real cluster CA.
 //! 100 watchers (each its own connection) watch ConfigMaps. First a burst: 8 writers (each its
 //! own connection) create 2,000 ConfigMaps as fast as they are acknowledged (writes/s, and the
 //! delivery latency of that saturated burst); then, once every watcher has caught up, 200 creates
@@ -10,14 +12,15 @@
 //!   cargo run --release --example apiserver_throughput [-- RUNS]
 //!
 //! Client and server share the machine's cores, as a master's controllers do. Prints one line
-//! per run and, for `scripts/bench`, `RESULT <figure> <value>` lines. The store's folder is
+//! per run and store and, for `scripts/bench`, `RESULT <figure> <value>` lines (the etcd figures
+//! named `apiserver-etcd-*`). The store's folder is
 //! made under `$CLUSTERCTL_BENCH_DIR` (default: the system's temporary folder).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clusterctl::api::resource::CONFIG_MAPS;
-use clusterctl::apiserver::store::{SqliteStore, Store};
+use clusterctl::apiserver::store::{EtcdOptions, EtcdStore, EtcdTls, SqliteStore, Store};
 use clusterctl::apiserver::{ApiServerConfig, ServerTls, serve};
 use clusterctl::client::{ApiClient, ClientAuth, ListOptions};
 use clusterctl::pki::ClusterCa;
@@ -34,10 +37,76 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn run_once(run: usize) -> anyhow::Result<(f64, f64, f64, f64)> {
+/// A one-member etcd on loopback, killed when dropped.
+struct Etcd(std::process::Child);
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts etcd with its data in `dir` and returns a store on it, once it answers.
+async fn etcd_store(dir: &std::path::Path, ca: &ClusterCa) -> anyhow::Result<(Etcd, Arc<dyn Store>)> {
+    let member = ca.issue_etcd_member("bench", &["localhost".to_string()], &["127.0.0.1".parse()?])?;
+    let client = ca.issue_client("bench-apiserver", &[])?;
+    let file = |name: &str, text: &str| -> anyhow::Result<String> {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        Ok(path.display().to_string())
+    };
+    let (ca_file, cert, key) = (file("ca.crt", ca.cert_pem())?, file("member.crt", &member.cert_pem)?, file("member.key", &member.key_pem)?);
+    let (client_port, peer_port) = (free_port()?, free_port()?);
+    let client_url = format!("https://127.0.0.1:{client_port}");
+    let peer_url = format!("https://127.0.0.1:{peer_port}");
+    let child = std::process::Command::new("etcd")
+        .args(["--name", "bench", "--data-dir"])
+        .arg(dir.join("etcd"))
+        .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("bench={peer_url}"), "--logger", "zap", "--log-outputs", "stderr"])
+        .args(["--client-cert-auth", "--trusted-ca-file", &ca_file, "--cert-file", &cert, "--key-file", &key])
+        .args(["--peer-client-cert-auth", "--peer-trusted-ca-file", &ca_file, "--peer-cert-file", &cert, "--peer-key-file", &key])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting etcd (Debian's etcd-server, installed by scripts/lib/ensure-packages): {e}"))?;
+    let etcd = Etcd(child);
+    let options = EtcdOptions::new(vec![client_url]).with_tls(EtcdTls { ca_pem: ca.cert_pem().to_string(), cert_pem: client.cert_pem, key_pem: client.key_pem });
+    let started = Instant::now();
+    loop {
+        if let Ok(store) = EtcdStore::connect(options.clone()).await {
+            if store.revision().await.is_ok() {
+                return Ok((etcd, Arc::new(store)));
+            }
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "etcd did not answer within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The store a run measures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Backend {
+    Sqlite,
+    Etcd,
+}
+
+async fn run_once(run: usize, backend: Backend) -> anyhow::Result<(f64, f64, f64, f64)> {
     let dir = tempfile::tempdir_in(std::env::var_os("CLUSTERCTL_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir))?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("store.db"))?);
     let ca = Arc::new(ClusterCa::generate("bench")?);
+    let (_etcd, store): (Option<Etcd>, Arc<dyn Store>) = match backend {
+        Backend::Sqlite => (None, Arc::new(SqliteStore::open(dir.path().join("store.db"))?)),
+        Backend::Etcd => {
+            let (etcd, store) = etcd_store(dir.path(), &ca).await?;
+            (Some(etcd), store)
+        }
+    };
     let serving = ca.issue_server(&["localhost".to_string()], &["127.0.0.1".parse()?])?;
     let config = ApiServerConfig {
         tls: ServerTls { cert_pem: serving.cert_pem, key_pem: serving.key_pem, client_ca_pem: ca.cert_pem().to_string() },
@@ -134,8 +203,9 @@ async fn run_once(run: usize) -> anyhow::Result<(f64, f64, f64, f64)> {
     paced.sort_by(f64::total_cmp);
     let ms = |v: &[f64], p: f64| percentile(v, p) * 1000.0;
     let rate = WRITES as f64 / write_secs;
+    let prefix = if backend == Backend::Etcd { "apiserver-etcd" } else { "apiserver" };
     println!(
-        "run {run}: {WRITES} creates by {WRITERS} writers in {write_secs:.2} s = {rate:.0} writes/s, delivered to {WATCHERS} watchers with p50 {:.1} ms, p99 {:.1} ms; \
+        "run {run} ({backend:?}): {WRITES} creates by {WRITERS} writers in {write_secs:.2} s = {rate:.0} writes/s, delivered to {WATCHERS} watchers with p50 {:.1} ms, p99 {:.1} ms; \
          then {PACED} creates {PACE:?} apart: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         ms(&burst, 0.5),
         ms(&burst, 0.99),
@@ -143,10 +213,10 @@ async fn run_once(run: usize) -> anyhow::Result<(f64, f64, f64, f64)> {
         ms(&paced, 0.99),
         ms(&paced, 1.0)
     );
-    println!("RESULT apiserver-writes-per-s {rate:.0}");
-    println!("RESULT apiserver-burst-watch-p99-ms {:.1}", ms(&burst, 0.99));
-    println!("RESULT apiserver-watch-p50-ms {:.1}", ms(&paced, 0.5));
-    println!("RESULT apiserver-watch-p99-ms {:.1}", ms(&paced, 0.99));
+    println!("RESULT {prefix}-writes-per-s {rate:.0}");
+    println!("RESULT {prefix}-burst-watch-p99-ms {:.1}", ms(&burst, 0.99));
+    println!("RESULT {prefix}-watch-p50-ms {:.1}", ms(&paced, 0.5));
+    println!("RESULT {prefix}-watch-p99-ms {:.1}", ms(&paced, 0.99));
     let _ = stop.send(());
     let _ = server.await;
     Ok((rate, ms(&burst, 0.99), ms(&paced, 0.5), ms(&paced, 0.99)))
@@ -155,19 +225,27 @@ async fn run_once(run: usize) -> anyhow::Result<(f64, f64, f64, f64)> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
-    let mut results = Vec::new();
+    // The two stores alternate within each run, so that they share the machine's noise.
+    let (mut sqlite, mut etcd) = (Vec::new(), Vec::new());
     for run in 1..=runs {
-        results.push(run_once(run).await?);
+        sqlite.push(run_once(run, Backend::Sqlite).await?);
+        etcd.push(run_once(run, Backend::Etcd).await?);
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (v[v.len() / 2], v[0], v[v.len() - 1])
     };
-    let (r, rmin, rmax) = median(results.iter().map(|r| r.0).collect());
-    let (b, bmin, bmax) = median(results.iter().map(|r| r.1).collect());
-    let (p, pmin, pmax) = median(results.iter().map(|r| r.3).collect());
-    println!(
-        "api server, {WATCHERS} watchers, {runs} runs (median, min-max): {r:.0} writes/s ({rmin:.0}-{rmax:.0}); watch delivery p99 during the burst {b:.1} ms ({bmin:.1}-{bmax:.1}), at a steady 20 writes/s {p:.1} ms ({pmin:.1}-{pmax:.1})"
-    );
+    for (name, results) in [("embedded store", &sqlite), ("etcd", &etcd)] {
+        let (r, rmin, rmax) = median(results.iter().map(|r| r.0).collect());
+        let (b, bmin, bmax) = median(results.iter().map(|r| r.1).collect());
+        let (p, pmin, pmax) = median(results.iter().map(|r| r.3).collect());
+        println!(
+            "api server on the {name}, {WATCHERS} watchers, {runs} runs (median, min-max): {r:.0} writes/s ({rmin:.0}-{rmax:.0}); watch delivery p99 during the burst {b:.1} ms ({bmin:.1}-{bmax:.1}), at a steady 20 writes/s {p:.1} ms ({pmin:.1}-{pmax:.1})"
+        );
+    }
+    let ratios: Vec<f64> = etcd.iter().zip(&sqlite).map(|(e, s)| e.0 / s.0).collect();
+    let (q, qmin, qmax) = median(ratios);
+    println!("writes/s on etcd / on the embedded store, per run: median {q:.2} ({qmin:.2}-{qmax:.2})");
+    println!("RESULT apiserver-etcd-vs-embedded-writes-ratio {q:.2}");
     Ok(())
 }

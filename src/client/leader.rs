@@ -36,6 +36,15 @@ pub struct LeaderElection {
     pub retry_period: Duration,
 }
 
+/// A task that is aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What this candidate last saw of the lease, and when (on its own clock).
 #[derive(Debug, Clone)]
 struct Observed {
@@ -77,13 +86,14 @@ impl LeaderElection {
                 tokio::time::sleep(self.retry_period).await;
             }
             tracing::info!(lease = %self.lease, identity = %self.identity, "became the leader");
-            let mut task = tokio::spawn(work());
+            // Aborted when leadership ends, and when this election itself is dropped.
+            let mut task = AbortOnDrop(tokio::spawn(work()));
             let mut renewed = Instant::now();
             // Leader.
             let reason = loop {
                 tokio::select! {
                     _ = tokio::time::sleep(self.retry_period) => {}
-                    _ = &mut task => break "the work ended".to_string(),
+                    _ = &mut task.0 => break "the work ended".to_string(),
                 }
                 match self.try_acquire_or_renew(&client, &mut observed).await {
                     Ok(true) => renewed = Instant::now(),
@@ -96,8 +106,8 @@ impl LeaderElection {
                     }
                 }
             };
-            task.abort();
-            let _ = task.await;
+            task.0.abort();
+            let _ = (&mut task.0).await;
             tracing::warn!(lease = %self.lease, identity = %self.identity, "stopped leading: {reason}");
         }
     }
@@ -161,5 +171,77 @@ impl LeaderElection {
             renew_time: Some(renewed),
             lease_transitions: Some(transitions),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn quick(identity: &str) -> LeaderElection {
+        LeaderElection {
+            lease: "test-loop".into(),
+            identity: identity.into(),
+            // Whole seconds: the lease object carries its duration in seconds.
+            lease_duration: Duration::from_secs(2),
+            renew_deadline: Duration::from_millis(1300),
+            retry_period: Duration::from_millis(100),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_candidate_leads_and_another_takes_over_when_it_dies() {
+        let client = crate::controllers::tests::start().await;
+        let (active, most, started) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let work = |who: &'static str| {
+            let (active, most, started) = (active.clone(), most.clone(), started.clone());
+            move || {
+                let (active, most, started) = (active.clone(), most.clone(), started.clone());
+                async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let now = active.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    // Counted down when the task is aborted.
+                    struct Leave(Arc<AtomicUsize>);
+                    impl Drop for Leave {
+                        fn drop(&mut self) {
+                            self.0.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                    let _leave = Leave(active);
+                    tracing::debug!("{who} works");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let a = tokio::spawn(quick("a").run(client.clone(), work("a")));
+        let b = tokio::spawn(quick("b").run(client.clone(), work("b")));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let lease: Lease = client.get(&LEASES, Some(LEADER_LEASE_NAMESPACE), "test-loop").await.unwrap();
+        let first = lease.spec.holder_identity.clone().unwrap();
+        assert_eq!((started.load(Ordering::SeqCst), most.load(Ordering::SeqCst)), (1, 1), "exactly one leader while both live");
+
+        // The leader's process dies: its election and its work stop at once, without releasing.
+        let (dead, survivor) = if first == "a" { (a, b) } else { (b, a) };
+        dead.abort();
+        let died = tokio::time::Instant::now();
+        loop {
+            let lease: Lease = client.get(&LEASES, Some(LEADER_LEASE_NAMESPACE), "test-loop").await.unwrap();
+            if lease.spec.holder_identity.as_deref() != Some(first.as_str()) {
+                assert_eq!(lease.spec.lease_transitions, Some(1));
+                break;
+            }
+            assert!(died.elapsed() < Duration::from_secs(5), "no takeover within 5 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let took = died.elapsed();
+        assert!(took >= Duration::from_millis(1800), "the lease was taken before it expired ({took:?})");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(started.load(Ordering::SeqCst), 2, "the survivor started its work");
+        assert_eq!(most.load(Ordering::SeqCst), 1, "never two at once");
+        survivor.abort();
     }
 }

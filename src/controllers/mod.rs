@@ -12,4 +12,4 @@ pub mod endpoints;
 pub mod node_lifecycle;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

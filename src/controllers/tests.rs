@@ -18,7 +18,7 @@ use crate::client::{ApiClient, ClientAuth, ListOptions};
 use crate::manifest::{self, apply};
 use crate::pki::ClusterCa;
 
-async fn start() -> ApiClient {
+pub(crate) async fn start() -> ApiClient {
     let ca = Arc::new(ClusterCa::generate("test").unwrap());
     let serving = ca.issue_server(&["localhost".to_string()], &["127.0.0.1".parse().unwrap()]).unwrap();
     let config = ApiServerConfig {
