@@ -46,25 +46,6 @@ async fn worker_instances(cloud: &dyn Cloud) -> Vec<String> {
     cloud.instances(&selector).await.unwrap().into_iter().filter(|i| !i.state.is_gone()).map(|i| i.id).collect()
 }
 
-/// Polls `probe` every half second until it gives a value; panics after `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> (T, Duration)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let start = Instant::now();
-    loop {
-        match probe().await {
-            Ok(v) => {
-                eprintln!("{what}: {:.1}s", start.elapsed().as_secs_f64());
-                return (v, start.elapsed());
-            }
-            Err(last) => assert!(start.elapsed() < within, "{what}: not within {within:?}; last seen: {last}"),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 /// Waits until the pool has `n` machines, all with Ready nodes, and no node of a machine that is gone.
 async fn pool_settles(client: &ApiClient, cloud: &dyn Cloud, n: usize, within: Duration, what: &str) -> Duration {
     let (_, took) = eventually(what, within, || async {

@@ -28,24 +28,6 @@ fn admin(home: &std::path::Path) -> ApiClient {
     ApiClient::new(&kc.server, ClientAuth::Certificate { ca_pem: kc.ca_pem, cert_pem: kc.client_cert_pem, key_pem: kc.client_key_pem }).unwrap()
 }
 
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> (T, Duration)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let start = Instant::now();
-    loop {
-        match probe().await {
-            Ok(v) => {
-                eprintln!("{what}: {:.1}s", start.elapsed().as_secs_f64());
-                return (v, start.elapsed());
-            }
-            Err(last) => assert!(start.elapsed() < within, "{what}: not within {within:?}; last seen: {last}"),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 /// The holders of the three control-loop leases.
 async fn holders(client: &ApiClient) -> Result<Vec<String>, String> {
     let mut out = Vec::new();

@@ -492,8 +492,8 @@ pub async fn install_master(
             pod_eviction_seconds: 10,
             cloud: Some(cloud_settings),
             etcd: plane.etcd.clone(),
-            snapshot_every_minutes: 60,
-            snapshots_kept: 5,
+            snapshot_every_minutes: u64::from(spec.backups.snapshot_every_minutes),
+            snapshots_kept: spec.backups.snapshots_kept,
         }),
         ..m.node_config(spec.name.as_str(), NodeRole::Master, ApiEndpoint { endpoint: plane.api_host.clone(), port: spec.api.port })?
     };

@@ -109,6 +109,8 @@ impl LeaderElection {
             task.0.abort();
             let _ = (&mut task.0).await;
             tracing::warn!(lease = %self.lease, identity = %self.identity, "stopped leading: {reason}");
+            // Work that ended by itself starts again, but not in a tight loop.
+            tokio::time::sleep(self.retry_period).await;
         }
     }
 

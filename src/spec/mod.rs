@@ -49,6 +49,24 @@ pub struct ClusterSpec {
     pub masters: NodePool,
     /// The worker pools, at least one, in the order written.
     pub workers: Vec<NodePool>,
+    /// The snapshots of the store every master keeps.
+    pub backups: Backups,
+}
+
+/// `[backups]`: the scheduled snapshots of the cluster's store kept on every master
+/// (`clusterctl backup` takes one on demand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Backups {
+    /// Minutes between two snapshots, 0 for none (default 60).
+    pub snapshot_every_minutes: u32,
+    /// How many are kept (default 5).
+    pub snapshots_kept: u32,
+}
+
+impl Default for Backups {
+    fn default() -> Self {
+        Backups { snapshot_every_minutes: 60, snapshots_kept: 5 }
+    }
 }
 
 /// The cluster's network: one VPC, one subnet per availability zone.

@@ -27,6 +27,7 @@ pub(crate) struct RawSpec {
     pub api: Option<Spanned<RawApi>>,
     pub masters: Option<Spanned<RawMasters>>,
     pub workers: Option<Spanned<Vec<Spanned<RawWorkerPool>>>>,
+    pub backups: Option<Spanned<RawBackups>>,
 }
 
 /// `[cluster]`
@@ -82,6 +83,14 @@ pub(crate) struct RawMasters {
     pub image: Option<Spanned<RawImage>>,
     pub disk_gb: Option<Spanned<i64>>,
     pub labels: Option<RawStringMap>,
+}
+
+/// `[backups]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBackups {
+    pub snapshot_every_minutes: Option<Spanned<i64>>,
+    pub snapshots_kept: Option<Spanned<i64>>,
 }
 
 /// `[[workers]]`

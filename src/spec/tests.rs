@@ -309,6 +309,9 @@ fn three_masters_are_allowed() {
     let spec = ClusterSpec::load(&repo_file("tests/spec_corpus/valid/three_masters.toml")).unwrap();
     assert_eq!(spec.masters.count, 3);
     assert_eq!(spec.zones.len(), 3);
+    assert_eq!(spec.backups, crate::spec::Backups { snapshot_every_minutes: 15, snapshots_kept: 8 });
+    let ha = ClusterSpec::load(&repo_file("clusters/localstack-ha.toml")).unwrap();
+    assert_eq!((ha.masters.count, ha.zones.len(), ha.backups), (3, 3, crate::spec::Backups::default()));
 }
 
 #[test]

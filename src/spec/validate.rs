@@ -13,11 +13,11 @@ use toml::de::DeTable;
 
 use super::error::{Problems, shape_problem, syntax_problem};
 use super::raw::{
-    RawApi, RawCluster, RawImage, RawMasters, RawNetwork, RawSpec, RawSsh, RawStringMap,
+    RawApi, RawBackups, RawCluster, RawImage, RawMasters, RawNetwork, RawSpec, RawSsh, RawStringMap,
     RawWorkerPool, SString,
 };
 use super::{
-    ApiConfig, ClusterName, ClusterSpec, ImageRef, Network, NodePool, PoolName, Region, Role,
+    ApiConfig, Backups, ClusterName, ClusterSpec, ImageRef, Network, NodePool, PoolName, Region, Role,
     SpecError, SshConfig, SshKeySource, SubnetSpec, Zone,
 };
 
@@ -142,6 +142,11 @@ impl Check {
         );
         let workers = workers.and_then(|w| self.workers(w));
 
+        let backups = match raw.backups.as_ref() {
+            Some(b) => self.backups(b.get_ref()),
+            None => Some(Backups::default()),
+        };
+
         Some(ClusterSpec {
             source: source.to_path_buf(),
             name: name?,
@@ -153,6 +158,7 @@ impl Check {
             api: api?,
             masters: masters?,
             workers: workers?,
+            backups: backups?,
         })
     }
 
@@ -699,6 +705,19 @@ impl Check {
             port,
             load_balancer,
         })
+    }
+
+    fn backups(&mut self, raw: &RawBackups) -> Option<Backups> {
+        let defaults = Backups::default();
+        let every = match raw.snapshot_every_minutes.as_ref() {
+            Some(v) => u32::try_from(self.int_in(v, "backups.snapshot_every_minutes", 0, 10_080)?).ok(),
+            None => Some(defaults.snapshot_every_minutes),
+        };
+        let kept = match raw.snapshots_kept.as_ref() {
+            Some(v) => u32::try_from(self.int_in(v, "backups.snapshots_kept", 1, 1_000)?).ok(),
+            None => Some(defaults.snapshots_kept),
+        };
+        Some(Backups { snapshot_every_minutes: every?, snapshots_kept: kept? })
     }
 
     /// An integer within `lo..=hi`, or a problem saying which bound it broke.

@@ -101,3 +101,23 @@ pub async fn http_get(ip: &str, port: u16) -> Option<String> {
     let text = String::from_utf8_lossy(&buf).to_string();
     text.lines().next().is_some_and(|l| l.starts_with("HTTP/1.") && l.contains(" 200")).then(|| text.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string())
 }
+
+/// Polls `probe` every half second until it gives a value (printing how long that took); panics
+/// after `within` with the last thing it saw.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        match probe().await {
+            Ok(v) => {
+                eprintln!("{what}: {:.1}s", start.elapsed().as_secs_f64());
+                return (v, start.elapsed());
+            }
+            Err(last) => assert!(start.elapsed() < within, "{what}: not within {within:?}; last seen: {last}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
