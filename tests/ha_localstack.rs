@@ -139,6 +139,7 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
 
+    let before_ids = master_instances(cloud.as_ref()).await;
     // Terminate the machine of the master that leads the controllers.
     let leader = before[1].clone();
     let node: Value = client.get_value(&format!("/api/v1/nodes/{leader}")).await.unwrap();
@@ -184,6 +185,12 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
         if members.len() == 3 && healthy_members(&members) == 3 { Ok(()) } else { Err(format!("members {members:?}")) }
     })
     .await;
+
+    // The new master's cloud controller reaches the cloud as the others do (it may lead next).
+    let new_master = master_instances(cloud.as_ref()).await.into_iter().find(|i| !before_ids.contains(i)).expect("a new master instance");
+    let config = std::process::Command::new("docker").args(["exec", &new_master, "cat", "/etc/clusterctl/node.toml"]).output().unwrap();
+    let config = String::from_utf8_lossy(&config.stdout);
+    assert!(config.contains("endpoint_url") && config.contains("[master.etcd]") && config.contains("initial_cluster_state = \"existing\""), "the new master's config:\n{config}");
 
     // Back up, delete the deployment, restore: it is back, and runs.
     let backup = home.path().join("it-ha.snapshot");

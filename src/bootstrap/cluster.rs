@@ -339,7 +339,7 @@ pub async fn bootstrap(
             copy_ca(&sessions[&master.name], &sessions[&m.name]).await?;
         }
         reporter.item(&m.name, "installing");
-        let did = install_master(&sessions[&m.name], spec, m, &plane, &spec_copy, &ssh_key_bytes, &artifacts).await?;
+        let did = install_master(&sessions[&m.name], spec, m, &plane, &spec_copy, &ssh_key_bytes, &artifacts, None).await?;
         reporter.item_done(&m.name, if did { "installed and started" } else { "already up to date" });
         if did {
             changed.push(m.name.clone());
@@ -454,7 +454,10 @@ impl ControlPlane {
 }
 
 /// Installs the master software on one machine (the spec copy, the cluster's SSH key, the config
-/// with the control plane's settings, binary and units). Returns whether anything changed.
+/// with the control plane's settings, binary and units). `cloud` is how its cloud controller
+/// reaches the cloud; without it, what `create` sees (its endpoint override as the machine reaches
+/// it, LocalStack's test credentials). Returns whether anything changed.
+#[allow(clippy::too_many_arguments)]
 pub async fn install_master(
     session: &Arc<std::sync::Mutex<SshSession>>,
     spec: &ClusterSpec,
@@ -463,6 +466,7 @@ pub async fn install_master(
     spec_copy: &str,
     ssh_key: &[u8],
     artifacts: &Arc<Artifacts>,
+    cloud: Option<CloudSettings>,
 ) -> Result<bool, BootstrapError> {
     let cloud_settings = {
         let session = session.clone();
@@ -477,6 +481,9 @@ pub async fn install_master(
             };
             s.upload(spec_copy.as_bytes(), crate::node::config::SPEC_PATH, 0o600).map_err(ssh_err("uploading the cluster spec"))?;
             s.upload(&key, crate::node::config::SSH_KEY_PATH, 0o600).map_err(ssh_err("uploading the cluster's SSH key"))?;
+            if let Some(cloud) = cloud {
+                return Ok(cloud);
+            }
             let instance_endpoint = read_root_file(&s, INSTANCE_CLOUD_ENDPOINT).map_err(ssh_err("reading the instance's cloud endpoint"))?;
             Ok(master_cloud_settings(&region, std::env::var("AWS_ENDPOINT_URL").ok(), instance_endpoint, std::env::var("AWS_ACCESS_KEY_ID").ok()))
         })
@@ -797,6 +804,8 @@ pub struct MasterReplacement<'a> {
     pub data_dir: &'a std::path::Path,
     pub ssh_key: &'a std::path::Path,
     pub known: &'a KnownHosts,
+    /// How the new master's cloud controller reaches the cloud: the same as this master's.
+    pub cloud: CloudSettings,
 }
 
 /// Bootstraps a master that replaces a lost one, from a running master (the machine controller):
@@ -869,7 +878,7 @@ pub async fn add_master(cloud: &dyn Cloud, client: &ApiClient, r: &MasterReplace
     };
     let ssh_key = std::fs::read(r.ssh_key).map_err(|e| other("reading the cluster's SSH key", &e))?;
     reporter.item(&r.new.name, "installing");
-    install_master(&session, r.spec, r.new, &plane, &node_spec_copy(r.spec)?, &ssh_key, &artifacts).await?;
+    install_master(&session, r.spec, r.new, &plane, &node_spec_copy(r.spec)?, &ssh_key, &artifacts, Some(r.cloud.clone())).await?;
     wait_ready(client, std::slice::from_ref(&r.new.name), options.ready_deadline, reporter).await?;
     reporter.item_done(&r.new.name, "master Ready");
     Ok(())

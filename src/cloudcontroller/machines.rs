@@ -144,6 +144,8 @@ pub struct Context {
     /// This master's data folder (its PKI and the images loaded into the cluster), and its instance.
     pub data_dir: std::path::PathBuf,
     pub own_instance: String,
+    /// This master's cloud settings, given to a master it bootstraps.
+    pub cloud_settings: crate::node::config::CloudSettings,
 }
 
 /// The controller's memory between passes.
@@ -318,6 +320,7 @@ async fn replace_master(ctx: &Context, client: &ApiClient, spec: &ClusterSpec, a
         data_dir: &ctx.data_dir,
         ssh_key: &ctx.ssh_key,
         known: &ctx.known_hosts,
+        cloud: ctx.cloud_settings.clone(),
     };
     bootstrap::add_master(ctx.cloud.as_ref(), client, &replacement, &BootstrapOptions::new()?, &report).await?;
     tracing::info!(node = %new.name, "the new master is Ready");

@@ -62,6 +62,7 @@ pub async fn run(client: ApiClient, settings: CloudSettings, config: NodeConfig,
         max_unhealthy_percent: settings.max_unhealthy_percent,
         data_dir: config.data_dir.clone(),
         own_instance: config.instance_id.clone(),
+        cloud_settings: settings.clone(),
     };
     // All three in this one task, so that a leader that loses its lease stops every one of them.
     let node_controller = {
