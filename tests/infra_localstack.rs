@@ -19,6 +19,23 @@ async fn cloud() -> Resilient {
     Resilient::new(Arc::new(aws), RetryPolicy::default())
 }
 
+async fn raw_iam() -> aws_sdk_iam::Client {
+    harness();
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(aws_config::Region::new("us-east-1")).load().await;
+    aws_sdk_iam::Client::new(&conf)
+}
+
+/// Names of the roles and instance profiles under clusterctl's IAM path that belong to `cluster`.
+async fn iam_leftovers(cluster: &str) -> Vec<String> {
+    let iam = raw_iam().await;
+    let name = format!("clusterctl-{cluster}-master");
+    let roles = iam.list_roles().path_prefix("/clusterctl/").send().await.unwrap();
+    let profiles = iam.list_instance_profiles().path_prefix("/clusterctl/").send().await.unwrap();
+    let mut left: Vec<String> = roles.roles().iter().filter(|r| r.role_name() == name).map(|r| format!("role {}", r.role_name())).collect();
+    left.extend(profiles.instance_profiles().iter().filter(|p| p.instance_profile_name() == name).map(|p| format!("instance profile {}", p.instance_profile_name())));
+    left
+}
+
 async fn raw_ec2() -> aws_sdk_ec2::Client {
     harness();
     let conf = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(aws_config::Region::new("us-east-1")).load().await;
@@ -72,6 +89,22 @@ async fn example_cluster_is_created_checked_rerun_without_changes_and_destroyed_
     let targets: Vec<_> = inv.targets[&inv.target_groups[0].arn].iter().map(|t| (t.instance_id.clone(), t.port)).collect();
     assert_eq!(targets, vec![(master.id.clone(), 6443)]);
 
+    // The masters' role, its policy and the instance profile, and the master launched with it.
+    let role = inv.master_role.as_ref().expect("the masters' role");
+    assert_eq!((role.name.as_str(), role.path.as_str()), ("clusterctl-it-full-master", "/clusterctl/"));
+    assert_eq!(role.tags["clusterctl:cluster"], "it-full");
+    let policy = inv.master_role_policy.as_deref().expect("the masters' inline policy");
+    assert!(provision::iam::same_policy(policy, &provision::iam::master_policy("it-full")), "{policy}");
+    let profile = inv.master_profile.as_ref().expect("the masters' instance profile");
+    assert_eq!(profile.roles, vec![role.name.clone()]);
+    let raw = raw_iam().await.get_instance_profile().instance_profile_name("clusterctl-it-full-master").send().await.unwrap();
+    let raw_roles: Vec<&str> = raw.instance_profile().unwrap().roles().iter().map(|r| r.role_name()).collect();
+    assert_eq!(raw_roles, vec!["clusterctl-it-full-master"]);
+    assert_eq!(master.instance_profile.as_deref(), Some(profile.arn.as_str()), "DescribeInstances shows the master's profile");
+    for worker in inv.instances.iter().filter(|i| i.tags["clusterctl:pool"] != "masters") {
+        assert_eq!(worker.instance_profile, None);
+    }
+
     // The raw SDK agrees on instances by tag.
     let ec2 = raw_ec2().await;
     let found = ec2
@@ -102,6 +135,7 @@ async fn example_cluster_is_created_checked_rerun_without_changes_and_destroyed_
     assert!(stdout.contains("nothing tagged with it remains"), "{stdout}");
     let after = provision::discover(&cloud, "it-full").await.unwrap();
     assert!(after.is_empty(), "left behind: {:?}", after.describe());
+    assert_eq!(iam_leftovers("it-full").await, Vec::<String>::new());
     let stdout = assert_ok(&clusterctl(home.path(), &["destroy", "-f", s, "--yes"]), "second destroy");
     assert!(stdout.contains("nothing to destroy"), "{stdout}");
 }
@@ -151,6 +185,7 @@ async fn a_create_killed_midway_is_finished_by_the_next_with_exactly_the_expecte
 
     assert_ok(&clusterctl(home.path(), &["destroy", "-f", s, "--yes"]), "destroy");
     assert!(provision::discover(&cloud, "it-kill").await.unwrap().is_empty());
+    assert_eq!(iam_leftovers("it-kill").await, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -162,8 +197,10 @@ async fn dry_run_prints_the_plan_and_changes_nothing() {
     let stdout = assert_ok(&clusterctl(home.path(), &["create", "-f", s, "--dry-run"]), "dry run");
     assert!(stdout.contains("+ vpc 10.63.0.0/16"), "{stdout}");
     assert!(stdout.contains("+ instance it-dry-default-1"), "{stdout}");
+    assert!(stdout.contains("+ instance profile clusterctl-it-dry-master"), "{stdout}");
     assert!(stdout.contains("to create"), "{stdout}");
     assert!(provision::discover(&cloud, "it-dry").await.unwrap().is_empty());
+    assert_eq!(iam_leftovers("it-dry").await, Vec::<String>::new());
     assert!(!home.path().join("it-dry").exists(), "dry run wrote no key");
 }
 

@@ -292,6 +292,7 @@ image = { name = "debian-12-*" }
             subnet_id: None,
             private_ip: None,
             public_ip: None,
+            instance_profile: None,
             tags: [(SLOT_TAG.to_string(), slot.to_string())].into(),
         };
         let node = |name: &str, id: &str| {

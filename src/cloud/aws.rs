@@ -1,4 +1,4 @@
-//! The [`Cloud`] implementation on AWS: aws-sdk-ec2 and aws-sdk-elasticloadbalancingv2.
+//! The [`Cloud`] implementation on AWS: aws-sdk-ec2, aws-sdk-elasticloadbalancingv2 and aws-sdk-iam.
 //!
 //! Configuration comes from the standard aws-config chain (environment,
 //! profiles, SSO, instance metadata) and the standard `AWS_ENDPOINT_URL`, so the
@@ -16,6 +16,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2 as ec2;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_elasticloadbalancingv2 as elb;
+use aws_sdk_iam as iam;
 use ipnet::Ipv4Net;
 
 use super::*;
@@ -37,6 +38,8 @@ pub struct AwsOptions {
 pub struct AwsCloud {
     ec2: ec2::Client,
     elb: elb::Client,
+    /// IAM is global; the endpoint override applies to it as to the others (LocalStack serves all).
+    iam: iam::Client,
     region: String,
 }
 
@@ -63,7 +66,7 @@ impl AwsCloud {
         let region = options.region.clone().unwrap_or_else(|| default_region.to_string());
         loader = loader.region(Region::new(region.clone()));
         let config = loader.load().await;
-        AwsCloud { ec2: ec2::Client::new(&config), elb: elb::Client::new(&config), region }
+        AwsCloud { ec2: ec2::Client::new(&config), elb: elb::Client::new(&config), iam: iam::Client::new(&config), region }
     }
 
     /// The region this client talks to.
@@ -116,6 +119,69 @@ fn elb_tags(tags: &Tags) -> Vec<elb::types::Tag> {
     tags.iter().map(|(k, v)| elb::types::Tag::builder().key(k).value(v).build()).collect()
 }
 
+fn iam_tags(tags: &Tags) -> Vec<iam::types::Tag> {
+    // Key and value are always set, so the builder cannot fail.
+    tags.iter().filter_map(|(k, v)| iam::types::Tag::builder().key(k).value(v).build().ok()).collect()
+}
+
+fn from_iam_tags(tags: &[iam::types::Tag]) -> Tags {
+    tags.iter().map(|t| (t.key().to_string(), t.value().to_string())).collect()
+}
+
+/// IAM answers policy documents URL-encoded (RFC 3986); LocalStack answers them as given. Both
+/// come out as the JSON text.
+fn decode_policy(document: &str) -> String {
+    if document.trim_start().starts_with('{') {
+        return document.to_string();
+    }
+    let bytes = document.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn convert_role(r: &iam::types::Role) -> Role {
+    Role {
+        name: r.role_name().to_string(),
+        arn: r.arn().to_string(),
+        path: r.path().to_string(),
+        trust_policy: r.assume_role_policy_document().map(decode_policy).unwrap_or_default(),
+        tags: from_iam_tags(r.tags()),
+    }
+}
+
+fn convert_profile(p: &iam::types::InstanceProfile) -> InstanceProfile {
+    InstanceProfile {
+        name: p.instance_profile_name().to_string(),
+        arn: p.arn().to_string(),
+        path: p.path().to_string(),
+        roles: p.roles().iter().map(|r| r.role_name().to_string()).collect(),
+        tags: from_iam_tags(p.tags()),
+    }
+}
+
+/// Not-found answers of IAM reads become `None`.
+fn absent_is_none<T>(result: CloudResult<T>) -> CloudResult<Option<T>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn parse_net(action: &str, s: Option<&str>) -> CloudResult<Ipv4Net> {
     s.and_then(|s| s.parse().ok())
         .ok_or_else(|| CloudError::new(action, ErrorKind::Other, None, format!("the answer has no valid IPv4 CIDR ({s:?})")))
@@ -148,6 +214,7 @@ fn convert_instance(i: &ec2::types::Instance) -> Option<Instance> {
         subnet_id: i.subnet_id().map(str::to_string),
         private_ip: parse_ip(i.private_ip_address()),
         public_ip: parse_ip(i.public_ip_address()),
+        instance_profile: i.iam_instance_profile().and_then(|p| p.arn()).map(str::to_string),
         tags: ec2_tags(i.tags()),
     })
 }
@@ -485,6 +552,24 @@ impl Cloud for AwsCloud {
         }))
     }
 
+    async fn role(&self, name: &str) -> CloudResult<Option<Role>> {
+        let action = format!("reading role {name}");
+        let result = self.iam.get_role().role_name(name).send().await.map_err(|e| classify(action.clone(), e));
+        absent_is_none(result)?.map(|r| r.role().map(convert_role).ok_or_else(|| missing(&action, "role"))).transpose()
+    }
+
+    async fn role_policy(&self, role: &str, policy_name: &str) -> CloudResult<Option<String>> {
+        let action = format!("reading policy {policy_name} of role {role}");
+        let result = self.iam.get_role_policy().role_name(role).policy_name(policy_name).send().await.map_err(|e| classify(action, e));
+        Ok(absent_is_none(result)?.map(|r| decode_policy(r.policy_document())))
+    }
+
+    async fn instance_profile(&self, name: &str) -> CloudResult<Option<InstanceProfile>> {
+        let action = format!("reading instance profile {name}");
+        let result = self.iam.get_instance_profile().instance_profile_name(name).send().await.map_err(|e| classify(action.clone(), e));
+        absent_is_none(result)?.map(|r| r.instance_profile().map(convert_profile).ok_or_else(|| missing(&action, "instance profile"))).transpose()
+    }
+
     async fn create_vpc(&self, cidr: Ipv4Net, tags: &Tags) -> CloudResult<Vpc> {
         let action = format!("creating VPC {cidr}");
         let resp = self
@@ -677,7 +762,18 @@ impl Cloud for AwsCloud {
             use base64::Engine;
             req = req.user_data(base64::engine::general_purpose::STANDARD.encode(user_data));
         }
-        let resp = req.send().await.map_err(|e| classify(action.clone(), e))?;
+        if let Some(profile) = &request.instance_profile {
+            req = req.iam_instance_profile(ec2::types::IamInstanceProfileSpecification::builder().name(profile).build());
+        }
+        let resp = req.send().await.map_err(|e| {
+            let mut e = classify(action.clone(), e);
+            // EC2 does not see an instance profile made seconds ago yet (IAM is eventually
+            // consistent): that is a not-found, not a bad request.
+            if e.code.as_deref() == Some("InvalidParameterValue") && e.message.to_ascii_lowercase().contains("iam instance profile") {
+                e.kind = ErrorKind::NotFound;
+            }
+            e
+        })?;
         resp.instances().first().and_then(convert_instance).ok_or_else(|| missing(&action, "instance"))
     }
 
@@ -857,5 +953,112 @@ impl Cloud for AwsCloud {
     async fn delete_key_pair(&self, name: &str) -> CloudResult<()> {
         self.ec2.delete_key_pair().key_name(name).send().await.map_err(|e| classify(format!("deleting key pair {name}"), e))?;
         Ok(())
+    }
+
+    async fn create_role(&self, name: &str, path: &str, trust_policy: &str, tags: &Tags) -> CloudResult<Role> {
+        let action = format!("creating role {name}");
+        let resp = self
+            .iam
+            .create_role()
+            .role_name(name)
+            .path(path)
+            .assume_role_policy_document(trust_policy)
+            .set_tags(Some(iam_tags(tags)))
+            .send()
+            .await
+            .map_err(|e| classify(action.clone(), e))?;
+        let mut role = resp.role().map(convert_role).ok_or_else(|| missing(&action, "role"))?;
+        role.trust_policy = trust_policy.to_string();
+        role.tags = tags.clone();
+        Ok(role)
+    }
+
+    async fn put_role_policy(&self, role: &str, policy_name: &str, document: &str) -> CloudResult<()> {
+        self.iam
+            .put_role_policy()
+            .role_name(role)
+            .policy_name(policy_name)
+            .policy_document(document)
+            .send()
+            .await
+            .map_err(|e| classify(format!("putting policy {policy_name} on role {role}"), e))?;
+        Ok(())
+    }
+
+    async fn create_instance_profile(&self, name: &str, path: &str, tags: &Tags) -> CloudResult<InstanceProfile> {
+        let action = format!("creating instance profile {name}");
+        let resp = self
+            .iam
+            .create_instance_profile()
+            .instance_profile_name(name)
+            .path(path)
+            .set_tags(Some(iam_tags(tags)))
+            .send()
+            .await
+            .map_err(|e| classify(action.clone(), e))?;
+        let mut profile = resp.instance_profile().map(convert_profile).ok_or_else(|| missing(&action, "instance profile"))?;
+        profile.tags = tags.clone();
+        Ok(profile)
+    }
+
+    async fn add_role_to_instance_profile(&self, profile: &str, role: &str) -> CloudResult<()> {
+        self.iam
+            .add_role_to_instance_profile()
+            .instance_profile_name(profile)
+            .role_name(role)
+            .send()
+            .await
+            .map_err(|e| classify(format!("adding role {role} to instance profile {profile}"), e))?;
+        Ok(())
+    }
+
+    async fn remove_role_from_instance_profile(&self, profile: &str, role: &str) -> CloudResult<()> {
+        self.iam
+            .remove_role_from_instance_profile()
+            .instance_profile_name(profile)
+            .role_name(role)
+            .send()
+            .await
+            .map_err(|e| classify(format!("removing role {role} from instance profile {profile}"), e))?;
+        Ok(())
+    }
+
+    async fn delete_instance_profile(&self, name: &str) -> CloudResult<()> {
+        self.iam
+            .delete_instance_profile()
+            .instance_profile_name(name)
+            .send()
+            .await
+            .map_err(|e| classify(format!("deleting instance profile {name}"), e))?;
+        Ok(())
+    }
+
+    async fn delete_role_policy(&self, role: &str, policy_name: &str) -> CloudResult<()> {
+        self.iam
+            .delete_role_policy()
+            .role_name(role)
+            .policy_name(policy_name)
+            .send()
+            .await
+            .map_err(|e| classify(format!("deleting policy {policy_name} of role {role}"), e))?;
+        Ok(())
+    }
+
+    async fn delete_role(&self, name: &str) -> CloudResult<()> {
+        self.iam.delete_role().role_name(name).send().await.map_err(|e| classify(format!("deleting role {name}"), e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_documents_are_read_url_encoded_or_plain() {
+        let plain = r#"{"Version":"2012-10-17","Statement":[{"Sid":"A b"}]}"#;
+        let encoded = "%7B%22Version%22%3A%222012-10-17%22%2C%22Statement%22%3A%5B%7B%22Sid%22%3A%22A%20b%22%7D%5D%7D";
+        assert_eq!(decode_policy(plain), plain);
+        assert_eq!(decode_policy(encoded), plain);
     }
 }

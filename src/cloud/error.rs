@@ -65,10 +65,12 @@ impl CloudError {
             "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "ThrottledException"
             | "TooManyRequestsException" | "RequestThrottled" | "RequestThrottledException"
             | "SlowDown" | "EC2ThrottledException" | "PriorRequestNotComplete" => ErrorKind::Throttled,
-            "DependencyViolation" | "ResourceInUse" | "InvalidGroup.InUse" => ErrorKind::DependencyViolation,
+            "DependencyViolation" | "ResourceInUse" | "InvalidGroup.InUse" | "DeleteConflict" => ErrorKind::DependencyViolation,
             "InvalidKeyPair.Duplicate" | "InvalidGroup.Duplicate" | "DuplicateLoadBalancerName"
             | "DuplicateTargetGroupName" | "DuplicateListener" | "Resource.AlreadyAssociated"
-            | "InvalidPermission.Duplicate" | "RouteAlreadyExists" | "DuplicateTagKeys" => ErrorKind::AlreadyExists,
+            | "InvalidPermission.Duplicate" | "RouteAlreadyExists" | "DuplicateTagKeys" | "EntityAlreadyExists" => ErrorKind::AlreadyExists,
+            "NoSuchEntity" => ErrorKind::NotFound,
+            "MalformedPolicyDocument" => ErrorKind::Invalid,
             "AuthFailure" | "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException"
             | "InvalidClientTokenId" | "SignatureDoesNotMatch" | "ExpiredToken" => ErrorKind::AccessDenied,
             "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => ErrorKind::Transport,
@@ -114,6 +116,9 @@ mod tests {
         assert_eq!(CloudError::kind_of_code("InvalidKeyPair.Duplicate"), ErrorKind::AlreadyExists);
         assert_eq!(CloudError::kind_of_code("InvalidParameterValue"), ErrorKind::Invalid);
         assert_eq!(CloudError::kind_of_code("Mystery"), ErrorKind::Other);
+        assert_eq!(CloudError::kind_of_code("NoSuchEntity"), ErrorKind::NotFound);
+        assert_eq!(CloudError::kind_of_code("EntityAlreadyExists"), ErrorKind::AlreadyExists);
+        assert_eq!(CloudError::kind_of_code("DeleteConflict"), ErrorKind::DependencyViolation);
     }
 
     #[test]

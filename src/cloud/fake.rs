@@ -41,6 +41,12 @@ struct State {
     impaired: std::collections::BTreeSet<String>,
     ignore_client_tokens: bool,
     consoles: HashMap<String, String>,
+    roles: BTreeMap<String, Role>,
+    /// Inline policies by (role, policy name).
+    role_policies: BTreeMap<(String, String), String>,
+    profiles: BTreeMap<String, InstanceProfile>,
+    /// Launches left that do not see instance profiles yet (IAM's eventual consistency).
+    profile_invisible_launches: u32,
 }
 
 struct FakeInstance {
@@ -71,7 +77,7 @@ impl Default for FakeCloud {
 }
 
 const MUTATING_PREFIXES: &[&str] =
-    &["create_", "enable_", "attach_", "associate_", "authorize_", "revoke_", "import_", "run_", "terminate_", "register_", "deregister_", "delete_", "disassociate_", "detach_"];
+    &["create_", "enable_", "attach_", "associate_", "authorize_", "revoke_", "import_", "run_", "terminate_", "register_", "deregister_", "delete_", "disassociate_", "detach_", "put_", "add_", "remove_"];
 
 impl FakeCloud {
     /// An empty cloud with a small image catalogue.
@@ -102,6 +108,17 @@ impl FakeCloud {
     /// Makes an instance fail its status checks, as a machine that died outside the API does.
     pub fn impair(&self, instance_id: &str) {
         self.lock().impaired.insert(instance_id.to_string());
+    }
+
+    /// Makes the next `launches` launches that name an instance profile fail as EC2 does while a
+    /// new profile has not reached it yet.
+    pub fn hide_instance_profiles_from_launches(&self, launches: u32) {
+        self.lock().profile_invisible_launches = launches;
+    }
+
+    /// The inline policy document of a role, if any.
+    pub fn role_policy_document(&self, role: &str, policy_name: &str) -> Option<String> {
+        self.lock().role_policies.get(&(role.to_string(), policy_name.to_string())).cloned()
     }
 
     /// Sets what an instance's console shows.
@@ -142,6 +159,9 @@ impl FakeCloud {
             + s.load_balancers.len()
             + s.target_groups.len()
             + s.listeners.len()
+            + s.roles.len()
+            + s.role_policies.len()
+            + s.profiles.len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -294,6 +314,19 @@ impl Cloud for FakeCloud {
         Ok(s.consoles.get(&f.instance.id).cloned())
     }
 
+    async fn role(&self, name: &str) -> CloudResult<Option<Role>> {
+        let s = self.enter("role", || format!("reading role {name}"))?;
+        Ok(s.roles.get(name).cloned())
+    }
+    async fn role_policy(&self, role: &str, policy_name: &str) -> CloudResult<Option<String>> {
+        let s = self.enter("role_policy", || format!("reading policy {policy_name} of role {role}"))?;
+        Ok(s.role_policies.get(&(role.to_string(), policy_name.to_string())).cloned())
+    }
+    async fn instance_profile(&self, name: &str) -> CloudResult<Option<InstanceProfile>> {
+        let s = self.enter("instance_profile", || format!("reading instance profile {name}"))?;
+        Ok(s.profiles.get(name).cloned())
+    }
+
     async fn create_vpc(&self, cidr: Ipv4Net, tags: &Tags) -> CloudResult<Vpc> {
         let mut s = self.enter("create_vpc", || format!("creating VPC {cidr}"))?;
         let vpc = Vpc { id: s.id("vpc"), cidr, tags: tags.clone() };
@@ -416,6 +449,16 @@ impl Cloud for FakeCloud {
             }
         }
         let subnet = s.subnets.get(&request.subnet_id).cloned().ok_or_else(|| not_found(action(), "InvalidSubnetID.NotFound"))?;
+        let mut instance_profile = None;
+        if let Some(name) = &request.instance_profile {
+            // As EC2 answers (and aws.rs classifies) a profile it does not see (yet).
+            let invisible = || CloudError::new(action(), ErrorKind::NotFound, Some("InvalidParameterValue".into()), format!("Value ({name}) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"));
+            if s.profile_invisible_launches > 0 {
+                s.profile_invisible_launches -= 1;
+                return Err(invisible());
+            }
+            instance_profile = Some(s.profiles.get(name).ok_or_else(invisible)?.arn.clone());
+        }
         if !s.key_pairs.contains_key(&request.key_name) {
             return Err(not_found(action(), "InvalidKeyPair.NotFound"));
         }
@@ -430,6 +473,7 @@ impl Cloud for FakeCloud {
             subnet_id: Some(subnet.id.clone()),
             private_ip: Some(private_ip),
             public_ip,
+            instance_profile,
             tags: request.tags.clone(),
         };
         let hidden_reads = s.hide_new_instances_for;
@@ -653,6 +697,95 @@ impl Cloud for FakeCloud {
         let action = || format!("deleting key pair {name}");
         let mut s = self.enter("delete_key_pair", action)?;
         s.key_pairs.remove(name).map(|_| ()).ok_or_else(|| not_found(action(), "InvalidKeyPair.NotFound"))
+    }
+
+    async fn create_role(&self, name: &str, path: &str, trust_policy: &str, tags: &Tags) -> CloudResult<Role> {
+        let action = || format!("creating role {name}");
+        let mut s = self.enter("create_role", action)?;
+        if s.roles.contains_key(name) {
+            return Err(CloudError::new(action(), ErrorKind::AlreadyExists, Some("EntityAlreadyExists".into()), ""));
+        }
+        serde_json::from_str::<serde_json::Value>(trust_policy)
+            .map_err(|e| CloudError::new(action(), ErrorKind::Invalid, Some("MalformedPolicyDocument".into()), e.to_string()))?;
+        let role = Role { name: name.into(), arn: format!("arn:aws:iam::000000000000:role{path}{name}"), path: path.into(), trust_policy: trust_policy.into(), tags: tags.clone() };
+        s.roles.insert(name.into(), role.clone());
+        Ok(role)
+    }
+    async fn put_role_policy(&self, role: &str, policy_name: &str, document: &str) -> CloudResult<()> {
+        let action = || format!("putting policy {policy_name} on role {role}");
+        let mut s = self.enter("put_role_policy", action)?;
+        if !s.roles.contains_key(role) {
+            return Err(not_found(action(), "NoSuchEntity"));
+        }
+        serde_json::from_str::<serde_json::Value>(document)
+            .map_err(|e| CloudError::new(action(), ErrorKind::Invalid, Some("MalformedPolicyDocument".into()), e.to_string()))?;
+        s.role_policies.insert((role.into(), policy_name.into()), document.into());
+        Ok(())
+    }
+    async fn create_instance_profile(&self, name: &str, path: &str, tags: &Tags) -> CloudResult<InstanceProfile> {
+        let action = || format!("creating instance profile {name}");
+        let mut s = self.enter("create_instance_profile", action)?;
+        if s.profiles.contains_key(name) {
+            return Err(CloudError::new(action(), ErrorKind::AlreadyExists, Some("EntityAlreadyExists".into()), ""));
+        }
+        let profile = InstanceProfile { name: name.into(), arn: format!("arn:aws:iam::000000000000:instance-profile{path}{name}"), path: path.into(), roles: vec![], tags: tags.clone() };
+        s.profiles.insert(name.into(), profile.clone());
+        Ok(profile)
+    }
+    async fn add_role_to_instance_profile(&self, profile: &str, role: &str) -> CloudResult<()> {
+        let action = || format!("adding role {role} to instance profile {profile}");
+        let mut s = self.enter("add_role_to_instance_profile", action)?;
+        if !s.roles.contains_key(role) {
+            return Err(not_found(action(), "NoSuchEntity"));
+        }
+        let p = s.profiles.get_mut(profile).ok_or_else(|| not_found(action(), "NoSuchEntity"))?;
+        if !p.roles.is_empty() {
+            // AWS allows one role per profile, and says so with a quota error even for the same role.
+            return Err(CloudError::new(action(), ErrorKind::Other, Some("LimitExceeded".into()), "Cannot exceed quota for InstanceSessionsPerInstanceProfile: 1"));
+        }
+        p.roles.push(role.into());
+        Ok(())
+    }
+    async fn remove_role_from_instance_profile(&self, profile: &str, role: &str) -> CloudResult<()> {
+        let action = || format!("removing role {role} from instance profile {profile}");
+        let mut s = self.enter("remove_role_from_instance_profile", action)?;
+        let p = s.profiles.get_mut(profile).ok_or_else(|| not_found(action(), "NoSuchEntity"))?;
+        let before = p.roles.len();
+        p.roles.retain(|r| r != role);
+        if p.roles.len() == before {
+            return Err(not_found(action(), "NoSuchEntity"));
+        }
+        Ok(())
+    }
+    async fn delete_instance_profile(&self, name: &str) -> CloudResult<()> {
+        let action = || format!("deleting instance profile {name}");
+        let mut s = self.enter("delete_instance_profile", action)?;
+        let p = s.profiles.get(name).ok_or_else(|| not_found(action(), "NoSuchEntity"))?;
+        if !p.roles.is_empty() {
+            return Err(CloudError::new(action(), ErrorKind::DependencyViolation, Some("DeleteConflict".into()), "the profile still holds a role"));
+        }
+        s.profiles.remove(name);
+        Ok(())
+    }
+    async fn delete_role_policy(&self, role: &str, policy_name: &str) -> CloudResult<()> {
+        let action = || format!("deleting policy {policy_name} of role {role}");
+        let mut s = self.enter("delete_role_policy", action)?;
+        s.role_policies.remove(&(role.to_string(), policy_name.to_string())).map(|_| ()).ok_or_else(|| not_found(action(), "NoSuchEntity"))
+    }
+    async fn delete_role(&self, name: &str) -> CloudResult<()> {
+        let action = || format!("deleting role {name}");
+        let mut s = self.enter("delete_role", action)?;
+        if !s.roles.contains_key(name) {
+            return Err(not_found(action(), "NoSuchEntity"));
+        }
+        if s.role_policies.keys().any(|(r, _)| r == name) {
+            return Err(CloudError::new(action(), ErrorKind::DependencyViolation, Some("DeleteConflict".into()), "the role still has inline policies"));
+        }
+        if s.profiles.values().any(|p| p.roles.iter().any(|r| r == name)) {
+            return Err(CloudError::new(action(), ErrorKind::DependencyViolation, Some("DeleteConflict".into()), "the role is still in an instance profile"));
+        }
+        s.roles.remove(name);
+        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@
 //!   retry semantics (throttling back-off under one shared budget, eventual
 //!   consistency, `DependencyViolation` until a deadline, not-found on delete
 //!   is success). Layers above always talk to a `Resilient<C>`;
-//! - [`aws`]: the implementation on aws-sdk-ec2 and aws-sdk-elasticloadbalancingv2;
+//! - [`aws`]: the implementation on aws-sdk-ec2, aws-sdk-elasticloadbalancingv2 and aws-sdk-iam;
 //! - [`fake`]: a stateful in-memory cloud with failure injection, for unit tests.
 
 pub mod aws;
@@ -204,6 +204,8 @@ pub struct Instance {
     pub subnet_id: Option<String>,
     pub private_ip: Option<Ipv4Addr>,
     pub public_ip: Option<Ipv4Addr>,
+    /// ARN of the instance profile the instance was launched with, if any.
+    pub instance_profile: Option<String>,
     pub tags: Tags,
 }
 
@@ -219,6 +221,8 @@ pub struct LaunchRequest {
     /// Idempotency token: a retried launch with the same token must not make a second instance.
     pub client_token: String,
     pub user_data: Option<String>,
+    /// Name of the IAM instance profile that gives the instance its credentials.
+    pub instance_profile: Option<String>,
     pub tags: Tags,
 }
 
@@ -279,6 +283,28 @@ pub struct TargetHealth {
     pub state: String,
 }
 
+/// An IAM role (global, not regional), with the document that says who may assume it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Role {
+    pub name: String,
+    pub arn: String,
+    pub path: String,
+    /// The trust policy, as JSON text.
+    pub trust_policy: String,
+    pub tags: Tags,
+}
+
+/// An IAM instance profile: what an EC2 instance is launched with to get a role's credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceProfile {
+    pub name: String,
+    pub arn: String,
+    pub path: String,
+    /// Names of the roles in the profile (at most one on AWS).
+    pub roles: Vec<String>,
+    pub tags: Tags,
+}
+
 /// Everything a cluster needs from a cloud.
 ///
 /// Listing calls take a tag selector: a resource matches when it carries every
@@ -319,6 +345,14 @@ pub trait Cloud: Send + Sync {
     async fn image(&self, id: &str) -> CloudResult<Image>;
     /// What the instance printed on its console (decoded), if anything yet.
     async fn console_output(&self, instance_id: &str) -> CloudResult<Option<String>>;
+    /// An IAM role by name; `None` when there is none. (IAM is global and names are unique per
+    /// account, so roles are found by name and then checked for the cluster's tag.)
+    async fn role(&self, name: &str) -> CloudResult<Option<Role>>;
+    /// The inline policy document of a role (JSON text, decoded); `None` when the role has no
+    /// policy of that name.
+    async fn role_policy(&self, role: &str, policy_name: &str) -> CloudResult<Option<String>>;
+    /// An IAM instance profile by name; `None` when there is none.
+    async fn instance_profile(&self, name: &str) -> CloudResult<Option<InstanceProfile>>;
 
     /// Creates a VPC.
     async fn create_vpc(&self, cidr: Ipv4Net, tags: &Tags) -> CloudResult<Vpc>;
@@ -381,6 +415,23 @@ pub trait Cloud: Send + Sync {
     async fn delete_vpc(&self, id: &str) -> CloudResult<()>;
     /// Deletes a key pair.
     async fn delete_key_pair(&self, name: &str) -> CloudResult<()>;
+
+    /// Creates an IAM role under `path` (`/clusterctl/`) that `trust_policy` lets assume it.
+    async fn create_role(&self, name: &str, path: &str, trust_policy: &str, tags: &Tags) -> CloudResult<Role>;
+    /// Creates or replaces a role's inline policy.
+    async fn put_role_policy(&self, role: &str, policy_name: &str, document: &str) -> CloudResult<()>;
+    /// Creates an IAM instance profile with no role.
+    async fn create_instance_profile(&self, name: &str, path: &str, tags: &Tags) -> CloudResult<InstanceProfile>;
+    /// Puts a role into an instance profile.
+    async fn add_role_to_instance_profile(&self, profile: &str, role: &str) -> CloudResult<()>;
+    /// Takes a role out of an instance profile.
+    async fn remove_role_from_instance_profile(&self, profile: &str, role: &str) -> CloudResult<()>;
+    /// Deletes an instance profile (it must hold no role).
+    async fn delete_instance_profile(&self, name: &str) -> CloudResult<()>;
+    /// Deletes a role's inline policy.
+    async fn delete_role_policy(&self, role: &str, policy_name: &str) -> CloudResult<()>;
+    /// Deletes a role (it must have no inline policy and be in no instance profile).
+    async fn delete_role(&self, name: &str) -> CloudResult<()>;
 }
 
 /// Whether `tags` carries every tag of `selector`.

@@ -10,7 +10,9 @@
 //!   association is success;
 //! - `DependencyViolation` on delete is retried until a deadline;
 //! - creates are not retried after a transport failure (the create may have
-//!   happened), except launches, which carry an idempotency token.
+//!   happened), except launches, which carry an idempotency token;
+//! - a launch that names something not visible yet (an instance profile made
+//!   seconds ago: IAM is eventually consistent) is retried until a deadline.
 //!
 //! It also records every mutating call, so that "no changes" can be proved.
 
@@ -137,7 +139,9 @@ impl Resilient {
                 ErrorKind::Transport if class != Class::Create => {
                     (elapsed < self.policy.throttle_deadline).then(|| self.backoff(attempt))
                 }
-                ErrorKind::NotFound if matches!(class, Class::Read | Class::Mutate) => {
+                // A launch refers to a subnet, groups, a key pair and an instance profile that may
+                // have been created a moment ago.
+                ErrorKind::NotFound if matches!(class, Class::Read | Class::Mutate | Class::Launch) => {
                     (elapsed < self.policy.consistency_deadline).then(|| self.backoff(attempt.min(4)))
                 }
                 ErrorKind::DependencyViolation if class == Class::Delete => {
@@ -240,6 +244,15 @@ impl Cloud for Resilient {
 
     async fn console_output(&self, instance_id: &str) -> CloudResult<Option<String>> {
         self.call(Class::Read, String::new(), || self.inner.console_output(instance_id)).await
+    }
+    async fn role(&self, name: &str) -> CloudResult<Option<Role>> {
+        self.call(Class::Read, String::new(), || self.inner.role(name)).await
+    }
+    async fn role_policy(&self, role: &str, policy_name: &str) -> CloudResult<Option<String>> {
+        self.call(Class::Read, String::new(), || self.inner.role_policy(role, policy_name)).await
+    }
+    async fn instance_profile(&self, name: &str) -> CloudResult<Option<InstanceProfile>> {
+        self.call(Class::Read, String::new(), || self.inner.instance_profile(name)).await
     }
 
     async fn create_vpc(&self, cidr: Ipv4Net, tags: &Tags) -> CloudResult<Vpc> {
@@ -371,5 +384,31 @@ impl Cloud for Resilient {
     }
     async fn delete_key_pair(&self, name: &str) -> CloudResult<()> {
         self.delete(format!("delete_key_pair {name}"), || self.inner.delete_key_pair(name)).await
+    }
+
+    async fn create_role(&self, name: &str, path: &str, trust_policy: &str, tags: &Tags) -> CloudResult<Role> {
+        self.call(Class::Create, format!("create_role {name}"), || self.inner.create_role(name, path, trust_policy, tags)).await
+    }
+    async fn put_role_policy(&self, role: &str, policy_name: &str, document: &str) -> CloudResult<()> {
+        // Replacing a policy is idempotent; the role may have been created a moment ago.
+        self.mutate(format!("put_role_policy {role} {policy_name}"), || self.inner.put_role_policy(role, policy_name, document)).await
+    }
+    async fn create_instance_profile(&self, name: &str, path: &str, tags: &Tags) -> CloudResult<InstanceProfile> {
+        self.call(Class::Create, format!("create_instance_profile {name}"), || self.inner.create_instance_profile(name, path, tags)).await
+    }
+    async fn add_role_to_instance_profile(&self, profile: &str, role: &str) -> CloudResult<()> {
+        self.mutate(format!("add_role_to_instance_profile {profile} {role}"), || self.inner.add_role_to_instance_profile(profile, role)).await
+    }
+    async fn remove_role_from_instance_profile(&self, profile: &str, role: &str) -> CloudResult<()> {
+        self.delete(format!("remove_role_from_instance_profile {profile} {role}"), || self.inner.remove_role_from_instance_profile(profile, role)).await
+    }
+    async fn delete_instance_profile(&self, name: &str) -> CloudResult<()> {
+        self.delete(format!("delete_instance_profile {name}"), || self.inner.delete_instance_profile(name)).await
+    }
+    async fn delete_role_policy(&self, role: &str, policy_name: &str) -> CloudResult<()> {
+        self.delete(format!("delete_role_policy {role} {policy_name}"), || self.inner.delete_role_policy(role, policy_name)).await
+    }
+    async fn delete_role(&self, name: &str) -> CloudResult<()> {
+        self.delete(format!("delete_role {name}"), || self.inner.delete_role(name)).await
     }
 }

@@ -40,6 +40,7 @@ fn instance(id: &str) -> Instance {
         subnet_id: None,
         private_ip: None,
         public_ip: None,
+        instance_profile: None,
         tags: Default::default(),
     }
 }
@@ -77,6 +78,7 @@ async fn network(cloud: &dyn Cloud) -> (Network, Vec<String>) {
             disk_gb: 8,
             client_token: format!("t{n}"),
             user_data: None,
+            instance_profile: None,
             tags: owned_by("c1"),
         };
         ids.push(cloud.run_instance(&request).await.unwrap().id);

@@ -1,8 +1,9 @@
 //! Deletes everything a cluster owns, found by its ownership tag, in dependency order.
 //!
 //! Order: listeners, load balancers, target groups, instances (and wait until
-//! terminated), security groups, subnets, route tables, internet gateway
-//! (detach, delete), VPC, key pair. Every step goes on after a failure so
+//! terminated), the masters' instance profile and role (only once no instance
+//! can use them any more), security groups, subnets, route tables, internet
+//! gateway (detach, delete), VPC, key pair. Every step goes on after a failure so
 //! that as much as possible is removed; the report lists what remains.
 
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tokio::time::Instant;
 use crate::cloud::{Cloud, CloudError, InstanceState};
 use crate::report::Reporter;
 
+use super::iam::MASTER_POLICY_NAME;
 use super::inventory::{discover, Inventory};
 use super::ProvisionError;
 
@@ -73,17 +75,39 @@ pub async fn destroy(cloud: &dyn Cloud, cluster: &str, instance_deadline: Durati
         run.record(format!("target group {}", tg.name), cloud.delete_target_group(&tg.arn).await);
     }
 
+    let mut instances_gone = true;
     if !inv.instances.is_empty() {
         reporter.phase("terminating instances");
         let ids: Vec<String> = inv.instances.iter().map(|i| i.id.clone()).collect();
         let result = cloud.terminate_instances(&ids).await;
-        let ok = result.is_ok();
+        instances_gone = result.is_ok();
         run.record(format!("instances {}", ids.join(", ")), result);
-        if ok {
-            if let Err(e) = wait_terminated(cloud, &inv, instance_deadline, reporter).await {
-                reporter.warn(&e.to_string());
-                run.report.errors.push(e.to_string());
+        if instances_gone && let Err(e) = wait_terminated(cloud, &inv, instance_deadline, reporter).await {
+            instances_gone = false;
+            reporter.warn(&e.to_string());
+            run.report.errors.push(e.to_string());
+        }
+    }
+
+    if inv.master_role.is_some() || inv.master_profile.is_some() {
+        if instances_gone {
+            reporter.phase("deleting the masters' instance profile and role");
+            if let Some(p) = &inv.master_profile {
+                for role in &p.roles {
+                    run.record(format!("role {role} in instance profile {}", p.name), cloud.remove_role_from_instance_profile(&p.name, role).await);
+                }
+                run.record(format!("instance profile {}", p.name), cloud.delete_instance_profile(&p.name).await);
             }
+            if let Some(r) = &inv.master_role {
+                if inv.master_role_policy.is_some() {
+                    run.record(format!("policy {MASTER_POLICY_NAME} of role {}", r.name), cloud.delete_role_policy(&r.name, MASTER_POLICY_NAME).await);
+                }
+                run.record(format!("iam role {}", r.name), cloud.delete_role(&r.name).await);
+            }
+        } else {
+            let e = "kept the masters' instance profile and role: instances may still use them; run destroy again";
+            reporter.warn(e);
+            run.report.errors.push(e.into());
         }
     }
 

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::cloud::{
-    owned_by, Cloud, Instance, InternetGateway, KeyPair, Listener, LoadBalancer, RouteTable, SecurityGroup, Subnet, TargetGroup,
-    TargetHealth, Vpc, POOL_TAG, ROLE_TAG, SLOT_TAG,
+    owned_by, tags_match, Cloud, Instance, InstanceProfile, InternetGateway, KeyPair, Listener, LoadBalancer, Role, RouteTable,
+    SecurityGroup, Subnet, TargetGroup, TargetHealth, Vpc, POOL_TAG, ROLE_TAG, SLOT_TAG,
 };
 
+use super::iam::{master_role_name, MASTER_POLICY_NAME};
 use super::ProvisionError;
 
 /// Every resource carrying a cluster's ownership tag.
@@ -28,6 +29,12 @@ pub struct Inventory {
     pub listeners: Vec<Listener>,
     /// Registered targets per target group ARN.
     pub targets: BTreeMap<String, Vec<TargetHealth>>,
+    /// The masters' IAM role (global, found by name, kept only when it carries the cluster's tag).
+    pub master_role: Option<Role>,
+    /// The masters' inline policy document (JSON text), when the role has it.
+    pub master_role_policy: Option<String>,
+    /// The masters' instance profile (found by name, kept only when it carries the cluster's tag).
+    pub master_profile: Option<InstanceProfile>,
 }
 
 /// Lists everything tagged as owned by the cluster.
@@ -52,6 +59,15 @@ pub async fn discover(cloud: &dyn Cloud, cluster: &str) -> Result<Inventory, Pro
     for tg in &target_groups {
         targets.insert(tg.arn.clone(), cloud.target_health(&tg.arn).await?);
     }
+    // IAM is global and has no tag filters: the names are the cluster's, the tag proves it.
+    let role_name = master_role_name(cluster);
+    let (master_role, master_profile) = tokio::try_join!(cloud.role(&role_name), cloud.instance_profile(&role_name))?;
+    let master_role = master_role.filter(|r| tags_match(&r.tags, &owned));
+    let master_profile = master_profile.filter(|p| tags_match(&p.tags, &owned));
+    let master_role_policy = match &master_role {
+        Some(r) => cloud.role_policy(&r.name, MASTER_POLICY_NAME).await?,
+        None => None,
+    };
     Ok(Inventory {
         vpcs,
         subnets,
@@ -64,6 +80,9 @@ pub async fn discover(cloud: &dyn Cloud, cluster: &str) -> Result<Inventory, Pro
         target_groups,
         listeners,
         targets,
+        master_role,
+        master_role_policy,
+        master_profile,
     })
 }
 
@@ -85,6 +104,9 @@ impl Inventory {
             + self.load_balancers.len()
             + self.target_groups.len()
             + self.listeners.len()
+            + usize::from(self.master_role.is_some())
+            + usize::from(self.master_role_policy.is_some())
+            + usize::from(self.master_profile.is_some())
     }
 
     /// One line per resource: `kind id (name)`, for listings of what remains.
@@ -101,6 +123,16 @@ impl Inventory {
         out.extend(self.load_balancers.iter().map(|l| format!("load balancer {}", l.name)));
         out.extend(self.target_groups.iter().map(|t| format!("target group {}", t.name)));
         out.extend(self.listeners.iter().map(|l| format!("listener {} port {}", l.arn, l.port)));
+        if let Some(r) = &self.master_role {
+            out.push(format!("iam role {}{}", r.path, r.name));
+            if self.master_role_policy.is_some() {
+                out.push(format!("iam role policy {} of {}", MASTER_POLICY_NAME, r.name));
+            }
+        }
+        if let Some(p) = &self.master_profile {
+            let roles = if p.roles.is_empty() { "no role".to_string() } else { format!("role {}", p.roles.join(", ")) };
+            out.push(format!("instance profile {}{} ({roles})", p.path, p.name));
+        }
         out
     }
 

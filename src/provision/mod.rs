@@ -7,13 +7,15 @@
 //!   that `--dry-run` prints and [`converge`] applies;
 //! - [`converge`]: applies a plan (instances launched in parallel), then waits
 //!   until instances run and the API's targets are registered;
-//! - [`destroy`]: deletes everything the cluster owns, in dependency order.
+//! - [`destroy`]: deletes everything the cluster owns, in dependency order;
+//! - [`iam`]: the masters' IAM role, its least-privilege policy and instance profile.
 //!
 //! Everything here talks to a [`crate::cloud::Cloud`], normally a
 //! [`crate::cloud::Resilient`], and reports through a [`crate::report::Reporter`].
 
 pub mod converge;
 pub mod destroy;
+pub mod iam;
 pub mod inventory;
 pub mod plan;
 
@@ -116,6 +118,11 @@ impl<'a> Names<'a> {
     /// Name of the imported key pair.
     pub fn key_pair(&self) -> String {
         format!("clusterctl-{}", self.cluster())
+    }
+
+    /// Name of the masters' IAM role and of the instance profile that carries it.
+    pub fn master_role(&self) -> String {
+        iam::master_role_name(self.cluster())
     }
 
     /// Name of the API load balancer and of its target group (at most 32 characters by spec validation).

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::cloud::{Instance, IngressRule, Protocol, ROLE_TAG};
 use crate::spec::ClusterSpec;
 
+use super::iam::{master_policy, same_policy, MASTER_POLICY_NAME};
 use super::inventory::{pool_slot, Inventory};
 use super::{GroupRole, Names, ProvisionError};
 
@@ -32,6 +33,11 @@ pub enum Step {
     AuthorizeIngress { group: String, rules: Vec<IngressRule> },
     RevokeIngress { group: String, rules: Vec<IngressRule> },
     ImportKeyPair { name: String },
+    CreateRole { name: String },
+    PutRolePolicy { role: String, policy: String },
+    UpdateRolePolicy { role: String, policy: String },
+    CreateInstanceProfile { name: String },
+    AddRoleToInstanceProfile { profile: String, role: String },
     LaunchInstance { pool: String, slot: u32, name: String, zone: String, instance_type: String },
     TerminateInstance { id: String, name: String, reason: String },
     CreateTargetGroup { name: String, port: u16 },
@@ -54,7 +60,9 @@ impl Step {
             | Step::AuthorizeIngress { .. }
             | Step::RevokeIngress { .. }
             | Step::RegisterMasters { .. }
-            | Step::DeregisterTargets { .. } => '~',
+            | Step::DeregisterTargets { .. }
+            | Step::UpdateRolePolicy { .. }
+            | Step::AddRoleToInstanceProfile { .. } => '~',
             Step::TerminateInstance { .. } | Step::DeleteListener { .. } | Step::DeleteLoadBalancer { .. } | Step::DeleteTargetGroup { .. } => '-',
             _ => '+',
         }
@@ -77,6 +85,11 @@ impl fmt::Display for Step {
             Step::AuthorizeIngress { group, rules: r } => write!(f, "security group {group}: allow {}", rules(r)),
             Step::RevokeIngress { group, rules: r } => write!(f, "security group {group}: revoke {}", rules(r)),
             Step::ImportKeyPair { name } => write!(f, "key pair {name}"),
+            Step::CreateRole { name } => write!(f, "iam role {name} (for the masters' instances)"),
+            Step::PutRolePolicy { role, policy } => write!(f, "iam role {role}: inline policy {policy}"),
+            Step::UpdateRolePolicy { role, policy } => write!(f, "iam role {role}: update inline policy {policy}"),
+            Step::CreateInstanceProfile { name } => write!(f, "instance profile {name}"),
+            Step::AddRoleToInstanceProfile { profile, role } => write!(f, "instance profile {profile}: add role {role}"),
             Step::LaunchInstance { name, zone, instance_type, .. } => write!(f, "instance {name} ({instance_type} in {zone})"),
             Step::TerminateInstance { id, name, reason } => write!(f, "instance {name} ({id}): {reason}"),
             Step::CreateTargetGroup { name, port } => write!(f, "target group {name} (tcp/{port})"),
@@ -262,6 +275,35 @@ pub fn plan(spec: &ClusterSpec, inventory: &Inventory) -> Result<Plan, Provision
                 }
             }
         }
+    }
+
+    // The masters' credentials, before any master is launched with them.
+    let role = names.master_role();
+    match (&inventory.master_role, &inventory.master_role_policy) {
+        (None, _) => {
+            steps.push(Step::CreateRole { name: role.clone() });
+            steps.push(Step::PutRolePolicy { role: role.clone(), policy: MASTER_POLICY_NAME.into() });
+        }
+        (Some(_), None) => steps.push(Step::PutRolePolicy { role: role.clone(), policy: MASTER_POLICY_NAME.into() }),
+        (Some(_), Some(doc)) if !same_policy(doc, &master_policy(spec.name.as_str())) => {
+            steps.push(Step::UpdateRolePolicy { role: role.clone(), policy: MASTER_POLICY_NAME.into() })
+        }
+        (Some(_), Some(_)) => {}
+    }
+    match &inventory.master_profile {
+        None => {
+            steps.push(Step::CreateInstanceProfile { name: role.clone() });
+            steps.push(Step::AddRoleToInstanceProfile { profile: role.clone(), role: role.clone() });
+        }
+        Some(p) if p.roles.is_empty() => steps.push(Step::AddRoleToInstanceProfile { profile: role.clone(), role: role.clone() }),
+        Some(p) if !p.roles.contains(&role) => {
+            return Err(ProvisionError::Conflict(format!(
+                "the instance profile {} holds role {} instead of {role}; remove that role from it (aws iam remove-role-from-instance-profile) and run create again",
+                p.name,
+                p.roles.join(", ")
+            )));
+        }
+        Some(_) => {}
     }
 
     // Key pair.

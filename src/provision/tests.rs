@@ -299,3 +299,146 @@ async fn pools_keep_a_count_of_machines_whatever_their_slots() {
     let workers: Vec<u32> = done.instances.keys().filter(|(p, _)| p == "default").map(|(_, s)| *s).collect();
     assert_eq!(workers, vec![0], "terminated machines are not among the converged ones");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_plan_makes_the_masters_role_policy_and_profile_before_any_launch() {
+    let (_fake, cloud) = setup();
+    let spec = spec_with(1);
+    let p = plan(&spec, &discover(&cloud, "t1").await.unwrap()).unwrap();
+    let position = |want: &Step| p.steps.iter().position(|s| s == want).unwrap_or_else(|| panic!("{want:?} missing from\n{p}"));
+    let role = "clusterctl-t1-master".to_string();
+    let create_role = position(&Step::CreateRole { name: role.clone() });
+    let put = position(&Step::PutRolePolicy { role: role.clone(), policy: "clusterctl-master".into() });
+    let profile = position(&Step::CreateInstanceProfile { name: role.clone() });
+    let add = position(&Step::AddRoleToInstanceProfile { profile: role.clone(), role: role.clone() });
+    let first_launch = p.steps.iter().position(|s| matches!(s, Step::LaunchInstance { .. })).unwrap();
+    assert!(create_role < put && put < add && profile < add && add < first_launch, "{p}");
+    assert!(p.to_string().contains("+ instance profile clusterctl-t1-master"), "{p}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn converge_launches_masters_with_the_profile_and_a_rerun_changes_nothing() {
+    let (fake, cloud) = setup();
+    let spec = spec_with(1);
+    create(&cloud, &spec).await;
+    let inv = discover(&cloud, "t1").await.unwrap();
+    let role = inv.master_role.as_ref().expect("role");
+    assert_eq!((role.name.as_str(), role.path.as_str()), ("clusterctl-t1-master", "/clusterctl/"));
+    assert_eq!(role.tags["clusterctl:cluster"], "t1");
+    let trust: serde_json::Value = serde_json::from_str(&role.trust_policy).unwrap();
+    assert_eq!(trust["Statement"][0]["Principal"]["Service"], "ec2.amazonaws.com");
+    let profile = inv.master_profile.as_ref().expect("profile");
+    assert_eq!(profile.roles, vec![role.name.clone()]);
+    let policy: serde_json::Value = serde_json::from_str(inv.master_role_policy.as_deref().expect("policy")).unwrap();
+    assert_eq!(policy, iam::master_policy("t1"));
+    for i in &inv.instances {
+        let want = (i.tags["clusterctl:pool"] == "masters").then(|| profile.arn.clone());
+        assert_eq!(i.instance_profile, want, "{}", i.tags["Name"]);
+    }
+    assert!(inv.describe().iter().any(|l| l == "instance profile /clusterctl/clusterctl-t1-master (role clusterctl-t1-master)"), "{:?}", inv.describe());
+
+    fake.clear_calls();
+    let done = create(&Resilient::new(fake.clone(), RetryPolicy::default()), &spec).await;
+    assert!(done.plan.is_empty(), "{}", done.plan);
+    assert_eq!(fake.mutating_calls(), Vec::<String>::new());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_policy_that_differs_is_replaced_and_a_profile_without_its_role_gets_it() {
+    let (fake, cloud) = setup();
+    let spec = spec_with(1);
+    create(&cloud, &spec).await;
+    cloud.put_role_policy("clusterctl-t1-master", "clusterctl-master", r#"{"Version":"2012-10-17","Statement":[]}"#).await.unwrap();
+    cloud.remove_role_from_instance_profile("clusterctl-t1-master", "clusterctl-t1-master").await.unwrap();
+    let p = plan(&spec, &discover(&cloud, "t1").await.unwrap()).unwrap();
+    assert_eq!(
+        p.steps,
+        vec![
+            Step::UpdateRolePolicy { role: "clusterctl-t1-master".into(), policy: "clusterctl-master".into() },
+            Step::AddRoleToInstanceProfile { profile: "clusterctl-t1-master".into(), role: "clusterctl-t1-master".into() },
+        ]
+    );
+    assert!(p.to_string().contains("~ iam role clusterctl-t1-master: update inline policy"), "{p}");
+    create(&cloud, &spec).await;
+    let doc = fake.role_policy_document("clusterctl-t1-master", "clusterctl-master").unwrap();
+    assert!(iam::same_policy(&doc, &iam::master_policy("t1")));
+    assert!(plan(&spec, &discover(&cloud, "t1").await.unwrap()).unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_role_of_the_same_name_without_the_cluster_tag_is_not_the_clusters() {
+    let (_fake, cloud) = setup();
+    cloud.create_role("clusterctl-t1-master", "/clusterctl/", "{}", &crate::cloud::owned_by("someone-else")).await.unwrap();
+    let inv = discover(&cloud, "t1").await.unwrap();
+    assert!(inv.master_role.is_none() && inv.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_launch_waits_until_a_new_instance_profile_is_visible_to_ec2() {
+    let (fake, cloud) = setup();
+    let spec = spec_with(1);
+    fake.hide_instance_profiles_from_launches(3);
+    create(&cloud, &spec).await;
+    let inv = discover(&cloud, "t1").await.unwrap();
+    let master = inv.instances.iter().find(|i| i.tags["clusterctl:pool"] == "masters").unwrap();
+    assert!(master.instance_profile.is_some());
+    assert_eq!(inv.instances.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_role_creation_stops_before_any_launch_and_the_next_run_finishes() {
+    let (fake, cloud) = setup();
+    let spec = spec_with(1);
+    fake.fail("create_role", ErrorKind::AccessDenied, 1);
+    let err = converge(&cloud, &spec, &options(), &NoReport).await.unwrap_err();
+    assert!(err.to_string().contains("access denied"), "{err}");
+    assert!(fake.live_instances().is_empty());
+    create(&cloud, &spec).await;
+    assert!(discover(&cloud, "t1").await.unwrap().master_profile.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn destroy_removes_the_profile_and_role_after_the_instances() {
+    let (fake, cloud) = setup();
+    let spec = spec_with(1);
+    create(&cloud, &spec).await;
+    fake.clear_calls();
+    let report = destroy(&cloud, "t1", Duration::from_secs(60), &NoReport).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(fake.resource_count(), 0);
+    let calls = fake.mutating_calls();
+    let at = |op: &str| calls.iter().position(|c| c == op).unwrap_or_else(|| panic!("{op} not called: {calls:?}"));
+    assert!(at("terminate_instances") < at("remove_role_from_instance_profile"));
+    assert!(at("remove_role_from_instance_profile") < at("delete_instance_profile"));
+    assert!(at("delete_role_policy") < at("delete_role"));
+    assert!(report.deleted.iter().any(|d| d == "iam role clusterctl-t1-master"), "{:?}", report.deleted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn destroy_keeps_the_profile_while_instances_may_still_use_it() {
+    let (fake, cloud) = setup();
+    let spec = spec_with(1);
+    create(&cloud, &spec).await;
+    fake.fail("terminate_instances", ErrorKind::AccessDenied, 1);
+    let report = destroy(&cloud, "t1", Duration::from_secs(60), &NoReport).await.unwrap();
+    assert!(report.remaining.iter().any(|r| r.starts_with("instance profile")), "{:?}", report.remaining);
+    assert!(!fake.calls().iter().any(|c| c == "delete_instance_profile"));
+    let report = destroy(&cloud, "t1", Duration::from_secs(60), &NoReport).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(fake.resource_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn destroy_retries_a_role_still_in_use_and_treats_a_missing_one_as_gone() {
+    let (fake, cloud) = setup();
+    let spec = spec_with(1);
+    create(&cloud, &spec).await;
+    fake.fail("delete_role", ErrorKind::DependencyViolation, 2);
+    let report = destroy(&cloud, "t1", Duration::from_secs(60), &NoReport).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(fake.calls().iter().filter(|c| *c == "delete_role").count(), 3);
+    assert_eq!(fake.resource_count(), 0);
+    cloud.delete_role("clusterctl-t1-master").await.expect("not found is success");
+    cloud.delete_instance_profile("clusterctl-t1-master").await.expect("not found is success");
+    cloud.remove_role_from_instance_profile("clusterctl-t1-master", "clusterctl-t1-master").await.expect("not found is success");
+}
