@@ -50,7 +50,8 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    // Generous: the whole unit suite shares two cores with etcd processes and other servers.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(v) = check().await {
             return v;
