@@ -217,16 +217,7 @@ impl EtcdProcess {
 }
 
 /// An error and its sources, for test messages.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub(crate) use crate::apiserver::error::error_chain as chain;
 
 impl Drop for EtcdProcess {
     fn drop(&mut self) {
