@@ -814,13 +814,12 @@ pub struct MasterReplacement<'a> {
 /// loaded into the cluster and the master software with `initial_cluster_state = existing`; then
 /// its node must become Ready.
 pub async fn add_master(cloud: &dyn Cloud, client: &ApiClient, r: &MasterReplacement<'_>, options: &BootstrapOptions, reporter: &dyn Reporter) -> Result<(), BootstrapError> {
-    use crate::apiserver::store::{EtcdCluster, EtcdOptions, EtcdTls};
+    use crate::apiserver::store::EtcdCluster;
     let other = |step: &str, e: &dyn std::fmt::Display| BootstrapError::Node { node: r.new.name.clone(), step: step.into(), message: e.to_string() };
     let pki_dir = r.data_dir.join("pki");
-    let files = etcd::EtcdFiles::in_dir(&pki_dir);
-    let (ca_pem, cert_pem, key_pem) = files.client_credentials().map_err(|e| other("reading this master's etcd credentials", &format!("{e:#}")))?;
+    let local = etcd::local_options(r.data_dir).map_err(|e| other("reading this master's etcd credentials", &format!("{e:#}")))?;
+    let ca_pem = std::fs::read_to_string(pki_dir.join("ca.crt")).map_err(|e| other("reading the cluster CA", &e))?;
     let ca_key = std::fs::read_to_string(pki_dir.join("ca.key")).map_err(|e| other("reading the cluster CA key", &e))?;
-    let local = EtcdOptions::new(vec![etcd::client_url(IpAddr::from([127, 0, 0, 1]))]).with_tls(EtcdTls { ca_pem: ca_pem.clone(), cert_pem, key_pem });
     let cluster = EtcdCluster::connect(&local).await.map_err(|e| other("connecting to the local etcd member", &e))?;
     let new_peer = etcd::peer_url(r.new.private_ip()?);
     let live_peers: Vec<String> = r.masters.iter().filter_map(|m| m.private_ip().ok()).map(etcd::peer_url).collect();

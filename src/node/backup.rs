@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 
 use super::config::NodeConfig;
-use crate::apiserver::store::{EtcdCluster, EtcdOptions};
+use crate::apiserver::store::EtcdCluster;
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -24,13 +24,6 @@ fn unix_now() -> u64 {
 /// The embedded store's file.
 pub fn store_path(config: &NodeConfig) -> PathBuf {
     config.data_dir.join("store.db")
-}
-
-fn local_etcd(config: &NodeConfig) -> Result<EtcdOptions> {
-    let etcd = config.master.as_ref().and_then(|m| m.etcd.as_ref()).context("this master has no etcd member")?;
-    let mut options = super::etcd::client_options(config, etcd)?;
-    options.endpoints.truncate(1);
-    Ok(options)
 }
 
 fn is_ha(config: &NodeConfig) -> bool {
@@ -42,7 +35,7 @@ pub async fn snapshot(config: &NodeConfig, out: &Path) -> Result<()> {
     let tmp = out.with_extension("partial");
     let _ = std::fs::remove_file(&tmp);
     if is_ha(config) {
-        let cluster = EtcdCluster::connect(&local_etcd(config)?).await.context("connecting to the local etcd member")?;
+        let cluster = EtcdCluster::connect(&super::etcd::local_options(&config.data_dir)?).await.context("connecting to the local etcd member")?;
         cluster.snapshot_to(&tmp).await.context("taking an etcd snapshot")?;
     } else {
         let db = store_path(config);

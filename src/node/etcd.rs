@@ -133,22 +133,27 @@ pub fn setup(config: &NodeConfig, env_path: &Path) -> Result<()> {
 }
 
 
+/// A connection to this master's own etcd member only (on loopback), with the API server's client
+/// credentials from the master's PKI folder under `data_dir`.
+pub fn local_options(data_dir: &Path) -> Result<crate::apiserver::store::EtcdOptions> {
+    use crate::apiserver::store::{EtcdOptions, EtcdTls};
+    let (ca_pem, cert_pem, key_pem) = EtcdFiles::in_dir(&data_dir.join("pki")).client_credentials()?;
+    Ok(EtcdOptions::new(vec![client_url(IpAddr::from([127, 0, 0, 1]))]).with_tls(EtcdTls { ca_pem, cert_pem, key_pem }).with_history(HISTORY))
+}
+
 /// The API server's etcd connection: this master's member first, then the others.
 pub fn client_options(config: &NodeConfig, etcd: &EtcdSettings) -> Result<crate::apiserver::store::EtcdOptions> {
-    use crate::apiserver::store::{EtcdOptions, EtcdTls};
-    let (ca_pem, cert_pem, key_pem) = EtcdFiles::in_dir(&config.data_dir.join("pki")).client_credentials()?;
-    let mut endpoints = vec![client_url(IpAddr::from([127, 0, 0, 1]))];
-    endpoints.extend(etcd.endpoints.iter().cloned());
-    Ok(EtcdOptions::new(endpoints).with_tls(EtcdTls { ca_pem, cert_pem, key_pem }).with_history(HISTORY))
+    let mut options = local_options(&config.data_dir)?;
+    options.endpoints.extend(etcd.endpoints.iter().cloned());
+    Ok(options)
 }
 
 /// Every member of the etcd cluster (as the local member lists them) and its health, as JSON:
 /// `[{"name", "endpoint", "healthy", "leader", "revision", "error"}]`.
 pub async fn status(config: &NodeConfig) -> Result<serde_json::Value> {
     use crate::apiserver::store::EtcdCluster;
-    let etcd = config.master.as_ref().and_then(|m| m.etcd.as_ref()).context("this master has no etcd member (single-master clusters keep the embedded store)")?;
-    let mut options = client_options(config, etcd)?;
-    options.endpoints.truncate(1);
+    config.master.as_ref().and_then(|m| m.etcd.as_ref()).context("this master has no etcd member (single-master clusters keep the embedded store)")?;
+    let options = local_options(&config.data_dir)?;
     let local = EtcdCluster::connect(&options).await.context("connecting to the local etcd member")?;
     let members = local.members().await.context("listing etcd's members")?;
     let mut out = Vec::new();
