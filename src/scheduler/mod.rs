@@ -5,7 +5,8 @@
 //! `node-role.kubernetes.io/control-plane` label counts as one), has room for the pod's CPU and memory requests
 //! (allocatable minus what its pods request), carries the pod's `nodeSelector` labels and has
 //! the pod's host ports free; among those the least requested node wins, with a bonus for nodes
-//! and zones (`topology.kubernetes.io/zone`) holding fewer pods of the same owner. [`run`] feeds
+//! and zones (`topology.kubernetes.io/zone`) holding fewer pods of the same owner; a [`Placer`]
+//! keeps each owner's spread as a pass places pods, so a decision is one walk over the nodes. [`run`] feeds
 //! them from watch-fed caches of nodes and pods, binds by replacing the pod with its
 //! `resourceVersion`, and writes `PodScheduled=False` with the reasons on pods that fit nowhere;
 //! those are retried whenever a node or pod changes, and every few seconds.
@@ -168,120 +169,172 @@ pub fn filter(facts: &PodFacts<'_>, node: &NodeInfo) -> Vec<Rejection> {
 }
 
 /// How the owner's pods are spread: on each node, per zone, and the most on one node and in
-/// one zone. Computed once per pod with one look-up per node; zones are a short list because
-/// clusters span few of them.
-#[derive(Debug, Default)]
-pub struct Spread<'a> {
-    /// The owner's pods on each node, in the order of the nodes given to [`Spread::of`].
+/// one zone. Computed once per owner and pass ([`Placer`]) and then kept up to date as pods are
+/// placed, so a decision costs no look-up per node.
+#[derive(Debug, Default, Clone)]
+pub struct Spread {
+    /// The owner's pods on each node, in the order of the pass's nodes.
     pub per_node: Vec<u32>,
-    pub zones: Vec<(&'a str, u32)>,
+    /// The owner's pods in each zone, by the pass's zone index.
+    pub per_zone: Vec<u32>,
     pub max_node: u32,
     pub max_zone: u32,
 }
 
-impl<'a> Spread<'a> {
-    /// The spread of the pods of `owner` over `nodes`.
-    pub fn of(owner: Option<&str>, nodes: &'a [NodeInfo]) -> Self {
-        let mut spread = Spread::default();
-        let Some(uid) = owner else { return spread };
-        spread.per_node.reserve(nodes.len());
-        for n in nodes {
+impl Spread {
+    fn of(uid: &str, nodes: &[NodeInfo], zone_of: &[Option<usize>], zones: usize) -> Self {
+        let mut spread = Spread { per_node: Vec::with_capacity(nodes.len()), per_zone: vec![0; zones], ..Default::default() };
+        for (n, zone) in nodes.iter().zip(zone_of) {
             let count = n.owned.get(uid).copied().unwrap_or(0);
             spread.per_node.push(count);
-            spread.max_node = spread.max_node.max(count);
-            if let Some(z) = n.zone() {
-                match spread.zones.iter_mut().find(|(name, _)| *name == z) {
-                    Some((_, c)) => *c += count,
-                    None => spread.zones.push((z, count)),
-                }
+            if let Some(z) = zone {
+                spread.per_zone[*z] += count;
             }
         }
-        spread.max_zone = spread.zones.iter().map(|(_, c)| *c).max().unwrap_or(0);
+        spread.max_node = spread.per_node.iter().copied().max().unwrap_or(0);
+        spread.max_zone = spread.per_zone.iter().copied().max().unwrap_or(0);
         spread
     }
 
-    /// The owner's pods in `zone`.
-    pub fn in_zone(&self, zone: &str) -> u32 {
-        self.zones.iter().find(|(z, _)| *z == zone).map_or(0, |(_, c)| *c)
+    fn count(&mut self, node: usize, zone: Option<usize>) {
+        self.per_node[node] += 1;
+        self.max_node = self.max_node.max(self.per_node[node]);
+        if let Some(z) = zone {
+            self.per_zone[z] += 1;
+            self.max_zone = self.max_zone.max(self.per_zone[z]);
+        }
     }
 }
 
+/// Whether `node` can take the pod: [`filter`] without collecting the reasons, for the loop that
+/// runs once per node and pod.
+fn fits(facts: &PodFacts<'_>, node: &NodeInfo) -> bool {
+    let (pod, requests) = (facts.pod, facts.requests);
+    node.ready
+        && !node.unschedulable
+        && (requests.cpu_millis == 0 || node.requested.cpu_millis.saturating_add(requests.cpu_millis) <= node.allocatable.cpu_millis)
+        && (requests.memory_bytes == 0 || node.requested.memory_bytes.saturating_add(requests.memory_bytes) <= node.allocatable.memory_bytes)
+        && (node.taints.is_empty() || node.taints.iter().all(|(k, v, e)| pod.spec.tolerations.iter().any(|t| t.tolerates(k, v.as_deref(), e))))
+        && (pod.spec.node_selector.is_empty() || pod.spec.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)))
+        && (facts.host_ports.is_empty() || !facts.host_ports.iter().any(|p| node.host_ports.contains(p)))
+}
+
 /// How much a node is worth for the pod (higher is better): least requested (0-100) plus spread
-/// of the owner's pods over nodes (0-200) and zones (0-50); `here` is how many of the owner's
-/// pods the node holds.
-pub fn score(facts: &PodFacts<'_>, node: &NodeInfo, here: u32, spread: &Spread<'_>) -> i64 {
+/// of the owner's pods over nodes (0-200) and zones (0-50); `here` and `in_zone` are how many of
+/// the owner's pods the node and its zone hold.
+pub fn score(facts: &PodFacts<'_>, node: &NodeInfo, here: u32, in_zone: Option<u32>, spread: Option<&Spread>) -> i64 {
     let requests = facts.requests;
     let free = |alloc: u64, used: u64| if alloc == 0 { 0 } else { (alloc.saturating_sub(used) * 100 / alloc) as i64 };
     let least_requested = (free(node.allocatable.cpu_millis, node.requested.cpu_millis + requests.cpu_millis)
         + free(node.allocatable.memory_bytes, node.requested.memory_bytes + requests.memory_bytes))
         / 2;
-    if facts.owner.is_none() {
-        return least_requested;
-    }
-    let here = i64::from(here);
+    let Some(spread) = spread else { return least_requested };
     let max = i64::from(spread.max_node.max(1));
-    let node_spread = 100 * (max - here.min(max)) / max;
-    let zone_spread = match node.zone() {
-        Some(z) => {
+    let node_spread = 100 * (max - i64::from(here).min(max)) / max;
+    let zone_spread = match in_zone {
+        Some(count) => {
             let max_zone = i64::from(spread.max_zone.max(1));
-            50 * (max_zone - i64::from(spread.in_zone(z)).min(max_zone)) / max_zone
+            50 * (max_zone - i64::from(count).min(max_zone)) / max_zone
         }
         None => 0,
     };
     least_requested + 2 * node_spread + zone_spread
 }
 
-/// The node the pod should go to, or the message of why none fits
-/// (`0/3 nodes are available: 3 Insufficient memory.`).
-pub fn place(pod: &Pod, nodes: &[NodeInfo]) -> Result<String, String> {
-    place_index(pod, nodes).map(|i| nodes[i].name.clone())
+/// The nodes of one pass, with each owner's [`Spread`] kept as pods are placed on them.
+pub struct Placer<'n> {
+    nodes: &'n mut [NodeInfo],
+    /// Each node's zone as an index into the pass's zones.
+    zone_of: Vec<Option<usize>>,
+    zones: usize,
+    spreads: HashMap<String, Spread>,
 }
 
-/// [`place`], answering with the node's index in `nodes`.
-fn place_index(pod: &Pod, nodes: &[NodeInfo]) -> Result<usize, String> {
-    let facts = PodFacts::of(pod);
-    let spread = Spread::of(facts.owner, nodes);
-    let mut reasons: BTreeMap<Rejection, usize> = BTreeMap::new();
-    let mut best: Option<(i64, usize)> = None;
-    for (i, node) in nodes.iter().enumerate() {
-        let rejections = filter(&facts, node);
-        if rejections.is_empty() {
-            let s = score(&facts, node, spread.per_node.get(i).copied().unwrap_or(0), &spread);
+impl<'n> Placer<'n> {
+    pub fn new(nodes: &'n mut [NodeInfo]) -> Self {
+        let mut names: Vec<&str> = Vec::new();
+        let zone_of = nodes
+            .iter()
+            .map(|n| {
+                n.zone().map(|z| match names.iter().position(|known| *known == z) {
+                    Some(i) => i,
+                    None => {
+                        names.push(z);
+                        names.len() - 1
+                    }
+                })
+            })
+            .collect();
+        let zones = names.len();
+        Placer { nodes, zone_of, zones, spreads: HashMap::new() }
+    }
+
+    pub fn nodes(&self) -> &[NodeInfo] {
+        self.nodes
+    }
+
+    /// The node the pod goes to (its index), counted there before the next decision; or the
+    /// message of why none fits (`0/3 nodes are available: 3 Insufficient memory.`).
+    pub fn place(&mut self, pod: &Pod) -> Result<usize, String> {
+        let facts = PodFacts::of(pod);
+        let spread = match facts.owner {
+            Some(uid) => Some(&*self.spreads.entry(uid.to_string()).or_insert_with(|| Spread::of(uid, self.nodes, &self.zone_of, self.zones))),
+            None => None,
+        };
+        let mut best: Option<(i64, usize)> = None;
+        for (i, node) in self.nodes.iter().enumerate() {
+            if !fits(&facts, node) {
+                continue;
+            }
+            let (here, in_zone) = match spread {
+                Some(s) => (s.per_node[i], self.zone_of[i].map(|z| s.per_zone[z])),
+                None => (0, None),
+            };
+            let s = score(&facts, node, here, in_zone, spread);
             // Ties go to the name that sorts first, so that decisions are reproducible.
             let better = match best {
                 None => true,
-                Some((bs, bi)) => s > bs || (s == bs && node.name < nodes[bi].name),
+                Some((bs, bi)) => s > bs || (s == bs && node.name < self.nodes[bi].name),
             };
             if better {
                 best = Some((s, i));
             }
         }
-        for r in rejections {
+        let Some((_, i)) = best else { return Err(unschedulable_message(&facts, self.nodes)) };
+        self.nodes[i].add_pod(pod);
+        if let Some(spread) = facts.owner.and_then(|uid| self.spreads.get_mut(uid)) {
+            spread.count(i, self.zone_of[i]);
+        }
+        Ok(i)
+    }
+}
+
+/// Why no node takes the pod, counted per reason as Kubernetes' scheduler says it.
+fn unschedulable_message(facts: &PodFacts<'_>, nodes: &[NodeInfo]) -> String {
+    let mut reasons: BTreeMap<Rejection, usize> = BTreeMap::new();
+    for node in nodes {
+        for r in filter(facts, node) {
             *reasons.entry(r).or_default() += 1;
         }
-    }
-    if let Some((_, i)) = best {
-        return Ok(i);
     }
     let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {}", r.text())).collect();
     parts.sort();
     let detail = if parts.is_empty() { String::new() } else { format!(": {}", parts.join(", ")) };
-    Err(format!("0/{} nodes are available{detail}.", nodes.len()))
+    format!("0/{} nodes are available{detail}.", nodes.len())
+}
+
+/// The node the pod should go to, or the message of why none fits.
+pub fn place(pod: &Pod, nodes: &[NodeInfo]) -> Result<String, String> {
+    let mut scratch = nodes.to_vec();
+    let mut placer = Placer::new(&mut scratch);
+    placer.place(pod).map(|i| nodes[i].name.clone())
 }
 
 /// Places every pod of `pending` in turn, counting each placement before the next; returns the
 /// decisions in order.
 pub fn place_all(pending: &[Pod], nodes: &mut [NodeInfo]) -> Vec<Result<String, String>> {
-    pending
-        .iter()
-        .map(|pod| {
-            let decision = place_index(pod, nodes);
-            if let Ok(i) = decision {
-                nodes[i].add_pod(pod);
-            }
-            decision.map(|i| nodes[i].name.clone())
-        })
-        .collect()
+    let mut placer = Placer::new(nodes);
+    pending.iter().map(|pod| placer.place(pod).map(|i| placer.nodes()[i].name.clone())).collect()
 }
 
 /// The nodes with the pods bound to them counted in.
@@ -314,12 +367,13 @@ pub async fn pass(client: &ApiClient, nodes: &Cache<Node>, pods: &Cache<Pod>) ->
     let mut pending: Vec<Pod> = all_pods.into_iter().filter(|p| p.spec.bound_node().is_none() && !p.is_terminating() && !p.is_terminal()).collect();
     pending.sort_by_key(|p| (p.metadata.creation_timestamp, p.metadata.name.clone()));
     // Decide every pod in order, each placement counted before the next (as if already bound).
+    let mut placer = Placer::new(&mut infos);
     let mut decisions = Vec::new();
     for pod in pending {
-        match place_index(&pod, &infos) {
+        match placer.place(&pod) {
             Ok(i) => {
-                infos[i].add_pod(&pod);
-                decisions.push(Decision::Bind(pod, infos[i].name.clone()));
+                let node = placer.nodes()[i].name.clone();
+                decisions.push(Decision::Bind(pod, node));
             }
             Err(message) => {
                 let current = pod.condition("PodScheduled");
