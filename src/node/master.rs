@@ -86,28 +86,34 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         csr_signer: ca.clone(),
         cluster_info_ca_pem: ca.cert_pem().to_string(),
     };
-    let server = tokio::spawn(apiserver::serve(api_config, store, listener, shutdown_signal()));
+    // The server stops after the leases are given up (below), so that giving them up can reach it.
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(apiserver::serve(api_config, store, listener, server_stopped));
     admin_certificate(&ca, &pki_dir)?;
 
     // In-process clients with certificates that exist only in memory.
     let local = format!("https://127.0.0.1:{}", settings.listen.port());
     // The control loops, each under its own lease (one master of an HA control plane acts).
     let identity = config.node_name.clone();
+    let mut elections: Vec<(LeaderElection, ApiClient, tokio::task::JoinHandle<()>)> = Vec::new();
     let controller = ca.issue_client("system:kube-controller-manager", &["system:masters"])?;
     let controller_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: controller.cert_pem, key_pem: controller.key_pem })?;
     {
         let client = controller_client.clone();
         let (grace, eviction) = (Duration::from_secs(settings.node_grace_seconds), Duration::from_secs(settings.pod_eviction_seconds));
-        tokio::spawn(LeaderElection::new(CONTROLLERS_LEASE, &identity).run(controller_client.clone(), move || {
+        let election = LeaderElection::new(CONTROLLERS_LEASE, &identity);
+        let task = tokio::spawn(election.clone().run(controller_client.clone(), move || {
             let client = client.clone();
             async move {
                 tokio::join!(node_lifecycle::run(client.clone(), grace, eviction), deployment::run(client.clone()), endpoints::run(client));
             }
         }));
+        elections.push((election, controller_client.clone(), task));
     }
     if let Some(cloud) = settings.cloud.clone() {
         let (client, config, ca_pem) = (controller_client.clone(), config.clone(), ca.cert_pem().to_string());
-        tokio::spawn(LeaderElection::new(CLOUD_CONTROLLER_LEASE, &identity).run(controller_client, move || {
+        let election = LeaderElection::new(CLOUD_CONTROLLER_LEASE, &identity);
+        let task = tokio::spawn(election.clone().run(controller_client.clone(), move || {
             let (client, cloud, config, ca_pem) = (client.clone(), cloud.clone(), config.clone(), ca_pem.clone());
             async move {
                 if let Err(e) = crate::cloudcontroller::run(client, cloud, config, ca_pem).await {
@@ -115,12 +121,15 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                 }
             }
         }));
+        elections.push((election, controller_client, task));
     }
     let scheduler = ca.issue_client("system:kube-scheduler", &["system:masters"])?;
     let scheduler_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: scheduler.cert_pem, key_pem: scheduler.key_pem })?;
     {
         let client = scheduler_client.clone();
-        tokio::spawn(LeaderElection::new(SCHEDULER_LEASE, &identity).run(scheduler_client, move || crate::scheduler::run(client.clone())));
+        let election = LeaderElection::new(SCHEDULER_LEASE, &identity);
+        let task = tokio::spawn(election.clone().run(scheduler_client.clone(), move || crate::scheduler::run(client.clone())));
+        elections.push((election, scheduler_client, task));
     }
 
     if settings.snapshot_every_minutes > 0 {
@@ -133,8 +142,33 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     tokio::spawn(crate::proxy::run(node_client.clone()));
     tokio::spawn(agent::run(node_client, super::agent_config(&config, Duration::from_secs(2))));
 
+    tokio::select! {
+        ended = &mut server => {
+            ended.context("the API server task")?.context("the API server")?;
+            anyhow::bail!("the API server stopped by itself");
+        }
+        _ = shutdown_signal() => {}
+    }
+    release_leases(elections).await;
+    let _ = stop_server.send(());
     server.await.context("the API server task")?.context("the API server")?;
     Ok(())
+}
+
+/// Stops the control loops and gives up the leases this master holds, so that another master
+/// takes them within one retry period (2 s) instead of after their 15 s expiry.
+async fn release_leases(elections: Vec<(LeaderElection, ApiClient, tokio::task::JoinHandle<()>)>) {
+    let releases = elections.into_iter().map(|(election, client, task)| async move {
+        task.abort();
+        let _ = task.await;
+        match tokio::time::timeout(Duration::from_secs(3), election.release(&client)).await {
+            Ok(Ok(true)) => tracing::info!(lease = %election.lease, "released the lease"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(lease = %election.lease, error = %e, "releasing the lease"),
+            Err(_) => tracing::warn!(lease = %election.lease, "releasing the lease took over 3 s; it expires by itself"),
+        }
+    });
+    futures::future::join_all(releases).await;
 }
 
 /// The leases of the control loops, in `kube-system`, as Kubernetes names them.
