@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
@@ -702,18 +703,32 @@ pub async fn run<R: ContainerRuntime>(client: ApiClient, runtime: Arc<R>, node_n
                 continue;
             }
         };
-        for u in updates {
-            let path = format!("{}/status", PODS.object_path(Some(&u.namespace), &u.name));
-            let Some(pod) = desired.iter().find(|p| str_at(p, "/metadata/name") == Some(&u.name) && str_at(p, "/metadata/namespace") == Some(&u.namespace)) else { continue };
+        // The writes wait on the API server concurrently: a node that started 30 pods reports
+        // them in a few round trips, not 30.
+        let writes = updates.into_iter().filter_map(|u| {
+            let pod = desired.iter().find(|p| str_at(p, "/metadata/name") == Some(&u.name) && str_at(p, "/metadata/namespace") == Some(&u.namespace))?;
+            let (client, path) = (&client, format!("{}/status", PODS.object_path(Some(&u.namespace), &u.name)));
             let mut object = pod.clone();
             object["status"] = u.status.clone();
-            match client.replace_value(&path, &object).await {
-                Ok(_) => sync.written(str_at(pod, "/metadata/uid").unwrap_or(""), u.status),
-                Err(e) => tracing::debug!(pod = %u.name, error = %e, "writing pod status; retrying on the next sync"),
-            }
+            Some(async move {
+                match client.replace_value(&path, &object).await {
+                    Ok(_) => Some((str_at(pod, "/metadata/uid").unwrap_or("").to_string(), u.status)),
+                    Err(e) => {
+                        tracing::debug!(pod = %u.name, error = %e, "writing pod status; retrying on the next sync");
+                        None
+                    }
+                }
+            })
+        });
+        let written: Vec<Option<(String, Value)>> = futures::stream::iter(writes).buffer_unordered(STATUS_WRITES_IN_FLIGHT).collect().await;
+        for (uid, status) in written.into_iter().flatten() {
+            sync.written(&uid, status);
         }
     }
 }
+
+/// How many pod status writes one sync has waiting on the API server at once.
+const STATUS_WRITES_IN_FLIGHT: usize = 8;
 
 #[cfg(test)]
 mod tests {
