@@ -126,9 +126,27 @@ pub struct PodSync<R: ContainerRuntime> {
     pods: HashMap<String, PodTrack>,
     /// Containers being stopped in the background.
     terminating: Arc<Mutex<HashSet<String>>>,
+    /// Containers being started in the background, by `<pod uid>/<container name>`.
+    starting: Starts,
     /// Start of Docker container names (`k8s_`; tests use `clusterctl-test-`).
     name_prefix: String,
 }
+
+/// Where a container start made in the background stands.
+#[derive(Debug, Clone)]
+enum Start {
+    Running,
+    /// Finished at this instant: created and started, or why not (reason, message).
+    Done(Instant, Result<(), (String, String)>),
+}
+
+/// The container starts in flight or finished, by `<pod uid>/<container name>`.
+type Starts = Arc<Mutex<HashMap<String, Start>>>;
+
+/// How long a sync waits for the container starts it made before it reports what it has; the
+/// starts that take longer finish in the background and are seen by a later sync, so that a pod
+/// bound later, or one that started at once, is not held behind a busy runtime.
+const START_WAIT: Duration = Duration::from_millis(500);
 
 /// A pod status to write.
 #[derive(Debug, Clone, PartialEq)]
@@ -308,7 +326,7 @@ async fn step_probe<R: ContainerRuntime>(runtime: &R, spec: Option<&ProbeSpec>, 
 impl<R: ContainerRuntime> PodSync<R> {
     /// Pod sync for the node at `node_ip`.
     pub fn new(runtime: Arc<R>, node_ip: IpAddr) -> Self {
-        PodSync { runtime, node_ip, pods: HashMap::new(), terminating: Arc::default(), name_prefix: "k8s_".into() }
+        PodSync { runtime, node_ip, pods: HashMap::new(), terminating: Arc::default(), starting: Arc::default(), name_prefix: "k8s_".into() }
     }
 
     /// Names containers `<prefix><container>_<pod>_<namespace>_<uid>_<attempt>`.
@@ -372,6 +390,9 @@ impl<R: ContainerRuntime> PodSync<R> {
             by_pod.entry(uid).or_default().entry(cname).or_default().push(c);
         }
         self.pods.retain(|uid, _| live.contains_key(uid.as_str()));
+        self.starting.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, start| {
+            matches!(start, Start::Running) || key.split_once('/').is_some_and(|(uid, _)| live.contains_key(uid))
+        });
         for (uid, pod) in &live {
             self.pods.entry(uid.to_string()).or_insert_with(|| PodTrack {
                 containers: HashMap::new(),
@@ -381,7 +402,17 @@ impl<R: ContainerRuntime> PodSync<R> {
         }
 
         // Pods are synced concurrently: a node starting 30 pods waits for Docker once, not 30 times.
-        let env = SyncEnv { runtime: &*self.runtime, prefix: &self.name_prefix, terminating: &self.terminating, node_ip: self.node_ip };
+        let started = Mutex::new(Vec::new());
+        let env = SyncEnv {
+            runtime: &*self.runtime,
+            shared: &self.runtime,
+            prefix: &self.name_prefix,
+            terminating: &self.terminating,
+            starting: &self.starting,
+            started: &started,
+            listed_at: now,
+            node_ip: self.node_ip,
+        };
         let env = &env;
         let work = self.pods.iter_mut().filter_map(|(uid, track)| {
             let pod = *live.get(uid.as_str())?;
@@ -389,6 +420,10 @@ impl<R: ContainerRuntime> PodSync<R> {
             Some(async move { (pod, sync_pod(env, track, pod, containers, now).await) })
         });
         let results = futures::future::join_all(work).await;
+        let started = started.into_inner().unwrap_or_else(|e| e.into_inner());
+        if !started.is_empty() {
+            let _ = tokio::time::timeout(START_WAIT, futures::future::join_all(started)).await;
+        }
         let mut updates = Vec::new();
         for (pod, (status, to_terminate)) in results {
             for (id, grace, remove) in to_terminate {
@@ -416,8 +451,14 @@ impl<R: ContainerRuntime> PodSync<R> {
 /// What every pod's sync shares.
 struct SyncEnv<'a, R> {
     runtime: &'a R,
+    shared: &'a Arc<R>,
     prefix: &'a str,
     terminating: &'a Mutex<HashSet<String>>,
+    starting: &'a Starts,
+    /// The starts this sync made.
+    started: &'a Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// When the containers this sync works from were listed.
+    listed_at: Instant,
     node_ip: IpAddr,
 }
 
@@ -450,6 +491,13 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
         });
         found.sort_by_key(|c| (c.running, c.started_at.clone()));
         let current = found.pop();
+        let start_key = format!("{}/{cname}", str_at(pod, "/metadata/uid").unwrap_or(""));
+        if current.is_some() {
+            let mut starting = env.starting.lock().unwrap_or_else(|e| e.into_inner());
+            if matches!(starting.get(&start_key), Some(Start::Done(..))) {
+                starting.remove(&start_key);
+            }
+        }
         for extra in found {
             to_terminate.push((extra.id, grace, true));
         }
@@ -507,7 +555,7 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
                         if let Err(e) = env.runtime.remove(&c.id).await {
                             tracing::warn!(container = %c.id, error = %e, "removing an exited container");
                         }
-                        start(env.runtime, env.prefix, pod, spec, ct).await;
+                        start(env, start_key, pod, spec, ct).await;
                         infos.insert(cname, None);
                     } else {
                         ct.waiting = Some(("CrashLoopBackOff".into(), format!("back-off {}s restarting failed container {cname}", ct.backoff.as_secs())));
@@ -519,7 +567,7 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
                 }
             }
             None => {
-                start(env.runtime, env.prefix, pod, spec, ct).await;
+                start(env, start_key, pod, spec, ct).await;
                 infos.insert(cname, None);
             }
         }
@@ -538,11 +586,29 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
     (Some(status), to_terminate)
 }
 
-/// Creates and starts a container; records why not in `ct.waiting`.
-async fn start<R: ContainerRuntime>(runtime: &R, prefix: &str, pod: &Value, spec: &Value, ct: &mut ContainerTrack) {
+/// Creates and starts a container in the background (a start already under way is left to
+/// finish); records in `ct.waiting` where it stands, or why it cannot start.
+async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Value, spec: &Value, ct: &mut ContainerTrack) {
+    {
+        let mut starting = env.starting.lock().unwrap_or_else(|e| e.into_inner());
+        match starting.get(&key) {
+            Some(Start::Running) => return,
+            // Started after the containers were listed: the next sync sees it.
+            Some(Start::Done(at, Ok(()))) if *at >= env.listed_at => return,
+            Some(Start::Done(_, Err(why))) => {
+                ct.waiting = Some(why.clone());
+                starting.remove(&key);
+                return;
+            }
+            // Started, and gone since: start again.
+            Some(Start::Done(_, Ok(()))) | None => {
+                starting.remove(&key);
+            }
+        }
+    }
     let image = str_at(spec, "/image").unwrap_or("");
     let never = str_at(spec, "/imagePullPolicy") == Some("Never");
-    match runtime.image_present(image).await {
+    match env.runtime.image_present(image).await {
         Ok(true) => {}
         Ok(false) => {
             let reason = if never { "ErrImageNeverPull" } else { "ImageNotPresent" };
@@ -554,13 +620,18 @@ async fn start<R: ContainerRuntime>(runtime: &R, prefix: &str, pod: &Value, spec
             return;
         }
     }
-    match runtime.run(&container_spec(prefix, pod, spec, ct.restart_count)).await {
-        Ok(id) => {
-            ct.container_id = None; // set when seen running, which resets probes
-            ct.waiting = Some(("ContainerCreating".into(), format!("started {id}")));
-        }
-        Err(e) => ct.waiting = Some(("CreateContainerError".into(), e.to_string())),
-    }
+    ct.container_id = None; // set when seen running, which resets probes
+    ct.waiting = Some(("ContainerCreating".into(), String::new()));
+    env.starting.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), Start::Running);
+    let (runtime, starting, container) = (env.shared.clone(), env.starting.clone(), container_spec(env.prefix, pod, spec, ct.restart_count));
+    let task = tokio::spawn(async move {
+        let outcome = match runtime.run(&container).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(("CreateContainerError".to_string(), e.to_string())),
+        };
+        starting.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Start::Done(Instant::now(), outcome));
+    });
+    env.started.lock().unwrap_or_else(|e| e.into_inner()).push(task);
 }
 
 /// The pod's status from what the sync saw.
