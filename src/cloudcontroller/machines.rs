@@ -8,9 +8,11 @@
 //! - fewer machines than desired (terminated ones are gone from the count): launch the missing ones;
 //! - else, one unhealthy machine is replaced: a new one launched and bootstrapped over SSH (the same
 //!   converge and bootstrap code as `clusterctl create`), and only when it is Ready the old one is
-//!   terminated and its Node deleted. Never more than one replacement at a time per pool, and none
-//!   while more than `max_unhealthy_percent` of the pool is unhealthy (a network split must not
-//!   replace the cluster): the pool's `ReplacementBlocked` condition says why.
+//!   terminated and its Node deleted. Never more than one replacement at a time per pool, none
+//!   until two passes running see the same unhealthy machines ([`settled`]: machines that die
+//!   together are seen failing seconds apart), and none while more than `max_unhealthy_percent` of
+//!   the pool is unhealthy (a network split must not replace the cluster): the pool's
+//!   `ReplacementBlocked` condition says why.
 //!
 //! On an HA control plane the masters are kept at their count the same way, one at a time: an
 //! unhealthy master's machine is terminated first (its etcd member cannot be doubled), then a new
@@ -132,6 +134,18 @@ pub fn decide(desired: u32, machines: &[Machine], max_unhealthy_percent: u32) ->
     Action::Replace { instance: first.instance.id.clone(), reason }
 }
 
+/// A replacement waits until the pool's unhealthy machines are the same two passes running.
+/// Machines that die together are seldom seen failing in the same pass (their status checks fail
+/// seconds apart), and replacing the first one seen would start the very replacement that the
+/// unhealthy-share limit is there to prevent; a machine that is really dead is replaced one pass
+/// (5 s) later.
+pub fn settled(action: Action, unhealthy_now: &BTreeSet<String>, unhealthy_before: Option<&BTreeSet<String>>) -> Action {
+    match action {
+        Action::Replace { .. } if unhealthy_before != Some(unhealthy_now) => Action::Nothing,
+        other => other,
+    }
+}
+
 /// What the controller needs besides the API client.
 pub struct Context {
     pub cloud: std::sync::Arc<dyn Cloud>,
@@ -152,6 +166,8 @@ pub struct Context {
 #[derive(Default)]
 pub struct State {
     first_seen: BTreeMap<String, Instant>,
+    /// The unhealthy instances of each worker pool in the last pass.
+    unhealthy: BTreeMap<String, BTreeSet<String>>,
 }
 
 fn condition(kind: &str, status: bool, reason: &str, message: &str) -> NodeCondition {
@@ -217,7 +233,13 @@ pub async fn pass(ctx: &Context, client: &ApiClient, state: &mut State) -> anyho
         };
         let mine: Vec<Instance> = instances.iter().filter(|i| i.tags.get(POOL_TAG).map(String::as_str) == Some(name)).cloned().collect();
         let machines = assess(&mine, &nodes, &impaired, &state.first_seen, now, ctx.health_timeout);
-        let action = decide(object.spec.replicas, &machines, ctx.max_unhealthy_percent);
+        let unhealthy: BTreeSet<String> = machines.iter().filter(|m| matches!(m.health, Health::Unhealthy(_))).map(|m| m.instance.id.clone()).collect();
+        let decided = decide(object.spec.replicas, &machines, ctx.max_unhealthy_percent);
+        let action = settled(decided.clone(), &unhealthy, state.unhealthy.get(name));
+        if action != decided {
+            tracing::info!(pool = name, unhealthy = ?unhealthy, "unhealthy machines seen: replacing when the next pass sees the same");
+        }
+        state.unhealthy.insert(name.to_string(), unhealthy);
         let ready = machines.iter().filter(|m| m.health == Health::Healthy).count() as u32;
         let conditions = match &action {
             Action::Blocked(message) => vec![condition("ReplacementBlocked", true, "TooManyUnhealthy", message)],

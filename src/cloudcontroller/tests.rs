@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::machines::{assess, decide, Action, Health};
+use super::machines::{assess, decide, settled, Action, Health};
 use super::services::{self, Network};
 use crate::api::node::NodeCondition;
 use crate::api::service::{Service, ServicePort};
@@ -154,6 +154,21 @@ fn a_short_pool_launches_and_an_unhealthy_machine_is_replaced_one_at_a_time() {
         Action::Replace { instance: "i-1".into(), reason: "node w1 not Ready for 70s".into() },
         "1 of 2 is exactly the limit"
     );
+}
+
+#[test]
+fn a_replacement_waits_until_two_passes_see_the_same_unhealthy_machines() {
+    let replace = Action::Replace { instance: "i-1".into(), reason: "the machine failed its status checks".into() };
+    let one = BTreeSet::from(["i-1".to_string()]);
+    let two = BTreeSet::from(["i-1".to_string(), "i-2".to_string()]);
+    assert_eq!(settled(replace.clone(), &one, None), Action::Nothing, "first seen unhealthy");
+    assert_eq!(settled(replace.clone(), &one, Some(&BTreeSet::new())), Action::Nothing);
+    assert_eq!(settled(replace.clone(), &one, Some(&one)), replace, "the same two passes running");
+    // Two of three die a second apart: the first pass sees one of them, the next both (and blocks).
+    assert_eq!(settled(replace.clone(), &two, Some(&one)), Action::Nothing);
+    let blocked = Action::Blocked("2 of 3".into());
+    assert_eq!(settled(blocked.clone(), &two, Some(&one)), blocked, "blocking needs no second look");
+    assert_eq!(settled(Action::Launch(1), &BTreeSet::new(), None), Action::Launch(1));
 }
 
 #[test]
