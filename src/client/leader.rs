@@ -278,9 +278,9 @@ mod tests {
     async fn a_leader_stopped_cleanly_releases_the_lease_and_another_takes_it_at_once() {
         let client = crate::controllers::tests::start().await;
         let (a, b) = (quick("a"), quick("b"));
-        let task_a = tokio::spawn(a.clone().run(client.clone(), || std::future::pending::<()>()));
+        let task_a = tokio::spawn(a.clone().run(client.clone(), std::future::pending::<()>));
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let task_b = tokio::spawn(b.clone().run(client.clone(), || std::future::pending::<()>()));
+        let task_b = tokio::spawn(b.clone().run(client.clone(), std::future::pending::<()>));
         tokio::time::sleep(Duration::from_millis(300)).await;
         let holder = |client: ApiClient| async move {
             let lease: Lease = client.get(&LEASES, Some(LEADER_LEASE_NAMESPACE), "test-loop").await.unwrap();

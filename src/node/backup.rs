@@ -115,6 +115,30 @@ pub fn restore(config: &NodeConfig, from: &Path, initial_cluster: Option<&str>) 
 }
 
 /// Takes a snapshot into `<data_dir>/snapshots` every `every`, keeping the newest `keep`.
+/// An etcd member is defragmented after a scheduled snapshot when at least this much of its
+/// database file, and half of it, is free.
+pub const DEFRAGMENT_MIN_FREE: i64 = 16 << 20;
+
+/// Defragments this master's own etcd member when compaction has left most of its file free (see
+/// [`crate::apiserver::store::EtcdCluster::defragment_when_fragmented`]); each master does its own
+/// member on its own schedule, so they are not all blocked at once.
+async fn defragment_local_member(config: &NodeConfig) {
+    if config.master.as_ref().is_none_or(|m| m.etcd.is_none()) {
+        return;
+    }
+    let result = async {
+        let options = super::etcd::local_options(&config.data_dir)?;
+        let cluster = crate::apiserver::store::EtcdCluster::connect(&options).await?;
+        anyhow::Ok(cluster.defragment_when_fragmented(DEFRAGMENT_MIN_FREE).await?)
+    }
+    .await;
+    match result {
+        Ok(Some((before, after))) => tracing::info!(before, after, "defragmented the local etcd member"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = format!("{e:#}"), "defragmenting the local etcd member"),
+    }
+}
+
 pub async fn run_scheduled(config: NodeConfig, every: Duration, keep: usize) {
     let dir = config.data_dir.join("snapshots");
     loop {
@@ -123,6 +147,7 @@ pub async fn run_scheduled(config: NodeConfig, every: Duration, keep: usize) {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             crate::home::restrict_dir(&dir)?;
             snapshot(&config, &dir.join(format!("snapshot-{}.db", unix_now()))).await?;
+            defragment_local_member(&config).await;
             let mut taken: Vec<PathBuf> = std::fs::read_dir(&dir)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("snapshot-") && n.ends_with(".db")))

@@ -688,6 +688,26 @@ impl EtcdCluster {
         futures::future::join_all(asks).await
     }
 
+    /// Defragments the member this handle reaches (make it a handle on that one endpoint, such as
+    /// the local member) when compaction has left at least half of its database file, and at least
+    /// `min_free` bytes, free: etcd reuses the freed pages but never gives them back, as
+    /// `etcdctl defrag` does. Defragmenting blocks that member's reads and writes while it runs
+    /// (milliseconds for the few MB a cluster keeps); the other members serve meanwhile. Returns
+    /// the file's size before and after, or `None` when it was not worth it.
+    pub async fn defragment_when_fragmented(&self, min_free: i64) -> Result<Option<(i64, i64)>, StoreError> {
+        let action = "defragmenting the etcd member";
+        let mut maintenance = self.client.maintenance_client();
+        let status = maintenance.status().await.map_err(|e| StoreError::backend(action, e))?;
+        let (size, in_use) = (status.db_size(), status.raft_used_db_size());
+        let free = size - in_use;
+        if in_use <= 0 || free < min_free || free * 2 < size {
+            return Ok(None);
+        }
+        maintenance.defragment().await.map_err(|e| StoreError::backend(action, e))?;
+        let after = maintenance.status().await.map_err(|e| StoreError::backend(action, e))?.db_size();
+        Ok(Some((size, after)))
+    }
+
     /// Writes a snapshot of the keyspace (from whichever member answers) to `path`, through a
     /// temporary file that is synced and renamed, so that `path` is complete or absent. Returns its
     /// size in bytes.

@@ -169,6 +169,30 @@ async fn a_single_member_reports_itself_and_writes_a_snapshot_etcdctl_can_read()
 }
 
 #[tokio::test]
+async fn a_member_left_mostly_free_by_compaction_is_defragmented() {
+    let etcd = EtcdProcess::start(None).await;
+    let options = EtcdProcess::options(&[&etcd], None).with_history(16);
+    let store = EtcdStore::connect(options.clone()).await.unwrap();
+    let cluster = EtcdCluster::connect(&options).await.unwrap();
+    assert_eq!(cluster.defragment_when_fragmented(0).await.unwrap(), None, "a fresh member is not fragmented");
+    let blob = "x".repeat(16 * 1024);
+    for i in 0..200 {
+        store.create(&format!("/r/big-{i}"), json!({ "blob": blob })).await.unwrap();
+    }
+    for i in 0..200 {
+        store.delete(&format!("/r/big-{i}"), None).await.unwrap();
+    }
+    // The store compacts as it writes; a few more writes take it past the deletions.
+    for i in 0..20 {
+        store.create(&format!("/r/small-{i}"), json!({ "i": i })).await.unwrap();
+    }
+    assert_eq!(cluster.defragment_when_fragmented(1 << 40).await.unwrap(), None, "less free than asked for");
+    let (before, after) = cluster.defragment_when_fragmented(1 << 20).await.unwrap().expect("defragmented");
+    assert!(before > 3 << 20 && after * 4 < before, "{before} bytes before, {after} after");
+    assert_eq!(store.get("/r/small-19").await.unwrap().unwrap().value, json!({ "i": 19 }), "the data is still there");
+}
+
+#[tokio::test]
 async fn a_three_member_cluster_keeps_serving_without_a_member_and_replaces_it() {
     let pki = TestPki::generate();
     let mut members = EtcdProcess::start_cluster(3, Some(&pki.ca)).await;
