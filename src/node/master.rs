@@ -176,8 +176,11 @@ pub const SCHEDULER_LEASE: &str = "kube-scheduler";
 pub const CONTROLLERS_LEASE: &str = "kube-controller-manager";
 pub const CLOUD_CONTROLLER_LEASE: &str = "cloud-controller-manager";
 
-/// The API server's store: this master's etcd member and its peers when the config has
-/// `[master.etcd]` (retried until etcd answers: the members may still be forming), else the
+/// How often a master's API server checks etcd's member list for its endpoints.
+const ETCD_MEMBERS_EVERY: Duration = Duration::from_secs(30);
+
+/// The API server's store: this master's etcd member and its peers (following etcd's member
+/// list) when the config has `[master.etcd]` (retried until etcd answers: the members may still be forming), else the
 /// embedded store in `<data_dir>/store.db`.
 async fn open_store(config: &NodeConfig, settings: &MasterSettings) -> Result<Arc<dyn Store>> {
     let Some(etcd) = &settings.etcd else {
@@ -190,7 +193,12 @@ async fn open_store(config: &NodeConfig, settings: &MasterSettings) -> Result<Ar
     loop {
         match EtcdStore::connect(options.clone()).await {
             Ok(store) => match store.revision().await {
-                Ok(_) => return Ok(Arc::new(store)),
+                Ok(_) => {
+                    // Its own member always; the others as etcd lists them now, not as they were
+                    // at create (a master replaced since has another address).
+                    store.follow_members(options.endpoints[..1].to_vec(), ETCD_MEMBERS_EVERY);
+                    return Ok(Arc::new(store));
+                }
                 Err(e) => tracing::info!(error = %e, "etcd does not answer yet"),
             },
             Err(e) => tracing::info!(error = %e, "connecting to etcd"),

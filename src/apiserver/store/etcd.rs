@@ -241,6 +241,8 @@ pub struct EtcdStore {
     history: u64,
     /// The revision this store last compacted etcd to (others may have compacted further).
     compacted: Arc<AtomicU64>,
+    /// The endpoints the client balances over (see [`EtcdStore::follow_members`]).
+    endpoints: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -254,7 +256,51 @@ impl EtcdStore {
     /// tells when it answers.
     pub async fn connect(options: EtcdOptions) -> Result<Self, StoreError> {
         let client = connect(&options.endpoints, options.tls.as_ref(), true).await?;
-        Ok(EtcdStore { client, history: options.history.max(1), compacted: Arc::new(AtomicU64::new(0)) })
+        let endpoints = Arc::new(std::sync::Mutex::new(options.endpoints.iter().cloned().collect()));
+        Ok(EtcdStore { client, history: options.history.max(1), compacted: Arc::new(AtomicU64::new(0)), endpoints })
+    }
+
+    /// Makes the client balance over `keep` and the client URL of every current member: a member
+    /// added since the store connected (a replaced master's) is added, one removed is dropped.
+    /// Returns the endpoints added and removed.
+    pub async fn sync_endpoints(&self, keep: &[String]) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let response = retrying(Retry::Safe, || {
+            let mut cluster = self.client.cluster_client();
+            async move { cluster.member_list().await }
+        })
+        .await
+        .map_err(|e| StoreError::backend("listing etcd's members", e))?;
+        let mut want: std::collections::BTreeSet<String> = keep.iter().cloned().collect();
+        want.extend(response.members().iter().filter_map(|m| m.client_urls().first().cloned()));
+        let current = self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let added: Vec<String> = want.difference(&current).cloned().collect();
+        let removed: Vec<String> = current.difference(&want).cloned().collect();
+        for endpoint in &added {
+            self.client.add_endpoint(endpoint).await.map_err(|e| StoreError::backend(format!("adding the etcd endpoint {endpoint}"), e))?;
+        }
+        for endpoint in &removed {
+            self.client.remove_endpoint(endpoint).await.map_err(|e| StoreError::backend(format!("removing the etcd endpoint {endpoint}"), e))?;
+        }
+        *self.endpoints.lock().unwrap_or_else(|e| e.into_inner()) = want;
+        Ok((added, removed))
+    }
+
+    /// Keeps the client's endpoints at `keep` and the current members ([`EtcdStore::sync_endpoints`]),
+    /// checked every `every` by a task that runs as long as the process: the API server of a
+    /// master that survived a master's replacement reaches the new member, and no longer dials the
+    /// dead one, without a restart.
+    pub fn follow_members(&self, keep: Vec<String>, every: Duration) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match store.sync_endpoints(&keep).await {
+                    Ok((added, removed)) if !added.is_empty() || !removed.is_empty() => tracing::info!(?added, ?removed, "etcd endpoints follow the members"),
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "following etcd's members"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
     }
 
     /// A range read, retried.

@@ -193,6 +193,30 @@ async fn a_member_left_mostly_free_by_compaction_is_defragmented() {
 }
 
 #[tokio::test]
+async fn a_store_follows_the_members_and_keeps_serving_when_the_one_it_was_given_dies() {
+    let mut members = EtcdProcess::start_cluster(3, None).await;
+    // Given only the first member, as a master's API server is given its own.
+    let first = members[0].client_url.clone();
+    let store = EtcdStore::connect(EtcdProcess::options(&[&members[0]], None)).await.unwrap();
+    let (added, removed) = store.sync_endpoints(std::slice::from_ref(&first)).await.unwrap();
+    let mut expected = vec![members[1].client_url.clone(), members[2].client_url.clone()];
+    expected.sort();
+    assert_eq!((added, removed), (expected, vec![]));
+    assert_eq!(store.sync_endpoints(std::slice::from_ref(&first)).await.unwrap(), (vec![], vec![]), "nothing changed");
+    store.create("/r/before", json!({})).await.unwrap();
+
+    // The member it was given dies: the others serve it.
+    members[0].kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut attempt = 0;
+    while let Err(e) = store.create(&format!("/r/after-{attempt}"), json!({})).await {
+        assert!(Instant::now() < deadline, "no write succeeded within 20 s without the first member: {}", chain(&e));
+        attempt += 1;
+    }
+    assert!(store.get("/r/before").await.unwrap().is_some());
+}
+
+#[tokio::test]
 async fn a_three_member_cluster_keeps_serving_without_a_member_and_replaces_it() {
     let pki = TestPki::generate();
     let mut members = EtcdProcess::start_cluster(3, Some(&pki.ca)).await;
