@@ -546,7 +546,11 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
                     "OnFailure" => exit != 0,
                     _ => true,
                 };
-                if restart {
+                // A restart already under way (the exited container's removal failed): wait for it.
+                let restarting = matches!(env.starting.lock().unwrap_or_else(|e| e.into_inner()).get(&start_key), Some(Start::Running));
+                if restart && restarting {
+                    infos.insert(cname, None);
+                } else if restart {
                     let at = *ct.restart_at.get_or_insert_with(|| now + ct.backoff);
                     if now >= at {
                         ct.restart_count += 1;
