@@ -180,8 +180,8 @@ pub const CLOUD_CONTROLLER_LEASE: &str = "cloud-controller-manager";
 const ETCD_MEMBERS_EVERY: Duration = Duration::from_secs(30);
 
 /// The API server's store: this master's etcd member and its peers (following etcd's member
-/// list) when the config has `[master.etcd]` (retried until etcd answers: the members may still be forming), else the
-/// embedded store in `<data_dir>/store.db`.
+/// list) when the config has `[master.etcd]` (retried until etcd answers: the members may still
+/// be forming), else the embedded store in `<data_dir>/store.db`.
 async fn open_store(config: &NodeConfig, settings: &MasterSettings) -> Result<Arc<dyn Store>> {
     let Some(etcd) = &settings.etcd else {
         let path = config.data_dir.join("store.db");
