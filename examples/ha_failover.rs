@@ -106,7 +106,12 @@ async fn main() -> anyhow::Result<()> {
             if took_over.is_some() && answered_after {
                 break;
             }
-            anyhow::ensure!(killed.elapsed() < Duration::from_secs(120), "no takeover within 2 minutes");
+            anyhow::ensure!(
+                killed.elapsed() < Duration::from_secs(120),
+                "2 minutes after terminating {leader}: {}; {}",
+                if took_over.is_some() { "every lease moved".to_string() } else { format!("leases held by {h:?}") },
+                if answered_after { "writes answered" } else { "no write through the balancer answered" }
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
