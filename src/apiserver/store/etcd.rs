@@ -125,6 +125,16 @@ async fn connect(endpoints: &[String], tls: Option<&EtcdTls>, require_leader: bo
     Client::connect(endpoints, Some(options)).await.map_err(|e| StoreError::backend(what(), e))
 }
 
+/// Every member of the cluster the client reaches, retried.
+async fn member_list(client: &Client) -> Result<etcd_client::MemberListResponse, StoreError> {
+    retrying(Retry::Safe, || {
+        let mut cluster = client.cluster_client();
+        async move { cluster.member_list().await }
+    })
+    .await
+    .map_err(|e| StoreError::backend("listing etcd's members", e))
+}
+
 /// Which failed requests may be sent again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Retry {
@@ -264,12 +274,7 @@ impl EtcdStore {
     /// added since the store connected (a replaced master's) is added, one removed is dropped.
     /// Returns the endpoints added and removed.
     pub async fn sync_endpoints(&self, keep: &[String]) -> Result<(Vec<String>, Vec<String>), StoreError> {
-        let response = retrying(Retry::Safe, || {
-            let mut cluster = self.client.cluster_client();
-            async move { cluster.member_list().await }
-        })
-        .await
-        .map_err(|e| StoreError::backend("listing etcd's members", e))?;
+        let response = member_list(&self.client).await?;
         let mut want: std::collections::BTreeSet<String> = keep.iter().cloned().collect();
         want.extend(response.members().iter().filter_map(|m| m.client_urls().first().cloned()));
         let current = self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -674,12 +679,7 @@ impl EtcdCluster {
 
     /// Every member, started or not.
     pub async fn members(&self) -> Result<Vec<EtcdMember>, StoreError> {
-        let response = retrying(Retry::Safe, || {
-            let mut cluster = self.client.cluster_client();
-            async move { cluster.member_list().await }
-        })
-        .await
-        .map_err(|e| StoreError::backend("listing etcd's members", e))?;
+        let response = member_list(&self.client).await?;
         Ok(response.members().iter().map(EtcdMember::from).collect())
     }
 
