@@ -117,8 +117,11 @@ class Ec2Realizer:
         self.net_lock = threading.RLock()  # network create/remove decisions
         self.nodes: dict[str, Node] = {}
         self.nets: dict[tuple[str, str, str], VpcNet] = {}
-        self.pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="clusterctl-docker")
+        self.pool = ThreadPoolExecutor(max_workers=12, thread_name_prefix="clusterctl-docker")
         self.rm_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="clusterctl-rm")
+        # waits for sshd of booting nodes: mostly idle threads, kept off the docker pool so that
+        # a large launch starts every container at once instead of six at a time
+        self.boot_wait_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="clusterctl-boot")
         self._images_ok: dict[str, float] = {}
         self._cgroup_args: Optional[list[str]] = None
         self._stop = threading.Event()
@@ -401,6 +404,10 @@ class Ec2Realizer:
         if node.desired == "terminated":  # terminated while docker run ran: the container must go
             self._remove_containers([node.iid])
             return
+        self.boot_wait_pool.submit(self._await_sshd, node, gen, t0)
+
+    def _await_sshd(self, node: Node, gen: int, t0: float) -> None:
+        """Makes a booting node running once its sshd answers (or with failed checks if it never does)."""
         ok = False
         try:
             ok = aioloop.run(self._wait_ssh(node, gen), timeout=settings.ready_timeout() + 30)
