@@ -4,8 +4,8 @@
 # usage: install.sh <master|worker> <binary-sha256> [<staged-binary>]
 #
 # Idempotent. Run as root, after the caller has put the node config and the systemd unit in place:
-#   1. installs the clusterctl binary from <staged-binary> (gzip-compressed if its name ends in .gz;
-#      default {{staged_binary}}) unless the installed binary already has <binary-sha256>, the
+#   1. installs the clusterctl binary from <staged-binary> (default {{staged_binary}}; unpacked
+#      if its name ends in .gz, else moved into place) unless the installed binary already has <binary-sha256>, the
 #      SHA-256 of the uncompressed binary; the staged file is removed once installed;
 #   1b. on an HA master (a [master.etcd] section in the config): etcd's package, certificates,
 #      settings and the clusterctl-etcd unit, (re)started without waiting when they changed;
@@ -46,10 +46,15 @@ unit_path=$unit_dir/$unit
 stamp=$state_dir/install.stamp
 changed=no
 
-# The SHA-256 of a file, or nothing if it does not exist.
+# The SHA-256 of a file, or nothing if it does not exist. OpenSSL's when the node has it (it uses
+# the CPU's SHA instructions: several times faster than coreutils on the binary), else coreutils'.
 sha256() {
     if [ -f "$1" ]; then
-        sha256sum "$1" | cut -d' ' -f1
+        if command -v openssl >/dev/null 2>&1; then
+            openssl dgst -sha256 -r "$1" | cut -d' ' -f1
+        else
+            sha256sum "$1" | cut -d' ' -f1
+        fi
     fi
 }
 
@@ -69,7 +74,7 @@ if [ "$(sha256 "$binary_path")" != "$want" ]; then
     trap 'rm -f "$tmp"' EXIT
     case $staged in
         *.gz) gzip -dc "$staged" >"$tmp" || fail "decompressing $staged" ;;
-        *) cp "$staged" "$tmp" || fail "copying $staged" ;;
+        *) mv -f "$staged" "$tmp" || fail "moving $staged" ;;
     esac
     got=$(sha256 "$tmp")
     [ "$got" = "$want" ] || fail "the staged binary $staged has SHA-256 $got, expected $want"

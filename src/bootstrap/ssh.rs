@@ -76,6 +76,14 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// A shell command printing the SHA-256 (lowercase hex) of the file at `quoted_path` (already
+/// shell-quoted), or nothing when it cannot be read. OpenSSL's `dgst` when the node has it (every
+/// Debian with ca-certificates does): it uses the CPU's SHA instructions and hashes the binary
+/// `create` installs several times faster than coreutils' `sha256sum`, the fallback.
+pub fn sha256_command(quoted_path: &str) -> String {
+    format!("{{ openssl dgst -sha256 -r {quoted_path} 2>/dev/null || sha256sum {quoted_path} 2>/dev/null; }} | cut -d' ' -f1")
+}
+
 /// Connects, verifies the host key and authenticates, retrying while the machine boots. Blocking.
 pub fn connect(target: &SshTarget, deadline: Duration) -> Result<SshSession, SshError> {
     let start = Instant::now();
@@ -196,7 +204,10 @@ impl SshSession {
     /// and checked against the SHA-256 the node computes.
     pub fn download(&self, path: &str) -> Result<Vec<u8>, SshError> {
         let q = shell_quote(path);
-        let digest = self.sudo(&format!("sha256sum {q} | cut -d' ' -f1"))?.stdout.trim().to_string();
+        let digest = self.sudo(&sha256_command(&q))?.stdout.trim().to_string();
+        if digest.len() != 64 {
+            return Err(session_error(&self.target, &format!("reading {path}"), "the file is missing or unreadable"));
+        }
         let tmp = format!("/tmp/clusterctl-download-{}", &digest[..digest.len().min(16)]);
         let t = shell_quote(&tmp);
         self.sudo(&format!("install -m 600 -o {} {q} {t}", shell_quote(&self.target.user)))?;
@@ -220,7 +231,7 @@ impl SshSession {
     pub fn upload(&self, contents: &[u8], path: &str, mode: u32) -> Result<bool, SshError> {
         let digest = hex::encode(Sha256::digest(contents));
         let q = shell_quote(path);
-        let current = self.exec(&format!("sudo -n sha256sum {q} 2>/dev/null | cut -d' ' -f1"))?;
+        let current = self.exec(&format!("sudo -n sh -c {}", shell_quote(&sha256_command(&q))))?;
         if current.stdout.trim() == digest {
             let _ = self.sudo(&format!("chmod {mode:o} {q}"));
             return Ok(false);
@@ -235,7 +246,8 @@ impl SshSession {
         let t = shell_quote(&tmp);
         let staged = shell_quote(&format!("{path}.clusterctl-new"));
         self.sudo(&format!(
-            "echo '{digest}  '{t} | sha256sum -c --quiet && mkdir -p \"$(dirname {q})\" && install -m {mode:o} -o root -g root {t} {staged} && mv -f {staged} {q}; status=$?; rm -f {t}; exit $status"
+            "[ \"$({hash})\" = {digest} ] && mkdir -p \"$(dirname {q})\" && install -m {mode:o} -o root -g root {t} {staged} && mv -f {staged} {q}; status=$?; rm -f {t}; exit $status",
+            hash = sha256_command(&t)
         ))?;
         Ok(true)
     }

@@ -29,6 +29,8 @@ pub const BINARY_PATH: &str = "/usr/local/bin/clusterctl";
 pub const STAGE_DIR: &str = "/usr/local/lib/clusterctl";
 /// Where the uploader puts the gzip-compressed binary; the install script's default source.
 pub const STAGED_BINARY_PATH: &str = "/usr/local/lib/clusterctl/clusterctl.gz";
+/// Where the uploader puts the binary when it sends it uncompressed (from a master, in the VPC).
+pub const STAGED_PLAIN_BINARY_PATH: &str = "/usr/local/lib/clusterctl/clusterctl";
 /// Where the uploader puts the install script.
 pub const INSTALL_SCRIPT_PATH: &str = "/usr/local/lib/clusterctl/install.sh";
 /// Where systemd units are installed.
@@ -151,8 +153,8 @@ pub fn unit_with(role: NodeRole, paths: &NodePaths) -> (String, String) {
 /// The command (to run as root) that installs the node software after the uploads: binary
 /// staged at [`STAGED_BINARY_PATH`] (unless the installed one already has `binary_sha256`), config
 /// at `/etc/clusterctl/node.toml`, unit in [`UNIT_DIR`], script at [`INSTALL_SCRIPT_PATH`].
-pub fn install_command(role: NodeRole, binary_sha256: &str) -> String {
-    format!("sh {INSTALL_SCRIPT_PATH} {} {}", role.as_str(), shell_quote(binary_sha256))
+pub fn install_command(role: NodeRole, binary_sha256: &str, staged_binary: &str) -> String {
+    format!("sh {INSTALL_SCRIPT_PATH} {} {} {}", role.as_str(), shell_quote(binary_sha256), shell_quote(staged_binary))
 }
 
 /// Reads the install script's output: `Some(true)` for `changed`, `Some(false)` for `unchanged`,
@@ -221,8 +223,8 @@ mod tests {
 
     #[test]
     fn the_install_command_and_its_output_are_understood() {
-        let cmd = install_command(NodeRole::Worker, "ab12");
-        assert_eq!(cmd, "sh /usr/local/lib/clusterctl/install.sh worker 'ab12'");
+        let cmd = install_command(NodeRole::Worker, "ab12", STAGED_BINARY_PATH);
+        assert_eq!(cmd, "sh /usr/local/lib/clusterctl/install.sh worker 'ab12' '/usr/local/lib/clusterctl/clusterctl.gz'");
         assert_eq!(install_changed("changed\n"), Some(true));
         assert_eq!(install_changed("unchanged\n\n"), Some(false));
         assert_eq!(install_changed("Created symlink\nchanged"), Some(true));

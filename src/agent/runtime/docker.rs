@@ -1,6 +1,7 @@
 //! [`ContainerRuntime`] on the Docker Engine API (bollard) over the node's local socket.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,6 +20,11 @@ use super::{ContainerInfo, ContainerRuntime, ContainerSpec, RuntimeError};
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
     docker: Docker,
+    /// What the last inspection of each container said, with the state the listing showed then:
+    /// a listing inspects only the containers that are new or changed state. The agent lists at
+    /// every pass, and inspecting 30 unchanged containers each time kept the node's dockerd busy
+    /// (and an inspection waits for a container that is being started).
+    inspected: Arc<Mutex<HashMap<String, (String, ContainerInfo)>>>,
 }
 
 fn failed(action: impl Into<String>, e: bollard::errors::Error) -> RuntimeError {
@@ -35,7 +41,18 @@ impl DockerRuntime {
     pub async fn connect() -> Result<Self, RuntimeError> {
         let docker = Docker::connect_with_unix_defaults().map_err(|e| failed("connecting to the Docker socket", e))?;
         let docker = docker.negotiate_version().await.map_err(|e| failed("negotiating the Docker API version", e))?;
-        Ok(DockerRuntime { docker })
+        Ok(DockerRuntime { docker, inspected: Arc::default() })
+    }
+
+    /// The container's inspection, reused while the listing shows it in the same state.
+    async fn inspect_once_per_state(&self, id: String, state: String) -> Result<ContainerInfo, RuntimeError> {
+        let known = self.inspected.lock().unwrap_or_else(|e| e.into_inner()).get(&id).filter(|(seen, _)| *seen == state).map(|(_, info)| info.clone());
+        if let Some(info) = known {
+            return Ok(info);
+        }
+        let info = self.inspect(&id).await?;
+        self.inspected.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (state, info.clone()));
+        Ok(info)
     }
 }
 
@@ -76,8 +93,10 @@ impl ContainerRuntime for DockerRuntime {
         let filters = HashMap::from([("label".to_string(), vec![label_key.to_string()])]);
         let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
         let summaries = self.docker.list_containers(Some(options)).await.map_err(|e| failed("listing containers", e))?;
-        // Inspected a few at a time: the summaries lack exit codes and bridge addresses.
-        let inspected: Vec<_> = futures::stream::iter(summaries.into_iter().filter_map(|s| s.id)).map(|id| async move { self.inspect(&id).await }).buffered(8).collect().await;
+        // The summaries lack exit codes and start times: each container is inspected once per
+        // state it is seen in (a few at a time), and that answer reused while its state stays.
+        let listed: Vec<(String, String)> = summaries.into_iter().filter_map(|s| Some((s.id?, format!("{:?}", s.state)))).collect();
+        let inspected: Vec<_> = futures::stream::iter(listed.clone()).map(|(id, state)| self.inspect_once_per_state(id, state)).buffered(8).collect().await;
         let mut out = Vec::new();
         for r in inspected {
             match r {
@@ -86,6 +105,8 @@ impl ContainerRuntime for DockerRuntime {
                 Err(e) => return Err(e),
             }
         }
+        let present: HashSet<&str> = listed.iter().map(|(id, _)| id.as_str()).collect();
+        self.inspected.lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| present.contains(id.as_str()));
         Ok(out)
     }
 
