@@ -5,8 +5,9 @@
 #
 # Idempotent. Run as root, after the caller has put the node config and the systemd unit in place:
 #   1. installs the clusterctl binary from <staged-binary> (default {{staged_binary}}; unpacked
-#      if its name ends in .gz, else moved into place) unless the installed binary already has <binary-sha256>, the
-#      SHA-256 of the uncompressed binary; the staged file is removed once installed;
+#      if its name ends in .gz, else moved into place) unless the installed binary already has
+#      <binary-sha256>, the SHA-256 of the uncompressed binary; the staged file is removed once
+#      installed;
 #   1b. on an HA master (a [master.etcd] section in the config): etcd's package, certificates,
 #      settings and the clusterctl-etcd unit, (re)started without waiting when they changed;
 #   2. reloads systemd if the unit file changed, enables the unit;
