@@ -244,6 +244,10 @@ fn install(session: &SshSession, artifacts: &Artifacts, role: NodeRole, config_t
     };
     let installed = session.exec(&ssh::sha256_command("/usr/local/bin/clusterctl")).map_err(ssh_err("checking the installed binary"))?;
     if installed.stdout.trim() != artifacts.binary_sha256 {
+        // The node's agent needs the container runtime: on an image that starts Docker on first
+        // use (socket activation), it starts now, while the binary travels, instead of when the
+        // agent's unit starts. Without Docker the agent says so when it runs.
+        session.sudo("systemctl start --no-block docker.service >/dev/null 2>&1 || true").map_err(ssh_err("starting the container runtime"))?;
         session.upload(&artifacts.binary_staged, artifacts.staged_path, 0o644).map_err(ssh_err("uploading the binary"))?;
     }
     let (unit_name, unit) = templates::unit(role);
