@@ -150,9 +150,17 @@ def test_nlb_quirks(elbv2, network, cluster, realizer_on):
     elbv2.delete_target_group(TargetGroupArn=tg["TargetGroupArn"])
 
 
-def test_ec2_describe_tags_keeps_tags_of_deleted_resources(ec2, cluster):
-    vpc = ec2.create_vpc(CidrBlock="10.98.0.0/16", TagSpecifications=tag_spec("vpc", cluster))["Vpc"]["VpcId"]
+def test_tags_of_deleted_resources_are_gone_and_tag_filters_still_match(ec2, cluster):
+    """moto keeps the tags of deleted resources and scans them all for every tag look-up; the
+    harness drops them when the resource goes (as AWS does) and looks tags up directly."""
+    vpc = ec2.create_vpc(CidrBlock="10.249.0.0/16", TagSpecifications=tag_spec("vpc", cluster))["Vpc"]["VpcId"]
+    sg = ec2.create_security_group(GroupName=f"{cluster}-sg", Description="t", VpcId=vpc,
+                                   TagSpecifications=tag_spec("security-group", cluster))["GroupId"]
+    found = ec2.describe_vpcs(Filters=cluster_filter(cluster))["Vpcs"]
+    assert [v["VpcId"] for v in found] == [vpc]
+    assert {t["Key"] for t in found[0]["Tags"]} == {CLUSTER_TAG, "Name"}
+    assert [g["GroupId"] for g in ec2.describe_security_groups(Filters=cluster_filter(cluster))["SecurityGroups"]] == [sg]
+    ec2.delete_security_group(GroupId=sg)
     ec2.delete_vpc(VpcId=vpc)
-    assert ec2.describe_vpcs(Filters=cluster_filter(cluster))["Vpcs"] == []
-    left = ec2.describe_tags(Filters=[{"Name": "key", "Values": [CLUSTER_TAG]}, {"Name": "value", "Values": [cluster]}])
-    assert [t["ResourceId"] for t in left["Tags"]] == [vpc]  # AWS: gone with the resource
+    left = ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [vpc, sg]}])["Tags"]
+    assert left == []

@@ -40,8 +40,9 @@ class RealizerEc2Provider(Ec2Provider):
 
     def on_after_init(self) -> None:
         super().on_after_init()
-        from . import ec2_realizer, nlb
+        from . import ec2_realizer, moto_speedups, nlb
 
+        moto_speedups.install()
         ec2_realizer.install()
         nlb.install()
 
