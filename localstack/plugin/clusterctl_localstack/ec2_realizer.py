@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import functools
 import ipaddress
 import json
 import logging
@@ -684,15 +685,9 @@ def realizer() -> Ec2Realizer:
 
 
 # ---------------------------------------------------------------------------- moto patches
-_installed = False
-
-
+@functools.cache  # once: a second call does nothing
 def install() -> None:
     """Hooks the realizer into moto's EC2 backend (idempotent)."""
-    global _installed
-    if _installed:
-        return
-    _installed = True
     from moto.ec2.exceptions import EC2ClientError, InvalidKeyPairNameError
     from moto.ec2.models import EC2Backend
     from moto.ec2.models.elastic_network_interfaces import NetworkInterface

@@ -14,19 +14,14 @@ route table, volume or network interface when moto deletes it, as AWS does.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 LOG = logging.getLogger("clusterctl.moto")
 
-_installed = False
-
-
+@functools.cache  # once: a second call does nothing
 def install() -> None:
-    global _installed
-    if _installed:
-        return
-    _installed = True
     from moto.ec2.models import EC2Backend
     from moto.ec2.models.core import TaggedEC2Resource
     from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, get_prefix

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import threading
@@ -430,15 +431,9 @@ def nlb() -> NlbRealizer:
         return _NLB
 
 
-_installed = False
-
-
+@functools.cache  # once: a second call does nothing
 def install() -> None:
     """Hooks the NLB realizer into moto's ELBv2 backend (idempotent)."""
-    global _installed
-    if _installed:
-        return
-    _installed = True
     from moto.elbv2.exceptions import DuplicateListenerError, ELBClientError, InvalidConfigurationRequest
     from moto.elbv2.models import ELBv2Backend, FakeHealthStatus, FakeTargetGroup
 
