@@ -242,7 +242,7 @@ fn install(session: &SshSession, artifacts: &Artifacts, role: NodeRole, config_t
         let step = step.to_string();
         move |source| BootstrapError::Ssh { node, step, source }
     };
-    let installed = session.exec(&ssh::sha256_command("/usr/local/bin/clusterctl")).map_err(ssh_err("checking the installed binary"))?;
+    let installed = session.exec(&ssh::sha256_command(&ssh::shell_quote(templates::BINARY_PATH))).map_err(ssh_err("checking the installed binary"))?;
     if installed.stdout.trim() != artifacts.binary_sha256 {
         // The node's agent needs the container runtime: on an image that starts Docker on first
         // use (socket activation), it starts now, while the binary travels, instead of when the
@@ -620,7 +620,7 @@ async fn needs_upgrade(session: &Arc<std::sync::Mutex<SshSession>>, artifacts: &
         let node = s.node().to_string();
         let err = |source| BootstrapError::Ssh { node: node.clone(), step: "checking the installed binary".into(), source };
         let joined = s.exec(&format!("sudo -n test -f {DATA_DIR}/pki/node.crt")).map_err(err)?.status == 0;
-        let installed = s.exec(&ssh::sha256_command("/usr/local/bin/clusterctl")).map_err(err)?.stdout.trim().to_string();
+        let installed = s.exec(&ssh::sha256_command(&ssh::shell_quote(templates::BINARY_PATH))).map_err(err)?.stdout.trim().to_string();
         Ok(joined && !installed.is_empty() && installed != want)
     })
     .await

@@ -208,7 +208,7 @@ impl SshSession {
         if digest.len() != 64 {
             return Err(session_error(&self.target, &format!("reading {path}"), "the file is missing or unreadable"));
         }
-        let tmp = format!("/tmp/clusterctl-download-{}", &digest[..digest.len().min(16)]);
+        let tmp = format!("/tmp/clusterctl-download-{}", &digest[..16]);
         let t = shell_quote(&tmp);
         self.sudo(&format!("install -m 600 -o {} {q} {t}", shell_quote(&self.target.user)))?;
         let received = (|| {

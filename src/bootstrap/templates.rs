@@ -151,8 +151,10 @@ pub fn unit_with(role: NodeRole, paths: &NodePaths) -> (String, String) {
 }
 
 /// The command (to run as root) that installs the node software after the uploads: binary
-/// staged at [`STAGED_BINARY_PATH`] (unless the installed one already has `binary_sha256`), config
-/// at `/etc/clusterctl/node.toml`, unit in [`UNIT_DIR`], script at [`INSTALL_SCRIPT_PATH`].
+/// staged at `staged_binary` ([`STAGED_BINARY_PATH`] gzip-compressed, or
+/// [`STAGED_PLAIN_BINARY_PATH`]; nothing staged when the installed one already has
+/// `binary_sha256`), config at `/etc/clusterctl/node.toml`, unit in [`UNIT_DIR`], script at
+/// [`INSTALL_SCRIPT_PATH`].
 pub fn install_command(role: NodeRole, binary_sha256: &str, staged_binary: &str) -> String {
     format!("sh {INSTALL_SCRIPT_PATH} {} {} {}", role.as_str(), shell_quote(binary_sha256), shell_quote(staged_binary))
 }

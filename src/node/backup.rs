@@ -114,7 +114,6 @@ pub fn restore(config: &NodeConfig, from: &Path, initial_cluster: Option<&str>) 
     Ok(())
 }
 
-/// Takes a snapshot into `<data_dir>/snapshots` every `every`, keeping the newest `keep`.
 /// An etcd member is defragmented after a scheduled snapshot when at least this much of its
 /// database file, and half of it, is free.
 pub const DEFRAGMENT_MIN_FREE: i64 = 16 << 20;
@@ -139,6 +138,8 @@ async fn defragment_local_member(config: &NodeConfig) {
     }
 }
 
+/// Takes a snapshot into `<data_dir>/snapshots` every `every`, keeping the newest `keep`; an HA
+/// master then defragments its own etcd member when that is worth it.
 pub async fn run_scheduled(config: NodeConfig, every: Duration, keep: usize) {
     let dir = config.data_dir.join("snapshots");
     loop {

@@ -82,7 +82,7 @@ def engine_get(path: str, timeout: float = 20) -> object:
         conn.request("GET", path)
         r = conn.getresponse()
         body = r.read()
-    except OSError as e:
+    except (OSError, http.client.HTTPException) as e:
         raise DockerError(["GET", path], -1, str(e)) from e
     finally:
         conn.close()
