@@ -60,9 +60,13 @@ async fn a_cluster_is_created_ready_secured_idempotent_and_survives_failures() {
 
     // From nothing to every node Ready.
     let started = Instant::now();
-    let stdout = assert_ok(&clusterctl(home.path(), &["create", "-f", s]), "create");
+    let out = clusterctl(home.path(), &["create", "-f", s]);
+    let stdout = assert_ok(&out, "create");
     eprintln!("create took {:.1}s", started.elapsed().as_secs_f64());
     assert!(stdout.contains("nodes: 3/3 Ready"), "{stdout}");
+    // The operator sent the binary to the master only; the workers fetched it from the master.
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(progress.matches("installed (binary from the master), joining").count(), 2, "{progress}");
 
     // get nodes, through the realized load balancer.
     let table = assert_ok(&clusterctl(home.path(), &["get", "nodes", "-f", s]), "get nodes");
@@ -85,6 +89,8 @@ async fn a_cluster_is_created_ready_secured_idempotent_and_survives_failures() {
     let anonymous = ApiClient::new(&kc.server, ClientAuth::Insecure).unwrap();
     let err = anonymous.get_value("/api/v1/nodes").await.unwrap_err();
     assert_eq!(err.code(), Some(401), "{err}");
+    let err = anonymous.request_text("GET", clusterctl::apiserver::NODE_BINARY_PATH).await.unwrap_err();
+    assert_eq!(err.code(), Some(401), "the binary is served to the cluster's machines only: {err}");
     let aws = AwsCloud::connect(&AwsOptions::default(), "us-east-1").await;
     let cloud = Resilient::new(Arc::new(aws), RetryPolicy::default());
     let inv = provision::discover(&cloud, "it-boot").await.unwrap();

@@ -71,6 +71,11 @@ impl ApiError {
         Self::about(StatusReason::Forbidden, 403, resource, name, message)
     }
 
+    /// 403 for a path that is not a resource (Kubernetes' wording for non-resource URLs).
+    pub fn forbidden_path(user: &str, verb: &str, path: &str) -> Self {
+        Self::new(StatusReason::Forbidden, 403, format!("forbidden: User {user:?} cannot {verb} path {path:?}"))
+    }
+
     /// 405: the verb does not apply to this path.
     pub fn method_not_allowed() -> Self {
         Self::new(StatusReason::MethodNotAllowed, 405, "the server does not allow this method on the requested resource")

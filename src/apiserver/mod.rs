@@ -15,6 +15,9 @@
 //! - [`store`]: the [`store::Store`] trait and the embedded SQLite store.
 //! - [`error`]: failures as Kubernetes `Status` objects.
 //!
+//! Besides the Kubernetes paths, [`NODE_BINARY_PATH`] serves the clusterctl binary the master
+//! runs, to the machines that join or upgrade (see [`node_binary`]).
+//!
 //! Objects live in the store under `/registry/{group or core}/{plural}/{namespace or _cluster}/{name}`;
 //! an object's `resourceVersion` is the store revision of its last write.
 
@@ -64,6 +67,9 @@ use store::Store;
 /// joining node checks it against the CA hash it was given).
 pub const CLUSTER_INFO_PATH: &str = "/api/v1/namespaces/kube-public/configmaps/cluster-info";
 
+/// Where machines of the cluster fetch the clusterctl binary the master runs.
+pub const NODE_BINARY_PATH: &str = "/clusterctl/v1/binary";
+
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open requests may run on after shutdown was asked for.
@@ -85,6 +91,9 @@ pub struct ApiServerConfig {
     pub csr_signer: Arc<dyn CsrSigner>,
     /// The CA published in `kube-public/cluster-info`.
     pub cluster_info_ca_pem: String,
+    /// The binary served at [`NODE_BINARY_PATH`] (a master serves its own, `/proc/self/exe`);
+    /// None answers 404 there.
+    pub node_binary: Option<std::path::PathBuf>,
 }
 
 /// Why the API server could not start.
@@ -200,6 +209,7 @@ fn router(state: AppState) -> Router {
         .route("/livez", get(healthz))
         .route("/readyz", get(readyz))
         .route("/version", get(version))
+        .route(NODE_BINARY_PATH, get(node_binary))
         .fallback(resource)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
@@ -271,6 +281,40 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")).into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store: no answer within 2 s").into_response(),
     }
+}
+
+/// The clusterctl binary this master runs, streamed: a machine joining or being upgraded inside
+/// the VPC fetches it here, so that `create` sends one copy over the operator's own link (to the
+/// master) instead of one per machine. Admins, nodes and bootstrap tokens (machines about to join)
+/// may read it; whoever installs it checks its SHA-256 against the one it was told.
+async fn node_binary(State(state): State<AppState>, Extension(identity): Extension<Identity>) -> Response {
+    let may = identity.in_group(auth::MASTERS_GROUP) || identity.node_name().is_some() || identity.is_bootstrapper();
+    if !may {
+        return ApiError::forbidden_path(&identity.user, "get", NODE_BINARY_PATH).into_response();
+    }
+    let Some(path) = state.config.node_binary.clone() else {
+        return ApiError::no_route().into_response();
+    };
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("reading {}: {e}", path.display())).into_response(),
+    };
+    let length = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("reading {}: {e}", path.display())).into_response(),
+    };
+    let chunks = futures::stream::try_unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = vec![0u8; 256 * 1024];
+        let n = file.read(&mut chunk).await?;
+        chunk.truncate(n);
+        Ok::<_, std::io::Error>((n > 0).then(|| (Bytes::from(chunk), file)))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, length)
+        .body(Body::from_stream(chunks))
+        .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
 }
 
 async fn version() -> Json<serde_json::Value> {

@@ -84,12 +84,17 @@ impl TestServer {
     }
 
     async fn start_with(store: SqliteStore) -> Self {
+        Self::start_serving(store, None).await
+    }
+
+    async fn start_serving(store: SqliteStore, node_binary: Option<std::path::PathBuf>) -> Self {
         let ca = Arc::new(TestCa::new("test-ca"));
         let (cert_pem, key_pem) = ca.serving();
         let config = ApiServerConfig {
             tls: ServerTls { cert_pem, key_pem, client_ca_pem: ca.pem.clone() },
             csr_signer: ca.clone(),
             cluster_info_ca_pem: ca.pem.clone(),
+        node_binary,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
@@ -422,6 +427,31 @@ fn csr_object(name: &str, csr_pem: &str) -> CertificateSigningRequest {
     csr.spec.signer_name = KUBELET_CLIENT_SIGNER.into();
     csr.spec.usages = vec!["digital signature".into(), "client auth".into()];
     csr
+}
+
+#[tokio::test]
+async fn the_node_binary_is_served_to_admins_nodes_and_bootstrap_tokens_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("clusterctl");
+    // Larger than one streamed chunk, so that the chunks are seen to join up.
+    let contents: String = (0..40_000).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(&binary, &contents).unwrap();
+    let server = TestServer::start_serving(SqliteStore::in_memory().unwrap(), Some(binary)).await;
+    let path = super::NODE_BINARY_PATH;
+    let admin = server.admin();
+    assert_eq!(admin.request_text("GET", path).await.unwrap(), contents);
+    assert_eq!(server.as_user("system:node:w1", &["system:nodes"]).request_text("GET", path).await.unwrap(), contents);
+    create_token(&admin, "abcdef", "0123456789abcdef", Time::from_system_time(std::time::SystemTime::now() + Duration::from_secs(3600))).await;
+    assert_eq!(server.with_token("abcdef.0123456789abcdef").request_text("GET", path).await.unwrap(), contents);
+    assert_eq!(code(server.with_token("abcdef.0123456789abcdeX").request_text("GET", path).await), 401);
+    assert_eq!(code(server.anonymous().request_text("GET", path).await), 401);
+    assert_eq!(code(server.as_user("jane", &["developers"]).request_text("GET", path).await), 403);
+    server.stop().await;
+
+    // A server given no binary has none to serve.
+    let server = TestServer::start().await;
+    assert_eq!(code(server.admin().request_text("GET", path).await), 404);
+    server.stop().await;
 }
 
 async fn create_token(admin: &ApiClient, id: &str, secret: &str, expires: Time) {

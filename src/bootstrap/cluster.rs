@@ -234,8 +234,30 @@ pub async fn connect(cloud: &dyn Cloud, machine: &Machine, user: &str, key: &std
     Ok(session)
 }
 
-/// Installs the node software on one machine (blocking). Returns whether anything changed.
-fn install(session: &SshSession, artifacts: &Artifacts, role: NodeRole, config_toml: &str) -> Result<bool, BootstrapError> {
+/// Where a joining machine may fetch the binary instead of being sent it: a master's
+/// [`crate::apiserver::NODE_BINARY_PATH`], inside the VPC (with a bootstrap token).
+#[derive(Debug, Clone)]
+pub struct BinaryFetch {
+    /// `https://<master's private address>:<port>/clusterctl/v1/binary`.
+    pub url: String,
+    /// The cluster CA, pinned by the fetch.
+    pub ca_pem: String,
+}
+
+/// How the binary reached a machine at install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The installed binary was the one wanted already.
+    Installed,
+    /// Fetched from the master.
+    FromMaster,
+    /// Sent over SSH; with why fetching it from the master failed, when that was tried.
+    Sent { fetch_failed: Option<String> },
+}
+
+/// Installs the node software on one machine (blocking). Returns whether anything changed and
+/// how the binary got there (fetched from `fetch` when given, else, or when that fails, sent).
+fn install(session: &SshSession, artifacts: &Artifacts, role: NodeRole, config_toml: &str, fetch: Option<(&BinaryFetch, &str)>) -> Result<(bool, Delivery), BootstrapError> {
     let node = session.node().to_string();
     let ssh_err = |step: &str| {
         let node = node.clone();
@@ -243,12 +265,27 @@ fn install(session: &SshSession, artifacts: &Artifacts, role: NodeRole, config_t
         move |source| BootstrapError::Ssh { node, step, source }
     };
     let installed = session.exec(&ssh::sha256_command(&ssh::shell_quote(templates::BINARY_PATH))).map_err(ssh_err("checking the installed binary"))?;
+    let mut delivery = Delivery::Installed;
+    let mut staged_path = artifacts.staged_path;
     if installed.stdout.trim() != artifacts.binary_sha256 {
         // The node's agent needs the container runtime: on an image that starts Docker on first
         // use (socket activation), it starts now, while the binary travels, instead of when the
         // agent's unit starts. Without Docker the agent says so when it runs.
         session.sudo("systemctl start --no-block docker.service >/dev/null 2>&1 || true").map_err(ssh_err("starting the container runtime"))?;
-        session.upload(&artifacts.binary_staged, artifacts.staged_path, 0o644).map_err(ssh_err("uploading the binary"))?;
+        let mut fetch_failed = None;
+        if let Some((from, token)) = fetch {
+            let out = session.sudo_script(&templates::fetch_binary_script(&from.url, &from.ca_pem, token, &artifacts.binary_sha256, templates::STAGED_PLAIN_BINARY_PATH)).map_err(ssh_err("fetching the binary from the master"))?;
+            if out.status == 0 {
+                delivery = Delivery::FromMaster;
+                staged_path = templates::STAGED_PLAIN_BINARY_PATH;
+            } else {
+                fetch_failed = Some(format!("exit status {}: {}", out.status, out.stderr.trim()));
+            }
+        }
+        if delivery != Delivery::FromMaster {
+            session.upload(&artifacts.binary_staged, artifacts.staged_path, 0o644).map_err(ssh_err("uploading the binary"))?;
+            delivery = Delivery::Sent { fetch_failed };
+        }
     }
     let (unit_name, unit) = templates::unit(role);
     let unit_name = format!("{}/{unit_name}", templates::UNIT_DIR);
@@ -259,8 +296,9 @@ fn install(session: &SshSession, artifacts: &Artifacts, role: NodeRole, config_t
     }
     session.upload(config_toml.as_bytes(), "/etc/clusterctl/node.toml", 0o600).map_err(ssh_err("uploading the node config"))?;
     session.upload(artifacts.install_script.as_bytes(), templates::INSTALL_SCRIPT_PATH, 0o755).map_err(ssh_err("uploading the install script"))?;
-    let out = session.sudo(&templates::install_command(role, &artifacts.binary_sha256, artifacts.staged_path)).map_err(ssh_err("running the install script"))?;
-    templates::install_changed(&out.stdout).ok_or_else(|| BootstrapError::Node { node: node.clone(), step: "running the install script".into(), message: format!("unexpected output: {}", out.stdout.trim()) })
+    let out = session.sudo(&templates::install_command(role, &artifacts.binary_sha256, staged_path)).map_err(ssh_err("running the install script"))?;
+    let changed = templates::install_changed(&out.stdout).ok_or_else(|| BootstrapError::Node { node: node.clone(), step: "running the install script".into(), message: format!("unexpected output: {}", out.stdout.trim()) })?;
+    Ok((changed, delivery))
 }
 
 /// Where a machine of the LocalStack harness finds the cloud endpoint as it reaches it (the harness's
@@ -406,7 +444,10 @@ pub async fn bootstrap(
     if !workers.is_empty() {
         reporter.phase("installing and joining the workers");
         let ca_hash = pki::ca_hash(&ca_pem).map_err(|e| BootstrapError::Other(format!("hashing the cluster CA: {e}")))?;
-        let join = Join { cluster: spec.name.as_str().into(), api_host: api_host.clone(), port: spec.api.port, ca_hash, token_ttl: options.token_ttl };
+        // The workers fetch the binary from the master inside the VPC: one copy crosses the
+        // operator's link instead of one per worker (and nothing is unpacked on them).
+        let binary = BinaryFetch { url: format!("https://{}:{}{}", master.private_ip()?, spec.api.port, crate::apiserver::NODE_BINARY_PATH), ca_pem: ca_pem.clone() };
+        let join = Join { cluster: spec.name.as_str().into(), api_host: api_host.clone(), port: spec.api.port, ca_hash, token_ttl: options.token_ttl, binary: Some(binary) };
         // Joined workers running another binary are upgraded one at a time, drained first; the
         // others (new machines, config changes) are installed in parallel.
         let mut upgrades = Vec::new();
@@ -532,7 +573,7 @@ pub async fn install_master(
     let (session, artifacts) = (session.clone(), artifacts.clone());
     tokio::task::spawn_blocking(move || {
         let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
-        install(&s, &artifacts, NodeRole::Master, &toml)
+        install(&s, &artifacts, NodeRole::Master, &toml, None).map(|(changed, _)| changed)
     })
     .await
     .map_err(|e| BootstrapError::Other(e.to_string()))?
@@ -601,6 +642,8 @@ pub struct Join {
     pub ca_hash: String,
     /// Lifetime of the join token made for them.
     pub token_ttl: Duration,
+    /// Where they fetch the binary (a master inside the VPC); None sends it to each over SSH.
+    pub binary: Option<BinaryFetch>,
 }
 
 type Sessions = BTreeMap<String, Arc<std::sync::Mutex<SshSession>>>;
@@ -671,11 +714,12 @@ async fn install_with_token(join: &Join, workers: &[&Machine], sessions: &Sessio
         let session = sessions[&m.name].clone();
         let artifacts = artifacts.clone();
         let token = token.to_string();
+        let fetch_token = token.clone();
         let join = join.clone();
         async move {
             reporter.item(&m.name, "installing");
             let name = m.name.clone();
-            let result = tokio::task::spawn_blocking(move || -> Result<bool, BootstrapError> {
+            let result = tokio::task::spawn_blocking(move || -> Result<(bool, Delivery), BootstrapError> {
                 let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
                 // A joined worker keeps the token it joined with, so that its config does not change.
                 let current = read_root_file(&s, "/etc/clusterctl/node.toml").ok().flatten().and_then(|t| NodeConfig::from_toml(&t).ok());
@@ -689,17 +733,22 @@ async fn install_with_token(join: &Join, workers: &[&Machine], sessions: &Sessio
                     ..m.node_config(&join.cluster, NodeRole::Worker, ApiEndpoint { endpoint: join.api_host, port: join.port })?
                 };
                 let toml = config.to_toml().map_err(|e| BootstrapError::Other(format!("rendering the config of {}: {e}", m.name)))?;
-                install(&s, &artifacts, NodeRole::Worker, &toml)
+                let fetch = join.binary.as_ref().map(|b| (b, fetch_token.as_str()));
+                install(&s, &artifacts, NodeRole::Worker, &toml, fetch)
             })
             .await
             .map_err(|e| BootstrapError::Other(e.to_string()))
             .and_then(|r| r);
             match &result {
-                Ok(true) => reporter.item(&name, "installed, joining"),
-                Ok(false) => reporter.item(&name, "already up to date"),
+                Ok((true, Delivery::FromMaster)) => reporter.item(&name, "installed (binary from the master), joining"),
+                Ok((true, _)) => reporter.item(&name, "installed, joining"),
+                Ok((false, _)) => reporter.item(&name, "already up to date"),
                 Err(_) => reporter.item_done(&name, "failed"),
             }
-            (name, result)
+            if let Ok((_, Delivery::Sent { fetch_failed: Some(why) })) = &result {
+                reporter.warn(&format!("{name}: fetching the binary from the master failed ({why}); sent it over SSH instead"));
+            }
+            (name, result.map(|(changed, _)| changed))
         }
     });
     let mut changed = Vec::new();

@@ -186,6 +186,24 @@ impl SshSession {
         channel.exit_status().map_err(err)
     }
 
+    /// Runs a shell script as root (`sudo -n sh -s`), its text sent on standard input so that what
+    /// it holds (a token) never shows in a process list; collects its output, whatever its exit
+    /// status.
+    pub fn sudo_script(&self, script: &str) -> Result<CommandOutput, SshError> {
+        let err = |e: ssh2::Error| session_error(&self.target, "running a script through sudo", e);
+        let mut channel = self.session.channel_session().map_err(err)?;
+        channel.exec("sudo -n sh -s").map_err(err)?;
+        std::io::Write::write_all(&mut channel, script.as_bytes()).map_err(|e| session_error(&self.target, "sending a script", e))?;
+        channel.send_eof().map_err(err)?;
+        let mut stdout = String::new();
+        channel.read_to_string(&mut stdout).map_err(|e| session_error(&self.target, "reading output", e))?;
+        let mut stderr = String::new();
+        channel.stderr().read_to_string(&mut stderr).map_err(|e| session_error(&self.target, "reading errors", e))?;
+        channel.wait_close().map_err(err)?;
+        let status = channel.exit_status().map_err(err)?;
+        Ok(CommandOutput { status, stdout, stderr })
+    }
+
     /// Runs a command and fails unless it exits 0.
     pub fn run(&self, command: &str) -> Result<CommandOutput, SshError> {
         let out = self.exec(command)?;

@@ -159,6 +159,42 @@ pub fn install_command(role: NodeRole, binary_sha256: &str, staged_binary: &str)
     format!("sh {INSTALL_SCRIPT_PATH} {} {} {}", role.as_str(), shell_quote(binary_sha256), shell_quote(staged_binary))
 }
 
+/// The script (run as root, text on standard input: it holds a join token) that fetches the
+/// binary a master serves at [`crate::apiserver::NODE_BINARY_PATH`] over HTTPS with the cluster CA
+/// pinned and a bootstrap token, checks its SHA-256 and stages it at `staged` (for
+/// [`install_command`]: [`STAGED_PLAIN_BINARY_PATH`]).
+/// Exits non-zero, with the reason on stderr and nothing staged, on any failure (no curl, the
+/// master unreachable, another binary there).
+pub fn fetch_binary_script(url: &str, ca_pem: &str, token: &str, binary_sha256: &str, staged: &str) -> String {
+    let staged = shell_quote(staged);
+    let hash = crate::bootstrap::ssh::sha256_command("\"$part\"");
+    format!(
+        r#"set -eu
+umask 077
+command -v curl >/dev/null 2>&1 || {{ echo "curl is not installed" >&2; exit 2; }}
+staged={staged}
+part="$staged.part"
+dir=$(mktemp -d)
+trap 'rm -rf "$dir" "$part"' EXIT
+cat >"$dir/ca.crt" <<'CLUSTERCTL_CA_END'
+{ca}
+CLUSTERCTL_CA_END
+printf 'Authorization: Bearer %s\n' {token} >"$dir/header"
+mkdir -p "$(dirname "$staged")"
+curl -fsS --connect-timeout 5 --max-time 300 --cacert "$dir/ca.crt" -H @"$dir/header" -o "$part" {url}
+got=$({hash})
+[ "$got" = {sha} ] || {{ echo "got a binary with SHA-256 $got, expected {sha_text}" >&2; exit 3; }}
+chmod 644 "$part"
+mv -f "$part" "$staged"
+"#,
+        ca = ca_pem.trim_end(),
+        token = shell_quote(token),
+        url = shell_quote(url),
+        sha = shell_quote(binary_sha256),
+        sha_text = binary_sha256.replace(|c: char| !c.is_ascii_hexdigit(), ""),
+    )
+}
+
 /// Reads the install script's output: `Some(true)` for `changed`, `Some(false)` for `unchanged`,
 /// `None` if its last line is neither.
 pub fn install_changed(stdout: &str) -> Option<bool> {
@@ -173,6 +209,83 @@ pub fn install_changed(stdout: &str) -> Option<bool> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// Runs the fetch script with `sh`, a stand-in `curl` first on the PATH that checks what it is
+    /// given (the pinned CA, the token in a header file, never on its command line) and writes
+    /// `payload`; returns the exit status, stderr and what was staged.
+    fn run_fetch(payload: &[u8], want_sha: &str, with_curl: bool) -> (i32, String, Option<Vec<u8>>) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(dir.path().join("payload"), payload).unwrap();
+        if with_curl {
+            let curl = format!(
+                r#"#!/bin/sh
+out="" ca="" header=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -o) out=$2; shift 2 ;;
+    --cacert) ca=$2; shift 2 ;;
+    -H) header=$2; shift 2 ;;
+    *secret*) echo "the token is on the command line" >&2; exit 9 ;;
+    *) shift ;;
+  esac
+done
+grep -q 'BEGIN CERTIFICATE' "$ca" || {{ echo "no CA" >&2; exit 7; }}
+[ "$(cat "${{header#@}}")" = "Authorization: Bearer abcdef.secret0123456789" ] || {{ echo "bad header" >&2; exit 8; }}
+cp {payload} "$out"
+"#,
+                payload = dir.path().join("payload").display()
+            );
+            std::fs::write(bin.join("curl"), curl).unwrap();
+            std::fs::set_permissions(bin.join("curl"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        // The tools the script uses besides curl, without the machine's own curl.
+        for tool in ["sh", "mktemp", "cat", "rm", "mkdir", "dirname", "openssl", "sha256sum", "cut", "chmod", "mv", "printf", "grep", "cp"] {
+            if let Ok(path) = which(tool) {
+                let _ = std::os::unix::fs::symlink(path, bin.join(tool));
+            }
+        }
+        let staged = dir.path().join("lib/clusterctl");
+        let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let script = fetch_binary_script("https://10.0.0.4:6443/clusterctl/v1/binary", ca, "abcdef.secret0123456789", want_sha, staged.to_str().unwrap());
+        let mut child = std::process::Command::new(bin.join("sh"))
+            .arg("-s")
+            .env("PATH", &bin)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("lib")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        assert!(leftovers.iter().all(|n| n == "clusterctl"), "nothing but the staged binary is left: {leftovers:?}");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned(), std::fs::read(&staged).ok())
+    }
+
+    fn which(tool: &str) -> Result<std::path::PathBuf, ()> {
+        ["/usr/bin", "/bin", "/usr/sbin", "/sbin"].iter().map(|d| std::path::Path::new(d).join(tool)).find(|p| p.exists()).ok_or(())
+    }
+
+    #[test]
+    fn the_fetch_script_stages_the_binary_only_when_its_sha256_is_the_one_wanted() {
+        use sha2::Digest;
+        let payload = b"the clusterctl binary".to_vec();
+        let sha = hex::encode(sha2::Sha256::digest(&payload));
+        let (status, stderr, staged) = run_fetch(&payload, &sha, true);
+        assert_eq!((status, staged.as_deref()), (0, Some(&payload[..])), "{stderr}");
+
+        let other = hex::encode(sha2::Sha256::digest(b"another binary"));
+        let (status, stderr, staged) = run_fetch(&payload, &other, true);
+        assert_eq!(status, 3, "{stderr}");
+        assert!(stderr.contains(&format!("got a binary with SHA-256 {sha}, expected {other}")), "{stderr}");
+        assert_eq!(staged, None);
+
+        let (status, stderr, staged) = run_fetch(&payload, &sha, false);
+        assert_eq!((status, staged), (2, None));
+        assert!(stderr.contains("curl is not installed"), "{stderr}");
+    }
     use std::os::unix::fs::PermissionsExt;
     use std::path::{Path, PathBuf};
     use std::process::{Command, Output};

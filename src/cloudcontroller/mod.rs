@@ -51,6 +51,8 @@ pub async fn run(client: ApiClient, settings: CloudSettings, config: NodeConfig,
         port: config.api.port,
         ca_hash: crate::pki::ca_hash(&ca_pem)?,
         token_ttl: Duration::from_secs(3600),
+        // This master sends its binary to the machines it adds itself, inside the VPC.
+        binary: None,
     };
     let ctx = machines::Context {
         cloud: cloud.clone(),

@@ -25,6 +25,7 @@ pub(crate) async fn start() -> ApiClient {
         tls: ServerTls { cert_pem: serving.cert_pem, key_pem: serving.key_pem, client_ca_pem: ca.cert_pem().to_string() },
         csr_signer: ca.clone(),
         cluster_info_ca_pem: ca.cert_pem().to_string(),
+        node_binary: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());

@@ -85,6 +85,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         tls: ServerTls { cert_pem: serving_cert, key_pem: serving_key, client_ca_pem: ca.cert_pem().to_string() },
         csr_signer: ca.clone(),
         cluster_info_ca_pem: ca.cert_pem().to_string(),
+        // The running binary, even after an upgrade has replaced the file on disk.
+        node_binary: Some("/proc/self/exe".into()),
     };
     // The server stops after the leases are given up (below), so that giving them up can reach it.
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
