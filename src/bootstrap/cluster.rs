@@ -388,25 +388,34 @@ pub async fn bootstrap(
     }
     BootstrapError::all(errors)?;
 
-    // Masters.
+    // Masters. Meanwhile, each worker is checked: joined with another binary, it is upgraded later,
+    // one at a time. (Starting the workers' Docker now, too, made the master's install twice as
+    // slow in the harness, where ten booting workers share the cores with it: the master is on the
+    // critical path, through the load balancer's health checks.)
     reporter.phase("installing the master");
     let plane = ControlPlane::new(spec, &masters, lb_host.as_deref(), api_host.clone())?;
-    let mut changed = Vec::new();
     let spec_copy = node_spec_copy(spec)?;
     let ssh_key_bytes = std::fs::read(ssh_key).map_err(|e| BootstrapError::Other(format!("reading the cluster's SSH key {}: {e}", ssh_key.display())))?;
-    // An HA control plane: an etcd member on every master, formed together; the first master makes
-    // the cluster CA, and the others get a copy of it before they start.
-    for (index, m) in masters.iter().enumerate() {
-        if plane.etcd.is_some() && index > 0 {
-            copy_ca(&sessions[&master.name], &sessions[&m.name]).await?;
+    let install_masters = async {
+        let mut changed = Vec::new();
+        // An HA control plane: an etcd member on every master, formed together; the first master
+        // makes the cluster CA, and the others get a copy of it before they start.
+        for (index, m) in masters.iter().enumerate() {
+            if plane.etcd.is_some() && index > 0 {
+                copy_ca(&sessions[&master.name], &sessions[&m.name]).await?;
+            }
+            reporter.item(&m.name, "installing");
+            let did = install_master(&sessions[&m.name], spec, m, &plane, &spec_copy, &ssh_key_bytes, &artifacts, None).await?;
+            reporter.item_done(&m.name, if did { "installed and started" } else { "already up to date" });
+            if did {
+                changed.push(m.name.clone());
+            }
         }
-        reporter.item(&m.name, "installing");
-        let did = install_master(&sessions[&m.name], spec, m, &plane, &spec_copy, &ssh_key_bytes, &artifacts, None).await?;
-        reporter.item_done(&m.name, if did { "installed and started" } else { "already up to date" });
-        if did {
-            changed.push(m.name.clone());
-        }
-    }
+        Ok::<_, BootstrapError>(changed)
+    };
+    let check_workers = futures::future::join_all(workers.iter().map(|m| needs_upgrade(&sessions[&m.name], &artifacts)));
+    let (masters_changed, upgrade_checks) = tokio::join!(install_masters, check_workers);
+    let mut changed = masters_changed?;
 
     // The master made the cluster's PKI on its first start: fetch the CA and the admin credentials.
     reporter.phase("waiting for the API server");
@@ -452,8 +461,8 @@ pub async fn bootstrap(
         // others (new machines, config changes) are installed in parallel.
         let mut upgrades = Vec::new();
         let mut others = Vec::new();
-        for m in &workers {
-            if needs_upgrade(&sessions[&m.name], &artifacts).await? {
+        for (m, check) in workers.iter().zip(upgrade_checks) {
+            if check? {
                 upgrades.push(*m);
             } else {
                 others.push(*m);
@@ -655,7 +664,8 @@ async fn install_workers(client: &ApiClient, join: &Join, workers: &[&Machine], 
     install_with_token(join, workers, sessions, artifacts, &token, reporter).await
 }
 
-/// Whether a worker has joined and runs another binary than the one to install.
+/// Whether a worker has joined and runs another binary than the one to install (then it is
+/// upgraded, drained first).
 async fn needs_upgrade(session: &Arc<std::sync::Mutex<SshSession>>, artifacts: &Arc<Artifacts>) -> Result<bool, BootstrapError> {
     let (session, want) = (session.clone(), artifacts.binary_sha256.clone());
     tokio::task::spawn_blocking(move || {
