@@ -80,10 +80,10 @@ async fn etcd_store(dir: &std::path::Path, ca: &ClusterCa) -> anyhow::Result<(Et
     let options = EtcdOptions::new(vec![client_url]).with_tls(EtcdTls { ca_pem: ca.cert_pem().to_string(), cert_pem: client.cert_pem, key_pem: client.key_pem });
     let started = Instant::now();
     loop {
-        if let Ok(store) = EtcdStore::connect(options.clone()).await {
-            if store.revision().await.is_ok() {
-                return Ok((etcd, Arc::new(store)));
-            }
+        if let Ok(store) = EtcdStore::connect(options.clone()).await
+            && store.revision().await.is_ok()
+        {
+            return Ok((etcd, Arc::new(store)));
         }
         anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "etcd did not answer within 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -40,10 +40,10 @@ fn ready_of(nodes: &[Value], name: &str) -> Option<String> {
 async fn wait_ready(client: &ApiClient, name: &str, want: &str, within: Duration) -> Duration {
     let start = Instant::now();
     loop {
-        if let Ok(nodes) = client.list_values("/api/v1/nodes").await {
-            if ready_of(&nodes, name).as_deref() == Some(want) {
-                return start.elapsed();
-            }
+        if let Ok(nodes) = client.list_values("/api/v1/nodes").await
+            && ready_of(&nodes, name).as_deref() == Some(want)
+        {
+            return start.elapsed();
         }
         assert!(start.elapsed() < within, "{name} did not become Ready={want} within {within:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;

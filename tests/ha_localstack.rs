@@ -152,12 +152,12 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
                         *g = (*g).max(gap);
                         last_ok = Instant::now();
                     }
-                } else if let Ok(Err(e)) = write {
-                    if e.is_already_exists() {
-                        // Acknowledged before, its answer lost: it counts as written.
-                        acknowledged.lock().unwrap().push(name.clone());
-                        i += 1;
-                    }
+                } else if let Ok(Err(e)) = write
+                    && e.is_already_exists()
+                {
+                    // Acknowledged before, its answer lost: it counts as written.
+                    acknowledged.lock().unwrap().push(name.clone());
+                    i += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

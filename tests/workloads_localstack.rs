@@ -434,12 +434,11 @@ async fn stopped_master_leaves_pods_serving_and_untouched(client: &ApiClient) {
     loop {
         let leases = client.list_values("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases").await.unwrap_or_default();
         let renewed = leases.iter().filter(|l| parse_rfc3339(str_at(l, "/spec/renewTime")).is_some_and(|t| t > started_at)).count();
-        if renewed == nodes.len() {
-            if let Ok(ns) = client.list_values("/api/v1/nodes").await {
-                if ns.len() == nodes.len() && ns.iter().all(node_ready) {
-                    break;
-                }
-            }
+        if renewed == nodes.len()
+            && let Ok(ns) = client.list_values("/api/v1/nodes").await
+            && ns.len() == nodes.len() && ns.iter().all(node_ready)
+        {
+            break;
         }
         assert!(start.elapsed() < Duration::from_secs(180), "nodes not all back and Ready within 180 s of StartInstances ({renewed} leases renewed)");
         tokio::time::sleep(Duration::from_millis(500)).await;

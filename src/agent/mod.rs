@@ -84,12 +84,11 @@ async fn report(client: &ApiClient, config: &AgentConfig, host: &host::HostInfo)
             }
             let mut new_status = status(config, host, "True", "KubeletReady", "agent is posting ready status");
             // Keep the transition time while the condition does not change.
-            if let Some(old) = ready_condition(&node) {
-                if old.get("status").and_then(Value::as_str) == Some("True") {
-                    if let Some(t) = old.get("lastTransitionTime") {
-                        new_status["conditions"][0]["lastTransitionTime"] = t.clone();
-                    }
-                }
+            if let Some(old) = ready_condition(&node)
+                && old.get("status").and_then(Value::as_str) == Some("True")
+                && let Some(t) = old.get("lastTransitionTime")
+            {
+                new_status["conditions"][0]["lastTransitionTime"] = t.clone();
             }
             node["status"] = new_status;
             client.replace_value(&format!("{path}/status"), &node).await?;

@@ -351,10 +351,10 @@ impl<R: ContainerRuntime> PodSync<R> {
             if let Err(e) = runtime.stop(&id, grace).await {
                 tracing::warn!(container = %id, error = %e, "stopping a container");
             }
-            if remove {
-                if let Err(e) = runtime.remove(&id).await {
-                    tracing::warn!(container = %id, error = %e, "removing a container");
-                }
+            if remove
+                && let Err(e) = runtime.remove(&id).await
+            {
+                tracing::warn!(container = %id, error = %e, "removing a container");
             }
             terminating.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         });
@@ -674,10 +674,10 @@ fn pod_status(pod: &Value, specs: &[Value], track: &PodTrack, infos: &HashMap<St
         if let Some(c) = &info {
             s["containerID"] = json!(format!("docker://{}", c.id));
         }
-        if let Some(t) = &ct.last_terminated {
-            if !state.get("terminated").is_some() {
-                s["lastState"] = json!({ "terminated": t });
-            }
+        if let Some(t) = &ct.last_terminated
+            && state.get("terminated").is_none()
+        {
+            s["lastState"] = json!({ "terminated": t });
         }
         statuses.push(s);
     }
@@ -755,19 +755,19 @@ pub async fn run<R: ContainerRuntime>(client: ApiClient, runtime: Arc<R>, node_n
         let fresh = fired || rx.has_changed().unwrap_or(false);
         listed |= fresh;
         if !listed {
-            if let Some(pods) = &saved {
-                if let Err(e) = sync.sync(pods).await {
-                    tracing::warn!(error = %e, "syncing the checkpointed pods with the container runtime");
-                }
+            if let Some(pods) = &saved
+                && let Err(e) = sync.sync(pods).await
+            {
+                tracing::warn!(error = %e, "syncing the checkpointed pods with the container runtime");
             }
             continue;
         }
-        if fresh {
-            if let Some(path) = &checkpoint {
-                let pods: Vec<Value> = rx.borrow().values().cloned().collect();
-                if let Err(e) = save_checkpoint(path, &pods) {
-                    tracing::warn!(path = %path.display(), error = %e, "saving the pods checkpoint");
-                }
+        if fresh
+            && let Some(path) = &checkpoint
+        {
+            let pods: Vec<Value> = rx.borrow().values().cloned().collect();
+            if let Err(e) = save_checkpoint(path, &pods) {
+                tracing::warn!(path = %path.display(), error = %e, "saving the pods checkpoint");
             }
         }
         let desired: Vec<Value> = rx.borrow_and_update().values().cloned().collect();
@@ -1012,10 +1012,10 @@ mod tests {
             let deadline = Instant::now() + Duration::from_secs(20);
             let status = loop {
                 let u = sync.sync(std::slice::from_ref(&p)).await.expect("sync");
-                if let Some(u) = u.last() {
-                    if u.status["conditions"][3]["status"] == "True" {
-                        break u.status.clone();
-                    }
+                if let Some(u) = u.last()
+                    && u.status["conditions"][3]["status"] == "True"
+                {
+                    break u.status.clone();
                 }
                 assert!(Instant::now() < deadline, "the pod never became ready");
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -38,7 +38,7 @@ pub const PKI_DIR: &str = "/var/lib/clusterctl/pki";
 #[derive(Debug, Error)]
 pub enum BootstrapError {
     #[error("{node}: {step}: {source}")]
-    Ssh { node: String, step: String, #[source] source: SshError },
+    Ssh { node: String, step: String, #[source] source: Box<SshError> },
     #[error("{node}: {step}: {message}")]
     Node { node: String, step: String, message: String },
     #[error("{0}")]
@@ -227,7 +227,7 @@ pub async fn connect(cloud: &dyn Cloud, machine: &Machine, user: &str, key: &std
     let trust = if pinned.is_empty() { HostKeyTrust::FirstUse } else { HostKeyTrust::Pinned(pinned) };
     let first_use = matches!(trust, HostKeyTrust::FirstUse);
     let target = SshTarget { node: machine.name.clone(), address: SocketAddr::new(machine.address()?, 22), user: user.into(), private_key: key.into(), trust };
-    let session = ssh::connect_async(target, deadline).await.map_err(|source| BootstrapError::Ssh { node: machine.name.clone(), step: "connecting".into(), source })?;
+    let session = ssh::connect_async(target, deadline).await.map_err(|source| BootstrapError::Ssh { node: machine.name.clone(), step: "connecting".into(), source: Box::new(source) })?;
     if first_use {
         known.record(&machine.instance.id, session.host_key()).map_err(|e| BootstrapError::Other(format!("recording the host key of {}: {e}", machine.name)))?;
     }
@@ -262,7 +262,7 @@ fn install(session: &SshSession, artifacts: &Artifacts, role: NodeRole, config_t
     let ssh_err = |step: &str| {
         let node = node.clone();
         let step = step.to_string();
-        move |source| BootstrapError::Ssh { node, step, source }
+        move |source| BootstrapError::Ssh { node, step, source: Box::new(source) }
     };
     let installed = session.exec(&ssh::sha256_command(&ssh::shell_quote(templates::BINARY_PATH))).map_err(ssh_err("checking the installed binary"))?;
     let mut delivery = Delivery::Installed;
@@ -427,7 +427,7 @@ pub async fn bootstrap(
             let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
             let start = Instant::now();
             loop {
-                let read = |f: &str| read_root_file(&s, &format!("{PKI_DIR}/{f}")).map_err(|source| BootstrapError::Ssh { node: node.clone(), step: format!("reading {f}"), source });
+                let read = |f: &str| read_root_file(&s, &format!("{PKI_DIR}/{f}")).map_err(|source| BootstrapError::Ssh { node: node.clone(), step: format!("reading {f}"), source: Box::new(source) });
                 if let (Some(ca), Some(cert), Some(key)) = (read("ca.crt")?, read("admin.crt")?, read("admin.key")?) {
                     return Ok((ca, cert, key));
                 }
@@ -551,7 +551,7 @@ pub async fn install_master(
             let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
             let ssh_err = |step: &str| {
                 let (node, step) = (node.clone(), step.to_string());
-                move |source| BootstrapError::Ssh { node, step, source }
+                move |source| BootstrapError::Ssh { node, step, source: Box::new(source) }
             };
             s.upload(spec_copy.as_bytes(), crate::node::config::SPEC_PATH, 0o600).map_err(ssh_err("uploading the cluster spec"))?;
             s.upload(&key, crate::node::config::SSH_KEY_PATH, 0o600).map_err(ssh_err("uploading the cluster's SSH key"))?;
@@ -609,7 +609,7 @@ pub async fn copy_ca(from: &Arc<std::sync::Mutex<SshSession>>, to: &Arc<std::syn
         let node = source.node().to_string();
         let read = |f: &str| -> Result<String, BootstrapError> {
             read_root_file(&source, &format!("{PKI_DIR}/{f}"))
-                .map_err(|e| BootstrapError::Ssh { node: node.clone(), step: format!("reading the cluster CA's {f}"), source: e })?
+                .map_err(|e| BootstrapError::Ssh { node: node.clone(), step: format!("reading the cluster CA's {f}"), source: Box::new(e) })?
                 .ok_or_else(|| BootstrapError::Node { node: node.clone(), step: "copying the cluster CA".into(), message: format!("{PKI_DIR}/{f} is missing") })
         };
         let (cert, key) = (read("ca.crt")?, read("ca.key")?);
@@ -626,7 +626,7 @@ pub fn upload_ca(target: &SshSession, cert: &str, key: &str) -> Result<(), Boots
     let node = target.node().to_string();
     let err = |step: &str| {
         let (node, step) = (node.clone(), step.to_string());
-        move |e| BootstrapError::Ssh { node, step, source: e }
+        move |e| BootstrapError::Ssh { node, step, source: Box::new(e) }
     };
     if let Some(existing) = read_root_file(target, &format!("{PKI_DIR}/ca.crt")).map_err(err("reading its cluster CA"))? {
         if existing == cert {
@@ -671,7 +671,7 @@ async fn needs_upgrade(session: &Arc<std::sync::Mutex<SshSession>>, artifacts: &
     tokio::task::spawn_blocking(move || {
         let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
         let node = s.node().to_string();
-        let err = |source| BootstrapError::Ssh { node: node.clone(), step: "checking the installed binary".into(), source };
+        let err = |source| BootstrapError::Ssh { node: node.clone(), step: "checking the installed binary".into(), source: Box::new(source) };
         let joined = s.exec(&format!("sudo -n test -f {DATA_DIR}/pki/node.crt")).map_err(err)?.status == 0;
         let installed = s.exec(&ssh::sha256_command(&ssh::shell_quote(templates::BINARY_PATH))).map_err(err)?.stdout.trim().to_string();
         Ok(joined && !installed.is_empty() && installed != want)
@@ -853,8 +853,8 @@ pub async fn add_workers(cloud: &dyn Cloud, client: &ApiClient, join: &Join, mac
                     let step = format!("loading image {}", tar.display());
                     let bytes = std::fs::read(tar).map_err(|e| BootstrapError::Node { node: name.clone(), step: step.clone(), message: e.to_string() })?;
                     let remote = format!("{IMAGES_DIR}/{}", tar.file_name().and_then(|f| f.to_str()).unwrap_or("image.tar"));
-                    s.upload(&bytes, &remote, 0o600).map_err(|source| BootstrapError::Ssh { node: name.clone(), step: step.clone(), source })?;
-                    s.sudo(&format!("docker load -i {}", ssh::shell_quote(&remote))).map_err(|source| BootstrapError::Ssh { node: name.clone(), step: step.clone(), source })?;
+                    s.upload(&bytes, &remote, 0o600).map_err(|source| BootstrapError::Ssh { node: name.clone(), step: step.clone(), source: Box::new(source) })?;
+                    s.sudo(&format!("docker load -i {}", ssh::shell_quote(&remote))).map_err(|source| BootstrapError::Ssh { node: name.clone(), step: step.clone(), source: Box::new(source) })?;
                 }
                 Ok(())
             })
@@ -911,10 +911,10 @@ pub async fn add_master(cloud: &dyn Cloud, client: &ApiClient, r: &MasterReplace
     for m in kept.iter().filter(|m| !m.peer_urls.contains(&new_peer)) {
         let mut one = local.clone();
         one.endpoints = m.client_urls.clone();
-        if let Ok(c) = EtcdCluster::connect(&one).await {
-            if c.endpoint_status().await.iter().any(|s| s.status.as_ref().is_ok_and(|s| s.healthy())) {
-                healthy += 1;
-            }
+        if let Ok(c) = EtcdCluster::connect(&one).await
+            && c.endpoint_status().await.iter().any(|s| s.status.as_ref().is_ok_and(|s| s.healthy()))
+        {
+            healthy += 1;
         }
     }
     let voters = kept.iter().filter(|m| !m.peer_urls.contains(&new_peer)).count();
@@ -945,7 +945,7 @@ pub async fn add_master(cloud: &dyn Cloud, client: &ApiClient, r: &MasterReplace
             for tar in images.iter().filter(|p| p.extension().is_some_and(|x| x == "tar")) {
                 let bytes = std::fs::read(tar).map_err(|e| BootstrapError::Node { node: node.clone(), step: format!("reading {}", tar.display()), message: e.to_string() })?;
                 let remote = format!("{IMAGES_DIR}/{}", tar.file_name().and_then(|f| f.to_str()).unwrap_or("image.tar"));
-                s.upload(&bytes, &remote, 0o600).map_err(|source| BootstrapError::Ssh { node: node.clone(), step: format!("copying image {}", tar.display()), source })?;
+                s.upload(&bytes, &remote, 0o600).map_err(|source| BootstrapError::Ssh { node: node.clone(), step: format!("copying image {}", tar.display()), source: Box::new(source) })?;
             }
             Ok(())
         })

@@ -38,7 +38,7 @@ pub async fn load_image(
                 let err = |step: &str| {
                     let node = node.clone();
                     let step = step.to_string();
-                    move |source| BootstrapError::Ssh { node, step, source }
+                    move |source| BootstrapError::Ssh { node, step, source: Box::new(source) }
                 };
                 session.upload(&bytes, &remote, 0o600).map_err(err("uploading the image"))?;
                 let out = session.sudo(&format!("docker load -i {remote}")).map_err(err("loading the image into Docker"))?;

@@ -121,15 +121,15 @@ fn attempt(target: &SshTarget) -> Result<SshSession, Attempt> {
         .host_key()
         .and_then(|(blob, _)| HostKey::from_blob(blob))
         .ok_or_else(|| Attempt::Retry("the server offered no readable host key".into()))?;
-    if let HostKeyTrust::Pinned(expected) = &target.trust {
-        if let Err(m) = hostkeys::verify(expected, &offered) {
-            return Err(Attempt::Fatal(SshError::HostKeyMismatch {
-                node: target.node.clone(),
-                address: target.address,
-                expected: m.expected,
-                offered: m.offered,
-            }));
-        }
+    if let HostKeyTrust::Pinned(expected) = &target.trust
+        && let Err(m) = hostkeys::verify(expected, &offered)
+    {
+        return Err(Attempt::Fatal(SshError::HostKeyMismatch {
+            node: target.node.clone(),
+            address: target.address,
+            expected: m.expected,
+            offered: m.offered,
+        }));
     }
     session
         .userauth_pubkey_file(&target.user, None, &target.private_key, None)

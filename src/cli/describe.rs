@@ -275,7 +275,7 @@ fn requested(pods: &[&Value]) -> (u64, u64) {
 }
 
 fn percent(part: u64, whole: u64) -> u64 {
-    if whole == 0 { 0 } else { part * 100 / whole }
+    (part * 100).checked_div(whole).unwrap_or(0)
 }
 
 fn pod_is_terminal(pod: &Value) -> bool {

@@ -156,7 +156,7 @@ impl ClusterSelection {
 }
 
 /// Loads and validates a spec; any problem is bad input.
-pub fn load_spec(path: &PathBuf) -> Result<ClusterSpec, Failure> {
+pub fn load_spec(path: &std::path::Path) -> Result<ClusterSpec, Failure> {
     ClusterSpec::load(path).map_err(|e| Failure::Input(e.into()))
 }
 

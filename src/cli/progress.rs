@@ -92,9 +92,8 @@ impl Reporter for TerminalReport {
             Mode::Lines => self.line(format!("    {key}: {status}")),
             Mode::Bars => {
                 let bar = self.bars.lock().ok().and_then(|mut b| b.remove(key));
-                match bar {
-                    Some(bar) => bar.finish_and_clear(),
-                    None => {}
+                if let Some(bar) = bar {
+                    bar.finish_and_clear();
                 }
                 self.line(format!("    ✓ {key}: {status}"));
             }

@@ -208,7 +208,7 @@ async fn shrink(cloud: &dyn Cloud, client: &ApiClient, cluster: &str, live: Vec<
 
     // Terminate, then forget the nodes.
     cloud.terminate_instances(&ids).await?;
-    for (name, _) in &node_names {
+    for name in node_names.keys() {
         match client.delete(&NODES, None, name).await {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}

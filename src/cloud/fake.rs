@@ -443,10 +443,10 @@ impl Cloud for FakeCloud {
     async fn run_instance(&self, request: &LaunchRequest) -> CloudResult<Instance> {
         let action = || format!("launching instance {} in {}", request.tags.get("Name").map(String::as_str).unwrap_or("?"), request.subnet_id);
         let mut s = self.enter("run_instance", action)?;
-        if !s.ignore_client_tokens {
-            if let Some(first) = s.tokens.get(&request.client_token).cloned() {
-                return Ok(first);
-            }
+        if !s.ignore_client_tokens
+            && let Some(first) = s.tokens.get(&request.client_token).cloned()
+        {
+            return Ok(first);
         }
         let subnet = s.subnets.get(&request.subnet_id).cloned().ok_or_else(|| not_found(action(), "InvalidSubnetID.NotFound"))?;
         let mut instance_profile = None;
@@ -488,11 +488,11 @@ impl Cloud for FakeCloud {
             return Err(not_found(format!("terminating instance {missing}"), "InvalidInstanceID.NotFound"));
         }
         for id in ids {
-            if let Some(f) = s.instances.get_mut(id) {
-                if f.instance.state != InstanceState::Terminated {
-                    f.instance.state = InstanceState::ShuttingDown;
-                    f.transition_reads = 1;
-                }
+            if let Some(f) = s.instances.get_mut(id)
+                && f.instance.state != InstanceState::Terminated
+            {
+                f.instance.state = InstanceState::ShuttingDown;
+                f.transition_reads = 1;
             }
         }
         Ok(())

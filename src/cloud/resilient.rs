@@ -102,10 +102,10 @@ impl Resilient {
     }
 
     fn record(&self, class: Class, what: String) {
-        if class != Class::Read {
-            if let Ok(mut m) = self.mutations.lock() {
-                m.push(what);
-            }
+        if class != Class::Read
+            && let Ok(mut m) = self.mutations.lock()
+        {
+            m.push(what);
         }
     }
 

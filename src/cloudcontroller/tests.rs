@@ -13,8 +13,7 @@ use crate::cloud::fake::FakeCloud;
 use crate::cloud::{owned_by, Cloud, Instance, InstanceState, Resilient, RetryPolicy, ROLE_TAG};
 
 fn node(name: &str, instance: &str, ready: &str, worker: bool) -> Node {
-    let mut n = Node::default();
-    n.metadata = ObjectMeta { name: name.into(), ..ObjectMeta::default() };
+    let mut n = Node { metadata: ObjectMeta { name: name.into(), ..ObjectMeta::default() }, ..Node::default() };
     if !worker {
         n.metadata.labels.insert("node-role.kubernetes.io/control-plane".into(), String::new());
     }
@@ -24,8 +23,7 @@ fn node(name: &str, instance: &str, ready: &str, worker: bool) -> Node {
 }
 
 fn lb_service(name: &str, port: i64, node_port: Option<i64>) -> Service {
-    let mut s = Service::default();
-    s.metadata = ObjectMeta::namespaced("default", name);
+    let mut s = Service { metadata: ObjectMeta::namespaced("default", name), ..Service::default() };
     s.spec.service_type = Some("LoadBalancer".into());
     s.spec.ports.push(ServicePort { port, node_port, ..ServicePort::default() });
     s

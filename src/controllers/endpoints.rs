@@ -202,8 +202,7 @@ mod tests {
     use crate::api::service::ServicePort;
 
     fn pod(name: &str, ip: Option<&str>, ready: bool, app: &str) -> Pod {
-        let mut p = Pod::default();
-        p.metadata = ObjectMeta::namespaced("default", name);
+        let mut p = Pod { metadata: ObjectMeta::namespaced("default", name), ..Pod::default() };
         p.metadata.labels.insert("app".into(), app.into());
         p.spec.node_name = Some("w1".into());
         p.spec.containers.push(Container { name: "c".into(), ports: vec![ContainerPort { container_port: 8080, name: Some("http".into()), ..Default::default() }], ..Default::default() });
@@ -213,8 +212,7 @@ mod tests {
     }
 
     fn service(target: IntOrString) -> Service {
-        let mut s = Service::default();
-        s.metadata = ObjectMeta::namespaced("default", "web");
+        let mut s = Service { metadata: ObjectMeta::namespaced("default", "web"), ..Service::default() };
         s.spec.service_type = Some("NodePort".into());
         s.spec.selector.insert("app".into(), "web".into());
         s.spec.ports.push(ServicePort { name: Some("http".into()), port: 80, target_port: Some(target), ..Default::default() });

@@ -34,6 +34,8 @@ pub struct Namespace {
 }
 
 /// One typed object of a manifest.
+// Unboxed: a manifest holds a handful of objects, and boxing would only add noise to every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     Namespace(Namespace),

@@ -34,8 +34,8 @@ pub(crate) fn load_or_create_ca(dir: &Path, cluster: &str) -> Result<ClusterCa> 
         return ClusterCa::from_pem(&c, &k).with_context(|| format!("loading the cluster CA from {}", dir.display()));
     }
     let ca = ClusterCa::generate(cluster).context("generating the cluster CA")?;
-    pki::write_key_file(&key, &ca.key_pem().to_string()).context("writing the CA key")?;
-    std::fs::write(&cert, ca.cert_pem().to_string()).with_context(|| format!("writing {}", cert.display()))?;
+    pki::write_key_file(&key, ca.key_pem()).context("writing the CA key")?;
+    std::fs::write(&cert, ca.cert_pem()).with_context(|| format!("writing {}", cert.display()))?;
     Ok(ca)
 }
 

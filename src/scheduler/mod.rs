@@ -224,7 +224,7 @@ fn fits(facts: &PodFacts<'_>, node: &NodeInfo) -> bool {
 /// the owner's pods the node and its zone hold.
 pub fn score(facts: &PodFacts<'_>, node: &NodeInfo, here: u32, in_zone: Option<u32>, spread: Option<&Spread>) -> i64 {
     let requests = facts.requests;
-    let free = |alloc: u64, used: u64| if alloc == 0 { 0 } else { (alloc.saturating_sub(used) * 100 / alloc) as i64 };
+    let free = |alloc: u64, used: u64| (alloc.saturating_sub(used) * 100).checked_div(alloc).unwrap_or(0) as i64;
     let least_requested = (free(node.allocatable.cpu_millis, node.requested.cpu_millis + requests.cpu_millis)
         + free(node.allocatable.memory_bytes, node.requested.memory_bytes + requests.memory_bytes))
         / 2;

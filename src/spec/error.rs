@@ -114,7 +114,7 @@ impl Problems {
                 (line, column, p)
             })
             .collect();
-        located.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        located.sort_by_key(|a| (a.0, a.1));
         located.dedup_by(|a, b| {
             a.0 == b.0 && a.1 == b.1 && a.2.field == b.2.field && a.2.message == b.2.message
         });
@@ -205,10 +205,10 @@ fn field_on_line(text: &str, offset: usize) -> Option<String> {
                 table = format!("{name}[{index}]");
                 *index += 1;
             }
-        } else if let Some(name) = earlier.strip_prefix('[').and_then(|r| r.split(']').next()) {
-            if bare(name) {
-                table = dotted(name);
-            }
+        } else if let Some(name) = earlier.strip_prefix('[').and_then(|r| r.split(']').next())
+            && bare(name)
+        {
+            table = dotted(name);
         }
     }
 
@@ -328,11 +328,7 @@ fn find_in_table(table: &DeTable<'_>, offset: usize, path: &mut Vec<Segment>) ->
 
 fn find_in_value(value: &Spanned<DeValue<'_>>, offset: usize, path: &mut Vec<Segment>) -> bool {
     match value.get_ref() {
-        DeValue::Table(table) => {
-            if find_in_table(table, offset, path) {
-                return true;
-            }
-        }
+        DeValue::Table(table) if find_in_table(table, offset, path) => return true,
         DeValue::Array(array) => {
             for (i, element) in array.iter().enumerate() {
                 path.push(Segment::Index(i));

@@ -129,11 +129,11 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         self.call("stop", format!("stop {id} {}s", grace.as_secs()))?;
-        if let Some((_, info)) = self.lock().containers.get_mut(id) {
-            if info.running {
-                info.running = false;
-                info.exit_code = Some(143);
-            }
+        if let Some((_, info)) = self.lock().containers.get_mut(id)
+            && info.running
+        {
+            info.running = false;
+            info.exit_code = Some(143);
         }
         Ok(())
     }
