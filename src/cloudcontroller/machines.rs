@@ -21,6 +21,9 @@
 //! controller never replaces itself.
 //!
 //! Machines are never removed for being too many: `clusterctl scale` drains and removes machines itself.
+//!
+//! A pass runs every 5 s, and at once when a pool's desired size changes ([`wake_on_resize`]: the
+//! `scale` that writes it need not wait for the next pass).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -352,10 +355,47 @@ async fn replace_master(ctx: &Context, client: &ApiClient, spec: &ClusterSpec, a
 /// Runs the controller forever.
 pub async fn run(ctx: Context, client: ApiClient) {
     let mut state = State::default();
+    let resized = std::sync::Arc::new(tokio::sync::Notify::new());
+    let watcher = tokio::spawn(wake_on_resize(client.clone(), resized.clone()));
+    let _stop_watcher = AbortOnDrop(watcher);
     loop {
         if let Err(e) = pass(&ctx, &client, &mut state).await {
             tracing::warn!(error = format!("{e:#}"), "machine controller pass");
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = resized.notified() => tracing::info!("a pool's desired size changed: passing now"),
+        }
+    }
+}
+
+/// Aborts a task when dropped (the controller's run is cancelled when its lease is lost).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Notifies `resized` whenever a `MachinePool`'s spec (its desired size) changes, as seen through a
+/// watch-fed copy of the pools; the controller's own status writes and the first listing do not
+/// count. A change made while a pass runs is kept until the pass ends (`Notify` keeps one permit).
+pub async fn wake_on_resize(client: ApiClient, resized: std::sync::Arc<tokio::sync::Notify>) {
+    use crate::agent::reflector::{self, Objects};
+    let (tx, mut rx) = tokio::sync::watch::channel(Objects::default());
+    tokio::spawn(reflector::reflect(client, &MACHINE_POOLS, crate::client::ListOptions::default(), tx));
+    let specs = |pools: &Objects| -> BTreeMap<String, serde_json::Value> { pools.iter().map(|(k, v)| (k.clone(), v.get("spec").cloned().unwrap_or_default())).collect() };
+    // The reflector publishes its first listing as the first change.
+    if rx.changed().await.is_err() {
+        return;
+    }
+    let mut last = specs(&rx.borrow_and_update());
+    while rx.changed().await.is_ok() {
+        let now = specs(&rx.borrow_and_update());
+        if now != last {
+            resized.notify_one();
+            last = now;
+        }
     }
 }

@@ -208,3 +208,29 @@ fn nodes_of_gone_machines_and_pods_of_gone_nodes_are_found() {
     let names = BTreeSet::from(["w1".to_string()]);
     assert_eq!(super::nodes::stranded(&pods, &names).len(), 1, "only bound pods of missing nodes");
 }
+
+#[tokio::test]
+async fn a_pool_resize_wakes_the_machine_controller_at_once_but_its_status_writes_do_not() {
+    use crate::api::machinepool::MachinePool;
+    use crate::api::resource::MACHINE_POOLS;
+    let client = crate::controllers::tests::start().await;
+    let _: MachinePool = client.create(&MACHINE_POOLS, None, &MachinePool::new("default", 2)).await.unwrap();
+    let resized = Arc::new(tokio::sync::Notify::new());
+    let waker = tokio::spawn(super::machines::wake_on_resize(client.clone(), resized.clone()));
+    // The first listing is no change.
+    assert!(tokio::time::timeout(Duration::from_millis(800), resized.notified()).await.is_err(), "woken by the first listing");
+
+    // The controller writing the pool's status: no wake-up.
+    let status = serde_json::json!({ "status": { "replicas": 2, "readyReplicas": 2, "conditions": [] } });
+    let _: MachinePool = client.patch_status(&MACHINE_POOLS, None, "default", &status).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(800), resized.notified()).await.is_err(), "woken by a status write");
+
+    // `scale` changing the desired size: woken within moments.
+    let _: MachinePool = client.patch(&MACHINE_POOLS, None, "default", &serde_json::json!({ "spec": { "replicas": 5 } })).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(3), resized.notified()).await.expect("not woken by a resize within 3 s");
+
+    // A new pool is a change too.
+    let _: MachinePool = client.create(&MACHINE_POOLS, None, &MachinePool::new("gpu", 1)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(3), resized.notified()).await.expect("not woken by a new pool within 3 s");
+    waker.abort();
+}
