@@ -153,9 +153,19 @@ impl SshSession {
 
     /// Runs a command as the login user and collects its output, whatever its exit status.
     pub fn exec(&self, command: &str) -> Result<CommandOutput, SshError> {
-        let err = |e: ssh2::Error| session_error(&self.target, &format!("running `{command}`"), e);
+        self.exec_with_input(command, &format!("running `{command}`"), None)
+    }
+
+    /// Runs `command`, sends it `input` on standard input (then end of file) when given, and
+    /// collects its output, whatever its exit status; `action` names it in errors.
+    fn exec_with_input(&self, command: &str, action: &str, input: Option<&[u8]>) -> Result<CommandOutput, SshError> {
+        let err = |e: ssh2::Error| session_error(&self.target, action, e);
         let mut channel = self.session.channel_session().map_err(err)?;
         channel.exec(command).map_err(err)?;
+        if let Some(input) = input {
+            std::io::Write::write_all(&mut channel, input).map_err(|e| session_error(&self.target, &format!("{action}: sending its input"), e))?;
+            channel.send_eof().map_err(err)?;
+        }
         let mut stdout = String::new();
         channel.read_to_string(&mut stdout).map_err(|e| session_error(&self.target, "reading output", e))?;
         let mut stderr = String::new();
@@ -190,18 +200,7 @@ impl SshSession {
     /// it holds (a token) never shows in a process list; collects its output, whatever its exit
     /// status.
     pub fn sudo_script(&self, script: &str) -> Result<CommandOutput, SshError> {
-        let err = |e: ssh2::Error| session_error(&self.target, "running a script through sudo", e);
-        let mut channel = self.session.channel_session().map_err(err)?;
-        channel.exec("sudo -n sh -s").map_err(err)?;
-        std::io::Write::write_all(&mut channel, script.as_bytes()).map_err(|e| session_error(&self.target, "sending a script", e))?;
-        channel.send_eof().map_err(err)?;
-        let mut stdout = String::new();
-        channel.read_to_string(&mut stdout).map_err(|e| session_error(&self.target, "reading output", e))?;
-        let mut stderr = String::new();
-        channel.stderr().read_to_string(&mut stderr).map_err(|e| session_error(&self.target, "reading errors", e))?;
-        channel.wait_close().map_err(err)?;
-        let status = channel.exit_status().map_err(err)?;
-        Ok(CommandOutput { status, stdout, stderr })
+        self.exec_with_input("sudo -n sh -s", "running a script through sudo", Some(script.as_bytes()))
     }
 
     /// Runs a command and fails unless it exits 0.

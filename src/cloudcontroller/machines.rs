@@ -357,7 +357,8 @@ pub async fn run(ctx: Context, client: ApiClient) {
     let mut state = State::default();
     let resized = std::sync::Arc::new(tokio::sync::Notify::new());
     let watcher = tokio::spawn(wake_on_resize(client.clone(), resized.clone()));
-    let _stop_watcher = AbortOnDrop(watcher);
+    // The controller's run is cancelled when its lease is lost: the watcher goes with it.
+    let _stop_watcher = crate::client::leader::AbortOnDrop(watcher);
     loop {
         if let Err(e) = pass(&ctx, &client, &mut state).await {
             tracing::warn!(error = format!("{e:#}"), "machine controller pass");
@@ -366,15 +367,6 @@ pub async fn run(ctx: Context, client: ApiClient) {
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
             () = resized.notified() => tracing::info!("a pool's desired size changed: passing now"),
         }
-    }
-}
-
-/// Aborts a task when dropped (the controller's run is cancelled when its lease is lost).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
