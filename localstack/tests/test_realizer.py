@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import collections
 import json
+import pathlib
 import re
 import socket
 import subprocess
@@ -159,7 +160,15 @@ def test_three_instances_are_machines(ec2m, three):
         assert info["Config"]["Labels"]["clusterctl.instance-id"] == iid
         assert info["Config"]["Labels"]["clusterctl.vpc-id"] == n.vpc_id
         assert info["Config"]["Labels"]["clusterctl.localstack"] == str(STATE)
-        assert list(info["NetworkSettings"]["Networks"].values())[0]["IPAMConfig"]["IPv4Address"] == ip
+        # the address is the container's own: its eth0, whose veth peer is a port of the VPC's bridge
+        assert info["Config"]["NetworkDisabled"] is True  # wired by the realizer, not by Docker
+        addr = docker("exec", iid, "ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
+        assert f" {ip}/16 " in addr, addr
+        (bridge,) = [net["bridge"] for net in realizer_state()["networks"].values() if net["vpc"] == n.vpc_id]
+        veth = "vn" + iid.removeprefix("i-")[-12:]
+        assert pathlib.Path(f"/sys/class/net/{veth}/master").resolve().name == bridge
+        # and the names Docker would have given it
+        assert f"{ip}\tip-{ip.replace('.', '-')}" in docker("exec", iid, "cat", "/etc/hosts").stdout
 
 
 def test_ssh_as_admin_with_the_key_sudo_and_pinned_host_key(three):

@@ -75,20 +75,53 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def engine_get(path: str, timeout: float = 20) -> object:
-    """GET on the Docker Engine API of the local socket; the decoded JSON answer."""
+def engine(method: str, path: str, body: object = None, timeout: float = 20, ok: tuple[int, ...] = (200,)) -> object:
+    """One request to the Docker Engine API on the local socket; the decoded JSON answer (None
+    for an empty one). DockerError for a status outside ``ok``."""
     conn = _UnixHTTPConnection(DOCKER_SOCKET, timeout)
     try:
-        conn.request("GET", path)
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
         r = conn.getresponse()
-        body = r.read()
+        answer = r.read()
     except (OSError, http.client.HTTPException) as e:
-        raise DockerError(["GET", path], -1, str(e)) from e
+        raise DockerError([method, path], -1, str(e)) from e
     finally:
         conn.close()
-    if r.status != 200:
-        raise DockerError(["GET", path], r.status, body.decode(errors="replace"))
-    return json.loads(body)
+    if r.status not in ok:
+        try:
+            message = str(json.loads(answer).get("message", ""))
+        except (ValueError, AttributeError):
+            message = answer.decode(errors="replace")
+        raise DockerError([method, path], r.status, message)
+    return json.loads(answer) if answer.strip() else None
+
+
+def engine_get(path: str, timeout: float = 20) -> object:
+    """GET on the Docker Engine API of the local socket; the decoded JSON answer."""
+    return engine("GET", path, timeout=timeout)
+
+
+def create_and_start(name: str, config: dict, timeout: float = 120) -> int:
+    """``docker run -d`` through the Engine API (the CLI has no flag for ``NetworkDisabled``):
+    creates the container NAME from CONFIG, starts it and returns its init's host PID."""
+    engine("POST", f"/containers/create?name={urllib.parse.quote(name)}", config, timeout=timeout, ok=(201,))
+    return start(name, timeout=timeout)
+
+
+def start(name: str, timeout: float = 60) -> int:
+    """Starts a created or stopped container (no-op if it runs); its init's host PID."""
+    engine("POST", f"/containers/{urllib.parse.quote(name)}/start", timeout=timeout, ok=(204, 304))
+    return pid_of(name)
+
+
+def pid_of(name: str) -> int:
+    """The host PID of a running container's init; DockerError if it does not run."""
+    info = engine_get(f"/containers/{urllib.parse.quote(name)}/json")
+    pid = int(((info or {}).get("State") or {}).get("Pid") or 0)  # type: ignore[union-attr]
+    if pid <= 0:
+        raise DockerError(["inspect", name], -1, "the container is not running")
+    return pid
 
 
 def containers(filters: dict[str, str]) -> dict[str, str]:

@@ -8,7 +8,8 @@ already shows the real machine:
   masquerading (nodes reach this machine only: their gateway, the load balancers on it, and
   LocalStack on the docker0 address);
 - one node container per instance, named by the instance id, at the instance's private IP (moto
-  takes it from the subnet, from .4 on, so never the gateway), with the key pair's public key,
+  takes it from the subnet, from .4 on, so never the gateway; the realizer wires it, not Docker:
+  see nodenet.py), with the key pair's public key,
   the user data and the instance id in ``<state>/nodes/<id>`` mounted at /etc/clusterctl-instance;
 - the public IP of an instance that gets one is its private IP (the only reachable address):
   moto's random 54.x address is never made, and ``PublicDnsName`` stays empty (as for a VPC without
@@ -34,8 +35,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import aioloop, settings
-from .dockercli import DockerError, containers, docker, docker_bytes, image_exists, label_args, networks
+from . import aioloop, nodenet, settings
+from .dockercli import (
+    DockerError, containers, create_and_start, docker, docker_bytes, image_exists, label_args, networks, pid_of, start,
+)
 
 LOG = logging.getLogger("clusterctl.realizer")
 
@@ -60,6 +63,7 @@ class VpcNet:
     name: str
     cidr: str
     gateway: str
+    bridge: str  # the Linux bridge that nodes' veth pairs join (nodenet.py)
     users: set[str] = field(default_factory=set)
 
 
@@ -96,11 +100,11 @@ def _now_utc() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def _cgroup_mounts() -> list[str]:
-    """Flags that give a node the host's cgroup v1 hierarchies (see localstack/node-image/run-node:
-    a private tmpfs at /sys/fs/cgroup plus one bind mount per hierarchy, so that the node's systemd
-    cannot remount the host's /sys/fs/cgroup)."""
-    args = ["--tmpfs", "/sys/fs/cgroup:rw,nosuid,nodev,noexec,mode=755"]
+def _cgroup_hierarchies() -> list[str]:
+    """The host's cgroup v1 hierarchies that a node gets bind-mounted (see
+    localstack/node-image/run-node: a private tmpfs at /sys/fs/cgroup plus one bind mount per
+    hierarchy, so that the node's systemd cannot remount the host's /sys/fs/cgroup)."""
+    out = []
     with open("/proc/self/mounts") as f:
         for line in f:
             parts = line.split()
@@ -108,8 +112,8 @@ def _cgroup_mounts() -> list[str]:
                 continue
             mp = parts[1]
             if mp.startswith("/sys/fs/cgroup/") and mp.count("/") == 4:
-                args += ["-v", f"{mp}:{mp}:rw"]
-    return args
+                out.append(mp)
+    return out
 
 
 class Ec2Realizer:
@@ -124,7 +128,7 @@ class Ec2Realizer:
         # a large launch starts every container at once instead of six at a time
         self.boot_wait_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="clusterctl-boot")
         self._images_ok: dict[str, float] = {}
-        self._cgroup_args: Optional[list[str]] = None
+        self._cgroups: Optional[list[str]] = None
         self._stop = threading.Event()
         self.monitor_errors = 0
         self.listeners: list[Any] = []  # callables(event, node) for the NLB realizer
@@ -205,7 +209,7 @@ class Ec2Realizer:
         for n in networks({settings.LABEL_OWNER: settings.owner(), settings.LABEL_VPC: vpc_id}):
             subnets = [c.get("Subnet") for c in (n.get("IPAM", {}).get("Config") or [])]
             if n.get("Name") == name and subnets == [str(net)]:
-                return VpcNet(key, name, str(net), gateway)
+                return VpcNet(key, name, str(net), gateway, nodenet.bridge_of(n.get("Id", "")))
             self._remove_network(n.get("Name"))
         args = [
             "network", "create", "--driver", "bridge", "--subnet", str(net), "--gateway", gateway,
@@ -214,9 +218,9 @@ class Ec2Realizer:
         ]
         for attempt in range(2):
             try:
-                docker(*args, timeout=30)
+                network_id = docker(*args, timeout=30).strip()
                 LOG.info("created network %s (%s, gateway %s) for %s", name, net, gateway, vpc_id)
-                return VpcNet(key, name, str(net), gateway)
+                return VpcNet(key, name, str(net), gateway, nodenet.bridge_of(network_id))
             except DockerError as e:
                 if attempt == 0 and "overlap" in e.stderr.lower() and self._free_overlapping(net):
                     continue
@@ -343,6 +347,14 @@ class Ec2Realizer:
         ep = settings.cloud_endpoint()
         if ep:
             (d / "cloud-endpoint").write_text(ep + "\n")
+        hostname = "ip-" + node.ip.replace(".", "-")
+        (d / "hosts").write_text(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"{node.ip}\t{hostname}\n"
+        )
+        # no name server: nothing here needs one, and none may be dialled (the nodes' Docker is
+        # told the same for the pods, localstack/node-image/files/etc/docker/daemon.json)
+        (d / "resolv.conf").write_text("nameserver 127.0.0.1\noptions ndots:0\n")
         extra = {
             "region": node.region, "availability-zone": inst.placement, "instance-type": inst.instance_type,
             "local-ipv4": node.ip, "ami-id": node.ami, "vpc-id": node.vpc_id, "subnet-id": inst.subnet_id or "",
@@ -353,35 +365,49 @@ class Ec2Realizer:
         for k, v in extra.items():
             (d / k).write_text(f"{v}\n")
 
-    def _docker_run_args(self, node: Node) -> list[str]:
-        if self._cgroup_args is None:
-            self._cgroup_args = _cgroup_mounts()
-        net = self.nets[node.net_key]
+    def _container_config(self, node: Node) -> dict:
+        """What ``localstack/node-image/run-node`` passes to ``docker run``, as an Engine API
+        create request, except the network: ``NetworkDisabled``, wired by ``nodenet.plumb``."""
+        if self._cgroups is None:
+            self._cgroups = _cgroup_hierarchies()
+        meta = settings.nodes_dir() / node.iid
         labels = settings.base_labels("node") | {
             settings.LABEL_INSTANCE: node.iid, settings.LABEL_VPC: node.vpc_id,
             settings.LABEL_ACCOUNT: node.account, settings.LABEL_REGION: node.region,
             settings.LABEL_IMAGE_ID: node.ami,
         }
+        tmpfs = {"/run": "", "/run/lock": "", "/sys/fs/cgroup": "rw,nosuid,nodev,noexec,mode=755"}
+        mounts = []
         if settings.node_docker_storage() == "volume":
-            storage = ["--mount", "type=volume,target=/var/lib/docker"]  # anonymous: removed with rm -v
+            mounts.append({"Type": "volume", "Target": "/var/lib/docker"})  # anonymous: removed with rm -v
         else:
-            storage = ["--tmpfs", "/var/lib/docker:exec"]
-        return [
-            "run", "-d", "-t",  # -t: systemd's console is the pty that `docker logs` records
-            "--name", node.iid, "--hostname", "ip-" + node.ip.replace(".", "-"),
-            "--network", net.name, "--ip", node.ip,
-            *label_args(labels),
-            "--cap-add=ALL", "--cap-drop=SYS_RESOURCE",
-            "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
-            "--security-opt", "systempaths=unconfined",
-            "--tmpfs", "/run", "--tmpfs", "/run/lock",
-            *storage,
-            *self._cgroup_args, "--cgroupns=host",
-            "-v", f"{settings.nodes_dir() / node.iid}:/etc/clusterctl-instance:ro",
-            "--stop-signal", "SIGRTMIN+3",
-            "--pull", "never",
-            node.image,
-        ]
+            tmpfs["/var/lib/docker"] = "exec"
+        return {
+            "Image": node.image,
+            "Hostname": "ip-" + node.ip.replace(".", "-"),
+            "Tty": True,  # systemd's console is the pty that `docker logs` records
+            "Labels": labels,
+            "StopSignal": "SIGRTMIN+3",
+            "NetworkDisabled": True,
+            "HostConfig": {
+                "NetworkMode": "none",
+                "CapAdd": ["ALL"], "CapDrop": ["SYS_RESOURCE"],
+                "SecurityOpt": ["seccomp=unconfined", "apparmor=unconfined"],
+                "MaskedPaths": [], "ReadonlyPaths": [],  # --security-opt systempaths=unconfined
+                "Tmpfs": tmpfs,
+                "Mounts": mounts,
+                "Binds": [f"{mp}:{mp}:rw" for mp in self._cgroups] + [
+                    f"{meta}:/etc/clusterctl-instance:ro",
+                    f"{meta / 'hosts'}:/etc/hosts",  # what Docker writes for a networked container
+                    f"{meta / 'resolv.conf'}:/etc/resolv.conf",
+                ],
+                "CgroupnsMode": "host",
+            },
+        }
+
+    def _plumb(self, node: Node, pid: int) -> None:
+        net = self.nets[node.net_key]
+        nodenet.plumb(pid, node.iid, node.ip, net.cidr, net.gateway, net.bridge)
 
     def _boot(self, node: Node, gen: int, create: bool) -> None:
         """Creates (or starts) the container, then waits for sshd and makes the instance running."""
@@ -392,10 +418,11 @@ class Ec2Realizer:
             node.busy = True
             try:
                 if create and not node.created_container:
-                    docker(*self._docker_run_args(node), timeout=120)
+                    pid = create_and_start(node.iid, self._container_config(node))
                     node.created_container = True
                 else:
-                    docker("start", node.iid, timeout=60)
+                    pid = start(node.iid)
+                self._plumb(node, pid)
             except DockerError as e:
                 node.busy = False
                 LOG.error("instance %s: could not %s its container: %s", node.iid, "create" if create else "start", e)
@@ -523,6 +550,7 @@ class Ec2Realizer:
             node.busy = True
             try:
                 docker("restart", "-t", "5", node.iid, timeout=60)
+                self._plumb(node, pid_of(node.iid))
                 node.impaired_since = None
             except DockerError as e:
                 LOG.warning("instance %s: docker restart: %s", node.iid, e)
@@ -610,7 +638,7 @@ class Ec2Realizer:
                 }
                 for n in self.nodes.values() if n.desired != "terminated"
             }
-        nets = {n.name: {"vpc": k[2], "cidr": n.cidr, "gateway": n.gateway, "users": sorted(n.users)}
+        nets = {n.name: {"vpc": k[2], "cidr": n.cidr, "gateway": n.gateway, "bridge": n.bridge, "users": sorted(n.users)}
                 for k, n in self.nets.items()}
         return {"nodes": nodes, "networks": nets, "cloud_endpoint": settings.cloud_endpoint()}
 
