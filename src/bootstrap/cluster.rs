@@ -186,7 +186,22 @@ impl Artifacts {
     }
 
     async fn prepare_async(binary: PathBuf, packing: Packing) -> Result<Arc<Self>, BootstrapError> {
-        Ok(Arc::new(tokio::task::spawn_blocking(move || Artifacts::prepare(&binary, packing)).await.map_err(|e| BootstrapError::Other(e.to_string()))??))
+        ArtifactsTask::start(binary, packing).wait().await
+    }
+}
+
+/// [`Artifacts`] being prepared (read, hashed, packed) on a blocking thread, so that `create`
+/// can start it before the infrastructure converges instead of after (half a second of gzip
+/// that was on the critical path).
+pub struct ArtifactsTask(tokio::task::JoinHandle<Result<Artifacts, BootstrapError>>);
+
+impl ArtifactsTask {
+    pub fn start(binary: PathBuf, packing: Packing) -> Self {
+        ArtifactsTask(tokio::task::spawn_blocking(move || Artifacts::prepare(&binary, packing)))
+    }
+
+    async fn wait(self) -> Result<Arc<Artifacts>, BootstrapError> {
+        Ok(Arc::new(self.0.await.map_err(|e| BootstrapError::Other(format!("preparing the node software: {e}")))??))
     }
 }
 
@@ -341,6 +356,8 @@ fn read_root_file(session: &SshSession, path: &str) -> Result<Option<String>, Ss
 }
 
 /// Bootstraps every machine of a converged cluster and waits until all nodes are Ready.
+/// `artifacts`: the binary as the operator sends it, `ArtifactsTask::start(options.binary, Packing::Gzip)`.
+#[allow(clippy::too_many_arguments)]
 pub async fn bootstrap(
     cloud: &dyn Cloud,
     spec: &ClusterSpec,
@@ -348,6 +365,7 @@ pub async fn bootstrap(
     home: &ClusterHome,
     ssh_key: &std::path::Path,
     options: &BootstrapOptions,
+    artifacts: ArtifactsTask,
     reporter: &dyn Reporter,
 ) -> Result<Bootstrapped, BootstrapError> {
     let machines = machines(spec, converged);
@@ -361,7 +379,7 @@ pub async fn bootstrap(
     let user = spec.ssh.user.clone();
 
     reporter.phase("preparing the node software");
-    let artifacts = Artifacts::prepare_async(options.binary.clone(), Packing::Gzip).await?;
+    let artifacts = artifacts.wait().await?;
 
     reporter.phase("connecting to the machines over SSH");
     let connects = machines.iter().map(|m| {

@@ -8,7 +8,7 @@ use clap::Args;
 use super::progress::TerminalReport;
 use super::{connect, load_spec, Failure, Global, Output};
 use crate::home::ClusterHome;
-use crate::bootstrap::cluster::{bootstrap, BootstrapOptions};
+use crate::bootstrap::cluster::{bootstrap, ArtifactsTask, BootstrapOptions, Packing};
 use crate::provision::{self, ConvergeOptions};
 
 /// Arguments of `create`.
@@ -49,20 +49,28 @@ pub async fn run(global: &Global, args: &CreateArgs) -> Result<(), Failure> {
     }
 
     let key = ClusterHome::of(spec.name.as_str()).ssh_key(&spec)?;
+    // The node software is read, hashed and packed while the machines are made.
+    let node_software = if args.infra_only {
+        None
+    } else {
+        let mut options = BootstrapOptions::new().map_err(|e| Failure::Operation(anyhow::anyhow!("finding the running binary: {e}")))?;
+        options.token_ttl = std::time::Duration::from_secs(args.token_ttl);
+        let artifacts = ArtifactsTask::start(options.binary.clone(), Packing::Gzip);
+        Some((options, artifacts))
+    };
     let options = ConvergeOptions::new(key.public_openssh.clone());
     let converged = provision::converge(cloud.as_ref(), &spec, &options, &report).await;
     report.finish();
     let converged = converged.map_err(|e| Failure::Operation(anyhow::Error::new(e).context(format!("creating cluster {}", spec.name))))?;
     let mutations = cloud.mutations();
-    let bootstrapped = if args.infra_only {
-        None
-    } else {
-        let home = ClusterHome::of(spec.name.as_str());
-        let mut options = BootstrapOptions::new().map_err(|e| Failure::Operation(anyhow::anyhow!("finding the running binary: {e}")))?;
-        options.token_ttl = std::time::Duration::from_secs(args.token_ttl);
-        let result = bootstrap(cloud.as_ref(), &spec, &converged, &home, &key.private_path, &options, &report).await;
-        report.finish();
-        Some(result.map_err(|e| Failure::Operation(anyhow::Error::new(e).context(format!("bootstrapping cluster {}", spec.name))))?)
+    let bootstrapped = match node_software {
+        None => None,
+        Some((options, artifacts)) => {
+            let home = ClusterHome::of(spec.name.as_str());
+            let result = bootstrap(cloud.as_ref(), &spec, &converged, &home, &key.private_path, &options, artifacts, &report).await;
+            report.finish();
+            Some(result.map_err(|e| Failure::Operation(anyhow::Error::new(e).context(format!("bootstrapping cluster {}", spec.name))))?)
+        }
     };
     let endpoint = converged.load_balancer.as_ref().map(|l| format!("{}:{}", l.dns_name, spec.api.port));
     match args.output {
