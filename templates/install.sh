@@ -103,8 +103,8 @@ if [ "$role" = master ] && grep -q '^\[master\.etcd\]' "$config_path"; then
     etcd_current="etcd $(sha256 "$etcd_env") $(sha256 "$unit_dir/$etcd_unit")"
     etcd_stamp=$state_dir/etcd.stamp
     if [ "$(cat "$etcd_stamp" 2>/dev/null || true)" != "$etcd_current" ]; then
+        systemctl enable --no-reload --quiet "$etcd_unit" >&2 || fail "enabling $etcd_unit"
         systemctl daemon-reload >&2 || fail "reloading systemd after $etcd_unit changed"
-        systemctl enable --quiet "$etcd_unit" >&2 || fail "enabling $etcd_unit"
         systemctl restart --no-block "$etcd_unit" >&2 || fail "restarting $etcd_unit"
         printf '%s\n' "$etcd_current" >"$etcd_stamp"
         changed=yes
@@ -120,13 +120,18 @@ config $(sha256 "$config_path")
 $unit_line"
 previous=$(cat "$stamp" 2>/dev/null || true)
 
-# 2. systemd's view of the unit.
+# 2. systemd's view of the unit: one reload for a new or changed unit file and its enabling
+# (`enable` alone reloads too, and a reload costs systemd about 50 ms of CPU on a small node).
+reload=no
 if ! printf '%s\n' "$previous" | grep -qxF "$unit_line"; then
-    systemctl daemon-reload >&2 || fail "reloading systemd after $unit changed"
-    changed=yes
+    reload=yes
 fi
 if ! systemctl is-enabled --quiet "$unit" 2>/dev/null; then
-    systemctl enable --quiet "$unit" >&2 || fail "enabling $unit"
+    systemctl enable --no-reload --quiet "$unit" >&2 || fail "enabling $unit"
+    reload=yes
+fi
+if [ "$reload" = yes ]; then
+    systemctl daemon-reload >&2 || fail "reloading systemd after $unit changed"
     changed=yes
 fi
 

@@ -371,6 +371,7 @@ state=$FAKE_SYSTEMD
 echo "$*" >>"$state/log"
 cmd=$1
 shift
+[ "${1:-}" = --no-reload ] && shift
 [ "${1:-}" = --quiet ] && shift
 unit=${1:-}
 case $cmd in
@@ -467,7 +468,8 @@ esac
         let sha = node.stage(b"binary v1");
         let (out, calls) = node.install(&["worker", &sha]);
         assert_eq!(out, "changed\n");
-        assert_eq!(FakeNode::mutations(&calls), ["daemon-reload", "enable --quiet clusterctl-worker.service", "restart clusterctl-worker.service"]);
+        // enabled without a reload of its own: one daemon-reload for both
+        assert_eq!(FakeNode::mutations(&calls), ["enable --no-reload --quiet clusterctl-worker.service", "daemon-reload", "restart clusterctl-worker.service"]);
         assert_eq!(std::fs::read(&node.paths.binary).unwrap(), b"binary v1");
         assert_eq!(mode(&node.paths.binary), 0o755);
         assert_eq!(mode(&node.paths.config), 0o600);
