@@ -7,8 +7,9 @@
 //! pod statuses that changed; [`run`] writes them with `replace_status`.
 //!
 //! # Networking contract
-//! Containers run on Docker's default bridge of their node. Every TCP `containerPort` is published
-//! on the node: on its `hostPort` when given, otherwise on an ephemeral port Docker picks. The pod's
+//! Containers run on their node's pod bridge, wired by the agent ([`super::runtime::podnet`]).
+//! Every TCP `containerPort` is published on the node: on its `hostPort` when given, otherwise on
+//! an ephemeral port the kernel picks, forwarded by the agent to the container. The pod's
 //! `status.podIP` is the node's internal IP (equal to `hostIP`), and `status.publishedPorts` lists
 //! `{containerName, containerPort, hostPort}`, so that the pod's port P is reached from anywhere in
 //! the VPC at `podIP:<hostPort of P>`. The service proxy ([`crate::proxy`]) makes that translation
@@ -991,7 +992,9 @@ mod tests {
     #[tokio::test]
     async fn on_the_hosts_docker_a_pod_becomes_ready_serves_on_its_published_port_and_is_removed_when_deleted() {
         use crate::agent::runtime::docker::DockerRuntime;
-        let Ok(rt) = DockerRuntime::connect().await else { return };
+        use crate::agent::runtime::podnet::PodNetwork;
+        let bridge = format!("cct{}", hex::encode(rand::random::<[u8; 3]>()));
+        let Ok(rt) = DockerRuntime::connect_with(PodNetwork::without_nat(&bridge, "100.65.3.0/24".parse().unwrap())).await else { return };
         // Skipped without the image, or when something else runs pods on this Docker (a sync
         // stops every pod container it was not asked for).
         if !rt.image_present(IMAGE).await.unwrap_or(false) || !rt.list(labels::UID).await.map(|l| l.is_empty()).unwrap_or(false) {
@@ -1036,6 +1039,7 @@ mod tests {
                 let _ = rt.remove(&c.id).await;
             }
         }
+        let _ = std::process::Command::new("ip").args(["link", "del", &bridge]).status();
         match result {
             Ok(done) => done.expect("the test finished in time"),
             Err(panic) => std::panic::resume_unwind(panic),

@@ -1,20 +1,23 @@
-//! [`ContainerRuntime`] on the Docker Engine API (bollard) over the node's local socket.
+//! [`ContainerRuntime`] on the Docker Engine API (bollard) over the node's local socket, with
+//! the pods' network wired by the agent ([`super::podnet`]), not by Docker.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
     StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
 
-use super::{ContainerInfo, ContainerRuntime, ContainerSpec, RuntimeError};
+use super::podnet::{self, HostPorts, PodNetwork};
+use super::{ContainerInfo, ContainerRuntime, ContainerSpec, RuntimeError, labels};
 
 /// The node's Docker daemon.
 #[derive(Debug, Clone)]
@@ -25,6 +28,28 @@ pub struct DockerRuntime {
     /// every pass, and inspecting 30 unchanged containers each time kept the node's dockerd busy
     /// (and an inspection waits for a container that is being started).
     inspected: Arc<Mutex<HashMap<String, (String, ContainerInfo)>>>,
+    net: Arc<PodNetwork>,
+    /// Set once the bridge and its rules were made by this process.
+    net_ready: Arc<std::sync::atomic::AtomicBool>,
+    ports: Arc<HostPorts>,
+    /// Pod addresses in use: those in the labels of the containers last listed, and those of
+    /// containers being made (by container name).
+    addresses: Arc<Mutex<Addresses>>,
+}
+
+#[derive(Debug, Default)]
+struct Addresses {
+    listed: HashSet<Ipv4Addr>,
+    being_made: HashMap<String, Ipv4Addr>,
+}
+
+impl Addresses {
+    fn take_free(&mut self, net: &PodNetwork, name: &str) -> Option<Ipv4Addr> {
+        let used: HashSet<Ipv4Addr> = self.listed.iter().chain(self.being_made.values()).copied().collect();
+        let ip = net.free_address(&used)?;
+        self.being_made.insert(name.to_string(), ip);
+        Some(ip)
+    }
 }
 
 fn failed(action: impl Into<String>, e: bollard::errors::Error) -> RuntimeError {
@@ -37,11 +62,69 @@ fn failed(action: impl Into<String>, e: bollard::errors::Error) -> RuntimeError 
 }
 
 impl DockerRuntime {
-    /// Connects to `/var/run/docker.sock` and agrees on an API version (nodes run Docker 20.10).
+    /// Connects to `/var/run/docker.sock` and agrees on an API version (nodes run Docker 20.10);
+    /// pods go on the node's pod bridge ([`PodNetwork::on_node`]).
     pub async fn connect() -> Result<Self, RuntimeError> {
+        Self::connect_with(PodNetwork::on_node()).await
+    }
+
+    /// The same with pods on another bridge (the runtime's tests on an operator's machine).
+    pub async fn connect_with(net: PodNetwork) -> Result<Self, RuntimeError> {
         let docker = Docker::connect_with_unix_defaults().map_err(|e| failed("connecting to the Docker socket", e))?;
         let docker = docker.negotiate_version().await.map_err(|e| failed("negotiating the Docker API version", e))?;
-        Ok(DockerRuntime { docker, inspected: Arc::default() })
+        Ok(DockerRuntime { docker, inspected: Arc::default(), net: Arc::new(net), net_ready: Arc::default(), ports: Arc::default(), addresses: Arc::default() })
+    }
+
+    /// Creates and starts the container on the pod bridge with its ports published; undone on failure.
+    async fn run_wired(&self, spec: &ContainerSpec, ip: Ipv4Addr) -> Result<String, RuntimeError> {
+        use std::sync::atomic::Ordering;
+        if !self.net_ready.load(Ordering::Relaxed) || !self.net.present() {
+            self.net.ensure().await?;
+            self.net_ready.store(true, Ordering::Relaxed);
+        }
+        let bound = HostPorts::bind(&spec.ports)?;
+        let mut container_labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        container_labels.insert(labels::POD_IP.into(), ip.to_string());
+        container_labels.insert(labels::HOST_PORTS.into(), podnet::ports_label(&bound));
+        let non_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: non_empty(&spec.command),
+            cmd: non_empty(&spec.args),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            working_dir: spec.working_dir.clone(),
+            labels: Some(container_labels),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                // docker-init (tini, shipped with Debian's docker.io) as PID 1 passes SIGTERM on,
+                // so that a process without a handler (busybox httpd) stops at once, not after
+                // the whole grace period.
+                init: Some(true),
+                network_mode: Some("none".into()),
+                nano_cpus: spec.cpu_millis.map(|m| (m * 1_000_000) as i64),
+                memory: spec.memory_bytes.map(|b| b as i64),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let created = self.docker.create_container(Some(options), body).await.map_err(|e| failed(format!("creating container {}", spec.name), e))?;
+        let wired = async {
+            self.docker.start_container(&created.id, None::<StartContainerOptions>).await.map_err(|e| failed(format!("starting container {}", spec.name), e))?;
+            let pid = self.docker.inspect_container(&created.id, None).await.map_err(|e| failed(format!("inspecting container {}", spec.name), e))?.state.and_then(|s| s.pid).unwrap_or(0);
+            if pid <= 0 {
+                return Err(RuntimeError::Failed { action: format!("starting container {}", spec.name), message: "it exited at once".into() });
+            }
+            self.net.attach(pid, &created.id, ip).await?;
+            self.ports.serve(&created.id, ip, bound)
+        };
+        match wired.await {
+            Ok(()) => Ok(created.id),
+            Err(e) => {
+                let _ = self.remove(&created.id).await;
+                Err(e)
+            }
+        }
     }
 
     /// The container's inspection, reused while the listing shows it in the same state.
@@ -58,20 +141,23 @@ impl DockerRuntime {
 
 fn info_from_inspect(r: bollard::models::ContainerInspectResponse) -> ContainerInfo {
     let state = r.state.unwrap_or_default();
-    let labels = r.config.and_then(|c| c.labels).unwrap_or_default().into_iter().collect();
+    let labels: BTreeMap<String, String> = r.config.and_then(|c| c.labels).unwrap_or_default().into_iter().collect();
+    // Wired by the agent: address and ports in the labels. (Made by an agent before it wired
+    // pods itself: on Docker's bridge, with Docker's published ports.)
     let net = r.network_settings.unwrap_or_default();
-    let ip = net
-        .networks
-        .unwrap_or_default()
-        .values()
-        .filter_map(|n| n.ip_address.as_deref())
-        .find(|a| !a.is_empty())
-        .and_then(|a| a.parse().ok());
+    let ip = labels.get(labels::POD_IP).and_then(|a| a.parse::<IpAddr>().ok()).or_else(|| {
+        net.networks.clone().unwrap_or_default().values().filter_map(|n| n.ip_address.as_deref()).find(|a| !a.is_empty()).and_then(|a| a.parse().ok())
+    });
     let mut published = BTreeMap::new();
-    for (key, bindings) in net.ports.unwrap_or_default() {
-        let Some(cport) = key.split('/').next().and_then(|p| p.parse::<u16>().ok()) else { continue };
-        if let Some(hport) = bindings.unwrap_or_default().iter().filter_map(|b| b.host_port.as_deref()?.parse::<u16>().ok()).next() {
-            published.insert(cport, hport);
+    match labels.get(labels::HOST_PORTS) {
+        Some(value) => published.extend(podnet::parse_ports_label(value)),
+        None => {
+            for (key, bindings) in net.ports.unwrap_or_default() {
+                let Some(cport) = key.split('/').next().and_then(|p| p.parse::<u16>().ok()) else { continue };
+                if let Some(hport) = bindings.unwrap_or_default().iter().filter_map(|b| b.host_port.as_deref()?.parse::<u16>().ok()).next() {
+                    published.insert(cport, hport);
+                }
+            }
         }
     }
     let zero = |t: Option<String>| t.filter(|s| !s.starts_with("0001-"));
@@ -84,6 +170,28 @@ fn info_from_inspect(r: bollard::models::ContainerInspectResponse) -> ContainerI
         finished_at: zero(state.finished_at),
         ip,
         published,
+    }
+}
+
+impl DockerRuntime {
+    /// After a listing: the addresses in use are those listed (plus those being made), and the
+    /// ports of running containers are forwarded, of stopped and removed ones not (as Docker
+    /// does). A restarted agent so takes over the forwarding of the containers it adopts.
+    fn reconcile_network(&self, listed: &[ContainerInfo]) {
+        {
+            let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+            addresses.listed = listed.iter().filter_map(|c| c.labels.get(labels::POD_IP)?.parse().ok()).collect();
+        }
+        let running: HashSet<String> = listed.iter().filter(|c| c.running && c.labels.contains_key(labels::HOST_PORTS)).map(|c| c.id.clone()).collect();
+        self.ports.retain(&running);
+        for c in listed.iter().filter(|c| running.contains(&c.id) && !self.ports.is_open(&c.id)) {
+            let Some(IpAddr::V4(ip)) = c.ip else { continue };
+            let specs: Vec<super::PortSpec> = c.published.iter().map(|(cport, hport)| super::PortSpec { container_port: *cport, host_port: Some(*hport) }).collect();
+            match HostPorts::bind(&specs).and_then(|bound| self.ports.serve(&c.id, ip, bound)) {
+                Ok(()) => tracing::info!(container = %c.id, "forwarding the published ports of an adopted container"),
+                Err(e) => tracing::warn!(container = %c.id, error = %e, "cannot forward the published ports of an adopted container"),
+            }
+        }
     }
 }
 
@@ -107,6 +215,7 @@ impl ContainerRuntime for DockerRuntime {
         }
         let present: HashSet<&str> = listed.iter().map(|(id, _)| id.as_str()).collect();
         self.inspected.lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| present.contains(id.as_str()));
+        self.reconcile_network(&out);
         Ok(out)
     }
 
@@ -127,39 +236,19 @@ impl ContainerRuntime for DockerRuntime {
         if !self.image_present(&spec.image).await? {
             return Err(RuntimeError::ImageNotPresent(spec.image.clone()));
         }
-        let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
-        for p in &spec.ports {
-            let host_port = p.host_port.map(|h| h.to_string()).unwrap_or_default();
-            bindings.insert(format!("{}/tcp", p.container_port), Some(vec![PortBinding { host_ip: None, host_port: Some(host_port) }]));
+        let ip = self
+            .addresses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_free(&self.net, &spec.name)
+            .ok_or_else(|| RuntimeError::Failed { action: format!("creating container {}", spec.name), message: "the node's pod network has no free address".into() })?;
+        let result = self.run_wired(spec, ip).await;
+        let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        addresses.being_made.remove(&spec.name);
+        if result.is_ok() {
+            addresses.listed.insert(ip);
         }
-        let non_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            entrypoint: non_empty(&spec.command),
-            cmd: non_empty(&spec.args),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            working_dir: spec.working_dir.clone(),
-            labels: Some(spec.labels.clone().into_iter().collect()),
-            exposed_ports: Some(spec.ports.iter().map(|p| format!("{}/tcp", p.container_port)).collect()),
-            host_config: Some(HostConfig {
-                // docker-init (tini, shipped with Debian's docker.io) as PID 1 passes SIGTERM on,
-                // so that a process without a handler (busybox httpd) stops at once, not after
-                // the whole grace period.
-                init: Some(true),
-                port_bindings: Some(bindings),
-                nano_cpus: spec.cpu_millis.map(|m| (m * 1_000_000) as i64),
-                memory: spec.memory_bytes.map(|b| b as i64),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
-        let created = self.docker.create_container(Some(options), body).await.map_err(|e| failed(format!("creating container {}", spec.name), e))?;
-        self.docker
-            .start_container(&created.id, None::<StartContainerOptions>)
-            .await
-            .map_err(|e| failed(format!("starting container {}", spec.name), e))?;
-        Ok(created.id)
+        result
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
@@ -173,6 +262,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.ports.close(id);
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
         match self.docker.remove_container(id, Some(options)).await {
             Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
@@ -208,15 +298,17 @@ mod tests {
 
     const IMAGE: &str = "clusterctl-busybox:latest";
 
-    /// The host's Docker with the local busybox image, or `None` (the test is then skipped).
-    async fn docker() -> Option<DockerRuntime> {
-        let rt = DockerRuntime::connect().await.ok()?;
+    /// The host's Docker with the local busybox image, or `None` (the test is then skipped);
+    /// pods on a bridge of the test's own (`subnet`: one per test), without firewall rules.
+    async fn docker(bridge: &str, subnet: &str) -> Option<DockerRuntime> {
+        let rt = DockerRuntime::connect_with(PodNetwork::without_nat(bridge, subnet.parse().unwrap())).await.ok()?;
         rt.image_present(IMAGE).await.ok()?.then_some(rt)
     }
 
     #[tokio::test]
     async fn a_container_runs_with_labels_and_published_ports_answers_exec_and_stops_gracefully() {
-        let Some(rt) = docker().await else {
+        let bridge = format!("cct{}", hex::encode(rand::random::<[u8; 3]>()));
+        let Some(rt) = docker(&bridge, "100.65.1.0/24").await else {
             eprintln!("skipped: no Docker with {IMAGE}");
             return;
         };
@@ -240,6 +332,25 @@ mod tests {
             assert_eq!(info.labels["io.clusterctl.test"], name);
             let host_port = info.published[&8080];
             assert!(host_port > 0);
+            assert_eq!(info.ip, Some("100.65.1.2".parse().unwrap()), "the first address of the pod bridge after its gateway");
+            // the container's eth0 is wired and the published port forwards to it
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let answer = async {
+                    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", host_port)).await.ok()?;
+                    s.write_all(b"GET /nothing HTTP/1.0\r\n\r\n").await.ok()?;
+                    let mut out = String::new();
+                    s.read_to_string(&mut out).await.ok()?;
+                    Some(out)
+                }
+                .await;
+                if answer.as_deref().is_some_and(|a| a.starts_with("HTTP/1.")) {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "nothing answered HTTP on the published port: {answer:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             assert!(rt.list("io.clusterctl.test").await?.iter().any(|c| c.id == id));
             assert_eq!(rt.exec(&id, &["true".into()]).await?, 0);
             assert_eq!(rt.exec(&id, &["false".into()]).await?, 1);
@@ -258,13 +369,14 @@ mod tests {
         }
         .await;
         rt.remove(&id).await.expect("removing the container");
+        rt.net.remove().await;
         outcome.expect("runtime calls");
         assert!(matches!(rt.inspect(&id).await, Err(RuntimeError::NotFound(_))));
     }
 
     #[tokio::test]
     async fn a_missing_image_is_an_error_and_never_pulled() {
-        let Some(rt) = docker().await else { return };
+        let Some(rt) = docker("cctmissing", "100.65.2.0/24").await else { return };
         let spec = ContainerSpec { name: "clusterctl-test-missing".into(), image: "clusterctl-test-no-such-image:1".into(), ..Default::default() };
         assert!(matches!(rt.run(&spec).await, Err(RuntimeError::ImageNotPresent(_))));
     }

@@ -6,6 +6,7 @@
 
 pub mod docker;
 pub mod fake;
+pub mod podnet;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -23,6 +24,10 @@ pub mod labels {
     pub const SPEC_HASH: &str = "io.clusterctl.container.hash";
     /// Grace period in seconds, so that orphans found after a restart stop as gracefully.
     pub const GRACE: &str = "io.clusterctl.pod.grace";
+    /// The container's address on the node's pod bridge ([`super::podnet`]).
+    pub const POD_IP: &str = "io.clusterctl.pod.ip";
+    /// Its published ports, `containerPort:hostPort,...` ([`super::podnet::ports_label`]).
+    pub const HOST_PORTS: &str = "io.clusterctl.pod.host-ports";
 }
 
 /// A container port to publish on the node: on `host_port`, or on an ephemeral port when `None`.
@@ -60,7 +65,7 @@ pub struct ContainerInfo {
     /// RFC 3339, as the runtime reports it.
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
-    /// Address on the node's bridge network.
+    /// Address on the node's pod bridge.
     pub ip: Option<IpAddr>,
     /// container port -> port published on the node.
     pub published: BTreeMap<u16, u16>,

@@ -1,0 +1,313 @@
+//! Pod networking on a node, done by the agent instead of by Docker.
+//!
+//! Docker attaches a container to a network from an OCI prestart hook that re-executes the whole
+//! `dockerd` binary (`libnetwork-setkey`, plus a `set-ipv6` re-exec), and publishes each port with
+//! iptables calls and a `docker-proxy` process: together about two thirds of what starting a pod
+//! cost a node (measured with `perf` on the harness: 0.2 s of CPU for the re-execs alone). So pod
+//! containers are created with `NetworkDisabled` (a network namespace with loopback only, no hook),
+//! and the agent wires them, as kubelet's CNI bridge plugin did for dockershim's containers:
+//!
+//! - [`PodNetwork`]: a Linux bridge (`clusterctl0`, [`POD_CIDR`], gateway its first address) and,
+//!   per container, a veth pair whose host end (`cc` + 12 digits of the container id) is a port
+//!   of the bridge and whose other end is the container's `eth0` with an address of the bridge's
+//!   subnet (the lowest free one, recorded in the container's labels) and the gateway as default
+//!   route. Pods reach the VPC through the node's address (one MASQUERADE rule) and the node
+//!   reaches pods on the bridge.
+//! - [`HostPorts`]: every published port (a `hostPort`, or a free port the kernel picks) is a
+//!   listener of the agent that forwards each connection to the container's address, as
+//!   `docker-proxy` does; the listener is bound before the container is made, so two pods can
+//!   never hold one port.
+//!
+//! The addresses in `status` stay as the networking contract in [`crate::agent::pods`] says:
+//! `podIP` is the node's address and ports are reached at `podIP:hostPort`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Mutex;
+
+use ipnet::Ipv4Net;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{PortSpec, RuntimeError};
+use crate::client::leader::AbortOnDrop;
+
+/// The pods' subnet on every node (node-local: never routed between nodes). Shared address
+/// space (RFC 6598), outside the private ranges that a spec's VPC must be in, so never a VPC's.
+pub const POD_CIDR: &str = "100.64.0.0/24";
+/// The node's pod bridge.
+pub const POD_BRIDGE: &str = "clusterctl0";
+
+fn failed(action: impl Into<String>, message: impl Into<String>) -> RuntimeError {
+    RuntimeError::Failed { action: action.into(), message: message.into() }
+}
+
+/// Runs a program; its stderr as the error when it fails.
+async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("{program}: {e}"))?;
+    if let Some(mut pipe) = child.stdin.take() {
+        if let Some(input) = stdin {
+            pipe.write_all(input.as_bytes()).await.map_err(|e| format!("{program}: {e}"))?;
+        }
+        drop(pipe);
+    }
+    let out = child.wait_with_output().await.map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// The node's pod bridge and the addresses on it.
+#[derive(Debug)]
+pub struct PodNetwork {
+    bridge: String,
+    cidr: Ipv4Net,
+    /// Forwarding and masquerading rules for pods' traffic out of the node (not on an operator's
+    /// machine, where the runtime's tests use a bridge of their own).
+    nat: bool,
+}
+
+impl PodNetwork {
+    /// The network of a node: [`POD_BRIDGE`] on [`POD_CIDR`], with NAT.
+    pub fn on_node() -> Self {
+        PodNetwork { bridge: POD_BRIDGE.into(), cidr: POD_CIDR.parse().expect("POD_CIDR is a CIDR"), nat: true }
+    }
+
+    /// Another bridge and subnet, without touching the firewall (tests on a shared machine).
+    pub fn without_nat(bridge: &str, cidr: Ipv4Net) -> Self {
+        PodNetwork { bridge: bridge.into(), cidr, nat: false }
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.cidr.hosts().next().expect("a subnet with hosts")
+    }
+
+    /// Makes the bridge (up, with the gateway address) and the NAT rules, where missing.
+    pub async fn ensure(&self) -> Result<(), RuntimeError> {
+        let action = || format!("setting up the pod bridge {}", self.bridge);
+        let present = std::path::Path::new("/sys/class/net").join(&self.bridge).exists();
+        if !present {
+            match run("ip", &["link", "add", &self.bridge, "type", "bridge"], None).await {
+                Ok(()) => {}
+                Err(e) if e.contains("File exists") => {}
+                Err(e) => return Err(failed(action(), e)),
+            }
+        }
+        let gateway = format!("{}/{}", self.gateway(), self.cidr.prefix_len());
+        match run("ip", &["addr", "add", &gateway, "dev", &self.bridge], None).await {
+            Ok(()) => {}
+            Err(e) if e.contains("File exists") || e.contains("Address already assigned") => {}
+            Err(e) => return Err(failed(action(), e)),
+        }
+        run("ip", &["link", "set", &self.bridge, "up"], None).await.map_err(|e| failed(action(), e))?;
+        if self.nat {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| failed(action(), format!("enabling IP forwarding: {e}")))?;
+            let cidr = self.cidr.to_string();
+            let rules: [(&str, &str, Vec<&str>); 3] = [
+                ("nat", "POSTROUTING", vec!["-s", &cidr, "!", "-o", &self.bridge, "-j", "MASQUERADE"]),
+                ("filter", "FORWARD", vec!["-i", &self.bridge, "-j", "ACCEPT"]),
+                ("filter", "FORWARD", vec!["-o", &self.bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"]),
+            ];
+            for (table, chain, rule) in rules {
+                let check: Vec<&str> = ["-w", "5", "-t", table, "-C", chain].into_iter().chain(rule.iter().copied()).collect();
+                if run("iptables", &check, None).await.is_err() {
+                    // FORWARD: before Docker's own rules (its policy there is DROP).
+                    let verb = if chain == "FORWARD" { "-I" } else { "-A" };
+                    let add: Vec<&str> = ["-w", "5", "-t", table, verb, chain].into_iter().chain(rule.iter().copied()).collect();
+                    run("iptables", &add, None).await.map_err(|e| failed(action(), e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the bridge exists (it goes with the node's network namespace).
+    pub fn present(&self) -> bool {
+        std::path::Path::new("/sys/class/net").join(&self.bridge).exists()
+    }
+
+    /// The lowest address of the subnet that is neither the gateway nor in `used`.
+    pub fn free_address(&self, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+        let gateway = self.gateway();
+        self.cidr.hosts().find(|a| *a != gateway && !used.contains(a))
+    }
+
+    /// Wires the network namespace of the container whose init is `pid`: `eth0` at `ip`.
+    pub async fn attach(&self, pid: i64, container_id: &str, ip: Ipv4Addr) -> Result<(), RuntimeError> {
+        let action = || format!("wiring the network of container {}", &container_id[..container_id.len().min(12)]);
+        let veth = format!("cc{}", &container_id[..container_id.len().min(12)]);
+        if std::path::Path::new("/sys/class/net").join(&veth).exists() {
+            let _ = run("ip", &["link", "del", &veth], None).await; // a pair left from before
+        }
+        let pid = pid.to_string();
+        run("ip", &["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pid], None).await.map_err(|e| failed(action(), e))?;
+        run("ip", &["link", "set", &veth, "master", &self.bridge, "up"], None).await.map_err(|e| failed(action(), e))?;
+        let inside = format!(
+            "link set lo up\nlink set eth0 up\naddr add {ip}/{} dev eth0\nroute add default via {}\n",
+            self.cidr.prefix_len(),
+            self.gateway()
+        );
+        run("nsenter", &["-t", &pid, "-n", "ip", "-b", "-"], Some(&inside)).await.map_err(|e| failed(action(), e))
+    }
+
+    /// Deletes the bridge (tests).
+    #[cfg(test)]
+    pub async fn remove(&self) {
+        let _ = run("ip", &["link", "del", &self.bridge], None).await;
+    }
+}
+
+/// A port published on the node, bound and not yet forwarding.
+pub struct Bound {
+    pub container_port: u16,
+    pub host_port: u16,
+    listener: std::net::TcpListener,
+}
+
+/// The agent's forwarders of published ports, by container id.
+#[derive(Default)]
+pub struct HostPorts {
+    open: Mutex<HashMap<String, Vec<AbortOnDrop>>>,
+}
+
+impl std::fmt::Debug for HostPorts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        f.debug_struct("HostPorts").field("containers", &open.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl HostPorts {
+    /// Binds every port on all of the node's addresses: its `host_port`, or one the kernel picks.
+    pub fn bind(ports: &[PortSpec]) -> Result<Vec<Bound>, RuntimeError> {
+        ports
+            .iter()
+            .map(|p| {
+                let wanted = p.host_port.unwrap_or(0);
+                let listener = std::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], wanted))).map_err(|e| {
+                    failed(format!("publishing container port {}", p.container_port), format!("host port {wanted}: {e}"))
+                })?;
+                let host_port = listener.local_addr().map_err(|e| failed("publishing a port", e.to_string()))?.port();
+                Ok(Bound { container_port: p.container_port, host_port, listener })
+            })
+            .collect()
+    }
+
+    /// Forwards each bound port to `ip` (the container's address) from now on.
+    pub fn serve(&self, container_id: &str, ip: Ipv4Addr, bound: Vec<Bound>) -> Result<(), RuntimeError> {
+        let mut tasks = Vec::new();
+        for b in bound {
+            b.listener.set_nonblocking(true).map_err(|e| failed("publishing a port", e.to_string()))?;
+            let listener = TcpListener::from_std(b.listener).map_err(|e| failed("publishing a port", e.to_string()))?;
+            let target = SocketAddr::from((ip, b.container_port));
+            tasks.push(AbortOnDrop(tokio::spawn(forward(listener, target))));
+        }
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(container_id.to_string(), tasks);
+        Ok(())
+    }
+
+    pub fn is_open(&self, container_id: &str) -> bool {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).contains_key(container_id)
+    }
+
+    /// Stops forwarding the ports of a container.
+    pub fn close(&self, container_id: &str) {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(container_id);
+    }
+
+    /// Stops forwarding for every container not in `running`.
+    pub fn retain(&self, running: &HashSet<String>) {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| running.contains(id));
+    }
+}
+
+async fn forward(listener: TcpListener, target: SocketAddr) {
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await; // out of descriptors, say
+            continue;
+        };
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = TcpStream::connect(target).await {
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+/// The label value that records published ports: `80:32768,443:32769`.
+pub fn ports_label(bound: &[Bound]) -> String {
+    bound.iter().map(|b| format!("{}:{}", b.container_port, b.host_port)).collect::<Vec<_>>().join(",")
+}
+
+/// Container port -> host port, from [`ports_label`]'s format.
+pub fn parse_ports_label(value: &str) -> Vec<(u16, u16)> {
+    value
+        .split(',')
+        .filter_map(|pair| {
+            let (c, h) = pair.split_once(':')?;
+            Some((c.trim().parse().ok()?, h.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_the_lowest_free_ones_after_the_gateway() {
+        let net = PodNetwork::without_nat("cctest", "100.64.7.0/29".parse().unwrap());
+        assert_eq!(net.gateway(), Ipv4Addr::new(100, 64, 7, 1));
+        let mut used = HashSet::new();
+        assert_eq!(net.free_address(&used), Some(Ipv4Addr::new(100, 64, 7, 2)));
+        used.insert(Ipv4Addr::new(100, 64, 7, 2));
+        used.insert(Ipv4Addr::new(100, 64, 7, 4));
+        assert_eq!(net.free_address(&used), Some(Ipv4Addr::new(100, 64, 7, 3)));
+        used.extend([3, 5, 6].map(|o| Ipv4Addr::new(100, 64, 7, o)));
+        assert_eq!(net.free_address(&used), None, "a /29 has six hosts, one of them the gateway");
+    }
+
+    #[test]
+    fn the_ports_label_round_trips() {
+        assert_eq!(parse_ports_label("80:32768,443:40000"), vec![(80, 32768), (443, 40000)]);
+        assert_eq!(parse_ports_label(""), vec![]);
+        assert_eq!(parse_ports_label("80:x,8080:31000"), vec![(8080, 31000)]);
+    }
+
+    #[tokio::test]
+    async fn a_bound_port_forwards_connections_until_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend_port = backend.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = backend.accept().await {
+                let _ = s.write_all(b"hello").await;
+            }
+        });
+        let bound = HostPorts::bind(&[PortSpec { container_port: backend_port, host_port: None }]).unwrap();
+        let host_port = bound[0].host_port;
+        assert_ne!(host_port, 0);
+        // the port is held: nobody else can bind it
+        assert!(std::net::TcpListener::bind(("0.0.0.0", host_port)).is_err());
+        let ports = HostPorts::default();
+        ports.serve("c1", Ipv4Addr::LOCALHOST, bound).unwrap();
+        let mut s = TcpStream::connect(("127.0.0.1", host_port)).await.unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "hello");
+        ports.close("c1");
+        tokio::task::yield_now().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while TcpStream::connect(("127.0.0.1", host_port)).await.is_ok() {
+            assert!(std::time::Instant::now() < deadline, "the port still answers after close");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
