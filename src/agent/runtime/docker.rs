@@ -109,13 +109,18 @@ impl DockerRuntime {
         };
         let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
         let created = self.docker.create_container(Some(options), body).await.map_err(|e| failed(format!("creating container {}", spec.name), e))?;
+        let running_pid = |r: bollard::models::ContainerInspectResponse| r.state.filter(|s| s.running == Some(true)).and_then(|s| s.pid).filter(|p| *p > 0);
         let wired = async {
             self.docker.start_container(&created.id, None::<StartContainerOptions>).await.map_err(|e| failed(format!("starting container {}", spec.name), e))?;
-            let pid = self.docker.inspect_container(&created.id, None).await.map_err(|e| failed(format!("inspecting container {}", spec.name), e))?.state.and_then(|s| s.pid).unwrap_or(0);
-            if pid <= 0 {
-                return Err(RuntimeError::Failed { action: format!("starting container {}", spec.name), message: "it exited at once".into() });
+            let inspect = || async { self.docker.inspect_container(&created.id, None).await.map_err(|e| failed(format!("inspecting container {}", spec.name), e)) };
+            // A container that already exited (a crash loop) has nothing to wire: the sync sees its exit.
+            let Some(pid) = running_pid(inspect().await?) else { return Ok(()) };
+            if let Err(e) = self.net.attach(pid, &created.id, ip).await {
+                return match running_pid(inspect().await?) {
+                    Some(_) => Err(e),
+                    None => Ok(()), // it exited while being wired
+                };
             }
-            self.net.attach(pid, &created.id, ip).await?;
             self.ports.serve(&created.id, ip, bound)
         };
         match wired.await {
