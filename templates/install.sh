@@ -67,6 +67,13 @@ mkdir -p "$state_dir" || fail "creating $state_dir"
 chmod 700 "$state_dir" "$(dirname "$config_path")" || fail "restricting $state_dir"
 chmod 600 "$config_path" || fail "restricting $config_path"
 
+# One install at a time on a node: `create` and a master's machine controller may both be
+# bootstrapping the same new machine. (flock is util-linux's, on every Debian.)
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$state_dir/install.lock"
+    flock -w 600 9 || fail "waiting for another install on this node"
+fi
+
 # 1. The binary, replaced atomically (a running process keeps its old file).
 if [ "$(sha256 "$binary_path")" != "$want" ]; then
     [ -f "$staged" ] || fail "the installed binary $binary_path is not $want and the staged binary $staged is missing"

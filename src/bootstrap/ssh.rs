@@ -225,7 +225,7 @@ impl SshSession {
         if digest.len() != 64 {
             return Err(session_error(&self.target, &format!("reading {path}"), "the file is missing or unreadable"));
         }
-        let tmp = format!("/tmp/clusterctl-download-{}", &digest[..16]);
+        let tmp = format!("/tmp/clusterctl-download-{}-{}", &digest[..16], unique());
         let t = shell_quote(&tmp);
         self.sudo(&format!("install -m 600 -o {} {q} {t}", shell_quote(&self.target.user)))?;
         let received = (|| {
@@ -253,7 +253,9 @@ impl SshSession {
             let _ = self.sudo(&format!("chmod {mode:o} {q}"));
             return Ok(false);
         }
-        let tmp = format!("/tmp/clusterctl-upload-{}", &digest[..16]);
+        // Names of this upload only: two processes may install the same file on one node at once
+        // (`create` and the master's machine controller both bootstrapping a replacement).
+        let tmp = format!("/tmp/clusterctl-upload-{}-{}", &digest[..16], unique());
         let mut remote = self
             .session
             .scp_send(Path::new(&tmp), 0o600, contents.len() as u64, None)
@@ -261,13 +263,18 @@ impl SshSession {
         std::io::Write::write_all(&mut remote, contents).map_err(|e| session_error(&self.target, &format!("sending {path}"), e))?;
         remote.send_eof().and_then(|_| remote.wait_eof()).and_then(|_| remote.close()).and_then(|_| remote.wait_close()).map_err(|e| session_error(&self.target, &format!("sending {path}"), e))?;
         let t = shell_quote(&tmp);
-        let staged = shell_quote(&format!("{path}.clusterctl-new"));
+        let staged = shell_quote(&format!("{path}.clusterctl-new-{}", unique()));
         self.sudo(&format!(
             "[ \"$({hash})\" = {digest} ] && mkdir -p \"$(dirname {q})\" && install -m {mode:o} -o root -g root {t} {staged} && mv -f {staged} {q}; status=$?; rm -f {t}; exit $status",
             hash = sha256_command(&t)
         ))?;
         Ok(true)
     }
+}
+
+/// A random suffix for temporary file names on a node.
+fn unique() -> String {
+    hex::encode(rand::random::<[u8; 4]>())
 }
 
 /// Connects on a blocking thread.
