@@ -32,6 +32,24 @@ async fn holders(client: &ApiClient) -> Vec<String> {
     out
 }
 
+/// What to look at when a lease did not move: every lease whole, and what each master that
+/// still runs (a harness container named by its instance id) logged about leases and etcd.
+async fn print_diagnostics(client: &ApiClient) {
+    for lease in LEASES {
+        let l = client.get_value(&format!("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{lease}")).await.unwrap_or_default();
+        eprintln!("lease {lease}: {}", l.get("spec").cloned().unwrap_or_default());
+    }
+    for (node, instance) in ready_masters(client).await {
+        let out = Command::new("docker")
+            .args(["exec", &instance, "sh", "-c", "journalctl -u clusterctl-master --since -3min --no-pager -o cat | grep -iE 'lead|lease|etcd' | tail -n 30"])
+            .output();
+        match out {
+            Ok(out) => eprintln!("--- {node} ({instance}):\n{}", String::from_utf8_lossy(&out.stdout)),
+            Err(e) => eprintln!("--- {node} ({instance}): {e}"),
+        }
+    }
+}
+
 fn healthy_etcd_members(binary: &str, spec: &str) -> usize {
     let out = Command::new(binary).args(["status", "-f", spec, "-o", "json"]).output().expect("running clusterctl status");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -105,6 +123,9 @@ async fn main() -> anyhow::Result<()> {
             let answered_after = answered.lock().unwrap().iter().any(|t| *t > killed + Duration::from_millis(50));
             if took_over.is_some() && answered_after {
                 break;
+            }
+            if killed.elapsed() >= Duration::from_secs(120) {
+                print_diagnostics(&client).await;
             }
             anyhow::ensure!(
                 killed.elapsed() < Duration::from_secs(120),
