@@ -62,6 +62,11 @@ async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), St
     }
 }
 
+/// Whether a network interface of this name exists in the agent's network namespace.
+fn link_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
 /// The node's pod bridge and the addresses on it.
 #[derive(Debug)]
 pub struct PodNetwork {
@@ -90,8 +95,7 @@ impl PodNetwork {
     /// Makes the bridge (up, with the gateway address) and the NAT rules, where missing.
     pub async fn ensure(&self) -> Result<(), RuntimeError> {
         let action = || format!("setting up the pod bridge {}", self.bridge);
-        let present = std::path::Path::new("/sys/class/net").join(&self.bridge).exists();
-        if !present {
+        if !self.present() {
             match run("ip", &["link", "add", &self.bridge, "type", "bridge"], None).await {
                 Ok(()) => {}
                 Err(e) if e.contains("File exists") => {}
@@ -128,7 +132,7 @@ impl PodNetwork {
 
     /// Whether the bridge exists (it goes with the node's network namespace).
     pub fn present(&self) -> bool {
-        std::path::Path::new("/sys/class/net").join(&self.bridge).exists()
+        link_exists(&self.bridge)
     }
 
     /// The lowest address of the subnet that is neither the gateway nor in `used`.
@@ -139,9 +143,10 @@ impl PodNetwork {
 
     /// Wires the network namespace of the container whose init is `pid`: `eth0` at `ip`.
     pub async fn attach(&self, pid: i64, container_id: &str, ip: Ipv4Addr) -> Result<(), RuntimeError> {
-        let action = || format!("wiring the network of container {}", &container_id[..container_id.len().min(12)]);
-        let veth = format!("cc{}", &container_id[..container_id.len().min(12)]);
-        if std::path::Path::new("/sys/class/net").join(&veth).exists() {
+        let short = &container_id[..container_id.len().min(12)];
+        let action = || format!("wiring the network of container {short}");
+        let veth = format!("cc{short}");
+        if link_exists(&veth) {
             let _ = run("ip", &["link", "del", &veth], None).await; // a pair left from before
         }
         let pid = pid.to_string();
