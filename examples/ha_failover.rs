@@ -9,7 +9,7 @@
 //!
 //!   CLUSTERCTL_HOME=... cargo run --release --example ha_failover -- SPEC CLUSTERCTL-BINARY [RUNS]
 //!
-//! Prints one line per run and `RESULT <figure> <value>` lines for `scripts/bench`.
+//! Prints one line and `RESULT <figure> <value>` lines per run (for `scripts/bench`), then medians.
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,7 @@ use clusterctl::client::kubeconfig::Kubeconfig;
 use clusterctl::client::{ApiClient, ClientAuth};
 use clusterctl::cloud::aws::{AwsCloud, AwsOptions};
 use clusterctl::cloud::Cloud;
+use clusterctl::node::master::leader_node;
 use serde_json::{json, Value};
 
 const LEASES: [&str; 3] = ["kube-scheduler", "kube-controller-manager", "cloud-controller-manager"];
@@ -86,8 +87,9 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(start.elapsed() < Duration::from_secs(600), "the control plane did not have 3 Ready masters and 3 healthy etcd members within 10 minutes");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        // The controllers' holder (`<node>_<instance>`): a replacement in the same slot has another identity.
         let leader = holders(&client).await[1].clone();
-        let instance = ready_masters(&client).await.into_iter().find(|(n, _)| *n == leader).map(|(_, i)| i).ok_or_else(|| anyhow::anyhow!("no Ready master {leader}"))?;
+        let instance = ready_masters(&client).await.into_iter().find(|(n, _)| n == leader_node(&leader)).map(|(_, i)| i).ok_or_else(|| anyhow::anyhow!("no Ready master {leader}"))?;
         // The client loop: the time of every answered write+read.
         let answered: Arc<Mutex<Vec<Instant>>> = Arc::default();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -157,6 +159,9 @@ async fn main() -> anyhow::Result<()> {
             takeover_s.as_secs_f64(),
             replaced_s.as_secs_f64()
         );
+        println!("RESULT ha-api-failover-s {:.2}", api.as_secs_f64());
+        println!("RESULT ha-leases-takeover-s {:.1}", takeover_s.as_secs_f64());
+        println!("RESULT ha-master-replaced-s {:.1}", replaced_s.as_secs_f64());
         failover.push(api.as_secs_f64());
         takeover.push(takeover_s.as_secs_f64());
         replaced.push(replaced_s.as_secs_f64());
@@ -169,8 +174,5 @@ async fn main() -> anyhow::Result<()> {
     let (t, tmin, tmax) = median(takeover);
     let (r, rmin, rmax) = median(replaced);
     println!("{runs} runs (median, min-max): API failover {f:.2} s ({fmin:.2}-{fmax:.2}); control-loop takeover {t:.1} s ({tmin:.1}-{tmax:.1}); master replaced {r:.1} s ({rmin:.1}-{rmax:.1})");
-    println!("RESULT ha-api-failover-s {f:.2}");
-    println!("RESULT ha-leases-takeover-s {t:.1}");
-    println!("RESULT ha-master-replaced-s {r:.1}");
     Ok(())
 }

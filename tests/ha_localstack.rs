@@ -17,6 +17,7 @@ use clusterctl::client::kubeconfig::Kubeconfig;
 use clusterctl::client::{ApiClient, ClientAuth};
 use clusterctl::cloud::aws::{AwsCloud, AwsOptions};
 use clusterctl::cloud::{owned_by, Cloud, ROLE_TAG};
+use clusterctl::node::master::leader_node;
 use common::*;
 use serde_json::{json, Value};
 
@@ -28,7 +29,7 @@ fn admin(home: &std::path::Path) -> ApiClient {
     ApiClient::new(&kc.server, ClientAuth::Certificate { ca_pem: kc.ca_pem, cert_pem: kc.client_cert_pem, key_pem: kc.client_key_pem }).unwrap()
 }
 
-/// The holders of the three control-loop leases.
+/// The holders of the three control-loop leases (`<node name>_<instance id>`).
 async fn holders(client: &ApiClient) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for lease in LEASES {
@@ -88,7 +89,7 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
     let masters: BTreeSet<String> = (0..3).map(|i| format!("{CLUSTER}-masters-{i}")).collect();
     let (before, _) = eventually("a leader for every control loop", Duration::from_secs(30), || async {
         let h = holders(&client).await?;
-        if h.iter().all(|x| masters.contains(x)) { Ok(h) } else { Err(format!("{h:?}")) }
+        if h.iter().all(|x| masters.contains(leader_node(x))) { Ok(h) } else { Err(format!("{h:?}")) }
     })
     .await;
     eprintln!("lease holders: {before:?}");
@@ -96,7 +97,7 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
     // A master stopped cleanly gives its leases up: the others hold them within a retry period or
     // two, not after the 15 s the leases would take to expire.
     let stopped = before[1].clone();
-    let node: Value = client.get_value(&format!("/api/v1/nodes/{stopped}")).await.unwrap();
+    let node: Value = client.get_value(&format!("/api/v1/nodes/{}", leader_node(&stopped))).await.unwrap();
     let stopped_instance = node["spec"]["providerID"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
     let systemctl = |verb: &str| {
         let out = std::process::Command::new("docker").args(["exec", &stopped_instance, "systemctl", verb, "clusterctl-master"]).output().unwrap();
@@ -106,7 +107,7 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
     systemctl("stop");
     let (moved, _) = eventually("the stopped master's leases held by the others", Duration::from_secs(30), || async {
         let h = holders(&client).await?;
-        if h.iter().all(|x| masters.contains(x) && *x != stopped) { Ok(h) } else { Err(format!("{h:?}")) }
+        if h.iter().all(|x| masters.contains(leader_node(x)) && *x != stopped) { Ok(h) } else { Err(format!("{h:?}")) }
     })
     .await;
     let took = t.elapsed();
@@ -115,7 +116,7 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
     systemctl("start");
     let (before, _) = eventually("a leader for every control loop", Duration::from_secs(30), || async {
         let h = holders(&client).await?;
-        if h.iter().all(|x| masters.contains(x)) { Ok(h) } else { Err(format!("{h:?}")) }
+        if h.iter().all(|x| masters.contains(leader_node(x))) { Ok(h) } else { Err(format!("{h:?}")) }
     })
     .await;
 
@@ -168,7 +169,7 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
     let before_ids = master_instances(cloud.as_ref()).await;
     // Terminate the machine of the master that leads the controllers.
     let leader = before[1].clone();
-    let node: Value = client.get_value(&format!("/api/v1/nodes/{leader}")).await.unwrap();
+    let node: Value = client.get_value(&format!("/api/v1/nodes/{}", leader_node(&leader))).await.unwrap();
     let instance = node["spec"]["providerID"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
     let gap_before = *longest_gap.lock().unwrap();
     *longest_gap.lock().unwrap() = Duration::ZERO;
@@ -177,7 +178,7 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
     eprintln!("terminated {leader} ({instance}); longest gap before: {:.1}s", gap_before.as_secs_f64());
     let (after, _) = eventually("every lease held by a surviving master", Duration::from_secs(40), || async {
         let h = holders(&client).await?;
-        if h.iter().all(|x| masters.contains(x) && *x != leader) { Ok(h) } else { Err(format!("{h:?}")) }
+        if h.iter().all(|x| masters.contains(leader_node(x)) && *x != leader) { Ok(h) } else { Err(format!("{h:?}")) }
     })
     .await;
     eprintln!("lease holders after {:.1}s: {after:?}", killed.elapsed().as_secs_f64());

@@ -31,7 +31,7 @@ pub const LEADER_LEASE_NAMESPACE: &str = "kube-system";
 pub struct LeaderElection {
     /// The lease's name, e.g. `kube-scheduler`.
     pub lease: String,
-    /// This candidate's identity (the master's node name).
+    /// This candidate's identity (the master's node name and instance id).
     pub identity: String,
     pub lease_duration: Duration,
     pub renew_deadline: Duration,
@@ -91,11 +91,16 @@ impl LeaderElection {
             // Aborted when leadership ends, and when this election itself is dropped.
             let mut task = AbortOnDrop(tokio::spawn(work()));
             let mut renewed = Instant::now();
+            // Whether the task's handle gave its output already (polling it again would panic).
+            let mut ended = false;
             // Leader.
             let reason = loop {
                 tokio::select! {
                     _ = tokio::time::sleep(self.retry_period) => {}
-                    _ = &mut task.0 => break "the work ended".to_string(),
+                    _ = &mut task.0 => {
+                        ended = true;
+                        break "the work ended".to_string();
+                    }
                 }
                 match self.try_acquire_or_renew(&client, &mut observed).await {
                     Ok(true) => renewed = Instant::now(),
@@ -109,7 +114,9 @@ impl LeaderElection {
                 }
             };
             task.0.abort();
-            let _ = (&mut task.0).await;
+            if !ended {
+                let _ = (&mut task.0).await;
+            }
             tracing::warn!(lease = %self.lease, identity = %self.identity, "stopped leading: {reason}");
             // Work that ended by itself starts again, but not in a tight loop.
             tokio::time::sleep(self.retry_period).await;
@@ -272,6 +279,27 @@ mod tests {
         assert_eq!(started.load(Ordering::SeqCst), 2, "the survivor started its work");
         assert_eq!(most.load(Ordering::SeqCst), 1, "never two at once");
         survivor.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_that_ends_by_itself_is_started_again_while_leading() {
+        let client = crate::controllers::tests::start().await;
+        let started = Arc::new(AtomicUsize::new(0));
+        let counter = started.clone();
+        let election = tokio::spawn(quick("a").run(client.clone(), move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+        // Each round: the work ends, the election waits a retry period, renews its own lease, starts it again.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(!election.is_finished(), "the election stopped (panicked?) after its work ended");
+        assert!(started.load(Ordering::SeqCst) >= 3, "started {} times in 1.2 s", started.load(Ordering::SeqCst));
+        let lease: Lease = client.get(&LEASES, Some(LEADER_LEASE_NAMESPACE), "test-loop").await.unwrap();
+        assert_eq!(lease.spec.holder_identity.as_deref(), Some("a"));
+        assert_eq!(lease.spec.lease_transitions, Some(0), "renewed as its own, never handed over");
+        election.abort();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,8 +95,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 
     // In-process clients with certificates that exist only in memory.
     let local = format!("https://127.0.0.1:{}", settings.listen.port());
-    // The control loops, each under its own lease (one master of an HA control plane acts).
-    let identity = config.node_name.clone();
+    // The control loops, each under its own lease (one master of an HA control plane acts). The
+    // identity names the machine, not only the node: a replacement master reuses the dead one's
+    // node name, and must not mistake the dead one's lease for its own (client-go appends a UUID
+    // to the host name for the same reason).
+    let identity = leader_identity(&config.node_name, &config.instance_id);
     let mut elections: Vec<(LeaderElection, ApiClient, tokio::task::JoinHandle<()>)> = Vec::new();
     let controller = ca.issue_client("system:kube-controller-manager", &["system:masters"])?;
     let controller_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: controller.cert_pem, key_pem: controller.key_pem })?;
@@ -173,6 +176,16 @@ async fn release_leases(elections: Vec<(LeaderElection, ApiClient, tokio::task::
     futures::future::join_all(releases).await;
 }
 
+/// A master's identity in the control loops' leases: `<node name>_<instance id>`.
+pub fn leader_identity(node_name: &str, instance_id: &str) -> String {
+    format!("{node_name}_{instance_id}")
+}
+
+/// The node name in a lease holder's identity (`<node name>_<instance id>`).
+pub fn leader_node(identity: &str) -> &str {
+    identity.split_once('_').map_or(identity, |(node, _)| node)
+}
+
 /// The leases of the control loops, in `kube-system`, as Kubernetes names them.
 pub const SCHEDULER_LEASE: &str = "kube-scheduler";
 pub const CONTROLLERS_LEASE: &str = "kube-controller-manager";
@@ -221,5 +234,18 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_holder_names_the_node_and_the_machine() {
+        let identity = leader_identity("c-masters-2", "i-0abc");
+        assert_eq!(identity, "c-masters-2_i-0abc");
+        assert_eq!(leader_node(&identity), "c-masters-2");
+        assert_eq!(leader_node("c-masters-2"), "c-masters-2", "an identity without a machine is all node");
     }
 }
