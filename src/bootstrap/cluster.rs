@@ -463,6 +463,10 @@ pub async fn bootstrap(
     let direct = ApiClient::new(&format!("https://{}:{}", master.address()?, spec.api.port), ClientAuth::Certificate { ca_pem: ca_pem.clone(), cert_pem: admin_cert.clone(), key_pem: admin_key.clone() })
         .map_err(|e| BootstrapError::Other(format!("building the API client: {e}")))?;
     wait_until(options.ready_deadline, "the API server on the master to be ready", || async { direct.request_text("GET", "/readyz").await.is_ok().then_some(()) }).await?;
+    // Only now do the load balancer's health checks start to count (see provision::converge).
+    if let Some(registration) = &converged.registration {
+        crate::provision::register_masters(cloud, registration, reporter).await.map_err(|e| BootstrapError::Other(format!("registering the masters with the API load balancer: {e}")))?;
+    }
     let kubeconfig_path = home.dir.join("kubeconfig");
     let kubeconfig = Kubeconfig { cluster_name: spec.name.as_str().into(), server: server.clone(), ca_pem: ca_pem.clone(), client_cert_pem: admin_cert.clone(), client_key_pem: admin_key.clone() };
     kubeconfig.write(&kubeconfig_path).map_err(|e| BootstrapError::Other(format!("writing {}: {e}", kubeconfig_path.display())))?;

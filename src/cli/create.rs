@@ -58,11 +58,12 @@ pub async fn run(global: &Global, args: &CreateArgs) -> Result<(), Failure> {
         let artifacts = ArtifactsTask::start(options.binary.clone(), Packing::Gzip);
         Some((options, artifacts))
     };
-    let options = ConvergeOptions::new(key.public_openssh.clone());
+    let mut options = ConvergeOptions::new(key.public_openssh.clone());
+    // With node software to install, the masters join the API load balancer once they serve.
+    options.defer_registration = node_software.is_some();
     let converged = provision::converge(cloud.as_ref(), &spec, &options, &report).await;
     report.finish();
     let converged = converged.map_err(|e| Failure::Operation(anyhow::Error::new(e).context(format!("creating cluster {}", spec.name))))?;
-    let mutations = cloud.mutations();
     let bootstrapped = match node_software {
         None => None,
         Some((options, artifacts)) => {
@@ -72,6 +73,8 @@ pub async fn run(global: &Global, args: &CreateArgs) -> Result<(), Failure> {
             Some(result.map_err(|e| Failure::Operation(anyhow::Error::new(e).context(format!("bootstrapping cluster {}", spec.name))))?)
         }
     };
+    // (After bootstrapping too: it registers the masters with the load balancer.)
+    let mutations = cloud.mutations();
     let endpoint = converged.load_balancer.as_ref().map(|l| format!("{}:{}", l.dns_name, spec.api.port));
     match args.output {
         Output::Json => {

@@ -1,4 +1,9 @@
 //! Applies a plan, then waits until the machines run and the API's targets are registered.
+//!
+//! `create` defers the masters' registration ([`ConvergeOptions::defer_registration`]) until their
+//! API servers answer ([`register_masters`]): a load balancer counts a target healthy after two
+//! passing health checks in a row, 5 s apart, and checks that fail while the master is still being
+//! installed only push that back.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,6 +25,10 @@ use super::{Names, ProvisionError};
 /// one up, so a slot can be refilled this many times.
 const LAUNCH_ATTEMPTS: u32 = 32;
 
+/// How long, and how often, the first polls for running instances are.
+const FAST_POLLING: Duration = Duration::from_secs(10);
+const FAST_POLL: Duration = Duration::from_millis(250);
+
 /// What converging needs beyond the spec.
 #[derive(Debug, Clone)]
 pub struct ConvergeOptions {
@@ -31,6 +40,9 @@ pub struct ConvergeOptions {
     pub target_deadline: Duration,
     /// Pause between polls while waiting.
     pub poll_interval: Duration,
+    /// Leave the masters' registration with the API load balancer to the caller (in
+    /// [`Converged::registration`]), which registers them once they serve.
+    pub defer_registration: bool,
 }
 
 impl ConvergeOptions {
@@ -41,8 +53,25 @@ impl ConvergeOptions {
             instance_deadline: Duration::from_secs(300),
             target_deadline: Duration::from_secs(120),
             poll_interval: Duration::from_secs(1),
+            defer_registration: false,
         }
     }
+}
+
+/// Masters to register with the API load balancer's target group (and those already registered).
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub target_group: String,
+    /// The instances of the masters that must be registered, whether they are already or not.
+    pub masters: Vec<String>,
+    /// The plan's registration step, when some are not registered yet.
+    pub step: Option<Step>,
+    /// The API port, the targets' port.
+    pub port: u16,
+    /// How long registering may take (the converge's deadlines), and the pause between polls.
+    pub instance_deadline: Duration,
+    pub target_deadline: Duration,
+    pub poll_interval: Duration,
 }
 
 /// The result of a converge.
@@ -54,6 +83,9 @@ pub struct Converged {
     pub instances: BTreeMap<(String, u32), Instance>,
     /// The API load balancer, when the spec asks for one.
     pub load_balancer: Option<LoadBalancer>,
+    /// With [`ConvergeOptions::defer_registration`] and a load balancer: what [`register_masters`]
+    /// must still do.
+    pub registration: Option<Registration>,
 }
 
 /// Ids resolved so far: from the inventory, then from each step applied.
@@ -123,7 +155,8 @@ pub async fn converge(cloud: &dyn Cloud, spec: &ClusterSpec, options: &ConvergeO
         reporter.phase("applying changes");
     }
     let mut launches = Vec::new();
-    // Only running instances can be registered as targets: registration waits for them.
+    // Only running instances can be registered as targets: registration waits for them (and
+    // registers every master, so that a master launched after the step was planned is included).
     let mut registrations = Vec::new();
     for step in &plan.steps {
         if let Step::LaunchInstance { pool, slot, .. } = step {
@@ -145,14 +178,51 @@ pub async fn converge(cloud: &dyn Cloud, spec: &ClusterSpec, options: &ConvergeO
     }
 
     wait_running(cloud, &names, spec, &mut r, options, reporter).await?;
-    for step in registrations {
-        apply(cloud, spec, &names, options, &mut r, step).await?;
+    let registration = match &r.target_group {
+        Some(tg) if spec.api.load_balancer => {
+            let masters = r.instances.iter().filter(|((pool, _), _)| pool == spec.masters.name.as_str()).map(|(_, i)| i.id.clone()).collect();
+            Some(Registration {
+                target_group: tg.clone(),
+                masters,
+                step: registrations.first().map(|s| (*s).clone()),
+                port: spec.api.port,
+                instance_deadline: options.instance_deadline,
+                target_deadline: options.target_deadline,
+                poll_interval: options.poll_interval,
+            })
+        }
+        _ => None,
+    };
+    let registration = match registration {
+        Some(reg) if !options.defer_registration => {
+            register_masters(cloud, &reg, reporter).await?;
+            None
+        }
+        other => other,
+    };
+    Ok(Converged { plan, instances: r.instances, load_balancer: r.load_balancer, registration })
+}
+
+/// Registers the masters with the API load balancer's target group, and waits until it lists them.
+pub async fn register_masters(cloud: &dyn Cloud, reg: &Registration, reporter: &dyn Reporter) -> Result<(), ProvisionError> {
+    if let Some(step) = &reg.step {
+        let Step::RegisterMasters { .. } = step else {
+            return Err(ProvisionError::Conflict(format!("not a registration: {step}")));
+        };
+        // The load balancer may see an instance as running a little after EC2 reports it so.
+        let start = Instant::now();
+        loop {
+            match cloud.register_targets(&reg.target_group, &reg.masters, reg.port).await {
+                Err(e) if e.code.as_deref() == Some("InvalidTarget") && start.elapsed() < reg.instance_deadline => {
+                    tracing::debug!(error = %e, "targets not registrable yet");
+                    tokio::time::sleep(reg.poll_interval).await;
+                }
+                other => break other?,
+            }
+        }
         reporter.done(&format!("{} {step}", step.sign()));
     }
-    if spec.api.load_balancer {
-        wait_registered(cloud, spec, &r, options, reporter).await?;
-    }
-    Ok(Converged { plan, instances: r.instances, load_balancer: r.load_balancer })
+    wait_registered(cloud, reg, reporter).await
 }
 
 async fn apply(cloud: &dyn Cloud, spec: &ClusterSpec, names: &Names<'_>, options: &ConvergeOptions, r: &mut Resolved, step: &Step) -> Result<(), ProvisionError> {
@@ -221,29 +291,7 @@ async fn apply(cloud: &dyn Cloud, spec: &ClusterSpec, names: &Names<'_>, options
             let lb = r.load_balancer.as_ref().map(|l| l.arn.clone());
             cloud.create_listener(need(&lb, "API load balancer")?, *port, need(&r.target_group, "API target group")?, &names.tags("api", &names.api_lb())).await?;
         }
-        Step::RegisterMasters { slots } => {
-            let ids: Vec<String> = slots
-                .iter()
-                .map(|slot| {
-                    r.instances
-                        .get(&(spec.masters.name.as_str().to_string(), *slot))
-                        .map(|i| i.id.clone())
-                        .ok_or_else(|| ProvisionError::Conflict(format!("cannot register master {slot}: it has no instance")))
-                })
-                .collect::<Result<_, _>>()?;
-            let target_group = need(&r.target_group, "API target group")?.to_string();
-            // The load balancer may see an instance as running a little after EC2 reports it so.
-            let start = Instant::now();
-            loop {
-                match cloud.register_targets(&target_group, &ids, spec.api.port).await {
-                    Err(e) if e.code.as_deref() == Some("InvalidTarget") && start.elapsed() < options.instance_deadline => {
-                        tracing::debug!(error = %e, "targets not registrable yet");
-                        tokio::time::sleep(options.poll_interval).await;
-                    }
-                    other => break other?,
-                }
-            }
-        }
+        Step::RegisterMasters { .. } => unreachable!("registrations are applied by register_masters"),
         Step::DeregisterTargets { ids } => cloud.deregister_targets(need(&r.target_group, "API target group")?, ids, spec.api.port).await?,
         Step::DeleteListener { arn } => cloud.delete_listener(arn).await?,
         Step::DeleteLoadBalancer { arn, .. } => {
@@ -370,19 +418,20 @@ async fn wait_running(cloud: &dyn Cloud, names: &Names<'_>, spec: &ClusterSpec, 
             let pending = waiting.iter().map(|k| format!("{} ({}) is {}", label(k), r.instances[k].id, r.instances[k].state)).collect::<Vec<_>>().join(", ");
             return Err(ProvisionError::Timeout { what: "instances to run".into(), waited: options.instance_deadline, pending });
         }
-        tokio::time::sleep(options.poll_interval).await;
+        // Every 250 ms in the first seconds, when a machine that boots fast can be used at once;
+        // then at the usual pace, which spares the API's request budget during long boots.
+        let pause = if start.elapsed() < FAST_POLLING { options.poll_interval.min(FAST_POLL) } else { options.poll_interval };
+        tokio::time::sleep(pause).await;
     }
 }
 
 /// Waits until every master is registered in the API target group.
-async fn wait_registered(cloud: &dyn Cloud, spec: &ClusterSpec, r: &Resolved, options: &ConvergeOptions, reporter: &dyn Reporter) -> Result<(), ProvisionError> {
-    let tg = need(&r.target_group, "API target group")?;
-    let masters: Vec<&Instance> = r.instances.iter().filter(|((pool, _), _)| pool == spec.masters.name.as_str()).map(|(_, i)| i).collect();
+async fn wait_registered(cloud: &dyn Cloud, reg: &Registration, reporter: &dyn Reporter) -> Result<(), ProvisionError> {
     let start = Instant::now();
     let mut announced = false;
     loop {
-        let health = cloud.target_health(tg).await?;
-        let missing: Vec<&&Instance> = masters.iter().filter(|m| !health.iter().any(|h| h.instance_id == m.id)).collect();
+        let health = cloud.target_health(&reg.target_group).await?;
+        let missing: Vec<&String> = reg.masters.iter().filter(|m| !health.iter().any(|h| &h.instance_id == *m)).collect();
         if missing.is_empty() {
             if announced {
                 reporter.done("masters registered with the API load balancer");
@@ -393,11 +442,11 @@ async fn wait_registered(cloud: &dyn Cloud, spec: &ClusterSpec, r: &Resolved, op
             reporter.phase("waiting for the API load balancer's targets");
             announced = true;
         }
-        if start.elapsed() >= options.target_deadline {
-            let pending = missing.iter().map(|m| format!("{} is not registered", m.id)).collect::<Vec<_>>().join(", ");
-            return Err(ProvisionError::Timeout { what: "the masters to be registered with the API load balancer".into(), waited: options.target_deadline, pending });
+        if start.elapsed() >= reg.target_deadline {
+            let pending = missing.iter().map(|m| format!("{m} is not registered")).collect::<Vec<_>>().join(", ");
+            return Err(ProvisionError::Timeout { what: "the masters to be registered with the API load balancer".into(), waited: reg.target_deadline, pending });
         }
-        tokio::time::sleep(options.poll_interval).await;
+        tokio::time::sleep(reg.poll_interval).await;
     }
 }
 

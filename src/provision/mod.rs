@@ -26,7 +26,7 @@ use thiserror::Error;
 use crate::cloud::{CloudError, Tags, OWNER_TAG, POOL_TAG, ROLE_TAG, SLOT_TAG};
 use crate::spec::{ClusterSpec, NodePool, Role};
 
-pub use converge::{converge, ConvergeOptions, Converged};
+pub use converge::{converge, register_masters, ConvergeOptions, Converged, Registration};
 pub use destroy::{destroy, DestroyReport};
 pub use inventory::{discover, Inventory};
 pub use plan::{plan, Plan, Step};
