@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clusterctl::bootstrap::hostkeys;
-use clusterctl::bootstrap::ssh::{connect_async, HostKeyTrust, SshError, SshTarget};
+use clusterctl::bootstrap::ssh::{connect_async, FileUpload, HostKeyTrust, SshError, SshTarget};
 use clusterctl::cloud::aws::{AwsCloud, AwsOptions};
 use clusterctl::cloud::{Cloud, Instance, Resilient, RetryPolicy};
 use clusterctl::provision;
@@ -70,6 +70,26 @@ async fn realized_machines_are_reached_over_ssh_with_pinned_host_keys() {
             assert_eq!(session.sudo("cat /etc/clusterctl/test.conf").unwrap().stdout, "secret=2\n");
             let leftovers = session.run("ls /tmp | grep -c clusterctl-upload || true").unwrap().stdout;
             assert_eq!(leftovers.trim(), "0", "temporary upload files are removed");
+
+            // Several files at once: only those that differ are sent; modes are set either way.
+            let binary: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+            let files = |a: &'static [u8], b: &'static [u8]| {
+                [
+                    FileUpload { contents: a, path: "/etc/clusterctl/batch/a.conf", mode: 0o600 },
+                    FileUpload { contents: b, path: "/etc/clusterctl/batch/it's b.sh", mode: 0o755 },
+                ]
+            };
+            assert_eq!(session.upload_files(&files(b"a=1\n", b"echo b\n")).unwrap(), vec![true, true]);
+            assert_eq!(session.upload_files(&files(b"a=1\n", b"echo b\n")).unwrap(), vec![false, false], "identical files are not sent again");
+            session.sudo("chmod 644 /etc/clusterctl/batch/a.conf").unwrap();
+            assert_eq!(session.upload_files(&files(b"a=2\n", b"echo b\n")).unwrap(), vec![true, false]);
+            let stat = session.sudo("stat -c '%a %U %n' /etc/clusterctl/batch/* && cat /etc/clusterctl/batch/a.conf").unwrap().stdout;
+            assert_eq!(stat, "600 root /etc/clusterctl/batch/a.conf\n755 root /etc/clusterctl/batch/it's b.sh\na=2\n");
+            let bin = [FileUpload { contents: &binary, path: "/etc/clusterctl/batch/bytes", mode: 0o600 }];
+            assert_eq!(session.upload_files(&bin).unwrap(), vec![true]);
+            assert_eq!(session.download("/etc/clusterctl/batch/bytes").unwrap(), binary, "any bytes arrive whole");
+            let leftovers = session.sudo("ls -a /etc/clusterctl/batch | grep -c clusterctl-new || true").unwrap().stdout;
+            assert_eq!(leftovers.trim(), "0", "no temporary files are left beside the targets");
             session
         })
         .await

@@ -304,13 +304,17 @@ fn install(session: &SshSession, artifacts: &Artifacts, role: NodeRole, config_t
     }
     let (unit_name, unit) = templates::unit(role);
     let unit_name = format!("{}/{unit_name}", templates::UNIT_DIR);
-    session.upload(unit.as_bytes(), &unit_name, 0o644).map_err(ssh_err("uploading the systemd unit"))?;
+    let (etcd_name, etcd_unit) = templates::etcd_unit();
+    let etcd_name = format!("{}/{etcd_name}", templates::UNIT_DIR);
+    let mut files = vec![
+        ssh::FileUpload { contents: unit.as_bytes(), path: &unit_name, mode: 0o644 },
+        ssh::FileUpload { contents: config_toml.as_bytes(), path: "/etc/clusterctl/node.toml", mode: 0o600 },
+        ssh::FileUpload { contents: artifacts.install_script.as_bytes(), path: templates::INSTALL_SCRIPT_PATH, mode: 0o755 },
+    ];
     if role == NodeRole::Master && config_toml.contains("[master.etcd]") {
-        let (etcd_name, etcd_unit) = templates::etcd_unit();
-        session.upload(etcd_unit.as_bytes(), &format!("{}/{etcd_name}", templates::UNIT_DIR), 0o644).map_err(ssh_err("uploading the etcd unit"))?;
+        files.push(ssh::FileUpload { contents: etcd_unit.as_bytes(), path: &etcd_name, mode: 0o644 });
     }
-    session.upload(config_toml.as_bytes(), "/etc/clusterctl/node.toml", 0o600).map_err(ssh_err("uploading the node config"))?;
-    session.upload(artifacts.install_script.as_bytes(), templates::INSTALL_SCRIPT_PATH, 0o755).map_err(ssh_err("uploading the install script"))?;
+    session.upload_files(&files).map_err(ssh_err("uploading the systemd unit, the node config and the install script"))?;
     let out = session.sudo(&templates::install_command(role, &artifacts.binary_sha256, staged_path)).map_err(ssh_err("running the install script"))?;
     let changed = templates::install_changed(&out.stdout).ok_or_else(|| BootstrapError::Node { node: node.clone(), step: "running the install script".into(), message: format!("unexpected output: {}", out.stdout.trim()) })?;
     Ok((changed, delivery))
