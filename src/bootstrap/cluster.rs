@@ -286,16 +286,20 @@ fn install(session: &SshSession, artifacts: &Artifacts, role: NodeRole, config_t
         // The node's agent needs the container runtime: on an image that starts Docker on first
         // use (socket activation), it starts now, while the binary travels, instead of when the
         // agent's unit starts. Without Docker the agent says so when it runs.
-        session.sudo("systemctl start --no-block docker.service >/dev/null 2>&1 || true").map_err(ssh_err("starting the container runtime"))?;
+        // (In the same command as the fetch, when there is one: one SSH command less per machine.)
+        let start_docker = "systemctl start --no-block docker.service >/dev/null 2>&1 || true";
         let mut fetch_failed = None;
         if let Some((from, token)) = fetch {
-            let out = session.sudo_script(&templates::fetch_binary_script(&from.url, &from.ca_pem, token, &artifacts.binary_sha256, templates::STAGED_PLAIN_BINARY_PATH)).map_err(ssh_err("fetching the binary from the master"))?;
+            let script = format!("{start_docker}\n{}", templates::fetch_binary_script(&from.url, &from.ca_pem, token, &artifacts.binary_sha256, templates::STAGED_PLAIN_BINARY_PATH));
+            let out = session.sudo_script(&script).map_err(ssh_err("fetching the binary from the master"))?;
             if out.status == 0 {
                 delivery = Delivery::FromMaster;
                 staged_path = templates::STAGED_PLAIN_BINARY_PATH;
             } else {
                 fetch_failed = Some(format!("exit status {}: {}", out.status, out.stderr.trim()));
             }
+        } else {
+            session.sudo(start_docker).map_err(ssh_err("starting the container runtime"))?;
         }
         if delivery != Delivery::FromMaster {
             session.upload(&artifacts.binary_staged, artifacts.staged_path, 0o644).map_err(ssh_err("uploading the binary"))?;
@@ -758,8 +762,11 @@ async fn install_with_token(join: &Join, workers: &[&Machine], sessions: &Sessio
             let result = tokio::task::spawn_blocking(move || -> Result<(bool, Delivery), BootstrapError> {
                 let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
                 // A joined worker keeps the token it joined with, so that its config does not change.
-                let current = read_root_file(&s, "/etc/clusterctl/node.toml").ok().flatten().and_then(|t| NodeConfig::from_toml(&t).ok());
-                let joined = s.exec(&format!("sudo -n test -f {DATA_DIR}/pki/node.crt")).map(|o| o.status == 0).unwrap_or(false);
+                let probe = s.exec(&format!("sudo -n sh -c 'if test -f {DATA_DIR}/pki/node.crt; then echo joined; else echo new; fi; cat /etc/clusterctl/node.toml 2>/dev/null'")).ok();
+                let (joined, current) = match probe.as_ref().and_then(|o| o.stdout.split_once('\n')) {
+                    Some((state, toml)) => (state == "joined", NodeConfig::from_toml(toml).ok()),
+                    None => (false, None),
+                };
                 let join_token = match current.and_then(|c| c.worker).map(|w| w.join_token) {
                     Some(old) if joined => old,
                     _ => token,
