@@ -185,8 +185,8 @@ async fn run_pods(client: ApiClient, node_name: String, node_ip: IpAddr) {
         match runtime::docker::DockerRuntime::connect().await {
             Ok(d) => break d,
             Err(e) => {
-                tracing::warn!(error = %e, "connecting to Docker for pods; retrying in 5 s");
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tracing::warn!(error = %e, "connecting to Docker for pods; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     };

@@ -80,8 +80,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                     break c;
                 }
                 Err(e) => {
-                    tracing::warn!(%server, "joining: {e:#}; retrying");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    // Mostly: the API load balancer has no healthy target yet (it refuses at once).
+                    // A short pause, so that the node joins within half a second of it having one.
+                    tracing::warn!(%server, "joining: {e:#}; retrying in 0.5 s");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         },
