@@ -192,7 +192,7 @@ pub const CONTROLLERS_LEASE: &str = "kube-controller-manager";
 pub const CLOUD_CONTROLLER_LEASE: &str = "cloud-controller-manager";
 
 /// How often a master's API server checks etcd's member list for its endpoints.
-const ETCD_MEMBERS_EVERY: Duration = Duration::from_secs(30);
+const ETCD_MEMBERS_EVERY: Duration = Duration::from_secs(5);
 
 /// The API server's store: this master's etcd member and its peers (following etcd's member
 /// list) when the config has `[master.etcd]` (retried until etcd answers: the members may still

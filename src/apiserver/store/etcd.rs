@@ -49,6 +49,13 @@ use tokio::io::AsyncWriteExt;
 
 use super::{DEFAULT_HISTORY, EventStream, Store, StoreError, StoreEvent, StoreEventKind, StoredObject};
 
+/// Whether something accepts a TCP connection at an endpoint URL's host and port within 1 s.
+async fn answers(endpoint: &str) -> bool {
+    let authority = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest);
+    let authority = authority.split('/').next().unwrap_or(authority);
+    matches!(tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(authority)).await, Ok(Ok(_)))
+}
+
 /// How long one request may take, and connecting to one endpoint.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 pings on connections with open streams; etcd refuses pings more often than every 5 s.
@@ -270,13 +277,19 @@ impl EtcdStore {
         Ok(EtcdStore { client, history: options.history.max(1), compacted: Arc::new(AtomicU64::new(0)), endpoints })
     }
 
-    /// Makes the client balance over `keep` and the client URL of every current member: a member
-    /// added since the store connected (a replaced master's) is added, one removed is dropped.
+    /// Makes the client balance over `keep` and the client URL of every current member that
+    /// accepts connections: a member added since the store connected (a replaced master's) is
+    /// added, one removed or not answering is dropped.
     /// Returns the endpoints added and removed.
     pub async fn sync_endpoints(&self, keep: &[String]) -> Result<(Vec<String>, Vec<String>), StoreError> {
         let response = member_list(&self.client).await?;
         let mut want: std::collections::BTreeSet<String> = keep.iter().cloned().collect();
-        want.extend(response.members().iter().filter_map(|m| m.client_urls().first().cloned()));
+        // Only members that accept connections: the machine of a dead one may not even refuse
+        // (its address is simply gone), and each request the balancer handed it would wait for
+        // its connect timeout. It comes back at the first check after it answers again.
+        let listed: Vec<String> = response.members().iter().filter_map(|m| m.client_urls().first().cloned()).filter(|u| !want.contains(u)).collect();
+        let answering = futures::future::join_all(listed.iter().map(|u| answers(u))).await;
+        want.extend(listed.into_iter().zip(answering).filter(|(_, ok)| *ok).map(|(u, _)| u));
         let current = self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let added: Vec<String> = want.difference(&current).cloned().collect();
         let removed: Vec<String> = current.difference(&want).cloned().collect();

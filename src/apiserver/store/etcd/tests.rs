@@ -217,6 +217,19 @@ async fn a_store_follows_the_members_and_keeps_serving_when_the_one_it_was_given
 }
 
 #[tokio::test]
+async fn a_member_that_does_not_answer_is_left_out_of_the_balancer_until_it_does() {
+    let mut members = EtcdProcess::start_cluster(3, None).await;
+    let first = members[0].client_url.clone();
+    let store = EtcdStore::connect(EtcdProcess::options(&[&members[0]], None)).await.unwrap();
+    let (added, _) = store.sync_endpoints(std::slice::from_ref(&first)).await.unwrap();
+    assert_eq!(added.len(), 2);
+    let dead = members[2].client_url.clone();
+    members[2].kill();
+    assert_eq!(store.sync_endpoints(std::slice::from_ref(&first)).await.unwrap(), (vec![], vec![dead]), "still a member, but not answering");
+    store.create("/r/without-it", json!({})).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_three_member_cluster_keeps_serving_without_a_member_and_replaces_it() {
     let pki = TestPki::generate();
     let mut members = EtcdProcess::start_cluster(3, Some(&pki.ca)).await;
