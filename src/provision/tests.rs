@@ -442,3 +442,28 @@ async fn destroy_retries_a_role_still_in_use_and_treats_a_missing_one_as_gone() 
     cloud.delete_instance_profile("clusterctl-t1-master").await.expect("not found is success");
     cloud.remove_role_from_instance_profile("clusterctl-t1-master", "clusterctl-t1-master").await.expect("not found is success");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_deferred_registration_is_left_to_the_caller_and_a_rerun_finds_it_done() {
+    let (_fake, cloud) = setup();
+    let spec = spec_with(1);
+    let mut deferred = options();
+    deferred.defer_registration = true;
+    let done = converge(&cloud, &spec, &deferred, &NoReport).await.unwrap();
+    let inv = discover(&cloud, "t1").await.unwrap();
+    let tg = inv.target_groups[0].arn.clone();
+    assert!(inv.targets.get(&tg).is_none_or(|t| t.is_empty()), "nothing registered yet");
+    let registration = done.registration.expect("left to the caller");
+    assert!(matches!(registration.step, Some(Step::RegisterMasters { .. })));
+    let master = done.instances[&("masters".to_string(), 0)].id.clone();
+    assert_eq!(registration.masters, vec![master.clone()]);
+
+    // Until the caller registers them, a re-run plans the registration again.
+    assert!(plan(&spec, &inv).unwrap().steps.iter().any(|s| matches!(s, Step::RegisterMasters { .. })));
+    register_masters(&cloud, &registration, &NoReport).await.unwrap();
+    let inv = discover(&cloud, "t1").await.unwrap();
+    assert_eq!(inv.targets[&tg].iter().map(|t| t.instance_id.clone()).collect::<Vec<_>>(), vec![master]);
+    assert!(plan(&spec, &inv).unwrap().is_empty(), "complete");
+    let again = converge(&cloud, &spec, &deferred, &NoReport).await.unwrap();
+    assert!(again.registration.is_some_and(|r| r.step.is_none()), "nothing left to register");
+}
