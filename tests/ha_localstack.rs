@@ -52,6 +52,21 @@ fn etcd_members(home: &std::path::Path, spec: &str) -> Result<Vec<Value>, String
     v.pointer("/etcd/members").and_then(Value::as_array).cloned().ok_or_else(|| v["etcd"].to_string())
 }
 
+/// What the running masters (harness containers named by instance id) logged about leases, etcd
+/// and errors in the last 3 minutes: printed before a failover assertion fails, since the guard
+/// destroys the cluster after it.
+async fn dump_master_logs(cloud: &dyn Cloud) {
+    for instance in master_instances(cloud).await {
+        let out = std::process::Command::new("docker")
+            .args(["exec", &instance, "sh", "-c", "journalctl -u clusterctl-master -u clusterctl-etcd --since -3min --no-pager -o short-precise | grep -iE 'lead|lease|etcd|error|warn|elect' | tail -n 120"])
+            .output();
+        match out {
+            Ok(out) => eprintln!("--- {instance}:\n{}", String::from_utf8_lossy(&out.stdout)),
+            Err(e) => eprintln!("--- {instance}: {e}"),
+        }
+    }
+}
+
 fn healthy_members(members: &[Value]) -> usize {
     members.iter().filter(|m| m["healthy"] == true).count()
 }
@@ -181,12 +196,16 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
         if h.iter().all(|x| masters.contains(leader_node(x)) && *x != leader) { Ok(h) } else { Err(format!("{h:?}")) }
     })
     .await;
-    eprintln!("lease holders after {:.1}s: {after:?}", killed.elapsed().as_secs_f64());
+    let after_took = killed.elapsed();
+    eprintln!("lease holders after {:.1}s: {after:?}", after_took.as_secs_f64());
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     let gap = *longest_gap.lock().unwrap();
     eprintln!("longest time without an answer through the balancer after the termination: {:.1}s", gap.as_secs_f64());
+    if gap > Duration::from_secs(15) || after_took > Duration::from_secs(20) {
+        dump_master_logs(cloud.as_ref()).await;
+    }
     assert!(gap <= Duration::from_secs(15), "the API answered again within 15 s (longest gap {gap:?})");
     let written = acknowledged.lock().unwrap().clone();
     let stored: BTreeSet<String> = client.list_values("/api/v1/namespaces/default/configmaps").await.unwrap().iter().map(|c| c["metadata"]["name"].as_str().unwrap_or("").to_string()).collect();
