@@ -18,8 +18,9 @@
 //! several API servers on one etcd each compacts on its own writes; a compaction that another one
 //! already passed is answered "required revision has been compacted", which is fine.
 //!
-//! Connection: the client balances requests over all endpoints, but still hands some to a dead
-//! member's endpoint (each such request fails at once, connection refused), so requests are retried
+//! Connection: the client balances requests over its endpoints, and until the next member check
+//! ([`EtcdStore::follow_members`]) drops a dead member's endpoint, still hands some to it (each
+//! fails, at once when refused, after the connect timeout when the address is gone), so requests are retried
 //! for up to 3 s: reads whenever etcd was unavailable, writes only when they certainly did not happen
 //! (the request never left, or the member had no leader). A write that may have happened is not
 //! retried: the caller gets a `Backend` error, as it does for any write in flight when the leader dies
