@@ -157,14 +157,14 @@ pub async fn converge(cloud: &dyn Cloud, spec: &ClusterSpec, options: &ConvergeO
     let mut launches = Vec::new();
     // Only running instances can be registered as targets: registration waits for them (and
     // registers every master, so that a master launched after the step was planned is included).
-    let mut registrations = Vec::new();
+    let mut registration_step = None;
     for step in &plan.steps {
         if let Step::LaunchInstance { pool, slot, .. } = step {
             launches.push((pool.clone(), *slot));
             continue;
         }
         if matches!(step, Step::RegisterMasters { .. }) {
-            registrations.push(step);
+            registration_step = Some(step.clone());
             continue;
         }
         if !launches.is_empty() {
@@ -184,7 +184,7 @@ pub async fn converge(cloud: &dyn Cloud, spec: &ClusterSpec, options: &ConvergeO
             Some(Registration {
                 target_group: tg.clone(),
                 masters,
-                step: registrations.first().map(|s| (*s).clone()),
+                step: registration_step,
                 port: spec.api.port,
                 instance_deadline: options.instance_deadline,
                 target_deadline: options.target_deadline,
@@ -206,9 +206,6 @@ pub async fn converge(cloud: &dyn Cloud, spec: &ClusterSpec, options: &ConvergeO
 /// Registers the masters with the API load balancer's target group, and waits until it lists them.
 pub async fn register_masters(cloud: &dyn Cloud, reg: &Registration, reporter: &dyn Reporter) -> Result<(), ProvisionError> {
     if let Some(step) = &reg.step {
-        let Step::RegisterMasters { .. } = step else {
-            return Err(ProvisionError::Conflict(format!("not a registration: {step}")));
-        };
         // The load balancer may see an instance as running a little after EC2 reports it so.
         let start = Instant::now();
         loop {

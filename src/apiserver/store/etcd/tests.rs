@@ -192,12 +192,17 @@ async fn a_member_left_mostly_free_by_compaction_is_defragmented() {
     assert_eq!(store.get("/r/small-19").await.unwrap().unwrap().value, json!({ "i": 19 }), "the data is still there");
 }
 
-#[tokio::test]
-async fn a_store_follows_the_members_and_keeps_serving_when_the_one_it_was_given_dies() {
-    let mut members = EtcdProcess::start_cluster(3, None).await;
-    // Given only the first member, as a master's API server is given its own.
+/// Three members and a store given only the first, as a master's API server is given its own.
+async fn store_on_the_first_of_three() -> (Vec<EtcdProcess>, String, EtcdStore) {
+    let members = EtcdProcess::start_cluster(3, None).await;
     let first = members[0].client_url.clone();
     let store = EtcdStore::connect(EtcdProcess::options(&[&members[0]], None)).await.unwrap();
+    (members, first, store)
+}
+
+#[tokio::test]
+async fn a_store_follows_the_members_and_keeps_serving_when_the_one_it_was_given_dies() {
+    let (mut members, first, store) = store_on_the_first_of_three().await;
     let (added, removed) = store.sync_endpoints(std::slice::from_ref(&first)).await.unwrap();
     let mut expected = vec![members[1].client_url.clone(), members[2].client_url.clone()];
     expected.sort();
@@ -217,10 +222,8 @@ async fn a_store_follows_the_members_and_keeps_serving_when_the_one_it_was_given
 }
 
 #[tokio::test]
-async fn a_member_that_does_not_answer_is_left_out_of_the_balancer_until_it_does() {
-    let mut members = EtcdProcess::start_cluster(3, None).await;
-    let first = members[0].client_url.clone();
-    let store = EtcdStore::connect(EtcdProcess::options(&[&members[0]], None)).await.unwrap();
+async fn a_member_that_does_not_answer_is_left_out_of_the_balancer() {
+    let (mut members, first, store) = store_on_the_first_of_three().await;
     let (added, _) = store.sync_endpoints(std::slice::from_ref(&first)).await.unwrap();
     assert_eq!(added.len(), 2);
     let dead = members[2].client_url.clone();
