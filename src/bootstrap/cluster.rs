@@ -954,6 +954,11 @@ pub async fn add_master(cloud: &dyn Cloud, client: &ApiClient, r: &MasterReplace
     if healthy < voters / 2 + 1 {
         return Err(other("checking etcd's quorum", &format!("only {healthy} of {voters} remaining etcd members are healthy: not changing the membership")));
     }
+    let lost: Vec<IpAddr> = stale.iter().flat_map(|m| &m.peer_urls).filter_map(|u| url_ip(u)).collect();
+    if !lost.is_empty() {
+        reporter.item(&r.new.name, "closing the surviving masters' connections to the lost etcd member");
+        drop_connections(cloud, r, &lost, options).await;
+    }
     for m in &stale {
         reporter.item(&r.new.name, &format!("removing etcd member {} ({:?})", m.name, m.peer_urls));
         cluster.remove_member(m.id).await.map_err(|e| other("removing the lost etcd member", &e))?;
@@ -995,6 +1000,45 @@ pub async fn add_master(cloud: &dyn Cloud, client: &ApiClient, r: &MasterReplace
     Ok(())
 }
 
+/// The IP address in a URL such as `https://10.0.1.12:2380`.
+fn url_ip(url: &str) -> Option<IpAddr> {
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest).split('/').next()?;
+    authority.parse::<SocketAddr>().map(|a| a.ip()).or_else(|_| authority.parse::<IpAddr>()).ok()
+}
+
+/// Closes, on every surviving master, the TCP connections to `lost` addresses (`ss -K`), before
+/// their etcd member is removed. A terminated machine's address black-holes rather than refuses:
+/// the etcd leader's stream to the dead member stays open, and once its send buffer is full a
+/// write blocks for etcd's 5 s write timeout. Removing the member stops that stream from inside
+/// the raft loop (etcd 3.4), so the leader then sends no heartbeats until the write gives up: the
+/// other members elect, the cluster has no leader for 5 to 10 s, and every API server fails its
+/// requests meanwhile. With the connections closed first the stream is already gone and the
+/// removal takes milliseconds. Best effort: a master that cannot be reached, or a kernel without
+/// socket destruction, is logged, and the member is removed anyway.
+async fn drop_connections(cloud: &dyn Cloud, r: &MasterReplacement<'_>, lost: &[IpAddr], options: &BootstrapOptions) {
+    let filter = lost.iter().map(|ip| format!("dst {ip}")).collect::<Vec<_>>().join(" or ");
+    let script = format!("ss -K -t -n '( {filter} )' >/dev/null\nss -H -t -n state established '( {filter} )' | wc -l\n");
+    let survivors = r.masters.iter().filter(|m| m.name != r.new.name);
+    let drops = survivors.map(|m| {
+        let script = script.clone();
+        async move {
+            let session = connect(cloud, m, &r.spec.ssh.user, r.ssh_key, r.known, Duration::from_secs(10).min(options.ssh_deadline)).await?;
+            let out = tokio::task::spawn_blocking(move || session.sudo_script(&script))
+                .await
+                .map_err(|e| BootstrapError::Other(e.to_string()))?
+                .map_err(|source| BootstrapError::Ssh { node: m.name.clone(), step: "closing connections to the lost master".into(), source: Box::new(source) })?;
+            Ok::<_, BootstrapError>((m.name.as_str(), out))
+        }
+    });
+    for result in futures::future::join_all(drops).await {
+        match result {
+            Ok((node, out)) if out.status == 0 && out.stdout.trim() == "0" => tracing::info!(node, ?lost, "closed the connections to the lost master"),
+            Ok((node, out)) => tracing::warn!(node, ?lost, status = out.status, open = out.stdout.trim(), stderr = out.stderr.trim(), "connections to the lost master are still open"),
+            Err(e) => tracing::warn!(error = %e, "closing connections to the lost master"),
+        }
+    }
+}
+
 async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut probe: F) -> Result<(), BootstrapError>
 where
     F: FnMut() -> Fut,
@@ -1009,5 +1053,18 @@ where
             return Err(BootstrapError::Timeout { what: what.into(), waited: deadline, pending: "no answer".into() });
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_ip_reads_the_address_of_a_member_url() {
+        assert_eq!(url_ip("https://10.0.1.12:2380"), Some(IpAddr::from([10, 0, 1, 12])));
+        assert_eq!(url_ip("http://127.0.0.1:2379/"), Some(IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(url_ip("https://[fd00::5]:2380"), "fd00::5".parse().ok());
+        assert_eq!(url_ip("https://etcd.example:2380"), None);
     }
 }

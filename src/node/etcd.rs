@@ -87,6 +87,11 @@ pub fn environment(config: &NodeConfig, etcd: &EtcdSettings, files: &EtcdFiles) 
         ("ETCD_PEER_TRUSTED_CA_FILE", files.ca.display().to_string()),
         ("ETCD_PEER_CERT_FILE", files.member_cert.display().to_string()),
         ("ETCD_PEER_KEY_FILE", files.member_key.display().to_string()),
+        // A member that missed heartbeats asks whether it could win before it starts an election
+        // (the default from etcd 3.5 on): when a leader stalls for a moment, a follower does not
+        // raise the term, which would depose the leader and, with the follower's log behind,
+        // leave the cluster without one until the old leader campaigns again.
+        ("ETCD_PRE_VOTE", "true".into()),
         // No auto-compaction: the API servers compact to their watch history themselves.
         ("ETCD_LOGGER", "zap".into()),
         ("ETCD_LOG_OUTPUTS", "stderr".into()),
