@@ -102,6 +102,10 @@ if [ "$role" = master ] && grep -q '^\[master\.etcd\]' "$config_path"; then
     if [ ! -x /usr/bin/etcd ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server etcd-client >&2 || fail "installing Debian's etcd-server"
     fi
+    # `ss`: a master replacing a dead one has the survivors close their connections to it.
+    if ! command -v ss >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 >&2 || fail "installing iproute2"
+    fi
     # Debian's own unit would run a second, unconfigured etcd.
     systemctl mask --now etcd.service >/dev/null 2>&1 || true
     [ -f "$unit_dir/$etcd_unit" ] || fail "the unit $unit_dir/$etcd_unit is missing"
