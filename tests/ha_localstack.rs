@@ -57,14 +57,17 @@ fn etcd_members(home: &std::path::Path, spec: &str) -> Result<Vec<Value>, String
 /// destroys the cluster after it.
 async fn dump_master_logs(cloud: &dyn Cloud) {
     for instance in master_instances(cloud).await {
-        let out = std::process::Command::new("docker")
-            .args(["exec", &instance, "sh", "-c", "journalctl -u clusterctl-master -u clusterctl-etcd --since -3min --no-pager -o short-precise | grep -iE 'lead|lease|etcd|error|warn|elect|connections' | tail -n 120"])
-            .output();
-        match out {
-            Ok(out) => eprintln!("--- {instance}:\n{}", String::from_utf8_lossy(&out.stdout)),
-            Err(e) => eprintln!("--- {instance}: {e}"),
-        }
+        let lines = journal_lines(&instance, "-u clusterctl-master -u clusterctl-etcd --since -3min -o short-precise", "lead|lease|etcd|error|warn|elect|connections");
+        eprintln!("--- {instance}:\n{}", lines.unwrap_or_else(|e| e.to_string()));
     }
+}
+
+/// The journal lines (`journalctl ARGS`) of a harness machine that match `pattern` (an extended
+/// regular expression, any case), the last 120.
+fn journal_lines(instance: &str, args: &str, pattern: &str) -> std::io::Result<String> {
+    let command = format!("journalctl {args} --no-pager | grep -iE '{pattern}' | tail -n 120");
+    let out = std::process::Command::new("docker").args(["exec", instance, "sh", "-c", &command]).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn healthy_members(members: &[Value]) -> usize {
@@ -228,11 +231,7 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
     // Before removing the dead member the survivors closed their connections to its address
     // (`bootstrap::cluster::drop_connections` warns when it could not).
     for master in master_instances(cloud.as_ref()).await {
-        let out = std::process::Command::new("docker")
-            .args(["exec", &master, "sh", "-c", "journalctl -u clusterctl-master --no-pager | grep -E 'connections to the lost master are still open|closing connections to the lost master' || true"])
-            .output()
-            .unwrap();
-        let warnings = String::from_utf8_lossy(&out.stdout);
+        let warnings = journal_lines(&master, "-u clusterctl-master", "connections to the lost master are still open|closing connections to the lost master").unwrap();
         assert!(warnings.trim().is_empty(), "{master} could not close its connections to the dead master:\n{warnings}");
     }
     stop.store(true, Ordering::Relaxed);

@@ -1000,10 +1000,10 @@ pub async fn add_master(cloud: &dyn Cloud, client: &ApiClient, r: &MasterReplace
     Ok(())
 }
 
-/// The IP address in a URL such as `https://10.0.1.12:2380`.
+/// The IP address in a URL such as `https://10.0.1.12:2380` (none for a host name).
 fn url_ip(url: &str) -> Option<IpAddr> {
-    let authority = url.split_once("://").map_or(url, |(_, rest)| rest).split('/').next()?;
-    authority.parse::<SocketAddr>().map(|a| a.ip()).or_else(|_| authority.parse::<IpAddr>()).ok()
+    let url = reqwest::Url::parse(url).ok()?;
+    url.host_str()?.trim_start_matches('[').trim_end_matches(']').parse().ok()
 }
 
 /// Closes, on every surviving master, the TCP connections to `lost` addresses (`ss -K`), before
