@@ -135,7 +135,7 @@ async fn connect(endpoints: &[String], tls: Option<&EtcdTls>, require_leader: bo
 
 /// Every member of the cluster the client reaches, retried.
 async fn member_list(client: &Client) -> Result<etcd_client::MemberListResponse, StoreError> {
-    retrying(Retry::Safe, || {
+    retried(|| {
         let mut cluster = client.cluster_client();
         async move { cluster.member_list().await }
     })
@@ -143,57 +143,101 @@ async fn member_list(client: &Client) -> Result<etcd_client::MemberListResponse,
     .map_err(|e| StoreError::backend("listing etcd's members", e))
 }
 
-/// Which failed requests may be sent again.
+/// What a failed request may have done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    /// Reads, and operations whose repetition etcd detects: whenever etcd or the connection failed.
-    Safe,
-    /// Writes: only when the request certainly was not carried out (it never left this process, or
-    /// the member refused it for want of a leader), since a write whose outcome is unknown may have
-    /// been applied.
-    Write,
+enum Failed {
+    /// It certainly was not carried out: it never left this process (the balancer picked an
+    /// endpoint it could not connect to), or the member refused it for want of a leader.
+    NotApplied,
+    /// Its outcome is unknown: the connection broke, no answer came in time, or the leader changed
+    /// while it was in flight (a proposal the old leader replicated may still commit).
+    Unknown,
 }
 
-/// How long requests are retried; covers a leader election (1 to 2 s with etcd's defaults).
-const RETRY_BUDGET: Duration = Duration::from_secs(3);
-
-fn retryable(retry: Retry, e: &etcd_client::Error) -> bool {
-    let etcd_client::Error::GRpcStatus(status) = e else { return false };
+/// Whether a failed request may be sent again, and what it may have done; `None` for failures
+/// another attempt would not change (a refused argument, a compacted revision, a permission).
+fn failure(e: &etcd_client::Error) -> Option<Failed> {
+    let etcd_client::Error::GRpcStatus(status) = e else { return None };
     // Errors of this process's transport carry their cause; statuses sent by etcd carry none.
     let local = std::error::Error::source(status);
-    // The balancer picked an endpoint that could not be connected to (a dead member).
     let mut source = local;
     while let Some(s) = source {
         if s.is::<tonic::ConnectError>() {
-            return true;
+            return Some(Failed::NotApplied);
         }
         source = s.source();
     }
-    match retry {
-        Retry::Safe => status.code() == tonic::Code::Unavailable || (status.code() == tonic::Code::Unknown && local.is_some()),
-        Retry::Write => status.code() == tonic::Code::Unavailable && status.message() == "etcdserver: no leader",
+    match status.code() {
+        tonic::Code::Unavailable if status.message().contains("no leader") => Some(Failed::NotApplied),
+        // etcd's "request timed out", "leader changed", "timed out due to previous leader failure",
+        // and a transport that failed mid-request.
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => Some(Failed::Unknown),
+        tonic::Code::Unknown if local.is_some() => Some(Failed::Unknown),
+        _ => None,
     }
 }
 
-/// Runs `attempt` until it succeeds, fails in a way `retry` does not cover, or the retry budget is
-/// spent; the balanced channel sends each attempt to a ready endpoint of its choice.
-async fn retrying<T, F, Fut>(retry: Retry, mut attempt: F) -> Result<T, etcd_client::Error>
+/// How long a request is retried: one request or connect timeout (a dead member whose address no
+/// longer answers), then a leader election (1 to 2 s with etcd's defaults), with room to spare.
+const RETRY_BUDGET: Duration = Duration::from_secs(10);
+
+/// How long one attempt of a write may take before it is given up and sent again. A write whose
+/// proposal went to a leader that then died gets no answer until etcd's own timeout (7 s); since a
+/// retried write cannot apply twice, waiting that long only delays the client.
+const WRITE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs `attempt` until it succeeds, fails in a way another attempt would not change, or the retry
+/// budget is spent; the balanced channel sends each attempt to a ready endpoint of its choice.
+/// Returns with the answer whether an earlier attempt failed with an unknown outcome.
+async fn retrying<T, F, Fut>(mut attempt: F) -> Result<(T, bool), etcd_client::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
 {
     let deadline = tokio::time::Instant::now() + RETRY_BUDGET;
     let mut backoff = Duration::from_millis(20);
+    let mut unknown = false;
     loop {
         match attempt().await {
-            Err(e) if retryable(retry, &e) && tokio::time::Instant::now() + backoff < deadline => {
-                tracing::debug!(error = %e, "retrying an etcd request");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
-            }
-            result => return result,
+            Ok(answer) => return Ok((answer, unknown)),
+            Err(e) => match failure(&e) {
+                Some(failed) if tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::debug!(error = %e, ?failed, "retrying an etcd request");
+                    unknown |= failed == Failed::Unknown;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                _ => return Err(e),
+            },
         }
     }
+}
+
+/// Like [`retrying`], for requests whose repetition is harmless (reads, member changes etcd
+/// recognises), where what a failed attempt did does not matter.
+async fn retried<T, F, Fut>(attempt: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    retrying(attempt).await.map(|(answer, _)| answer)
+}
+
+/// The first change to a key after a revision, as its history tells.
+#[derive(Debug)]
+struct Change {
+    rev: u64,
+    /// The value written, `None` for a delete.
+    written: Option<Vec<u8>>,
+    /// The value before the change.
+    before: Option<Vec<u8>>,
+}
+
+/// What a guarded write did: its revision, and for a delete the value it removed.
+#[derive(Debug)]
+struct Written {
+    rev: u64,
+    before: Option<Vec<u8>>,
 }
 
 fn to_rev(v: i64) -> u64 {
@@ -261,6 +305,10 @@ pub struct EtcdStore {
     compacted: Arc<AtomicU64>,
     /// The endpoints the client balances over (see [`EtcdStore::follow_members`]).
     endpoints: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    /// Tests: how many answers to write attempts that etcd did apply to drop, as a broken
+    /// connection or a timeout would, so that the retry after a lost answer is exercised.
+    #[cfg(test)]
+    lose_answers: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -275,7 +323,14 @@ impl EtcdStore {
     pub async fn connect(options: EtcdOptions) -> Result<Self, StoreError> {
         let client = connect(&options.endpoints, options.tls.as_ref(), true).await?;
         let endpoints = Arc::new(std::sync::Mutex::new(options.endpoints.iter().cloned().collect()));
-        Ok(EtcdStore { client, history: options.history.max(1), compacted: Arc::new(AtomicU64::new(0)), endpoints })
+        Ok(EtcdStore {
+            client,
+            history: options.history.max(1),
+            compacted: Arc::new(AtomicU64::new(0)),
+            endpoints,
+            #[cfg(test)]
+            lose_answers: Arc::default(),
+        })
     }
 
     /// Makes the client balance over `keep` and the client URL of every current member that
@@ -325,20 +380,83 @@ impl EtcdStore {
     /// A range read, retried.
     async fn range(&self, key: impl Into<Vec<u8>>, options: GetOptions) -> Result<GetResponse, etcd_client::Error> {
         let key = key.into();
-        retrying(Retry::Safe, || {
+        retried(|| {
             let (mut kv, key, options) = (self.client.kv_client(), key.clone(), options.clone());
             async move { kv.get(key, Some(options)).await }
         })
         .await
     }
 
-    /// A transaction, retried as `retry` allows.
-    async fn txn(&self, retry: Retry, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
-        retrying(retry, || {
+    /// A write transaction, sent until an attempt answers. Every write is guarded by compares that
+    /// the write itself falsifies (the key's absence, its revision), so an attempt sent again after
+    /// one whose outcome is unknown can never apply it a second time; the flag says whether such an
+    /// attempt came first, in which case a refusal may be the earlier attempt's own doing.
+    async fn write_txn(&self, txn: Txn) -> Result<(TxnResponse, bool), etcd_client::Error> {
+        retrying(|| {
             let (mut kv, txn) = (self.client.kv_client(), txn.clone());
-            async move { kv.txn(txn).await }
+            async move {
+                match tokio::time::timeout(WRITE_ATTEMPT_TIMEOUT, kv.txn(txn)).await {
+                    #[cfg(test)]
+                    Ok(Ok(_)) if self.lose_answers.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok() => {
+                        Err(etcd_client::Error::GRpcStatus(tonic::Status::unavailable("the answer was lost (test)")))
+                    }
+                    Ok(answer) => answer,
+                    Err(_) => Err(etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(format!(
+                        "no answer within {WRITE_ATTEMPT_TIMEOUT:?}"
+                    )))),
+                }
+            }
         })
         .await
+    }
+
+    /// The first change to `key` after revision `after`, when `after` is the revision of a write of
+    /// `key` and the key has changed since (as a refused write tells): read from etcd's history with
+    /// a watch that starts there. `None` when there is no such change or that history is compacted.
+    async fn first_change_after(&self, key: &str, after: u64) -> Option<Change> {
+        // Without a write of the key at `after` there may be no change to wait for.
+        let at = self.range(key, GetOptions::new().with_revision(to_etcd(after))).await.ok()?;
+        if at.kvs().first().map(|kv| to_rev(kv.mod_revision())) != Some(after) {
+            return None;
+        }
+        let options = WatchOptions::new().with_prev_key().with_start_revision(to_etcd(after.saturating_add(1)));
+        let mut stream = retried(|| {
+            let (mut client, options) = (self.client.watch_client(), options.clone());
+            async move { client.watch(key, Some(options)).await }
+        })
+        .await
+        .ok()?;
+        let change = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            loop {
+                let response = stream.message().await.ok()??;
+                if response.canceled() {
+                    return None;
+                }
+                let Some(event) = response.events().first() else { continue };
+                let kv = event.kv()?;
+                return Some(Change {
+                    rev: to_rev(kv.mod_revision()),
+                    written: (event.event_type() == EventType::Put).then(|| kv.value().to_vec()),
+                    before: event.prev_kv().map(|p| p.value().to_vec()),
+                });
+            }
+        })
+        .await;
+        change.ok().flatten()
+    }
+
+    /// Whether the key `kv` (found existing by a create) holds, as of its creation, the value
+    /// `bytes`: then the create that wrote them is the one whose answer was lost. Objects the API
+    /// server creates carry a fresh uid, so no other create writes the same bytes.
+    async fn created_with(&self, key: &str, kv: &KeyValue, bytes: &[u8]) -> bool {
+        if kv.create_revision() == kv.mod_revision() {
+            return kv.value() == bytes;
+        }
+        match self.range(key, GetOptions::new().with_revision(kv.create_revision())).await {
+            Ok(at_creation) => at_creation.kvs().first().is_some_and(|first| first.value() == bytes),
+            // Compacted already: the write is too old to be the one in question.
+            Err(_) => false,
+        }
     }
 
     /// After a write at `rev`: compacts etcd's history when it has grown `history / 8` past the
@@ -364,30 +482,50 @@ impl EtcdStore {
         }
     }
 
-    /// A write of `key` guarded by "the key exists" and, with `expected_rev`, "its mod_revision is
-    /// that"; a refused one becomes `NotFound` or `Conflict`.
-    async fn guarded(&self, key: &str, expected_rev: Option<u64>, op: TxnOp, action: &str) -> Result<TxnResponse, StoreError> {
-        let mut compares = vec![Compare::version(key, CompareOp::Greater, 0)];
-        if let Some(expected) = expected_rev {
-            compares.push(Compare::mod_revision(key, CompareOp::Equal, to_etcd(expected)));
-        }
+    /// A write of `key` guarded by "its mod_revision is `expected`" (and so "it exists"); a refused
+    /// one becomes `NotFound` or `Conflict`, unless an earlier attempt of this very write, whose
+    /// answer was lost, is what changed the key: then it answers as that attempt would have, with the
+    /// change it made. `written` is the value a put writes, `None` for a delete.
+    async fn guarded(&self, key: &str, expected: u64, op: TxnOp, written: Option<&[u8]>, action: &str) -> Result<Written, StoreError> {
+        let compares = [Compare::version(key, CompareOp::Greater, 0), Compare::mod_revision(key, CompareOp::Equal, to_etcd(expected))];
         let txn = Txn::new().when(compares).and_then([op]).or_else([TxnOp::get(key, None)]);
-        let response = self.txn(Retry::Write, txn).await.map_err(|e| StoreError::backend(format!("{action} {key} in etcd"), e))?;
+        let (response, maybe_applied) = self.write_txn(txn).await.map_err(|e| StoreError::backend(format!("{action} {key} in etcd"), e))?;
         if response.succeeded() {
-            return Ok(response);
+            let rev = header_rev(response.header());
+            let before = response.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Delete(mut delete) => delete.take_prev_kvs().into_iter().next().map(|kv| kv.value().to_vec()),
+                _ => None,
+            });
+            return Ok(Written { rev, before });
+        }
+        if maybe_applied
+            && let Some(change) = self.first_change_after(key, expected).await
+            && change.written.as_deref() == written
+        {
+            tracing::info!(key, rev = change.rev, "an etcd write whose answer was lost had been applied");
+            return Ok(Written { rev: change.rev, before: change.before });
         }
         let actual = response.op_responses().into_iter().find_map(|r| match r {
             TxnOpResponse::Get(get) => get.kvs().first().map(|kv| to_rev(kv.mod_revision())),
             _ => None,
         });
-        match (actual, expected_rev) {
-            (None, _) => Err(StoreError::NotFound { key: key.into() }),
-            (Some(actual), Some(expected)) => Err(StoreError::Conflict { key: key.into(), expected, actual }),
-            // The compares and the read see one state, so an existing key passes "version > 0".
-            (Some(actual), None) => Err(StoreError::backend(
-                format!("{action} {key} in etcd"),
-                std::io::Error::other(format!("etcd refused the write although the key exists at revision {actual}")),
-            )),
+        match actual {
+            None => Err(StoreError::NotFound { key: key.into() }),
+            Some(actual) => Err(StoreError::Conflict { key: key.into(), expected, actual }),
+        }
+    }
+
+    /// A write of `key` whatever its revision, as long as it exists: a guarded write at the revision
+    /// just read, read and tried again while another write comes in between.
+    async fn unguarded(&self, key: &str, op: TxnOp, written: Option<&[u8]>, action: &str) -> Result<Written, StoreError> {
+        let deadline = tokio::time::Instant::now() + RETRY_BUDGET;
+        loop {
+            let current = self.range(key, GetOptions::new()).await.map_err(|e| StoreError::backend(format!("{action} {key} in etcd"), e))?;
+            let Some(kv) = current.kvs().first() else { return Err(StoreError::NotFound { key: key.into() }) };
+            match self.guarded(key, to_rev(kv.mod_revision()), op.clone(), written, action).await {
+                Err(StoreError::Conflict { .. }) if tokio::time::Instant::now() < deadline => continue,
+                result => return result,
+            }
         }
     }
 
@@ -458,39 +596,55 @@ impl Store for EtcdStore {
     }
 
     async fn create(&self, key: &str, value: Value) -> Result<u64, StoreError> {
+        let action = || format!("creating {key} in etcd");
+        let bytes = value.to_string();
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value.to_string(), None)]);
-        let response = self.txn(Retry::Write, txn).await.map_err(|e| StoreError::backend(format!("creating {key} in etcd"), e))?;
-        if !response.succeeded() {
-            return Err(StoreError::AlreadyExists { key: key.into() });
-        }
-        let rev = header_rev(response.header());
+            .and_then([TxnOp::put(key, bytes.as_str(), None)])
+            .or_else([TxnOp::get(key, None)]);
+        let (response, maybe_applied) = self.write_txn(txn).await.map_err(|e| StoreError::backend(action(), e))?;
+        let rev = if response.succeeded() {
+            header_rev(response.header())
+        } else {
+            let existing = response.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
+                _ => None,
+            });
+            match existing {
+                Some(kv) if maybe_applied && self.created_with(key, &kv, bytes.as_bytes()).await => {
+                    tracing::info!(key, rev = kv.create_revision(), "an etcd create whose answer was lost had been applied");
+                    to_rev(kv.create_revision())
+                }
+                _ => return Err(StoreError::AlreadyExists { key: key.into() }),
+            }
+        };
         self.compact_after(rev).await;
         Ok(rev)
     }
 
     async fn update(&self, key: &str, value: Value, expected_rev: Option<u64>) -> Result<u64, StoreError> {
-        let response = self.guarded(key, expected_rev, TxnOp::put(key, value.to_string(), None), "updating").await?;
-        let rev = header_rev(response.header());
-        self.compact_after(rev).await;
-        Ok(rev)
+        let bytes = value.to_string();
+        let op = TxnOp::put(key, bytes.as_str(), None);
+        let written = match expected_rev {
+            Some(expected) => self.guarded(key, expected, op, Some(bytes.as_bytes()), "updating").await?,
+            None => self.unguarded(key, op, Some(bytes.as_bytes()), "updating").await?,
+        };
+        self.compact_after(written.rev).await;
+        Ok(written.rev)
     }
 
     async fn delete(&self, key: &str, expected_rev: Option<u64>) -> Result<(Value, u64), StoreError> {
         let op = TxnOp::delete(key, Some(DeleteOptions::new().with_prev_key()));
-        let response = self.guarded(key, expected_rev, op, "deleting").await?;
-        let rev = header_rev(response.header());
-        let old = response.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Delete(mut delete) => delete.take_prev_kvs().into_iter().next(),
-            _ => None,
-        });
-        let old = match old {
-            Some(kv) => parse_value(key, kv.value())?,
+        let written = match expected_rev {
+            Some(expected) => self.guarded(key, expected, op, None, "deleting").await?,
+            None => self.unguarded(key, op, None, "deleting").await?,
+        };
+        let old = match written.before {
+            Some(bytes) => parse_value(key, &bytes)?,
             None => Value::Null,
         };
-        self.compact_after(rev).await;
-        Ok((old, rev))
+        self.compact_after(written.rev).await;
+        Ok((old, written.rev))
     }
 
     async fn watch(&self, prefix: &str, from_rev: Option<u64>) -> Result<EventStream, StoreError> {
@@ -500,7 +654,7 @@ impl Store for EtcdStore {
             options = options.with_start_revision(to_etcd(from.saturating_add(1)));
         }
         let action = || format!("starting a watch on {prefix} in etcd");
-        let mut stream = retrying(Retry::Safe, || {
+        let mut stream = retried(|| {
             let (mut client, options) = (self.client.watch_client(), options.clone());
             async move { client.watch(prefix, Some(options)).await }
         })
@@ -703,7 +857,7 @@ impl EtcdCluster {
     /// a member's (as when an earlier attempt's answer was lost) gives that member.
     pub async fn add_member(&self, peer_url: &str) -> Result<AddedMember, StoreError> {
         let action = || format!("adding an etcd member at {peer_url}");
-        let added = retrying(Retry::Safe, || {
+        let added = retried(|| {
             let mut cluster = self.client.cluster_client();
             async move { cluster.member_add(vec![peer_url.to_string()], None).await }
         })
@@ -728,7 +882,7 @@ impl EtcdCluster {
     /// Removes member `id` from the cluster (it stops serving once it learns of it). A member that
     /// is not there (any more) is not an error.
     pub async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
-        let removed = retrying(Retry::Safe, || {
+        let removed = retried(|| {
             let mut cluster = self.client.cluster_client();
             async move { cluster.member_remove(id).await }
         })
@@ -775,7 +929,7 @@ impl EtcdCluster {
         let action = format!("writing an etcd snapshot to {}", path.display());
         let partial = path.with_extension("partial");
         let result = async {
-            let mut stream = retrying(Retry::Safe, || {
+            let mut stream = retried(|| {
                 let mut maintenance = self.client.maintenance_client();
                 async move { maintenance.snapshot().await }
             })
