@@ -20,15 +20,25 @@
 //!
 //! Connection: the client balances requests over its endpoints, and until the next member check
 //! ([`EtcdStore::follow_members`]) drops a dead member's endpoint, still hands some to it (each
-//! fails, at once when refused, after the connect timeout when the address is gone), so requests are retried
-//! for up to 3 s: reads whenever etcd was unavailable, writes only when they certainly did not happen
-//! (the request never left, or the member had no leader). A write that may have happened is not
-//! retried: the caller gets a `Backend` error, as it does for any write in flight when the leader dies
-//! (it times out until the others have elected a new one, 1 to 2 s). Every request has a 5 s
-//! timeout and connecting one too, so a member that does not answer never stalls one; HTTP/2
-//! keep-alive pings find a connection whose peer vanished, and `require_leader` makes a member cut
-//! off from the others refuse requests and end watches instead of serving stale state. A watch on a
-//! lost connection ends with a `Backend` error; one that etcd cancels for compaction ends `TooOld`.
+//! fails, at once when refused, after the connect timeout when the address is gone). Requests are
+//! therefore retried for up to 10 s, which covers one such timeout and a leader election (1 to 2 s).
+//!
+//! Writes survive a leader change without ever applying twice. Every write is a transaction guarded
+//! by a compare the write itself falsifies (`create_revision == 0` for a create, `mod_revision ==
+//! expected` for an update or delete; one without an expected revision is made guarded at the
+//! revision just read), so an attempt whose outcome is unknown (the connection broke, no answer
+//! within 2 s because the proposal went to a leader that died, "leader changed") is simply sent again.
+//! When the retry is refused, the refusal may be the earlier attempt's own doing: a create checks
+//! the key's value at its creation revision, an update or delete the first change after its
+//! expected revision (a watch over etcd's history), and when that is the write's own, the write
+//! answers as its first attempt would have, with that revision (not 409). Objects the API server
+//! writes carry a uid and timestamps, so no other writer's value is byte-for-byte the same.
+//!
+//! Every request has a 5 s timeout and connecting one too, so a member that does not answer never
+//! stalls one; HTTP/2 keep-alive pings find a connection whose peer vanished, and `require_leader`
+//! makes a member cut off from the others refuse requests and end watches instead of serving stale
+//! state. A watch on a lost connection ends with a `Backend` error; one that etcd cancels for
+//! compaction ends `TooOld`.
 //!
 //! [`EtcdCluster`] is the handle for operating the etcd cluster itself: members, adding and removing
 //! them, per-endpoint status and snapshots.
