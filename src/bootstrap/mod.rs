@@ -13,3 +13,4 @@ pub mod ssh;
 pub mod templates;
 pub mod cluster;
 pub mod images;
+pub mod backup;
