@@ -4,6 +4,7 @@
 //! bars on a terminal and plain lines otherwise. Tests use [`NoReport`] or
 //! [`RecordingReport`].
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 /// Receives progress from long-running library operations.
@@ -31,17 +32,32 @@ impl Reporter for NoReport {
     fn warn(&self, _: &str) {}
 }
 
+/// The last state reported for each item, so that reporters that write lines show a state once
+/// however often a wait reports it, and again only when it changes.
+#[derive(Default)]
+pub struct ItemStates {
+    last: Mutex<BTreeMap<String, String>>,
+}
+
+impl ItemStates {
+    /// Records `status` as `key`'s state; true when it differs from the state recorded before.
+    pub fn changed(&self, key: &str, status: &str) -> bool {
+        // A poisoned map still holds valid states: a panic elsewhere must not silence progress.
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.insert(key.to_string(), status.to_string()).as_deref() != Some(status)
+    }
+}
+
 /// A reporter that writes log lines (`tracing`), for loops running on a node. Item states are
 /// logged only when they change, so that waits do not flood the journal.
 #[derive(Default)]
 pub struct LogReport {
-    last: Mutex<std::collections::BTreeMap<String, String>>,
+    states: ItemStates,
 }
 
 impl LogReport {
     fn changed(&self, key: &str, status: &str) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.insert(key.to_string(), status.to_string()).as_deref() != Some(status)
+        self.states.changed(key, status)
     }
 }
 
@@ -101,5 +117,21 @@ impl Reporter for RecordingReport {
     }
     fn warn(&self, message: &str) {
         self.push(format!("warn: {message}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_item_state_counts_as_changed_once_and_again_after_another_state() {
+        let states = ItemStates::default();
+        assert!(states.changed("w0", "not ready yet"));
+        assert!(!states.changed("w0", "not ready yet"));
+        assert!(states.changed("w1", "not ready yet"), "items are apart");
+        assert!(states.changed("w0", "Ready"));
+        assert!(!states.changed("w0", "Ready"));
+        assert!(states.changed("w0", "not ready yet"), "a state that comes back is a change");
     }
 }

@@ -50,6 +50,33 @@ async fn wait_ready(client: &ApiClient, name: &str, want: &str, within: Duration
     }
 }
 
+/// The plain progress lines (`[  12.3s] text`) whose text appears more than once.
+fn repeated_progress_lines(stderr: &str) -> Vec<String> {
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for line in stderr.lines() {
+        if let Some((stamp, text)) = line.split_once("] ")
+            && stamp.starts_with('[')
+            && stamp.ends_with('s')
+        {
+            *seen.entry(text).or_default() += 1;
+        }
+    }
+    seen.into_iter().filter(|(_, n)| *n > 1).map(|(text, n)| format!("{n}x {text}")).collect()
+}
+
+/// How many INFO lines each `tracing` target wrote to a journal.
+fn info_lines_by_target(journal: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for line in journal.lines() {
+        // `<time>  INFO <spans{...}:> <target>: <message>`
+        if let Some((_, rest)) = line.split_once(" INFO ") {
+            let target = rest.split_whitespace().find(|t| t.ends_with(':') && !t.contains('{')).unwrap_or("?");
+            *counts.entry(target.trim_end_matches(':').to_string()).or_default() += 1;
+        }
+    }
+    counts
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cluster_is_created_ready_secured_idempotent_and_survives_failures() {
     harness();
@@ -67,6 +94,11 @@ async fn a_cluster_is_created_ready_secured_idempotent_and_survives_failures() {
     // The operator sent the binary to the master only; the workers fetched it from the master.
     let progress = String::from_utf8_lossy(&out.stderr);
     assert_eq!(progress.matches("installed (binary from the master), joining").count(), 2, "{progress}");
+    // On a pipe, progress reads like a log: no escape codes, and no line printed twice (each
+    // node's state once, not every time a wait polls it).
+    assert!(!progress.contains('\u{1b}'), "escape codes in create's stderr:\n{progress}");
+    let repeated = repeated_progress_lines(&progress);
+    assert!(repeated.is_empty(), "progress lines printed more than once: {repeated:?}\n{progress}");
 
     // get nodes, through the realized load balancer.
     let table = assert_ok(&clusterctl(home.path(), &["get", "nodes", "-f", s]), "get nodes");
@@ -132,6 +164,17 @@ async fn a_cluster_is_created_ready_secured_idempotent_and_survives_failures() {
     sudo(&worker0, "systemctl start clusterctl-worker").await;
     let took = wait_ready(&admin, "it-boot-default-0", "True", Duration::from_secs(15)).await;
     eprintln!("Ready again after {:.1}s", took.as_secs_f64());
+
+    // The nodes' journals carry no escape codes, and the master's shows what the control loops
+    // decided at info: here the node lifecycle controller marking the stopped worker.
+    let journal = sudo(&master, "journalctl -u clusterctl-master -a -o cat --no-pager").await;
+    assert!(!journal.contains('\u{1b}'), "escape codes in the master's journal");
+    eprintln!("master journal: {} lines; info lines by target: {:?}", journal.lines().count(), info_lines_by_target(&journal));
+    let marked = journal.lines().find(|l| l.contains(" INFO ") && l.contains("clusterctl::controllers::node_lifecycle") && l.contains("node not ready"));
+    assert!(marked.is_some(), "no info line of the node lifecycle controller in the master's journal:\n{journal}");
+    let journal = sudo(&worker0, "journalctl -u clusterctl-worker -a -o cat --no-pager").await;
+    assert!(!journal.contains('\u{1b}'), "escape codes in the worker's journal");
+    eprintln!("worker journal: {} lines; info lines by target: {:?}", journal.lines().count(), info_lines_by_target(&journal));
 
     // kill -9 of the master during 1,000 writes: every acknowledged write survives.
     let master_ip = by_name("it-boot-masters-0").private_ip.unwrap();

@@ -324,6 +324,11 @@ cp {payload} "$out"
                 assert!(text.contains(line), "{name} lacks {line:?}");
             }
             assert!(!text.contains("{{"));
+            // The control loops' decisions reach the journal: clusterctl at info, libraries at warn.
+            let filter = text.lines().find_map(|l| l.strip_prefix("Environment=CLUSTERCTL_LOG=")).unwrap_or_else(|| panic!("{name} sets no CLUSTERCTL_LOG"));
+            assert_eq!(filter, "warn,clusterctl=info");
+            let parsed = tracing_subscriber::EnvFilter::try_new(filter).unwrap();
+            assert_eq!(parsed.max_level_hint(), Some(tracing::level_filters::LevelFilter::INFO));
         }
         let (_, worker) = unit(NodeRole::Worker);
         assert!(worker.contains("KillMode=process\n") && worker.contains("docker.service"));

@@ -14,6 +14,7 @@ pub mod destroy;
 pub mod drain;
 pub mod get;
 pub mod images;
+pub mod logging;
 pub mod logs;
 pub mod node;
 pub mod progress;

@@ -205,8 +205,9 @@ async fn open_store(config: &NodeConfig, settings: &MasterSettings) -> Result<Ar
     };
     let options = super::etcd::client_options(config, etcd)?;
     let started = std::time::Instant::now();
+    let mut attempts = 0u32;
     loop {
-        match EtcdStore::connect(options.clone()).await {
+        let (error, what) = match EtcdStore::connect(options.clone()).await {
             Ok(store) => match store.revision().await {
                 Ok(_) => {
                     // Its own member always; the others as etcd lists them now, not as they were
@@ -214,10 +215,17 @@ async fn open_store(config: &NodeConfig, settings: &MasterSettings) -> Result<Ar
                     store.follow_members(options.endpoints[..1].to_vec(), ETCD_MEMBERS_EVERY);
                     return Ok(Arc::new(store));
                 }
-                Err(e) => tracing::info!(error = %e, "etcd does not answer yet"),
+                Err(e) => (e.to_string(), "etcd does not answer yet"),
             },
-            Err(e) => tracing::info!(error = %e, "connecting to etcd"),
+            Err(e) => (e.to_string(), "connecting to etcd"),
+        };
+        // The journal says once what the master waits for, not every second while members form.
+        if attempts == 0 {
+            tracing::info!(%error, "{what}; retrying every second");
+        } else {
+            tracing::debug!(%error, attempts, "{what}");
         }
+        attempts += 1;
         if started.elapsed() > Duration::from_secs(600) {
             anyhow::bail!("etcd at {:?} did not answer within 10 minutes", options.endpoints);
         }

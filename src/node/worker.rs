@@ -73,20 +73,30 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let dir = config.data_dir.join("pki");
     let creds = match load(&dir) {
         Some(c) => c,
-        None => loop {
-            match join(&server, &config, &dir).await {
-                Ok(c) => {
-                    tracing::info!(%server, "joined the cluster");
-                    break c;
-                }
-                Err(e) => {
-                    // Mostly: the API load balancer has no healthy target yet (it refuses at once).
-                    // A short pause, so that the node joins within half a second of it having one.
-                    tracing::warn!(%server, "joining: {e:#}; retrying in 0.5 s");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+        None => {
+            let mut last_error = String::new();
+            loop {
+                match join(&server, &config, &dir).await {
+                    Ok(c) => {
+                        tracing::info!(%server, "joined the cluster");
+                        break c;
+                    }
+                    Err(e) => {
+                        // Mostly: the API load balancer has no healthy target yet (it refuses at once).
+                        // A short pause, so that the node joins within half a second of it having one.
+                        // The journal gets each different failure once, not one line per attempt.
+                        let error = format!("{e:#}");
+                        if error != last_error {
+                            tracing::warn!(%server, "joining: {error}; retrying every 0.5 s");
+                        } else {
+                            tracing::debug!(%server, "joining: {error}");
+                        }
+                        last_error = error;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                 }
             }
-        },
+        }
     };
     let client = ApiClient::new(&server, ClientAuth::Certificate { ca_pem: creds.ca_pem, cert_pem: creds.cert_pem, key_pem: creds.key_pem })?;
     tokio::spawn(crate::proxy::run(client.clone()));

@@ -7,8 +7,10 @@
 //! - `raw.rs`: the file as written, every field optional and spanned;
 //! - `validate.rs`: raw to [`ClusterSpec`], collecting every problem with its position;
 //! - `names.rs`: the checked names ([`ClusterName`], [`Region`], [`Zone`], [`PoolName`]);
-//! - `error.rs`: [`SpecError`] and the byte-offset to line:column translation.
+//! - `error.rs`: [`SpecError`] and the byte-offset to line:column translation;
+//! - `edit.rs`: [`set_pool_count`], changing a pool's size in the file with comments and layout kept.
 
+mod edit;
 mod error;
 mod names;
 mod raw;
@@ -23,6 +25,7 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde::{Serialize, Serializer};
 
+pub use edit::{SpecEditError, set_pool_count};
 pub use error::SpecError;
 pub use names::{CLUSTER_NAME_MAX, ClusterName, POOL_NAME_MAX, PoolName, Region, Zone};
 
