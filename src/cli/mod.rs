@@ -14,6 +14,7 @@ pub mod destroy;
 pub mod drain;
 pub mod get;
 pub mod images;
+pub mod kubeconfig;
 pub mod logs;
 pub mod node;
 pub mod progress;
@@ -93,6 +94,8 @@ pub enum Command {
     Backup(backup::BackupArgs),
     /// Put a snapshot back on every master (the control plane restarts; workloads keep running).
     Restore(backup::RestoreArgs),
+    /// Print the cluster's kubeconfig, or merge it into kubectl's own file with --write.
+    Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Run the node software (used by the systemd units on each machine).
     Node(node::NodeArgs),
 }
@@ -153,6 +156,11 @@ impl ClusterSelection {
     pub fn client(&self) -> Result<crate::client::ApiClient, Failure> {
         get::cluster_client(self.file.as_ref(), self.cluster.as_ref())
     }
+
+    /// The cluster's name.
+    pub fn name(&self) -> Result<String, Failure> {
+        get::cluster_name(self.file.as_ref(), self.cluster.as_ref())
+    }
 }
 
 /// Loads and validates a spec; any problem is bad input.
@@ -187,5 +195,6 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Drain(args) => drain::run(args).await,
         Command::Image(images::ImageArgs { command: images::ImageCommand::Load(args) }) => images::run(&cli.global, args).await,
         Command::LoadImage(args) => images::run(&cli.global, args).await,
+        Command::Kubeconfig(args) => kubeconfig::run(args).await,
     }
 }
