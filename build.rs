@@ -37,8 +37,8 @@ fn main() {
 
 /// Runs git in the package folder; its trimmed standard output when it succeeds.
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    // No optional locks: `git status` would otherwise refresh the index on disk, which this script
-    // watches, and so run itself again on the next build.
+    // No optional locks: a build should not write to the repository (`git status` would refresh
+    // the index on disk) nor contend for its lock with the operator's own git commands.
     let out = Command::new("git").args(args).current_dir(dir).env("GIT_OPTIONAL_LOCKS", "0").output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -57,12 +57,13 @@ fn git_commit() -> Option<String> {
     status.extend(INPUTS);
     let dirty = !git(&dir, &status)?.is_empty();
 
-    // Run again when HEAD moves (commit, checkout), the branch it names moves, the index changes
-    // (add, reset), or an input is edited (which changes no git file). Paths come from git because a
-    // worktree keeps HEAD and its index apart from the shared refs; only existing ones are listed,
-    // since cargo runs a script again on every build while a path it watches is missing (a packed
-    // branch has no file of its own).
-    let mut watched = vec!["HEAD".to_string(), "index".to_string(), "packed-refs".to_string()];
+    // Run again when HEAD moves (checkout), the branch it names moves (commit, reset), or an input is
+    // edited (which changes no git file). Not on index changes: staging changes nothing here, and a
+    // plain `git status` rewrites the index, which would cost a rebuild of the whole package. Paths
+    // come from git because a worktree keeps its HEAD apart from the shared refs; only existing
+    // ones are listed, since cargo runs a script again on every build while a path it watches is
+    // missing (a packed branch has no file of its own).
+    let mut watched = vec!["HEAD".to_string(), "packed-refs".to_string()];
     watched.extend(git(&dir, &["symbolic-ref", "-q", "HEAD"]));
     for name in watched {
         if let Some(path) = git(&dir, &["rev-parse", "--path-format=absolute", "--git-path", &name]).filter(|p| Path::new(p).exists()) {
