@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use clap::Args;
 
-use super::kubeconfig::{describe, merge_into_kubectl_config};
+use super::kubeconfig;
 use super::progress::TerminalReport;
 use super::{connect, load_spec, Failure, Global, Output};
 use crate::home::ClusterHome;
@@ -84,7 +84,7 @@ pub async fn run(global: &Global, args: &CreateArgs) -> Result<(), Failure> {
     };
     // The cluster is up: a kubeconfig kubectl cannot be given is a failure that a re-run repairs.
     let kubectl = match &bootstrapped {
-        Some(_) if !args.no_kubeconfig => Some(merge_into_kubectl_config(spec.name.as_str(), args.set_current_context).map_err(|f| {
+        Some(_) if !args.no_kubeconfig => Some(kubeconfig::merge_into_kubectl_config(spec.name.as_str(), args.set_current_context).map_err(|f| {
             let (Failure::Input(e) | Failure::Operation(e)) = f;
             let repair = format!("cluster {} is up; to give kubectl its context, fix the file and run `clusterctl kubeconfig -f {} --write`", spec.name, args.file.display());
             Failure::Operation(e.context(repair))
@@ -132,7 +132,7 @@ pub async fn run(global: &Global, args: &CreateArgs) -> Result<(), Failure> {
                 println!("  credentials: {} (use: clusterctl get nodes -f {})", b.kubeconfig.display(), args.file.display());
             }
             if let Some(merged) = &kubectl {
-                println!("  kubectl: {}", describe(merged));
+                println!("  kubectl: {}", kubeconfig::summary(merged));
             }
             println!("done in {:.1}s", started.elapsed().as_secs_f64());
         }

@@ -26,7 +26,7 @@ pub async fn run(args: &KubeconfigArgs) -> Result<(), Failure> {
     let name = args.cluster.name()?;
     if args.write {
         let merged = merge_into_kubectl_config(&name, args.set_current_context)?;
-        println!("{}", describe(&merged));
+        println!("{}", summary(&merged));
     } else {
         let path = ClusterHome::of(&name).dir.join("kubeconfig");
         let text = std::fs::read_to_string(&path).map_err(|e| no_credentials(&name, &path, e))?;
@@ -44,7 +44,7 @@ pub fn merge_into_kubectl_config(cluster: &str, make_current: bool) -> Result<Me
 }
 
 /// One line saying where the context is and how to use it.
-pub fn describe(merged: &Merged) -> String {
+pub fn summary(merged: &Merged) -> String {
     let how = if merged.current { "the current context".to_string() } else { format!("use kubectl --context {}, or --set-current-context", merged.context) };
     format!("context {} in {} ({how})", merged.context, merged.path.display())
 }
