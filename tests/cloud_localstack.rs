@@ -244,7 +244,7 @@ async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothi
             }
         })
     };
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clusterctl")).args(["create", "-f", s]).env("CLUSTERCTL_HOME", home.path()).env("CLUSTERCTL_NODE_BINARY", &newer).output().unwrap();
+    let out = clusterctl_command(home.path()).args(["create", "-f", s]).env("CLUSTERCTL_NODE_BINARY", &newer).output().unwrap();
     let text = assert_ok(&out, "create with a newer binary");
     upgrading.store(false, Ordering::Relaxed);
     observer.await.unwrap();

@@ -1,8 +1,9 @@
 //! The inspection and maintenance commands and standard-client compatibility end to end, on one
-//! realized cluster (1 master + 2 workers, VPC 10.70.0.0/16): Debian's kubectl 1.20 with the
-//! kubeconfig `create` wrote (get nodes, get pods -A, get deployments, scale, delete pod),
-//! `describe` of a pod and a node, `logs` (plain, --tail, -f, errors), `drain` / `uncordon`, and
-//! drain's refusal of a pod no controller owns.
+//! realized cluster (1 master + 2 workers, VPC 10.70.0.0/16): Debian's kubectl 1.20 without flags,
+//! through the context `create` merged into a kubeconfig that already held another (get nodes, get
+//! pods -A, get deployments, scale, delete pod), `describe` of a pod and a node, `logs` (plain,
+//! --tail, -f, errors), `drain` / `uncordon`, drain's refusal of a pod no controller owns, and
+//! `destroy` taking exactly its own entries out of that kubeconfig.
 
 mod common;
 
@@ -54,6 +55,35 @@ spec:
               memory: 16Mi
 "#;
 
+/// kubectl's kubeconfig before `create`: another tool's context, no current one, and fields
+/// clusterctl does not know.
+const OTHER_KUBECONFIG: &str = r#"apiVersion: v1
+kind: Config
+preferences:
+  colors: true
+clusters:
+- name: kind-other
+  cluster:
+    server: https://127.0.0.1:1
+    certificate-authority-data: T1RIRVIgQ0E=
+users:
+- name: kind-other
+  user:
+    token: not-a-real-token
+contexts:
+- name: kind-other
+  context:
+    cluster: kind-other
+    user: kind-other
+    namespace: apps
+x-team: {owner: ops}
+"#;
+
+/// The named entry of one of a kubeconfig's lists.
+fn entry(doc: &serde_yaml_ng::Value, list: &str, name: &str) -> Option<serde_yaml_ng::Value> {
+    doc[list].as_sequence()?.iter().find(|e| e["name"].as_str() == Some(name)).cloned()
+}
+
 /// A pod that no controller owns.
 const LONELY: &str = r#"
 apiVersion: v1
@@ -83,8 +113,9 @@ fn debian_kubectl() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().expect("ensure-kubectl prints the path").trim())
 }
 
+/// kubectl as a user runs it, without flags: KUBECONFIG is the test's stand-in for ~/.kube/config.
 fn kubectl(bin: &Path, home: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin).args(args).env("KUBECONFIG", home.join(CLUSTER).join("kubeconfig")).env("HOME", home).output().expect("running kubectl");
+    let out = Command::new(bin).args(args).env("KUBECONFIG", kubectl_config(home)).env("HOME", home).output().expect("running kubectl");
     assert_ok(&out, &format!("kubectl {}", args.join(" ")))
 }
 
@@ -129,6 +160,9 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
     let spec_path = unique_spec(h, CLUSTER, 70, 2);
     let _guard = DestroyGuard { home: h.into(), spec: spec_path.clone() };
     let s = spec_path.to_str().unwrap();
+    let kube = kubectl_config(h);
+    std::fs::create_dir_all(kube.parent().unwrap()).unwrap();
+    std::fs::write(&kube, OTHER_KUBECONFIG).unwrap();
     assert_ok(&clusterctl(h, &["create", "-f", s, "-q"]), "create");
     // `image load` of an image by name: saved from the local Docker, loaded on every node.
     let loaded = assert_ok(&clusterctl(h, &["image", "load", "-f", s, "clusterctl-busybox:latest", "-q"]), "image load");
@@ -140,7 +174,19 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
     let ps = wait_for(&client, "2 ready hello replicas", Duration::from_secs(90), |ps| ps.iter().filter(|p| is_ready(p)).count() == 2).await;
     eprintln!("cluster up, app ready after {:.0} s", started.elapsed().as_secs_f64());
 
-    // --- kubectl 1.20 with the written kubeconfig ---
+    // --- kubectl 1.20 without flags: the context create merged, beside the other one ---
+    let theirs: serde_yaml_ng::Value = serde_yaml_ng::from_str(OTHER_KUBECONFIG).unwrap();
+    let merged: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&kube).unwrap()).unwrap();
+    for list in ["clusters", "users", "contexts"] {
+        assert_eq!(entry(&merged, list, "kind-other"), entry(&theirs, list, "kind-other"), "the other {list} entry is untouched");
+    }
+    assert_eq!(merged["x-team"], theirs["x-team"]);
+    assert_eq!(merged["preferences"], theirs["preferences"]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&kube).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(kubectl(&kubectl_bin, h, &["config", "current-context"]).trim(), CLUSTER, "the file had no current context");
+    let printed = assert_ok(&clusterctl(h, &["kubeconfig", "--cluster", CLUSTER]), "kubeconfig");
+    assert_eq!(printed, std::fs::read_to_string(h.join(CLUSTER).join("kubeconfig")).unwrap(), "kubeconfig prints the cluster's own file");
     let nodes = client.list_values("/api/v1/nodes").await.unwrap();
     let node_names: BTreeSet<String> = nodes.iter().map(name).collect();
     assert_eq!(node_names.len(), 3);
@@ -248,5 +294,14 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("no controller owns pod(s) default/lonely"), "{refused:?}");
     assert!(client.get_value(&format!("/api/v1/nodes/{lonely_node}")).await.unwrap()["spec"].get("unschedulable").is_none(), "a refused drain leaves the node schedulable");
+
+    // --- destroy takes out exactly the cluster's entries ---
+    let destroyed = assert_ok(&clusterctl(h, &["destroy", "-f", s, "--yes", "-q"]), "destroy");
+    assert!(destroyed.contains(&format!("context {CLUSTER} removed from")), "{destroyed}");
+    let after: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&kube).unwrap()).unwrap();
+    let mut expected = theirs.clone();
+    expected["current-context"] = "".into();
+    assert_eq!(after, expected, "the other context, user and cluster and the unknown fields as before; ours gone; current-context cleared");
+    assert_eq!(kubectl(&kubectl_bin, h, &["config", "get-contexts", "-o", "name"]).trim(), "kind-other");
     eprintln!("whole test body: {:.0} s", started.elapsed().as_secs_f64());
 }

@@ -152,9 +152,8 @@ async fn a_create_killed_midway_is_finished_by_the_next_with_exactly_the_expecte
     let _guard = DestroyGuard { home: home.path().into(), spec: spec_path.clone() };
     let s = spec_path.to_str().unwrap();
 
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clusterctl"))
+    let mut child = clusterctl_command(home.path())
         .args(["create", "-f", s, "-q", "--infra-only"])
-        .env("CLUSTERCTL_HOME", home.path())
         .spawn()
         .unwrap();
     // Kill it as soon as the first instances exist: the network is done, launches are under way.
@@ -211,9 +210,8 @@ fn an_invalid_spec_exits_2_naming_the_line_and_makes_no_cloud_call() {
     let text = std::fs::read_to_string(root().join("clusters/localstack.toml")).unwrap().replacen("count = 1", "count = 2", 1);
     std::fs::write(&path, text).unwrap();
     // An endpoint where nothing listens: any cloud call would fail with exit 1 and a transport error.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clusterctl"))
+    let out = clusterctl_command(home.path())
         .args(["create", "-f", path.to_str().unwrap()])
-        .env("CLUSTERCTL_HOME", home.path())
         .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")

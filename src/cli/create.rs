@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use clap::Args;
 
+use super::kubeconfig;
 use super::progress::TerminalReport;
 use super::{connect, load_spec, Failure, Global, Output};
 use crate::home::ClusterHome;
@@ -29,6 +30,14 @@ pub struct CreateArgs {
     /// Lifetime of the join token made for new workers, in seconds.
     #[arg(long, default_value_t = 3600)]
     pub token_ttl: u64,
+    /// Do not add the cluster's context to kubectl's kubeconfig ($KUBECONFIG's first file, else
+    /// ~/.kube/config).
+    #[arg(long)]
+    pub no_kubeconfig: bool,
+    /// Make the cluster's context kubectl's current one even when another is (by default only a
+    /// kubeconfig without a current context gets it).
+    #[arg(long, conflicts_with_all = ["no_kubeconfig", "infra_only"])]
+    pub set_current_context: bool,
 }
 
 /// Runs `create`.
@@ -73,6 +82,15 @@ pub async fn run(global: &Global, args: &CreateArgs) -> Result<(), Failure> {
             Some(result.map_err(|e| Failure::Operation(anyhow::Error::new(e).context(format!("bootstrapping cluster {}", spec.name))))?)
         }
     };
+    // The cluster is up: a kubeconfig kubectl cannot be given is a failure that a re-run repairs.
+    let kubectl = match &bootstrapped {
+        Some(_) if !args.no_kubeconfig => Some(kubeconfig::merge_into_kubectl_config(spec.name.as_str(), args.set_current_context).map_err(|f| {
+            let (Failure::Input(e) | Failure::Operation(e)) = f;
+            let repair = format!("cluster {} is up; to give kubectl its context, fix the file and run `clusterctl kubeconfig -f {} --write`", spec.name, args.file.display());
+            Failure::Operation(e.context(repair))
+        })?),
+        _ => None,
+    };
     // (After bootstrapping too: it registers the masters with the load balancer.)
     let mutations = cloud.mutations();
     let endpoint = converged.load_balancer.as_ref().map(|l| format!("{}:{}", l.dns_name, spec.api.port));
@@ -85,6 +103,7 @@ pub async fn run(global: &Global, args: &CreateArgs) -> Result<(), Failure> {
                 "api_endpoint": endpoint,
                 "nodes": bootstrapped.as_ref().map(|b| b.nodes.iter().map(|(n, ready)| serde_json::json!({"name": n, "ready": ready})).collect::<Vec<_>>()),
                 "nodes_changed": bootstrapped.as_ref().map(|b| b.changed.clone()),
+                "kubectl": kubectl.as_ref().map(|m| serde_json::json!({"kubeconfig": m.path, "context": m.context, "current": m.current})),
                 "instances": converged.instances.values().collect::<Vec<_>>(),
                 "seconds": started.elapsed().as_secs_f64(),
             });
@@ -111,6 +130,9 @@ pub async fn run(global: &Global, args: &CreateArgs) -> Result<(), Failure> {
                 let ready = b.nodes.iter().filter(|(_, r)| *r).count();
                 println!("  nodes: {ready}/{} Ready ({})", b.nodes.len(), if b.changed.is_empty() { "nothing reinstalled".to_string() } else { format!("installed or updated: {}", b.changed.join(", ")) });
                 println!("  credentials: {} (use: clusterctl get nodes -f {})", b.kubeconfig.display(), args.file.display());
+            }
+            if let Some(merged) = &kubectl {
+                println!("  kubectl: {}", kubeconfig::summary(merged));
             }
             println!("done in {:.1}s", started.elapsed().as_secs_f64());
         }

@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::progress::TerminalReport;
 use super::{connect, load_spec, Failure, Global};
+use crate::client::kubectl_config::{self, Removed};
 use crate::home::ClusterHome;
 use crate::provision;
 
@@ -20,6 +21,10 @@ pub struct DestroyArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
+    /// Leave kubectl's kubeconfig alone (by default the cluster's context, cluster and user entries
+    /// are removed from it).
+    #[arg(long)]
+    pub no_kubeconfig: bool,
 }
 
 /// Runs `destroy`.
@@ -54,11 +59,26 @@ pub async fn run(global: &Global, args: &DestroyArgs) -> Result<(), Failure> {
         msg.push_str("\nrun destroy again to retry");
         return Err(Failure::Operation(anyhow::anyhow!(msg)));
     }
+    let kubectl = if args.no_kubeconfig { None } else { remove_from_kubectl_config(spec.name.as_str())? };
     ClusterHome::of(spec.name.as_str()).remove()?;
     if result.deleted.is_empty() {
         println!("cluster {}: nothing to destroy", spec.name);
     } else {
         println!("cluster {}: destroyed {} resources in {:.1}s; nothing tagged with it remains", spec.name, result.deleted.len(), started.elapsed().as_secs_f64());
     }
+    if let Some(removed) = kubectl.filter(|r| r.removed || r.cleared_current) {
+        println!("  kubectl: context {} removed from {}", spec.name, removed.path.display());
+    }
     Ok(())
+}
+
+/// Takes the cluster's entries out of kubectl's kubeconfig; None when there is no such file to look
+/// in (neither KUBECONFIG nor HOME set).
+fn remove_from_kubectl_config(cluster: &str) -> Result<Option<Removed>, Failure> {
+    let Ok(path) = kubectl_config::default_location() else {
+        return Ok(None);
+    };
+    let removed = kubectl_config::remove(&path, cluster)
+        .map_err(|e| Failure::Operation(anyhow::Error::new(e).context(format!("removing cluster {cluster} from kubectl's kubeconfig (the cloud resources are gone; fix the file and run destroy again, or pass --no-kubeconfig)"))))?;
+    Ok(Some(removed))
 }

@@ -88,13 +88,18 @@ fn row(kind: Kind, item: &Value, with_ns: bool) -> Vec<String> {
     r
 }
 
+/// The cluster's name, from its spec or as given.
+pub fn cluster_name(file: Option<&PathBuf>, cluster: Option<&String>) -> Result<String, Failure> {
+    match (file, cluster) {
+        (Some(f), _) => Ok(load_spec(f)?.name.as_str().to_string()),
+        (None, Some(c)) => Ok(c.clone()),
+        (None, None) => Err(Failure::Input(anyhow::anyhow!("name the cluster with -f <spec> or --cluster <name>"))),
+    }
+}
+
 /// The API client of a cluster, from the credentials `create` wrote.
 pub fn cluster_client(file: Option<&PathBuf>, cluster: Option<&String>) -> Result<ApiClient, Failure> {
-    let name = match (file, cluster) {
-        (Some(f), _) => load_spec(f)?.name.as_str().to_string(),
-        (None, Some(c)) => c.clone(),
-        (None, None) => return Err(Failure::Input(anyhow::anyhow!("name the cluster with -f <spec> or --cluster <name>"))),
-    };
+    let name = cluster_name(file, cluster)?;
     let path = ClusterHome::of(&name).dir.join("kubeconfig");
     let kc = Kubeconfig::load(&path).map_err(|e| Failure::Operation(anyhow::anyhow!("reading the credentials of cluster {name} ({}): {e}; run clusterctl create first", path.display())))?;
     let client = ApiClient::new(&kc.server, ClientAuth::Certificate { ca_pem: kc.ca_pem, cert_pem: kc.client_cert_pem, key_pem: kc.client_key_pem })

@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod backup;
+pub mod completion;
 pub mod cordon;
 pub mod create;
 pub mod delete;
@@ -14,8 +15,10 @@ pub mod destroy;
 pub mod drain;
 pub mod get;
 pub mod images;
+pub mod kubeconfig;
 pub mod logging;
 pub mod logs;
+pub mod man;
 pub mod node;
 pub mod progress;
 pub mod scale;
@@ -34,7 +37,7 @@ use crate::spec::ClusterSpec;
 
 /// Turns a TOML cluster spec into a running container cluster on AWS.
 #[derive(Debug, Parser)]
-#[command(name = "clusterctl", version, about)]
+#[command(name = "clusterctl", version = env!("CLUSTERCTL_VERSION"), about)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -94,6 +97,12 @@ pub enum Command {
     Backup(backup::BackupArgs),
     /// Put a snapshot back on every master (the control plane restarts; workloads keep running).
     Restore(backup::RestoreArgs),
+    /// Print the cluster's kubeconfig, or merge it into kubectl's own file with --write.
+    Kubeconfig(kubeconfig::KubeconfigArgs),
+    /// Print the shell completion script: `source <(clusterctl completion bash)`.
+    Completion(completion::CompletionArgs),
+    /// Print the manual page (roff): `clusterctl man | man -l -`.
+    Man(man::ManArgs),
     /// Run the node software (used by the systemd units on each machine).
     Node(node::NodeArgs),
 }
@@ -154,6 +163,20 @@ impl ClusterSelection {
     pub fn client(&self) -> Result<crate::client::ApiClient, Failure> {
         get::cluster_client(self.file.as_ref(), self.cluster.as_ref())
     }
+
+    /// The cluster's name.
+    pub fn name(&self) -> Result<String, Failure> {
+        get::cluster_name(self.file.as_ref(), self.cluster.as_ref())
+    }
+}
+
+/// Writes generated text to standard output; a reader that stopped early (`| head`) is no failure.
+pub fn print_bytes(bytes: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::Operation(anyhow::Error::new(e).context("writing to standard output"))),
+        _ => Ok(()),
+    }
 }
 
 /// Loads and validates a spec; any problem is bad input.
@@ -188,5 +211,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Drain(args) => drain::run(args).await,
         Command::Image(images::ImageArgs { command: images::ImageCommand::Load(args) }) => images::run(&cli.global, args).await,
         Command::LoadImage(args) => images::run(&cli.global, args).await,
+        Command::Kubeconfig(args) => kubeconfig::run(args).await,
+        Command::Completion(args) => completion::run(args),
+        Command::Man(args) => man::run(args),
     }
 }

@@ -1,8 +1,9 @@
 //! The operator's credentials in kubeconfig format: `$CLUSTERCTL_HOME/<cluster>/kubeconfig`, mode 0600.
 //!
 //! Written with one cluster, one user and one context, all named after the cluster (the user
-//! `<cluster>-admin`), with the CA, client certificate and key embedded as base64 `*-data` fields, so
-//! that `kubectl --kubeconfig` can read it too:
+//! `clusterctl-<cluster>`, a name no other tool's user entry takes when these entries are merged into
+//! kubectl's own file by [`super::kubectl_config`]), with the CA, client certificate and key embedded
+//! as base64 `*-data` fields, so that `kubectl --kubeconfig` can read it too:
 //!
 //! ```yaml
 //! apiVersion: v1
@@ -13,7 +14,7 @@
 //!     server: https://demo-api.elb.example:6443
 //!     certificate-authority-data: LS0t...
 //! users:
-//! - name: demo-admin
+//! - name: clusterctl-demo
 //!   user:
 //!     client-certificate-data: LS0t...
 //!     client-key-data: LS0t...
@@ -21,7 +22,7 @@
 //! - name: demo
 //!   context:
 //!     cluster: demo
-//!     user: demo-admin
+//!     user: clusterctl-demo
 //! current-context: demo
 //! ```
 //!
@@ -154,15 +155,29 @@ fn find<'a, T>(items: &'a [Named<T>], kind: &str, name: &str) -> Result<&'a T, K
     items.iter().find(|i| i.name == name).map(|i| &i.item).ok_or_else(|| KubeconfigError::Invalid(format!("{kind} {name:?} is not defined")))
 }
 
+/// The name of a cluster's user entry.
+pub fn user_name(cluster: &str) -> String {
+    format!("clusterctl-{cluster}")
+}
+
 impl Kubeconfig {
     /// The user entry's name.
-    fn user_name(&self) -> String {
-        format!("{}-admin", self.cluster_name)
+    pub fn user_name(&self) -> String {
+        user_name(&self.cluster_name)
     }
 
     /// The kubeconfig YAML.
     pub fn to_yaml(&self) -> Result<String, KubeconfigError> {
-        let file = File {
+        Ok(serde_yaml_ng::to_string(&self.file())?)
+    }
+
+    /// The kubeconfig as a generic YAML document (what [`super::kubectl_config`] merges).
+    pub(crate) fn to_value(&self) -> Result<serde_yaml_ng::Value, KubeconfigError> {
+        Ok(serde_yaml_ng::to_value(self.file())?)
+    }
+
+    fn file(&self) -> File {
+        File {
             api_version: "v1".into(),
             kind: "Config".into(),
             clusters: vec![Named {
@@ -184,8 +199,7 @@ impl Kubeconfig {
             }],
             contexts: vec![Named { name: self.cluster_name.clone(), item: ContextEntry { context: ContextData { cluster: self.cluster_name.clone(), user: self.user_name() } } }],
             current_context: self.cluster_name.clone(),
-        };
-        Ok(serde_yaml_ng::to_string(&file)?)
+        }
     }
 
     /// Reads kubeconfig YAML through its current context (or its only context).
@@ -260,11 +274,11 @@ mod tests {
         assert_eq!(v["clusters"][0]["cluster"]["server"].as_str(), Some("https://demo-api.elb.localhost.localstack.cloud:6443"));
         let ca = v["clusters"][0]["cluster"]["certificate-authority-data"].as_str().unwrap();
         assert_eq!(STANDARD.decode(ca).unwrap(), sample().ca_pem.as_bytes());
-        assert_eq!(v["users"][0]["name"].as_str(), Some("demo-admin"));
+        assert_eq!(v["users"][0]["name"].as_str(), Some("clusterctl-demo"));
         assert!(v["users"][0]["user"]["client-certificate-data"].is_string());
         assert!(v["users"][0]["user"]["client-key-data"].is_string());
         assert_eq!(v["contexts"][0]["context"]["cluster"].as_str(), Some("demo"));
-        assert_eq!(v["contexts"][0]["context"]["user"].as_str(), Some("demo-admin"));
+        assert_eq!(v["contexts"][0]["context"]["user"].as_str(), Some("clusterctl-demo"));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod drain;
 pub mod kubeconfig;
+pub mod kubectl_config;
 pub mod leader;
 
 use std::sync::Arc;

@@ -63,9 +63,22 @@ pub fn unique_spec_from(example: &str, dir: &Path, name: &str, second_octet: u8,
     path
 }
 
-/// Runs the clusterctl binary with a CLUSTERCTL_HOME.
+/// The kubeconfig `create` merges into and `destroy` edits in the tests: a file in the test's home
+/// folder, never the real `~/.kube/config`.
+pub fn kubectl_config(home: &Path) -> PathBuf {
+    home.join("kube").join("config")
+}
+
+/// The clusterctl binary with a CLUSTERCTL_HOME and a KUBECONFIG of the test's own.
+pub fn clusterctl_command(home: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clusterctl"));
+    command.env("CLUSTERCTL_HOME", home).env("KUBECONFIG", kubectl_config(home));
+    command
+}
+
+/// Runs the clusterctl binary with a CLUSTERCTL_HOME and a KUBECONFIG of the test's own.
 pub fn clusterctl(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clusterctl")).args(args).env("CLUSTERCTL_HOME", home).output().expect("running clusterctl")
+    clusterctl_command(home).args(args).output().expect("running clusterctl")
 }
 
 /// Panics with the command's output unless it succeeded.
