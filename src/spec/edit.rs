@@ -50,9 +50,9 @@ pub enum SpecEditError {
         pool: String,
         /// The count being set.
         count: u32,
-        /// The validation problems.
+        /// The validation problems (boxed: they are large, and rare).
         #[source]
-        source: SpecError,
+        source: Box<SpecError>,
     },
 }
 
@@ -79,7 +79,7 @@ pub fn set_pool_count(path: &Path, text: &str, pool: &str, count: u32) -> Result
         None => return Err(SpecEditError::NoPool { path: path.to_path_buf(), pool: pool.to_string(), known: pools.iter().map(|(name, _)| name.to_string()).collect() }),
     };
     let next = format!("{}{count}{}", &text[..span.start], &text[span.end..]);
-    ClusterSpec::parse(path, &next).map_err(|source| SpecEditError::Invalid { path: path.to_path_buf(), pool: pool.to_string(), count, source })?;
+    ClusterSpec::parse(path, &next).map_err(|source| SpecEditError::Invalid { path: path.to_path_buf(), pool: pool.to_string(), count, source: Box::new(source) })?;
     Ok(next)
 }
 
