@@ -96,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
     let (victim, on_victim) = per_node.iter().max_by_key(|(_, n)| **n).map(|(n, c)| (n.clone(), *c)).context("no pods")?;
     let node = client.get_value(&format!("/api/v1/nodes/{victim}")).await?;
     let instance = node.pointer("/spec/providerID").and_then(Value::as_str).and_then(|p| p.rsplit('/').next()).context("the node has no providerID")?.to_string();
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(clusterctl::cloud::aws::https_client()).load().await;
     let ec2 = aws_sdk_ec2::Client::new(&conf);
     let start = Instant::now();
     ec2.terminate_instances().instance_ids(&instance).send().await.context("terminating the worker")?;

@@ -21,7 +21,7 @@ async fn cloud() -> Resilient {
 
 async fn raw_iam() -> aws_sdk_iam::Client {
     harness();
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(aws_config::Region::new("us-east-1")).load().await;
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(clusterctl::cloud::aws::https_client()).region(aws_config::Region::new("us-east-1")).load().await;
     aws_sdk_iam::Client::new(&conf)
 }
 
@@ -38,7 +38,7 @@ async fn iam_leftovers(cluster: &str) -> Vec<String> {
 
 async fn raw_ec2() -> aws_sdk_ec2::Client {
     harness();
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(aws_config::Region::new("us-east-1")).load().await;
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(clusterctl::cloud::aws::https_client()).region(aws_config::Region::new("us-east-1")).load().await;
     aws_sdk_ec2::Client::new(&conf)
 }
 

@@ -50,7 +50,7 @@ fn manifest_file(dir: &Path, name: &str, text: &str) -> String {
 
 /// The EC2 API of the harness, for what clusterctl itself does not do (stopping a machine).
 async fn ec2() -> aws_sdk_ec2::Client {
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(aws_config::Region::new("us-east-1")).load().await;
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(clusterctl::cloud::aws::https_client()).region(aws_config::Region::new("us-east-1")).load().await;
     aws_sdk_ec2::Client::new(&conf)
 }
 

@@ -4,7 +4,8 @@
 //! profiles, SSO, instance metadata) and the standard `AWS_ENDPOINT_URL`, so the
 //! same code talks to AWS or to LocalStack. The SDK's own retries are turned
 //! off: [`super::Resilient`] owns the retry policy. Every SDK error is turned
-//! into a [`CloudError`] here; no SDK type leaves this file.
+//! into a [`CloudError`] here; no SDK type leaves this file. Every call, the
+//! credential providers' included, goes through [`https_client`].
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_sdk_ec2::config::SharedHttpClient;
 use aws_sdk_ec2 as ec2;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_elasticloadbalancingv2 as elb;
@@ -53,7 +55,8 @@ impl AwsCloud {
                     .connect_timeout(Duration::from_secs(5))
                     .operation_attempt_timeout(Duration::from_secs(60))
                     .build(),
-            );
+            )
+            .http_client(https_client());
         if let Some(profile) = &options.profile {
             loader = loader.profile_name(profile);
         }
@@ -73,6 +76,15 @@ impl AwsCloud {
     pub fn region(&self) -> &str {
         &self.region
     }
+}
+
+/// The HTTPS client of AWS calls: hyper 1 and rustls on ring, the stack the rest of clusterctl
+/// uses, trusting the system's roots (or `SSL_CERT_FILE`). The SDK's default client would be the
+/// same stack on a second crypto provider (aws-lc), which its default features no longer build:
+/// an SDK configuration without this client has none, and the SDK panics at its first call.
+pub fn https_client() -> SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()
 }
 
 /// Turns an SDK error into a [`CloudError`] saying what was being done.
