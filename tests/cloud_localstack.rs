@@ -188,6 +188,13 @@ async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothi
     let out = assert_ok(&clusterctl(home.path(), &["scale", "-f", s, "--workers", "1"]), "scale --workers 1");
     eprintln!("{out}");
     pool_settles(&client, cloud.as_ref(), 1, Duration::from_secs(30), "1 Ready worker").await;
+    // The loop goes on through the one worker left until it has made enough requests to mean
+    // something: a fast machine scales in fewer than 50 tenths of a second.
+    eventually("50 requests through the balancer", Duration::from_secs(30), || async {
+        let made = requests.load(Ordering::Relaxed);
+        if made >= 50 { Ok(()) } else { Err(format!("{made} made")) }
+    })
+    .await;
     counting.store(false, Ordering::Relaxed);
     watching.store(false, Ordering::Relaxed);
     watcher.await.unwrap();
