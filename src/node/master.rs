@@ -20,23 +20,11 @@ use crate::apiserver::{self, ApiServerConfig, ServerTls};
 use crate::client::leader::LeaderElection;
 use crate::client::{ApiClient, ClientAuth};
 use crate::controllers::{deployment, endpoints, node_lifecycle};
-use crate::node::config::{MasterSettings, NodeConfig};
+use crate::nodeconfig::{MasterSettings, NodeConfig};
 use crate::pki::{self, ClusterCa};
 
 fn read(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()
-}
-
-/// Loads the cluster CA, making it on the very first start.
-pub(crate) fn load_or_create_ca(dir: &Path, cluster: &str) -> Result<ClusterCa> {
-    let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
-    if let (Some(c), Some(k)) = (read(&cert), read(&key)) {
-        return ClusterCa::from_pem(&c, &k).with_context(|| format!("loading the cluster CA from {}", dir.display()));
-    }
-    let ca = ClusterCa::generate(cluster).context("generating the cluster CA")?;
-    pki::write_key_file(&key, ca.key_pem()).context("writing the CA key")?;
-    std::fs::write(&cert, ca.cert_pem()).with_context(|| format!("writing {}", cert.display()))?;
-    Ok(ca)
 }
 
 /// Serving certificate and key, re-issued when they do not cover every wanted name.
@@ -75,7 +63,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let pki_dir = config.data_dir.join("pki");
     std::fs::create_dir_all(&pki_dir).with_context(|| format!("creating {}", pki_dir.display()))?;
     crate::home::restrict_dir(&pki_dir).context("restricting the PKI folder")?;
-    let ca = load_or_create_ca(&pki_dir, &config.cluster)?;
+    let ca = pki::load_or_create_ca(&pki_dir, &config.cluster).with_context(|| format!("loading or making the cluster CA in {}", pki_dir.display()))?;
     let (serving_cert, serving_key) = serving_certificate(&ca, &pki_dir, &settings.serving_names, &settings.serving_ips)?;
 
     let store = open_store(&config, &settings).await?;
@@ -203,7 +191,7 @@ async fn open_store(config: &NodeConfig, settings: &MasterSettings) -> Result<Ar
         let store = SqliteStore::open(&path).with_context(|| format!("opening the store {}", path.display()))?;
         return Ok(Arc::new(store));
     };
-    let options = super::etcd::client_options(config, etcd)?;
+    let options = crate::nodeconfig::etcd::client_options(config, etcd)?;
     let started = std::time::Instant::now();
     let mut attempts = 0u32;
     loop {

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use super::PkiError;
+use super::{ClusterCa, PkiError};
 
 /// Writes `contents` to `path` with `mode`, atomically (temporary file, fsync, rename). Missing
 /// parent folders are created with mode 0700.
@@ -42,6 +42,20 @@ pub fn write_key_file(path: &Path, pem: &str) -> Result<(), PkiError> {
     write_file_atomic(path, pem.as_bytes(), 0o600).map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
 }
 
+/// Loads the cluster CA from `ca.crt` and `ca.key` in `dir`, making it on the very first start
+/// (a master's, or an HA master's `node etcd-setup`, whichever runs first).
+pub fn load_or_create_ca(dir: &Path, cluster: &str) -> Result<ClusterCa, PkiError> {
+    let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    if let (Ok(c), Ok(k)) = (fs::read_to_string(&cert), fs::read_to_string(&key)) {
+        return ClusterCa::from_pem(&c, &k);
+    }
+    let ca = ClusterCa::generate(cluster)?;
+    write_key_file(&key, ca.key_pem())?;
+    // Written after the key: a certificate without its key would be loaded as a broken CA.
+    fs::write(&cert, ca.cert_pem()).map_err(|source| PkiError::Io { path: cert.clone(), source })?;
+    Ok(ca)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +87,23 @@ mod tests {
     fn a_failed_write_names_the_path() {
         let err = write_key_file(Path::new("/proc/definitely/not/writable/key"), "x").unwrap_err();
         assert!(err.to_string().contains("/proc/definitely/not/writable/key"), "{err}");
+    }
+
+    #[test]
+    fn the_ca_is_made_once_and_loaded_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = load_or_create_ca(dir.path(), "demo").unwrap();
+        assert_eq!(fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
+        let loaded = load_or_create_ca(dir.path(), "demo").unwrap();
+        assert_eq!(loaded.cert_pem(), made.cert_pem(), "a second start keeps the first CA");
+    }
+
+    #[test]
+    fn a_ca_key_that_is_not_the_certificates_is_refused() {
+        let (one, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        load_or_create_ca(one.path(), "demo").unwrap();
+        load_or_create_ca(other.path(), "demo").unwrap();
+        fs::copy(other.path().join("ca.key"), one.path().join("ca.key")).unwrap();
+        assert!(load_or_create_ca(one.path(), "demo").is_err());
     }
 }
