@@ -1,28 +1,34 @@
 //! clusterctl: turns a TOML cluster spec into a running container cluster on AWS.
 //!
-//! # Layout
+//! # Layers
+//! Top first: a module uses only the modules below it (tests may use anything).
+//! `tests/layers.rs` reads this list and checks every `crate::` path outside test code against it.
 //! - [`cli`]: the command line (clap), one file per command, terminal output; the binary's
 //!   `main.rs` only parses arguments and calls [`cli::run`].
-//! - [`spec`]: the cluster spec in TOML, validated into typed values with located errors.
+//! - [`node`]: the node side of the binary (`clusterctl node master|worker`): the top composition
+//!   that wires the control plane or the agent together, as k3s's server and agent commands do.
+//! - [`cloudcontroller`]: the master's cloud controller manager (service load balancers, node
+//!   deletion, machine replacement) and resizing a worker pool from the operator's side.
+//! - [`bootstrap`]: from machines to a cluster over SSH (behind the `NodeShell` trait): verified
+//!   host keys, install, the create flow, joins, master replacement, images, backups, logs.
+//! - [`nodeconfig`]: the node contract: the node's config file, its paths, etcd member naming.
+//! - [`agent`]: the kubelet: node registration, lease heartbeats, pods as Docker containers.
+//! - [`proxy`]: every node's NodePort listeners forwarding to ready endpoints.
+//! - [`controllers`]: node lifecycle (not-ready marking, eviction), deployments, endpoints.
+//! - [`scheduler`]: places unbound pods on nodes (filters, scores, binds; pure decision functions).
+//! - [`apiserver`]: the master's HTTPS API (REST, watch, authentication, authorization) over a
+//!   durable store behind a trait (SQLite, or etcd).
+//! - [`manifest`]: multi-document YAML manifests validated into typed objects, errors with field paths.
+//! - [`client`]: the HTTPS client of that API, used by the CLI, the node agents and the controllers.
+//! - [`provision`]: discover what a cluster owns, plan, converge and destroy infrastructure.
 //! - [`cloud`]: the cloud-controller abstraction: the [`cloud::Cloud`] trait, its AWS
 //!   implementation, the retry decorator and an in-memory fake.
-//! - [`provision`]: discover what a cluster owns, plan, converge and destroy infrastructure.
+//! - [`pki`]: the cluster CA (made on a master's first start), serving and client certificates,
+//!   node CSR signing, join tokens.
 //! - [`api`]: the Kubernetes-shaped object model (`Node`, `Lease`, ...) and the resource registry.
-//! - [`apiserver`]: the master's HTTPS API (REST, watch, authentication, authorization) over a durable
-//!   store behind a trait (SQLite by default).
-//! - [`client`]: the HTTPS client of that API, used by the CLI, the node agents and the controllers.
-//! - [`bootstrap`]: from machines to a cluster over SSH: verified host keys, checked uploads,
-//!   install script and units from `templates/`, the create flow, image side-loading.
-//! - [`pki`]: the cluster CA, serving and client certificates, node CSR signing, join tokens.
-//! - [`node`]: the node side of the binary (`clusterctl node master|worker`) and its config file.
-//! - [`agent`]: the kubelet: node registration, lease heartbeats, pods as Docker containers.
-//! - [`controllers`]: node lifecycle (not-ready marking, eviction), deployments, endpoints.
-//! - [`cloudcontroller`]: the master's cloud controller manager (service load balancers, node deletion, machine replacement).
-//! - [`proxy`]: every node's NodePort listeners forwarding to ready endpoints.
-//! - [`manifest`]: multi-document YAML manifests validated into typed objects, errors with field paths.
-//! - [`scheduler`]: places unbound pods on nodes (filters, scores, binds; pure decision functions).
 //! - [`home`]: the operator's per-cluster folder (SSH key, known hosts, kubeconfig).
 //! - [`report`]: the progress-reporting trait the library uses instead of drawing.
+//! - [`spec`]: the cluster spec in TOML, validated into typed values with located errors.
 //!
 //! See `docs/ARCHITECTURE.md` for the decisions behind this shape.
 
@@ -38,6 +44,7 @@ pub mod controllers;
 pub mod home;
 pub mod manifest;
 pub mod node;
+pub mod nodeconfig;
 pub mod pki;
 pub mod provision;
 pub mod proxy;

@@ -25,6 +25,13 @@ pub trait CsrSigner: Send + Sync {
     fn sign_node_csr(&self, csr_pem: &str) -> Result<String, String>;
 }
 
+/// The cluster CA signs node CSRs for the API server (its errors are plain text here).
+impl CsrSigner for crate::pki::ClusterCa {
+    fn sign_node_csr(&self, csr_pem: &str) -> Result<String, String> {
+        crate::pki::ClusterCa::sign_node_csr(self, csr_pem).map_err(|e| e.to_string())
+    }
+}
+
 const ALLOWED_USAGES: &[&str] = &["digital signature", "key encipherment", "client auth"];
 
 /// The node name a PEM request asks a client certificate for, after checking its signature and that

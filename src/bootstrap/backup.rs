@@ -11,7 +11,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::cluster::{self, BootstrapError, Machine};
+use super::machines::Machine;
+use super::{BootstrapError, DATA_DIR};
 use super::hostkeys::KnownHosts;
 use super::ssh::{shell_quote, SshError, SshSession};
 use crate::client::ApiClient;
@@ -57,7 +58,7 @@ pub async fn master_sessions(cloud: &dyn Cloud, spec: &ClusterSpec, ssh_key: &Pa
         .instances
         .iter()
         .filter(|i| i.state == InstanceState::Running)
-        .filter_map(|i| pool_slot(i).filter(|(pool, _)| pool == spec.masters.name.as_str()).map(|(_, slot)| (slot, cluster::machine(spec, &spec.masters, slot, i))))
+        .filter_map(|i| pool_slot(i).filter(|(pool, _)| pool == spec.masters.name.as_str()).map(|(_, slot)| (slot, super::machine(spec, &spec.masters, slot, i))))
         .collect();
     masters.sort_by_key(|(slot, _)| *slot);
     if masters.is_empty() {
@@ -65,7 +66,7 @@ pub async fn master_sessions(cloud: &dyn Cloud, spec: &ClusterSpec, ssh_key: &Pa
     }
     let mut out = Vec::new();
     for (_, m) in masters {
-        let session = cluster::connect(cloud, &m, &spec.ssh.user, ssh_key, known, Duration::from_secs(60)).await?;
+        let session = super::connect(cloud, &m, &spec.ssh.user, ssh_key, known, Duration::from_secs(60)).await?;
         out.push((m, session));
     }
     Ok(out)
@@ -87,9 +88,9 @@ pub async fn take_snapshot(spec: &ClusterSpec, masters: Vec<MasterSession>, repo
     let (machine, session) = masters.into_iter().next().ok_or_else(|| BackupError::NoMaster(spec.name.to_string()))?;
     let kind = if spec.masters.count > 1 { "etcd snapshot" } else { "copy of the embedded store" };
     reporter.phase(&format!("taking a {kind} on {}", machine.name));
-    let remote = format!("{}/backups/backup-{}.db", cluster::DATA_DIR, unix_now());
+    let remote = format!("{}/backups/backup-{}.db", DATA_DIR, unix_now());
     let session = Arc::new(Mutex::new(session));
-    let command = format!("install -d -m 700 {dir} && /usr/local/bin/clusterctl node snapshot --out {r}", dir = shell_quote(&format!("{}/backups", cluster::DATA_DIR)), r = shell_quote(&remote));
+    let command = format!("install -d -m 700 {dir} && /usr/local/bin/clusterctl node snapshot --out {r}", dir = shell_quote(&format!("{}/backups", DATA_DIR)), r = shell_quote(&remote));
     on_master(&session, &machine.name, "taking the snapshot", move |s| s.sudo(&command)).await?;
     reporter.item(&machine.name, "downloading the snapshot");
     let bytes = on_master(&session, &machine.name, "downloading the snapshot", move |s| {
@@ -111,11 +112,11 @@ pub async fn restore(spec: &ClusterSpec, masters: Vec<MasterSession>, snapshot: 
     let ha = spec.masters.count > 1;
     let initial_cluster = if ha {
         let refs: Vec<&Machine> = machines.iter().collect();
-        Some(cluster::etcd_settings(&refs, "existing")?.initial_cluster.join(","))
+        Some(super::etcd_settings(&refs, "existing")?.initial_cluster.join(","))
     } else {
         None
     };
-    let remote = format!("{}/restore.db", cluster::DATA_DIR);
+    let remote = format!("{}/restore.db", DATA_DIR);
     let snapshot = Arc::new(snapshot);
     reporter.phase(&format!("uploading the snapshot to {} masters", machines.len()));
     for (m, s) in machines.iter().zip(&sessions) {

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::cluster::{connect, BootstrapError, Machine};
+use super::machines::{connect, Machine};
+use super::BootstrapError;
 use super::hostkeys::KnownHosts;
 use crate::cloud::Cloud;
 use crate::report::Reporter;

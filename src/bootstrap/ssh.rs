@@ -325,6 +325,62 @@ impl SshSession {
     }
 }
 
+/// A shell on one node, as bootstrapping uses it: commands, root scripts, checked uploads. The
+/// real one is [`SshSession`]; [`super::fake::FakeShell`] records what is done and answers as it is
+/// told, so that install and replace are tested without machines.
+pub trait NodeShell: Send {
+    /// The node's name, for messages.
+    fn node(&self) -> &str;
+    /// Runs a command as the login user and collects its output, whatever its exit status.
+    fn exec(&self, command: &str) -> Result<CommandOutput, SshError>;
+    /// Runs a shell script as root, its text on standard input; collects its output, whatever its
+    /// exit status.
+    fn sudo_script(&self, script: &str) -> Result<CommandOutput, SshError>;
+    /// Installs `contents` at `path` (owned by root, `mode`); false when an identical file was there.
+    fn upload(&self, contents: &[u8], path: &str, mode: u32) -> Result<bool, SshError>;
+    /// Installs several small files; per file, whether it changed.
+    fn upload_files(&self, files: &[FileUpload<'_>]) -> Result<Vec<bool>, SshError>;
+
+    /// Runs a command and fails unless it exits 0.
+    fn run(&self, command: &str) -> Result<CommandOutput, SshError> {
+        let out = self.exec(command)?;
+        if out.status != 0 {
+            return Err(SshError::Command { node: self.node().to_string(), command: command.to_string(), status: out.status, stderr: out.stderr.trim().to_string() });
+        }
+        Ok(out)
+    }
+
+    /// Runs a command as root through `sudo -n` (never prompts); fails unless it exits 0.
+    fn sudo(&self, command: &str) -> Result<CommandOutput, SshError> {
+        self.run(&format!("sudo -n sh -c {}", shell_quote(command)))
+    }
+}
+
+impl NodeShell for SshSession {
+    fn node(&self) -> &str {
+        SshSession::node(self)
+    }
+
+    fn exec(&self, command: &str) -> Result<CommandOutput, SshError> {
+        SshSession::exec(self, command)
+    }
+
+    fn sudo_script(&self, script: &str) -> Result<CommandOutput, SshError> {
+        SshSession::sudo_script(self, script)
+    }
+
+    fn upload(&self, contents: &[u8], path: &str, mode: u32) -> Result<bool, SshError> {
+        SshSession::upload(self, contents, path, mode)
+    }
+
+    fn upload_files(&self, files: &[FileUpload<'_>]) -> Result<Vec<bool>, SshError> {
+        SshSession::upload_files(self, files)
+    }
+}
+
+/// A node's shell shared between tasks (each use holds the lock for one blocking step).
+pub type SharedShell = std::sync::Arc<std::sync::Mutex<dyn NodeShell>>;
+
 /// A random suffix for temporary file names on a node.
 fn unique() -> String {
     hex::encode(rand::random::<[u8; 4]>())

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use thiserror::Error;
 
 use super::ssh::shell_quote;
-use crate::node::config::{NodeRole, CONFIG_PATH, DEFAULT_DATA_DIR};
+use crate::nodeconfig::{NodeRole, CONFIG_PATH, DEFAULT_DATA_DIR};
 
 const INSTALL_SH: &str = include_str!("../../templates/install.sh");
 const MASTER_UNIT: &str = include_str!("../../templates/clusterctl-master.service");
@@ -136,8 +136,8 @@ pub fn unit(role: NodeRole) -> (String, String) {
 
 /// An HA master's etcd unit: `(file name, contents)`, installed in [`UNIT_DIR`].
 pub fn etcd_unit() -> (String, String) {
-    let contents = render(crate::node::etcd::UNIT, ETCD_UNIT, &[("env_file", crate::node::etcd::ENV_PATH)]).expect(RENDERS);
-    (crate::node::etcd::UNIT.to_string(), contents)
+    let contents = render(crate::nodeconfig::etcd::UNIT, ETCD_UNIT, &[("env_file", crate::nodeconfig::etcd::ENV_PATH)]).expect(RENDERS);
+    (crate::nodeconfig::etcd::UNIT.to_string(), contents)
 }
 
 /// [`unit`] with other paths.

@@ -9,7 +9,7 @@ use super::kubeconfig;
 use super::progress::TerminalReport;
 use super::{connect, load_spec, Failure, Global, Output};
 use crate::home::ClusterHome;
-use crate::bootstrap::cluster::{bootstrap, ArtifactsTask, BootstrapOptions, Packing};
+use crate::bootstrap::{bootstrap, ArtifactsTask, BootstrapOptions, Packing};
 use crate::provision::{self, ConvergeOptions};
 
 /// Arguments of `create`.

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 
 use super::progress::TerminalReport;
 use super::{connect, load_spec, Failure, Global};
-use crate::bootstrap::cluster::machines;
+use crate::bootstrap::machines;
 use crate::bootstrap::hostkeys::KnownHosts;
 use crate::bootstrap::images::load_image;
 use crate::home::ClusterHome;

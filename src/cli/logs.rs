@@ -1,29 +1,20 @@
 //! `clusterctl logs POD --spec SPEC [-c CONTAINER] [-f] [--tail N]`: a pod container's logs, read
-//! where they are: on the pod's node, over SSH with the cluster's key and the node's pinned host key,
-//! with `sudo -n docker logs` on the newest container the agent made for that pod and container
-//! (found by the agent's labels). `-f` streams until interrupted.
+//! on the pod's node over SSH ([`crate::bootstrap::logs`] does that). `-f` streams until
+//! interrupted.
 //!
 //! The spec is needed (not only the cluster name) because reaching a node takes the cloud (its
 //! address and console host keys) and the spec's SSH user.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use serde_json::Value;
 
 use super::{connect, load_spec, Failure, Global};
-use crate::agent::runtime::labels;
 use crate::api::resource::{NODES, PODS};
-use crate::bootstrap::cluster::{self, Machine};
 use crate::bootstrap::hostkeys::KnownHosts;
-use crate::bootstrap::ssh::shell_quote;
+use crate::bootstrap::logs::{copy_logs, LogRequest};
 use crate::home::ClusterHome;
-use crate::provision::inventory::pool_slot;
-use crate::spec::Role;
-
-/// The exit status of the remote command when no container carries the pod's labels.
-const NO_CONTAINER: i32 = 97;
 
 /// Arguments of `logs`.
 #[derive(Debug, Args)]
@@ -87,25 +78,6 @@ pub fn log_source(pod: &Value, container: Option<&str>) -> Result<(String, Strin
     Ok((node.to_string(), chosen))
 }
 
-/// The command run on the node: `docker logs` of the newest container labelled with the pod's uid
-/// and the container's name; exits [`NO_CONTAINER`] when there is none.
-pub fn docker_logs_command(pod_uid: &str, container: &str, follow: bool, tail: Option<u32>) -> String {
-    let filter = |label: &str, value: &str| shell_quote(&format!("label={label}={value}"));
-    let mut options = String::new();
-    if follow {
-        options.push_str(" --follow");
-    }
-    if let Some(n) = tail {
-        options.push_str(&format!(" --tail {n}"));
-    }
-    let script = format!(
-        "id=$(docker ps -a --latest -q --filter {} --filter {}); [ -n \"$id\" ] || exit {NO_CONTAINER}; exec docker logs{options} \"$id\"",
-        filter(labels::UID, pod_uid),
-        filter(labels::CONTAINER, container),
-    );
-    format!("sudo -n sh -c {}", shell_quote(&script))
-}
-
 /// Runs `logs`.
 pub async fn run(global: &Global, args: &LogsArgs) -> Result<(), Failure> {
     let spec = load_spec(&args.spec)?;
@@ -122,38 +94,20 @@ pub async fn run(global: &Global, args: &LogsArgs) -> Result<(), Failure> {
         _ => Failure::Operation(e.into()),
     })?;
     let node: Value = client.get(&NODES, None, &node_name).await.map_err(|e| Failure::Operation(anyhow::anyhow!("reading node {node_name} of pod {}: {e}", args.pod)))?;
-    let instance_id = s(&node, "/spec/providerID").rsplit('/').next().unwrap_or("").to_string();
     let cloud = connect(global, &spec).await;
-    let inventory = crate::provision::discover(cloud.as_ref(), spec.name.as_str())
-        .await
-        .map_err(|e| Failure::Operation(anyhow::Error::new(e).context(format!("finding the machine of node {node_name}"))))?;
-    let instance = inventory
-        .instances
-        .into_iter()
-        .find(|i| !instance_id.is_empty() && i.id == instance_id)
-        .ok_or_else(|| Failure::Operation(anyhow::anyhow!("node {node_name} (instance {instance_id:?}) has no running machine in cluster {}", spec.name)))?;
-    let pool = pool_slot(&instance).map(|(pool, _)| pool).unwrap_or_default();
-    let role = if spec.masters.name.as_str() == pool { Role::Master } else { Role::Worker };
-    let machine = Machine { name: node_name.clone(), role, pool, zone: String::new(), instance, labels: Default::default() };
     let home = ClusterHome::of(spec.name.as_str());
     let key = home.ssh_key(&spec)?;
     let known = KnownHosts::at(home.dir.join("known_hosts"));
-    let session = cluster::connect(cloud.as_ref(), &machine, &spec.ssh.user, &key.private_path, &known, Duration::from_secs(30))
-        .await
-        .map_err(|e| Failure::Operation(anyhow::Error::new(e).context(format!("reaching node {node_name} for the logs of pod {}", args.pod))))?;
-    let command = docker_logs_command(s(&pod, "/metadata/uid"), &container, args.follow, args.tail);
-    let status = tokio::task::spawn_blocking(move || session.stream(&command, &mut std::io::stdout().lock()))
-        .await
-        .map_err(|e| Failure::Operation(anyhow::anyhow!("reading logs: {e}")))?
-        .map_err(|e| Failure::Operation(anyhow::Error::new(e).context(format!("reading the logs of pod {} on node {node_name}", args.pod))))?;
-    match status {
-        0 => Ok(()),
-        NO_CONTAINER => Err(Failure::Operation(anyhow::anyhow!(
-            "container {container:?} of pod {} has not been started on node {node_name} yet (no Docker container carries its labels)",
-            args.pod
-        ))),
-        n => Err(Failure::Operation(anyhow::anyhow!("docker logs on node {node_name} exited with status {n}"))),
-    }
+    let request = LogRequest {
+        pod: &args.pod,
+        pod_uid: s(&pod, "/metadata/uid"),
+        container: &container,
+        node: &node_name,
+        provider_id: s(&node, "/spec/providerID"),
+        follow: args.follow,
+        tail: args.tail,
+    };
+    copy_logs(cloud.as_ref(), &spec, &key.private_path, &known, &request, std::io::stdout()).await.map_err(|e| Failure::Operation(e.into()))
 }
 
 #[cfg(test)]
@@ -190,14 +144,5 @@ mod tests {
         assert_eq!(e.to_string(), "container \"nginx\" is not in pod web-1; its containers: httpd");
         let e = log_source(&pod(Some("w1"), &["a", "b"]), None).unwrap_err();
         assert_eq!(e, PodLogsError::ContainerNotNamed { pod: "web-1".into(), known: vec!["a".into(), "b".into()] });
-    }
-
-    #[test]
-    fn the_node_command_reads_the_newest_labelled_container() {
-        let cmd = docker_logs_command("u-1", "httpd", true, Some(5));
-        assert!(cmd.starts_with("sudo -n sh -c '"), "{cmd}");
-        assert!(cmd.contains("docker ps -a --latest -q --filter '\\''label=io.clusterctl.pod.uid=u-1'\\'' --filter '\\''label=io.clusterctl.container.name=httpd'\\''"), "{cmd}");
-        assert!(cmd.contains("exec docker logs --follow --tail 5 \"$id\""), "{cmd}");
-        assert!(docker_logs_command("u-1", "httpd", false, None).contains("exec docker logs \"$id\""));
     }
 }

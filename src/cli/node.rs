@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::Failure;
-use crate::node::config::NodeConfig;
+use crate::nodeconfig::NodeConfig;
 
 /// Arguments of `node`.
 #[derive(Debug, Args)]
@@ -35,7 +35,7 @@ pub enum NodeCommand {
         #[arg(long, default_value = "/etc/clusterctl/node.toml")]
         config: PathBuf,
         /// Where to write the etcd unit's environment file.
-        #[arg(long, default_value = crate::node::etcd::ENV_PATH)]
+        #[arg(long, default_value = crate::nodeconfig::etcd::ENV_PATH)]
         env_file: PathBuf,
     },
     /// Print the etcd members and their health as JSON (HA masters).

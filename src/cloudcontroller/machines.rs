@@ -33,7 +33,7 @@ use crate::api::node::NodeCondition;
 use crate::api::resource::{MACHINE_POOLS, NODES};
 use crate::api::time::Time;
 use crate::api::Node;
-use crate::bootstrap::cluster::{self as bootstrap, BootstrapOptions, Join};
+use crate::bootstrap::{self, BootstrapOptions, Join};
 use crate::bootstrap::hostkeys::KnownHosts;
 use crate::client::ApiClient;
 use crate::cloud::{owned_by, Cloud, Instance, InstanceState, POOL_TAG, ROLE_TAG};
@@ -162,7 +162,7 @@ pub struct Context {
     pub data_dir: std::path::PathBuf,
     pub own_instance: String,
     /// This master's cloud settings, given to a master it bootstraps.
-    pub cloud_settings: crate::node::config::CloudSettings,
+    pub cloud_settings: crate::nodeconfig::CloudSettings,
 }
 
 /// The controller's memory between passes.

@@ -9,6 +9,7 @@
 //! harness, the endpoint and LocalStack's fixed test credentials; on AWS the instance's own.
 
 pub mod machines;
+pub mod pools;
 pub mod nodes;
 pub mod services;
 
@@ -20,13 +21,13 @@ use tokio::sync::Notify;
 use crate::api::resource::{NODES, SERVICES};
 use crate::api::service::Service;
 use crate::api::Node;
-use crate::bootstrap::cluster::{BinaryFetch, Join};
+use crate::bootstrap::{BinaryFetch, Join};
 use crate::bootstrap::hostkeys::KnownHosts;
 use crate::client::ApiClient;
 use crate::cloud::aws::{AwsCloud, AwsOptions};
 use crate::cloud::{owned_by, Cloud, Resilient, RetryPolicy};
 use crate::controllers::cache::Cache;
-use crate::node::config::{CloudSettings, NodeConfig};
+use crate::nodeconfig::{CloudSettings, NodeConfig};
 
 /// How often the service controller re-checks the cloud when nothing changed in the API.
 const SERVICE_RESYNC: Duration = Duration::from_secs(30);

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use super::config::NodeConfig;
+use crate::nodeconfig::NodeConfig;
 use crate::apiserver::store::EtcdCluster;
 
 fn unix_now() -> u64 {
@@ -35,7 +35,7 @@ pub async fn snapshot(config: &NodeConfig, out: &Path) -> Result<()> {
     let tmp = out.with_extension("partial");
     let _ = std::fs::remove_file(&tmp);
     if is_ha(config) {
-        let cluster = EtcdCluster::connect(&super::etcd::local_options(&config.data_dir)?).await.context("connecting to the local etcd member")?;
+        let cluster = EtcdCluster::connect(&crate::nodeconfig::etcd::local_options(&config.data_dir)?).await.context("connecting to the local etcd member")?;
         cluster.snapshot_to(&tmp).await.context("taking an etcd snapshot")?;
     } else {
         let db = store_path(config);
@@ -81,7 +81,7 @@ pub fn restore(config: &NodeConfig, from: &Path, initial_cluster: Option<&str>) 
             .arg("--initial-cluster-token")
             .arg(&config.cluster)
             .arg("--initial-advertise-peer-urls")
-            .arg(super::etcd::peer_url(config.internal_ip))
+            .arg(crate::nodeconfig::etcd::peer_url(config.internal_ip))
             .arg("--data-dir")
             .arg(&fresh)
             .output()
@@ -126,7 +126,7 @@ async fn defragment_local_member(config: &NodeConfig) {
         return;
     }
     let result = async {
-        let options = super::etcd::local_options(&config.data_dir)?;
+        let options = crate::nodeconfig::etcd::local_options(&config.data_dir)?;
         let cluster = crate::apiserver::store::EtcdCluster::connect(&options).await?;
         anyhow::Ok(cluster.defragment_when_fragmented(DEFRAGMENT_MIN_FREE).await?)
     }

@@ -1,14 +1,12 @@
 //! `clusterctl node master`: the control plane on a master machine.
 //!
-//! On first start it makes the cluster's PKI under `<data_dir>/pki` (CA, the API server's serving
+//! On first start it makes the cluster's PKI under `<data_dir>/pki` through [`crate::pki`] (CA, the API server's serving
 //! certificate, the admin's client certificate; keys mode 0600, never sent anywhere by the
 //! master), re-issuing the serving certificate when the names it is reached by change. Then it
 //! runs the API server on its durable store, the scheduler, the node lifecycle, deployment and
 //! endpoints controllers, and an agent for the master's own Node, all but the server as
 //! in-process clients of the API server.
 
-use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,53 +18,8 @@ use crate::apiserver::{self, ApiServerConfig, ServerTls};
 use crate::client::leader::LeaderElection;
 use crate::client::{ApiClient, ClientAuth};
 use crate::controllers::{deployment, endpoints, node_lifecycle};
-use crate::node::config::{MasterSettings, NodeConfig};
-use crate::pki::{self, ClusterCa};
-
-fn read(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok()
-}
-
-/// Loads the cluster CA, making it on the very first start.
-pub(crate) fn load_or_create_ca(dir: &Path, cluster: &str) -> Result<ClusterCa> {
-    let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
-    if let (Some(c), Some(k)) = (read(&cert), read(&key)) {
-        return ClusterCa::from_pem(&c, &k).with_context(|| format!("loading the cluster CA from {}", dir.display()));
-    }
-    let ca = ClusterCa::generate(cluster).context("generating the cluster CA")?;
-    pki::write_key_file(&key, ca.key_pem()).context("writing the CA key")?;
-    std::fs::write(&cert, ca.cert_pem()).with_context(|| format!("writing {}", cert.display()))?;
-    Ok(ca)
-}
-
-/// Serving certificate and key, re-issued when they do not cover every wanted name.
-fn serving_certificate(ca: &ClusterCa, dir: &Path, names: &[String], ips: &[IpAddr]) -> Result<(String, String)> {
-    let (cert, key) = (dir.join("apiserver.crt"), dir.join("apiserver.key"));
-    let wanted: Vec<String> = names.iter().cloned().chain(ips.iter().map(|i| i.to_string())).collect();
-    if let (Some(c), Some(k)) = (read(&cert), read(&key)) {
-        if pki::cert_matches_names(&c, &wanted).unwrap_or(false) {
-            return Ok((c, k));
-        }
-        tracing::info!("re-issuing the serving certificate for {wanted:?}");
-    }
-    let issued = ca.issue_server(names, ips).context("issuing the serving certificate")?;
-    pki::write_key_file(&key, &issued.key_pem).context("writing the serving key")?;
-    std::fs::write(&cert, &issued.cert_pem).with_context(|| format!("writing {}", cert.display()))?;
-    Ok((issued.cert_pem, issued.key_pem))
-}
-
-/// The admin's client certificate, made once; the operator fetches it over SSH.
-fn admin_certificate(ca: &ClusterCa, dir: &Path) -> Result<()> {
-    let (cert, key) = (dir.join("admin.crt"), dir.join("admin.key"));
-    if cert.exists() && key.exists() {
-        return Ok(());
-    }
-    let issued = ca.issue_client("admin", &["system:masters"]).context("issuing the admin certificate")?;
-    pki::write_key_file(&key, &issued.key_pem).context("writing the admin key")?;
-    // Written last: its presence tells the operator that the PKI is complete.
-    pki::write_key_file(&cert, &issued.cert_pem).context("writing the admin certificate")?;
-    Ok(())
-}
+use crate::nodeconfig::{MasterSettings, NodeConfig};
+use crate::pki;
 
 /// Runs the master until the process is stopped.
 pub async fn run(config: NodeConfig) -> Result<()> {
@@ -75,8 +28,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let pki_dir = config.data_dir.join("pki");
     std::fs::create_dir_all(&pki_dir).with_context(|| format!("creating {}", pki_dir.display()))?;
     crate::home::restrict_dir(&pki_dir).context("restricting the PKI folder")?;
-    let ca = load_or_create_ca(&pki_dir, &config.cluster)?;
-    let (serving_cert, serving_key) = serving_certificate(&ca, &pki_dir, &settings.serving_names, &settings.serving_ips)?;
+    let ca = pki::load_or_create_ca(&pki_dir, &config.cluster).with_context(|| format!("loading or making the cluster CA in {}", pki_dir.display()))?;
+    let (serving_cert, serving_key) = pki::serving_certificate(&ca, &pki_dir, &settings.serving_names, &settings.serving_ips).context("the serving certificate")?;
 
     let store = open_store(&config, &settings).await?;
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
@@ -91,7 +44,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     // The server stops after the leases are given up (below), so that giving them up can reach it.
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(apiserver::serve(api_config, store, listener, server_stopped));
-    admin_certificate(&ca, &pki_dir)?;
+    pki::admin_certificate(&ca, &pki_dir).context("the admin certificate")?;
 
     // In-process clients with certificates that exist only in memory.
     let local = format!("https://127.0.0.1:{}", settings.listen.port());
@@ -203,7 +156,7 @@ async fn open_store(config: &NodeConfig, settings: &MasterSettings) -> Result<Ar
         let store = SqliteStore::open(&path).with_context(|| format!("opening the store {}", path.display()))?;
         return Ok(Arc::new(store));
     };
-    let options = super::etcd::client_options(config, etcd)?;
+    let options = crate::nodeconfig::etcd::client_options(config, etcd)?;
     let started = std::time::Instant::now();
     let mut attempts = 0u32;
     loop {

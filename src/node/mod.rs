@@ -1,13 +1,17 @@
 //! The node side of the one binary: `clusterctl node master|worker --config /etc/clusterctl/node.toml`,
 //! run by systemd units rendered from `templates/`.
 //!
-//! Layout: [`config`] is the node's config file; [`master`] runs the control plane (PKI, API
-//! server, controllers under leader election, the master's own agent); [`etcd`] is an HA master's
-//! etcd member (certificates, settings); [`backup`] takes and restores store snapshots; [`worker`]
-//! joins and runs the agent.
+//! This is the top of the node side, as k3s's `server` and `agent` commands are: it wires the parts
+//! together and nothing below imports it. What a node is given (its config file, paths, etcd
+//! naming) is the node contract, [`crate::nodeconfig`], which `bootstrap` and the cloud controller
+//! share with it; the cluster CA is made by [`crate::pki::load_or_create_ca`].
+//!
+//! Layout: [`master`] runs the control plane (PKI, API server, controllers under leader election,
+//! the master's own agent); [`etcd`] sets up an HA master's etcd member (certificates, settings
+//! file) and reports its health; [`backup`] takes and restores store snapshots; [`worker`] joins
+//! and runs the agent.
 
 pub mod backup;
-pub mod config;
 pub mod etcd;
 pub mod master;
 pub mod worker;
@@ -15,7 +19,7 @@ pub mod worker;
 use std::time::Duration;
 
 use crate::agent::AgentConfig;
-use config::NodeConfig;
+use crate::nodeconfig::NodeConfig;
 
 /// The agent settings a node's config implies.
 pub fn agent_config(config: &NodeConfig, heartbeat: Duration) -> AgentConfig {

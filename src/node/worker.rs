@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::agent;
 use crate::client::{ApiClient, ClientAuth};
-use crate::node::config::NodeConfig;
+use crate::nodeconfig::NodeConfig;
 use crate::pki;
 
 /// The node's credentials: CA, certificate, key.

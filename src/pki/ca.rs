@@ -275,13 +275,6 @@ impl ClusterCa {
     }
 }
 
-/// The API server signs node CSRs through this (its errors are plain text there).
-impl crate::apiserver::CsrSigner for ClusterCa {
-    fn sign_node_csr(&self, csr_pem: &str) -> Result<String, String> {
-        ClusterCa::sign_node_csr(self, csr_pem).map_err(|e| e.to_string())
-    }
-}
-
 /// The node name in a CSR's subject, if the subject is exactly a node's.
 fn node_name_of(subject: &CertSubject) -> Result<String, PkiError> {
     let refuse = |reason: String| Err(PkiError::CsrRefused { reason });

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use super::PkiError;
+use super::{ClusterCa, PkiError};
 
 /// Writes `contents` to `path` with `mode`, atomically (temporary file, fsync, rename). Missing
 /// parent folders are created with mode 0700.
@@ -42,6 +42,52 @@ pub fn write_key_file(path: &Path, pem: &str) -> Result<(), PkiError> {
     write_file_atomic(path, pem.as_bytes(), 0o600).map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
 }
 
+/// Loads the cluster CA from `ca.crt` and `ca.key` in `dir`, making it on the very first start
+/// (a master's, or an HA master's `node etcd-setup`, whichever runs first).
+pub fn load_or_create_ca(dir: &Path, cluster: &str) -> Result<ClusterCa, PkiError> {
+    let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    if let (Ok(c), Ok(k)) = (fs::read_to_string(&cert), fs::read_to_string(&key)) {
+        return ClusterCa::from_pem(&c, &k);
+    }
+    let ca = ClusterCa::generate(cluster)?;
+    write_key_file(&key, ca.key_pem())?;
+    // Written after the key: a certificate without its key would be loaded as a broken CA.
+    fs::write(&cert, ca.cert_pem()).map_err(|source| PkiError::Io { path: cert.clone(), source })?;
+    Ok(ca)
+}
+
+/// The API server's serving certificate and key in `dir` (`apiserver.crt`, `apiserver.key`),
+/// issued again when they do not cover every wanted name (the names a master is reached by change
+/// when a load balancer is added or a master replaced).
+pub fn serving_certificate(ca: &ClusterCa, dir: &Path, names: &[String], ips: &[std::net::IpAddr]) -> Result<(String, String), PkiError> {
+    let (cert, key) = (dir.join("apiserver.crt"), dir.join("apiserver.key"));
+    let wanted: Vec<String> = names.iter().cloned().chain(ips.iter().map(|i| i.to_string())).collect();
+    if let (Ok(c), Ok(k)) = (fs::read_to_string(&cert), fs::read_to_string(&key)) {
+        if super::cert_matches_names(&c, &wanted).unwrap_or(false) {
+            return Ok((c, k));
+        }
+        tracing::info!("re-issuing the serving certificate for {wanted:?}");
+    }
+    let issued = ca.issue_server(names, ips)?;
+    write_key_file(&key, &issued.key_pem)?;
+    fs::write(&cert, &issued.cert_pem).map_err(|source| PkiError::Io { path: cert.clone(), source })?;
+    Ok((issued.cert_pem, issued.key_pem))
+}
+
+/// The admin's client certificate in `dir` (`admin.crt`, `admin.key`), made once; the operator
+/// fetches it over SSH.
+pub fn admin_certificate(ca: &ClusterCa, dir: &Path) -> Result<(), PkiError> {
+    let (cert, key) = (dir.join("admin.crt"), dir.join("admin.key"));
+    if cert.exists() && key.exists() {
+        return Ok(());
+    }
+    let issued = ca.issue_client("admin", &["system:masters"])?;
+    write_key_file(&key, &issued.key_pem)?;
+    // Written last: its presence tells the operator that the PKI is complete.
+    write_key_file(&cert, &issued.cert_pem)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +119,47 @@ mod tests {
     fn a_failed_write_names_the_path() {
         let err = write_key_file(Path::new("/proc/definitely/not/writable/key"), "x").unwrap_err();
         assert!(err.to_string().contains("/proc/definitely/not/writable/key"), "{err}");
+    }
+
+    #[test]
+    fn the_ca_is_made_once_and_loaded_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = load_or_create_ca(dir.path(), "demo").unwrap();
+        assert_eq!(fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
+        let loaded = load_or_create_ca(dir.path(), "demo").unwrap();
+        assert_eq!(loaded.cert_pem(), made.cert_pem(), "a second start keeps the first CA");
+    }
+
+    #[test]
+    fn a_ca_key_that_is_not_the_certificates_is_refused() {
+        let (one, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        load_or_create_ca(one.path(), "demo").unwrap();
+        load_or_create_ca(other.path(), "demo").unwrap();
+        fs::copy(other.path().join("ca.key"), one.path().join("ca.key")).unwrap();
+        assert!(load_or_create_ca(one.path(), "demo").is_err());
+    }
+
+    #[test]
+    fn the_serving_certificate_is_kept_until_a_name_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = load_or_create_ca(dir.path(), "demo").unwrap();
+        let ip = std::net::IpAddr::from([10, 0, 1, 5]);
+        let (first, _) = serving_certificate(&ca, dir.path(), &["localhost".into()], &[ip]).unwrap();
+        let (again, _) = serving_certificate(&ca, dir.path(), &["localhost".into()], &[ip]).unwrap();
+        assert_eq!(first, again);
+        let (wider, _) = serving_certificate(&ca, dir.path(), &["localhost".into(), "api.example".into()], &[ip]).unwrap();
+        assert_ne!(first, wider, "a new name issues a new certificate");
+        assert!(super::super::cert_matches_names(&wider, &["api.example".into(), "10.0.1.5".into()]).unwrap());
+    }
+
+    #[test]
+    fn the_admin_certificate_is_made_once_with_its_key_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = load_or_create_ca(dir.path(), "demo").unwrap();
+        admin_certificate(&ca, dir.path()).unwrap();
+        let first = fs::read_to_string(dir.path().join("admin.crt")).unwrap();
+        admin_certificate(&ca, dir.path()).unwrap();
+        assert_eq!(fs::read_to_string(dir.path().join("admin.crt")).unwrap(), first);
+        assert_eq!(fs::metadata(dir.path().join("admin.key")).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }

@@ -8,7 +8,10 @@
 //!   [`not_after`], [`CertSubject`]).
 //! - [`token`]: [`JoinToken`] in kubeadm's `[a-z0-9]{6}.[a-z0-9]{16}` form, its expiry in RFC 3339
 //!   and the data of its Kubernetes bootstrap-token Secret.
-//! - [`files`]: writing key files with mode 0600 through a temporary file and a rename.
+//! - [`files`]: writing key files with mode 0600 through a temporary file and a rename; the
+//!   cluster CA loaded from its folder, or made there on the first start ([`load_or_create_ca`]),
+//!   and the master's serving and admin certificates kept there ([`serving_certificate`],
+//!   [`admin_certificate`]).
 //!
 //! # Trust model
 //! The CA's key stays on the master. A joining worker holds only a join token and the CA's hash
@@ -25,7 +28,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use ca::{ca_hash, ca_hash_der, cert_matches_names, node_csr, not_after, CertSubject, ClusterCa, Issued, NodeKey};
-pub use files::{write_file_atomic, write_key_file};
+pub use files::{admin_certificate, load_or_create_ca, serving_certificate, write_file_atomic, write_key_file};
 pub use token::{JoinToken, DEFAULT_TOKEN_TTL};
 
 /// Errors of certificate, key and token work.

@@ -1,4 +1,9 @@
-//! The node's config file, `/etc/clusterctl/node.toml`, rendered by `clusterctl create` and read by
+//! The node contract: what a machine is given to become a node, shared by the operator's side
+//! (`bootstrap`, the cloud controller) and the node's side (`node`): the config file
+//! `/etc/clusterctl/node.toml`, the paths the node software keeps its state in, and an HA
+//! master's etcd member naming ([`etcd`]).
+//!
+//! The config file is rendered by `clusterctl create` and read by
 //! `clusterctl node master|worker --config ...`.
 //!
 //! The file is mode 0600 (a worker's holds its join token). Unknown keys are errors, and the role
@@ -37,6 +42,8 @@
 //! node_grace_seconds = 10
 //! ```
 
+pub mod etcd;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -52,6 +59,10 @@ use crate::pki::JoinToken;
 pub const CONFIG_PATH: &str = "/etc/clusterctl/node.toml";
 /// The node software's state folder (PKI, store) unless configured.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/clusterctl";
+/// Where a master keeps the cluster's PKI (the CA, the admin's and etcd's certificates).
+pub const PKI_DIR: &str = "/var/lib/clusterctl/pki";
+/// Where a node keeps the image tarballs loaded into the cluster (`clusterctl image load`).
+pub const IMAGES_DIR: &str = "/var/lib/clusterctl/images";
 
 /// Errors reading, checking or writing a node config.
 #[derive(Debug, Error)]
