@@ -8,10 +8,10 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use serde_json::Value;
-
 use super::{connect, load_spec, Failure, Global};
+use crate::api::pod::Pod;
 use crate::api::resource::{NODES, PODS};
+use crate::api::Node;
 use crate::bootstrap::hostkeys::KnownHosts;
 use crate::bootstrap::logs::{copy_logs, LogRequest};
 use crate::home::ClusterHome;
@@ -49,26 +49,22 @@ pub enum PodLogsError {
     ContainerNotNamed { pod: String, known: Vec<String> },
 }
 
-fn s<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
-
 /// Where the logs are: the pod's node and the container whose logs are asked for.
-pub fn log_source(pod: &Value, container: Option<&str>) -> Result<(String, String), PodLogsError> {
-    let name = s(pod, "/metadata/name").to_string();
-    let node = s(pod, "/spec/nodeName");
-    if node.is_empty() {
+pub fn log_source(pod: &Pod, container: Option<&str>) -> Result<(String, String), PodLogsError> {
+    let name = pod.metadata.name.clone();
+    let Some(node) = pod.spec.node_name.as_deref().filter(|n| !n.is_empty()) else {
         let why = pod
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .and_then(|cs| cs.iter().find(|c| s(c, "/type") == "PodScheduled"))
-            .map(|c| s(c, "/message"))
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.condition_type == "PodScheduled")
+            .and_then(|c| c.message.as_deref())
             .filter(|m| !m.is_empty())
             .unwrap_or("not bound to a node")
             .to_string();
         return Err(PodLogsError::NotScheduled { pod: name, why });
-    }
-    let known: Vec<String> = pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten().map(|c| s(c, "/name").to_string()).collect();
+    };
+    let known: Vec<String> = pod.spec.containers.iter().map(|c| c.name.clone()).collect();
     let chosen = match (container, known.as_slice()) {
         (Some(c), _) if known.iter().any(|k| k == c) => c.to_string(),
         (Some(c), _) => return Err(PodLogsError::NoSuchContainer { pod: name, container: c.into(), known }),
@@ -82,7 +78,7 @@ pub fn log_source(pod: &Value, container: Option<&str>) -> Result<(String, Strin
 pub async fn run(global: &Global, args: &LogsArgs) -> Result<(), Failure> {
     let spec = load_spec(&args.spec)?;
     let client = super::get::cluster_client(Some(&args.spec), None)?;
-    let pod: Value = client.get(&PODS, Some(&args.namespace), &args.pod).await.map_err(|e| {
+    let pod: Pod = client.get(&PODS, Some(&args.namespace), &args.pod).await.map_err(|e| {
         if e.is_not_found() {
             Failure::Operation(anyhow::anyhow!("pod {:?} not found in namespace {}", args.pod, args.namespace))
         } else {
@@ -93,17 +89,17 @@ pub async fn run(global: &Global, args: &LogsArgs) -> Result<(), Failure> {
         PodLogsError::ContainerNotNamed { .. } => Failure::Input(e.into()),
         _ => Failure::Operation(e.into()),
     })?;
-    let node: Value = client.get(&NODES, None, &node_name).await.map_err(|e| Failure::Operation(anyhow::anyhow!("reading node {node_name} of pod {}: {e}", args.pod)))?;
+    let node: Node = client.get(&NODES, None, &node_name).await.map_err(|e| Failure::Operation(anyhow::anyhow!("reading node {node_name} of pod {}: {e}", args.pod)))?;
     let cloud = connect(global, &spec).await;
     let home = ClusterHome::of(spec.name.as_str());
     let key = home.ssh_key(&spec)?;
     let known = KnownHosts::at(home.dir.join("known_hosts"));
     let request = LogRequest {
         pod: &args.pod,
-        pod_uid: s(&pod, "/metadata/uid"),
+        pod_uid: &pod.metadata.uid,
         container: &container,
         node: &node_name,
-        provider_id: s(&node, "/spec/providerID"),
+        provider_id: node.spec.provider_id.as_deref().unwrap_or(""),
         follow: args.follow,
         tail: args.tail,
     };
@@ -116,14 +112,14 @@ mod tests {
 
     use super::*;
 
-    fn pod(node: Option<&str>, containers: &[&str]) -> Value {
-        let containers: Vec<Value> = containers.iter().map(|c| json!({"name": c, "image": "busybox"})).collect();
+    fn pod(node: Option<&str>, containers: &[&str]) -> Pod {
+        let containers: Vec<serde_json::Value> = containers.iter().map(|c| json!({"name": c, "image": "busybox"})).collect();
         let mut p = json!({"metadata": {"name": "web-1", "uid": "u-1"}, "spec": {"containers": containers},
             "status": {"conditions": [{"type": "PodScheduled", "status": "False", "message": "0/3 nodes are available: 3 Insufficient memory."}]}});
         if let Some(n) = node {
             p["spec"]["nodeName"] = json!(n);
         }
-        p
+        serde_json::from_value(p).unwrap()
     }
 
     #[test]
