@@ -1,11 +1,12 @@
 //! The columns each kind of object is listed with, like kubectl's: shared by `clusterctl get` (a
 //! terminal table) and the API server's `Table` responses (what kubectl prints).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::pod::Pod;
 use super::resource::{self, ResourceType};
+use super::time::Time;
 
 /// The column names of a resource's rows; `NAME` and `AGE` for resources without their own.
 pub fn header(rt: &ResourceType) -> &'static [&'static str] {
@@ -24,7 +25,7 @@ pub fn header(rt: &ResourceType) -> &'static [&'static str] {
 pub fn row(rt: &ResourceType, item: &Value) -> Vec<String> {
     match *rt {
         resource::NODES => node_row(item).to_vec(),
-        resource::PODS => pod_row(item),
+        resource::PODS => typed_row(rt, item, pod_row),
         resource::DEPLOYMENTS => deployment_row(item),
         resource::REPLICA_SETS => replica_set_row(item),
         resource::SERVICES => service_row(item),
@@ -33,11 +34,23 @@ pub fn row(rt: &ResourceType, item: &Value) -> Vec<String> {
     }
 }
 
-/// `5s`, `3m`, `2h`, `4d` since an RFC 3339 time, as kubectl's AGE column.
-pub fn age(created: Option<&str>) -> String {
-    let Some(t) = created.and_then(crate::api::time::parse_rfc3339) else { return "-".into() };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-    let s = (now - t).max(0.0) as u64;
+/// The row of an object of a typed kind; one that does not read as its kind (stored before the API
+/// server validated objects) shows its name, and `<invalid>` in the other columns.
+fn typed_row<T: DeserializeOwned>(rt: &ResourceType, item: &Value, render: fn(&T) -> Vec<String>) -> Vec<String> {
+    match T::deserialize(item) {
+        Ok(object) => render(&object),
+        Err(_) => {
+            let mut cells = vec![s(item, "/metadata/name")];
+            cells.resize(header(rt).len(), "<invalid>".into());
+            cells
+        }
+    }
+}
+
+/// `5s`, `3m`, `2h`, `4d` since a time, as kubectl's AGE column; `-` without one.
+pub fn age(created: Option<Time>) -> String {
+    let Some(t) = created else { return "-".into() };
+    let s = t.age().as_secs();
     match s {
         0..=119 => format!("{s}s"),
         120..=7199 => format!("{}m", s / 60),
@@ -64,7 +77,7 @@ pub fn node_row(n: &Value) -> [String; 6] {
         .and_then(|a| a.iter().find(|x| x.get("type").and_then(Value::as_str) == Some("InternalIP")))
         .and_then(|x| x.get("address")).and_then(Value::as_str).unwrap_or("").to_string();
     let instance = s("/spec/providerID").rsplit('/').next().unwrap_or("").to_string();
-    [s("/metadata/name"), role.into(), status, ip, instance, age(n.pointer("/metadata/creationTimestamp").and_then(Value::as_str))]
+    [s("/metadata/name"), role.into(), status, ip, instance, created(n)]
 }
 
 fn s(v: &Value, pointer: &str) -> String {
@@ -76,44 +89,37 @@ fn n(v: &Value, pointer: &str) -> i64 {
 }
 
 fn created(v: &Value) -> String {
-    age(v.pointer("/metadata/creationTimestamp").and_then(Value::as_str))
+    age(v.pointer("/metadata/creationTimestamp").and_then(Value::as_str).and_then(|t| Time::parse(t).ok()))
 }
 
 /// The STATUS column of a pod: Terminating, a waiting or terminated container's reason, or the phase.
-pub fn pod_status(p: &Value) -> String {
-    if p.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+pub fn pod_status(pod: &Pod) -> String {
+    if pod.is_terminating() {
         return "Terminating".into();
     }
-    let statuses = p.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
-    for c in &statuses {
-        if let Some(reason) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
-            return reason.into();
-        }
+    let statuses = &pod.status.container_statuses;
+    let waiting = statuses.iter().find_map(|c| c.state.waiting.as_ref()?.reason.clone());
+    let terminated = || statuses.iter().find_map(|c| c.state.terminated.as_ref()?.reason.clone());
+    match waiting.or_else(terminated) {
+        Some(reason) => reason,
+        None => pod.status.phase.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "Pending".into()),
     }
-    for c in &statuses {
-        if let Some(reason) = c.pointer("/state/terminated/reason").and_then(Value::as_str) {
-            return reason.into();
-        }
-    }
-    let phase = s(p, "/status/phase");
-    if phase.is_empty() { "Pending".into() } else { phase }
 }
 
 /// NAME READY STATUS RESTARTS AGE IP NODE.
-pub fn pod_row(p: &Value) -> Vec<String> {
-    let containers = p.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
-    let statuses = p.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
-    let ready = statuses.iter().filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true)).count();
-    let restarts: i64 = statuses.iter().map(|c| c.get("restartCount").and_then(Value::as_i64).unwrap_or(0)).sum();
-    let or_none = |x: String| if x.is_empty() { "<none>".to_string() } else { x };
+pub fn pod_row(pod: &Pod) -> Vec<String> {
+    let statuses = &pod.status.container_statuses;
+    let ready = statuses.iter().filter(|c| c.ready).count();
+    let restarts: i64 = statuses.iter().map(|c| i64::from(c.restart_count)).sum();
+    let or_none = |x: Option<&str>| x.filter(|x| !x.is_empty()).unwrap_or("<none>").to_string();
     vec![
-        s(p, "/metadata/name"),
-        format!("{ready}/{containers}"),
-        pod_status(p),
+        pod.metadata.name.clone(),
+        format!("{ready}/{}", pod.spec.containers.len()),
+        pod_status(pod),
         restarts.to_string(),
-        created(p),
-        or_none(s(p, "/status/podIP")),
-        or_none(s(p, "/spec/nodeName")),
+        age(pod.metadata.creation_timestamp),
+        or_none(pod.status.pod_ip.as_deref()),
+        or_none(pod.spec.node_name.as_deref()),
     ]
 }
 
@@ -204,9 +210,15 @@ mod tests {
     fn pod_rows_show_waiting_reasons_and_restarts() {
         let p = json!({"metadata": {"name": "web-1"}, "spec": {"containers": [{"name": "a"}], "nodeName": "w1"},
                        "status": {"phase": "Running", "podIP": "172.17.0.2", "containerStatuses": [{"name": "a", "ready": false, "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
-        let row = pod_row(&p);
+        let row = row(&resource::PODS, &p);
         assert_eq!(&row[..4], ["web-1", "0/1", "CrashLoopBackOff", "3"]);
         assert_eq!(&row[5..], ["172.17.0.2", "w1"]);
+    }
+
+    #[test]
+    fn a_pod_that_does_not_read_as_a_pod_still_has_a_row_with_its_name() {
+        let p = json!({"metadata": {"name": "bad"}, "spec": {"containers": "x"}});
+        assert_eq!(row(&resource::PODS, &p), ["bad", "<invalid>", "<invalid>", "<invalid>", "<invalid>", "<invalid>", "<invalid>"]);
     }
 
     #[test]

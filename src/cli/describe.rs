@@ -3,18 +3,26 @@
 //! reasons and messages, and the related objects (a node's pods and what they request, a pod's
 //! containers, a deployment's replica sets, a service's endpoints).
 //!
-//! The rendering functions are pure (JSON objects in, text out); [`run`] only fetches.
+//! The rendering functions are pure (api objects in, text out); [`run`] only fetches. An object that
+//! does not read as its kind (stored before the API server validated objects) is shown as stored.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::table::render;
-use crate::api::columns::{age, pod_status};
 use super::{ClusterSelection, Failure};
-use crate::api::quantity::{parse_cpu_millicores, parse_memory_bytes};
-use crate::api::resource::{self, ResourceType};
+use crate::api::columns::{age, pod_status};
+use crate::api::deployment::{Deployment, ReplicaSet, POD_TEMPLATE_HASH_LABEL};
+use crate::api::pod::{ContainerState, Pod, ResourceAmounts};
+use crate::api::quantity::{parse_cpu_millicores, parse_memory_bytes, IntOrString};
+use crate::api::resource::{self, Resource, ResourceType};
+use crate::api::service::{Endpoints, Service};
+use crate::api::Node;
 use crate::client::{ApiClient, ListOptions};
 
 /// What to describe.
@@ -61,6 +69,7 @@ pub async fn run(args: &DescribeArgs) -> Result<(), Failure> {
     let client = args.cluster.client()?;
     let rt = args.kind.resource();
     let namespace = rt.namespaced.then_some(args.namespace.as_str());
+    // Read as JSON first so that an object that does not decode can still be shown as stored.
     let object: Value = client.get(rt, namespace, &args.name).await.map_err(|e| {
         if e.is_not_found() {
             let place = namespace.map(|ns| format!(" in namespace {ns}")).unwrap_or_default();
@@ -70,40 +79,71 @@ pub async fn run(args: &DescribeArgs) -> Result<(), Failure> {
         }
     })?;
     let text = match args.kind {
-        DescribeKind::Pod => describe_pod(&object),
-        DescribeKind::Node => {
-            let pods = list(&client, &resource::PODS, None, ListOptions::fields(format!("spec.nodeName={}", args.name))).await?;
-            describe_node(&object, &pods)
-        }
-        DescribeKind::Deployment => {
-            let sets = list(&client, &resource::REPLICA_SETS, namespace, ListOptions::default()).await?;
-            describe_deployment(&object, &sets)
-        }
-        DescribeKind::Service => {
-            let endpoints = match client.get::<Value>(&resource::ENDPOINTS, namespace, &args.name).await {
-                Ok(e) => Some(e),
-                Err(e) if e.is_not_found() => None,
-                Err(e) => return Err(Failure::Operation(anyhow::anyhow!("reading the endpoints of service {}: {e}", args.name))),
-            };
-            describe_service(&object, endpoints.as_ref())
-        }
+        DescribeKind::Pod => Pod::deserialize(&object).map(|pod| describe_pod(&pod)),
+        DescribeKind::Node => match Node::deserialize(&object) {
+            Ok(node) => {
+                let pods: Vec<Pod> = list(&client, None, ListOptions::fields(format!("spec.nodeName={}", args.name))).await?;
+                Ok(describe_node(&node, &pods))
+            }
+            Err(e) => Err(e),
+        },
+        DescribeKind::Deployment => match Deployment::deserialize(&object) {
+            Ok(deployment) => {
+                let sets: Vec<ReplicaSet> = list(&client, namespace, ListOptions::default()).await?;
+                Ok(describe_deployment(&deployment, &sets))
+            }
+            Err(e) => Err(e),
+        },
+        DescribeKind::Service => match Service::deserialize(&object) {
+            Ok(service) => {
+                let endpoints = match client.get::<Value>(&resource::ENDPOINTS, namespace, &args.name).await {
+                    Ok(e) => decoded::<Endpoints>(e),
+                    Err(e) if e.is_not_found() => None,
+                    Err(e) => return Err(Failure::Operation(anyhow::anyhow!("reading the endpoints of service {}: {e}", args.name))),
+                };
+                Ok(describe_service(&service, endpoints.as_ref()))
+            }
+            Err(e) => Err(e),
+        },
     };
-    print!("{text}");
+    match text {
+        Ok(text) => print!("{text}"),
+        Err(e) => {
+            eprintln!("warning: {} {} does not read as a {} ({e}); shown as stored", rt.kind.to_lowercase(), args.name, rt.kind);
+            print!("{}", serde_yaml_ng::to_string(&object)?);
+        }
+    }
     Ok(())
 }
 
-async fn list(client: &ApiClient, rt: &ResourceType, namespace: Option<&str>, options: ListOptions) -> Result<Vec<Value>, Failure> {
-    let list = client.list::<Value>(rt, namespace, &options).await.map_err(|e| Failure::Operation(anyhow::anyhow!("listing {}: {e}", rt.plural)))?;
-    Ok(list.items)
+/// `item` as a `T`, or `None` with a warning naming it when it does not read as one.
+fn decoded<T: DeserializeOwned + Resource>(item: Value) -> Option<T> {
+    match T::deserialize(&item) {
+        Ok(object) => Some(object),
+        Err(e) => {
+            let name = item.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?");
+            eprintln!("warning: {} {name} left out: it does not read as a {} ({e})", T::TYPE.kind.to_lowercase(), T::TYPE.kind);
+            None
+        }
+    }
 }
 
-fn s<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+/// The objects of a kind; one that does not read as its kind is left out with a warning, so that it
+/// does not hide the others.
+async fn list<T: DeserializeOwned + Resource>(client: &ApiClient, namespace: Option<&str>, options: ListOptions) -> Result<Vec<T>, Failure> {
+    let rt = &T::TYPE;
+    let list = client.list::<Value>(rt, namespace, &options).await.map_err(|e| Failure::Operation(anyhow::anyhow!("listing {}: {e}", rt.plural)))?;
+    Ok(list.items.into_iter().filter_map(decoded).collect())
 }
 
 fn or_none(text: impl Into<String>) -> String {
     let text = text.into();
     if text.is_empty() { "<none>".into() } else { text }
+}
+
+/// An optional text (a name, an address, a time), `<none>` when absent or empty.
+fn opt(value: Option<impl ToString>) -> String {
+    or_none(value.map(|v| v.to_string()).unwrap_or_default())
 }
 
 /// Text in `Name:   value` lines, values aligned, sections indented by two spaces.
@@ -126,11 +166,8 @@ impl Describer {
     }
 
     /// `Labels:  a=b` then one label per line under it.
-    fn map(&mut self, indent: usize, name: &str, map: Option<&Value>) {
-        let entries: Vec<String> = map
-            .and_then(Value::as_object)
-            .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect())
-            .unwrap_or_default();
+    fn map(&mut self, indent: usize, name: &str, map: &BTreeMap<String, String>) {
+        let entries: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
         match entries.split_first() {
             None => self.field(indent, name, "<none>"),
             Some((first, rest)) => {
@@ -154,186 +191,159 @@ impl Describer {
         }
     }
 
-    /// `Conditions:` with TYPE STATUS REASON MESSAGE rows.
-    fn conditions(&mut self, conditions: Option<&Value>) {
-        let conditions = conditions.and_then(Value::as_array).cloned().unwrap_or_default();
-        if conditions.is_empty() {
+    /// `Conditions:` with TYPE STATUS REASON MESSAGE rows, one per `[type, status, reason, message]`.
+    fn conditions<'a>(&mut self, conditions: impl IntoIterator<Item = [&'a str; 4]>) {
+        let mut rows = vec![vec!["Type".to_string(), "Status".into(), "Reason".into(), "Message".into()]];
+        rows.extend(conditions.into_iter().map(|c| Vec::from(c.map(String::from))));
+        if rows.len() == 1 {
             self.field(0, "Conditions", "<none>");
             return;
         }
         self.heading(0, "Conditions");
-        let mut rows = vec![vec!["Type".to_string(), "Status".into(), "Reason".into(), "Message".into()]];
-        for c in &conditions {
-            rows.push(vec![s(c, "/type").into(), s(c, "/status").into(), s(c, "/reason").into(), s(c, "/message").into()]);
-        }
         self.table(2, rows);
     }
 }
 
 /// `State: Running / Started: ...`, `Waiting / Reason`, or `Terminated / Reason / Exit Code`.
-fn container_state(d: &mut Describer, indent: usize, name: &str, state: Option<&Value>) {
-    let Some(state) = state.and_then(Value::as_object).filter(|m| !m.is_empty()) else {
+fn container_state(d: &mut Describer, indent: usize, name: &str, state: Option<&ContainerState>) {
+    let Some(state) = state.filter(|s| !s.is_empty()) else {
         d.field(indent, name, "<none>");
         return;
     };
-    if let Some(running) = state.get("running") {
+    if let Some(running) = &state.running {
         d.field(indent, name, "Running");
-        d.field(indent + 2, "Started", or_none(s(running, "/startedAt")));
-    } else if let Some(waiting) = state.get("waiting") {
+        d.field(indent + 2, "Started", opt(running.started_at));
+    } else if let Some(waiting) = &state.waiting {
         d.field(indent, name, "Waiting");
-        d.field(indent + 2, "Reason", or_none(s(waiting, "/reason")));
-        if !s(waiting, "/message").is_empty() {
-            d.field(indent + 2, "Message", s(waiting, "/message"));
+        d.field(indent + 2, "Reason", opt(waiting.reason.as_deref()));
+        if let Some(message) = waiting.message.as_deref().filter(|m| !m.is_empty()) {
+            d.field(indent + 2, "Message", message);
         }
-    } else if let Some(terminated) = state.get("terminated") {
+    } else if let Some(terminated) = &state.terminated {
         d.field(indent, name, "Terminated");
-        d.field(indent + 2, "Reason", or_none(s(terminated, "/reason")));
-        d.field(indent + 2, "Exit Code", terminated.get("exitCode").and_then(Value::as_i64).unwrap_or(0));
-        if !s(terminated, "/finishedAt").is_empty() {
-            d.field(indent + 2, "Finished", s(terminated, "/finishedAt"));
+        d.field(indent + 2, "Reason", opt(terminated.reason.as_deref()));
+        d.field(indent + 2, "Exit Code", terminated.exit_code);
+        if let Some(finished) = terminated.finished_at {
+            d.field(indent + 2, "Finished", finished);
         }
     }
-}
-
-fn controlled_by(object: &Value) -> String {
-    object
-        .pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .and_then(|refs| refs.iter().find(|r| r.get("controller").and_then(Value::as_bool) == Some(true)))
-        .map(|r| format!("{}/{}", s(r, "/kind"), s(r, "/name")))
-        .unwrap_or_default()
 }
 
 /// A pod: where it runs, its status and conditions, and each container's image, ports, state,
 /// readiness and restart count.
-pub fn describe_pod(pod: &Value) -> String {
+pub fn describe_pod(pod: &Pod) -> String {
     let mut d = Describer::new();
-    d.field(0, "Name", s(pod, "/metadata/name"));
-    d.field(0, "Namespace", s(pod, "/metadata/namespace"));
-    let node = s(pod, "/spec/nodeName");
-    let host = s(pod, "/status/hostIP");
-    d.field(0, "Node", match (node, host) {
-        ("", _) => "<none>".to_string(),
-        (n, "") => n.to_string(),
-        (n, h) => format!("{n}/{h}"),
+    d.field(0, "Name", &pod.metadata.name);
+    d.field(0, "Namespace", pod.metadata.namespace.as_deref().unwrap_or(""));
+    let host = pod.status.host_ip.as_deref().unwrap_or("");
+    d.field(0, "Node", match (pod.spec.bound_node(), host) {
+        (None, _) => "<none>".to_string(),
+        (Some(n), "") => n.to_string(),
+        (Some(n), h) => format!("{n}/{h}"),
     });
-    d.field(0, "Start Time", or_none(s(pod, "/status/startTime")));
-    d.map(0, "Labels", pod.pointer("/metadata/labels"));
+    d.field(0, "Start Time", opt(pod.status.start_time));
+    d.map(0, "Labels", &pod.metadata.labels);
     d.field(0, "Status", pod_status(pod));
-    d.field(0, "IP", or_none(s(pod, "/status/podIP")));
-    if let Some(by) = Some(controlled_by(pod)).filter(|c| !c.is_empty()) {
-        d.field(0, "Controlled By", by);
+    d.field(0, "IP", opt(pod.status.pod_ip.as_deref()));
+    if let Some(owner) = pod.metadata.controller_owner() {
+        d.field(0, "Controlled By", format!("{}/{}", owner.kind, owner.name));
     }
-    let statuses = pod.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
     d.heading(0, "Containers");
-    for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
-        let name = s(c, "/name");
-        d.heading(2, name);
-        d.field(4, "Image", s(c, "/image"));
-        let ports: Vec<String> = c
-            .get("ports")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|p| format!("{}/{}", p.get("containerPort").and_then(Value::as_i64).unwrap_or(0), p.get("protocol").and_then(Value::as_str).unwrap_or("TCP")))
-            .collect();
+    for c in &pod.spec.containers {
+        d.heading(2, &c.name);
+        d.field(4, "Image", &c.image);
+        let ports: Vec<String> = c.ports.iter().map(|p| format!("{}/{}", p.container_port, p.protocol())).collect();
         d.field(4, "Port", or_none(ports.join(", ")));
-        let command: Vec<&str> = c.get("command").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-        if !command.is_empty() {
-            d.field(4, "Command", command.join(" "));
+        if !c.command.is_empty() {
+            d.field(4, "Command", c.command.join(" "));
         }
-        let status = statuses.iter().find(|st| s(st, "/name") == name);
-        container_state(&mut d, 4, "State", status.and_then(|st| st.get("state")));
-        if let Some(last) = status.and_then(|st| st.get("lastState")).filter(|l| l.as_object().is_some_and(|m| !m.is_empty())) {
+        let status = pod.status.container_statuses.iter().find(|st| st.name == c.name);
+        container_state(&mut d, 4, "State", status.map(|st| &st.state));
+        if let Some(last) = status.map(|st| &st.last_state).filter(|l| !l.is_empty()) {
             container_state(&mut d, 4, "Last State", Some(last));
         }
-        let ready = status.and_then(|st| st.get("ready")).and_then(Value::as_bool).unwrap_or(false);
+        let ready = status.is_some_and(|st| st.ready);
         d.field(4, "Ready", if ready { "True" } else { "False" });
-        d.field(4, "Restart Count", status.and_then(|st| st.get("restartCount")).and_then(Value::as_i64).unwrap_or(0));
-        for (key, label) in [("requests", "Requests"), ("limits", "Limits")] {
-            if let Some(map) = c.pointer(&format!("/resources/{key}")).and_then(Value::as_object).filter(|m| !m.is_empty()) {
+        d.field(4, "Restart Count", status.map_or(0, |st| st.restart_count));
+        for (map, label) in [(&c.resources.requests, "Requests"), (&c.resources.limits, "Limits")] {
+            if !map.is_empty() {
                 d.heading(4, label);
                 for (k, v) in map {
-                    d.field(6, k, v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
+                    d.field(6, k, v);
                 }
             }
         }
     }
-    d.conditions(pod.pointer("/status/conditions"));
+    d.conditions(pod.status.conditions.iter().map(|c| {
+        [c.condition_type.as_str(), c.status.as_str(), c.reason.as_deref().unwrap_or(""), c.message.as_deref().unwrap_or("")]
+    }));
     d.out
 }
 
-/// Sums of the CPU (millicores) and memory (bytes) requests of pods' containers.
-fn requested(pods: &[&Value]) -> (u64, u64) {
-    let mut cpu = 0;
-    let mut memory = 0;
-    for c in pods.iter().flat_map(|p| p.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten()) {
-        cpu += parse_cpu_millicores(s(c, "/resources/requests/cpu")).unwrap_or(0);
-        memory += parse_memory_bytes(s(c, "/resources/requests/memory")).unwrap_or(0);
-    }
-    (cpu, memory)
+/// Sums of the CPU and memory requests of pods' containers (a container's limit counts when it
+/// requests nothing, as in Kubernetes); a quantity that does not parse counts 0.
+fn requested<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> ResourceAmounts {
+    pods.into_iter()
+        .flat_map(|p| &p.spec.containers)
+        .map(|c| c.resources.effective_requests().unwrap_or_default())
+        .fold(ResourceAmounts::default(), ResourceAmounts::plus)
 }
 
 fn percent(part: u64, whole: u64) -> u64 {
     (part * 100).checked_div(whole).unwrap_or(0)
 }
 
-fn pod_is_terminal(pod: &Value) -> bool {
-    matches!(s(pod, "/status/phase"), "Succeeded" | "Failed")
-}
-
 /// A node: labels, whether it is cordoned, conditions, addresses, capacity and allocatable, what its
 /// pods request of that, and the pods themselves (`pods`: those bound to it).
-pub fn describe_node(node: &Value, pods: &[Value]) -> String {
+pub fn describe_node(node: &Node, pods: &[Pod]) -> String {
     let mut d = Describer::new();
-    d.field(0, "Name", s(node, "/metadata/name"));
-    let role = if node.pointer("/metadata/labels/node-role.kubernetes.io~1control-plane").is_some() { "control-plane" } else { "<none>" };
+    d.field(0, "Name", &node.metadata.name);
+    let role = if node.metadata.labels.contains_key("node-role.kubernetes.io/control-plane") { "control-plane" } else { "<none>" };
     d.field(0, "Roles", role);
-    d.map(0, "Labels", node.pointer("/metadata/labels"));
-    d.field(0, "CreationTimestamp", or_none(s(node, "/metadata/creationTimestamp")));
+    d.map(0, "Labels", &node.metadata.labels);
+    d.field(0, "CreationTimestamp", opt(node.metadata.creation_timestamp));
     let taints: Vec<String> = node
-        .pointer("/spec/taints")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|t| match s(t, "/value") {
-            "" => format!("{}:{}", s(t, "/key"), s(t, "/effect")),
-            v => format!("{}={v}:{}", s(t, "/key"), s(t, "/effect")),
+        .spec
+        .taints
+        .iter()
+        .map(|t| match t.value.as_deref().filter(|v| !v.is_empty()) {
+            None => format!("{}:{}", t.key, t.effect),
+            Some(v) => format!("{}={v}:{}", t.key, t.effect),
         })
         .collect();
     d.field(0, "Taints", or_none(taints.join(", ")));
-    d.field(0, "Unschedulable", node.pointer("/spec/unschedulable").and_then(Value::as_bool).unwrap_or(false));
-    d.field(0, "ProviderID", or_none(s(node, "/spec/providerID")));
-    d.conditions(node.pointer("/status/conditions"));
+    d.field(0, "Unschedulable", node.spec.unschedulable);
+    d.field(0, "ProviderID", opt(node.spec.provider_id.as_deref()));
+    d.conditions(node.status.conditions.iter().map(|c| [c.condition_type.as_str(), c.status.as_str(), c.reason.as_str(), c.message.as_str()]));
     d.heading(0, "Addresses");
-    for a in node.pointer("/status/addresses").and_then(Value::as_array).into_iter().flatten() {
-        d.field(2, s(a, "/type"), s(a, "/address"));
+    for a in &node.status.addresses {
+        d.field(2, &a.address_type, &a.address);
     }
-    for (key, label) in [("capacity", "Capacity"), ("allocatable", "Allocatable")] {
+    for (map, label) in [(&node.status.capacity, "Capacity"), (&node.status.allocatable, "Allocatable")] {
         d.heading(0, label);
-        for (k, v) in node.pointer(&format!("/status/{key}")).and_then(Value::as_object).into_iter().flatten() {
-            d.field(2, k, v.as_str().unwrap_or(""));
+        for (k, v) in map {
+            d.field(2, k, v);
         }
     }
-    let running: Vec<&Value> = pods.iter().filter(|p| !pod_is_terminal(p)).collect();
+    let running: Vec<&Pod> = pods.iter().filter(|p| !p.is_terminal()).collect();
     d.field(0, "Non-terminated Pods", format!("({} in total)", running.len()));
     if !running.is_empty() {
         let mut rows = vec![vec!["Namespace".to_string(), "Name".into(), "CPU Requests".into(), "Memory Requests".into(), "Age".into()]];
         for p in &running {
-            let (cpu, memory) = requested(&[*p]);
+            let amounts = requested([*p]);
             rows.push(vec![
-                s(p, "/metadata/namespace").into(),
-                s(p, "/metadata/name").into(),
-                format!("{cpu}m"),
-                format!("{}Mi", memory >> 20),
-                age(p.pointer("/metadata/creationTimestamp").and_then(Value::as_str)),
+                p.metadata.namespace.clone().unwrap_or_default(),
+                p.metadata.name.clone(),
+                format!("{}m", amounts.cpu_millis),
+                format!("{}Mi", amounts.memory_bytes >> 20),
+                age(p.metadata.creation_timestamp),
             ]);
         }
         d.table(2, rows);
     }
-    let (cpu, memory) = requested(&running);
-    let allocatable_cpu = parse_cpu_millicores(s(node, "/status/allocatable/cpu")).unwrap_or(0);
-    let allocatable_memory = parse_memory_bytes(s(node, "/status/allocatable/memory")).unwrap_or(0);
+    let ResourceAmounts { cpu_millis: cpu, memory_bytes: memory } = requested(running.iter().copied());
+    let allocatable_cpu = node.status.allocatable.get("cpu").and_then(|q| parse_cpu_millicores(q).ok()).unwrap_or(0);
+    let allocatable_memory = node.status.allocatable.get("memory").and_then(|q| parse_memory_bytes(q).ok()).unwrap_or(0);
     d.heading(0, "Allocated resources");
     d.table(
         2,
@@ -348,97 +358,83 @@ pub fn describe_node(node: &Value, pods: &[Value]) -> String {
 
 /// A deployment: replicas wanted and observed, strategy, the pod template's containers, conditions
 /// and its replica sets (`replica_sets`: the namespace's; those it owns are shown).
-pub fn describe_deployment(deployment: &Value, replica_sets: &[Value]) -> String {
+pub fn describe_deployment(deployment: &Deployment, replica_sets: &[ReplicaSet]) -> String {
     let mut d = Describer::new();
-    let n = |p: &str| deployment.pointer(p).and_then(Value::as_i64).unwrap_or(0);
-    d.field(0, "Name", s(deployment, "/metadata/name"));
-    d.field(0, "Namespace", s(deployment, "/metadata/namespace"));
-    d.field(0, "CreationTimestamp", or_none(s(deployment, "/metadata/creationTimestamp")));
-    d.map(0, "Labels", deployment.pointer("/metadata/labels"));
-    d.map(0, "Selector", deployment.pointer("/spec/selector/matchLabels"));
-    let wanted = deployment.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+    let (spec, status) = (&deployment.spec, &deployment.status);
+    d.field(0, "Name", &deployment.metadata.name);
+    d.field(0, "Namespace", deployment.metadata.namespace.as_deref().unwrap_or(""));
+    d.field(0, "CreationTimestamp", opt(deployment.metadata.creation_timestamp));
+    d.map(0, "Labels", &deployment.metadata.labels);
+    d.map(0, "Selector", &spec.selector.match_labels);
     d.field(
         0,
         "Replicas",
         format!(
-            "{wanted} desired | {} updated | {} total | {} available | {} unavailable",
-            n("/status/updatedReplicas"),
-            n("/status/replicas"),
-            n("/status/availableReplicas"),
-            n("/status/unavailableReplicas")
+            "{} desired | {} updated | {} total | {} available | {} unavailable",
+            spec.replicas(),
+            status.updated_replicas,
+            status.replicas,
+            status.available_replicas,
+            status.unavailable_replicas
         ),
     );
-    let strategy = match s(deployment, "/spec/strategy/type") {
-        "" => "RollingUpdate",
-        t => t,
-    };
-    d.field(0, "StrategyType", strategy);
-    if strategy == "RollingUpdate" {
-        let param = |p: &str, default: &str| deployment.pointer(p).map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).unwrap_or_else(|| default.into());
+    let strategy = spec.strategy.as_ref();
+    let strategy_type = strategy.and_then(|s| s.strategy_type.as_deref()).filter(|t| !t.is_empty()).unwrap_or("RollingUpdate");
+    d.field(0, "StrategyType", strategy_type);
+    if strategy_type == "RollingUpdate" {
+        let rolling = strategy.and_then(|s| s.rolling_update.as_ref());
+        let param = |value: Option<&IntOrString>| value.map_or_else(|| "25%".to_string(), ToString::to_string);
         d.field(
             0,
             "RollingUpdateStrategy",
-            format!("{} max unavailable, {} max surge", param("/spec/strategy/rollingUpdate/maxUnavailable", "25%"), param("/spec/strategy/rollingUpdate/maxSurge", "25%")),
+            format!(
+                "{} max unavailable, {} max surge",
+                param(rolling.and_then(|r| r.max_unavailable.as_ref())),
+                param(rolling.and_then(|r| r.max_surge.as_ref()))
+            ),
         );
     }
     d.heading(0, "Pod Template");
-    d.map(2, "Labels", deployment.pointer("/spec/template/metadata/labels"));
+    d.map(2, "Labels", &spec.template.metadata.labels);
     d.heading(2, "Containers");
-    for c in deployment.pointer("/spec/template/spec/containers").and_then(Value::as_array).into_iter().flatten() {
-        d.heading(4, s(c, "/name"));
-        d.field(6, "Image", s(c, "/image"));
+    for c in &spec.template.spec.containers {
+        d.heading(4, &c.name);
+        d.field(6, "Image", &c.image);
     }
-    d.conditions(deployment.pointer("/status/conditions"));
-    let uid = s(deployment, "/metadata/uid");
-    let owned: Vec<&Value> = replica_sets
-        .iter()
-        .filter(|rs| rs.pointer("/metadata/ownerReferences").and_then(Value::as_array).into_iter().flatten().any(|r| !uid.is_empty() && s(r, "/uid") == uid))
-        .collect();
-    let line = |rs: &Value| {
-        format!("{} ({}/{} replicas created)", s(rs, "/metadata/name"), rs.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0), rs.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0))
-    };
-    let template_hash = |rs: &Value| s(rs, "/metadata/labels/pod-template-hash").to_string();
-    let current = owned.iter().max_by_key(|rs| s(rs, "/metadata/creationTimestamp").to_string());
+    d.conditions(status.conditions.iter().map(|c| {
+        [c.condition_type.as_str(), c.status.as_str(), c.reason.as_deref().unwrap_or(""), c.message.as_deref().unwrap_or("")]
+    }));
+    let uid = deployment.metadata.uid.as_str();
+    let owned: Vec<&ReplicaSet> =
+        replica_sets.iter().filter(|rs| !uid.is_empty() && rs.metadata.owner_references.iter().any(|r| r.uid == uid)).collect();
+    let line = |rs: &ReplicaSet| format!("{} ({}/{} replicas created)", rs.metadata.name, rs.status.replicas, rs.spec.replicas.unwrap_or(0));
+    let template_hash = |rs: &ReplicaSet| rs.metadata.labels.get(POD_TEMPLATE_HASH_LABEL).cloned().unwrap_or_default();
+    let current = owned.iter().max_by_key(|rs| rs.metadata.creation_timestamp);
     let old: Vec<String> = owned.iter().filter(|rs| current.is_some_and(|c| template_hash(c) != template_hash(rs))).map(|rs| line(rs)).collect();
     d.field(0, "OldReplicaSets", or_none(old.join(", ")));
-    d.field(0, "NewReplicaSet", or_none(current.map(|rs| line(rs)).unwrap_or_default()));
+    d.field(0, "NewReplicaSet", opt(current.map(|rs| line(rs))));
     d.out
 }
 
 /// A service: type, selector, ports with their node ports, and the addresses behind it.
-pub fn describe_service(service: &Value, endpoints: Option<&Value>) -> String {
+pub fn describe_service(service: &Service, endpoints: Option<&Endpoints>) -> String {
     let mut d = Describer::new();
-    d.field(0, "Name", s(service, "/metadata/name"));
-    d.field(0, "Namespace", s(service, "/metadata/namespace"));
-    d.map(0, "Labels", service.pointer("/metadata/labels"));
-    d.map(0, "Selector", service.pointer("/spec/selector"));
-    d.field(0, "Type", or_none(s(service, "/spec/type")));
+    d.field(0, "Name", &service.metadata.name);
+    d.field(0, "Namespace", service.metadata.namespace.as_deref().unwrap_or(""));
+    d.map(0, "Labels", &service.metadata.labels);
+    d.map(0, "Selector", &service.spec.selector);
+    d.field(0, "Type", opt(service.spec.service_type.as_deref()));
     let ready: Vec<String> = endpoints
-        .and_then(|e| e.get("subsets"))
-        .and_then(Value::as_array)
         .into_iter()
-        .flatten()
-        .flat_map(|subset| {
-            let ports: Vec<i64> = subset.get("ports").and_then(Value::as_array).into_iter().flatten().filter_map(|p| p.get("port").and_then(Value::as_i64)).collect();
-            subset
-                .get("addresses")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .flat_map(move |a| {
-                    let ip = s(a, "/ip").to_string();
-                    ports.clone().into_iter().map(move |p| format!("{ip}:{p}"))
-                })
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|e| &e.subsets)
+        .flat_map(|subset| subset.addresses.iter().flat_map(move |a| subset.ports.iter().map(move |p| format!("{}:{}", a.ip, p.port))))
         .collect();
-    for p in service.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
-        let name = or_none(s(p, "/name"));
-        let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
-        d.field(0, "Port", format!("{name}  {}/{protocol}", p.get("port").and_then(Value::as_i64).unwrap_or(0)));
-        let target = p.get("targetPort").map(|t| t.as_str().map(String::from).unwrap_or_else(|| t.to_string())).unwrap_or_default();
-        d.field(0, "TargetPort", format!("{}/{protocol}", or_none(target)));
-        if let Some(node_port) = p.get("nodePort").and_then(Value::as_i64) {
+    for p in &service.spec.ports {
+        let name = opt(p.name.as_deref());
+        let protocol = p.protocol();
+        d.field(0, "Port", format!("{name}  {}/{protocol}", p.port));
+        d.field(0, "TargetPort", format!("{}/{protocol}", opt(p.target_port.as_ref())));
+        if let Some(node_port) = p.node_port {
             d.field(0, "NodePort", format!("{name}  {node_port}/{protocol}"));
         }
     }
@@ -452,10 +448,10 @@ mod tests {
 
     use super::*;
 
-    fn web_pod(node: &str, cpu: &str, phase: &str) -> Value {
-        json!({
+    fn web_pod(node: &str, cpu: &str, phase: &str) -> Pod {
+        serde_json::from_value(json!({
             "metadata": {"name": format!("web-{node}"), "namespace": "default", "labels": {"app": "web"},
-                "ownerReferences": [{"kind": "ReplicaSet", "name": "web-5d4f", "uid": "rs1", "controller": true}]},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d4f", "uid": "rs1", "controller": true}]},
             "spec": {"nodeName": node, "containers": [{"name": "httpd", "image": "clusterctl-busybox:latest",
                 "ports": [{"containerPort": 80}], "resources": {"requests": {"cpu": cpu, "memory": "16Mi"}}}]},
             "status": {"phase": phase, "hostIP": "10.70.0.5", "podIP": "10.70.0.5",
@@ -463,7 +459,8 @@ mod tests {
                 "containerStatuses": [{"name": "httpd", "ready": false, "restartCount": 3,
                     "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
                     "lastState": {"terminated": {"reason": "Error", "exitCode": 1}}}]},
-        })
+        }))
+        .unwrap()
     }
 
     fn line_of<'a>(text: &'a str, label: &str) -> &'a str {
@@ -486,7 +483,7 @@ mod tests {
 
     #[test]
     fn a_pod_not_yet_scheduled_has_no_node() {
-        let pod = json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        let pod = serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {"containers": [{"name": "c", "image": "i"}]}})).unwrap();
         let text = describe_pod(&pod);
         assert_eq!(line_of(&text, "Node:"), "Node:           <none>");
         assert_eq!(line_of(&text, "Status:"), "Status:         Pending");
@@ -495,13 +492,14 @@ mod tests {
 
     #[test]
     fn a_node_sums_the_requests_of_its_running_pods_against_allocatable() {
-        let node = json!({
+        let node = serde_json::from_value(json!({
             "metadata": {"name": "w1", "labels": {"clusterctl.io/pool": "default"}},
             "spec": {"unschedulable": true, "providerID": "aws:///us-east-1a/i-1"},
             "status": {"allocatable": {"cpu": "2", "memory": "1Gi", "pods": "110"},
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "agent is posting ready status"}],
                 "addresses": [{"type": "InternalIP", "address": "10.70.0.5"}]},
-        });
+        }))
+        .unwrap();
         let pods = [web_pod("w1", "500m", "Running"), web_pod("w1", "250m", "Running"), web_pod("w1", "1", "Succeeded")];
         let text = describe_node(&node, &pods);
         assert_eq!(line_of(&text, "Unschedulable:"), "Unschedulable:  true");
@@ -515,15 +513,18 @@ mod tests {
 
     #[test]
     fn a_deployment_shows_replica_counts_strategy_and_its_newest_replica_set() {
-        let deployment = json!({
+        let deployment = serde_json::from_value(json!({
             "metadata": {"name": "web", "namespace": "default", "uid": "d1"},
             "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "strategy": {"rollingUpdate": {"maxUnavailable": 1}},
                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "httpd", "image": "busybox:2"}]}}},
             "status": {"replicas": 3, "updatedReplicas": 2, "availableReplicas": 3},
-        });
-        let rs = |name: &str, hash: &str, created: &str, owner: &str| {
-            json!({"metadata": {"name": name, "creationTimestamp": created, "labels": {"pod-template-hash": hash}, "ownerReferences": [{"uid": owner}]},
-                "spec": {"replicas": 2}, "status": {"replicas": 2}})
+        }))
+        .unwrap();
+        let rs = |name: &str, hash: &str, created: &str, owner: &str| -> ReplicaSet {
+            let owner = json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": owner});
+            serde_json::from_value(json!({"metadata": {"name": name, "creationTimestamp": created, "labels": {"pod-template-hash": hash}, "ownerReferences": [owner]},
+                "spec": {"replicas": 2}, "status": {"replicas": 2}}))
+            .unwrap()
         };
         let sets = [rs("web-a", "a", "2026-11-25T10:00:00Z", "d1"), rs("web-b", "b", "2026-11-25T11:00:00Z", "d1"), rs("other-c", "c", "2026-11-25T12:00:00Z", "d2")];
         let text = describe_deployment(&deployment, &sets);
@@ -535,9 +536,10 @@ mod tests {
 
     #[test]
     fn a_service_lists_its_ports_node_ports_and_ready_endpoints() {
-        let service = json!({"metadata": {"name": "web", "namespace": "default"},
-            "spec": {"type": "NodePort", "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080}]}});
-        let endpoints = json!({"subsets": [{"addresses": [{"ip": "10.70.0.5"}, {"ip": "10.70.0.6"}], "ports": [{"port": 80}]}]});
+        let service = serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "default"},
+            "spec": {"type": "NodePort", "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080}]}}))
+        .unwrap();
+        let endpoints = serde_json::from_value(json!({"subsets": [{"addresses": [{"ip": "10.70.0.5"}, {"ip": "10.70.0.6"}], "ports": [{"port": 80}]}]})).unwrap();
         let text = describe_service(&service, Some(&endpoints));
         assert_eq!(line_of(&text, "NodePort:"), "NodePort:       http  30080/TCP");
         assert_eq!(line_of(&text, "TargetPort:"), "TargetPort:     http/TCP");
