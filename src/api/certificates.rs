@@ -1,6 +1,7 @@
 //! `CertificateSigningRequest` (certificates.k8s.io/v1): how a joining node, holding only a bootstrap
 //! token, obtains its client certificate.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::meta::{ObjectMeta, UnknownFields};
@@ -11,7 +12,7 @@ use super::time::Time;
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 
 /// A request for a certificate, and the certificate once issued.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateSigningRequest {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -25,6 +26,7 @@ pub struct CertificateSigningRequest {
     #[serde(default)]
     pub status: CertificateSigningRequestStatus,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
@@ -33,7 +35,7 @@ impl Resource for CertificateSigningRequest {
 }
 
 /// What is asked for; `username` and `groups` are filled by the server from the requester.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateSigningRequestSpec {
     /// The PKCS#10 request in PEM, base64-encoded.
@@ -49,11 +51,12 @@ pub struct CertificateSigningRequestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration_seconds: Option<i64>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// The outcome: conditions and, once signed, the certificate.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateSigningRequestStatus {
     /// The issued certificate in PEM, base64-encoded.
@@ -62,11 +65,12 @@ pub struct CertificateSigningRequestStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<CertificateSigningRequestCondition>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// `Approved`, `Denied` or `Failed`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateSigningRequestCondition {
     #[serde(rename = "type")]
@@ -81,5 +85,6 @@ pub struct CertificateSigningRequestCondition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::meta::{ObjectMeta, UnknownFields};
@@ -19,7 +20,7 @@ pub const BOOTSTRAP_TOKEN_SECRET_PREFIX: &str = "bootstrap-token-";
 pub const BOOTSTRAP_TOKEN_NAMESPACE: &str = "kube-system";
 
 /// Confidential data; values are base64-encoded in `data`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Secret {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -33,6 +34,7 @@ pub struct Secret {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
@@ -76,7 +78,7 @@ impl Secret {
 }
 
 /// Plain configuration data.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigMap {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -88,6 +90,7 @@ pub struct ConfigMap {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 

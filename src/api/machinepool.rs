@@ -2,6 +2,7 @@
 //! as recorded by `clusterctl create` and `clusterctl scale`, and what the machine controller last
 //! saw and did. One object per worker pool, named after the pool.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::meta::{ObjectMeta, UnknownFields};
@@ -9,7 +10,7 @@ use super::node::NodeCondition;
 use super::resource::{Resource, ResourceType, MACHINE_POOLS};
 
 /// A worker pool's desired size and observed state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MachinePool {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -23,21 +24,23 @@ pub struct MachinePool {
     #[serde(default)]
     pub status: MachinePoolStatus,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// What the operator asked for.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MachinePoolSpec {
     /// How many machines the pool keeps.
     pub replicas: u32,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// What the machine controller saw at its last pass.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MachinePoolStatus {
     /// Machines (instances not terminated) of the pool.
@@ -51,6 +54,7 @@ pub struct MachinePoolStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<NodeCondition>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 

@@ -26,6 +26,7 @@ pub mod node;
 pub mod pod;
 pub mod quantity;
 pub mod resource;
+pub mod schema;
 pub mod service;
 pub mod time;
 

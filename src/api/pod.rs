@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::meta::{ObjectMeta, UnknownFields};
@@ -11,7 +12,7 @@ use super::resource::{PODS, Resource, ResourceType};
 use super::time::Time;
 
 /// A group of containers on one node.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Pod {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -25,6 +26,7 @@ pub struct Pod {
     #[serde(default)]
     pub status: PodStatus,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
@@ -33,7 +35,7 @@ impl Resource for Pod {
 }
 
 /// The pod template of a Deployment or ReplicaSet: metadata (labels) and spec of the pods it makes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodTemplateSpec {
     #[serde(default)]
@@ -41,17 +43,20 @@ pub struct PodTemplateSpec {
     #[serde(default)]
     pub spec: PodSpec,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// What the pod should run and where.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "name", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub containers: Vec<Container>,
     /// `Always` (default), `OnFailure` or `Never`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Always", "Never", "OnFailure"]))]
     pub restart_policy: Option<String>,
     /// The node the pod is bound to; empty until the scheduler binds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,13 +69,15 @@ pub struct PodSpec {
     pub termination_grace_period_seconds: Option<i64>,
     /// Node taints the pod accepts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub tolerations: Vec<Toleration>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// Lets a pod onto nodes with a matching taint.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Toleration {
     /// Empty with `operator: Exists` matches every key.
@@ -78,6 +85,7 @@ pub struct Toleration {
     pub key: Option<String>,
     /// `Equal` (default) or `Exists`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Equal", "Exists"]))]
     pub operator: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
@@ -85,6 +93,7 @@ pub struct Toleration {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effect: Option<String>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
@@ -163,7 +172,7 @@ impl ResourceAmounts {
 }
 
 /// One container of a pod.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Container {
     pub name: String,
@@ -171,15 +180,19 @@ pub struct Container {
     pub image: String,
     /// Replaces the image's entrypoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub command: Vec<String>,
     /// Replaces the image's command.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub args: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "name", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub env: Vec<EnvVar>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "containerPort", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["containerPort", "protocol"]))]
     pub ports: Vec<ContainerPort>,
     #[serde(default, skip_serializing_if = "ResourceRequirements::is_empty")]
     pub resources: ResourceRequirements,
@@ -190,24 +203,27 @@ pub struct Container {
     /// `IfNotPresent` or `Never` (images are never pulled implicitly here); `Always` is accepted
     /// and treated like `IfNotPresent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Always", "IfNotPresent", "Never"]))]
     pub image_pull_policy: Option<String>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// One environment variable.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvVar {
     pub name: String,
     #[serde(default)]
     pub value: String,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// A port a container listens on, optionally published on the node (`hostPort`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerPort {
     pub container_port: i64,
@@ -215,10 +231,12 @@ pub struct ContainerPort {
     pub host_port: Option<i64>,
     /// `TCP` (default), `UDP` or `SCTP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["SCTP", "TCP", "UDP"]))]
     pub protocol: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
@@ -230,7 +248,7 @@ impl ContainerPort {
 }
 
 /// CPU and memory a container requests (for scheduling) and may use at most (enforced).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceRequirements {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -238,6 +256,7 @@ pub struct ResourceRequirements {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub limits: BTreeMap<String, Quantity>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
@@ -263,7 +282,7 @@ impl ResourceRequirements {
 }
 
 /// A health check of a container: exactly one of `httpGet`, `tcpSocket`, `exec`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Probe {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,6 +302,7 @@ pub struct Probe {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success_threshold: Option<i64>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
@@ -310,7 +330,7 @@ impl Probe {
 }
 
 /// An HTTP GET against the container; 200-399 is success.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpGetAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -318,39 +338,45 @@ pub struct HttpGetAction {
     /// A number or the name of a container port.
     pub port: IntOrString,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// A TCP connect to the container.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TcpSocketAction {
     /// A number or the name of a container port.
     pub port: IntOrString,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// A command run in the container; exit 0 is success.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecAction {
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub command: Vec<String>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// What the agent (and the scheduler, for `PodScheduled`) observed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodStatus {
     /// `Pending`, `Running`, `Succeeded`, `Failed` or `Unknown`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "type", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<PodCondition>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub container_statuses: Vec<ContainerStatus>,
     #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
     pub pod_ip: Option<String>,
@@ -363,11 +389,12 @@ pub struct PodStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// One condition of a pod: `PodScheduled`, `Initialized`, `ContainersReady`, `Ready`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodCondition {
     #[serde(rename = "type")]
@@ -383,11 +410,12 @@ pub struct PodCondition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// The observed state of one container.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerStatus {
     pub name: String,
@@ -410,11 +438,12 @@ pub struct ContainerStatus {
     #[serde(default, rename = "imageID", skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// One of waiting, running or terminated.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -424,6 +453,7 @@ pub struct ContainerState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminated: Option<ContainerStateTerminated>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
@@ -435,7 +465,7 @@ impl ContainerState {
 }
 
 /// Not running yet (or again): e.g. `ContainerCreating`, `ErrImageNeverPull`, `CrashLoopBackOff`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerStateWaiting {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -443,21 +473,23 @@ pub struct ContainerStateWaiting {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// Running since `startedAt`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerStateRunning {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// Exited.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerStateTerminated {
     #[serde(default)]
@@ -475,6 +507,7 @@ pub struct ContainerStateTerminated {
     #[serde(default, rename = "containerID", skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 

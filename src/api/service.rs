@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::meta::{ObjectMeta, UnknownFields};
@@ -16,7 +17,7 @@ pub const NODE_PORT_MIN: u16 = 30000;
 pub const NODE_PORT_MAX: u16 = 32767;
 
 /// A stable way to reach a set of pods.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Service {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -30,6 +31,7 @@ pub struct Service {
     #[serde(default)]
     pub status: ServiceStatus,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
@@ -38,20 +40,23 @@ impl Resource for Service {
 }
 
 /// What the Service exposes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// `ClusterIP` (default), `NodePort` or `LoadBalancer`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]))]
     pub service_type: Option<String>,
     /// Pods with all these labels are the Service's endpoints; none means endpoints are managed by hand.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub selector: BTreeMap<String, String>,
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "port", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["port", "protocol"]))]
     pub ports: Vec<ServicePort>,
     #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
     pub cluster_ip: Option<String>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
@@ -68,13 +73,14 @@ impl ServiceSpec {
 }
 
 /// One port of a Service.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// `TCP` (default), `UDP` or `SCTP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["SCTP", "TCP", "UDP"]))]
     pub protocol: Option<String>,
     pub port: i64,
     /// The pods' port: a number or a container port's name; defaults to `port`.
@@ -84,6 +90,7 @@ pub struct ServicePort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<i64>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
@@ -100,22 +107,24 @@ impl ServicePort {
 }
 
 /// What the cloud made for the Service.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceStatus {
     #[serde(default, skip_serializing_if = "LoadBalancerStatus::is_empty")]
     pub load_balancer: LoadBalancerStatus,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// The addresses of a Service's load balancer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<LoadBalancerIngress>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
@@ -127,7 +136,7 @@ impl LoadBalancerStatus {
 }
 
 /// One address of a load balancer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancerIngress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,11 +144,12 @@ pub struct LoadBalancerIngress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// The addresses behind a Service, named like it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoints {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -151,6 +161,7 @@ pub struct Endpoints {
     #[serde(default)]
     pub subsets: Vec<EndpointSubset>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
@@ -159,7 +170,7 @@ impl Resource for Endpoints {
 }
 
 /// Addresses that share a set of ports.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointSubset {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -169,11 +180,12 @@ pub struct EndpointSubset {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<EndpointPort>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// One pod's address.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointAddress {
     pub ip: String,
@@ -182,11 +194,12 @@ pub struct EndpointAddress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_ref: Option<ObjectReference>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// Names an object (the pod behind an address).
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectReference {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -198,11 +211,12 @@ pub struct ObjectReference {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub uid: String,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 /// One resolved port of the addresses.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointPort {
     /// The Service port's name.
@@ -212,6 +226,7 @@ pub struct EndpointPort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
