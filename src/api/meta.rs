@@ -211,6 +211,23 @@ pub struct StatusDetails {
     pub group: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kind: String,
+    /// The fields that made a request invalid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<StatusCause>,
+}
+
+/// One reason a request failed, for `Invalid`: the field's path and what is wrong with it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusCause {
+    /// `FieldValueInvalid`, `FieldValueRequired`, `FieldValueNotSupported`, `FieldValueTypeInvalid`, ...
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The field's path, `spec.containers[0].image`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub field: String,
 }
 
 /// The failure object every error response carries (`kind: Status`).

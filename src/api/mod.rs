@@ -38,7 +38,7 @@ pub use config::{ConfigMap, Secret};
 pub use machinepool::{MachinePool, MachinePoolSpec, MachinePoolStatus};
 pub use lease::{Lease, LeaseSpec, NODE_LEASE_NAMESPACE};
 pub use meta::{
-    List, ListMeta, ObjectMeta, OwnerReference, Status, StatusDetails, StatusReason, UnknownFields, WatchEvent, WatchEventType,
+    List, ListMeta, ObjectMeta, OwnerReference, Status, StatusCause, StatusDetails, StatusReason, UnknownFields, WatchEvent, WatchEventType,
 };
 pub use node::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Taint};
 pub use resource::{Resource, ResourceType};

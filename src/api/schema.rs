@@ -152,7 +152,7 @@ pub struct FieldError {
 
 impl std::fmt::Display for FieldError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
+        if self.field.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.field, self.message) }
     }
 }
 
@@ -166,11 +166,11 @@ pub struct Checked {
 }
 
 impl Checked {
-    /// The unknown fields as errors, for `fieldValidation=Strict`.
+    /// The unknown fields as errors, for `fieldValidation=Strict`, worded as Kubernetes' strict decoder.
     pub fn unknown_as_errors(&self) -> Vec<FieldError> {
         self.unknown
             .iter()
-            .map(|path| FieldError { kind: FieldErrorKind::Unknown, field: path.clone(), message: format!("unknown field {path:?}") })
+            .map(|path| FieldError { kind: FieldErrorKind::Unknown, field: path.clone(), message: format!("strict decoding error: unknown field {path:?}") })
             .collect()
     }
 }
@@ -287,9 +287,11 @@ fn walk(schema: &Value, value: &mut Value, path: &mut String, out: &mut Checked)
 fn object(schema: &Map<String, Value>, map: &mut Map<String, Value>, path: &str, out: &mut Checked) {
     // A null is an absent field, as Kubernetes' decoder treats it.
     map.retain(|_, v| !v.is_null());
+    // `x-kubernetes-preserve-unknown-fields` keeps what the schema does not describe (a part not typed yet).
+    let preserve = schema.get("x-kubernetes-preserve-unknown-fields").is_some_and(|b| b == true);
     match schema.get("properties").and_then(Value::as_object) {
         Some(properties) => {
-            let unknown: Vec<String> = map.keys().filter(|k| !properties.contains_key(*k)).cloned().collect();
+            let unknown: Vec<String> = map.keys().filter(|k| !preserve && !properties.contains_key(*k)).cloned().collect();
             for key in unknown {
                 map.remove(&key);
                 out.unknown.push(child(path, &key));
@@ -385,6 +387,41 @@ mod tests {
         let service = schema_for(&resource::SERVICES).unwrap();
         assert_eq!(service["properties"]["spec"]["properties"]["ports"]["x-kubernetes-list-map-keys"], json!(["port", "protocol"]));
         assert_eq!(service["properties"]["spec"]["properties"]["ports"]["items"]["required"], json!(["port"]));
+        let target_port = &service["properties"]["spec"]["properties"]["ports"]["items"]["properties"]["targetPort"];
+        assert_eq!(target_port["x-kubernetes-int-or-string"], true);
+        let deployment = schema_for(&resource::DEPLOYMENTS).unwrap();
+        let rolling = &deployment["properties"]["spec"]["properties"]["strategy"]["properties"]["rollingUpdate"]["properties"];
+        assert_eq!(rolling["maxSurge"]["x-kubernetes-int-or-string"], true);
+        assert_eq!(pod_schema()["properties"]["metadata"]["properties"]["creationTimestamp"]["format"], "date-time");
+    }
+
+    #[test]
+    fn the_lists_strategic_merge_patch_needs_carry_their_merge_keys() {
+        let spec = &pod_schema()["properties"]["spec"]["properties"];
+        let container = &spec["containers"]["items"]["properties"];
+        let keyed = [
+            (&spec["initContainers"], "name"),
+            (&spec["volumes"], "name"),
+            (&container["volumeMounts"], "mountPath"),
+            (&container["env"], "name"),
+            (&container["ports"], "containerPort"),
+        ];
+        for (list, key) in keyed {
+            assert_eq!(list["x-kubernetes-patch-merge-key"], key, "{list}");
+            assert_eq!(list["x-kubernetes-list-type"], "map", "{list}");
+        }
+        assert_eq!(spec["tolerations"]["x-kubernetes-list-type"], "atomic");
+        let node = schema_for(&resource::NODES).unwrap();
+        assert_eq!(node["properties"]["spec"]["properties"]["taints"]["x-kubernetes-list-type"], "atomic");
+    }
+
+    #[test]
+    fn a_volume_keeps_its_source_until_volume_sources_are_typed() {
+        let mut pod = json!({"spec": {"containers": [{"name": "c", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                             "volumes": [{"name": "data", "emptyDir": {}}]}});
+        let before = pod.clone();
+        assert_eq!(check(pod_schema(), &mut pod), Checked::default());
+        assert_eq!(pod, before);
     }
 
     #[test]
@@ -448,7 +485,7 @@ mod tests {
         assert_eq!(checked.unknown, ["metadata.bogus", "spec.containers[0].sidecar", "spec.foo"]);
         assert_eq!(pod, json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}));
         let strict = checked.unknown_as_errors();
-        assert_eq!(strict[2].message, "unknown field \"spec.foo\"");
+        assert_eq!(strict[2].message, "strict decoding error: unknown field \"spec.foo\"");
     }
 
     #[test]
