@@ -222,6 +222,28 @@ pub struct Container {
     pub extra: UnknownFields,
 }
 
+/// One address of a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodIp {
+    pub ip: String,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
+}
+
+/// A container port published on the node's address, on `hostPort`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishedPort {
+    pub container_name: String,
+    pub container_port: i64,
+    pub host_port: i64,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
+}
+
 /// A named volume of a pod. Its source (`emptyDir`, `hostPath`, `configMap`, ...) is not typed yet,
 /// so the schema keeps whatever the volume carries besides its name.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -421,6 +443,15 @@ pub struct PodStatus {
     pub pod_ip: Option<String>,
     #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,
+    /// The pod's addresses, the first being `podIP`.
+    #[serde(default, rename = "podIPs", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "ip", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["ip"]))]
+    pub pod_ips: Vec<PodIp>,
+    /// Where each container port is published on the node (this cluster's own field, read by the
+    /// proxy: a pod's address is its node's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub published_ports: Vec<PublishedPort>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
