@@ -1,9 +1,10 @@
 //! `CertificateSigningRequest` (certificates.k8s.io/v1): how a joining node, holding only a bootstrap
 //! token, obtains its client certificate.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::meta::ObjectMeta;
+use super::meta::{ObjectMeta, UnknownFields};
 use super::resource::{CERTIFICATE_SIGNING_REQUESTS, Resource, ResourceType};
 use super::time::Time;
 
@@ -11,7 +12,7 @@ use super::time::Time;
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 
 /// A request for a certificate, and the certificate once issued.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateSigningRequest {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -24,6 +25,9 @@ pub struct CertificateSigningRequest {
     pub spec: CertificateSigningRequestSpec,
     #[serde(default)]
     pub status: CertificateSigningRequestStatus,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for CertificateSigningRequest {
@@ -31,7 +35,7 @@ impl Resource for CertificateSigningRequest {
 }
 
 /// What is asked for; `username` and `groups` are filled by the server from the requester.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateSigningRequestSpec {
     /// The PKCS#10 request in PEM, base64-encoded.
@@ -46,10 +50,13 @@ pub struct CertificateSigningRequestSpec {
     pub usages: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration_seconds: Option<i64>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// The outcome: conditions and, once signed, the certificate.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateSigningRequestStatus {
     /// The issued certificate in PEM, base64-encoded.
@@ -57,10 +64,13 @@ pub struct CertificateSigningRequestStatus {
     pub certificate: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<CertificateSigningRequestCondition>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// `Approved`, `Denied` or `Failed`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateSigningRequestCondition {
     #[serde(rename = "type")]
@@ -74,4 +84,7 @@ pub struct CertificateSigningRequestCondition {
     pub last_update_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }

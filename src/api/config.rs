@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::meta::ObjectMeta;
+use super::meta::{ObjectMeta, UnknownFields};
 use super::resource::{CONFIG_MAPS, Resource, ResourceType, SECRETS};
 use super::time::Time;
 
@@ -19,7 +20,7 @@ pub const BOOTSTRAP_TOKEN_SECRET_PREFIX: &str = "bootstrap-token-";
 pub const BOOTSTRAP_TOKEN_NAMESPACE: &str = "kube-system";
 
 /// Confidential data; values are base64-encoded in `data`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Secret {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -32,6 +33,9 @@ pub struct Secret {
     pub secret_type: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for Secret {
@@ -63,6 +67,7 @@ impl Secret {
             metadata: ObjectMeta::namespaced(BOOTSTRAP_TOKEN_NAMESPACE, format!("{BOOTSTRAP_TOKEN_SECRET_PREFIX}{id}")),
             secret_type: Some(BOOTSTRAP_TOKEN_SECRET_TYPE.into()),
             data: BTreeMap::new(),
+            ..Default::default()
         };
         s.set("token-id", id);
         s.set("token-secret", secret);
@@ -73,7 +78,7 @@ impl Secret {
 }
 
 /// Plain configuration data.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigMap {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -84,6 +89,9 @@ pub struct ConfigMap {
     pub metadata: ObjectMeta,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for ConfigMap {

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::meta::ObjectMeta;
+use super::meta::{ObjectMeta, UnknownFields};
 use super::pod::PodTemplateSpec;
 use super::quantity::IntOrString;
 use super::resource::{DEPLOYMENTS, REPLICA_SETS, Resource, ResourceType};
@@ -18,11 +19,14 @@ pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 
 /// Equality-based label selection (`matchLabels`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LabelSelector {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: BTreeMap<String, String>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl LabelSelector {
@@ -39,7 +43,7 @@ impl LabelSelector {
 }
 
 /// Runs `replicas` copies of a pod template, updating them gradually.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Deployment {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -52,6 +56,9 @@ pub struct Deployment {
     pub spec: DeploymentSpec,
     #[serde(default)]
     pub status: DeploymentStatus,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for Deployment {
@@ -59,7 +66,7 @@ impl Resource for Deployment {
 }
 
 /// What the Deployment wants.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentSpec {
     /// Default 1.
@@ -74,6 +81,9 @@ pub struct DeploymentSpec {
     /// Seconds a new pod must be ready before it counts as available (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_ready_seconds: Option<i32>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl DeploymentSpec {
@@ -101,18 +111,22 @@ impl DeploymentSpec {
 }
 
 /// How pods are replaced on a template change.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentStrategy {
     /// `RollingUpdate` (default) or `Recreate`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Recreate", "RollingUpdate"]))]
     pub strategy_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolling_update: Option<RollingUpdateDeployment>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// Bounds of a rolling update.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RollingUpdateDeployment {
     /// Pods above `replicas` allowed during the update (number or percent, default 25%).
@@ -121,10 +135,13 @@ pub struct RollingUpdateDeployment {
     /// Pods below `replicas` allowed to be unavailable (number or percent, default 25%).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<IntOrString>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// What the deployment controller observed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,11 +157,15 @@ pub struct DeploymentStatus {
     #[serde(default)]
     pub unavailable_replicas: i32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "type", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<DeploymentCondition>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// One condition of a Deployment (`Available`, `Progressing`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentCondition {
     #[serde(rename = "type")]
@@ -158,10 +179,13 @@ pub struct DeploymentCondition {
     pub last_update_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// Keeps `replicas` pods of one template revision.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaSet {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -174,6 +198,9 @@ pub struct ReplicaSet {
     pub spec: ReplicaSetSpec,
     #[serde(default)]
     pub status: ReplicaSetStatus,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for ReplicaSet {
@@ -181,7 +208,7 @@ impl Resource for ReplicaSet {
 }
 
 /// What the ReplicaSet wants.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaSetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +219,9 @@ pub struct ReplicaSetSpec {
     pub template: PodTemplateSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_ready_seconds: Option<i32>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl ReplicaSetSpec {
@@ -202,7 +232,7 @@ impl ReplicaSetSpec {
 }
 
 /// What the controller observed of a ReplicaSet's pods.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaSetStatus {
     #[serde(default)]
@@ -213,6 +243,9 @@ pub struct ReplicaSetStatus {
     pub available_replicas: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 #[cfg(test)]
@@ -224,7 +257,8 @@ mod tests {
             replicas: Some(replicas),
             strategy: Some(DeploymentStrategy {
                 strategy_type: None,
-                rolling_update: Some(RollingUpdateDeployment { max_surge: surge, max_unavailable: unavailable }),
+                rolling_update: Some(RollingUpdateDeployment { max_surge: surge, max_unavailable: unavailable, ..Default::default() }),
+                ..Default::default()
             }),
             ..Default::default()
         }

@@ -1,9 +1,10 @@
 //! `Lease` (coordination.k8s.io/v1): a node's heartbeat, renewed by its agent every few seconds in the
 //! `kube-node-lease` namespace.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::meta::ObjectMeta;
+use super::meta::{ObjectMeta, UnknownFields};
 use super::resource::{LEASES, Resource, ResourceType};
 use super::time::MicroTime;
 
@@ -11,7 +12,7 @@ use super::time::MicroTime;
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 
 /// A lease held by one identity and renewed while it lives.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Lease {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -22,6 +23,9 @@ pub struct Lease {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: LeaseSpec,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for Lease {
@@ -29,7 +33,7 @@ impl Resource for Lease {
 }
 
 /// Who holds the lease and when it was last renewed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,6 +46,9 @@ pub struct LeaseSpec {
     pub renew_time: Option<MicroTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_transitions: Option<i32>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl Lease {
@@ -58,7 +65,9 @@ impl Lease {
                 acquire_time: Some(now),
                 renew_time: Some(now),
                 lease_transitions: None,
+                ..Default::default()
             },
+            ..Default::default()
         }
     }
 }

@@ -2,14 +2,15 @@
 //! as recorded by `clusterctl create` and `clusterctl scale`, and what the machine controller last
 //! saw and did. One object per worker pool, named after the pool.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::meta::ObjectMeta;
+use super::meta::{ObjectMeta, UnknownFields};
 use super::node::NodeCondition;
 use super::resource::{Resource, ResourceType, MACHINE_POOLS};
 
 /// A worker pool's desired size and observed state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MachinePool {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -22,18 +23,24 @@ pub struct MachinePool {
     pub spec: MachinePoolSpec,
     #[serde(default)]
     pub status: MachinePoolStatus,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// What the operator asked for.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MachinePoolSpec {
     /// How many machines the pool keeps.
     pub replicas: u32,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// What the machine controller saw at its last pass.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MachinePoolStatus {
     /// Machines (instances not terminated) of the pool.
@@ -46,6 +53,9 @@ pub struct MachinePoolStatus {
     /// replace any), with the reason and the machines in the message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<NodeCondition>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for MachinePool {
@@ -59,8 +69,9 @@ impl MachinePool {
             api_version: MACHINE_POOLS.api_version(),
             kind: MACHINE_POOLS.kind.into(),
             metadata: ObjectMeta { name: pool.into(), ..ObjectMeta::default() },
-            spec: MachinePoolSpec { replicas },
+            spec: MachinePoolSpec { replicas, ..Default::default() },
             status: MachinePoolStatus::default(),
+            ..Default::default()
         }
     }
 

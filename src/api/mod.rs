@@ -26,6 +26,7 @@ pub mod node;
 pub mod pod;
 pub mod quantity;
 pub mod resource;
+pub mod schema;
 pub mod service;
 pub mod time;
 
@@ -36,7 +37,9 @@ pub use certificates::{
 pub use config::{ConfigMap, Secret};
 pub use machinepool::{MachinePool, MachinePoolSpec, MachinePoolStatus};
 pub use lease::{Lease, LeaseSpec, NODE_LEASE_NAMESPACE};
-pub use meta::{List, ListMeta, ObjectMeta, OwnerReference, Status, StatusDetails, StatusReason, WatchEvent, WatchEventType};
+pub use meta::{
+    List, ListMeta, ObjectMeta, OwnerReference, Status, StatusCause, StatusDetails, StatusReason, UnknownFields, WatchEvent, WatchEventType,
+};
 pub use node::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Taint};
 pub use resource::{Resource, ResourceType};
 pub use time::{MicroTime, Time};

@@ -2,14 +2,16 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::meta::ObjectMeta;
+use super::meta::{ObjectMeta, UnknownFields};
+use super::quantity::Quantity;
 use super::resource::{NODES, Resource, ResourceType};
 use super::time::Time;
 
 /// A machine of the cluster.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Node {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -22,6 +24,9 @@ pub struct Node {
     pub spec: NodeSpec,
     #[serde(default)]
     pub status: NodeStatus,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for Node {
@@ -29,7 +34,7 @@ impl Resource for Node {
 }
 
 /// What the cluster wants of a node.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSpec {
     /// No new pods are scheduled here (cordoned).
@@ -39,49 +44,67 @@ pub struct NodeSpec {
     #[serde(default, rename = "providerID", skip_serializing_if = "Option::is_none")]
     pub provider_id: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub taints: Vec<Taint>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// Keeps pods that do not tolerate it away from a node.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Taint {
     pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
+    #[schemars(extend("enum" = ["NoExecute", "NoSchedule", "PreferNoSchedule"]))]
     pub effect: String,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// What the node's agent observes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {
     /// Total resources, e.g. `cpu: "2"`, `memory: "2048Mi"`, `pods: "110"`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, Quantity>")]
     pub capacity: BTreeMap<String, String>,
     /// What is left for pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, Quantity>")]
     pub allocatable: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "type", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub addresses: Vec<NodeAddress>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "type", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<NodeCondition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_info: Option<NodeSystemInfo>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// One address of a node.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeAddress {
     /// `InternalIP`, `ExternalIP` or `Hostname`.
     #[serde(rename = "type")]
     pub address_type: String,
     pub address: String,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// One observed condition of a node, e.g. `Ready`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeCondition {
     #[serde(rename = "type")]
@@ -96,10 +119,13 @@ pub struct NodeCondition {
     pub last_heartbeat_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// Facts about the machine and its software.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSystemInfo {
     #[serde(default, rename = "machineID")]
@@ -120,6 +146,9 @@ pub struct NodeSystemInfo {
     pub operating_system: String,
     #[serde(default)]
     pub architecture: String,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl Node {

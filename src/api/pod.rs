@@ -3,15 +3,16 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::meta::ObjectMeta;
+use super::meta::{ObjectMeta, UnknownFields};
 use super::quantity::{IntOrString, Quantity, QuantityError};
 use super::resource::{PODS, Resource, ResourceType};
 use super::time::Time;
 
 /// A group of containers on one node.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Pod {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -24,6 +25,9 @@ pub struct Pod {
     pub spec: PodSpec,
     #[serde(default)]
     pub status: PodStatus,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for Pod {
@@ -31,23 +35,36 @@ impl Resource for Pod {
 }
 
 /// The pod template of a Deployment or ReplicaSet: metadata (labels) and spec of the pods it makes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodTemplateSpec {
     #[serde(default)]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: PodSpec,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// What the pod should run and where.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "name", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub containers: Vec<Container>,
+    /// Containers run one after the other to completion before `containers` start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "name", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub init_containers: Vec<Container>,
+    /// Volumes the containers can mount.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "name", "x-kubernetes-patch-strategy" = "merge,retainKeys", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub volumes: Vec<Volume>,
     /// `Always` (default), `OnFailure` or `Never`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Always", "Never", "OnFailure"]))]
     pub restart_policy: Option<String>,
     /// The node the pod is bound to; empty until the scheduler binds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,11 +77,15 @@ pub struct PodSpec {
     pub termination_grace_period_seconds: Option<i64>,
     /// Node taints the pod accepts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub tolerations: Vec<Toleration>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// Lets a pod onto nodes with a matching taint.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Toleration {
     /// Empty with `operator: Exists` matches every key.
@@ -72,12 +93,16 @@ pub struct Toleration {
     pub key: Option<String>,
     /// `Equal` (default) or `Exists`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Equal", "Exists"]))]
     pub operator: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     /// Empty matches every effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effect: Option<String>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl Toleration {
@@ -155,7 +180,7 @@ impl ResourceAmounts {
 }
 
 /// One container of a pod.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Container {
     pub name: String,
@@ -163,16 +188,24 @@ pub struct Container {
     pub image: String,
     /// Replaces the image's entrypoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub command: Vec<String>,
     /// Replaces the image's command.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub args: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "name", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub env: Vec<EnvVar>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "containerPort", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["containerPort", "protocol"]))]
     pub ports: Vec<ContainerPort>,
+    /// Where the pod's volumes appear in the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "mountPath", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["mountPath"]))]
+    pub volume_mounts: Vec<VolumeMount>,
     #[serde(default, skip_serializing_if = "ResourceRequirements::is_empty")]
     pub resources: ResourceRequirements,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -182,20 +215,76 @@ pub struct Container {
     /// `IfNotPresent` or `Never` (images are never pulled implicitly here); `Always` is accepted
     /// and treated like `IfNotPresent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Always", "IfNotPresent", "Never"]))]
     pub image_pull_policy: Option<String>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
+}
+
+/// One address of a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodIp {
+    pub ip: String,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
+}
+
+/// A container port published on the node's address, on `hostPort`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishedPort {
+    pub container_name: String,
+    pub container_port: i64,
+    pub host_port: i64,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
+}
+
+/// A named volume of a pod. Its source (`emptyDir`, `hostPath`, `configMap`, ...) is not typed yet,
+/// so the schema keeps whatever the volume carries besides its name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+pub struct Volume {
+    pub name: String,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
+}
+
+/// A volume of the pod mounted into a container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    pub name: String,
+    pub mount_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<String>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// One environment variable.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvVar {
     pub name: String,
     #[serde(default)]
     pub value: String,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// A port a container listens on, optionally published on the node (`hostPort`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerPort {
     pub container_port: i64,
@@ -203,9 +292,13 @@ pub struct ContainerPort {
     pub host_port: Option<i64>,
     /// `TCP` (default), `UDP` or `SCTP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["SCTP", "TCP", "UDP"]))]
     pub protocol: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl ContainerPort {
@@ -216,19 +309,22 @@ impl ContainerPort {
 }
 
 /// CPU and memory a container requests (for scheduling) and may use at most (enforced).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceRequirements {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub requests: BTreeMap<String, Quantity>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub limits: BTreeMap<String, Quantity>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl ResourceRequirements {
     /// Nothing requested and nothing limited.
     pub fn is_empty(&self) -> bool {
-        self.requests.is_empty() && self.limits.is_empty()
+        self.requests.is_empty() && self.limits.is_empty() && self.extra.is_empty()
     }
 
     /// The requests, where a resource with a limit but no request requests its limit.
@@ -247,7 +343,7 @@ impl ResourceRequirements {
 }
 
 /// A health check of a container: exactly one of `httpGet`, `tcpSocket`, `exec`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Probe {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -266,6 +362,9 @@ pub struct Probe {
     pub failure_threshold: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success_threshold: Option<i64>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl Probe {
@@ -292,56 +391,80 @@ impl Probe {
 }
 
 /// An HTTP GET against the container; 200-399 is success.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpGetAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// A number or the name of a container port.
     pub port: IntOrString,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// A TCP connect to the container.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TcpSocketAction {
     /// A number or the name of a container port.
     pub port: IntOrString,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// A command run in the container; exit 0 is success.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecAction {
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub command: Vec<String>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// What the agent (and the scheduler, for `PodScheduled`) observed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodStatus {
     /// `Pending`, `Running`, `Succeeded`, `Failed` or `Unknown`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "type", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<PodCondition>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub container_statuses: Vec<ContainerStatus>,
     #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
     pub pod_ip: Option<String>,
     #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,
+    /// The pod's addresses, the first being `podIP`.
+    #[serde(default, rename = "podIPs", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "ip", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["ip"]))]
+    pub pod_ips: Vec<PodIp>,
+    /// Where each container port is published on the node (this cluster's own field, read by the
+    /// proxy: a pod's address is its node's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub published_ports: Vec<PublishedPort>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// One condition of a pod: `PodScheduled`, `Initialized`, `ContainersReady`, `Ready`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodCondition {
     #[serde(rename = "type")]
@@ -356,10 +479,13 @@ pub struct PodCondition {
     pub last_probe_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// The observed state of one container.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerStatus {
     pub name: String,
@@ -381,10 +507,13 @@ pub struct ContainerStatus {
     pub image: String,
     #[serde(default, rename = "imageID", skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// One of waiting, running or terminated.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -393,35 +522,44 @@ pub struct ContainerState {
     pub running: Option<ContainerStateRunning>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminated: Option<ContainerStateTerminated>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl ContainerState {
     /// No state recorded.
     pub fn is_empty(&self) -> bool {
-        self.waiting.is_none() && self.running.is_none() && self.terminated.is_none()
+        self.waiting.is_none() && self.running.is_none() && self.terminated.is_none() && self.extra.is_empty()
     }
 }
 
 /// Not running yet (or again): e.g. `ContainerCreating`, `ErrImageNeverPull`, `CrashLoopBackOff`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerStateWaiting {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// Running since `startedAt`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerStateRunning {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// Exited.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerStateTerminated {
     #[serde(default)]
@@ -438,6 +576,9 @@ pub struct ContainerStateTerminated {
     pub finished_at: Option<Time>,
     #[serde(default, rename = "containerID", skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl Pod {
@@ -527,8 +668,36 @@ mod tests {
     }
 
     #[test]
+    fn unknown_fields_at_every_level_survive_a_round_trip() {
+        let written = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "newTopLevel": {"a": [1, 2]},
+            "metadata": {"name": "web-1", "managedFields": [{"manager": "kubectl"}],
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u", "futureFlag": true}]},
+            "spec": {
+                "containers": [{
+                    "name": "web", "image": "busybox:1", "stdin": true,
+                    "ports": [{"containerPort": 80, "appProtocol": "http"}],
+                    "resources": {"requests": {"cpu": "100m"}, "claims": [{"name": "gpu"}]},
+                    "livenessProbe": {"httpGet": {"port": 80, "scheme": "HTTPS"}, "terminationGracePeriodSeconds": 3}
+                }],
+                "dnsPolicy": "ClusterFirst",
+                "tolerations": [{"key": "k", "operator": "Exists", "tolerationSeconds": 30}]
+            },
+            "status": {"phase": "Running", "qosClass": "Burstable",
+                       "conditions": [{"type": "Ready", "status": "True", "observedGeneration": 4}],
+                       "containerStatuses": [{"name": "web", "ready": true, "restartCount": 0, "image": "busybox:1",
+                                              "state": {"running": {"startedAt": "2026-01-01T00:00:01Z"}, "future": {}},
+                                              "volumeMounts": []}]}
+        });
+        let pod: Pod = serde_json::from_value(written.clone()).unwrap();
+        assert_eq!(pod.spec.extra.0["dnsPolicy"], "ClusterFirst");
+        assert_eq!(pod.spec.containers[0].ports[0].extra.0["appProtocol"], "http");
+        assert_eq!(serde_json::to_value(&pod).unwrap(), written);
+    }
+
+    #[test]
     fn a_limit_without_a_request_counts_as_the_request() {
-        let r = ResourceRequirements { requests: BTreeMap::new(), limits: [("memory".to_string(), Quantity::from("1Gi"))].into() };
+        let r = ResourceRequirements { requests: BTreeMap::new(), limits: [("memory".to_string(), Quantity::from("1Gi"))].into(), ..Default::default() };
         assert_eq!(r.effective_requests().unwrap().memory_bytes, 1 << 30);
     }
 }

@@ -3,6 +3,9 @@
 
 use std::fmt;
 
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A resource quantity as written (`"500m"`, `"64Mi"`); YAML numbers (`cpu: 1`) are read as text.
@@ -55,6 +58,38 @@ impl<'de> Deserialize<'de> for Quantity {
             other => Err(serde::de::Error::custom(format!("expected a quantity such as \"500m\" or \"64Mi\", got {other}"))),
         }
     }
+}
+
+// Kubernetes' OpenAPI has a quantity as int-or-string; `format: quantity` tells the validator to
+// check the text and to store a number as its text.
+impl JsonSchema for Quantity {
+    fn schema_name() -> Cow<'static, str> {
+        "Quantity".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"x-kubernetes-int-or-string": true, "anyOf": [{"type": "integer"}, {"type": "string"}], "format": "quantity"})
+    }
+}
+
+/// Whether `text` is a Kubernetes quantity: a signed decimal number with an optional binary
+/// (`Ki`..`Ei`), decimal (`n u m k M G T P E`) or exponent (`e3`, `E-2`) suffix.
+pub fn is_quantity(text: &str) -> bool {
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let (number, suffix) = split_number(unsigned);
+    let number_ok = !number.is_empty() && number != "." && number.matches('.').count() <= 1;
+    let suffix_ok = match suffix {
+        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P" | "E" => true,
+        exp => exp
+            .strip_prefix(['e', 'E'])
+            .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())),
+    };
+    number_ok && suffix_ok
 }
 
 /// Splits `12.5Mi` into the decimal number and its suffix.
@@ -125,6 +160,20 @@ pub enum IntOrString {
     String(String),
 }
 
+impl JsonSchema for IntOrString {
+    fn schema_name() -> Cow<'static, str> {
+        "IntOrString".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"x-kubernetes-int-or-string": true, "anyOf": [{"type": "integer"}, {"type": "string"}]})
+    }
+}
+
 impl Default for IntOrString {
     fn default() -> Self {
         IntOrString::Int(0)
@@ -188,6 +237,16 @@ mod tests {
         assert_eq!(q.millicores(), Ok(2000));
         let q: Quantity = serde_json::from_value(serde_json::json!("250m")).unwrap();
         assert_eq!(serde_json::to_value(&q).unwrap(), serde_json::json!("250m"));
+    }
+
+    #[test]
+    fn quantities_follow_kubernetes_grammar() {
+        for ok in ["4", "500m", "1.5Gi", "+2", "-1", "0.25", "1e3", "2E-2", "129M", ".5"] {
+            assert!(is_quantity(ok), "{ok}");
+        }
+        for bad in ["", "x", "4 cpus", "1.2.3", "64MB", "1e", "Mi", "."] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
     }
 
     #[test]

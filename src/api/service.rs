@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::meta::ObjectMeta;
+use super::meta::{ObjectMeta, UnknownFields};
 use super::quantity::IntOrString;
 use super::resource::{ENDPOINTS, Resource, ResourceType, SERVICES};
 
@@ -16,7 +17,7 @@ pub const NODE_PORT_MIN: u16 = 30000;
 pub const NODE_PORT_MAX: u16 = 32767;
 
 /// A stable way to reach a set of pods.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Service {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -29,6 +30,9 @@ pub struct Service {
     pub spec: ServiceSpec,
     #[serde(default)]
     pub status: ServiceStatus,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for Service {
@@ -36,19 +40,24 @@ impl Resource for Service {
 }
 
 /// What the Service exposes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// `ClusterIP` (default), `NodePort` or `LoadBalancer`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]))]
     pub service_type: Option<String>,
     /// Pods with all these labels are the Service's endpoints; none means endpoints are managed by hand.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub selector: BTreeMap<String, String>,
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "port", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["port", "protocol"]))]
     pub ports: Vec<ServicePort>,
     #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
     pub cluster_ip: Option<String>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl ServiceSpec {
@@ -64,13 +73,14 @@ impl ServiceSpec {
 }
 
 /// One port of a Service.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// `TCP` (default), `UDP` or `SCTP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["SCTP", "TCP", "UDP"]))]
     pub protocol: Option<String>,
     pub port: i64,
     /// The pods' port: a number or a container port's name; defaults to `port`.
@@ -79,6 +89,9 @@ pub struct ServicePort {
     /// The port on every node (30000-32767), allocated when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<i64>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl ServicePort {
@@ -94,40 +107,49 @@ impl ServicePort {
 }
 
 /// What the cloud made for the Service.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceStatus {
     #[serde(default, skip_serializing_if = "LoadBalancerStatus::is_empty")]
     pub load_balancer: LoadBalancerStatus,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// The addresses of a Service's load balancer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<LoadBalancerIngress>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl LoadBalancerStatus {
     /// No address yet.
     pub fn is_empty(&self) -> bool {
-        self.ingress.is_empty()
+        self.ingress.is_empty() && self.extra.is_empty()
     }
 }
 
 /// One address of a load balancer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancerIngress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// The addresses behind a Service, named like it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoints {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -138,6 +160,9 @@ pub struct Endpoints {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub subsets: Vec<EndpointSubset>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for Endpoints {
@@ -145,7 +170,7 @@ impl Resource for Endpoints {
 }
 
 /// Addresses that share a set of ports.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointSubset {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -154,10 +179,13 @@ pub struct EndpointSubset {
     pub not_ready_addresses: Vec<EndpointAddress>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<EndpointPort>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// One pod's address.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointAddress {
     pub ip: String,
@@ -165,10 +193,13 @@ pub struct EndpointAddress {
     pub node_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_ref: Option<ObjectReference>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// Names an object (the pod behind an address).
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectReference {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -179,10 +210,13 @@ pub struct ObjectReference {
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub uid: String,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// One resolved port of the addresses.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointPort {
     /// The Service port's name.
@@ -191,6 +225,9 @@ pub struct EndpointPort {
     pub port: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 #[cfg(test)]

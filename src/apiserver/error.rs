@@ -6,14 +6,15 @@ use axum::response::{IntoResponse, Response};
 
 use super::store::StoreError;
 use crate::api::resource::ResourceType;
-use crate::api::{Status, StatusDetails, StatusReason};
+use crate::api::schema::FieldError;
+use crate::api::{Status, StatusCause, StatusDetails, StatusReason};
 
 /// A request that failed; becomes a `Status` body with the matching HTTP code.
 #[derive(Debug, Clone)]
 pub struct ApiError(pub Box<Status>);
 
 fn details(resource: &ResourceType, name: &str) -> StatusDetails {
-    StatusDetails { name: name.into(), group: resource.group.into(), kind: resource.plural.into() }
+    StatusDetails { name: name.into(), group: resource.group.into(), kind: resource.plural.into(), causes: Vec::new() }
 }
 
 impl ApiError {
@@ -58,7 +59,27 @@ impl ApiError {
 
     /// 422: the object is well-formed JSON but not a valid object.
     pub fn invalid(resource: &ResourceType, name: &str, message: impl std::fmt::Display) -> Self {
-        Self::about(StatusReason::Invalid, 422, resource, name, format!("{resource} {name:?} is invalid: {message}"))
+        Self::invalid_with_causes(resource, name, message.to_string(), Vec::new())
+    }
+
+    /// 422 `Invalid` for an object refused by its kind's schema, as Kubernetes' `errors.NewInvalid`:
+    /// `Deployment.apps "web" is invalid: spec.replicas: ...` (several fields in brackets), and one
+    /// cause per field.
+    pub fn invalid_fields(resource: &ResourceType, name: &str, errors: &[FieldError]) -> Self {
+        let listed: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let listed = if listed.len() == 1 { listed.concat() } else { format!("[{}]", listed.join(", ")) };
+        let causes = errors
+            .iter()
+            .map(|e| StatusCause { reason: e.kind.reason().into(), message: e.message.clone(), field: e.field.clone() })
+            .collect();
+        Self::invalid_with_causes(resource, name, listed, causes)
+    }
+
+    /// Invalid is about a kind (`Deployment.apps`), where the other reasons name a resource.
+    fn invalid_with_causes(resource: &ResourceType, name: &str, message: String, causes: Vec<StatusCause>) -> Self {
+        let kind = if resource.group.is_empty() { resource.kind.to_string() } else { format!("{}.{}", resource.kind, resource.group) };
+        let details = StatusDetails { name: name.into(), group: resource.group.into(), kind: resource.kind.into(), causes };
+        ApiError(Box::new(Status::failure(StatusReason::Invalid, 422, format!("{kind} {name:?} is invalid: {message}")).with_details(details)))
     }
 
     /// 401: no valid credentials.

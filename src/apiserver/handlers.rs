@@ -2,16 +2,17 @@
 //! patch), delete; watch is in [`super::watch`].
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::auth::{self, Attributes, Decision, Identity, Verb};
 use super::error::ApiError;
-use super::objects::{self, meta_str, with_revision};
+use super::objects::{self, FieldValidation, meta_str, with_revision};
 use super::selectors::Selectors;
 use super::store::StoreError;
 use super::target::Target;
@@ -48,9 +49,11 @@ pub(crate) async fn resource(
                 list(&state, &identity, &target, &selectors, &headers).await
             }
         }
-        (&Method::POST, None) => create(&state, &identity, target, &body).await,
-        (&Method::PUT, Some(_)) => update(&state, &identity, &target, &body, status_sub).await,
-        (&Method::PATCH, Some(_)) => patch(&state, &identity, &target, &headers, &body, status_sub).await,
+        (&Method::POST, None) => create(&state, &identity, target, &body, FieldValidation::from_query(&query)?).await,
+        (&Method::PUT, Some(_)) => update(&state, &identity, &target, &body, status_sub, FieldValidation::from_query(&query)?).await,
+        (&Method::PATCH, Some(_)) => {
+            patch(&state, &identity, &target, &headers, &body, status_sub, FieldValidation::from_query(&query)?).await
+        }
         (&Method::DELETE, Some(_)) if !status_sub => delete(&state, &identity, &target, &body).await,
         _ => Err(ApiError::method_not_allowed()),
     }
@@ -76,6 +79,21 @@ pub(super) async fn authorize(state: &AppState, identity: &Identity, target: &Ta
             if bound { Ok(()) } else { Err(auth::forbidden(identity, &attrs)) }
         }
     }
+}
+
+/// `response` with one `Warning` header per unknown field dropped from the object, as Kubernetes
+/// answers `fieldValidation=Warn`: `299 - "unknown field \"spec.foo\""`.
+fn with_warnings(mut response: Response, unknown: &[String], mode: FieldValidation) -> Response {
+    if mode != FieldValidation::Warn {
+        return response;
+    }
+    for path in unknown {
+        let text = format!("unknown field {path:?}").replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(value) = HeaderValue::from_str(&format!("299 - \"{text}\"")) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
 }
 
 fn name_of(target: &Target) -> &str {
@@ -115,7 +133,7 @@ async fn list(state: &AppState, identity: &Identity, target: &Target, selectors:
     .into_response())
 }
 
-async fn create(state: &AppState, identity: &Identity, mut target: Target, body: &[u8]) -> Result<Response, ApiError> {
+async fn create(state: &AppState, identity: &Identity, mut target: Target, body: &[u8], mode: FieldValidation) -> Result<Response, ApiError> {
     let rt = target.resource;
     let mut object = objects::parse_object(body).map_err(ApiError::bad_request)?;
     objects::check_type(rt, &mut object).map_err(ApiError::bad_request)?;
@@ -152,11 +170,15 @@ async fn create(state: &AppState, identity: &Identity, mut target: Target, body:
         let mut candidate = object.clone();
         objects::metadata_mut(&mut candidate).insert("name".into(), json!(name));
         objects::prepare_create(&mut candidate, target.namespace.as_deref().filter(|_| rt.namespaced));
+        let unknown = objects::validate(rt, &name, &mut candidate, mode)?;
         if *rt == resource::CERTIFICATE_SIGNING_REQUESTS {
             csr::admit(identity, &mut candidate, state.config.csr_signer.as_ref())?;
         }
         match state.store.create(&target.key(&name), candidate.clone()).await {
-            Ok(rev) => return Ok((StatusCode::CREATED, Json(with_revision(candidate, rev))).into_response()),
+            Ok(rev) => {
+                let response = (StatusCode::CREATED, Json(with_revision(candidate, rev))).into_response();
+                return Ok(with_warnings(response, &unknown, mode));
+            }
             Err(StoreError::AlreadyExists { .. }) if attempt < attempts => continue,
             Err(e) => return Err(ApiError::from_store(e, rt, &name)),
         }
@@ -217,14 +239,37 @@ fn check_identity(object: &mut Value, target: &Target) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn update(state: &AppState, identity: &Identity, target: &Target, body: &[u8], status_only: bool) -> Result<Response, ApiError> {
+async fn update(
+    state: &AppState,
+    identity: &Identity,
+    target: &Target,
+    body: &[u8],
+    status_only: bool,
+    mode: FieldValidation,
+) -> Result<Response, ApiError> {
     authorize(state, identity, target, Verb::Update, None).await?;
     let mut incoming = objects::parse_object(body).map_err(ApiError::bad_request)?;
     objects::check_type(target.resource, &mut incoming).map_err(ApiError::bad_request)?;
     check_identity(&mut incoming, target)?;
     let requested = requested_revision(&incoming, target)?;
-    let written = write_back(state, target, requested, |stored| Ok(objects::merge_update(stored, incoming.clone(), status_only))).await?;
-    Ok(Json(written).into_response())
+    let unknown = Mutex::new(Vec::new());
+    let written = write_back(state, target, requested, |stored| {
+        let next = objects::merge_update(stored, incoming.clone(), status_only);
+        validated(target, next, mode, &unknown)
+    })
+    .await?;
+    let unknown = unknown.into_inner().unwrap_or_default();
+    Ok(with_warnings(Json(written).into_response(), &unknown, mode))
+}
+
+/// The object an update or patch is about to write, validated; the unknown fields it dropped are left
+/// in `unknown` (the last attempt's, when a race made `write_back` build it again).
+fn validated(target: &Target, mut next: Value, mode: FieldValidation, unknown: &Mutex<Vec<String>>) -> Result<Value, ApiError> {
+    let dropped = objects::validate(target.resource, name_of(target), &mut next, mode)?;
+    if let Ok(mut slot) = unknown.lock() {
+        *slot = dropped;
+    }
+    Ok(next)
 }
 
 async fn patch(
@@ -234,6 +279,7 @@ async fn patch(
     headers: &HeaderMap,
     body: &[u8],
     status_only: bool,
+    mode: FieldValidation,
 ) -> Result<Response, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media = content_type.split(';').next().unwrap_or("").trim();
@@ -243,15 +289,17 @@ async fn patch(
     authorize(state, identity, target, Verb::Patch, None).await?;
     let patch: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
     let requested = requested_revision(&patch, target)?;
+    let unknown = Mutex::new(Vec::new());
     let written = write_back(state, target, requested, |stored| {
         let mut patched = stored.clone();
         objects::merge_patch(&mut patched, &patch);
         objects::check_type(target.resource, &mut patched).map_err(ApiError::bad_request)?;
         check_identity(&mut patched, target)?;
-        Ok(objects::merge_update(stored, patched, status_only))
+        validated(target, objects::merge_update(stored, patched, status_only), mode, &unknown)
     })
     .await?;
-    Ok(Json(written).into_response())
+    let unknown = unknown.into_inner().unwrap_or_default();
+    Ok(with_warnings(Json(written).into_response(), &unknown, mode))
 }
 
 async fn delete(state: &AppState, identity: &Identity, target: &Target, body: &[u8]) -> Result<Response, ApiError> {

@@ -1,10 +1,14 @@
 //! What the server does to an object's JSON on its way into the store: names checked, server-owned
 //! metadata (uid, creationTimestamp, generation) set or kept, status kept apart from spec on update,
-//! JSON merge patches applied.
+//! JSON merge patches applied, and the result validated against its kind's schema ([`validate`]).
+
+use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
+use super::error::ApiError;
 use crate::api::resource::ResourceType;
+use crate::api::schema::{self, FieldError, FieldErrorKind};
 use crate::api::time::Time;
 
 /// Whether `name` is a valid object name: a DNS subdomain (lower-case letters, digits, `-` and `.`,
@@ -71,6 +75,51 @@ pub fn check_type(resource: &ResourceType, object: &mut Value) -> Result<(), Str
         Some(k) => return Err(format!("kind {k:?} does not match the request's {:?}", resource.kind)),
     }
     Ok(())
+}
+
+/// What a write's `fieldValidation` parameter asks of fields the schema does not know. They are
+/// dropped in every case; `Warn` names each in a `Warning` header, `Strict` refuses the write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FieldValidation {
+    #[default]
+    Ignore,
+    Warn,
+    Strict,
+}
+
+impl FieldValidation {
+    /// Reads `fieldValidation` from the query (absent is `Ignore`); another value is a bad request.
+    pub fn from_query(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        match query.get("fieldValidation").map(String::as_str) {
+            None | Some("" | "Ignore") => Ok(FieldValidation::Ignore),
+            Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation: Unsupported value: {other:?}: supported values: \"\", \"Ignore\", \"Strict\", \"Warn\""
+            ))),
+        }
+    }
+}
+
+/// Admits `object` (`resource` `name`) as it is about to be stored: its kind's schema prunes unknown
+/// fields and nulls and turns numbers given for quantities into text, then every wrong field is a
+/// 422 `Invalid` (with `Strict`, every unknown field too), and the object must decode into its Rust
+/// type, so that nothing stored fails to decode. Returns the paths of the unknown fields dropped.
+pub fn validate(resource: &ResourceType, name: &str, object: &mut Value, mode: FieldValidation) -> Result<Vec<String>, ApiError> {
+    let Some(kind_schema) = schema::schema_for(resource) else { return Ok(Vec::new()) };
+    let checked = schema::check(kind_schema, object);
+    let mut errors = checked.errors.clone();
+    if mode == FieldValidation::Strict {
+        errors.extend(checked.unknown_as_errors());
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid_fields(resource, name, &errors));
+    }
+    schema::decodes(resource, object).map_err(|e| {
+        let error = FieldError { kind: FieldErrorKind::Invalid, field: String::new(), message: format!("Invalid value: the object does not decode: {e}") };
+        ApiError::invalid_fields(resource, name, &[error])
+    })?;
+    Ok(checked.unknown)
 }
 
 /// Sets the metadata the server owns on a new object.

@@ -92,7 +92,9 @@ pub(crate) async fn serve(state: &AppState, identity: &Identity, target: &Target
         let replicas = wanted_replicas(&scale)?;
         let mut next = stored.clone();
         next["spec"]["replicas"] = json!(replicas);
-        Ok(objects::merge_update(stored, next, false))
+        let mut next = objects::merge_update(stored, next, false);
+        objects::validate(target.resource, target.name.as_deref().unwrap_or(""), &mut next, objects::FieldValidation::Ignore)?;
+        Ok(next)
     })
     .await?;
     Ok(Json(scale_of(&written)).into_response())

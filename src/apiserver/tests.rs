@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::store::{SqliteStore, Store};
 use super::{ApiServerConfig, ApiServerError, CsrSigner, ServerTls, serve};
-use crate::api::resource::{CERTIFICATE_SIGNING_REQUESTS, LEASES, NODES, PODS, SECRETS};
+use crate::api::resource::{CERTIFICATE_SIGNING_REQUESTS, DEPLOYMENTS, LEASES, NODES, PODS, SECRETS, SERVICES};
 use crate::api::{
     CertificateSigningRequest, KUBELET_CLIENT_SIGNER, Lease, List, Node, NodeCondition, ObjectMeta, Secret, StatusReason, Time,
     WatchEvent, WatchEventType,
@@ -689,5 +689,129 @@ async fn discovery_is_served_to_any_authenticated_client_but_not_anonymously() {
     assert_eq!(groups["kind"], "APIGroupList");
     assert_eq!(server.admin().get_value("/apis/apps/v1").await.unwrap()["groupVersion"], "apps/v1");
     assert_eq!(code(server.anonymous().get_value("/api/v1").await), 401);
+    server.stop().await;
+}
+
+/// The `(field, reason)` of each cause of a 422 `Invalid` answer.
+fn invalid_causes(r: Result<Value, ClientError>) -> Vec<(String, String)> {
+    match r {
+        Err(ClientError::Api { status, code: 422, .. }) => {
+            assert_eq!(status.reason, StatusReason::Invalid);
+            status.details.unwrap().causes.into_iter().map(|c| (c.field, c.reason)).collect()
+        }
+        other => panic!("expected 422 Invalid, got {other:?}"),
+    }
+}
+
+fn cause(field: &str, reason: &str) -> (String, String) {
+    (field.to_string(), reason.to_string())
+}
+
+#[tokio::test]
+async fn objects_with_wrong_typed_fields_are_refused_with_422_naming_the_field() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let bad_pod = json!({"metadata": {"name": "bad"}, "spec": {"containers": "x"}});
+    let err = admin.create(&PODS, Some("default"), &bad_pod).await.unwrap_err();
+    let ClientError::Api { status, .. } = &err else { panic!("{err:?}") };
+    assert_eq!(
+        status.message,
+        "Pod \"bad\" is invalid: spec.containers: Invalid value: \"string\": spec.containers in body must be of type array: \"string\""
+    );
+    let details = status.details.as_ref().unwrap();
+    assert_eq!((details.kind.as_str(), details.name.as_str(), details.group.as_str()), ("Pod", "bad", ""));
+    assert_eq!(invalid_causes(Err(err)), [cause("spec.containers", "FieldValueTypeInvalid")]);
+    assert_eq!(code(admin.get::<Value>(&PODS, Some("default"), "bad").await), 404, "nothing is stored");
+
+    let deployment = json!({"metadata": {"name": "web"}, "spec": {"replicas": "three", "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}});
+    assert_eq!(invalid_causes(admin.create(&DEPLOYMENTS, Some("default"), &deployment).await), [cause("spec.replicas", "FieldValueTypeInvalid")]);
+    let service = json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": "eighty"}]}});
+    assert_eq!(invalid_causes(admin.create(&SERVICES, Some("default"), &service).await), [cause("spec.ports[0].port", "FieldValueTypeInvalid")]);
+    let unsupported = json!({"metadata": {"name": "p2"}, "spec": {"restartPolicy": "Sometimes", "containers": [{"image": "busybox"}]}});
+    let mut causes = invalid_causes(admin.create(&PODS, Some("default"), &unsupported).await);
+    causes.sort();
+    assert_eq!(causes, [cause("spec.containers[0].name", "FieldValueRequired"), cause("spec.restartPolicy", "FieldValueNotSupported")]);
+
+    // A worker writes its own Node, and its status through the subresource, with its own credential.
+    let worker = server.node("w1");
+    let bad_node = json!({"metadata": {"name": "w1"}, "spec": {"unschedulable": "yes"}});
+    assert_eq!(invalid_causes(worker.create(&NODES, None, &bad_node).await), [cause("spec.unschedulable", "FieldValueTypeInvalid")]);
+    worker.create(&NODES, None, &json!({"metadata": {"name": "w1"}})).await.unwrap();
+    let bad_status = json!({"metadata": {"name": "w1"}, "status": {"capacity": {"cpu": [4], "memory": "lots"}}});
+    assert_eq!(
+        invalid_causes(worker.replace_status(&NODES, None, "w1", &bad_status).await),
+        [cause("status.capacity[cpu]", "FieldValueTypeInvalid"), cause("status.capacity[memory]", "FieldValueInvalid")]
+    );
+    let stored: Value = worker.get(&NODES, None, "w1").await.unwrap();
+    assert!(stored.get("status").is_none(), "the refused status is not stored: {stored}");
+    // A number given for a quantity is a quantity, stored as its text.
+    let numeric = json!({"metadata": {"name": "w1"}, "status": {"capacity": {"cpu": 4, "memory": "2Gi"}}});
+    let written: Value = worker.replace_status(&NODES, None, "w1", &numeric).await.unwrap();
+    assert_eq!(written["status"]["capacity"], json!({"cpu": "4", "memory": "2Gi"}));
+    let stored: Node = worker.get(&NODES, None, "w1").await.unwrap();
+    assert_eq!(stored.status.capacity["cpu"], "4");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_patch_whose_result_has_a_wrong_type_is_refused_and_nothing_is_stored() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    admin.create(&PODS, Some("default"), &pod("p1", None, "web")).await.unwrap();
+    let patch = json!({"spec": {"containers": [{"name": "c", "image": "busybox", "ports": [{"containerPort": "http"}]}]}});
+    assert_eq!(
+        invalid_causes(admin.patch(&PODS, Some("default"), "p1", &patch).await),
+        [cause("spec.containers[0].ports[0].containerPort", "FieldValueTypeInvalid")]
+    );
+    let status_patch = json!({"status": {"conditions": {"type": "Ready"}}});
+    assert_eq!(invalid_causes(admin.patch_status(&PODS, Some("default"), "p1", &status_patch).await), [cause("status.conditions", "FieldValueTypeInvalid")]);
+    let stored: Value = admin.get(&PODS, Some("default"), "p1").await.unwrap();
+    assert_eq!(stored["spec"]["containers"], json!([{"name": "c", "image": "busybox"}]));
+    assert!(stored.get("status").is_none(), "{stored}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn field_validation_strict_refuses_warn_names_and_ignore_drops_unknown_fields() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let path = "/api/v1/namespaces/default/pods";
+    let with_unknown = |name: &str| {
+        json!({"metadata": {"name": name, "bogus": 1}, "spec": {"foo": "bar", "containers": [{"name": "c", "image": "busybox"}]}})
+    };
+
+    let strict = admin.request_raw(Method::POST, &format!("{path}?fieldValidation=Strict"), &with_unknown("strict")).await;
+    assert_eq!(strict.status().as_u16(), 422);
+    let status: crate::api::Status = strict.json().await.unwrap();
+    let causes = status.details.unwrap().causes;
+    let found: Vec<(&str, &str, &str)> = causes.iter().map(|c| (c.field.as_str(), c.reason.as_str(), c.message.as_str())).collect();
+    assert_eq!(
+        found,
+        [
+            ("metadata.bogus", "FieldValueInvalid", "strict decoding error: unknown field \"metadata.bogus\""),
+            ("spec.foo", "FieldValueInvalid", "strict decoding error: unknown field \"spec.foo\"")
+        ]
+    );
+    assert_eq!(code(admin.get::<Value>(&PODS, Some("default"), "strict").await), 404);
+
+    let warn = admin.request_raw(Method::POST, &format!("{path}?fieldValidation=Warn"), &with_unknown("warn")).await;
+    assert_eq!(warn.status().as_u16(), 201);
+    let warnings: Vec<&str> = warn.headers().get_all("warning").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(warnings, ["299 - \"unknown field \\\"metadata.bogus\\\"\"", "299 - \"unknown field \\\"spec.foo\\\"\""]);
+    let ignored = admin.request_raw(Method::POST, path, &with_unknown("ignore")).await;
+    assert_eq!(ignored.status().as_u16(), 201);
+    assert!(ignored.headers().get("warning").is_none());
+    for name in ["warn", "ignore"] {
+        let stored: Value = admin.get(&PODS, Some("default"), name).await.unwrap();
+        assert!(stored["spec"].get("foo").is_none() && stored["metadata"].get("bogus").is_none(), "{stored}");
+        assert_eq!(stored["spec"]["containers"][0]["image"], "busybox");
+    }
+
+    // Updates and patches read the parameter too; an unknown value is a bad request.
+    let update = admin.request_raw(Method::PUT, &format!("{path}/ignore?fieldValidation=Strict"), &with_unknown("ignore")).await;
+    assert_eq!(update.status().as_u16(), 422);
+    let loud = admin.request_raw(Method::POST, &format!("{path}?fieldValidation=Loud"), &with_unknown("loud")).await;
+    assert_eq!(loud.status().as_u16(), 400);
     server.stop().await;
 }

@@ -455,6 +455,15 @@ impl ApiClient {
         self.json(method, path, body, &action).await
     }
 
+    /// Sends a JSON request and returns the raw answer, whatever its status: for tests that read the
+    /// response's headers.
+    #[cfg(test)]
+    pub(crate) async fn request_raw(&self, method: Method, path: &str, body: &Value) -> reqwest::Response {
+        let bytes = serde_json::to_vec(body).expect("a JSON value serializes");
+        let request = self.http.request(method, format!("{}{path}", self.server)).header(CONTENT_TYPE, "application/json").body(bytes);
+        request.send().await.expect("the API server answers")
+    }
+
     /// Sends a request without a body and returns the answer as text (health endpoints).
     pub async fn request_text(&self, method: &str, path: &str) -> Result<String, ClientError> {
         let action = format!("{method} {path}");

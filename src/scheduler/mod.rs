@@ -446,6 +446,7 @@ async fn mark_unschedulable(client: &ApiClient, pod: &Pod, message: &str) -> Opt
         message: Some(message.to_string()),
         last_transition_time: Some(Time::now()),
         last_probe_time: None,
+        ..Default::default()
     });
     next.status.phase.get_or_insert_with(|| "Pending".into());
     match client.replace_status(&PODS, Some(ns), name, &next).await {
