@@ -42,5 +42,6 @@ pub mod pki;
 pub mod provision;
 pub mod proxy;
 pub mod report;
+pub mod runtime;
 pub mod scheduler;
 pub mod spec;
