@@ -10,4 +10,6 @@ pub mod endpoints;
 pub mod node_lifecycle;
 
 #[cfg(test)]
+mod fake_tests;
+#[cfg(test)]
 pub(crate) mod tests;
