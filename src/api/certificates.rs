@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::meta::ObjectMeta;
+use super::meta::{ObjectMeta, UnknownFields};
 use super::resource::{CERTIFICATE_SIGNING_REQUESTS, Resource, ResourceType};
 use super::time::Time;
 
@@ -24,6 +24,8 @@ pub struct CertificateSigningRequest {
     pub spec: CertificateSigningRequestSpec,
     #[serde(default)]
     pub status: CertificateSigningRequestStatus,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for CertificateSigningRequest {
@@ -46,6 +48,8 @@ pub struct CertificateSigningRequestSpec {
     pub usages: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration_seconds: Option<i64>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// The outcome: conditions and, once signed, the certificate.
@@ -57,6 +61,8 @@ pub struct CertificateSigningRequestStatus {
     pub certificate: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<CertificateSigningRequestCondition>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// `Approved`, `Denied` or `Failed`.
@@ -74,4 +80,6 @@ pub struct CertificateSigningRequestCondition {
     pub last_update_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }

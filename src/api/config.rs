@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
-use super::meta::ObjectMeta;
+use super::meta::{ObjectMeta, UnknownFields};
 use super::resource::{CONFIG_MAPS, Resource, ResourceType, SECRETS};
 use super::time::Time;
 
@@ -32,6 +32,8 @@ pub struct Secret {
     pub secret_type: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for Secret {
@@ -63,6 +65,7 @@ impl Secret {
             metadata: ObjectMeta::namespaced(BOOTSTRAP_TOKEN_NAMESPACE, format!("{BOOTSTRAP_TOKEN_SECRET_PREFIX}{id}")),
             secret_type: Some(BOOTSTRAP_TOKEN_SECRET_TYPE.into()),
             data: BTreeMap::new(),
+            ..Default::default()
         };
         s.set("token-id", id);
         s.set("token-secret", secret);
@@ -84,6 +87,8 @@ pub struct ConfigMap {
     pub metadata: ObjectMeta,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for ConfigMap {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::meta::ObjectMeta;
+use super::meta::{ObjectMeta, UnknownFields};
 use super::pod::PodTemplateSpec;
 use super::quantity::IntOrString;
 use super::resource::{DEPLOYMENTS, REPLICA_SETS, Resource, ResourceType};
@@ -23,6 +23,8 @@ pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 pub struct LabelSelector {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl LabelSelector {
@@ -52,6 +54,8 @@ pub struct Deployment {
     pub spec: DeploymentSpec,
     #[serde(default)]
     pub status: DeploymentStatus,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for Deployment {
@@ -74,6 +78,8 @@ pub struct DeploymentSpec {
     /// Seconds a new pod must be ready before it counts as available (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_ready_seconds: Option<i32>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl DeploymentSpec {
@@ -109,6 +115,8 @@ pub struct DeploymentStrategy {
     pub strategy_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolling_update: Option<RollingUpdateDeployment>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// Bounds of a rolling update.
@@ -121,6 +129,8 @@ pub struct RollingUpdateDeployment {
     /// Pods below `replicas` allowed to be unavailable (number or percent, default 25%).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<IntOrString>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// What the deployment controller observed.
@@ -141,6 +151,8 @@ pub struct DeploymentStatus {
     pub unavailable_replicas: i32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<DeploymentCondition>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// One condition of a Deployment (`Available`, `Progressing`).
@@ -158,6 +170,8 @@ pub struct DeploymentCondition {
     pub last_update_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// Keeps `replicas` pods of one template revision.
@@ -174,6 +188,8 @@ pub struct ReplicaSet {
     pub spec: ReplicaSetSpec,
     #[serde(default)]
     pub status: ReplicaSetStatus,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for ReplicaSet {
@@ -192,6 +208,8 @@ pub struct ReplicaSetSpec {
     pub template: PodTemplateSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_ready_seconds: Option<i32>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl ReplicaSetSpec {
@@ -213,6 +231,8 @@ pub struct ReplicaSetStatus {
     pub available_replicas: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 #[cfg(test)]
@@ -224,7 +244,8 @@ mod tests {
             replicas: Some(replicas),
             strategy: Some(DeploymentStrategy {
                 strategy_type: None,
-                rolling_update: Some(RollingUpdateDeployment { max_surge: surge, max_unavailable: unavailable }),
+                rolling_update: Some(RollingUpdateDeployment { max_surge: surge, max_unavailable: unavailable, ..Default::default() }),
+                ..Default::default()
             }),
             ..Default::default()
         }

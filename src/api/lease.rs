@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::meta::ObjectMeta;
+use super::meta::{ObjectMeta, UnknownFields};
 use super::resource::{LEASES, Resource, ResourceType};
 use super::time::MicroTime;
 
@@ -22,6 +22,8 @@ pub struct Lease {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: LeaseSpec,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for Lease {
@@ -42,6 +44,8 @@ pub struct LeaseSpec {
     pub renew_time: Option<MicroTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_transitions: Option<i32>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl Lease {
@@ -58,7 +62,9 @@ impl Lease {
                 acquire_time: Some(now),
                 renew_time: Some(now),
                 lease_transitions: None,
+                ..Default::default()
             },
+            ..Default::default()
         }
     }
 }

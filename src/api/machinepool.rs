@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::meta::ObjectMeta;
+use super::meta::{ObjectMeta, UnknownFields};
 use super::node::NodeCondition;
 use super::resource::{Resource, ResourceType, MACHINE_POOLS};
 
@@ -22,6 +22,8 @@ pub struct MachinePool {
     pub spec: MachinePoolSpec,
     #[serde(default)]
     pub status: MachinePoolStatus,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// What the operator asked for.
@@ -30,6 +32,8 @@ pub struct MachinePool {
 pub struct MachinePoolSpec {
     /// How many machines the pool keeps.
     pub replicas: u32,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// What the machine controller saw at its last pass.
@@ -46,6 +50,8 @@ pub struct MachinePoolStatus {
     /// replace any), with the reason and the machines in the message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<NodeCondition>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for MachinePool {
@@ -59,8 +65,9 @@ impl MachinePool {
             api_version: MACHINE_POOLS.api_version(),
             kind: MACHINE_POOLS.kind.into(),
             metadata: ObjectMeta { name: pool.into(), ..ObjectMeta::default() },
-            spec: MachinePoolSpec { replicas },
+            spec: MachinePoolSpec { replicas, ..Default::default() },
             status: MachinePoolStatus::default(),
+            ..Default::default()
         }
     }
 

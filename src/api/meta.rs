@@ -8,6 +8,40 @@ use serde::{Deserialize, Serialize};
 
 use super::time::Time;
 
+/// The fields of an object (or of a part of one) that this version does not know, kept so that a
+/// client that reads an object and writes it back never drops what a newer client put there.
+///
+/// Every typed object and each of its parts carry one as `#[serde(flatten)] pub extra`. It is not
+/// part of the API's schema: the API server prunes unknown fields before it stores an object, as
+/// Kubernetes does, so what lands here comes from a newer server or from a client-side document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UnknownFields(pub serde_json::Map<String, serde_json::Value>);
+
+impl UnknownFields {
+    /// No unknown field was read.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+// Endpoint addresses and ports are sorted to compare subsets; JSON values have no order of their own,
+// so unknown fields order by their canonical text (maps are sorted by key), which is total and stable.
+impl PartialOrd for UnknownFields {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for UnknownFields {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if self.0 == other.0 {
+            return std::cmp::Ordering::Equal;
+        }
+        serde_json::Value::Object(self.0.clone()).to_string().cmp(&serde_json::Value::Object(other.0.clone()).to_string())
+    }
+}
+
 /// The `metadata` of every object.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -39,6 +73,8 @@ pub struct ObjectMeta {
     /// The objects this one belongs to (a pod's ReplicaSet, a ReplicaSet's Deployment).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owner_references: Vec<OwnerReference>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// Names the object that owns another; the owner's controller manages it.
@@ -54,6 +90,8 @@ pub struct OwnerReference {
     pub controller: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_owner_deletion: Option<bool>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl ObjectMeta {

@@ -36,7 +36,9 @@ pub use certificates::{
 pub use config::{ConfigMap, Secret};
 pub use machinepool::{MachinePool, MachinePoolSpec, MachinePoolStatus};
 pub use lease::{Lease, LeaseSpec, NODE_LEASE_NAMESPACE};
-pub use meta::{List, ListMeta, ObjectMeta, OwnerReference, Status, StatusDetails, StatusReason, WatchEvent, WatchEventType};
+pub use meta::{
+    List, ListMeta, ObjectMeta, OwnerReference, Status, StatusDetails, StatusReason, UnknownFields, WatchEvent, WatchEventType,
+};
 pub use node::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Taint};
 pub use resource::{Resource, ResourceType};
 pub use time::{MicroTime, Time};

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::meta::ObjectMeta;
+use super::meta::{ObjectMeta, UnknownFields};
 use super::resource::{NODES, Resource, ResourceType};
 use super::time::Time;
 
@@ -22,6 +22,8 @@ pub struct Node {
     pub spec: NodeSpec,
     #[serde(default)]
     pub status: NodeStatus,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for Node {
@@ -40,6 +42,8 @@ pub struct NodeSpec {
     pub provider_id: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taints: Vec<Taint>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// Keeps pods that do not tolerate it away from a node.
@@ -51,6 +55,8 @@ pub struct Taint {
     pub value: Option<String>,
     /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
     pub effect: String,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// What the node's agent observes.
@@ -69,6 +75,8 @@ pub struct NodeStatus {
     pub conditions: Vec<NodeCondition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_info: Option<NodeSystemInfo>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// One address of a node.
@@ -78,6 +86,8 @@ pub struct NodeAddress {
     #[serde(rename = "type")]
     pub address_type: String,
     pub address: String,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// One observed condition of a node, e.g. `Ready`.
@@ -96,6 +106,8 @@ pub struct NodeCondition {
     pub last_heartbeat_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// Facts about the machine and its software.
@@ -120,6 +132,8 @@ pub struct NodeSystemInfo {
     pub operating_system: String,
     #[serde(default)]
     pub architecture: String,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl Node {

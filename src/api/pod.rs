@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::meta::ObjectMeta;
+use super::meta::{ObjectMeta, UnknownFields};
 use super::quantity::{IntOrString, Quantity, QuantityError};
 use super::resource::{PODS, Resource, ResourceType};
 use super::time::Time;
@@ -24,6 +24,8 @@ pub struct Pod {
     pub spec: PodSpec,
     #[serde(default)]
     pub status: PodStatus,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for Pod {
@@ -38,6 +40,8 @@ pub struct PodTemplateSpec {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: PodSpec,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// What the pod should run and where.
@@ -61,6 +65,8 @@ pub struct PodSpec {
     /// Node taints the pod accepts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// Lets a pod onto nodes with a matching taint.
@@ -78,6 +84,8 @@ pub struct Toleration {
     /// Empty matches every effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effect: Option<String>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl Toleration {
@@ -183,6 +191,8 @@ pub struct Container {
     /// and treated like `IfNotPresent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// One environment variable.
@@ -192,6 +202,8 @@ pub struct EnvVar {
     pub name: String,
     #[serde(default)]
     pub value: String,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// A port a container listens on, optionally published on the node (`hostPort`).
@@ -206,6 +218,8 @@ pub struct ContainerPort {
     pub protocol: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl ContainerPort {
@@ -223,12 +237,14 @@ pub struct ResourceRequirements {
     pub requests: BTreeMap<String, Quantity>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub limits: BTreeMap<String, Quantity>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl ResourceRequirements {
     /// Nothing requested and nothing limited.
     pub fn is_empty(&self) -> bool {
-        self.requests.is_empty() && self.limits.is_empty()
+        self.requests.is_empty() && self.limits.is_empty() && self.extra.is_empty()
     }
 
     /// The requests, where a resource with a limit but no request requests its limit.
@@ -266,6 +282,8 @@ pub struct Probe {
     pub failure_threshold: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success_threshold: Option<i64>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl Probe {
@@ -299,6 +317,8 @@ pub struct HttpGetAction {
     pub path: Option<String>,
     /// A number or the name of a container port.
     pub port: IntOrString,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// A TCP connect to the container.
@@ -307,6 +327,8 @@ pub struct HttpGetAction {
 pub struct TcpSocketAction {
     /// A number or the name of a container port.
     pub port: IntOrString,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// A command run in the container; exit 0 is success.
@@ -315,6 +337,8 @@ pub struct TcpSocketAction {
 pub struct ExecAction {
     #[serde(default)]
     pub command: Vec<String>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// What the agent (and the scheduler, for `PodScheduled`) observed.
@@ -338,6 +362,8 @@ pub struct PodStatus {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// One condition of a pod: `PodScheduled`, `Initialized`, `ContainersReady`, `Ready`.
@@ -356,6 +382,8 @@ pub struct PodCondition {
     pub last_probe_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// The observed state of one container.
@@ -381,6 +409,8 @@ pub struct ContainerStatus {
     pub image: String,
     #[serde(default, rename = "imageID", skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// One of waiting, running or terminated.
@@ -393,12 +423,14 @@ pub struct ContainerState {
     pub running: Option<ContainerStateRunning>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminated: Option<ContainerStateTerminated>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl ContainerState {
     /// No state recorded.
     pub fn is_empty(&self) -> bool {
-        self.waiting.is_none() && self.running.is_none() && self.terminated.is_none()
+        self.waiting.is_none() && self.running.is_none() && self.terminated.is_none() && self.extra.is_empty()
     }
 }
 
@@ -410,6 +442,8 @@ pub struct ContainerStateWaiting {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// Running since `startedAt`.
@@ -418,6 +452,8 @@ pub struct ContainerStateWaiting {
 pub struct ContainerStateRunning {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// Exited.
@@ -438,6 +474,8 @@ pub struct ContainerStateTerminated {
     pub finished_at: Option<Time>,
     #[serde(default, rename = "containerID", skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl Pod {
@@ -527,8 +565,36 @@ mod tests {
     }
 
     #[test]
+    fn unknown_fields_at_every_level_survive_a_round_trip() {
+        let written = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "newTopLevel": {"a": [1, 2]},
+            "metadata": {"name": "web-1", "managedFields": [{"manager": "kubectl"}],
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u", "futureFlag": true}]},
+            "spec": {
+                "containers": [{
+                    "name": "web", "image": "busybox:1", "stdin": true,
+                    "ports": [{"containerPort": 80, "appProtocol": "http"}],
+                    "resources": {"requests": {"cpu": "100m"}, "claims": [{"name": "gpu"}]},
+                    "livenessProbe": {"httpGet": {"port": 80, "scheme": "HTTPS"}, "terminationGracePeriodSeconds": 3}
+                }],
+                "dnsPolicy": "ClusterFirst",
+                "tolerations": [{"key": "k", "operator": "Exists", "tolerationSeconds": 30}]
+            },
+            "status": {"phase": "Running", "qosClass": "Burstable",
+                       "conditions": [{"type": "Ready", "status": "True", "observedGeneration": 4}],
+                       "containerStatuses": [{"name": "web", "ready": true, "restartCount": 0, "image": "busybox:1",
+                                              "state": {"running": {"startedAt": "2026-01-01T00:00:01Z"}, "future": {}},
+                                              "volumeMounts": []}]}
+        });
+        let pod: Pod = serde_json::from_value(written.clone()).unwrap();
+        assert_eq!(pod.spec.extra.0["dnsPolicy"], "ClusterFirst");
+        assert_eq!(pod.spec.containers[0].ports[0].extra.0["appProtocol"], "http");
+        assert_eq!(serde_json::to_value(&pod).unwrap(), written);
+    }
+
+    #[test]
     fn a_limit_without_a_request_counts_as_the_request() {
-        let r = ResourceRequirements { requests: BTreeMap::new(), limits: [("memory".to_string(), Quantity::from("1Gi"))].into() };
+        let r = ResourceRequirements { requests: BTreeMap::new(), limits: [("memory".to_string(), Quantity::from("1Gi"))].into(), ..Default::default() };
         assert_eq!(r.effective_requests().unwrap().memory_bytes, 1 << 30);
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::meta::ObjectMeta;
+use super::meta::{ObjectMeta, UnknownFields};
 use super::quantity::IntOrString;
 use super::resource::{ENDPOINTS, Resource, ResourceType, SERVICES};
 
@@ -29,6 +29,8 @@ pub struct Service {
     pub spec: ServiceSpec,
     #[serde(default)]
     pub status: ServiceStatus,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for Service {
@@ -49,6 +51,8 @@ pub struct ServiceSpec {
     pub ports: Vec<ServicePort>,
     #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
     pub cluster_ip: Option<String>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl ServiceSpec {
@@ -79,6 +83,8 @@ pub struct ServicePort {
     /// The port on every node (30000-32767), allocated when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<i64>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl ServicePort {
@@ -99,6 +105,8 @@ impl ServicePort {
 pub struct ServiceStatus {
     #[serde(default, skip_serializing_if = "LoadBalancerStatus::is_empty")]
     pub load_balancer: LoadBalancerStatus,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// The addresses of a Service's load balancer.
@@ -107,12 +115,14 @@ pub struct ServiceStatus {
 pub struct LoadBalancerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<LoadBalancerIngress>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl LoadBalancerStatus {
     /// No address yet.
     pub fn is_empty(&self) -> bool {
-        self.ingress.is_empty()
+        self.ingress.is_empty() && self.extra.is_empty()
     }
 }
 
@@ -124,6 +134,8 @@ pub struct LoadBalancerIngress {
     pub ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// The addresses behind a Service, named like it.
@@ -138,6 +150,8 @@ pub struct Endpoints {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub subsets: Vec<EndpointSubset>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 impl Resource for Endpoints {
@@ -154,6 +168,8 @@ pub struct EndpointSubset {
     pub not_ready_addresses: Vec<EndpointAddress>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<EndpointPort>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// One pod's address.
@@ -165,6 +181,8 @@ pub struct EndpointAddress {
     pub node_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_ref: Option<ObjectReference>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// Names an object (the pod behind an address).
@@ -179,6 +197,8 @@ pub struct ObjectReference {
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub uid: String,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 /// One resolved port of the addresses.
@@ -191,6 +211,8 @@ pub struct EndpointPort {
     pub port: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
 }
 
 #[cfg(test)]

@@ -159,6 +159,7 @@ impl LeaderElection {
                     kind: LEASES.kind.into(),
                     metadata: ObjectMeta::namespaced(LEADER_LEASE_NAMESPACE, &self.lease),
                     spec: self.held_spec(now, now, 0),
+                    ..Default::default()
                 };
                 return match client.create(&LEASES, Some(LEADER_LEASE_NAMESPACE), &lease).await {
                     Ok(_) => {
@@ -206,6 +207,7 @@ impl LeaderElection {
             acquire_time: Some(acquired),
             renew_time: Some(renewed),
             lease_transitions: Some(transitions),
+            ..Default::default()
         }
     }
 }

@@ -181,6 +181,7 @@ fn condition(kind: &str, status: bool, reason: &str, message: &str) -> NodeCondi
         message: message.into(),
         last_heartbeat_time: None,
         last_transition_time: Some(Time::now()),
+        ..Default::default()
     }
 }
 

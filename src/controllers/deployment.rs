@@ -42,6 +42,7 @@ fn owner_ref(api_version: &str, kind: &str, meta: &ObjectMeta) -> OwnerReference
         uid: meta.uid.clone(),
         controller: Some(true),
         block_owner_deletion: Some(true),
+        ..Default::default()
     }
 }
 
@@ -118,7 +119,7 @@ async fn reconcile_deployment<C: Client>(client: &C, d: &Deployment, sets: &[Rep
             let only_set = owned.iter().all(|rs| rs.spec.replicas() == 0);
             let rs = ReplicaSet {
                 metadata: meta,
-                spec: ReplicaSetSpec { replicas: Some(if only_set && !d.spec.is_recreate() { replicas as i32 } else { 0 }), selector, template, min_ready_seconds: d.spec.min_ready_seconds },
+                spec: ReplicaSetSpec { replicas: Some(if only_set && !d.spec.is_recreate() { replicas as i32 } else { 0 }), selector, template, min_ready_seconds: d.spec.min_ready_seconds, ..Default::default() },
                 ..Default::default()
             };
             let created = client.create(&rs).await?;
@@ -168,6 +169,7 @@ async fn reconcile_deployment<C: Client>(client: &C, d: &Deployment, sets: &[Rep
         available_replicas: ready,
         unavailable_replicas: (replicas as i32 - ready).max(0),
         conditions: d.status.conditions.clone(),
+        ..Default::default()
     };
     if status != d.status {
         let mut next = d.clone();
@@ -238,7 +240,7 @@ async fn reconcile_replica_set<C: Client>(client: &C, rs: &ReplicaSet, pods: &[P
         tracing::info!(replicaset = %rs.metadata.name, deleted = mine.len() - want, "deleted pods");
     }
     let ready = mine.iter().filter(|p| p.is_ready()).count() as i32;
-    let status = ReplicaSetStatus { replicas: mine.len() as i32, ready_replicas: ready, available_replicas: ready, observed_generation: rs.metadata.generation };
+    let status = ReplicaSetStatus { replicas: mine.len() as i32, ready_replicas: ready, available_replicas: ready, observed_generation: rs.metadata.generation, ..Default::default() };
     if status != rs.status {
         let mut next = rs.clone();
         next.status = status;

@@ -58,7 +58,7 @@ pub fn desired_subsets(service: &Service, pods: &[Pod]) -> Vec<EndpointSubset> {
             .ports
             .iter()
             .filter_map(|sp| {
-                Some(EndpointPort { name: sp.name.clone(), port: resolve_target(&sp.target(), pod)?, protocol: Some(sp.protocol().to_string()) })
+                Some(EndpointPort { name: sp.name.clone(), port: resolve_target(&sp.target(), pod)?, protocol: Some(sp.protocol().to_string()), ..Default::default() })
             })
             .collect();
         if ports.is_empty() {
@@ -67,7 +67,8 @@ pub fn desired_subsets(service: &Service, pods: &[Pod]) -> Vec<EndpointSubset> {
         let address = EndpointAddress {
             ip: ip.to_string(),
             node_name: pod.spec.bound_node().map(String::from),
-            target_ref: Some(ObjectReference { kind: "Pod".into(), namespace: ns.to_string(), name: pod.metadata.name.clone(), uid: pod.metadata.uid.clone() }),
+            target_ref: Some(ObjectReference { kind: "Pod".into(), namespace: ns.to_string(), name: pod.metadata.name.clone(), uid: pod.metadata.uid.clone(), ..Default::default() }),
+            ..Default::default()
         };
         let entry = groups.entry(ports).or_default();
         if pod.is_ready() {
@@ -78,7 +79,7 @@ pub fn desired_subsets(service: &Service, pods: &[Pod]) -> Vec<EndpointSubset> {
     }
     groups
         .into_iter()
-        .map(|(ports, (ready, not_ready))| EndpointSubset { addresses: ready.into_iter().collect(), not_ready_addresses: not_ready.into_iter().collect(), ports })
+        .map(|(ports, (ready, not_ready))| EndpointSubset { addresses: ready.into_iter().collect(), not_ready_addresses: not_ready.into_iter().collect(), ports, ..Default::default() })
         .collect()
 }
 
@@ -238,7 +239,7 @@ mod tests {
         assert_eq!(subsets.len(), 1);
         assert_eq!(subsets[0].addresses.iter().map(|a| a.ip.as_str()).collect::<Vec<_>>(), ["172.17.0.2"]);
         assert_eq!(subsets[0].not_ready_addresses.iter().map(|a| a.ip.as_str()).collect::<Vec<_>>(), ["172.17.0.3"]);
-        assert_eq!(subsets[0].ports, [EndpointPort { name: Some("http".into()), port: 8080, protocol: Some("TCP".into()) }]);
+        assert_eq!(subsets[0].ports, [EndpointPort { name: Some("http".into()), port: 8080, protocol: Some("TCP".into()), ..Default::default() }]);
         assert_eq!(subsets[0].addresses[0].node_name.as_deref(), Some("w1"));
     }
 

@@ -445,6 +445,7 @@ async fn mark_unschedulable<C: Client>(client: &C, pod: &Pod, message: &str) -> 
         message: Some(message.to_string()),
         last_transition_time: Some(Time::now()),
         last_probe_time: None,
+        ..Default::default()
     });
     next.status.phase.get_or_insert_with(|| "Pending".into());
     match client.replace_status(&next).await {

@@ -22,7 +22,7 @@ fn pod(name: &str, cpu: &str, mem: &str, owner: Option<&str>) -> Pod {
     p.spec.containers.push(Container {
         name: "c".into(),
         image: "i".into(),
-        resources: ResourceRequirements { requests: [("cpu".to_string(), Quantity::from(cpu)), ("memory".to_string(), Quantity::from(mem))].into(), limits: BTreeMap::new() },
+        resources: ResourceRequirements { requests: [("cpu".to_string(), Quantity::from(cpu)), ("memory".to_string(), Quantity::from(mem))].into(), limits: BTreeMap::new(), ..Default::default() },
         ..Default::default()
     });
     p
