@@ -16,6 +16,8 @@
 //! - [`pki`]: the cluster CA, serving and client certificates, node CSR signing, join tokens.
 //! - [`node`]: the node side of the binary (`clusterctl node master|worker`) and its config file.
 //! - [`agent`]: the kubelet: node registration, lease heartbeats, pods as Docker containers.
+//! - [`runtime`]: the one controller runtime: typed reflector stores, a de-duplicating work queue,
+//!   `reconcile(key) -> Action` with per-key back-off and resync, a client trait and its fake.
 //! - [`controllers`]: node lifecycle (not-ready marking, eviction), deployments, endpoints.
 //! - [`cloudcontroller`]: the master's cloud controller manager (service load balancers, node deletion, machine replacement).
 //! - [`proxy`]: every node's NodePort listeners forwarding to ready endpoints.

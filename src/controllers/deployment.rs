@@ -136,8 +136,12 @@ async fn reconcile_deployment<C: Client>(client: &C, d: &Deployment, sets: &[Rep
         (if old_pods == 0 { replicas } else { 0 }, olds.iter().map(|_| 0).collect())
     } else {
         let (surge, unavailable) = d.spec.rolling_limits();
-        let old: Vec<(u32, u32)> = olds.iter().map(|rs| (rs.spec.replicas(), ready_of(rs))).collect();
-        rolling_step(replicas, surge, unavailable, (new.spec.replicas(), ready_of(&new)), &old)
+        // A set's ready pods count only up to its `replicas`: those above it are being deleted (the
+        // ReplicaSet controller runs beside this one and the pod store may not show it yet), and
+        // counting them would let more old pods go than maxUnavailable allows.
+        let counted = |rs: &ReplicaSet| (rs.spec.replicas(), ready_of(rs).min(rs.spec.replicas()));
+        let old: Vec<(u32, u32)> = olds.iter().map(|rs| counted(rs)).collect();
+        rolling_step(replicas, surge, unavailable, counted(&new), &old)
     };
     let resize = |rs: &ReplicaSet, to: u32| {
         let mut next = rs.clone();

@@ -5,35 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use crate::api::deployment::Deployment;
 use crate::api::pod::{Pod, PodCondition};
 use crate::api::resource::{DEPLOYMENTS, ENDPOINTS, NODES, PODS, SERVICES};
 use crate::api::service::{Endpoints, Service};
 use crate::api::{Node, NodeCondition, Time};
-use crate::apiserver::store::{SqliteStore, Store};
-use crate::apiserver::{ApiServerConfig, ServerTls, serve};
-use crate::client::{ApiClient, ClientAuth, ListOptions};
+use crate::client::{ApiClient, ListOptions};
 use crate::manifest::{self, apply};
-use crate::pki::ClusterCa;
 
-pub(crate) async fn start() -> ApiClient {
-    let ca = Arc::new(ClusterCa::generate("test").unwrap());
-    let serving = ca.issue_server(&["localhost".to_string()], &["127.0.0.1".parse().unwrap()]).unwrap();
-    let config = ApiServerConfig {
-        tls: ServerTls { cert_pem: serving.cert_pem, key_pem: serving.key_pem, client_ca_pem: ca.cert_pem().to_string() },
-        csr_signer: ca.clone(),
-        cluster_info_ca_pem: ca.cert_pem().to_string(),
-        node_binary: None,
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
-    tokio::spawn(serve(config, store, listener, std::future::pending::<()>()));
-    let admin = ca.issue_client("admin", &["system:masters"]).unwrap();
-    ApiClient::new(&url, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: admin.cert_pem, key_pem: admin.key_pem }).unwrap()
-}
+pub(crate) use crate::client::test_server::start;
 
 async fn add_node(client: &ApiClient, name: &str, zone: &str, memory: &str) {
     let mut node = Node::new(name);
