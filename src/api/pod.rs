@@ -297,6 +297,9 @@ impl Probe {
 pub struct HttpGetAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The address to connect to; the container's own address when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// A number or the name of a container port.
     pub port: IntOrString,
 }
@@ -307,6 +310,9 @@ pub struct HttpGetAction {
 pub struct TcpSocketAction {
     /// A number or the name of a container port.
     pub port: IntOrString,
+    /// The address to connect to; the container's own address when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// A command run in the container; exit 0 is success.
@@ -332,12 +338,41 @@ pub struct PodStatus {
     pub pod_ip: Option<String>,
     #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,
+    #[serde(default, rename = "podIPs", skip_serializing_if = "Vec::is_empty")]
+    pub pod_ips: Vec<PodIp>,
+    /// Where the node publishes the pod's container ports (not a Kubernetes field; see the agent's
+    /// networking contract).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published_ports: Vec<PublishedPort>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// One address of a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodIp {
+    pub ip: String,
+}
+
+/// A container port of the pod and the node port it is reached on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishedPort {
+    pub container_name: String,
+    pub container_port: i64,
+    pub host_port: i64,
+}
+
+impl PodStatus {
+    /// The node port that publishes `container_port`, if the agent has published it.
+    pub fn published_port(&self, container_port: i64) -> Option<i64> {
+        self.published_ports.iter().find(|p| p.container_port == container_port).map(|p| p.host_port)
+    }
 }
 
 /// One condition of a pod: `PodScheduled`, `Initialized`, `ContainersReady`, `Ready`.

@@ -13,6 +13,7 @@ pub mod drain;
 pub mod kubeconfig;
 pub mod kubectl_config;
 pub mod leader;
+pub mod reflector;
 
 use std::sync::Arc;
 use std::time::Duration;

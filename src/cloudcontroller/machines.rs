@@ -374,10 +374,10 @@ pub async fn run(ctx: Context, client: ApiClient) {
 /// watch-fed copy of the pools; the controller's own status writes and the first listing do not
 /// count. A change made while a pass runs is kept until the pass ends (`Notify` keeps one permit).
 pub async fn wake_on_resize(client: ApiClient, resized: std::sync::Arc<tokio::sync::Notify>) {
-    use crate::agent::reflector::{self, Objects};
-    let (tx, mut rx) = tokio::sync::watch::channel(Objects::default());
+    use crate::client::reflector::{self, Objects};
+    let (tx, mut rx) = tokio::sync::watch::channel(Objects::<serde_json::Value>::default());
     tokio::spawn(reflector::reflect(client, &MACHINE_POOLS, crate::client::ListOptions::default(), tx));
-    let specs = |pools: &Objects| -> BTreeMap<String, serde_json::Value> { pools.iter().map(|(k, v)| (k.clone(), v.get("spec").cloned().unwrap_or_default())).collect() };
+    let specs = |pools: &Objects<serde_json::Value>| -> BTreeMap<String, serde_json::Value> { pools.iter().map(|(k, v)| (k.clone(), v.get("spec").cloned().unwrap_or_default())).collect() };
     // The reflector publishes its first listing as the first change.
     if rx.changed().await.is_err() {
         return;

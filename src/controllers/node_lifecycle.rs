@@ -15,9 +15,19 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::agent::{ready_condition, ready_status, LEASE_NAMESPACE};
+use crate::api::lease::NODE_LEASE_NAMESPACE as LEASE_NAMESPACE;
 use crate::api::time::{now_rfc3339, parse_rfc3339};
 use crate::client::{ApiClient, ClientError};
+
+// Until this controller reads typed Nodes (the runtime port), it reads the Ready condition from
+// JSON itself: the agent it used to borrow these from now reports typed Nodes.
+fn ready_condition(node: &Value) -> Option<&Value> {
+    node.pointer("/status/conditions")?.as_array()?.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+}
+
+fn ready_status(node: &Value) -> Option<&str> {
+    ready_condition(node)?.get("status")?.as_str()
+}
 
 /// What a tick decided for one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
