@@ -315,6 +315,9 @@ impl Probe {
 pub struct HttpGetAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The address to connect to; the container's own address when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// A number or the name of a container port.
     pub port: IntOrString,
     #[serde(flatten)]
@@ -327,6 +330,9 @@ pub struct HttpGetAction {
 pub struct TcpSocketAction {
     /// A number or the name of a container port.
     pub port: IntOrString,
+    /// The address to connect to; the container's own address when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     #[serde(flatten)]
     pub extra: UnknownFields,
 }
@@ -356,6 +362,12 @@ pub struct PodStatus {
     pub pod_ip: Option<String>,
     #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,
+    #[serde(default, rename = "podIPs", skip_serializing_if = "Vec::is_empty")]
+    pub pod_ips: Vec<PodIp>,
+    /// Where the node publishes the pod's container ports (not a Kubernetes field; see the agent's
+    /// networking contract).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published_ports: Vec<PublishedPort>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -364,6 +376,33 @@ pub struct PodStatus {
     pub reason: Option<String>,
     #[serde(flatten)]
     pub extra: UnknownFields,
+}
+
+/// One address of a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodIp {
+    pub ip: String,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
+}
+
+/// A container port of the pod and the node port it is reached on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishedPort {
+    pub container_name: String,
+    pub container_port: i64,
+    pub host_port: i64,
+    #[serde(flatten)]
+    pub extra: UnknownFields,
+}
+
+impl PodStatus {
+    /// The node port that publishes `container_port`, if the agent has published it.
+    pub fn published_port(&self, container_port: i64) -> Option<i64> {
+        self.published_ports.iter().find(|p| p.container_port == container_port).map(|p| p.host_port)
+    }
 }
 
 /// One condition of a pod: `PodScheduled`, `Initialized`, `ContainersReady`, `Ready`.
