@@ -44,34 +44,9 @@ pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// Default termination grace period.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
-/// A probe's timings as durations and counts, Kubernetes' defaults filled in and nonsense (zero or
-/// negative) raised to the smallest meaningful value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ProbeTimings {
-    initial_delay: Duration,
-    period: Duration,
-    timeout: Duration,
-    failure_threshold: u32,
-    success_threshold: u32,
-}
-
-impl ProbeTimings {
-    fn of(probe: &Probe) -> Self {
-        let secs = |n: i64, min: i64| Duration::from_secs(n.max(min).unsigned_abs());
-        let count = |n: i64| u32::try_from(n.max(1)).unwrap_or(u32::MAX);
-        ProbeTimings {
-            initial_delay: secs(probe.initial_delay(), 0),
-            period: secs(probe.period(), 1),
-            timeout: secs(probe.timeout(), 1),
-            failure_threshold: count(probe.failures()),
-            success_threshold: count(probe.successes()),
-        }
-    }
-}
-
 /// Consecutive results of one probe.
 #[derive(Debug, Default)]
-struct ProbeTrack {
+struct HealthTrack {
     next: Option<Instant>,
     successes: u32,
     failures: u32,
@@ -91,8 +66,8 @@ struct ContainerTrack {
     container_id: Option<String>,
     waiting: Option<(String, String)>,
     last_terminated: Option<ContainerStateTerminated>,
-    liveness: ProbeTrack,
-    readiness: ProbeTrack,
+    liveness: HealthTrack,
+    readiness: HealthTrack,
 }
 
 impl ContainerTrack {
@@ -105,8 +80,8 @@ impl ContainerTrack {
             container_id: None,
             waiting: Some(("ContainerCreating".into(), String::new())),
             last_terminated: None,
-            liveness: ProbeTrack::default(),
-            readiness: ProbeTrack::default(),
+            liveness: HealthTrack::default(),
+            readiness: HealthTrack::default(),
         }
     }
 }
@@ -251,7 +226,7 @@ async fn probe<R: ContainerRuntime>(runtime: &R, probe: &Probe, container: &Cont
         }
         false
     };
-    tokio::time::timeout(ProbeTimings::of(probe).timeout, attempt).await.unwrap_or(false)
+    tokio::time::timeout(probe.timeout(), attempt).await.unwrap_or(false)
 }
 
 /// A minimal HTTP/1.0 GET; returns the status code.
@@ -266,27 +241,26 @@ async fn http_get(addr: SocketAddr, path: &str) -> Option<u16> {
 }
 
 /// Advances a probe track if due; returns whether it ran.
-async fn step_probe<R: ContainerRuntime>(runtime: &R, spec: Option<&Probe>, track: &mut ProbeTrack, since: Instant, container: &Container, info: &ContainerInfo, now: Instant) {
+async fn step_probe<R: ContainerRuntime>(runtime: &R, spec: Option<&Probe>, track: &mut HealthTrack, since: Instant, container: &Container, info: &ContainerInfo, now: Instant) {
     let Some(spec) = spec else {
         track.passing = true;
         return;
     };
-    let timings = ProbeTimings::of(spec);
-    let due = track.next.unwrap_or(since + timings.initial_delay);
+    let due = track.next.unwrap_or(since + spec.initial_delay());
     if now < due {
         return;
     }
-    track.next = Some(now + timings.period);
+    track.next = Some(now + spec.period());
     if probe(runtime, spec, container, info).await {
         track.successes += 1;
         track.failures = 0;
-        if track.successes >= timings.success_threshold {
+        if track.successes >= spec.successes() {
             track.passing = true;
         }
     } else {
         track.failures += 1;
         track.successes = 0;
-        if track.failures >= timings.failure_threshold {
+        if track.failures >= spec.failures() {
             track.passing = false;
         }
     }
@@ -474,8 +448,8 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
                     // Started by us just now, or adopted after an agent restart.
                     ct.container_id = Some(c.id.clone());
                     ct.running_since = Some(now);
-                    ct.liveness = ProbeTrack { passing: true, ..Default::default() };
-                    ct.readiness = ProbeTrack::default();
+                    ct.liveness = HealthTrack { passing: true, ..Default::default() };
+                    ct.readiness = HealthTrack::default();
                 }
                 ct.waiting = None;
                 ct.restart_at = None;
@@ -488,7 +462,7 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
                 if !ct.liveness.passing {
                     tracing::info!(pod = %pod.metadata.name, container = %cname, "liveness probe failed; restarting");
                     to_terminate.push((c.id.clone(), grace, false));
-                    ct.liveness = ProbeTrack { passing: true, ..Default::default() };
+                    ct.liveness = HealthTrack { passing: true, ..Default::default() };
                 }
                 infos.insert(cname, Some(c));
             }
@@ -496,7 +470,7 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
                 // Exited.
                 let exit = c.exit_code.unwrap_or(-1);
                 ct.last_terminated = Some(terminated_state(&c));
-                ct.readiness = ProbeTrack::default();
+                ct.readiness = HealthTrack::default();
                 let restart = match policy {
                     "Never" => false,
                     "OnFailure" => exit != 0,
@@ -713,9 +687,9 @@ pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// How many pod status writes one sync has waiting on the API server at once.
 const STATUS_WRITES_IN_FLIGHT: usize = 8;
 
-/// The back-off of a pod sync that failed (the container runtime did not answer): 1 s, doubling
-/// up to 8 s, so that a Docker restart does not make the agent spin and is noticed soon.
-pub const RUNTIME_BACKOFF: Backoff = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(8) };
+/// The back-off of a pod sync that failed (the container runtime did not answer): 2 s, doubling
+/// up to 16 s, so that a Docker restart does not make the agent spin and is noticed soon.
+pub const RUNTIME_BACKOFF: Backoff = Backoff { initial: Duration::from_secs(2), max: Duration::from_secs(16) };
 
 /// Pod sync's state and inputs, shared by its reconciles.
 pub struct Context<C, R: ContainerRuntime> {
@@ -743,11 +717,15 @@ fn node_key() -> ObjectKey {
     ObjectKey::cluster("node-pods")
 }
 
-/// Pod sync as a controller: any change of a bound pod queues a sync, and a sync asks for the
-/// next one after [`SYNC_EVERY`].
+/// Pod sync as a controller: the first list and any change of a bound pod queue a sync, and a sync
+/// asks for the next one after [`SYNC_EVERY`] (a failed one after its back-off; the resync,
+/// rare, only makes sure the loop never stops).
 pub fn controller<C: Client, R: ContainerRuntime>(ctx: &Context<C, R>) -> Controller {
-    Controller::new("pod-sync").watches(&ctx.pods, |_: &Pod| vec![node_key()]).backoff(RUNTIME_BACKOFF)
+    Controller::new("pod-sync").watches(&ctx.pods, |_: &Pod| vec![node_key()]).resync_every(RESYNC, || vec![node_key()]).backoff(RUNTIME_BACKOFF)
 }
+
+/// How often a sync is queued whatever else happens.
+const RESYNC: Duration = Duration::from_secs(60);
 
 /// One sync of the node's pods with the runtime, and the writes of the statuses that changed (a
 /// failed write is retried by the next sync). A runtime failure fails the reconcile (backed off);
@@ -1121,6 +1099,53 @@ mod tests {
         assert_eq!(runs, 2, "only the new image makes a new container: {:?}", fake.calls());
     }
 
+    /// Pod sync as a runtime controller on the fake API: the pods bound to the node run, a sync
+    /// follows every second without a change (a crashed container is restarted after its
+    /// crash-loop back-off), a failing runtime backs the sync off, and the checkpoint follows the pods.
+    #[tokio::test(start_paused = true)]
+    async fn pod_sync_on_the_fake_api_requeues_every_second_and_backs_off_runtime_failures() {
+        use crate::runtime::fake::FakeClient;
+        let api = FakeClient::new();
+        let docker = FakeRuntime::with_images(&[IMAGE]);
+        api.create(&pod("web-1", "Always", web())).await.unwrap();
+        let mut elsewhere = pod("db-1", "Always", web());
+        elsewhere.spec.node_name = Some("w2".into());
+        api.create(&elsewhere).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = dir.path().join("pods.json");
+        let ctx = Arc::new(Context::new(api.clone(), sync_of(&docker), "w1", Some(checkpoint.clone())));
+        let task = tokio::spawn(run_with(ctx));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(running_ids(&docker).len(), 1, "only the pod bound to this node runs");
+        let web = |api: &FakeClient| api.objects::<Pod>().into_iter().find(|p| p.metadata.name == "web-1").unwrap();
+        assert_eq!(web(&api).status.phase.as_deref(), Some("Running"), "its status is written");
+        let saved = load_checkpoint(&checkpoint).expect("a checkpoint");
+        assert_eq!(saved.iter().map(|p| p.metadata.name.as_str()).collect::<Vec<_>>(), ["web-1"]);
+
+        // Requeue: nothing changes in the API, yet the crashed container is restarted once its
+        // back-off is over.
+        docker.exit(&running_ids(&docker)[0].clone(), 1);
+        tokio::time::sleep(BACKOFF_START + Duration::from_secs(3)).await;
+        assert_eq!(docker.calls().iter().filter(|c| c.starts_with("run")).count(), 2, "{:?}", docker.calls());
+        assert_eq!(web(&api).status.container_statuses[0].restart_count, 1);
+
+        // Back-off: a failed sync is retried after 2 s, not at the next second.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let lists = || docker.calls().iter().filter(|c| c.as_str() == "list").count();
+        docker.fail_next("list");
+        let before = lists();
+        while lists() == before {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(lists(), before + 1, "no sync while backed off");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(lists(), before + 2, "retried after the back-off");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(lists(), before + 3, "and every second again after a success");
+        task.abort();
+    }
+
     #[test]
     fn the_checkpoint_gives_back_the_pods_it_saved() {
         let dir = tempfile::tempdir().unwrap();
@@ -1143,14 +1168,6 @@ mod tests {
     fn the_spec_hash_is_the_one_earlier_agents_wrote_so_an_upgrade_adopts_running_containers() {
         // Computed by the agent before it read typed pods, for `web()`.
         assert_eq!(spec_hash(&web()), "36f3a403c701dee1");
-    }
-
-    #[test]
-    fn probe_timings_take_kubernetes_defaults_and_raise_values_below_the_minimum() {
-        let defaults = ProbeTimings::of(&Probe::default());
-        assert_eq!(defaults, ProbeTimings { initial_delay: Duration::ZERO, period: Duration::from_secs(10), timeout: Duration::from_secs(1), failure_threshold: 3, success_threshold: 1 });
-        let nonsense = ProbeTimings::of(&Probe { initial_delay_seconds: Some(-5), period_seconds: Some(0), timeout_seconds: Some(-1), failure_threshold: Some(0), success_threshold: Some(-2), ..Default::default() });
-        assert_eq!(nonsense, ProbeTimings { initial_delay: Duration::ZERO, period: Duration::from_secs(1), timeout: Duration::from_secs(1), failure_threshold: 1, success_threshold: 1 });
     }
 
     fn info_at(ip: &str) -> ContainerInfo {
