@@ -19,6 +19,9 @@
 //! - [`apiserver`]: the master's HTTPS API (REST, watch, authentication, authorization) over a
 //!   durable store behind a trait (SQLite, or etcd).
 //! - [`manifest`]: multi-document YAML manifests validated into typed objects, errors with field paths.
+//! - [`runtime`]: the one controller runtime every control loop is built on: typed reflector
+//!   stores, a de-duplicating work queue, `reconcile(key) -> Action` with per-key back-off and
+//!   resync, a client trait and its in-memory fake.
 //! - [`client`]: the HTTPS client of that API, used by the CLI, the node agents and the controllers.
 //! - [`provision`]: discover what a cluster owns, plan, converge and destroy infrastructure.
 //! - [`cloud`]: the cloud-controller abstraction: the [`cloud::Cloud`] trait, its AWS
@@ -49,5 +52,6 @@ pub mod pki;
 pub mod provision;
 pub mod proxy;
 pub mod report;
+pub mod runtime;
 pub mod scheduler;
 pub mod spec;

@@ -34,7 +34,8 @@ async fn sudo(session: &Arc<std::sync::Mutex<SshSession>>, command: &str) -> Str
 
 fn ready_of(nodes: &[Value], name: &str) -> Option<String> {
     let n = nodes.iter().find(|n| n.pointer("/metadata/name").and_then(Value::as_str) == Some(name))?;
-    clusterctl::agent::ready_condition(n)?.get("status")?.as_str().map(str::to_string)
+    let node: clusterctl::api::Node = serde_json::from_value(n.clone()).ok()?;
+    node.ready_condition().map(|c| c.status.clone())
 }
 
 async fn wait_ready(client: &ApiClient, name: &str, want: &str, within: Duration) -> Duration {

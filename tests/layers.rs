@@ -14,15 +14,7 @@ use std::path::{Path, PathBuf};
 /// Upward imports that are known and being removed on other branches of issue 18, each with the
 /// module that imports, the module imported, and who removes it. The lead empties this list as
 /// those branches are merged: an entry that no longer occurs fails the test, so it cannot linger.
-const KNOWN_UPWARD: &[(&str, &str, &str)] = &[
-    // `runtime` replaces controllers/cache.rs, which the scheduler uses.
-    ("scheduler", "controllers", "runtime"),
-    // The node lifecycle controller reads the agent's Ready condition helpers; `runtime` and
-    // `typed` move it onto the api types.
-    ("controllers", "agent", "runtime"),
-    // The proxy watches through the agent's reflector; `typed` moves both onto `runtime`.
-    ("proxy", "agent", "typed"),
-];
+const KNOWN_UPWARD: &[(&str, &str, &str)] = &[];
 
 /// One `crate::` use of another top-level module.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

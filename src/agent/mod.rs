@@ -2,24 +2,22 @@
 //!
 //! Layout: this file holds the registration and heartbeat loop; [`host`] reads the machine's
 //! capacity and identity; [`pods`] runs the pods bound to the node through a [`runtime`]
-//! (Docker), fed by a [`reflector`].
+//! (Docker), as a controller of the [controller runtime](crate::runtime) fed by a store of the
+//! node's pods.
 
 pub mod host;
 pub mod pods;
-pub mod reflector;
 pub mod runtime;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use serde_json::{json, Value};
-
-use crate::api::time::now_rfc3339;
+use crate::api::lease::{Lease, NODE_LEASE_NAMESPACE};
+use crate::api::resource::{LEASES, NODES};
+use crate::api::time::{MicroTime, Time};
+use crate::api::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, ObjectMeta};
 use crate::client::{ApiClient, ClientError};
-
-/// Namespace of node leases.
-pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 
 /// Who this agent is and how often it reports.
 #[derive(Debug, Clone)]
@@ -36,62 +34,65 @@ pub struct AgentConfig {
 }
 
 /// The node object this agent registers.
-pub fn node_object(config: &AgentConfig, host: &host::HostInfo) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": { "name": config.node_name, "labels": config.labels },
-        "spec": { "providerID": config.provider_id },
-        "status": status(config, host, "True", "KubeletReady", "agent is posting ready status"),
-    })
+pub fn node_object(config: &AgentConfig, host: &host::HostInfo) -> Node {
+    Node {
+        metadata: ObjectMeta { labels: config.labels.clone(), ..ObjectMeta::named(&config.node_name) },
+        spec: NodeSpec { provider_id: Some(config.provider_id.clone()), ..Default::default() },
+        status: reported_status(config, host, None),
+        ..Node::new(&config.node_name)
+    }
 }
 
-fn status(config: &AgentConfig, host: &host::HostInfo, ready: &str, reason: &str, message: &str) -> Value {
-    let now = now_rfc3339();
-    let capacity = json!({ "cpu": host.cpus.to_string(), "memory": format!("{}Ki", host.memory_kib), "pods": "110" });
-    json!({
-        "capacity": capacity,
-        "allocatable": capacity,
-        "addresses": [
-            { "type": "InternalIP", "address": config.internal_ip.to_string() },
-            { "type": "Hostname", "address": config.node_name },
-        ],
-        "conditions": [{
-            "type": "Ready", "status": ready, "reason": reason, "message": message,
-            "lastHeartbeatTime": now, "lastTransitionTime": now,
+/// The status this agent reports: capacity, addresses, machine facts and a Ready condition that
+/// keeps the transition time of `previous` (the Ready condition last shown) while it was already
+/// Ready.
+pub fn reported_status(config: &AgentConfig, host: &host::HostInfo, previous: Option<&NodeCondition>) -> NodeStatus {
+    let now = Time::now();
+    let capacity = BTreeMap::from([
+        ("cpu".to_string(), host.cpus.to_string()),
+        ("memory".to_string(), format!("{}Ki", host.memory_kib)),
+        ("pods".to_string(), "110".to_string()),
+    ]);
+    let since = previous.filter(|c| c.status == "True").and_then(|c| c.last_transition_time).unwrap_or(now);
+    let address = |kind: &str, address: String| NodeAddress { address_type: kind.into(), address, ..Default::default() };
+    NodeStatus {
+        allocatable: capacity.clone(),
+        capacity,
+        addresses: vec![address("InternalIP", config.internal_ip.to_string()), address("Hostname", config.node_name.clone())],
+        conditions: vec![NodeCondition {
+            condition_type: "Ready".into(),
+            status: "True".into(),
+            reason: "KubeletReady".into(),
+            message: "agent is posting ready status".into(),
+            last_heartbeat_time: Some(now),
+            last_transition_time: Some(since),
+            ..Default::default()
         }],
-        "nodeInfo": {
-            "machineID": host.machine_id,
-            "kubeletVersion": concat!("clusterctl-", env!("CARGO_PKG_VERSION")),
-            "osImage": host.os_image,
-            "architecture": std::env::consts::ARCH,
-            "operatingSystem": "linux",
-        },
-    })
+        node_info: Some(NodeSystemInfo {
+            machine_id: host.machine_id.clone(),
+            kubelet_version: concat!("clusterctl-", env!("CARGO_PKG_VERSION")).into(),
+            os_image: host.os_image.clone(),
+            architecture: std::env::consts::ARCH.into(),
+            operating_system: "linux".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// Registers the node (or takes over its existing object) and writes a Ready status.
 async fn report(client: &ApiClient, config: &AgentConfig, host: &host::HostInfo) -> Result<(), ClientError> {
-    let path = format!("/api/v1/nodes/{}", config.node_name);
-    match client.get_value(&path).await {
+    match client.get::<Node>(&NODES, None, &config.node_name).await {
         Err(e) if e.is_not_found() => {
-            client.create_value("/api/v1/nodes", &node_object(config, host)).await?;
+            client.create(&NODES, None, &node_object(config, host)).await?;
         }
         Err(e) => return Err(e),
         Ok(mut node) => {
             if take_over(&mut node, config) {
-                node = client.replace_value(&path, &node).await?;
+                node = client.replace(&NODES, None, &config.node_name, &node).await?;
             }
-            let mut new_status = status(config, host, "True", "KubeletReady", "agent is posting ready status");
-            // Keep the transition time while the condition does not change.
-            if let Some(old) = ready_condition(&node)
-                && old.get("status").and_then(Value::as_str) == Some("True")
-                && let Some(t) = old.get("lastTransitionTime")
-            {
-                new_status["conditions"][0]["lastTransitionTime"] = t.clone();
-            }
-            node["status"] = new_status;
-            client.replace_value(&format!("{path}/status"), &node).await?;
+            node.status = reported_status(config, host, node.ready_condition());
+            client.replace_status(&NODES, None, &config.node_name, &node).await?;
         }
     }
     Ok(())
@@ -100,50 +101,33 @@ async fn report(client: &ApiClient, config: &AgentConfig, host: &host::HostInfo)
 /// Makes an existing Node object this machine's: a machine that replaced an earlier one of the
 /// same name (a worker slot filled again) writes its own `providerID` and labels, which the
 /// object otherwise keeps from the machine that is gone. Returns whether anything changed.
-pub fn take_over(node: &mut Value, config: &AgentConfig) -> bool {
+pub fn take_over(node: &mut Node, config: &AgentConfig) -> bool {
     let mut changed = false;
-    if node.pointer("/spec/providerID").and_then(Value::as_str) != Some(config.provider_id.as_str()) {
-        node["spec"]["providerID"] = json!(config.provider_id);
+    if node.spec.provider_id.as_deref() != Some(config.provider_id.as_str()) {
+        node.spec.provider_id = Some(config.provider_id.clone());
         changed = true;
     }
     for (key, value) in &config.labels {
-        if node.pointer("/metadata/labels").and_then(|l| l.get(key)).and_then(Value::as_str) != Some(value.as_str()) {
-            node["metadata"]["labels"][key] = json!(value);
+        if node.metadata.labels.get(key) != Some(value) {
+            node.metadata.labels.insert(key.clone(), value.clone());
             changed = true;
         }
     }
     changed
 }
 
-/// The node's Ready condition, if any.
-pub fn ready_condition(node: &Value) -> Option<&Value> {
-    node.pointer("/status/conditions")?.as_array()?.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
-}
-
-/// The status of the node's Ready condition (`True`, `False`, `Unknown`), if it has one.
-pub fn ready_status(node: &Value) -> Option<&str> {
-    ready_condition(node)?.get("status")?.as_str()
-}
-
 /// Renews (or creates) the node's lease.
 async fn renew_lease(client: &ApiClient, config: &AgentConfig) -> Result<(), ClientError> {
-    let path = format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{}", config.node_name);
-    let now = now_rfc3339();
-    let duration = (config.heartbeat.as_secs() * 5).max(10);
-    match client.get_value(&path).await {
+    let duration = i32::try_from((config.heartbeat.as_secs() * 5).max(10)).unwrap_or(i32::MAX);
+    match client.get::<Lease>(&LEASES, Some(NODE_LEASE_NAMESPACE), &config.node_name).await {
         Err(e) if e.is_not_found() => {
-            let lease = json!({
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": { "name": config.node_name, "namespace": LEASE_NAMESPACE },
-                "spec": { "holderIdentity": config.node_name, "leaseDurationSeconds": duration, "acquireTime": now, "renewTime": now },
-            });
-            client.create_value(&format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases"), &lease).await?;
+            client.create(&LEASES, Some(NODE_LEASE_NAMESPACE), &Lease::for_node(&config.node_name, duration)).await?;
         }
         Err(e) => return Err(e),
         Ok(mut lease) => {
-            lease["spec"]["renewTime"] = json!(now);
-            lease["spec"]["holderIdentity"] = json!(config.node_name);
-            client.replace_value(&path, &lease).await?;
+            lease.spec.renew_time = Some(MicroTime::now());
+            lease.spec.holder_identity = Some(config.node_name.clone());
+            client.replace(&LEASES, Some(NODE_LEASE_NAMESPACE), &config.node_name, &lease).await?;
         }
     }
     Ok(())
@@ -163,10 +147,7 @@ pub async fn run(client: ApiClient, config: AgentConfig) {
             tracing::warn!(error = %e, "renewing the node lease");
         }
         let due = last_status.is_none_or(|t| t.elapsed() >= config.status_every);
-        let shown_ready = match client.get_value(&format!("/api/v1/nodes/{}", config.node_name)).await {
-            Ok(node) => ready_status(&node) == Some("True"),
-            Err(_) => false,
-        };
+        let shown_ready = client.get::<Node>(&NODES, None, &config.node_name).await.is_ok_and(|n| n.is_ready());
         if due || !shown_ready {
             match report(&client, &config, &host).await {
                 Ok(()) => last_status = Some(tokio::time::Instant::now()),
@@ -190,7 +171,7 @@ async fn run_pods(client: ApiClient, node_name: String, node_ip: IpAddr) {
             }
         }
     };
-    pods::run(client, std::sync::Arc::new(docker), node_name, node_ip, Some(POD_CHECKPOINT.into())).await;
+    pods::run(client, std::sync::Arc::new(docker), &node_name, node_ip, Some(POD_CHECKPOINT.into())).await;
 }
 
 #[cfg(test)]
@@ -208,20 +189,65 @@ mod tests {
         }
     }
 
+    fn node(provider_id: Option<&str>, labels: &[(&str, &str)]) -> Node {
+        Node {
+            metadata: ObjectMeta { labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..ObjectMeta::named("c-default-1") },
+            spec: NodeSpec { provider_id: provider_id.map(String::from), ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    fn host() -> host::HostInfo {
+        host::HostInfo { cpus: 2, memory_kib: 2048 * 1024, machine_id: "m-1".into(), os_image: "Debian GNU/Linux 12".into() }
+    }
+
     #[test]
     fn a_replacement_machine_takes_over_the_node_object_with_its_own_provider_id() {
-        let mut node = json!({ "metadata": { "name": "c-default-1", "labels": { "tier": "web", "other": "kept" } }, "spec": { "providerID": "aws:///us-east-1a/i-old" } });
+        let mut node = node(Some("aws:///us-east-1a/i-old"), &[("tier", "web"), ("other", "kept")]);
         assert!(take_over(&mut node, &config("aws:///us-east-1b/i-new")));
-        assert_eq!(node["spec"]["providerID"], "aws:///us-east-1b/i-new");
-        assert_eq!(node["metadata"]["labels"]["other"], "kept", "labels set by others stay");
+        assert_eq!(node.spec.provider_id.as_deref(), Some("aws:///us-east-1b/i-new"));
+        assert_eq!(node.metadata.labels["other"], "kept", "labels set by others stay");
         assert!(!take_over(&mut node, &config("aws:///us-east-1b/i-new")), "the same machine again changes nothing");
     }
 
     #[test]
     fn missing_labels_and_spec_are_filled_in() {
-        let mut node = json!({ "metadata": { "name": "c-default-1" } });
+        let mut node = node(None, &[]);
         assert!(take_over(&mut node, &config("aws:///us-east-1a/i-1")));
-        assert_eq!(node["metadata"]["labels"]["tier"], "web");
-        assert_eq!(node["spec"]["providerID"], "aws:///us-east-1a/i-1");
+        assert_eq!(node.metadata.labels["tier"], "web");
+        assert_eq!(node.spec.provider_id.as_deref(), Some("aws:///us-east-1a/i-1"));
+    }
+
+    #[test]
+    fn the_registered_node_reports_capacity_addresses_and_a_ready_condition_on_the_wire() {
+        let wire = serde_json::to_value(node_object(&config("aws:///us-east-1a/i-1"), &host())).unwrap();
+        assert_eq!(wire["apiVersion"], "v1");
+        assert_eq!(wire["kind"], "Node");
+        assert_eq!(wire["metadata"]["labels"]["tier"], "web");
+        assert_eq!(wire["spec"]["providerID"], "aws:///us-east-1a/i-1");
+        let status = &wire["status"];
+        for field in ["capacity", "allocatable"] {
+            assert_eq!(status[field]["cpu"], "2");
+            assert_eq!(status[field]["memory"], "2097152Ki");
+            assert_eq!(status[field]["pods"], "110");
+        }
+        assert_eq!(status["addresses"][0]["type"], "InternalIP");
+        assert_eq!(status["addresses"][0]["address"], "10.0.0.5");
+        assert_eq!(status["addresses"][1]["type"], "Hostname");
+        let ready = &status["conditions"][0];
+        assert_eq!((ready["type"].as_str(), ready["status"].as_str(), ready["reason"].as_str()), (Some("Ready"), Some("True"), Some("KubeletReady")));
+        assert!(ready["lastHeartbeatTime"].is_string() && ready["lastTransitionTime"].is_string());
+        assert_eq!(status["nodeInfo"]["machineID"], "m-1");
+        assert_eq!(status["nodeInfo"]["operatingSystem"], "linux");
+    }
+
+    #[test]
+    fn a_ready_node_keeps_its_transition_time_and_a_node_shown_not_ready_gets_a_new_one() {
+        let long_ago = Time::parse("2026-01-01T00:00:00Z").unwrap();
+        let shown = |status: &str| NodeCondition { condition_type: "Ready".into(), status: status.into(), last_transition_time: Some(long_ago), ..Default::default() };
+        let kept = reported_status(&config("p"), &host(), Some(&shown("True")));
+        assert_eq!(kept.conditions[0].last_transition_time, Some(long_ago));
+        let renewed = reported_status(&config("p"), &host(), Some(&shown("Unknown")));
+        assert!(renewed.conditions[0].last_transition_time > Some(long_ago), "a transition from Unknown to True is now");
     }
 }

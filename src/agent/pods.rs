@@ -22,14 +22,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::runtime::{ContainerInfo, ContainerRuntime, ContainerSpec, PortSpec, RuntimeError, labels};
-use crate::api::resource::PODS;
-use crate::api::time::now_rfc3339;
-use crate::client::{ApiClient, ListOptions};
+use crate::api::pod::{
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
+    PodCondition, PodIp, PodStatus, Probe, PublishedPort,
+};
+use crate::api::quantity::{IntOrString, Quantity};
+use crate::api::time::Time;
+use crate::client::ListOptions;
+use crate::runtime::{Action, Backoff, Client, Controller, ObjectKey, Store};
 
 /// First crash-loop back-off.
 pub const BACKOFF_START: Duration = Duration::from_secs(10);
@@ -40,39 +44,9 @@ pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// Default termination grace period.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
-fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
-    v.pointer(pointer).and_then(Value::as_str)
-}
-
-/// A probe's settings with Kubernetes' defaults.
-#[derive(Debug, Clone)]
-struct ProbeSpec {
-    action: Value,
-    initial_delay: Duration,
-    period: Duration,
-    timeout: Duration,
-    failure_threshold: u32,
-    success_threshold: u32,
-}
-
-impl ProbeSpec {
-    fn parse(probe: Option<&Value>) -> Option<ProbeSpec> {
-        let p = probe?;
-        let num = |k: &str, d: u64| p.get(k).and_then(Value::as_u64).unwrap_or(d);
-        Some(ProbeSpec {
-            action: p.clone(),
-            initial_delay: Duration::from_secs(num("initialDelaySeconds", 0)),
-            period: Duration::from_secs(num("periodSeconds", 10).max(1)),
-            timeout: Duration::from_secs(num("timeoutSeconds", 1).max(1)),
-            failure_threshold: num("failureThreshold", 3).max(1) as u32,
-            success_threshold: num("successThreshold", 1).max(1) as u32,
-        })
-    }
-}
-
 /// Consecutive results of one probe.
 #[derive(Debug, Default)]
-struct ProbeTrack {
+struct HealthTrack {
     next: Option<Instant>,
     successes: u32,
     failures: u32,
@@ -91,9 +65,9 @@ struct ContainerTrack {
     running_since: Option<Instant>,
     container_id: Option<String>,
     waiting: Option<(String, String)>,
-    last_terminated: Option<Value>,
-    liveness: ProbeTrack,
-    readiness: ProbeTrack,
+    last_terminated: Option<ContainerStateTerminated>,
+    liveness: HealthTrack,
+    readiness: HealthTrack,
 }
 
 impl ContainerTrack {
@@ -106,8 +80,8 @@ impl ContainerTrack {
             container_id: None,
             waiting: Some(("ContainerCreating".into(), String::new())),
             last_terminated: None,
-            liveness: ProbeTrack::default(),
-            readiness: ProbeTrack::default(),
+            liveness: HealthTrack::default(),
+            readiness: HealthTrack::default(),
         }
     }
 }
@@ -115,9 +89,9 @@ impl ContainerTrack {
 #[derive(Debug)]
 struct PodTrack {
     containers: HashMap<String, ContainerTrack>,
-    start_time: String,
+    start_time: Time,
     /// The status last written (or read back), to write only changes.
-    last_status: Option<Value>,
+    last_status: Option<PodStatus>,
 }
 
 /// The node side of pods: desired pods in, containers and statuses out.
@@ -154,137 +128,105 @@ const START_WAIT: Duration = Duration::from_millis(500);
 pub struct StatusUpdate {
     pub namespace: String,
     pub name: String,
-    pub status: Value,
+    pub status: PodStatus,
 }
 
 /// Hash of what the container is run with (not of its JSON, which a rewrite of the pod by a typed
-/// client may reorder or fill with defaults): a change means a new container.
-fn spec_hash(container: &Value) -> String {
-    let s = container_spec("", &Value::Null, container, 0);
+/// client may reorder or fill with defaults): a change means a new container. The hashed text is
+/// the one earlier agents hashed, so that an upgraded agent adopts the containers that run.
+fn spec_hash(container: &Container) -> String {
+    let s = runtime_spec(container);
     let key = format!("{:?}", (&s.image, &s.command, &s.args, &s.env, &s.working_dir, &s.ports, s.cpu_millis, s.memory_bytes));
     hex::encode(&Sha256::digest(key.as_bytes())[..8])
 }
 
-fn grace_of(pod: &Value) -> Duration {
-    pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_u64).map(Duration::from_secs).unwrap_or(DEFAULT_GRACE)
+fn grace_of(pod: &Pod) -> Duration {
+    pod.spec.termination_grace_period_seconds.and_then(|s| u64::try_from(s).ok()).map(Duration::from_secs).unwrap_or(DEFAULT_GRACE)
 }
 
-/// CPU quantity (`500m`, `1`, `0.5`) in millicores.
-fn cpu_millis(q: &str) -> Option<u64> {
-    match q.strip_suffix('m') {
-        Some(m) => m.parse().ok(),
-        None => q.parse::<f64>().ok().map(|c| (c * 1000.0) as u64),
-    }
+/// A limit as a number; a limit that is not a quantity counts as none (the API server's validation
+/// refuses it, so only an object stored before that check can have one).
+fn limit(container: &Container, resource: &str, amount: fn(&Quantity) -> Result<u64, crate::api::quantity::QuantityError>) -> Option<u64> {
+    amount(container.resources.limits.get(resource)?).ok()
 }
 
-/// Memory quantity (`64Mi`, `1G`, `1000`) in bytes.
-fn memory_bytes(q: &str) -> Option<u64> {
-    const UNITS: &[(&str, u64)] =
-        &[("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40), ("k", 1000), ("M", 1_000_000), ("G", 1_000_000_000), ("T", 1_000_000_000_000)];
-    for (suffix, mult) in UNITS {
-        if let Some(n) = q.strip_suffix(suffix) {
-            return n.parse::<f64>().ok().map(|n| (n * *mult as f64) as u64);
-        }
-    }
-    q.parse::<f64>().ok().map(|n| n as u64)
-}
-
-fn quantity(container: &Value, resource: &str) -> Option<String> {
-    let v = container.pointer(&format!("/resources/limits/{resource}"))?;
-    Some(match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    })
-}
-
-/// The runtime's spec for one pod container.
-fn container_spec(prefix: &str, pod: &Value, container: &Value, attempt: u32) -> ContainerSpec {
-    let (ns, name, uid) = (str_at(pod, "/metadata/namespace").unwrap_or("default"), str_at(pod, "/metadata/name").unwrap_or(""), str_at(pod, "/metadata/uid").unwrap_or(""));
-    let cname = str_at(container, "/name").unwrap_or("");
-    let strings = |k: &str| container.get(k).and_then(Value::as_array).map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default();
-    let env = container
-        .get("env")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|e| Some((e.get("name")?.as_str()?.to_string(), e.get("value").and_then(Value::as_str).unwrap_or("").to_string()))).collect())
-        .unwrap_or_default();
+/// What the container runs (image, command, environment, ports, limits), without its name and labels.
+fn runtime_spec(container: &Container) -> ContainerSpec {
     let ports = container
-        .get("ports")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter(|p| p.get("protocol").and_then(Value::as_str).is_none_or(|p| p.eq_ignore_ascii_case("TCP")))
-                .filter_map(|p| {
-                    Some(PortSpec {
-                        container_port: u16::try_from(p.get("containerPort")?.as_u64()?).ok()?,
-                        host_port: p.get("hostPort").and_then(Value::as_u64).and_then(|h| u16::try_from(h).ok()).filter(|h| *h != 0),
-                    })
-                })
-                .collect()
+        .ports
+        .iter()
+        .filter(|p| p.protocol().eq_ignore_ascii_case("TCP"))
+        .filter_map(|p| {
+            Some(PortSpec {
+                container_port: u16::try_from(p.container_port).ok()?,
+                host_port: p.host_port.and_then(|h| u16::try_from(h).ok()).filter(|h| *h != 0),
+            })
         })
-        .unwrap_or_default();
-    let mut spec = ContainerSpec {
-        name: format!("{prefix}{cname}_{name}_{ns}_{}_{attempt}", uid.get(..8).unwrap_or(uid)),
-        image: str_at(container, "/image").unwrap_or("").to_string(),
-        command: strings("command"),
-        args: strings("args"),
-        env,
-        working_dir: str_at(container, "/workingDir").map(String::from),
+        .collect();
+    ContainerSpec {
+        image: container.image.clone(),
+        command: container.command.clone(),
+        args: container.args.clone(),
+        env: container.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect(),
+        working_dir: container.working_dir.clone(),
         ports,
-        cpu_millis: quantity(container, "cpu").and_then(|q| cpu_millis(&q)),
-        memory_bytes: quantity(container, "memory").and_then(|q| memory_bytes(&q)),
-        labels: BTreeMap::new(),
-    };
-    if !pod.is_null() {
-        spec.labels = BTreeMap::from([
+        cpu_millis: limit(container, "cpu", Quantity::millicores),
+        memory_bytes: limit(container, "memory", Quantity::bytes),
+        ..Default::default()
+    }
+}
+
+/// The runtime's spec for one pod container: what it runs, named and labelled after its pod.
+fn container_spec(prefix: &str, pod: &Pod, container: &Container, attempt: u32) -> ContainerSpec {
+    let (ns, name, uid) = (pod.metadata.namespace_or_default(), pod.metadata.name.as_str(), pod.metadata.uid.as_str());
+    let cname = container.name.as_str();
+    ContainerSpec {
+        name: format!("{prefix}{cname}_{name}_{ns}_{}_{attempt}", uid.get(..8).unwrap_or(uid)),
+        labels: BTreeMap::from([
             (labels::NAMESPACE.to_string(), ns.to_string()),
             (labels::POD.to_string(), name.to_string()),
             (labels::UID.to_string(), uid.to_string()),
             (labels::CONTAINER.to_string(), cname.to_string()),
             (labels::SPEC_HASH.to_string(), spec_hash(container)),
             (labels::GRACE.to_string(), grace_of(pod).as_secs().to_string()),
-        ]);
+        ]),
+        ..runtime_spec(container)
     }
-    spec
+}
+
+/// A probe's port: a number, or the name of one of the container's ports.
+fn probe_port(port: &IntOrString, container: &Container) -> Option<u16> {
+    match port {
+        IntOrString::Int(n) => u16::try_from(*n).ok(),
+        IntOrString::String(name) => container.ports.iter().find(|p| p.name.as_deref() == Some(name.as_str())).and_then(|p| u16::try_from(p.container_port).ok()),
+    }
+}
+
+/// Where a TCP or HTTP probe connects: its `host`, else the container's address.
+fn probe_target(host: Option<&str>, port: &IntOrString, container: &Container, info: &ContainerInfo) -> Option<SocketAddr> {
+    let port = probe_port(port, container)?;
+    let ip = host.and_then(|h| h.parse().ok()).or(info.ip)?;
+    Some(SocketAddr::new(ip, port))
 }
 
 /// Runs one probe against a running container; `true` when it passes.
-async fn probe<R: ContainerRuntime>(runtime: &R, spec: &ProbeSpec, container: &Value, info: &ContainerInfo) -> bool {
-    let port_of = |p: &Value| -> Option<u16> {
-        match p {
-            Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-            Value::String(name) => container
-                .get("ports")?
-                .as_array()?
-                .iter()
-                .find(|cp| cp.get("name").and_then(Value::as_str) == Some(name))?
-                .get("containerPort")?
-                .as_u64()
-                .and_then(|n| u16::try_from(n).ok()),
-            _ => None,
-        }
-    };
-    let target = |action: &Value| -> Option<SocketAddr> {
-        let port = port_of(action.get("port")?)?;
-        let ip = action.get("host").and_then(Value::as_str).and_then(|h| h.parse().ok()).or(info.ip)?;
-        Some(SocketAddr::new(ip, port))
-    };
+async fn probe<R: ContainerRuntime>(runtime: &R, probe: &Probe, container: &Container, info: &ContainerInfo) -> bool {
     let attempt = async {
-        if let Some(exec) = spec.action.get("exec") {
-            let cmd: Vec<String> = exec.get("command").and_then(Value::as_array).map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default();
-            return matches!(runtime.exec(&info.id, &cmd).await, Ok(0));
+        if let Some(exec) = &probe.exec {
+            return matches!(runtime.exec(&info.id, &exec.command).await, Ok(0));
         }
-        if let Some(tcp) = spec.action.get("tcpSocket") {
-            let Some(addr) = target(tcp) else { return false };
+        if let Some(tcp) = &probe.tcp_socket {
+            let Some(addr) = probe_target(tcp.host.as_deref(), &tcp.port, container, info) else { return false };
             return tokio::net::TcpStream::connect(addr).await.is_ok();
         }
-        if let Some(http) = spec.action.get("httpGet") {
-            let Some(addr) = target(http) else { return false };
-            let path = http.get("path").and_then(Value::as_str).unwrap_or("/");
+        if let Some(http) = &probe.http_get {
+            let Some(addr) = probe_target(http.host.as_deref(), &http.port, container, info) else { return false };
+            let path = http.path.as_deref().unwrap_or("/");
             return http_get(addr, path).await.is_some_and(|code| (200..400).contains(&code));
         }
         false
     };
-    tokio::time::timeout(spec.timeout, attempt).await.unwrap_or(false)
+    tokio::time::timeout(probe.timeout(), attempt).await.unwrap_or(false)
 }
 
 /// A minimal HTTP/1.0 GET; returns the status code.
@@ -299,26 +241,26 @@ async fn http_get(addr: SocketAddr, path: &str) -> Option<u16> {
 }
 
 /// Advances a probe track if due; returns whether it ran.
-async fn step_probe<R: ContainerRuntime>(runtime: &R, spec: Option<&ProbeSpec>, track: &mut ProbeTrack, since: Instant, container: &Value, info: &ContainerInfo, now: Instant) {
+async fn step_probe<R: ContainerRuntime>(runtime: &R, spec: Option<&Probe>, track: &mut HealthTrack, since: Instant, container: &Container, info: &ContainerInfo, now: Instant) {
     let Some(spec) = spec else {
         track.passing = true;
         return;
     };
-    let due = track.next.unwrap_or(since + spec.initial_delay);
+    let due = track.next.unwrap_or(since + spec.initial_delay());
     if now < due {
         return;
     }
-    track.next = Some(now + spec.period);
+    track.next = Some(now + spec.period());
     if probe(runtime, spec, container, info).await {
         track.successes += 1;
         track.failures = 0;
-        if track.successes >= spec.success_threshold {
+        if track.successes >= spec.successes() {
             track.passing = true;
         }
     } else {
         track.failures += 1;
         track.successes = 0;
-        if track.failures >= spec.failure_threshold {
+        if track.failures >= spec.failures() {
             track.passing = false;
         }
     }
@@ -366,14 +308,10 @@ impl<R: ContainerRuntime> PodSync<R> {
     }
 
     /// One pass: `desired` are the pods bound to this node. Returns the statuses to write.
-    pub async fn sync(&mut self, desired: &[Value]) -> Result<Vec<StatusUpdate>, RuntimeError> {
+    pub async fn sync(&mut self, desired: &[Pod]) -> Result<Vec<StatusUpdate>, RuntimeError> {
         let now = Instant::now();
         let actual = self.runtime.list(labels::UID).await?;
-        let live: HashMap<&str, &Value> = desired
-            .iter()
-            .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none_or(Value::is_null))
-            .filter_map(|p| Some((str_at(p, "/metadata/uid")?, p)))
-            .collect();
+        let live: HashMap<&str, &Pod> = desired.iter().filter(|p| !p.is_terminating() && !p.metadata.uid.is_empty()).map(|p| (p.metadata.uid.as_str(), p)).collect();
 
         // Containers of pods that are gone: stop them gracefully.
         let mut by_pod: HashMap<String, HashMap<String, Vec<ContainerInfo>>> = HashMap::new();
@@ -397,7 +335,7 @@ impl<R: ContainerRuntime> PodSync<R> {
         for (uid, pod) in &live {
             self.pods.entry(uid.to_string()).or_insert_with(|| PodTrack {
                 containers: HashMap::new(),
-                start_time: str_at(pod, "/status/startTime").map(String::from).unwrap_or_else(now_rfc3339),
+                start_time: pod.status.start_time.unwrap_or_else(Time::now),
                 last_status: None,
             });
         }
@@ -432,8 +370,8 @@ impl<R: ContainerRuntime> PodSync<R> {
             }
             if let Some(status) = status {
                 updates.push(StatusUpdate {
-                    namespace: str_at(pod, "/metadata/namespace").unwrap_or("default").to_string(),
-                    name: str_at(pod, "/metadata/name").unwrap_or("").to_string(),
+                    namespace: pod.metadata.namespace_or_default().to_string(),
+                    name: pod.metadata.name.clone(),
                     status,
                 });
             }
@@ -442,7 +380,7 @@ impl<R: ContainerRuntime> PodSync<R> {
     }
 
     /// Remembers that `status` was written for the pod `uid`.
-    pub fn written(&mut self, uid: &str, status: Value) {
+    pub fn written(&mut self, uid: &str, status: PodStatus) {
         if let Some(t) = self.pods.get_mut(uid) {
             t.last_status = Some(status);
         }
@@ -465,21 +403,18 @@ struct SyncEnv<'a, R> {
 
 /// Syncs one pod; returns its status when it differs from the last one written, and the
 /// containers to stop.
-async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrack, pod: &Value, mut actual: HashMap<String, Vec<ContainerInfo>>, now: Instant) -> (Option<Value>, Vec<(String, Duration, bool)>) {
-    let policy = str_at(pod, "/spec/restartPolicy").unwrap_or("Always").to_string();
+async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrack, pod: &Pod, mut actual: HashMap<String, Vec<ContainerInfo>>, now: Instant) -> (Option<PodStatus>, Vec<(String, Duration, bool)>) {
+    let policy = pod.spec.restart_policy();
     let grace = grace_of(pod);
-    let specs: Vec<Value> = pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
-    let known_restarts: HashMap<String, u32> = pod
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|s| Some((s.get("name")?.as_str()?.to_string(), s.get("restartCount")?.as_u64()? as u32))).collect())
-        .unwrap_or_default();
+    let specs = &pod.spec.containers;
+    let known_restarts: HashMap<&str, u32> =
+        pod.status.container_statuses.iter().map(|s| (s.name.as_str(), u32::try_from(s.restart_count).unwrap_or(0))).collect();
     let mut to_terminate = Vec::new();
     let mut infos: HashMap<String, Option<ContainerInfo>> = HashMap::new();
 
-    for spec in &specs {
-        let cname = str_at(spec, "/name").unwrap_or("").to_string();
-        let ct = track.containers.entry(cname.clone()).or_insert_with(|| ContainerTrack::new(known_restarts.get(&cname).copied().unwrap_or(0)));
+    for spec in specs {
+        let cname = spec.name.clone();
+        let ct = track.containers.entry(cname.clone()).or_insert_with(|| ContainerTrack::new(known_restarts.get(cname.as_str()).copied().unwrap_or(0)));
         let hash = spec_hash(spec);
         let mut found = actual.remove(&cname).unwrap_or_default();
         // A container of an older spec is replaced.
@@ -492,7 +427,7 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
         });
         found.sort_by_key(|c| (c.running, c.started_at.clone()));
         let current = found.pop();
-        let start_key = format!("{}/{cname}", str_at(pod, "/metadata/uid").unwrap_or(""));
+        let start_key = format!("{}/{cname}", pod.metadata.uid);
         if current.is_some() {
             let mut starting = env.starting.lock().unwrap_or_else(|e| e.into_inner());
             if matches!(starting.get(&start_key), Some(Start::Done(..))) {
@@ -507,16 +442,14 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
             infos.insert(cname, None);
             continue;
         }
-        let liveness = ProbeSpec::parse(spec.get("livenessProbe"));
-        let readiness = ProbeSpec::parse(spec.get("readinessProbe"));
         match current {
             Some(c) if c.running => {
                 if ct.container_id.as_deref() != Some(&c.id) {
                     // Started by us just now, or adopted after an agent restart.
                     ct.container_id = Some(c.id.clone());
                     ct.running_since = Some(now);
-                    ct.liveness = ProbeTrack { passing: true, ..Default::default() };
-                    ct.readiness = ProbeTrack::default();
+                    ct.liveness = HealthTrack { passing: true, ..Default::default() };
+                    ct.readiness = HealthTrack::default();
                 }
                 ct.waiting = None;
                 ct.restart_at = None;
@@ -524,25 +457,21 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
                 if now.duration_since(since) >= BACKOFF_RESET {
                     ct.backoff = BACKOFF_START;
                 }
-                step_probe(env.runtime, liveness.as_ref(), &mut ct.liveness, since, spec, &c, now).await;
-                step_probe(env.runtime, readiness.as_ref(), &mut ct.readiness, since, spec, &c, now).await;
+                step_probe(env.runtime, spec.liveness_probe.as_ref(), &mut ct.liveness, since, spec, &c, now).await;
+                step_probe(env.runtime, spec.readiness_probe.as_ref(), &mut ct.readiness, since, spec, &c, now).await;
                 if !ct.liveness.passing {
-                    tracing::info!(pod = ?str_at(pod, "/metadata/name"), container = %cname, "liveness probe failed; restarting");
+                    tracing::info!(pod = %pod.metadata.name, container = %cname, "liveness probe failed; restarting");
                     to_terminate.push((c.id.clone(), grace, false));
-                    ct.liveness = ProbeTrack { passing: true, ..Default::default() };
+                    ct.liveness = HealthTrack { passing: true, ..Default::default() };
                 }
                 infos.insert(cname, Some(c));
             }
             Some(c) => {
                 // Exited.
                 let exit = c.exit_code.unwrap_or(-1);
-                ct.last_terminated = Some(json!({
-                    "exitCode": exit,
-                    "reason": if exit == 0 { "Completed" } else { "Error" },
-                    "startedAt": c.started_at, "finishedAt": c.finished_at, "containerID": format!("docker://{}", c.id),
-                }));
-                ct.readiness = ProbeTrack::default();
-                let restart = match policy.as_str() {
+                ct.last_terminated = Some(terminated_state(&c));
+                ct.readiness = HealthTrack::default();
+                let restart = match policy {
                     "Never" => false,
                     "OnFailure" => exit != 0,
                     _ => true,
@@ -581,11 +510,10 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
     for rest in actual.values().flatten() {
         to_terminate.push((rest.id.clone(), grace, true));
     }
-    let status = pod_status(pod, &specs, track, &infos, env.node_ip, &policy);
-    let current = pod.get("status").filter(|s| !s.is_null());
+    let status = pod_status(pod, track, &infos, env.node_ip);
     // Written when it changed, or when the stored status is not ours (a fresh agent, someone
     // else's write, or our write not yet seen by the watch).
-    if track.last_status.as_ref() == Some(&status) && current == Some(&status) {
+    if track.last_status.as_ref() == Some(&status) && pod.status == status {
         return (None, to_terminate);
     }
     (Some(status), to_terminate)
@@ -593,7 +521,7 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
 
 /// Creates and starts a container in the background (a start already under way is left to
 /// finish); records in `ct.waiting` where it stands, or why it cannot start.
-async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Value, spec: &Value, ct: &mut ContainerTrack) {
+async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod, spec: &Container, ct: &mut ContainerTrack) {
     {
         let mut starting = env.starting.lock().unwrap_or_else(|e| e.into_inner());
         match starting.get(&key) {
@@ -611,8 +539,8 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Val
             }
         }
     }
-    let image = str_at(spec, "/image").unwrap_or("");
-    let never = str_at(spec, "/imagePullPolicy") == Some("Never");
+    let image = spec.image.as_str();
+    let never = spec.image_pull_policy.as_deref() == Some("Never");
     match env.runtime.image_present(image).await {
         Ok(true) => {}
         Ok(false) => {
@@ -639,50 +567,77 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Val
     env.started.lock().unwrap_or_else(|e| e.into_inner()).push(task);
 }
 
+/// How an exited container ended, as its `terminated` state.
+fn terminated_state(c: &ContainerInfo) -> ContainerStateTerminated {
+    let exit = c.exit_code.unwrap_or(-1);
+    let time = |t: &Option<String>| t.as_deref().and_then(|t| Time::parse(t).ok());
+    ContainerStateTerminated {
+        exit_code: i32::try_from(exit).unwrap_or(-1),
+        reason: Some(if exit == 0 { "Completed" } else { "Error" }.into()),
+        started_at: time(&c.started_at),
+        finished_at: time(&c.finished_at),
+        container_id: Some(format!("docker://{}", c.id)),
+        ..Default::default()
+    }
+}
+
 /// The pod's status from what the sync saw.
-fn pod_status(pod: &Value, specs: &[Value], track: &PodTrack, infos: &HashMap<String, Option<ContainerInfo>>, node_ip: IpAddr, policy: &str) -> Value {
+fn pod_status(pod: &Pod, track: &PodTrack, infos: &HashMap<String, Option<ContainerInfo>>, node_ip: IpAddr) -> PodStatus {
+    let specs = &pod.spec.containers;
     let mut statuses = Vec::new();
     let mut published = Vec::new();
     let (mut all_ready, mut any_running, mut all_terminated, mut any_failed, mut all_started) = (true, false, true, false, true);
     for spec in specs {
-        let cname = str_at(spec, "/name").unwrap_or("");
+        let cname = spec.name.as_str();
         let Some(ct) = track.containers.get(cname) else { continue };
         let info = infos.get(cname).cloned().flatten();
-        let (state, ready, started) = match (&info, &ct.waiting) {
-            (Some(c), None) if c.running => (json!({ "running": { "startedAt": c.started_at } }), ct.readiness.passing, true),
-            (Some(c), None) => {
-                let exit = c.exit_code.unwrap_or(-1);
-                any_failed |= exit != 0;
-                (json!({ "terminated": ct.last_terminated }), false, true)
-            }
-            (_, Some((reason, message))) => (json!({ "waiting": { "reason": reason, "message": message } }), false, ct.last_terminated.is_some()),
-            (None, None) => (json!({ "waiting": { "reason": "ContainerCreating" } }), false, false),
+        let waiting = |reason: &str, message: &str| ContainerState {
+            waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), message: Some(message.to_string()).filter(|m| !m.is_empty()), ..Default::default() }),
+            ..Default::default()
         };
-        let running = state.get("running").is_some();
+        let (state, ready, started) = match (&info, &ct.waiting) {
+            (Some(c), None) if c.running => {
+                let started_at = c.started_at.as_deref().and_then(|t| Time::parse(t).ok());
+                (ContainerState { running: Some(ContainerStateRunning { started_at, ..Default::default() }), ..Default::default() }, ct.readiness.passing, true)
+            }
+            (Some(c), None) => {
+                any_failed |= c.exit_code.unwrap_or(-1) != 0;
+                let terminated = ct.last_terminated.clone().unwrap_or_else(|| terminated_state(c));
+                (ContainerState { terminated: Some(terminated), ..Default::default() }, false, true)
+            }
+            (_, Some((reason, message))) => (waiting(reason, message), false, ct.last_terminated.is_some()),
+            (None, None) => (waiting("ContainerCreating", ""), false, false),
+        };
+        let running = state.running.is_some();
         any_running |= running;
         all_ready &= ready;
-        all_terminated &= state.get("terminated").is_some();
+        all_terminated &= state.terminated.is_some();
         all_started &= started;
         if let Some(c) = &info {
-            for (cport, hport) in &c.published {
-                published.push(json!({ "containerName": cname, "containerPort": cport, "hostPort": hport }));
-            }
+            published.extend(c.published.iter().map(|(cport, hport)| PublishedPort {
+                container_name: cname.to_string(),
+                container_port: i64::from(*cport),
+                host_port: i64::from(*hport),
+                ..Default::default()
+            }));
         }
-        let mut s = json!({
-            "name": cname, "image": str_at(spec, "/image").unwrap_or(""), "ready": ready,
-            "restartCount": ct.restart_count, "started": running, "state": state,
+        let last_state = match &ct.last_terminated {
+            Some(t) if state.terminated.is_none() => ContainerState { terminated: Some(t.clone()), ..Default::default() },
+            _ => ContainerState::default(),
+        };
+        statuses.push(ContainerStatus {
+            name: cname.to_string(),
+            image: spec.image.clone(),
+            ready,
+            restart_count: i32::try_from(ct.restart_count).unwrap_or(i32::MAX),
+            started: Some(running),
+            state,
+            last_state,
+            container_id: info.as_ref().map(|c| format!("docker://{}", c.id)),
+            ..Default::default()
         });
-        if let Some(c) = &info {
-            s["containerID"] = json!(format!("docker://{}", c.id));
-        }
-        if let Some(t) = &ct.last_terminated
-            && state.get("terminated").is_none()
-        {
-            s["lastState"] = json!({ "terminated": t });
-        }
-        statuses.push(s);
     }
-    let phase = if all_terminated && !specs.is_empty() && policy != "Always" {
+    let phase = if all_terminated && !specs.is_empty() && pod.spec.restart_policy() != "Always" {
         if any_failed { "Failed" } else { "Succeeded" }
     } else if any_running || (all_started && !specs.is_empty()) {
         "Running"
@@ -691,36 +646,32 @@ fn pod_status(pod: &Value, specs: &[Value], track: &PodTrack, infos: &HashMap<St
     };
     let ready = all_ready && !specs.is_empty();
     // Keep each condition's transition time while its status holds.
-    let old_conditions: Vec<Value> = pod.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
     let condition = |kind: &str, ok: bool| {
         let status = if ok { "True" } else { "False" };
-        let since = old_conditions
-            .iter()
-            .find(|c| c.get("type").and_then(Value::as_str) == Some(kind) && c.get("status").and_then(Value::as_str) == Some(status))
-            .and_then(|c| c.get("lastTransitionTime").cloned())
-            .unwrap_or_else(|| json!(now_rfc3339()));
-        json!({ "type": kind, "status": status, "lastTransitionTime": since })
+        let since = pod.status.conditions.iter().find(|c| c.condition_type == kind && c.status == status).and_then(|c| c.last_transition_time);
+        PodCondition { condition_type: kind.into(), status: status.into(), last_transition_time: Some(since.unwrap_or_else(Time::now)), ..Default::default() }
     };
-    json!({
-        "phase": phase,
-        "conditions": [condition("PodScheduled", true), condition("Initialized", true), condition("ContainersReady", ready), condition("Ready", ready)],
-        "containerStatuses": statuses,
-        "hostIP": node_ip.to_string(),
-        "podIP": node_ip.to_string(),
-        "podIPs": [{ "ip": node_ip.to_string() }],
-        "publishedPorts": published,
-        "startTime": track.start_time,
-    })
+    PodStatus {
+        phase: Some(phase.into()),
+        conditions: vec![condition("PodScheduled", true), condition("Initialized", true), condition("ContainersReady", ready), condition("Ready", ready)],
+        container_statuses: statuses,
+        host_ip: Some(node_ip.to_string()),
+        pod_ip: Some(node_ip.to_string()),
+        pod_ips: vec![PodIp { ip: node_ip.to_string(), ..Default::default() }],
+        published_ports: published,
+        start_time: Some(track.start_time),
+        ..Default::default()
+    }
 }
 
 /// Reads the pods last saved by [`save_checkpoint`].
-pub fn load_checkpoint(path: &Path) -> Option<Vec<Value>> {
+pub fn load_checkpoint(path: &Path) -> Option<Vec<Pod>> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// Saves the pods bound to the node (write to a temporary file, then rename), so that an agent
 /// restarted while the API server is unreachable keeps running and restarting them.
-pub fn save_checkpoint(path: &Path, pods: &[Value]) -> std::io::Result<()> {
+pub fn save_checkpoint(path: &Path, pods: &[Pod]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -729,109 +680,180 @@ pub fn save_checkpoint(path: &Path, pods: &[Value]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Runs pod sync for `node_name` until the process ends: a reflector keeps the bound pods, a
-/// second-by-second sync drives the runtime, and changed statuses are written. Runtime and API
-/// failures are logged and retried; what runs keeps running. With a `checkpoint` file, the last
-/// known pods are saved there and used at start until the API server answers.
-pub async fn run<R: ContainerRuntime>(client: ApiClient, runtime: Arc<R>, node_name: String, node_ip: IpAddr, checkpoint: Option<PathBuf>) {
-    let (tx, mut rx) = tokio::sync::watch::channel(super::reflector::Objects::new());
-    tokio::spawn(super::reflector::reflect(client.clone(), &PODS, ListOptions::fields(format!("spec.nodeName={node_name}")), tx));
-    let mut sync = PodSync::new(runtime, node_ip);
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Until the first list arrives, an empty copy must not stop the containers that run: the
-    // checkpoint stands in for it, or nothing is done.
-    let saved = checkpoint.as_deref().and_then(load_checkpoint);
-    let mut listed = false;
-    loop {
-        let fired = tokio::select! {
-            _ = ticker.tick() => false,
-            changed = rx.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                true
-            }
-        };
-        let fresh = fired || rx.has_changed().unwrap_or(false);
-        listed |= fresh;
-        if !listed {
-            if let Some(pods) = &saved
-                && let Err(e) = sync.sync(pods).await
-            {
-                tracing::warn!(error = %e, "syncing the checkpointed pods with the container runtime");
-            }
-            continue;
-        }
-        if fresh
-            && let Some(path) = &checkpoint
-        {
-            let pods: Vec<Value> = rx.borrow().values().cloned().collect();
-            if let Err(e) = save_checkpoint(path, &pods) {
-                tracing::warn!(path = %path.display(), error = %e, "saving the pods checkpoint");
-            }
-        }
-        let desired: Vec<Value> = rx.borrow_and_update().values().cloned().collect();
-        let updates = match sync.sync(&desired).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(error = %e, "syncing pods with the container runtime");
-                continue;
-            }
-        };
-        // The writes wait on the API server concurrently: a node that started 30 pods reports
-        // them in a few round trips, not 30.
-        let writes = updates.into_iter().filter_map(|u| {
-            let pod = desired.iter().find(|p| str_at(p, "/metadata/name") == Some(&u.name) && str_at(p, "/metadata/namespace") == Some(&u.namespace))?;
-            let (client, path) = (&client, format!("{}/status", PODS.object_path(Some(&u.namespace), &u.name)));
-            let mut object = pod.clone();
-            object["status"] = u.status.clone();
-            Some(async move {
-                match client.replace_value(&path, &object).await {
-                    Ok(_) => Some((str_at(pod, "/metadata/uid").unwrap_or("").to_string(), u.status)),
-                    Err(e) => {
-                        tracing::debug!(pod = %u.name, error = %e, "writing pod status; retrying on the next sync");
-                        None
-                    }
-                }
-            })
-        });
-        let written: Vec<Option<(String, Value)>> = futures::stream::iter(writes).buffer_unordered(STATUS_WRITES_IN_FLIGHT).collect().await;
-        for (uid, status) in written.into_iter().flatten() {
-            sync.written(&uid, status);
-        }
-    }
-}
+/// How often a node's pods are synced without a change (probes and crash-loop back-offs are
+/// timed in seconds).
+pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// How many pod status writes one sync has waiting on the API server at once.
 const STATUS_WRITES_IN_FLIGHT: usize = 8;
+
+/// The back-off of a pod sync that failed (the container runtime did not answer): 2 s, doubling
+/// up to 16 s, so that a Docker restart does not make the agent spin and is noticed soon.
+pub const RUNTIME_BACKOFF: Backoff = Backoff { initial: Duration::from_secs(2), max: Duration::from_secs(16) };
+
+/// Pod sync's state and inputs, shared by its reconciles.
+pub struct Context<C, R: ContainerRuntime> {
+    pub client: C,
+    /// The pods bound to the node.
+    pub pods: Store<Pod>,
+    sync: tokio::sync::Mutex<PodSync<R>>,
+    checkpoint: Option<PathBuf>,
+    /// The store revision last saved to the checkpoint.
+    saved: std::sync::atomic::AtomicU64,
+}
+
+impl<C: Client, R: ContainerRuntime> Context<C, R> {
+    /// Pod sync for `node_name` on `runtime`, its pods reflected from `client`, the last known pods
+    /// kept in `checkpoint`.
+    pub fn new(client: C, sync: PodSync<R>, node_name: &str, checkpoint: Option<PathBuf>) -> Self {
+        let pods = Store::reflect(client.clone(), None, ListOptions::fields(format!("spec.nodeName={node_name}")));
+        Context { client, pods, sync: tokio::sync::Mutex::new(sync), checkpoint, saved: std::sync::atomic::AtomicU64::new(0) }
+    }
+}
+
+/// The one key of pod sync: a sync looks at every pod of the node and every container at once
+/// (the runtime is listed once, the pods are synced concurrently).
+fn node_key() -> ObjectKey {
+    ObjectKey::cluster("node-pods")
+}
+
+/// Pod sync as a controller: the first list and any change of a bound pod queue a sync, and a sync
+/// asks for the next one after [`SYNC_EVERY`] (a failed one after its back-off; the resync,
+/// rare, only makes sure the loop never stops).
+pub fn controller<C: Client, R: ContainerRuntime>(ctx: &Context<C, R>) -> Controller {
+    Controller::new("pod-sync").watches(&ctx.pods, |_: &Pod| vec![node_key()]).resync_every(RESYNC, || vec![node_key()]).backoff(RUNTIME_BACKOFF)
+}
+
+/// How often a sync is queued whatever else happens.
+const RESYNC: Duration = Duration::from_secs(60);
+
+/// One sync of the node's pods with the runtime, and the writes of the statuses that changed (a
+/// failed write is retried by the next sync). A runtime failure fails the reconcile (backed off);
+/// what runs keeps running.
+async fn reconcile<C: Client, R: ContainerRuntime>(_key: ObjectKey, ctx: Arc<Context<C, R>>) -> Result<Action, RuntimeError> {
+    let revision = ctx.pods.revision();
+    let desired = ctx.pods.cloned();
+    if let Some(path) = &ctx.checkpoint
+        && ctx.saved.swap(revision, std::sync::atomic::Ordering::Relaxed) != revision
+        && let Err(e) = save_checkpoint(path, &desired)
+    {
+        tracing::warn!(path = %path.display(), error = %e, "saving the pods checkpoint");
+    }
+    let mut sync = ctx.sync.lock().await;
+    let updates = sync.sync(&desired).await?;
+    // The writes wait on the API server concurrently: a node that started 30 pods reports them in
+    // a few round trips, not 30.
+    let writes = updates.into_iter().filter_map(|u| {
+        let pod = desired.iter().find(|p| p.metadata.name == u.name && p.metadata.namespace_or_default() == u.namespace)?;
+        let client = &ctx.client;
+        // An update of the status subresource: the server takes only `status` from it, and the
+        // pod's `resourceVersion` makes a write based on a stale pod fail (and retry next sync).
+        let object = Pod { status: u.status.clone(), ..pod.clone() };
+        Some(async move {
+            match client.replace_status(&object).await {
+                Ok(_) => Some((object.metadata.uid, u.status)),
+                Err(e) => {
+                    tracing::debug!(pod = %u.name, error = %e, "writing pod status; retrying on the next sync");
+                    None
+                }
+            }
+        })
+    });
+    let written: Vec<Option<(String, PodStatus)>> = futures::stream::iter(writes).buffer_unordered(STATUS_WRITES_IN_FLIGHT).collect().await;
+    for (uid, status) in written.into_iter().flatten() {
+        sync.written(&uid, status);
+    }
+    Ok(Action::RequeueAfter(SYNC_EVERY))
+}
+
+/// Runs pod sync for `node_name` until dropped: a runtime store keeps the bound pods, a
+/// controller syncs them with the container runtime on every change and every second, and
+/// changed statuses are written. With a `checkpoint` file, the last known pods are saved there;
+/// until the first list of pods arrives (the API server may be down) they are synced instead of
+/// nothing, so that an agent restarted while the master is away keeps running what it ran.
+pub async fn run<C: Client, R: ContainerRuntime>(client: C, runtime: Arc<R>, node_name: &str, node_ip: IpAddr, checkpoint: Option<PathBuf>) {
+    let ctx = Arc::new(Context::new(client, PodSync::new(runtime, node_ip), node_name, checkpoint));
+    run_with(ctx).await;
+}
+
+/// Runs pod sync on a prepared context (tests give it a runtime with a test name prefix).
+pub async fn run_with<C: Client, R: ContainerRuntime>(ctx: Arc<Context<C, R>>) {
+    if let Some(saved) = ctx.checkpoint.as_deref().and_then(load_checkpoint) {
+        while !ctx.pods.synced() {
+            if let Err(e) = ctx.sync.lock().await.sync(&saved).await {
+                tracing::warn!(error = %e, "syncing the checkpointed pods with the container runtime");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(SYNC_EVERY) => {}
+                () = ctx.pods.wait_synced() => {}
+            }
+        }
+    }
+    controller(&ctx).run(reconcile, ctx.clone()).await;
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::agent::runtime::fake::FakeRuntime;
+    use crate::api::ObjectMeta;
+    use crate::api::pod::{ContainerPort, ExecAction, HttpGetAction, PodSpec, ResourceRequirements, TcpSocketAction};
 
     const IMAGE: &str = "clusterctl-busybox:latest";
 
-    fn pod(name: &str, restart_policy: &str, container: Value) -> Value {
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": { "name": name, "namespace": "default", "uid": format!("uid-{name}-0000") },
-            "spec": { "nodeName": "w1", "restartPolicy": restart_policy, "terminationGracePeriodSeconds": 5, "containers": [container] },
-        })
+    fn pod(name: &str, restart_policy: &str, container: Container) -> Pod {
+        Pod {
+            metadata: ObjectMeta { uid: format!("uid-{name}-0000"), ..ObjectMeta::namespaced("default", name) },
+            spec: PodSpec {
+                node_name: Some("w1".into()),
+                restart_policy: Some(restart_policy.into()),
+                termination_grace_period_seconds: Some(5),
+                containers: vec![container],
+                ..Default::default()
+            },
+            ..Default::default()
+        }
     }
 
-    fn web() -> Value {
-        json!({ "name": "web", "image": IMAGE, "command": ["httpd", "-f"], "ports": [{ "containerPort": 80 }],
-                "resources": { "limits": { "cpu": "500m", "memory": "64Mi" } } })
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn limits(cpu: &str, memory: &str) -> ResourceRequirements {
+        ResourceRequirements { limits: [("cpu".to_string(), Quantity::from(cpu)), ("memory".to_string(), Quantity::from(memory))].into(), ..Default::default() }
+    }
+
+    fn web() -> Container {
+        Container {
+            name: "web".into(),
+            image: IMAGE.into(),
+            command: strings(&["httpd", "-f"]),
+            ports: vec![ContainerPort { container_port: 80, ..Default::default() }],
+            resources: limits("500m", "64Mi"),
+            ..Default::default()
+        }
+    }
+
+    fn exec_probe(command: &str, tune: impl FnOnce(&mut Probe)) -> Probe {
+        let mut probe = Probe { exec: Some(ExecAction { command: strings(&[command]), ..Default::default() }), ..Default::default() };
+        tune(&mut probe);
+        probe
+    }
+
+    fn phase(update: &[StatusUpdate]) -> Option<&str> {
+        update.last().expect("a status").status.phase.as_deref()
     }
 
     fn sync_of(fake: &FakeRuntime) -> PodSync<FakeRuntime> {
         PodSync::new(Arc::new(fake.clone()), "10.0.1.5".parse().unwrap())
     }
 
-    fn container_status(update: &[StatusUpdate]) -> Value {
-        update.last().expect("a status").status["containerStatuses"][0].clone()
+    fn container_status(update: &[StatusUpdate]) -> ContainerStatus {
+        update.last().expect("a status").status.container_statuses[0].clone()
+    }
+
+    fn waiting_reason(status: &ContainerStatus) -> Option<&str> {
+        status.state.waiting.as_ref()?.reason.as_deref()
     }
 
     fn running_ids(fake: &FakeRuntime) -> Vec<String> {
@@ -855,13 +877,13 @@ mod tests {
         assert_eq!(spec.ports, vec![PortSpec { container_port: 80, host_port: None }]);
         let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
         let status = &updates[0].status;
-        assert_eq!(status["phase"], "Running");
-        assert_eq!(status["podIP"], "10.0.1.5");
-        assert_eq!(status["publishedPorts"][0]["containerPort"], 80);
-        assert_eq!(status["publishedPorts"][0]["hostPort"], info.published[&80]);
-        assert_eq!(container_status(&updates)["ready"], true);
-        assert_eq!(status["conditions"][3]["type"], "Ready");
-        assert_eq!(status["conditions"][3]["status"], "True");
+        assert_eq!(phase(&updates), Some("Running"));
+        assert_eq!(status.pod_ip.as_deref(), Some("10.0.1.5"));
+        assert_eq!(status.published_ports[0].container_port, 80);
+        assert_eq!(status.published_port(80), Some(i64::from(info.published[&80])));
+        assert!(container_status(&updates).ready);
+        assert_eq!(status.conditions[3].condition_type, "Ready");
+        assert_eq!(status.conditions[3].status, "True");
     }
 
     #[tokio::test(start_paused = true)]
@@ -881,11 +903,10 @@ mod tests {
     async fn a_missing_image_is_reported_and_never_pulled() {
         let fake = FakeRuntime::with_images(&[]);
         let mut sync = sync_of(&fake);
-        let mut c = web();
-        c["imagePullPolicy"] = json!("Never");
+        let c = Container { image_pull_policy: Some("Never".into()), ..web() };
         let updates = sync.sync(&[pod("web-1", "Always", c)]).await.unwrap();
-        assert_eq!(container_status(&updates)["state"]["waiting"]["reason"], "ErrImageNeverPull");
-        assert_eq!(updates[0].status["phase"], "Pending");
+        assert_eq!(waiting_reason(&container_status(&updates)), Some("ErrImageNeverPull"));
+        assert_eq!(phase(&updates), Some("Pending"));
         assert!(fake.containers().is_empty());
     }
 
@@ -904,8 +925,8 @@ mod tests {
             while running_ids(&fake).is_empty() {
                 last = sync.sync(std::slice::from_ref(&p)).await.unwrap();
                 if running_ids(&fake).is_empty() {
-                    if let Some(u) = last.last() {
-                        assert_eq!(u.status["containerStatuses"][0]["state"]["waiting"]["reason"], "CrashLoopBackOff");
+                    if !last.is_empty() {
+                        assert_eq!(waiting_reason(&container_status(&last)), Some("CrashLoopBackOff"));
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -915,8 +936,8 @@ mod tests {
         }
         assert_eq!(waits, vec![10, 20, 40, 80]);
         let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
-        assert_eq!(container_status(&updates)["restartCount"], 4);
-        assert_eq!(container_status(&updates)["lastState"]["terminated"]["exitCode"], 1);
+        assert_eq!(container_status(&updates).restart_count, 4);
+        assert_eq!(container_status(&updates).last_state.terminated.map(|t| t.exit_code), Some(1));
     }
 
     #[tokio::test(start_paused = true)]
@@ -928,7 +949,7 @@ mod tests {
         fake.exit(&running_ids(&fake)[0].clone(), 0);
         tokio::time::sleep(Duration::from_secs(30)).await;
         let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
-        assert_eq!(updates[0].status["phase"], "Succeeded");
+        assert_eq!(phase(&updates), Some("Succeeded"));
         assert_eq!(fake.calls().iter().filter(|c| c.starts_with("run")).count(), 1);
     }
 
@@ -936,22 +957,27 @@ mod tests {
     async fn a_readiness_probe_drives_the_ready_condition() {
         let fake = FakeRuntime::with_images(&[IMAGE]);
         let mut sync = sync_of(&fake);
-        let mut c = web();
-        c["readinessProbe"] = json!({ "exec": { "command": ["true"] }, "periodSeconds": 2, "failureThreshold": 2 });
+        let c = Container {
+            readiness_probe: Some(exec_probe("true", |p| {
+                p.period_seconds = Some(2);
+                p.failure_threshold = Some(2);
+            })),
+            ..web()
+        };
         let mut p = pod("web-1", "Always", c);
         sync.sync(std::slice::from_ref(&p)).await.unwrap();
         let id = running_ids(&fake)[0].clone();
         let u = sync.sync(std::slice::from_ref(&p)).await.unwrap();
-        assert_eq!(container_status(&u)["ready"], true);
+        assert!(container_status(&u).ready);
         sync.written("uid-web-1-0000", u[0].status.clone());
-        p["status"] = u[0].status.clone();
+        p.status = u[0].status.clone();
         fake.set_exec_result(&id, 1);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(sync.sync(std::slice::from_ref(&p)).await.unwrap().is_empty(), "one failure is below the threshold");
         tokio::time::sleep(Duration::from_secs(2)).await;
         let u = sync.sync(std::slice::from_ref(&p)).await.unwrap();
-        assert_eq!(container_status(&u)["ready"], false);
-        assert_eq!(u[0].status["conditions"][3]["status"], "False");
+        assert!(!container_status(&u).ready);
+        assert_eq!(u[0].status.conditions[3].status, "False");
         assert_eq!(running_ids(&fake), vec![id], "readiness never restarts");
     }
 
@@ -959,8 +985,14 @@ mod tests {
     async fn a_failing_liveness_probe_restarts_the_container() {
         let fake = FakeRuntime::with_images(&[IMAGE]);
         let mut sync = sync_of(&fake);
-        let mut c = web();
-        c["livenessProbe"] = json!({ "exec": { "command": ["false"] }, "initialDelaySeconds": 5, "periodSeconds": 1, "failureThreshold": 2 });
+        let c = Container {
+            liveness_probe: Some(exec_probe("false", |p| {
+                p.initial_delay_seconds = Some(5);
+                p.period_seconds = Some(1);
+                p.failure_threshold = Some(2);
+            })),
+            ..web()
+        };
         let p = pod("web-1", "Always", c);
         sync.sync(std::slice::from_ref(&p)).await.unwrap();
         let id = running_ids(&fake)[0].clone();
@@ -972,7 +1004,7 @@ mod tests {
         assert!(fake.calls().contains(&format!("stop {id} 5s")));
         let u = sync.sync(std::slice::from_ref(&p)).await.unwrap();
         assert_eq!(fake.calls().iter().filter(|c| c.starts_with("run")).count(), 2);
-        assert_eq!(container_status(&u)["restartCount"], 1, "a liveness restart counts");
+        assert_eq!(container_status(&u).restart_count, 1, "a liveness restart counts");
     }
 
     #[tokio::test(start_paused = true)]
@@ -1002,28 +1034,35 @@ mod tests {
             return;
         }
         let rt = Arc::new(rt);
-        let mut p = pod("web-1", "Always", json!({
-            "name": "web", "image": IMAGE, "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
-            "ports": [{ "containerPort": 8080 }],
-            "readinessProbe": { "httpGet": { "path": "/", "port": 8080 }, "periodSeconds": 1 },
-        }));
+        let mut p = pod("web-1", "Always", Container {
+            name: "web".into(),
+            image: IMAGE.into(),
+            command: strings(&["httpd", "-f", "-p", "8080", "-h", "/www"]),
+            ports: vec![ContainerPort { container_port: 8080, ..Default::default() }],
+            readiness_probe: Some(Probe {
+                http_get: Some(HttpGetAction { path: Some("/".into()), port: IntOrString::Int(8080), ..Default::default() }),
+                period_seconds: Some(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
         let uid = format!("clusterctl-test-{}", hex::encode(rand::random::<[u8; 4]>()));
-        p["metadata"]["uid"] = json!(uid);
-        p["spec"]["terminationGracePeriodSeconds"] = json!(1);
+        p.metadata.uid = uid.clone();
+        p.spec.termination_grace_period_seconds = Some(1);
         let mut sync = PodSync::new(rt.clone(), "127.0.0.1".parse().unwrap()).with_name_prefix("clusterctl-test-");
         let outcome = async {
             let deadline = Instant::now() + Duration::from_secs(20);
             let status = loop {
                 let u = sync.sync(std::slice::from_ref(&p)).await.expect("sync");
                 if let Some(u) = u.last()
-                    && u.status["conditions"][3]["status"] == "True"
+                    && u.status.conditions[3].status == "True"
                 {
                     break u.status.clone();
                 }
                 assert!(Instant::now() < deadline, "the pod never became ready");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             };
-            let host_port = status["publishedPorts"][0]["hostPort"].as_u64().expect("a published port") as u16;
+            let host_port = u16::try_from(status.published_port(8080).expect("a published port")).expect("a port");
             assert_eq!(http_get(SocketAddr::new("127.0.0.1".parse().unwrap(), host_port), "/").await, Some(200));
             sync.sync(&[]).await.expect("sync");
             let deadline = Instant::now() + Duration::from_secs(15);
@@ -1051,17 +1090,60 @@ mod tests {
         let fake = FakeRuntime::with_images(&[IMAGE, "other:1"]);
         let mut sync = sync_of(&fake);
         sync.sync(&[pod("web-1", "Always", web())]).await.unwrap();
-        let mut same = web();
-        same["args"] = json!([]);
-        same["env"] = json!([]);
-        same["readinessProbe"] = Value::Null;
-        same["resources"]["limits"]["cpu"] = json!("0.5");
+        // The same limit written another way, and fields that do not change what runs.
+        let same = Container { resources: limits("0.5", "64Mi"), image_pull_policy: Some("IfNotPresent".into()), ..web() };
         sync.sync(&[pod("web-1", "Always", same)]).await.unwrap();
-        let mut other = web();
-        other["image"] = json!("other:1");
+        let other = Container { image: "other:1".into(), ..web() };
         sync.sync(&[pod("web-1", "Always", other)]).await.unwrap();
         let runs = fake.calls().iter().filter(|c| c.starts_with("run")).count();
         assert_eq!(runs, 2, "only the new image makes a new container: {:?}", fake.calls());
+    }
+
+    /// Pod sync as a runtime controller on the fake API: the pods bound to the node run, a sync
+    /// follows every second without a change (a crashed container is restarted after its
+    /// crash-loop back-off), a failing runtime backs the sync off, and the checkpoint follows the pods.
+    #[tokio::test(start_paused = true)]
+    async fn pod_sync_on_the_fake_api_requeues_every_second_and_backs_off_runtime_failures() {
+        use crate::runtime::fake::FakeClient;
+        let api = FakeClient::new();
+        let docker = FakeRuntime::with_images(&[IMAGE]);
+        api.create(&pod("web-1", "Always", web())).await.unwrap();
+        let mut elsewhere = pod("db-1", "Always", web());
+        elsewhere.spec.node_name = Some("w2".into());
+        api.create(&elsewhere).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = dir.path().join("pods.json");
+        let ctx = Arc::new(Context::new(api.clone(), sync_of(&docker), "w1", Some(checkpoint.clone())));
+        let task = tokio::spawn(run_with(ctx));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(running_ids(&docker).len(), 1, "only the pod bound to this node runs");
+        let web = |api: &FakeClient| api.objects::<Pod>().into_iter().find(|p| p.metadata.name == "web-1").unwrap();
+        assert_eq!(web(&api).status.phase.as_deref(), Some("Running"), "its status is written");
+        let saved = load_checkpoint(&checkpoint).expect("a checkpoint");
+        assert_eq!(saved.iter().map(|p| p.metadata.name.as_str()).collect::<Vec<_>>(), ["web-1"]);
+
+        // Requeue: nothing changes in the API, yet the crashed container is restarted once its
+        // back-off is over.
+        docker.exit(&running_ids(&docker)[0].clone(), 1);
+        tokio::time::sleep(BACKOFF_START + Duration::from_secs(3)).await;
+        assert_eq!(docker.calls().iter().filter(|c| c.starts_with("run")).count(), 2, "{:?}", docker.calls());
+        assert_eq!(web(&api).status.container_statuses[0].restart_count, 1);
+
+        // Back-off: a failed sync is retried after 2 s, not at the next second.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let lists = || docker.calls().iter().filter(|c| c.as_str() == "list").count();
+        docker.fail_next("list");
+        let before = lists();
+        while lists() == before {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(lists(), before + 1, "no sync while backed off");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(lists(), before + 2, "retried after the back-off");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(lists(), before + 3, "and every second again after a success");
+        task.abort();
     }
 
     #[test]
@@ -1075,11 +1157,86 @@ mod tests {
     }
 
     #[test]
-    fn quantities_parse_as_kubernetes_writes_them() {
-        assert_eq!(cpu_millis("250m"), Some(250));
-        assert_eq!(cpu_millis("2"), Some(2000));
-        assert_eq!(cpu_millis("0.5"), Some(500));
-        assert_eq!(memory_bytes("128Mi"), Some(128 << 20));
-        assert_eq!(memory_bytes("1G"), Some(1_000_000_000));
+    fn limits_become_the_runtimes_numbers_and_a_limit_that_is_no_quantity_counts_as_none() {
+        let spec = runtime_spec(&Container { resources: limits("0.25", "1G"), ..web() });
+        assert_eq!((spec.cpu_millis, spec.memory_bytes), (Some(250), Some(1_000_000_000)));
+        let spec = runtime_spec(&Container { resources: limits("lots", "64MB"), ..web() });
+        assert_eq!((spec.cpu_millis, spec.memory_bytes), (None, None));
+    }
+
+    #[test]
+    fn the_spec_hash_is_the_one_earlier_agents_wrote_so_an_upgrade_adopts_running_containers() {
+        // Computed by the agent before it read typed pods, for `web()`.
+        assert_eq!(spec_hash(&web()), "36f3a403c701dee1");
+    }
+
+    fn info_at(ip: &str) -> ContainerInfo {
+        ContainerInfo { id: "c1".into(), labels: BTreeMap::new(), running: true, exit_code: None, started_at: None, finished_at: None, ip: ip.parse().ok(), published: BTreeMap::new() }
+    }
+
+    #[tokio::test]
+    async fn tcp_and_http_probes_reach_a_named_port_and_fail_on_a_closed_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 256];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.0 204 No Content\r\n\r\n").await;
+            }
+        });
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+        let container = Container { ports: vec![ContainerPort { container_port: i64::from(port), name: Some("http".into()), ..Default::default() }], ..web() };
+        let fake = FakeRuntime::with_images(&[]);
+        let on = |port: IntOrString| Probe { tcp_socket: Some(TcpSocketAction { port, ..Default::default() }), ..Default::default() };
+        let http = |port: IntOrString| Probe { http_get: Some(HttpGetAction { port, path: Some("/healthz".into()), ..Default::default() }), ..Default::default() };
+        let info = info_at("127.0.0.1");
+        assert!(probe(&fake, &on(IntOrString::String("http".into())), &container, &info).await);
+        assert!(probe(&fake, &http(IntOrString::String("http".into())), &container, &info).await);
+        assert!(!probe(&fake, &on(IntOrString::String("metrics".into())), &container, &info).await, "an unknown port name fails");
+        assert!(!probe(&fake, &on(IntOrString::Int(i64::from(closed))), &container, &info).await);
+        let elsewhere = Probe { tcp_socket: Some(TcpSocketAction { port: IntOrString::Int(i64::from(port)), host: Some("127.0.0.1".into()), ..Default::default() }), ..Default::default() };
+        assert!(probe(&fake, &elsewhere, &container, &info_at("192.0.2.1")).await, "host wins over the container's address");
+        assert!(!probe(&fake, &Probe::default(), &container, &info).await, "a probe without an action fails");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_status_is_written_with_the_field_names_it_always_had() {
+        let fake = FakeRuntime::with_images(&[IMAGE]);
+        let mut sync = sync_of(&fake);
+        let p = pod("web-1", "Always", web());
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        let wire = serde_json::to_value(&updates[0].status).unwrap();
+        let mut fields: Vec<&str> = wire.as_object().unwrap().keys().map(String::as_str).collect();
+        fields.sort();
+        assert_eq!(fields, ["conditions", "containerStatuses", "hostIP", "phase", "podIP", "podIPs", "publishedPorts", "startTime"]);
+        let container = wire["containerStatuses"][0].as_object().unwrap();
+        let mut fields: Vec<&str> = container.keys().map(String::as_str).collect();
+        fields.sort();
+        assert_eq!(fields, ["containerID", "image", "name", "ready", "restartCount", "started", "state"]);
+        assert!(wire["containerStatuses"][0]["state"]["running"]["startedAt"].is_string());
+        assert_eq!(wire["publishedPorts"][0]["containerName"], "web");
+        assert_eq!(wire["podIPs"][0]["ip"], "10.0.1.5");
+        assert!(wire["conditions"].as_array().unwrap().iter().all(|c| c["lastTransitionTime"].is_string()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unchanged_status_is_not_written_again_and_transition_times_hold() {
+        let fake = FakeRuntime::with_images(&[IMAGE]);
+        let mut sync = sync_of(&fake);
+        let mut p = pod("web-1", "Always", web());
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        let u = sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        sync.written("uid-web-1-0000", u[0].status.clone());
+        p.status = u[0].status.clone();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(sync.sync(std::slice::from_ref(&p)).await.unwrap().is_empty(), "nothing changed, nothing written");
+        let before = p.status.conditions.clone();
+        p.status.phase = Some("Pending".into());
+        let again = sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        assert_eq!(again.len(), 1, "a status someone else wrote is written back");
+        assert_eq!(again[0].status.conditions, before, "conditions whose status held keep their transition times");
     }
 }

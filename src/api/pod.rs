@@ -2,6 +2,7 @@
 //! (`spec.nodeName`) and run by that node's agent, which reports `status`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -368,26 +369,34 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Seconds before the first probe (default 0).
-    pub fn initial_delay(&self) -> i64 {
-        self.initial_delay_seconds.unwrap_or(0)
+    /// Time before the first probe (default 0; a negative value counts as 0).
+    pub fn initial_delay(&self) -> Duration {
+        seconds_at_least(self.initial_delay_seconds.unwrap_or(0), 0)
     }
-    /// Seconds between probes (default 10).
-    pub fn period(&self) -> i64 {
-        self.period_seconds.unwrap_or(10)
+    /// Time between probes (default 10 s, at least 1 s).
+    pub fn period(&self) -> Duration {
+        seconds_at_least(self.period_seconds.unwrap_or(10), 1)
     }
-    /// Seconds a probe may take (default 1).
-    pub fn timeout(&self) -> i64 {
-        self.timeout_seconds.unwrap_or(1)
+    /// Time a probe may take (default 1 s, at least 1 s).
+    pub fn timeout(&self) -> Duration {
+        seconds_at_least(self.timeout_seconds.unwrap_or(1), 1)
     }
-    /// Consecutive failures that count as failed (default 3).
-    pub fn failures(&self) -> i64 {
-        self.failure_threshold.unwrap_or(3)
+    /// Consecutive failures that count as failed (default 3, at least 1).
+    pub fn failures(&self) -> u32 {
+        count_at_least_one(self.failure_threshold.unwrap_or(3))
     }
-    /// Consecutive successes that count as succeeded (default 1).
-    pub fn successes(&self) -> i64 {
-        self.success_threshold.unwrap_or(1)
+    /// Consecutive successes that count as succeeded (default 1, at least 1).
+    pub fn successes(&self) -> u32 {
+        count_at_least_one(self.success_threshold.unwrap_or(1))
     }
+}
+
+fn seconds_at_least(seconds: i64, min: i64) -> Duration {
+    Duration::from_secs(seconds.max(min).unsigned_abs())
+}
+
+fn count_at_least_one(n: i64) -> u32 {
+    u32::try_from(n.max(1)).unwrap_or(u32::MAX)
 }
 
 /// An HTTP GET against the container; 200-399 is success.
@@ -396,6 +405,9 @@ impl Probe {
 pub struct HttpGetAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The address to connect to; the container's own address when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// A number or the name of a container port.
     pub port: IntOrString,
     #[serde(flatten)]
@@ -409,6 +421,9 @@ pub struct HttpGetAction {
 pub struct TcpSocketAction {
     /// A number or the name of a container port.
     pub port: IntOrString,
+    /// The address to connect to; the container's own address when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: UnknownFields,
@@ -461,6 +476,13 @@ pub struct PodStatus {
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: UnknownFields,
+}
+
+impl PodStatus {
+    /// The node port that publishes `container_port`, if the agent has published it.
+    pub fn published_port(&self, container_port: i64) -> Option<i64> {
+        self.published_ports.iter().find(|p| p.container_port == container_port).map(|p| p.host_port)
+    }
 }
 
 /// One condition of a pod: `PodScheduled`, `Initialized`, `ContainersReady`, `Ready`.
@@ -623,6 +645,15 @@ impl Pod {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn probe_timings_take_kubernetes_defaults_and_raise_values_below_the_minimum() {
+        let defaults = Probe::default();
+        let timings = |p: &Probe| (p.initial_delay(), p.period(), p.timeout(), p.failures(), p.successes());
+        assert_eq!(timings(&defaults), (Duration::ZERO, Duration::from_secs(10), Duration::from_secs(1), 3, 1));
+        let nonsense = Probe { initial_delay_seconds: Some(-5), period_seconds: Some(0), timeout_seconds: Some(-1), failure_threshold: Some(0), success_threshold: Some(-2), ..Default::default() };
+        assert_eq!(timings(&nonsense), (Duration::ZERO, Duration::from_secs(1), Duration::from_secs(1), 1, 1));
+    }
+
     use super::*;
 
     #[test]
@@ -657,7 +688,7 @@ mod tests {
         assert_eq!(pod.metadata.controller_owner().map(|o| o.name.as_str()), Some("web-abc"));
         let c = &pod.spec.containers[0];
         assert_eq!(c.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap().port, IntOrString::String("http".into()));
-        assert_eq!(c.readiness_probe.as_ref().unwrap().period(), 10);
+        assert_eq!(c.readiness_probe.as_ref().unwrap().period(), Duration::from_secs(10));
         assert_eq!(pod.spec.requests().unwrap(), ResourceAmounts { cpu_millis: 100, memory_bytes: 64 << 20 });
         assert_eq!(pod.spec.host_ports(), vec![(8080, "TCP".to_string())]);
         assert_eq!(pod.status.container_statuses[0].last_state.terminated.as_ref().unwrap().exit_code, 137);

@@ -117,7 +117,7 @@ pub async fn wait_ready(client: &ApiClient, wanted: &[String], deadline: Duratio
                 .iter()
                 .map(|w| {
                     let node = items.iter().find(|n| n.pointer("/metadata/name").and_then(|v| v.as_str()) == Some(w.as_str()));
-                    let ok = node.and_then(crate::agent::ready_status) == Some("True");
+                    let ok = node.and_then(|n| serde_json::from_value::<crate::api::Node>(n.clone()).ok()).is_some_and(|n| n.is_ready());
                     (w.clone(), ok)
                 })
                 .collect(),

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::{ApiClient, ClientError, ListOptions};
+use crate::api::deployment::ReplicaSet;
 use crate::api::lease::{Lease, NODE_LEASE_NAMESPACE};
+use crate::api::pod::Pod;
 use crate::api::resource::{LEASES, NODES, PODS, REPLICA_SETS};
 use crate::api::Node;
 use crate::report::Reporter;
@@ -26,9 +28,11 @@ pub async fn set_unschedulable(client: &ApiClient, node: &str, unschedulable: bo
     if current.spec.unschedulable == unschedulable {
         return Ok(false);
     }
-    // null removes the field, as kubectl leaves an uncordoned node.
+    // A merge patch, not a typed update: it touches this one field whatever else the Node holds,
+    // and its null (which a typed Node cannot say) removes the field, as kubectl leaves an
+    // uncordoned node.
     let patch = serde_json::json!({ "spec": { "unschedulable": if unschedulable { Value::Bool(true) } else { Value::Null } } });
-    client.patch::<Value>(&NODES, None, node, &patch).await?;
+    client.patch::<Node>(&NODES, None, node, &patch).await?;
     Ok(true)
 }
 
@@ -50,21 +54,22 @@ pub struct Eviction {
     pub owner: Option<Owner>,
 }
 
-fn s(v: &Value, pointer: &str) -> String {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("").to_string()
-}
-
-fn controller_of(pod: &Value) -> Option<Owner> {
-    let r = pod.pointer("/metadata/ownerReferences")?.as_array()?.iter().find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))?;
-    Some(Owner { kind: s(r, "/kind"), name: s(r, "/name"), uid: s(r, "/uid") })
+fn controller_of(pod: &Pod) -> Option<Owner> {
+    let r = pod.metadata.controller_owner()?;
+    Some(Owner { kind: r.kind.clone(), name: r.name.clone(), uid: r.uid.clone() })
 }
 
 /// What to evict of the pods bound to the node; without `force`, the names (`namespace/name`) of
 /// the pods no controller owns are an error.
-pub fn plan_evictions(pods_on_node: &[Value], force: bool) -> Result<Vec<Eviction>, Vec<String>> {
+pub fn plan_evictions(pods_on_node: &[Pod], force: bool) -> Result<Vec<Eviction>, Vec<String>> {
     let evictions: Vec<Eviction> = pods_on_node
         .iter()
-        .map(|p| Eviction { namespace: s(p, "/metadata/namespace"), name: s(p, "/metadata/name"), uid: s(p, "/metadata/uid"), owner: controller_of(p) })
+        .map(|p| Eviction {
+            namespace: p.metadata.namespace.clone().unwrap_or_default(),
+            name: p.metadata.name.clone(),
+            uid: p.metadata.uid.clone(),
+            owner: controller_of(p),
+        })
         .collect();
     let unowned: Vec<String> = evictions.iter().filter(|e| e.owner.is_none()).map(|e| format!("{}/{}", e.namespace, e.name)).collect();
     if !unowned.is_empty() && !force {
@@ -73,21 +78,17 @@ pub fn plan_evictions(pods_on_node: &[Value], force: bool) -> Result<Vec<Evictio
     Ok(evictions)
 }
 
-fn running_and_ready(pod: &Value) -> bool {
-    s(pod, "/status/phase") == "Running"
-        && pod
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .is_some_and(|cs| cs.iter().any(|c| s(c, "/type") == "Ready" && s(c, "/status") == "True"))
+fn running_and_ready(pod: &Pod) -> bool {
+    pod.status.phase.as_deref() == Some("Running") && pod.is_ready()
 }
 
 /// What drain still waits for, one line each: evicted pods that still exist, and owners with fewer
 /// Running and Ready pods off the drained `nodes` than they want (`wanted`: replicas per owner uid). Empty when
 /// the drain is complete.
-pub fn pending(evicted: &[Eviction], pods_now: &[Value], wanted: &BTreeMap<String, i64>, nodes: &BTreeSet<String>) -> Vec<String> {
+pub fn pending(evicted: &[Eviction], pods_now: &[Pod], wanted: &BTreeMap<String, i64>, nodes: &BTreeSet<String>) -> Vec<String> {
     let mut waiting = Vec::new();
     for e in evicted {
-        if pods_now.iter().any(|p| s(p, "/metadata/uid") == e.uid) {
+        if pods_now.iter().any(|p| p.metadata.uid == e.uid) {
             waiting.push(format!("pod {}/{} to terminate", e.namespace, e.name));
         }
     }
@@ -98,7 +99,7 @@ pub fn pending(evicted: &[Eviction], pods_now: &[Value], wanted: &BTreeMap<Strin
         let want = wanted.get(&owner.uid).copied().unwrap_or(0);
         let elsewhere = pods_now
             .iter()
-            .filter(|p| controller_of(p).is_some_and(|o| o.uid == owner.uid) && !nodes.contains(&s(p, "/spec/nodeName")) && running_and_ready(p))
+            .filter(|p| controller_of(p).is_some_and(|o| o.uid == owner.uid) && !p.spec.bound_node().is_some_and(|n| nodes.contains(n)) && running_and_ready(p))
             .count() as i64;
         if elsewhere < want {
             waiting.push(format!("{} {namespace}/{}: {elsewhere}/{want} replicas running elsewhere", owner.kind, owner.name));
@@ -108,8 +109,8 @@ pub fn pending(evicted: &[Eviction], pods_now: &[Value], wanted: &BTreeMap<Strin
 }
 
 /// The pods bound to a node.
-pub async fn pods_on(client: &ApiClient, node: &str) -> anyhow::Result<Vec<Value>> {
-    let list = client.list::<Value>(&PODS, None, &ListOptions::fields(format!("spec.nodeName={node}"))).await.map_err(|e| anyhow::anyhow!("listing the pods on node {node}: {e}"))?;
+pub async fn pods_on(client: &ApiClient, node: &str) -> anyhow::Result<Vec<Pod>> {
+    let list = client.list::<Pod>(&PODS, None, &ListOptions::fields(format!("spec.nodeName={node}"))).await.map_err(|e| anyhow::anyhow!("listing the pods on node {node}: {e}"))?;
     Ok(list.items)
 }
 
@@ -118,8 +119,8 @@ async fn wanted_replicas(client: &ApiClient, evicted: &[Eviction]) -> anyhow::Re
     let mut wanted = BTreeMap::new();
     for e in evicted {
         let Some(owner) = e.owner.as_ref().filter(|o| o.kind == "ReplicaSet" && !wanted.contains_key(&o.uid)) else { continue };
-        let replicas = match client.get::<Value>(&REPLICA_SETS, Some(&e.namespace), &owner.name).await {
-            Ok(rs) if s(&rs, "/metadata/uid") == owner.uid => rs.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1),
+        let replicas = match client.get::<ReplicaSet>(&REPLICA_SETS, Some(&e.namespace), &owner.name).await {
+            Ok(rs) if rs.metadata.uid == owner.uid => rs.spec.replicas.map(i64::from).unwrap_or(1),
             Ok(_) => 0,
             Err(err) if err.is_not_found() => 0,
             Err(err) => anyhow::bail!("reading replicaset {}/{}: {err}", e.namespace, owner.name),
@@ -141,7 +142,7 @@ pub async fn evict_and_wait_for(client: &ApiClient, evictions: &[Eviction], node
     }
     let start = Instant::now();
     loop {
-        let pods = client.list::<Value>(&PODS, None, &ListOptions::default()).await.map_err(|e| anyhow::anyhow!("listing pods while draining: {e}"))?;
+        let pods = client.list::<Pod>(&PODS, None, &ListOptions::default()).await.map_err(|e| anyhow::anyhow!("listing pods while draining: {e}"))?;
         let waiting = pending(evictions, &pods.items, &wanted_replicas(client, evictions).await?, nodes);
         if waiting.is_empty() {
             return Ok(());
@@ -192,20 +193,22 @@ pub async fn wait_renewed_and_ready(client: &ApiClient, node: &str, since: std::
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
+    use crate::api::pod::{PodCondition, PodSpec, PodStatus};
+    use crate::api::{ObjectMeta, OwnerReference};
 
-    fn pod(name: &str, node: &str, owner: Option<&str>, phase: &str, ready: bool) -> Value {
-        let mut p = json!({
-            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
-            "spec": {"nodeName": node},
-            "status": {"phase": phase, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
-        });
-        if let Some(rs) = owner {
-            p["metadata"]["ownerReferences"] = json!([{"kind": "ReplicaSet", "name": rs, "uid": format!("uid-{rs}"), "controller": true}]);
+    fn pod(name: &str, node: &str, owner: Option<&str>, phase: &str, ready: bool) -> Pod {
+        let owner_references = owner
+            .map(|rs| OwnerReference { kind: "ReplicaSet".into(), name: rs.into(), uid: format!("uid-{rs}"), controller: Some(true), ..Default::default() })
+            .into_iter()
+            .collect();
+        let ready = PodCondition { condition_type: "Ready".into(), status: if ready { "True" } else { "False" }.into(), ..Default::default() };
+        Pod {
+            metadata: ObjectMeta { uid: format!("uid-{name}"), owner_references, ..ObjectMeta::namespaced("default", name) },
+            spec: PodSpec { node_name: Some(node.into()), ..Default::default() },
+            status: PodStatus { phase: Some(phase.into()), conditions: vec![ready], ..Default::default() },
+            ..Default::default()
         }
-        p
     }
 
     #[test]

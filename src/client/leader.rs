@@ -232,7 +232,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_candidate_leads_and_another_takes_over_when_it_dies() {
-        let client = crate::controllers::tests::start().await;
+        let client = crate::client::test_server::start().await;
         let (active, most, started) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let work = |who: &'static str| {
             let (active, most, started) = (active.clone(), most.clone(), started.clone());
@@ -285,7 +285,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn work_that_ends_by_itself_is_started_again_while_leading() {
-        let client = crate::controllers::tests::start().await;
+        let client = crate::client::test_server::start().await;
         let started = Arc::new(AtomicUsize::new(0));
         let counter = started.clone();
         let election = tokio::spawn(quick("a").run(client.clone(), move || {
@@ -306,7 +306,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_leader_stopped_cleanly_releases_the_lease_and_another_takes_it_at_once() {
-        let client = crate::controllers::tests::start().await;
+        let client = crate::client::test_server::start().await;
         let (a, b) = (quick("a"), quick("b"));
         let task_a = tokio::spawn(a.clone().run(client.clone(), std::future::pending::<()>));
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -13,6 +13,8 @@ pub mod drain;
 pub mod kubeconfig;
 pub mod kubectl_config;
 pub mod leader;
+#[cfg(test)]
+pub mod test_server;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -28,7 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use crate::api::machinepool::MachinePool;
+use crate::api::machinepool::{MachinePool, MachinePoolStatus};
 use crate::api::node::NodeCondition;
 use crate::api::resource::{MACHINE_POOLS, NODES};
 use crate::api::time::Time;
@@ -252,8 +252,9 @@ pub async fn pass(ctx: &Context, client: &ApiClient, state: &mut State) -> anyho
         let blocked_before = object.condition("ReplacementBlocked").is_some_and(|c| c.status == "True");
         let changed = object.status.replicas != mine.len() as u32 || object.status.ready_replicas != ready || blocked_before != matches!(action, Action::Blocked(_));
         if changed || object.status.conditions.is_empty() {
-            let patch = serde_json::json!({ "status": { "replicas": mine.len(), "readyReplicas": ready, "conditions": conditions } });
-            if let Err(e) = client.patch_status::<MachinePool>(&MACHINE_POOLS, None, name, &patch).await {
+            let mut next = object.clone();
+            next.status = MachinePoolStatus { replicas: mine.len() as u32, ready_replicas: ready, conditions, ..Default::default() };
+            if let Err(e) = client.replace_status(&MACHINE_POOLS, None, name, &next).await {
                 tracing::warn!(error = %e, pool = name, "writing the pool's status");
             }
         }
@@ -353,42 +354,20 @@ async fn replace_master(ctx: &Context, client: &ApiClient, spec: &ClusterSpec, a
     Ok(())
 }
 
-/// Runs the controller forever.
-pub async fn run(ctx: Context, client: ApiClient) {
-    let mut state = State::default();
-    let resized = std::sync::Arc::new(tokio::sync::Notify::new());
-    let watcher = tokio::spawn(wake_on_resize(client.clone(), resized.clone()));
-    // The controller's run is cancelled when its lease is lost: the watcher goes with it.
-    let _stop_watcher = crate::client::leader::AbortOnDrop(watcher);
-    loop {
-        if let Err(e) = pass(&ctx, &client, &mut state).await {
-            tracing::warn!(error = format!("{e:#}"), "machine controller pass");
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
-            () = resized.notified() => tracing::info!("a pool's desired size changed: passing now"),
-        }
-    }
-}
+/// How often the machine controller passes without a change.
+pub const PERIOD: Duration = Duration::from_secs(5);
 
-/// Notifies `resized` whenever a `MachinePool`'s spec (its desired size) changes, as seen through a
-/// watch-fed copy of the pools; the controller's own status writes and the first listing do not
-/// count. A change made while a pass runs is kept until the pass ends (`Notify` keeps one permit).
-pub async fn wake_on_resize(client: ApiClient, resized: std::sync::Arc<tokio::sync::Notify>) {
-    use crate::agent::reflector::{self, Objects};
-    let (tx, mut rx) = tokio::sync::watch::channel(Objects::default());
-    tokio::spawn(reflector::reflect(client, &MACHINE_POOLS, crate::client::ListOptions::default(), tx));
-    let specs = |pools: &Objects| -> BTreeMap<String, serde_json::Value> { pools.iter().map(|(k, v)| (k.clone(), v.get("spec").cloned().unwrap_or_default())).collect() };
-    // The reflector publishes its first listing as the first change.
-    if rx.changed().await.is_err() {
-        return;
-    }
-    let mut last = specs(&rx.borrow_and_update());
-    while rx.changed().await.is_ok() {
-        let now = specs(&rx.borrow_and_update());
-        if now != last {
-            resized.notify_one();
-            last = now;
+/// A trigger that queues `key` whenever a `MachinePool` is new or its spec (its desired size)
+/// changed; the controller's own status writes do not count.
+pub fn resize_trigger(key: crate::runtime::ObjectKey) -> impl Fn(&MachinePool) -> Vec<crate::runtime::ObjectKey> + Send + Sync + 'static {
+    let seen: std::sync::Mutex<BTreeMap<String, crate::api::machinepool::MachinePoolSpec>> = std::sync::Mutex::default();
+    move |pool: &MachinePool| {
+        let mut seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.get(&pool.metadata.name) == Some(&pool.spec) {
+            return Vec::new();
         }
+        seen.insert(pool.metadata.name.clone(), pool.spec.clone());
+        tracing::info!(pool = %pool.metadata.name, replicas = pool.spec.replicas, "a pool's desired size changed: passing now");
+        vec![key.clone()]
     }
 }

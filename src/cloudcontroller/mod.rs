@@ -13,21 +13,23 @@ pub mod pools;
 pub mod nodes;
 pub mod services;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use anyhow::Context as _;
 
-use crate::api::resource::{NODES, SERVICES};
-use crate::api::service::Service;
+use crate::api::machinepool::MachinePool;
+use crate::api::pod::Pod;
+use crate::api::service::{Service, ServiceStatus};
 use crate::api::Node;
 use crate::bootstrap::{BinaryFetch, Join};
 use crate::bootstrap::hostkeys::KnownHosts;
-use crate::client::ApiClient;
+use crate::client::{ApiClient, ListOptions};
 use crate::cloud::aws::{AwsCloud, AwsOptions};
 use crate::cloud::{owned_by, Cloud, Resilient, RetryPolicy};
-use crate::controllers::cache::Cache;
 use crate::nodeconfig::{CloudSettings, NodeConfig};
+use crate::runtime::{Action, Backoff, Client, Controller, ObjectKey, Store};
 
 /// How often the service controller re-checks the cloud when nothing changed in the API.
 const SERVICE_RESYNC: Duration = Duration::from_secs(30);
@@ -72,83 +74,134 @@ pub async fn run(client: ApiClient, settings: CloudSettings, config: NodeConfig,
         own_instance: config.instance_id.clone(),
         cloud_settings: settings.clone(),
     };
-    // All three in this one task, so that a leader that loses its lease stops every one of them.
-    let node_controller = {
-        let (cloud, client, cluster) = (cloud.clone(), client.clone(), cluster.clone());
-        async move {
-            loop {
-                if let Err(e) = nodes::pass(cloud.as_ref(), &client, &cluster).await {
-                    tracing::warn!(error = format!("{e:#}"), "node controller pass");
-                }
-                tokio::time::sleep(NODE_PERIOD).await;
-            }
-        }
+    let stores = Stores {
+        services: Store::reflect(client.clone(), None, ListOptions::default()),
+        nodes: Store::reflect(client.clone(), None, ListOptions::default()),
+        pods: Store::reflect(client.clone(), None, ListOptions::default()),
+        pools: Store::reflect(client.clone(), None, ListOptions::default()),
     };
-    tokio::join!(machines::run(ctx, client.clone()), node_controller, run_services(cloud, client, cluster));
+    let machine_ctx = Arc::new(MachineContext { machines: ctx, client: client.clone(), state: tokio::sync::Mutex::new(machines::State::default()) });
+    let ctx = Arc::new(Context::new(cloud, cluster, client, stores));
+    // All three in this one task, so that a leader that loses its lease stops every one of them.
+    tokio::join!(
+        machine_controller(&ctx.stores).run(reconcile_machines, machine_ctx),
+        node_controller(&ctx).run(reconcile_nodes, ctx.clone()),
+        service_controller(&ctx).run(reconcile_services, ctx.clone()),
+    );
     Ok(())
 }
 
-/// The service controller's loop: a pass on every change of services or nodes, and every 30 s.
-async fn run_services(cloud: Arc<dyn Cloud>, client: ApiClient, cluster: String) {
-    let changed = Arc::new(Notify::new());
-    let services: Arc<Cache<Service>> = Cache::spawn(client.clone(), SERVICES, changed.clone());
-    let nodes: Arc<Cache<Node>> = Cache::spawn(client.clone(), NODES, changed.clone());
-    let mut network = None;
-    let mut last_targets = None;
-    let mut last_services = None;
-    loop {
-        tokio::select! {
-            _ = changed.notified() => {}
-            _ = tokio::time::sleep(SERVICE_RESYNC) => { last_services = None; }
-        }
-        if !(services.synced() && nodes.synced()) {
+/// The stores the three controllers read.
+pub struct Stores {
+    pub services: Store<Service>,
+    pub nodes: Store<Node>,
+    pub pods: Store<Pod>,
+    pub pools: Store<MachinePool>,
+}
+
+/// What the three controllers share: the cloud, the cluster's name, the API and its stores.
+pub struct Context<C> {
+    pub cloud: Arc<dyn Cloud>,
+    pub cluster: String,
+    pub client: C,
+    pub stores: Stores,
+    /// The cluster's VPC and subnets, found once.
+    network: tokio::sync::Mutex<Option<services::Network>>,
+    /// What the service controller last made the cloud match, and when.
+    last_services: Mutex<Option<(BTreeSet<String>, String, Instant)>>,
+}
+
+impl<C: Client> Context<C> {
+    /// The shared context of the service and node controllers.
+    pub fn new(cloud: Arc<dyn Cloud>, cluster: String, client: C, stores: Stores) -> Self {
+        Context { cloud, cluster, client, stores, network: tokio::sync::Mutex::new(None), last_services: Mutex::new(None) }
+    }
+}
+
+/// The machine controller's context: it bootstraps machines over SSH with the real client.
+struct MachineContext {
+    machines: machines::Context,
+    client: ApiClient,
+    state: tokio::sync::Mutex<machines::State>,
+}
+
+/// The one key of each of these controllers: every pass looks at everything.
+fn pass_key() -> ObjectKey {
+    ObjectKey::cluster("cloud")
+}
+
+/// The service controller: a pass on every change of services or nodes, and every 30 s.
+pub fn service_controller<C: Client>(ctx: &Context<C>) -> Controller {
+    Controller::new("cloud-services")
+        .watches(&ctx.stores.services, |_: &Service| vec![pass_key()])
+        .watches(&ctx.stores.nodes, |_: &Node| vec![pass_key()])
+        .resync_every(SERVICE_RESYNC, || vec![pass_key()])
+        .backoff(Backoff { initial: Duration::from_secs(2), max: SERVICE_RESYNC })
+}
+
+/// The node controller: a pass every 2 s (it polls the cloud for terminated machines). Its
+/// stores trigger nothing: it only waits for them to list before its first pass.
+pub fn node_controller<C: Client>(ctx: &Context<C>) -> Controller {
+    Controller::new("cloud-nodes")
+        .watches(&ctx.stores.nodes, |_: &Node| Vec::new())
+        .watches(&ctx.stores.pods, |_: &Pod| Vec::new())
+        .resync_every(Duration::from_secs(3600), || vec![pass_key()])
+        .backoff(Backoff { initial: NODE_PERIOD, max: Duration::from_secs(30) })
+}
+
+/// The machine controller: a pass every 5 s, and at once when a pool's desired size changes.
+pub fn machine_controller(stores: &Stores) -> Controller {
+    Controller::new("cloud-machines")
+        .watches(&stores.pools, machines::resize_trigger(pass_key()))
+        .resync_every(Duration::from_secs(3600), || vec![pass_key()])
+        .backoff(Backoff { initial: machines::PERIOD, max: Duration::from_secs(30) })
+}
+
+/// A service controller pass: the cloud made to match the services (when they or the workers
+/// changed, or 30 s passed), then each service's status shows its balancer's address.
+pub async fn reconcile_services<C: Client>(_key: ObjectKey, ctx: Arc<Context<C>>) -> anyhow::Result<Action> {
+    let svcs = ctx.stores.services.cloned();
+    let targets = services::targets(&ctx.stores.nodes.cloned());
+    // Node heartbeats change nodes every few seconds; only a change of what matters calls the cloud.
+    let fingerprint = serde_json::to_string(&svcs.iter().map(|s| (&s.metadata.name, &s.metadata.namespace, &s.spec)).collect::<Vec<_>>()).unwrap_or_default();
+    let unchanged = ctx.last_services.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(|(t, f, at)| *t == targets && *f == fingerprint && at.elapsed() < SERVICE_RESYNC);
+    if unchanged {
+        return Ok(Action::AwaitChange);
+    }
+    let mut network = ctx.network.lock().await;
+    if network.is_none() {
+        *network = Some(find_network(ctx.cloud.as_ref(), &ctx.cluster).await.context("finding the cluster's network")?);
+    }
+    let Some(net) = network.as_ref() else { return Ok(Action::AwaitChange) };
+    let addresses = services::reconcile(ctx.cloud.as_ref(), &ctx.cluster, net, &svcs, &targets).await?;
+    drop(network);
+    for s in &svcs {
+        let key = services::service_key(s);
+        let want = addresses.get(&key).map(|a| services::ingress_status(a)).unwrap_or_default();
+        if want == s.status.load_balancer {
             continue;
         }
-        let svcs = services.snapshot();
-        let targets = services::targets(&nodes.snapshot());
-        // Node heartbeats change nodes every few seconds; only a change of what matters calls the cloud.
-        let fingerprint = serde_json::to_string(&svcs.iter().map(|s| (&s.metadata.name, &s.metadata.namespace, &s.spec)).collect::<Vec<_>>()).unwrap_or_default();
-        if last_targets.as_ref() == Some(&targets) && last_services.as_ref() == Some(&fingerprint) {
-            continue;
-        }
-        if network.is_none() {
-            network = match find_network(cloud.as_ref(), &cluster).await {
-                Ok(n) => Some(n),
-                Err(e) => {
-                    tracing::warn!(error = format!("{e:#}"), "finding the cluster's network");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    changed.notify_one();
-                    continue;
-                }
-            };
-        }
-        let Some(net) = network.as_ref() else { continue };
-        match services::reconcile(cloud.as_ref(), &cluster, net, &svcs, &targets).await {
-            Ok(addresses) => {
-                for s in &svcs {
-                    let key = services::service_key(s);
-                    let want = addresses.get(&key).map(|a| services::ingress_status(a));
-                    let have = serde_json::to_value(&s.status).unwrap_or_default();
-                    let shown = have.pointer("/loadBalancer/ingress").and_then(|v| v.as_array()).is_some_and(|a| !a.is_empty());
-                    let patch = match &want {
-                        Some(w) if w.pointer("/loadBalancer") != have.pointer("/loadBalancer") => w.clone(),
-                        None if shown => serde_json::json!({ "loadBalancer": {} }),
-                        _ => continue,
-                    };
-                    if let Err(e) = client.patch_status::<Service>(&SERVICES, Some(s.metadata.namespace_or_default()), &s.metadata.name, &serde_json::json!({ "status": patch })).await {
-                        tracing::warn!(error = %e, service = %key, "writing the load balancer's address");
-                    }
-                }
-                last_targets = Some(targets);
-                last_services = Some(fingerprint);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "service controller pass");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                changed.notify_one();
-            }
+        let status = ServiceStatus { load_balancer: want, ..Default::default() };
+        let patch = serde_json::json!({ "status": serde_json::to_value(&status)? });
+        if let Err(e) = ctx.client.patch_status::<Service>(&ObjectKey::of(&s.metadata), &patch).await {
+            tracing::warn!(error = %e, service = %key, "writing the load balancer's address");
         }
     }
+    *ctx.last_services.lock().unwrap_or_else(PoisonError::into_inner) = Some((targets, fingerprint, Instant::now()));
+    Ok(Action::AwaitChange)
+}
+
+/// A node controller pass, then the next in [`NODE_PERIOD`].
+pub async fn reconcile_nodes<C: Client>(_key: ObjectKey, ctx: Arc<Context<C>>) -> anyhow::Result<Action> {
+    nodes::pass(ctx.cloud.as_ref(), &ctx.client, &ctx.cluster, &ctx.stores.nodes, &ctx.stores.pods).await?;
+    Ok(Action::RequeueAfter(NODE_PERIOD))
+}
+
+/// A machine controller pass, then the next in [`machines::PERIOD`].
+async fn reconcile_machines(_key: ObjectKey, ctx: Arc<MachineContext>) -> anyhow::Result<Action> {
+    let mut state = ctx.state.lock().await;
+    machines::pass(&ctx.machines, &ctx.client, &mut state).await?;
+    Ok(Action::RequeueAfter(machines::PERIOD))
 }
 
 async fn find_network(cloud: &dyn Cloud, cluster: &str) -> anyhow::Result<services::Network> {

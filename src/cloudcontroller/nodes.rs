@@ -5,10 +5,9 @@
 use std::collections::BTreeSet;
 
 use crate::api::pod::Pod;
-use crate::api::resource::{NODES, PODS};
 use crate::api::Node;
-use crate::client::ApiClient;
 use crate::cloud::{owned_by, Cloud, CloudError, InstanceState};
+use crate::runtime::{Client, ObjectKey, Store};
 
 use super::services::instance_id;
 
@@ -33,10 +32,10 @@ pub async fn live_instances(cloud: &dyn Cloud, cluster: &str) -> Result<BTreeSet
         .collect())
 }
 
-/// One pass; returns how many nodes and pods were deleted.
-pub async fn pass(cloud: &dyn Cloud, client: &ApiClient, cluster: &str) -> anyhow::Result<(usize, usize)> {
+/// One pass over the stores' nodes and pods; returns how many nodes and pods were deleted.
+pub async fn pass<C: Client>(cloud: &dyn Cloud, client: &C, cluster: &str, nodes: &Store<Node>, pods: &Store<Pod>) -> anyhow::Result<(usize, usize)> {
     let live = live_instances(cloud, cluster).await?;
-    let nodes: Vec<Node> = client.list(&NODES, None, &Default::default()).await?.items;
+    let nodes: Vec<Node> = nodes.cloned();
     let mut deleted = BTreeSet::new();
     for n in orphaned(&nodes, &live) {
         // A listing can miss a machine; only one described as terminated (or unknown) is gone.
@@ -50,7 +49,7 @@ pub async fn pass(cloud: &dyn Cloud, client: &ApiClient, cluster: &str) -> anyho
                 continue;
             }
         }
-        match client.delete(&NODES, None, &n.metadata.name).await {
+        match client.delete::<Node>(&ObjectKey::of(&n.metadata)).await {
             Ok(()) => {
                 deleted.insert(n.metadata.name.clone());
                 tracing::info!(node = %n.metadata.name, instance = ?instance_id(n), "deleted the node: its machine is terminated or gone");
@@ -60,10 +59,10 @@ pub async fn pass(cloud: &dyn Cloud, client: &ApiClient, cluster: &str) -> anyho
         }
     }
     let remaining: BTreeSet<String> = nodes.iter().map(|n| n.metadata.name.clone()).filter(|n| !deleted.contains(n)).collect();
-    let pods: Vec<Pod> = client.list(&PODS, None, &Default::default()).await?.items;
+    let pods: Vec<Pod> = pods.cloned();
     let mut deleted_pods = 0;
     for p in stranded(&pods, &remaining) {
-        match client.delete(&PODS, Some(p.metadata.namespace_or_default()), &p.metadata.name).await {
+        match client.delete::<Pod>(&ObjectKey::of(&p.metadata)).await {
             Ok(()) => {
                 deleted_pods += 1;
                 tracing::info!(pod = %p.metadata.name, node = ?p.spec.node_name, "deleted a pod of a node that is gone");

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest, Sha256};
 
-use crate::api::service::Service;
+use crate::api::service::{LoadBalancerIngress, LoadBalancerStatus, Service};
 use crate::api::Node;
 use crate::cloud::{owned_by, Cloud, CloudError, IngressRule, Protocol, Tags, ROLE_TAG};
 
@@ -164,10 +164,11 @@ pub async fn reconcile(cloud: &dyn Cloud, cluster: &str, network: &Network, serv
     Ok(addresses)
 }
 
-/// The status a balanced service should show for its address.
-pub fn ingress_status(address: &str) -> serde_json::Value {
-    match address.parse::<std::net::IpAddr>() {
-        Ok(_) => serde_json::json!({ "loadBalancer": { "ingress": [{ "ip": address }] } }),
-        Err(_) => serde_json::json!({ "loadBalancer": { "ingress": [{ "hostname": address }] } }),
-    }
+/// The load balancer status a balanced service should show for its address.
+pub fn ingress_status(address: &str) -> LoadBalancerStatus {
+    let ingress = match address.parse::<std::net::IpAddr>() {
+        Ok(_) => LoadBalancerIngress { ip: Some(address.to_string()), ..Default::default() },
+        Err(_) => LoadBalancerIngress { hostname: Some(address.to_string()), ..Default::default() },
+    };
+    LoadBalancerStatus { ingress: vec![ingress], ..Default::default() }
 }

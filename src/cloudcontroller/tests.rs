@@ -209,28 +209,91 @@ fn nodes_of_gone_machines_and_pods_of_gone_nodes_are_found() {
     assert_eq!(super::nodes::stranded(&pods, &names).len(), 1, "only bound pods of missing nodes");
 }
 
-#[tokio::test]
-async fn a_pool_resize_wakes_the_machine_controller_at_once_but_its_status_writes_do_not() {
+#[tokio::test(start_paused = true)]
+async fn a_pool_resize_queues_a_machine_pass_at_once_but_its_status_writes_do_not() {
     use crate::api::machinepool::MachinePool;
-    use crate::api::resource::MACHINE_POOLS;
-    let client = crate::controllers::tests::start().await;
-    let _: MachinePool = client.create(&MACHINE_POOLS, None, &MachinePool::new("default", 2)).await.unwrap();
-    let resized = Arc::new(tokio::sync::Notify::new());
-    let waker = tokio::spawn(super::machines::wake_on_resize(client.clone(), resized.clone()));
-    // The first listing is no change.
-    assert!(tokio::time::timeout(Duration::from_millis(800), resized.notified()).await.is_err(), "woken by the first listing");
+    use crate::runtime::fake::FakeClient;
+    use crate::runtime::{Client, Controller, ObjectKey, Store};
+    let fake = FakeClient::new();
+    fake.create(&MachinePool::new("default", 2)).await.unwrap();
+    let pools: Store<MachinePool> = Store::reflect(fake.clone(), None, Default::default());
+    let controller = Controller::new("test").watches(&pools, super::machines::resize_trigger(ObjectKey::cluster("cloud")));
+    let queue = controller.queue();
+    let passes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let task = tokio::spawn(controller.run(
+        |_, passes: Arc<std::sync::atomic::AtomicUsize>| async move {
+            passes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, String>(crate::runtime::Action::AwaitChange)
+        },
+        passes.clone(),
+    ));
+    let count = || passes.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(count(), 1, "the first listing is one pass");
 
-    // The controller writing the pool's status: no wake-up.
-    let status = serde_json::json!({ "status": { "replicas": 2, "readyReplicas": 2, "conditions": [] } });
-    let _: MachinePool = client.patch_status(&MACHINE_POOLS, None, "default", &status).await.unwrap();
-    assert!(tokio::time::timeout(Duration::from_millis(800), resized.notified()).await.is_err(), "woken by a status write");
+    // The controller writing the pool's status: no pass.
+    let status = serde_json::json!({ "status": { "replicas": 2, "readyReplicas": 2 } });
+    fake.patch_status::<MachinePool>(&ObjectKey::cluster("default"), &status).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(count(), 1, "a status write is no resize");
 
-    // `scale` changing the desired size: woken within moments.
-    let _: MachinePool = client.patch(&MACHINE_POOLS, None, "default", &serde_json::json!({ "spec": { "replicas": 5 } })).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(3), resized.notified()).await.expect("not woken by a resize within 3 s");
+    // `scale` changing the desired size: a pass at once.
+    fake.patch::<MachinePool>(&ObjectKey::cluster("default"), &serde_json::json!({ "spec": { "replicas": 5 } })).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(count(), 2, "a resize queues a pass");
 
     // A new pool is a change too.
-    let _: MachinePool = client.create(&MACHINE_POOLS, None, &MachinePool::new("gpu", 1)).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(3), resized.notified()).await.expect("not woken by a new pool within 3 s");
-    waker.abort();
+    fake.create(&MachinePool::new("gpu", 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(count(), 3, "a new pool queues a pass");
+    assert!(queue.is_empty());
+    task.abort();
+}
+
+/// The node controller on the fake API and the fake cloud: a node whose machine is terminated
+/// goes with its pods, every 2 s; a failing cloud backs the pass off.
+#[tokio::test(start_paused = true)]
+async fn the_node_controller_deletes_nodes_of_terminated_machines_requeues_and_backs_off_on_cloud_errors() {
+    use crate::api::pod::Pod;
+    use crate::cloud::ErrorKind;
+    use crate::runtime::fake::FakeClient;
+    use crate::runtime::{Client, ObjectKey, Store};
+    let cloud = Arc::new(FakeCloud::new());
+    let (net, _) = network(cloud.as_ref()).await;
+    let _ = net;
+    let fake = FakeClient::new();
+    let stores = super::Stores {
+        services: Store::reflect(fake.clone(), None, Default::default()),
+        nodes: Store::reflect(fake.clone(), None, Default::default()),
+        pods: Store::reflect(fake.clone(), None, Default::default()),
+        pools: Store::reflect(fake.clone(), None, Default::default()),
+    };
+    let ctx = Arc::new(super::Context::new(cloud.clone(), "c1".into(), fake.clone(), stores));
+    let task = tokio::spawn(super::node_controller(&ctx).run(super::reconcile_nodes, ctx.clone()));
+    let nodes_described = || cloud.calls().iter().filter(|c| c.as_str() == "instances").count();
+
+    // Cloud failures: the pass is retried after 2 s, then 4 s, not every 2 s.
+    cloud.fail("instances", ErrorKind::Invalid, 2);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let first = nodes_described();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(nodes_described(), first + 1, "retried after the first back-off");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(nodes_described(), first + 1, "the second failure waits 4 s");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(nodes_described(), first + 2);
+
+    // A node of a machine that does not exist, with a pod: both go within a pass (2 s).
+    fake.create(&node("gone", "i-0000dead", "True", true)).await.unwrap();
+    let mut pod = Pod { metadata: ObjectMeta::namespaced("default", "p"), ..Default::default() };
+    pod.spec.node_name = Some("gone".into());
+    fake.create(&pod).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(fake.objects::<Node>().is_empty(), "the node of the missing machine is deleted");
+    assert!(fake.objects::<Pod>().is_empty(), "and its pod");
+    let before = nodes_described();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!((4..=6).contains(&(nodes_described() - before)), "a pass every 2 s after successes: {}", nodes_described() - before);
+    let _ = ObjectKey::cluster("x");
+    task.abort();
 }

@@ -2,26 +2,26 @@
 //! `<deployment>-<hash>`, label `pod-template-hash`) → pods, all tied by controller owner
 //! references.
 //!
-//! Level-triggered: every pass reconciles every Deployment, then every ReplicaSet, from the
-//! watch-fed caches. A Deployment's new ReplicaSet is scaled up while old ones are scaled down
-//! within `maxSurge` (pods above `replicas`) and `maxUnavailable` (ready pods below `replicas`).
-//! A ReplicaSet creates or deletes pods to match its `replicas` (unbound and not-ready pods go
-//! first). ReplicaSets and pods whose owner is gone are deleted (garbage collection). After its
-//! writes a pass waits until the caches show them, so a pod is never made twice.
+//! Two controllers on the [`runtime`](crate::runtime), level-triggered from its stores: one
+//! reconciles a Deployment (keyed by it; its ReplicaSets and their pods map to it), the other a
+//! ReplicaSet (its pods map to it, a Deployment to the sets it owns). A Deployment's new
+//! ReplicaSet is scaled up while old ones are scaled down within `maxSurge` (pods above
+//! `replicas`) and `maxUnavailable` (ready pods below `replicas`). A ReplicaSet creates or deletes
+//! pods to match its `replicas` (unbound and not-ready pods go first). ReplicaSets and pods whose
+//! owner is gone are deleted (garbage collection). After its writes a reconcile waits until the
+//! store shows them, so a pod is never made twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
 
-use super::cache::Cache;
 use crate::api::deployment::{Deployment, DeploymentStatus, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
 use crate::api::pod::{Pod, PodTemplateSpec};
-use crate::api::resource::{DEPLOYMENTS, PODS, REPLICA_SETS};
 use crate::api::{ObjectMeta, OwnerReference};
-use crate::client::{ApiClient, ClientError};
+use crate::client::{ClientError, ListOptions};
+use crate::runtime::{Action, Client, Controller, Object, ObjectKey, Store};
 
 /// How often every object is reconciled without any change.
 pub const RESYNC: Duration = Duration::from_secs(5);
@@ -85,13 +85,6 @@ pub fn rolling_step(replicas: u32, max_surge: u32, max_unavailable: u32, new: (u
     (new_target, targets)
 }
 
-/// The controller's view: caches of deployments, replica sets and pods.
-pub struct Caches {
-    pub deployments: Arc<Cache<Deployment>>,
-    pub replica_sets: Arc<Cache<ReplicaSet>>,
-    pub pods: Arc<Cache<Pod>>,
-}
-
 /// Revisions written in a pass, to wait for before the next.
 #[derive(Default)]
 struct Written {
@@ -104,7 +97,7 @@ fn rev_of(meta: &ObjectMeta) -> u64 {
 }
 
 /// Reconciles one Deployment: its ReplicaSets' sizes and its status.
-async fn reconcile_deployment(client: &ApiClient, d: &Deployment, sets: &[ReplicaSet], pods: &[Pod], written: &mut Written) -> Result<(), ClientError> {
+async fn reconcile_deployment<C: Client>(client: &C, d: &Deployment, sets: &[ReplicaSet], pods: &[Pod], written: &mut Written) -> Result<(), ClientError> {
     let ns = d.metadata.namespace_or_default().to_string();
     let hash = template_hash(&d.spec.template);
     let mut owned: Vec<&ReplicaSet> = sets.iter().filter(|rs| owned_by(&rs.metadata, &d.metadata.uid)).collect();
@@ -129,7 +122,7 @@ async fn reconcile_deployment(client: &ApiClient, d: &Deployment, sets: &[Replic
                 spec: ReplicaSetSpec { replicas: Some(if only_set && !d.spec.is_recreate() { replicas as i32 } else { 0 }), selector, template, min_ready_seconds: d.spec.min_ready_seconds, ..Default::default() },
                 ..Default::default()
             };
-            let created = client.create(&REPLICA_SETS, Some(&ns), &rs).await?;
+            let created = client.create(&rs).await?;
             tracing::info!(deployment = %d.metadata.name, replicaset = %created.metadata.name, "created replica set");
             written.replica_sets = written.replica_sets.max(rev_of(&created.metadata));
             created
@@ -143,8 +136,12 @@ async fn reconcile_deployment(client: &ApiClient, d: &Deployment, sets: &[Replic
         (if old_pods == 0 { replicas } else { 0 }, olds.iter().map(|_| 0).collect())
     } else {
         let (surge, unavailable) = d.spec.rolling_limits();
-        let old: Vec<(u32, u32)> = olds.iter().map(|rs| (rs.spec.replicas(), ready_of(rs))).collect();
-        rolling_step(replicas, surge, unavailable, (new.spec.replicas(), ready_of(&new)), &old)
+        // A set's ready pods count only up to its `replicas`: those above it are being deleted (the
+        // ReplicaSet controller runs beside this one and the pod store may not show it yet), and
+        // counting them would let more old pods go than maxUnavailable allows.
+        let counted = |rs: &ReplicaSet| (rs.spec.replicas(), ready_of(rs).min(rs.spec.replicas()));
+        let old: Vec<(u32, u32)> = olds.iter().map(|rs| counted(rs)).collect();
+        rolling_step(replicas, surge, unavailable, counted(&new), &old)
     };
     let resize = |rs: &ReplicaSet, to: u32| {
         let mut next = rs.clone();
@@ -161,7 +158,7 @@ async fn reconcile_deployment(client: &ApiClient, d: &Deployment, sets: &[Replic
         }
     }
     for rs in updates {
-        let written_rs = client.replace(&REPLICA_SETS, Some(&ns), &rs.metadata.name, &rs).await?;
+        let written_rs = client.replace(&rs).await?;
         tracing::info!(deployment = %d.metadata.name, replicaset = %rs.metadata.name, replicas = rs.spec.replicas(), "scaled replica set");
         written.replica_sets = written.replica_sets.max(rev_of(&written_rs.metadata));
     }
@@ -181,7 +178,7 @@ async fn reconcile_deployment(client: &ApiClient, d: &Deployment, sets: &[Replic
     if status != d.status {
         let mut next = d.clone();
         next.status = status;
-        match client.replace_status(&DEPLOYMENTS, Some(&ns), &d.metadata.name, &next).await {
+        match client.replace_status(&next).await {
             Ok(_) | Err(ClientError::Api { code: 409, .. }) => {}
             Err(e) => return Err(e),
         }
@@ -196,11 +193,11 @@ fn deletion_order(mut pods: Vec<&Pod>) -> Vec<&Pod> {
 }
 
 /// Reconciles one ReplicaSet: creates or deletes pods to match `replicas`; writes its status.
-async fn reconcile_replica_set(client: &ApiClient, rs: &ReplicaSet, pods: &[Pod], written: &mut Written) -> Result<(), ClientError> {
+async fn reconcile_replica_set<C: Client>(client: &C, rs: &ReplicaSet, pods: &[Pod], written: &mut Written) -> Result<(), ClientError> {
     let ns = rs.metadata.namespace_or_default().to_string();
     // Finished pods (e.g. failed ones) are replaced, and removed so that they do not pile up.
     for done in pods.iter().filter(|p| p.is_terminal() && !p.is_terminating() && owned_by(&p.metadata, &rs.metadata.uid)) {
-        match client.delete(&PODS, Some(&ns), &done.metadata.name).await {
+        match client.delete::<Pod>(&done.key()).await {
             Ok(()) => tracing::info!(pod = %done.metadata.name, phase = %done.phase(), "deleted finished pod"),
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e),
@@ -220,7 +217,7 @@ async fn reconcile_replica_set(client: &ApiClient, rs: &ReplicaSet, pods: &[Pod]
         let (mut remaining, mut batch) = (want - mine.len(), 1);
         while remaining > 0 {
             let n = batch.min(remaining);
-            let results = futures::future::join_all((0..n).map(|_| client.create(&PODS, Some(&ns), &pod))).await;
+            let results = futures::future::join_all((0..n).map(|_| client.create(&pod))).await;
             // Every create that worked is waited for by the next pass, even when another failed.
             let mut failed = None;
             for created in results {
@@ -238,7 +235,7 @@ async fn reconcile_replica_set(client: &ApiClient, rs: &ReplicaSet, pods: &[Pod]
         tracing::info!(replicaset = %rs.metadata.name, created = want - mine.len(), "created pods");
     } else if mine.len() > want {
         for pod in deletion_order(mine.clone()).into_iter().take(mine.len() - want) {
-            match client.delete(&PODS, Some(&ns), &pod.metadata.name).await {
+            match client.delete::<Pod>(&pod.key()).await {
                 Ok(()) => written.pods = written.pods.max(rev_of(&pod.metadata) + 1),
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
@@ -251,7 +248,7 @@ async fn reconcile_replica_set(client: &ApiClient, rs: &ReplicaSet, pods: &[Pod]
     if status != rs.status {
         let mut next = rs.clone();
         next.status = status;
-        match client.replace_status(&REPLICA_SETS, Some(&ns), &rs.metadata.name, &next).await {
+        match client.replace_status(&next).await {
             Ok(_) | Err(ClientError::Api { code: 409, .. }) => {}
             Err(e) => return Err(e),
         }
@@ -259,73 +256,137 @@ async fn reconcile_replica_set(client: &ApiClient, rs: &ReplicaSet, pods: &[Pod]
     Ok(())
 }
 
-/// One pass over every Deployment and ReplicaSet, then garbage collection of orphans.
-pub async fn pass(client: &ApiClient, caches: &Caches) {
-    let deployments = caches.deployments.snapshot();
-    let pods = caches.pods.snapshot();
-    let mut written = Written::default();
-    let sets = caches.replica_sets.snapshot();
-    for d in &deployments {
-        if let Err(e) = reconcile_deployment(client, d, &sets, &pods, &mut written).await {
-            tracing::warn!(error = %e, deployment = %d.metadata.name, "reconciling deployment");
-        }
-    }
-    if written.replica_sets > 0 {
-        caches.replica_sets.wait_for(written.replica_sets, Duration::from_secs(5)).await;
-    }
-    let sets = caches.replica_sets.snapshot();
-    let deployment_uids: HashMap<&str, ()> = deployments.iter().map(|d| (d.metadata.uid.as_str(), ())).collect();
-    for rs in &sets {
-        let ns = rs.metadata.namespace_or_default();
-        if let Some(owner) = rs.metadata.controller_owner().filter(|o| o.kind == "Deployment")
-            && !deployment_uids.contains_key(owner.uid.as_str())
-            && caches.deployments.synced()
-        {
-            match client.delete(&REPLICA_SETS, Some(ns), &rs.metadata.name).await {
-                Ok(()) => tracing::info!(replicaset = %rs.metadata.name, "deleted: its deployment is gone"),
-                Err(e) if e.is_not_found() => {}
-                Err(e) => tracing::warn!(error = %e, "deleting orphaned replica set {}", rs.metadata.name),
-            }
-            continue;
-        }
-        if let Err(e) = reconcile_replica_set(client, rs, &pods, &mut written).await {
-            tracing::warn!(error = %e, replicaset = %rs.metadata.name, "reconciling replica set");
-        }
-    }
-    let set_uids: BTreeMap<&str, ()> = sets.iter().map(|rs| (rs.metadata.uid.as_str(), ())).collect();
-    for pod in &pods {
-        if let Some(owner) = pod.metadata.controller_owner().filter(|o| o.kind == "ReplicaSet")
-            && !set_uids.contains_key(owner.uid.as_str())
-        {
-            match client.delete(&PODS, Some(pod.metadata.namespace_or_default()), &pod.metadata.name).await {
-                Ok(()) => written.pods = written.pods.max(rev_of(&pod.metadata) + 1),
-                Err(e) if e.is_not_found() => {}
-                Err(e) => tracing::warn!(error = %e, "deleting orphaned pod {}", pod.metadata.name),
-            }
-        }
-    }
-    if written.pods > 0 {
-        caches.pods.wait_for(written.pods, Duration::from_secs(5)).await;
+/// The controllers' view of the cluster and their client.
+pub struct Context<C> {
+    pub client: C,
+    pub deployments: Store<Deployment>,
+    pub replica_sets: Store<ReplicaSet>,
+    pub pods: Store<Pod>,
+}
+
+impl<C: Client> Context<C> {
+    /// Stores of every Deployment, ReplicaSet and Pod fed by `client`.
+    pub fn new(client: C) -> Arc<Self> {
+        Arc::new(Context {
+            deployments: Store::reflect(client.clone(), None, ListOptions::default()),
+            replica_sets: Store::reflect(client.clone(), None, ListOptions::default()),
+            pods: Store::reflect(client.clone(), None, ListOptions::default()),
+            client,
+        })
     }
 }
 
-/// Runs the controller forever on the given client (a `system:masters` identity).
-pub async fn run(client: ApiClient) {
-    let changed = Arc::new(Notify::new());
-    let caches = Caches {
-        deployments: Cache::spawn(client.clone(), DEPLOYMENTS, changed.clone()),
-        replica_sets: Cache::spawn(client.clone(), REPLICA_SETS, changed.clone()),
-        pods: Cache::spawn(client.clone(), PODS, changed.clone()),
-    };
-    loop {
-        tokio::select! {
-            _ = changed.notified() => {}
-            _ = tokio::time::sleep(RESYNC) => {}
+/// The key of the object of `kind` that controls `meta`, in the same namespace.
+fn controller_key(meta: &ObjectMeta, kind: &str) -> Option<ObjectKey> {
+    let owner = meta.controller_owner().filter(|o| o.kind == kind)?;
+    Some(ObjectKey::namespaced(meta.namespace_or_default(), owner.name.clone()))
+}
+
+/// The deployment controller: keyed by Deployment; a change of one of its ReplicaSets or of
+/// their pods reconciles it.
+pub fn deployment_controller<C: Client>(ctx: &Context<C>) -> Controller {
+    let sets = ctx.replica_sets.clone();
+    Controller::new("deployment")
+        .owns(&ctx.deployments, RESYNC)
+        .watches(&ctx.replica_sets, |rs: &ReplicaSet| controller_key(&rs.metadata, "Deployment").into_iter().collect())
+        .watches(&ctx.pods, move |pod: &Pod| {
+            let Some(set) = controller_key(&pod.metadata, "ReplicaSet").and_then(|k| sets.get(&k)) else { return Vec::new() };
+            controller_key(&set.metadata, "Deployment").into_iter().collect()
+        })
+}
+
+/// The ReplicaSet controller: keyed by ReplicaSet; a change of one of its pods, or of the
+/// Deployment owning it, reconciles it; so does a pod whose set is gone (under the set's key).
+pub fn replica_set_controller<C: Client>(ctx: &Context<C>) -> Controller {
+    let sets = ctx.replica_sets.clone();
+    let (orphan_pods, orphan_sets) = (ctx.pods.clone(), ctx.replica_sets.clone());
+    Controller::new("replicaset")
+        .owns(&ctx.replica_sets, RESYNC)
+        .watches(&ctx.pods, |pod: &Pod| controller_key(&pod.metadata, "ReplicaSet").into_iter().collect())
+        .watches(&ctx.deployments, move |d: &Deployment| sets.snapshot().iter().filter(|rs| owned_by(&rs.metadata, &d.metadata.uid)).map(|rs| ObjectKey::of(&rs.metadata)).collect())
+        .resync_every(RESYNC, move || {
+            // Pods of sets that went while no one watched.
+            let uids: HashSet<String> = orphan_sets.snapshot().iter().map(|rs| rs.metadata.uid.clone()).collect();
+            let mut keys: Vec<ObjectKey> = orphan_pods
+                .snapshot()
+                .iter()
+                .filter(|p| p.metadata.controller_owner().is_some_and(|o| o.kind == "ReplicaSet" && !uids.contains(&o.uid)))
+                .filter_map(|p| controller_key(&p.metadata, "ReplicaSet"))
+                .collect();
+            keys.dedup();
+            keys
+        })
+}
+
+/// Reconciles the Deployment at `key`: its ReplicaSets' sizes and its status; waits until the
+/// store shows the sets it wrote.
+pub async fn reconcile_deployment_key<C: Client>(key: ObjectKey, ctx: Arc<Context<C>>) -> Result<Action, ClientError> {
+    let Some(d) = ctx.deployments.get(&key) else { return Ok(Action::AwaitChange) };
+    let sets = ctx.replica_sets.cloned();
+    let pods = ctx.pods.cloned();
+    let mut written = Written::default();
+    let result = reconcile_deployment(&ctx.client, &d, &sets, &pods, &mut written).await;
+    if written.replica_sets > 0 {
+        ctx.replica_sets.wait_for(written.replica_sets, Duration::from_secs(5)).await;
+    }
+    result.map(|()| Action::AwaitChange)
+}
+
+/// Reconciles the ReplicaSet at `key`: its pods and status; deletes it when its Deployment is
+/// gone, and the pods it left when it is gone itself. Waits until the store shows the pods written.
+pub async fn reconcile_replica_set_key<C: Client>(key: ObjectKey, ctx: Arc<Context<C>>) -> Result<Action, ClientError> {
+    let mut written = Written::default();
+    let result = match ctx.replica_sets.get(&key) {
+        None => delete_orphaned_pods(&ctx, &key, &mut written).await,
+        Some(rs) => {
+            let deployment_gone = rs.metadata.controller_owner().filter(|o| o.kind == "Deployment").is_some_and(|o| {
+                !ctx.deployments.snapshot().iter().any(|d| d.metadata.uid == o.uid)
+            });
+            if deployment_gone {
+                match ctx.client.delete::<ReplicaSet>(&key).await {
+                    Ok(()) => {
+                        tracing::info!(replicaset = %key, "deleted: its deployment is gone");
+                        Ok(())
+                    }
+                    Err(e) if e.is_not_found() => Ok(()),
+                    Err(e) => Err(e),
+                }
+            } else {
+                let pods = ctx.pods.cloned();
+                reconcile_replica_set(&ctx.client, &rs, &pods, &mut written).await
+            }
         }
-        if caches.deployments.synced() && caches.replica_sets.synced() && caches.pods.synced() {
-            pass(&client, &caches).await;
+    };
+    if written.pods > 0 {
+        ctx.pods.wait_for(written.pods, Duration::from_secs(5)).await;
+    }
+    result.map(|()| Action::AwaitChange)
+}
+
+/// Deletes the pods controlled by a ReplicaSet named `key` that no longer exists.
+async fn delete_orphaned_pods<C: Client>(ctx: &Context<C>, key: &ObjectKey, written: &mut Written) -> Result<(), ClientError> {
+    let uids: HashSet<String> = ctx.replica_sets.snapshot().iter().map(|rs| rs.metadata.uid.clone()).collect();
+    for pod in ctx.pods.snapshot() {
+        let orphaned = controller_key(&pod.metadata, "ReplicaSet").as_ref() == Some(key) && pod.metadata.controller_owner().is_some_and(|o| !uids.contains(&o.uid));
+        if !orphaned {
+            continue;
+        }
+        match ctx.client.delete::<Pod>(&ObjectKey::of(&pod.metadata)).await {
+            Ok(()) => written.pods = written.pods.max(rev_of(&pod.metadata) + 1),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
         }
     }
+    Ok(())
+}
+
+/// Runs both controllers until dropped, on the given client (a `system:masters` identity).
+pub async fn run<C: Client>(client: C) {
+    let ctx = Context::new(client);
+    tokio::join!(
+        deployment_controller(&ctx).run(reconcile_deployment_key, ctx.clone()),
+        replica_set_controller(&ctx).concurrency(4).run(reconcile_replica_set_key, ctx.clone()),
+    );
 }
 
 #[cfg(test)]

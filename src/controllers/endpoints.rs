@@ -4,22 +4,23 @@
 //! number or by container port name). Endpoints of deleted Services are deleted.
 //!
 //! NodePorts are allocated here too: a `NodePort` or `LoadBalancer` Service port without a
-//! `nodePort` gets the lowest free port of 30000-32767. One task allocates, so two Services never
-//! get the same port; a port given in a manifest is kept as written.
+//! `nodePort` gets the lowest free port of 30000-32767. Reconciles run one at a time and wait for
+//! their Service write to reach the store, so two Services never get the same port; a port given
+//! in a manifest is kept as written.
+//!
+//! On the [`runtime`](crate::runtime): keyed by Service; its Endpoints map to it by name, a pod to
+//! every Service of its namespace whose selector it matches.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
-
-use super::cache::Cache;
 use crate::api::ObjectMeta;
 use crate::api::pod::Pod;
 use crate::api::quantity::IntOrString;
-use crate::api::resource::{ENDPOINTS, PODS, SERVICES};
 use crate::api::service::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints, NODE_PORT_MAX, NODE_PORT_MIN, ObjectReference, Service};
-use crate::client::{ApiClient, ClientError};
+use crate::client::{ClientError, ListOptions};
+use crate::runtime::{Action, Client, Controller, ObjectKey, Store};
 
 /// How often everything is reconciled without any change.
 pub const RESYNC: Duration = Duration::from_secs(5);
@@ -101,7 +102,7 @@ pub fn allocate_node_ports(service: &Service, used: &mut HashSet<i64>) -> Vec<(u
     out
 }
 
-async fn reconcile_service(client: &ApiClient, service: &Service, pods: &[Pod], existing: Option<&Endpoints>) -> Result<(), ClientError> {
+async fn reconcile_service<C: Client>(client: &C, service: &Service, pods: &[Pod], existing: Option<&Endpoints>) -> Result<(), ClientError> {
     let ns = service.metadata.namespace_or_default().to_string();
     let name = &service.metadata.name;
     let subsets = desired_subsets(service, pods);
@@ -110,7 +111,7 @@ async fn reconcile_service(client: &ApiClient, service: &Service, pods: &[Pod], 
         Some(e) => {
             let mut next = e.clone();
             next.subsets = subsets;
-            match client.replace(&ENDPOINTS, Some(&ns), name, &next).await {
+            match client.replace(&next).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.is_conflict() || e.is_not_found() => Ok(()),
                 Err(e) => Err(e),
@@ -120,7 +121,7 @@ async fn reconcile_service(client: &ApiClient, service: &Service, pods: &[Pod], 
             let mut meta = ObjectMeta::namespaced(&ns, name.clone());
             meta.labels = service.metadata.labels.clone();
             let endpoints = Endpoints { metadata: meta, subsets, ..Default::default() };
-            match client.create(&ENDPOINTS, Some(&ns), &endpoints).await {
+            match client.create(&endpoints).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.is_already_exists() || e.is_conflict() => Ok(()),
                 Err(e) => Err(e),
@@ -129,71 +130,82 @@ async fn reconcile_service(client: &ApiClient, service: &Service, pods: &[Pod], 
     }
 }
 
-/// The controller's view.
-pub struct Caches {
-    pub services: Arc<Cache<Service>>,
-    pub endpoints: Arc<Cache<Endpoints>>,
-    pub pods: Arc<Cache<Pod>>,
+/// The controller's view of the cluster and its client.
+pub struct Context<C> {
+    pub client: C,
+    pub services: Store<Service>,
+    pub endpoints: Store<Endpoints>,
+    pub pods: Store<Pod>,
 }
 
-/// One pass: node ports, then every Service's Endpoints, then Endpoints without a Service.
-pub async fn pass(client: &ApiClient, caches: &Caches) {
-    let services = caches.services.snapshot();
-    let mut used: HashSet<i64> = services.iter().flat_map(|s| s.spec.ports.iter().filter_map(|p| p.node_port)).collect();
-    for s in &services {
-        let allocations = allocate_node_ports(s, &mut used);
-        if allocations.is_empty() {
-            continue;
+impl<C: Client> Context<C> {
+    /// Stores of every Service, Endpoints and Pod fed by `client`.
+    pub fn new(client: C) -> Arc<Self> {
+        Arc::new(Context {
+            services: Store::reflect(client.clone(), None, ListOptions::default()),
+            endpoints: Store::reflect(client.clone(), None, ListOptions::default()),
+            pods: Store::reflect(client.clone(), None, ListOptions::default()),
+            client,
+        })
+    }
+}
+
+/// Whether `service` selects `pod`.
+fn selects(service: &Service, pod: &Pod) -> bool {
+    let selector = &service.spec.selector;
+    pod.metadata.namespace_or_default() == service.metadata.namespace_or_default() && !selector.is_empty() && selector.iter().all(|(k, v)| pod.metadata.labels.get(k) == Some(v))
+}
+
+/// The endpoints controller: keyed by Service, one reconcile at a time (node port allocation).
+pub fn controller<C: Client>(ctx: &Context<C>) -> Controller {
+    let services = ctx.services.clone();
+    Controller::new("endpoints")
+        .owns(&ctx.services, RESYNC)
+        .watches(&ctx.endpoints, |e: &Endpoints| vec![ObjectKey::of(&e.metadata)])
+        .watches(&ctx.pods, move |pod: &Pod| services.snapshot().iter().filter(|s| selects(s, pod)).map(|s| ObjectKey::of(&s.metadata)).collect())
+        .resync_every(RESYNC, {
+            // Endpoints whose Service went while no one watched.
+            let (endpoints, services) = (ctx.endpoints.clone(), ctx.services.clone());
+            move || endpoints.keys().into_iter().filter(|k| services.get(k).is_none()).collect()
+        })
+}
+
+/// Reconciles the Service at `key`: node ports, then its Endpoints; the Endpoints of a Service
+/// that is gone are deleted.
+pub async fn reconcile<C: Client>(key: ObjectKey, ctx: Arc<Context<C>>) -> Result<Action, ClientError> {
+    let Some(service) = ctx.services.get(&key) else {
+        if ctx.endpoints.get(&key).is_some() {
+            match ctx.client.delete::<Endpoints>(&key).await {
+                Ok(()) => tracing::info!(endpoints = %key, "deleted: its service is gone"),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
         }
-        let mut next = s.clone();
+        return Ok(Action::AwaitChange);
+    };
+    let mut used: HashSet<i64> = ctx.services.snapshot().iter().flat_map(|s| s.spec.ports.iter().filter_map(|p| p.node_port).collect::<Vec<_>>()).collect();
+    let allocations = allocate_node_ports(&service, &mut used);
+    if !allocations.is_empty() {
+        let mut next = Service::clone(&service);
         for (i, port) in &allocations {
             next.spec.ports[*i].node_port = Some(*port);
         }
-        let ns = s.metadata.namespace_or_default();
-        match client.replace(&SERVICES, Some(ns), &s.metadata.name, &next).await {
-            Ok(_) => tracing::info!(service = %s.metadata.name, ports = ?allocations, "allocated node ports"),
-            Err(e) => tracing::debug!(error = %e, "allocating node ports for {ns}/{}", s.metadata.name),
-        }
+        // The write is the allocation: the next reconcile must see it, or it would give the port again.
+        let written = ctx.client.replace(&next).await?;
+        tracing::info!(service = %key, ports = ?allocations, "allocated node ports");
+        ctx.services.wait_for(written.metadata.revision().unwrap_or(0), Duration::from_secs(5)).await;
     }
-    let pods = caches.pods.snapshot();
-    let endpoints: BTreeMap<String, Endpoints> = caches.endpoints.snapshot().into_iter().map(|e| (format!("{}/{}", e.metadata.namespace_or_default(), e.metadata.name), e)).collect();
-    let mut wanted = HashSet::new();
-    for s in services.iter().filter(|s| !s.spec.selector.is_empty()) {
-        let key = format!("{}/{}", s.metadata.namespace_or_default(), s.metadata.name);
-        if let Err(e) = reconcile_service(client, s, &pods, endpoints.get(&key)).await {
-            tracing::warn!(error = %e, service = %key, "reconciling endpoints");
-        }
-        wanted.insert(key);
+    if !service.spec.selector.is_empty() {
+        let pods = ctx.pods.cloned();
+        reconcile_service(&ctx.client, &service, &pods, ctx.endpoints.get(&key).as_deref()).await?;
     }
-    let all_services: HashSet<String> = services.iter().map(|s| format!("{}/{}", s.metadata.namespace_or_default(), s.metadata.name)).collect();
-    for (key, e) in &endpoints {
-        if !all_services.contains(key) {
-            match client.delete(&ENDPOINTS, Some(e.metadata.namespace_or_default()), &e.metadata.name).await {
-                Ok(()) => tracing::info!(endpoints = %key, "deleted: its service is gone"),
-                Err(err) if err.is_not_found() => {}
-                Err(err) => tracing::warn!(error = %err, "deleting endpoints {key}"),
-            }
-        }
-    }
+    Ok(Action::AwaitChange)
 }
 
-/// Runs the controller forever on the given client (a `system:masters` identity).
-pub async fn run(client: ApiClient) {
-    let changed = Arc::new(Notify::new());
-    let caches = Caches {
-        services: Cache::spawn(client.clone(), SERVICES, changed.clone()),
-        endpoints: Cache::spawn(client.clone(), ENDPOINTS, changed.clone()),
-        pods: Cache::spawn(client.clone(), PODS, changed.clone()),
-    };
-    loop {
-        tokio::select! {
-            _ = changed.notified() => {}
-            _ = tokio::time::sleep(RESYNC) => {}
-        }
-        if caches.services.synced() && caches.endpoints.synced() && caches.pods.synced() {
-            pass(&client, &caches).await;
-        }
-    }
+/// Runs the controller until dropped, on the given client (a `system:masters` identity).
+pub async fn run<C: Client>(client: C) {
+    let ctx = Context::new(client);
+    controller(&ctx).run(reconcile, ctx.clone()).await;
 }
 
 #[cfg(test)]

@@ -2,22 +2,30 @@
 //! the pods of a node that stays not ready longer than the eviction toleration (and of nodes
 //! that no longer exist) are deleted, so that their controllers replace them on healthy nodes.
 //!
-//! Level-triggered: every tick compares each node's Ready condition with its lease and writes
-//! only when they disagree. A node comes back Ready when its agent reports again (the agent
-//! rewrites its status whenever it is not shown Ready). Leases are never counted as older than
-//! the controller's own start: after the master was down, every lease is stale, and the agents
-//! get the grace period to reach the master again before their nodes are marked (as Kubernetes'
-//! node lifecycle controller counts from when it observed a lease).
+//! On the [`runtime`](crate::runtime), keyed by node name: its lease and the pods bound to it map
+//! to it, and each node is looked at again every second (a lease goes stale without any change).
+//! A reconcile compares the node's Ready condition with its lease and writes only when they
+//! disagree. A node comes back Ready when its agent reports again (the agent rewrites its status
+//! whenever it is not shown Ready). Leases are never counted as older than the controller's own
+//! start: after the master was down, every lease is stale, and the agents get the grace period to
+//! reach the master again before their nodes are marked (as Kubernetes' node lifecycle controller
+//! counts from when it observed a lease).
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::{json, Value};
 
-use crate::agent::{ready_condition, ready_status, LEASE_NAMESPACE};
-use crate::api::time::{now_rfc3339, parse_rfc3339};
-use crate::client::{ApiClient, ClientError};
+use crate::api::lease::{Lease, NODE_LEASE_NAMESPACE};
+use crate::api::pod::Pod;
+use crate::api::time::{MicroTime, Time};
+use crate::api::{Node, NodeCondition};
+use crate::client::{ClientError, ListOptions};
+use crate::runtime::{Action, Client, Controller, ObjectKey, Store};
+
+/// How often each node is looked at without a change.
+pub const TICK: Duration = Duration::from_secs(1);
 
 /// What a tick decided for one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,14 +36,17 @@ pub enum Verdict {
     MarkUnknown { stale_for: Duration },
 }
 
+fn seconds(t: Time) -> f64 {
+    MicroTime::from(t).unix_seconds_f64()
+}
+
 /// Decides from a node, its lease's renew time (seconds since the epoch), when this controller
 /// started watching (no heartbeat counts as older) and now.
-pub fn verdict(node: &Value, lease_renewed: Option<f64>, watching_since: f64, now: f64, grace: Duration) -> Verdict {
-    let shown = ready_status(node).unwrap_or("Unknown");
+pub fn verdict(node: &Node, lease_renewed: Option<f64>, watching_since: f64, now: f64, grace: Duration) -> Verdict {
+    let ready = node.ready_condition();
+    let shown = ready.map_or("Unknown", |c| c.status.as_str());
     // Without a lease, the node's own heartbeat time counts.
-    let heartbeat = lease_renewed
-        .or_else(|| ready_condition(node).and_then(|c| c.get("lastHeartbeatTime")).and_then(Value::as_str).and_then(parse_rfc3339))
-        .map(|t| t.max(watching_since));
+    let heartbeat = lease_renewed.or_else(|| ready.and_then(|c| c.last_heartbeat_time).map(seconds)).map(|t| t.max(watching_since));
     let age = heartbeat.map(|t| (now - t).max(0.0)).unwrap_or(f64::INFINITY);
     if shown == "True" && age > grace.as_secs_f64() {
         Verdict::MarkUnknown { stale_for: Duration::from_secs_f64(age.min(1e9)) }
@@ -46,45 +57,26 @@ pub fn verdict(node: &Value, lease_renewed: Option<f64>, watching_since: f64, no
 
 /// Whether the pods of `node` should be evicted: it has been shown not ready (its Ready condition
 /// not `True`) for longer than `toleration`, counted from the condition's last transition.
-pub fn evicts(node: &Value, now: f64, toleration: Duration) -> bool {
-    let Some(ready) = ready_condition(node) else { return false };
-    if ready.get("status").and_then(Value::as_str) == Some("True") {
+pub fn evicts(node: &Node, now: f64, toleration: Duration) -> bool {
+    let Some(ready) = node.ready_condition() else { return false };
+    if ready.status == "True" {
         return false;
     }
-    let since = ready
-        .get("lastTransitionTime")
-        .and_then(Value::as_str)
-        .and_then(parse_rfc3339)
-        .or_else(|| ready.get("lastHeartbeatTime").and_then(Value::as_str).and_then(parse_rfc3339));
+    let since = ready.last_transition_time.or(ready.last_heartbeat_time).map(seconds);
     since.is_some_and(|t| now - t > toleration.as_secs_f64())
 }
 
 /// How many evictions are in flight at once: a dead worker's 30 pods cost a few round trips.
 const EVICTIONS_IN_FLIGHT: usize = 16;
 
-/// Deletes the pods bound to nodes that [`evicts`] picks or that do not exist.
-pub async fn evict(client: &ApiClient, nodes: &[Value], toleration: Duration) -> Result<usize, ClientError> {
-    let now = crate::api::time::now_seconds();
-    let known: HashMap<&str, &Value> = nodes.iter().filter_map(|n| Some((n.pointer("/metadata/name")?.as_str()?, n))).collect();
-    let pods = client.list_values("/api/v1/pods").await?;
-    let mut doomed = Vec::new();
-    for pod in &pods {
-        let Some(node) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) else { continue };
-        let gone = match known.get(node) {
-            Some(n) => evicts(n, now, toleration),
-            None => true,
-        };
-        if !gone {
-            continue;
-        }
-        let (Some(ns), Some(name)) = (pod.pointer("/metadata/namespace").and_then(Value::as_str), pod.pointer("/metadata/name").and_then(Value::as_str)) else { continue };
-        doomed.push((ns.to_string(), name.to_string(), node.to_string()));
-    }
-    let results: Vec<Result<bool, ClientError>> = futures::stream::iter(doomed)
-        .map(|(ns, name, node)| async move {
-            match client.delete_value(&format!("/api/v1/namespaces/{ns}/pods/{name}")).await {
-                Ok(_) => {
-                    tracing::info!(pod = %format!("{ns}/{name}"), node = %node, "evicted: the node is not ready");
+/// Deletes `pods` (those of a node that is gone or not ready); returns how many were deleted.
+pub async fn evict<C: Client>(client: &C, node: &str, pods: &[Arc<Pod>]) -> Result<usize, ClientError> {
+    let keys: Vec<ObjectKey> = pods.iter().map(|p| ObjectKey::of(&p.metadata)).collect();
+    let results: Vec<Result<bool, ClientError>> = futures::stream::iter(keys)
+        .map(|key| async move {
+            match client.delete::<Pod>(&key).await {
+                Ok(()) => {
+                    tracing::info!(pod = %key, node = %node, "evicted: the node is not ready");
                     Ok(true)
                 }
                 Err(e) if e.is_not_found() => Ok(false),
@@ -101,69 +93,113 @@ pub async fn evict(client: &ApiClient, nodes: &[Value], toleration: Duration) ->
     Ok(evicted)
 }
 
-/// One pass over all nodes; `watching_since` is when the controller started (seconds since the
-/// epoch).
-pub async fn tick(client: &ApiClient, grace: Duration, watching_since: f64) -> Result<usize, ClientError> {
-    let nodes = client.list_values("/api/v1/nodes").await?;
-    let leases = client.list_values(&format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases")).await?;
-    let renewed: HashMap<String, f64> = leases
-        .iter()
-        .filter_map(|l| Some((l.pointer("/metadata/name")?.as_str()?.to_string(), parse_rfc3339(l.pointer("/spec/renewTime")?.as_str()?)?)))
-        .collect();
-    let now = crate::api::time::now_seconds();
-    let mut changed = 0;
-    for mut node in nodes {
-        let Some(name) = node.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string) else { continue };
-        if let Verdict::MarkUnknown { stale_for } = verdict(&node, renewed.get(&name).copied(), watching_since, now, grace) {
-            let message = format!("Kubelet stopped posting node status ({}s without a lease renewal).", stale_for.as_secs());
-            if let Some(conditions) = node.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
-                for c in conditions.iter_mut().filter(|c| c.get("type").and_then(Value::as_str) == Some("Ready")) {
-                    c["status"] = json!("Unknown");
-                    c["reason"] = json!("NodeStatusUnknown");
-                    c["message"] = json!(message);
-                    c["lastTransitionTime"] = json!(now_rfc3339());
-                }
-            }
-            match client.replace_value(&format!("/api/v1/nodes/{name}/status"), &node).await {
-                Ok(_) => {
-                    tracing::info!(node = %name, "node not ready: {message}");
-                    changed += 1;
-                }
-                // The agent wrote in between: the next tick looks again.
-                Err(e) if e.is_conflict() => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(changed)
+/// The controller's stores, client and timings.
+pub struct Context<C> {
+    pub client: C,
+    pub nodes: Store<Node>,
+    pub leases: Store<Lease>,
+    pub pods: Store<Pod>,
+    pub grace: Duration,
+    pub toleration: Duration,
+    /// When the controller started (seconds since the epoch): no lease counts as older.
+    pub watching_since: f64,
 }
 
-/// Runs the controller forever, one tick a second: nodes marked, then pods evicted after
-/// `toleration`.
-pub async fn run(client: ApiClient, grace: Duration, toleration: Duration) {
-    let watching_since = crate::api::time::now_seconds();
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        ticker.tick().await;
-        if let Err(e) = tick(&client, grace, watching_since).await {
-            tracing::warn!(error = %e, "node lifecycle pass");
+impl<C: Client> Context<C> {
+    /// Stores of nodes, node leases and pods fed by `client`.
+    pub fn new(client: C, grace: Duration, toleration: Duration) -> Arc<Self> {
+        Arc::new(Context {
+            nodes: Store::reflect(client.clone(), None, ListOptions::default()),
+            leases: Store::reflect(client.clone(), Some(NODE_LEASE_NAMESPACE), ListOptions::default()),
+            pods: Store::reflect(client.clone(), None, ListOptions::default()),
+            client,
+            grace,
+            toleration,
+            watching_since: crate::api::time::now_seconds(),
+        })
+    }
+
+    fn pods_on(&self, node: &str) -> Vec<Arc<Pod>> {
+        self.pods.snapshot().into_iter().filter(|p| p.spec.bound_node() == Some(node)).collect()
+    }
+}
+
+/// The node lifecycle controller: keyed by node name; leases and bound pods map to their node.
+/// Resyncs also cover nodes that only pods still name (their pods are deleted).
+pub fn controller<C: Client>(ctx: &Context<C>) -> Controller {
+    let (nodes, pods) = (ctx.nodes.clone(), ctx.pods.clone());
+    Controller::new("node-lifecycle")
+        .owns(&ctx.nodes, Duration::from_secs(30))
+        .watches(&ctx.leases, |l: &Lease| vec![ObjectKey::cluster(l.metadata.name.clone())])
+        .watches(&ctx.pods, |p: &Pod| p.spec.bound_node().map(ObjectKey::cluster).into_iter().collect())
+        .resync_every(Duration::from_secs(30), move || {
+            let bound: BTreeSet<ObjectKey> = pods.snapshot().iter().filter_map(|p| p.spec.bound_node().map(ObjectKey::cluster)).collect();
+            bound.into_iter().filter(|k| nodes.get(k).is_none()).collect()
+        })
+}
+
+/// Reconciles one node: marks it Unknown when its lease is stale, evicts its pods after the
+/// toleration, deletes the pods of a node that does not exist; looks again in [`TICK`].
+pub async fn reconcile<C: Client>(key: ObjectKey, ctx: Arc<Context<C>>) -> Result<Action, ClientError> {
+    let Some(node) = ctx.nodes.get(&key) else {
+        let pods = ctx.pods_on(&key.name);
+        if !pods.is_empty() {
+            evict(&ctx.client, &key.name, &pods).await?;
         }
-        let evicted = match client.list_values("/api/v1/nodes").await {
-            Ok(nodes) => evict(&client, &nodes, toleration).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = evicted {
-            tracing::warn!(error = %e, "pod eviction pass");
+        return Ok(Action::AwaitChange);
+    };
+    let now = crate::api::time::now_seconds();
+    let lease_key = ObjectKey::namespaced(NODE_LEASE_NAMESPACE, key.name.clone());
+    let renewed = ctx.leases.get(&lease_key).and_then(|l| l.spec.renew_time).map(MicroTime::unix_seconds_f64);
+    if let Verdict::MarkUnknown { stale_for } = verdict(&node, renewed, ctx.watching_since, now, ctx.grace) {
+        let message = format!("Kubelet stopped posting node status ({}s without a lease renewal).", stale_for.as_secs());
+        let mut next = Node::clone(&node);
+        for c in next.status.conditions.iter_mut().filter(|c| c.condition_type == "Ready") {
+            *c = NodeCondition {
+                status: "Unknown".into(),
+                reason: "NodeStatusUnknown".into(),
+                message: message.clone(),
+                last_transition_time: Some(Time::now()),
+                ..c.clone()
+            };
+        }
+        match ctx.client.replace_status(&next).await {
+            Ok(_) => tracing::info!(node = %key, "node not ready: {message}"),
+            // The agent wrote in between: the next tick looks again.
+            Err(e) if e.is_conflict() => {}
+            Err(e) => return Err(e),
+        }
+    } else if evicts(&node, now, ctx.toleration) {
+        let pods = ctx.pods_on(&key.name);
+        if !pods.is_empty() {
+            evict(&ctx.client, &key.name, &pods).await?;
         }
     }
+    Ok(Action::RequeueAfter(TICK))
+}
+
+/// Runs the controller until dropped: nodes marked after `grace`, their pods evicted after
+/// `toleration`.
+pub async fn run<C: Client>(client: C, grace: Duration, toleration: Duration) {
+    let ctx = Context::new(client, grace, toleration);
+    controller(&ctx).concurrency(4).run(reconcile, ctx.clone()).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::time::parse_rfc3339;
 
-    fn node(status: &str, heartbeat: &str) -> Value {
-        json!({ "metadata": { "name": "n" }, "status": { "conditions": [{ "type": "Ready", "status": status, "lastHeartbeatTime": heartbeat }] } })
+    fn node(status: &str, heartbeat: &str) -> Node {
+        let mut n = Node::new("n");
+        n.status.conditions.push(NodeCondition { condition_type: "Ready".into(), status: status.into(), last_heartbeat_time: Some(Time::parse(heartbeat).unwrap()), ..Default::default() });
+        n
+    }
+
+    fn with_transition(status: &str, at: &str) -> Node {
+        let mut n = Node::new("n");
+        n.status.conditions.push(NodeCondition { condition_type: "Ready".into(), status: status.into(), last_transition_time: Some(Time::parse(at).unwrap()), ..Default::default() });
+        n
     }
 
     #[test]
@@ -190,13 +226,12 @@ mod tests {
     #[test]
     fn pods_are_evicted_only_after_the_node_stayed_not_ready_beyond_the_toleration() {
         let now = parse_rfc3339("2026-01-01T00:01:00Z").unwrap();
-        let with_transition = |status: &str, t: &str| json!({"status": {"conditions": [{"type": "Ready", "status": status, "lastTransitionTime": t}]}});
         let tol = Duration::from_secs(10);
         assert!(!evicts(&with_transition("Unknown", "2026-01-01T00:00:55Z"), now, tol));
         assert!(evicts(&with_transition("Unknown", "2026-01-01T00:00:45Z"), now, tol));
         assert!(evicts(&with_transition("False", "2026-01-01T00:00:00Z"), now, tol));
         assert!(!evicts(&with_transition("True", "2026-01-01T00:00:00Z"), now, tol));
-        assert!(!evicts(&json!({"status": {}}), now, tol));
+        assert!(!evicts(&Node::new("n"), now, tol));
     }
 
     #[test]

@@ -5,35 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use crate::api::deployment::Deployment;
 use crate::api::pod::{Pod, PodCondition};
 use crate::api::resource::{DEPLOYMENTS, ENDPOINTS, NODES, PODS, SERVICES};
 use crate::api::service::{Endpoints, Service};
 use crate::api::{Node, NodeCondition, Time};
-use crate::apiserver::store::{SqliteStore, Store};
-use crate::apiserver::{ApiServerConfig, ServerTls, serve};
-use crate::client::{ApiClient, ClientAuth, ListOptions};
+use crate::client::{ApiClient, ListOptions};
 use crate::manifest::{self, apply};
-use crate::pki::ClusterCa;
 
-pub(crate) async fn start() -> ApiClient {
-    let ca = Arc::new(ClusterCa::generate("test").unwrap());
-    let serving = ca.issue_server(&["localhost".to_string()], &["127.0.0.1".parse().unwrap()]).unwrap();
-    let config = ApiServerConfig {
-        tls: ServerTls { cert_pem: serving.cert_pem, key_pem: serving.key_pem, client_ca_pem: ca.cert_pem().to_string() },
-        csr_signer: ca.clone(),
-        cluster_info_ca_pem: ca.cert_pem().to_string(),
-        node_binary: None,
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
-    tokio::spawn(serve(config, store, listener, std::future::pending::<()>()));
-    let admin = ca.issue_client("admin", &["system:masters"]).unwrap();
-    ApiClient::new(&url, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: admin.cert_pem, key_pem: admin.key_pem }).unwrap()
-}
+pub(crate) use crate::client::test_server::start;
 
 async fn add_node(client: &ApiClient, name: &str, zone: &str, memory: &str) {
     let mut node = Node::new(name);
@@ -243,8 +224,11 @@ async fn every_pod_of_a_node_not_ready_beyond_the_toleration_is_evicted_in_one_p
         };
         client.create(&PODS, Some("default"), &pod).await.unwrap();
     }
-    let nodes = client.list_values("/api/v1/nodes").await.unwrap();
-    let evicted = super::node_lifecycle::evict(&client, &nodes, Duration::from_secs(10)).await.unwrap();
+    let dead: Node = client.get(&NODES, None, "w1").await.unwrap();
+    let now = crate::api::time::now_seconds();
+    assert!(super::node_lifecycle::evicts(&dead, now, Duration::from_secs(10)));
+    let on_dead: Vec<Arc<Pod>> = pods(&client).await.into_iter().filter(|p| p.spec.bound_node() == Some("w1")).map(Arc::new).collect();
+    let evicted = super::node_lifecycle::evict(&client, "w1", &on_dead).await.unwrap();
     assert_eq!(evicted, 15, "every pod of the dead node, none of the healthy one");
     let left: Vec<String> = pods(&client).await.into_iter().filter(|p| !p.is_terminating()).filter_map(|p| p.spec.bound_node().map(String::from)).collect();
     assert_eq!(left, vec!["w2"; 5]);

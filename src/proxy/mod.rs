@@ -1,7 +1,7 @@
 //! The service proxy: every node listens on the NodePort of every NodePort or LoadBalancer Service
 //! and forwards each TCP connection, round robin, to the service's ready endpoints.
 //!
-//! Endpoints are dialled as the agent's networking contract says (see [`crate::agent::pods`]): an
+//! Endpoints are dialled as the agent's networking contract says (see the agent's `pods` module): an
 //! endpoint that names its pod (`targetRef`) is reached at the pod's `podIP` (its node's address)
 //! on the node port that publishes the endpoint's container port (`status.publishedPorts`), so
 //! endpoints on other nodes are reached over the VPC. An endpoint without a known pod is dialled
@@ -13,14 +13,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::agent::reflector::{self, Objects};
-use crate::api::resource::{ENDPOINTS, PODS, SERVICES};
-use crate::client::{ApiClient, ListOptions};
+use crate::api::pod::Pod;
+use crate::api::service::{EndpointAddress, Endpoints, Service};
+use crate::client::ListOptions;
+use crate::runtime::{Action, Client, Controller, Object, ObjectKey, Store};
 
 /// How long dialling one endpoint may take before the next is tried.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -28,68 +27,48 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Backends per node port.
 pub type Table = BTreeMap<u16, Vec<SocketAddr>>;
 
-fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
-    v.pointer(pointer).and_then(Value::as_str)
-}
-
-fn array<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
-}
-
 /// Where an endpoint address and port are dialled, after the published-port translation.
-fn dial_address(address: &Value, port: u16, namespace: &str, pods: &Objects) -> Option<SocketAddr> {
-    let ip: IpAddr = str_at(address, "/ip")?.parse().ok()?;
-    let pod = (str_at(address, "/targetRef/kind") == Some("Pod"))
-        .then(|| {
-            let ns = str_at(address, "/targetRef/namespace").unwrap_or(namespace);
-            pods.get(&format!("{ns}/{}", str_at(address, "/targetRef/name")?))
-        })
-        .flatten();
-    if let Some(pod) = pod {
-        let published = pod.pointer("/status/publishedPorts").and_then(Value::as_array);
-        if let Some(host_port) = published
-            .into_iter()
-            .flatten()
-            .find(|p| p.get("containerPort").and_then(Value::as_u64) == Some(port.into()))
-            .and_then(|p| p.get("hostPort")?.as_u64())
-            .and_then(|p| u16::try_from(p).ok())
-        {
-            let pod_ip = str_at(pod, "/status/podIP").and_then(|i| i.parse().ok()).unwrap_or(ip);
-            return Some(SocketAddr::new(pod_ip, host_port));
-        }
+fn dial_address(address: &EndpointAddress, port: u16, namespace: &str, pods: &Store<Pod>) -> Option<SocketAddr> {
+    let ip: IpAddr = address.ip.parse().ok()?;
+    let pod = address.target_ref.as_ref().filter(|r| r.kind == "Pod").and_then(|r| {
+        let ns = if r.namespace.is_empty() { namespace } else { r.namespace.as_str() };
+        pods.get(&ObjectKey::namespaced(ns, r.name.as_str()))
+    });
+    if let Some(pod) = pod
+        && let Some(host_port) = pod.status.published_port(i64::from(port)).and_then(|p| u16::try_from(p).ok())
+    {
+        let pod_ip = pod.status.pod_ip.as_deref().and_then(|i| i.parse().ok()).unwrap_or(ip);
+        return Some(SocketAddr::new(pod_ip, host_port));
     }
     Some(SocketAddr::new(ip, port))
 }
 
 /// The forwarding table: node port -> ready backends, from Services, Endpoints and Pods.
-pub fn table(services: &Objects, endpoints: &Objects, pods: &Objects) -> Table {
+pub fn table(services: &Store<Service>, endpoints: &Store<Endpoints>, pods: &Store<Pod>) -> Table {
     let mut out = Table::new();
-    for (key, service) in services {
-        let kind = str_at(service, "/spec/type").unwrap_or("ClusterIP");
-        if kind != "NodePort" && kind != "LoadBalancer" {
+    for service in services.snapshot() {
+        if !service.spec.uses_node_ports() {
             continue;
         }
-        let namespace = str_at(service, "/metadata/namespace").unwrap_or("default");
-        let service_ports = service.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
-        for sp in &service_ports {
-            if sp.get("protocol").and_then(Value::as_str).is_some_and(|p| !p.eq_ignore_ascii_case("TCP")) {
+        let namespace = service.metadata.namespace_or_default();
+        for sp in &service.spec.ports {
+            if !sp.protocol().eq_ignore_ascii_case("TCP") {
                 continue;
             }
-            let Some(node_port) = sp.get("nodePort").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok()) else { continue };
+            let Some(node_port) = sp.node_port.and_then(|p| u16::try_from(p).ok()) else { continue };
             let backends = out.entry(node_port).or_default();
-            let Some(ep) = endpoints.get(key) else { continue };
-            let name = sp.get("name").and_then(Value::as_str).unwrap_or("");
-            for subset in array(ep, "subsets") {
-                let ports = array(subset, "ports");
+            let Some(ep) = endpoints.get(&service.key()) else { continue };
+            let name = sp.name.as_deref().unwrap_or("");
+            for subset in &ep.subsets {
+                let ports = &subset.ports;
                 let port = ports
                     .iter()
-                    .find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == name)
+                    .find(|p| p.name.as_deref().unwrap_or("") == name)
                     .or_else(|| (ports.len() == 1).then(|| &ports[0]))
-                    .and_then(|p| p.get("port")?.as_u64())
-                    .and_then(|p| u16::try_from(p).ok());
+                    .and_then(|p| u16::try_from(p.port).ok());
                 let Some(port) = port else { continue };
                 // Only `addresses`: `notReadyAddresses` are skipped.
-                backends.extend(array(subset, "addresses").iter().filter_map(|a| dial_address(a, port, namespace, pods)));
+                backends.extend(subset.addresses.iter().filter_map(|a| dial_address(a, port, namespace, pods)));
             }
         }
     }
@@ -200,26 +179,65 @@ async fn serve(listener: TcpListener, backends: Arc<Backends>) {
     }
 }
 
-/// Runs the proxy until the process ends, listening on all of the node's addresses.
-pub async fn run(client: ApiClient) {
-    let copies = [&SERVICES, &ENDPOINTS, &PODS].map(|resource| {
-        let (tx, rx) = watch::channel(Objects::new());
-        tokio::spawn(reflector::reflect(client.clone(), resource, ListOptions::default(), tx));
-        rx
-    });
-    let [mut services, mut endpoints, mut pods] = copies;
-    let mut proxy = ServiceProxy::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let mut resync = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        let t = table(&services.borrow_and_update(), &endpoints.borrow_and_update(), &pods.borrow_and_update());
-        proxy.apply(&t).await;
-        tokio::select! {
-            r = services.changed() => if r.is_err() { return },
-            r = endpoints.changed() => if r.is_err() { return },
-            r = pods.changed() => if r.is_err() { return },
-            _ = resync.tick() => {}
+/// How often the listeners are made to match the table without a change (a port that could not
+/// be bound is tried again).
+pub const RESYNC: Duration = Duration::from_secs(5);
+
+/// The proxy's stores and listeners.
+pub struct Context {
+    pub services: Store<Service>,
+    pub endpoints: Store<Endpoints>,
+    pub pods: Store<Pod>,
+    proxy: tokio::sync::Mutex<ServiceProxy>,
+}
+
+impl Context {
+    /// Stores of every Service, Endpoints and Pod reflected from `client`, and listeners on `bind_ip`.
+    pub fn new<C: Client>(client: &C, bind_ip: IpAddr) -> Self {
+        Context {
+            services: Store::reflect(client.clone(), None, ListOptions::default()),
+            endpoints: Store::reflect(client.clone(), None, ListOptions::default()),
+            pods: Store::reflect(client.clone(), None, ListOptions::default()),
+            proxy: tokio::sync::Mutex::new(ServiceProxy::new(bind_ip)),
         }
     }
+
+    /// The node ports listened on.
+    pub async fn ports(&self) -> Vec<u16> {
+        self.proxy.lock().await.ports()
+    }
+}
+
+/// The one key of the proxy: the table is built from every Service at once.
+fn table_key() -> ObjectKey {
+    ObjectKey::cluster("node-ports")
+}
+
+/// The proxy as a controller: any change of a Service, Endpoints or Pod rebuilds the table.
+pub fn controller(ctx: &Context) -> Controller {
+    Controller::new("proxy")
+        .watches(&ctx.services, |_: &Service| vec![table_key()])
+        .watches(&ctx.endpoints, |_: &Endpoints| vec![table_key()])
+        .watches(&ctx.pods, |_: &Pod| vec![table_key()])
+        .resync_every(RESYNC, || vec![table_key()])
+}
+
+/// Makes the listeners match the stores (a port that cannot be bound is logged and tried again
+/// at the next change or resync).
+async fn reconcile(_key: ObjectKey, ctx: Arc<Context>) -> Result<Action, std::convert::Infallible> {
+    let t = table(&ctx.services, &ctx.endpoints, &ctx.pods);
+    ctx.proxy.lock().await.apply(&t).await;
+    Ok(Action::AwaitChange)
+}
+
+/// Runs the proxy until dropped, on `ctx`'s stores.
+pub async fn run_with(ctx: Arc<Context>) {
+    controller(&ctx).run(reconcile, ctx.clone()).await;
+}
+
+/// Runs the proxy until the process ends, listening on all of the node's addresses.
+pub async fn run<C: Client>(client: C) {
+    run_with(Arc::new(Context::new(&client, IpAddr::V4(Ipv4Addr::UNSPECIFIED)))).await;
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
+use crate::api::ObjectMeta;
+use crate::api::pod::{PodStatus, PublishedPort};
+use crate::api::quantity::IntOrString;
+use crate::api::service::{EndpointPort, EndpointSubset, ObjectReference, ServicePort, ServiceSpec};
 
 /// A backend that answers every connection with its `name`.
 async fn backend(name: &'static str) -> SocketAddr {
@@ -26,30 +29,42 @@ async fn ask(port: u16) -> String {
     out
 }
 
-fn objects(items: Vec<Value>) -> Objects {
-    items.into_iter().map(|o| (reflector::key_of(&o), o)).collect()
+/// A store holding `items`, as if listed.
+fn store<T: Object>(items: Vec<T>) -> Store<T> {
+    let store = Store::new();
+    store.replace_all(items, 1);
+    store
 }
 
-fn service(node_port: u16) -> Value {
-    json!({ "metadata": { "name": "web", "namespace": "default" },
-            "spec": { "type": "NodePort", "ports": [{ "port": 80, "targetPort": 8080, "nodePort": node_port }] } })
+fn web_service(node_port: u16) -> Service {
+    let port = ServicePort { port: 80, target_port: Some(IntOrString::Int(8080)), node_port: Some(i64::from(node_port)), ..Default::default() };
+    Service {
+        metadata: ObjectMeta::namespaced("default", "web"),
+        spec: ServiceSpec { service_type: Some("NodePort".into()), ports: vec![port], ..Default::default() },
+        ..Default::default()
+    }
 }
 
-fn endpoints(ready: &[SocketAddr], not_ready: &[SocketAddr]) -> Value {
-    let addr = |a: &SocketAddr| json!({ "ip": a.ip().to_string() });
-    let mut subsets: Vec<Value> = ready
-        .iter()
-        .map(|a| json!({ "addresses": [addr(a)], "ports": [{ "port": a.port() }] }))
-        .collect();
-    subsets.extend(not_ready.iter().map(|a| json!({ "notReadyAddresses": [addr(a)], "ports": [{ "port": a.port() }] })));
-    json!({ "metadata": { "name": "web", "namespace": "default" }, "subsets": subsets })
+fn service(node_port: u16) -> Store<Service> {
+    store(vec![web_service(node_port)])
+}
+
+fn address(ip: IpAddr) -> EndpointAddress {
+    EndpointAddress { ip: ip.to_string(), ..Default::default() }
+}
+
+fn endpoints(ready: &[SocketAddr], not_ready: &[SocketAddr]) -> Store<Endpoints> {
+    let port = |a: &SocketAddr| vec![EndpointPort { port: i64::from(a.port()), ..Default::default() }];
+    let mut subsets: Vec<EndpointSubset> = ready.iter().map(|a| EndpointSubset { addresses: vec![address(a.ip())], ports: port(a), ..Default::default() }).collect();
+    subsets.extend(not_ready.iter().map(|a| EndpointSubset { not_ready_addresses: vec![address(a.ip())], ports: port(a), ..Default::default() }));
+    store(vec![Endpoints { metadata: ObjectMeta::namespaced("default", "web"), subsets, ..Default::default() }])
 }
 
 #[tokio::test]
 async fn connections_go_round_robin_to_ready_endpoints_only() {
     let (a, b, sick) = (backend("a").await, backend("b").await, backend("sick").await);
     let port = free_port().await;
-    let t = table(&objects(vec![service(port)]), &objects(vec![endpoints(&[a, b], &[sick])]), &Objects::new());
+    let t = table(&service(port), &endpoints(&[a, b], &[sick]), &Store::new());
     let mut proxy = ServiceProxy::new("127.0.0.1".parse().unwrap());
     proxy.apply(&t).await;
     let mut answers = Vec::new();
@@ -64,11 +79,11 @@ async fn connections_go_round_robin_to_ready_endpoints_only() {
 async fn an_endpoint_change_is_applied_to_the_open_listener_and_a_deleted_service_closes_it() {
     let (a, b) = (backend("a").await, backend("b").await);
     let port = free_port().await;
-    let services = objects(vec![service(port)]);
+    let services = service(port);
     let mut proxy = ServiceProxy::new("127.0.0.1".parse().unwrap());
-    proxy.apply(&table(&services, &objects(vec![endpoints(&[a], &[])]), &Objects::new())).await;
+    proxy.apply(&table(&services, &endpoints(&[a], &[]), &Store::new())).await;
     assert_eq!(ask(port).await, "a");
-    proxy.apply(&table(&services, &objects(vec![endpoints(&[b], &[])]), &Objects::new())).await;
+    proxy.apply(&table(&services, &endpoints(&[b], &[]), &Store::new())).await;
     assert_eq!(ask(port).await, "b");
     assert_eq!(ask(port).await, "b");
     proxy.apply(&Table::new()).await;
@@ -83,26 +98,36 @@ async fn a_dead_endpoint_is_skipped_for_the_next() {
     let dead = SocketAddr::new("127.0.0.1".parse().unwrap(), free_port().await);
     let port = free_port().await;
     let mut proxy = ServiceProxy::new("127.0.0.1".parse().unwrap());
-    proxy.apply(&table(&objects(vec![service(port)]), &objects(vec![endpoints(&[dead, a], &[])]), &Objects::new())).await;
+    proxy.apply(&table(&service(port), &endpoints(&[dead, a], &[]), &Store::new())).await;
     assert_eq!(ask(port).await, "a");
     assert_eq!(ask(port).await, "a");
 }
 
 #[test]
 fn an_endpoint_naming_its_pod_is_dialled_on_the_published_port_of_its_node() {
-    let ep = json!({ "metadata": { "name": "web", "namespace": "default" }, "subsets": [{
-        "addresses": [{ "ip": "10.0.1.7", "targetRef": { "kind": "Pod", "namespace": "default", "name": "web-1" } },
-                      { "ip": "10.0.1.8" }],
-        "ports": [{ "port": 8080 }] }] });
-    let pod = json!({ "metadata": { "name": "web-1", "namespace": "default" },
-                      "status": { "podIP": "10.0.1.7", "publishedPorts": [{ "containerName": "web", "containerPort": 8080, "hostPort": 32801 }] } });
-    let t = table(&objects(vec![service(30080)]), &objects(vec![ep]), &objects(vec![pod]));
+    let named = EndpointAddress {
+        ip: "10.0.1.7".into(),
+        target_ref: Some(ObjectReference { kind: "Pod".into(), namespace: "default".into(), name: "web-1".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let subset = EndpointSubset { addresses: vec![named, address("10.0.1.8".parse().unwrap())], ports: vec![EndpointPort { port: 8080, ..Default::default() }], ..Default::default() };
+    let ep = Endpoints { metadata: ObjectMeta::namespaced("default", "web"), subsets: vec![subset], ..Default::default() };
+    let pod = Pod {
+        metadata: ObjectMeta::namespaced("default", "web-1"),
+        status: PodStatus {
+            pod_ip: Some("10.0.1.7".into()),
+            published_ports: vec![PublishedPort { container_name: "web".into(), container_port: 8080, host_port: 32801, ..Default::default() }],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let t = table(&service(30080), &store(vec![ep]), &store(vec![pod]));
     assert_eq!(t[&30080], vec!["10.0.1.7:32801".parse().unwrap(), "10.0.1.8:8080".parse().unwrap()]);
 }
 
 #[test]
 fn cluster_ip_services_get_no_node_port() {
-    let mut s = service(30080);
-    s["spec"]["type"] = json!("ClusterIP");
-    assert!(table(&objects(vec![s]), &Objects::new(), &Objects::new()).is_empty());
+    let mut service = web_service(30080);
+    service.spec.service_type = Some("ClusterIP".into());
+    assert!(table(&store(vec![service]), &Store::new(), &Store::new()).is_empty());
 }

@@ -7,7 +7,8 @@
 //! the pod's host ports free; among those the least requested node wins, with a bonus for nodes
 //! and zones (`topology.kubernetes.io/zone`) holding fewer pods of the same owner; a [`Placer`]
 //! keeps each owner's spread as a pass places pods, so a decision is one walk over the nodes. [`run`] feeds
-//! them from watch-fed caches of nodes and pods, binds by replacing the pod with its
+//! them from the [`runtime`](crate::runtime)'s stores of nodes and pods (one controller with one
+//! key: every change of a node or pod queues the pass, de-duplicated while one runs), binds by replacing the pod with its
 //! `resourceVersion`, and writes `PodScheduled=False` with the reasons on pods that fit nowhere;
 //! those are retried whenever a node or pod changes, and every few seconds.
 
@@ -16,14 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::Notify;
 
 use crate::api::pod::{Pod, PodCondition, ResourceAmounts};
 use crate::api::quantity::Quantity;
-use crate::api::resource::{NODES, PODS};
 use crate::api::{Node, Time};
-use crate::client::ApiClient;
-use crate::controllers::cache::Cache;
+use crate::client::{ClientError, ListOptions};
+use crate::runtime::{Action, Client, Controller, ObjectKey, Store};
 
 /// The label of master nodes; it counts as a `NoSchedule` taint of the same key (as kubeadm
 /// taints control-plane nodes), so only pods that tolerate it run on masters.
@@ -361,9 +360,9 @@ enum Decision {
 }
 
 /// One pass: every unbound pod placed or marked unschedulable. Returns how many were bound.
-pub async fn pass(client: &ApiClient, nodes: &Cache<Node>, pods: &Cache<Pod>) -> usize {
-    let all_pods = pods.snapshot();
-    let mut infos = node_infos(&nodes.snapshot(), &all_pods);
+pub async fn pass<C: Client>(client: &C, nodes: &Store<Node>, pods: &Store<Pod>) -> usize {
+    let all_pods = pods.cloned();
+    let mut infos = node_infos(&nodes.cloned(), &all_pods);
     let mut pending: Vec<Pod> = all_pods.into_iter().filter(|p| p.spec.bound_node().is_none() && !p.is_terminating() && !p.is_terminal()).collect();
     pending.sort_by_key(|p| (p.metadata.creation_timestamp, p.metadata.name.clone()));
     // Decide every pod in order, each placement counted before the next (as if already bound).
@@ -404,12 +403,12 @@ pub async fn pass(client: &ApiClient, nodes: &Cache<Node>, pods: &Cache<Pod>) ->
 
 /// Binds `pod` to `node` and marks it scheduled; the revision of the bind, or `None` when it
 /// did not happen (the pod changed or is gone: the next pass decides again).
-async fn bind(client: &ApiClient, pod: &Pod, node: &str) -> Option<u64> {
+async fn bind<C: Client>(client: &C, pod: &Pod, node: &str) -> Option<u64> {
     let ns = pod.metadata.namespace_or_default();
     let name = &pod.metadata.name;
     let mut next = pod.clone();
     next.spec.node_name = Some(node.to_string());
-    match client.replace(&PODS, Some(ns), name, &next).await {
+    match client.replace(&next).await {
         Ok(written) => {
             tracing::info!(pod = %format!("{ns}/{name}"), node = %node, "bound");
             let rev = written.metadata.revision().unwrap_or(0);
@@ -421,7 +420,7 @@ async fn bind(client: &ApiClient, pod: &Pod, node: &str) -> Option<u64> {
                 last_transition_time: Some(Time::now()),
                 ..Default::default()
             });
-            if let Err(e) = client.replace_status(&PODS, Some(ns), name, &status).await {
+            if let Err(e) = client.replace_status(&status).await {
                 tracing::debug!(error = %e, "marking {ns}/{name} scheduled");
             }
             Some(rev)
@@ -435,7 +434,7 @@ async fn bind(client: &ApiClient, pod: &Pod, node: &str) -> Option<u64> {
 }
 
 /// Writes `PodScheduled=False` with the reasons; the revision written, if any.
-async fn mark_unschedulable(client: &ApiClient, pod: &Pod, message: &str) -> Option<u64> {
+async fn mark_unschedulable<C: Client>(client: &C, pod: &Pod, message: &str) -> Option<u64> {
     let ns = pod.metadata.namespace_or_default();
     let name = &pod.metadata.name;
     let mut next = pod.clone();
@@ -449,7 +448,7 @@ async fn mark_unschedulable(client: &ApiClient, pod: &Pod, message: &str) -> Opt
         ..Default::default()
     });
     next.status.phase.get_or_insert_with(|| "Pending".into());
-    match client.replace_status(&PODS, Some(ns), name, &next).await {
+    match client.replace_status(&next).await {
         Ok(written) => {
             tracing::info!(pod = %format!("{ns}/{name}"), "unschedulable: {message}");
             written.metadata.revision()
@@ -462,20 +461,39 @@ async fn mark_unschedulable(client: &ApiClient, pod: &Pod, message: &str) -> Opt
     }
 }
 
-/// Runs the scheduler forever on the given client (a `system:masters` identity).
-pub async fn run(client: ApiClient) {
-    let changed = Arc::new(Notify::new());
-    let nodes = Cache::<Node>::spawn(client.clone(), NODES, changed.clone());
-    let pods = Cache::<Pod>::spawn(client.clone(), PODS, changed.clone());
-    loop {
-        tokio::select! {
-            _ = changed.notified() => {}
-            _ = tokio::time::sleep(RESYNC) => {}
-        }
-        if nodes.synced() && pods.synced() {
-            pass(&client, &nodes, &pods).await;
-        }
-    }
+/// The scheduler's stores and client.
+pub struct Context<C> {
+    pub client: C,
+    pub nodes: Store<Node>,
+    pub pods: Store<Pod>,
+}
+
+/// The one key of the scheduler's queue: a pass places every pending pod, so that each
+/// placement counts before the next.
+fn pass_key() -> ObjectKey {
+    ObjectKey::cluster("pending-pods")
+}
+
+/// The scheduler as a controller: any change of a node or pod queues a pass; a pass also runs
+/// every [`RESYNC`] for pods that fit nowhere yet.
+pub fn controller<C: Client>(ctx: &Context<C>) -> Controller {
+    Controller::new("scheduler").watches(&ctx.nodes, |_: &Node| vec![pass_key()]).watches(&ctx.pods, |_: &Pod| vec![pass_key()]).resync_every(RESYNC, || vec![pass_key()])
+}
+
+/// One pass, as a reconcile (its writes' failures are retried by the next pass).
+async fn reconcile<C: Client>(_key: ObjectKey, ctx: Arc<Context<C>>) -> Result<Action, ClientError> {
+    pass(&ctx.client, &ctx.nodes, &ctx.pods).await;
+    Ok(Action::AwaitChange)
+}
+
+/// Runs the scheduler until dropped, on the given client (a `system:masters` identity).
+pub async fn run<C: Client>(client: C) {
+    let ctx = Arc::new(Context {
+        nodes: Store::reflect(client.clone(), None, ListOptions::default()),
+        pods: Store::reflect(client.clone(), None, ListOptions::default()),
+        client,
+    });
+    controller(&ctx).run(reconcile, ctx.clone()).await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,195 @@
+//! The controllers on the runtime's fake client and tokio's paused clock: requeue and back-off per
+//! controller, and objects that no longer decode (written before validation) left aside while
+//! every other object is served.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::api::deployment::{Deployment, ReplicaSet};
+use crate::api::lease::{Lease, NODE_LEASE_NAMESPACE};
+use crate::api::pod::{Pod, PodCondition};
+use crate::api::resource::{DEPLOYMENTS, ENDPOINTS, PODS, REPLICA_SETS, SERVICES};
+use crate::api::service::{Endpoints, Service};
+use crate::api::time::{MicroTime, Time};
+use crate::api::{Node, NodeCondition, ObjectMeta};
+use crate::runtime::fake::FakeClient;
+use crate::runtime::{Client, ObjectKey};
+
+async fn eventually<T>(what: &str, check: impl Fn() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn deployment(name: &str, replicas: i32) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 8080, "name": "http"}]}]}}}
+    }))
+    .unwrap()
+}
+
+fn service(name: &str) -> Service {
+    serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": "http"}]}})).unwrap()
+}
+
+async fn ready_node(fake: &FakeClient, name: &str) {
+    let mut node = Node::new(name);
+    node.status.allocatable = [("cpu".to_string(), "2".to_string()), ("memory".to_string(), "2Gi".to_string())].into();
+    node.status.conditions = vec![NodeCondition { condition_type: "Ready".into(), status: "True".into(), last_heartbeat_time: Some(Time::now()), ..Default::default() }];
+    let created = fake.create(&node).await.unwrap();
+    fake.replace_status(&Node { metadata: created.metadata.clone(), ..node }).await.unwrap();
+}
+
+/// Plays the agents: bound pods get an IP and are Ready.
+async fn make_ready(fake: &FakeClient) {
+    for (i, mut p) in fake.objects::<Pod>().into_iter().enumerate() {
+        if p.spec.bound_node().is_none() || p.is_ready() {
+            continue;
+        }
+        p.status.pod_ip = Some(format!("10.0.0.{}", 10 + i));
+        p.set_condition(PodCondition { condition_type: "Ready".into(), status: "True".into(), ..Default::default() });
+        let _ = fake.replace_status(&p).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deployment_controller_backs_off_failing_pod_creates_and_then_makes_every_replica() {
+    let fake = FakeClient::new();
+    fake.create(&deployment("web", 3)).await.unwrap();
+    fake.fail_next("create", &PODS, 3, 500);
+    let task = tokio::spawn(super::deployment::run(fake.clone()));
+    let set = eventually("a replica set exists", || fake.objects::<ReplicaSet>().into_iter().next()).await;
+    assert_eq!(set.spec.replicas(), 3);
+    // Three failed creates: retried after 0.5 s, 1 s, 2 s (not at once, not every resync only).
+    let started = Instant::now();
+    eventually("three pods exist", || (fake.objects::<Pod>().len() == 3).then_some(())).await;
+    let waited = Instant::now() - started;
+    assert!(waited >= Duration::from_millis(3500), "the failures were backed off: {waited:?}");
+    assert!(waited < super::deployment::RESYNC + Duration::from_secs(3), "and retried before long: {waited:?}");
+    // The status follows once the pods are ready; then a resync changes nothing.
+    let key = ObjectKey::namespaced("default", "web");
+    for mut p in fake.objects::<Pod>() {
+        p.spec.node_name = Some("w1".into());
+        fake.replace(&p).await.unwrap();
+    }
+    make_ready(&fake).await;
+    eventually("the deployment shows 3 ready", || fake.objects::<Deployment>().into_iter().find(|d| ObjectKey::of(&d.metadata) == key).filter(|d| d.status.ready_replicas == 3)).await;
+    let writes = fake.writes().len();
+    tokio::time::sleep(super::deployment::RESYNC * 3).await;
+    assert_eq!(fake.writes().len(), writes, "resyncs of a settled deployment write nothing");
+    assert_eq!(fake.objects::<Pod>().len(), 3);
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_endpoints_controller_backs_off_a_failing_write_and_follows_its_pods() {
+    let fake = FakeClient::new();
+    let mut pod = Pod { metadata: ObjectMeta::namespaced("default", "web-1"), ..Default::default() };
+    pod.metadata.labels.insert("app".into(), "web".into());
+    pod.spec = serde_json::from_value(json!({"nodeName": "w1", "containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 8080, "name": "http"}]}]})).unwrap();
+    fake.create(&pod).await.unwrap();
+    make_ready(&fake).await;
+    fake.create(&service("web")).await.unwrap();
+    let task = tokio::spawn(super::endpoints::run(fake.clone()));
+    let endpoints = eventually("the endpoints exist", || fake.objects::<Endpoints>().into_iter().next()).await;
+    assert_eq!(endpoints.subsets[0].addresses.len(), 1);
+    assert_eq!(endpoints.subsets[0].ports[0].port, 8080);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The pod goes (its change maps to the service) while writes fail twice: retried after 0.5 s
+    // and 1 s more.
+    fake.fail_next("replace", &ENDPOINTS, 2, 503);
+    let started = Instant::now();
+    fake.delete::<Pod>(&ObjectKey::namespaced("default", "web-1")).await.unwrap();
+    eventually("the pod is taken out", || fake.objects::<Endpoints>()[0].subsets.is_empty().then_some(())).await;
+    let took = Instant::now() - started;
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_millis(2500), "two failures backed off 0.5 s then 1 s: {took:?}");
+    // The service goes: so do its endpoints.
+    fake.delete::<Service>(&ObjectKey::namespaced("default", "web")).await.unwrap();
+    eventually("the endpoints are gone", || fake.objects::<Endpoints>().is_empty().then_some(())).await;
+    task.abort();
+}
+
+// On the real clock: leases age in wall-clock time.
+#[tokio::test]
+async fn the_node_lifecycle_controller_requeues_each_node_marks_a_stale_one_and_backs_off_a_failing_write() {
+    let fake = FakeClient::new();
+    ready_node(&fake, "w1").await;
+    let lease = Lease {
+        metadata: ObjectMeta::namespaced(NODE_LEASE_NAMESPACE, "w1"),
+        spec: crate::api::LeaseSpec { renew_time: Some(MicroTime::now()), ..Default::default() },
+        ..Default::default()
+    };
+    fake.create(&lease).await.unwrap();
+    let mut pod = Pod { metadata: ObjectMeta::namespaced("default", "p"), ..Default::default() };
+    pod.spec.node_name = Some("w1".into());
+    fake.create(&pod).await.unwrap();
+    fake.fail_next("replace_status", &crate::api::resource::NODES, 2, 500);
+    let (grace, toleration) = (Duration::from_secs(1), Duration::from_secs(1));
+    let task = tokio::spawn(super::node_lifecycle::run(fake.clone(), grace, toleration));
+    // Nothing changes in the API, yet the node is looked at again every second: once the lease is
+    // older than the grace it is marked, after two failed writes backed off 0.5 s and 1 s.
+    let started = Instant::now();
+    eventually("the node is marked Unknown", || fake.objects::<Node>()[0].ready_condition().filter(|c| c.status == "Unknown").map(drop)).await;
+    let took = Instant::now() - started;
+    assert!(took >= grace + Duration::from_millis(1500) && took < grace + Duration::from_secs(5), "marked after the grace and two back-offs: {took:?}");
+    // The toleration later, its pod is evicted.
+    eventually("the pod is evicted", || fake.objects::<Pod>().is_empty().then_some(())).await;
+    assert!(Instant::now() - started >= grace + toleration);
+    task.abort();
+}
+
+/// Issue 18's acceptance: objects with wrong-typed fields already in the store (from before
+/// validation) are skipped with a logged error; the scheduler, the deployment controller and the
+/// endpoints controller keep serving every other object.
+#[tokio::test(start_paused = true)]
+async fn objects_that_do_not_decode_are_skipped_and_every_other_object_is_served() {
+    let fake = FakeClient::new();
+    ready_node(&fake, "w1").await;
+    ready_node(&fake, "w2").await;
+    fake.insert_raw(&DEPLOYMENTS, json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "bad", "namespace": "default"}, "spec": {"replicas": "three"}}));
+    fake.insert_raw(&PODS, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bad", "namespace": "default", "labels": {"app": "web"}}, "spec": {"containers": "x"}}));
+    fake.insert_raw(&SERVICES, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bad", "namespace": "default"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": "eighty"}]}}));
+    fake.insert_raw(&REPLICA_SETS, json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "bad", "namespace": "default"}, "spec": {"replicas": []}}));
+    let tasks = [
+        tokio::spawn(crate::scheduler::run(fake.clone())),
+        tokio::spawn(super::deployment::run(fake.clone())),
+        tokio::spawn(super::endpoints::run(fake.clone())),
+    ];
+    fake.create(&deployment("web", 2)).await.unwrap();
+    fake.create(&service("web")).await.unwrap();
+
+    let bound = eventually("the good deployment's two pods are bound", || {
+        let pods = fake.objects::<Pod>();
+        let bound: Vec<String> = pods.iter().filter_map(|p| p.spec.bound_node().map(String::from)).collect();
+        (pods.len() == 2 && bound.len() == 2).then_some(bound)
+    })
+    .await;
+    assert!(bound.iter().all(|n| n == "w1" || n == "w2"));
+    make_ready(&fake).await;
+    let endpoints = eventually("the good service has both pods as endpoints", || {
+        let e = fake.objects::<Endpoints>().into_iter().find(|e| e.metadata.name == "web")?;
+        (e.subsets.first()?.addresses.len() == 2).then_some(e)
+    })
+    .await;
+    assert_eq!(endpoints.subsets[0].ports[0].port, 8080);
+    // The bad objects are still there, untouched, and got nothing.
+    for (resource, name) in [(&DEPLOYMENTS, "bad"), (&PODS, "bad"), (&SERVICES, "bad"), (&REPLICA_SETS, "bad")] {
+        assert!(fake.raw(resource, &ObjectKey::namespaced("default", name)).is_some(), "{} bad is left as it was", resource.plural);
+    }
+    assert!(fake.raw(&ENDPOINTS, &ObjectKey::namespaced("default", "bad")).is_none());
+    assert_eq!(fake.objects::<ReplicaSet>().len(), 1, "one set, for the good deployment only");
+    let _ = Arc::new(());
+    for t in tasks {
+        t.abort();
+    }
+}
