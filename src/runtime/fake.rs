@@ -220,7 +220,7 @@ impl Client for FakeClient {
             .filter(|((p, k), v)| *p == resource.plural && (namespace.is_none() || k.namespace.as_deref() == namespace) && selected(v, options))
             .map(|(_, v)| v.clone())
             .collect();
-        Ok(List { api_version: "v1".into(), kind: format!("{}List", resource.kind), metadata: ListMeta { resource_version: state.revision.to_string(), ..Default::default() }, items })
+        Ok(List { api_version: "v1".into(), kind: format!("{}List", resource.kind), metadata: ListMeta { resource_version: state.revision.to_string() }, items })
     }
 
     async fn watch_raw(&self, resource: &ResourceType, namespace: Option<&str>, resource_version: &str, options: &ListOptions) -> Result<WatchStream, ClientError> {

@@ -50,6 +50,9 @@ impl Log {
     }
 }
 
+/// The outcomes a test's reconcile returns, one per call.
+type Outcomes = Arc<Mutex<Vec<Result<Action, &'static str>>>>;
+
 #[tokio::test]
 async fn a_key_queued_twice_is_handed_out_once() {
     let queue = WorkQueue::new();
@@ -141,7 +144,7 @@ async fn a_failing_key_backs_off_exponentially_and_a_success_resets_it() {
     let queue = controller.queue();
     let ctx = (log.clone(), outcomes.clone());
     let task = tokio::spawn(controller.watches(&store, |d: &Deployment| vec![d.key()]).run(
-        |key, ctx: Arc<(Arc<Log>, Arc<Mutex<Vec<Result<Action, &'static str>>>>)>| async move {
+        |key, ctx: Arc<(Arc<Log>, Outcomes)>| async move {
             ctx.0.start(&key);
             ctx.0.end(&key);
             ctx.1.lock().unwrap().remove(0)
