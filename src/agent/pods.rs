@@ -4,7 +4,9 @@
 //! the pods with the runtime's containers, found by their labels (so that a restarted agent adopts
 //! what runs instead of recreating it), and acts: create, restart after a crash-loop back-off
 //! (10 s doubling to 300 s, reset after 10 minutes running), probe, stop gracefully. It returns the
-//! pod statuses that changed; [`run`] writes them with `replace_status`.
+//! pod statuses that changed; [`run`] writes them with `replace_status`, 8 at a time. [`run`] is a
+//! controller on [`crate::runtime`]: a store of the pods with `spec.nodeName` = this node feeds one
+//! key, each pass asks for the next after 1 s, and container-runtime failures are backed off.
 //!
 //! # Networking contract
 //! Containers run on their node's pod bridge, wired by the agent ([`super::runtime::podnet`]).
