@@ -297,3 +297,113 @@ async fn the_node_controller_deletes_nodes_of_terminated_machines_requeues_and_b
     let _ = ObjectKey::cluster("x");
     task.abort();
 }
+
+/// The service controller on the fake API and the fake cloud: a failing cloud backs the pass off
+/// (2 s, then 4 s), a new service gets its balancer at once, and the address reaches the status.
+#[tokio::test(start_paused = true)]
+async fn the_service_controller_backs_off_cloud_errors_and_makes_a_new_service_s_balancer_at_once() {
+    use crate::cloud::ErrorKind;
+    use crate::runtime::fake::FakeClient;
+    use crate::runtime::{Client, Store};
+    use tokio::time::Instant;
+    let cloud = Arc::new(FakeCloud::new());
+    let (_, ids) = network(cloud.as_ref()).await;
+    let fake = FakeClient::new();
+    for (n, id) in ids.iter().enumerate() {
+        fake.create(&node(&format!("w{n}"), id, "True", true)).await.unwrap();
+    }
+    fake.create(&lb_service("web", 80, Some(30080))).await.unwrap();
+    let stores = super::Stores {
+        services: Store::reflect(fake.clone(), None, Default::default()),
+        nodes: Store::reflect(fake.clone(), None, Default::default()),
+        pods: Store::reflect(fake.clone(), None, Default::default()),
+        pools: Store::reflect(fake.clone(), None, Default::default()),
+    };
+    let ctx = Arc::new(super::Context::new(cloud.clone(), "c1".into(), fake.clone(), stores));
+    cloud.fail("create_load_balancer", ErrorKind::Invalid, 2);
+    let started = Instant::now();
+    let task = tokio::spawn(super::service_controller(&ctx).run(super::reconcile_services, ctx.clone()));
+    let address = |name: &str| {
+        let s = fake.objects::<Service>().into_iter().find(|s| s.metadata.name == name)?;
+        s.status.load_balancer.ingress.first().and_then(|i| i.hostname.clone().or(i.ip.clone()))
+    };
+    while address("web").is_none() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the balancer's address never reached the status");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(6) && took < Duration::from_secs(7), "two failures backed off 2 s and 4 s: {took:?}");
+    let creates = || cloud.calls().iter().filter(|c| c.as_str() == "create_load_balancer").count();
+    assert_eq!(creates(), 3);
+
+    // A new service: its balancer is made at once, not at the 30 s resync.
+    let added = Instant::now();
+    fake.create(&lb_service("api", 81, Some(30081))).await.unwrap();
+    while address("api").is_none() {
+        assert!(added.elapsed() < Duration::from_secs(1), "the new service waited for a resync");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(creates(), 4);
+    task.abort();
+}
+
+/// The machine controller's real pass (the spec file, the fake cloud, an in-process API server):
+/// a failing cloud backs it off (5 s, then 10 s); once it succeeds it makes the pool's
+/// MachinePool and passes again every 5 s. On the real clock: the API server's TLS and HTTP
+/// timers must not jump.
+#[tokio::test]
+async fn the_machine_controller_backs_off_cloud_errors_then_makes_the_pools_and_requeues() {
+    use crate::api::machinepool::MachinePool;
+    use crate::cloud::ErrorKind;
+    use crate::runtime::Store;
+    use tokio::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = dir.path().join("cluster.toml");
+    std::fs::write(
+        &spec_path,
+        "[cluster]\nname = \"c1\"\nregion = \"us-east-1\"\navailability_zones = [\"us-east-1a\"]\n\n[network]\nvpc_cidr = \"10.9.0.0/16\"\nadmin_cidrs = [\"10.9.0.1/32\"]\n\n\
+         [masters]\ncount = 1\ninstance_type = \"t3.medium\"\nimage = { name = \"debian-12-*\" }\n\n\
+         [[workers]]\nname = \"default\"\ncount = 0\ninstance_type = \"t3.small\"\nimage = { name = \"debian-12-*\" }\n",
+    )
+    .unwrap();
+    let cloud = Arc::new(FakeCloud::new());
+    let client = crate::client::test_server::start().await;
+    let machines = super::machines::Context {
+        cloud: cloud.clone(),
+        spec_path,
+        ssh_key: dir.path().join("id"),
+        known_hosts: crate::bootstrap::hostkeys::KnownHosts::at(dir.path().join("known_hosts")),
+        join: crate::bootstrap::Join { cluster: "c1".into(), api_host: "127.0.0.1".into(), port: 6443, ca_hash: "sha256:00".into(), token_ttl: Duration::from_secs(60), binary: None },
+        health_timeout: Duration::from_secs(60),
+        max_unhealthy_percent: 40,
+        data_dir: dir.path().to_path_buf(),
+        own_instance: "i-master".into(),
+        cloud_settings: serde_json::from_value(serde_json::json!({"region": "us-east-1"})).unwrap(),
+    };
+    let stores = super::Stores {
+        services: Store::reflect(client.clone(), None, Default::default()),
+        nodes: Store::reflect(client.clone(), None, Default::default()),
+        pods: Store::reflect(client.clone(), None, Default::default()),
+        pools: Store::reflect(client.clone(), None, Default::default()),
+    };
+    let ctx = Arc::new(super::MachineContext { machines, client: client.clone(), state: tokio::sync::Mutex::new(super::machines::State::default()) });
+    cloud.fail("instances", ErrorKind::Invalid, 2);
+    let controller = super::machine_controller(&stores);
+    let started = Instant::now();
+    let task = tokio::spawn(controller.run(super::reconcile_machines, ctx));
+    let passes = || cloud.calls().iter().filter(|c| c.as_str() == "instances").count();
+    let pool = || {
+        let client = client.clone();
+        async move { client.get::<MachinePool>(&crate::api::resource::MACHINE_POOLS, None, "default").await.ok() }
+    };
+    // Passes at 0 s and 5 s fail; the next is at 15 s, then every 5 s.
+    tokio::time::sleep_until(started + Duration::from_secs(13)).await;
+    assert_eq!(passes(), 2, "failed at 0 s and 5 s, backed off 10 s");
+    assert!(pool().await.is_none(), "nothing made while the cloud fails");
+    tokio::time::sleep_until(started + Duration::from_secs(17)).await;
+    assert!(pool().await.is_some(), "the pool's MachinePool is made by the first pass that succeeds");
+    assert_eq!(passes(), 4, "at 15 s, and at once again for the new pool");
+    tokio::time::sleep_until(started + Duration::from_secs(22)).await;
+    assert_eq!(passes(), 5, "and the next pass follows 5 s later");
+    task.abort();
+}

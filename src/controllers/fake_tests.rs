@@ -13,8 +13,8 @@ use crate::api::lease::{Lease, NODE_LEASE_NAMESPACE};
 use crate::api::pod::{Pod, PodCondition};
 use crate::api::resource::{DEPLOYMENTS, ENDPOINTS, PODS, REPLICA_SETS, SERVICES};
 use crate::api::service::{Endpoints, Service};
-use crate::api::time::{MicroTime, Time};
-use crate::api::{Node, NodeCondition, ObjectMeta};
+use crate::api::time::MicroTime;
+use crate::api::{Node, ObjectMeta};
 use crate::runtime::fake::FakeClient;
 use crate::runtime::{Client, ObjectKey};
 
@@ -40,14 +40,6 @@ fn deployment(name: &str, replicas: i32) -> Deployment {
 
 fn service(name: &str) -> Service {
     serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": "http"}]}})).unwrap()
-}
-
-async fn ready_node(fake: &FakeClient, name: &str) {
-    let mut node = Node::new(name);
-    node.status.allocatable = [("cpu".to_string(), "2".to_string()), ("memory".to_string(), "2Gi".to_string())].into();
-    node.status.conditions = vec![NodeCondition { condition_type: "Ready".into(), status: "True".into(), last_heartbeat_time: Some(Time::now()), ..Default::default() }];
-    let created = fake.create(&node).await.unwrap();
-    fake.replace_status(&Node { metadata: created.metadata.clone(), ..node }).await.unwrap();
 }
 
 /// Plays the agents: bound pods get an IP and are Ready.
@@ -91,6 +83,45 @@ async fn the_deployment_controller_backs_off_failing_pod_creates_and_then_makes_
     task.abort();
 }
 
+/// The ReplicaSet controller on its own (a set no deployment owns): failing pod creates are
+/// backed off, a deleted pod is replaced at once (its change queues its set), and the pods of a
+/// deleted set are deleted.
+#[tokio::test(start_paused = true)]
+async fn the_replica_set_controller_backs_off_failing_creates_replaces_a_deleted_pod_and_deletes_orphans() {
+    let fake = FakeClient::new();
+    let set: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "solo", "namespace": "default"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "solo"}},
+                 "template": {"metadata": {"labels": {"app": "solo"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}
+    }))
+    .unwrap();
+    let task = tokio::spawn(super::deployment::run(fake.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fake.fail_next("create", &PODS, 2, 500);
+    let started = Instant::now();
+    fake.create(&set).await.unwrap();
+    eventually("two pods exist", || (fake.objects::<Pod>().len() == 2).then_some(())).await;
+    let took = Instant::now() - started;
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_millis(2500), "two failures backed off 0.5 s then 1 s: {took:?}");
+    assert!(fake.objects::<Pod>().iter().all(|p| p.metadata.controller_owner().is_some_and(|o| o.name == "solo")));
+
+    // A pod deleted: replaced at once, not at the resync.
+    let victim = fake.objects::<Pod>().remove(0);
+    let deleted = Instant::now();
+    fake.delete::<Pod>(&ObjectKey::of(&victim.metadata)).await.unwrap();
+    eventually("the pod is replaced", || {
+        let pods = fake.objects::<Pod>();
+        (pods.len() == 2 && pods.iter().all(|p| p.metadata.name != victim.metadata.name)).then_some(())
+    })
+    .await;
+    assert!(Instant::now() - deleted < Duration::from_millis(500));
+
+    // The set deleted (no garbage collector here): the controller deletes the pods it left.
+    fake.delete::<ReplicaSet>(&ObjectKey::namespaced("default", "solo")).await.unwrap();
+    eventually("the orphaned pods are deleted", || fake.objects::<Pod>().is_empty().then_some(())).await;
+    task.abort();
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_endpoints_controller_backs_off_a_failing_write_and_follows_its_pods() {
     let fake = FakeClient::new();
@@ -123,7 +154,7 @@ async fn the_endpoints_controller_backs_off_a_failing_write_and_follows_its_pods
 #[tokio::test]
 async fn the_node_lifecycle_controller_requeues_each_node_marks_a_stale_one_and_backs_off_a_failing_write() {
     let fake = FakeClient::new();
-    ready_node(&fake, "w1").await;
+    fake.ready_node("w1").await;
     let lease = Lease {
         metadata: ObjectMeta::namespaced(NODE_LEASE_NAMESPACE, "w1"),
         spec: crate::api::LeaseSpec { renew_time: Some(MicroTime::now()), ..Default::default() },
@@ -154,8 +185,8 @@ async fn the_node_lifecycle_controller_requeues_each_node_marks_a_stale_one_and_
 #[tokio::test(start_paused = true)]
 async fn objects_that_do_not_decode_are_skipped_and_every_other_object_is_served() {
     let fake = FakeClient::new();
-    ready_node(&fake, "w1").await;
-    ready_node(&fake, "w2").await;
+    fake.ready_node("w1").await;
+    fake.ready_node("w2").await;
     fake.insert_raw(&DEPLOYMENTS, json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "bad", "namespace": "default"}, "spec": {"replicas": "three"}}));
     fake.insert_raw(&PODS, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bad", "namespace": "default", "labels": {"app": "web"}}, "spec": {"containers": "x"}}));
     fake.insert_raw(&SERVICES, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bad", "namespace": "default"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": "eighty"}]}}));

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::api::pod::Pod;
 use crate::api::service::{EndpointAddress, Endpoints, Service};
 use crate::client::ListOptions;
-use crate::runtime::{Action, Client, Controller, Object, ObjectKey, Store};
+use crate::runtime::{Action, Backoff, Client, Controller, Object, ObjectKey, Store};
 
 /// How long dialling one endpoint may take before the next is tried.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -123,7 +123,8 @@ impl ServiceProxy {
     }
 
     /// Makes the listeners match `table`: new ports opened, gone ports closed, backends replaced.
-    pub async fn apply(&mut self, table: &Table) {
+    pub async fn apply(&mut self, table: &Table) -> Result<(), Unbound> {
+        let mut unbound = Vec::new();
         let gone: Vec<u16> = self.listeners.keys().filter(|p| !table.contains_key(p)).copied().collect();
         for port in gone {
             if let Some((_, task)) = self.listeners.remove(&port) {
@@ -139,8 +140,8 @@ impl ServiceProxy {
             let listener = match TcpListener::bind(SocketAddr::new(self.bind_ip, *port)).await {
                 Ok(l) => l,
                 Err(e) => {
-                    // Retried on the next change or resync.
-                    tracing::warn!(port, error = %e, "listening on a node port");
+                    // The reconcile fails and is backed off; or a change comes first.
+                    unbound.push((*port, e.to_string()));
                     continue;
                 }
             };
@@ -149,6 +150,18 @@ impl ServiceProxy {
             let task = tokio::spawn(serve(listener, backends.clone()));
             self.listeners.insert(*port, (backends, task));
         }
+        if unbound.is_empty() { Ok(()) } else { Err(Unbound(unbound)) }
+    }
+}
+
+/// Node ports that could not be listened on, with why.
+#[derive(Debug)]
+pub struct Unbound(pub Vec<(u16, String)>);
+
+impl std::fmt::Display for Unbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ports: Vec<String> = self.0.iter().map(|(port, e)| format!("{port} ({e})")).collect();
+        write!(f, "listening on node ports: {}", ports.join(", "))
     }
 }
 
@@ -220,13 +233,15 @@ pub fn controller(ctx: &Context) -> Controller {
         .watches(&ctx.endpoints, |_: &Endpoints| vec![table_key()])
         .watches(&ctx.pods, |_: &Pod| vec![table_key()])
         .resync_every(RESYNC, || vec![table_key()])
+        .backoff(Backoff { initial: Duration::from_millis(500), max: RESYNC })
 }
 
-/// Makes the listeners match the stores (a port that cannot be bound is logged and tried again
-/// at the next change or resync).
-async fn reconcile(_key: ObjectKey, ctx: Arc<Context>) -> Result<Action, std::convert::Infallible> {
+/// Makes the listeners match the stores. A port that cannot be listened on (another process has
+/// it) fails the reconcile, which is backed off (0.5 s, doubling, at most [`RESYNC`]); every other
+/// port is served meanwhile.
+async fn reconcile(_key: ObjectKey, ctx: Arc<Context>) -> Result<Action, Unbound> {
     let t = table(&ctx.services, &ctx.endpoints, &ctx.pods);
-    ctx.proxy.lock().await.apply(&t).await;
+    ctx.proxy.lock().await.apply(&t).await?;
     Ok(Action::AwaitChange)
 }
 

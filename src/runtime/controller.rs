@@ -27,7 +27,8 @@ pub enum Action {
 }
 
 /// Per-key exponential back-off after failed reconciles: `initial`, doubled per further failure,
-/// at most `max`.
+/// at most `max`. A change of the key's objects queues it at once (as client-go's and
+/// kube-runtime's queues do); a periodic resync does not cut its back-off short.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     pub initial: Duration,
@@ -99,8 +100,8 @@ impl Controller {
         self
     }
 
-    /// Queues every key `keys` gives once the stores are synced, and again every `period`. Several
-    /// calls add up.
+    /// Queues every key `keys` gives once the stores are synced, and again every `period` (a key
+    /// already queued, for a back-off or a requeue, keeps its time). Several calls add up.
     pub fn resync_every(mut self, period: Duration, keys: impl Fn() -> Vec<ObjectKey> + Send + Sync + 'static) -> Self {
         self.resync = Some(match self.resync.take() {
             None => (period, Box::new(keys)),
@@ -140,7 +141,7 @@ impl Controller {
                 let Some((period, keys)) = resync else { return std::future::pending().await };
                 loop {
                     for key in keys() {
-                        queue.add(key);
+                        queue.add_unless_queued(key);
                     }
                     tokio::time::sleep(period).await;
                 }

@@ -97,6 +97,16 @@ impl FakeClient {
         self.lock().failures.push(Failure { verb, plural: resource.plural, remaining: times, code });
     }
 
+    /// Creates a Ready node `name` with 2 CPUs and 2 GiB allocatable, as an agent would report it.
+    pub async fn ready_node(&self, name: &str) {
+        use crate::api::{Node, NodeCondition, time::Time};
+        let mut node = Node::new(name);
+        node.status.allocatable = [("cpu".to_string(), "2".to_string()), ("memory".to_string(), "2Gi".to_string())].into();
+        node.status.conditions = vec![NodeCondition { condition_type: "Ready".into(), status: "True".into(), last_heartbeat_time: Some(Time::now()), ..Default::default() }];
+        let created = self.create(&node).await.expect("creating a node in the fake");
+        self.replace_status(&Node { metadata: created.metadata.clone(), ..node }).await.expect("writing a node's status in the fake");
+    }
+
     /// Every successful write so far, as `verb plural key` (e.g. `create pods default/web-x1`).
     pub fn writes(&self) -> Vec<String> {
         self.lock().writes.clone()

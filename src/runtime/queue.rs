@@ -46,6 +46,19 @@ impl WorkQueue {
         self.add_at(key, Instant::now() + delay);
     }
 
+    /// Queues `key` now unless it is queued already, for whatever time, or handed out (a resync:
+    /// it must not cut short the back-off of a failing key or a requeue a reconcile asked for, nor
+    /// queue again a key being reconciled).
+    pub fn add_unless_queued(&self, key: ObjectKey) {
+        let mut entries = self.lock();
+        if entries.due.contains_key(&key) || entries.active.contains(&key) {
+            return;
+        }
+        entries.due.insert(key, Instant::now());
+        drop(entries);
+        self.changed.notify_waiters();
+    }
+
     fn add_at(&self, key: ObjectKey, at: Instant) {
         let mut entries = self.lock();
         let due = entries.due.entry(key).or_insert(at);

@@ -199,6 +199,26 @@ async fn resync_reconciles_every_key_periodically_and_await_change_waits_for_it(
     assert_eq!(log.gaps(&key("b")), [30, 30].map(Duration::from_secs));
 }
 
+/// A resync every second must not turn a failing key's back-off into a retry every second.
+#[tokio::test(start_paused = true)]
+async fn a_resync_does_not_cut_a_back_off_short() {
+    let store = synced_store();
+    store.apply(crate::api::WatchEventType::Added, deployment("a"), 2);
+    let log = Arc::new(Log::default());
+    let controller = Controller::new("test").owns(&store, Duration::from_secs(1)).backoff(Backoff { initial: Duration::from_secs(2), max: Duration::from_secs(8) });
+    let task = tokio::spawn(controller.run(
+        |key, log: Arc<Log>| async move {
+            log.start(&key);
+            log.end(&key);
+            Err::<Action, _>("always fails")
+        },
+        log.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    task.abort();
+    assert_eq!(log.gaps(&key("a")), [2, 4, 8, 8, 8].map(Duration::from_secs));
+}
+
 #[tokio::test(start_paused = true)]
 async fn reconciles_wait_for_every_store_to_list_first() {
     let fed = synced_store();

@@ -359,8 +359,10 @@ enum Decision {
     Unschedulable(Pod, String),
 }
 
-/// One pass: every unbound pod placed or marked unschedulable. Returns how many were bound.
-pub async fn pass<C: Client>(client: &C, nodes: &Store<Node>, pods: &Store<Pod>) -> usize {
+/// One pass: every unbound pod placed or marked unschedulable. Returns how many were bound, or
+/// the first write that failed for a reason other than a conflict or a pod gone (after every
+/// other write was made and is seen), so that the pass is backed off and run again.
+pub async fn pass<C: Client>(client: &C, nodes: &Store<Node>, pods: &Store<Pod>) -> Result<usize, ClientError> {
     let all_pods = pods.cloned();
     let mut infos = node_infos(&nodes.cloned(), &all_pods);
     let mut pending: Vec<Pod> = all_pods.into_iter().filter(|p| p.spec.bound_node().is_none() && !p.is_terminating() && !p.is_terminal()).collect();
@@ -382,28 +384,33 @@ pub async fn pass<C: Client>(client: &C, nodes: &Store<Node>, pods: &Store<Pod>)
             }
         }
     }
-    let results: Vec<(bool, u64)> = futures::stream::iter(decisions)
+    let results: Vec<Result<(bool, u64), ClientError>> = futures::stream::iter(decisions)
         .map(|d| async move {
             match d {
-                Decision::Bind(pod, node) => bind(client, &pod, &node).await.map_or((false, 0), |rev| (true, rev)),
-                Decision::Unschedulable(pod, message) => (false, mark_unschedulable(client, &pod, &message).await.unwrap_or(0)),
+                Decision::Bind(pod, node) => bind(client, &pod, &node).await.map(|rev| rev.map_or((false, 0), |rev| (true, rev))),
+                Decision::Unschedulable(pod, message) => mark_unschedulable(client, &pod, &message).await.map(|rev| (false, rev.unwrap_or(0))),
             }
         })
         .buffer_unordered(WRITES_IN_FLIGHT)
         .collect()
         .await;
-    let bound = results.iter().filter(|(b, _)| *b).count();
-    let last_rev = results.iter().map(|(_, r)| *r).max().unwrap_or(0);
+    let written = results.iter().filter_map(|r| r.as_ref().ok());
+    let bound = written.clone().filter(|(b, _)| *b).count();
+    let last_rev = written.map(|(_, r)| *r).max().unwrap_or(0);
     // The next pass must see these writes, or it would place the same pods again.
     if last_rev > 0 {
         pods.wait_for(last_rev, Duration::from_secs(5)).await;
     }
-    bound
+    match results.into_iter().find_map(Result::err) {
+        Some(e) => Err(e),
+        None => Ok(bound),
+    }
 }
 
 /// Binds `pod` to `node` and marks it scheduled; the revision of the bind, or `None` when it
-/// did not happen (the pod changed or is gone: the next pass decides again).
-async fn bind<C: Client>(client: &C, pod: &Pod, node: &str) -> Option<u64> {
+/// did not happen because the pod changed or is gone (its change queues the next pass); any other
+/// failure is the pass's error.
+async fn bind<C: Client>(client: &C, pod: &Pod, node: &str) -> Result<Option<u64>, ClientError> {
     let ns = pod.metadata.namespace_or_default();
     let name = &pod.metadata.name;
     let mut next = pod.clone();
@@ -423,18 +430,19 @@ async fn bind<C: Client>(client: &C, pod: &Pod, node: &str) -> Option<u64> {
             if let Err(e) = client.replace_status(&status).await {
                 tracing::debug!(error = %e, "marking {ns}/{name} scheduled");
             }
-            Some(rev)
+            Ok(Some(rev))
         }
-        Err(e) if e.is_conflict() || e.is_not_found() => None,
+        Err(e) if e.is_conflict() || e.is_not_found() => Ok(None),
         Err(e) => {
             tracing::warn!(error = %e, "binding {ns}/{name} to {node}");
-            None
+            Err(e)
         }
     }
 }
 
-/// Writes `PodScheduled=False` with the reasons; the revision written, if any.
-async fn mark_unschedulable<C: Client>(client: &C, pod: &Pod, message: &str) -> Option<u64> {
+/// Writes `PodScheduled=False` with the reasons; the revision written, if any (`None` when the
+/// pod changed or is gone).
+async fn mark_unschedulable<C: Client>(client: &C, pod: &Pod, message: &str) -> Result<Option<u64>, ClientError> {
     let ns = pod.metadata.namespace_or_default();
     let name = &pod.metadata.name;
     let mut next = pod.clone();
@@ -451,12 +459,12 @@ async fn mark_unschedulable<C: Client>(client: &C, pod: &Pod, message: &str) -> 
     match client.replace_status(&next).await {
         Ok(written) => {
             tracing::info!(pod = %format!("{ns}/{name}"), "unschedulable: {message}");
-            written.metadata.revision()
+            Ok(written.metadata.revision())
         }
-        Err(e) if e.is_conflict() || e.is_not_found() => None,
+        Err(e) if e.is_conflict() || e.is_not_found() => Ok(None),
         Err(e) => {
             tracing::warn!(error = %e, "marking {ns}/{name} unschedulable");
-            None
+            Err(e)
         }
     }
 }
@@ -480,9 +488,10 @@ pub fn controller<C: Client>(ctx: &Context<C>) -> Controller {
     Controller::new("scheduler").watches(&ctx.nodes, |_: &Node| vec![pass_key()]).watches(&ctx.pods, |_: &Pod| vec![pass_key()]).resync_every(RESYNC, || vec![pass_key()])
 }
 
-/// One pass, as a reconcile (its writes' failures are retried by the next pass).
+/// One pass, as a reconcile: a failed write fails it, and the pass is backed off (a conflict or
+/// a pod gone is no failure: the pod's change queues the next pass).
 async fn reconcile<C: Client>(_key: ObjectKey, ctx: Arc<Context<C>>) -> Result<Action, ClientError> {
-    pass(&ctx.client, &ctx.nodes, &ctx.pods).await;
+    pass(&ctx.client, &ctx.nodes, &ctx.pods).await?;
     Ok(Action::AwaitChange)
 }
 

@@ -115,3 +115,51 @@ fn a_thousand_pods_of_ten_owners_spread_evenly_over_a_thousand_nodes() {
     assert_eq!(most, 1, "no node holds two pods of one owner while others hold none");
     eprintln!("placed 1000 pods on 1000 nodes in {elapsed:?} ({:.0} pods/s)", 1_000.0 / elapsed.as_secs_f64());
 }
+
+/// The scheduler on the fake API and tokio's paused clock: failing binds back the pass off (0.5 s,
+/// then 1 s), a new pod is placed at once, and a pod that fits nowhere is marked and then placed
+/// as soon as a node comes.
+#[tokio::test(start_paused = true)]
+async fn the_scheduler_on_the_fake_api_backs_off_failing_binds_and_places_pods_as_they_come() {
+    use crate::api::resource::PODS;
+    use crate::runtime::fake::FakeClient;
+    use tokio::time::Instant;
+    async fn until(what: &str, within: Duration, check: impl Fn() -> bool) -> Duration {
+        let started = Instant::now();
+        while !check() {
+            assert!(started.elapsed() < within, "not within {within:?}: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        started.elapsed()
+    }
+    let fake = FakeClient::new();
+    fake.ready_node("w1").await;
+    let named = |name: &str, cpu: &str| {
+        let mut p = pod(name, cpu, "64Mi", None);
+        p.metadata.namespace = Some("default".into());
+        p
+    };
+    let task = tokio::spawn(run(fake.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fake.fail_next("replace", &PODS, 2, 500);
+    fake.create(&named("p1", "100m")).await.unwrap();
+    let node_of = |name: &str| fake.objects::<Pod>().into_iter().find(|p| p.metadata.name == name).and_then(|p| p.spec.node_name);
+    let took = until("p1 is bound", Duration::from_secs(10), || node_of("p1").is_some()).await;
+    assert!(took >= Duration::from_millis(1500) && took < RESYNC, "bound after two back-offs, before a resync: {took:?}");
+
+    // A new pod: placed at once.
+    fake.create(&named("p2", "100m")).await.unwrap();
+    until("p2 is bound at once", Duration::from_millis(200), || node_of("p2").is_some()).await;
+
+    // A pod too big for w1: marked unschedulable; a bigger node comes and it is placed there.
+    fake.create(&named("big", "3")).await.unwrap();
+    let condition = || fake.objects::<Pod>().into_iter().find(|p| p.metadata.name == "big").and_then(|p| p.condition("PodScheduled").cloned());
+    until("big is marked unschedulable", Duration::from_millis(200), || condition().is_some_and(|c| c.status == "False")).await;
+    let mut bigger = crate::api::Node::new("w2");
+    bigger.status.allocatable = [("cpu".to_string(), "8".to_string()), ("memory".to_string(), "8Gi".to_string())].into();
+    bigger.status.conditions = fake.objects::<crate::api::Node>()[0].status.conditions.clone();
+    let created = fake.create(&bigger).await.unwrap();
+    fake.replace_status(&crate::api::Node { metadata: created.metadata, ..bigger }).await.unwrap();
+    until("big is bound to the new node", Duration::from_millis(200), || node_of("big").as_deref() == Some("w2")).await;
+    task.abort();
+}
