@@ -1,5 +1,5 @@
-//! The REST verbs on any registered resource: get, list, create, update (PUT), patch (JSON merge
-//! patch), delete; watch is in [`super::watch`].
+//! The REST verbs on any registered resource: get, list, create, update (PUT), patch (merge,
+//! strategic merge and JSON patch, in [`super::patch`]), delete; watch is in [`super::watch`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,11 +13,13 @@ use serde_json::{Value, json};
 use super::auth::{self, Attributes, Decision, Identity, Verb};
 use super::error::ApiError;
 use super::objects::{self, FieldValidation, meta_str, with_revision};
+use super::patch::{self, PatchError, PatchType};
 use super::selectors::Selectors;
 use super::store::StoreError;
 use super::target::Target;
 use super::{AppState, csr, scale, table, watch};
 use crate::api::resource;
+use crate::api::schema::schema_for;
 
 /// How often an update without a precondition is retried when another write slips in between.
 const UNCONDITIONAL_RETRIES: usize = 5;
@@ -282,24 +284,41 @@ async fn patch(
     mode: FieldValidation,
 ) -> Result<Response, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let media = content_type.split(';').next().unwrap_or("").trim();
-    if media != "application/merge-patch+json" {
-        return Err(ApiError::unsupported_media_type(content_type));
-    }
+    let Some(kind) = PatchType::from_content_type(content_type) else { return Err(ApiError::unsupported_media_type(content_type)) };
     authorize(state, identity, target, Verb::Patch, None).await?;
     let patch: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
-    let requested = requested_revision(&patch, target)?;
+    // A merge patch may carry `metadata.resourceVersion` as a precondition; a JSON patch states
+    // its own (`test`), and one that changes the version is refused as Kubernetes does.
+    let requested = if kind == PatchType::Json { None } else { requested_revision(&patch, target)? };
     let unknown = Mutex::new(Vec::new());
     let written = write_back(state, target, requested, |stored| {
-        let mut patched = stored.clone();
-        objects::merge_patch(&mut patched, &patch);
-        objects::check_type(target.resource, &mut patched).map_err(ApiError::bad_request)?;
+        let mut patched = patch_object(kind, stored, &patch, target)?;
         check_identity(&mut patched, target)?;
         validated(target, objects::merge_update(stored, patched, status_only), mode, &unknown)
     })
     .await?;
     let unknown = unknown.into_inner().unwrap_or_default();
     Ok(with_warnings(Json(written).into_response(), &unknown, mode))
+}
+
+/// `patch` applied to `stored` (which carries its `resourceVersion`); the patch's own errors as
+/// Kubernetes answers them (400 for a malformed patch, 422 for one that does not apply, 409 for
+/// a JSON patch that changes the version).
+pub(super) fn patch_object(kind: PatchType, stored: &Value, patch: &Value, target: &Target) -> Result<Value, ApiError> {
+    let (rt, name) = (target.resource, name_of(target));
+    let patched = patch::apply(kind, stored, patch, schema_for(rt)).map_err(|e| patch_error(e, target))?;
+    if kind == PatchType::Json && meta_str(&patched, "resourceVersion") != meta_str(stored, "resourceVersion") {
+        return Err(ApiError::conflict(rt, name));
+    }
+    Ok(patched)
+}
+
+/// A patch's error as the API answers it: 400 when malformed, 422 `Invalid` when it does not apply.
+pub(super) fn patch_error(e: PatchError, target: &Target) -> ApiError {
+    match e {
+        PatchError::BadRequest(m) => ApiError::bad_request(m),
+        PatchError::Unprocessable(m) => ApiError::invalid(target.resource, name_of(target), m),
+    }
 }
 
 async fn delete(state: &AppState, identity: &Identity, target: &Target, body: &[u8]) -> Result<Response, ApiError> {

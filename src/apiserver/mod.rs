@@ -27,6 +27,7 @@ pub mod discovery;
 pub mod error;
 mod handlers;
 pub mod objects;
+pub mod patch;
 mod scale;
 mod table;
 pub mod selectors;

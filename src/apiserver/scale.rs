@@ -1,6 +1,6 @@
 //! The `scale` subresource of deployments, as `kubectl scale` uses it: an `autoscaling/v1` `Scale`
 //! view (`spec.replicas`, `status.replicas`, `status.selector`) of the Deployment, read with GET and
-//! written with PUT or a merge patch; a write changes only the Deployment's `spec.replicas`.
+//! written with PUT or a patch (merge, strategic merge or JSON); a write changes only the Deployment's `spec.replicas`.
 
 use axum::Json;
 use axum::http::{HeaderMap, Method, header};
@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use super::auth::{Identity, Verb};
 use super::error::ApiError;
-use super::handlers::{authorize, write_back};
+use super::handlers::{authorize, patch_error, write_back};
+use super::patch::{self, PatchType};
 use super::objects::{self, with_revision};
 use super::target::Target;
 use super::AppState;
@@ -68,27 +69,32 @@ pub(crate) async fn serve(state: &AppState, identity: &Identity, target: &Target
             .ok_or_else(|| ApiError::not_found(target.resource, name))?;
         return Ok(Json(scale_of(&with_revision(stored.value, stored.mod_rev))).into_response());
     }
-    let incoming: Value = if verb == Verb::Patch {
+    let kind = if verb == Verb::Patch {
         let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        // For a Scale's scalar fields a strategic merge patch means the same as a merge patch.
-        if !matches!(content_type.split(';').next().unwrap_or("").trim(), "application/merge-patch+json" | "application/strategic-merge-patch+json") {
-            return Err(ApiError::unsupported_media_type(content_type));
-        }
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?
+        Some(PatchType::from_content_type(content_type).ok_or_else(|| ApiError::unsupported_media_type(content_type))?)
     } else {
-        objects::parse_object(body).map_err(ApiError::bad_request)?
+        None
+    };
+    let incoming: Value = match kind {
+        Some(_) => serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?,
+        None => objects::parse_object(body).map_err(ApiError::bad_request)?,
     };
     let requested = match incoming.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|v| !v.is_empty()) {
         Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("{v:?} is not a resource version")))?),
         None => None,
     };
     let written = write_back(state, target, requested, |stored| {
-        let mut scale = scale_of(stored);
-        if verb == Verb::Patch {
-            objects::merge_patch(&mut scale, &incoming);
-        } else {
-            scale = incoming.clone();
-        }
+        // A Scale has no lists: a strategic merge patch of it is a merge patch; a JSON patch
+        // addresses the Scale's fields.
+        let scale = match kind {
+            Some(PatchType::Json) => patch::apply(PatchType::Json, &scale_of(stored), &incoming, None).map_err(|e| patch_error(e, target))?,
+            Some(_) => {
+                let mut scale = scale_of(stored);
+                objects::merge_patch(&mut scale, &incoming);
+                scale
+            }
+            None => incoming.clone(),
+        };
         let replicas = wanted_replicas(&scale)?;
         let mut next = stored.clone();
         next["spec"]["replicas"] = json!(replicas);

@@ -534,6 +534,52 @@ async fn merge_patch_changes_what_it_names_and_keeps_the_rest() {
     server.stop().await;
 }
 
+/// kubectl's patches through the server: strategic merge (its default), JSON patch (`rollout
+/// undo`, `patch --type json`), on the object, its status and its scale.
+#[tokio::test]
+async fn strategic_merge_and_json_patches_apply_on_objects_status_and_scale() {
+    const SMP: &str = "application/strategic-merge-patch+json";
+    const JSON_PATCH: &str = "application/json-patch+json";
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+            "containers": [{"name": "app", "image": "app:1", "env": [{"name": "A", "value": "1"}]}, {"name": "side", "image": "side:1"}]}}}
+    });
+    admin.create(&DEPLOYMENTS, Some("default"), &deployment).await.unwrap();
+    let path = "/apis/apps/v1/namespaces/default/deployments/web";
+    // `kubectl set image deployment/web app=app:2` sends this.
+    let patched = admin.patch_path(path, SMP, &json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:2"}]}}}})).await.unwrap();
+    let containers = &patched["spec"]["template"]["spec"]["containers"];
+    assert_eq!((containers[0]["image"].as_str(), containers[1]["image"].as_str()), (Some("app:2"), Some("side:1")), "{containers}");
+    assert_eq!(containers[0]["env"][0]["name"], "A");
+    // JSON patch with a precondition, and one whose test fails.
+    let rv = patched["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let ops = json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv}, {"op": "replace", "path": "/spec/replicas", "value": 3}]);
+    let patched = admin.patch_path(path, JSON_PATCH, &ops).await.unwrap();
+    assert_eq!(patched["spec"]["replicas"], 3);
+    assert_eq!(code(admin.patch_path(path, JSON_PATCH, &ops).await), 422, "the version moved on: the test op fails");
+    // A patch whose result breaks the schema is refused with the field's path, and nothing changes.
+    let err = admin.patch_path(path, JSON_PATCH, &json!([{"op": "replace", "path": "/spec/replicas", "value": "three"}])).await.unwrap_err();
+    assert_eq!(err.code(), Some(422));
+    assert!(err.to_string().contains("spec.replicas"), "{err}");
+    let err = admin.patch_path(path, SMP, &json!({"spec": {"template": {"spec": {"containers": [{"image": "keyless"}]}}}})).await.unwrap_err();
+    assert_eq!(err.code(), Some(422), "{err}");
+    assert_eq!(code(admin.patch_path(path, SMP, &json!([1])).await), 400);
+    assert_eq!(code(admin.patch_path(path, "application/apply-patch+yaml", &json!({})).await), 415);
+    let stored: Value = admin.get(&DEPLOYMENTS, Some("default"), "web").await.unwrap();
+    assert_eq!((stored["spec"]["replicas"].as_i64(), stored["metadata"]["resourceVersion"].as_str()), (Some(3), patched["metadata"]["resourceVersion"].as_str()));
+    // The status and scale subresources take them too.
+    let status = admin.patch_path(&format!("{path}/status"), SMP, &json!({"status": {"conditions": [{"type": "Available", "status": "True"}]}})).await.unwrap();
+    assert_eq!(status["status"]["conditions"][0]["type"], "Available");
+    let scale = admin.patch_path(&format!("{path}/scale"), JSON_PATCH, &json!([{"op": "replace", "path": "/spec/replicas", "value": 5}])).await.unwrap();
+    assert_eq!(scale["spec"]["replicas"], 5);
+    let scale = admin.patch_path(&format!("{path}/scale"), SMP, &json!({"spec": {"replicas": 2}})).await.unwrap();
+    assert_eq!(scale["spec"]["replicas"], 2);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn label_and_field_selectors_filter_lists_across_namespaces() {
     let server = TestServer::start().await;

@@ -421,6 +421,14 @@ impl ApiClient {
         self.json(Method::PATCH, &path, Some(("application/merge-patch+json", body)), &action).await
     }
 
+    /// Sends a patch of any format (`content_type`: `application/merge-patch+json`,
+    /// `application/strategic-merge-patch+json` or `application/json-patch+json`) to `path`.
+    pub async fn patch_path(&self, path: &str, content_type: &str, patch: &Value) -> Result<Value, ClientError> {
+        let action = format!("PATCH {path}");
+        let body = serde_json::to_vec(patch).map_err(|source| ClientError::Decode { action: action.clone(), source })?;
+        self.json(Method::PATCH, path, Some((content_type, body)), &action).await
+    }
+
     /// Deletes an object.
     pub async fn delete(&self, resource: &ResourceType, namespace: Option<&str>, name: &str) -> Result<(), ClientError> {
         let action = describe("deleting", resource, namespace, Some(name));
