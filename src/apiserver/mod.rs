@@ -8,7 +8,9 @@
 //! - [`handlers`]: get, list, create, update, patch, delete; [`watch`]: streaming watches.
 //! - [`objects`]: what happens to an object's JSON on its way in (server-owned metadata, status kept
 //!   apart from spec, merge patches); [`selectors`]: label and field selectors.
-//! - [`discovery`]: `/api`, `/apis` and the resource lists of each group version, for kubectl.
+//! - [`patch`]: strategic merge patch and JSON patch.
+//! - [`discovery`]: `/api`, `/apis` and the resource lists of each group version, for kubectl;
+//!   [`openapi`]: `/openapi/v2` (JSON and protobuf) and `/openapi/v3`, from the api types' schema.
 //! - [`table`]: `Table` answers to lists and gets for kubectl's printing.
 //! - [`scale`]: the `scale` subresource of deployments (`autoscaling/v1` `Scale`).
 //! - [`csr`]: node certificate signing requests, signed through the [`CsrSigner`] trait.
@@ -27,6 +29,7 @@ pub mod discovery;
 pub mod error;
 mod handlers;
 pub mod objects;
+pub mod openapi;
 pub mod patch;
 mod scale;
 mod table;
@@ -261,6 +264,13 @@ async fn resource(
     {
         return Json(document).into_response();
     }
+    if method == Method::GET && uri.path().starts_with("/openapi/") {
+        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        return match openapi::serve(uri.path(), accept) {
+            Some((content_type, body)) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
+            None => ApiError::no_route().into_response(),
+        };
+    }
     let path = uri.path().to_string();
     let verb = method.clone();
     match handlers::resource(state, identity.clone(), method, &path, query, headers, body).await {
@@ -318,11 +328,14 @@ async fn node_binary(State(state): State<AppState>, Extension(identity): Extensi
         .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
 }
 
+/// The Kubernetes version whose API this server speaks (in `/version` and the OpenAPI documents).
+pub const KUBERNETES_VERSION: &str = "v1.30.0";
+
 async fn version() -> Json<serde_json::Value> {
     Json(json!({
         "major": "1",
         "minor": "30",
-        "gitVersion": concat!("v1.30.0-clusterctl.", env!("CARGO_PKG_VERSION")),
+        "gitVersion": format!("{KUBERNETES_VERSION}-clusterctl.{}", env!("CARGO_PKG_VERSION")),
         "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
     }))
 }

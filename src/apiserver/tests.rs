@@ -861,3 +861,85 @@ async fn field_validation_strict_refuses_warn_names_and_ignore_drops_unknown_fie
     assert_eq!(loud.status().as_u16(), 400);
     server.stop().await;
 }
+
+/// The kubectl binaries of the compatibility tests: Debian's 1.20 (fetched into `.cache/kubectl`
+/// by `scripts/lib/ensure-kubectl`, as `scripts/test` does) and the newest on the machine's PATH.
+fn kubectl_binaries() -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join("scripts/lib/ensure-kubectl")).output().expect("running scripts/lib/ensure-kubectl");
+    assert!(out.status.success(), "ensure-kubectl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let debian = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().expect("ensure-kubectl prints the path").trim());
+    let newest = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("kubectl")).find(|p| p.is_file()))
+        .expect("a kubectl on PATH (this machine image ships 1.32)");
+    vec![debian, newest]
+}
+
+/// kubectl's everyday writes against the server, with Debian's 1.20 (which validates manifests
+/// itself, from the protobuf `/openapi/v2`) and the newest (which learns from `/openapi/v3` that
+/// the server validates and sends `fieldValidation=Strict`): `apply` creating, then a changed
+/// manifest (a strategic merge patch computed from the last-applied annotation), `patch` in its
+/// default (strategic) and JSON forms, a manifest with an unknown field refused naming it, and
+/// `explain`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_patch_and_explain_work_with_kubectl_1_20_and_the_newest() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = server.ca.client("admin", &["system:masters"]);
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: admin\ncurrent-context: t\n",
+        server.url,
+        STANDARD.encode(&server.ca.pem),
+        STANDARD.encode(&cert),
+        STANDARD.encode(&key)
+    );
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(&kubeconfig, config).unwrap();
+    for (n, bin) in kubectl_binaries().into_iter().enumerate() {
+        let ns = format!("k{n}");
+        let kubectl = |args: Vec<String>| {
+            let (bin, kubeconfig, home) = (bin.clone(), kubeconfig.clone(), dir.path().to_path_buf());
+            async move {
+                let out = tokio::process::Command::new(&bin).args(&args).env("KUBECONFIG", kubeconfig).env("HOME", home).output().await.expect("running kubectl");
+                (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+            }
+        };
+        let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let version = kubectl(args("version --client")).await.1;
+        let manifest = |image: &str, extra: &str| {
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {ns}\nspec:\n  replicas: 1\n{extra}  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n      - name: app\n        image: {image}\n        resources:\n          requests:\n            cpu: 100m\n            memory: 64Mi\n      - name: side\n        image: side:1\n"
+            )
+        };
+        let file = dir.path().join(format!("web-{n}.yaml"));
+        let apply = |text: String| {
+            let (file, kubectl) = (file.clone(), &kubectl);
+            async move {
+                std::fs::write(&file, text).unwrap();
+                kubectl(vec!["apply".into(), "-f".into(), file.display().to_string()]).await
+            }
+        };
+        let (ok, out) = apply(manifest("app:1", "")).await;
+        assert!(ok && out.contains("created"), "{version}: kubectl apply (create):\n{out}");
+        let (ok, out) = apply(manifest("app:2", "")).await;
+        assert!(ok && out.contains("configured"), "{version}: kubectl apply (change):\n{out}");
+        let stored: Value = admin.get(&DEPLOYMENTS, Some(&ns), "web").await.unwrap();
+        let containers = &stored["spec"]["template"]["spec"]["containers"];
+        assert_eq!((containers[0]["image"].as_str(), containers[1]["image"].as_str()), (Some("app:2"), Some("side:1")), "{version}: {containers}");
+        let (ok, out) = kubectl(vec!["-n".into(), ns.clone(), "patch".into(), "deployment".into(), "web".into(), "-p".into(), r#"{"spec":{"replicas":3}}"#.into()]).await;
+        assert!(ok, "{version}: kubectl patch:\n{out}");
+        let (ok, out) = kubectl(vec!["-n".into(), ns.clone(), "patch".into(), "deployment".into(), "web".into(), "--type".into(), "json".into(), "-p".into(), r#"[{"op":"replace","path":"/spec/template/spec/containers/1/image","value":"side:2"}]"#.into()]).await;
+        assert!(ok, "{version}: kubectl patch --type json:\n{out}");
+        let stored: Value = admin.get(&DEPLOYMENTS, Some(&ns), "web").await.unwrap();
+        assert_eq!((stored["spec"]["replicas"].as_i64(), stored["spec"]["template"]["spec"]["containers"][1]["image"].as_str()), (Some(3), Some("side:2")));
+        // An unknown field: refused, by name, and nothing changes.
+        let (ok, out) = apply(manifest("app:3", "  replicaz: 2\n")).await;
+        assert!(!ok && out.contains("replicaz"), "{version}: a manifest with an unknown field:\n{out}");
+        let stored: Value = admin.get(&DEPLOYMENTS, Some(&ns), "web").await.unwrap();
+        assert_eq!(stored["spec"]["template"]["spec"]["containers"][0]["image"], "app:2");
+        let (ok, out) = kubectl(args("explain deployment.spec.replicas")).await;
+        assert!(ok && out.contains("replicas") && out.contains("integer"), "{version}: kubectl explain:\n{out}");
+    }
+    server.stop().await;
+}
