@@ -70,7 +70,13 @@ pub fn reported_status(config: &AgentConfig, host: &host::HostInfo, previous: Op
         }],
         node_info: Some(NodeSystemInfo {
             machine_id: host.machine_id.clone(),
+            system_uuid: host.system_uuid.clone(),
+            boot_id: host.boot_id.clone(),
+            kernel_version: host.kernel_version.clone(),
+            container_runtime_version: host.container_runtime_version.clone(),
             kubelet_version: concat!("clusterctl-", env!("CARGO_PKG_VERSION")).into(),
+            // The service proxy runs inside the agent: the same binary.
+            kube_proxy_version: concat!("clusterctl-", env!("CARGO_PKG_VERSION")).into(),
             os_image: host.os_image.clone(),
             architecture: std::env::consts::ARCH.into(),
             operating_system: "linux".into(),
@@ -137,7 +143,7 @@ async fn renew_lease(client: &ApiClient, config: &AgentConfig) -> Result<(), Cli
 /// and write the status every `status_every` (and whenever the node is not shown Ready).
 pub async fn run(client: ApiClient, config: AgentConfig) {
     tokio::spawn(run_pods(client.clone(), config.node_name.clone(), config.internal_ip));
-    let host = host::HostInfo::read();
+    let mut host = host::HostInfo::read();
     let mut last_status = None::<tokio::time::Instant>;
     let mut ticker = tokio::time::interval(config.heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -145,6 +151,12 @@ pub async fn run(client: ApiClient, config: AgentConfig) {
         ticker.tick().await;
         if let Err(e) = renew_lease(&client, &config).await {
             tracing::warn!(error = %e, "renewing the node lease");
+        }
+        if host.container_runtime_version.is_empty()
+            && let Some(v) = runtime::docker::runtime_version().await
+        {
+            host.container_runtime_version = v;
+            last_status = None;
         }
         let due = last_status.is_none_or(|t| t.elapsed() >= config.status_every);
         let shown_ready = client.get::<Node>(&NODES, None, &config.node_name).await.is_ok_and(|n| n.is_ready());
@@ -198,7 +210,16 @@ mod tests {
     }
 
     fn host() -> host::HostInfo {
-        host::HostInfo { cpus: 2, memory_kib: 2048 * 1024, machine_id: "m-1".into(), os_image: "Debian GNU/Linux 12".into() }
+        host::HostInfo {
+            cpus: 2,
+            memory_kib: 2048 * 1024,
+            machine_id: "m-1".into(),
+            os_image: "Debian GNU/Linux 12".into(),
+            boot_id: "b-1".into(),
+            kernel_version: "6.1.0".into(),
+            system_uuid: "u-1".into(),
+            container_runtime_version: "docker://20.10.24".into(),
+        }
     }
 
     #[test]
@@ -249,5 +270,19 @@ mod tests {
         assert_eq!(kept.conditions[0].last_transition_time, Some(long_ago));
         let renewed = reported_status(&config("p"), &host(), Some(&shown("Unknown")));
         assert!(renewed.conditions[0].last_transition_time > Some(long_ago), "a transition from Unknown to True is now");
+    }
+
+    /// Clients that check what Kubernetes always fills (the official Python client refuses a
+    /// `nodeInfo` without any of these) find every field, even one the machine could not read.
+    #[test]
+    fn node_info_carries_every_field_kubernetes_always_fills() {
+        let mut h = host();
+        h.system_uuid.clear();
+        let status = serde_json::to_value(reported_status(&config("p"), &h, None)).unwrap();
+        let info = status["nodeInfo"].as_object().unwrap();
+        for field in ["architecture", "bootID", "containerRuntimeVersion", "kernelVersion", "kubeProxyVersion", "kubeletVersion", "machineID", "operatingSystem", "osImage", "systemUUID"] {
+            assert!(info.get(field).is_some_and(serde_json::Value::is_string), "nodeInfo.{field} in {info:?}");
+        }
+        assert_eq!(info["containerRuntimeVersion"], "docker://20.10.24");
     }
 }

@@ -35,6 +35,8 @@ use crate::api::pod::{
 use crate::api::quantity::{IntOrString, Quantity};
 use crate::api::time::Time;
 use crate::client::ListOptions;
+use crate::api::event::{NORMAL, WARNING};
+use crate::runtime::events::Recorder;
 use crate::runtime::{Action, Backoff, Client, Controller, ObjectKey, Store};
 
 /// First crash-loop back-off.
@@ -107,6 +109,19 @@ pub struct PodSync<R: ContainerRuntime> {
     starting: Starts,
     /// Start of Docker container names (`k8s_`; tests use `clusterctl-test-`).
     name_prefix: String,
+    /// What the last syncs saw happen, to be reported as Events.
+    happened: Vec<Happening>,
+}
+
+/// Something that happened to a container of a pod, as the kubelet reports it in an Event
+/// (`Started`, `Failed`, `BackOff`, `Unhealthy`, `Killing`).
+#[derive(Debug, Clone)]
+pub struct Happening {
+    pub pod: Pod,
+    pub container: String,
+    pub event_type: &'static str,
+    pub reason: &'static str,
+    pub message: String,
 }
 
 /// Where a container start made in the background stands.
@@ -271,7 +286,7 @@ async fn step_probe<R: ContainerRuntime>(runtime: &R, spec: Option<&Probe>, trac
 impl<R: ContainerRuntime> PodSync<R> {
     /// Pod sync for the node at `node_ip`.
     pub fn new(runtime: Arc<R>, node_ip: IpAddr) -> Self {
-        PodSync { runtime, node_ip, pods: HashMap::new(), terminating: Arc::default(), starting: Arc::default(), name_prefix: "k8s_".into() }
+        PodSync { runtime, node_ip, pods: HashMap::new(), terminating: Arc::default(), starting: Arc::default(), name_prefix: "k8s_".into(), happened: Vec::new() }
     }
 
     /// Names containers `<prefix><container>_<pod>_<namespace>_<uid>_<attempt>`.
@@ -344,7 +359,9 @@ impl<R: ContainerRuntime> PodSync<R> {
 
         // Pods are synced concurrently: a node starting 30 pods waits for Docker once, not 30 times.
         let started = Mutex::new(Vec::new());
+        let happened = Mutex::new(Vec::new());
         let env = SyncEnv {
+            happened: &happened,
             runtime: &*self.runtime,
             shared: &self.runtime,
             prefix: &self.name_prefix,
@@ -361,6 +378,7 @@ impl<R: ContainerRuntime> PodSync<R> {
             Some(async move { (pod, sync_pod(env, track, pod, containers, now).await) })
         });
         let results = futures::future::join_all(work).await;
+        self.happened.extend(happened.into_inner().unwrap_or_else(|e| e.into_inner()));
         let started = started.into_inner().unwrap_or_else(|e| e.into_inner());
         if !started.is_empty() {
             let _ = tokio::time::timeout(START_WAIT, futures::future::join_all(started)).await;
@@ -381,6 +399,11 @@ impl<R: ContainerRuntime> PodSync<R> {
         Ok(updates)
     }
 
+    /// What happened since the last call, to report as Events.
+    pub fn take_happenings(&mut self) -> Vec<Happening> {
+        std::mem::take(&mut self.happened)
+    }
+
     /// Remembers that `status` was written for the pod `uid`.
     pub fn written(&mut self, uid: &str, status: PodStatus) {
         if let Some(t) = self.pods.get_mut(uid) {
@@ -391,6 +414,8 @@ impl<R: ContainerRuntime> PodSync<R> {
 
 /// What every pod's sync shares.
 struct SyncEnv<'a, R> {
+    /// What this sync saw happen.
+    happened: &'a Mutex<Vec<Happening>>,
     runtime: &'a R,
     shared: &'a Arc<R>,
     prefix: &'a str,
@@ -401,6 +426,14 @@ struct SyncEnv<'a, R> {
     /// When the containers this sync works from were listed.
     listed_at: Instant,
     node_ip: IpAddr,
+}
+
+impl<R> SyncEnv<'_, R> {
+    /// Notes that `reason` happened to `container` of `pod`, to be reported as an Event.
+    fn happen(&self, pod: &Pod, container: &str, event_type: &'static str, reason: &'static str, message: String) {
+        let happening = Happening { pod: pod.clone(), container: container.into(), event_type, reason, message };
+        self.happened.lock().unwrap_or_else(|e| e.into_inner()).push(happening);
+    }
 }
 
 /// Syncs one pod; returns its status when it differs from the last one written, and the
@@ -432,8 +465,10 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
         let start_key = format!("{}/{cname}", pod.metadata.uid);
         if current.is_some() {
             let mut starting = env.starting.lock().unwrap_or_else(|e| e.into_inner());
-            if matches!(starting.get(&start_key), Some(Start::Done(..))) {
-                starting.remove(&start_key);
+            if matches!(starting.get(&start_key), Some(Start::Done(..)))
+                && let Some(Start::Done(_, Ok(()))) = starting.remove(&start_key)
+            {
+                env.happen(pod, &cname, NORMAL, "Started", format!("Started container {cname}"));
             }
         }
         for extra in found {
@@ -463,6 +498,8 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
                 step_probe(env.runtime, spec.readiness_probe.as_ref(), &mut ct.readiness, since, spec, &c, now).await;
                 if !ct.liveness.passing {
                     tracing::info!(pod = %pod.metadata.name, container = %cname, "liveness probe failed; restarting");
+                    env.happen(pod, &cname, WARNING, "Unhealthy", "Liveness probe failed".into());
+                    env.happen(pod, &cname, NORMAL, "Killing", format!("Container {cname} failed liveness probe, will be restarted"));
                     to_terminate.push((c.id.clone(), grace, false));
                     ct.liveness = HealthTrack { passing: true, ..Default::default() };
                 }
@@ -494,6 +531,10 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
                         start(env, start_key, pod, spec, ct).await;
                         infos.insert(cname, None);
                     } else {
+                        if ct.waiting.as_ref().is_none_or(|(reason, _)| reason != "CrashLoopBackOff") {
+                            let message = format!("Back-off restarting failed container {cname} in pod {}_{}({})", pod.metadata.name, pod.metadata.namespace_or_default(), pod.metadata.uid);
+                            env.happen(pod, &cname, WARNING, "BackOff", message);
+                        }
                         ct.waiting = Some(("CrashLoopBackOff".into(), format!("back-off {}s restarting failed container {cname}", ct.backoff.as_secs())));
                         infos.insert(cname, Some(c));
                     }
@@ -531,6 +572,7 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
             // Started after the containers were listed: the next sync sees it.
             Some(Start::Done(at, Ok(()))) if *at >= env.listed_at => return,
             Some(Start::Done(_, Err(why))) => {
+                env.happen(pod, &spec.name, WARNING, "Failed", format!("Error: {}", why.1));
                 ct.waiting = Some(why.clone());
                 starting.remove(&key);
                 return;
@@ -547,6 +589,9 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
         Ok(true) => {}
         Ok(false) => {
             let reason = if never { "ErrImageNeverPull" } else { "ImageNotPresent" };
+            if ct.waiting.as_ref().is_none_or(|(r, _)| r != reason) {
+                env.happen(pod, &spec.name, WARNING, reason, format!("Container image {image:?} is not present on this node"));
+            }
             ct.waiting = Some((reason.into(), format!("image {image} is not present on this node; load it with `clusterctl image load` (nodes never pull)")));
             return;
         }
@@ -636,6 +681,7 @@ fn pod_status(pod: &Pod, track: &PodTrack, infos: &HashMap<String, Option<Contai
             state,
             last_state,
             container_id: info.as_ref().map(|c| format!("docker://{}", c.id)),
+            image_id: info.as_ref().filter(|c| !c.image_id.is_empty()).map(|c| format!("docker://{}", c.image_id)).unwrap_or_default(),
             ..Default::default()
         });
     }
@@ -698,6 +744,8 @@ pub struct Context<C, R: ContainerRuntime> {
     pub client: C,
     /// The pods bound to the node.
     pub pods: Store<Pod>,
+    /// Events about the node's pods, as the kubelet reports them (`kubelet` on this node).
+    events: Recorder<C>,
     sync: tokio::sync::Mutex<PodSync<R>>,
     checkpoint: Option<PathBuf>,
     /// The store revision last saved to the checkpoint.
@@ -709,7 +757,8 @@ impl<C: Client, R: ContainerRuntime> Context<C, R> {
     /// kept in `checkpoint`.
     pub fn new(client: C, sync: PodSync<R>, node_name: &str, checkpoint: Option<PathBuf>) -> Self {
         let pods = Store::reflect(client.clone(), None, ListOptions::fields(format!("spec.nodeName={node_name}")));
-        Context { client, pods, sync: tokio::sync::Mutex::new(sync), checkpoint, saved: std::sync::atomic::AtomicU64::new(0) }
+        let events = Recorder::new(client.clone(), "kubelet", node_name);
+        Context { client, pods, events, sync: tokio::sync::Mutex::new(sync), checkpoint, saved: std::sync::atomic::AtomicU64::new(0) }
     }
 }
 
@@ -742,7 +791,11 @@ async fn reconcile<C: Client, R: ContainerRuntime>(_key: ObjectKey, ctx: Arc<Con
         tracing::warn!(path = %path.display(), error = %e, "saving the pods checkpoint");
     }
     let mut sync = ctx.sync.lock().await;
-    let updates = sync.sync(&desired).await?;
+    let updates = sync.sync(&desired).await;
+    for h in sync.take_happenings() {
+        ctx.events.record_at(&h.pod, &format!("spec.containers{{{}}}", h.container), h.event_type, h.reason, h.message);
+    }
+    let updates = updates?;
     // The writes wait on the API server concurrently: a node that started 30 pods reports them in
     // a few round trips, not 30.
     let writes = updates.into_iter().filter_map(|u| {
@@ -940,6 +993,12 @@ mod tests {
         let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
         assert_eq!(container_status(&updates).restart_count, 4);
         assert_eq!(container_status(&updates).last_state.terminated.map(|t| t.exit_code), Some(1));
+        // As Events: each start, and one BackOff per crash (not one per sync while it waits).
+        let happened = sync.take_happenings();
+        let count = |reason: &str| happened.iter().filter(|h| h.reason == reason).count();
+        assert_eq!((count("Started"), count("BackOff")), (5, 4), "{happened:?}");
+        assert!(happened.iter().all(|h| h.container == "web" && h.pod.metadata.name == "web-1"));
+        assert!(container_status(&updates).image_id.starts_with("docker://sha256:"), "{:?}", container_status(&updates).image_id);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1173,7 +1232,7 @@ mod tests {
     }
 
     fn info_at(ip: &str) -> ContainerInfo {
-        ContainerInfo { id: "c1".into(), labels: BTreeMap::new(), running: true, exit_code: None, started_at: None, finished_at: None, ip: ip.parse().ok(), published: BTreeMap::new() }
+        ContainerInfo { id: "c1".into(), image_id: String::new(), labels: BTreeMap::new(), running: true, exit_code: None, started_at: None, finished_at: None, ip: ip.parse().ok(), published: BTreeMap::new() }
     }
 
     #[tokio::test]
@@ -1217,7 +1276,7 @@ mod tests {
         let container = wire["containerStatuses"][0].as_object().unwrap();
         let mut fields: Vec<&str> = container.keys().map(String::as_str).collect();
         fields.sort();
-        assert_eq!(fields, ["containerID", "image", "name", "ready", "restartCount", "started", "state"]);
+        assert_eq!(fields, ["containerID", "image", "imageID", "name", "ready", "restartCount", "started", "state"], "imageID always, as Kubernetes writes it");
         assert!(wire["containerStatuses"][0]["state"]["running"]["startedAt"].is_string());
         assert_eq!(wire["publishedPorts"][0]["containerName"], "web");
         assert_eq!(wire["podIPs"][0]["ip"], "10.0.1.5");

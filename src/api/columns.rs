@@ -17,6 +17,7 @@ pub fn header(rt: &ResourceType) -> &'static [&'static str] {
         resource::REPLICA_SETS => &["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
         resource::SERVICES => &["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
         resource::ENDPOINTS => &["NAME", "ENDPOINTS", "AGE"],
+        resource::EVENTS => &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         _ => &["NAME", "AGE"],
     }
 }
@@ -30,8 +31,17 @@ pub fn row(rt: &ResourceType, item: &Value) -> Vec<String> {
         resource::REPLICA_SETS => replica_set_row(item),
         resource::SERVICES => service_row(item),
         resource::ENDPOINTS => endpoints_row(item),
+        resource::EVENTS => typed_row(rt, item, event_row),
         _ => vec![s(item, "/metadata/name"), created(item)],
     }
+}
+
+/// An event as `kubectl get events` lists it: `2m  Normal  Scheduled  pod/web-1  Successfully ...`.
+pub fn event_row(e: &super::event::Event) -> Vec<String> {
+    let object = format!("{}/{}", e.involved_object.kind.to_lowercase(), e.involved_object.name);
+    let seen = age(e.last_seen());
+    let seen = if e.count > 1 { format!("{seen} (x{})", e.count) } else { seen };
+    vec![seen, e.event_type.clone(), e.reason.clone(), object, e.message.clone()]
 }
 
 /// The row of an object of a typed kind; one that does not read as its kind (stored before the API

@@ -7,7 +7,8 @@
 //! - [`time`]: RFC 3339 timestamps (`Time` to the second, `MicroTime` to the microsecond).
 //! - Typed objects: [`node`] (`Node`), [`lease`] (`Lease`), [`certificates`]
 //!   (`CertificateSigningRequest`), [`config`] (`Secret`, `ConfigMap`), [`pod`] (`Pod`, `Container`,
-//!   probes, status), [`deployment`] (`Deployment`, `ReplicaSet`), [`service`] (`Service`, `Endpoints`).
+//!   probes, status), [`deployment`] (`Deployment`, `ReplicaSet`), [`service`] (`Service`, `Endpoints`),
+//!   [`event`] (`Event`).
 //! - [`machinepool`]: `MachinePool`, a worker pool's desired size and what the machine controller saw.
 //! - [`columns`]: the columns each kind of object is listed with (`clusterctl get`, kubectl's Tables).
 //! - [`quantity`]: resource quantities (`500m`, `64Mi`) and `IntOrString`.
@@ -19,6 +20,7 @@ pub mod certificates;
 pub mod columns;
 pub mod config;
 pub mod deployment;
+pub mod event;
 pub mod lease;
 pub mod machinepool;
 pub mod meta;

@@ -130,19 +130,21 @@ pub struct NodeCondition {
 pub struct NodeSystemInfo {
     #[serde(default, rename = "machineID")]
     pub machine_id: String,
-    #[serde(default, rename = "systemUUID", skip_serializing_if = "String::is_empty")]
+    #[serde(default, rename = "systemUUID")]
     pub system_uuid: String,
-    #[serde(default, rename = "bootID", skip_serializing_if = "String::is_empty")]
+    #[serde(default, rename = "bootID")]
     pub boot_id: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(default)]
     pub kernel_version: String,
     #[serde(default)]
     pub os_image: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(default)]
     pub container_runtime_version: String,
     #[serde(default)]
     pub kubelet_version: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(default)]
+    pub kube_proxy_version: String,
+    #[serde(default)]
     pub operating_system: String,
     #[serde(default)]
     pub architecture: String,

@@ -527,8 +527,10 @@ pub struct ContainerStatus {
     pub container_id: Option<String>,
     #[serde(default)]
     pub image: String,
-    #[serde(default, rename = "imageID", skip_serializing_if = "Option::is_none")]
-    pub image_id: Option<String>,
+    /// The image the container runs, by content (`docker://sha256:...`); always present, as
+    /// Kubernetes writes it (clients such as the Python one require it).
+    #[serde(default, rename = "imageID")]
+    pub image_id: String,
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: UnknownFields,
@@ -716,7 +718,7 @@ mod tests {
             },
             "status": {"phase": "Running", "qosClass": "Burstable",
                        "conditions": [{"type": "Ready", "status": "True", "observedGeneration": 4}],
-                       "containerStatuses": [{"name": "web", "ready": true, "restartCount": 0, "image": "busybox:1",
+                       "containerStatuses": [{"name": "web", "ready": true, "restartCount": 0, "image": "busybox:1", "imageID": "",
                                               "state": {"running": {"startedAt": "2026-01-01T00:00:01Z"}, "future": {}},
                                               "volumeMounts": []}]}
         });

@@ -27,6 +27,7 @@ pub const PODS: ResourceType = core("pods", "Pod", true);
 pub const SERVICES: ResourceType = core("services", "Service", true);
 pub const ENDPOINTS: ResourceType = core("endpoints", "Endpoints", true);
 pub const CONFIG_MAPS: ResourceType = core("configmaps", "ConfigMap", true);
+pub const EVENTS: ResourceType = core("events", "Event", true);
 pub const SECRETS: ResourceType = core("secrets", "Secret", true);
 pub const DEPLOYMENTS: ResourceType =
     ResourceType { group: "apps", version: "v1", plural: "deployments", kind: "Deployment", namespaced: true };
@@ -54,6 +55,7 @@ pub const ALL: &[ResourceType] = &[
     ENDPOINTS,
     CONFIG_MAPS,
     SECRETS,
+    EVENTS,
     DEPLOYMENTS,
     REPLICA_SETS,
     LEASES,

@@ -47,6 +47,7 @@ fn kinds() -> &'static [Kind] {
             kind::<super::service::Endpoints>(resource::ENDPOINTS),
             kind::<super::ConfigMap>(resource::CONFIG_MAPS),
             kind::<super::Secret>(resource::SECRETS),
+            kind::<super::event::Event>(resource::EVENTS),
             kind::<super::deployment::Deployment>(resource::DEPLOYMENTS),
             kind::<super::deployment::ReplicaSet>(resource::REPLICA_SETS),
             kind::<super::Lease>(resource::LEASES),

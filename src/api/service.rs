@@ -203,6 +203,8 @@ pub struct EndpointAddress {
 #[serde(rename_all = "camelCase")]
 pub struct ObjectReference {
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub api_version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kind: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
@@ -210,6 +212,9 @@ pub struct ObjectReference {
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub uid: String,
+    /// A part of the object (`spec.containers{app}`), for events about one container.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub field_path: String,
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: UnknownFields,

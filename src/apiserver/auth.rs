@@ -152,10 +152,16 @@ fn authorize_node(node: &str, a: &Attributes<'_>) -> Decision {
         Verb::Create => {
             (*a.resource == resource::NODES && own && a.subresource.is_none())
                 || (*a.resource == resource::LEASES && own && a.namespace == Some(NODE_LEASE_NAMESPACE))
+                || *a.resource == resource::EVENTS
         }
         Verb::Update | Verb::Patch => {
             if *a.resource == resource::PODS && a.subresource == Some("status") {
                 return Decision::AllowIfPodOnNode(node.to_string());
+            }
+            // Events: a node reports what happens to its pods (and raises their counts), as a
+            // kubelet does.
+            if *a.resource == resource::EVENTS {
+                return if a.subresource.is_none() { Decision::Allow } else { Decision::Deny };
             }
             (*a.resource == resource::NODES && own && matches!(a.subresource, None | Some("status")))
                 || (*a.resource == resource::LEASES && own && a.namespace == Some(NODE_LEASE_NAMESPACE) && a.subresource.is_none())

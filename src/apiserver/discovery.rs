@@ -24,9 +24,19 @@ fn short_names(rt: &ResourceType) -> &'static [&'static str] {
         "services" => &["svc"],
         "endpoints" => &["ep"],
         "configmaps" => &["cm"],
+        "events" => &["ev"],
         "deployments" => &["deploy"],
         "replicasets" => &["rs"],
         "certificatesigningrequests" => &["csr"],
+        _ => &[],
+    }
+}
+
+/// The categories a resource belongs to: `all` (what `kubectl get all` lists) as Kubernetes puts
+/// pods, services, deployments and replica sets in it.
+fn categories(rt: &ResourceType) -> &'static [&'static str] {
+    match rt.plural {
+        "pods" | "services" | "deployments" | "replicasets" => &["all"],
         _ => &[],
     }
 }
@@ -83,6 +93,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             "kind": rt.kind,
             "verbs": VERBS,
             "shortNames": short_names(rt),
+            "categories": categories(rt),
         }));
         resources.push(json!({
             "name": format!("{}/status", rt.plural),

@@ -35,8 +35,9 @@ pub(crate) async fn resource(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let target = Target::parse(path)?;
+    let dry_run = dry_run(&query)?;
     if target.subresource.as_deref() == Some("scale") {
-        return scale::serve(&state, &identity, &target, &method, &headers, &body).await;
+        return scale::serve(&state, &identity, &target, &method, &headers, &body, dry_run).await;
     }
     let status_sub = target.subresource.is_some();
     match (&method, &target.name) {
@@ -51,13 +52,23 @@ pub(crate) async fn resource(
                 list(&state, &identity, &target, &selectors, &headers).await
             }
         }
-        (&Method::POST, None) => create(&state, &identity, target, &body, FieldValidation::from_query(&query)?).await,
-        (&Method::PUT, Some(_)) => update(&state, &identity, &target, &body, status_sub, FieldValidation::from_query(&query)?).await,
+        (&Method::POST, None) => create(&state, &identity, target, &body, FieldValidation::from_query(&query)?, dry_run).await,
+        (&Method::PUT, Some(_)) => update(&state, &identity, &target, &body, status_sub, FieldValidation::from_query(&query)?, dry_run).await,
         (&Method::PATCH, Some(_)) => {
-            patch(&state, &identity, &target, &headers, &body, status_sub, FieldValidation::from_query(&query)?).await
+            patch(&state, &identity, &target, &headers, &body, status_sub, FieldValidation::from_query(&query)?, dry_run).await
         }
-        (&Method::DELETE, Some(_)) if !status_sub => delete(&state, &identity, &target, &body).await,
+        (&Method::DELETE, Some(_)) if !status_sub => delete(&state, &identity, &target, &body, dry_run).await,
         _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// Whether a write is a dry run (`?dryRun=All`): it is authorized, admitted and validated as the
+/// real one would be, and answered with the object it would store, but nothing is stored.
+fn dry_run(query: &HashMap<String, String>) -> Result<bool, ApiError> {
+    match query.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!("dryRun: Unsupported value: {other:?}: supported values: \"All\""))),
     }
 }
 
@@ -135,7 +146,7 @@ async fn list(state: &AppState, identity: &Identity, target: &Target, selectors:
     .into_response())
 }
 
-async fn create(state: &AppState, identity: &Identity, mut target: Target, body: &[u8], mode: FieldValidation) -> Result<Response, ApiError> {
+async fn create(state: &AppState, identity: &Identity, mut target: Target, body: &[u8], mode: FieldValidation, dry_run: bool) -> Result<Response, ApiError> {
     let rt = target.resource;
     let mut object = objects::parse_object(body).map_err(ApiError::bad_request)?;
     objects::check_type(rt, &mut object).map_err(ApiError::bad_request)?;
@@ -176,6 +187,13 @@ async fn create(state: &AppState, identity: &Identity, mut target: Target, body:
         if *rt == resource::CERTIFICATE_SIGNING_REQUESTS {
             csr::admit(identity, &mut candidate, state.config.csr_signer.as_ref())?;
         }
+        if dry_run {
+            if state.store.get(&target.key(&name)).await.map_err(|e| ApiError::from_store(e, rt, &name))?.is_some() {
+                return Err(ApiError::already_exists(rt, &name));
+            }
+            let response = (StatusCode::CREATED, Json(candidate)).into_response();
+            return Ok(with_warnings(response, &unknown, mode));
+        }
         match state.store.create(&target.key(&name), candidate.clone()).await {
             Ok(rev) => {
                 let response = (StatusCode::CREATED, Json(with_revision(candidate, rev))).into_response();
@@ -191,7 +209,7 @@ async fn create(state: &AppState, identity: &Identity, mut target: Target, body:
 /// Reads the stored object, builds the new one with `build` and writes it with optimistic concurrency:
 /// a `resourceVersion` in the request must match; without one the write is retried on a race.
 /// Returns the written object with its new `resourceVersion`.
-pub(super) async fn write_back<F>(state: &AppState, target: &Target, requested_rev: Option<u64>, build: F) -> Result<Value, ApiError>
+pub(super) async fn write_back<F>(state: &AppState, target: &Target, requested_rev: Option<u64>, dry_run: bool, build: F) -> Result<Value, ApiError>
 where
     F: Fn(&Value) -> Result<Value, ApiError>,
 {
@@ -203,6 +221,9 @@ where
             return Err(ApiError::conflict(rt, name));
         }
         let next = build(&with_revision(stored.value.clone(), stored.mod_rev))?;
+        if dry_run {
+            return Ok(with_revision(next, stored.mod_rev));
+        }
         match state.store.update(&key, next.clone(), Some(stored.mod_rev)).await {
             Ok(rev) => return Ok(with_revision(next, rev)),
             Err(StoreError::Conflict { .. }) if requested_rev.is_none() => continue,
@@ -248,6 +269,7 @@ async fn update(
     body: &[u8],
     status_only: bool,
     mode: FieldValidation,
+    dry_run: bool,
 ) -> Result<Response, ApiError> {
     authorize(state, identity, target, Verb::Update, None).await?;
     let mut incoming = objects::parse_object(body).map_err(ApiError::bad_request)?;
@@ -255,7 +277,7 @@ async fn update(
     check_identity(&mut incoming, target)?;
     let requested = requested_revision(&incoming, target)?;
     let unknown = Mutex::new(Vec::new());
-    let written = write_back(state, target, requested, |stored| {
+    let written = write_back(state, target, requested, dry_run, |stored| {
         let next = objects::merge_update(stored, incoming.clone(), status_only);
         validated(target, next, mode, &unknown)
     })
@@ -282,6 +304,7 @@ async fn patch(
     body: &[u8],
     status_only: bool,
     mode: FieldValidation,
+    dry_run: bool,
 ) -> Result<Response, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let Some(kind) = PatchType::from_content_type(content_type) else { return Err(ApiError::unsupported_media_type(content_type)) };
@@ -291,7 +314,7 @@ async fn patch(
     // its own (`test`), and one that changes the version is refused as Kubernetes does.
     let requested = if kind == PatchType::Json { None } else { requested_revision(&patch, target)? };
     let unknown = Mutex::new(Vec::new());
-    let written = write_back(state, target, requested, |stored| {
+    let written = write_back(state, target, requested, dry_run, |stored| {
         let mut patched = patch_object(kind, stored, &patch, target)?;
         check_identity(&mut patched, target)?;
         validated(target, objects::merge_update(stored, patched, status_only), mode, &unknown)
@@ -321,7 +344,7 @@ pub(super) fn patch_error(e: PatchError, target: &Target) -> ApiError {
     }
 }
 
-async fn delete(state: &AppState, identity: &Identity, target: &Target, body: &[u8]) -> Result<Response, ApiError> {
+async fn delete(state: &AppState, identity: &Identity, target: &Target, body: &[u8], dry_run: bool) -> Result<Response, ApiError> {
     authorize(state, identity, target, Verb::Delete, None).await?;
     let (rt, name) = (target.resource, name_of(target));
     // DeleteOptions may carry a resourceVersion precondition.
@@ -334,6 +357,13 @@ async fn delete(state: &AppState, identity: &Identity, target: &Target, body: &[
             None => None,
         }
     };
+    if dry_run {
+        let stored = state.store.get(&target.key(name)).await.map_err(|e| ApiError::from_store(e, rt, name))?.ok_or_else(|| ApiError::not_found(rt, name))?;
+        if expected.is_some_and(|e| e != stored.mod_rev) {
+            return Err(ApiError::conflict(rt, name));
+        }
+        return Ok(Json(with_revision(stored.value, stored.mod_rev)).into_response());
+    }
     let (old, rev) = state.store.delete(&target.key(name), expected).await.map_err(|e| ApiError::from_store(e, rt, name))?;
     Ok(Json(with_revision(old, rev)).into_response())
 }

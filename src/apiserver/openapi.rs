@@ -180,6 +180,7 @@ fn parameters(path: &str, writes: bool) -> Vec<(&'static str, &'static str, &'st
         params.push(("name", "path", "name of the object"));
     }
     if writes {
+        params.push(("dryRun", "query", "when present (the only value is All), the request is admitted and validated and answered as it would be, but nothing is stored"));
         params.push(("fieldValidation", "query", "what to do with unknown fields in the request: Ignore (drop them, the default), Warn (drop them and answer with a Warning header), or Strict (refuse the request)"));
     }
     params

@@ -51,7 +51,7 @@ fn wanted_replicas(scale: &Value) -> Result<i64, ApiError> {
 }
 
 /// Serves GET, PUT and PATCH on `.../deployments/{name}/scale`.
-pub(crate) async fn serve(state: &AppState, identity: &Identity, target: &Target, method: &Method, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+pub(crate) async fn serve(state: &AppState, identity: &Identity, target: &Target, method: &Method, headers: &HeaderMap, body: &[u8], dry_run: bool) -> Result<Response, ApiError> {
     let verb = match *method {
         Method::GET => Verb::Get,
         Method::PUT => Verb::Update,
@@ -83,7 +83,7 @@ pub(crate) async fn serve(state: &AppState, identity: &Identity, target: &Target
         Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("{v:?} is not a resource version")))?),
         None => None,
     };
-    let written = write_back(state, target, requested, |stored| {
+    let written = write_back(state, target, requested, dry_run, |stored| {
         // A Scale has no lists: a strategic merge patch of it is a merge patch; a JSON patch
         // addresses the Scale's fields.
         let scale = match kind {

@@ -580,6 +580,37 @@ async fn strategic_merge_and_json_patches_apply_on_objects_status_and_scale() {
     server.stop().await;
 }
 
+/// `dryRun=All` (kubectl's `--dry-run=server`): each write is checked and answered as the real one
+/// would be, and nothing is stored.
+#[tokio::test]
+async fn dry_run_writes_answer_as_the_real_ones_and_store_nothing() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let path = "/api/v1/namespaces/default/pods";
+    let created = admin.request(Method::POST, &format!("{path}?dryRun=All"), Some(&pod("p1", None, "web"))).await.unwrap();
+    assert_eq!(created["metadata"]["name"], "p1");
+    assert!(created["metadata"]["uid"].is_string(), "filled in as for a real create");
+    assert_eq!(code(admin.get::<Value>(&PODS, Some("default"), "p1").await), 404, "nothing stored");
+    let mut bad = pod("p2", None, "web");
+    bad["spec"]["containers"] = json!("x");
+    assert_eq!(code(admin.request(Method::POST, &format!("{path}?dryRun=All"), Some(&bad)).await), 422, "validated as for real");
+    assert_eq!(code(admin.request(Method::POST, &format!("{path}?dryRun=Yes"), Some(&pod("p1", None, "web"))).await), 400);
+
+    let stored: Value = admin.create(&PODS, Some("default"), &pod("p1", None, "web")).await.unwrap();
+    assert_eq!(code(admin.request(Method::POST, &format!("{path}?dryRun=All"), Some(&pod("p1", None, "web"))).await), 409, "an existing name conflicts");
+    let mut changed = stored.clone();
+    changed["metadata"]["labels"]["tier"] = json!("front");
+    let updated = admin.request(Method::PUT, &format!("{path}/p1?dryRun=All"), Some(&changed)).await.unwrap();
+    assert_eq!(updated["metadata"]["labels"]["tier"], "front");
+    let patched = admin.patch_path(&format!("{path}/p1?dryRun=All"), "application/merge-patch+json", &json!({"metadata": {"labels": {"x": "y"}}})).await.unwrap();
+    assert_eq!(patched["metadata"]["labels"]["x"], "y");
+    admin.request(Method::DELETE, &format!("{path}/p1?dryRun=All"), None).await.unwrap();
+    let now: Value = admin.get(&PODS, Some("default"), "p1").await.unwrap();
+    assert_eq!(now["metadata"]["labels"], stored["metadata"]["labels"], "neither the update nor the patch was stored");
+    assert_eq!(now["metadata"]["resourceVersion"], stored["metadata"]["resourceVersion"], "and the pod was not deleted");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn label_and_field_selectors_filter_lists_across_namespaces() {
     let server = TestServer::start().await;
@@ -863,16 +894,22 @@ async fn field_validation_strict_refuses_warn_names_and_ignore_drops_unknown_fie
 }
 
 /// The kubectl binaries of the compatibility tests: Debian's 1.20 (fetched into `.cache/kubectl`
-/// by `scripts/lib/ensure-kubectl`, as `scripts/test` does) and the newest on the machine's PATH.
+/// by `scripts/lib/ensure-kubectl`, as `scripts/test` does), and the kubectl on the machine's PATH
+/// (this machine image ships 1.32). Debian has no newer kubectl to install, so a machine without
+/// one (the fresh-machine check's root) tests 1.20 alone, and says so.
 fn kubectl_binaries() -> Vec<std::path::PathBuf> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new(root.join("scripts/lib/ensure-kubectl")).output().expect("running scripts/lib/ensure-kubectl");
     assert!(out.status.success(), "ensure-kubectl failed: {}", String::from_utf8_lossy(&out.stderr));
     let debian = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().expect("ensure-kubectl prints the path").trim());
-    let newest = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("kubectl")).find(|p| p.is_file()))
-        .expect("a kubectl on PATH (this machine image ships 1.32)");
-    vec![debian, newest]
+    let on_path = std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("kubectl")).find(|p| p.is_file()));
+    match on_path {
+        Some(newest) => vec![debian, newest],
+        None => {
+            eprintln!("no kubectl on PATH: testing Debian's kubectl 1.20 only");
+            vec![debian]
+        }
+    }
 }
 
 /// kubectl's everyday writes against the server, with Debian's 1.20 (which validates manifests
@@ -933,6 +970,12 @@ async fn kubectl_apply_patch_and_explain_work_with_kubectl_1_20_and_the_newest()
         assert!(ok, "{version}: kubectl patch --type json:\n{out}");
         let stored: Value = admin.get(&DEPLOYMENTS, Some(&ns), "web").await.unwrap();
         assert_eq!((stored["spec"]["replicas"].as_i64(), stored["spec"]["template"]["spec"]["containers"][1]["image"].as_str()), (Some(3), Some("side:2")));
+        // A server-side dry run answers and stores nothing.
+        std::fs::write(&file, manifest("app:9", "")).unwrap();
+        let (ok, out) = kubectl(vec!["apply".into(), "--dry-run=server".into(), "-f".into(), file.display().to_string()]).await;
+        assert!(ok && out.contains("server dry run"), "{version}: kubectl apply --dry-run=server:\n{out}");
+        let stored: Value = admin.get(&DEPLOYMENTS, Some(&ns), "web").await.unwrap();
+        assert_eq!(stored["spec"]["template"]["spec"]["containers"][0]["image"], "app:2");
         // An unknown field: refused, by name, and nothing changes.
         let (ok, out) = apply(manifest("app:3", "  replicaz: 2\n")).await;
         assert!(!ok && out.contains("replicaz"), "{version}: a manifest with an unknown field:\n{out}");
@@ -940,6 +983,18 @@ async fn kubectl_apply_patch_and_explain_work_with_kubectl_1_20_and_the_newest()
         assert_eq!(stored["spec"]["template"]["spec"]["containers"][0]["image"], "app:2");
         let (ok, out) = kubectl(args("explain deployment.spec.replicas")).await;
         assert!(ok && out.contains("replicas") && out.contains("integer"), "{version}: kubectl explain:\n{out}");
+        // `get all` (the `all` category), `wait` on a condition, `get events`.
+        let (ok, out) = kubectl(args(&format!("get all -n {ns}"))).await;
+        assert!(ok && out.contains("deployment.apps/web"), "{version}: kubectl get all:\n{out}");
+        let available = json!({"status": {"conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]}});
+        admin.patch_status::<Value>(&DEPLOYMENTS, Some(&ns), "web", &available).await.unwrap();
+        let (ok, out) = kubectl(args(&format!("wait -n {ns} --for=condition=available deployment/web --timeout=10s"))).await;
+        assert!(ok && out.contains("condition met"), "{version}: kubectl wait:\n{out}");
+        let event = json!({"metadata": {"name": "web.1", "namespace": ns}, "involvedObject": {"kind": "Deployment", "name": "web", "namespace": ns},
+            "reason": "ScalingReplicaSet", "message": "Scaled up replica set web-1 from 0 to 1", "type": "Normal", "count": 1, "source": {"component": "deployment-controller"}});
+        admin.request(Method::POST, &format!("/api/v1/namespaces/{ns}/events"), Some(&event)).await.unwrap();
+        let (ok, out) = kubectl(args(&format!("get events -n {ns}"))).await;
+        assert!(ok && out.contains("ScalingReplicaSet") && out.contains("deployment/web"), "{version}: kubectl get events:\n{out}");
     }
     server.stop().await;
 }

@@ -18,6 +18,7 @@ use super::table::render;
 use super::{ClusterSelection, Failure};
 use crate::api::columns::{age, pod_status};
 use crate::api::deployment::{Deployment, ReplicaSet, POD_TEMPLATE_HASH_LABEL};
+use crate::api::event::Event;
 use crate::api::pod::{ContainerState, Pod, ResourceAmounts};
 use crate::api::quantity::{parse_cpu_millicores, parse_memory_bytes, IntOrString};
 use crate::api::resource::{self, Resource, ResourceType};
@@ -107,13 +108,44 @@ pub async fn run(args: &DescribeArgs) -> Result<(), Failure> {
         },
     };
     match text {
-        Ok(text) => print!("{text}"),
+        Ok(text) => {
+            // The events about this object, as kubectl describe finds them.
+            let uid = object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
+            let selector = format!("involvedObject.kind={},involvedObject.name={},involvedObject.uid={uid}", rt.kind, args.name);
+            let events: Vec<Event> = list(&client, namespace, ListOptions::fields(selector)).await.unwrap_or_default();
+            print!("{text}{}", describe_events(&events));
+        }
         Err(e) => {
             eprintln!("warning: {} {} does not read as a {} ({e}); shown as stored", rt.kind.to_lowercase(), args.name, rt.kind);
             print!("{}", serde_yaml_ng::to_string(&object)?);
         }
     }
     Ok(())
+}
+
+/// `Events:` as kubectl describe shows them, oldest first: type, reason, age (with the count and
+/// since when, for repeats), the reporting component and the message.
+pub fn describe_events(events: &[Event]) -> String {
+    let mut d = Describer::new();
+    if events.is_empty() {
+        d.field(0, "Events", "<none>");
+        return d.out;
+    }
+    let mut sorted: Vec<&Event> = events.iter().collect();
+    sorted.sort_by_key(|e| e.last_seen());
+    let mut rows = vec![
+        ["Type", "Reason", "Age", "From", "Message"].map(String::from).to_vec(),
+        ["----", "------", "----", "----", "-------"].map(String::from).to_vec(),
+    ];
+    for e in sorted {
+        let last = age(e.last_seen());
+        let age = if e.count > 1 { format!("{last} (x{} over {})", e.count, age(e.first_timestamp.or(e.last_seen()))) } else { last };
+        let from = if e.source.host.is_empty() { e.source.component.clone() } else { format!("{}, {}", e.source.component, e.source.host) };
+        rows.push(vec![e.event_type.clone(), e.reason.clone(), age, from, e.message.clone()]);
+    }
+    d.heading(0, "Events");
+    d.table(2, rows);
+    d.out
 }
 
 /// `item` as a `T`, or `None` with a warning naming it when it does not read as one.
@@ -545,5 +577,30 @@ mod tests {
         assert_eq!(line_of(&text, "TargetPort:"), "TargetPort:     http/TCP");
         assert_eq!(line_of(&text, "Endpoints:"), "Endpoints:      10.70.0.5:80,10.70.0.6:80");
         assert_eq!(line_of(&describe_service(&service, None), "Endpoints:"), "Endpoints:      <none>");
+    }
+
+    #[test]
+    fn events_show_type_reason_age_with_repeats_source_and_message() {
+        use crate::api::event::{Event, EventSource};
+        use crate::api::Time;
+        let ago = |s: u64| Some(Time::from_system_time(std::time::SystemTime::now() - std::time::Duration::from_secs(s)));
+        let event = |reason: &str, count: i32, first: u64, last: u64| Event {
+            reason: reason.into(),
+            message: format!("{reason} happened"),
+            event_type: "Normal".into(),
+            count,
+            first_timestamp: ago(first),
+            last_timestamp: ago(last),
+            source: EventSource { component: "default-scheduler".into(), ..Default::default() },
+            ..Default::default()
+        };
+        let text = describe_events(&[event("Pulled", 3, 300, 10), event("Scheduled", 1, 400, 400)]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "Events:");
+        assert!(lines[1].split_whitespace().eq(["Type", "Reason", "Age", "From", "Message"]), "{text}");
+        assert!(lines[3].contains("Scheduled") && lines[3].contains("6m"), "oldest first: {text}");
+        assert!(lines[4].contains("10s (x3 over 5m)") && lines[4].contains("default-scheduler") && lines[4].contains("Pulled happened"), "{text}");
+        let none = describe_events(&[]);
+        assert!(none.starts_with("Events:") && none.trim_end().ends_with("<none>"), "{none}");
     }
 }

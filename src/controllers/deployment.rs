@@ -17,10 +17,13 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::api::deployment::{Deployment, DeploymentStatus, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
+use crate::api::deployment::{Deployment, DeploymentCondition, DeploymentStatus, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
 use crate::api::pod::{Pod, PodTemplateSpec};
+use crate::api::time::Time;
 use crate::api::{ObjectMeta, OwnerReference};
 use crate::client::{ClientError, ListOptions};
+use crate::api::event::{NORMAL, WARNING};
+use crate::runtime::events::Recorder;
 use crate::runtime::{Action, Client, Controller, Object, ObjectKey, Store};
 
 /// How often every object is reconciled without any change.
@@ -97,7 +100,7 @@ fn rev_of(meta: &ObjectMeta) -> u64 {
 }
 
 /// Reconciles one Deployment: its ReplicaSets' sizes and its status.
-async fn reconcile_deployment<C: Client>(client: &C, d: &Deployment, sets: &[ReplicaSet], pods: &[Pod], written: &mut Written) -> Result<(), ClientError> {
+async fn reconcile_deployment<C: Client>(client: &C, events: &Recorder<C>, d: &Deployment, sets: &[ReplicaSet], pods: &[Pod], written: &mut Written) -> Result<(), ClientError> {
     let ns = d.metadata.namespace_or_default().to_string();
     let hash = template_hash(&d.spec.template);
     let mut owned: Vec<&ReplicaSet> = sets.iter().filter(|rs| owned_by(&rs.metadata, &d.metadata.uid)).collect();
@@ -158,21 +161,25 @@ async fn reconcile_deployment<C: Client>(client: &C, d: &Deployment, sets: &[Rep
         }
     }
     for rs in updates {
+        let was = owned.iter().find(|o| o.metadata.uid == rs.metadata.uid).map_or(0, |o| o.spec.replicas());
         let written_rs = client.replace(&rs).await?;
         tracing::info!(deployment = %d.metadata.name, replicaset = %rs.metadata.name, replicas = rs.spec.replicas(), "scaled replica set");
+        let direction = if rs.spec.replicas() > was { "up" } else { "down" };
+        events.record(d, NORMAL, "ScalingReplicaSet", format!("Scaled {direction} replica set {} from {was} to {}", rs.metadata.name, rs.spec.replicas()));
         written.replica_sets = written.replica_sets.max(rev_of(&written_rs.metadata));
     }
     // Status from the pods as they are.
     let all: Vec<&Pod> = pods.iter().filter(|p| is_active(p) && owned.iter().chain(std::iter::once(&&new)).any(|rs| owned_by(&p.metadata, &rs.metadata.uid))).collect();
     let ready = all.iter().filter(|p| p.is_ready()).count() as i32;
+    let updated = count_of(&new) as i32;
     let status = DeploymentStatus {
         observed_generation: d.metadata.generation,
         replicas: all.len() as i32,
-        updated_replicas: count_of(&new) as i32,
+        updated_replicas: updated,
         ready_replicas: ready,
         available_replicas: ready,
         unavailable_replicas: (replicas as i32 - ready).max(0),
-        conditions: d.status.conditions.clone(),
+        conditions: conditions(d, &new.metadata.name, all.len() as i32, updated, ready),
         ..Default::default()
     };
     if status != d.status {
@@ -186,6 +193,48 @@ async fn reconcile_deployment<C: Client>(client: &C, d: &Deployment, sets: &[Rep
     Ok(())
 }
 
+/// The Deployment's `Available` and `Progressing` conditions, as Kubernetes' controller words them
+/// (what `kubectl wait --for=condition=available` and `rollout status` read). A condition keeps its
+/// transition time while its status holds, and its update time while its reason and message do.
+/// (No progress deadline: `Progressing` never turns False with `ProgressDeadlineExceeded`.)
+fn conditions(d: &Deployment, new_set: &str, total: i32, updated: i32, available: i32) -> Vec<DeploymentCondition> {
+    let replicas = d.spec.replicas() as i32;
+    // Kubernetes' maxUnavailable is 0 for Recreate.
+    let max_unavailable = if d.spec.is_recreate() { 0 } else { d.spec.rolling_limits().1 as i32 };
+    let minimum = available >= replicas - max_unavailable;
+    let complete = updated == replicas && available >= replicas && total == replicas;
+    let now = Time::now();
+    let condition = |kind: &str, status: bool, reason: &str, message: String| {
+        let status = if status { "True" } else { "False" };
+        let previous = d.status.conditions.iter().find(|c| c.condition_type == kind);
+        let same_status = previous.is_some_and(|p| p.status == status);
+        let same_words = same_status && previous.is_some_and(|p| p.reason.as_deref() == Some(reason) && p.message.as_deref() == Some(message.as_str()));
+        DeploymentCondition {
+            condition_type: kind.into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            message: Some(message),
+            last_update_time: if same_words { previous.and_then(|p| p.last_update_time) } else { Some(now) },
+            last_transition_time: if same_status { previous.and_then(|p| p.last_transition_time) } else { Some(now) },
+            ..Default::default()
+        }
+    };
+    let available = if minimum {
+        condition("Available", true, "MinimumReplicasAvailable", "Deployment has minimum availability.".into())
+    } else {
+        condition("Available", false, "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into())
+    };
+    let progressing = if complete {
+        condition("Progressing", true, "NewReplicaSetAvailable", format!("ReplicaSet {new_set:?} has successfully progressed."))
+    } else {
+        condition("Progressing", true, "ReplicaSetUpdated", format!("ReplicaSet {new_set:?} is progressing."))
+    };
+    let mut out = vec![available, progressing];
+    // Conditions others wrote (of other types) stay.
+    out.extend(d.status.conditions.iter().filter(|c| c.condition_type != "Available" && c.condition_type != "Progressing").cloned());
+    out
+}
+
 /// Pods to delete first: unbound, then not ready, then the newest.
 fn deletion_order(mut pods: Vec<&Pod>) -> Vec<&Pod> {
     pods.sort_by_key(|p| (p.spec.bound_node().is_some(), p.is_ready(), std::cmp::Reverse(p.metadata.creation_timestamp), p.metadata.name.clone()));
@@ -193,7 +242,7 @@ fn deletion_order(mut pods: Vec<&Pod>) -> Vec<&Pod> {
 }
 
 /// Reconciles one ReplicaSet: creates or deletes pods to match `replicas`; writes its status.
-async fn reconcile_replica_set<C: Client>(client: &C, rs: &ReplicaSet, pods: &[Pod], written: &mut Written) -> Result<(), ClientError> {
+async fn reconcile_replica_set<C: Client>(client: &C, events: &Recorder<C>, rs: &ReplicaSet, pods: &[Pod], written: &mut Written) -> Result<(), ClientError> {
     let ns = rs.metadata.namespace_or_default().to_string();
     // Finished pods (e.g. failed ones) are replaced, and removed so that they do not pile up.
     for done in pods.iter().filter(|p| p.is_terminal() && !p.is_terminating() && owned_by(&p.metadata, &rs.metadata.uid)) {
@@ -222,8 +271,16 @@ async fn reconcile_replica_set<C: Client>(client: &C, rs: &ReplicaSet, pods: &[P
             let mut failed = None;
             for created in results {
                 match created {
-                    Ok(pod) => written.pods = written.pods.max(rev_of(&pod.metadata)),
-                    Err(e) => failed = failed.or(Some(e)),
+                    Ok(pod) => {
+                        written.pods = written.pods.max(rev_of(&pod.metadata));
+                        events.record(rs, NORMAL, "SuccessfulCreate", format!("Created pod: {}", pod.metadata.name));
+                    }
+                    Err(e) => {
+                        if failed.is_none() {
+                            events.record(rs, WARNING, "FailedCreate", format!("Error creating: {e}"));
+                        }
+                        failed = failed.or(Some(e));
+                    }
                 }
             }
             if let Some(e) = failed {
@@ -236,7 +293,10 @@ async fn reconcile_replica_set<C: Client>(client: &C, rs: &ReplicaSet, pods: &[P
     } else if mine.len() > want {
         for pod in deletion_order(mine.clone()).into_iter().take(mine.len() - want) {
             match client.delete::<Pod>(&pod.key()).await {
-                Ok(()) => written.pods = written.pods.max(rev_of(&pod.metadata) + 1),
+                Ok(()) => {
+                    written.pods = written.pods.max(rev_of(&pod.metadata) + 1);
+                    events.record(rs, NORMAL, "SuccessfulDelete", format!("Deleted pod: {}", pod.metadata.name));
+                }
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
             }
@@ -259,6 +319,9 @@ async fn reconcile_replica_set<C: Client>(client: &C, rs: &ReplicaSet, pods: &[P
 /// The controllers' view of the cluster and their client.
 pub struct Context<C> {
     pub client: C,
+    /// Events as `deployment-controller` and `replicaset-controller` report them.
+    pub deployment_events: Recorder<C>,
+    pub replica_set_events: Recorder<C>,
     pub deployments: Store<Deployment>,
     pub replica_sets: Store<ReplicaSet>,
     pub pods: Store<Pod>,
@@ -271,6 +334,8 @@ impl<C: Client> Context<C> {
             deployments: Store::reflect(client.clone(), None, ListOptions::default()),
             replica_sets: Store::reflect(client.clone(), None, ListOptions::default()),
             pods: Store::reflect(client.clone(), None, ListOptions::default()),
+            deployment_events: Recorder::new(client.clone(), "deployment-controller", ""),
+            replica_set_events: Recorder::new(client.clone(), "replicaset-controller", ""),
             client,
         })
     }
@@ -325,7 +390,7 @@ pub async fn reconcile_deployment_key<C: Client>(key: ObjectKey, ctx: Arc<Contex
     let sets = ctx.replica_sets.cloned();
     let pods = ctx.pods.cloned();
     let mut written = Written::default();
-    let result = reconcile_deployment(&ctx.client, &d, &sets, &pods, &mut written).await;
+    let result = reconcile_deployment(&ctx.client, &ctx.deployment_events, &d, &sets, &pods, &mut written).await;
     if written.replica_sets > 0 {
         ctx.replica_sets.wait_for(written.replica_sets, Duration::from_secs(5)).await;
     }
@@ -353,7 +418,7 @@ pub async fn reconcile_replica_set_key<C: Client>(key: ObjectKey, ctx: Arc<Conte
                 }
             } else {
                 let pods = ctx.pods.cloned();
-                reconcile_replica_set(&ctx.client, &rs, &pods, &mut written).await
+                reconcile_replica_set(&ctx.client, &ctx.replica_set_events, &rs, &pods, &mut written).await
             }
         }
     };

@@ -13,7 +13,7 @@ use crate::api::lease::{Lease, NODE_LEASE_NAMESPACE};
 use crate::api::pod::{Pod, PodCondition};
 use crate::api::resource::{DEPLOYMENTS, ENDPOINTS, PODS, REPLICA_SETS, SERVICES};
 use crate::api::service::{Endpoints, Service};
-use crate::api::time::MicroTime;
+use crate::api::time::{MicroTime, Time};
 use crate::api::{Node, ObjectMeta};
 use crate::runtime::fake::FakeClient;
 use crate::runtime::{Client, ObjectKey};
@@ -75,7 +75,11 @@ async fn the_deployment_controller_backs_off_failing_pod_creates_and_then_makes_
         fake.replace(&p).await.unwrap();
     }
     make_ready(&fake).await;
-    eventually("the deployment shows 3 ready", || fake.objects::<Deployment>().into_iter().find(|d| ObjectKey::of(&d.metadata) == key).filter(|d| d.status.ready_replicas == 3)).await;
+    let d = eventually("the deployment shows 3 ready", || fake.objects::<Deployment>().into_iter().find(|d| ObjectKey::of(&d.metadata) == key).filter(|d| d.status.ready_replicas == 3)).await;
+    // The conditions `kubectl wait --for=condition=available` and `rollout status` read.
+    let condition = |kind: &str| d.status.conditions.iter().find(|c| c.condition_type == kind).map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()));
+    assert_eq!(condition("Available"), Some(("True".into(), "MinimumReplicasAvailable".into())));
+    assert_eq!(condition("Progressing"), Some(("True".into(), "NewReplicaSetAvailable".into())));
     let writes = fake.writes().len();
     tokio::time::sleep(super::deployment::RESYNC * 3).await;
     assert_eq!(fake.writes().len(), writes, "resyncs of a settled deployment write nothing");
@@ -104,6 +108,10 @@ async fn the_replica_set_controller_backs_off_failing_creates_replaces_a_deleted
     let took = Instant::now() - started;
     assert!(took >= Duration::from_millis(1500) && took < Duration::from_millis(2500), "two failures backed off 0.5 s then 1 s: {took:?}");
     assert!(fake.objects::<Pod>().iter().all(|p| p.metadata.controller_owner().is_some_and(|o| o.name == "solo")));
+    // What it did and what failed, as events on the set.
+    let events = fake.objects::<crate::api::event::Event>();
+    let reasons = |reason: &str| events.iter().filter(|e| e.reason == reason && e.involved_object.name == "solo").map(|e| e.count).sum::<i32>();
+    assert_eq!((reasons("SuccessfulCreate"), reasons("FailedCreate")), (2, 2), "{events:?}");
 
     // A pod deleted: replaced at once, not at the resync.
     let victim = fake.objects::<Pod>().remove(0);
@@ -223,4 +231,29 @@ async fn objects_that_do_not_decode_are_skipped_and_every_other_object_is_served
     for t in tasks {
         t.abort();
     }
+}
+
+/// Events expire their TTL after they last happened, not before (on the real clock: event times
+/// are wall-clock times).
+#[tokio::test]
+async fn expired_events_are_deleted_and_fresh_ones_kept_until_their_ttl() {
+    use crate::api::event::Event;
+    let fake = FakeClient::new();
+    let event = |name: &str, last: Time| Event {
+        metadata: ObjectMeta::namespaced("default", name),
+        reason: "Test".into(),
+        last_timestamp: Some(last),
+        count: 1,
+        ..Default::default()
+    };
+    let hours_ago = Time::from_system_time(std::time::SystemTime::now() - Duration::from_secs(7200));
+    fake.create(&event("old", hours_ago)).await.unwrap();
+    fake.create(&event("fresh", Time::now())).await.unwrap();
+    let task = tokio::spawn(super::event_ttl::run(fake.clone(), Duration::from_secs(2)));
+    let names = || fake.objects::<Event>().into_iter().map(|e| e.metadata.name).collect::<Vec<_>>();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(names(), ["fresh"], "the old one goes at once");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(names().is_empty(), "the fresh one after its TTL: {:?}", names());
+    task.abort();
 }

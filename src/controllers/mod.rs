@@ -2,11 +2,13 @@
 //!
 //! Layout: [`node_lifecycle`] marks nodes whose lease went stale as not ready and evicts their
 //! pods after a toleration; [`deployment`] keeps Deployments' ReplicaSets and ReplicaSets' pods;
-//! [`endpoints`] lists each Service's pods and allocates NodePorts. Every one reconciles one key
+//! [`endpoints`] lists each Service's pods and allocates NodePorts; [`event_ttl`] deletes Events an
+//! hour after they last happened. Every one reconciles one key
 //! at a time per object (the runtime never runs two reconciles of one key at once).
 
 pub mod deployment;
 pub mod endpoints;
+pub mod event_ttl;
 pub mod node_lifecycle;
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::apiserver::store::{EtcdStore, SqliteStore, Store};
 use crate::apiserver::{self, ApiServerConfig, ServerTls};
 use crate::client::leader::LeaderElection;
 use crate::client::{ApiClient, ClientAuth};
-use crate::controllers::{deployment, endpoints, node_lifecycle};
+use crate::controllers::{deployment, endpoints, event_ttl, node_lifecycle};
 use crate::nodeconfig::{MasterSettings, NodeConfig};
 use crate::pki;
 
@@ -63,7 +63,12 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         let task = tokio::spawn(election.clone().run(controller_client.clone(), move || {
             let client = client.clone();
             async move {
-                tokio::join!(node_lifecycle::run(client.clone(), grace, eviction), deployment::run(client.clone()), endpoints::run(client));
+                tokio::join!(
+                    node_lifecycle::run(client.clone(), grace, eviction),
+                    deployment::run(client.clone()),
+                    endpoints::run(client.clone()),
+                    event_ttl::run(client, event_ttl::TTL),
+                );
             }
         }));
         elections.push((election, controller_client.clone(), task));

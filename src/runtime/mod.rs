@@ -10,6 +10,7 @@
 //!   into the type is skipped with a logged error naming it; the loop never stops for it.
 //! - [`queue`]: [`WorkQueue`], keys with a time they are due, de-duplicated per key, and never
 //!   handed out twice at once.
+//! - [`events`]: [`events::Recorder`], which records (and aggregates) the Events controllers report.
 //! - [`controller`]: [`Controller`], which feeds the queue from store changes (mapped to keys),
 //!   periodic resyncs and requeues, runs `reconcile(key, ctx) -> Result<Action, E>`, and backs a
 //!   failing key off exponentially (reset by its next success).
@@ -20,6 +21,7 @@
 
 pub mod client;
 pub mod controller;
+pub mod events;
 #[cfg(test)]
 pub mod fake;
 pub mod object;

@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::api::deployment::{Deployment, ReplicaSet};
+use crate::api::event::Event;
 use crate::api::lease::Lease;
 use crate::api::machinepool::MachinePool;
 use crate::api::pod::Pod;
@@ -28,7 +29,7 @@ pub trait Object: Resource + Serialize + DeserializeOwned + Clone + Send + Sync 
 macro_rules! object {
     ($($t:ty),*) => { $(impl Object for $t { fn meta(&self) -> &ObjectMeta { &self.metadata } })* };
 }
-object!(Pod, Node, Deployment, ReplicaSet, Service, Endpoints, Lease, MachinePool);
+object!(Pod, Node, Deployment, ReplicaSet, Service, Endpoints, Lease, MachinePool, Event);
 
 /// Names one object: `namespace/name`, or `name` for cluster-scoped objects.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

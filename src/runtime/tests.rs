@@ -303,3 +303,31 @@ async fn the_fake_refuses_a_stale_resource_version_and_keeps_status_apart() {
     fake.delete::<Deployment>(&key("a")).await.unwrap();
     assert_eq!(fake.writes(), ["create deployments default/a", "replace deployments default/a", "delete deployments default/a"]);
 }
+
+/// The recorder aggregates repeats into one Event's count, keeps different messages apart, and
+/// names the object, the component and the times.
+#[tokio::test(start_paused = true)]
+async fn the_recorder_counts_repeats_of_an_event_on_one_object() {
+    use crate::api::event::{Event, NORMAL, WARNING};
+    use super::events::Recorder;
+    let fake = FakeClient::new();
+    let d = fake.create(&deployment("web")).await.unwrap();
+    let recorder = Recorder::new(fake.clone(), "deployment-controller", "");
+    for _ in 0..3 {
+        recorder.record(&d, WARNING, "FailedCreate", "Error creating: quota");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    recorder.record(&d, NORMAL, "ScalingReplicaSet", "Scaled up replica set web-1 from 0 to 2");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut events = fake.objects::<Event>();
+    events.sort_by_key(|e| e.reason.clone());
+    assert_eq!(events.len(), 2, "{events:?}");
+    let failed = &events[0];
+    assert_eq!((failed.reason.as_str(), failed.count, failed.event_type.as_str()), ("FailedCreate", 3, "Warning"));
+    assert_eq!((failed.involved_object.kind.as_str(), failed.involved_object.name.as_str(), failed.involved_object.uid.as_str()), ("Deployment", "web", d.metadata.uid.as_str()));
+    assert_eq!(failed.involved_object.api_version, "apps/v1");
+    assert_eq!(failed.metadata.namespace.as_deref(), Some("default"));
+    assert_eq!(failed.source.component, "deployment-controller");
+    assert!(failed.first_timestamp.is_some() && failed.last_timestamp.is_some());
+    assert_eq!(events[1].count, 1);
+}

@@ -22,6 +22,8 @@ use crate::api::pod::{Pod, PodCondition, ResourceAmounts};
 use crate::api::quantity::Quantity;
 use crate::api::{Node, Time};
 use crate::client::{ClientError, ListOptions};
+use crate::api::event::{NORMAL, WARNING};
+use crate::runtime::events::Recorder;
 use crate::runtime::{Action, Client, Controller, ObjectKey, Store};
 
 /// The label of master nodes; it counts as a `NoSchedule` taint of the same key (as kubeadm
@@ -362,7 +364,7 @@ enum Decision {
 /// One pass: every unbound pod placed or marked unschedulable. Returns how many were bound, or
 /// the first write that failed for a reason other than a conflict or a pod gone (after every
 /// other write was made and is seen), so that the pass is backed off and run again.
-pub async fn pass<C: Client>(client: &C, nodes: &Store<Node>, pods: &Store<Pod>) -> Result<usize, ClientError> {
+pub async fn pass<C: Client>(client: &C, events: &Recorder<C>, nodes: &Store<Node>, pods: &Store<Pod>) -> Result<usize, ClientError> {
     let all_pods = pods.cloned();
     let mut infos = node_infos(&nodes.cloned(), &all_pods);
     let mut pending: Vec<Pod> = all_pods.into_iter().filter(|p| p.spec.bound_node().is_none() && !p.is_terminating() && !p.is_terminal()).collect();
@@ -387,8 +389,21 @@ pub async fn pass<C: Client>(client: &C, nodes: &Store<Node>, pods: &Store<Pod>)
     let results: Vec<Result<(bool, u64), ClientError>> = futures::stream::iter(decisions)
         .map(|d| async move {
             match d {
-                Decision::Bind(pod, node) => bind(client, &pod, &node).await.map(|rev| rev.map_or((false, 0), |rev| (true, rev))),
-                Decision::Unschedulable(pod, message) => mark_unschedulable(client, &pod, &message).await.map(|rev| (false, rev.unwrap_or(0))),
+                Decision::Bind(pod, node) => {
+                    let bound = bind(client, &pod, &node).await;
+                    if let Ok(Some(_)) = bound {
+                        let message = format!("Successfully assigned {}/{} to {node}", pod.metadata.namespace_or_default(), pod.metadata.name);
+                        events.record(&pod, NORMAL, "Scheduled", message);
+                    }
+                    bound.map(|rev| rev.map_or((false, 0), |rev| (true, rev)))
+                }
+                Decision::Unschedulable(pod, message) => {
+                    let marked = mark_unschedulable(client, &pod, &message).await;
+                    if let Ok(Some(_)) = marked {
+                        events.record(&pod, WARNING, "FailedScheduling", message);
+                    }
+                    marked.map(|rev| (false, rev.unwrap_or(0)))
+                }
             }
         })
         .buffer_unordered(WRITES_IN_FLIGHT)
@@ -472,6 +487,8 @@ async fn mark_unschedulable<C: Client>(client: &C, pod: &Pod, message: &str) -> 
 /// The scheduler's stores and client.
 pub struct Context<C> {
     pub client: C,
+    /// Events as `default-scheduler`, as Kubernetes' scheduler reports them.
+    pub events: Recorder<C>,
     pub nodes: Store<Node>,
     pub pods: Store<Pod>,
 }
@@ -491,7 +508,7 @@ pub fn controller<C: Client>(ctx: &Context<C>) -> Controller {
 /// One pass, as a reconcile: a failed write fails it, and the pass is backed off (a conflict or
 /// a pod gone is no failure: the pod's change queues the next pass).
 async fn reconcile<C: Client>(_key: ObjectKey, ctx: Arc<Context<C>>) -> Result<Action, ClientError> {
-    pass(&ctx.client, &ctx.nodes, &ctx.pods).await?;
+    pass(&ctx.client, &ctx.events, &ctx.nodes, &ctx.pods).await?;
     Ok(Action::AwaitChange)
 }
 
@@ -500,6 +517,7 @@ pub async fn run<C: Client>(client: C) {
     let ctx = Arc::new(Context {
         nodes: Store::reflect(client.clone(), None, ListOptions::default()),
         pods: Store::reflect(client.clone(), None, ListOptions::default()),
+        events: Recorder::new(client.clone(), "default-scheduler", ""),
         client,
     });
     controller(&ctx).run(reconcile, ctx.clone()).await;

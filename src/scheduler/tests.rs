@@ -161,5 +161,13 @@ async fn the_scheduler_on_the_fake_api_backs_off_failing_binds_and_places_pods_a
     let created = fake.create(&bigger).await.unwrap();
     fake.replace_status(&crate::api::Node { metadata: created.metadata, ..bigger }).await.unwrap();
     until("big is bound to the new node", Duration::from_millis(200), || node_of("big").as_deref() == Some("w2")).await;
+    // Each decision is an event on its pod, as kubectl describe shows them.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let events = fake.objects::<crate::api::event::Event>();
+    let about = |pod: &str, reason: &str| events.iter().find(|e| e.involved_object.name == pod && e.reason == reason).map(|e| e.message.clone());
+    assert_eq!(about("p1", "Scheduled").as_deref(), Some("Successfully assigned default/p1 to w1"));
+    assert!(about("big", "FailedScheduling").is_some_and(|m| m.contains("Insufficient cpu")), "{events:?}");
+    assert!(about("big", "Scheduled").is_some());
+    assert!(events.iter().all(|e| e.source.component == "default-scheduler"));
     task.abort();
 }

@@ -61,6 +61,14 @@ fn failed(action: impl Into<String>, e: bollard::errors::Error) -> RuntimeError 
     }
 }
 
+/// The Docker daemon's version as Kubernetes names a node's runtime (`docker://20.10.24`), when
+/// Docker answers.
+pub async fn runtime_version() -> Option<String> {
+    let docker = Docker::connect_with_unix_defaults().ok()?;
+    let version = docker.version().await.ok()?.version?;
+    Some(format!("docker://{version}"))
+}
+
 impl DockerRuntime {
     /// Connects to `/var/run/docker.sock` and agrees on an API version (nodes run Docker 20.10);
     /// pods go on the node's pod bridge ([`PodNetwork::on_node`]).
@@ -168,6 +176,7 @@ fn info_from_inspect(r: bollard::models::ContainerInspectResponse) -> ContainerI
     let zero = |t: Option<String>| t.filter(|s| !s.starts_with("0001-"));
     ContainerInfo {
         id: r.id.unwrap_or_default(),
+        image_id: r.image.unwrap_or_default(),
         labels,
         running: state.running.unwrap_or(false),
         exit_code: state.exit_code,

@@ -115,6 +115,7 @@ impl ContainerRuntime for FakeRuntime {
         }
         let info = ContainerInfo {
             id: id.clone(),
+            image_id: format!("sha256:{:0>64}", spec.image.len()),
             labels: spec.labels.clone(),
             running: true,
             exit_code: None,

@@ -59,6 +59,8 @@ pub struct ContainerSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerInfo {
     pub id: String,
+    /// The image by content, as the runtime names it (`sha256:...`).
+    pub image_id: String,
     pub labels: BTreeMap<String, String>,
     pub running: bool,
     pub exit_code: Option<i64>,
