@@ -52,13 +52,26 @@ pub(crate) async fn resource(
                 list(&state, &identity, &target, &selectors, &headers).await
             }
         }
-        (&Method::POST, None) => create(&state, &identity, target, &body, FieldValidation::from_query(&query)?, dry_run).await,
-        (&Method::PUT, Some(_)) => update(&state, &identity, &target, &body, status_sub, FieldValidation::from_query(&query)?, dry_run).await,
+        (&Method::POST, None) => create(&state, &identity, target, &body, WriteOptions::new(&query, dry_run)?).await,
+        (&Method::PUT, Some(_)) => update(&state, &identity, &target, &body, status_sub, WriteOptions::new(&query, dry_run)?).await,
         (&Method::PATCH, Some(_)) => {
-            patch(&state, &identity, &target, &headers, &body, status_sub, FieldValidation::from_query(&query)?, dry_run).await
+            patch(&state, &identity, &target, &headers, &body, status_sub, WriteOptions::new(&query, dry_run)?).await
         }
         (&Method::DELETE, Some(_)) if !status_sub => delete(&state, &identity, &target, &body, dry_run).await,
         _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// How a create, update or patch is made: what happens to unknown fields, and whether it is stored.
+#[derive(Debug, Clone, Copy)]
+struct WriteOptions {
+    mode: FieldValidation,
+    dry_run: bool,
+}
+
+impl WriteOptions {
+    fn new(query: &HashMap<String, String>, dry_run: bool) -> Result<Self, ApiError> {
+        Ok(WriteOptions { mode: FieldValidation::from_query(query)?, dry_run })
     }
 }
 
@@ -146,7 +159,8 @@ async fn list(state: &AppState, identity: &Identity, target: &Target, selectors:
     .into_response())
 }
 
-async fn create(state: &AppState, identity: &Identity, mut target: Target, body: &[u8], mode: FieldValidation, dry_run: bool) -> Result<Response, ApiError> {
+async fn create(state: &AppState, identity: &Identity, mut target: Target, body: &[u8], opts: WriteOptions) -> Result<Response, ApiError> {
+    let WriteOptions { mode, dry_run } = opts;
     let rt = target.resource;
     let mut object = objects::parse_object(body).map_err(ApiError::bad_request)?;
     objects::check_type(rt, &mut object).map_err(ApiError::bad_request)?;
@@ -268,9 +282,9 @@ async fn update(
     target: &Target,
     body: &[u8],
     status_only: bool,
-    mode: FieldValidation,
-    dry_run: bool,
+    opts: WriteOptions,
 ) -> Result<Response, ApiError> {
+    let WriteOptions { mode, dry_run } = opts;
     authorize(state, identity, target, Verb::Update, None).await?;
     let mut incoming = objects::parse_object(body).map_err(ApiError::bad_request)?;
     objects::check_type(target.resource, &mut incoming).map_err(ApiError::bad_request)?;
@@ -303,9 +317,9 @@ async fn patch(
     headers: &HeaderMap,
     body: &[u8],
     status_only: bool,
-    mode: FieldValidation,
-    dry_run: bool,
+    opts: WriteOptions,
 ) -> Result<Response, ApiError> {
+    let WriteOptions { mode, dry_run } = opts;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let Some(kind) = PatchType::from_content_type(content_type) else { return Err(ApiError::unsupported_media_type(content_type)) };
     authorize(state, identity, target, Verb::Patch, None).await?;
