@@ -389,21 +389,27 @@ async fn the_machine_controller_backs_off_cloud_errors_then_makes_the_pools_and_
     let ctx = Arc::new(super::MachineContext { machines, client: client.clone(), state: tokio::sync::Mutex::new(super::machines::State::default()) });
     cloud.fail("instances", ErrorKind::Invalid, 2);
     let controller = super::machine_controller(&stores);
-    let started = Instant::now();
     let task = tokio::spawn(controller.run(super::reconcile_machines, ctx));
     let passes = || cloud.calls().iter().filter(|c| c.as_str() == "instances").count();
     let pool = || {
         let client = client.clone();
         async move { client.get::<MachinePool>(&crate::api::resource::MACHINE_POOLS, None, "default").await.ok() }
     };
-    // Passes at 0 s and 5 s fail; the next is at 15 s, then every 5 s.
-    tokio::time::sleep_until(started + Duration::from_secs(13)).await;
+    // Times from the first pass (the stores list the API server first, slower on a loaded machine):
+    // it and the pass 5 s later fail; the next is 10 s after that, then every 5 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while passes() == 0 {
+        assert!(Instant::now() < deadline, "no machine pass within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = Instant::now();
+    tokio::time::sleep_until(first + Duration::from_secs(13)).await;
     assert_eq!(passes(), 2, "failed at 0 s and 5 s, backed off 10 s");
     assert!(pool().await.is_none(), "nothing made while the cloud fails");
-    tokio::time::sleep_until(started + Duration::from_secs(17)).await;
+    tokio::time::sleep_until(first + Duration::from_secs(17)).await;
     assert!(pool().await.is_some(), "the pool's MachinePool is made by the first pass that succeeds");
     assert_eq!(passes(), 4, "at 15 s, and at once again for the new pool");
-    tokio::time::sleep_until(started + Duration::from_secs(22)).await;
+    tokio::time::sleep_until(first + Duration::from_secs(22)).await;
     assert_eq!(passes(), 5, "and the next pass follows 5 s later");
     task.abort();
 }

@@ -249,11 +249,18 @@ async fn expired_events_are_deleted_and_fresh_ones_kept_until_their_ttl() {
     let hours_ago = Time::from_system_time(std::time::SystemTime::now() - Duration::from_secs(7200));
     fake.create(&event("old", hours_ago)).await.unwrap();
     fake.create(&event("fresh", Time::now())).await.unwrap();
-    let task = tokio::spawn(super::event_ttl::run(fake.clone(), Duration::from_secs(2)));
+    let task = tokio::spawn(super::event_ttl::run(fake.clone(), Duration::from_secs(5)));
     let names = || fake.objects::<Event>().into_iter().map(|e| e.metadata.name).collect::<Vec<_>>();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(names(), ["fresh"], "the old one goes at once");
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(names().is_empty(), "the fresh one after its TTL: {:?}", names());
+    let started = tokio::time::Instant::now();
+    while names().len() == 2 {
+        assert!(started.elapsed() < Duration::from_secs(4), "the expired event is still there");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(names(), ["fresh"], "the old one goes at once, the fresh one stays");
+    while !names().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(15), "the fresh one outlived its TTL: {:?}", names());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_secs(4), "the fresh one went only after its TTL: {:?}", started.elapsed());
     task.abort();
 }
