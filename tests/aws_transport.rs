@@ -30,7 +30,8 @@ enum Seen {
 /// The message of the fake endpoint's error answer, to recognise it in clusterctl's output.
 const REFUSAL: &str = "refused by the transport test endpoint";
 
-/// Serves HTTPS on a loopback port with `issued`, answers every request with EC2's AuthFailure, and
+/// Serves HTTPS on a loopback port with `issued`, answers every request with an AuthFailure (in EC2's
+/// or the load balancer API's shape), and
 /// reports each connection.
 async fn fake_ec2(issued: &Issued) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes()).collect::<Result<_, _>>().unwrap();
@@ -57,10 +58,19 @@ async fn fake_ec2(issued: &Issued) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>
                     }
                 };
                 let Some((head, body)) = read_request(&mut tls).await else { return };
+                let elb = head.to_ascii_lowercase().contains("/elasticloadbalancing/aws4_request");
                 let _ = seen.send(Seen::Request { head, body });
-                let xml = format!(
-                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>AuthFailure</Code><Message>{REFUSAL}</Message></Error></Errors><RequestID>transport-test</RequestID></Response>"
-                );
+                // Each service's error shape: `status` asks EC2 and the load balancer API at
+                // once, and whichever answers first is the error it reports.
+                let xml = if elb {
+                    format!(
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ErrorResponse><Error><Type>Sender</Type><Code>AuthFailure</Code><Message>{REFUSAL}</Message></Error><RequestId>transport-test</RequestId></ErrorResponse>"
+                    )
+                } else {
+                    format!(
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>AuthFailure</Code><Message>{REFUSAL}</Message></Error></Errors><RequestID>transport-test</RequestID></Response>"
+                    )
+                };
                 let answer = format!(
                     "HTTP/1.1 401 Unauthorized\r\ncontent-type: text/xml;charset=UTF-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{xml}",
                     xml.len()
@@ -163,8 +173,14 @@ async fn refused_request(out: &std::process::Output, seen: &mut mpsc::UnboundedR
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "an AuthFailure is an operational failure:\n{stderr}");
     assert!(stderr.contains(REFUSAL), "the endpoint's answer came back over TLS:\n{stderr}");
-    let Some(Seen::Request { head, body }) = seen.recv().await else { panic!("no request reached the endpoint:\n{stderr}") };
-    let head = head.to_ascii_lowercase();
+    // The EC2 request (the load balancer API's may come first).
+    let (head, body) = loop {
+        match seen.recv().await {
+            Some(Seen::Request { head, body }) if head.to_ascii_lowercase().contains("/ec2/aws4_request") => break (head.to_ascii_lowercase(), body),
+            Some(_) => continue,
+            None => panic!("no EC2 request reached the endpoint:\n{stderr}"),
+        }
+    };
     assert!(head.starts_with("post / http/1.1"), "{head}");
     assert!(head.contains(&format!("authorization: aws4-hmac-sha256 credential={}/", key_id.to_ascii_lowercase())), "signed with {key_id}:\n{head}");
     assert!(head.contains("/us-east-1/ec2/aws4_request"), "for EC2 in the spec's region:\n{head}");

@@ -231,11 +231,23 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("pod \"nope\" not found in namespace default"), "{missing:?}");
 
-    // --- logs, read on the pod's node ---
+    // --- logs, through the API from the agent of the pod's node ---
     let logs = assert_ok(&clusterctl(h, &["logs", &pod_name, "--spec", s]), "logs");
     assert!(logs.lines().next().is_some_and(|l| l.starts_with("hello from ")), "the greeting comes first:\n{logs}");
-    let tail = assert_ok(&clusterctl(h, &["logs", &pod_name, "--spec", s, "--tail", "1"]), "logs --tail 1");
+    let tail = assert_ok(&clusterctl(h, &["logs", &pod_name, "--cluster", CLUSTER, "--tail", "1", "--timestamps"]), "logs --tail 1 --timestamps");
     assert_eq!(tail.lines().count(), 1, "{tail}");
+    assert!(tail.starts_with("20") && tail.split(' ').next().is_some_and(|t| t.ends_with('Z')), "an RFC 3339 time first: {tail}");
+    // kubectl's own logs, with Debian's 1.20 and the newest on the machine.
+    let newest = std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("kubectl")).find(|p| p.is_file()));
+    for bin in std::iter::once(kubectl_bin.clone()).chain(newest) {
+        let logs = kubectl(&bin, h, &["logs", &pod_name]);
+        assert!(logs.lines().next().is_some_and(|l| l.starts_with("hello from ")), "kubectl logs ({}):\n{logs}", bin.display());
+        let tail = kubectl(&bin, h, &["logs", &pod_name, "--tail", "2", "-c", "greeter"]);
+        assert_eq!(tail.lines().count(), 2, "kubectl logs --tail 2 ({}):\n{tail}", bin.display());
+        let previous = Command::new(&bin).args(["logs", &pod_name, "--previous"]).env("KUBECONFIG", kubectl_config(h)).env("HOME", h).output().unwrap();
+        let said = String::from_utf8_lossy(&previous.stderr);
+        assert!(!previous.status.success() && said.contains("previous terminated container"), "no previous container yet ({}): {said}", bin.display());
+    }
     let wrong = clusterctl(h, &["logs", &pod_name, "--spec", s, "-c", "nope"]);
     assert_eq!(wrong.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("container \"nope\" is not in pod"), "{wrong:?}");

@@ -3,11 +3,12 @@
 //! Layout: this file holds the registration and heartbeat loop; [`host`] reads the machine's
 //! capacity and identity; [`pods`] runs the pods bound to the node through a [`runtime`]
 //! (Docker), as a controller of the [controller runtime](crate::runtime) fed by a store of the
-//! node's pods.
+//! node's pods; [`server`] is its HTTPS port (10250), where the API server reads pod logs.
 
 pub mod host;
 pub mod pods;
 pub mod runtime;
+pub mod server;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use crate::api::lease::{Lease, NODE_LEASE_NAMESPACE};
 use crate::api::resource::{LEASES, NODES};
 use crate::api::time::{MicroTime, Time};
-use crate::api::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, ObjectMeta};
+use crate::api::{DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, ObjectMeta};
 use crate::client::{ApiClient, ClientError};
 
 /// Who this agent is and how often it reports.
@@ -31,6 +32,9 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// How often the full node status is written even when nothing changed.
     pub status_every: Duration,
+    /// The agent's serving certificate and the CA of its clients (the API server); no server
+    /// without it.
+    pub serving: Option<crate::apiserver::ServerTls>,
 }
 
 /// The node object this agent registers.
@@ -82,6 +86,7 @@ pub fn reported_status(config: &AgentConfig, host: &host::HostInfo, previous: Op
             operating_system: "linux".into(),
             ..Default::default()
         }),
+        daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(server::PORT), ..Default::default() }), ..Default::default() }),
         ..Default::default()
     }
 }
@@ -142,7 +147,7 @@ async fn renew_lease(client: &ApiClient, config: &AgentConfig) -> Result<(), Cli
 /// Runs the agent until the process ends: report at once, then renew the lease every heartbeat
 /// and write the status every `status_every` (and whenever the node is not shown Ready).
 pub async fn run(client: ApiClient, config: AgentConfig) {
-    tokio::spawn(run_pods(client.clone(), config.node_name.clone(), config.internal_ip));
+    tokio::spawn(run_pods(client.clone(), config.node_name.clone(), config.internal_ip, config.serving.clone()));
     let mut host = host::HostInfo::read();
     let mut last_status = None::<tokio::time::Instant>;
     let mut ticker = tokio::time::interval(config.heartbeat);
@@ -172,8 +177,9 @@ pub async fn run(client: ApiClient, config: AgentConfig) {
 /// Where the agent keeps the last known pods of its node (see [`pods::save_checkpoint`]).
 pub const POD_CHECKPOINT: &str = "/var/lib/clusterctl/agent/pods.json";
 
-/// Runs pod sync on the node's Docker, waiting for Docker to answer first.
-async fn run_pods(client: ApiClient, node_name: String, node_ip: IpAddr) {
+/// Runs pod sync on the node's Docker, waiting for Docker to answer first, and the agent's
+/// server beside it.
+async fn run_pods(client: ApiClient, node_name: String, node_ip: IpAddr, serving: Option<crate::apiserver::ServerTls>) {
     let docker = loop {
         match runtime::docker::DockerRuntime::connect().await {
             Ok(d) => break d,
@@ -183,7 +189,24 @@ async fn run_pods(client: ApiClient, node_name: String, node_ip: IpAddr) {
             }
         }
     };
-    pods::run(client, std::sync::Arc::new(docker), &node_name, node_ip, Some(POD_CHECKPOINT.into())).await;
+    let docker = std::sync::Arc::new(docker);
+    if let Some(tls) = serving {
+        let runtime: std::sync::Arc<dyn runtime::ContainerRuntime> = docker.clone();
+        tokio::spawn(async move {
+            // Bound again after a failure (the port still held by the agent being replaced).
+            loop {
+                let served = match tokio::net::TcpListener::bind(("0.0.0.0", server::PORT)).await {
+                    Ok(listener) => server::serve(listener, &tls, runtime.clone()).await,
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = served {
+                    tracing::warn!(error = format!("{e:#}"), port = server::PORT, "the agent's server; again in 2 s");
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+    }
+    pods::run(client, docker, &node_name, node_ip, Some(POD_CHECKPOINT.into())).await;
 }
 
 #[cfg(test)]
@@ -198,6 +221,7 @@ mod tests {
             labels: [("tier".to_string(), "web".to_string())].into(),
             heartbeat: Duration::from_secs(2),
             status_every: Duration::from_secs(10),
+            serving: None,
         }
     }
 

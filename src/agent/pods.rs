@@ -471,8 +471,13 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
                 env.happen(pod, &cname, NORMAL, "Started", format!("Started container {cname}"));
             }
         }
-        for extra in found {
-            to_terminate.push((extra.id, grace, true));
+        // The newest exited container before the current one stays, for `logs --previous` (as
+        // kubelet keeps one dead container per container); any older one goes.
+        let previous = if current.is_some() { found.iter().rposition(|c| !c.running) } else { None };
+        for (i, extra) in found.into_iter().enumerate() {
+            if Some(i) != previous {
+                to_terminate.push((extra.id, grace, true));
+            }
         }
         if current.as_ref().is_some_and(|c| env.terminating.lock().unwrap_or_else(|e| e.into_inner()).contains(&c.id)) {
             // Being stopped (liveness failure, new spec): look again once it is gone.
@@ -525,9 +530,8 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
                         ct.restart_count += 1;
                         ct.backoff = (ct.backoff * 2).min(BACKOFF_CAP);
                         ct.restart_at = None;
-                        if let Err(e) = env.runtime.remove(&c.id).await {
-                            tracing::warn!(container = %c.id, error = %e, "removing an exited container");
-                        }
+                        // The exited container stays as the previous one (removed at the next
+                        // restart, see above).
                         start(env, start_key, pod, spec, ct).await;
                         infos.insert(cname, None);
                     } else {

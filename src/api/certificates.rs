@@ -10,6 +10,9 @@ use super::time::Time;
 
 /// The signer for node client certificates (`CN=system:node:<name>, O=system:nodes`).
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// The signer of a node agent's serving certificate (what the API server verifies when it
+/// connects to the agent for a pod's logs, exec, attach and port-forward).
+pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 
 /// A request for a certificate, and the certificate once issued.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -34,7 +34,7 @@ pub mod time;
 
 pub use certificates::{
     CertificateSigningRequest, CertificateSigningRequestCondition, CertificateSigningRequestSpec,
-    CertificateSigningRequestStatus, KUBELET_CLIENT_SIGNER,
+    CertificateSigningRequestStatus, KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER,
 };
 pub use config::{ConfigMap, Secret};
 pub use machinepool::{MachinePool, MachinePoolSpec, MachinePoolStatus};
@@ -42,6 +42,6 @@ pub use lease::{Lease, LeaseSpec, NODE_LEASE_NAMESPACE};
 pub use meta::{
     List, ListMeta, ObjectMeta, OwnerReference, Status, StatusCause, StatusDetails, StatusReason, UnknownFields, WatchEvent, WatchEventType,
 };
-pub use node::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Taint};
+pub use node::{DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, Taint};
 pub use resource::{Resource, ResourceType};
 pub use time::{MicroTime, Time};

@@ -86,6 +86,30 @@ pub struct NodeStatus {
     pub conditions: Vec<NodeCondition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_info: Option<NodeSystemInfo>,
+    /// Where the node's agent serves (the API server proxies pod logs there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_endpoints: Option<NodeDaemonEndpoints>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
+}
+
+/// The ports of the node's daemons.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeDaemonEndpoints {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubelet_endpoint: Option<DaemonEndpoint>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
+}
+
+/// One daemon's port.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DaemonEndpoint {
+    #[serde(rename = "Port")]
+    pub port: i32,
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: UnknownFields,
@@ -154,6 +178,14 @@ pub struct NodeSystemInfo {
 }
 
 impl Node {
+    /// The node's `InternalIP`, and the port its agent serves on (kubelet's 10250 when the
+    /// status does not say).
+    pub fn agent_endpoint(&self) -> Option<(String, u16)> {
+        let ip = self.status.addresses.iter().find(|a| a.address_type == "InternalIP")?.address.clone();
+        let port = self.status.daemon_endpoints.as_ref().and_then(|d| d.kubelet_endpoint.as_ref()).and_then(|e| u16::try_from(e.port).ok()).unwrap_or(10250);
+        Some((ip, port))
+    }
+
     /// A node object with the given name and nothing else.
     pub fn new(name: impl Into<String>) -> Self {
         Node {

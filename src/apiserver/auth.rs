@@ -12,7 +12,9 @@
 //! Authorization ([`authorize`]):
 //! - group `system:masters`: everything;
 //! - a node (`system:node:<name>` in group `system:nodes`): read (get, list, watch) nodes, pods,
-//!   services, endpoints, configmaps, namespaces and leases; create, update and patch its own Node and
+//!   services, endpoints, configmaps, namespaces and leases (not their subresources: no pod logs or
+//!   exec); create a certificate signing request (for its own serving certificate, see [`super::csr`]);
+//!   create, update and patch its own Node and
 //!   its status; create, update and patch its own Lease in `kube-node-lease`; update and patch the
 //!   status of pods bound to it (checked against the stored pod by the caller); nothing else, no
 //!   deletes, no secrets;
@@ -148,8 +150,10 @@ pub fn authorize(identity: &Identity, attrs: &Attributes<'_>) -> Decision {
 fn authorize_node(node: &str, a: &Attributes<'_>) -> Decision {
     let own = a.name == Some(node);
     let allowed = match a.verb {
-        Verb::Get | Verb::List | Verb::Watch => NODE_READABLE.contains(a.resource),
+        Verb::Get | Verb::List | Verb::Watch => NODE_READABLE.contains(a.resource) && a.subresource.is_none(),
         Verb::Create => {
+            // Its agent's serving certificate (the CSR admission checks the name).
+            (*a.resource == resource::CERTIFICATE_SIGNING_REQUESTS && a.subresource.is_none()) ||
             (*a.resource == resource::NODES && own && a.subresource.is_none())
                 || (*a.resource == resource::LEASES && own && a.namespace == Some(NODE_LEASE_NAMESPACE))
                 || *a.resource == resource::EVENTS

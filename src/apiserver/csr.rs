@@ -4,8 +4,11 @@
 //!
 //! A bootstrap identity may only ask for `kubernetes.io/kube-apiserver-client-kubelet` certificates
 //! whose subject is exactly `CN=system:node:<name>, O=system:nodes` with a valid node name. As with
-//! kubeadm, a bootstrap token may claim any node name. Requests created by other identities are stored
-//! as they are, unsigned.
+//! kubeadm, a bootstrap token may claim any node name. A node may ask, with its own client
+//! certificate, for its agent's serving certificate (`kubernetes.io/kubelet-serving`, subject its
+//! own name only); the CA writes the node name as the certificate's one DNS name, which is what the
+//! API server checks when it connects to the agent. Requests created by other identities are
+//! stored as they are, unsigned.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -16,13 +19,16 @@ use super::auth::{Identity, NODE_USER_PREFIX, NODES_GROUP};
 use super::error::ApiError;
 use super::objects::valid_name;
 use crate::api::resource::CERTIFICATE_SIGNING_REQUESTS;
-use crate::api::{CertificateSigningRequest, KUBELET_CLIENT_SIGNER, Time};
+use crate::api::{CertificateSigningRequest, KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER, Time};
 
-/// Signs node client certificates with the cluster CA (implemented by `pki::ClusterCa`).
+/// Signs node certificates with the cluster CA (implemented by `pki::ClusterCa`).
 pub trait CsrSigner: Send + Sync {
     /// Signs a PEM certificate request already checked to ask for `CN=system:node:<name>,
-    /// O=system:nodes`, returning the certificate in PEM; the error says why it could not.
+    /// O=system:nodes`, returning the client certificate in PEM; the error says why it could not.
     fn sign_node_csr(&self, csr_pem: &str) -> Result<String, String>;
+    /// The same for the node agent's serving certificate (`kubelet-serving`: serverAuth, the node
+    /// name as the one DNS name).
+    fn sign_node_serving_csr(&self, csr_pem: &str) -> Result<String, String>;
 }
 
 /// The cluster CA signs node CSRs for the API server (its errors are plain text here).
@@ -30,9 +36,14 @@ impl CsrSigner for crate::pki::ClusterCa {
     fn sign_node_csr(&self, csr_pem: &str) -> Result<String, String> {
         crate::pki::ClusterCa::sign_node_csr(self, csr_pem).map_err(|e| e.to_string())
     }
+
+    fn sign_node_serving_csr(&self, csr_pem: &str) -> Result<String, String> {
+        crate::pki::ClusterCa::sign_node_serving_csr(self, csr_pem).map_err(|e| e.to_string())
+    }
 }
 
-const ALLOWED_USAGES: &[&str] = &["digital signature", "key encipherment", "client auth"];
+const CLIENT_USAGES: &[&str] = &["digital signature", "key encipherment", "client auth"];
+const SERVING_USAGES: &[&str] = &["digital signature", "key encipherment", "server auth"];
 
 /// The node name a PEM request asks a client certificate for, after checking its signature and that
 /// its subject is exactly `CN=system:node:<name>, O=system:nodes`.
@@ -61,8 +72,10 @@ pub fn node_name_of_request(csr_pem: &str) -> Result<String, String> {
     Ok(name.to_string())
 }
 
-/// Fills the server-owned parts of a new request (`username`, `groups`, empty `status`) and, for a
-/// bootstrap identity, checks and signs it.
+/// Fills the server-owned parts of a new request (`username`, `groups`, empty `status`) and signs
+/// the two kinds that are approved at once: a node client certificate asked for with a bootstrap
+/// token (kubeadm's auto-approval, in one step), and a node's serving certificate asked for by
+/// that node itself (`kubelet-serving`, for its own name only). Other requests are stored unsigned.
 pub fn admit(identity: &Identity, object: &mut Value, signer: &dyn CsrSigner) -> Result<(), ApiError> {
     let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
     let invalid = |m: String| ApiError::invalid(&CERTIFICATE_SIGNING_REQUESTS, &name, m);
@@ -70,28 +83,52 @@ pub fn admit(identity: &Identity, object: &mut Value, signer: &dyn CsrSigner) ->
     object["spec"]["username"] = json!(identity.user);
     object["spec"]["groups"] = json!(identity.groups);
     object["status"] = json!({});
-    if !identity.is_bootstrapper() {
-        return Ok(());
-    }
-    if csr.spec.signer_name != KUBELET_CLIENT_SIGNER {
-        return Err(ApiError::forbidden(
-            &CERTIFICATE_SIGNING_REQUESTS,
-            &name,
-            format!("bootstrap tokens may only request node client certificates (signerName {KUBELET_CLIENT_SIGNER})"),
-        ));
-    }
-    if !csr.spec.usages.is_empty() {
-        if !csr.spec.usages.iter().any(|u| u == "client auth") {
-            return Err(invalid("spec.usages must include \"client auth\"".into()));
+    let (signer_name, needed_usage) = if identity.is_bootstrapper() {
+        if csr.spec.signer_name != KUBELET_CLIENT_SIGNER {
+            return Err(ApiError::forbidden(
+                &CERTIFICATE_SIGNING_REQUESTS,
+                &name,
+                format!("bootstrap tokens may only request node client certificates (signerName {KUBELET_CLIENT_SIGNER})"),
+            ));
         }
-        if let Some(u) = csr.spec.usages.iter().find(|u| !ALLOWED_USAGES.contains(&u.as_str())) {
-            return Err(invalid(format!("spec.usages: {u:?} is not allowed for {KUBELET_CLIENT_SIGNER}")));
+        (KUBELET_CLIENT_SIGNER, "client auth")
+    } else if identity.node_name().is_some() {
+        if csr.spec.signer_name != KUBELET_SERVING_SIGNER {
+            return Err(ApiError::forbidden(
+                &CERTIFICATE_SIGNING_REQUESTS,
+                &name,
+                format!("nodes may only request their own serving certificates (signerName {KUBELET_SERVING_SIGNER})"),
+            ));
+        }
+        (KUBELET_SERVING_SIGNER, "server auth")
+    } else {
+        return Ok(());
+    };
+    let allowed_usages: &[&str] = if needed_usage == "client auth" { CLIENT_USAGES } else { SERVING_USAGES };
+    if !csr.spec.usages.is_empty() {
+        if !csr.spec.usages.iter().any(|u| u == needed_usage) {
+            return Err(invalid(format!("spec.usages must include {needed_usage:?}")));
+        }
+        if let Some(u) = csr.spec.usages.iter().find(|u| !allowed_usages.contains(&u.as_str())) {
+            return Err(invalid(format!("spec.usages: {u:?} is not allowed for {signer_name}")));
         }
     }
     let pem = STANDARD.decode(csr.spec.request.trim()).map_err(|_| invalid("spec.request is not base64".into()))?;
     let pem = String::from_utf8(pem).map_err(|_| invalid("spec.request is not a PEM text".into()))?;
     let node = node_name_of_request(&pem).map_err(|m| invalid(format!("spec.request: {m}")))?;
-    let cert = signer.sign_node_csr(&pem).map_err(|e| ApiError::internal(format!("signing the certificate for node {node:?}: {e}")))?;
+    let (cert, what) = if signer_name == KUBELET_CLIENT_SIGNER {
+        (signer.sign_node_csr(&pem), "client")
+    } else {
+        if identity.node_name() != Some(node.as_str()) {
+            return Err(ApiError::forbidden(
+                &CERTIFICATE_SIGNING_REQUESTS,
+                &name,
+                format!("node {:?} may not request a serving certificate for node {node:?}", identity.node_name().unwrap_or_default()),
+            ));
+        }
+        (signer.sign_node_serving_csr(&pem), "serving")
+    };
+    let cert = cert.map_err(|e| ApiError::internal(format!("signing the {what} certificate for node {node:?}: {e}")))?;
     let now = Time::now();
     object["status"] = json!({
         "certificate": STANDARD.encode(cert),
@@ -99,11 +136,11 @@ pub fn admit(identity: &Identity, object: &mut Value, signer: &dyn CsrSigner) ->
             "type": "Approved",
             "status": "True",
             "reason": "AutoApproved",
-            "message": format!("node client certificate for {node} signed for {}", identity.user),
+            "message": format!("node {what} certificate for {node} signed for {}", identity.user),
             "lastUpdateTime": now,
             "lastTransitionTime": now,
         }],
     });
-    tracing::info!(node = %node, requester = %identity.user, "signed a node client certificate");
+    tracing::info!(node = %node, requester = %identity.user, "signed a node {what} certificate");
     Ok(())
 }

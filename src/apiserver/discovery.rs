@@ -102,6 +102,15 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             "kind": rt.kind,
             "verbs": ["get", "patch", "update"],
         }));
+        if *rt == crate::api::resource::PODS {
+            resources.push(json!({
+                "name": "pods/log",
+                "singularName": "",
+                "namespaced": true,
+                "kind": "Pod",
+                "verbs": ["get"],
+            }));
+        }
         if has_scale(rt) {
             resources.push(json!({
                 "name": format!("{}/scale", rt.plural),

@@ -13,6 +13,7 @@
 //!   [`openapi`]: `/openapi/v2` (JSON and protobuf) and `/openapi/v3`, from the api types' schema.
 //! - [`table`]: `Table` answers to lists and gets for kubectl's printing.
 //! - [`scale`]: the `scale` subresource of deployments (`autoscaling/v1` `Scale`).
+//! - [`podproxy`]: a pod's `log`, read from the agent of its node over mutually verified TLS.
 //! - [`csr`]: node certificate signing requests, signed through the [`CsrSigner`] trait.
 //! - [`store`]: the [`store::Store`] trait and the embedded SQLite store.
 //! - [`error`]: failures as Kubernetes `Status` objects.
@@ -31,12 +32,13 @@ mod handlers;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
+pub mod podproxy;
 mod scale;
 mod table;
 pub mod selectors;
 pub mod store;
 pub mod target;
-mod tls;
+pub mod tls;
 mod watch;
 
 use std::collections::HashMap;
@@ -87,6 +89,13 @@ pub struct ServerTls {
     pub client_ca_pem: String,
 }
 
+impl std::fmt::Debug for ServerTls {
+    // Never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerTls")
+    }
+}
+
 /// Everything the API server needs besides its store and listener.
 #[derive(Clone)]
 pub struct ApiServerConfig {
@@ -98,6 +107,8 @@ pub struct ApiServerConfig {
     /// The binary served at [`NODE_BINARY_PATH`] (a master serves its own, `/proc/self/exe`);
     /// None answers 404 there.
     pub node_binary: Option<std::path::PathBuf>,
+    /// The client certificate for the node agents (pod logs); None answers 503 there.
+    pub kubelet_client: Option<podproxy::KubeletClientTls>,
 }
 
 /// Why the API server could not start.
@@ -128,6 +139,8 @@ pub(crate) struct AppState {
     pub(crate) config: Arc<ApiServerConfig>,
     /// Turns true when the server shuts down (ends watches).
     pub(crate) stopping: signal::Receiver<bool>,
+    /// TLS towards the node agents, from [`ApiServerConfig::kubelet_client`].
+    pub(crate) kubelet_client: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets open requests finish (watches
@@ -139,9 +152,10 @@ pub async fn serve(
     shutdown: impl Future,
 ) -> Result<(), ApiServerError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(&config.tls)?));
+    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(&config.tls, tls::ClientCerts::Optional)?));
     let (stop_tx, stop_rx) = signal::channel(false);
-    let state = AppState { store, config: Arc::new(config), stopping: stop_rx.clone() };
+    let kubelet_client = config.kubelet_client.as_ref().map(podproxy::client_config).transpose()?;
+    let state = AppState { store, config: Arc::new(config), stopping: stop_rx.clone(), kubelet_client };
     let app = router(state);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -189,7 +203,8 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAccepto
         app.clone().oneshot(req.map(Body::new))
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    // With upgrades: a pod's exec, attach and port-forward switch the connection to a stream.
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let stop = async move {
         let _ = stopping.wait_for(|s| *s).await;
@@ -214,6 +229,7 @@ fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/version", get(version))
         .route(NODE_BINARY_PATH, get(node_binary))
+        .route("/api/v1/namespaces/{namespace}/pods/{name}/log", get(podproxy::log))
         .fallback(resource)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)

@@ -68,6 +68,12 @@ impl CsrSigner for TestCa {
         request.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         request.signed_by(&self.issuer).map(|c| c.pem()).map_err(|e| e.to_string())
     }
+
+    fn sign_node_serving_csr(&self, csr_pem: &str) -> Result<String, String> {
+        let mut request = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| e.to_string())?;
+        request.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        request.signed_by(&self.issuer).map(|c| c.pem()).map_err(|e| e.to_string())
+    }
 }
 
 /// A running server and the means to reach it.
@@ -94,7 +100,8 @@ impl TestServer {
             tls: ServerTls { cert_pem, key_pem, client_ca_pem: ca.pem.clone() },
             csr_signer: ca.clone(),
             cluster_info_ca_pem: ca.pem.clone(),
-        node_binary,
+            node_binary,
+            kubelet_client: None,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());

@@ -1,5 +1,6 @@
-//! The server's TLS: its certificate, and client certificates verified against the cluster CA but not
-//! required (bootstrap tokens and anonymous health checks come without one).
+//! The server's TLS: its certificate, and client certificates verified against the cluster CA,
+//! optional for the API server (bootstrap tokens and anonymous health checks come without one) and
+//! required by the node agent's server, which also uses this.
 
 use std::sync::Arc;
 
@@ -21,8 +22,17 @@ fn certificates(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
+/// Whether a server lets in clients without a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// The API server: bootstrap tokens and anonymous health checks come without one.
+    Optional,
+    /// The node agent's server: only the API server's certificate gets in.
+    Required,
+}
+
 /// The rustls configuration for `tls`.
-pub fn server_config(tls: &ServerTls) -> Result<rustls::ServerConfig, ApiServerError> {
+pub fn server_config(tls: &ServerTls, clients: ClientCerts) -> Result<rustls::ServerConfig, ApiServerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certificates(&tls.cert_pem, "serving certificate")?;
     let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|source| ApiServerError::Pem { what: "serving key", source })?;
@@ -30,10 +40,11 @@ pub fn server_config(tls: &ServerTls) -> Result<rustls::ServerConfig, ApiServerE
     for ca in certificates(&tls.client_ca_pem, "client CA")? {
         roots.add(ca).map_err(|source| ApiServerError::Tls { action: "adding the client CA", source })?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(ApiServerError::ClientVerifier)?;
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if clients == ClientCerts::Optional {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier.build().map_err(ApiServerError::ClientVerifier)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|source| ApiServerError::Tls { action: "choosing protocol versions", source })?

@@ -19,7 +19,6 @@
 //! - [`replace`]: a lost master of an HA control plane replaced (etcd membership, CA, install);
 //! - [`images`]: image tarballs side-loaded into the nodes' Docker;
 //! - [`backup`]: `clusterctl backup`/`restore` from the operator's side (snapshots over SSH);
-//! - [`logs`]: a pod container's logs read on its node over SSH.
 //!
 //! Re-running on an installed cluster changes nothing: uploads are skipped when the node already
 //! has identical files, and the install script restarts a service only when something changed.
@@ -31,7 +30,6 @@ pub mod hostkeys;
 pub mod images;
 pub mod install;
 pub mod join;
-pub mod logs;
 pub mod machines;
 pub mod replace;
 pub mod ssh;

@@ -1,20 +1,18 @@
-//! `clusterctl logs POD --spec SPEC [-c CONTAINER] [-f] [--tail N]`: a pod container's logs, read
-//! on the pod's node over SSH ([`crate::bootstrap::logs`] does that). `-f` streams until
+//! `clusterctl logs POD (--spec SPEC | --cluster NAME) [-c CONTAINER] [-f] [--tail N] [-p]
+//! [--timestamps] [--since 5m]`: a pod container's logs through the API (the pod's `log`
+//! subresource, which the API server reads from the agent of the pod's node). `-f` streams until
 //! interrupted.
-//!
-//! The spec is needed (not only the cluster name) because reaching a node takes the cloud (its
-//! address and console host keys) and the spec's SSH user.
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
-use super::{connect, load_spec, Failure, Global};
+use futures::StreamExt;
+
+use super::Failure;
 use crate::api::pod::Pod;
-use crate::api::resource::{NODES, PODS};
-use crate::api::Node;
-use crate::bootstrap::hostkeys::KnownHosts;
-use crate::bootstrap::logs::{copy_logs, LogRequest};
-use crate::home::ClusterHome;
+use crate::api::resource::PODS;
 
 /// Arguments of `logs`.
 #[derive(Debug, Args)]
@@ -30,12 +28,24 @@ pub struct LogsArgs {
     /// Only the last N lines.
     #[arg(long)]
     pub tail: Option<u32>,
+    /// The logs of the container's previous run (after a crash or restart).
+    #[arg(short = 'p', long)]
+    pub previous: bool,
+    /// Each line prefixed with the time it was written.
+    #[arg(long)]
+    pub timestamps: bool,
+    /// Only what was written in this last stretch of time (`30s`, `5m`, `1h`).
+    #[arg(long, value_parser = super::drain::parse_duration)]
+    pub since: Option<Duration>,
     /// The pod's namespace.
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
-    /// The cluster spec (its SSH user, and the cloud to find the node in).
+    /// The cluster spec (to name the cluster).
+    #[arg(long, conflicts_with = "cluster")]
+    pub spec: Option<PathBuf>,
+    /// The cluster's name (instead of a spec).
     #[arg(long)]
-    pub spec: PathBuf,
+    pub cluster: Option<String>,
 }
 
 /// A problem with the pod that makes logs impossible (before any node is reached).
@@ -74,10 +84,31 @@ pub fn log_source(pod: &Pod, container: Option<&str>) -> Result<(String, String)
     Ok((node.to_string(), chosen))
 }
 
+/// The path of the pod's `log` subresource for `args` and the chosen container.
+pub fn log_path(args: &LogsArgs, container: &str) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("container", container);
+    if args.follow {
+        query.append_pair("follow", "true");
+    }
+    if let Some(n) = args.tail {
+        query.append_pair("tailLines", &n.to_string());
+    }
+    if args.previous {
+        query.append_pair("previous", "true");
+    }
+    if args.timestamps {
+        query.append_pair("timestamps", "true");
+    }
+    if let Some(since) = args.since {
+        query.append_pair("sinceSeconds", &since.as_secs().max(1).to_string());
+    }
+    format!("{}/log?{}", PODS.object_path(Some(&args.namespace), &args.pod), query.finish())
+}
+
 /// Runs `logs`.
-pub async fn run(global: &Global, args: &LogsArgs) -> Result<(), Failure> {
-    let spec = load_spec(&args.spec)?;
-    let client = super::get::cluster_client(Some(&args.spec), None)?;
+pub async fn run(args: &LogsArgs) -> Result<(), Failure> {
+    let client = super::get::cluster_client(args.spec.as_ref(), args.cluster.as_ref())?;
     let pod: Pod = client.get(&PODS, Some(&args.namespace), &args.pod).await.map_err(|e| {
         if e.is_not_found() {
             Failure::Operation(anyhow::anyhow!("pod {:?} not found in namespace {}", args.pod, args.namespace))
@@ -85,25 +116,20 @@ pub async fn run(global: &Global, args: &LogsArgs) -> Result<(), Failure> {
             Failure::Operation(anyhow::anyhow!("reading pod {}: {e}", args.pod))
         }
     })?;
-    let (node_name, container) = log_source(&pod, args.container.as_deref()).map_err(|e| match e {
+    let (_, container) = log_source(&pod, args.container.as_deref()).map_err(|e| match e {
         PodLogsError::ContainerNotNamed { .. } => Failure::Input(e.into()),
         _ => Failure::Operation(e.into()),
     })?;
-    let node: Node = client.get(&NODES, None, &node_name).await.map_err(|e| Failure::Operation(anyhow::anyhow!("reading node {node_name} of pod {}: {e}", args.pod)))?;
-    let cloud = connect(global, &spec).await;
-    let home = ClusterHome::of(spec.name.as_str());
-    let key = home.ssh_key(&spec)?;
-    let known = KnownHosts::at(home.dir.join("known_hosts"));
-    let request = LogRequest {
-        pod: &args.pod,
-        pod_uid: &pod.metadata.uid,
-        container: &container,
-        node: &node_name,
-        provider_id: node.spec.provider_id.as_deref().unwrap_or(""),
-        follow: args.follow,
-        tail: args.tail,
-    };
-    copy_logs(cloud.as_ref(), &spec, &key.private_path, &known, &request, std::io::stdout()).await.map_err(|e| Failure::Operation(e.into()))
+    let mut stream = client.get_stream(&log_path(args, &container)).await.map_err(|e| Failure::Operation(anyhow::anyhow!("reading the logs of pod {}: {e}", args.pod)))?;
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Failure::Operation(anyhow::anyhow!("reading the logs of pod {}: {e}", args.pod)))?;
+        // A closed pipe (`| head`) ends the command quietly.
+        if out.write_all(&chunk).and_then(|()| out.flush()).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -120,6 +146,23 @@ mod tests {
             p["spec"]["nodeName"] = json!(n);
         }
         serde_json::from_value(p).unwrap()
+    }
+
+    #[test]
+    fn the_log_path_carries_every_option() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: LogsArgs,
+        }
+        let cli = Cli::parse_from(["x", "web-1", "--cluster", "demo", "-n", "shop", "-f", "--tail", "5", "-p", "--timestamps", "--since", "2m"]);
+        assert_eq!(
+            log_path(&cli.args, "httpd"),
+            "/api/v1/namespaces/shop/pods/web-1/log?container=httpd&follow=true&tailLines=5&previous=true&timestamps=true&sinceSeconds=120"
+        );
+        let cli = Cli::parse_from(["x", "web-1", "--spec", "c.toml"]);
+        assert_eq!(log_path(&cli.args, "httpd"), "/api/v1/namespaces/default/pods/web-1/log?container=httpd");
     }
 
     #[test]

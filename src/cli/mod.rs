@@ -81,7 +81,7 @@ pub enum Command {
     Scale(scale::ScaleArgs),
     /// Show one node, pod, deployment or service in detail.
     Describe(describe::DescribeArgs),
-    /// Print the logs of a pod's container (read on its node over SSH).
+    /// Print the logs of a pod's container (through the API, from the agent of its node).
     Logs(logs::LogsArgs),
     /// Mark a node unschedulable: no new pods are placed on it.
     Cordon(cordon::NodeNameArgs),
@@ -203,7 +203,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Scale(args) => scale::run(&cli.global, args).await,
         Command::Node(args) => node::run(args).await,
         Command::Describe(args) => describe::run(args).await,
-        Command::Logs(args) => logs::run(&cli.global, args).await,
+        Command::Logs(args) => logs::run(args).await,
         Command::Backup(args) => backup::run_backup(&cli.global, args).await,
         Command::Restore(args) => backup::run_restore(&cli.global, args).await,
         Command::Cordon(args) => cordon::run(args, true).await,

@@ -455,6 +455,14 @@ impl ApiClient {
         Ok(watch_lines(response.bytes_stream(), action).boxed())
     }
 
+    /// `GET path` answered as a stream of bytes (a pod's log, `follow` included): no overall time
+    /// limit, the stream ends when the server ends the answer.
+    pub async fn get_stream(&self, path: &str) -> Result<BoxStream<'static, Result<bytes::Bytes, ClientError>>, ClientError> {
+        let action = format!("GET {path}");
+        let response = self.send(Method::GET, path, None, &action, None).await?;
+        Ok(response.bytes_stream().map(move |chunk| chunk.map_err(|source| ClientError::Transport { action: action.clone(), source })).boxed())
+    }
+
     /// Sends any request with an optional JSON body and returns the JSON answer.
     pub async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
         let action = format!("{method} {path}");

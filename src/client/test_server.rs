@@ -12,13 +12,21 @@ use crate::pki::ClusterCa;
 
 /// Starts a server and returns a `system:masters` client of it.
 pub async fn start() -> ApiClient {
-    let ca = Arc::new(ClusterCa::generate("test").unwrap());
+    start_with_ca(Arc::new(ClusterCa::generate("test").unwrap())).await
+}
+
+/// Starts a server whose certificates (its own, its clients', the agents' it reaches) are of `ca`.
+pub async fn start_with_ca(ca: Arc<ClusterCa>) -> ApiClient {
     let serving = ca.issue_server(&["localhost".to_string()], &["127.0.0.1".parse().unwrap()]).unwrap();
     let config = ApiServerConfig {
         tls: ServerTls { cert_pem: serving.cert_pem, key_pem: serving.key_pem, client_ca_pem: ca.cert_pem().to_string() },
         csr_signer: ca.clone(),
         cluster_info_ca_pem: ca.cert_pem().to_string(),
         node_binary: None,
+        kubelet_client: {
+            let issued = ca.issue_client(crate::pki::KUBELET_CLIENT_CN, &[]).unwrap();
+            Some(crate::apiserver::podproxy::KubeletClientTls { cert_pem: issued.cert_pem, key_pem: issued.key_pem, ca_pem: ca.cert_pem().to_string() })
+        },
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());

@@ -40,6 +40,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         cluster_info_ca_pem: ca.cert_pem().to_string(),
         // The running binary, even after an upgrade has replaced the file on disk.
         node_binary: Some("/proc/self/exe".into()),
+        kubelet_client: {
+            let issued = ca.issue_client(pki::KUBELET_CLIENT_CN, &[])?;
+            Some(apiserver::podproxy::KubeletClientTls { cert_pem: issued.cert_pem, key_pem: issued.key_pem, ca_pem: ca.cert_pem().to_string() })
+        },
     };
     // The server stops after the leases are given up (below), so that giving them up can reach it.
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -103,7 +107,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let node = ca.issue_client(&format!("system:node:{}", config.node_name), &["system:nodes"])?;
     let node_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: node.cert_pem, key_pem: node.key_pem })?;
     tokio::spawn(crate::proxy::run(node_client.clone()));
-    tokio::spawn(agent::run(node_client, super::agent_config(&config, Duration::from_secs(2))));
+    let serving = ca.issue_node_serving(&config.node_name)?;
+    let serving = apiserver::ServerTls { cert_pem: serving.cert_pem, key_pem: serving.key_pem, client_ca_pem: ca.cert_pem().to_string() };
+    tokio::spawn(agent::run(node_client, super::agent_config(&config, Duration::from_secs(2), serving)));
 
     tokio::select! {
         ended = &mut server => {

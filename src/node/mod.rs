@@ -22,8 +22,9 @@ use crate::agent::AgentConfig;
 use crate::nodeconfig::NodeConfig;
 
 /// The agent settings a node's config implies.
-pub fn agent_config(config: &NodeConfig, heartbeat: Duration) -> AgentConfig {
+pub fn agent_config(config: &NodeConfig, heartbeat: Duration, serving: crate::apiserver::ServerTls) -> AgentConfig {
     AgentConfig {
+        serving: Some(serving),
         node_name: config.node_name.clone(),
         internal_ip: config.internal_ip,
         provider_id: format!("aws:///{}/{}", config.zone, config.instance_id),

@@ -65,6 +65,34 @@ async fn join(server: &str, config: &NodeConfig, dir: &Path) -> Result<Credentia
     Ok(Credentials { ca_pem, cert_pem, key_pem })
 }
 
+/// The agent's serving certificate and key (PEM): the ones in `dir` (`serving.crt`, `serving.key`)
+/// when there, else new ones asked for with the node's own credential
+/// (`kubernetes.io/kubelet-serving`; the key never leaves the node).
+async fn serving_certificate(client: &ApiClient, node_name: &str, dir: &Path) -> Result<(String, String)> {
+    let (cert_path, key_path) = (dir.join("serving.crt"), dir.join("serving.key"));
+    if let (Ok(cert), Ok(key)) = (std::fs::read_to_string(&cert_path), std::fs::read_to_string(&key_path)) {
+        return Ok((cert, key));
+    }
+    let (csr_pem, key_pem) = pki::node_csr(node_name).context("making the serving key and signing request")?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let request = json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": { "name": format!("node-serving-{node_name}-{}", &hex::encode(rand::random::<[u8; 4]>())) },
+        "spec": {
+            "request": b64.encode(&csr_pem),
+            "signerName": crate::api::KUBELET_SERVING_SIGNER,
+            "usages": ["digital signature", "server auth"],
+        },
+    });
+    let signed = client.create_value("/apis/certificates.k8s.io/v1/certificatesigningrequests", &request).await.context("sending the serving certificate request")?;
+    let cert_b64 = signed.pointer("/status/certificate").and_then(|v| v.as_str()).context("the signing request came back without a certificate")?;
+    let cert_pem = String::from_utf8(b64.decode(cert_b64).context("decoding the certificate")?).context("the certificate is not text")?;
+    pki::write_key_file(&key_path, &key_pem)?;
+    pki::write_key_file(&cert_path, &cert_pem)?;
+    Ok((cert_pem, key_pem))
+}
+
 /// Runs the worker until the process is stopped.
 pub async fn run(config: NodeConfig) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -98,10 +126,20 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             }
         }
     };
+    let ca_pem = creds.ca_pem.clone();
     let client = ApiClient::new(&server, ClientAuth::Certificate { ca_pem: creds.ca_pem, cert_pem: creds.cert_pem, key_pem: creds.key_pem })?;
+    let serving = loop {
+        match serving_certificate(&client, &config.node_name, &dir).await {
+            Ok((cert_pem, key_pem)) => break crate::apiserver::ServerTls { cert_pem, key_pem, client_ca_pem: ca_pem },
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "getting the agent's serving certificate; again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
     tokio::spawn(crate::proxy::run(client.clone()));
     tokio::select! {
-        _ = agent::run(client, super::agent_config(&config, Duration::from_secs(worker.heartbeat_seconds.max(1)))) => {}
+        _ = agent::run(client, super::agent_config(&config, Duration::from_secs(worker.heartbeat_seconds.max(1)), serving)) => {}
         _ = super::master::shutdown_signal() => {}
     }
     Ok(())

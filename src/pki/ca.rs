@@ -37,6 +37,9 @@ pub const NODE_CN_PREFIX: &str = "system:node:";
 pub const NODES_GROUP: &str = "system:nodes";
 /// The organization of the admin's client certificate.
 pub const MASTERS_GROUP: &str = "system:masters";
+/// The common name of the API server's client certificate towards the node agents (kubeadm's
+/// `apiserver-kubelet-client`): the only identity an agent's server lets in.
+pub const KUBELET_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
 
 /// A certificate and its private key, both PEM.
 #[derive(Clone, PartialEq, Eq)]
@@ -243,10 +246,30 @@ impl ClusterCa {
         Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
+    /// Issues a node agent's serving certificate (serverAuth, one year): `CN=system:node:<name>,
+    /// O=system:nodes` with the node name as its one DNS name, which is what the API server
+    /// verifies when it connects to the agent at the node's address (see
+    /// [`Self::sign_node_serving_csr`]).
+    pub fn issue_node_serving(&self, node_name: &str) -> Result<Issued, PkiError> {
+        self.issue(node_serving_params(node_name)?, "a node serving certificate")
+    }
+
     /// Signs a joining node's CSR: its subject must be `CN=system:node:<name>, O=system:nodes`.
     /// Only the public key and that subject are taken from the request; validity, key usage and
     /// extensions are the CA's (clientAuth, one year). Returns the certificate, PEM.
     pub fn sign_node_csr(&self, csr_pem: &str) -> Result<String, PkiError> {
+        self.sign_node_request(csr_pem, NodeCertUsage::Client)
+    }
+
+    /// Signs a node's CSR for its agent's serving certificate (Kubernetes' `kubelet-serving`
+    /// signer): the subject must be `CN=system:node:<name>, O=system:nodes`; whatever names the
+    /// request asks for, the certificate names only the node (one DNS SAN), so that a node can
+    /// serve only as itself. Returns the certificate, PEM.
+    pub fn sign_node_serving_csr(&self, csr_pem: &str) -> Result<String, PkiError> {
+        self.sign_node_request(csr_pem, NodeCertUsage::Serving)
+    }
+
+    fn sign_node_request(&self, csr_pem: &str, usage: NodeCertUsage) -> Result<String, PkiError> {
         let (_, pem) = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()).map_err(|e| PkiError::Parse { what: "node CSR", message: e.to_string() })?;
         if pem.label != "CERTIFICATE REQUEST" {
             return Err(PkiError::Parse { what: "node CSR", message: format!("expected a CERTIFICATE REQUEST PEM block, found {}", pem.label) });
@@ -257,8 +280,11 @@ impl ClusterCa {
         };
         // Verifies the request's signature (proof that the node holds the key).
         let mut request = CertificateSigningRequestParams::from_der(&pem.contents.clone().into()).map_err(|e| PkiError::CsrRefused { reason: e.to_string() })?;
-        request.params = leaf_params(&format!("{NODE_CN_PREFIX}{node}"), &[NODES_GROUP], ExtendedKeyUsagePurpose::ClientAuth)?;
-        let cert = request.signed_by(&self.issuer).map_err(rcgen_err(format!("signing the client certificate of node {node}")))?;
+        request.params = match usage {
+            NodeCertUsage::Client => leaf_params(&format!("{NODE_CN_PREFIX}{node}"), &[NODES_GROUP], ExtendedKeyUsagePurpose::ClientAuth)?,
+            NodeCertUsage::Serving => node_serving_params(&node)?,
+        };
+        let cert = request.signed_by(&self.issuer).map_err(rcgen_err(format!("signing the {usage} certificate of node {node}")))?;
         Ok(cert.pem())
     }
 
@@ -273,6 +299,30 @@ impl ClusterCa {
         }
         cert.verify_signature(Some(ca.public_key())).map_err(|e| PkiError::NotIssuedByCa { reason: e.to_string() })
     }
+}
+
+/// What a node certificate is for.
+#[derive(Debug, Clone, Copy)]
+enum NodeCertUsage {
+    Client,
+    Serving,
+}
+
+impl fmt::Display for NodeCertUsage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeCertUsage::Client => "client",
+            NodeCertUsage::Serving => "serving",
+        })
+    }
+}
+
+/// A node agent's serving certificate: the node's subject, serverAuth, the node name as DNS SAN.
+fn node_serving_params(node: &str) -> Result<CertificateParams, PkiError> {
+    let mut params = leaf_params(&format!("{NODE_CN_PREFIX}{node}"), &[NODES_GROUP], ExtendedKeyUsagePurpose::ServerAuth)?;
+    let ia5 = node.to_string().try_into().map_err(rcgen_err(format!("adding DNS name {node:?} to a node serving certificate")))?;
+    params.subject_alt_names.push(SanType::DnsName(ia5));
+    Ok(params)
 }
 
 /// The node name in a CSR's subject, if the subject is exactly a node's.

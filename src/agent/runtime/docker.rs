@@ -295,6 +295,22 @@ impl ContainerRuntime for DockerRuntime {
         Ok(out)
     }
 
+    async fn log_stream(&self, id: &str, options: &super::LogOptions) -> Result<super::LogStream, RuntimeError> {
+        let mut builder = LogsOptionsBuilder::default().stdout(true).stderr(true).follow(options.follow).timestamps(options.timestamps);
+        builder = builder.tail(&options.tail_lines.map_or("all".to_string(), |n| n.to_string()));
+        if let Some(since) = options.since_unix {
+            builder = builder.since(i32::try_from(since).unwrap_or(i32::MAX));
+        }
+        // Fails early for a container that is gone, instead of as the stream's first item.
+        self.inspect(id).await?;
+        let id = id.to_string();
+        let stream = self.docker.logs(&id, Some(builder.build())).map(move |chunk| match chunk {
+            Ok(output) => Ok(output.into_bytes()),
+            Err(e) => Err(failed(format!("reading the logs of {id}"), e)),
+        });
+        Ok(Box::pin(stream))
+    }
+
     async fn exec(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {
         let options = CreateExecOptions { cmd: Some(command.to_vec()), attach_stdout: Some(true), attach_stderr: Some(true), ..Default::default() };
         let exec = self.docker.create_exec(id, options).await.map_err(|e| failed(format!("exec in {id}"), e))?;

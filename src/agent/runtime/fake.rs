@@ -19,6 +19,8 @@ struct State {
     fail_next: BTreeSet<String>,
     /// Exit code that exec returns, per container id (0 when unset).
     exec_results: HashMap<String, i64>,
+    /// What the container has written, per container id.
+    logs: HashMap<String, String>,
 }
 
 /// The fake runtime; clones share one state.
@@ -62,6 +64,11 @@ impl FakeRuntime {
     /// What exec (exec probes) returns for the container.
     pub fn set_exec_result(&self, id: &str, code: i64) {
         self.lock().exec_results.insert(id.to_string(), code);
+    }
+
+    /// What the container has written (its log stream, whole: the fake ignores the options).
+    pub fn set_logs(&self, id: &str, text: &str) {
+        self.lock().logs.insert(id.to_string(), text.to_string());
     }
 
     /// The containers that exist, with their specs.
@@ -119,7 +126,8 @@ impl ContainerRuntime for FakeRuntime {
             labels: spec.labels.clone(),
             running: true,
             exit_code: None,
-            started_at: Some("2026-01-01T00:00:00Z".into()),
+            // Later containers started later (one second apart), as the current one is chosen by time.
+            started_at: Some(format!("2026-01-01T{:02}:{:02}:{:02}Z", s.next_id / 3600 % 24, s.next_id / 60 % 60, s.next_id % 60)),
             finished_at: None,
             ip: Some("172.17.0.2".parse().expect("a literal address")),
             published,
@@ -153,5 +161,11 @@ impl ContainerRuntime for FakeRuntime {
     async fn exec(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {
         self.call("exec", format!("exec {id} {}", command.join(" ")))?;
         Ok(self.lock().exec_results.get(id).copied().unwrap_or(0))
+    }
+
+    async fn log_stream(&self, id: &str, options: &super::LogOptions) -> Result<super::LogStream, RuntimeError> {
+        self.call("log_stream", format!("log_stream {id} {options:?}"))?;
+        let text = self.lock().logs.get(id).cloned().unwrap_or_default();
+        Ok(Box::pin(futures::stream::iter([Ok(bytes::Bytes::from(text))])))
     }
 }

@@ -73,6 +73,22 @@ pub struct ContainerInfo {
     pub published: BTreeMap<u16, u16>,
 }
 
+/// What a read of a container's log asks for (kubelet's `PodLogOptions`, as the runtime takes them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogOptions {
+    /// Keep streaming what the container writes until it stops (or the reader goes).
+    pub follow: bool,
+    /// Only the last lines.
+    pub tail_lines: Option<u64>,
+    /// Only what was written since this Unix time (seconds).
+    pub since_unix: Option<i64>,
+    /// Each line prefixed with its RFC 3339 time (nanoseconds) and a space.
+    pub timestamps: bool,
+}
+
+/// A stream of a container's output, bytes as the container wrote them (stdout and stderr mixed).
+pub type LogStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, RuntimeError>>;
+
 /// A failed runtime call.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -105,4 +121,6 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn logs(&self, id: &str, tail: usize) -> Result<String, RuntimeError>;
     /// Runs a command inside the container and returns its exit code.
     async fn exec(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError>;
+    /// The container's log as a stream (what `kubectl logs` reads through the agent's server).
+    async fn log_stream(&self, id: &str, options: &LogOptions) -> Result<LogStream, RuntimeError>;
 }

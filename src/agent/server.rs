@@ -1,0 +1,337 @@
+//! The agent's HTTPS server (the kubelet's port 10250): what the API server proxies a pod's `log`
+//! subresource to.
+//!
+//! It serves with the node's serving certificate (`CN=system:node:<name>`, the node name as its one
+//! DNS name, signed by the cluster CA: the API server verifies that name) and lets in only client
+//! certificates of the cluster CA whose common name is [`KUBELET_CLIENT_CN`], the API server's.
+//! Paths are kubelet's: `GET /containerLogs/{namespace}/{pod}/{container}` with `follow`,
+//! `tailLines`, `sinceSeconds`, `sinceTime`, `timestamps`, `previous` and `limitBytes`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::StreamExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use super::runtime::{ContainerInfo, ContainerRuntime, LogOptions, labels};
+use crate::api::Time;
+use crate::apiserver::ServerTls;
+use crate::apiserver::tls::{self, ClientCerts};
+use crate::pki::KUBELET_CLIENT_CN;
+
+/// The port the agent serves on (kubelet's).
+pub const PORT: u16 = 10250;
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+struct AgentState {
+    runtime: Arc<dyn ContainerRuntime>,
+}
+
+/// Serves on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, tls: &ServerTls, runtime: Arc<dyn ContainerRuntime>) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = tls::server_config(tls, ClientCerts::Required)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let app = router(AgentState { runtime });
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                tokio::spawn(serve_connection(tcp, peer, acceptor.clone(), app.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The common name of a connection's verified client certificate.
+#[derive(Clone)]
+struct Peer(Option<String>);
+
+async fn serve_connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, app: Router) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let who = Peer(tls::peer_identity(tls.get_ref().1).map(|i| i.user));
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(who.clone());
+        app.clone().oneshot(req.map(Body::new))
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+fn router(state: AgentState) -> Router {
+    Router::new()
+        .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
+        .layer(middleware::from_fn(only_the_api_server))
+        .with_state(state)
+}
+
+/// Lets in the API server's certificate only (the TLS layer already verified it against the CA).
+async fn only_the_api_server(req: Request, next: Next) -> Response {
+    match req.extensions().get::<Peer>().and_then(|p| p.0.as_deref()) {
+        Some(KUBELET_CLIENT_CN) => next.run(req).await,
+        Some(user) => (StatusCode::FORBIDDEN, format!("user {user:?} may not use the node's API\n")).into_response(),
+        None => (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response(),
+    }
+}
+
+/// A failure answered as kubelet does: a status code and a line of text.
+fn refuse(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, format!("{}\n", message.into())).into_response()
+}
+
+fn flag(query: &HashMap<String, String>, key: &str) -> bool {
+    query.get(key).is_some_and(|v| v == "true" || v == "1")
+}
+
+fn number(query: &HashMap<String, String>, key: &str) -> Result<Option<u64>, String> {
+    match query.get(key) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| format!("{key}: {v:?} is not a non-negative integer")),
+    }
+}
+
+/// A log read's options from kubelet's query parameters; the error says which is wrong.
+fn log_options(query: &HashMap<String, String>) -> Result<(LogOptions, Option<u64>), String> {
+    let since_seconds = number(query, "sinceSeconds")?;
+    let since_time = match query.get("sinceTime") {
+        None => None,
+        Some(t) => Some(Time::parse(t).map_err(|_| format!("sinceTime: {t:?} is not an RFC 3339 time"))?),
+    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let since_unix = match (since_seconds, since_time) {
+        (Some(s), _) => Some(now.saturating_sub(s)),
+        (None, Some(t)) => Some(t.to_system_time().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()),
+        (None, None) => None,
+    };
+    let options = LogOptions {
+        follow: flag(query, "follow"),
+        tail_lines: number(query, "tailLines")?,
+        since_unix: since_unix.map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+        timestamps: flag(query, "timestamps"),
+    };
+    Ok((options, number(query, "limitBytes")?))
+}
+
+/// The runtime's container for a pod's container: the current one (running, else the newest), or
+/// with `previous` the one before it.
+pub fn pick_container(mut found: Vec<ContainerInfo>, previous: bool) -> Option<ContainerInfo> {
+    found.sort_by_key(|c| (c.running, c.started_at.clone()));
+    let current = found.pop()?;
+    if !previous {
+        return Some(current);
+    }
+    found.into_iter().rev().find(|c| !c.running)
+}
+
+async fn container_logs(
+    State(state): State<AgentState>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let (options, limit) = match log_options(&query) {
+        Ok(o) => o,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+    };
+    let previous = flag(&query, "previous");
+    let listed = match state.runtime.list(labels::UID).await {
+        Ok(l) => l,
+        Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let of_pod = |c: &ContainerInfo, key: &str, value: &str| c.labels.get(key).map(String::as_str) == Some(value);
+    let found: Vec<ContainerInfo> = listed
+        .into_iter()
+        .filter(|c| of_pod(c, labels::NAMESPACE, &namespace) && of_pod(c, labels::POD, &pod) && of_pod(c, labels::CONTAINER, &container))
+        .collect();
+    let Some(chosen) = pick_container(found, previous) else {
+        let message = if previous {
+            format!("previous terminated container {container:?} in pod {pod:?} not found")
+        } else {
+            format!("container {container:?} in pod {pod:?} is waiting to start: no container has run yet")
+        };
+        return refuse(StatusCode::BAD_REQUEST, message);
+    };
+    let stream = match state.runtime.log_stream(&chosen.id, &options).await {
+        Ok(s) => s,
+        Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let body = match limit {
+        None => Body::from_stream(stream),
+        Some(limit) => Body::from_stream(limited(stream, limit)),
+    };
+    ([(axum::http::header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
+/// The stream cut after `limit` bytes (`limitBytes`).
+fn limited(stream: super::runtime::LogStream, limit: u64) -> impl futures::Stream<Item = Result<bytes::Bytes, super::runtime::RuntimeError>> {
+    let mut left = limit;
+    stream
+        .take_while(move |_| {
+            let go = left > 0;
+            async move { go }
+        })
+        .map(move |chunk| {
+            chunk.map(|mut bytes| {
+                let keep = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
+                bytes.truncate(keep);
+                left -= keep as u64;
+                bytes
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn info(id: &str, running: bool, started: &str) -> ContainerInfo {
+        ContainerInfo {
+            id: id.into(),
+            image_id: String::new(),
+            labels: BTreeMap::new(),
+            running,
+            exit_code: (!running).then_some(1),
+            started_at: Some(started.into()),
+            finished_at: None,
+            ip: None,
+            published: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_current_container_is_the_running_one_and_previous_the_newest_exited_before_it() {
+        let found = vec![info("old", false, "2026-12-05T10:00:00Z"), info("now", true, "2026-12-05T10:00:05Z"), info("older", false, "2026-12-05T09:00:00Z")];
+        assert_eq!(pick_container(found.clone(), false).unwrap().id, "now");
+        assert_eq!(pick_container(found, true).unwrap().id, "old");
+        let crashed = vec![info("first", false, "2026-12-05T10:00:00Z"), info("second", false, "2026-12-05T10:00:09Z")];
+        assert_eq!(pick_container(crashed.clone(), false).unwrap().id, "second", "a crashed container is still the current one");
+        assert_eq!(pick_container(crashed, true).unwrap().id, "first");
+        assert!(pick_container(vec![info("only", true, "2026-12-05T10:00:00Z")], true).is_none());
+        assert!(pick_container(Vec::new(), false).is_none());
+    }
+
+    #[test]
+    fn log_options_are_read_from_kubelets_parameters_and_bad_numbers_refused() {
+        let q = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
+        let (o, limit) = log_options(&q(&[("follow", "true"), ("tailLines", "5"), ("timestamps", "true"), ("limitBytes", "100")])).unwrap();
+        assert_eq!((o.follow, o.tail_lines, o.timestamps, o.since_unix, limit), (true, Some(5), true, None, Some(100)));
+        let (o, _) = log_options(&q(&[("sinceTime", "2026-12-05T10:00:00Z")])).unwrap();
+        assert_eq!(o.since_unix, Some(Time::parse("2026-12-05T10:00:00Z").unwrap().to_system_time().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64));
+        let (o, _) = log_options(&q(&[("sinceSeconds", "60")])).unwrap();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        assert!((now - 61..=now - 59).contains(&o.since_unix.unwrap()));
+        assert!(log_options(&q(&[("tailLines", "-1")])).is_err());
+        assert!(log_options(&q(&[("sinceTime", "yesterday")])).is_err());
+    }
+
+    /// An agent of `node` (its serving certificate from `ca`) on a port of its own, serving `fake`.
+    async fn agent(ca: &crate::pki::ClusterCa, node: &str, fake: &crate::agent::runtime::fake::FakeRuntime) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let serving = ca.issue_node_serving(node).unwrap();
+        let tls = ServerTls { cert_pem: serving.cert_pem, key_pem: serving.key_pem, client_ca_pem: ca.cert_pem().to_string() };
+        let runtime: Arc<dyn ContainerRuntime> = Arc::new(fake.clone());
+        tokio::spawn(async move { serve(listener, &tls, runtime).await });
+        port
+    }
+
+    /// The API server reads a pod's log from the agent of the pod's node, checked to be that node:
+    /// the current and the previous container, a 400 with kubelet's words when there is none,
+    /// 403 for a node's own credential, and 503 when another node's agent answers at the address.
+    #[tokio::test]
+    async fn the_api_server_reads_a_pods_log_from_the_agent_of_its_node_and_only_from_it() {
+        use crate::agent::runtime::ContainerSpec;
+        use crate::agent::runtime::fake::FakeRuntime;
+        use crate::api::resource::NODES;
+        use crate::api::{DaemonEndpoint, Node, NodeAddress, NodeDaemonEndpoints};
+        use crate::client::{ApiClient, ClientAuth};
+        let ca = Arc::new(crate::pki::ClusterCa::generate("t").unwrap());
+        let admin = crate::client::test_server::start_with_ca(ca.clone()).await;
+        let fake = FakeRuntime::with_images(&["img"]);
+        let labels = BTreeMap::from([
+            (labels::NAMESPACE.to_string(), "default".to_string()),
+            (labels::POD.to_string(), "web-1".to_string()),
+            (labels::UID.to_string(), "u-1".to_string()),
+            (labels::CONTAINER.to_string(), "web".to_string()),
+        ]);
+        let spec = ContainerSpec { name: "a".into(), image: "img".into(), labels, ..Default::default() };
+        let first = fake.run(&spec).await.unwrap();
+        fake.set_logs(&first, "first run\n");
+        fake.exit(&first, 1);
+        let second = fake.run(&ContainerSpec { name: "b".into(), ..spec.clone() }).await.unwrap();
+        fake.set_logs(&second, "hello\nworld\n");
+        let port = agent(&ca, "node-a", &fake).await;
+
+        let set_port = |port: u16| {
+            let mut node = Node::new("node-a");
+            node.status.addresses = vec![NodeAddress { address_type: "InternalIP".into(), address: "127.0.0.1".into(), ..Default::default() }];
+            node.status.daemon_endpoints = Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(port), ..Default::default() }), ..Default::default() });
+            node
+        };
+        let created: Node = admin.create(&NODES, None, &Node::new("node-a")).await.unwrap();
+        let node = Node { metadata: created.metadata.clone(), ..set_port(port) };
+        admin.replace_status(&NODES, None, "node-a", &node).await.unwrap();
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "web-1" },
+            "spec": { "nodeName": "node-a", "containers": [{ "name": "web", "image": "img" }] },
+        });
+        admin.create_value("/api/v1/namespaces/default/pods", &pod).await.unwrap();
+
+        let log = "/api/v1/namespaces/default/pods/web-1/log";
+        assert_eq!(admin.request_text("GET", log).await.unwrap(), "hello\nworld\n");
+        assert_eq!(admin.request_text("GET", &format!("{log}?previous=true&tailLines=5")).await.unwrap(), "first run\n");
+        assert!(fake.calls().iter().any(|c| c.contains("tail_lines: Some(5)")), "{:?}", fake.calls());
+        let e = admin.request_text("GET", &format!("{log}?container=db")).await.unwrap_err();
+        assert_eq!((e.code(), e.to_string().contains("container db is not valid for pod web-1")), (Some(400), true), "{e}");
+
+        // A node may read pods, not their logs.
+        let node_cert = ca.issue_client("system:node:node-a", &["system:nodes"]).unwrap();
+        let as_node = ApiClient::new(admin.server(), ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: node_cert.cert_pem, key_pem: node_cert.key_pem }).unwrap();
+        assert_eq!(as_node.request_text("GET", log).await.unwrap_err().code(), Some(403));
+
+        // Another node's agent at node-a's address is not believed.
+        let impostor = agent(&ca, "node-b", &fake).await;
+        let latest: Node = admin.get(&NODES, None, "node-a").await.unwrap();
+        admin.replace_status(&NODES, None, "node-a", &Node { metadata: latest.metadata, ..set_port(impostor) }).await.unwrap();
+        let e = admin.request_text("GET", log).await.unwrap_err();
+        assert_eq!(e.code(), Some(503), "{e}");
+    }
+
+    #[tokio::test]
+    async fn limit_bytes_cuts_the_stream() {
+        let chunks: Vec<Result<bytes::Bytes, super::super::runtime::RuntimeError>> =
+            vec![Ok(bytes::Bytes::from_static(b"hello ")), Ok(bytes::Bytes::from_static(b"world\n")), Ok(bytes::Bytes::from_static(b"more\n"))];
+        let out: Vec<_> = limited(Box::pin(futures::stream::iter(chunks)), 8).collect().await;
+        let text: Vec<u8> = out.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
+        assert_eq!(text, b"hello wo");
+    }
+}
