@@ -1,11 +1,15 @@
 //! The agent's HTTPS server (the kubelet's port 10250): what the API server proxies a pod's `log`
-//! subresource to.
+//! and `exec` subresources to.
 //!
 //! It serves with the node's serving certificate (`CN=system:node:<name>`, the node name as its one
 //! DNS name, signed by the cluster CA: the API server verifies that name) and lets in only client
 //! certificates of the cluster CA whose common name is [`KUBELET_CLIENT_CN`], the API server's.
 //! Paths are kubelet's: `GET /containerLogs/{namespace}/{pod}/{container}` with `follow`,
-//! `tailLines`, `sinceSeconds`, `sinceTime`, `timestamps`, `previous` and `limitBytes`.
+//! `tailLines`, `sinceSeconds`, `sinceTime`, `timestamps`, `previous` and `limitBytes`; and
+//! `GET /exec/{namespace}/{pod}/{container}?command=...&stdin&stdout&stderr&tty`, a WebSocket in
+//! Kubernetes' channel protocols `v5.channel.k8s.io` and `v4.channel.k8s.io`: every binary message
+//! starts with its channel (0 stdin, 1 stdout, 2 stderr, 3 the final `Status`, 4 terminal resize as
+//! `{"Width":..,"Height":..}`, and in v5 255 to close a channel, used for the end of stdin).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,7 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use super::runtime::{ContainerInfo, ContainerRuntime, LogOptions, labels};
+use super::runtime::{ContainerInfo, ContainerRuntime, ExecOutput, ExecRequest, LogOptions, labels};
 use crate::api::Time;
 use crate::apiserver::ServerTls;
 use crate::apiserver::tls::{self, ClientCerts};
@@ -90,6 +95,7 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAccepto
 fn router(state: AgentState) -> Router {
     Router::new()
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
+        .route("/exec/{namespace}/{pod}/{container}", get(exec))
         .layer(middleware::from_fn(only_the_api_server))
         .with_state(state)
 }
@@ -152,6 +158,190 @@ pub fn pick_container(mut found: Vec<ContainerInfo>, previous: bool) -> Option<C
     found.into_iter().rev().find(|c| !c.running)
 }
 
+/// The runtime's current container for a pod's container, or kubelet's refusal.
+async fn current_container(state: &AgentState, namespace: &str, pod: &str, container: &str, previous: bool) -> Result<ContainerInfo, Response> {
+    let listed = state.runtime.list(labels::UID).await.map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let of_pod = |c: &ContainerInfo, key: &str, value: &str| c.labels.get(key).map(String::as_str) == Some(value);
+    let found: Vec<ContainerInfo> = listed
+        .into_iter()
+        .filter(|c| of_pod(c, labels::NAMESPACE, namespace) && of_pod(c, labels::POD, pod) && of_pod(c, labels::CONTAINER, container))
+        .collect();
+    pick_container(found, previous).ok_or_else(|| {
+        let message = if previous {
+            format!("previous terminated container {container:?} in pod {pod:?} not found")
+        } else {
+            format!("container {container:?} in pod {pod:?} is waiting to start: no container has run yet")
+        };
+        refuse(StatusCode::BAD_REQUEST, message)
+    })
+}
+
+/// Kubernetes' channel protocols for exec, newest first.
+const V5: &str = "v5.channel.k8s.io";
+const V4: &str = "v4.channel.k8s.io";
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
+const CLOSE: u8 = 255;
+
+/// An exec request's command and streams from its query (`command` repeats, one word each).
+fn exec_request(raw_query: Option<&str>) -> Result<ExecRequest, String> {
+    let mut request = ExecRequest::default();
+    for (key, value) in url::form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()) {
+        let on = value == "true" || value == "1";
+        match key.as_ref() {
+            "command" => request.command.push(value.into_owned()),
+            "stdin" | "input" => request.stdin = on,
+            "stdout" | "output" => request.stdout = on,
+            "stderr" | "error" => request.stderr = on,
+            "tty" => request.tty = on,
+            _ => {}
+        }
+    }
+    if request.command.is_empty() {
+        return Err("you must specify at least one command for the container".into());
+    }
+    if !(request.stdin || request.stdout || request.stderr) {
+        return Err("you must specify at least one of stdin, stdout, stderr".into());
+    }
+    // A terminal has one output stream.
+    if request.tty {
+        request.stderr = false;
+    }
+    Ok(request)
+}
+
+/// The final `Status` of an exec, as kubelet writes it on the error channel.
+pub fn exec_status(command: &[String], exit_code: Option<i64>) -> serde_json::Value {
+    match exit_code {
+        Some(0) => serde_json::json!({ "metadata": {}, "status": "Success" }),
+        Some(code) => serde_json::json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: error executing command {command:?}, exit code {code}"),
+            "reason": "NonZeroExitCode",
+            "details": { "causes": [{ "reason": "ExitCode", "message": code.to_string() }] },
+        }),
+        None => serde_json::json!({ "metadata": {}, "status": "Failure", "message": "the command's exit code is unknown", "reason": "InternalError" }),
+    }
+}
+
+async fn exec(
+    State(state): State<AgentState>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let request = match exec_request(query.as_deref()) {
+        Ok(r) => r,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+    };
+    let chosen = match current_container(&state, &namespace, &pod, &container, false).await {
+        Ok(c) if c.running => c,
+        Ok(_) => return refuse(StatusCode::BAD_REQUEST, format!("container {container:?} in pod {pod:?} is not running")),
+        Err(response) => return response,
+    };
+    let upgrade = upgrade.protocols([V5, V4]);
+    let v5 = upgrade.selected_protocol().is_some_and(|p| p.as_bytes() == V5.as_bytes());
+    let runtime = state.runtime.clone();
+    upgrade.on_upgrade(move |socket| run_exec(socket, runtime, chosen.id, request, v5))
+}
+
+/// Ends the WebSocket with a normal closure (1000): client-go reads any other close as an error.
+async fn close_normally(sink: &mut futures::stream::SplitSink<WebSocket, Message>) {
+    use futures::SinkExt;
+    let frame = axum::extract::ws::CloseFrame { code: axum::extract::ws::close_code::NORMAL, reason: "".into() };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+    let _ = sink.close().await;
+}
+
+/// Runs one exec over `socket` until the command ends (or the client goes).
+async fn run_exec(socket: WebSocket, runtime: Arc<dyn ContainerRuntime>, container_id: String, request: ExecRequest, v5: bool) {
+    use futures::SinkExt;
+    use tokio::io::AsyncWriteExt;
+    let (mut sink, mut incoming) = socket.split();
+    let framed = |channel: u8, data: &[u8]| {
+        let mut message = Vec::with_capacity(data.len() + 1);
+        message.push(channel);
+        message.extend_from_slice(data);
+        Message::Binary(message.into())
+    };
+    let session = match runtime.exec_attached(&container_id, &request).await {
+        Ok(s) => s,
+        Err(e) => {
+            let status = serde_json::json!({ "metadata": {}, "status": "Failure", "message": e.to_string(), "reason": "InternalError" });
+            let _ = sink.send(framed(ERROR, status.to_string().as_bytes())).await;
+            close_normally(&mut sink).await;
+            return;
+        }
+    };
+    let super::runtime::ExecSession { exec_id, mut output, mut input } = session;
+    // The client's messages: stdin, resizes, the end of stdin.
+    let (resize_runtime, resize_id) = (runtime.clone(), exec_id.clone());
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(message)) = incoming.next().await {
+            let data = match message {
+                Message::Binary(data) => data,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((&channel, rest)) = data.split_first() else { continue };
+            match channel {
+                STDIN => {
+                    if input.write_all(rest).await.is_err() {
+                        break;
+                    }
+                    let _ = input.flush().await;
+                }
+                RESIZE => {
+                    if let Ok(size) = serde_json::from_slice::<serde_json::Value>(rest) {
+                        let dim = |k: &str| size.get(k).and_then(serde_json::Value::as_u64).and_then(|v| u16::try_from(v).ok()).unwrap_or(0);
+                        let _ = resize_runtime.exec_resize(&resize_id, dim("Width"), dim("Height")).await;
+                    }
+                }
+                CLOSE if v5 && rest.first() == Some(&STDIN) => {
+                    let _ = input.shutdown().await;
+                }
+                _ => {}
+            }
+        }
+        let _ = input.shutdown().await;
+    });
+    while let Some(chunk) = output.next().await {
+        let message = match chunk {
+            Ok(ExecOutput::Stdout(data)) if request.stdout => framed(STDOUT, &data),
+            Ok(ExecOutput::Stderr(data)) if request.stderr => framed(STDERR, &data),
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading an exec's output");
+                break;
+            }
+        };
+        if sink.send(message).await.is_err() {
+            reader.abort();
+            return;
+        }
+    }
+    reader.abort();
+    // The output ends as the process does; its exit code follows a moment later.
+    let mut exit_code = None;
+    for _ in 0..50 {
+        match runtime.exec_exit_code(&exec_id).await {
+            Ok(Some(code)) => {
+                exit_code = Some(code);
+                break;
+            }
+            Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(_) => break,
+        }
+    }
+    let status = exec_status(&request.command, exit_code);
+    let _ = sink.send(framed(ERROR, status.to_string().as_bytes())).await;
+    close_normally(&mut sink).await;
+}
+
 async fn container_logs(
     State(state): State<AgentState>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
@@ -162,22 +352,9 @@ async fn container_logs(
         Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
     };
     let previous = flag(&query, "previous");
-    let listed = match state.runtime.list(labels::UID).await {
-        Ok(l) => l,
-        Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    };
-    let of_pod = |c: &ContainerInfo, key: &str, value: &str| c.labels.get(key).map(String::as_str) == Some(value);
-    let found: Vec<ContainerInfo> = listed
-        .into_iter()
-        .filter(|c| of_pod(c, labels::NAMESPACE, &namespace) && of_pod(c, labels::POD, &pod) && of_pod(c, labels::CONTAINER, &container))
-        .collect();
-    let Some(chosen) = pick_container(found, previous) else {
-        let message = if previous {
-            format!("previous terminated container {container:?} in pod {pod:?} not found")
-        } else {
-            format!("container {container:?} in pod {pod:?} is waiting to start: no container has run yet")
-        };
-        return refuse(StatusCode::BAD_REQUEST, message);
+    let chosen = match current_container(&state, &namespace, &pod, &container, previous).await {
+        Ok(c) => c,
+        Err(response) => return response,
     };
     let stream = match state.runtime.log_stream(&chosen.id, &options).await {
         Ok(s) => s,
@@ -324,6 +501,96 @@ mod tests {
         admin.replace_status(&NODES, None, "node-a", &Node { metadata: latest.metadata, ..set_port(impostor) }).await.unwrap();
         let e = admin.request_text("GET", log).await.unwrap_err();
         assert_eq!(e.code(), Some(503), "{e}");
+    }
+
+    /// `kubectl exec` over WebSocket (`v5.channel.k8s.io`) through the API server to the agent:
+    /// output on channel 1, stdin on channel 0 closed by channel 255, the exit code in the final
+    /// `Status` on channel 3; a node may not exec.
+    #[tokio::test]
+    async fn exec_runs_through_the_api_server_in_the_websocket_channel_protocol() {
+        use crate::agent::runtime::ContainerSpec;
+        use crate::agent::runtime::fake::FakeRuntime;
+        use crate::api::resource::NODES;
+        use crate::api::{DaemonEndpoint, Node, NodeAddress, NodeDaemonEndpoints};
+        use futures::SinkExt;
+        use tokio_tungstenite::tungstenite::{Message as WsMessage, client::IntoClientRequest};
+        let ca = Arc::new(crate::pki::ClusterCa::generate("t").unwrap());
+        let admin = crate::client::test_server::start_with_ca(ca.clone()).await;
+        let fake = FakeRuntime::with_images(&["img"]);
+        let labels = BTreeMap::from([
+            (labels::NAMESPACE.to_string(), "default".to_string()),
+            (labels::POD.to_string(), "web-1".to_string()),
+            (labels::UID.to_string(), "u-1".to_string()),
+            (labels::CONTAINER.to_string(), "web".to_string()),
+        ]);
+        let id = fake.run(&ContainerSpec { name: "a".into(), image: "img".into(), labels, ..Default::default() }).await.unwrap();
+        let port = agent(&ca, "node-a", &fake).await;
+        let created: Node = admin.create(&NODES, None, &Node::new("node-a")).await.unwrap();
+        let mut node = Node { metadata: created.metadata, ..Node::new("node-a") };
+        node.status.addresses = vec![NodeAddress { address_type: "InternalIP".into(), address: "127.0.0.1".into(), ..Default::default() }];
+        node.status.daemon_endpoints = Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(port), ..Default::default() }), ..Default::default() });
+        admin.replace_status(&NODES, None, "node-a", &node).await.unwrap();
+        let pod = serde_json::json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "web-1" }, "spec": { "nodeName": "node-a", "containers": [{ "name": "web", "image": "img" }] } });
+        admin.create_value("/api/v1/namespaces/default/pods", &pod).await.unwrap();
+
+        let server = admin.server().trim_start_matches("https://").to_string();
+        let connect = |user: &str, groups: &[&str]| {
+            let issued = ca.issue_client(user, groups).unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap()).unwrap();
+            let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap()];
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, key)
+                .unwrap();
+            let server = server.clone();
+            async move {
+                let tcp = TcpStream::connect(&server).await.unwrap();
+                let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+                tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap()
+            }
+        };
+        use rustls_pki_types::pem::PemObject;
+        let url = format!("wss://{server}/api/v1/namespaces/default/pods/web-1/exec?command=echo&command=hi&stdin=true&stdout=true&stderr=true");
+        let request = || {
+            let mut r = url.as_str().into_client_request().unwrap();
+            r.headers_mut().insert("Sec-WebSocket-Protocol", "v5.channel.k8s.io, v4.channel.k8s.io".parse().unwrap());
+            r
+        };
+        let (mut ws, answer) = tokio_tungstenite::client_async(request(), connect("admin", &["system:masters"]).await).await.unwrap();
+        assert_eq!(answer.headers()["sec-websocket-protocol"], "v5.channel.k8s.io");
+        ws.send(WsMessage::Binary([&[0u8][..], b"typed"].concat().into())).await.unwrap();
+        ws.send(WsMessage::Binary(vec![255u8, 0].into())).await.unwrap();
+        let mut seen: Vec<(u8, String)> = Vec::new();
+        while let Some(Ok(message)) = ws.next().await {
+            if let WsMessage::Binary(data) = message
+                && let Some((channel, rest)) = data.split_first()
+            {
+                seen.push((*channel, String::from_utf8_lossy(rest).into_owned()));
+            }
+        }
+        let output: String = seen.iter().filter(|(c, _)| *c == 1).map(|(_, t)| t.as_str()).collect();
+        assert_eq!(output, "echo hi\ntyped");
+        let status: serde_json::Value = serde_json::from_str(&seen.iter().find(|(c, _)| *c == 3).expect("a final status").1).unwrap();
+        assert_eq!(status["status"], "Success");
+
+        fake.set_exec_result(&id, 3);
+        let (mut ws, _) = tokio_tungstenite::client_async(request(), connect("admin", &["system:masters"]).await).await.unwrap();
+        ws.send(WsMessage::Binary(vec![255u8, 0].into())).await.unwrap();
+        let mut status = None;
+        while let Some(Ok(WsMessage::Binary(data))) = ws.next().await {
+            if data.first() == Some(&3) {
+                status = Some(serde_json::from_slice::<serde_json::Value>(&data[1..]).unwrap());
+            }
+        }
+        let status = status.expect("a final status");
+        assert_eq!((status["reason"].as_str(), status["details"]["causes"][0]["message"].as_str()), (Some("NonZeroExitCode"), Some("3")), "{status}");
+
+        let refused = tokio_tungstenite::client_async(request(), connect("system:node:node-a", &["system:nodes"]).await).await.unwrap_err();
+        assert!(refused.to_string().contains("403"), "{refused}");
     }
 
     #[tokio::test]

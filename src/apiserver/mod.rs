@@ -13,7 +13,7 @@
 //!   [`openapi`]: `/openapi/v2` (JSON and protobuf) and `/openapi/v3`, from the api types' schema.
 //! - [`table`]: `Table` answers to lists and gets for kubectl's printing.
 //! - [`scale`]: the `scale` subresource of deployments (`autoscaling/v1` `Scale`).
-//! - [`podproxy`]: a pod's `log`, read from the agent of its node over mutually verified TLS.
+//! - [`podproxy`]: a pod's `log` and `exec`, from the agent of its node over mutually verified TLS.
 //! - [`csr`]: node certificate signing requests, signed through the [`CsrSigner`] trait.
 //! - [`store`]: the [`store::Store`] trait and the embedded SQLite store.
 //! - [`error`]: failures as Kubernetes `Status` objects.
@@ -230,6 +230,7 @@ fn router(state: AppState) -> Router {
         .route("/version", get(version))
         .route(NODE_BINARY_PATH, get(node_binary))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/log", get(podproxy::log))
+        .route("/api/v1/namespaces/{namespace}/pods/{name}/exec", get(podproxy::exec).post(podproxy::exec))
         .fallback(resource)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)

@@ -1,5 +1,5 @@
-//! A pod's `log` subresource, served by the agent of the pod's node and proxied through here, as
-//! kube-apiserver does with its kubelet client.
+//! A pod's `log` and `exec` subresources, served by the agent of the pod's node and proxied through
+//! here, as kube-apiserver does with its kubelet client.
 //!
 //! `GET /api/v1/namespaces/{ns}/pods/{name}/log` is authorized as `get pods/log`, the container
 //! chosen (the `container` parameter, else the pod's only container), and the request forwarded to
@@ -9,6 +9,11 @@
 //! serving certificate of the cluster CA for the pod's node name (the agent's, see
 //! `crate::pki::ClusterCa::issue_node_serving`), so that another node cannot answer for it. The
 //! answer streams through; an agent's refusal becomes a `Status` with its code and message.
+//!
+//! `exec` (authorized as `create pods/exec`) is an upgrade: the client's WebSocket handshake
+//! (`v5.channel.k8s.io`/`v4.channel.k8s.io`) is sent on to the agent's `/exec/...`, and once the
+//! agent has switched protocols the two connections are joined byte for byte, so that the channel
+//! protocol runs between the client and the agent (kube-apiserver's upgrade-aware proxy).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -144,21 +149,14 @@ async fn serve_log(state: &AppState, identity: &Identity, namespace: &str, name:
     let target = Target { subresource: Some("log".into()), ..target };
     authorize(state, identity, &target, Verb::Get, None).await?;
     let agent_query = agent_query(query)?;
-    let pod: Pod = stored(state, &target.key(name), &PODS, name).await?;
-    let container = container_of(&pod, query.get("container").map(String::as_str))?;
-    let Some(node_name) = pod.spec.node_name.as_deref().filter(|n| !n.is_empty()) else {
-        return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
-    };
-    let node: Node = stored(state, &NODES.store_key(None, node_name), &NODES, node_name).await?;
-    let Some((ip, port)) = node.agent_endpoint() else {
-        return Err(ApiError::unavailable(format!("node {node_name} reports no InternalIP to reach its agent at")));
-    };
+    let (node_name, ip, port, container) = pod_target(state, &target, name, query.get("container").map(String::as_str)).await?;
     let path = format!("/containerLogs/{namespace}/{name}/{container}?{agent_query}");
-    agent_get(state, node_name, &ip, port, &path).await
+    agent_get(state, &node_name, &ip, port, &path).await
 }
 
-/// `GET path` on the agent of `node_name` at `ip:port`, its answer streamed back.
-async fn agent_get(state: &AppState, node_name: &str, ip: &str, port: u16, path: &str) -> Result<Response, ApiError> {
+/// An HTTP/1.1 connection (upgrades allowed) to the agent of `node_name` at `ip:port`, its
+/// serving certificate checked to be that node's.
+async fn agent_connection(state: &AppState, node_name: &str, ip: &str, port: u16) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>, ApiError> {
     let Some(config) = state.kubelet_client.clone() else {
         return Err(ApiError::unavailable("this API server has no client certificate for the node agents"));
     };
@@ -170,10 +168,28 @@ async fn agent_get(state: &AppState, node_name: &str, ip: &str, port: u16, path:
         TlsConnector::from(config).connect(server_name, tcp).await.map_err(|e| unreachable(e.to_string()))
     };
     let tls = tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| unreachable("timed out connecting".into()))??;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unreachable(e.to_string()))?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unreachable(e.to_string()))?;
     tokio::spawn(async move {
-        let _ = connection.await;
+        let _ = connection.with_upgrades().await;
     });
+    Ok(sender)
+}
+
+/// An agent's refusal (any answer but the one wanted) as a `Status`.
+async fn agent_refusal(node_name: &str, answer: hyper::Response<hyper::body::Incoming>) -> ApiError {
+    let status = answer.status();
+    let body = tokio::time::timeout(ANSWER_TIMEOUT, answer.into_body().collect()).await.ok().and_then(Result::ok).map(|b| b.to_bytes()).unwrap_or_default();
+    let message = String::from_utf8_lossy(&body[..body.len().min(4096)]).trim().to_string();
+    match status {
+        StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => ApiError::bad_request(message),
+        _ => ApiError::unavailable(format!("the agent of node {node_name} answered {status}: {message}")),
+    }
+}
+
+/// `GET path` on the agent of `node_name` at `ip:port`, its answer streamed back.
+async fn agent_get(state: &AppState, node_name: &str, ip: &str, port: u16, path: &str) -> Result<Response, ApiError> {
+    let mut sender = agent_connection(state, node_name, ip, port).await?;
+    let unreachable = |e: String| ApiError::unavailable(format!("reaching the agent of node {node_name} at {ip}:{port}: {e}"));
     let request = hyper::Request::get(path)
         .header(header::HOST, node_name)
         .body(http_body_util::Empty::<bytes::Bytes>::new())
@@ -182,21 +198,100 @@ async fn agent_get(state: &AppState, node_name: &str, ip: &str, port: u16, path:
         .await
         .map_err(|_| unreachable("no answer in 30 s".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
-    let status = answer.status();
-    if status != StatusCode::OK {
-        let body = tokio::time::timeout(ANSWER_TIMEOUT, answer.into_body().collect()).await.ok().and_then(Result::ok).map(|b| b.to_bytes()).unwrap_or_default();
-        let message = String::from_utf8_lossy(&body[..body.len().min(4096)]).trim().to_string();
-        return Err(match status {
-            StatusCode::BAD_REQUEST => ApiError::bad_request(message),
-            StatusCode::NOT_FOUND => ApiError::bad_request(message),
-            _ => ApiError::unavailable(format!("the agent of node {node_name} answered {status}: {message}")),
-        });
+    if answer.status() != StatusCode::OK {
+        return Err(agent_refusal(node_name, answer).await);
     }
     let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
     let mut response = Response::new(Body::new(answer.into_body()));
     if let Some(ct) = content_type {
         response.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
+    Ok(response)
+}
+
+/// The pod's node, its agent's address, and the container a request is for.
+async fn pod_target(state: &AppState, target: &Target, name: &str, container: Option<&str>) -> Result<(String, String, u16, String), ApiError> {
+    let pod: Pod = stored(state, &target.key(name), &PODS, name).await?;
+    let container = container_of(&pod, container)?.to_string();
+    let Some(node_name) = pod.spec.node_name.clone().filter(|n| !n.is_empty()) else {
+        return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
+    };
+    let node: Node = stored(state, &NODES.store_key(None, &node_name), &NODES, &node_name).await?;
+    let Some((ip, port)) = node.agent_endpoint() else {
+        return Err(ApiError::unavailable(format!("node {node_name} reports no InternalIP to reach its agent at")));
+    };
+    Ok((node_name, ip, port, container))
+}
+
+/// `GET` or `POST .../pods/{name}/exec`: an upgrade joined to the agent's.
+pub(crate) async fn exec(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Path((namespace, name)): Path<(String, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    match serve_exec(&state, &identity, &namespace, &name, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// An exec query split into the container and what the agent is sent (the command and streams).
+fn exec_query(raw_query: &str) -> (Option<String>, String) {
+    let mut container = None;
+    let mut forwarded = url::form_urlencoded::Serializer::new(String::new());
+    for (key, value) in url::form_urlencoded::parse(raw_query.as_bytes()) {
+        match key.as_ref() {
+            "container" => container = Some(value.into_owned()),
+            "command" | "stdin" | "stdout" | "stderr" | "tty" => {
+                forwarded.append_pair(&key, &value);
+            }
+            _ => {}
+        }
+    }
+    (container, forwarded.finish())
+}
+
+/// The handshake headers passed on to the agent (WebSocket's, and SPDY's protocol version).
+const UPGRADE_HEADERS: &[&str] = &["connection", "upgrade", "sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol", "x-stream-protocol-version"];
+
+async fn serve_exec(state: &AppState, identity: &Identity, namespace: &str, name: &str, mut request: axum::extract::Request) -> Result<Response, ApiError> {
+    let target = Target::parse(&format!("/api/v1/namespaces/{namespace}/pods/{name}"))?;
+    let target = Target { subresource: Some("exec".into()), ..target };
+    authorize(state, identity, &target, Verb::Create, None).await?;
+    let raw_query = request.uri().query().unwrap_or("").to_string();
+    let (container, forwarded) = exec_query(&raw_query);
+    if !request.headers().contains_key(header::UPGRADE) {
+        return Err(ApiError::bad_request("Upgrade request required"));
+    }
+    let (node_name, ip, port, container) = pod_target(state, &target, name, container.as_deref()).await?;
+    let mut sender = agent_connection(state, &node_name, &ip, port).await?;
+    let mut onward = hyper::Request::get(format!("/exec/{namespace}/{name}/{container}?{forwarded}")).header(header::HOST, node_name.as_str());
+    for (key, value) in request.headers() {
+        if UPGRADE_HEADERS.contains(&key.as_str()) {
+            onward = onward.header(key, value);
+        }
+    }
+    let onward = onward.body(http_body_util::Empty::<bytes::Bytes>::new()).map_err(|e| ApiError::internal(e.to_string()))?;
+    let unreachable = |e: String| ApiError::unavailable(format!("reaching the agent of node {node_name} at {ip}:{port}: {e}"));
+    let mut answer = tokio::time::timeout(ANSWER_TIMEOUT, sender.send_request(onward))
+        .await
+        .map_err(|_| unreachable("no answer in 30 s".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(agent_refusal(&node_name, answer).await);
+    }
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    for (key, value) in answer.headers() {
+        response.headers_mut().append(key, value.clone());
+    }
+    let from_client = hyper::upgrade::on(&mut request);
+    let from_agent = hyper::upgrade::on(&mut answer);
+    tokio::spawn(async move {
+        let (Ok(client), Ok(agent)) = (from_client.await, from_agent.await) else { return };
+        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(agent)).await;
+    });
     Ok(response)
 }
 

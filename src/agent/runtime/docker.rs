@@ -311,6 +311,49 @@ impl ContainerRuntime for DockerRuntime {
         Ok(Box::pin(stream))
     }
 
+    async fn exec_attached(&self, id: &str, request: &super::ExecRequest) -> Result<super::ExecSession, RuntimeError> {
+        let options = CreateExecOptions {
+            cmd: Some(request.command.clone()),
+            attach_stdin: Some(request.stdin),
+            attach_stdout: Some(request.stdout),
+            attach_stderr: Some(request.stderr),
+            tty: Some(request.tty),
+            ..Default::default()
+        };
+        let action = format!("exec in {id}");
+        let exec = self.docker.create_exec(id, options).await.map_err(|e| failed(action.clone(), e))?;
+        let start = bollard::exec::StartExecOptions { detach: false, tty: request.tty, output_capacity: None };
+        match self.docker.start_exec(&exec.id, Some(start)).await.map_err(|e| failed(action.clone(), e))? {
+            StartExecResults::Attached { output, input } => {
+                let output = output
+                    .filter_map(move |chunk| {
+                        let item = match chunk {
+                            Ok(bollard::container::LogOutput::StdErr { message }) => Some(Ok(super::ExecOutput::Stderr(message))),
+                            Ok(bollard::container::LogOutput::StdOut { message } | bollard::container::LogOutput::Console { message }) => {
+                                Some(Ok(super::ExecOutput::Stdout(message)))
+                            }
+                            Ok(bollard::container::LogOutput::StdIn { .. }) => None,
+                            Err(e) => Some(Err(failed(action.clone(), e))),
+                        };
+                        async move { item }
+                    })
+                    .boxed();
+                Ok(super::ExecSession { exec_id: exec.id, output, input })
+            }
+            StartExecResults::Detached => Err(RuntimeError::Failed { action, message: "the exec started detached".into() }),
+        }
+    }
+
+    async fn exec_resize(&self, exec_id: &str, width: u16, height: u16) -> Result<(), RuntimeError> {
+        let options = bollard::query_parameters::ResizeExecOptions { h: i32::from(height), w: i32::from(width) };
+        self.docker.resize_exec(exec_id, options).await.map_err(|e| failed(format!("resizing exec {exec_id}"), e))
+    }
+
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError> {
+        let done = self.docker.inspect_exec(exec_id).await.map_err(|e| failed(format!("inspecting exec {exec_id}"), e))?;
+        Ok(if done.running == Some(true) { None } else { done.exit_code })
+    }
+
     async fn exec(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {
         let options = CreateExecOptions { cmd: Some(command.to_vec()), attach_stdout: Some(true), attach_stderr: Some(true), ..Default::default() };
         let exec = self.docker.create_exec(id, options).await.map_err(|e| failed(format!("exec in {id}"), e))?;

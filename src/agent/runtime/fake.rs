@@ -23,6 +23,17 @@ struct State {
     logs: HashMap<String, String>,
 }
 
+/// The fake exec's output: `first`, then what `rest` yields (stdin, once closed).
+fn async_stream_echo(
+    first: bytes::Bytes,
+    rest: impl std::future::Future<Output = bytes::Bytes> + Send + 'static,
+) -> futures::stream::BoxStream<'static, Result<super::ExecOutput, RuntimeError>> {
+    use futures::StreamExt;
+    let head = futures::stream::iter([Ok(super::ExecOutput::Stdout(first))]);
+    let tail = futures::stream::once(rest).map(|b| Ok(super::ExecOutput::Stdout(b)));
+    head.chain(tail).boxed()
+}
+
 /// The fake runtime; clones share one state.
 #[derive(Debug, Clone, Default)]
 pub struct FakeRuntime {
@@ -167,5 +178,28 @@ impl ContainerRuntime for FakeRuntime {
         self.call("log_stream", format!("log_stream {id} {options:?}"))?;
         let text = self.lock().logs.get(id).cloned().unwrap_or_default();
         Ok(Box::pin(futures::stream::iter([Ok(bytes::Bytes::from(text))])))
+    }
+
+    /// Echoes: the command's words on stdout, then whatever comes in on stdin; exits with the
+    /// container's exec result.
+    async fn exec_attached(&self, id: &str, request: &super::ExecRequest) -> Result<super::ExecSession, RuntimeError> {
+        self.call("exec_attached", format!("exec_attached {id} {}", request.command.join(" ")))?;
+        let (input, mut read) = tokio::io::duplex(1 << 16);
+        let words = bytes::Bytes::from(format!("{}\n", request.command.join(" ")));
+        let echoed = async_stream_echo(words, async move {
+            let mut all = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut read, &mut all).await;
+            bytes::Bytes::from(all)
+        });
+        Ok(super::ExecSession { exec_id: format!("exec-{id}"), output: echoed, input: Box::pin(input) })
+    }
+
+    async fn exec_resize(&self, exec_id: &str, width: u16, height: u16) -> Result<(), RuntimeError> {
+        self.call("exec_resize", format!("exec_resize {exec_id} {width}x{height}"))
+    }
+
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError> {
+        let id = exec_id.trim_start_matches("exec-");
+        Ok(Some(self.lock().exec_results.get(id).copied().unwrap_or(0)))
     }
 }

@@ -89,6 +89,30 @@ pub struct LogOptions {
 /// A stream of a container's output, bytes as the container wrote them (stdout and stderr mixed).
 pub type LogStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, RuntimeError>>;
 
+/// What an interactive exec asks for (`kubectl exec`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+/// One piece of an exec's output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecOutput {
+    Stdout(bytes::Bytes),
+    Stderr(bytes::Bytes),
+}
+
+/// A running exec: its output, its input, and its id for resizing and the exit code.
+pub struct ExecSession {
+    pub exec_id: String,
+    pub output: futures::stream::BoxStream<'static, Result<ExecOutput, RuntimeError>>,
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+}
+
 /// A failed runtime call.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -123,4 +147,10 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn exec(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError>;
     /// The container's log as a stream (what `kubectl logs` reads through the agent's server).
     async fn log_stream(&self, id: &str, options: &LogOptions) -> Result<LogStream, RuntimeError>;
+    /// Starts a command in the container attached to its input and output (`kubectl exec`).
+    async fn exec_attached(&self, id: &str, request: &ExecRequest) -> Result<ExecSession, RuntimeError>;
+    /// Resizes an exec's terminal.
+    async fn exec_resize(&self, exec_id: &str, width: u16, height: u16) -> Result<(), RuntimeError>;
+    /// An exec's exit code once it has ended (`None` while it runs).
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError>;
 }
