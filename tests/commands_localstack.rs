@@ -271,6 +271,14 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
         let echoed = cat.wait_with_output().unwrap();
         assert_eq!(String::from_utf8_lossy(&echoed.stdout), "through stdin\n", "{echoed:?}");
     }
+    // The official Python client (pinned in the harness venv): models that refuse a missing field.
+    let python = root().join("localstack/.venv/bin/python");
+    let script = root().join("tests/python/official_client.py");
+    let out = Command::new(&python).arg(&script).arg(&pod_name).arg("default").env("KUBECONFIG", kubectl_config(h)).env("HOME", h).output().expect("running the harness venv's python");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the Python client:\n{printed}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(printed.contains("exec (WebSocket): from-exec"), "{printed}");
+    eprintln!("{printed}");
     // -f keeps printing: the probe's requests arrive every 2 s after the existing lines.
     let mut follow = Command::new(env!("CARGO_BIN_EXE_clusterctl"))
         .args(["logs", &pod_name, "--spec", s, "-f", "--tail", "0"])

@@ -33,6 +33,7 @@ use tower::ServiceExt;
 use super::runtime::{ContainerInfo, ContainerRuntime, ExecOutput, ExecRequest, LogOptions, labels};
 use crate::api::Time;
 use crate::apiserver::ServerTls;
+use crate::apiserver::target::query_bool;
 use crate::apiserver::tls::{self, ClientCerts};
 use crate::pki::KUBELET_CLIENT_CN;
 
@@ -115,7 +116,7 @@ fn refuse(code: StatusCode, message: impl Into<String>) -> Response {
 }
 
 fn flag(query: &HashMap<String, String>, key: &str) -> bool {
-    query.get(key).is_some_and(|v| v == "true" || v == "1")
+    query.get(key).and_then(|v| query_bool(v)) == Some(true)
 }
 
 fn number(query: &HashMap<String, String>, key: &str) -> Result<Option<u64>, String> {
@@ -190,7 +191,7 @@ const CLOSE: u8 = 255;
 fn exec_request(raw_query: Option<&str>) -> Result<ExecRequest, String> {
     let mut request = ExecRequest::default();
     for (key, value) in url::form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()) {
-        let on = value == "true" || value == "1";
+        let on = query_bool(&value) == Some(true);
         match key.as_ref() {
             "command" => request.command.push(value.into_owned()),
             "stdin" | "input" => request.stdin = on,
@@ -278,6 +279,9 @@ async fn run_exec(socket: WebSocket, runtime: Arc<dyn ContainerRuntime>, contain
         }
     };
     let super::runtime::ExecSession { exec_id, mut output, mut input } = session;
+    if !request.stdin {
+        let _ = input.shutdown().await;
+    }
     // The client's messages: stdin, resizes, the end of stdin.
     let (resize_runtime, resize_id) = (runtime.clone(), exec_id.clone());
     let reader = tokio::spawn(async move {
@@ -602,3 +606,4 @@ mod tests {
         assert_eq!(text, b"hello wo");
     }
 }
+

@@ -45,7 +45,7 @@ pub(crate) async fn resource(
         (&Method::GET, None) => {
             let selectors = Selectors::parse(query.get("labelSelector").map(String::as_str), query.get("fieldSelector").map(String::as_str))
                 .map_err(ApiError::bad_request)?;
-            if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
+            if query.get("watch").and_then(|w| super::target::query_bool(w)) == Some(true) {
                 authorize(&state, &identity, &target, Verb::Watch, None).await?;
                 watch::serve(state, target, selectors, &query, table::wants_table(&headers)).await
             } else {

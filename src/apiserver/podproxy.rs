@@ -98,12 +98,13 @@ fn agent_query(query: &HashMap<String, String>) -> Result<String, ApiError> {
     let mut out = url::form_urlencoded::Serializer::new(String::new());
     for key in LOG_FLAGS {
         if let Some(v) = query.get(*key) {
-            match v.as_str() {
-                "true" | "1" => {
+            match super::target::query_bool(v) {
+                Some(true) => {
                     out.append_pair(key, "true");
                 }
-                "false" | "0" | "" => {}
-                other => return Err(ApiError::bad_request(format!("{key}: Invalid value: {other:?}: must be true or false"))),
+                Some(false) => {}
+                None if v.is_empty() => {}
+                None => return Err(ApiError::bad_request(format!("{key}: Invalid value: {v:?}: must be true or false"))),
             }
         }
     }
@@ -307,6 +308,7 @@ mod tests {
     fn log_options_are_checked_and_passed_on() {
         assert_eq!(agent_query(&q(&[("follow", "true"), ("tailLines", "10"), ("container", "web"), ("pretty", "1")])).unwrap(), "follow=true&tailLines=10");
         assert_eq!(agent_query(&q(&[("previous", "false"), ("timestamps", "1")])).unwrap(), "timestamps=true");
+        assert_eq!(agent_query(&q(&[("follow", "True"), ("previous", "False")])).unwrap(), "follow=true", "Go's booleans, as the Python client sends them");
         assert_eq!(agent_query(&q(&[("sinceTime", "2026-12-05T10:00:00Z")])).unwrap(), "sinceTime=2026-12-05T10%3A00%3A00Z");
         for bad in [&[("tailLines", "x")][..], &[("tailLines", "-1")], &[("sinceSeconds", "0")], &[("follow", "yes")], &[("sinceTime", "then")], &[("sinceSeconds", "5"), ("sinceTime", "2026-12-05T10:00:00Z")]] {
             let e = agent_query(&q(bad)).unwrap_err();

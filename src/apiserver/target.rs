@@ -90,10 +90,33 @@ impl Target {
     }
 }
 
+/// A boolean query parameter as Kubernetes reads one (Go's `strconv.ParseBool`): `1`, `t`, `T`,
+/// `true`, `TRUE`, `True` and their `0`/`f`/`false` counterparts; anything else is not a boolean.
+/// (The official Python client sends `watch=True`.)
+pub fn query_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::resource::{DEPLOYMENTS, LEASES, NAMESPACES, NODES, PODS};
+
+    #[test]
+    fn query_booleans_are_read_as_go_reads_them() {
+        for yes in ["1", "t", "T", "true", "TRUE", "True"] {
+            assert_eq!(query_bool(yes), Some(true), "{yes}");
+        }
+        for no in ["0", "f", "F", "false", "FALSE", "False"] {
+            assert_eq!(query_bool(no), Some(false), "{no}");
+        }
+        assert_eq!(query_bool("yes"), None);
+        assert_eq!(query_bool(""), None);
+    }
 
     fn t(path: &str) -> Target {
         Target::parse(path).unwrap_or_else(|e| panic!("{path}: {:?}", e.0.message))
