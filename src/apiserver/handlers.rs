@@ -57,7 +57,7 @@ pub(crate) async fn resource(
         (&Method::PATCH, Some(_)) => {
             patch(&state, &identity, &target, &headers, &body, status_sub, WriteOptions::new(&query, dry_run)?).await
         }
-        (&Method::DELETE, Some(_)) if !status_sub => delete(&state, &identity, &target, &body, dry_run).await,
+        (&Method::DELETE, Some(_)) if !status_sub => delete(&state, &identity, &target, &body, &query, dry_run).await,
         _ => Err(ApiError::method_not_allowed()),
     }
 }
@@ -358,25 +358,98 @@ pub(super) fn patch_error(e: PatchError, target: &Target) -> ApiError {
     }
 }
 
-async fn delete(state: &AppState, identity: &Identity, target: &Target, body: &[u8], dry_run: bool) -> Result<Response, ApiError> {
-    authorize(state, identity, target, Verb::Delete, None).await?;
-    let (rt, name) = (target.resource, name_of(target));
-    // DeleteOptions may carry a resourceVersion precondition.
-    let expected = if body.iter().all(u8::is_ascii_whitespace) {
-        None
+/// How a delete treats the objects that name the deleted one as an owner
+/// (`DeleteOptions.propagationPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Propagation {
+    /// The dependents are deleted afterwards, by the controllers' garbage collection.
+    Background,
+    /// Kubernetes deletes the dependents before the owner; here as `Background` (no finalizers).
+    Foreground,
+    /// The dependents stay, with their owner reference to the deleted object removed.
+    Orphan,
+}
+
+/// A delete's options, from its body (`DeleteOptions`) and query: the `resourceVersion`
+/// precondition, and the propagation (`propagationPolicy`, or the older `orphanDependents`).
+fn delete_options(body: &[u8], query: &HashMap<String, String>) -> Result<(Option<u64>, Propagation), ApiError> {
+    let options: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
     } else {
-        let options: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the delete options are not valid JSON: {e}")))?;
-        match options.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
-            Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("{v:?} is not a resource version")))?),
-            None => None,
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the delete options are not valid JSON: {e}")))?
+    };
+    let expected = match options.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
+        Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("{v:?} is not a resource version")))?),
+        None => None,
+    };
+    let policy = options.get("propagationPolicy").and_then(Value::as_str).map(String::from).or_else(|| query.get("propagationPolicy").cloned());
+    let orphan = options.get("orphanDependents").and_then(Value::as_bool).or_else(|| query.get("orphanDependents").and_then(|v| super::target::query_bool(v)));
+    let propagation = match (policy.as_deref(), orphan) {
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("propagationPolicy: Invalid value: both propagationPolicy and orphanDependents are set")),
+        (Some("Orphan"), None) | (None, Some(true)) => Propagation::Orphan,
+        (Some("Foreground"), None) => Propagation::Foreground,
+        (Some("Background"), None) | (None, Some(false) | None) => Propagation::Background,
+        (Some(other), None) => {
+            return Err(ApiError::bad_request(format!("propagationPolicy: Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\"")));
         }
     };
+    Ok((expected, propagation))
+}
+
+/// Removes the owner reference to `owner_uid` from every object of the owner's namespace (or,
+/// for a cluster-scoped owner, every cluster-scoped object) that has one, so that garbage
+/// collection leaves them alone (`propagationPolicy: Orphan`).
+async fn orphan_dependents(state: &AppState, target: &Target, owner_uid: &str) -> Result<(), ApiError> {
+    let namespaced = target.resource.namespaced;
+    for rt in resource::ALL.iter().filter(|r| r.namespaced == namespaced) {
+        let (objects, _) = state.store.list(&rt.store_prefix(target.namespace.as_deref())).await.map_err(|e| ApiError::from_store(e, rt, ""))?;
+        for object in objects {
+            let owned = |v: &Value| v.pointer("/metadata/ownerReferences").and_then(Value::as_array).is_some_and(|refs| refs.iter().any(|r| r["uid"] == owner_uid));
+            if !owned(&object.value) {
+                continue;
+            }
+            let (mut value, mut rev) = (object.value, object.mod_rev);
+            for _ in 0..UNCONDITIONAL_RETRIES {
+                if let Some(refs) = value.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
+                    refs.retain(|r| r["uid"] != owner_uid);
+                    if refs.is_empty() {
+                        value["metadata"].as_object_mut().map(|m| m.remove("ownerReferences"));
+                    }
+                }
+                match state.store.update(&object.key, value.clone(), Some(rev)).await {
+                    Ok(_) => break,
+                    Err(super::store::StoreError::Conflict { .. }) => match state.store.get(&object.key).await.map_err(|e| ApiError::from_store(e, rt, ""))? {
+                        Some(fresh) if owned(&fresh.value) => (value, rev) = (fresh.value, fresh.mod_rev),
+                        _ => break,
+                    },
+                    Err(super::store::StoreError::NotFound { .. }) => break,
+                    Err(e) => return Err(ApiError::from_store(e, rt, "")),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn delete(state: &AppState, identity: &Identity, target: &Target, body: &[u8], query: &HashMap<String, String>, dry_run: bool) -> Result<Response, ApiError> {
+    authorize(state, identity, target, Verb::Delete, None).await?;
+    let (rt, name) = (target.resource, name_of(target));
+    let (expected, propagation) = delete_options(body, query)?;
     if dry_run {
         let stored = state.store.get(&target.key(name)).await.map_err(|e| ApiError::from_store(e, rt, name))?.ok_or_else(|| ApiError::not_found(rt, name))?;
         if expected.is_some_and(|e| e != stored.mod_rev) {
             return Err(ApiError::conflict(rt, name));
         }
         return Ok(Json(with_revision(stored.value, stored.mod_rev)).into_response());
+    }
+    if propagation == Propagation::Orphan {
+        let stored = state.store.get(&target.key(name)).await.map_err(|e| ApiError::from_store(e, rt, name))?.ok_or_else(|| ApiError::not_found(rt, name))?;
+        if expected.is_some_and(|e| e != stored.mod_rev) {
+            return Err(ApiError::conflict(rt, name));
+        }
+        if let Some(uid) = stored.value.pointer("/metadata/uid").and_then(Value::as_str).filter(|u| !u.is_empty()) {
+            orphan_dependents(state, target, uid).await?;
+        }
     }
     let (old, rev) = state.store.delete(&target.key(name), expected).await.map_err(|e| ApiError::from_store(e, rt, name))?;
     Ok(Json(with_revision(old, rev)).into_response())

@@ -666,6 +666,52 @@ async fn delete_returns_the_last_state_and_a_second_delete_is_404() {
     server.stop().await;
 }
 
+/// `propagationPolicy: Orphan` (kubectl's `--cascade=orphan`, 1.20's `--cascade=false`) keeps the
+/// dependents and takes the deleted owner out of their owner references; the old
+/// `orphanDependents` says the same; an unknown policy is refused and deletes nothing.
+#[tokio::test]
+async fn an_orphaning_delete_keeps_the_dependents_without_their_owner_reference() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let rs = |name: &str, owner: Option<(&str, &str)>| {
+        let mut v = json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": { "name": name },
+            "spec": { "replicas": 0, "selector": { "matchLabels": { "app": name } }, "template": { "metadata": { "labels": { "app": name } }, "spec": { "containers": [{ "name": "c", "image": "i" }] } } },
+        });
+        if let Some((owner, uid)) = owner {
+            v["metadata"]["ownerReferences"] = json!([{ "apiVersion": "apps/v1", "kind": "Deployment", "name": owner, "uid": uid, "controller": true }, { "apiVersion": "v1", "kind": "ConfigMap", "name": "keep", "uid": "other-uid" }]);
+        }
+        v
+    };
+    let deployment = |name: &str| json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": { "name": name },
+        "spec": { "replicas": 0, "selector": { "matchLabels": { "app": name } }, "template": { "metadata": { "labels": { "app": name } }, "spec": { "containers": [{ "name": "c", "image": "i" }] } } },
+    });
+    let path = "/apis/apps/v1/namespaces/default";
+    let d = admin.create_value(&format!("{path}/deployments"), &deployment("web")).await.unwrap();
+    let uid = d["metadata"]["uid"].as_str().unwrap().to_string();
+    admin.create_value(&format!("{path}/replicasets"), &rs("web-1", Some(("web", &uid)))).await.unwrap();
+
+    let bad = admin.request_raw(Method::DELETE, &format!("{path}/deployments/web"), &json!({ "propagationPolicy": "Sometimes" })).await;
+    assert_eq!(bad.status().as_u16(), 400);
+    admin.get_value(&format!("{path}/deployments/web")).await.expect("a refused delete deletes nothing");
+
+    let gone = admin.request_raw(Method::DELETE, &format!("{path}/deployments/web"), &json!({ "kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Orphan" })).await;
+    assert_eq!(gone.status().as_u16(), 200);
+    let kept = admin.get_value(&format!("{path}/replicasets/web-1")).await.unwrap();
+    assert_eq!(kept["metadata"]["ownerReferences"], json!([{ "apiVersion": "v1", "kind": "ConfigMap", "name": "keep", "uid": "other-uid" }]), "only the deleted owner's reference goes");
+
+    let d = admin.create_value(&format!("{path}/deployments"), &deployment("api")).await.unwrap();
+    let uid = d["metadata"]["uid"].as_str().unwrap().to_string();
+    let mut only = rs("api-1", Some(("api", &uid)));
+    only["metadata"]["ownerReferences"].as_array_mut().unwrap().truncate(1);
+    admin.create_value(&format!("{path}/replicasets"), &only).await.unwrap();
+    admin.delete_value(&format!("{path}/deployments/api?orphanDependents=true")).await.unwrap();
+    let kept = admin.get_value(&format!("{path}/replicasets/api-1")).await.unwrap();
+    assert!(kept["metadata"].get("ownerReferences").is_none(), "{kept}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn shutdown_ends_open_watches_promptly() {
     let server = TestServer::start().await;
@@ -1002,6 +1048,19 @@ async fn kubectl_apply_patch_and_explain_work_with_kubectl_1_20_and_the_newest()
         admin.request(Method::POST, &format!("/api/v1/namespaces/{ns}/events"), Some(&event)).await.unwrap();
         let (ok, out) = kubectl(args(&format!("get events -n {ns}"))).await;
         assert!(ok && out.contains("ScalingReplicaSet") && out.contains("deployment/web"), "{version}: kubectl get events:\n{out}");
+        // `delete --cascade=orphan` (1.20: `--cascade=false`): the ReplicaSet stays, unowned.
+        let uid = admin.get::<Value>(&DEPLOYMENTS, Some(&ns), "web").await.unwrap()["metadata"]["uid"].as_str().unwrap().to_string();
+        let rs = json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": { "name": "web-1", "namespace": ns, "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": uid, "controller": true }] },
+            "spec": { "replicas": 0, "selector": { "matchLabels": { "app": "web" } }, "template": { "metadata": { "labels": { "app": "web" } }, "spec": { "containers": [{ "name": "c", "image": "i" }] } } },
+        });
+        admin.create_value(&format!("/apis/apps/v1/namespaces/{ns}/replicasets"), &rs).await.unwrap();
+        let cascade = if version.contains("1.20") { "--cascade=false" } else { "--cascade=orphan" };
+        let (ok, out) = kubectl(args(&format!("delete deployment web -n {ns} {cascade}"))).await;
+        assert!(ok && out.contains("deleted"), "{version}: kubectl delete {cascade}:\n{out}");
+        let kept = admin.get_value(&format!("/apis/apps/v1/namespaces/{ns}/replicasets/web-1")).await.unwrap();
+        assert!(kept["metadata"].get("ownerReferences").is_none(), "{version}: {kept}");
     }
     server.stop().await;
 }
