@@ -49,10 +49,10 @@ async fn exec_once(kc: &Kubeconfig, config: Arc<rustls::ClientConfig>) -> anyhow
     let (mut ws, _) = tokio_tungstenite::client_async(request, tls).await?;
     let mut status = None;
     while let Some(message) = ws.next().await {
-        if let Message::Binary(data) = message? {
-            if data.first() == Some(&3) {
-                status = Some(serde_json::from_slice::<Value>(&data[1..])?);
-            }
+        if let Message::Binary(data) = message?
+            && data.first() == Some(&3)
+        {
+            status = Some(serde_json::from_slice::<Value>(&data[1..])?);
         }
     }
     let took = start.elapsed().as_secs_f64();
