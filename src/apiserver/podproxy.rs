@@ -291,9 +291,30 @@ async fn serve_exec(state: &AppState, identity: &Identity, namespace: &str, name
     let from_agent = hyper::upgrade::on(&mut answer);
     tokio::spawn(async move {
         let (Ok(client), Ok(agent)) = (from_client.await, from_agent.await) else { return };
-        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(agent)).await;
+        join_streams(TokioIo::new(client), TokioIo::new(agent)).await;
     });
     Ok(response)
+}
+
+/// Copies bytes both ways until the agent's side ends, then ends the client's side cleanly (TLS
+/// `close_notify` after everything the agent sent): the agent may drop its connection without
+/// one, which must not cut off the last bytes (the exec's final `Status` and close frame).
+async fn join_streams<C, A>(client: C, agent: A)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    use tokio::io::AsyncWriteExt;
+    let (mut from_client, mut to_client) = tokio::io::split(client);
+    let (mut from_agent, mut to_agent) = tokio::io::split(agent);
+    let up = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut from_client, &mut to_agent).await;
+        let _ = to_agent.shutdown().await;
+    });
+    let _ = tokio::io::copy(&mut from_agent, &mut to_client).await;
+    let _ = to_client.flush().await;
+    let _ = to_client.shutdown().await;
+    up.abort();
 }
 
 #[cfg(test)]
