@@ -7,8 +7,11 @@
 
 pub mod host;
 pub mod pods;
+pub mod portforward;
+pub mod remotecommand;
 pub mod runtime;
 pub mod server;
+pub mod spdy;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -1,15 +1,17 @@
-//! The agent's HTTPS server (the kubelet's port 10250): what the API server proxies a pod's `log`
-//! and `exec` subresources to.
+//! The agent's HTTPS server (the kubelet's port 10250): what the API server proxies a pod's `log`,
+//! `exec`, `attach` and `portforward` subresources to.
 //!
 //! It serves with the node's serving certificate (`CN=system:node:<name>`, the node name as its one
 //! DNS name, signed by the cluster CA: the API server verifies that name) and lets in only client
 //! certificates of the cluster CA whose common name is [`KUBELET_CLIENT_CN`], the API server's.
-//! Paths are kubelet's: `GET /containerLogs/{namespace}/{pod}/{container}` with `follow`,
-//! `tailLines`, `sinceSeconds`, `sinceTime`, `timestamps`, `previous` and `limitBytes`; and
-//! `GET /exec/{namespace}/{pod}/{container}?command=...&stdin&stdout&stderr&tty`, a WebSocket in
-//! Kubernetes' channel protocols `v5.channel.k8s.io` and `v4.channel.k8s.io`: every binary message
-//! starts with its channel (0 stdin, 1 stdout, 2 stderr, 3 the final `Status`, 4 terminal resize as
-//! `{"Width":..,"Height":..}`, and in v5 255 to close a channel, used for the end of stdin).
+//! Paths are kubelet's:
+//! - `GET /containerLogs/{namespace}/{pod}/{container}` with `follow`, `tailLines`,
+//!   `sinceSeconds`, `sinceTime`, `timestamps`, `previous` and `limitBytes`;
+//! - `/exec/{namespace}/{pod}/{container}?command=...&stdin&stdout&stderr&tty` and
+//!   `/attach/{namespace}/{pod}/{container}?stdin&stdout&stderr&tty`, a WebSocket or a SPDY/3.1
+//!   upgrade ([`super::remotecommand`]);
+//! - `/portForward/{namespace}/{pod}`, SPDY/3.1 or SPDY tunnelled through a WebSocket
+//!   ([`super::portforward`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,8 +21,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, RawQuery, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, Request, State};
+use axum::extract::FromRequestParts;
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -30,12 +33,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use super::runtime::{ContainerInfo, ContainerRuntime, ExecOutput, ExecRequest, LogOptions, labels};
+use super::remotecommand::{self, Command};
+use super::runtime::{ContainerInfo, ContainerRuntime, ExecRequest, LogOptions, labels};
+use super::{portforward, spdy};
 use crate::api::Time;
 use crate::apiserver::ServerTls;
 use crate::apiserver::target::query_bool;
 use crate::apiserver::tls::{self, ClientCerts};
 use crate::pki::KUBELET_CLIENT_CN;
+
+/// The header in which SPDY clients offer, and the server names, the streaming protocol.
+const STREAM_PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 
 /// The port the agent serves on (kubelet's).
 pub const PORT: u16 = 10250;
@@ -96,7 +104,9 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAccepto
 fn router(state: AgentState) -> Router {
     Router::new()
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
-        .route("/exec/{namespace}/{pod}/{container}", get(exec))
+        .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
+        .route("/attach/{namespace}/{pod}/{container}", get(attach).post(attach))
+        .route("/portForward/{namespace}/{pod}", get(port_forward).post(port_forward))
         .layer(middleware::from_fn(only_the_api_server))
         .with_state(state)
 }
@@ -177,18 +187,9 @@ async fn current_container(state: &AgentState, namespace: &str, pod: &str, conta
     })
 }
 
-/// Kubernetes' channel protocols for exec, newest first.
-const V5: &str = "v5.channel.k8s.io";
-const V4: &str = "v4.channel.k8s.io";
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const ERROR: u8 = 3;
-const RESIZE: u8 = 4;
-const CLOSE: u8 = 255;
-
-/// An exec request's command and streams from its query (`command` repeats, one word each).
-fn exec_request(raw_query: Option<&str>) -> Result<ExecRequest, String> {
+/// A session's command and streams from its query (`command` repeats, one word each); an
+/// attach has no command.
+fn exec_request(raw_query: Option<&str>, attach: bool) -> Result<ExecRequest, String> {
     let mut request = ExecRequest::default();
     for (key, value) in url::form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()) {
         let on = query_bool(&value) == Some(true);
@@ -201,7 +202,7 @@ fn exec_request(raw_query: Option<&str>) -> Result<ExecRequest, String> {
             _ => {}
         }
     }
-    if request.command.is_empty() {
+    if request.command.is_empty() && !attach {
         return Err("you must specify at least one command for the container".into());
     }
     if !(request.stdin || request.stdout || request.stderr) {
@@ -214,136 +215,146 @@ fn exec_request(raw_query: Option<&str>) -> Result<ExecRequest, String> {
     Ok(request)
 }
 
-/// The final `Status` of an exec, as kubelet writes it on the error channel.
-pub fn exec_status(command: &[String], exit_code: Option<i64>) -> serde_json::Value {
-    match exit_code {
-        Some(0) => serde_json::json!({ "metadata": {}, "status": "Success" }),
-        Some(code) => serde_json::json!({
-            "metadata": {},
-            "status": "Failure",
-            "message": format!("command terminated with non-zero exit code: error executing command {command:?}, exit code {code}"),
-            "reason": "NonZeroExitCode",
-            "details": { "causes": [{ "reason": "ExitCode", "message": code.to_string() }] },
-        }),
-        None => serde_json::json!({ "metadata": {}, "status": "Failure", "message": "the command's exit code is unknown", "reason": "InternalError" }),
-    }
+/// Whether a request asks to switch to SPDY/3.1 (else it is a WebSocket handshake).
+fn wants_spdy(request: &Request) -> bool {
+    request.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().eq_ignore_ascii_case(spdy::UPGRADE))
 }
 
-async fn exec(
-    State(state): State<AgentState>,
-    Path((namespace, pod, container)): Path<(String, String, String)>,
-    RawQuery(query): RawQuery,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    let request = match exec_request(query.as_deref()) {
+/// Switches to SPDY/3.1 in `protocol` when the client offers it (`X-Stream-Protocol-Version`,
+/// repeated or comma-separated, as `httpstream.Handshake` reads it) and serves the connection.
+fn spdy_upgrade<F, Fut>(mut request: Request, protocol: &'static str, serve: F) -> Response
+where
+    F: FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let offered: Vec<String> = request
+        .headers()
+        .get_all(STREAM_PROTOCOL_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    if !offered.iter().any(|p| p == protocol) {
+        return refuse(StatusCode::FORBIDDEN, format!("unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports [{protocol}]"));
+    }
+    let upgraded = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgraded.await {
+            Ok(io) => serve(TokioIo::new(io)).await,
+            Err(e) => tracing::debug!(error = %e, "a SPDY upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, spdy::UPGRADE)
+        .header(STREAM_PROTOCOL_HEADER, protocol)
+        .body(Body::empty())
+        .unwrap_or_else(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// The WebSocket handshake of a request, or its refusal.
+async fn websocket(request: Request) -> Result<WebSocketUpgrade, Response> {
+    let (mut parts, _body) = request.into_parts();
+    WebSocketUpgrade::from_request_parts(&mut parts, &()).await.map_err(IntoResponse::into_response)
+}
+
+/// `GET|POST /exec/{namespace}/{pod}/{container}?command=...&stdin&stdout&stderr&tty`.
+async fn exec(State(state): State<AgentState>, Path((namespace, pod, container)): Path<(String, String, String)>, request: Request) -> Response {
+    command_session(state, &namespace, &pod, &container, request, false).await
+}
+
+/// `GET|POST /attach/{namespace}/{pod}/{container}?stdin&stdout&stderr&tty`.
+async fn attach(State(state): State<AgentState>, Path((namespace, pod, container)): Path<(String, String, String)>, request: Request) -> Response {
+    command_session(state, &namespace, &pod, &container, request, true).await
+}
+
+async fn command_session(state: AgentState, namespace: &str, pod: &str, container: &str, request: Request, attach: bool) -> Response {
+    let asked = match exec_request(request.uri().query(), attach) {
         Ok(r) => r,
         Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
     };
-    let chosen = match current_container(&state, &namespace, &pod, &container, false).await {
+    let chosen = match current_container(&state, namespace, pod, container, false).await {
         Ok(c) if c.running => c,
         Ok(_) => return refuse(StatusCode::BAD_REQUEST, format!("container {container:?} in pod {pod:?} is not running")),
         Err(response) => return response,
     };
-    let upgrade = upgrade.protocols([V5, V4]);
-    let v5 = upgrade.selected_protocol().is_some_and(|p| p.as_bytes() == V5.as_bytes());
+    let command = if attach {
+        Command::Attach { container_id: chosen.id, request: asked }
+    } else {
+        Command::Exec { container_id: chosen.id, request: asked }
+    };
     let runtime = state.runtime.clone();
-    upgrade.on_upgrade(move |socket| run_exec(socket, runtime, chosen.id, request, v5))
-}
-
-/// Ends the WebSocket with a normal closure (1000): client-go reads any other close as an error.
-async fn close_normally(sink: &mut futures::stream::SplitSink<WebSocket, Message>) {
-    use futures::SinkExt;
-    let frame = axum::extract::ws::CloseFrame { code: axum::extract::ws::close_code::NORMAL, reason: "".into() };
-    let _ = sink.send(Message::Close(Some(frame))).await;
-    let _ = sink.close().await;
-}
-
-/// Runs one exec over `socket` until the command ends (or the client goes).
-async fn run_exec(socket: WebSocket, runtime: Arc<dyn ContainerRuntime>, container_id: String, request: ExecRequest, v5: bool) {
-    use futures::SinkExt;
-    use tokio::io::AsyncWriteExt;
-    let (mut sink, mut incoming) = socket.split();
-    let framed = |channel: u8, data: &[u8]| {
-        let mut message = Vec::with_capacity(data.len() + 1);
-        message.push(channel);
-        message.extend_from_slice(data);
-        Message::Binary(message.into())
-    };
-    let session = match runtime.exec_attached(&container_id, &request).await {
-        Ok(s) => s,
-        Err(e) => {
-            let status = serde_json::json!({ "metadata": {}, "status": "Failure", "message": e.to_string(), "reason": "InternalError" });
-            let _ = sink.send(framed(ERROR, status.to_string().as_bytes())).await;
-            close_normally(&mut sink).await;
-            return;
-        }
-    };
-    let super::runtime::ExecSession { exec_id, mut output, mut input } = session;
-    if !request.stdin {
-        let _ = input.shutdown().await;
+    if wants_spdy(&request) {
+        return spdy_upgrade(request, remotecommand::V4, move |io| remotecommand::over_spdy(io, runtime, command));
     }
-    // The client's messages: stdin, resizes, the end of stdin.
-    let (resize_runtime, resize_id) = (runtime.clone(), exec_id.clone());
-    let reader = tokio::spawn(async move {
-        while let Some(Ok(message)) = incoming.next().await {
-            let data = match message {
-                Message::Binary(data) => data,
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            let Some((&channel, rest)) = data.split_first() else { continue };
-            match channel {
-                STDIN => {
-                    if input.write_all(rest).await.is_err() {
-                        break;
+    let upgrade = match websocket(request).await {
+        Ok(u) => u.protocols([remotecommand::V5, remotecommand::V4]),
+        Err(response) => return response,
+    };
+    let v5 = upgrade.selected_protocol().is_some_and(|p| p.as_bytes() == remotecommand::V5.as_bytes());
+    upgrade.on_upgrade(move |socket| remotecommand::over_websocket(socket, v5, runtime, command))
+}
+
+/// `GET|POST /portForward/{namespace}/{pod}`: SPDY, or SPDY tunnelled through a WebSocket.
+async fn port_forward(State(state): State<AgentState>, Path((namespace, name)): Path<(String, String)>, request: Request) -> Response {
+    let pod = portforward::PodRef { namespace, name };
+    let runtime = state.runtime.clone();
+    if wants_spdy(&request) {
+        return spdy_upgrade(request, portforward::PROTOCOL, move |io| portforward::over_spdy(io, runtime, pod));
+    }
+    let upgrade = match websocket(request).await {
+        Ok(u) => u.protocols([portforward::TUNNEL_PROTOCOL]),
+        Err(response) => return response,
+    };
+    if upgrade.selected_protocol().is_none() {
+        return refuse(StatusCode::BAD_REQUEST, format!("port forwarding over a WebSocket needs the protocol {}", portforward::TUNNEL_PROTOCOL));
+    }
+    upgrade.on_upgrade(move |socket| portforward::over_spdy(websocket_bytes(socket), runtime, pod))
+}
+
+/// The bytes carried in a WebSocket's binary messages as one stream (client-go's
+/// `TunnelingConnection`): what is written goes out as binary messages.
+fn websocket_bytes(socket: WebSocket) -> tokio::io::DuplexStream {
+    use futures::SinkExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ours, theirs) = tokio::io::duplex(256 * 1024);
+    tokio::spawn(async move {
+        let (mut sink, mut incoming) = socket.split();
+        let (mut read, mut write) = tokio::io::split(theirs);
+        let inbound = async move {
+            while let Some(Ok(message)) = incoming.next().await {
+                match message {
+                    Message::Binary(data) => {
+                        if write.write_all(&data).await.is_err() {
+                            break;
+                        }
                     }
-                    let _ = input.flush().await;
+                    Message::Close(_) => break,
+                    _ => {}
                 }
-                RESIZE => {
-                    if let Ok(size) = serde_json::from_slice::<serde_json::Value>(rest) {
-                        let dim = |k: &str| size.get(k).and_then(serde_json::Value::as_u64).and_then(|v| u16::try_from(v).ok()).unwrap_or(0);
-                        let _ = resize_runtime.exec_resize(&resize_id, dim("Width"), dim("Height")).await;
-                    }
-                }
-                CLOSE if v5 && rest.first() == Some(&STDIN) => {
-                    let _ = input.shutdown().await;
-                }
-                _ => {}
             }
-        }
-        let _ = input.shutdown().await;
-    });
-    while let Some(chunk) = output.next().await {
-        let message = match chunk {
-            Ok(ExecOutput::Stdout(data)) if request.stdout => framed(STDOUT, &data),
-            Ok(ExecOutput::Stderr(data)) if request.stderr => framed(STDERR, &data),
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::debug!(error = %e, "reading an exec's output");
-                break;
-            }
+            let _ = write.shutdown().await;
         };
-        if sink.send(message).await.is_err() {
-            reader.abort();
-            return;
-        }
-    }
-    reader.abort();
-    // The output ends as the process does; its exit code follows a moment later.
-    let mut exit_code = None;
-    for _ in 0..50 {
-        match runtime.exec_exit_code(&exec_id).await {
-            Ok(Some(code)) => {
-                exit_code = Some(code);
-                break;
+        let outbound = async move {
+            let mut buffer = vec![0u8; 32 * 1024];
+            loop {
+                match read.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if sink.send(Message::Binary(bytes::Bytes::copy_from_slice(&buffer[..n]))).await.is_err() {
+                            break;
+                        }
+                    }
+                }
             }
-            Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(_) => break,
-        }
-    }
-    let status = exec_status(&request.command, exit_code);
-    let _ = sink.send(framed(ERROR, status.to_string().as_bytes())).await;
-    close_normally(&mut sink).await;
+            remotecommand::close_normally(&mut sink).await;
+        };
+        tokio::join!(inbound, outbound);
+    });
+    ours
 }
 
 async fn container_logs(

@@ -110,13 +110,15 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "kind": "Pod",
                 "verbs": ["get"],
             }));
-            resources.push(json!({
-                "name": "pods/exec",
-                "singularName": "",
-                "namespaced": true,
-                "kind": "PodExecOptions",
-                "verbs": ["create", "get"],
-            }));
+            for (name, kind) in [("pods/attach", "PodAttachOptions"), ("pods/exec", "PodExecOptions"), ("pods/portforward", "PodPortForwardOptions")] {
+                resources.push(json!({
+                    "name": name,
+                    "singularName": "",
+                    "namespaced": true,
+                    "kind": kind,
+                    "verbs": ["create", "get"],
+                }));
+            }
         }
         if has_scale(rt) {
             resources.push(json!({

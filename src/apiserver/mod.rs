@@ -231,6 +231,8 @@ fn router(state: AppState) -> Router {
         .route(NODE_BINARY_PATH, get(node_binary))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/log", get(podproxy::log))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/exec", get(podproxy::exec).post(podproxy::exec))
+        .route("/api/v1/namespaces/{namespace}/pods/{name}/attach", get(podproxy::attach).post(podproxy::attach))
+        .route("/api/v1/namespaces/{namespace}/pods/{name}/portforward", get(podproxy::portforward).post(podproxy::portforward))
         .fallback(resource)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)

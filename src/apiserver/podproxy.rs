@@ -10,10 +10,13 @@
 //! `crate::pki::ClusterCa::issue_node_serving`), so that another node cannot answer for it. The
 //! answer streams through; an agent's refusal becomes a `Status` with its code and message.
 //!
-//! `exec` (authorized as `create pods/exec`) is an upgrade: the client's WebSocket handshake
-//! (`v5.channel.k8s.io`/`v4.channel.k8s.io`) is sent on to the agent's `/exec/...`, and once the
-//! agent has switched protocols the two connections are joined byte for byte, so that the channel
-//! protocol runs between the client and the agent (kube-apiserver's upgrade-aware proxy).
+//! `exec`, `attach` and `portforward` (authorized as `create pods/<subresource>`) are upgrades: the
+//! client's handshake (a WebSocket's, `v5.channel.k8s.io`/`v4.channel.k8s.io` or
+//! `SPDY/3.1+portforward.k8s.io`, or SPDY/3.1's with its `X-Stream-Protocol-Version`) is sent on
+//! to the agent's `/exec/...`, `/attach/...` or `/portForward/...`, and once the agent has
+//! switched protocols the two connections are joined byte for byte, so that the streaming
+//! protocol runs between the client and the agent (kube-apiserver's upgrade-aware proxy; it
+//! translates WebSocket to SPDY for kubelets that speak only SPDY, which the agent does not need).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -225,49 +228,93 @@ async fn pod_target(state: &AppState, target: &Target, name: &str, container: Op
 }
 
 /// `GET` or `POST .../pods/{name}/exec`: an upgrade joined to the agent's.
-pub(crate) async fn exec(
+pub(crate) async fn exec(state: State<AppState>, identity: Extension<Identity>, path: Path<(String, String)>, request: axum::extract::Request) -> Response {
+    upgrade(state, identity, path, request, Subresource::Exec).await
+}
+
+/// `GET` or `POST .../pods/{name}/attach`.
+pub(crate) async fn attach(state: State<AppState>, identity: Extension<Identity>, path: Path<(String, String)>, request: axum::extract::Request) -> Response {
+    upgrade(state, identity, path, request, Subresource::Attach).await
+}
+
+/// `GET` or `POST .../pods/{name}/portforward`.
+pub(crate) async fn portforward(state: State<AppState>, identity: Extension<Identity>, path: Path<(String, String)>, request: axum::extract::Request) -> Response {
+    upgrade(state, identity, path, request, Subresource::PortForward).await
+}
+
+/// The pod subresources that switch protocols.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Subresource {
+    Exec,
+    Attach,
+    PortForward,
+}
+
+impl Subresource {
+    fn name(self) -> &'static str {
+        match self {
+            Subresource::Exec => "exec",
+            Subresource::Attach => "attach",
+            Subresource::PortForward => "portforward",
+        }
+    }
+
+    /// The query parameters passed on to the agent (the container is in its path).
+    fn forwarded(self) -> &'static [&'static str] {
+        match self {
+            Subresource::Exec => &["command", "stdin", "stdout", "stderr", "tty"],
+            Subresource::Attach => &["stdin", "stdout", "stderr", "tty"],
+            Subresource::PortForward => &["ports"],
+        }
+    }
+}
+
+async fn upgrade(
     State(state): State<AppState>,
     Extension(identity): Extension<Identity>,
     Path((namespace, name)): Path<(String, String)>,
     request: axum::extract::Request,
+    what: Subresource,
 ) -> Response {
-    match serve_exec(&state, &identity, &namespace, &name, request).await {
+    match serve_upgrade(&state, &identity, &namespace, &name, request, what).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
 }
 
-/// An exec query split into the container and what the agent is sent (the command and streams).
-fn exec_query(raw_query: &str) -> (Option<String>, String) {
+/// A query split into the container and what the agent is sent.
+fn upgrade_query(raw_query: &str, forwarded: &[&str]) -> (Option<String>, String) {
     let mut container = None;
-    let mut forwarded = url::form_urlencoded::Serializer::new(String::new());
+    let mut onward = url::form_urlencoded::Serializer::new(String::new());
     for (key, value) in url::form_urlencoded::parse(raw_query.as_bytes()) {
-        match key.as_ref() {
-            "container" => container = Some(value.into_owned()),
-            "command" | "stdin" | "stdout" | "stderr" | "tty" => {
-                forwarded.append_pair(&key, &value);
-            }
-            _ => {}
+        if key == "container" {
+            container = Some(value.into_owned());
+        } else if forwarded.contains(&key.as_ref()) {
+            onward.append_pair(&key, &value);
         }
     }
-    (container, forwarded.finish())
+    (container, onward.finish())
 }
 
 /// The handshake headers passed on to the agent (WebSocket's, and SPDY's protocol version).
 const UPGRADE_HEADERS: &[&str] = &["connection", "upgrade", "sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol", "x-stream-protocol-version"];
 
-async fn serve_exec(state: &AppState, identity: &Identity, namespace: &str, name: &str, mut request: axum::extract::Request) -> Result<Response, ApiError> {
+async fn serve_upgrade(state: &AppState, identity: &Identity, namespace: &str, name: &str, mut request: axum::extract::Request, what: Subresource) -> Result<Response, ApiError> {
     let target = Target::parse(&format!("/api/v1/namespaces/{namespace}/pods/{name}"))?;
-    let target = Target { subresource: Some("exec".into()), ..target };
+    let target = Target { subresource: Some(what.name().into()), ..target };
     authorize(state, identity, &target, Verb::Create, None).await?;
     let raw_query = request.uri().query().unwrap_or("").to_string();
-    let (container, forwarded) = exec_query(&raw_query);
+    let (container, forwarded) = upgrade_query(&raw_query, what.forwarded());
     if !request.headers().contains_key(header::UPGRADE) {
         return Err(ApiError::bad_request("Upgrade request required"));
     }
     let (node_name, ip, port, container) = pod_target(state, &target, name, container.as_deref()).await?;
+    let path = match what {
+        Subresource::PortForward => format!("/portForward/{namespace}/{name}?{forwarded}"),
+        _ => format!("/{}/{namespace}/{name}/{container}?{forwarded}", what.name()),
+    };
     let mut sender = agent_connection(state, &node_name, &ip, port).await?;
-    let mut onward = hyper::Request::get(format!("/exec/{namespace}/{name}/{container}?{forwarded}")).header(header::HOST, node_name.as_str());
+    let mut onward = hyper::Request::builder().method(request.method().clone()).uri(path).header(header::HOST, node_name.as_str());
     for (key, value) in request.headers() {
         if UPGRADE_HEADERS.contains(&key.as_str()) {
             onward = onward.header(key, value);

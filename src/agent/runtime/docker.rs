@@ -324,24 +324,28 @@ impl ContainerRuntime for DockerRuntime {
         let exec = self.docker.create_exec(id, options).await.map_err(|e| failed(action.clone(), e))?;
         let start = bollard::exec::StartExecOptions { detach: false, tty: request.tty, output_capacity: None };
         match self.docker.start_exec(&exec.id, Some(start)).await.map_err(|e| failed(action.clone(), e))? {
-            StartExecResults::Attached { output, input } => {
-                let output = output
-                    .filter_map(move |chunk| {
-                        let item = match chunk {
-                            Ok(bollard::container::LogOutput::StdErr { message }) => Some(Ok(super::ExecOutput::Stderr(message))),
-                            Ok(bollard::container::LogOutput::StdOut { message } | bollard::container::LogOutput::Console { message }) => {
-                                Some(Ok(super::ExecOutput::Stdout(message)))
-                            }
-                            Ok(bollard::container::LogOutput::StdIn { .. }) => None,
-                            Err(e) => Some(Err(failed(action.clone(), e))),
-                        };
-                        async move { item }
-                    })
-                    .boxed();
-                Ok(super::ExecSession { exec_id: exec.id, output, input })
-            }
+            StartExecResults::Attached { output, input } => Ok(super::ExecSession { exec_id: exec.id, output: session_output(output, action), input }),
             StartExecResults::Detached => Err(RuntimeError::Failed { action, message: "the exec started detached".into() }),
         }
+    }
+
+    async fn attach(&self, id: &str, request: &super::ExecRequest) -> Result<super::ExecSession, RuntimeError> {
+        let options = bollard::query_parameters::AttachContainerOptions {
+            stdin: request.stdin,
+            stdout: request.stdout,
+            stderr: request.stderr,
+            stream: true,
+            logs: false,
+            detach_keys: None,
+        };
+        let action = format!("attaching to {id}");
+        let attached = self.docker.attach_container(id, Some(options)).await.map_err(|e| failed(action.clone(), e))?;
+        Ok(super::ExecSession { exec_id: id.to_string(), output: session_output(attached.output, action), input: attached.input })
+    }
+
+    async fn resize(&self, id: &str, width: u16, height: u16) -> Result<(), RuntimeError> {
+        let options = bollard::query_parameters::ResizeContainerTTYOptions { h: i32::from(height), w: i32::from(width) };
+        self.docker.resize_container_tty(id, options).await.map_err(|e| failed(format!("resizing container {id}"), e))
     }
 
     async fn exec_resize(&self, exec_id: &str, width: u16, height: u16) -> Result<(), RuntimeError> {
@@ -363,6 +367,24 @@ impl ContainerRuntime for DockerRuntime {
         let done = self.docker.inspect_exec(&exec.id).await.map_err(|e| failed(format!("exec in {id}"), e))?;
         Ok(done.exit_code.unwrap_or(-1))
     }
+}
+
+/// An attached exec's or container's output as the agent passes it on (stdin echoes dropped).
+fn session_output(
+    output: std::pin::Pin<Box<dyn futures::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Send>>,
+    action: String,
+) -> futures::stream::BoxStream<'static, Result<super::ExecOutput, RuntimeError>> {
+    output
+        .filter_map(move |chunk| {
+            let item = match chunk {
+                Ok(bollard::container::LogOutput::StdErr { message }) => Some(Ok(super::ExecOutput::Stderr(message))),
+                Ok(bollard::container::LogOutput::StdOut { message } | bollard::container::LogOutput::Console { message }) => Some(Ok(super::ExecOutput::Stdout(message))),
+                Ok(bollard::container::LogOutput::StdIn { .. }) => None,
+                Err(e) => Some(Err(failed(action.clone(), e))),
+            };
+            async move { item }
+        })
+        .boxed()
 }
 
 #[cfg(test)]

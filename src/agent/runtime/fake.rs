@@ -72,6 +72,13 @@ impl FakeRuntime {
         }
     }
 
+    /// The container's address on the pod bridge.
+    pub fn set_ip(&self, id: &str, ip: std::net::IpAddr) {
+        if let Some((_, info)) = self.lock().containers.get_mut(id) {
+            info.ip = Some(ip);
+        }
+    }
+
     /// What exec (exec probes) returns for the container.
     pub fn set_exec_result(&self, id: &str, code: i64) {
         self.lock().exec_results.insert(id.to_string(), code);
@@ -196,6 +203,22 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn exec_resize(&self, exec_id: &str, width: u16, height: u16) -> Result<(), RuntimeError> {
         self.call("exec_resize", format!("exec_resize {exec_id} {width}x{height}"))
+    }
+
+    /// Prints `attached <id>`, then echoes the input.
+    async fn attach(&self, id: &str, _request: &super::ExecRequest) -> Result<super::ExecSession, RuntimeError> {
+        self.call("attach", format!("attach {id}"))?;
+        let (input, mut read) = tokio::io::duplex(1 << 16);
+        let echoed = async_stream_echo(bytes::Bytes::from(format!("attached {id}\n")), async move {
+            let mut all = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut read, &mut all).await;
+            bytes::Bytes::from(all)
+        });
+        Ok(super::ExecSession { exec_id: id.to_string(), output: echoed, input: Box::pin(input) })
+    }
+
+    async fn resize(&self, id: &str, width: u16, height: u16) -> Result<(), RuntimeError> {
+        self.call("resize", format!("resize {id} {width}x{height}"))
     }
 
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError> {

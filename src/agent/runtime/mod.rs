@@ -153,4 +153,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn exec_resize(&self, exec_id: &str, width: u16, height: u16) -> Result<(), RuntimeError>;
     /// An exec's exit code once it has ended (`None` while it runs).
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError>;
+    /// Attaches to a running container's input and output (`kubectl attach`; the request's
+    /// command is unused; the session's id is the container's).
+    async fn attach(&self, id: &str, request: &ExecRequest) -> Result<ExecSession, RuntimeError>;
+    /// Resizes a container's terminal.
+    async fn resize(&self, id: &str, width: u16, height: u16) -> Result<(), RuntimeError>;
 }

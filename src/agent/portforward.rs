@@ -1,0 +1,249 @@
+//! `port-forward` as kubelet serves it: `portforward.k8s.io` over SPDY/3.1 (kubectl 1.20), also
+//! tunnelled through a WebSocket (`SPDY/3.1+portforward.k8s.io`, newer kubectl: the bytes of the
+//! SPDY connection ride in binary messages).
+//!
+//! For every local connection the client opens two streams with the same `requestID` header (or,
+//! from clients too old to send one, consecutive stream ids): `streamType: error` and
+//! `streamType: data`, both with the `port` header. Once both are there the agent connects to
+//! that port of the pod (its containers' addresses on the node's pod bridge, the one that declares
+//! the port first) and copies bytes both ways: the client's `FIN` on the data stream ends the
+//! write side towards the pod, the pod's end of the connection ends the data stream, and then the
+//! error stream (empty when all went well, else the reason, as kubelet writes it).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::runtime::{ContainerInfo, ContainerRuntime, labels};
+use super::spdy;
+
+/// The SPDY sub-protocol, and the WebSocket protocol that tunnels it.
+pub const PROTOCOL: &str = "portforward.k8s.io";
+pub const TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pod a connection forwards to.
+#[derive(Debug, Clone)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Which request a stream belongs to: its `requestID`, else (old clients) derived from its id as
+/// kubelet does (the error stream's id; a data stream follows its error stream by 2).
+fn request_key(stream: &spdy::Stream) -> String {
+    match stream.header("requestID") {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ if stream.header("streamType") == Some("data") => format!("#{}", stream.id.saturating_sub(2)),
+        _ => format!("#{}", stream.id),
+    }
+}
+
+/// Serves one port-forward connection until the client ends it.
+pub async fn over_spdy<IO>(io: IO, runtime: Arc<dyn ContainerRuntime>, pod: PodRef)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (connection, mut new_streams) = spdy::serve(io);
+    let mut waiting: HashMap<String, (Option<spdy::Stream>, Option<spdy::Stream>)> = HashMap::new();
+    while let Some(stream) = new_streams.recv().await {
+        let port = stream.header("port").and_then(|p| p.parse::<u16>().ok()).filter(|p| *p > 0);
+        let Some(port) = port else {
+            let _ = stream.writer.reset(spdy::PROTOCOL_ERROR).await;
+            continue;
+        };
+        let key = request_key(&stream);
+        let pair = waiting.entry(key.clone()).or_default();
+        match stream.header("streamType") {
+            Some("error") => pair.0 = Some(stream),
+            Some("data") => pair.1 = Some(stream),
+            _ => {
+                let _ = stream.writer.reset(spdy::PROTOCOL_ERROR).await;
+                continue;
+            }
+        }
+        if let (Some(_), Some(_)) = pair {
+            let Some((Some(error), Some(data))) = waiting.remove(&key) else { continue };
+            tokio::spawn(forward(runtime.clone(), pod.clone(), port, error, data));
+        }
+    }
+    connection.close().await;
+}
+
+/// The pod's running containers' addresses for `port`: those that declare it first.
+fn candidates(containers: Vec<ContainerInfo>, pod: &PodRef, port: u16) -> Vec<SocketAddr> {
+    let of_pod = |c: &ContainerInfo, key: &str, value: &str| c.labels.get(key).map(String::as_str) == Some(value);
+    let mut found: Vec<ContainerInfo> = containers
+        .into_iter()
+        .filter(|c| c.running && of_pod(c, labels::NAMESPACE, &pod.namespace) && of_pod(c, labels::POD, &pod.name))
+        .collect();
+    found.sort_by_key(|c| !c.published.contains_key(&port));
+    found.into_iter().filter_map(|c| c.ip).map(|ip| SocketAddr::new(ip, port)).collect()
+}
+
+/// A connection to `port` of the pod, or why there is none.
+async fn connect(runtime: &Arc<dyn ContainerRuntime>, pod: &PodRef, port: u16) -> Result<TcpStream, String> {
+    let listed = runtime.list(labels::UID).await.map_err(|e| e.to_string())?;
+    let addresses = candidates(listed, pod, port);
+    if addresses.is_empty() {
+        return Err("the pod has no running container".into());
+    }
+    let mut last = String::new();
+    for address in addresses {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
+            Ok(Ok(tcp)) => {
+                let _ = tcp.set_nodelay(true);
+                return Ok(tcp);
+            }
+            Ok(Err(e)) => last = format!("dial tcp {address}: {e}"),
+            Err(_) => last = format!("dial tcp {address}: timed out"),
+        }
+    }
+    Err(last)
+}
+
+/// Copies between one pair of streams and a connection to the pod.
+async fn forward(runtime: Arc<dyn ContainerRuntime>, pod: PodRef, port: u16, error: spdy::Stream, data: spdy::Stream) {
+    let tcp = match connect(&runtime, &pod, port).await {
+        Ok(tcp) => tcp,
+        Err(reason) => {
+            let message = format!("error forwarding port {port} to pod {}/{}: {reason}", pod.namespace, pod.name);
+            tracing::debug!("{message}");
+            let _ = error.writer.write(message.as_bytes()).await;
+            let _ = error.writer.finish().await;
+            let _ = data.writer.finish().await;
+            return;
+        }
+    };
+    let (mut from_pod, mut to_pod) = tcp.into_split();
+    let spdy::Stream { data: mut from_client, writer: to_client, .. } = data;
+    let upstream = tokio::spawn(async move {
+        while let Some(chunk) = from_client.recv().await {
+            if to_pod.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        // The client's FIN: no more bytes for the pod.
+        let _ = to_pod.shutdown().await;
+    });
+    let mut buffer = vec![0u8; 32 * 1024];
+    loop {
+        match from_pod.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to_client.write(&buffer[..n]).await.is_err() {
+                    upstream.abort();
+                    return;
+                }
+            }
+        }
+    }
+    let _ = to_client.finish().await;
+    let _ = error.writer.finish().await;
+    // The upstream copy ends with the client's FIN or the connection.
+    drop(upstream);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn container(pod: &str, ip: &str, running: bool, published: &[u16]) -> ContainerInfo {
+        ContainerInfo {
+            id: format!("{pod}-{ip}"),
+            image_id: String::new(),
+            labels: BTreeMap::from([(labels::NAMESPACE.into(), "default".into()), (labels::POD.into(), pod.into())]),
+            running,
+            exit_code: None,
+            started_at: None,
+            finished_at: None,
+            ip: Some(ip.parse().unwrap()),
+            published: published.iter().map(|p| (*p, 30000 + *p)).collect(),
+        }
+    }
+
+    #[test]
+    fn the_container_that_declares_the_port_is_tried_first_and_only_running_ones_of_the_pod() {
+        let pod = PodRef { namespace: "default".into(), name: "web".into() };
+        let found = candidates(
+            vec![container("web", "100.64.0.2", true, &[]), container("web", "100.64.0.3", true, &[80]), container("web", "100.64.0.4", false, &[80]), container("db", "100.64.0.5", true, &[80])],
+            &pod,
+            80,
+        );
+        assert_eq!(found, vec!["100.64.0.3:80".parse().unwrap(), "100.64.0.2:80".parse().unwrap()]);
+    }
+
+    /// A SPDY client (the codec's other side) forwards to a local listener through the fake
+    /// runtime's container address, and a refused port comes back on the error stream.
+    #[tokio::test]
+    async fn a_pair_of_streams_is_joined_to_the_pods_port() {
+        use bytes::Bytes;
+        use spdy::{Decoder, Encoder, Frame};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            socket.read_to_end(&mut got).await.unwrap();
+            socket.write_all(&[b"echo:".as_slice(), &got].concat()).await.unwrap();
+        });
+        let fake = super::super::runtime::fake::FakeRuntime::with_images(&["i"]);
+        let spec = super::super::runtime::ContainerSpec {
+            name: "web".into(),
+            image: "i".into(),
+            labels: BTreeMap::from([(labels::NAMESPACE.into(), "default".into()), (labels::POD.into(), "web".into()), (labels::UID.into(), "u".into())]),
+            ..Default::default()
+        };
+        let id = fake.run(&spec).await.unwrap();
+        fake.set_ip(&id, "127.0.0.1".parse().unwrap());
+        let runtime: Arc<dyn ContainerRuntime> = Arc::new(fake);
+        let (client, server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(over_spdy(server, runtime, PodRef { namespace: "default".into(), name: "web".into() }));
+        let (mut from_server, mut to_server) = tokio::io::split(client);
+        let mut encoder = Encoder::new();
+        let syn = |id: u32, kind: &str, port: u16, request: &str| Frame::SynStream {
+            stream_id: id,
+            associated: 0,
+            priority: 0,
+            fin: false,
+            unidirectional: false,
+            headers: vec![("streamtype".into(), kind.into()), ("port".into(), port.to_string()), ("requestid".into(), request.into())],
+        };
+        let closed_port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        for frame in [
+            syn(1, "error", port, "0"),
+            Frame::Data { stream_id: 1, fin: true, data: Bytes::new() },
+            syn(3, "data", port, "0"),
+            Frame::Data { stream_id: 3, fin: true, data: Bytes::from_static(b"ping") },
+            syn(5, "error", closed_port, "1"),
+            syn(7, "data", closed_port, "1"),
+        ] {
+            to_server.write_all(&encoder.encode(&frame)).await.unwrap();
+        }
+        let mut decoder = Decoder::new();
+        let (mut data, mut errors, mut finished) = (HashMap::<u32, Vec<u8>>::new(), HashMap::<u32, Vec<u8>>::new(), 0);
+        while finished < 4 {
+            match tokio::time::timeout(Duration::from_secs(10), decoder.read(&mut from_server)).await.unwrap().unwrap().unwrap() {
+                Frame::Data { stream_id, fin, data: bytes } => {
+                    let into = if stream_id % 4 == 1 { &mut errors } else { &mut data };
+                    into.entry(stream_id).or_default().extend_from_slice(&bytes);
+                    finished += usize::from(fin);
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(data[&3], b"echo:ping");
+        assert!(errors.get(&1).is_none_or(Vec::is_empty), "no error for the open port");
+        let refused = String::from_utf8_lossy(&errors[&5]);
+        assert!(refused.starts_with(&format!("error forwarding port {closed_port} to pod default/web: dial tcp 127.0.0.1:{closed_port}: ")), "{refused}");
+        let _ = to_server.write_all(&encoder.encode(&Frame::GoAway { last_good: 7, status: 0 })).await;
+    }
+}
