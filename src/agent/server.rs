@@ -456,47 +456,110 @@ mod tests {
         port
     }
 
-    /// The API server reads a pod's log from the agent of the pod's node, checked to be that node:
-    /// the current and the previous container, a 400 with kubelet's words when there is none,
-    /// 403 for a node's own credential, and 503 when another node's agent answers at the address.
-    #[tokio::test]
-    async fn the_api_server_reads_a_pods_log_from_the_agent_of_its_node_and_only_from_it() {
-        use crate::agent::runtime::ContainerSpec;
-        use crate::agent::runtime::fake::FakeRuntime;
-        use crate::api::resource::NODES;
-        use crate::api::{DaemonEndpoint, Node, NodeAddress, NodeDaemonEndpoints};
-        use crate::client::{ApiClient, ClientAuth};
-        let ca = Arc::new(crate::pki::ClusterCa::generate("t").unwrap());
-        let admin = crate::client::test_server::start_with_ca(ca.clone()).await;
-        let fake = FakeRuntime::with_images(&["img"]);
-        let labels = BTreeMap::from([
-            (labels::NAMESPACE.to_string(), "default".to_string()),
-            (labels::POD.to_string(), "web-1".to_string()),
-            (labels::UID.to_string(), "u-1".to_string()),
-            (labels::CONTAINER.to_string(), "web".to_string()),
-        ]);
-        let spec = ContainerSpec { name: "a".into(), image: "img".into(), labels, ..Default::default() };
-        let first = fake.run(&spec).await.unwrap();
-        fake.set_logs(&first, "first run\n");
-        fake.exit(&first, 1);
-        let second = fake.run(&ContainerSpec { name: "b".into(), ..spec.clone() }).await.unwrap();
-        fake.set_logs(&second, "hello\nworld\n");
-        let port = agent(&ca, "node-a", &fake).await;
+    /// An API server, and node-a's agent at 127.0.0.1 on a fake runtime; pod `web-1` (one
+    /// container, `web`) is bound to node-a.
+    struct Rig {
+        ca: Arc<crate::pki::ClusterCa>,
+        admin: crate::client::ApiClient,
+        fake: crate::agent::runtime::fake::FakeRuntime,
+    }
 
-        let set_port = |port: u16| {
-            let mut node = Node::new("node-a");
+    impl Rig {
+        async fn start() -> Rig {
+            use crate::api::Node;
+            use crate::api::resource::NODES;
+            let ca = Arc::new(crate::pki::ClusterCa::generate("t").unwrap());
+            let admin = crate::client::test_server::start_with_ca(ca.clone()).await;
+            let fake = crate::agent::runtime::fake::FakeRuntime::with_images(&["img"]);
+            let port = agent(&ca, "node-a", &fake).await;
+            let rig = Rig { ca, admin, fake };
+            let created: Node = rig.admin.create(&NODES, None, &Node::new("node-a")).await.unwrap();
+            rig.admin.replace_status(&NODES, None, "node-a", &Node { metadata: created.metadata, ..Self::node_at(port) }).await.unwrap();
+            let pod = serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "web-1" },
+                "spec": { "nodeName": "node-a", "containers": [{ "name": "web", "image": "img" }] },
+            });
+            rig.admin.create_value("/api/v1/namespaces/default/pods", &pod).await.unwrap();
+            rig
+        }
+
+        /// node-a with its agent at 127.0.0.1:`port`.
+        fn node_at(port: u16) -> crate::api::Node {
+            use crate::api::{DaemonEndpoint, NodeAddress, NodeDaemonEndpoints};
+            let mut node = crate::api::Node::new("node-a");
             node.status.addresses = vec![NodeAddress { address_type: "InternalIP".into(), address: "127.0.0.1".into(), ..Default::default() }];
             node.status.daemon_endpoints = Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(port), ..Default::default() }), ..Default::default() });
             node
-        };
-        let created: Node = admin.create(&NODES, None, &Node::new("node-a")).await.unwrap();
-        let node = Node { metadata: created.metadata.clone(), ..set_port(port) };
-        admin.replace_status(&NODES, None, "node-a", &node).await.unwrap();
-        let pod = serde_json::json!({
-            "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "web-1" },
-            "spec": { "nodeName": "node-a", "containers": [{ "name": "web", "image": "img" }] },
-        });
-        admin.create_value("/api/v1/namespaces/default/pods", &pod).await.unwrap();
+        }
+
+        /// Starts a container of `web-1`'s `web` in the fake runtime.
+        async fn run_web(&self, name: &str) -> String {
+            let labels = BTreeMap::from([
+                (labels::NAMESPACE.to_string(), "default".to_string()),
+                (labels::POD.to_string(), "web-1".to_string()),
+                (labels::UID.to_string(), "u-1".to_string()),
+                (labels::CONTAINER.to_string(), "web".to_string()),
+            ]);
+            self.fake.run(&super::super::runtime::ContainerSpec { name: name.into(), image: "img".into(), labels, ..Default::default() }).await.unwrap()
+        }
+
+        /// A TLS connection to the API server with a client certificate for `user`.
+        async fn connect(&self, user: &str, groups: &[&str]) -> tokio_rustls::client::TlsStream<TcpStream> {
+            use rustls_pki_types::pem::PemObject;
+            let issued = self.ca.issue_client(user, groups).unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(rustls_pki_types::CertificateDer::from_pem_slice(self.ca.cert_pem().as_bytes()).unwrap()).unwrap();
+            let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap()];
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, key)
+                .unwrap();
+            let tcp = TcpStream::connect(self.server()).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap()
+        }
+
+        fn server(&self) -> String {
+            self.admin.server().trim_start_matches("https://").to_string()
+        }
+
+        /// A SPDY/3.1 upgrade of `path` as client-go sends it; the answer's head, and the
+        /// connection when it switched.
+        async fn spdy(&self, path: &str, protocols: &[&str], user: &str, groups: &[&str]) -> (String, Option<tokio_rustls::client::TlsStream<TcpStream>>) {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut tls = self.connect(user, groups).await;
+            let offered: String = protocols.iter().map(|p| format!("X-Stream-Protocol-Version: {p}\r\n")).collect();
+            let head = format!("POST {path} HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n{offered}Content-Length: 0\r\n\r\n");
+            tls.write_all(head.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            while !answer.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                if tls.read(&mut byte).await.unwrap() == 0 {
+                    break;
+                }
+                answer.push(byte[0]);
+            }
+            let answer = String::from_utf8_lossy(&answer).into_owned();
+            let switched = answer.starts_with("HTTP/1.1 101");
+            (answer, switched.then_some(tls))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_api_server_reads_a_pods_log_from_the_agent_of_its_node_and_only_from_it() {
+        use crate::api::Node;
+        use crate::api::resource::NODES;
+        use crate::client::{ApiClient, ClientAuth};
+        let rig = Rig::start().await;
+        let (admin, fake, ca) = (&rig.admin, &rig.fake, &rig.ca);
+        let first = rig.run_web("a").await;
+        fake.set_logs(&first, "first run\n");
+        fake.exit(&first, 1);
+        let second = rig.run_web("b").await;
+        fake.set_logs(&second, "hello\nworld\n");
 
         let log = "/api/v1/namespaces/default/pods/web-1/log";
         assert_eq!(admin.request_text("GET", log).await.unwrap(), "hello\nworld\n");
@@ -511,71 +574,29 @@ mod tests {
         assert_eq!(as_node.request_text("GET", log).await.unwrap_err().code(), Some(403));
 
         // Another node's agent at node-a's address is not believed.
-        let impostor = agent(&ca, "node-b", &fake).await;
+        let impostor = agent(ca, "node-b", fake).await;
         let latest: Node = admin.get(&NODES, None, "node-a").await.unwrap();
-        admin.replace_status(&NODES, None, "node-a", &Node { metadata: latest.metadata, ..set_port(impostor) }).await.unwrap();
+        admin.replace_status(&NODES, None, "node-a", &Node { metadata: latest.metadata, ..Rig::node_at(impostor) }).await.unwrap();
         let e = admin.request_text("GET", log).await.unwrap_err();
         assert_eq!(e.code(), Some(503), "{e}");
     }
 
     /// `kubectl exec` over WebSocket (`v5.channel.k8s.io`) through the API server to the agent:
-    /// output on channel 1, stdin on channel 0 closed by channel 255, the exit code in the final
+    /// the command's output on channel 1, stdin on channel 0 closed with the v5 close message, the
     /// `Status` on channel 3; a node may not exec.
     #[tokio::test]
     async fn exec_runs_through_the_api_server_in_the_websocket_channel_protocol() {
-        use crate::agent::runtime::ContainerSpec;
-        use crate::agent::runtime::fake::FakeRuntime;
-        use crate::api::resource::NODES;
-        use crate::api::{DaemonEndpoint, Node, NodeAddress, NodeDaemonEndpoints};
         use futures::SinkExt;
         use tokio_tungstenite::tungstenite::{Message as WsMessage, client::IntoClientRequest};
-        let ca = Arc::new(crate::pki::ClusterCa::generate("t").unwrap());
-        let admin = crate::client::test_server::start_with_ca(ca.clone()).await;
-        let fake = FakeRuntime::with_images(&["img"]);
-        let labels = BTreeMap::from([
-            (labels::NAMESPACE.to_string(), "default".to_string()),
-            (labels::POD.to_string(), "web-1".to_string()),
-            (labels::UID.to_string(), "u-1".to_string()),
-            (labels::CONTAINER.to_string(), "web".to_string()),
-        ]);
-        let id = fake.run(&ContainerSpec { name: "a".into(), image: "img".into(), labels, ..Default::default() }).await.unwrap();
-        let port = agent(&ca, "node-a", &fake).await;
-        let created: Node = admin.create(&NODES, None, &Node::new("node-a")).await.unwrap();
-        let mut node = Node { metadata: created.metadata, ..Node::new("node-a") };
-        node.status.addresses = vec![NodeAddress { address_type: "InternalIP".into(), address: "127.0.0.1".into(), ..Default::default() }];
-        node.status.daemon_endpoints = Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(port), ..Default::default() }), ..Default::default() });
-        admin.replace_status(&NODES, None, "node-a", &node).await.unwrap();
-        let pod = serde_json::json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "web-1" }, "spec": { "nodeName": "node-a", "containers": [{ "name": "web", "image": "img" }] } });
-        admin.create_value("/api/v1/namespaces/default/pods", &pod).await.unwrap();
-
-        let server = admin.server().trim_start_matches("https://").to_string();
-        let connect = |user: &str, groups: &[&str]| {
-            let issued = ca.issue_client(user, groups).unwrap();
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap()).unwrap();
-            let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap()];
-            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_client_auth_cert(chain, key)
-                .unwrap();
-            let server = server.clone();
-            async move {
-                let tcp = TcpStream::connect(&server).await.unwrap();
-                let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-                tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap()
-            }
-        };
-        use rustls_pki_types::pem::PemObject;
-        let url = format!("wss://{server}/api/v1/namespaces/default/pods/web-1/exec?command=echo&command=hi&stdin=true&stdout=true&stderr=true");
+        let rig = Rig::start().await;
+        let id = rig.run_web("a").await;
+        let url = format!("wss://{}/api/v1/namespaces/default/pods/web-1/exec?command=echo&command=hi&stdin=true&stdout=true&stderr=true", rig.server());
         let request = || {
             let mut r = url.as_str().into_client_request().unwrap();
             r.headers_mut().insert("Sec-WebSocket-Protocol", "v5.channel.k8s.io, v4.channel.k8s.io".parse().unwrap());
             r
         };
-        let (mut ws, answer) = tokio_tungstenite::client_async(request(), connect("admin", &["system:masters"]).await).await.unwrap();
+        let (mut ws, answer) = tokio_tungstenite::client_async(request(), rig.connect("admin", &["system:masters"]).await).await.unwrap();
         assert_eq!(answer.headers()["sec-websocket-protocol"], "v5.channel.k8s.io");
         ws.send(WsMessage::Binary([&[0u8][..], b"typed"].concat().into())).await.unwrap();
         ws.send(WsMessage::Binary(vec![255u8, 0].into())).await.unwrap();
@@ -592,8 +613,8 @@ mod tests {
         let status: serde_json::Value = serde_json::from_str(&seen.iter().find(|(c, _)| *c == 3).expect("a final status").1).unwrap();
         assert_eq!(status["status"], "Success");
 
-        fake.set_exec_result(&id, 3);
-        let (mut ws, _) = tokio_tungstenite::client_async(request(), connect("admin", &["system:masters"]).await).await.unwrap();
+        rig.fake.set_exec_result(&id, 3);
+        let (mut ws, _) = tokio_tungstenite::client_async(request(), rig.connect("admin", &["system:masters"]).await).await.unwrap();
         ws.send(WsMessage::Binary(vec![255u8, 0].into())).await.unwrap();
         let mut status = None;
         while let Some(Ok(WsMessage::Binary(data))) = ws.next().await {
@@ -604,8 +625,139 @@ mod tests {
         let status = status.expect("a final status");
         assert_eq!((status["reason"].as_str(), status["details"]["causes"][0]["message"].as_str()), (Some("NonZeroExitCode"), Some("3")), "{status}");
 
-        let refused = tokio_tungstenite::client_async(request(), connect("system:node:node-a", &["system:nodes"]).await).await.unwrap_err();
+        let refused = tokio_tungstenite::client_async(request(), rig.connect("system:node:node-a", &["system:nodes"]).await).await.unwrap_err();
         assert!(refused.to_string().contains("403"), "{refused}");
+    }
+
+    /// Frames read from `reader` until every stream in `until` has ended (`FIN`), with the data
+    /// received per stream.
+    async fn read_streams<R: tokio::io::AsyncRead + Unpin>(reader: &mut R, until: &[u32]) -> HashMap<u32, Vec<u8>> {
+        use spdy::Frame;
+        let (mut decoder, mut data, mut ended) = (spdy::Decoder::new(), HashMap::<u32, Vec<u8>>::new(), Vec::new());
+        while !until.iter().all(|id| ended.contains(id)) {
+            let frame = tokio::time::timeout(Duration::from_secs(10), decoder.read(reader)).await.expect("frames within 10 s").unwrap().expect("a frame");
+            if let Frame::Data { stream_id, fin, data: bytes } = frame {
+                data.entry(stream_id).or_default().extend_from_slice(&bytes);
+                if fin {
+                    ended.push(stream_id);
+                }
+            }
+        }
+        data
+    }
+
+    /// kubectl 1.20's exec and attach: SPDY/3.1 in `v4.channel.k8s.io` through the API server,
+    /// one stream per channel, the `Status` on the error stream.
+    #[tokio::test]
+    async fn exec_and_attach_run_through_the_api_server_over_spdy() {
+        use bytes::Bytes;
+        use spdy::Frame;
+        use tokio::io::AsyncWriteExt;
+        let rig = Rig::start().await;
+        let id = rig.run_web("a").await;
+        rig.fake.set_exec_result(&id, 3);
+        let syn = |stream_id: u32, kind: &str| Frame::SynStream { stream_id, associated: 0, priority: 0, fin: false, unidirectional: false, headers: vec![("streamtype".into(), kind.into())] };
+        let admin = ("admin", &["system:masters"][..]);
+        for (path, expected) in [
+            ("/api/v1/namespaces/default/pods/web-1/exec?command=echo&command=hi&stdin=true&stdout=true&stderr=true", "echo hi\ntyped"),
+            ("/api/v1/namespaces/default/pods/web-1/attach?container=web&stdin=true&stdout=true&stderr=true", &*format!("attached {id}\ntyped")),
+        ] {
+            let (answer, tls) = rig.spdy(path, &["v4.channel.k8s.io", "v3.channel.k8s.io", "channel.k8s.io"], admin.0, admin.1).await;
+            assert!(answer.to_ascii_lowercase().contains("x-stream-protocol-version: v4.channel.k8s.io"), "{answer}");
+            let (mut from_server, mut to_server) = tokio::io::split(tls.expect("switched to SPDY"));
+            let mut encoder = spdy::Encoder::new();
+            for frame in [syn(1, "error"), syn(3, "stdin"), syn(5, "stdout"), syn(7, "stderr"), Frame::Data { stream_id: 3, fin: true, data: Bytes::from_static(b"typed") }] {
+                to_server.write_all(&encoder.encode(&frame)).await.unwrap();
+            }
+            let data = read_streams(&mut from_server, &[1, 5, 7]).await;
+            assert_eq!(String::from_utf8_lossy(&data[&5]), expected);
+            let status: serde_json::Value = serde_json::from_slice(&data[&1]).unwrap();
+            if path.contains("/exec") {
+                assert_eq!((status["reason"].as_str(), status["details"]["causes"][0]["message"].as_str()), (Some("NonZeroExitCode"), Some("3")), "{status}");
+            } else {
+                assert_eq!(status["status"], "Success", "{status}");
+            }
+        }
+        // Only v4 is spoken; a node may not exec.
+        let (answer, tls) = rig.spdy("/api/v1/namespaces/default/pods/web-1/exec?command=sh&stdout=true", &["channel.k8s.io"], admin.0, admin.1).await;
+        assert!(tls.is_none() && answer.starts_with("HTTP/1.1 503"), "{answer}");
+        let (answer, tls) = rig.spdy("/api/v1/namespaces/default/pods/web-1/exec?command=sh&stdout=true", &["v4.channel.k8s.io"], "system:node:node-a", &["system:nodes"]).await;
+        assert!(tls.is_none() && answer.starts_with("HTTP/1.1 403"), "{answer}");
+    }
+
+    /// The pod's port through the API server: `portforward.k8s.io` over SPDY (kubectl 1.20) and
+    /// tunnelled through a WebSocket (`SPDY/3.1+portforward.k8s.io`, newer kubectl).
+    #[tokio::test]
+    async fn port_forward_reaches_the_pods_port_over_spdy_and_through_a_websocket() {
+        use bytes::Bytes;
+        use futures::SinkExt;
+        use spdy::Frame;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_tungstenite::tungstenite::{Message as WsMessage, client::IntoClientRequest};
+        let rig = Rig::start().await;
+        let id = rig.run_web("a").await;
+        rig.fake.set_ip(&id, "127.0.0.1".parse().unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    socket.read_to_end(&mut got).await.unwrap();
+                    socket.write_all(&[b"echo:".as_slice(), &got].concat()).await.unwrap();
+                });
+            }
+        });
+        let syn = |stream_id: u32, kind: &str| Frame::SynStream {
+            stream_id,
+            associated: 0,
+            priority: 0,
+            fin: false,
+            unidirectional: false,
+            headers: vec![("streamtype".into(), kind.into()), ("port".into(), port.to_string()), ("requestid".into(), "0".into())],
+        };
+        let frames = [syn(1, "error"), Frame::Data { stream_id: 1, fin: true, data: Bytes::new() }, syn(3, "data"), Frame::Data { stream_id: 3, fin: true, data: Bytes::from_static(b"ping") }];
+        let path = "/api/v1/namespaces/default/pods/web-1/portforward";
+
+        let (answer, tls) = rig.spdy(path, &["portforward.k8s.io"], "admin", &["system:masters"]).await;
+        let (mut from_server, mut to_server) = tokio::io::split(tls.unwrap_or_else(|| panic!("{answer}")));
+        let mut encoder = spdy::Encoder::new();
+        for frame in &frames {
+            to_server.write_all(&encoder.encode(frame)).await.unwrap();
+        }
+        let data = read_streams(&mut from_server, &[1, 3]).await;
+        assert_eq!(data[&3], b"echo:ping");
+        assert!(data.get(&1).is_none_or(Vec::is_empty), "{data:?}");
+
+        // The same bytes in WebSocket binary messages.
+        let mut request = format!("wss://{}{path}", rig.server()).into_client_request().unwrap();
+        request.headers_mut().insert("Sec-WebSocket-Protocol", "SPDY/3.1+portforward.k8s.io".parse().unwrap());
+        let (ws, answer) = tokio_tungstenite::client_async(request, rig.connect("admin", &["system:masters"]).await).await.unwrap();
+        assert_eq!(answer.headers()["sec-websocket-protocol"], "SPDY/3.1+portforward.k8s.io");
+        let (mut sink, mut incoming) = ws.split();
+        let (mut ours, theirs) = tokio::io::duplex(1 << 16);
+        let (mut read_theirs, _keep) = tokio::io::split(theirs);
+        let mut encoder = spdy::Encoder::new();
+        for frame in &frames {
+            sink.send(WsMessage::Binary(encoder.encode(frame).into())).await.unwrap();
+        }
+        let pump = tokio::spawn(async move {
+            while let Some(Ok(message)) = incoming.next().await {
+                if let WsMessage::Binary(bytes) = message
+                    && ours.write_all(&bytes).await.is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let data = read_streams(&mut read_theirs, &[1, 3]).await;
+        assert_eq!(data[&3], b"echo:ping");
+        pump.abort();
+
+        // A node may not forward ports.
+        let (answer, _) = rig.spdy(path, &["portforward.k8s.io"], "system:node:node-a", &["system:nodes"]).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     }
 
     #[tokio::test]
