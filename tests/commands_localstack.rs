@@ -251,14 +251,16 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
     let wrong = clusterctl(h, &["logs", &pod_name, "--spec", s, "-c", "nope"]);
     assert_eq!(wrong.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("container \"nope\" is not in pod"), "{wrong:?}");
-    // exec: the newest kubectl speaks WebSocket (v5.channel.k8s.io), which the API server joins to
-    // the agent's; Debian's 1.20 speaks only SPDY, which is not served (see the README).
-    if let Some(bin) = &newest {
-        let both = kubectl(bin, h, &["exec", &pod_name, "--", "sh", "-c", "echo out; echo err >&2"]);
-        assert_eq!(both, "out\n", "stdout to stdout (stderr went to kubectl's stderr)");
-        let exit = Command::new(bin).args(["exec", &pod_name, "--", "sh", "-c", "exit 3"]).env("KUBECONFIG", kubectl_config(h)).env("HOME", h).output().unwrap();
-        assert_eq!(exit.status.code(), Some(3), "the exit code comes through: {exit:?}");
-        let mut cat = Command::new(bin)
+    // exec, attach and port-forward: the newest kubectl speaks WebSocket (v5.channel.k8s.io, and
+    // SPDY tunnelled through a WebSocket for port-forward), Debian's 1.20 SPDY/3.1; the API server
+    // joins either to the agent's.
+    for bin in std::iter::once(kubectl_bin.clone()).chain(newest.clone()) {
+        let which = bin.display().to_string();
+        let both = kubectl(&bin, h, &["exec", &pod_name, "--", "sh", "-c", "echo out; echo err >&2"]);
+        assert_eq!(both, "out\n", "stdout to stdout, stderr to kubectl's stderr ({which})");
+        let exit = Command::new(&bin).args(["exec", &pod_name, "--", "sh", "-c", "exit 3"]).env("KUBECONFIG", kubectl_config(h)).env("HOME", h).output().unwrap();
+        assert_eq!(exit.status.code(), Some(3), "the exit code comes through ({which}): {exit:?}");
+        let mut cat = Command::new(&bin)
             .args(["exec", "-i", &pod_name, "-c", "greeter", "--", "cat"])
             .env("KUBECONFIG", kubectl_config(h))
             .env("HOME", h)
@@ -269,7 +271,44 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
             .unwrap();
         cat.stdin.take().unwrap().write_all(b"through stdin\n").unwrap();
         let echoed = cat.wait_with_output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&echoed.stdout), "through stdin\n", "{echoed:?}");
+        assert_eq!(String::from_utf8_lossy(&echoed.stdout), "through stdin\n", "{which}: {echoed:?}");
+        // port-forward to a local port kubectl picks; curl through it, twice (two streams pairs).
+        let mut forward = Command::new(&bin)
+            .args(["port-forward", &format!("pod/{pod_name}"), ":80"])
+            .env("KUBECONFIG", kubectl_config(h))
+            .env("HOME", h)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = forward.stdout.take().unwrap();
+        let first = tokio::task::spawn_blocking(move || BufReader::new(stdout).lines().next().and_then(Result::ok));
+        let line = tokio::time::timeout(Duration::from_secs(20), first).await.ok().and_then(Result::ok).flatten();
+        let local = line.as_deref().and_then(|l| l.strip_prefix("Forwarding from 127.0.0.1:")).and_then(|l| l.split(' ').next()).map(str::to_string);
+        let curls: Vec<_> = (0..2)
+            .map(|_| Command::new("curl").args(["-sS", "--max-time", "10", &format!("http://127.0.0.1:{}/", local.clone().unwrap_or_default())]).output().unwrap())
+            .collect();
+        let _ = forward.kill();
+        let forwarded = forward.wait_with_output().unwrap();
+        assert!(local.is_some(), "kubectl port-forward ({which}) printed {line:?}, stderr {}", String::from_utf8_lossy(&forwarded.stderr));
+        for curl in curls {
+            assert_eq!(String::from_utf8_lossy(&curl.stdout), "ok\n", "curl through kubectl port-forward ({which}): {curl:?}; kubectl said {}", String::from_utf8_lossy(&forwarded.stderr));
+        }
+        // attach: the container's own output (httpd -v logs each probe request on stderr).
+        let mut attach = Command::new(&bin)
+            .args(["attach", &pod_name, "-c", "greeter"])
+            .env("KUBECONFIG", kubectl_config(h))
+            .env("HOME", h)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = attach.stderr.take().unwrap();
+        let probe_line = tokio::task::spawn_blocking(move || BufReader::new(stderr).lines().map_while(Result::ok).find(|l| l.contains("response:200")));
+        let seen = tokio::time::timeout(Duration::from_secs(20), probe_line).await;
+        let _ = attach.kill();
+        let _ = attach.wait();
+        assert!(matches!(seen, Ok(Ok(Some(_)))), "kubectl attach ({which}) showed no probe request in 20 s: {seen:?}");
     }
     // The official Python client (pinned in the harness venv): models that refuse a missing field.
     let python = root().join("localstack/.venv/bin/python");

@@ -231,13 +231,10 @@ mod tests {
         let mut decoder = Decoder::new();
         let (mut data, mut errors, mut finished) = (HashMap::<u32, Vec<u8>>::new(), HashMap::<u32, Vec<u8>>::new(), 0);
         while finished < 4 {
-            match tokio::time::timeout(Duration::from_secs(10), decoder.read(&mut from_server)).await.unwrap().unwrap().unwrap() {
-                Frame::Data { stream_id, fin, data: bytes } => {
-                    let into = if stream_id % 4 == 1 { &mut errors } else { &mut data };
-                    into.entry(stream_id).or_default().extend_from_slice(&bytes);
-                    finished += usize::from(fin);
-                }
-                _ => {}
+            if let Frame::Data { stream_id, fin, data: bytes } = tokio::time::timeout(Duration::from_secs(10), decoder.read(&mut from_server)).await.unwrap().unwrap().unwrap() {
+                let into = if stream_id % 4 == 1 { &mut errors } else { &mut data };
+                into.entry(stream_id).or_default().extend_from_slice(&bytes);
+                finished += usize::from(fin);
             }
         }
         assert_eq!(data[&3], b"echo:ping");

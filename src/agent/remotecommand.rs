@@ -205,11 +205,10 @@ pub async fn over_websocket(socket: WebSocket, v5: bool, runtime: Arc<dyn Contai
             let Some((&channel, rest)) = data.split_first() else { continue };
             match channel {
                 STDIN => {
-                    if let Some(tx) = &stdin_tx {
-                        if tx.send(Bytes::copy_from_slice(rest)).await.is_err() {
+                    if let Some(tx) = &stdin_tx
+                        && tx.send(Bytes::copy_from_slice(rest)).await.is_err() {
                             stdin_tx = None;
                         }
-                    }
                 }
                 RESIZE => {
                     for size in take_sizes(&mut rest.to_vec()) {
@@ -301,11 +300,10 @@ where
             ExecOutput::Stdout(data) => (stdout.as_ref(), data),
             ExecOutput::Stderr(data) => (stderr.as_ref(), data),
         };
-        if let Some(writer) = writer {
-            if writer.write(data).await.is_err() {
+        if let Some(writer) = writer
+            && writer.write(data).await.is_err() {
                 break;
             }
-        }
     }
     drop(output_rx);
     let status = session.await.unwrap_or_else(|e| failure(e.to_string()));

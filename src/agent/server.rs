@@ -327,11 +327,10 @@ fn websocket_bytes(socket: WebSocket) -> tokio::io::DuplexStream {
         let inbound = async move {
             while let Some(Ok(message)) = incoming.next().await {
                 match message {
-                    Message::Binary(data) => {
-                        if write.write_all(&data).await.is_err() {
+                    Message::Binary(data)
+                        if write.write_all(&data).await.is_err() => {
                             break;
                         }
-                    }
                     Message::Close(_) => break,
                     _ => {}
                 }

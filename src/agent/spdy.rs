@@ -509,12 +509,11 @@ where
                     }
                 }
                 Frame::Data { stream_id, fin, data } => {
-                    if let Some(tx) = open.get(&stream_id) {
-                        if !data.is_empty() && tx.send(data).await.is_err() {
+                    if let Some(tx) = open.get(&stream_id)
+                        && !data.is_empty() && tx.send(data).await.is_err() {
                             // Nobody reads this stream any more.
                             open.remove(&stream_id);
                         }
-                    }
                     if fin {
                         open.remove(&stream_id);
                     }
@@ -549,7 +548,7 @@ mod tests {
             Frame::SynStream { stream_id: 1, associated: 0, priority: 0, fin: false, unidirectional: false, headers: h(&[("streamtype", "error")]) },
             Frame::SynStream { stream_id: 3, associated: 0, priority: 3, fin: true, unidirectional: false, headers: h(&[("streamtype", "stdout"), ("port", "80")]) },
             Frame::SynReply { stream_id: 3, fin: false, headers: Vec::new() },
-            Frame::Headers { stream_id: 3, fin: true, headers: h(&[("x", "1\0002")]) },
+            Frame::Headers { stream_id: 3, fin: true, headers: h(&[("x", "1\x002")]) },
             Frame::Data { stream_id: 3, fin: true, data: Bytes::from_static(b"hello") },
             Frame::RstStream { stream_id: 5, status: REFUSED_STREAM },
             Frame::Settings,
@@ -569,7 +568,7 @@ mod tests {
             }
         }
         assert!(decoder.read(&mut reader).await.unwrap().is_none());
-        assert_eq!(header(&h(&[("x", "1\0002")]), "X"), Some("1"));
+        assert_eq!(header(&h(&[("x", "1\x002")]), "X"), Some("1"));
     }
 
     /// Header blocks as C zlib (Python's, the format Go's `compress/zlib` writes) compresses them
