@@ -281,9 +281,16 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // Read on to the end: kubectl prints "Handling connection for 80" for each connection, and a
+        // Go program writing to a closed stdout dies of SIGPIPE.
         let stdout = forward.stdout.take().unwrap();
-        let first = tokio::task::spawn_blocking(move || BufReader::new(stdout).lines().next().and_then(Result::ok));
-        let line = tokio::time::timeout(Duration::from_secs(20), first).await.ok().and_then(Result::ok).flatten();
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+            let _ = first_tx.send(lines.next());
+            lines.for_each(drop);
+        });
+        let line = tokio::time::timeout(Duration::from_secs(20), first_rx).await.ok().and_then(Result::ok).flatten();
         let local = line.as_deref().and_then(|l| l.strip_prefix("Forwarding from 127.0.0.1:")).and_then(|l| l.split(' ').next()).map(str::to_string);
         let curls: Vec<_> = (0..2)
             .map(|_| Command::new("curl").args(["-sS", "--max-time", "10", &format!("http://127.0.0.1:{}/", local.clone().unwrap_or_default())]).output().unwrap())
