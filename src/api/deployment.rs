@@ -17,6 +17,18 @@ use super::time::Time;
 pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 /// The annotation that numbers a Deployment's ReplicaSets in the order they were made.
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+/// The earlier revisions a ReplicaSet held (comma-separated), when a rollback made it new again.
+pub const REVISION_HISTORY_ANNOTATION: &str = "deployment.kubernetes.io/revision-history";
+/// Annotations of a Deployment that are not copied to its ReplicaSets (and that `kubectl rollout
+/// undo` keeps on the Deployment): Kubernetes' `annotationsToSkip`.
+pub const ANNOTATIONS_NOT_COPIED: &[&str] = &[
+    "kubectl.kubernetes.io/last-applied-configuration",
+    REVISION_ANNOTATION,
+    REVISION_HISTORY_ANNOTATION,
+    "deployment.kubernetes.io/desired-replicas",
+    "deployment.kubernetes.io/max-replicas",
+    "deprecated.deployment.rollback.to",
+];
 
 /// Equality-based label selection (`matchLabels`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -81,12 +93,29 @@ pub struct DeploymentSpec {
     /// Seconds a new pod must be ready before it counts as available (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_ready_seconds: Option<i32>,
+    /// Old ReplicaSets (scaled to 0) kept for `rollout undo` (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_history_limit: Option<i32>,
+    /// Seconds a rollout may go without progress before `Progressing` turns False with
+    /// `ProgressDeadlineExceeded` (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_seconds: Option<i32>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: UnknownFields,
 }
 
 impl DeploymentSpec {
+    /// Old ReplicaSets to keep, 10 when unset.
+    pub fn revision_history_limit(&self) -> usize {
+        self.revision_history_limit.map_or(10, |l| l.max(0) as usize)
+    }
+
+    /// The progress deadline, 600 s when unset.
+    pub fn progress_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.progress_deadline_seconds.map_or(600, |s| s.max(1) as u64))
+    }
+
     /// The wanted replicas, 1 when unset.
     pub fn replicas(&self) -> u32 {
         self.replicas.map(|r| r.max(0) as u32).unwrap_or(1)

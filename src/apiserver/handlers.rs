@@ -19,7 +19,7 @@ use super::store::StoreError;
 use super::target::Target;
 use super::{AppState, csr, scale, table, watch};
 use crate::api::resource;
-use crate::api::schema::schema_for;
+use crate::api::schema::{FieldError, FieldErrorKind, schema_for};
 
 /// How often an update without a precondition is retried when another write slips in between.
 const UNCONDITIONAL_RETRIES: usize = 5;
@@ -186,10 +186,14 @@ async fn create(state: &AppState, identity: &Identity, mut target: Target, body:
         let name = match (&given, &generate) {
             (Some(n), _) => n.clone(),
             (None, Some(prefix)) => format!("{prefix}{}", objects::name_suffix()),
-            (None, None) => return Err(ApiError::invalid(rt, "", "metadata.name: Required value: name or generateName is required")),
+            (None, None) => {
+                let error = FieldError { kind: FieldErrorKind::Required, field: "metadata.name".into(), message: "Required value: name or generateName is required".into() };
+                return Err(ApiError::invalid_fields(rt, "", &[error]));
+            }
         };
         if !objects::valid_name(&name) {
-            return Err(ApiError::invalid(rt, &name, "metadata.name: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"));
+            let message = format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character");
+            return Err(ApiError::invalid_fields(rt, &name, &[FieldError { kind: FieldErrorKind::Invalid, field: "metadata.name".into(), message }]));
         }
         if attempt == 1 {
             authorize(state, identity, &target, Verb::Create, Some(&name)).await?;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::api::deployment::{Deployment, DeploymentCondition, DeploymentStatus, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
+use crate::api::deployment::{Deployment, DeploymentCondition, DeploymentStatus, ANNOTATIONS_NOT_COPIED, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, REVISION_HISTORY_ANNOTATION, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
 use crate::api::pod::{Pod, PodTemplateSpec};
 use crate::api::time::Time;
 use crate::api::{ObjectMeta, OwnerReference};
@@ -95,9 +95,49 @@ struct Written {
     pods: u64,
 }
 
+/// A ReplicaSet's `deployment.kubernetes.io/revision`.
+fn revision_of(rs: &ReplicaSet) -> Option<u64> {
+    rs.metadata.annotations.get(REVISION_ANNOTATION)?.parse().ok()
+}
+
+/// Copies the Deployment's annotations (but the controller's own and kubectl's last-applied) onto
+/// a ReplicaSet's metadata, as Kubernetes does (so `kubernetes.io/change-cause` shows in `rollout
+/// history` and comes back with `rollout undo`). Whether anything changed.
+fn copy_annotations(d: &Deployment, meta: &mut ObjectMeta) -> bool {
+    let mut changed = false;
+    for (key, value) in &d.metadata.annotations {
+        if !ANNOTATIONS_NOT_COPIED.contains(&key.as_str()) && meta.annotations.get(key) != Some(value) {
+            meta.annotations.insert(key.clone(), value.clone());
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Raises a set's revision to `revision`, keeping the one it had in its revision history.
+/// Whether it changed.
+fn set_revision(meta: &mut ObjectMeta, revision: u64) -> bool {
+    let current = meta.annotations.get(REVISION_ANNOTATION).and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
+    if current >= revision {
+        return false;
+    }
+    if current > 0 {
+        let history = match meta.annotations.get(REVISION_HISTORY_ANNOTATION) {
+            Some(h) if !h.is_empty() => format!("{h},{current}"),
+            _ => current.to_string(),
+        };
+        meta.annotations.insert(REVISION_HISTORY_ANNOTATION.into(), history);
+    }
+    meta.annotations.insert(REVISION_ANNOTATION.into(), revision.to_string());
+    true
+}
+
 fn rev_of(meta: &ObjectMeta) -> u64 {
     meta.revision().unwrap_or(0)
 }
+
+/// The `Progressing` reason of a rollout past its `progressDeadlineSeconds`.
+const TIMED_OUT: &str = "ProgressDeadlineExceeded";
 
 /// Reconciles one Deployment: its ReplicaSets' sizes and its status.
 async fn reconcile_deployment<C: Client>(client: &C, events: &Recorder<C>, d: &Deployment, sets: &[ReplicaSet], pods: &[Pod], written: &mut Written) -> Result<(), ClientError> {
@@ -107,16 +147,31 @@ async fn reconcile_deployment<C: Client>(client: &C, events: &Recorder<C>, d: &D
     owned.sort_by_key(|rs| (rs.metadata.annotations.get(REVISION_ANNOTATION).and_then(|r| r.parse::<u64>().ok()).unwrap_or(0), rs.metadata.creation_timestamp));
     let replicas = d.spec.replicas();
     let new = owned.iter().find(|rs| rs.metadata.labels.get(POD_TEMPLATE_HASH_LABEL) == Some(&hash)).copied();
+    // The new set's revision is one above every other set's: a rollback (`rollout undo`) makes an
+    // old set new again, and it moves to the top with its earlier number in its history.
+    let next_revision = owned.iter().filter(|rs| new.is_none_or(|n| n.metadata.uid != rs.metadata.uid)).filter_map(|rs| revision_of(rs)).max().unwrap_or(0) + 1;
     let new = match new {
-        Some(rs) => rs.clone(),
+        Some(rs) => {
+            let mut next = rs.clone();
+            let copied = copy_annotations(d, &mut next.metadata);
+            let renumbered = set_revision(&mut next.metadata, next_revision);
+            if copied || renumbered {
+                let written_rs = client.replace(&next).await?;
+                written.replica_sets = written.replica_sets.max(rev_of(&written_rs.metadata));
+                written_rs
+            } else {
+                rs.clone()
+            }
+        }
         None => {
-            let revision = owned.iter().filter_map(|rs| rs.metadata.annotations.get(REVISION_ANNOTATION)?.parse::<u64>().ok()).max().unwrap_or(0) + 1;
+            let revision = next_revision;
             let mut template = d.spec.template.clone();
             template.metadata.labels.insert(POD_TEMPLATE_HASH_LABEL.into(), hash.clone());
             let mut selector = d.spec.selector.clone();
             selector.match_labels.insert(POD_TEMPLATE_HASH_LABEL.into(), hash.clone());
             let mut meta = ObjectMeta::namespaced(&ns, format!("{}-{hash}", d.metadata.name));
             meta.labels = template.metadata.labels.clone();
+            copy_annotations(d, &mut meta);
             meta.annotations.insert(REVISION_ANNOTATION.into(), revision.to_string());
             meta.owner_references.push(owner_ref("apps/v1", "Deployment", &d.metadata));
             let only_set = owned.iter().all(|rs| rs.spec.replicas() == 0);
@@ -168,6 +223,18 @@ async fn reconcile_deployment<C: Client>(client: &C, events: &Recorder<C>, d: &D
         events.record(d, NORMAL, "ScalingReplicaSet", format!("Scaled {direction} replica set {} from {was} to {}", rs.metadata.name, rs.spec.replicas()));
         written.replica_sets = written.replica_sets.max(rev_of(&written_rs.metadata));
     }
+    // The Deployment carries its new set's revision (what `rollout history` marks as current).
+    let revision = new.metadata.annotations.get(REVISION_ANNOTATION);
+    if revision.is_some() && d.metadata.annotations.get(REVISION_ANNOTATION) != revision {
+        let mut next = d.clone();
+        next.metadata.annotations.insert(REVISION_ANNOTATION.into(), revision.cloned().unwrap_or_default());
+        match client.replace(&next).await {
+            // The next pass writes the status on the updated object.
+            Ok(_) => return Ok(()),
+            Err(ClientError::Api { code: 409, .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
     // Status from the pods as they are.
     let all: Vec<&Pod> = pods.iter().filter(|p| is_active(p) && owned.iter().chain(std::iter::once(&&new)).any(|rs| owned_by(&p.metadata, &rs.metadata.uid))).collect();
     let ready = all.iter().filter(|p| p.is_ready()).count() as i32;
@@ -182,6 +249,17 @@ async fn reconcile_deployment<C: Client>(client: &C, events: &Recorder<C>, d: &D
         conditions: conditions(d, &new.metadata.name, all.len() as i32, updated, ready),
         ..Default::default()
     };
+    // A finished rollout drops the oldest empty sets beyond `revisionHistoryLimit`.
+    let complete = status.updated_replicas == replicas as i32 && status.available_replicas >= replicas as i32 && status.replicas == replicas as i32;
+    if complete {
+        let empty: Vec<&&ReplicaSet> = olds.iter().filter(|rs| rs.spec.replicas() == 0 && count_of(rs) == 0 && rs.metadata.deletion_timestamp.is_none()).collect();
+        for rs in empty.iter().take(empty.len().saturating_sub(d.spec.revision_history_limit())) {
+            match client.delete::<ReplicaSet>(&ObjectKey::of(&rs.metadata)).await {
+                Ok(()) | Err(ClientError::Api { code: 404 | 409, .. }) => tracing::info!(deployment = %d.metadata.name, replicaset = %rs.metadata.name, "deleted an old replica set beyond the revision history limit"),
+                Err(e) => return Err(e),
+            }
+        }
+    }
     if status != d.status {
         let mut next = d.clone();
         next.status = status;
@@ -196,13 +274,14 @@ async fn reconcile_deployment<C: Client>(client: &C, events: &Recorder<C>, d: &D
 /// The Deployment's `Available` and `Progressing` conditions, as Kubernetes' controller words them
 /// (what `kubectl wait --for=condition=available` and `rollout status` read). A condition keeps its
 /// transition time while its status holds, and its update time while its reason and message do.
-/// (No progress deadline: `Progressing` never turns False with `ProgressDeadlineExceeded`.)
 fn conditions(d: &Deployment, new_set: &str, total: i32, updated: i32, available: i32) -> Vec<DeploymentCondition> {
     let replicas = d.spec.replicas() as i32;
     // Kubernetes' maxUnavailable is 0 for Recreate.
     let max_unavailable = if d.spec.is_recreate() { 0 } else { d.spec.rolling_limits().1 as i32 };
     let minimum = available >= replicas - max_unavailable;
     let complete = updated == replicas && available >= replicas && total == replicas;
+    let before = &d.status;
+    let progressed = updated > before.updated_replicas || available > before.ready_replicas || available > before.available_replicas || total - updated < before.replicas - before.updated_replicas;
     let now = Time::now();
     let condition = |kind: &str, status: bool, reason: &str, message: String| {
         let status = if status { "True" } else { "False" };
@@ -224,10 +303,27 @@ fn conditions(d: &Deployment, new_set: &str, total: i32, updated: i32, available
     } else {
         condition("Available", false, "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into())
     };
+    // Progress (Kubernetes' `DeploymentProgressing`): more updated, ready or available pods, or
+    // fewer old ones, than the last status said. Progress restarts the deadline's clock; a rollout
+    // that makes none for `progressDeadlineSeconds` has timed out until it moves again.
+    let previous = d.status.conditions.iter().find(|c| c.condition_type == "Progressing");
+    let same_rollout = previous.is_some_and(|p| p.message.as_deref().is_some_and(|m| m.contains(&format!("{new_set:?}"))));
+    let timed_out = same_rollout
+        && !progressed
+        && previous.is_some_and(|p| {
+            p.reason.as_deref() == Some(TIMED_OUT)
+                || p.last_update_time.is_some_and(|t| t.age() >= d.spec.progress_deadline())
+        });
     let progressing = if complete {
         condition("Progressing", true, "NewReplicaSetAvailable", format!("ReplicaSet {new_set:?} has successfully progressed."))
+    } else if timed_out {
+        condition("Progressing", false, TIMED_OUT, format!("ReplicaSet {new_set:?} has timed out progressing."))
     } else {
-        condition("Progressing", true, "ReplicaSetUpdated", format!("ReplicaSet {new_set:?} is progressing."))
+        let mut c = condition("Progressing", true, "ReplicaSetUpdated", format!("ReplicaSet {new_set:?} is progressing."));
+        if progressed {
+            c.last_update_time = Some(now);
+        }
+        c
     };
     let mut out = vec![available, progressing];
     // Conditions others wrote (of other types) stay.

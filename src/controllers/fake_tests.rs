@@ -264,3 +264,117 @@ async fn expired_events_are_deleted_and_fresh_ones_kept_until_their_ttl() {
     assert!(started.elapsed() >= Duration::from_secs(4), "the fresh one went only after its TTL: {:?}", started.elapsed());
     task.abort();
 }
+
+/// Binds every pod to a node and makes it Ready (the scheduler's and the agents' part).
+async fn bind_and_make_ready(fake: &FakeClient) {
+    for mut p in fake.objects::<Pod>() {
+        if p.spec.bound_node().is_none() {
+            p.spec.node_name = Some("w1".into());
+            let _ = fake.replace(&p).await;
+        }
+    }
+    make_ready(fake).await;
+}
+
+/// Changes the Deployment `web` as a client would: read, change, write, again on a conflict.
+async fn update_web(fake: &FakeClient, change: impl Fn(&mut Deployment)) {
+    loop {
+        let mut d: Deployment = fake.get(&ObjectKey::namespaced("default", "web")).await.unwrap();
+        change(&mut d);
+        match fake.replace(&d).await {
+            Ok(_) => return,
+            Err(crate::client::ClientError::Api { code: 409, .. }) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+fn set_template(d: &mut Deployment, version: &str) {
+    d.metadata.annotations.insert("kubernetes.io/change-cause".into(), format!("deploy {version}"));
+    d.spec.template.spec.containers[0].image = format!("i:{version}");
+}
+
+/// Rollout history as `kubectl rollout history/undo` read it: each set carries the Deployment's
+/// `change-cause`; the Deployment its new set's revision; a rollback makes the old set new again
+/// under the next revision (its earlier one in `revision-history`); old empty sets beyond
+/// `revisionHistoryLimit` go once a rollout is complete.
+#[tokio::test(start_paused = true)]
+async fn rollbacks_renumber_the_revived_set_and_history_beyond_the_limit_is_dropped() {
+    let fake = FakeClient::new();
+    let mut d = deployment("web", 2);
+    d.spec.revision_history_limit = Some(1);
+    set_template(&mut d, "v1");
+    fake.create(&d).await.unwrap();
+    let task = tokio::spawn(super::deployment::run(fake.clone()));
+    let revision = |rs: &ReplicaSet| rs.metadata.annotations.get("deployment.kubernetes.io/revision").cloned().unwrap_or_default();
+    let set_of = |version: &str| fake.objects::<ReplicaSet>().into_iter().find(|rs| rs.spec.template.spec.containers[0].image == format!("i:{version}"));
+    let settle = |version: &'static str, wanted_revision: &'static str| {
+        let fake = fake.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                bind_and_make_ready(&fake).await;
+                let d: Deployment = fake.get(&ObjectKey::namespaced("default", "web")).await.unwrap();
+                let done = d.status.updated_replicas == 2 && d.status.replicas == 2 && d.status.available_replicas == 2;
+                if done && d.metadata.annotations.get("deployment.kubernetes.io/revision").map(String::as_str) == Some(wanted_revision) {
+                    return d;
+                }
+                assert!(Instant::now() < deadline, "rollout to {version} did not finish: {:?}", d.status);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    settle("v1", "1").await;
+    let v1 = set_of("v1").unwrap();
+    assert_eq!((revision(&v1).as_str(), v1.metadata.annotations.get("kubernetes.io/change-cause").map(String::as_str)), ("1", Some("deploy v1")));
+    update_web(&fake, |d| set_template(d, "v2")).await;
+    settle("v2", "2").await;
+    // `rollout undo`: the template of revision 1 again.
+    update_web(&fake, |d| set_template(d, "v1")).await;
+    settle("v1", "3").await;
+    let v1 = set_of("v1").unwrap();
+    assert_eq!(revision(&v1), "3");
+    assert_eq!(v1.metadata.annotations.get("deployment.kubernetes.io/revision-history").map(String::as_str), Some("1"));
+    assert_eq!(fake.objects::<ReplicaSet>().len(), 2, "v2 stays: one old set is within the limit");
+    update_web(&fake, |d| set_template(d, "v3")).await;
+    settle("v3", "4").await;
+    eventually("the oldest empty set is deleted", || (fake.objects::<ReplicaSet>().len() == 2).then_some(())).await;
+    assert!(set_of("v2").is_none() && set_of("v1").is_some_and(|rs| revision(&rs) == "3"));
+    task.abort();
+}
+
+/// A rollout that makes no progress for `progressDeadlineSeconds` reports `Progressing` False
+/// with `ProgressDeadlineExceeded` (what `kubectl rollout status` stops on), and True again once a
+/// pod moves.
+#[tokio::test(start_paused = true)]
+async fn a_rollout_without_progress_past_its_deadline_is_reported() {
+    let fake = FakeClient::new();
+    let mut d = deployment("web", 1);
+    d.spec.progress_deadline_seconds = Some(30);
+    fake.create(&d).await.unwrap();
+    let task = tokio::spawn(super::deployment::run(fake.clone()));
+    let progressing = || {
+        let d: Deployment = fake.objects::<Deployment>().into_iter().next().unwrap();
+        d.status.conditions.iter().find(|c| c.condition_type == "Progressing").map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default(), c.last_update_time))
+    };
+    let (_, reason, _) = eventually("a Progressing condition", || progressing()).await;
+    assert_eq!(reason, "ReplicaSetUpdated");
+    // The pod never gets ready; the condition's clock (the real one) is put 31 s back.
+    loop {
+        let mut d: Deployment = fake.get(&ObjectKey::namespaced("default", "web")).await.unwrap();
+        for c in d.status.conditions.iter_mut().filter(|c| c.condition_type == "Progressing") {
+            c.last_update_time = Some(Time::from_unix_seconds(Time::now().unix_seconds() - 31));
+        }
+        if fake.replace_status(&d).await.is_ok() {
+            break;
+        }
+    }
+    let timed_out = eventually("the deadline is exceeded", || progressing().filter(|(s, _, _)| s == "False")).await;
+    assert_eq!(timed_out.1, "ProgressDeadlineExceeded");
+    tokio::time::sleep(super::deployment::RESYNC * 2).await;
+    assert_eq!(progressing().map(|p| p.1).as_deref(), Some("ProgressDeadlineExceeded"), "it stays timed out while nothing moves");
+    bind_and_make_ready(&fake).await;
+    let done = eventually("the rollout completes", || progressing().filter(|(s, _, _)| s == "True")).await;
+    assert_eq!(done.1, "NewReplicaSetAvailable");
+    task.abort();
+}
