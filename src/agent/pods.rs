@@ -468,6 +468,7 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
             if matches!(starting.get(&start_key), Some(Start::Done(..)))
                 && let Some(Start::Done(_, Ok(()))) = starting.remove(&start_key)
             {
+                env.happen(pod, &cname, NORMAL, "Created", format!("Created container {cname}"));
                 env.happen(pod, &cname, NORMAL, "Started", format!("Started container {cname}"));
             }
         }
@@ -590,7 +591,8 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
     let image = spec.image.as_str();
     let never = spec.image_pull_policy.as_deref() == Some("Never");
     match env.runtime.image_present(image).await {
-        Ok(true) => {}
+        // Nodes never pull: the image is there, as kubelet words it for `IfNotPresent`.
+        Ok(true) => env.happen(pod, &spec.name, NORMAL, "Pulled", format!("Container image {image:?} already present on machine")),
         Ok(false) => {
             let reason = if never { "ErrImageNeverPull" } else { "ImageNotPresent" };
             if ct.waiting.as_ref().is_none_or(|(r, _)| r != reason) {
@@ -997,10 +999,10 @@ mod tests {
         let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
         assert_eq!(container_status(&updates).restart_count, 4);
         assert_eq!(container_status(&updates).last_state.terminated.map(|t| t.exit_code), Some(1));
-        // As Events: each start, and one BackOff per crash (not one per sync while it waits).
+        // As Events: each start (image present, created, started), and one BackOff per crash (not one per sync while it waits).
         let happened = sync.take_happenings();
         let count = |reason: &str| happened.iter().filter(|h| h.reason == reason).count();
-        assert_eq!((count("Started"), count("BackOff")), (5, 4), "{happened:?}");
+        assert_eq!((count("Pulled"), count("Created"), count("Started"), count("BackOff")), (5, 5, 5, 4), "{happened:?}");
         assert!(happened.iter().all(|h| h.container == "web" && h.pod.metadata.name == "web-1"));
         assert!(container_status(&updates).image_id.starts_with("docker://sha256:"), "{:?}", container_status(&updates).image_id);
     }
