@@ -53,6 +53,12 @@ fn owned_by(meta: &ObjectMeta, owner_uid: &str) -> bool {
     meta.controller_owner().is_some_and(|o| o.uid == owner_uid)
 }
 
+/// Whether an object may be adopted by a controller with `selector`: it matches, has no
+/// controller, and neither is being deleted.
+fn adoptable(meta: &ObjectMeta, selector: &crate::api::deployment::LabelSelector, owner_deleting: bool) -> bool {
+    !owner_deleting && meta.deletion_timestamp.is_none() && meta.controller_owner().is_none() && selector.matches(&meta.labels)
+}
+
 fn is_active(pod: &Pod) -> bool {
     !pod.is_terminating() && !pod.is_terminal()
 }
@@ -142,6 +148,27 @@ const TIMED_OUT: &str = "ProgressDeadlineExceeded";
 /// Reconciles one Deployment: its ReplicaSets' sizes and its status.
 async fn reconcile_deployment<C: Client>(client: &C, events: &Recorder<C>, d: &Deployment, sets: &[ReplicaSet], pods: &[Pod], written: &mut Written) -> Result<(), ClientError> {
     let ns = d.metadata.namespace_or_default().to_string();
+    // Sets its selector matches that no controller owns (left by `delete --cascade=orphan`)
+    // become this Deployment's, as Kubernetes' controller-ref manager adopts them; the next pass
+    // counts them.
+    let orphans = sets.iter().filter(|rs| rs.metadata.namespace_or_default() == ns && adoptable(&rs.metadata, &d.spec.selector, d.metadata.deletion_timestamp.is_some()));
+    let mut adopted = false;
+    for rs in orphans {
+        let mut next = rs.clone();
+        next.metadata.owner_references.push(owner_ref("apps/v1", "Deployment", &d.metadata));
+        match client.replace(&next).await {
+            Ok(written_rs) => {
+                tracing::info!(deployment = %d.metadata.name, replicaset = %rs.metadata.name, "adopted replica set");
+                written.replica_sets = written.replica_sets.max(rev_of(&written_rs.metadata));
+                adopted = true;
+            }
+            Err(ClientError::Api { code: 404 | 409, .. }) => adopted = true,
+            Err(e) => return Err(e),
+        }
+    }
+    if adopted {
+        return Ok(());
+    }
     let hash = template_hash(&d.spec.template);
     let mut owned: Vec<&ReplicaSet> = sets.iter().filter(|rs| owned_by(&rs.metadata, &d.metadata.uid)).collect();
     owned.sort_by_key(|rs| (rs.metadata.annotations.get(REVISION_ANNOTATION).and_then(|r| r.parse::<u64>().ok()).unwrap_or(0), rs.metadata.creation_timestamp));
@@ -347,6 +374,24 @@ async fn reconcile_replica_set<C: Client>(client: &C, events: &Recorder<C>, rs: 
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e),
         }
+    }
+    // Pods its selector matches that no controller owns become this set's (adoption).
+    let mut adopted = false;
+    for orphan in pods.iter().filter(|p| p.metadata.namespace_or_default() == ns && is_active(p) && adoptable(&p.metadata, &rs.spec.selector, rs.metadata.deletion_timestamp.is_some())) {
+        let mut next = orphan.clone();
+        next.metadata.owner_references.push(owner_ref("apps/v1", "ReplicaSet", &rs.metadata));
+        match client.replace(&next).await {
+            Ok(written_pod) => {
+                tracing::info!(replicaset = %rs.metadata.name, pod = %orphan.metadata.name, "adopted pod");
+                written.pods = written.pods.max(rev_of(&written_pod.metadata));
+                adopted = true;
+            }
+            Err(ClientError::Api { code: 404 | 409, .. }) => adopted = true,
+            Err(e) => return Err(e),
+        }
+    }
+    if adopted {
+        return Ok(());
     }
     let mine: Vec<&Pod> = pods.iter().filter(|p| is_active(p) && owned_by(&p.metadata, &rs.metadata.uid)).collect();
     let want = rs.spec.replicas() as usize;

@@ -378,3 +378,43 @@ async fn a_rollout_without_progress_past_its_deadline_is_reported() {
     assert_eq!(done.1, "NewReplicaSetAvailable");
     task.abort();
 }
+
+/// `delete --cascade=orphan` and apply again: the new Deployment adopts the set its selector
+/// matches (no second set, no new pods), and the set its pods.
+#[tokio::test(start_paused = true)]
+async fn a_new_deployment_adopts_the_orphaned_set_and_its_pods() {
+    let fake = FakeClient::new();
+    fake.create(&deployment("web", 2)).await.unwrap();
+    let task = tokio::spawn(super::deployment::run(fake.clone()));
+    eventually("two pods", || (fake.objects::<Pod>().len() == 2).then_some(())).await;
+    bind_and_make_ready(&fake).await;
+    task.abort();
+    // What the API server's Orphan propagation leaves: the owner gone, the references removed.
+    let old_uid = fake.objects::<Deployment>()[0].metadata.uid.clone();
+    fake.delete::<Deployment>(&ObjectKey::namespaced("default", "web")).await.unwrap();
+    let set = fake.objects::<ReplicaSet>().remove(0);
+    let mut orphan = set.clone();
+    orphan.metadata.owner_references.clear();
+    fake.replace(&orphan).await.unwrap();
+    for mut p in fake.objects::<Pod>() {
+        p.metadata.owner_references.clear();
+        fake.replace(&p).await.unwrap();
+    }
+    let pods_before: Vec<String> = fake.objects::<Pod>().into_iter().map(|p| p.metadata.name).collect();
+    let created = fake.create(&deployment("web", 2)).await.unwrap();
+    assert_ne!(created.metadata.uid, old_uid);
+    let task = tokio::spawn(super::deployment::run(fake.clone()));
+    eventually("the set is adopted", || {
+        fake.objects::<ReplicaSet>().into_iter().find(|rs| rs.metadata.controller_owner().is_some_and(|o| o.uid == created.metadata.uid))
+    })
+    .await;
+    eventually("its pods are adopted", || {
+        fake.objects::<Pod>().iter().all(|p| p.metadata.controller_owner().is_some_and(|o| o.uid == set.metadata.uid)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(super::deployment::RESYNC * 2).await;
+    assert_eq!(fake.objects::<ReplicaSet>().len(), 1, "no second set");
+    let pods_after: Vec<String> = fake.objects::<Pod>().into_iter().map(|p| p.metadata.name).collect();
+    assert_eq!(pods_after, pods_before, "the same pods, none made or deleted");
+    task.abort();
+}
