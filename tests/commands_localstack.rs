@@ -3,7 +3,10 @@
 //! through the context `create` merged into a kubeconfig that already held another (get nodes, get
 //! pods -A, get deployments, scale, delete pod), `describe` of a pod and a node, `logs` (plain,
 //! --tail, -f, errors), `drain` / `uncordon`, drain's refusal of a pod no controller owns, and
-//! `destroy` taking exactly its own entries out of that kubeconfig.
+//! `destroy` taking exactly its own entries out of that kubeconfig. With both kubectl 1.20 and the
+//! newest: logs, exec, attach, port-forward, and a user's everyday workflow in a namespace of its
+//! own ([`kubectl_workflow`]: apply, rollout, wait, edit, patch, label, annotate, history/undo,
+//! set image, events, get all, describe, cordon/drain, explain, delete with and without orphans).
 
 mod common;
 
@@ -317,6 +320,12 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
         let _ = attach.wait();
         assert!(matches!(seen, Ok(Ok(Some(_)))), "kubectl attach ({which}) showed no probe request in 20 s: {seen:?}");
     }
+    // The everyday workflow with each kubectl, in a namespace of its own.
+    for (bin, ns) in std::iter::once((kubectl_bin.clone(), "wf-debian")).chain(newest.clone().map(|b| (b, "wf-newest"))) {
+        let workflow_started = Instant::now();
+        kubectl_workflow(&bin, h, ns);
+        eprintln!("kubectl workflow ({}): {:.0} s", bin.display(), workflow_started.elapsed().as_secs_f64());
+    }
     // The official Python client (pinned in the harness venv): models that refuse a missing field.
     let python = root().join("localstack/.venv/bin/python");
     let script = root().join("tests/python/official_client.py");
@@ -390,4 +399,164 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
     assert_eq!(after, expected, "the other context, user and cluster and the unknown fields as before; ours gone; current-context cleared");
     assert_eq!(kubectl(&kubectl_bin, h, &["config", "get-contexts", "-o", "name"]).trim(), "kind-other");
     eprintln!("whole test body: {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// The workflow's app: a Deployment (progress deadline 15 s, so that a stuck rollout shows soon)
+/// and its Service; `A` and `CAUSE` are changed between applies.
+fn workflow_app(a: &str, cause: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  annotations:
+    kubernetes.io/change-cause: {cause}
+spec:
+  replicas: 2
+  progressDeadlineSeconds: 15
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+        - name: web
+          image: clusterctl-busybox:latest
+          imagePullPolicy: Never
+          command: ["sh", "-c", "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www"]
+          env:
+            - name: A
+              value: "{a}"
+          ports:
+            - containerPort: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector:
+    app: web
+  ports:
+    - port: 80
+"#
+    )
+}
+
+/// Runs kubectl `bin` in namespace `ns`: its output, and whether it succeeded.
+fn kubectl_in(bin: &Path, home: &Path, ns: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(bin).args(["-n", ns]).args(args).envs(env.iter().copied()).env("KUBECONFIG", kubectl_config(home)).env("HOME", home).output().expect("running kubectl");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// A Kubernetes user's everyday commands with kubectl `bin`, in a namespace of their own: apply
+/// (created, configured, unchanged), rollout status, wait, edit, patch of each type, label,
+/// annotate, rollout history/undo/restart, set image (a stuck rollout past its deadline, undone),
+/// scale, exec -it, get events, get all, describe, cordon/drain/uncordon, explain, delete -f with
+/// and without --cascade=orphan (and the orphans adopted by the next apply).
+fn kubectl_workflow(bin: &Path, h: &Path, ns: &str) {
+    let which = format!("{} in {ns}", bin.display());
+    let ok = |args: &[&str]| {
+        let (good, text) = kubectl_in(bin, h, ns, args, &[]);
+        assert!(good, "kubectl {} ({which}):\n{text}", args.join(" "));
+        text
+    };
+    let jsonpath = |what: &str, path: &str| ok(&["get", what, "-o", &format!("jsonpath={path}")]);
+    ok(&["create", "namespace", ns]);
+    let app = h.join(format!("{ns}.yaml"));
+    let app_path = app.to_str().unwrap();
+    std::fs::write(&app, workflow_app("1", "v1")).unwrap();
+    let first = ok(&["apply", "-f", app_path]);
+    assert!(first.contains("deployment.apps/web created") && first.contains("service/web created"), "{which}: {first}");
+    std::fs::write(&app, workflow_app("2", "v2")).unwrap();
+    let second = ok(&["apply", "-f", app_path]);
+    assert!(second.contains("deployment.apps/web configured") && second.contains("service/web unchanged"), "{which}: {second}");
+    let third = ok(&["apply", "-f", app_path]);
+    assert!(third.contains("deployment.apps/web unchanged") && third.contains("service/web unchanged"), "{which}: {third}");
+    assert!(ok(&["rollout", "status", "deployment/web", "--timeout", "90s"]).contains("successfully rolled out"), "{which}");
+    assert!(ok(&["wait", "--for=condition=available", "deployment/web", "--timeout", "60s"]).contains("condition met"), "{which}");
+    // edit: the editor is a sed script on the file kubectl hands it.
+    let (good, edited) = kubectl_in(bin, h, ns, &["edit", "deployment", "web"], &[("EDITOR", "sed -i 0,/replicas:.2/s//replicas:\\ 3/")]);
+    assert!(good && edited.contains("deployment.apps/web edited"), "kubectl edit ({which}): {edited}");
+    assert_eq!(jsonpath("deployment/web", "{.spec.replicas}"), "3", "{which}");
+    // patch: strategic (env merged by name), merge, JSON.
+    ok(&["patch", "deployment", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","env":[{"name":"B","value":"b"}]}]}}}}"#]);
+    assert_eq!(jsonpath("deployment/web", "{.spec.template.spec.containers[0].env[*].name}"), "A B", "{which}: the strategic merge patch merged env by name");
+    ok(&["patch", "deployment", "web", "--type", "merge", "-p", r#"{"metadata":{"labels":{"tier":"front"}}}"#]);
+    ok(&["patch", "deployment", "web", "--type", "json", "-p", r#"[{"op":"replace","path":"/spec/replicas","value":2}]"#]);
+    assert!(ok(&["label", "deployment", "web", "color=blue"]).contains("deployment.apps/web labeled"), "{which}");
+    assert!(ok(&["annotate", "deployment", "web", "note=hi"]).contains("deployment.apps/web annotated"), "{which}");
+    assert_eq!(jsonpath("deployment/web", "{.spec.replicas} {.metadata.labels.tier} {.metadata.labels.color} {.metadata.annotations.note}"), "2 front blue hi", "{which}");
+    ok(&["rollout", "status", "deployment/web", "--timeout", "90s"]);
+    // History: A=1 (v1), A=2 (v2), the patch's B (still v2); undo to 1 makes it revision 4.
+    let history = ok(&["rollout", "history", "deployment/web"]);
+    let rows: Vec<Vec<&str>> = history.lines().skip_while(|l| !l.starts_with("REVISION")).skip(1).map(|l| l.split_whitespace().collect()).filter(|r: &Vec<&str>| !r.is_empty()).collect();
+    assert_eq!(rows, vec![vec!["1", "v1"], vec!["2", "v2"], vec!["3", "v2"]], "{which}: {history}");
+    assert!(ok(&["rollout", "undo", "deployment/web", "--to-revision", "1"]).contains("rolled back"), "{which}");
+    ok(&["rollout", "status", "deployment/web", "--timeout", "90s"]);
+    assert_eq!(jsonpath("deployment/web", "{.spec.template.spec.containers[0].env[*].value} {.metadata.annotations.deployment\\.kubernetes\\.io/revision}"), "1 4", "{which}");
+    let history = ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["4", "v1"]) && !history.lines().any(|l| l.starts_with("1 ")), "{which}: {history}");
+    assert!(ok(&["rollout", "restart", "deployment/web"]).contains("restarted"), "{which}");
+    ok(&["rollout", "status", "deployment/web", "--timeout", "90s"]);
+    assert!(!jsonpath("deployment/web", "{.spec.template.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}").is_empty(), "{which}");
+    // set image to one no node has: the rollout stops, past its 15 s deadline; undo brings it back.
+    assert!(ok(&["set", "image", "deployment/web", "web=clusterctl-busybox:absent"]).contains("image updated"), "{which}");
+    let (good, stuck) = kubectl_in(bin, h, ns, &["rollout", "status", "deployment/web", "--timeout", "60s"], &[]);
+    assert!(!good && stuck.contains("exceeded its progress deadline"), "{which}: {stuck}");
+    ok(&["rollout", "undo", "deployment/web"]);
+    ok(&["rollout", "status", "deployment/web", "--timeout", "90s"]);
+    assert!(ok(&["scale", "deployment/web", "--replicas", "1"]).contains("deployment.apps/web scaled"), "{which}");
+    ok(&["rollout", "status", "deployment/web", "--timeout", "60s"]);
+    let pod = jsonpath("pods", "{.items[0].metadata.name}");
+    // exec -it on a terminal (script gives kubectl one): a tty in the container, the exit code back.
+    let line = format!("{} -n {ns} exec -it {pod} -- sh -c 'tty; exit 5'", bin.display());
+    let tty = Command::new("script").args(["-qec", &line, "/dev/null"]).env("KUBECONFIG", kubectl_config(h)).env("HOME", h).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(tty.status.code(), Some(5), "{which}: {tty:?}");
+    assert!(String::from_utf8_lossy(&tty.stdout).contains("/dev/pts/"), "{which}: {tty:?}");
+    let events = ok(&["get", "events"]);
+    for reason in ["ScalingReplicaSet", "Scheduled", "Pulled", "Created", "Started", "SuccessfulCreate"] {
+        assert!(events.contains(reason), "{which}: no {reason} event:\n{events}");
+    }
+    let all = ok(&["get", "all"]);
+    for kind in ["pod/web-", "service/web", "deployment.apps/web", "replicaset.apps/web-"] {
+        assert!(all.contains(kind), "{which}: get all has no {kind}:\n{all}");
+    }
+    let described = ok(&["describe", "pod", &pod]);
+    assert!(described.contains("Events:") && described.contains("Started container web"), "{which}: {described}");
+    // cordon, drain (only this app's pods), uncordon.
+    let node = jsonpath(&format!("pod/{pod}"), "{.spec.nodeName}");
+    assert!(ok(&["cordon", &node]).contains(&format!("node/{node} cordoned")), "{which}");
+    let (good, drained) = kubectl_in(bin, h, ns, &["drain", &node, "--pod-selector", "app=web", "--ignore-daemonsets", "--timeout", "90s"], &[]);
+    // (kubectl 1.20 names the node with the last pod's verb, "node/... deleted", its own bug.)
+    let pod_gone = drained.contains(&format!("pod/{pod} deleted")) || drained.contains(&format!("pod/{pod} evicted"));
+    assert!(good && pod_gone && drained.contains(&format!("node/{node} ")), "kubectl drain ({which}): {drained}");
+    assert_eq!(ok(&["get", "node", &node, "-o", "jsonpath={.spec.unschedulable}"]), "true", "{which}");
+    assert!(ok(&["uncordon", &node]).contains(&format!("node/{node} uncordoned")), "{which}");
+    ok(&["rollout", "status", "deployment/web", "--timeout", "60s"]);
+    assert_ne!(jsonpath("pods", "{.items[0].spec.nodeName}"), node, "{which}: the replacement runs elsewhere");
+    let explained = ok(&["explain", "deployment.spec"]);
+    assert!(explained.contains("Deployment") && explained.contains("replicas") && explained.contains("template"), "{which}: {explained}");
+    // delete --cascade=orphan leaves the set and its pod; the next apply adopts them; delete takes all.
+    let set = jsonpath("replicasets", "{.items[?(@.spec.replicas==1)].metadata.name}");
+    ok(&["delete", "-f", app_path, "--cascade=orphan"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(jsonpath("pods", "{.items[*].metadata.ownerReferences[0].name}"), set, "{which}: the pod stays, with its set");
+    ok(&["apply", "-f", app_path]);
+    let owner = || jsonpath(&format!("replicaset/{set}"), "{.metadata.ownerReferences[0].kind}");
+    let start = Instant::now();
+    while owner() != "Deployment" {
+        assert!(start.elapsed() < Duration::from_secs(20), "{which}: the orphaned set was not adopted");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    ok(&["delete", "-f", app_path]);
+    let start = Instant::now();
+    while !jsonpath("replicasets,pods", "{.items[*].metadata.name}").is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(60), "{which}: the sets and pods outlived their Deployment");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
