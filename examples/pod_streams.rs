@@ -8,6 +8,11 @@
 //!      server and the node's agent, from the handshake until the final `Status`; median and p99
 //!      of 30.
 //!
+//!   3. port-forward throughput: a pod serves a 64 MiB file over HTTP; curl fetches it straight
+//!      from the pod's address and through `kubectl port-forward` (the newest kubectl on PATH:
+//!      SPDY tunnelled through a WebSocket to the API server, then on to the node's agent), three
+//!      times each; the figure is the ratio of the medians, measured in one run.
+//!
 //!   cargo run --release --example pod_streams -- CLUSTER-NAME
 //!
 //! Reads `$CLUSTERCTL_HOME/<cluster>/kubeconfig`. Prints `RESULT <figure> <seconds>` lines for
@@ -133,5 +138,85 @@ async fn main() -> anyhow::Result<()> {
     println!("RESULT exec-round-trip-p99 {p99:.4}");
 
     client.delete_value(&format!("/api/v1/namespaces/default/pods/{POD}")).await?;
+
+    // 3. port-forward throughput against a direct copy.
+    let blob = json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": { "name": BLOB_POD, "namespace": "default" },
+        "spec": { "containers": [{
+            "name": "blob", "image": "clusterctl-busybox:latest", "imagePullPolicy": "Never",
+            "command": ["sh", "-c", format!("mkdir -p /www && head -c {BLOB_BYTES} /dev/urandom > /www/blob && exec httpd -f -p 80 -h /www")],
+            "readinessProbe": { "httpGet": { "path": "/blob", "port": 80 }, "periodSeconds": 1 },
+            "resources": { "requests": { "cpu": "10m", "memory": "8Mi" } },
+        }] },
+    });
+    client.create_value("/api/v1/namespaces/default/pods", &blob).await.context("creating the blob pod")?;
+    let result = forward_throughput(&client, &home.join(&cluster).join("kubeconfig")).await;
+    client.delete_value(&format!("/api/v1/namespaces/default/pods/{BLOB_POD}")).await?;
+    let (direct, forwarded) = result?;
+    println!("port-forward: {:.0} MB/s through kubectl port-forward, {:.0} MB/s straight to the pod, ratio {:.2}", forwarded / 1e6, direct / 1e6, forwarded / direct);
+    println!("RESULT portforward-MBps {:.1}", forwarded / 1e6);
+    println!("RESULT direct-to-pod-MBps {:.1}", direct / 1e6);
+    println!("RESULT portforward-vs-direct-ratio {:.3}", forwarded / direct);
     Ok(())
+}
+
+const BLOB_POD: &str = "bench-blob";
+const BLOB_BYTES: u64 = 64 << 20;
+
+/// Median bytes per second of three fetches of the blob with curl from `url`.
+fn fetch_rate(url: &str) -> anyhow::Result<f64> {
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        let out = std::process::Command::new("curl").args(["-sS", "--fail", "--max-time", "60", "-o", "/dev/null", "-w", "%{size_download} %{speed_download}", url]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (size, speed) = text.split_once(' ').with_context(|| format!("curl {url}: {text} {}", String::from_utf8_lossy(&out.stderr)))?;
+        if !out.status.success() || size.parse::<u64>()? != BLOB_BYTES {
+            bail!("curl {url} fetched {size} bytes: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        rates.push(speed.parse::<f64>()?);
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok(rates[1])
+}
+
+/// (direct, through port-forward) bytes per second.
+async fn forward_throughput(client: &ApiClient, kubeconfig: &std::path::Path) -> anyhow::Result<(f64, f64)> {
+    use std::io::BufRead;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ip = loop {
+        let p = client.get_value(&format!("/api/v1/namespaces/default/pods/{BLOB_POD}")).await?;
+        let ready = p.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+        if let (true, Some(ip)) = (ready, p.pointer("/status/podIP").and_then(Value::as_str)) {
+            break ip.to_string();
+        }
+        if Instant::now() > deadline {
+            bail!("the blob pod is not Ready after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let direct = fetch_rate(&format!("http://{ip}/blob"))?;
+    let mut forward = std::process::Command::new("kubectl")
+        .args(["port-forward", &format!("pod/{BLOB_POD}"), ":80"])
+        .env("KUBECONFIG", kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("running kubectl port-forward")?;
+    // Read kubectl's output to its end: a Go program writing to a closed pipe dies of SIGPIPE.
+    let stdout = forward.stdout.take().context("kubectl's stdout")?;
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines().map_while(Result::ok);
+        let _ = first_tx.send(lines.next());
+        lines.for_each(drop);
+    });
+    let line = first_rx.recv_timeout(Duration::from_secs(20)).ok().flatten();
+    let port = line.as_deref().and_then(|l| l.strip_prefix("Forwarding from 127.0.0.1:")).and_then(|l| l.split(' ').next()).map(str::to_string);
+    let forwarded = match port {
+        Some(port) => fetch_rate(&format!("http://127.0.0.1:{port}/blob")),
+        None => Err(anyhow::anyhow!("kubectl port-forward printed {line:?}")),
+    };
+    let _ = forward.kill();
+    let _ = forward.wait();
+    Ok((direct, forwarded?))
 }
