@@ -78,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
 
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": { "name": POD, "namespace": "default" },
-        "spec": { "containers": [{
+        "spec": { "terminationGracePeriodSeconds": 0, "containers": [{
             "name": "ticker", "image": "clusterctl-busybox:latest", "imagePullPolicy": "Never",
             "command": ["sh", "-c", "while true; do echo tick; usleep 100000; done"],
             "resources": { "requests": { "cpu": "10m", "memory": "8Mi" } },
@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
     // 3. port-forward throughput against a direct copy.
     let blob = json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": { "name": BLOB_POD, "namespace": "default" },
-        "spec": { "containers": [{
+        "spec": { "terminationGracePeriodSeconds": 0, "containers": [{
             "name": "blob", "image": "clusterctl-busybox:latest", "imagePullPolicy": "Never",
             "command": ["sh", "-c", format!("mkdir -p /www && head -c {BLOB_BYTES} /dev/urandom > /www/blob && exec httpd -f -p 80 -h /www")],
             "readinessProbe": { "httpGet": { "path": "/blob", "port": 80 }, "periodSeconds": 1 },

@@ -28,7 +28,7 @@ fn deployment() -> Value {
             "selector": { "matchLabels": { "app": "bench" } },
             "template": {
                 "metadata": { "labels": { "app": "bench" } },
-                "spec": { "containers": [{
+                "spec": { "terminationGracePeriodSeconds": 1, "containers": [{
                     "name": "sleep", "image": "clusterctl-busybox:latest", "imagePullPolicy": "Never",
                     "command": ["sleep", "100000"],
                     "resources": { "requests": { "cpu": "10m", "memory": "8Mi" } },

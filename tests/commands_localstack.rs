@@ -40,6 +40,7 @@ spec:
       labels:
         app: hello
     spec:
+      terminationGracePeriodSeconds: 1
       containers:
         - name: greeter
           image: clusterctl-busybox:latest
@@ -94,6 +95,7 @@ kind: Pod
 metadata:
   name: lonely
 spec:
+  terminationGracePeriodSeconds: 1
   containers:
     - name: sleeper
       image: clusterctl-busybox:latest
@@ -422,6 +424,7 @@ spec:
       labels:
         app: web
     spec:
+      terminationGracePeriodSeconds: 1
       containers:
         - name: web
           image: clusterctl-busybox:latest
@@ -512,7 +515,16 @@ fn kubectl_workflow(bin: &Path, h: &Path, ns: &str) {
     ok(&["rollout", "status", "deployment/web", "--timeout", "90s"]);
     assert!(ok(&["scale", "deployment/web", "--replicas", "1"]).contains("deployment.apps/web scaled"), "{which}");
     ok(&["rollout", "status", "deployment/web", "--timeout", "60s"]);
-    let pod = jsonpath("pods", "{.items[0].metadata.name}");
+    // The scaled-down pods are Terminating until their agent has stopped them (grace 1 s).
+    let start = Instant::now();
+    let pod = loop {
+        let names = jsonpath("pods", "{.items[*].metadata.name}");
+        if !names.is_empty() && !names.contains(' ') {
+            break names;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{which}: still more than one pod: {names}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
     // exec -it on a terminal (script gives kubectl one): a tty in the container, the exit code back.
     let line = format!("{} -n {ns} exec -it {pod} -- sh -c 'tty; exit 5'", bin.display());
     let tty = Command::new("script").args(["-qec", &line, "/dev/null"]).env("KUBECONFIG", kubectl_config(h)).env("HOME", h).stdin(Stdio::null()).output().unwrap();

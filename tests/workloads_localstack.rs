@@ -181,6 +181,7 @@ metadata:
     app: crash
 spec:
   restartPolicy: Always
+  terminationGracePeriodSeconds: 1
   containers:
     - name: crash
       image: clusterctl-busybox:latest
@@ -315,6 +316,7 @@ spec:
       labels:
         app: hog
     spec:
+      terminationGracePeriodSeconds: 1
       containers:
         - name: sleep
           image: clusterctl-busybox:latest
@@ -332,6 +334,7 @@ metadata:
   labels:
     app: big
 spec:
+  terminationGracePeriodSeconds: 1
   containers:
     - name: sleep
       image: clusterctl-busybox:latest

@@ -111,6 +111,9 @@ pub struct PodSync<R: ContainerRuntime> {
     name_prefix: String,
     /// What the last syncs saw happen, to be reported as Events.
     happened: Vec<Happening>,
+    /// Deleted pods (marked with `deletionTimestamp`) whose containers are all gone: the API
+    /// object may go now.
+    finished: Vec<Pod>,
 }
 
 /// Something that happened to a container of a pod, as the kubelet reports it in an Event
@@ -286,7 +289,8 @@ async fn step_probe<R: ContainerRuntime>(runtime: &R, spec: Option<&Probe>, trac
 impl<R: ContainerRuntime> PodSync<R> {
     /// Pod sync for the node at `node_ip`.
     pub fn new(runtime: Arc<R>, node_ip: IpAddr) -> Self {
-        PodSync { runtime, node_ip, pods: HashMap::new(), terminating: Arc::default(), starting: Arc::default(), name_prefix: "k8s_".into(), happened: Vec::new() }
+        PodSync { runtime, node_ip, pods: HashMap::new(), terminating: Arc::default(), starting: Arc::default(), name_prefix: "k8s_".into(), happened: Vec::new(),
+            finished: Vec::new() }
     }
 
     /// Names containers `<prefix><container>_<pod>_<namespace>_<uid>_<attempt>`.
@@ -329,6 +333,14 @@ impl<R: ContainerRuntime> PodSync<R> {
         let now = Instant::now();
         let actual = self.runtime.list(labels::UID).await?;
         let live: HashMap<&str, &Pod> = desired.iter().filter(|p| !p.is_terminating() && !p.metadata.uid.is_empty()).map(|p| (p.metadata.uid.as_str(), p)).collect();
+        // Pods deleted through the API: stopped within the grace period their delete gave them.
+        let deleting: HashMap<&str, &Pod> = desired.iter().filter(|p| p.is_terminating() && !p.metadata.uid.is_empty()).map(|p| (p.metadata.uid.as_str(), p)).collect();
+        let with_containers: HashSet<&str> = actual.iter().filter_map(|c| c.labels.get(labels::UID)).map(String::as_str).collect();
+        self.finished = deleting.iter().filter(|(uid, _)| !with_containers.contains(*uid)).map(|(_, p)| (*p).clone()).collect();
+        let deleting_grace: HashMap<String, Duration> = deleting
+            .iter()
+            .filter_map(|(uid, p)| Some((uid.to_string(), Duration::from_secs(u64::try_from(p.metadata.deletion_grace_period_seconds?).ok()?))))
+            .collect();
 
         // Containers of pods that are gone: stop them gracefully.
         let mut by_pod: HashMap<String, HashMap<String, Vec<ContainerInfo>>> = HashMap::new();
@@ -336,7 +348,8 @@ impl<R: ContainerRuntime> PodSync<R> {
             let uid = c.labels.get(labels::UID).cloned().unwrap_or_default();
             if !live.contains_key(uid.as_str()) {
                 if !self.is_terminating(&c.id) {
-                    let grace = c.labels.get(labels::GRACE).and_then(|g| g.parse().ok()).map(Duration::from_secs).unwrap_or(DEFAULT_GRACE);
+                    let labelled = c.labels.get(labels::GRACE).and_then(|g| g.parse().ok()).map(Duration::from_secs).unwrap_or(DEFAULT_GRACE);
+                    let grace = deleting_grace.get(&uid).copied().unwrap_or(labelled);
                     tracing::info!(container = %c.id, pod = ?c.labels.get(labels::POD), "stopping the container of a deleted pod");
                     self.terminate(&c.id, grace);
                 }
@@ -397,6 +410,11 @@ impl<R: ContainerRuntime> PodSync<R> {
             }
         }
         Ok(updates)
+    }
+
+    /// The deleted pods the last sync found without containers: their API objects may go.
+    pub fn take_finished(&mut self) -> Vec<Pod> {
+        std::mem::take(&mut self.finished)
     }
 
     /// What happened since the last call, to report as Events.
@@ -802,6 +820,14 @@ async fn reconcile<C: Client, R: ContainerRuntime>(_key: ObjectKey, ctx: Arc<Con
         ctx.events.record_at(&h.pod, &format!("spec.containers{{{}}}", h.container), h.event_type, h.reason, h.message);
     }
     let updates = updates?;
+    // Deleted pods whose containers are gone: the delete that lets the API object go.
+    for pod in sync.take_finished() {
+        match ctx.client.delete_now::<Pod>(&ObjectKey::of(&pod.metadata), &pod.metadata.uid).await {
+            Ok(()) => tracing::info!(pod = %pod.metadata.name, "its containers are stopped: deleted"),
+            Err(e) if e.is_not_found() || matches!(e, crate::client::ClientError::Api { code: 409, .. }) => {}
+            Err(e) => tracing::debug!(pod = %pod.metadata.name, error = %e, "deleting a stopped pod; retrying on the next sync"),
+        }
+    }
     // The writes wait on the API server concurrently: a node that started 30 pods reports them in
     // a few round trips, not 30.
     let writes = updates.into_iter().filter_map(|u| {
@@ -1085,6 +1111,27 @@ mod tests {
         let calls = fake.calls();
         assert!(calls.contains(&format!("stop {id} 5s")), "{calls:?}");
         assert!(calls.contains(&format!("remove {id}")), "{calls:?}");
+        assert!(fake.containers().is_empty());
+    }
+
+    /// A pod deleted through the API (still there, marked): stopped with the grace its delete gave,
+    /// and handed back once no container is left, for the delete that lets it go.
+    #[tokio::test]
+    async fn a_pod_marked_for_deletion_is_stopped_with_its_deletion_grace_and_then_finished() {
+        let fake = FakeRuntime::with_images(&[IMAGE]);
+        let mut sync = sync_of(&fake);
+        let mut p = pod("web-1", "Always", web());
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        let id = running_ids(&fake)[0].clone();
+        p.metadata.deletion_timestamp = Some(Time::now());
+        p.metadata.deletion_grace_period_seconds = Some(2);
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        assert!(sync.take_finished().is_empty(), "its container is still there");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(fake.calls().contains(&format!("stop {id} 2s")), "{:?}", fake.calls());
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        let finished = sync.take_finished();
+        assert_eq!(finished.iter().map(|p| p.metadata.name.as_str()).collect::<Vec<_>>(), ["web-1"]);
         assert!(fake.containers().is_empty());
     }
 

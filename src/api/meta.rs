@@ -65,8 +65,17 @@ pub struct ObjectMeta {
     pub generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<Time>,
+    /// Set by the server when a delete waits: for a pod's graceful termination (`now + grace`)
+    /// or for the finalizers to be removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_timestamp: Option<Time>,
+    /// The grace period the pending delete was given, in seconds (0 once it may go).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_grace_period_seconds: Option<i64>,
+    /// What must happen before a deleted object goes: each name is removed by whoever did it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "set"))]
+    pub finalizers: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

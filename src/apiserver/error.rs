@@ -42,6 +42,11 @@ impl ApiError {
     }
 
     /// 409 Conflict: the object changed since the client read it.
+    /// 409 for a failed precondition other than the resource version.
+    pub fn conflict_because(resource: &ResourceType, name: &str, why: String) -> Self {
+        Self::about(StatusReason::Conflict, 409, resource, name, format!("Operation cannot be fulfilled on {resource} {name:?}: {why}"))
+    }
+
     pub fn conflict(resource: &ResourceType, name: &str) -> Self {
         Self::about(
             StatusReason::Conflict,

@@ -243,7 +243,16 @@ where
             return Ok(with_revision(next, stored.mod_rev));
         }
         match state.store.update(&key, next.clone(), Some(stored.mod_rev)).await {
-            Ok(rev) => return Ok(with_revision(next, rev)),
+            Ok(rev) => {
+                // The write removed the last finalizer of an object being deleted: it goes now.
+                if ready_to_go(&next) {
+                    match state.store.delete(&key, Some(rev)).await {
+                        Ok(_) | Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => {}
+                        Err(e) => return Err(ApiError::from_store(e, rt, name)),
+                    }
+                }
+                return Ok(with_revision(next, rev));
+            }
             Err(StoreError::Conflict { .. }) if requested_rev.is_none() => continue,
             Err(e) => return Err(ApiError::from_store(e, rt, name)),
         }
@@ -374,17 +383,32 @@ enum Propagation {
     Orphan,
 }
 
-/// A delete's options, from its body (`DeleteOptions`) and query: the `resourceVersion`
-/// precondition, and the propagation (`propagationPolicy`, or the older `orphanDependents`).
-fn delete_options(body: &[u8], query: &HashMap<String, String>) -> Result<(Option<u64>, Propagation), ApiError> {
+/// A delete's options, from its body (`DeleteOptions`) and query.
+struct DeleteOptions {
+    /// `preconditions.resourceVersion`.
+    expected_rev: Option<u64>,
+    /// `preconditions.uid`.
+    expected_uid: Option<String>,
+    propagation: Propagation,
+    /// `gracePeriodSeconds`: for a pod, instead of its `terminationGracePeriodSeconds`.
+    grace: Option<i64>,
+}
+
+fn delete_options(body: &[u8], query: &HashMap<String, String>) -> Result<DeleteOptions, ApiError> {
     let options: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the delete options are not valid JSON: {e}")))?
     };
-    let expected = match options.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
+    let expected_rev = match options.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
         Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("{v:?} is not a resource version")))?),
         None => None,
+    };
+    let expected_uid = options.pointer("/preconditions/uid").and_then(Value::as_str).map(String::from);
+    let grace = match (options.get("gracePeriodSeconds"), query.get("gracePeriodSeconds")) {
+        (Some(v), _) if !v.is_null() => Some(v.as_i64().ok_or_else(|| ApiError::bad_request(format!("gracePeriodSeconds: {v} is not an integer")))?),
+        (_, Some(q)) => Some(q.parse::<i64>().map_err(|_| ApiError::bad_request(format!("gracePeriodSeconds: {q:?} is not an integer")))?),
+        _ => None,
     };
     let policy = options.get("propagationPolicy").and_then(Value::as_str).map(String::from).or_else(|| query.get("propagationPolicy").cloned());
     let orphan = options.get("orphanDependents").and_then(Value::as_bool).or_else(|| query.get("orphanDependents").and_then(|v| super::target::query_bool(v)));
@@ -397,7 +421,30 @@ fn delete_options(body: &[u8], query: &HashMap<String, String>) -> Result<(Optio
             return Err(ApiError::bad_request(format!("propagationPolicy: Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\"")));
         }
     };
-    Ok((expected, propagation))
+    Ok(DeleteOptions { expected_rev, expected_uid, propagation, grace })
+}
+
+/// The seconds a pod is given to stop when deleted: the request's, else its
+/// `terminationGracePeriodSeconds` (30 when unset); 0 for a pod no node runs (unbound, or
+/// finished), which goes at once, as Kubernetes' pod strategy decides.
+fn pod_grace(pod: &Value, requested: Option<i64>) -> i64 {
+    let unbound = pod.pointer("/spec/nodeName").and_then(Value::as_str).is_none_or(str::is_empty);
+    let finished = matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+    if unbound || finished {
+        return 0;
+    }
+    requested.unwrap_or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30)).max(0)
+}
+
+fn finalizers_of(object: &Value) -> Vec<String> {
+    object.pointer("/metadata/finalizers").and_then(Value::as_array).map(|f| f.iter().filter_map(Value::as_str).map(String::from).collect()).unwrap_or_default()
+}
+
+/// Whether a written object is done with its delete: marked, no finalizer left, no grace left.
+fn ready_to_go(object: &Value) -> bool {
+    object.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null())
+        && finalizers_of(object).is_empty()
+        && object.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) == 0
 }
 
 /// Removes the owner reference to `owner_uid` from every object of the owner's namespace (or,
@@ -435,26 +482,54 @@ async fn orphan_dependents(state: &AppState, target: &Target, owner_uid: &str) -
     Ok(())
 }
 
+/// `DELETE`: at once, or, for a pod a node runs (its grace period) and for an object with
+/// finalizers, marked with `deletionTimestamp` and answered 202, to go when the node's agent has
+/// stopped it (its delete with grace 0) and the last finalizer is removed. A second delete may
+/// only shorten a pod's grace.
 async fn delete(state: &AppState, identity: &Identity, target: &Target, body: &[u8], query: &HashMap<String, String>, dry_run: bool) -> Result<Response, ApiError> {
     authorize(state, identity, target, Verb::Delete, None).await?;
     let (rt, name) = (target.resource, name_of(target));
-    let (expected, propagation) = delete_options(body, query)?;
-    if dry_run {
-        let stored = state.store.get(&target.key(name)).await.map_err(|e| ApiError::from_store(e, rt, name))?.ok_or_else(|| ApiError::not_found(rt, name))?;
-        if expected.is_some_and(|e| e != stored.mod_rev) {
+    let options = delete_options(body, query)?;
+    let key = target.key(name);
+    for _ in 0..UNCONDITIONAL_RETRIES {
+        let stored = state.store.get(&key).await.map_err(|e| ApiError::from_store(e, rt, name))?.ok_or_else(|| ApiError::not_found(rt, name))?;
+        if options.expected_rev.is_some_and(|e| e != stored.mod_rev) {
             return Err(ApiError::conflict(rt, name));
         }
-        return Ok(Json(with_revision(stored.value, stored.mod_rev)).into_response());
-    }
-    if propagation == Propagation::Orphan {
-        let stored = state.store.get(&target.key(name)).await.map_err(|e| ApiError::from_store(e, rt, name))?.ok_or_else(|| ApiError::not_found(rt, name))?;
-        if expected.is_some_and(|e| e != stored.mod_rev) {
-            return Err(ApiError::conflict(rt, name));
+        let uid = stored.value.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
+        if let Some(expected) = options.expected_uid.as_deref().filter(|e| *e != uid) {
+            return Err(ApiError::conflict_because(rt, name, format!("Precondition failed: UID in precondition: {expected}, UID in object meta: {uid}")));
         }
-        if let Some(uid) = stored.value.pointer("/metadata/uid").and_then(Value::as_str).filter(|u| !u.is_empty()) {
-            orphan_dependents(state, target, uid).await?;
+        if dry_run {
+            return Ok(Json(with_revision(stored.value, stored.mod_rev)).into_response());
+        }
+        let marked = stored.value.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
+        if options.propagation == Propagation::Orphan && !marked && !uid.is_empty() {
+            orphan_dependents(state, target, &uid).await?;
+        }
+        let grace = if rt.kind == "Pod" { pod_grace(&stored.value, options.grace) } else { 0 };
+        let current = stored.value.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
+        let grace = current.map_or(grace, |c| grace.min(c));
+        if grace == 0 && finalizers_of(&stored.value).is_empty() {
+            match state.store.delete(&key, Some(stored.mod_rev)).await {
+                Ok((old, rev)) => return Ok(Json(with_revision(old, rev)).into_response()),
+                Err(StoreError::Conflict { .. }) if options.expected_rev.is_none() => continue,
+                Err(e) => return Err(ApiError::from_store(e, rt, name)),
+            }
+        }
+        if marked && current == Some(grace) {
+            return Ok((StatusCode::ACCEPTED, Json(with_revision(stored.value, stored.mod_rev))).into_response());
+        }
+        let mut next = stored.value.clone();
+        let meta = objects::metadata_mut(&mut next);
+        let at = crate::api::Time::from_unix_seconds(crate::api::Time::now().unix_seconds() + grace);
+        meta.insert("deletionTimestamp".into(), json!(at));
+        meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+        match state.store.update(&key, next.clone(), Some(stored.mod_rev)).await {
+            Ok(rev) => return Ok((StatusCode::ACCEPTED, Json(with_revision(next, rev))).into_response()),
+            Err(StoreError::Conflict { .. }) if options.expected_rev.is_none() => continue,
+            Err(e) => return Err(ApiError::from_store(e, rt, name)),
         }
     }
-    let (old, rev) = state.store.delete(&target.key(name), expected).await.map_err(|e| ApiError::from_store(e, rt, name))?;
-    Ok(Json(with_revision(old, rev)).into_response())
+    Err(ApiError::conflict(rt, name))
 }

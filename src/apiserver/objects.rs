@@ -134,6 +134,7 @@ pub fn prepare_create(object: &mut Value, namespace: Option<&str>) {
     meta.insert("generation".into(), json!(1));
     meta.remove("resourceVersion");
     meta.remove("deletionTimestamp");
+    meta.remove("deletionGracePeriodSeconds");
 }
 
 /// Everything but `apiVersion`, `kind`, `metadata` and `status`: what a generation counts changes of.
@@ -176,7 +177,7 @@ pub fn merge_update(stored: &Value, incoming: Value, status_only: bool) -> Value
     let generation = stored_meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
     let bump = !status_only && desired_part(stored) != desired_part(&next);
     let meta = metadata_mut(&mut next);
-    for owned in ["uid", "creationTimestamp", "deletionTimestamp", "namespace", "name"] {
+    for owned in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name"] {
         match stored_meta.get(owned) {
             Some(v) => meta.insert(owned.into(), v.clone()),
             None => meta.remove(owned),

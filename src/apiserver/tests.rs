@@ -399,7 +399,12 @@ async fn a_node_watching_its_pods_sees_a_pod_bound_later_as_added() {
     let _: Value = admin.patch(&PODS, Some("default"), "p1", &json!({"spec": {"nodeName": "w1"}})).await.unwrap();
     let e = next_event(&mut watch).await;
     assert_eq!((e.event_type, e.object["metadata"]["name"].as_str()), (WatchEventType::Added, Some("p1")));
+    // A bound pod's delete is graceful: marked first (its agent stops it), gone at grace 0.
     admin.delete(&PODS, Some("default"), "p1").await.unwrap();
+    let e = next_event(&mut watch).await;
+    assert_eq!(e.event_type, WatchEventType::Modified);
+    assert!(e.object["metadata"]["deletionTimestamp"].is_string() && e.object["metadata"]["deletionGracePeriodSeconds"] == 30, "{}", e.object);
+    admin.delete_with(&PODS, Some("default"), "p1", &json!({"gracePeriodSeconds": 0})).await.unwrap();
     assert_eq!(next_event(&mut watch).await.event_type, WatchEventType::Deleted);
     drop(watch);
     server.stop().await;
@@ -666,6 +671,60 @@ async fn delete_returns_the_last_state_and_a_second_delete_is_404() {
     server.stop().await;
 }
 
+/// A pod a node runs is deleted gracefully: marked with `deletionTimestamp` and its grace period
+/// (the request's, else its `terminationGracePeriodSeconds`), which a second delete may shorten but
+/// not lengthen; it goes at grace 0 (its agent's delete, with the uid as precondition). An unbound
+/// pod goes at once.
+#[tokio::test]
+async fn a_running_pod_is_deleted_gracefully_and_goes_at_grace_zero() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let mut bound = pod("web-1", Some("w1"), "web");
+    bound["spec"]["terminationGracePeriodSeconds"] = json!(5);
+    admin.create_value("/api/v1/namespaces/default/pods", &bound).await.unwrap();
+    admin.delete(&PODS, Some("default"), "web-1").await.unwrap();
+    let marked = admin.get_value("/api/v1/namespaces/default/pods/web-1").await.unwrap();
+    assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 5);
+    let at = Time::parse(marked["metadata"]["deletionTimestamp"].as_str().unwrap()).unwrap();
+    assert!((at.unix_seconds() - Time::now().unix_seconds() - 5).abs() <= 1, "now + grace: {at}");
+    admin.delete_with(&PODS, Some("default"), "web-1", &json!({"gracePeriodSeconds": 60})).await.unwrap();
+    assert_eq!(admin.get_value("/api/v1/namespaces/default/pods/web-1").await.unwrap()["metadata"]["deletionGracePeriodSeconds"], 5, "never longer");
+    // An update keeps the server's marks.
+    let mut changed = admin.get_value("/api/v1/namespaces/default/pods/web-1").await.unwrap();
+    changed["metadata"]["deletionTimestamp"] = Value::Null;
+    changed["metadata"]["labels"]["x"] = json!("y");
+    let written = admin.replace_value("/api/v1/namespaces/default/pods/web-1", &changed).await.unwrap();
+    assert_eq!(written["metadata"]["deletionTimestamp"], marked["metadata"]["deletionTimestamp"]);
+    let wrong_uid = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": "not-this-one"}});
+    assert_eq!(code(admin.delete_with(&PODS, Some("default"), "web-1", &wrong_uid).await), 409);
+    let right_uid = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": marked["metadata"]["uid"]}});
+    admin.delete_with(&PODS, Some("default"), "web-1", &right_uid).await.unwrap();
+    assert_eq!(code(admin.get::<Value>(&PODS, Some("default"), "web-1").await), 404);
+    admin.create_value("/api/v1/namespaces/default/pods", &pod("pending", None, "web")).await.unwrap();
+    admin.delete(&PODS, Some("default"), "pending").await.unwrap();
+    assert_eq!(code(admin.get::<Value>(&PODS, Some("default"), "pending").await), 404, "an unbound pod goes at once");
+    server.stop().await;
+}
+
+/// An object with finalizers stays, marked, until the last one is removed; then it goes.
+#[tokio::test]
+async fn an_object_with_finalizers_goes_when_the_last_one_is_removed() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let service = json!({"metadata": {"name": "held", "finalizers": ["example.com/a", "example.com/b"]}, "spec": {"ports": [{"port": 80}]}});
+    admin.create_value("/api/v1/namespaces/default/services", &service).await.unwrap();
+    admin.delete_value("/api/v1/namespaces/default/services/held").await.unwrap();
+    let marked = admin.get_value("/api/v1/namespaces/default/services/held").await.unwrap();
+    assert!(marked["metadata"]["deletionTimestamp"].is_string(), "{marked}");
+    assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 0);
+    let path = "/api/v1/namespaces/default/services/held";
+    let _: Value = admin.patch_path(path, "application/json-patch+json", &json!([{"op": "remove", "path": "/metadata/finalizers/0"}])).await.unwrap();
+    assert_eq!(admin.get_value(path).await.unwrap()["metadata"]["finalizers"], json!(["example.com/b"]), "one left: it stays");
+    let _: Value = admin.patch_path(path, "application/merge-patch+json", &json!({"metadata": {"finalizers": null}})).await.unwrap();
+    assert_eq!(code(admin.get::<Value>(&SERVICES, Some("default"), "held").await), 404);
+    server.stop().await;
+}
+
 /// `propagationPolicy: Orphan` (kubectl's `--cascade=orphan`, 1.20's `--cascade=false`) keeps the
 /// dependents and takes the deleted owner out of their owner references; the old
 /// `orphanDependents` says the same; an unknown policy is refused and deletes nothing.
@@ -777,7 +836,11 @@ async fn debian_kubectl_prints_the_server_tables_scales_and_deletes_through_disc
     let scaled = admin.get_value("/apis/apps/v1/namespaces/default/deployments/web").await.unwrap();
     assert_eq!(scaled["spec"]["replicas"], 5);
     assert_eq!(scaled["spec"]["template"], deployment["spec"]["template"], "scaling changes only the replicas");
-    assert_eq!(run(&["delete", "pod", "web-1"]).await.trim(), "pod \"web-1\" deleted");
+    // A bound pod waits for its agent: Terminating; --force --grace-period=0 takes it at once.
+    assert_eq!(run(&["delete", "pod", "web-1", "--wait=false"]).await.trim(), "pod \"web-1\" deleted");
+    let terminating = run(&["get", "pod", "web-1"]).await;
+    assert!(terminating.lines().nth(1).is_some_and(|l| l.split_whitespace().nth(2) == Some("Terminating")), "{terminating}");
+    assert!(run(&["delete", "pod", "web-1", "--force", "--grace-period=0"]).await.contains("pod \"web-1\" force deleted"));
     assert_eq!(code(admin.get::<Value>(&PODS, Some("default"), "web-1").await), 404);
     server.stop().await;
 }

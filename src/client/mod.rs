@@ -435,6 +435,13 @@ impl ApiClient {
         self.json::<Value>(Method::DELETE, &resource.object_path(namespace, name), None, &action).await.map(drop)
     }
 
+    /// Deletes an object with `DeleteOptions` (grace period, preconditions, propagation).
+    pub async fn delete_with(&self, resource: &ResourceType, namespace: Option<&str>, name: &str, options: &Value) -> Result<(), ClientError> {
+        let action = describe("deleting", resource, namespace, Some(name));
+        let body = serde_json::to_vec(options).map_err(|source| ClientError::Decode { action: action.clone(), source })?;
+        self.json::<Value>(Method::DELETE, &resource.object_path(namespace, name), Some(("application/json", body)), &action).await.map(drop)
+    }
+
     /// Watches a collection: every change after `resource_version`, or, without one, `ADDED` for every
     /// current object and then every change. An `ERROR` line becomes an `Err` item (410 when the
     /// version is too old: list again); the stream ends when the server ends the watch.

@@ -62,7 +62,7 @@ pub async fn pass<C: Client>(cloud: &dyn Cloud, client: &C, cluster: &str, nodes
     let pods: Vec<Pod> = pods.cloned();
     let mut deleted_pods = 0;
     for p in stranded(&pods, &remaining) {
-        match client.delete::<Pod>(&ObjectKey::of(&p.metadata)).await {
+        match client.delete_now::<Pod>(&ObjectKey::of(&p.metadata), &p.metadata.uid).await {
             Ok(()) => {
                 deleted_pods += 1;
                 tracing::info!(pod = %p.metadata.name, node = ?p.spec.node_name, "deleted a pod of a node that is gone");

@@ -71,15 +71,18 @@ const EVICTIONS_IN_FLIGHT: usize = 16;
 
 /// Deletes `pods` (those of a node that is gone or not ready); returns how many were deleted.
 pub async fn evict<C: Client>(client: &C, node: &str, pods: &[Arc<Pod>]) -> Result<usize, ClientError> {
-    let keys: Vec<ObjectKey> = pods.iter().map(|p| ObjectKey::of(&p.metadata)).collect();
+    // At once (grace 0): no agent is there to stop them and confirm, and their replacements must
+    // not wait for one (Kubernetes leaves them Terminating until the node is gone; see
+    // docs/ARCHITECTURE.md).
+    let keys: Vec<(ObjectKey, String)> = pods.iter().map(|p| (ObjectKey::of(&p.metadata), p.metadata.uid.clone())).collect();
     let results: Vec<Result<bool, ClientError>> = futures::stream::iter(keys)
-        .map(|key| async move {
-            match client.delete::<Pod>(&key).await {
+        .map(|(key, uid)| async move {
+            match client.delete_now::<Pod>(&key, &uid).await {
                 Ok(()) => {
                     tracing::info!(pod = %key, node = %node, "evicted: the node is not ready");
                     Ok(true)
                 }
-                Err(e) if e.is_not_found() => Ok(false),
+                Err(e) if e.is_not_found() || matches!(e, ClientError::Api { code: 409, .. }) => Ok(false),
                 Err(e) => Err(e),
             }
         })

@@ -47,9 +47,14 @@ async fn pods(client: &ApiClient) -> Vec<Pod> {
     client.list::<Pod>(&PODS, Some("default"), &ListOptions::default()).await.unwrap().items
 }
 
-/// Plays the agents: every bound pod gets an IP and is Ready.
+/// Plays the agents: every bound pod gets an IP and is Ready; a deleted one (marked for its
+/// grace period) goes, as its agent deletes it once its containers are stopped.
 async fn make_ready(client: &ApiClient) {
     for (i, mut p) in pods(client).await.into_iter().enumerate() {
+        if p.is_terminating() {
+            let _ = client.delete_with(&PODS, Some("default"), &p.metadata.name, &json!({"gracePeriodSeconds": 0})).await;
+            continue;
+        }
         if p.spec.bound_node().is_none() || p.is_ready() {
             continue;
         }
@@ -138,7 +143,11 @@ async fn a_deployment_is_spread_over_nodes_served_by_endpoints_scaled_and_rolled
 
     // Scale down.
     client.patch::<Deployment>(&DEPLOYMENTS, Some("default"), "web", &json!({"spec": {"replicas": 1}})).await.unwrap();
-    eventually("one pod is left", || async { (pods(&client).await.len() == 1).then_some(()) }).await;
+    eventually("one pod is left", || async {
+        make_ready(&client).await;
+        (pods(&client).await.len() == 1).then_some(())
+    })
+    .await;
 
     // A new image rolls: the old pod stays until a new one is ready (maxUnavailable 25% of 1 = 0).
     // Read, change, write, again on a conflict: the controller writes the status meanwhile.

@@ -42,8 +42,13 @@ pub trait Client: Clone + Send + Sync + 'static {
     /// Applies a JSON merge patch to an object's status.
     fn patch_status<T: Object>(&self, key: &ObjectKey, patch: &Value) -> impl Future<Output = Result<T, ClientError>> + Send;
 
-    /// Deletes an object.
+    /// Deletes an object (a pod a node runs is given its grace period: it is marked, and goes when
+    /// its node's agent has stopped it).
     fn delete<T: Object>(&self, key: &ObjectKey) -> impl Future<Output = Result<(), ClientError>> + Send;
+
+    /// Deletes an object at once (grace period 0), if it is still the one with `uid`: what an
+    /// agent sends once a pod's containers are gone, and what evicts the pods of a lost node.
+    fn delete_now<T: Object>(&self, key: &ObjectKey, uid: &str) -> impl Future<Output = Result<(), ClientError>> + Send;
 
     /// Lists a collection typed; objects that do not decode are skipped with a logged error.
     fn list<T: Object>(&self, namespace: Option<&str>, options: &ListOptions) -> impl Future<Output = Result<Vec<T>, ClientError>> + Send {
@@ -97,5 +102,10 @@ impl Client for ApiClient {
 
     async fn delete<T: Object>(&self, key: &ObjectKey) -> Result<(), ClientError> {
         ApiClient::delete(self, &T::TYPE, scope(&T::TYPE, key), &key.name).await
+    }
+
+    async fn delete_now<T: Object>(&self, key: &ObjectKey, uid: &str) -> Result<(), ClientError> {
+        let options = serde_json::json!({ "apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": { "uid": uid } });
+        ApiClient::delete_with(self, &T::TYPE, scope(&T::TYPE, key), &key.name, &options).await
     }
 }

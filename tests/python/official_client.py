@@ -48,7 +48,7 @@ def main(pod_name: str, namespace: str) -> None:
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "c", "image": "clusterctl-busybox:latest", "command": ["sleep", "3600"]}]},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": "clusterctl-busybox:latest", "command": ["sleep", "3600"]}]},
             },
         },
     }
