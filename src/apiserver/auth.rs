@@ -16,8 +16,8 @@
 //!   exec); create a certificate signing request (for its own serving certificate, see [`super::csr`]);
 //!   create, update and patch its own Node and
 //!   its status; create, update and patch its own Lease in `kube-node-lease`; update and patch the
-//!   status of pods bound to it (checked against the stored pod by the caller); nothing else, no
-//!   deletes, no secrets;
+//!   status of pods bound to it (checked against the stored pod by the caller), and delete those
+//!   pods (what ends their graceful deletion); nothing else, no other deletes, no secrets;
 //! - a bootstrap token: create certificatesigningrequests, nothing else;
 //! - anyone else: nothing.
 
@@ -170,6 +170,8 @@ fn authorize_node(node: &str, a: &Attributes<'_>) -> Decision {
             (*a.resource == resource::NODES && own && matches!(a.subresource, None | Some("status")))
                 || (*a.resource == resource::LEASES && own && a.namespace == Some(NODE_LEASE_NAMESPACE) && a.subresource.is_none())
         }
+        // The last step of a pod's graceful deletion: its agent removes it once stopped.
+        Verb::Delete if *a.resource == resource::PODS && a.subresource.is_none() => return Decision::AllowIfPodOnNode(node.to_string()),
         Verb::Delete => false,
     };
     if allowed { Decision::Allow } else { Decision::Deny }
@@ -275,6 +277,8 @@ mod tests {
         assert_eq!(authorize(&w1, &attrs(Verb::Create, &LEASES, Some("kube-node-lease"), Some("w1"), None)), Decision::Allow);
         assert_eq!(authorize(&w1, &attrs(Verb::Create, &LEASES, Some("default"), Some("w1"), None)), Decision::Deny);
         assert_eq!(authorize(&w1, &attrs(Verb::Delete, &NODES, None, Some("w1"), None)), Decision::Deny);
+        assert_eq!(authorize(&w1, &attrs(Verb::Delete, &PODS, Some("default"), Some("p"), None)), Decision::AllowIfPodOnNode("w1".into()));
+        assert_eq!(authorize(&w1, &attrs(Verb::Delete, &PODS, Some("default"), Some("p"), Some("status"))), Decision::Deny);
     }
 
     #[test]

@@ -377,11 +377,15 @@ pub(super) fn patch_error(e: PatchError, target: &Target) -> ApiError {
 enum Propagation {
     /// The dependents are deleted afterwards, by the controllers' garbage collection.
     Background,
-    /// Kubernetes deletes the dependents before the owner; here as `Background` (no finalizers).
+    /// The dependents are deleted before the owner: it is kept, marked, with the
+    /// `foregroundDeletion` finalizer until they are gone.
     Foreground,
     /// The dependents stay, with their owner reference to the deleted object removed.
     Orphan,
 }
+
+/// The finalizer a `Foreground` delete adds; its garbage collector removes it.
+pub const FOREGROUND_DELETION: &str = "foregroundDeletion";
 
 /// A delete's options, from its body (`DeleteOptions`) and query.
 struct DeleteOptions {
@@ -510,18 +514,30 @@ async fn delete(state: &AppState, identity: &Identity, target: &Target, body: &[
         let grace = if rt.kind == "Pod" { pod_grace(&stored.value, options.grace) } else { 0 };
         let current = stored.value.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
         let grace = current.map_or(grace, |c| grace.min(c));
-        if grace == 0 && finalizers_of(&stored.value).is_empty() {
+        // Foreground: the object stays, marked, until its garbage collector (the deployment
+        // controller, for Deployments and ReplicaSets, the kinds with dependents) has deleted its
+        // dependents; other kinds have none to wait for.
+        let mut finalizers = finalizers_of(&stored.value);
+        let collected = matches!(rt.kind, "Deployment" | "ReplicaSet");
+        let added = options.propagation == Propagation::Foreground && collected && !marked && !finalizers.iter().any(|f| f == FOREGROUND_DELETION);
+        if added {
+            finalizers.push(FOREGROUND_DELETION.into());
+        }
+        if grace == 0 && finalizers.is_empty() {
             match state.store.delete(&key, Some(stored.mod_rev)).await {
                 Ok((old, rev)) => return Ok(Json(with_revision(old, rev)).into_response()),
                 Err(StoreError::Conflict { .. }) if options.expected_rev.is_none() => continue,
                 Err(e) => return Err(ApiError::from_store(e, rt, name)),
             }
         }
-        if marked && current == Some(grace) {
+        if marked && current == Some(grace) && !added {
             return Ok((StatusCode::ACCEPTED, Json(with_revision(stored.value, stored.mod_rev))).into_response());
         }
         let mut next = stored.value.clone();
         let meta = objects::metadata_mut(&mut next);
+        if added {
+            meta.insert("finalizers".into(), json!(finalizers));
+        }
         let at = crate::api::Time::from_unix_seconds(crate::api::Time::now().unix_seconds() + grace);
         meta.insert("deletionTimestamp".into(), json!(at));
         meta.insert("deletionGracePeriodSeconds".into(), json!(grace));

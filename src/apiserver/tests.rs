@@ -698,7 +698,9 @@ async fn a_running_pod_is_deleted_gracefully_and_goes_at_grace_zero() {
     let wrong_uid = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": "not-this-one"}});
     assert_eq!(code(admin.delete_with(&PODS, Some("default"), "web-1", &wrong_uid).await), 409);
     let right_uid = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": marked["metadata"]["uid"]}});
-    admin.delete_with(&PODS, Some("default"), "web-1", &right_uid).await.unwrap();
+    // The node the pod is bound to ends it (its agent, once the containers are stopped); no other.
+    assert_eq!(code(server.node("w2").delete_with(&PODS, Some("default"), "web-1", &right_uid).await), 403);
+    server.node("w1").delete_with(&PODS, Some("default"), "web-1", &right_uid).await.unwrap();
     assert_eq!(code(admin.get::<Value>(&PODS, Some("default"), "web-1").await), 404);
     admin.create_value("/api/v1/namespaces/default/pods", &pod("pending", None, "web")).await.unwrap();
     admin.delete(&PODS, Some("default"), "pending").await.unwrap();

@@ -528,6 +528,14 @@ pub fn replica_set_controller<C: Client>(ctx: &Context<C>) -> Controller {
 /// store shows the sets it wrote.
 pub async fn reconcile_deployment_key<C: Client>(key: ObjectKey, ctx: Arc<Context<C>>) -> Result<Action, ClientError> {
     let Some(d) = ctx.deployments.get(&key) else { return Ok(Action::AwaitChange) };
+    if d.metadata.deletion_timestamp.is_some() {
+        // Being deleted: no more rollouts; in the foreground, its sets go first (theirs too).
+        let sets = ctx.replica_sets.cloned();
+        let owned: Vec<&ReplicaSet> = sets.iter().filter(|rs| owned_by(&rs.metadata, &d.metadata.uid)).collect();
+        let keys = owned.iter().filter(|rs| rs.metadata.deletion_timestamp.is_none()).map(|rs| ObjectKey::of(&rs.metadata)).collect();
+        collect_in_foreground::<C, ReplicaSet, Deployment>(&ctx.client, &d, keys, owned.is_empty()).await?;
+        return Ok(Action::AwaitChange);
+    }
     let sets = ctx.replica_sets.cloned();
     let pods = ctx.pods.cloned();
     let mut written = Written::default();
@@ -544,6 +552,12 @@ pub async fn reconcile_replica_set_key<C: Client>(key: ObjectKey, ctx: Arc<Conte
     let mut written = Written::default();
     let result = match ctx.replica_sets.get(&key) {
         None => delete_orphaned_pods(&ctx, &key, &mut written).await,
+        Some(rs) if rs.metadata.deletion_timestamp.is_some() => {
+            // Being deleted: no new pods; in the foreground, its pods go first.
+            let pods: Vec<Arc<Pod>> = ctx.pods.snapshot().into_iter().filter(|p| owned_by(&p.metadata, &rs.metadata.uid)).collect();
+            let keys = pods.iter().filter(|p| !p.is_terminating()).map(|p| ObjectKey::of(&p.metadata)).collect();
+            collect_in_foreground::<C, Pod, ReplicaSet>(&ctx.client, &rs, keys, pods.is_empty()).await
+        }
         Some(rs) => {
             let deployment_gone = rs.metadata.controller_owner().filter(|o| o.kind == "Deployment").is_some_and(|o| {
                 !ctx.deployments.snapshot().iter().any(|d| d.metadata.uid == o.uid)
@@ -567,6 +581,37 @@ pub async fn reconcile_replica_set_key<C: Client>(key: ObjectKey, ctx: Arc<Conte
         ctx.pods.wait_for(written.pods, Duration::from_secs(5)).await;
     }
     result.map(|()| Action::AwaitChange)
+}
+
+/// The garbage collector's part in a `Foreground` delete of `owner` (marked, with the
+/// `foregroundDeletion` finalizer): deletes the dependents at `keys` (sets themselves in the
+/// foreground), and once `none_left` (not even terminating ones) takes the finalizer off, which
+/// lets the API server remove the owner. An owner marked for another reason is left alone.
+async fn collect_in_foreground<C: Client, D: Object, O: Object>(client: &C, owner: &O, keys: Vec<ObjectKey>, none_left: bool) -> Result<(), ClientError> {
+    const FOREGROUND: &str = "foregroundDeletion";
+    let meta = owner.meta();
+    if !meta.finalizers.iter().any(|f| f == FOREGROUND) {
+        return Ok(());
+    }
+    for key in keys {
+        // Sets in the foreground too (their pods first); pods have no dependents.
+        let policy = if D::TYPE.kind == "Pod" { "Background" } else { "Foreground" };
+        match client.delete_with::<D>(&key, &serde_json::json!({ "propagationPolicy": policy })).await {
+            Ok(()) => tracing::info!(owner = %meta.name, dependent = %key, "deleting a dependent first (foreground)"),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if none_left {
+        let rest: Vec<&String> = meta.finalizers.iter().filter(|f| *f != FOREGROUND).collect();
+        let patch = serde_json::json!({ "metadata": { "finalizers": rest, "resourceVersion": meta.resource_version } });
+        match client.patch::<O>(&ObjectKey::of(meta), &patch).await {
+            Ok(_) => tracing::info!(owner = %meta.name, "its dependents are gone: foreground delete done"),
+            Err(e) if e.is_not_found() || matches!(e, ClientError::Api { code: 409, .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the pods controlled by a ReplicaSet named `key` that no longer exists.

@@ -242,3 +242,37 @@ async fn every_pod_of_a_node_not_ready_beyond_the_toleration_is_evicted_in_one_p
     let left: Vec<String> = pods(&client).await.into_iter().filter(|p| !p.is_terminating()).filter_map(|p| p.spec.bound_node().map(String::from)).collect();
     assert_eq!(left, vec!["w2"; 5]);
 }
+
+/// `propagationPolicy: Foreground` (kubectl's `--cascade=foreground`): the Deployment stays,
+/// marked with the `foregroundDeletion` finalizer, while its ReplicaSet (itself in the
+/// foreground) and the set's pods go; the pods are Terminating until their agent's delete (played
+/// here); then the set goes, and then the Deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreground_delete_removes_the_pods_and_the_set_before_the_deployment() {
+    use crate::api::deployment::ReplicaSet;
+    use crate::api::resource::REPLICA_SETS;
+    let client = start().await;
+    add_node(&client, "w1", "a", "1Gi").await;
+    tokio::spawn(crate::scheduler::run(client.clone()));
+    tokio::spawn(super::deployment::run(client.clone()));
+    let docs = manifest::parse("app.yaml", APP).unwrap();
+    apply::apply(&client, &docs[0].object, "default").await.unwrap();
+    eventually("3 bound pods", || async { (pods(&client).await.iter().filter(|p| p.spec.bound_node().is_some()).count() == 3).then_some(()) }).await;
+    make_ready(&client).await;
+    client.delete_with(&DEPLOYMENTS, Some("default"), "web", &json!({"propagationPolicy": "Foreground"})).await.unwrap();
+    let marked: Deployment = client.get(&DEPLOYMENTS, Some("default"), "web").await.unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some() && marked.metadata.finalizers == ["foregroundDeletion"], "{:?}", marked.metadata);
+    let terminating = eventually("the pods are marked", || async { pods(&client).await.iter().all(|p| p.is_terminating()).then_some(()) }).await;
+    let _ = terminating;
+    let sets = client.list::<ReplicaSet>(&REPLICA_SETS, Some("default"), &ListOptions::default()).await.unwrap().items;
+    assert_eq!(sets.len(), 1, "the set waits for its pods");
+    assert!(sets[0].metadata.finalizers == ["foregroundDeletion"]);
+    assert!(client.get::<Deployment>(&DEPLOYMENTS, Some("default"), "web").await.is_ok(), "the Deployment waits for its set");
+    eventually("the pods, the set and the Deployment are gone", || async {
+        make_ready(&client).await;
+        let sets = client.list::<ReplicaSet>(&REPLICA_SETS, Some("default"), &ListOptions::default()).await.unwrap().items;
+        let gone = client.get::<Deployment>(&DEPLOYMENTS, Some("default"), "web").await.is_err();
+        (pods(&client).await.is_empty() && sets.is_empty() && gone).then_some(())
+    })
+    .await;
+}

@@ -46,9 +46,17 @@ pub trait Client: Clone + Send + Sync + 'static {
     /// its node's agent has stopped it).
     fn delete<T: Object>(&self, key: &ObjectKey) -> impl Future<Output = Result<(), ClientError>> + Send;
 
+    /// Deletes an object with `DeleteOptions` (grace period, preconditions, propagation).
+    fn delete_with<T: Object>(&self, key: &ObjectKey, options: &Value) -> impl Future<Output = Result<(), ClientError>> + Send;
+
     /// Deletes an object at once (grace period 0), if it is still the one with `uid`: what an
     /// agent sends once a pod's containers are gone, and what evicts the pods of a lost node.
-    fn delete_now<T: Object>(&self, key: &ObjectKey, uid: &str) -> impl Future<Output = Result<(), ClientError>> + Send;
+    fn delete_now<T: Object>(&self, key: &ObjectKey, uid: &str) -> impl Future<Output = Result<(), ClientError>> + Send {
+        async move {
+            let options = serde_json::json!({ "apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": { "uid": uid } });
+            self.delete_with::<T>(key, &options).await
+        }
+    }
 
     /// Lists a collection typed; objects that do not decode are skipped with a logged error.
     fn list<T: Object>(&self, namespace: Option<&str>, options: &ListOptions) -> impl Future<Output = Result<Vec<T>, ClientError>> + Send {
@@ -104,8 +112,7 @@ impl Client for ApiClient {
         ApiClient::delete(self, &T::TYPE, scope(&T::TYPE, key), &key.name).await
     }
 
-    async fn delete_now<T: Object>(&self, key: &ObjectKey, uid: &str) -> Result<(), ClientError> {
-        let options = serde_json::json!({ "apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": { "uid": uid } });
-        ApiClient::delete_with(self, &T::TYPE, scope(&T::TYPE, key), &key.name, &options).await
+    async fn delete_with<T: Object>(&self, key: &ObjectKey, options: &Value) -> Result<(), ClientError> {
+        ApiClient::delete_with(self, &T::TYPE, scope(&T::TYPE, key), &key.name, options).await
     }
 }

@@ -341,10 +341,13 @@ impl Client for FakeClient {
         Ok(())
     }
 
-    /// The fake deletes at once either way; `delete_now` also checks the uid precondition.
-    async fn delete_now<T: Object>(&self, key: &ObjectKey, uid: &str) -> Result<(), ClientError> {
+    /// The fake deletes at once whatever the options say, after checking a uid precondition.
+    async fn delete_with<T: Object>(&self, key: &ObjectKey, options: &Value) -> Result<(), ClientError> {
         let stored_uid = self.lock().objects.get(&(T::TYPE.plural, key.clone())).and_then(|v| v.pointer("/metadata/uid").and_then(Value::as_str).map(String::from));
-        if stored_uid.as_deref().is_some_and(|s| s != uid) {
+        let uid = options.pointer("/preconditions/uid").and_then(Value::as_str);
+        if let Some(uid) = uid
+            && stored_uid.as_deref().is_some_and(|s| s != uid)
+        {
             return Err(error(StatusReason::Conflict, 409, format!("deleting {} {key}: Precondition failed: UID in precondition: {uid}, UID in object meta: {}", T::TYPE.plural, stored_uid.unwrap_or_default())));
         }
         self.delete::<T>(key).await
