@@ -94,6 +94,7 @@ pub enum Verb {
     Update,
     Patch,
     Delete,
+    DeleteCollection,
 }
 
 impl fmt::Display for Verb {
@@ -106,6 +107,7 @@ impl fmt::Display for Verb {
             Verb::Update => "update",
             Verb::Patch => "patch",
             Verb::Delete => "delete",
+            Verb::DeleteCollection => "deletecollection",
         })
     }
 }
@@ -172,7 +174,7 @@ fn authorize_node(node: &str, a: &Attributes<'_>) -> Decision {
         }
         // The last step of a pod's graceful deletion: its agent removes it once stopped.
         Verb::Delete if *a.resource == resource::PODS && a.subresource.is_none() => return Decision::AllowIfPodOnNode(node.to_string()),
-        Verb::Delete => false,
+        Verb::Delete | Verb::DeleteCollection => false,
     };
     if allowed { Decision::Allow } else { Decision::Deny }
 }

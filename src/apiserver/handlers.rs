@@ -49,8 +49,13 @@ pub(crate) async fn resource(
                 authorize(&state, &identity, &target, Verb::Watch, None).await?;
                 watch::serve(state, target, selectors, &query, table::wants_table(&headers)).await
             } else {
-                list(&state, &identity, &target, &selectors, &headers).await
+                list(&state, &identity, &target, &selectors, &headers, &query).await
             }
+        }
+        (&Method::DELETE, None) => {
+            let selectors = Selectors::parse(query.get("labelSelector").map(String::as_str), query.get("fieldSelector").map(String::as_str))
+                .map_err(ApiError::bad_request)?;
+            delete_collection(&state, &identity, &target, &selectors, &body, &query, dry_run).await
         }
         (&Method::POST, None) => create(&state, &identity, target, &body, WriteOptions::new(&query, dry_run)?).await,
         (&Method::PUT, Some(_)) => update(&state, &identity, &target, &body, status_sub, WriteOptions::new(&query, dry_run)?).await,
@@ -142,21 +147,95 @@ async fn get(state: &AppState, identity: &Identity, target: &Target, headers: &H
     Ok(Json(object).into_response())
 }
 
-async fn list(state: &AppState, identity: &Identity, target: &Target, selectors: &Selectors, headers: &HeaderMap) -> Result<Response, ApiError> {
+/// A list's page: `limit` objects from where `continue` left off (in key order), and the token
+/// for the next page with the count left. The token holds the next key and the list's revision;
+/// a continued list reads the objects as they are now (Kubernetes reads the first page's snapshot,
+/// or answers 410 once that is compacted), so a page may show changes made since the first.
+struct Page {
+    limit: Option<usize>,
+    start: Option<String>,
+}
+
+fn page_of(query: &HashMap<String, String>) -> Result<Page, ApiError> {
+    let limit = match query.get("limit").filter(|l| !l.is_empty()) {
+        None => None,
+        Some(l) => match l.parse::<i64>() {
+            Ok(n) if n > 0 => Some(n as usize),
+            Ok(_) => None,
+            Err(_) => return Err(ApiError::bad_request(format!("limit: {l:?} is not an integer"))),
+        },
+    };
+    let start = match query.get("continue").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(token) => {
+            let bad = || ApiError::bad_request("continue key is not valid: the token was not made by this server");
+            let raw = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token).map_err(|_| bad())?;
+            let decoded: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+            Some(decoded.get("start").and_then(Value::as_str).ok_or_else(bad)?.to_string())
+        }
+    };
+    Ok(Page { limit, start })
+}
+
+async fn list(state: &AppState, identity: &Identity, target: &Target, selectors: &Selectors, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<Response, ApiError> {
     authorize(state, identity, target, Verb::List, None).await?;
-    let (items, rev) = state.store.list(&target.prefix()).await.map_err(|e| ApiError::from_store(e, target.resource, ""))?;
-    let items: Vec<Value> =
-        items.into_iter().map(|o| with_revision(o.value, o.mod_rev)).filter(|o| selectors.matches(o)).collect();
+    let page = page_of(query)?;
+    let (mut stored, rev) = state.store.list(&target.prefix()).await.map_err(|e| ApiError::from_store(e, target.resource, ""))?;
+    stored.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut matching = stored.into_iter().filter(|o| page.start.as_ref().is_none_or(|s| o.key >= *s)).map(|o| (o.key, with_revision(o.value, o.mod_rev))).filter(|(_, o)| selectors.matches(o));
+    let mut items = Vec::new();
+    let mut next = None;
+    let mut remaining = 0usize;
+    for (key, object) in matching.by_ref() {
+        if page.limit.is_some_and(|l| items.len() >= l) {
+            next = Some(key);
+            remaining = 1;
+            break;
+        }
+        items.push(object);
+    }
+    remaining += matching.count();
+    let mut metadata = json!({ "resourceVersion": rev.to_string() });
+    if let Some(key) = next {
+        let token = serde_json::to_vec(&json!({ "start": key, "rv": rev })).unwrap_or_default();
+        metadata["continue"] = json!(base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token));
+        metadata["remainingItemCount"] = json!(remaining);
+    }
     if table::wants_table(headers) {
-        return Ok(Json(table::table(target.resource, &items, &rev.to_string())).into_response());
+        let mut table = table::table(target.resource, &items, &rev.to_string());
+        if let Some(m) = table.get_mut("metadata") {
+            *m = metadata;
+        }
+        return Ok(Json(table).into_response());
     }
     Ok(Json(json!({
         "apiVersion": target.resource.api_version(),
         "kind": target.resource.list_kind(),
-        "metadata": { "resourceVersion": rev.to_string() },
+        "metadata": metadata,
         "items": items,
     }))
     .into_response())
+}
+
+/// `DELETE` on a collection (`deletecollection`): every object the selectors match, each deleted
+/// as a single delete with the same options would be (graceful pods, finalizers, propagation);
+/// answered with a success `Status`. Namespaced kinds only within one namespace.
+async fn delete_collection(state: &AppState, identity: &Identity, target: &Target, selectors: &Selectors, body: &[u8], query: &HashMap<String, String>, dry_run: bool) -> Result<Response, ApiError> {
+    if target.subresource.is_some() || (target.resource.namespaced && target.namespace.is_none()) {
+        return Err(ApiError::method_not_allowed());
+    }
+    authorize(state, identity, target, Verb::DeleteCollection, None).await?;
+    let (stored, _) = state.store.list(&target.prefix()).await.map_err(|e| ApiError::from_store(e, target.resource, ""))?;
+    for object in stored.into_iter().map(|o| with_revision(o.value, o.mod_rev)).filter(|o| selectors.matches(o)) {
+        let Some(name) = meta_str(&object, "name").map(String::from) else { continue };
+        let one = Target { name: Some(name), ..target.clone() };
+        match delete(state, identity, &one, body, query, dry_run).await {
+            Ok(_) => {}
+            Err(e) if e.0.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Json(json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success" })).into_response())
 }
 
 async fn create(state: &AppState, identity: &Identity, mut target: Target, body: &[u8], opts: WriteOptions) -> Result<Response, ApiError> {

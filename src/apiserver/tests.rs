@@ -708,6 +708,51 @@ async fn a_running_pod_is_deleted_gracefully_and_goes_at_grace_zero() {
     server.stop().await;
 }
 
+/// `limit` and `continue`: pages in key order with `remainingItemCount`, after the selectors;
+/// a token the server did not make is 400.
+#[tokio::test]
+async fn lists_come_in_pages_with_limit_and_continue() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    for i in 0..5 {
+        admin.create_value("/api/v1/namespaces/default/pods", &pod(&format!("p{i}"), None, if i == 2 { "other" } else { "web" })).await.unwrap();
+    }
+    let mut names = Vec::new();
+    let mut path = "/api/v1/namespaces/default/pods?limit=2&labelSelector=app%3Dweb".to_string();
+    let mut remaining = Vec::new();
+    loop {
+        let page = admin.get_value(&path).await.unwrap();
+        names.extend(page["items"].as_array().unwrap().iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()));
+        match page["metadata"]["continue"].as_str() {
+            Some(token) => {
+                remaining.push(page["metadata"]["remainingItemCount"].as_i64().unwrap());
+                path = format!("/api/v1/namespaces/default/pods?limit=2&labelSelector=app%3Dweb&continue={token}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(names, ["p0", "p1", "p3", "p4"]);
+    assert_eq!(remaining, [2]);
+    assert_eq!(code(admin.get_value("/api/v1/namespaces/default/pods?continue=bogus").await), 400);
+    server.stop().await;
+}
+
+/// `deletecollection` deletes what the selector matches, each as its own delete would.
+#[tokio::test]
+async fn delete_collection_deletes_what_the_selector_matches() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    for (name, app) in [("a", "web"), ("b", "web"), ("c", "db")] {
+        admin.create_value("/api/v1/namespaces/default/pods", &pod(name, None, app)).await.unwrap();
+    }
+    let status = admin.delete_value("/api/v1/namespaces/default/pods?labelSelector=app%3Dweb").await.unwrap();
+    assert_eq!(status["status"], "Success");
+    let left = admin.get_value("/api/v1/namespaces/default/pods").await.unwrap();
+    assert_eq!(left["items"].as_array().unwrap().iter().map(|p| p["metadata"]["name"].as_str().unwrap()).collect::<Vec<_>>(), ["c"]);
+    assert_eq!(code(server.node("w1").delete_value("/api/v1/namespaces/default/pods").await), 403, "nodes may not");
+    server.stop().await;
+}
+
 /// An object with finalizers stays, marked, until the last one is removed; then it goes.
 #[tokio::test]
 async fn an_object_with_finalizers_goes_when_the_last_one_is_removed() {

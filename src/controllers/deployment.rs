@@ -53,6 +53,25 @@ fn owned_by(meta: &ObjectMeta, owner_uid: &str) -> bool {
     meta.controller_owner().is_some_and(|o| o.uid == owner_uid)
 }
 
+/// Makes `owner` the controller of each of `orphans`. `Some(the highest revision written)` when
+/// there was any (one lost to a race counts: the next pass sees how it ended), else `None`.
+async fn adopt<'a, C: Client, T: Object>(client: &C, orphans: impl Iterator<Item = &'a T>, owner: OwnerReference) -> Result<Option<u64>, ClientError> {
+    let mut adopted = None;
+    for orphan in orphans {
+        let mut next = orphan.clone();
+        next.meta_mut().owner_references.push(owner.clone());
+        match client.replace(&next).await {
+            Ok(written) => {
+                tracing::info!(owner = %owner.name, kind = T::TYPE.kind, object = %orphan.meta().name, "adopted");
+                adopted = Some(adopted.unwrap_or(0).max(rev_of(written.meta())));
+            }
+            Err(ClientError::Api { code: 404 | 409, .. }) => adopted = Some(adopted.unwrap_or(0)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(adopted)
+}
+
 /// Whether an object may be adopted by a controller with `selector`: it matches, has no
 /// controller, and neither is being deleted.
 fn adoptable(meta: &ObjectMeta, selector: &crate::api::deployment::LabelSelector, owner_deleting: bool) -> bool {
@@ -152,21 +171,8 @@ async fn reconcile_deployment<C: Client>(client: &C, events: &Recorder<C>, d: &D
     // become this Deployment's, as Kubernetes' controller-ref manager adopts them; the next pass
     // counts them.
     let orphans = sets.iter().filter(|rs| rs.metadata.namespace_or_default() == ns && adoptable(&rs.metadata, &d.spec.selector, d.metadata.deletion_timestamp.is_some()));
-    let mut adopted = false;
-    for rs in orphans {
-        let mut next = rs.clone();
-        next.metadata.owner_references.push(owner_ref("apps/v1", "Deployment", &d.metadata));
-        match client.replace(&next).await {
-            Ok(written_rs) => {
-                tracing::info!(deployment = %d.metadata.name, replicaset = %rs.metadata.name, "adopted replica set");
-                written.replica_sets = written.replica_sets.max(rev_of(&written_rs.metadata));
-                adopted = true;
-            }
-            Err(ClientError::Api { code: 404 | 409, .. }) => adopted = true,
-            Err(e) => return Err(e),
-        }
-    }
-    if adopted {
+    if let Some(rev) = adopt(client, orphans, owner_ref("apps/v1", "Deployment", &d.metadata)).await? {
+        written.replica_sets = written.replica_sets.max(rev);
         return Ok(());
     }
     let hash = template_hash(&d.spec.template);
@@ -376,21 +382,9 @@ async fn reconcile_replica_set<C: Client>(client: &C, events: &Recorder<C>, rs: 
         }
     }
     // Pods its selector matches that no controller owns become this set's (adoption).
-    let mut adopted = false;
-    for orphan in pods.iter().filter(|p| p.metadata.namespace_or_default() == ns && is_active(p) && adoptable(&p.metadata, &rs.spec.selector, rs.metadata.deletion_timestamp.is_some())) {
-        let mut next = orphan.clone();
-        next.metadata.owner_references.push(owner_ref("apps/v1", "ReplicaSet", &rs.metadata));
-        match client.replace(&next).await {
-            Ok(written_pod) => {
-                tracing::info!(replicaset = %rs.metadata.name, pod = %orphan.metadata.name, "adopted pod");
-                written.pods = written.pods.max(rev_of(&written_pod.metadata));
-                adopted = true;
-            }
-            Err(ClientError::Api { code: 404 | 409, .. }) => adopted = true,
-            Err(e) => return Err(e),
-        }
-    }
-    if adopted {
+    let orphans = pods.iter().filter(|p| p.metadata.namespace_or_default() == ns && is_active(p) && adoptable(&p.metadata, &rs.spec.selector, rs.metadata.deletion_timestamp.is_some()));
+    if let Some(rev) = adopt(client, orphans, owner_ref("apps/v1", "ReplicaSet", &rs.metadata)).await? {
+        written.pods = written.pods.max(rev);
         return Ok(());
     }
     let mine: Vec<&Pod> = pods.iter().filter(|p| is_active(p) && owned_by(&p.metadata, &rs.metadata.uid)).collect();

@@ -357,7 +357,7 @@ async fn a_rollout_without_progress_past_its_deadline_is_reported() {
         let d: Deployment = fake.objects::<Deployment>().into_iter().next().unwrap();
         d.status.conditions.iter().find(|c| c.condition_type == "Progressing").map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default(), c.last_update_time))
     };
-    let (_, reason, _) = eventually("a Progressing condition", || progressing()).await;
+    let (_, reason, _) = eventually("a Progressing condition", &progressing).await;
     assert_eq!(reason, "ReplicaSetUpdated");
     // The pod never gets ready; the condition's clock (the real one) is put 31 s back.
     loop {

@@ -262,8 +262,7 @@ async fn a_foreground_delete_removes_the_pods_and_the_set_before_the_deployment(
     client.delete_with(&DEPLOYMENTS, Some("default"), "web", &json!({"propagationPolicy": "Foreground"})).await.unwrap();
     let marked: Deployment = client.get(&DEPLOYMENTS, Some("default"), "web").await.unwrap();
     assert!(marked.metadata.deletion_timestamp.is_some() && marked.metadata.finalizers == ["foregroundDeletion"], "{:?}", marked.metadata);
-    let terminating = eventually("the pods are marked", || async { pods(&client).await.iter().all(|p| p.is_terminating()).then_some(()) }).await;
-    let _ = terminating;
+    eventually("the pods are marked", || async { pods(&client).await.iter().all(|p| p.is_terminating()).then_some(()) }).await;
     let sets = client.list::<ReplicaSet>(&REPLICA_SETS, Some("default"), &ListOptions::default()).await.unwrap().items;
     assert_eq!(sets.len(), 1, "the set waits for its pods");
     assert!(sets[0].metadata.finalizers == ["foregroundDeletion"]);

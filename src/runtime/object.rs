@@ -20,6 +20,9 @@ pub trait Object: Resource + Serialize + DeserializeOwned + Clone + Send + Sync 
     /// The object's metadata.
     fn meta(&self) -> &ObjectMeta;
 
+    /// The object's metadata, to change.
+    fn meta_mut(&mut self) -> &mut ObjectMeta;
+
     /// The object's key in stores and queues.
     fn key(&self) -> ObjectKey {
         ObjectKey::of(self.meta())
@@ -27,7 +30,12 @@ pub trait Object: Resource + Serialize + DeserializeOwned + Clone + Send + Sync 
 }
 
 macro_rules! object {
-    ($($t:ty),*) => { $(impl Object for $t { fn meta(&self) -> &ObjectMeta { &self.metadata } })* };
+    ($($t:ty),*) => {
+        $(impl Object for $t {
+            fn meta(&self) -> &ObjectMeta { &self.metadata }
+            fn meta_mut(&mut self) -> &mut ObjectMeta { &mut self.metadata }
+        })*
+    };
 }
 object!(Pod, Node, Deployment, ReplicaSet, Service, Endpoints, Lease, MachinePool, Event);
 
