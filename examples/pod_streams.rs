@@ -9,7 +9,8 @@
 //!      of 30.
 //!
 //!   3. port-forward throughput: a pod serves a 64 MiB file over HTTP; curl fetches it straight
-//!      from the pod's address and through `kubectl port-forward` (the newest kubectl on PATH:
+//!      from the pod's address (`status.podIP`, the node's, where its declared port is published)
+//!      and through `kubectl port-forward` (the newest kubectl on PATH:
 //!      SPDY tunnelled through a WebSocket to the API server, then on to the node's agent), three
 //!      times each; the figure is the ratio of the medians, measured in one run.
 //!
@@ -145,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
         "spec": { "terminationGracePeriodSeconds": 0, "containers": [{
             "name": "blob", "image": "clusterctl-busybox:latest", "imagePullPolicy": "Never",
             "command": ["sh", "-c", format!("mkdir -p /www && head -c {BLOB_BYTES} /dev/urandom > /www/blob && exec httpd -f -p 80 -h /www")],
+            "ports": [{ "containerPort": 80 }],
             "readinessProbe": { "httpGet": { "path": "/blob", "port": 80 }, "periodSeconds": 1 },
             "resources": { "requests": { "cpu": "10m", "memory": "8Mi" } },
         }] },
