@@ -9,7 +9,8 @@
 //!      of 30.
 //!
 //!   3. port-forward throughput: a pod serves a 64 MiB file over HTTP; curl fetches it straight
-//!      from the pod's address (`status.podIP`, the node's, where its declared port is published)
+//!      from the pod's address (`status.podIP`, the node's, at the port `status.publishedPorts`
+//!      names)
 //!      and through `kubectl port-forward` (the newest kubectl on PATH:
 //!      SPDY tunnelled through a WebSocket to the API server, then on to the node's agent), three
 //!      times each; the figure is the ratio of the medians, measured in one run.
@@ -188,8 +189,10 @@ async fn forward_throughput(client: &ApiClient, kubeconfig: &std::path::Path) ->
     let ip = loop {
         let p = client.get_value(&format!("/api/v1/namespaces/default/pods/{BLOB_POD}")).await?;
         let ready = p.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-        if let (true, Some(ip)) = (ready, p.pointer("/status/podIP").and_then(Value::as_str)) {
-            break ip.to_string();
+        // A pod's address is its node's; its port is published there (`status.publishedPorts`).
+        let published = p.pointer("/status/publishedPorts").and_then(Value::as_array).and_then(|ps| ps.iter().find(|x| x["containerPort"] == 80)).and_then(|x| x["hostPort"].as_i64());
+        if let (true, Some(ip), Some(port)) = (ready, p.pointer("/status/podIP").and_then(Value::as_str), published) {
+            break format!("{ip}:{port}");
         }
         if Instant::now() > deadline {
             bail!("the blob pod is not Ready after 120 s");
