@@ -4,7 +4,8 @@
 //! pods -A, get deployments, scale, delete pod), `describe` of a pod and a node, `logs` (plain,
 //! --tail, -f, errors), `drain` / `uncordon`, drain's refusal of a pod no controller owns, and
 //! `destroy` taking exactly its own entries out of that kubeconfig. With both kubectl 1.20 and the
-//! newest: logs, exec, attach, port-forward, and a user's everyday workflow in a namespace of its
+//! newest: logs (also `-f`, and `--previous` after a crash), exec, attach, port-forward, and a
+//! user's everyday workflow in a namespace of its
 //! own ([`kubectl_workflow`]: apply, rollout, wait, edit, patch, label, annotate, history/undo,
 //! set image, events, get all, describe, cordon/drain, explain, delete with and without orphans).
 
@@ -242,9 +243,39 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
     let tail = assert_ok(&clusterctl(h, &["logs", &pod_name, "--cluster", CLUSTER, "--tail", "1", "--timestamps"]), "logs --tail 1 --timestamps");
     assert_eq!(tail.lines().count(), 1, "{tail}");
     assert!(tail.starts_with("20") && tail.split(' ').next().is_some_and(|t| t.ends_with('Z')), "an RFC 3339 time first: {tail}");
+    // A container that crashed once, for `logs --previous`: it prints, exits 1, and is restarted
+    // after the first back-off (10 s).
+    let crasher = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "crasher"},
+        "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "image": "clusterctl-busybox:latest", "imagePullPolicy": "Never",
+            "command": ["sh", "-c", "echo crashed-after-$(cat /proc/uptime | cut -d' ' -f1); sleep 1; exit 1"]}]}});
+    client.create_value("/api/v1/namespaces/default/pods", &crasher).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let p = client.get_value("/api/v1/namespaces/default/pods/crasher").await.unwrap();
+        if p.pointer("/status/containerStatuses/0/restartCount").and_then(Value::as_i64).unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "crasher was not restarted: {p}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     // kubectl's own logs, with Debian's 1.20 and the newest on the machine.
     let newest = std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("kubectl")).find(|p| p.is_file()));
     for bin in std::iter::once(kubectl_bin.clone()).chain(newest.clone()) {
+        let crashed = kubectl(&bin, h, &["logs", "crasher", "--previous"]);
+        assert!(crashed.starts_with("crashed-after-"), "kubectl logs --previous ({}): {crashed}", bin.display());
+        // -f: the probe's next request (every 2 s) arrives while kubectl follows.
+        let mut follow = Command::new(&bin).args(["logs", "-f", "--tail", "0", &pod_name]).env("KUBECONFIG", kubectl_config(h)).env("HOME", h).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let stdout = follow.stdout.take().unwrap();
+        let (line_tx, line_rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+            let _ = line_tx.send(lines.next());
+            lines.for_each(drop);
+        });
+        let followed = tokio::time::timeout(Duration::from_secs(20), line_rx).await.ok().and_then(Result::ok).flatten();
+        let _ = follow.kill();
+        let _ = follow.wait();
+        assert!(followed.as_deref().is_some_and(|l| l.contains("response:200")), "kubectl logs -f ({}) printed {followed:?}", bin.display());
         let logs = kubectl(&bin, h, &["logs", &pod_name]);
         assert!(logs.lines().next().is_some_and(|l| l.starts_with("hello from ")), "kubectl logs ({}):\n{logs}", bin.display());
         let tail = kubectl(&bin, h, &["logs", &pod_name, "--tail", "2", "-c", "greeter"]);
@@ -253,6 +284,8 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
         let said = String::from_utf8_lossy(&previous.stderr);
         assert!(!previous.status.success() && said.contains("previous terminated container"), "no previous container yet ({}): {said}", bin.display());
     }
+    // Gone at once (grace 0): drain below refuses pods no controller owns.
+    client.delete_value("/api/v1/namespaces/default/pods/crasher").await.unwrap();
     let wrong = clusterctl(h, &["logs", &pod_name, "--spec", s, "-c", "nope"]);
     assert_eq!(wrong.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("container \"nope\" is not in pod"), "{wrong:?}");
