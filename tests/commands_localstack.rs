@@ -125,6 +125,18 @@ fn kubectl(bin: &Path, home: &Path, args: &[&str]) -> String {
     assert_ok(&out, &format!("kubectl {}", args.join(" ")))
 }
 
+/// The first line a kubectl prints within 20 s. Its output is read on to the end: kubectl, a Go
+/// program, dies of SIGPIPE when it writes to a closed stdout.
+async fn first_line(stdout: std::process::ChildStdout) -> Option<String> {
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+        let _ = first_tx.send(lines.next());
+        lines.for_each(drop);
+    });
+    tokio::time::timeout(Duration::from_secs(20), first_rx).await.ok().and_then(Result::ok).flatten()
+}
+
 fn is_ready(pod: &Value) -> bool {
     pod.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
@@ -265,14 +277,7 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
         assert!(crashed.starts_with("crashed-after-"), "kubectl logs --previous ({}): {crashed}", bin.display());
         // -f: the probe's next request (every 2 s) arrives while kubectl follows.
         let mut follow = Command::new(&bin).args(["logs", "-f", "--tail", "0", &pod_name]).env("KUBECONFIG", kubectl_config(h)).env("HOME", h).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-        let stdout = follow.stdout.take().unwrap();
-        let (line_tx, line_rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
-            let _ = line_tx.send(lines.next());
-            lines.for_each(drop);
-        });
-        let followed = tokio::time::timeout(Duration::from_secs(20), line_rx).await.ok().and_then(Result::ok).flatten();
+        let followed = first_line(follow.stdout.take().unwrap()).await;
         let _ = follow.kill();
         let _ = follow.wait();
         assert!(followed.as_deref().is_some_and(|l| l.contains("response:200")), "kubectl logs -f ({}) printed {followed:?}", bin.display());
@@ -319,16 +324,8 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Read on to the end: kubectl prints "Handling connection for 80" for each connection, and a
-        // Go program writing to a closed stdout dies of SIGPIPE.
-        let stdout = forward.stdout.take().unwrap();
-        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
-            let _ = first_tx.send(lines.next());
-            lines.for_each(drop);
-        });
-        let line = tokio::time::timeout(Duration::from_secs(20), first_rx).await.ok().and_then(Result::ok).flatten();
+        // kubectl prints "Handling connection for 80" for each connection: `first_line` reads on.
+        let line = first_line(forward.stdout.take().unwrap()).await;
         let local = line.as_deref().and_then(|l| l.strip_prefix("Forwarding from 127.0.0.1:")).and_then(|l| l.split(' ').next()).map(str::to_string);
         let curls: Vec<_> = (0..2)
             .map(|_| Command::new("curl").args(["-sS", "--max-time", "10", &format!("http://127.0.0.1:{}/", local.clone().unwrap_or_default())]).output().unwrap())
