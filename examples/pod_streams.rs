@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use clusterctl::api::Time;
+use clusterctl::api::MicroTime;
 use clusterctl::client::kubeconfig::Kubeconfig;
 use clusterctl::client::{ApiClient, ClientAuth};
 use futures::StreamExt;
@@ -110,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
         while let Some(end) = pending.find('\n') {
             let line: String = pending.drain(..=end).collect();
             let Some((stamp, _)) = line.split_once(' ') else { continue };
-            let written = Time::parse(stamp).map_err(|e| anyhow::anyhow!("{stamp:?}: {e}"))?.to_system_time().duration_since(UNIX_EPOCH)?;
+            let written = MicroTime::parse(stamp).map_err(|e| anyhow::anyhow!("{stamp:?}: {e}"))?.to_system_time().duration_since(UNIX_EPOCH)?;
             latencies.push(now - written.as_secs_f64());
         }
     }
