@@ -213,6 +213,24 @@ pub struct DeploymentCondition {
     pub extra: UnknownFields,
 }
 
+/// One condition of a ReplicaSet (`ReplicaFailure`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaSetCondition {
+    #[serde(rename = "type")]
+    pub condition_type: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
+}
+
 /// Keeps `replicas` pods of one template revision.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -266,12 +284,19 @@ impl ReplicaSetSpec {
 pub struct ReplicaSetStatus {
     #[serde(default)]
     pub replicas: i32,
+    /// Pods whose labels match the template's labels (all of ours: they are made from it).
+    #[serde(default)]
+    pub fully_labeled_replicas: i32,
     #[serde(default)]
     pub ready_replicas: i32,
     #[serde(default)]
     pub available_replicas: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `ReplicaFailure` (reason `FailedCreate`/`FailedDelete`) while pods cannot be created or deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "type", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<ReplicaSetCondition>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: UnknownFields,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::api::deployment::{Deployment, DeploymentCondition, DeploymentStatus, ANNOTATIONS_NOT_COPIED, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, REVISION_HISTORY_ANNOTATION, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
+use crate::api::deployment::{Deployment, DeploymentCondition, DeploymentStatus, ANNOTATIONS_NOT_COPIED, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, REVISION_HISTORY_ANNOTATION, ReplicaSet, ReplicaSetCondition, ReplicaSetSpec, ReplicaSetStatus};
 use crate::api::pod::{Pod, PodTemplateSpec};
 use crate::api::time::Time;
 use crate::api::{ObjectMeta, OwnerReference};
@@ -388,6 +388,55 @@ async fn reconcile_replica_set<C: Client>(client: &C, events: &Recorder<C>, rs: 
         return Ok(());
     }
     let mine: Vec<&Pod> = pods.iter().filter(|p| is_active(p) && owned_by(&p.metadata, &rs.metadata.uid)).collect();
+    let failure = manage_replicas(client, events, rs, &mine, written).await.err();
+    let ready = mine.iter().filter(|p| p.is_ready()).count() as i32;
+    let status = ReplicaSetStatus {
+        replicas: mine.len() as i32,
+        fully_labeled_replicas: mine.iter().filter(|p| rs.spec.template.metadata.labels.iter().all(|(k, v)| p.metadata.labels.get(k) == Some(v))).count() as i32,
+        ready_replicas: ready,
+        available_replicas: ready,
+        observed_generation: rs.metadata.generation,
+        conditions: replica_failure(&rs.status.conditions, failure.as_ref()),
+        ..Default::default()
+    };
+    if status != rs.status {
+        let mut next = rs.clone();
+        next.status = status;
+        match client.replace_status(&next).await {
+            Ok(_) | Err(ClientError::Api { code: 409, .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match failure {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The `ReplicaFailure` condition as Kubernetes' ReplicaSet controller keeps it: `True` with the
+/// reason (`FailedCreate`, `FailedDelete`) and the error while creating or deleting pods fails,
+/// gone once it works again; the transition time is kept while the condition holds.
+fn replica_failure(current: &[ReplicaSetCondition], failure: Option<&(&'static str, ClientError)>) -> Vec<ReplicaSetCondition> {
+    let mut conditions: Vec<ReplicaSetCondition> = current.iter().filter(|c| c.condition_type != REPLICA_FAILURE).cloned().collect();
+    if let Some((reason, e)) = failure {
+        let since = current.iter().find(|c| c.condition_type == REPLICA_FAILURE && c.status == "True").and_then(|c| c.last_transition_time);
+        conditions.push(ReplicaSetCondition {
+            condition_type: REPLICA_FAILURE.into(),
+            status: "True".into(),
+            reason: Some((*reason).into()),
+            message: Some(e.to_string()),
+            last_transition_time: Some(since.unwrap_or_else(Time::now)),
+            ..Default::default()
+        });
+    }
+    conditions
+}
+
+const REPLICA_FAILURE: &str = "ReplicaFailure";
+
+/// Creates or deletes pods until the set has its replicas; the error says which of the two failed.
+async fn manage_replicas<C: Client>(client: &C, events: &Recorder<C>, rs: &ReplicaSet, mine: &[&Pod], written: &mut Written) -> Result<(), (&'static str, ClientError)> {
+    let ns = rs.metadata.namespace_or_default().to_string();
     let want = rs.spec.replicas() as usize;
     if mine.len() < want {
         let mut meta = ObjectMeta { generate_name: Some(format!("{}-", rs.metadata.name)), namespace: Some(ns.clone()), ..Default::default() };
@@ -419,34 +468,27 @@ async fn reconcile_replica_set<C: Client>(client: &C, events: &Recorder<C>, rs: 
                 }
             }
             if let Some(e) = failed {
-                return Err(e);
+                return Err(("FailedCreate", e));
             }
             remaining -= n;
             batch = (batch * 2).min(MAX_CREATE_BATCH);
         }
         tracing::info!(replicaset = %rs.metadata.name, created = want - mine.len(), "created pods");
     } else if mine.len() > want {
-        for pod in deletion_order(mine.clone()).into_iter().take(mine.len() - want) {
+        for pod in deletion_order(mine.to_vec()).into_iter().take(mine.len() - want) {
             match client.delete::<Pod>(&pod.key()).await {
                 Ok(()) => {
                     written.pods = written.pods.max(rev_of(&pod.metadata) + 1);
                     events.record(rs, NORMAL, "SuccessfulDelete", format!("Deleted pod: {}", pod.metadata.name));
                 }
                 Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    events.record(rs, WARNING, "FailedDelete", format!("Error deleting: {e}"));
+                    return Err(("FailedDelete", e));
+                }
             }
         }
         tracing::info!(replicaset = %rs.metadata.name, deleted = mine.len() - want, "deleted pods");
-    }
-    let ready = mine.iter().filter(|p| p.is_ready()).count() as i32;
-    let status = ReplicaSetStatus { replicas: mine.len() as i32, ready_replicas: ready, available_replicas: ready, observed_generation: rs.metadata.generation, ..Default::default() };
-    if status != rs.status {
-        let mut next = rs.clone();
-        next.status = status;
-        match client.replace_status(&next).await {
-            Ok(_) | Err(ClientError::Api { code: 409, .. }) => {}
-            Err(e) => return Err(e),
-        }
     }
     Ok(())
 }
@@ -637,6 +679,24 @@ pub async fn run<C: Client>(client: C) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replica_failure_holds_while_creates_fail_and_goes_when_they_work() {
+        let forbidden = || ClientError::Api {
+            action: "creating pod".into(),
+            status: Box::new(crate::api::meta::Status::failure(crate::api::meta::StatusReason::Forbidden, 403, "exceeded quota")),
+            code: 403,
+        };
+        let first = replica_failure(&[], Some(&("FailedCreate", forbidden())));
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].condition_type.as_str(), first[0].status.as_str(), first[0].reason.as_deref()), ("ReplicaFailure", "True", Some("FailedCreate")));
+        assert!(first[0].message.as_deref().unwrap().contains("exceeded quota"), "{first:?}");
+        let mut old = first.clone();
+        old[0].last_transition_time = Some(Time::parse("2026-01-01T00:00:00Z").unwrap());
+        let again = replica_failure(&old, Some(&("FailedCreate", forbidden())));
+        assert_eq!(again[0].last_transition_time, old[0].last_transition_time, "the transition time stays while the failure lasts");
+        assert!(replica_failure(&old, None).is_empty(), "gone once pods can be created");
+    }
 
     #[test]
     fn without_old_sets_the_new_set_gets_every_replica() {
