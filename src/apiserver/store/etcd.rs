@@ -539,6 +539,40 @@ impl EtcdStore {
         }
     }
 
+    /// Every object under `prefix`, read page by page at one revision (`at`, else the first
+    /// page's), and that revision.
+    async fn list_from(&self, prefix: &str, mut at: Option<u64>) -> Result<(Vec<StoredObject>, u64), StoreError> {
+        let end = prefix_range_end(prefix.as_bytes());
+        let mut start = if prefix.is_empty() { vec![0] } else { prefix.as_bytes().to_vec() };
+        let mut items = Vec::new();
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(LIST_PAGE);
+            if let Some(rev) = at {
+                options = options.with_revision(to_etcd(rev));
+            }
+            let response = match self.range(start.clone(), options).await {
+                Ok(r) => r,
+                Err(e) if is_compacted(&e) => {
+                    let requested = at.unwrap_or(0);
+                    return Err(StoreError::TooOld { requested, compacted: self.compact_revision(prefix, requested).await });
+                }
+                Err(e) if is_future_revision(&e) => return Err(StoreError::FutureRevision { requested: at.unwrap_or(0), current: self.revision().await? }),
+                Err(e) => return Err(StoreError::backend(format!("listing {prefix} in etcd"), e)),
+            };
+            let rev = *at.get_or_insert(header_rev(response.header()));
+            for kv in response.kvs() {
+                items.push(stored(kv)?);
+            }
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok((items, rev)),
+            }
+        }
+    }
+
     /// Refuses a watch from a revision etcd has compacted or not reached yet.
     async fn check_watchable(&self, prefix: &str, from: u64) -> Result<(), StoreError> {
         // Revision 0 means "the current one" to etcd; 1 is the oldest there is.
@@ -580,29 +614,11 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<StoredObject>, u64), StoreError> {
-        let end = prefix_range_end(prefix.as_bytes());
-        let mut start = if prefix.is_empty() { vec![0] } else { prefix.as_bytes().to_vec() };
-        let mut items = Vec::new();
-        // Every page after the first is read at the first one's revision.
-        let mut at = None;
-        loop {
-            let mut options = GetOptions::new().with_range(end.clone()).with_limit(LIST_PAGE);
-            if let Some(rev) = at {
-                options = options.with_revision(to_etcd(rev));
-            }
-            let response = self.range(start.clone(), options).await.map_err(|e| StoreError::backend(format!("listing {prefix} in etcd"), e))?;
-            let rev = *at.get_or_insert(header_rev(response.header()));
-            for kv in response.kvs() {
-                items.push(stored(kv)?);
-            }
-            match response.kvs().last() {
-                Some(last) if response.more() => {
-                    start = last.key().to_vec();
-                    start.push(0);
-                }
-                _ => return Ok((items, rev)),
-            }
-        }
+        self.list_from(prefix, None).await
+    }
+
+    async fn list_at(&self, prefix: &str, rev: u64) -> Result<Vec<StoredObject>, StoreError> {
+        Ok(self.list_from(prefix, Some(rev.max(1))).await?.0)
     }
 
     async fn create(&self, key: &str, value: Value) -> Result<u64, StoreError> {

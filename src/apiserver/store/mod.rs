@@ -136,6 +136,11 @@ pub trait Store: Send + Sync {
     /// Every object under `prefix`, in key order, and the revision the list was read at.
     async fn list(&self, prefix: &str) -> Result<(Vec<StoredObject>, u64), StoreError>;
 
+    /// Every object under `prefix` as it was at revision `rev` (a consistent snapshot, for
+    /// `resourceVersionMatch=Exact` and for `continue` pages), in key order. `TooOld` when the
+    /// history no longer tells that state, `FutureRevision` past the current revision.
+    async fn list_at(&self, prefix: &str, rev: u64) -> Result<Vec<StoredObject>, StoreError>;
+
     /// Creates a key; `AlreadyExists` if it is there. Returns the new revision.
     async fn create(&self, key: &str, value: Value) -> Result<u64, StoreError>;
 

@@ -199,6 +199,77 @@ impl Inner {
         Ok((items, rev))
     }
 
+    /// The objects under `prefix` at `rev`: today's, with every change after `rev` undone from
+    /// the history (the first change of a key after `rev` holds its value then). The revisions a
+    /// key had at `rev` come from the history too (its creation also from today's object when that
+    /// is the same one); a key last written before the history begins and changed since cannot be
+    /// told, which is `TooOld` as a compacted revision is.
+    fn list_at(&self, prefix: &str, rev: u64) -> Result<Vec<StoredObject>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db_err("starting a read"))?;
+        let (current, compacted) = (meta(&tx, "revision")?, meta(&tx, "compacted")?);
+        if rev > current {
+            return Err(StoreError::FutureRevision { requested: rev, current });
+        }
+        if rev < compacted {
+            return Err(StoreError::TooOld { requested: rev, compacted });
+        }
+        let end = prefix_end(prefix);
+        let mut objects: std::collections::BTreeMap<String, StoredObject> = std::collections::BTreeMap::new();
+        {
+            let mut stmt = tx
+                .prepare("SELECT key, value, create_rev, mod_rev FROM objects WHERE key >= ?1 AND (?2 IS NULL OR key < ?2) AND mod_rev <= ?3")
+                .map_err(db_err("listing objects"))?;
+            let rows = stmt
+                .query_map(params![prefix, end, to_sql(rev)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))
+                .map_err(db_err("listing objects"))?;
+            for row in rows {
+                let (key, text, create_rev, mod_rev) = row.map_err(db_err("listing objects"))?;
+                if key.starts_with(prefix) {
+                    let value = parse_value(&key, &text)?;
+                    objects.insert(key.clone(), StoredObject { key, value, create_rev: to_rev(create_rev), mod_rev: to_rev(mod_rev) });
+                }
+            }
+        }
+        // Keys changed after `rev`: the first change says what the key held at `rev`.
+        let mut stmt = tx
+            .prepare(
+                "SELECT e.key, e.type, e.value, e.prev_value,
+                        (SELECT MAX(b.rev) FROM events b WHERE b.key = e.key AND b.rev <= ?1),
+                        (SELECT MAX(c.rev) FROM events c WHERE c.key = e.key AND c.rev <= ?1 AND c.type = 'created'),
+                        (SELECT o.create_rev FROM objects o WHERE o.key = e.key AND o.create_rev <= ?1)
+                 FROM events e
+                 WHERE e.rev = (SELECT MIN(f.rev) FROM events f WHERE f.key = e.key AND f.rev > ?1)
+                   AND e.key >= ?2 AND (?3 IS NULL OR e.key < ?3)",
+            )
+            .map_err(db_err("reading the event history"))?;
+        let rows = stmt
+            .query_map(params![to_sql(rev), prefix, end], |r| {
+                let created = r.get::<_, Option<i64>>(5)?.or(r.get::<_, Option<i64>>(6)?);
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?, r.get::<_, Option<i64>>(4)?, created))
+            })
+            .map_err(db_err("reading the event history"))?;
+        for row in rows {
+            let (key, kind, value, prev, mod_rev, create_rev) = row.map_err(db_err("reading the event history"))?;
+            if !key.starts_with(prefix) {
+                continue;
+            }
+            let held = match StoreEventKind::parse(&kind) {
+                Some(StoreEventKind::Created) => None,
+                Some(StoreEventKind::Updated) => prev,
+                Some(StoreEventKind::Deleted) => Some(value),
+                None => return Err(StoreError::backend("reading the event history", std::io::Error::other(format!("unknown event type {kind:?}")))),
+            };
+            let Some(text) = held else { continue };
+            let (Some(mod_rev), Some(create_rev)) = (mod_rev, create_rev) else {
+                return Err(StoreError::TooOld { requested: rev, compacted });
+            };
+            let value = parse_value(&key, &text)?;
+            objects.insert(key.clone(), StoredObject { key, value, create_rev: to_rev(create_rev), mod_rev: to_rev(mod_rev) });
+        }
+        Ok(objects.into_values().collect())
+    }
+
     /// Applies one write in one transaction, commits, then broadcasts its event.
     fn write(&self, kind: StoreEventKind, key: &str, value: Option<&Value>, expected_rev: Option<u64>) -> Result<(u64, Option<Value>), StoreError> {
         let mut conn = self.lock();
@@ -365,6 +436,11 @@ impl Store for SqliteStore {
     async fn list(&self, prefix: &str) -> Result<(Vec<StoredObject>, u64), StoreError> {
         let prefix = prefix.to_string();
         self.run(move |inner| inner.list(&prefix)).await
+    }
+
+    async fn list_at(&self, prefix: &str, rev: u64) -> Result<Vec<StoredObject>, StoreError> {
+        let prefix = prefix.to_string();
+        self.run(move |inner| inner.list_at(&prefix, rev)).await
     }
 
     async fn create(&self, key: &str, value: Value) -> Result<u64, StoreError> {

@@ -107,6 +107,34 @@ pub(crate) async fn list_returns_the_prefix_in_key_order_at_the_current_revision
     assert!(items.is_empty());
 }
 
+pub(crate) async fn list_at_a_past_revision_shows_the_prefix_as_it_was_then(store: &dyn Store) {
+    let a1 = store.create("/r/pods/a", json!({"v": 1})).await.unwrap();
+    let b1 = store.create("/r/pods/b", json!({"v": 1})).await.unwrap();
+    let then = store.create("/r/pods/c", json!({"v": 1})).await.unwrap();
+    // After `then`: a changed twice, b deleted, c deleted and made again, d new, a key outside.
+    store.update("/r/pods/a", json!({"v": 2}), None).await.unwrap();
+    store.update("/r/pods/a", json!({"v": 3}), None).await.unwrap();
+    store.delete("/r/pods/b", None).await.unwrap();
+    store.delete("/r/pods/c", None).await.unwrap();
+    store.create("/r/pods/c", json!({"v": 2})).await.unwrap();
+    store.create("/r/pods/d", json!({"v": 1})).await.unwrap();
+    store.create("/r/other/e", json!({})).await.unwrap();
+    let items = store.list_at("/r/pods/", then).await.unwrap();
+    let seen: Vec<(&str, serde_json::Value, u64, u64)> = items.iter().map(|i| (i.key.as_str(), i.value.clone(), i.create_rev, i.mod_rev)).collect();
+    assert_eq!(
+        seen,
+        vec![("/r/pods/a", json!({"v": 1}), a1, a1), ("/r/pods/b", json!({"v": 1}), b1, b1), ("/r/pods/c", json!({"v": 1}), then, then)]
+    );
+    let now = store.revision().await.unwrap();
+    let (current, _) = store.list("/r/pods/").await.unwrap();
+    assert_eq!(store.list_at("/r/pods/", now).await.unwrap(), current, "at the current revision, the current list");
+    assert!(matches!(store.list_at("/r/pods/", now + 3).await, Err(StoreError::FutureRevision { .. })));
+    for i in 0..SUITE_HISTORY + 5 {
+        store.update("/r/pods/a", json!({"v": 10 + i}), None).await.unwrap();
+    }
+    assert!(matches!(store.list_at("/r/pods/", then).await, Err(StoreError::TooOld { .. })), "a compacted revision");
+}
+
 pub(crate) async fn watch_from_a_revision_replays_then_streams_live(store: &dyn Store) {
     let r1 = store.create("/r/a", json!({"v": 1})).await.unwrap();
     let r2 = store.update("/r/a", json!({"v": 2}), None).await.unwrap();
@@ -191,6 +219,7 @@ macro_rules! store_suite {
             writes_to_a_missing_key_are_not_found,
             every_write_bumps_the_revision_by_one,
             list_returns_the_prefix_in_key_order_at_the_current_revision,
+            list_at_a_past_revision_shows_the_prefix_as_it_was_then,
             watch_from_a_revision_replays_then_streams_live,
             watch_without_a_revision_sees_only_new_writes,
             watch_from_a_compacted_revision_is_too_old,
