@@ -166,6 +166,9 @@ pub enum WatchEventType {
     Deleted,
     /// The watch failed; the object is a [`Status`].
     Error,
+    /// Progress only (asked for with `allowWatchBookmarks`): the object carries just the
+    /// `resourceVersion` the watch has reached.
+    Bookmark,
 }
 
 impl fmt::Display for WatchEventType {
@@ -175,6 +178,7 @@ impl fmt::Display for WatchEventType {
             WatchEventType::Modified => "MODIFIED",
             WatchEventType::Deleted => "DELETED",
             WatchEventType::Error => "ERROR",
+            WatchEventType::Bookmark => "BOOKMARK",
         })
     }
 }

@@ -128,6 +128,8 @@ pub enum FieldErrorKind {
     TypeInvalid,
     /// An unknown field, refused when the request asks `fieldValidation=Strict`.
     Unknown,
+    /// `FieldValueForbidden`: a field not allowed together with another.
+    Forbidden,
 }
 
 impl FieldErrorKind {
@@ -138,6 +140,7 @@ impl FieldErrorKind {
             FieldErrorKind::Required => "FieldValueRequired",
             FieldErrorKind::NotSupported => "FieldValueNotSupported",
             FieldErrorKind::TypeInvalid => "FieldValueTypeInvalid",
+            FieldErrorKind::Forbidden => "FieldValueForbidden",
         }
     }
 }

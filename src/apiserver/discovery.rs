@@ -110,6 +110,16 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "kind": "Pod",
                 "verbs": ["get"],
             }));
+            // kubectl drain evicts (rather than deletes) when discovery lists this, with its group.
+            resources.push(json!({
+                "name": "pods/eviction",
+                "singularName": "",
+                "namespaced": true,
+                "group": "policy",
+                "version": "v1",
+                "kind": "Eviction",
+                "verbs": ["create"],
+            }));
             for (name, kind) in [("pods/attach", "PodAttachOptions"), ("pods/exec", "PodExecOptions"), ("pods/portforward", "PodPortForwardOptions")] {
                 resources.push(json!({
                     "name": name,

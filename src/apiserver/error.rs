@@ -117,6 +117,15 @@ impl ApiError {
         Self::new(StatusReason::Expired, 410, message)
     }
 
+    /// 504 for a list at a revision the store has not reached after a wait, as Kubernetes'
+    /// `NewTooLargeResourceVersionError`: `Timeout` with the cause `ResourceVersionTooLarge`.
+    pub fn too_large_resource_version(requested: u64, current: u64) -> Self {
+        let message = format!("Too large resource version: {requested}, current: {current}");
+        let cause = StatusCause { reason: "ResourceVersionTooLarge".into(), message: "Too large resource version".into(), field: String::new() };
+        let details = StatusDetails { causes: vec![cause], ..Default::default() };
+        ApiError(Box::new(Status::failure(StatusReason::Timeout, 504, message).with_details(details)))
+    }
+
     /// 500: the server failed.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusReason::InternalError, 500, message)

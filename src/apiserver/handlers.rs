@@ -39,6 +39,12 @@ pub(crate) async fn resource(
     if target.subresource.as_deref() == Some("scale") {
         return scale::serve(&state, &identity, &target, &method, &headers, &body, dry_run).await;
     }
+    if target.subresource.as_deref() == Some("eviction") {
+        return match method {
+            Method::POST => evict(&state, &identity, &target, &body, &query, dry_run).await,
+            _ => Err(ApiError::method_not_allowed()),
+        };
+    }
     let status_sub = target.subresource.is_some();
     match (&method, &target.name) {
         (&Method::GET, Some(_)) => get(&state, &identity, &target, &headers).await,
@@ -148,12 +154,14 @@ async fn get(state: &AppState, identity: &Identity, target: &Target, headers: &H
 }
 
 /// A list's page: `limit` objects from where `continue` left off (in key order), and the token
-/// for the next page with the count left. The token holds the next key and the list's revision;
-/// a continued list reads the objects as they are now (Kubernetes reads the first page's snapshot,
-/// or answers 410 once that is compacted), so a page may show changes made since the first.
+/// for the next page with the count left. The token holds the next key and the list's revision:
+/// a continued list reads the snapshot of the first page's revision, as Kubernetes does, and
+/// answers 410 once that is compacted.
 struct Page {
     limit: Option<usize>,
     start: Option<String>,
+    /// The revision of the list this page continues.
+    rev: Option<u64>,
 }
 
 fn page_of(query: &HashMap<String, String>) -> Result<Page, ApiError> {
@@ -165,23 +173,124 @@ fn page_of(query: &HashMap<String, String>) -> Result<Page, ApiError> {
             Err(_) => return Err(ApiError::bad_request(format!("limit: {l:?} is not an integer"))),
         },
     };
-    let start = match query.get("continue").filter(|c| !c.is_empty()) {
-        None => None,
+    let (start, rev) = match query.get("continue").filter(|c| !c.is_empty()) {
+        None => (None, None),
         Some(token) => {
             let bad = || ApiError::bad_request("continue key is not valid: the token was not made by this server");
             let raw = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token).map_err(|_| bad())?;
             let decoded: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-            Some(decoded.get("start").and_then(Value::as_str).ok_or_else(bad)?.to_string())
+            (Some(decoded.get("start").and_then(Value::as_str).ok_or_else(bad)?.to_string()), Some(decoded.get("rv").and_then(Value::as_u64).ok_or_else(bad)?))
         }
     };
-    Ok(Page { limit, start })
+    Ok(Page { limit, start, rev })
+}
+
+/// What an invalid list request is about, as Kubernetes names it (`ListOptions.meta.k8s.io`).
+const LIST_OPTIONS: resource::ResourceType = resource::ResourceType { group: "meta.k8s.io", version: "v1", plural: "listoptions", kind: "ListOptions", namespaced: false };
+
+/// Which state of a collection a list reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListAt {
+    /// The newest (no `resourceVersion`, or `0`: "any", which the newest is).
+    Latest,
+    /// At least this revision (`resourceVersionMatch=NotOlderThan`, or a bare `resourceVersion`).
+    NotOlderThan(u64),
+    /// Exactly this revision (`resourceVersionMatch=Exact`, a bare `resourceVersion` with `limit`,
+    /// and every `continue` page).
+    Exact(u64),
+}
+
+/// How long a list waits for the store to reach a revision it asks for before answering 504.
+const WAIT_FOR_REVISION: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `resourceVersion`, `resourceVersionMatch` and `continue`, checked as Kubernetes'
+/// `ValidateListOptions` does (422 on `ListOptions`) and read as its storage does.
+fn list_at(query: &HashMap<String, String>, page: &Page) -> Result<ListAt, ApiError> {
+    let rv = query.get("resourceVersion").map(String::as_str).filter(|v| !v.is_empty());
+    let matching = query.get("resourceVersionMatch").map(String::as_str).filter(|v| !v.is_empty());
+    let invalid = |why: String| {
+        ApiError::invalid_fields(&LIST_OPTIONS, "", &[FieldError { field: "resourceVersionMatch".into(), kind: FieldErrorKind::Forbidden, message: format!("Forbidden: {why}") }])
+    };
+    if let Some(m) = matching {
+        if rv.is_none() {
+            return Err(invalid("resourceVersionMatch is forbidden unless resourceVersion is provided".into()));
+        }
+        if page.start.is_some() {
+            return Err(invalid("resourceVersionMatch is forbidden when continue is provided".into()));
+        }
+        if !matches!(m, "NotOlderThan" | "Exact") {
+            return Err(ApiError::invalid_fields(
+                &LIST_OPTIONS,
+                "",
+                &[FieldError { field: "resourceVersionMatch".into(), kind: FieldErrorKind::NotSupported, message: format!("Unsupported value: {m:?}: supported values: \"Exact\", \"NotOlderThan\"") }],
+            ));
+        }
+        if m == "Exact" && rv == Some("0") {
+            return Err(invalid("resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"".into()));
+        }
+    }
+    if let Some(rev) = page.rev {
+        if rv.is_some_and(|v| v != "0") {
+            return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+        }
+        return Ok(ListAt::Exact(rev));
+    }
+    let Some(rv) = rv.filter(|v| *v != "0") else { return Ok(ListAt::Latest) };
+    let rev: u64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?;
+    Ok(match matching {
+        Some("Exact") => ListAt::Exact(rev),
+        None if page.limit.is_some() => ListAt::Exact(rev),
+        _ => ListAt::NotOlderThan(rev),
+    })
+}
+
+/// Waits (up to [`WAIT_FOR_REVISION`]) until the store has reached `rev`; then 504 "Too large
+/// resource version", as Kubernetes answers a client that has seen a newer revision elsewhere.
+async fn wait_for_revision(state: &AppState, rev: u64) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + WAIT_FOR_REVISION;
+    loop {
+        let current = state.store.revision().await.map_err(|e| ApiError::from_store(e, &LIST_OPTIONS, ""))?;
+        if current >= rev {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::too_large_resource_version(rev, current));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The objects of a list in key order and the revision they are at.
+async fn read_list(state: &AppState, target: &Target, at: ListAt, continuing: bool) -> Result<(Vec<super::store::StoredObject>, u64), ApiError> {
+    let from_store = |e| ApiError::from_store(e, target.resource, "");
+    let (mut stored, rev) = match at {
+        ListAt::Latest => state.store.list(&target.prefix()).await.map_err(from_store)?,
+        ListAt::NotOlderThan(rev) => {
+            wait_for_revision(state, rev).await?;
+            state.store.list(&target.prefix()).await.map_err(from_store)?
+        }
+        ListAt::Exact(rev) => {
+            wait_for_revision(state, rev).await?;
+            match state.store.list_at(&target.prefix(), rev).await {
+                Ok(stored) => (stored, rev),
+                Err(StoreError::TooOld { .. }) if continuing => {
+                    return Err(ApiError::expired(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                    ));
+                }
+                Err(e) => return Err(from_store(e)),
+            }
+        }
+    };
+    stored.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok((stored, rev))
 }
 
 async fn list(state: &AppState, identity: &Identity, target: &Target, selectors: &Selectors, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<Response, ApiError> {
     authorize(state, identity, target, Verb::List, None).await?;
     let page = page_of(query)?;
-    let (mut stored, rev) = state.store.list(&target.prefix()).await.map_err(|e| ApiError::from_store(e, target.resource, ""))?;
-    stored.sort_by(|a, b| a.key.cmp(&b.key));
+    let at = list_at(query, &page)?;
+    let (stored, rev) = read_list(state, target, at, page.start.is_some()).await?;
     let mut matching = stored.into_iter().filter(|o| page.start.as_ref().is_none_or(|s| o.key >= *s)).map(|o| (o.key, with_revision(o.value, o.mod_rev))).filter(|(_, o)| selectors.matches(o));
     let mut items = Vec::new();
     let mut next = None;
@@ -571,8 +680,41 @@ async fn orphan_dependents(state: &AppState, target: &Target, owner_uid: &str) -
 /// only shorten a pod's grace.
 async fn delete(state: &AppState, identity: &Identity, target: &Target, body: &[u8], query: &HashMap<String, String>, dry_run: bool) -> Result<Response, ApiError> {
     authorize(state, identity, target, Verb::Delete, None).await?;
-    let (rt, name) = (target.resource, name_of(target));
     let options = delete_options(body, query)?;
+    delete_object(state, target, &options, dry_run).await
+}
+
+/// `POST .../pods/{name}/eviction` (`policy/v1` `Eviction`, as `kubectl drain` sends it): the pod
+/// is deleted with the eviction's `deleteOptions`, authorized as `create pods/eviction`, and
+/// answered 201 with a `Success` status. There are no PodDisruptionBudgets here, so no eviction
+/// is refused with 429 for one (the documented difference).
+async fn evict(state: &AppState, identity: &Identity, target: &Target, body: &[u8], query: &HashMap<String, String>, dry_run: bool) -> Result<Response, ApiError> {
+    authorize(state, identity, target, Verb::Create, None).await?;
+    let eviction: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the eviction is not JSON: {e}")))?;
+    let kind_ok = eviction.get("kind").and_then(Value::as_str) == Some("Eviction")
+        && matches!(eviction.get("apiVersion").and_then(Value::as_str), Some("policy/v1" | "policy/v1beta1"));
+    if !kind_ok {
+        return Err(ApiError::bad_request("the body must be a policy/v1 Eviction"));
+    }
+    let name = name_of(target);
+    let named = eviction.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    if named != name {
+        return Err(ApiError::bad_request(format!("name in URL does not match name in Eviction object: {name:?} is not {named:?}")));
+    }
+    let options_body = match eviction.get("deleteOptions") {
+        Some(o) if !o.is_null() => serde_json::to_vec(o).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let options = delete_options(&options_body, query)?;
+    let pod = Target { subresource: None, ..target.clone() };
+    delete_object(state, &pod, &options, dry_run).await?;
+    let status = json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201 });
+    Ok((StatusCode::CREATED, Json(status)).into_response())
+}
+
+/// Deletes (or marks for deletion) one object, the request already authorized.
+async fn delete_object(state: &AppState, target: &Target, options: &DeleteOptions, dry_run: bool) -> Result<Response, ApiError> {
+    let (rt, name) = (target.resource, name_of(target));
     let key = target.key(name);
     for _ in 0..UNCONDITIONAL_RETRIES {
         let stored = state.store.get(&key).await.map_err(|e| ApiError::from_store(e, rt, name))?.ok_or_else(|| ApiError::not_found(rt, name))?;

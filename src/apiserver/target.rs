@@ -58,7 +58,7 @@ impl Target {
         if resource.namespaced && namespace.is_none() && name.is_some() {
             return Err(ApiError::no_route());
         }
-        if sub.is_some_and(|s| s != "status" && !(s == "scale" && super::discovery::has_scale(resource))) {
+        if sub.is_some_and(|s| s != "status" && !(s == "scale" && super::discovery::has_scale(resource)) && !(s == "eviction" && *resource == crate::api::resource::PODS)) {
             return Err(ApiError::no_route());
         }
         if let Some(ns) = namespace.filter(|ns| !valid_namespace(ns)) {

@@ -368,6 +368,63 @@ async fn watch_from_a_resource_version_sees_modifications_in_order() {
     server.stop().await;
 }
 
+/// The lines of a raw watch stream, as JSON, until `n` have come (10 s at most).
+async fn watch_lines(stream: &mut futures::stream::BoxStream<'static, Result<bytes::Bytes, ClientError>>, pending: &mut String, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        while let Some(end) = pending.find('\n') {
+            let line: String = pending.drain(..=end).collect();
+            out.push(serde_json::from_str(&line).unwrap());
+            if out.len() == n {
+                return out;
+            }
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("a watch line within 10 s").expect("the watch goes on").unwrap();
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    out
+}
+
+/// `allowWatchBookmarks`: a `BOOKMARK` every few seconds with the revision the watch has passed;
+/// `sendInitialEvents` (watch-list): the current objects as `ADDED`, then the bookmark that ends
+/// them, then changes; without `resourceVersionMatch=NotOlderThan` it is 422.
+#[tokio::test]
+async fn watches_send_bookmarks_and_initial_events_when_asked() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    admin.create(&NODES, None, &Node::new("w0")).await.unwrap();
+    let w1: Node = admin.create(&NODES, None, &Node::new("w1")).await.unwrap();
+    let path = format!("/api/v1/nodes?watch=true&allowWatchBookmarks=true&resourceVersion={}", w1.metadata.resource_version);
+    let mut stream = admin.get_stream(&path).await.unwrap();
+    let mut pending = String::new();
+    let w2: Node = admin.create(&NODES, None, &Node::new("w2")).await.unwrap();
+    let started = std::time::Instant::now();
+    let lines = watch_lines(&mut stream, &mut pending, 2).await;
+    assert_eq!((lines[0]["type"].as_str(), lines[0]["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("w2")));
+    assert_eq!(lines[1]["type"], "BOOKMARK", "{}", lines[1]);
+    assert_eq!(lines[1]["object"]["kind"], "Node");
+    assert_eq!(lines[1]["object"]["metadata"]["resourceVersion"].as_str(), Some(w2.metadata.resource_version.as_str()), "the revision passed");
+    assert!(started.elapsed() <= crate::apiserver::watch::BOOKMARK_EVERY + Duration::from_secs(2));
+    drop(stream);
+
+    let path = "/api/v1/nodes?watch=true&allowWatchBookmarks=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&resourceVersion=1";
+    let mut stream = admin.get_stream(path).await.unwrap();
+    let mut pending = String::new();
+    let lines = watch_lines(&mut stream, &mut pending, 4).await;
+    let names: Vec<&str> = lines[..3].iter().map(|l| l["object"]["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["w0", "w1", "w2"]);
+    assert!(lines[..3].iter().all(|l| l["type"] == "ADDED"));
+    assert_eq!(lines[3]["type"], "BOOKMARK");
+    assert_eq!(lines[3]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+    admin.delete(&NODES, None, "w0").await.unwrap();
+    let next = watch_lines(&mut stream, &mut pending, 1).await;
+    assert_eq!((next[0]["type"].as_str(), next[0]["object"]["metadata"]["name"].as_str()), (Some("DELETED"), Some("w0")));
+    drop(stream);
+    let e = admin.get_value("/api/v1/nodes?watch=true&sendInitialEvents=true").await.unwrap_err();
+    assert_eq!(e.code(), Some(422), "{e}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn watch_without_a_resource_version_starts_with_added_for_existing_objects() {
     let server = TestServer::start().await;
@@ -708,6 +765,33 @@ async fn a_running_pod_is_deleted_gracefully_and_goes_at_grace_zero() {
     server.stop().await;
 }
 
+/// `pods/{name}/eviction` (what `kubectl drain` posts when discovery lists it): the pod is deleted
+/// as a delete would, with the eviction's `deleteOptions`; answered 201 `Success`. A node may not
+/// evict, a mismatched name is 400, and only POST is served.
+#[tokio::test]
+async fn an_eviction_deletes_the_pod_as_a_delete_with_its_options_would() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let mut bound = pod("web-1", Some("w1"), "web");
+    bound["spec"]["terminationGracePeriodSeconds"] = json!(30);
+    admin.create_value("/api/v1/namespaces/default/pods", &bound).await.unwrap();
+    let path = "/api/v1/namespaces/default/pods/web-1/eviction";
+    let eviction = |name: &str| json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": "default"}, "deleteOptions": {"gracePeriodSeconds": 7}});
+    assert_eq!(code(admin.request(Method::POST, path, Some(&eviction("other"))).await), 400);
+    assert_eq!(code(server.node("w1").request(Method::POST, path, Some(&eviction("web-1"))).await), 403);
+    assert_eq!(code(admin.request(Method::GET, path, None).await), 405);
+    let answer = admin.request(Method::POST, path, Some(&eviction("web-1"))).await.unwrap();
+    assert_eq!((answer["kind"].as_str(), answer["status"].as_str()), (Some("Status"), Some("Success")), "{answer}");
+    let marked = admin.get_value("/api/v1/namespaces/default/pods/web-1").await.unwrap();
+    assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 7, "the eviction's grace: {marked}");
+    admin.create_value("/api/v1/namespaces/default/pods", &pod("pending", None, "web")).await.unwrap();
+    let v1beta1 = json!({"apiVersion": "policy/v1beta1", "kind": "Eviction", "metadata": {"name": "pending"}});
+    admin.request(Method::POST, "/api/v1/namespaces/default/pods/pending/eviction", Some(&v1beta1)).await.unwrap();
+    assert_eq!(code(admin.get::<Value>(&PODS, Some("default"), "pending").await), 404, "an unbound pod goes at once");
+    assert_eq!(code(admin.request(Method::POST, "/api/v1/namespaces/default/pods/gone/eviction", Some(&eviction("gone"))).await), 404);
+    server.stop().await;
+}
+
 /// `limit` and `continue`: pages in key order with `remainingItemCount`, after the selectors;
 /// a token the server did not make is 400.
 #[tokio::test]
@@ -734,6 +818,57 @@ async fn lists_come_in_pages_with_limit_and_continue() {
     assert_eq!(names, ["p0", "p1", "p3", "p4"]);
     assert_eq!(remaining, [2]);
     assert_eq!(code(admin.get_value("/api/v1/namespaces/default/pods?continue=bogus").await), 400);
+    server.stop().await;
+}
+
+/// `resourceVersion` on list as Kubernetes reads it: `0` and unset the newest, `NotOlderThan`
+/// waits for a revision the store has not reached and then answers 504 `ResourceVersionTooLarge`,
+/// `Exact` the snapshot at that revision (410 once compacted); `continue` pages read the first
+/// page's snapshot; bad combinations are 422 on `ListOptions`.
+#[tokio::test]
+async fn lists_read_the_revision_they_ask_for() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let pods = "/api/v1/namespaces/default/pods";
+    for i in 0..3 {
+        admin.create_value(pods, &pod(&format!("p{i}"), None, "web")).await.unwrap();
+    }
+    let first = admin.get_value(&format!("{pods}?limit=2")).await.unwrap();
+    let then: u64 = first["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let token = first["metadata"]["continue"].as_str().unwrap().to_string();
+    // Changed after the first page: p2 deleted, p3 made. The next page still shows p2 and not p3.
+    admin.delete(&PODS, Some("default"), "p2").await.unwrap();
+    admin.create_value(pods, &pod("p3", None, "web")).await.unwrap();
+    let next = admin.get_value(&format!("{pods}?limit=2&continue={token}")).await.unwrap();
+    let names = |list: &Value| list["items"].as_array().unwrap().iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(names(&next), ["p2"], "the first page's snapshot");
+    assert_eq!(next["metadata"]["resourceVersion"], first["metadata"]["resourceVersion"]);
+    let exact = admin.get_value(&format!("{pods}?resourceVersion={then}&resourceVersionMatch=Exact")).await.unwrap();
+    assert_eq!(names(&exact), ["p0", "p1", "p2"]);
+    for any in ["", "?resourceVersion=0", &format!("?resourceVersion={then}&resourceVersionMatch=NotOlderThan"), &format!("?resourceVersion={then}")] {
+        let list = admin.get_value(&format!("{pods}{any}")).await.unwrap();
+        assert_eq!(names(&list), ["p0", "p1", "p3"], "{any}: the newest");
+    }
+    let now: u64 = admin.get_value(pods).await.unwrap()["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let started = std::time::Instant::now();
+    let ahead = admin.get_value(&format!("{pods}?resourceVersion={}&resourceVersionMatch=NotOlderThan", now + 100)).await.unwrap_err();
+    assert_eq!(ahead.code(), Some(504), "{ahead}");
+    assert!(ahead.to_string().contains("Too large resource version"), "{ahead}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "it waits for the store first");
+    // A revision reached while the list waits is served.
+    let waiting = {
+        let admin = admin.clone();
+        tokio::spawn(async move { admin.get_value(&format!("/api/v1/namespaces/default/pods?resourceVersion={}", now + 1)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    admin.create_value(pods, &pod("p4", None, "web")).await.unwrap();
+    assert_eq!(names(&waiting.await.unwrap().unwrap()).len(), 4);
+    for bad in ["resourceVersionMatch=Exact", "resourceVersion=0&resourceVersionMatch=Exact", "resourceVersion=1&resourceVersionMatch=Newest"] {
+        let e = admin.get_value(&format!("{pods}?{bad}")).await.unwrap_err();
+        assert_eq!(e.code(), Some(422), "{bad}: {e}");
+    }
+    assert_eq!(code(admin.get_value(&format!("{pods}?resourceVersion=abc")).await), 400);
+    assert_eq!(code(admin.get_value(&format!("{pods}?limit=2&continue={token}&resourceVersion={then}")).await), 400);
     server.stop().await;
 }
 

@@ -9,9 +9,18 @@
 //! `DELETED`. The stream ends after `timeoutSeconds` if given, when the server shuts down, or when
 //! the client goes away. A client that asks for Tables (`kubectl get -w`) gets each object as a
 //! one-row Table.
+//!
+//! With `allowWatchBookmarks=true` a `BOOKMARK` event (an object of the kind with only
+//! `metadata.resourceVersion`) comes every [`BOOKMARK_EVERY`], carrying the last revision this watch
+//! has passed, so that a client resuming from it does not replay what it saw. `sendInitialEvents=true`
+//! (with `resourceVersionMatch=NotOlderThan`, as client-go's watch-list asks it) starts with `ADDED`
+//! for every current object whatever the `resourceVersion`, and marks their end with a bookmark
+//! annotated `k8s.io/initial-events-end: "true"`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -33,6 +42,23 @@ fn line(event_type: WatchEventType, object: &impl serde::Serialize) -> Bytes {
     let mut text = serde_json::to_vec(&json!({ "type": event_type, "object": object })).unwrap_or_default();
     text.push(b'\n');
     Bytes::from(text)
+}
+
+/// What an invalid watch request is about, as Kubernetes names it (`ListOptions.meta.k8s.io`).
+const WATCH_OPTIONS: ResourceType = ResourceType { group: "meta.k8s.io", version: "v1", plural: "listoptions", kind: "ListOptions", namespaced: false };
+
+/// How often a watch that allows bookmarks gets one.
+pub(crate) const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
+
+/// The annotation of the bookmark that ends the initial events of `sendInitialEvents`.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+fn bookmark_line(rt: &ResourceType, rev: u64, initial_end: bool) -> Bytes {
+    let mut metadata = json!({ "resourceVersion": rev.to_string() });
+    if initial_end {
+        metadata["annotations"] = json!({ INITIAL_EVENTS_END: "true" });
+    }
+    line(WatchEventType::Bookmark, &json!({ "kind": rt.kind, "apiVersion": rt.api_version(), "metadata": metadata }))
 }
 
 fn error_line(status: &Status) -> Bytes {
@@ -80,13 +106,23 @@ pub(crate) async fn serve(state: AppState, target: Target, selectors: Selectors,
         Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| ApiError::bad_request(format!("timeoutSeconds {t:?} is not a number")))?)),
         None => None,
     };
+    let flag = |name: &str| query.get(name).and_then(|v| super::target::query_bool(v)) == Some(true);
+    let bookmarks = flag("allowWatchBookmarks") && !as_table;
+    let send_initial = flag("sendInitialEvents");
+    let matching = query.get("resourceVersionMatch").map(String::as_str).filter(|m| !m.is_empty());
+    if send_initial && matching != Some("NotOlderThan") {
+        return Err(ApiError::invalid(&WATCH_OPTIONS, "", "sendInitialEvents: Forbidden: sendInitialEvents is forbidden unless resourceVersionMatch is \"NotOlderThan\""));
+    }
+    if matching.is_some() && !send_initial {
+        return Err(ApiError::invalid(&WATCH_OPTIONS, "", "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"));
+    }
     let from = match query.get("resourceVersion").map(String::as_str) {
         None | Some("" | "0") => None,
         Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("resourceVersion {v:?} is not a resource version")))?),
     };
 
     let mut initial = Vec::new();
-    let start = match from {
+    let start = match from.filter(|_| !send_initial) {
         Some(rev) => rev,
         None => {
             let (items, rev) = state.store.list(&prefix).await.map_err(|e| ApiError::from_store(e, rt, ""))?;
@@ -95,6 +131,9 @@ pub(crate) async fn serve(state: AppState, target: Target, selectors: Selectors,
                 if selectors.matches(&object) {
                     initial.push(line(WatchEventType::Added, &shown(rt, as_table, object)));
                 }
+            }
+            if send_initial {
+                initial.push(bookmark_line(rt, rev, true));
             }
             rev
         }
@@ -109,13 +148,19 @@ pub(crate) async fn serve(state: AppState, target: Target, selectors: Selectors,
         Err(e) => return Err(ApiError::from_store(e, rt, "")),
     };
 
+    // The revision this watch has passed: every event up to it has been sent (or filtered out).
+    let passed = Arc::new(AtomicU64::new(start));
+    let seen = passed.clone();
     let live = events
         .scan(false, move |failed, item| {
             if *failed {
                 return future::ready(None);
             }
             let out = match item {
-                Ok(event) => to_watch_event(event, &selectors).map(|(t, o)| line(t, &shown(rt, as_table, o))),
+                Ok(event) => {
+                    seen.fetch_max(event.rev, Ordering::AcqRel);
+                    to_watch_event(event, &selectors).map(|(t, o)| line(t, &shown(rt, as_table, o)))
+                }
                 Err(e) => {
                     *failed = true;
                     Some(error_line(&ApiError::from_store(e, rt, "").0))
@@ -139,7 +184,16 @@ pub(crate) async fn serve(state: AppState, target: Target, selectors: Selectors,
             None => shutdown.await,
         }
     };
-    let lines = stream::iter(initial).chain(live).take_until(Box::pin(stop)).map(Ok::<_, Infallible>);
+    let ticks = if bookmarks {
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
+        stream::poll_fn(move |cx| every.poll_tick(cx).map(|_| Some(bookmark_line(rt, passed.load(Ordering::Acquire), false)))).boxed()
+    } else {
+        stream::pending().boxed()
+    };
+    // The watch ends when its events do (an error), whatever the bookmarks.
+    let live = live.map(Some).chain(stream::once(future::ready(None)));
+    let merged = stream::select(live, ticks.map(Some)).take_while(|line| future::ready(line.is_some())).filter_map(future::ready);
+    let lines = stream::iter(initial).chain(merged).take_until(Box::pin(stop)).map(Ok::<_, Infallible>);
     Ok(streaming(Body::from_stream(lines)))
 }
 

@@ -213,6 +213,7 @@ async fn reflector<T: Object, C: Client>(client: C, namespace: Option<String>, o
             let store = Store { shared };
             match event {
                 Ok(event) if event.event_type == WatchEventType::Error => break,
+                Ok(event) if event.event_type == WatchEventType::Bookmark => {}
                 Ok(event) => {
                     let revision = revision_of(&event.object);
                     let key = super::object::ObjectKey::of_value(&event.object);
