@@ -63,6 +63,26 @@ async fn pool_settles(client: &ApiClient, cloud: &dyn Cloud, n: usize, within: D
     took
 }
 
+/// A GET of `/` and what went wrong, if anything.
+async fn http_get_detailed(ip: &str, port: u16) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = match tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect((ip, port))).await {
+        Err(_) => return Err("connect timed out".into()),
+        Ok(Err(e)) => return Err(format!("connect: {e}")),
+        Ok(Ok(s)) => s,
+    };
+    s.write_all(format!("GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await {
+        Err(_) => return Err(format!("read timed out after {} bytes", buf.len())),
+        Ok(Err(e)) => return Err(format!("read: {e} after {} bytes", buf.len())),
+        Ok(Ok(_)) => {}
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let first = text.lines().next().unwrap_or("");
+    if first.starts_with("HTTP/1.") && first.contains(" 200") { Ok(()) } else { Err(format!("answer {first:?} ({} bytes)", buf.len())) }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothing() {
     harness();
@@ -92,6 +112,11 @@ async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothi
 
     // A client loop through the balancer counts failed requests for the rest of the test's scaling.
     let (failures, requests, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+    // When each failed request was made, and what each step took, from the start of counting:
+    // the assertion says where a failure fell.
+    let timeline: Arc<Mutex<Vec<String>>> = Arc::default();
+    let counting_since = Instant::now();
+    let mark = |what: &str| timeline.lock().unwrap().push(format!("{:.1}s {what}", counting_since.elapsed().as_secs_f64()));
     let counting = Arc::new(AtomicBool::new(false));
 
     // Terminate a worker through the API: its Node goes at once, its pods run elsewhere within 15 s,
@@ -129,13 +154,15 @@ async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothi
     pool_settles(&client, cloud.as_ref(), 2, Duration::from_secs(120).saturating_sub(killed_at.elapsed()), "the dead worker replaced").await;
 
     {
-        let (failures, requests, stop, counting, lb) = (failures.clone(), requests.clone(), stop.clone(), counting.clone(), address.clone());
+        let (failures, requests, stop, counting, lb, timeline) = (failures.clone(), requests.clone(), stop.clone(), counting.clone(), address.clone(), timeline.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 if counting.load(Ordering::Relaxed) {
                     requests.fetch_add(1, Ordering::Relaxed);
-                    if http_get(&lb, 80).await.is_none() {
+                    let sent = counting_since.elapsed().as_secs_f64();
+                    if let Err(why) = http_get_detailed(&lb, 80).await {
                         failures.fetch_add(1, Ordering::Relaxed);
+                        timeline.lock().unwrap().push(format!("{sent:.1}s a request FAILED ({:.1}s later): {why}", counting_since.elapsed().as_secs_f64() - sent));
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -146,6 +173,7 @@ async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothi
     // From here a client loop through the balancer counts failed requests: scaling the deployment
     // and the workers must not fail any.
     counting.store(true, Ordering::Relaxed);
+    mark("counting; scaling the deployment to 4");
     assert_ok(&clusterctl(home.path(), &["scale", "deployment", "web", "--replicas", "4", "--cluster", CLUSTER]), "scale deployment");
     eventually("4 ready web pods", Duration::from_secs(60), || async {
         let ready = client.list_values("/api/v1/namespaces/default/pods").await.map_err(|e| e.to_string())?.iter().filter(|p| is_ready(p)).count();
@@ -154,9 +182,11 @@ async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothi
     .await;
 
     // Scale up from 2 to 5 workers.
+    mark("scaling to 5 workers");
     let out = assert_ok(&clusterctl(home.path(), &["scale", "-f", s, "--workers", "5"]), "scale --workers 5");
     eprintln!("{out}");
     pool_settles(&client, cloud.as_ref(), 5, Duration::from_secs(30), "5 Ready workers").await;
+    mark("5 workers Ready");
     assert!(std::fs::read_to_string(&spec_path).unwrap().contains("count = 5"), "the spec file says 5 workers too");
 
     // Scale down to 1 while a client loop counts failed requests through the balancer; the removed
@@ -185,7 +215,9 @@ async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothi
             }
         })
     };
+    mark("scaling to 1 worker");
     let out = assert_ok(&clusterctl(home.path(), &["scale", "-f", s, "--workers", "1"]), "scale --workers 1");
+    mark("scaled to 1 worker");
     eprintln!("{out}");
     pool_settles(&client, cloud.as_ref(), 1, Duration::from_secs(30), "1 Ready worker").await;
     // The loop goes on through the one worker left until it has made enough requests to mean
@@ -200,8 +232,9 @@ async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothi
     watcher.await.unwrap();
     let (requests_made, failed) = (requests.load(Ordering::Relaxed), failures.load(Ordering::Relaxed));
     eprintln!("scaling the deployment and the workers: {requests_made} requests through the balancer, {failed} failed");
+    eprintln!("{}", timeline.lock().unwrap().join("\n"));
     assert!(requests_made >= 50, "the client loop ran: {requests_made}");
-    assert_eq!(failed, 0, "no request fails while the deployment and the workers scale");
+    assert_eq!(failed, 0, "no request fails while the deployment and the workers scale; timeline:\n{}", timeline.lock().unwrap().join("\n"));
     let remaining = worker_instances(cloud.as_ref()).await;
     let deleted = pod_deleted.lock().unwrap().clone();
     let gone = terminated_at.lock().unwrap().clone();

@@ -467,6 +467,81 @@ def test_nlb_deleting_the_balancer_stops_its_forwarder(ec2, elbv2, net, cluster)
         socket.create_connection((dns, 2222), timeout=3)
 
 
+def test_nlb_a_deregistered_target_drains(ec2, elbv2, net, cluster):
+    (iid,) = net.run_instances(1)
+    net.wait_running([iid])
+    lb = elbv2.create_load_balancer(Name=f"{cluster}-lb", Type="network", Subnets=net.subnet_ids)["LoadBalancers"][0]
+    tg = None
+    try:
+        tg = elbv2.create_target_group(Name=f"{cluster}-ssh", Protocol="TCP", Port=22, VpcId=net.vpc_id,
+                                       HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=3,
+                                       HealthyThresholdCount=2)["TargetGroups"][0]
+        tg_arn = tg["TargetGroupArn"]
+        elbv2.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="TCP", Port=2222,
+                              DefaultActions=[{"Type": "forward", "TargetGroupArn": tg_arn}])
+        dns = lb["DNSName"]
+
+        def health() -> dict[str, str]:
+            return {h["Target"]["Id"]: h["TargetHealth"]["State"]
+                    for h in elbv2.describe_target_health(TargetGroupArn=tg_arn)["TargetHealthDescriptions"]}
+
+        def connect() -> socket.socket:
+            """An ssh connection through the balancer, its banner read."""
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    c = socket.create_connection((dns, 2222), timeout=3)
+                    c.settimeout(3)
+                    if c.recv(8).startswith(b"SSH-"):
+                        return c
+                    c.close()
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+
+        def still_open(c: socket.socket) -> bool:
+            """sshd answers a client identification with its key exchange: the connection works."""
+            try:
+                c.sendall(b"SSH-2.0-drain-test\r\n")
+                return len(c.recv(4096)) > 0
+            except OSError:
+                return False
+
+        for delay, close_it in ((300, True), (2, False)):
+            elbv2.modify_target_group_attributes(TargetGroupArn=tg_arn, Attributes=[
+                {"Key": "deregistration_delay.timeout_seconds", "Value": str(delay)}])
+            elbv2.register_targets(TargetGroupArn=tg_arn, Targets=[{"Id": iid}])
+            held = connect()
+            elbv2.deregister_targets(TargetGroupArn=tg_arn, Targets=[{"Id": iid}])
+            deregistered = time.monotonic()
+            assert health() == {iid: "draining"}
+            with pytest.raises(OSError):  # no new connection goes to a draining target
+                c = socket.create_connection((dns, 2222), timeout=3)
+                c.settimeout(3)
+                if not c.recv(8):
+                    raise ConnectionResetError("closed at once")
+            t0 = time.monotonic()
+            if close_it:
+                assert still_open(held), "the connection forwarded before deregistration goes on"
+                held.close()
+            deadline = time.monotonic() + delay + 5
+            while health():
+                assert time.monotonic() < deadline, health()
+                time.sleep(0.2)
+            if close_it:
+                assert time.monotonic() - t0 < 3, "drained as soon as its last connection closed"
+            else:
+                assert time.monotonic() - deregistered >= delay - 0.3, "held until the deregistration delay"
+                held.settimeout(3)
+                assert held.recv(4096) == b"" or not still_open(held), "closed at the end of the delay"
+                held.close()
+    finally:
+        elbv2.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+        if tg:
+            elbv2.delete_target_group(TargetGroupArn=tg["TargetGroupArn"])
+
+
 # ------------------------------------------------------------------------------- faults
 FAULT_REGION = "eu-west-3"  # faults limited to a region nobody else uses here
 

@@ -112,7 +112,21 @@ pub fn pick_for_removal<'a>(instances: &'a [Instance], nodes: &[Node], pods: &[P
     ranked.into_iter().take(count).collect()
 }
 
-/// Cordons, deregisters and drains the machines with the fewest pods, then terminates them.
+/// How long a scale-down waits at most for the balancers to drain the connections they forwarded
+/// to the machines it removes.
+const DRAIN_WAIT: Duration = Duration::from_secs(60);
+
+/// The instances of `ids` that any of the target groups still lists (draining, typically).
+async fn still_targets(cloud: &dyn Cloud, target_groups: &[String], ids: &[String]) -> anyhow::Result<BTreeSet<String>> {
+    let mut listed = BTreeSet::new();
+    for arn in target_groups {
+        listed.extend(cloud.target_health(arn).await?.into_iter().map(|t| t.instance_id).filter(|id| ids.contains(id)));
+    }
+    Ok(listed)
+}
+
+/// Cordons, deregisters and drains the machines with the fewest pods (their pods, and the
+/// connections the balancers forwarded to them), then terminates them.
 async fn shrink(cloud: &dyn Cloud, client: &ApiClient, cluster: &str, live: Vec<Instance>, n: u32, deadline: Duration, report: &dyn Reporter) -> anyhow::Result<()> {
     let nodes: Vec<Node> = client.list(&NODES, None, &Default::default()).await?.items;
     let pods: Vec<Pod> = client.list(&PODS, None, &Default::default()).await?.items;
@@ -130,7 +144,8 @@ async fn shrink(cloud: &dyn Cloud, client: &ApiClient, cluster: &str, live: Vec<
     }
     let mut selector = owned_by(cluster);
     selector.insert(ROLE_TAG.into(), services::ROLE.into());
-    for tg in cloud.target_groups(&selector).await? {
+    let groups = cloud.target_groups(&selector).await?;
+    for tg in &groups {
         let registered: Vec<String> = cloud.target_health(&tg.arn).await?.into_iter().map(|t| t.instance_id).filter(|id| ids.contains(id)).collect();
         if !registered.is_empty() {
             cloud.deregister_targets(&tg.arn, &registered, tg.port).await?;
@@ -141,6 +156,17 @@ async fn shrink(cloud: &dyn Cloud, client: &ApiClient, cluster: &str, live: Vec<
     // Drain: evict every pod of the leaving nodes, then wait until their owners have them back elsewhere.
     let leaving_nodes: BTreeSet<String> = node_names.keys().cloned().collect();
     crate::client::drain::evict_and_wait(client, &leaving_nodes, deadline, report).await?;
+    // The balancers drain the machines too: connections already forwarded to them finish before
+    // the machines go (as long as the target groups' deregistration delay allows, at most DRAIN_WAIT).
+    let arns: Vec<String> = groups.iter().map(|tg| tg.arn.clone()).collect();
+    let started = Instant::now();
+    while !(still_targets(cloud, &arns, &ids).await?).is_empty() {
+        if started.elapsed() > DRAIN_WAIT.min(deadline) {
+            report.item(&names.join(", "), "still draining in a target group; terminating anyway");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     for name in node_names.keys() {
         report.item(name, "drained; terminating");
     }

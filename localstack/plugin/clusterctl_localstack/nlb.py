@@ -16,6 +16,10 @@
   Elb.InitialHealthChecking) until the healthy threshold is reached, ``healthy``, ``unhealthy``
   (Target.FailedHealthChecks, Target.Timeout, Target.ResponseCodeMismatch), ``unused``
   (Target.NotInUse: no listener uses the group; Target.InvalidState: the instance is stopped).
+- Deregistering a target drains it, as AWS does: no new connections go to it, those already
+  forwarded there go on, and DescribeTargetHealth lists it as ``draining``
+  (Target.DeregistrationInProgress) until the last of them closes or the group's
+  ``deregistration_delay.timeout_seconds`` (default 300) passes, when the rest are closed.
 - Deleting a listener or balancer closes its server and the connections through it.
 - Other balancer types (application, gateway) get the same DNSName but no forwarder.
 """
@@ -87,6 +91,8 @@ class NlbRealizer:
         self.lbs: dict[str, LbRt] = {}
         self.listeners: dict[str, ListenerRt] = {}
         self.checks: dict[tuple[str, str, int], Check] = {}
+        # deregistered targets whose forwarded connections are still open
+        self.draining: dict[tuple[str, str, int], Check] = {}
         self.bind_errors: dict[str, str] = {}
         # (target ip, port) -> the client and upstream writers of the connections forwarded there
         self.upstreams: dict[tuple[str, int], set] = {}
@@ -175,11 +181,46 @@ class NlbRealizer:
                     if chk.task:
                         aioloop.loop().call_soon_threadsafe(chk.task.cancel)
                     del self.checks[key]
+                    self._start_draining(key, chk)
             for key, backend in want_c.items():
                 if key not in self.checks:
+                    self.draining.pop(key, None)
                     chk = Check(key[0], key[1], key[2], backend)
                     self.checks[key] = chk
                     chk.task = aioloop.submit(self._check_loop(chk))
+
+    def _start_draining(self, key: tuple[str, str, int], chk: Check) -> None:
+        """A deregistered target whose group still exists drains while connections to it are open."""
+        tg = chk.backend.target_groups.get(key[0])
+        if tg is None or not chk.addr or not self.upstreams.get((chk.addr, chk.port)):
+            return
+        try:
+            delay = float(tg.attributes.get("deregistration_delay.timeout_seconds", 300))
+        except (AttributeError, TypeError, ValueError):
+            delay = 300.0
+        # A check of its own: the cancelled health check may still write to the old one.
+        chk = Check(chk.tg_arn, chk.target_id, chk.port, chk.backend, state="draining", reason="Target.DeregistrationInProgress",
+                    description="Target deregistration is in progress", addr=chk.addr)
+        self.draining[key] = chk
+        LOG.info("target %s of %s draining (%d connections, at most %.0f s)", key[1], key[0].rsplit("/", 2)[-2],
+                 len(self.upstreams.get((chk.addr, chk.port), ())), delay)
+        chk.task = aioloop.submit(self._drain(key, chk, delay))
+
+    async def _drain(self, key: tuple[str, str, int], chk: Check, delay: float) -> None:
+        deadline = time.monotonic() + delay
+        try:
+            while self.upstreams.get((chk.addr, chk.port)) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+        finally:
+            with self.lock:
+                if self.draining.get(key) is chk:
+                    del self.draining[key]
+                    if key not in self.checks:
+                        self._drop_upstream(chk.addr, chk.port)
+
+    def draining_targets(self, tg_arn: str) -> list[dict]:
+        with self.lock:
+            return [{"Id": k[1], "Port": k[2]} for k in self.draining if k[0] == tg_arn]
 
     def _stop_listener(self, lrt: ListenerRt) -> None:
         async def stop() -> None:
@@ -354,16 +395,20 @@ class NlbRealizer:
         try:
             targets = self._healthy_targets(lrt)
             if not targets:
+                LOG.info("listener %s: no healthy target; connection closed", larn.rsplit("/", 1)[-1])
                 return
             start = lrt.rr
             lrt.rr += 1
             up_r = None
             for k in range(len(targets)):
                 ip, port = targets[(start + k) % len(targets)]
+                t0 = time.monotonic()
                 try:
                     up_r, up_w = await asyncio.wait_for(asyncio.open_connection(ip, port), 5)
                     break
-                except (OSError, asyncio.TimeoutError):
+                except (OSError, asyncio.TimeoutError) as e:
+                    LOG.info("listener %s: connecting to target %s:%d failed after %.1f s: %r",
+                             larn.rsplit("/", 1)[-1], ip, port, time.monotonic() - t0, e)
                     continue
             if up_w is None:
                 return
@@ -513,6 +558,10 @@ def install() -> None:
     def health_for(self: Any, target: dict, ec2_backend: Any):
         t = self.targets.get(target["Id"])
         if t is None:
+            draining = n.draining.get((self.arn, target["Id"], int(target.get("Port") or self.port)))
+            if draining is not None:
+                return FakeHealthStatus(target["Id"], target.get("Port") or self.port, self.health_check_port, draining.state,
+                                        draining.reason, draining.description)
             return orig_health_for(self, target, ec2_backend)
         port = int(t.get("Port") or self.port)
         if not n.tg_in_use(self.arn):
@@ -528,4 +577,13 @@ def install() -> None:
         return FakeHealthStatus(t["Id"], t["Port"], self.health_check_port, chk.state, chk.reason, chk.description)
 
     FakeTargetGroup.health_for = health_for
+
+    orig_describe_health = ELBv2Backend.describe_target_health
+
+    def describe_target_health(self: Any, target_group_arn: str, targets: list[dict]):
+        if not targets and target_group_arn in self.target_groups:
+            targets = list(self.target_groups[target_group_arn].targets.values()) + n.draining_targets(target_group_arn)
+        return orig_describe_health(self, target_group_arn, targets)
+
+    ELBv2Backend.describe_target_health = describe_target_health
     LOG.info("NLB realizer installed")

@@ -266,6 +266,11 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        // The published ports close first: a connection sent to one from now on is refused (and a
+        // node's proxy dials the next endpoint) instead of being accepted here and then cut when
+        // the container is gone. A stopped container is never started again (a restart is a new
+        // container), so nothing reopens them.
+        self.ports.close(id);
         let options = StopContainerOptionsBuilder::default().t(grace.as_secs() as i32).build();
         match self.docker.stop_container(id, Some(options)).await {
             Ok(()) => Ok(()),
