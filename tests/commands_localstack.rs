@@ -294,6 +294,16 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
     let wrong = clusterctl(h, &["logs", &pod_name, "--spec", s, "-c", "nope"]);
     assert_eq!(wrong.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("container \"nope\" is not in pod"), "{wrong:?}");
+    // A container with a stdin for `attach -i`: it answers each line it reads.
+    let reader = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "reader"},
+        "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "reader", "image": "clusterctl-busybox:latest", "imagePullPolicy": "Never",
+            "stdin": true, "command": ["sh", "-c", "while read line; do echo \"got $line\"; done"]}]}});
+    client.create_value("/api/v1/namespaces/default/pods", &reader).await.unwrap();
+    let start = Instant::now();
+    while client.get_value("/api/v1/namespaces/default/pods/reader").await.unwrap().pointer("/status/phase") != Some(&Value::from("Running")) {
+        assert!(start.elapsed() < Duration::from_secs(60), "the reader pod is not Running");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     // exec, attach and port-forward: the newest kubectl speaks WebSocket (v5.channel.k8s.io, and
     // SPDY tunnelled through a WebSocket for port-forward), Debian's 1.20 SPDY/3.1; the API server
     // joins either to the agent's.
@@ -351,7 +361,36 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
         let _ = attach.kill();
         let _ = attach.wait();
         assert!(matches!(seen, Ok(Ok(Some(_)))), "kubectl attach ({which}) showed no probe request in 20 s: {seen:?}");
+        // attach -i: what kubectl reads from its stdin reaches the container's.
+        let mut attach = Command::new(&bin)
+            .args(["attach", "-i", "reader"])
+            .env("KUBECONFIG", kubectl_config(h))
+            .env("HOME", h)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut to_reader = attach.stdin.take().unwrap();
+        let stdout = attach.stdout.take().unwrap();
+        let said = format!("hello from {}", bin.file_name().unwrap_or_default().to_string_lossy());
+        let want = format!("got {said}");
+        let answer = tokio::task::spawn_blocking(move || BufReader::new(stdout).lines().map_while(Result::ok).find(|l| *l == want));
+        // Written until answered: the attach may not be through when the first line goes.
+        let mut answered = None;
+        for _ in 0..20 {
+            let _ = writeln!(to_reader, "{said}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if answer.is_finished() {
+                answered = Some(answer.await);
+                break;
+            }
+        }
+        let _ = attach.kill();
+        let _ = attach.wait();
+        assert!(matches!(answered, Some(Ok(Some(_)))), "kubectl attach -i ({which}): the container did not answer in 10 s: {answered:?}");
     }
+    client.delete_value("/api/v1/namespaces/default/pods/reader").await.unwrap();
     // The everyday workflow with each kubectl, in a namespace of its own.
     for (bin, ns) in std::iter::once((kubectl_bin.clone(), "wf-debian")).chain(newest.clone().map(|b| (b, "wf-newest"))) {
         let workflow_started = Instant::now();

@@ -192,6 +192,9 @@ fn runtime_spec(container: &Container) -> ContainerSpec {
         ports,
         cpu_millis: limit(container, "cpu", Quantity::millicores),
         memory_bytes: limit(container, "memory", Quantity::bytes),
+        stdin: container.stdin,
+        stdin_once: container.stdin_once,
+        tty: container.tty,
         ..Default::default()
     }
 }

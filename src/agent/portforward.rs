@@ -130,7 +130,8 @@ async fn forward(runtime: Arc<dyn ContainerRuntime>, pod: PodRef, port: u16, err
         // The client's FIN: no more bytes for the pod.
         let _ = to_pod.shutdown().await;
     });
-    let mut buffer = vec![0u8; 32 * 1024];
+    // Large reads: each becomes one SPDY frame and one WebSocket message on the way out.
+    let mut buffer = vec![0u8; 128 * 1024];
     loop {
         match from_pod.read(&mut buffer).await {
             Ok(0) | Err(_) => break,

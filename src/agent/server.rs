@@ -338,7 +338,7 @@ fn websocket_bytes(socket: WebSocket) -> tokio::io::DuplexStream {
             let _ = write.shutdown().await;
         };
         let outbound = async move {
-            let mut buffer = vec![0u8; 32 * 1024];
+            let mut buffer = vec![0u8; 128 * 1024];
             loop {
                 match read.read(&mut buffer).await {
                     Ok(0) | Err(_) => break,

@@ -218,6 +218,15 @@ pub struct Container {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = ["Always", "IfNotPresent", "Never"]))]
     pub image_pull_policy: Option<String>,
+    /// The container gets a stdin that `attach -i` writes to (else it reads end-of-file).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
+    /// Stdin closes when the first attached client detaches (the container then reads end-of-file).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_once: bool,
+    /// The container gets a terminal (with `stdin`, what `kubectl run -it` asks for).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: UnknownFields,

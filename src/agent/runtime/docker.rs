@@ -101,6 +101,10 @@ impl DockerRuntime {
             cmd: non_empty(&spec.args),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             working_dir: spec.working_dir.clone(),
+            open_stdin: Some(spec.stdin),
+            stdin_once: Some(spec.stdin_once),
+            attach_stdin: Some(spec.stdin),
+            tty: Some(spec.tty),
             labels: Some(container_labels),
             network_disabled: Some(true),
             host_config: Some(HostConfig {

@@ -53,6 +53,11 @@ pub struct ContainerSpec {
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
     pub labels: BTreeMap<String, String>,
+    /// Stdin kept open for `attach` (`stdin`), closed after the first attach (`stdin_once`), a
+    /// terminal (`tty`): the container's fields of the same names.
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
 }
 
 /// What the runtime knows of one container.
