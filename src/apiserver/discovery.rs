@@ -70,6 +70,7 @@ fn groups() -> Vec<(&'static str, &'static str)> {
 pub fn group_list() -> Value {
     let groups: Vec<Value> = groups()
         .into_iter()
+        .chain([(super::events_v1::GROUP, super::events_v1::VERSION)])
         .map(|(group, version)| {
             let gv = json!({ "groupVersion": format!("{group}/{version}"), "version": version });
             json!({ "name": group, "versions": [gv.clone()], "preferredVersion": gv })
@@ -154,6 +155,7 @@ pub fn document(path: &str) -> Option<Value> {
         ["api"] => Some(core_versions()),
         ["apis"] => Some(group_list()),
         ["api", version] => resource_list("", version),
+        ["apis", super::events_v1::GROUP, super::events_v1::VERSION] => Some(super::events_v1::resource_list()),
         ["apis", group, version] => resource_list(group, version),
         _ => None,
     }
@@ -177,7 +179,7 @@ mod tests {
         let list = document("/apis/").unwrap();
         assert_eq!(list["kind"], "APIGroupList");
         let groups: Vec<&str> = list["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
-        assert_eq!(groups, ["apps", "coordination.k8s.io", "certificates.k8s.io", "clusterctl.io"]);
+        assert_eq!(groups, ["apps", "coordination.k8s.io", "certificates.k8s.io", "clusterctl.io", "events.k8s.io"]);
         assert_eq!(list["groups"][0]["preferredVersion"], json!({"groupVersion": "apps/v1", "version": "v1"}));
     }
 

@@ -12,6 +12,7 @@
 //! - [`discovery`]: `/api`, `/apis` and the resource lists of each group version, for kubectl;
 //!   [`openapi`]: `/openapi/v2` (JSON and protobuf) and `/openapi/v3`, from the api types' schema.
 //! - [`table`]: `Table` answers to lists and gets for kubectl's printing.
+//! - [`events_v1`]: `events.k8s.io/v1` Events, a read-only view of the core Events.
 //! - [`scale`]: the `scale` subresource of deployments (`autoscaling/v1` `Scale`).
 //! - [`podproxy`]: a pod's `log` and `exec`, from the agent of its node over mutually verified TLS.
 //! - [`csr`]: node certificate signing requests, signed through the [`CsrSigner`] trait.
@@ -28,6 +29,7 @@ pub mod auth;
 pub mod csr;
 pub mod discovery;
 pub mod error;
+mod events_v1;
 mod handlers;
 pub mod objects;
 pub mod openapi;
@@ -291,6 +293,15 @@ async fn resource(
         };
     }
     let path = uri.path().to_string();
+    if path.starts_with("/apis/events.k8s.io/v1/") {
+        let watch = query.get("watch").and_then(|w| target::query_bool(w)) == Some(true);
+        let core_method = method.clone();
+        return events_v1::serve(&method, &path, watch, async move |core: String| match handlers::resource(state, identity, core_method, &core, query, headers, body).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        })
+        .await;
+    }
     let verb = method.clone();
     match handlers::resource(state, identity.clone(), method, &path, query, headers, body).await {
         Ok(response) => response,

@@ -792,6 +792,39 @@ async fn an_eviction_deletes_the_pod_as_a_delete_with_its_options_would() {
     server.stop().await;
 }
 
+/// `events.k8s.io/v1` serves the core Events, converted, to the same readers: list (also
+/// across namespaces), get, and watch; writes there are 405; a node may not list them.
+#[tokio::test]
+async fn events_are_listed_and_watched_through_events_k8s_io_too() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let event = json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "web.1", "namespace": "default"},
+        "involvedObject": {"kind": "Pod", "name": "web", "namespace": "default"}, "reason": "Scheduled",
+        "message": "Successfully assigned default/web to w1", "type": "Normal", "source": {"component": "default-scheduler"},
+        "firstTimestamp": "2026-12-06T00:00:00Z", "lastTimestamp": "2026-12-06T00:00:00Z", "count": 1});
+    admin.create_value("/api/v1/namespaces/default/events", &event).await.unwrap();
+    for path in ["/apis/events.k8s.io/v1/events", "/apis/events.k8s.io/v1/namespaces/default/events"] {
+        let list = admin.get_value(path).await.unwrap();
+        assert_eq!((list["apiVersion"].as_str(), list["kind"].as_str()), (Some("events.k8s.io/v1"), Some("EventList")), "{list}");
+        assert_eq!(list["items"][0]["note"], "Successfully assigned default/web to w1");
+        assert_eq!(list["items"][0]["regarding"]["name"], "web");
+    }
+    let one = admin.get_value("/apis/events.k8s.io/v1/namespaces/default/events/web.1").await.unwrap();
+    assert_eq!((one["apiVersion"].as_str(), one["deprecatedCount"].as_i64()), (Some("events.k8s.io/v1"), Some(1)), "{one}");
+    assert_eq!(code(admin.get_value("/apis/events.k8s.io/v1/namespaces/default/events/nope").await), 404);
+    assert_eq!(code(admin.create_value("/apis/events.k8s.io/v1/namespaces/default/events", &event).await), 405);
+    assert_eq!(code(server.node("w1").get_value("/apis/events.k8s.io/v1/events").await), 403);
+    let mut stream = admin.get_stream("/apis/events.k8s.io/v1/namespaces/default/events?watch=true").await.unwrap();
+    let mut pending = String::new();
+    let first = watch_lines(&mut stream, &mut pending, 1).await;
+    assert_eq!((first[0]["type"].as_str(), first[0]["object"]["apiVersion"].as_str()), (Some("ADDED"), Some("events.k8s.io/v1")), "{}", first[0]);
+    let discovered = admin.get_value("/apis/events.k8s.io/v1").await.unwrap();
+    assert_eq!(discovered["resources"][0]["verbs"], json!(["get", "list", "watch"]));
+    let groups = admin.get_value("/apis").await.unwrap();
+    assert!(groups["groups"].as_array().unwrap().iter().any(|g| g["name"] == "events.k8s.io"), "{groups}");
+    server.stop().await;
+}
+
 /// `limit` and `continue`: pages in key order with `remainingItemCount`, after the selectors;
 /// a token the server did not make is 400.
 #[tokio::test]
