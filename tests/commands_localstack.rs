@@ -603,6 +603,9 @@ fn kubectl_workflow(bin: &Path, h: &Path, ns: &str) {
     for reason in ["ScalingReplicaSet", "Scheduled", "Pulled", "Created", "Started", "SuccessfulCreate"] {
         assert!(events.contains(reason), "{which}: no {reason} event:\n{events}");
     }
+    // The same Events through events.k8s.io/v1, as its clients read them.
+    let v1 = ok(&["get", "events.v1.events.k8s.io", "-o", "jsonpath={range .items[*]}{.apiVersion} {.reason} {.regarding.kind}{\"\\n\"}{end}"]);
+    assert!(v1.lines().any(|l| l == "events.k8s.io/v1 Scheduled Pod"), "{which}: events.k8s.io/v1:\n{v1}");
     let all = ok(&["get", "all"]);
     for kind in ["pod/web-", "service/web", "deployment.apps/web", "replicaset.apps/web-"] {
         assert!(all.contains(kind), "{which}: get all has no {kind}:\n{all}");
