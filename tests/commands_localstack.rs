@@ -404,6 +404,7 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "the Python client:\n{printed}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(printed.contains("exec (WebSocket): from-exec"), "{printed}");
+    assert!(printed.contains("port-forward (WebSocket): HTTP/1."), "{printed}");
     eprintln!("{printed}");
     // -f keeps printing: the probe's requests arrive every 2 s after the existing lines.
     let mut follow = Command::new(env!("CARGO_BIN_EXE_clusterctl"))

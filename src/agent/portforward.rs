@@ -1,6 +1,7 @@
 //! `port-forward` as kubelet serves it: `portforward.k8s.io` over SPDY/3.1 (kubectl 1.20), also
 //! tunnelled through a WebSocket (`SPDY/3.1+portforward.k8s.io`, newer kubectl: the bytes of the
-//! SPDY connection ride in binary messages).
+//! SPDY connection ride in binary messages), and in the WebSocket channel protocol
+//! (`v4.channel.k8s.io`, what the official Python client speaks; see [`over_websocket_channels`]).
 //!
 //! For every local connection the client opens two streams with the same `requestID` header (or,
 //! from clients too old to send one, consecutive stream ids): `streamType: error` and
@@ -41,6 +42,114 @@ fn request_key(stream: &spdy::Stream) -> String {
         _ if stream.header("streamType") == Some("data") => format!("#{}", stream.id.saturating_sub(2)),
         _ => format!("#{}", stream.id),
     }
+}
+
+/// The WebSocket channel protocols of port-forward (binary messages whose first byte is the
+/// channel), as kubelet names them.
+pub const CHANNEL_PROTOCOLS: [&str; 2] = ["v4.channel.k8s.io", "channel.k8s.io"];
+
+/// The `ports` of a WebSocket port-forward (`?ports=80&ports=443` or `?ports=80,443`).
+pub fn ports_of(query: &HashMap<String, Vec<String>>) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for value in query.get("ports").into_iter().flatten() {
+        for p in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match p.parse::<u16>() {
+                Ok(n) if n > 0 => ports.push(n),
+                _ => return Err(format!("invalid port {p:?}")),
+            }
+        }
+    }
+    if ports.is_empty() {
+        return Err("port forwarding over a WebSocket needs at least one port (`ports`)".into());
+    }
+    Ok(ports)
+}
+
+/// One connection in the channel protocol, as kubelet's `handleWebSocketStreams`: for the i-th
+/// port, channel 2i carries data and 2i+1 errors, and each starts with the port, two bytes
+/// little-endian; one connection to the pod per port, made at once; the WebSocket closes when
+/// every one of them has ended (or the client goes).
+pub async fn over_websocket_channels(socket: axum::extract::ws::WebSocket, ports: Vec<u16>, runtime: Arc<dyn ContainerRuntime>, pod: PodRef) {
+    use axum::extract::ws::Message;
+    use futures::{SinkExt, StreamExt};
+    let framed = |channel: usize, data: &[u8]| {
+        let mut message = Vec::with_capacity(data.len() + 1);
+        message.push(channel as u8);
+        message.extend_from_slice(data);
+        Message::Binary(message.into())
+    };
+    let (mut sink, mut incoming) = socket.split();
+    let (out, mut outgoing) = tokio::sync::mpsc::channel::<Message>(16);
+    let writer = tokio::spawn(async move {
+        while let Some(message) = outgoing.recv().await {
+            if sink.send(message).await.is_err() {
+                return;
+            }
+        }
+        super::remotecommand::close_normally(&mut sink).await;
+    });
+    for (i, port) in ports.iter().enumerate() {
+        for channel in [2 * i, 2 * i + 1] {
+            let _ = out.send(framed(channel, &port.to_le_bytes())).await;
+        }
+    }
+    let mut to_pods: Vec<Option<tokio::net::tcp::OwnedWriteHalf>> = Vec::new();
+    let mut copies = tokio::task::JoinSet::new();
+    for (i, port) in ports.iter().copied().enumerate() {
+        match connect(&runtime, &pod, port).await {
+            Ok(tcp) => {
+                let (mut from_pod, to_pod) = tcp.into_split();
+                to_pods.push(Some(to_pod));
+                let out = out.clone();
+                copies.spawn(async move {
+                    let mut buffer = vec![0u8; 128 * 1024];
+                    loop {
+                        match from_pod.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if out.send(framed(2 * i, &buffer[..n])).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+            Err(reason) => {
+                to_pods.push(None);
+                let message = format!("error forwarding port {port} to pod {}/{}: {reason}", pod.namespace, pod.name);
+                tracing::debug!("{message}");
+                let _ = out.send(framed(2 * i + 1, message.as_bytes())).await;
+            }
+        }
+    }
+    drop(out);
+    let from_client = async {
+        while let Some(Ok(message)) = incoming.next().await {
+            let data = match message {
+                Message::Binary(data) => data,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((&channel, payload)) = data.split_first() else { continue };
+            let channel = usize::from(channel);
+            // Data for a port goes on its data channel; anything else is ignored, as kubelet does.
+            if channel % 2 != 0 || payload.is_empty() {
+                continue;
+            }
+            if let Some(Some(to_pod)) = to_pods.get_mut(channel / 2)
+                && to_pod.write_all(payload).await.is_err()
+            {
+                to_pods[channel / 2] = None;
+            }
+        }
+    };
+    let pods_done = async { while copies.join_next().await.is_some() {} };
+    tokio::select! {
+        () = from_client => copies.abort_all(),
+        () = pods_done => {}
+    }
+    let _ = writer.await;
 }
 
 /// Serves one port-forward connection until the client ends it.

@@ -298,21 +298,32 @@ async fn command_session(state: AgentState, namespace: &str, pod: &str, containe
     upgrade.on_upgrade(move |socket| remotecommand::over_websocket(socket, v5, runtime, command))
 }
 
-/// `GET|POST /portForward/{namespace}/{pod}`: SPDY, or SPDY tunnelled through a WebSocket.
+/// `GET|POST /portForward/{namespace}/{pod}`: SPDY, SPDY tunnelled through a WebSocket, or the
+/// WebSocket channel protocol for the `ports` of the query.
 async fn port_forward(State(state): State<AgentState>, Path((namespace, name)): Path<(String, String)>, request: Request) -> Response {
     let pod = portforward::PodRef { namespace, name };
     let runtime = state.runtime.clone();
     if wants_spdy(&request) {
         return spdy_upgrade(request, portforward::PROTOCOL, move |io| portforward::over_spdy(io, runtime, pod));
     }
+    let mut query: HashMap<String, Vec<String>> = HashMap::new();
+    for (key, value) in url::form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()) {
+        query.entry(key.into_owned()).or_default().push(value.into_owned());
+    }
     let upgrade = match websocket(request).await {
-        Ok(u) => u.protocols([portforward::TUNNEL_PROTOCOL]),
+        Ok(u) => u.protocols([portforward::TUNNEL_PROTOCOL, portforward::CHANNEL_PROTOCOLS[0], portforward::CHANNEL_PROTOCOLS[1]]),
         Err(response) => return response,
     };
-    if upgrade.selected_protocol().is_none() {
-        return refuse(StatusCode::BAD_REQUEST, format!("port forwarding over a WebSocket needs the protocol {}", portforward::TUNNEL_PROTOCOL));
+    let tunnel = upgrade.selected_protocol().is_some_and(|p| p.as_bytes() == portforward::TUNNEL_PROTOCOL.as_bytes());
+    if tunnel {
+        return upgrade.on_upgrade(move |socket| portforward::over_spdy(websocket_bytes(socket), runtime, pod));
     }
-    upgrade.on_upgrade(move |socket| portforward::over_spdy(websocket_bytes(socket), runtime, pod))
+    // The channel protocol, also when the client names none (as kubelet takes it).
+    let ports = match portforward::ports_of(&query) {
+        Ok(p) => p,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+    };
+    upgrade.on_upgrade(move |socket| portforward::over_websocket_channels(socket, ports, runtime, pod))
 }
 
 /// The bytes carried in a WebSocket's binary messages as one stream (client-go's
@@ -682,6 +693,54 @@ mod tests {
         assert!(tls.is_none() && answer.starts_with("HTTP/1.1 503"), "{answer}");
         let (answer, tls) = rig.spdy("/api/v1/namespaces/default/pods/web-1/exec?command=sh&stdout=true", &["v4.channel.k8s.io"], "system:node:node-a", &["system:nodes"]).await;
         assert!(tls.is_none() && answer.starts_with("HTTP/1.1 403"), "{answer}");
+    }
+
+    /// The WebSocket channel protocol (`v4.channel.k8s.io`, the Python client's), through the API
+    /// server: each channel starts with its port (two bytes, little-endian), data goes both ways on
+    /// the port's even channel, a port nobody listens on is reported on its odd one, and the
+    /// socket closes once the pod's side has.
+    #[tokio::test]
+    async fn port_forward_speaks_the_websocket_channel_protocol() {
+        use futures::SinkExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_tungstenite::tungstenite::{Message as WsMessage, client::IntoClientRequest};
+        let rig = Rig::start().await;
+        let id = rig.run_web("a").await;
+        rig.fake.set_ip(&id, "127.0.0.1".parse().unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut got = [0u8; 4];
+            socket.read_exact(&mut got).await.unwrap();
+            socket.write_all(&[b"echo:".as_slice(), &got].concat()).await.unwrap();
+        });
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+        let path = format!("/api/v1/namespaces/default/pods/web-1/portforward?ports={port},{closed}");
+        let mut request = format!("wss://{}{path}", rig.server()).into_client_request().unwrap();
+        request.headers_mut().insert("Sec-WebSocket-Protocol", "v4.channel.k8s.io".parse().unwrap());
+        let (ws, answer) = tokio_tungstenite::client_async(request, rig.connect("admin", &["system:masters"]).await).await.unwrap();
+        assert_eq!(answer.headers()["sec-websocket-protocol"], "v4.channel.k8s.io");
+        let (mut sink, mut incoming) = ws.split();
+        sink.send(WsMessage::Binary([&[0u8][..], b"ping"].concat().into())).await.unwrap();
+        let mut channels: BTreeMap<u8, Vec<Vec<u8>>> = BTreeMap::new();
+        let read_all = async {
+            while let Some(Ok(message)) = incoming.next().await {
+                match message {
+                    WsMessage::Binary(bytes) if !bytes.is_empty() => channels.entry(bytes[0]).or_default().push(bytes[1..].to_vec()),
+                    WsMessage::Close(_) => break,
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read_all).await.expect("the socket closes once the pod's side has");
+        for (channel, p) in [(0, port), (1, port), (2, closed), (3, closed)] {
+            assert_eq!(channels[&channel][0], p.to_le_bytes(), "channel {channel} starts with its port");
+        }
+        assert_eq!(channels[&0][1..].concat(), b"echo:ping");
+        assert!(channels.get(&1).is_none_or(|m| m.len() == 1), "no error for the open port: {channels:?}");
+        let error = String::from_utf8(channels[&3][1..].concat()).unwrap();
+        assert!(error.contains(&format!("error forwarding port {closed}")), "{error}");
     }
 
     /// The pod's port through the API server: `portforward.k8s.io` over SPDY (kubectl 1.20) and

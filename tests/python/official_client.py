@@ -11,7 +11,7 @@ import time
 import uuid
 
 from kubernetes import client, config, watch
-from kubernetes.stream import stream
+from kubernetes.stream import portforward, stream
 
 
 def main(pod_name: str, namespace: str) -> None:
@@ -78,6 +78,25 @@ def main(pod_name: str, namespace: str) -> None:
     out = stream(core.connect_get_namespaced_pod_exec, pod_name, namespace, command=["sh", "-c", "echo from-exec"], stderr=True, stdin=False, stdout=True, tty=False)
     assert out.strip() == "from-exec", repr(out)
     print("exec (WebSocket): from-exec")
+
+    # port-forward in the WebSocket channel protocol: an HTTP request to the pod's port 80.
+    forward = portforward(core.connect_get_namespaced_pod_portforward, pod_name, namespace, ports="80")
+    sock = forward.socket(80)
+    sock.setblocking(True)
+    sock.settimeout(10)
+    sock.sendall(b"GET / HTTP/1.0\r\nHost: pod\r\n\r\n")
+    answer = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    sock.close()
+    status_line = answer.split(b"\r\n", 1)[0].decode(errors="replace")
+    assert status_line.startswith("HTTP/1.") and " 200 " in status_line, answer[:200]
+    assert forward.error(80) is None, forward.error(80)
+    forward.close()
+    print(f"port-forward (WebSocket): {status_line}")
 
 
 if __name__ == "__main__":
