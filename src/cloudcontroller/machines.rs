@@ -35,7 +35,9 @@ use crate::api::time::Time;
 use crate::api::Node;
 use crate::bootstrap::{self, BootstrapOptions, Join};
 use crate::bootstrap::hostkeys::KnownHosts;
+use crate::api::event::{NORMAL, WARNING};
 use crate::client::ApiClient;
+use crate::runtime::events::Recorder;
 use crate::cloud::{owned_by, Cloud, Instance, InstanceState, POOL_TAG, ROLE_TAG};
 use crate::provision::{self, ConvergeOptions};
 use crate::report::LogReport;
@@ -186,7 +188,7 @@ fn condition(kind: &str, status: bool, reason: &str, message: &str) -> NodeCondi
 }
 
 /// One pass over every worker pool.
-pub async fn pass(ctx: &Context, client: &ApiClient, state: &mut State) -> anyhow::Result<()> {
+pub async fn pass(ctx: &Context, client: &ApiClient, events: &Recorder<ApiClient>, state: &mut State) -> anyhow::Result<()> {
     let spec = ClusterSpec::load(&ctx.spec_path)?;
     let cluster = spec.name.as_str().to_string();
     let all: Vec<Instance> = ctx.cloud.instances(&owned_by(&cluster)).await?.into_iter().filter(|i| !i.state.is_gone()).collect();
@@ -260,14 +262,22 @@ pub async fn pass(ctx: &Context, client: &ApiClient, state: &mut State) -> anyho
         }
         match action {
             Action::Nothing => {}
-            Action::Blocked(message) => tracing::warn!(pool = name, "{message}"),
+            Action::Blocked(message) => {
+                tracing::warn!(pool = name, "{message}");
+                if !blocked_before {
+                    events.record(&object, WARNING, "ReplacementBlocked", message);
+                }
+            }
             Action::Launch(n) => {
                 tracing::info!(pool = name, "the pool has {} of {} machines: launching {n}", mine.len(), object.spec.replicas);
+                events.record(&object, NORMAL, "ScalingUp", format!("Launching {n} machine(s): the pool has {} of {}", mine.len(), object.spec.replicas));
                 grow(ctx, client, &spec, &instances, live_masters, name, n).await?;
             }
             Action::Replace { instance, reason } => {
                 let node = machines.iter().find(|m| m.instance.id == instance).and_then(|m| m.node.clone());
                 tracing::info!(pool = name, instance = %instance, node = ?node, "replacing an unhealthy machine: {reason}");
+                let which = node.as_deref().map_or_else(|| instance.clone(), |n| format!("{instance} (node {n})"));
+                events.record(&object, WARNING, "MachineUnhealthy", format!("Replacing machine {which}: {reason}"));
                 grow(ctx, client, &spec, &instances, live_masters, name, 1).await?;
                 ctx.cloud.terminate_instances(std::slice::from_ref(&instance)).await?;
                 if let Some(node) = node {
@@ -278,6 +288,7 @@ pub async fn pass(ctx: &Context, client: &ApiClient, state: &mut State) -> anyho
                     }
                 }
                 tracing::info!(pool = name, instance = %instance, "replaced");
+                events.record(&object, NORMAL, "MachineReplaced", format!("Machine {which} replaced by a new one and terminated"));
             }
         }
     }

@@ -29,6 +29,8 @@ use crate::client::{ApiClient, ListOptions};
 use crate::cloud::aws::{AwsCloud, AwsOptions};
 use crate::cloud::{owned_by, Cloud, Resilient, RetryPolicy};
 use crate::nodeconfig::{CloudSettings, NodeConfig};
+use crate::api::event::{NORMAL, WARNING};
+use crate::runtime::events::Recorder;
 use crate::runtime::{Action, Backoff, Client, Controller, ObjectKey, Store};
 
 /// How often the service controller re-checks the cloud when nothing changed in the API.
@@ -80,7 +82,12 @@ pub async fn run(client: ApiClient, settings: CloudSettings, config: NodeConfig,
         pods: Store::reflect(client.clone(), None, ListOptions::default()),
         pools: Store::reflect(client.clone(), None, ListOptions::default()),
     };
-    let machine_ctx = Arc::new(MachineContext { machines: ctx, client: client.clone(), state: tokio::sync::Mutex::new(machines::State::default()) });
+    let machine_ctx = Arc::new(MachineContext {
+        machines: ctx,
+        events: Recorder::new(client.clone(), "machine-controller", ""),
+        client: client.clone(),
+        state: tokio::sync::Mutex::new(machines::State::default()),
+    });
     let ctx = Arc::new(Context::new(cloud, cluster, client, stores));
     // All three in this one task, so that a leader that loses its lease stops every one of them.
     tokio::join!(
@@ -109,18 +116,23 @@ pub struct Context<C> {
     network: tokio::sync::Mutex<Option<services::Network>>,
     /// What the service controller last made the cloud match, and when.
     last_services: Mutex<Option<(BTreeSet<String>, String, Instant)>>,
+    /// Events as Kubernetes' `service-controller` records them.
+    service_events: Recorder<C>,
 }
 
 impl<C: Client> Context<C> {
     /// The shared context of the service and node controllers.
     pub fn new(cloud: Arc<dyn Cloud>, cluster: String, client: C, stores: Stores) -> Self {
-        Context { cloud, cluster, client, stores, network: tokio::sync::Mutex::new(None), last_services: Mutex::new(None) }
+        let service_events = Recorder::new(client.clone(), "service-controller", "");
+        Context { cloud, cluster, client, stores, network: tokio::sync::Mutex::new(None), last_services: Mutex::new(None), service_events }
     }
 }
 
 /// The machine controller's context: it bootstraps machines over SSH with the real client.
 struct MachineContext {
     machines: machines::Context,
+    /// Events on `MachinePool`s: replacements, launches, a blocked replacement.
+    events: Recorder<ApiClient>,
     client: ApiClient,
     state: tokio::sync::Mutex<machines::State>,
 }
@@ -173,8 +185,24 @@ pub async fn reconcile_services<C: Client>(_key: ObjectKey, ctx: Arc<Context<C>>
         *network = Some(find_network(ctx.cloud.as_ref(), &ctx.cluster).await.context("finding the cluster's network")?);
     }
     let Some(net) = network.as_ref() else { return Ok(Action::AwaitChange) };
-    let addresses = services::reconcile(ctx.cloud.as_ref(), &ctx.cluster, net, &svcs, &targets).await?;
+    let mut happened = Vec::new();
+    let result = services::reconcile(ctx.cloud.as_ref(), &ctx.cluster, net, &svcs, &targets, &mut happened).await;
     drop(network);
+    let by_key = |key: &str| svcs.iter().find(|s| services::service_key(s) == key);
+    for (key, reason, message) in happened {
+        if let Some(svc) = by_key(&key) {
+            ctx.service_events.record(svc, NORMAL, reason, message);
+        }
+    }
+    let addresses = match result {
+        Ok(a) => a,
+        Err(e) => {
+            for svc in svcs.iter().filter(|s| s.spec.service_type.as_deref() == Some("LoadBalancer")) {
+                ctx.service_events.record(svc, WARNING, "SyncLoadBalancerFailed", format!("Error syncing load balancer: {e}"));
+            }
+            return Err(e.into());
+        }
+    };
     for s in &svcs {
         let key = services::service_key(s);
         let want = addresses.get(&key).map(|a| services::ingress_status(a)).unwrap_or_default();
@@ -200,7 +228,7 @@ pub async fn reconcile_nodes<C: Client>(_key: ObjectKey, ctx: Arc<Context<C>>) -
 /// A machine controller pass, then the next in [`machines::PERIOD`].
 async fn reconcile_machines(_key: ObjectKey, ctx: Arc<MachineContext>) -> anyhow::Result<Action> {
     let mut state = ctx.state.lock().await;
-    machines::pass(&ctx.machines, &ctx.client, &mut state).await?;
+    machines::pass(&ctx.machines, &ctx.client, &ctx.events, &mut state).await?;
     Ok(Action::RequeueAfter(machines::PERIOD))
 }
 

@@ -65,8 +65,13 @@ fn wanted(services: &[Service]) -> Vec<&Service> {
         .collect()
 }
 
-/// Makes the cloud match the services; returns each balanced service's address (`namespace/name` → address).
-pub async fn reconcile(cloud: &dyn Cloud, cluster: &str, network: &Network, services: &[Service], targets: &BTreeSet<String>) -> Result<BTreeMap<String, String>, CloudError> {
+/// What happened to one service's balancer, as Kubernetes' service controller reports it in
+/// events: (`namespace/name`, reason, message).
+pub type Happened = (String, &'static str, String);
+
+/// Makes the cloud match the services; returns each balanced service's address (`namespace/name` →
+/// address). `happened` gets what changed for each service (a balancer made, its targets changed).
+pub async fn reconcile(cloud: &dyn Cloud, cluster: &str, network: &Network, services: &[Service], targets: &BTreeSet<String>, happened: &mut Vec<Happened>) -> Result<BTreeMap<String, String>, CloudError> {
     let mut selector = owned_by(cluster);
     selector.insert(ROLE_TAG.into(), ROLE.into());
     let (balancers, groups, security_groups) = tokio::try_join!(cloud.load_balancers(&selector), cloud.target_groups(&selector), cloud.security_groups(&selector))?;
@@ -98,8 +103,10 @@ pub async fn reconcile(cloud: &dyn Cloud, cluster: &str, network: &Network, serv
         let lb = match balancers.iter().find(|l| of(&l.tags, &key)) {
             Some(l) => l.clone(),
             None => {
+                happened.push((key.clone(), "EnsuringLoadBalancer", "Ensuring load balancer".into()));
                 let l = cloud.create_load_balancer(&name, &network.subnet_ids, &[sg], &tags).await?;
                 tracing::info!(service = %key, balancer = %l.name, address = %l.dns_name, "created a load balancer");
+                happened.push((key.clone(), "EnsuredLoadBalancer", "Ensured load balancer".into()));
                 l
             }
         };
@@ -123,6 +130,9 @@ pub async fn reconcile(cloud: &dyn Cloud, cluster: &str, network: &Network, serv
             if !remove.is_empty() {
                 cloud.deregister_targets(&tg.arn, &remove, node_port).await?;
                 tracing::info!(service = %key, port = listen, targets = ?remove, "deregistered");
+            }
+            if !(add.is_empty() && remove.is_empty()) && !registered.is_empty() {
+                happened.push((key.clone(), "UpdatedLoadBalancer", "Updated load balancer with new hosts".into()));
             }
             match listeners.iter().find(|l| l.port == listen) {
                 Some(l) if l.target_group_arn.as_deref() == Some(tg.arn.as_str()) => {}

@@ -94,10 +94,13 @@ async fn a_load_balancer_service_gets_a_tagged_balancer_that_follows_the_workers
     let targets: BTreeSet<String> = ids.iter().cloned().collect();
 
     // No node port yet: nothing is made.
-    let none = services::reconcile(&cloud, "c1", &net, &[lb_service("web", 80, None)], &targets).await.unwrap();
-    assert!(none.is_empty());
+    let mut happened = Vec::new();
+    let none = services::reconcile(&cloud, "c1", &net, &[lb_service("web", 80, None)], &targets, &mut happened).await.unwrap();
+    assert!(none.is_empty() && happened.is_empty());
 
-    let addresses = services::reconcile(&cloud, "c1", &net, std::slice::from_ref(&svc), &targets).await.unwrap();
+    let addresses = services::reconcile(&cloud, "c1", &net, std::slice::from_ref(&svc), &targets, &mut happened).await.unwrap();
+    let reasons: Vec<&str> = happened.drain(..).map(|(key, reason, _)| { assert_eq!(key, "default/web"); reason }).collect();
+    assert_eq!(reasons, ["EnsuringLoadBalancer", "EnsuredLoadBalancer"], "the events Kubernetes' service controller records");
     let mut selector = owned_by("c1");
     selector.insert(ROLE_TAG.into(), services::ROLE.into());
     let lbs = cloud.load_balancers(&selector).await.unwrap();
@@ -114,22 +117,24 @@ async fn a_load_balancer_service_gets_a_tagged_balancer_that_follows_the_workers
 
     // A second pass changes nothing; a worker leaving is deregistered.
     let calls = fake.calls().len();
-    services::reconcile(&cloud, "c1", &net, std::slice::from_ref(&svc), &targets).await.unwrap();
+    services::reconcile(&cloud, "c1", &net, std::slice::from_ref(&svc), &targets, &mut happened).await.unwrap();
+    assert!(happened.is_empty(), "{happened:?}");
     let mutations: Vec<String> = fake.calls()[calls..].iter().filter(|c| c.starts_with("create") || c.starts_with("register") || c.starts_with("delete")).cloned().collect();
     assert!(mutations.is_empty(), "an unchanged service changes nothing: {mutations:?}");
     let fewer = BTreeSet::from([ids[1].clone()]);
-    services::reconcile(&cloud, "c1", &net, std::slice::from_ref(&svc), &fewer).await.unwrap();
+    services::reconcile(&cloud, "c1", &net, std::slice::from_ref(&svc), &fewer, &mut happened).await.unwrap();
+    assert_eq!(happened.drain(..).map(|(_, r, _)| r).collect::<Vec<_>>(), ["UpdatedLoadBalancer"]);
     let registered: BTreeSet<String> = cloud.target_health(&tgs[0].arn).await.unwrap().into_iter().map(|t| t.instance_id).collect();
     assert_eq!(registered, fewer);
 
     // Deregistering a target already gone (the controller and `scale` race) still deregisters the rest.
-    services::reconcile(&cloud, "c1", &net, std::slice::from_ref(&svc), &targets).await.unwrap();
+    services::reconcile(&cloud, "c1", &net, std::slice::from_ref(&svc), &targets, &mut happened).await.unwrap();
     cloud.deregister_targets(&tgs[0].arn, &[ids[0].clone()], 30080).await.unwrap();
     cloud.deregister_targets(&tgs[0].arn, &ids, 30080).await.unwrap();
     assert!(cloud.target_health(&tgs[0].arn).await.unwrap().is_empty());
 
     // The service gone: balancer, listener, target group and security group go too.
-    services::reconcile(&cloud, "c1", &net, &[], &fewer).await.unwrap();
+    services::reconcile(&cloud, "c1", &net, &[], &fewer, &mut happened).await.unwrap();
     assert!(cloud.load_balancers(&selector).await.unwrap().is_empty());
     assert!(cloud.target_groups(&selector).await.unwrap().is_empty());
     assert!(cloud.security_groups(&selector).await.unwrap().is_empty());
@@ -386,7 +391,7 @@ async fn the_machine_controller_backs_off_cloud_errors_then_makes_the_pools_and_
         pods: Store::reflect(client.clone(), None, Default::default()),
         pools: Store::reflect(client.clone(), None, Default::default()),
     };
-    let ctx = Arc::new(super::MachineContext { machines, client: client.clone(), state: tokio::sync::Mutex::new(super::machines::State::default()) });
+    let ctx = Arc::new(super::MachineContext { machines, events: crate::runtime::events::Recorder::new(client.clone(), "machine-controller", ""), client: client.clone(), state: tokio::sync::Mutex::new(super::machines::State::default()) });
     cloud.fail("instances", ErrorKind::Invalid, 2);
     let controller = super::machine_controller(&stores);
     let task = tokio::spawn(controller.run(super::reconcile_machines, ctx));

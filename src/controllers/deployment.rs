@@ -542,8 +542,23 @@ pub fn deployment_controller<C: Client>(ctx: &Context<C>) -> Controller {
 pub fn replica_set_controller<C: Client>(ctx: &Context<C>) -> Controller {
     let sets = ctx.replica_sets.clone();
     let (orphan_pods, orphan_sets) = (ctx.pods.clone(), ctx.replica_sets.clone());
+    // A set's own status writes (its ReplicaFailure condition, say) do not queue it again: that
+    // would cut a failing set's back-off short. Its spec, metadata and its going do.
+    let (store, seen) = (ctx.replica_sets.clone(), Arc::new(std::sync::Mutex::new(std::collections::HashMap::<ObjectKey, String>::new())));
+    let all_sets = ctx.replica_sets.clone();
     Controller::new("replicaset")
-        .owns(&ctx.replica_sets, RESYNC)
+        .watches(&ctx.replica_sets, move |rs: &ReplicaSet| {
+            let key = ObjectKey::of(&rs.metadata);
+            let mut seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if store.get(&key).is_none_or(|now| now.metadata.uid != rs.metadata.uid) {
+                seen.remove(&key);
+                return vec![key];
+            }
+            let m = &rs.metadata;
+            let fingerprint = serde_json::to_string(&(&m.uid, m.generation, &m.deletion_timestamp, &m.owner_references, &m.finalizers, &m.labels, &m.annotations, &rs.spec)).unwrap_or_default();
+            if seen.insert(key.clone(), fingerprint.clone()).as_ref() == Some(&fingerprint) { Vec::new() } else { vec![key] }
+        })
+        .resync_every(RESYNC, move || all_sets.keys())
         .watches(&ctx.pods, |pod: &Pod| controller_key(&pod.metadata, "ReplicaSet").into_iter().collect())
         .watches(&ctx.deployments, move |d: &Deployment| sets.snapshot().iter().filter(|rs| owned_by(&rs.metadata, &d.metadata.uid)).map(|rs| ObjectKey::of(&rs.metadata)).collect())
         .resync_every(RESYNC, move || {

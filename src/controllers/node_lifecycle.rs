@@ -21,7 +21,9 @@ use crate::api::lease::{Lease, NODE_LEASE_NAMESPACE};
 use crate::api::pod::Pod;
 use crate::api::time::{MicroTime, Time};
 use crate::api::{Node, NodeCondition};
+use crate::api::event::NORMAL;
 use crate::client::{ClientError, ListOptions};
+use crate::runtime::events::Recorder;
 use crate::runtime::{Action, Client, Controller, ObjectKey, Store};
 
 /// How often each node is looked at without a change.
@@ -69,17 +71,19 @@ pub fn evicts(node: &Node, now: f64, toleration: Duration) -> bool {
 /// How many evictions are in flight at once: a dead worker's 30 pods cost a few round trips.
 const EVICTIONS_IN_FLIGHT: usize = 16;
 
-/// Deletes `pods` (those of a node that is gone or not ready); returns how many were deleted.
-pub async fn evict<C: Client>(client: &C, node: &str, pods: &[Arc<Pod>]) -> Result<usize, ClientError> {
+/// Deletes `pods` (those of a node that is gone or not ready), each with a `NodeControllerEviction`
+/// event as Kubernetes' node lifecycle controller records; returns how many were deleted.
+pub async fn evict<C: Client>(client: &C, events: &Recorder<C>, node: &str, pods: &[Arc<Pod>]) -> Result<usize, ClientError> {
     // At once (grace 0): no agent is there to stop them and confirm, and their replacements must
     // not wait for one (Kubernetes leaves them Terminating until the node is gone; see
     // docs/ARCHITECTURE.md).
-    let keys: Vec<(ObjectKey, String)> = pods.iter().map(|p| (ObjectKey::of(&p.metadata), p.metadata.uid.clone())).collect();
-    let results: Vec<Result<bool, ClientError>> = futures::stream::iter(keys)
-        .map(|(key, uid)| async move {
-            match client.delete_now::<Pod>(&key, &uid).await {
+    let results: Vec<Result<bool, ClientError>> = futures::stream::iter(pods.iter().cloned())
+        .map(|pod: Arc<Pod>| async move {
+            let key = ObjectKey::of(&pod.metadata);
+            match client.delete_now::<Pod>(&key, &pod.metadata.uid).await {
                 Ok(()) => {
                     tracing::info!(pod = %key, node = %node, "evicted: the node is not ready");
+                    events.record(pod.as_ref(), NORMAL, "NodeControllerEviction", format!("Marking for deletion Pod {} from Node {node}", pod.metadata.name));
                     Ok(true)
                 }
                 Err(e) if e.is_not_found() || matches!(e, ClientError::Api { code: 409, .. }) => Ok(false),
@@ -102,6 +106,8 @@ pub struct Context<C> {
     pub nodes: Store<Node>,
     pub leases: Store<Lease>,
     pub pods: Store<Pod>,
+    /// Events as `node-controller` records them.
+    pub events: Recorder<C>,
     pub grace: Duration,
     pub toleration: Duration,
     /// When the controller started (seconds since the epoch): no lease counts as older.
@@ -115,6 +121,7 @@ impl<C: Client> Context<C> {
             nodes: Store::reflect(client.clone(), None, ListOptions::default()),
             leases: Store::reflect(client.clone(), Some(NODE_LEASE_NAMESPACE), ListOptions::default()),
             pods: Store::reflect(client.clone(), None, ListOptions::default()),
+            events: Recorder::new(client.clone(), "node-controller", ""),
             client,
             grace,
             toleration,
@@ -147,7 +154,7 @@ pub async fn reconcile<C: Client>(key: ObjectKey, ctx: Arc<Context<C>>) -> Resul
     let Some(node) = ctx.nodes.get(&key) else {
         let pods = ctx.pods_on(&key.name);
         if !pods.is_empty() {
-            evict(&ctx.client, &key.name, &pods).await?;
+            evict(&ctx.client, &ctx.events, &key.name, &pods).await?;
         }
         return Ok(Action::AwaitChange);
     };
@@ -167,7 +174,10 @@ pub async fn reconcile<C: Client>(key: ObjectKey, ctx: Arc<Context<C>>) -> Resul
             };
         }
         match ctx.client.replace_status(&next).await {
-            Ok(_) => tracing::info!(node = %key, "node not ready: {message}"),
+            Ok(_) => {
+                tracing::info!(node = %key, "node not ready: {message}");
+                ctx.events.record(node.as_ref(), NORMAL, "NodeNotReady", format!("Node {} status is now: NodeNotReady", key.name));
+            }
             // The agent wrote in between: the next tick looks again.
             Err(e) if e.is_conflict() => {}
             Err(e) => return Err(e),
@@ -175,7 +185,8 @@ pub async fn reconcile<C: Client>(key: ObjectKey, ctx: Arc<Context<C>>) -> Resul
     } else if evicts(&node, now, ctx.toleration) {
         let pods = ctx.pods_on(&key.name);
         if !pods.is_empty() {
-            evict(&ctx.client, &key.name, &pods).await?;
+            ctx.events.record(node.as_ref(), NORMAL, "DeletingAllPods", format!("Deleting all Pods from Node {}.", key.name));
+            evict(&ctx.client, &ctx.events, &key.name, &pods).await?;
         }
     }
     Ok(Action::RequeueAfter(TICK))

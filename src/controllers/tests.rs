@@ -237,7 +237,8 @@ async fn every_pod_of_a_node_not_ready_beyond_the_toleration_is_evicted_in_one_p
     let now = crate::api::time::now_seconds();
     assert!(super::node_lifecycle::evicts(&dead, now, Duration::from_secs(10)));
     let on_dead: Vec<Arc<Pod>> = pods(&client).await.into_iter().filter(|p| p.spec.bound_node() == Some("w1")).map(Arc::new).collect();
-    let evicted = super::node_lifecycle::evict(&client, "w1", &on_dead).await.unwrap();
+    let events = crate::runtime::events::Recorder::new(client.clone(), "node-controller", "");
+    let evicted = super::node_lifecycle::evict(&client, &events, "w1", &on_dead).await.unwrap();
     assert_eq!(evicted, 15, "every pod of the dead node, none of the healthy one");
     let left: Vec<String> = pods(&client).await.into_iter().filter(|p| !p.is_terminating()).filter_map(|p| p.spec.bound_node().map(String::from)).collect();
     assert_eq!(left, vec!["w2"; 5]);
