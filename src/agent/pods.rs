@@ -354,6 +354,12 @@ impl<R: ContainerRuntime> PodSync<R> {
                     let labelled = c.labels.get(labels::GRACE).and_then(|g| g.parse().ok()).map(Duration::from_secs).unwrap_or(DEFAULT_GRACE);
                     let grace = deleting_grace.get(&uid).copied().unwrap_or(labelled);
                     tracing::info!(container = %c.id, pod = ?c.labels.get(labels::POD), "stopping the container of a deleted pod");
+                    // Reported as kubelet does, on the pod while the API still has it.
+                    if let Some(pod) = deleting.get(uid.as_str()).filter(|_| c.running) {
+                        let cname = c.labels.get(labels::CONTAINER).cloned().unwrap_or_default();
+                        let message = format!("Stopping container {cname}");
+                        self.happened.push(Happening { pod: (*pod).clone(), container: cname, event_type: NORMAL, reason: "Killing", message });
+                    }
                     self.terminate(&c.id, grace);
                 }
                 continue;
@@ -1130,6 +1136,8 @@ mod tests {
         p.metadata.deletion_grace_period_seconds = Some(2);
         sync.sync(std::slice::from_ref(&p)).await.unwrap();
         assert!(sync.take_finished().is_empty(), "its container is still there");
+        let killing: Vec<String> = sync.take_happenings().into_iter().filter(|h| h.reason == "Killing").map(|h| h.message).collect();
+        assert_eq!(killing, ["Stopping container web"], "reported as kubelet does");
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(fake.calls().contains(&format!("stop {id} 2s")), "{:?}", fake.calls());
         sync.sync(std::slice::from_ref(&p)).await.unwrap();
