@@ -187,6 +187,16 @@ async fn the_cluster_balances_services_replaces_machines_scales_and_leaves_nothi
     eprintln!("{out}");
     pool_settles(&client, cloud.as_ref(), 5, Duration::from_secs(30), "5 Ready workers").await;
     mark("5 workers Ready");
+    // Every node, the new ones too, has a pod range of its own from the cluster CIDR.
+    let (ranges, _) = eventually("every node with a pod range", Duration::from_secs(10), || async {
+        let nodes = client.list_values("/api/v1/nodes").await.map_err(|e| e.to_string())?;
+        let ranges: Vec<String> = nodes.iter().filter_map(|n| n["spec"]["podCIDR"].as_str().map(String::from)).collect();
+        if ranges.len() == nodes.len() { Ok(ranges) } else { Err(format!("{} of {} nodes have one", ranges.len(), nodes.len())) }
+    })
+    .await;
+    let distinct: BTreeSet<&String> = ranges.iter().collect();
+    assert_eq!(distinct.len(), ranges.len(), "no two nodes share a range: {ranges:?}");
+    assert!(ranges.iter().all(|r| r.starts_with("100.64.") && r.ends_with("/24")), "/24s of the default 100.64.0.0/16: {ranges:?}");
     assert!(std::fs::read_to_string(&spec_path).unwrap().contains("count = 5"), "the spec file says 5 workers too");
 
     // Scale down to 1 while a client loop counts failed requests through the balancer; the removed

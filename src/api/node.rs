@@ -46,6 +46,13 @@ pub struct NodeSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub taints: Vec<Taint>,
+    /// The node's range of pod addresses, given by the node IPAM controller; fixed once given.
+    #[serde(default, rename = "podCIDR", skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<String>,
+    /// The same, as a list (one entry: the cluster is IPv4 only).
+    #[serde(default, rename = "podCIDRs", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set", "x-kubernetes-patch-strategy" = "merge"))]
+    pub pod_cidrs: Vec<String>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: UnknownFields,

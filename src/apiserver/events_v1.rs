@@ -20,11 +20,7 @@ pub const VERSION: &str = "v1";
 pub fn core_path(path: &str) -> Option<String> {
     let rest = path.strip_prefix("/apis/events.k8s.io/v1/")?;
     let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
-    let is_events = match segments.as_slice() {
-        ["events"] => true,
-        ["namespaces", _, "events"] | ["namespaces", _, "events", _] => true,
-        _ => false,
-    };
+    let is_events = matches!(segments.as_slice(), ["events"] | ["namespaces", _, "events"] | ["namespaces", _, "events", _]);
     is_events.then(|| format!("/api/v1/{}", segments.join("/")))
 }
 

@@ -494,7 +494,7 @@ async fn update(
     let unknown = Mutex::new(Vec::new());
     let written = write_back(state, target, requested, dry_run, |stored| {
         let next = objects::merge_update(stored, incoming.clone(), status_only);
-        validated(target, next, mode, &unknown)
+        validated(target, stored, next, mode, &unknown)
     })
     .await?;
     let unknown = unknown.into_inner().unwrap_or_default();
@@ -503,8 +503,12 @@ async fn update(
 
 /// The object an update or patch is about to write, validated; the unknown fields it dropped are left
 /// in `unknown` (the last attempt's, when a race made `write_back` build it again).
-fn validated(target: &Target, mut next: Value, mode: FieldValidation, unknown: &Mutex<Vec<String>>) -> Result<Value, ApiError> {
+fn validated(target: &Target, stored: &Value, mut next: Value, mode: FieldValidation, unknown: &Mutex<Vec<String>>) -> Result<Value, ApiError> {
     let dropped = objects::validate(target.resource, name_of(target), &mut next, mode)?;
+    let changed = objects::immutable_changes(target.resource, stored, &next);
+    if !changed.is_empty() {
+        return Err(ApiError::invalid_fields(target.resource, name_of(target), &changed));
+    }
     if let Ok(mut slot) = unknown.lock() {
         *slot = dropped;
     }
@@ -532,7 +536,7 @@ async fn patch(
     let written = write_back(state, target, requested, dry_run, |stored| {
         let mut patched = patch_object(kind, stored, &patch, target)?;
         check_identity(&mut patched, target)?;
-        validated(target, objects::merge_update(stored, patched, status_only), mode, &unknown)
+        validated(target, stored, objects::merge_update(stored, patched, status_only), mode, &unknown)
     })
     .await?;
     let unknown = unknown.into_inner().unwrap_or_default();

@@ -149,6 +149,22 @@ fn desired_part(object: &Value) -> Map<String, Value> {
 /// The object to store for an update of `stored` with `incoming`: a plain update takes everything but
 /// `status` from `incoming`; a `status` update takes only `status`. Server-owned metadata is kept and
 /// `generation` is bumped when the desired part changed.
+/// Fields an update may not change once set, as Kubernetes' validation refuses them: a Node's
+/// pod range (`spec.podCIDR`, `spec.podCIDRs`), which only its IPAM controller gives.
+pub fn immutable_changes(resource: &ResourceType, stored: &Value, next: &Value) -> Vec<FieldError> {
+    let mut refused = Vec::new();
+    if *resource == crate::api::resource::NODES {
+        let set = |v: Option<&Value>| v.filter(|v| !v.is_null() && *v != "" && v.as_array().is_none_or(|a| !a.is_empty())).cloned();
+        for (field, pointer, what) in [("spec.podCIDR", "/spec/podCIDR", "podCIDR except from \"\" to valid"), ("spec.podCIDRs", "/spec/podCIDRs", "podCIDRs except from empty to valid")] {
+            let before = set(stored.pointer(pointer));
+            if before.is_some() && before != set(next.pointer(pointer)) {
+                refused.push(FieldError { field: field.into(), kind: FieldErrorKind::Forbidden, message: format!("Forbidden: node updates may not change {what}") });
+            }
+        }
+    }
+    refused
+}
+
 pub fn merge_update(stored: &Value, incoming: Value, status_only: bool) -> Value {
     let mut next = if status_only {
         let mut next = stored.clone();

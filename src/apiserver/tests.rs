@@ -825,6 +825,25 @@ async fn events_are_listed_and_watched_through_events_k8s_io_too() {
     server.stop().await;
 }
 
+/// A Node's pod range is given once (from empty) and never changed: 422 naming the field.
+#[tokio::test]
+async fn a_nodes_pod_range_may_be_set_once_and_not_changed() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    admin.create(&NODES, None, &Node::new("w1")).await.unwrap();
+    let set = json!({"spec": {"podCIDR": "100.64.3.0/24", "podCIDRs": ["100.64.3.0/24"]}});
+    let node: Node = admin.patch(&NODES, None, "w1", &set).await.unwrap();
+    assert_eq!(node.spec.pod_cidr.as_deref(), Some("100.64.3.0/24"));
+    let other = json!({"spec": {"podCIDR": "100.64.4.0/24", "podCIDRs": ["100.64.4.0/24"]}});
+    let fields = invalid_causes(admin.patch::<Value>(&NODES, None, "w1", &other).await);
+    assert_eq!(fields.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(), ["spec.podCIDR", "spec.podCIDRs"], "{fields:?}");
+    let unset = json!({"spec": {"podCIDR": null}});
+    assert_eq!(code(admin.patch::<Value>(&NODES, None, "w1", &unset).await), 422, "not taken away either");
+    let same = json!({"metadata": {"labels": {"x": "y"}}, "spec": {"podCIDR": "100.64.3.0/24"}});
+    admin.patch::<Value>(&NODES, None, "w1", &same).await.unwrap();
+    server.stop().await;
+}
+
 /// `limit` and `continue`: pages in key order with `remainingItemCount`, after the selectors;
 /// a token the server did not make is 400.
 #[tokio::test]

@@ -260,6 +260,7 @@ pub async fn install_master(
             etcd: plane.etcd.clone(),
             snapshot_every_minutes: u64::from(spec.backups.snapshot_every_minutes),
             snapshots_kept: spec.backups.snapshots_kept,
+            cluster_cidr: Some(spec.network.cluster_cidr),
         }),
         ..m.node_config(spec.name.as_str(), NodeRole::Master, ApiEndpoint { endpoint: plane.api_host.clone(), port: spec.api.port })?
     };

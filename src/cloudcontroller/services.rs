@@ -131,7 +131,8 @@ pub async fn reconcile(cloud: &dyn Cloud, cluster: &str, network: &Network, serv
                 cloud.deregister_targets(&tg.arn, &remove, node_port).await?;
                 tracing::info!(service = %key, port = listen, targets = ?remove, "deregistered");
             }
-            if !(add.is_empty() && remove.is_empty()) && !registered.is_empty() {
+            let changed = !add.is_empty() || !remove.is_empty();
+            if changed && !registered.is_empty() {
                 happened.push((key.clone(), "UpdatedLoadBalancer", "Updated load balancer with new hosts".into()));
             }
             match listeners.iter().find(|l| l.port == listen) {

@@ -418,3 +418,31 @@ async fn a_new_deployment_adopts_the_orphaned_set_and_its_pods() {
     assert_eq!(pods_after, pods_before, "the same pods, none made or deleted");
     task.abort();
 }
+
+/// Node IPAM: each Node gets the lowest free /24 of the cluster CIDR, never one another holds;
+/// a full block leaves a Node waiting (with a `CIDRNotAvailable` event) until a range frees up
+/// when a Node goes.
+#[tokio::test(start_paused = true)]
+async fn every_node_gets_a_pod_range_of_its_own_and_a_gone_nodes_range_is_given_again() {
+    let fake = FakeClient::new();
+    let mut given = Node::new("w0");
+    given.spec.pod_cidr = Some("100.64.1.0/24".into());
+    fake.create(&given).await.unwrap();
+    fake.create(&Node::new("w1")).await.unwrap();
+    fake.create(&Node::new("w2")).await.unwrap();
+    let task = tokio::spawn(super::node_ipam::run(fake.clone(), "100.64.0.0/23".parse().unwrap()));
+    let range = |name: &str| fake.objects::<Node>().into_iter().find(|n| n.metadata.name == name).and_then(|n| n.spec.pod_cidr);
+    let w1 = eventually("w1 gets the free range", || range("w1")).await;
+    assert_eq!(w1, "100.64.0.0/24", "the lowest one w0 does not hold");
+    let node = fake.objects::<Node>().into_iter().find(|n| n.metadata.name == "w1").unwrap();
+    assert_eq!(node.spec.pod_cidrs, vec![w1.clone()]);
+    eventually("w2 is told there is none", || {
+        fake.objects::<crate::api::event::Event>().into_iter().find(|e| e.reason == "CIDRNotAvailable" && e.involved_object.name == "w2").map(drop)
+    })
+    .await;
+    assert_eq!(range("w2"), None, "a /23 holds two nodes");
+    fake.delete::<Node>(&ObjectKey::cluster("w0")).await.unwrap();
+    let w2 = eventually("w2 gets w0's range once w0 is gone", || range("w2")).await;
+    assert_eq!(w2, "100.64.1.0/24");
+    task.abort();
+}

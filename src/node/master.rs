@@ -17,7 +17,7 @@ use crate::apiserver::store::{EtcdStore, SqliteStore, Store};
 use crate::apiserver::{self, ApiServerConfig, ServerTls};
 use crate::client::leader::LeaderElection;
 use crate::client::{ApiClient, ClientAuth};
-use crate::controllers::{deployment, endpoints, event_ttl, node_lifecycle};
+use crate::controllers::{deployment, endpoints, event_ttl, node_ipam, node_lifecycle};
 use crate::nodeconfig::{MasterSettings, NodeConfig};
 use crate::pki;
 
@@ -63,11 +63,20 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     {
         let client = controller_client.clone();
         let (grace, eviction) = (Duration::from_secs(settings.node_grace_seconds), Duration::from_secs(settings.pod_eviction_seconds));
+        let cluster_cidr = settings.cluster_cidr;
         let election = LeaderElection::new(CONTROLLERS_LEASE, &identity);
         let task = tokio::spawn(election.clone().run(controller_client.clone(), move || {
             let client = client.clone();
             async move {
+                let ipam_client = client.clone();
+                let ipam = async move {
+                    match cluster_cidr {
+                        Some(block) => node_ipam::run(ipam_client, block).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::join!(
+                    ipam,
                     node_lifecycle::run(client.clone(), grace, eviction),
                     deployment::run(client.clone()),
                     endpoints::run(client.clone()),

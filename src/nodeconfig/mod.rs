@@ -197,6 +197,9 @@ pub struct MasterSettings {
     /// How many scheduled snapshots are kept.
     #[serde(default = "default_snapshots_kept")]
     pub snapshots_kept: u32,
+    /// The block each node's pod range (`spec.podCIDR`) is given from; without it no node gets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_cidr: Option<ipnet::Ipv4Net>,
 }
 
 fn default_snapshot_minutes() -> u64 {
@@ -450,6 +453,7 @@ mod tests {
                 etcd: None,
                 snapshot_every_minutes: 60,
                 snapshots_kept: 5,
+                cluster_cidr: Some("100.64.0.0/16".parse().unwrap()),
             }),
             worker: None,
             ..worker()

@@ -83,7 +83,19 @@ pub struct Network {
     /// Who may reach SSH and the API port; never empty.
     #[serde(serialize_with = "serialize_cidrs")]
     pub admin_cidrs: Vec<Ipv4Net>,
+    /// The pods' addresses: each node gets a /24 of it (default `100.64.0.0/16`).
+    #[serde(serialize_with = "serialize_cidr")]
+    pub cluster_cidr: Ipv4Net,
+    /// The services' cluster IPs (default `10.96.0.0/16`).
+    #[serde(serialize_with = "serialize_cidr")]
+    pub service_cidr: Ipv4Net,
 }
+
+/// The pods' addresses when the spec does not say: shared address space (RFC 6598), outside the
+/// private ranges a VPC must be in.
+pub const DEFAULT_CLUSTER_CIDR: &str = "100.64.0.0/16";
+/// The services' addresses when the spec does not say (Kubernetes' usual block).
+pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/16";
 
 /// One subnet: a block of the VPC in one availability zone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

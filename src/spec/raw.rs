@@ -47,6 +47,8 @@ pub(crate) struct RawNetwork {
     pub vpc_cidr: Option<SString>,
     pub admin_cidrs: Option<Spanned<Vec<SString>>>,
     pub subnets: Option<Spanned<Vec<Spanned<RawSubnet>>>>,
+    pub cluster_cidr: Option<SString>,
+    pub service_cidr: Option<SString>,
 }
 
 /// `[[network.subnets]]`

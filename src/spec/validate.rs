@@ -363,11 +363,46 @@ impl Check {
                 _ => None,
             },
         };
+        let cluster = self.address_block(raw.cluster_cidr.as_ref(), "network.cluster_cidr", super::DEFAULT_CLUSTER_CIDR, 8..=22, "each node gets a /24 of it, so it must be /22 or larger");
+        let service = self.address_block(raw.service_cidr.as_ref(), "network.service_cidr", super::DEFAULT_SERVICE_CIDR, 12..=24, "/12 to /24, as Kubernetes allows");
+        let (cluster, service) = (cluster?, service?);
+        for (field, written, block) in [("network.cluster_cidr", raw.cluster_cidr.as_ref(), cluster), ("network.service_cidr", raw.service_cidr.as_ref(), service)] {
+            if let Some(vpc) = vpc.filter(|v| v.contains(&block.network()) || block.contains(&v.network())) {
+                self.problem_at(written, &header, field, format!("{block} overlaps the VPC's {vpc}; pods and services need addresses of their own"));
+                return None;
+            }
+        }
+        if cluster.contains(&service.network()) || service.contains(&cluster.network()) {
+            self.problem_at(raw.service_cidr.as_ref(), &header, "network.service_cidr", format!("{service} overlaps the cluster CIDR {cluster}"));
+            return None;
+        }
         Some(Network {
             vpc_cidr: vpc?,
             subnets: subnets?,
             admin_cidrs: admin?,
+            cluster_cidr: cluster,
+            service_cidr: service,
         })
+    }
+
+    /// An address block of the cluster's own (the pods', the services'): written, or `default`; its
+    /// prefix within `prefixes`.
+    fn address_block(&mut self, written: Option<&SString>, field: &str, default: &str, prefixes: std::ops::RangeInclusive<u8>, why: &str) -> Option<Ipv4Net> {
+        let Some(value) = written else { return Ipv4Net::from_str(default).ok() };
+        let block = self.cidr(value, field)?;
+        if !prefixes.contains(&block.prefix_len()) {
+            self.problems.at(value, field, format!("{block} has prefix /{}; {why}", block.prefix_len()));
+            return None;
+        }
+        Some(block)
+    }
+
+    /// A problem at the written value, else at the table's header.
+    fn problem_at(&mut self, written: Option<&SString>, header: &Range<usize>, field: &str, message: String) {
+        match written {
+            Some(value) => self.problems.at(value, field, message),
+            None => self.problems.add(header.clone(), field, message),
+        }
     }
 
     /// A CIDR block written as a network address and prefix, such as "10.42.0.0/16".
