@@ -72,12 +72,7 @@ pub fn ports_of(query: &HashMap<String, Vec<String>>) -> Result<Vec<u16>, String
 pub async fn over_websocket_channels(socket: axum::extract::ws::WebSocket, ports: Vec<u16>, runtime: Arc<dyn ContainerRuntime>, pod: PodRef) {
     use axum::extract::ws::Message;
     use futures::{SinkExt, StreamExt};
-    let framed = |channel: usize, data: &[u8]| {
-        let mut message = Vec::with_capacity(data.len() + 1);
-        message.push(channel as u8);
-        message.extend_from_slice(data);
-        Message::Binary(message.into())
-    };
+    let framed = |channel: usize, data: &[u8]| super::remotecommand::channel_message(channel as u8, data);
     let (mut sink, mut incoming) = socket.split();
     let (out, mut outgoing) = tokio::sync::mpsc::channel::<Message>(16);
     let writer = tokio::spawn(async move {

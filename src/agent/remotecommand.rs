@@ -183,15 +183,18 @@ pub(crate) async fn close_normally(sink: &mut futures::stream::SplitSink<WebSock
     let _ = sink.close().await;
 }
 
+/// A binary message of the WebSocket channel protocol: the channel's number, then the bytes.
+pub(crate) fn channel_message(channel: u8, data: &[u8]) -> Message {
+    let mut message = Vec::with_capacity(data.len() + 1);
+    message.push(channel);
+    message.extend_from_slice(data);
+    Message::Binary(message.into())
+}
+
 /// A session over a WebSocket in the channel protocol (`v5` when it was chosen, else `v4`).
 pub async fn over_websocket(socket: WebSocket, v5: bool, runtime: Arc<dyn ContainerRuntime>, command: Command) {
     let (mut sink, mut incoming) = socket.split();
-    let framed = |channel: u8, data: &[u8]| {
-        let mut message = Vec::with_capacity(data.len() + 1);
-        message.push(channel);
-        message.extend_from_slice(data);
-        Message::Binary(message.into())
-    };
+    let framed = channel_message;
     let (stdin_tx, stdin_rx) = mpsc::channel(16);
     let (resize_tx, resize_rx) = mpsc::channel(4);
     let reader = tokio::spawn(async move {
