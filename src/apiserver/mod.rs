@@ -57,7 +57,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch as signal;
@@ -80,6 +80,10 @@ pub const NODE_BINARY_PATH: &str = "/clusterctl/v1/binary";
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's head, counted from the connection's start or
+/// the end of the previous response (so it is also how long a kept-alive connection may idle), as
+/// kube-apiserver's 32 s `ReadHeaderTimeout`.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long open requests may run on after shutdown was asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -204,7 +208,11 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAccepto
         req.extensions_mut().insert(identity.clone());
         app.clone().oneshot(req.map(Body::new))
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A client that sends a request's head slowly (or not at all) loses its connection, instead of
+    // holding it for ever (slowloris); an HTTP/2 peer that stops answering pings is dropped.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30))).keep_alive_timeout(Duration::from_secs(20));
     // With upgrades: a pod's exec, attach and port-forward switch the connection to a stream.
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);

@@ -844,6 +844,41 @@ async fn a_nodes_pod_range_may_be_set_once_and_not_changed() {
     server.stop().await;
 }
 
+/// A client that never finishes a request's head loses its connection after
+/// `HEADER_READ_TIMEOUT` (slowloris), while a complete request on another connection is answered.
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_request_head_is_closed() {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(server.ca.pem.as_bytes()).unwrap()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let address = server.url.trim_start_matches("https://").to_string();
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+        connector.connect(rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap()
+    };
+    let mut slow = connect().await;
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut whole = connect().await;
+    whole.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    whole.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(super::HEADER_READ_TIMEOUT + Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the slow connection is still open after {:?}", started.elapsed());
+    assert!(started.elapsed() >= super::HEADER_READ_TIMEOUT - Duration::from_secs(1), "closed by the timeout, not at once: {:?}", started.elapsed());
+    server.stop().await;
+}
+
 /// `limit` and `continue`: pages in key order with `remainingItemCount`, after the selectors;
 /// a token the server did not make is 400.
 #[tokio::test]

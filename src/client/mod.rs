@@ -311,6 +311,9 @@ impl ApiClient {
             .tls_backend_preconfigured(tls)
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_keepalive(Duration::from_secs(30))
+            // Shorter than the API server's header read timeout (30 s), which also closes idle
+            // kept-alive connections: a pooled connection is never reused as the server drops it.
+            .pool_idle_timeout(Duration::from_secs(20))
             .default_headers(headers)
             .build()
             .map_err(|e| config_err(format!("{e}")))?;
