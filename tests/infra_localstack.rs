@@ -115,6 +115,12 @@ async fn example_cluster_is_created_checked_rerun_without_changes_and_destroyed_
         .await
         .unwrap();
     assert_eq!(found.reservations().iter().map(|r| r.instances().len()).sum::<usize>(), 3);
+    // Every machine answers metadata requests only with IMDSv2 tokens, one hop away (not to pods).
+    for instance in found.reservations().iter().flat_map(|r| r.instances()) {
+        let options = instance.metadata_options().expect("metadata options");
+        assert_eq!(options.http_tokens(), Some(&aws_sdk_ec2::types::HttpTokensState::Required), "{instance:?}");
+        assert_eq!(options.http_put_response_hop_limit(), Some(1), "{instance:?}");
+    }
 
     // Re-running makes no mutating call.
     let spec = ClusterSpec::load(&spec_path).unwrap();

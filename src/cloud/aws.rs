@@ -768,6 +768,15 @@ impl Cloud for AwsCloud {
             .set_security_group_ids(Some(request.security_group_ids.clone()))
             .block_device_mappings(disk)
             .client_token(&request.client_token)
+            // IMDSv2 only, one hop: the node's own processes reach the metadata service (and its
+            // role's credentials); a pod, one routed hop further behind its bridge, does not.
+            .metadata_options(
+                ec2::types::InstanceMetadataOptionsRequest::builder()
+                    .http_endpoint(ec2::types::InstanceMetadataEndpointState::Enabled)
+                    .http_tokens(ec2::types::HttpTokensState::Required)
+                    .http_put_response_hop_limit(1)
+                    .build(),
+            )
             .tag_specifications(ec2_tag_spec(ec2::types::ResourceType::Instance, &request.tags))
             .tag_specifications(ec2_tag_spec(ec2::types::ResourceType::Volume, &request.tags));
         if let Some(user_data) = &request.user_data {
