@@ -311,6 +311,8 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
         let which = bin.display().to_string();
         let both = kubectl(&bin, h, &["exec", &pod_name, "--", "sh", "-c", "echo out; echo err >&2"]);
         assert_eq!(both, "out\n", "stdout to stdout, stderr to kubectl's stderr ({which})");
+        let pids = kubectl(&bin, h, &["exec", &pod_name, "--", "sh", "-c", "cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max"]);
+        assert_eq!(pids.trim(), "4096", "every container has a process limit ({which})");
         let exit = Command::new(&bin).args(["exec", &pod_name, "--", "sh", "-c", "exit 3"]).env("KUBECONFIG", kubectl_config(h)).env("HOME", h).output().unwrap();
         assert_eq!(exit.status.code(), Some(3), "the exit code comes through ({which}): {exit:?}");
         let mut cat = Command::new(&bin)

@@ -320,7 +320,7 @@ cp {payload} "$out"
             let (name, text) = unit(role);
             assert_eq!(name, unit_name(role));
             assert!(text.contains(&format!("ExecStart=/usr/local/bin/clusterctl node {role} --config /etc/clusterctl/node.toml\n")), "{text}");
-            for line in ["Restart=always\n", "RestartSec=1\n", "LimitNOFILE=65536\n", "After=network-online.target", "WantedBy=multi-user.target\n"] {
+            for line in ["Restart=always\n", "RestartSec=1\n", "LimitNOFILE=65536\n", "OOMScoreAdjust=-999\n", "After=network-online.target", "WantedBy=multi-user.target\n"] {
                 assert!(text.contains(line), "{name} lacks {line:?}");
             }
             assert!(!text.contains("{{"));
@@ -336,7 +336,7 @@ cp {payload} "$out"
         assert!(!master.contains("KillMode=process"));
         let (name, etcd) = etcd_unit();
         assert_eq!(name, "clusterctl-etcd.service");
-        for line in ["Type=notify\n", "EnvironmentFile=/etc/clusterctl/etcd.env\n", "ExecStart=/usr/bin/etcd\n", "Restart=always\n"] {
+        for line in ["Type=notify\n", "EnvironmentFile=/etc/clusterctl/etcd.env\n", "ExecStart=/usr/bin/etcd\n", "Restart=always\n", "OOMScoreAdjust=-999\n"] {
             assert!(etcd.contains(line), "{name} lacks {line:?}");
         }
     }

@@ -19,6 +19,9 @@ use futures::StreamExt;
 use super::podnet::{self, HostPorts, PodNetwork};
 use super::{ContainerInfo, ContainerRuntime, ContainerSpec, RuntimeError, labels};
 
+/// How many processes (threads count) one container may have.
+pub const PIDS_LIMIT: i64 = 4096;
+
 /// The node's Docker daemon.
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
@@ -114,6 +117,8 @@ impl DockerRuntime {
                 init: Some(true),
                 network_mode: Some("none".into()),
                 nano_cpus: spec.cpu_millis.map(|m| (m * 1_000_000) as i64),
+                // A fork bomb in one container cannot take the node's process table.
+                pids_limit: Some(PIDS_LIMIT),
                 memory: spec.memory_bytes.map(|b| b as i64),
                 ..Default::default()
             }),
