@@ -20,6 +20,7 @@ use std::time::Duration;
 use crate::api::lease::{Lease, NODE_LEASE_NAMESPACE};
 use crate::api::resource::{LEASES, NODES};
 use crate::api::time::{MicroTime, Time};
+use crate::api::node::{CONTROL_PLANE, Taint};
 use crate::api::{DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, ObjectMeta};
 use crate::client::{ApiClient, ClientError};
 
@@ -40,11 +41,19 @@ pub struct AgentConfig {
     pub serving: Option<crate::apiserver::ServerTls>,
 }
 
+/// The taints a node is registered with (kubelet's `--register-with-taints`): a control-plane
+/// node (by its label) takes `node-role.kubernetes.io/control-plane:NoSchedule`, as kubeadm
+/// taints it, so that only pods that tolerate it are scheduled there.
+pub fn registered_taints(config: &AgentConfig) -> Vec<Taint> {
+    let control_plane = config.labels.contains_key(CONTROL_PLANE);
+    control_plane.then(|| Taint { key: CONTROL_PLANE.into(), effect: "NoSchedule".into(), ..Default::default() }).into_iter().collect()
+}
+
 /// The node object this agent registers.
 pub fn node_object(config: &AgentConfig, host: &host::HostInfo) -> Node {
     Node {
         metadata: ObjectMeta { labels: config.labels.clone(), ..ObjectMeta::named(&config.node_name) },
-        spec: NodeSpec { provider_id: Some(config.provider_id.clone()), ..Default::default() },
+        spec: NodeSpec { provider_id: Some(config.provider_id.clone()), taints: registered_taints(config), ..Default::default() },
         status: reported_status(config, host, None),
         ..Node::new(&config.node_name)
     }
@@ -124,6 +133,13 @@ pub fn take_over(node: &mut Node, config: &AgentConfig) -> bool {
     for (key, value) in &config.labels {
         if node.metadata.labels.get(key) != Some(value) {
             node.metadata.labels.insert(key.clone(), value.clone());
+            changed = true;
+        }
+    }
+    // Taints it registers with that the object lacks (one registered by an older agent, say).
+    for taint in registered_taints(config) {
+        if !node.spec.taints.iter().any(|t| t.key == taint.key && t.effect == taint.effect) {
+            node.spec.taints.push(taint);
             changed = true;
         }
     }
@@ -256,6 +272,19 @@ mod tests {
         assert_eq!(node.spec.provider_id.as_deref(), Some("aws:///us-east-1b/i-new"));
         assert_eq!(node.metadata.labels["other"], "kept", "labels set by others stay");
         assert!(!take_over(&mut node, &config("aws:///us-east-1b/i-new")), "the same machine again changes nothing");
+    }
+
+    #[test]
+    fn a_control_plane_node_is_registered_tainted_and_an_untainted_one_gets_the_taint() {
+        let mut master = config("aws:///us-east-1a/i-m");
+        master.labels.insert(CONTROL_PLANE.into(), String::new());
+        let registered = node_object(&master, &host());
+        assert_eq!(registered.spec.taints.iter().map(|t| (t.key.as_str(), t.effect.as_str())).collect::<Vec<_>>(), [(CONTROL_PLANE, "NoSchedule")]);
+        assert!(node_object(&config("aws:///us-east-1a/i-w"), &host()).spec.taints.is_empty(), "workers take no taint");
+        let mut older = node(Some("aws:///us-east-1a/i-m"), &[("tier", "web"), (CONTROL_PLANE, "")]);
+        assert!(take_over(&mut older, &master), "a node registered before the taint gets it");
+        assert_eq!(older.spec.taints.len(), 1);
+        assert!(!take_over(&mut older, &master), "once");
     }
 
     #[test]

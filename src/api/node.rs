@@ -58,6 +58,9 @@ pub struct NodeSpec {
     pub extra: UnknownFields,
 }
 
+/// The label of a control-plane node, and the key of the `NoSchedule` taint it is registered with.
+pub const CONTROL_PLANE: &str = "node-role.kubernetes.io/control-plane";
+
 /// Keeps pods that do not tolerate it away from a node.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -84,7 +84,7 @@ pub fn machine(spec: &ClusterSpec, pool: &crate::spec::NodePool, slot: u32, inst
     labels.insert("topology.kubernetes.io/zone".into(), zone.clone());
     labels.insert("node.kubernetes.io/instance-type".into(), pool.instance_type.clone());
     if pool.role == Role::Master {
-        labels.insert("node-role.kubernetes.io/control-plane".into(), String::new());
+        labels.insert(crate::api::node::CONTROL_PLANE.into(), String::new());
     }
     Machine { name, role: pool.role, pool: pool.name.as_str().into(), zone, instance: instance.clone(), labels }
 }

@@ -1,8 +1,8 @@
 //! The scheduler: places unbound pods (`spec.nodeName` empty) on nodes.
 //!
 //! Decisions are pure functions over [`NodeInfo`] snapshots ([`filter`], [`score`], [`place`]):
-//! a node passes when it is Ready, not cordoned, has no taint the pod does not tolerate (a master's
-//! `node-role.kubernetes.io/control-plane` label counts as one), has room for the pod's CPU and memory requests
+//! a node passes when it is Ready, not cordoned, has no taint the pod does not tolerate (a master
+//! registers with `node-role.kubernetes.io/control-plane:NoSchedule`), has room for the pod's CPU and memory requests
 //! (allocatable minus what its pods request), carries the pod's `nodeSelector` labels and has
 //! the pod's host ports free; among those the least requested node wins, with a bonus for nodes
 //! and zones (`topology.kubernetes.io/zone`) holding fewer pods of the same owner; a [`Placer`]
@@ -26,9 +26,6 @@ use crate::api::event::{NORMAL, WARNING};
 use crate::runtime::events::Recorder;
 use crate::runtime::{Action, Client, Controller, ObjectKey, Store};
 
-/// The label of master nodes; it counts as a `NoSchedule` taint of the same key (as kubeadm
-/// taints control-plane nodes), so only pods that tolerate it run on masters.
-pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 /// The zone label nodes carry.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// How often unschedulable pods are retried without any change.
@@ -72,7 +69,6 @@ impl NodeInfo {
                 .iter()
                 .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
                 .map(|t| (t.key.clone(), t.value.clone(), t.effect.clone()))
-                .chain(node.metadata.labels.contains_key(CONTROL_PLANE_LABEL).then(|| (CONTROL_PLANE_LABEL.to_string(), None, "NoSchedule".to_string())))
                 .collect(),
             zone: node.metadata.labels.get(ZONE_LABEL).cloned(),
             ..Default::default()

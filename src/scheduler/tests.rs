@@ -1,4 +1,5 @@
 use super::*;
+use crate::api::node::CONTROL_PLANE;
 use crate::api::OwnerReference;
 use crate::api::pod::{Container, ContainerPort, ResourceRequirements};
 
@@ -93,13 +94,13 @@ fn a_node_without_requests_takes_pods_without_requests() {
 #[test]
 fn masters_and_tainted_nodes_take_only_pods_that_tolerate_them() {
     let mut master = Node::new("m");
-    master.metadata.labels.insert(CONTROL_PLANE_LABEL.into(), String::new());
+    master.spec.taints.push(crate::api::node::Taint { key: CONTROL_PLANE.into(), effect: "NoSchedule".into(), ..Default::default() });
     master.status.allocatable = [("cpu".to_string(), "2".to_string()), ("memory".to_string(), "1Gi".to_string())].into();
     master.status.conditions.push(crate::api::NodeCondition { condition_type: "Ready".into(), status: "True".into(), ..Default::default() });
     let nodes = [NodeInfo::from_node(&master)];
     let mut p = pod("p", "100m", "10Mi", None);
     assert_eq!(place(&p, &nodes), Err("0/1 nodes are available: 1 node(s) had untolerated taint(s).".into()));
-    p.spec.tolerations.push(crate::api::pod::Toleration { key: Some(CONTROL_PLANE_LABEL.into()), operator: Some("Exists".into()), ..Default::default() });
+    p.spec.tolerations.push(crate::api::pod::Toleration { key: Some(CONTROL_PLANE.into()), operator: Some("Exists".into()), ..Default::default() });
     assert_eq!(place(&p, &nodes), Ok("m".into()));
 }
 
