@@ -12,12 +12,13 @@
 //! Authorization ([`authorize`]):
 //! - group `system:masters`: everything;
 //! - a node (`system:node:<name>` in group `system:nodes`): read (get, list, watch) nodes, pods,
-//!   services, endpoints, configmaps, namespaces and leases (not their subresources: no pod logs or
+//!   services, endpoints, namespaces and leases (not their subresources: no pod logs or
 //!   exec); create a certificate signing request (for its own serving certificate, see [`super::csr`]);
 //!   create, update and patch its own Node and
 //!   its status; create, update and patch its own Lease in `kube-node-lease`; update and patch the
 //!   status of pods bound to it (checked against the stored pod by the caller), and delete those
-//!   pods (what ends their graceful deletion); nothing else, no other deletes, no secrets;
+//!   pods (what ends their graceful deletion); nothing else, no other deletes, no secrets and no
+//!   ConfigMaps (its pods use none yet; Kubernetes' node authorizer allows only those they name);
 //! - a bootstrap token: create certificatesigningrequests, nothing else;
 //! - anyone else: nothing.
 
@@ -132,7 +133,7 @@ pub enum Decision {
 }
 
 const NODE_READABLE: &[ResourceType] =
-    &[resource::NODES, resource::PODS, resource::SERVICES, resource::ENDPOINTS, resource::CONFIG_MAPS, resource::NAMESPACES, resource::LEASES];
+    &[resource::NODES, resource::PODS, resource::SERVICES, resource::ENDPOINTS, resource::NAMESPACES, resource::LEASES];
 
 /// Decides whether `identity` may do what `attrs` describe.
 pub fn authorize(identity: &Identity, attrs: &Attributes<'_>) -> Decision {
@@ -254,7 +255,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::resource::{CERTIFICATE_SIGNING_REQUESTS, LEASES, NODES, PODS, SECRETS};
+    use crate::api::resource::{CERTIFICATE_SIGNING_REQUESTS, CONFIG_MAPS, LEASES, NODES, PODS, SECRETS};
 
     fn node(name: &str) -> Identity {
         Identity::new(format!("system:node:{name}"), vec![NODES_GROUP.into()])
@@ -288,6 +289,9 @@ mod tests {
         let w1 = node("w1");
         assert_eq!(authorize(&w1, &attrs(Verb::Watch, &PODS, None, None, None)), Decision::Allow);
         assert_eq!(authorize(&w1, &attrs(Verb::Get, &SECRETS, Some("default"), Some("s"), None)), Decision::Deny);
+        for verb in [Verb::Get, Verb::List, Verb::Watch] {
+            assert_eq!(authorize(&w1, &attrs(verb, &CONFIG_MAPS, Some("default"), None, None)), Decision::Deny, "no ConfigMaps");
+        }
     }
 
     #[test]
