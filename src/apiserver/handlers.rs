@@ -186,7 +186,7 @@ fn page_of(query: &HashMap<String, String>) -> Result<Page, ApiError> {
 }
 
 /// What an invalid list request is about, as Kubernetes names it (`ListOptions.meta.k8s.io`).
-const LIST_OPTIONS: resource::ResourceType = resource::ResourceType { group: "meta.k8s.io", version: "v1", plural: "listoptions", kind: "ListOptions", namespaced: false };
+pub(super) const LIST_OPTIONS: resource::ResourceType = resource::ResourceType { group: "meta.k8s.io", version: "v1", plural: "listoptions", kind: "ListOptions", namespaced: false };
 
 /// Which state of a collection a list reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

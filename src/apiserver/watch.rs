@@ -36,6 +36,7 @@ use super::selectors::Selectors;
 use super::store::{StoreError, StoreEvent, StoreEventKind};
 use super::target::Target;
 use crate::api::resource::ResourceType;
+use crate::api::schema::{FieldError, FieldErrorKind};
 use crate::api::{Status, WatchEventType};
 
 fn line(event_type: WatchEventType, object: &impl serde::Serialize) -> Bytes {
@@ -43,9 +44,6 @@ fn line(event_type: WatchEventType, object: &impl serde::Serialize) -> Bytes {
     text.push(b'\n');
     Bytes::from(text)
 }
-
-/// What an invalid watch request is about, as Kubernetes names it (`ListOptions.meta.k8s.io`).
-const WATCH_OPTIONS: ResourceType = ResourceType { group: "meta.k8s.io", version: "v1", plural: "listoptions", kind: "ListOptions", namespaced: false };
 
 /// How often a watch that allows bookmarks gets one.
 pub(crate) const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
@@ -110,11 +108,15 @@ pub(crate) async fn serve(state: AppState, target: Target, selectors: Selectors,
     let bookmarks = flag("allowWatchBookmarks") && !as_table;
     let send_initial = flag("sendInitialEvents");
     let matching = query.get("resourceVersionMatch").map(String::as_str).filter(|m| !m.is_empty());
+    let forbidden = |field: &str, why: &str| {
+        let error = FieldError { field: field.into(), kind: FieldErrorKind::Forbidden, message: format!("Forbidden: {why}") };
+        ApiError::invalid_fields(&super::handlers::LIST_OPTIONS, "", &[error])
+    };
     if send_initial && matching != Some("NotOlderThan") {
-        return Err(ApiError::invalid(&WATCH_OPTIONS, "", "sendInitialEvents: Forbidden: sendInitialEvents is forbidden unless resourceVersionMatch is \"NotOlderThan\""));
+        return Err(forbidden("sendInitialEvents", "sendInitialEvents is forbidden unless resourceVersionMatch is \"NotOlderThan\""));
     }
     if matching.is_some() && !send_initial {
-        return Err(ApiError::invalid(&WATCH_OPTIONS, "", "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"));
+        return Err(forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"));
     }
     let from = match query.get("resourceVersion").map(String::as_str) {
         None | Some("" | "0") => None,

@@ -6,7 +6,6 @@
 //! until a range frees up. The API server keeps a range once given (`spec.podCIDR` may not change).
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -101,11 +100,6 @@ pub async fn run<C: Client>(client: C, cluster_cidr: Ipv4Net) {
     controller(&ctx).run(reconcile, ctx.clone()).await;
 }
 
-/// The first usable address of a node's range: its pod bridge's (the pods' gateway).
-pub fn gateway(range: Ipv4Net) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(range.network()) + 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +119,5 @@ mod tests {
         let mut full = used.clone();
         full.extend(["100.64.1.0/24".parse::<Ipv4Net>().unwrap(), "100.64.3.0/24".parse().unwrap()]);
         assert_eq!(next_free(cluster, &full), None, "a /22 has four /24s");
-        assert_eq!(gateway("100.64.1.0/24".parse().unwrap()), Ipv4Addr::new(100, 64, 1, 1));
     }
 }
