@@ -227,6 +227,7 @@ fn convert_instance(i: &ec2::types::Instance) -> Option<Instance> {
         private_ip: parse_ip(i.private_ip_address()),
         public_ip: parse_ip(i.public_ip_address()),
         instance_profile: i.iam_instance_profile().and_then(|p| p.arn()).map(str::to_string),
+        source_dest_check: i.source_dest_check().unwrap_or(true),
         tags: ec2_tags(i.tags()),
     })
 }
@@ -345,7 +346,14 @@ impl Cloud for AwsCloud {
                 routes: r
                     .routes()
                     .iter()
-                    .filter_map(|rt| Some(Route { destination: rt.destination_cidr_block()?.parse().ok()?, gateway_id: rt.gateway_id().map(str::to_string) }))
+                    .filter_map(|rt| {
+                        Some(Route {
+                            destination: rt.destination_cidr_block()?.parse().ok()?,
+                            gateway_id: rt.gateway_id().map(str::to_string),
+                            instance_id: rt.instance_id().map(str::to_string),
+                            blackhole: rt.state() == Some(&ec2::types::RouteState::Blackhole),
+                        })
+                    })
                     .collect(),
                 associations: r
                     .associations()
@@ -677,6 +685,40 @@ impl Cloud for AwsCloud {
             .send()
             .await
             .map_err(|e| classify(format!("adding route {destination} via {gateway_id} to {route_table_id}"), e))?;
+        Ok(())
+    }
+
+    async fn create_instance_route(&self, route_table_id: &str, destination: Ipv4Net, instance_id: &str) -> CloudResult<()> {
+        self.ec2
+            .create_route()
+            .route_table_id(route_table_id)
+            .destination_cidr_block(destination.to_string())
+            .instance_id(instance_id)
+            .send()
+            .await
+            .map_err(|e| classify(format!("adding route {destination} to instance {instance_id} in {route_table_id}"), e))?;
+        Ok(())
+    }
+
+    async fn delete_route(&self, route_table_id: &str, destination: Ipv4Net) -> CloudResult<()> {
+        self.ec2
+            .delete_route()
+            .route_table_id(route_table_id)
+            .destination_cidr_block(destination.to_string())
+            .send()
+            .await
+            .map_err(|e| classify(format!("deleting route {destination} from {route_table_id}"), e))?;
+        Ok(())
+    }
+
+    async fn disable_source_dest_check(&self, instance_id: &str) -> CloudResult<()> {
+        self.ec2
+            .modify_instance_attribute()
+            .instance_id(instance_id)
+            .source_dest_check(ec2::types::AttributeBooleanValue::builder().value(false).build())
+            .send()
+            .await
+            .map_err(|e| classify(format!("turning off the source/destination check of {instance_id}"), e))?;
         Ok(())
     }
 

@@ -221,7 +221,14 @@ impl Cloud for FakeCloud {
     }
     async fn route_tables(&self, tags: &Tags) -> CloudResult<Vec<RouteTable>> {
         let s = self.enter("route_tables", || "listing route tables".into())?;
-        Ok(s.route_tables.values().filter(|v| tags_match(&v.tags, tags)).cloned().collect())
+        let mut out: Vec<RouteTable> = s.route_tables.values().filter(|v| tags_match(&v.tags, tags)).cloned().collect();
+        for route in out.iter_mut().flat_map(|t| t.routes.iter_mut()) {
+            if let Some(id) = &route.instance_id {
+                // As AWS: a route to an instance that is not running carries no traffic.
+                route.blackhole = s.instances.get(id).is_none_or(|f| f.instance.state != InstanceState::Running);
+            }
+        }
+        Ok(out)
     }
     async fn security_groups(&self, tags: &Tags) -> CloudResult<Vec<SecurityGroup>> {
         let s = self.enter("security_groups", || "listing security groups".into())?;
@@ -392,7 +399,38 @@ impl Cloud for FakeCloud {
         if rt.routes.iter().any(|r| r.destination == destination) {
             return Err(CloudError::new(action(), ErrorKind::AlreadyExists, Some("RouteAlreadyExists".into()), ""));
         }
-        rt.routes.push(Route { destination, gateway_id: Some(gateway_id.into()) });
+        rt.routes.push(Route { destination, gateway_id: Some(gateway_id.into()), instance_id: None, blackhole: false });
+        Ok(())
+    }
+    async fn create_instance_route(&self, route_table_id: &str, destination: Ipv4Net, instance_id: &str) -> CloudResult<()> {
+        let action = || format!("adding route {destination} to instance {instance_id} in {route_table_id}");
+        let mut s = self.enter("create_instance_route", action)?;
+        if !s.instances.contains_key(instance_id) {
+            return Err(not_found(action(), "InvalidInstanceID.NotFound"));
+        }
+        let rt = s.route_tables.get_mut(route_table_id).ok_or_else(|| not_found(action(), "InvalidRouteTableID.NotFound"))?;
+        if rt.routes.iter().any(|r| r.destination == destination) {
+            return Err(CloudError::new(action(), ErrorKind::AlreadyExists, Some("RouteAlreadyExists".into()), ""));
+        }
+        rt.routes.push(Route { destination, gateway_id: None, instance_id: Some(instance_id.into()), blackhole: false });
+        Ok(())
+    }
+    async fn delete_route(&self, route_table_id: &str, destination: Ipv4Net) -> CloudResult<()> {
+        let action = || format!("deleting route {destination} from {route_table_id}");
+        let mut s = self.enter("delete_route", action)?;
+        let rt = s.route_tables.get_mut(route_table_id).ok_or_else(|| not_found(action(), "InvalidRouteTableID.NotFound"))?;
+        let before = rt.routes.len();
+        rt.routes.retain(|r| r.destination != destination);
+        if rt.routes.len() == before {
+            return Err(not_found(action(), "InvalidRoute.NotFound"));
+        }
+        Ok(())
+    }
+    async fn disable_source_dest_check(&self, instance_id: &str) -> CloudResult<()> {
+        let action = || format!("turning off the source/destination check of {instance_id}");
+        let mut s = self.enter("disable_source_dest_check", action)?;
+        let f = s.instances.get_mut(instance_id).ok_or_else(|| not_found(action(), "InvalidInstanceID.NotFound"))?;
+        f.instance.source_dest_check = false;
         Ok(())
     }
     async fn associate_route_table(&self, route_table_id: &str, subnet_id: &str) -> CloudResult<()> {
@@ -474,6 +512,7 @@ impl Cloud for FakeCloud {
             private_ip: Some(private_ip),
             public_ip,
             instance_profile,
+            source_dest_check: true,
             tags: request.tags.clone(),
         };
         let hidden_reads = s.hide_new_instances_for;

@@ -75,6 +75,10 @@ pub struct InternetGateway {
 pub struct Route {
     pub destination: Ipv4Net,
     pub gateway_id: Option<String>,
+    /// The instance that takes the traffic (a node, for its pod range).
+    pub instance_id: Option<String>,
+    /// Whether AWS shows the route as `blackhole`: its target (an instance) is gone or stopped.
+    pub blackhole: bool,
 }
 
 /// The link between a route table and a subnet.
@@ -206,6 +210,9 @@ pub struct Instance {
     pub public_ip: Option<Ipv4Addr>,
     /// ARN of the instance profile the instance was launched with, if any.
     pub instance_profile: Option<String>,
+    /// Whether the instance takes only traffic addressed to it (AWS's default); a node whose pod
+    /// range is routed to it needs it off.
+    pub source_dest_check: bool,
     pub tags: Tags,
 }
 
@@ -368,6 +375,12 @@ pub trait Cloud: Send + Sync {
     async fn create_route_table(&self, vpc_id: &str, tags: &Tags) -> CloudResult<RouteTable>;
     /// Adds a route through an internet gateway.
     async fn create_route(&self, route_table_id: &str, destination: Ipv4Net, gateway_id: &str) -> CloudResult<()>;
+    /// Adds a route to an instance (a node's pod range to the node).
+    async fn create_instance_route(&self, route_table_id: &str, destination: Ipv4Net, instance_id: &str) -> CloudResult<()>;
+    /// Removes the route to `destination`.
+    async fn delete_route(&self, route_table_id: &str, destination: Ipv4Net) -> CloudResult<()>;
+    /// Turns off an instance's source/destination check, so that it receives traffic routed to it.
+    async fn disable_source_dest_check(&self, instance_id: &str) -> CloudResult<()>;
     /// Associates a route table with a subnet.
     async fn associate_route_table(&self, route_table_id: &str, subnet_id: &str) -> CloudResult<()>;
     /// Creates a security group with no inbound rules.

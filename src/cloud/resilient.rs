@@ -285,6 +285,18 @@ impl Cloud for Resilient {
         })
         .await
     }
+    async fn create_instance_route(&self, route_table_id: &str, destination: Ipv4Net, instance_id: &str) -> CloudResult<()> {
+        self.mutate(format!("create_instance_route {route_table_id} {destination} {instance_id}"), || {
+            self.inner.create_instance_route(route_table_id, destination, instance_id)
+        })
+        .await
+    }
+    async fn delete_route(&self, route_table_id: &str, destination: Ipv4Net) -> CloudResult<()> {
+        self.call(Class::Delete, format!("delete_route {route_table_id} {destination}"), || self.inner.delete_route(route_table_id, destination)).await
+    }
+    async fn disable_source_dest_check(&self, instance_id: &str) -> CloudResult<()> {
+        self.mutate(format!("disable_source_dest_check {instance_id}"), || self.inner.disable_source_dest_check(instance_id)).await
+    }
     async fn associate_route_table(&self, route_table_id: &str, subnet_id: &str) -> CloudResult<()> {
         self.mutate(format!("associate_route_table {route_table_id} {subnet_id}"), || {
             self.inner.associate_route_table(route_table_id, subnet_id)

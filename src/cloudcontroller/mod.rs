@@ -3,7 +3,8 @@
 //!
 //! - [`services`]: a network load balancer for every Service of type LoadBalancer;
 //! - [`nodes`]: Nodes of terminated machines deleted at once, their pods with them;
-//! - [`machines`]: worker pools kept at their `MachinePool` size, unhealthy machines replaced.
+//! - [`machines`]: worker pools kept at their `MachinePool` size, unhealthy machines replaced;
+//! - [`routes`]: one VPC route per node's pod range to its instance.
 //!
 //! Credentials: the master's config (`[master.cloud]`) names the region and, against the LocalStack
 //! harness, the endpoint and LocalStack's fixed test credentials; on AWS the instance's own.
@@ -11,6 +12,7 @@
 pub mod machines;
 pub mod pools;
 pub mod nodes;
+pub mod routes;
 pub mod services;
 
 use std::collections::BTreeSet;
@@ -46,8 +48,12 @@ pub async fn connect(settings: &CloudSettings) -> Arc<dyn Cloud> {
     Arc::new(Resilient::new(Arc::new(aws), RetryPolicy::default()))
 }
 
-/// Runs the three controllers forever on `client` (a `system:masters` identity).
-pub async fn run(client: ApiClient, settings: CloudSettings, config: NodeConfig, ca_pem: String) -> anyhow::Result<()> {
+/// How often the route controller re-checks the cloud when no node changed.
+const ROUTE_RESYNC: Duration = Duration::from_secs(30);
+
+/// Runs the controllers forever on `client` (a `system:masters` identity); the route controller
+/// only with a `cluster_cidr` (the block the nodes' pod ranges come from).
+pub async fn run(client: ApiClient, settings: CloudSettings, config: NodeConfig, ca_pem: String, cluster_cidr: Option<ipnet::Ipv4Net>) -> anyhow::Result<()> {
     let cloud = connect(&settings).await;
     let cluster = config.cluster.clone();
     let join = Join {
@@ -88,12 +94,19 @@ pub async fn run(client: ApiClient, settings: CloudSettings, config: NodeConfig,
         client: client.clone(),
         state: tokio::sync::Mutex::new(machines::State::default()),
     });
-    let ctx = Arc::new(Context::new(cloud, cluster, client, stores));
-    // All three in this one task, so that a leader that loses its lease stops every one of them.
+    let ctx = Arc::new(Context::new(cloud, cluster, client, stores).with_cluster_cidr(cluster_cidr));
+    let routes = async {
+        match cluster_cidr {
+            Some(_) => route_controller(&ctx).run(reconcile_routes, ctx.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
+    // All in this one task, so that a leader that loses its lease stops every one of them.
     tokio::join!(
         machine_controller(&ctx.stores).run(reconcile_machines, machine_ctx),
         node_controller(&ctx).run(reconcile_nodes, ctx.clone()),
         service_controller(&ctx).run(reconcile_services, ctx.clone()),
+        routes,
     );
     Ok(())
 }
@@ -118,13 +131,37 @@ pub struct Context<C> {
     last_services: Mutex<Option<(BTreeSet<String>, String, Instant)>>,
     /// Events as Kubernetes' `service-controller` records them.
     service_events: Recorder<C>,
+    /// The block of the nodes' pod ranges: the route controller's routes lie in it.
+    cluster_cidr: Option<ipnet::Ipv4Net>,
+    /// The routes the route controller last made the cloud hold, and when.
+    last_routes: Mutex<Option<(String, Instant)>>,
+    /// Events on nodes as Kubernetes' `route_controller` records them.
+    route_events: Recorder<C>,
 }
 
 impl<C: Client> Context<C> {
     /// The shared context of the service and node controllers.
     pub fn new(cloud: Arc<dyn Cloud>, cluster: String, client: C, stores: Stores) -> Self {
         let service_events = Recorder::new(client.clone(), "service-controller", "");
-        Context { cloud, cluster, client, stores, network: tokio::sync::Mutex::new(None), last_services: Mutex::new(None), service_events }
+        let route_events = Recorder::new(client.clone(), "route_controller", "");
+        Context {
+            cloud,
+            cluster,
+            client,
+            stores,
+            network: tokio::sync::Mutex::new(None),
+            last_services: Mutex::new(None),
+            service_events,
+            cluster_cidr: None,
+            last_routes: Mutex::new(None),
+            route_events,
+        }
+    }
+
+    /// The same, with the route controller's block.
+    pub fn with_cluster_cidr(mut self, cidr: Option<ipnet::Ipv4Net>) -> Self {
+        self.cluster_cidr = cidr;
+        self
     }
 }
 
@@ -149,6 +186,36 @@ pub fn service_controller<C: Client>(ctx: &Context<C>) -> Controller {
         .watches(&ctx.stores.nodes, |_: &Node| vec![pass_key()])
         .resync_every(SERVICE_RESYNC, || vec![pass_key()])
         .backoff(Backoff { initial: Duration::from_secs(2), max: SERVICE_RESYNC })
+}
+
+/// The route controller: a pass on every change of nodes, and every 30 s.
+pub fn route_controller<C: Client>(ctx: &Context<C>) -> Controller {
+    Controller::new("cloud-routes")
+        .watches(&ctx.stores.nodes, |_: &Node| vec![pass_key()])
+        .resync_every(ROUTE_RESYNC, || vec![pass_key()])
+        .backoff(Backoff { initial: Duration::from_secs(1), max: ROUTE_RESYNC })
+}
+
+/// A route controller pass, when the nodes' ranges or machines changed or 30 s passed.
+pub async fn reconcile_routes<C: Client>(_key: ObjectKey, ctx: Arc<Context<C>>) -> anyhow::Result<Action> {
+    let Some(cidr) = ctx.cluster_cidr else { return Ok(Action::AwaitChange) };
+    let nodes = ctx.stores.nodes.cloned();
+    let fingerprint = format!("{:?}", routes::wanted(&nodes, cidr));
+    let unchanged = ctx.last_routes.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(|(f, at)| *f == fingerprint && at.elapsed() < ROUTE_RESYNC);
+    if unchanged {
+        return Ok(Action::AwaitChange);
+    }
+    let mut happened = Vec::new();
+    let result = routes::reconcile(ctx.cloud.as_ref(), &ctx.cluster, cidr, &nodes, &mut happened).await;
+    for (node, reason, message) in happened {
+        if let Some(n) = nodes.iter().find(|n| n.metadata.name == node) {
+            let kind = if reason == "RouteCreated" { NORMAL } else { WARNING };
+            ctx.route_events.record(n, kind, reason, message);
+        }
+    }
+    result?;
+    *ctx.last_routes.lock().unwrap_or_else(PoisonError::into_inner) = Some((fingerprint, Instant::now()));
+    Ok(Action::AwaitChange)
 }
 
 /// The node controller: a pass every 2 s (it polls the cloud for terminated machines). Its

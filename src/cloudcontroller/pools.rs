@@ -202,6 +202,7 @@ mod tests {
             private_ip: None,
             public_ip: None,
             instance_profile: None,
+            source_dest_check: true,
             tags: [(SLOT_TAG.to_string(), slot.to_string())].into(),
         };
         let node = |name: &str, id: &str| {

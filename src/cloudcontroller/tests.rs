@@ -39,6 +39,7 @@ fn instance(id: &str) -> Instance {
         private_ip: None,
         public_ip: None,
         instance_profile: None,
+        source_dest_check: true,
         tags: Default::default(),
     }
 }
@@ -417,4 +418,56 @@ async fn the_machine_controller_backs_off_cloud_errors_then_makes_the_pools_and_
     tokio::time::sleep_until(first + Duration::from_secs(22)).await;
     assert_eq!(passes(), 5, "and the next pass follows 5 s later");
     task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_node_gets_one_route_to_its_pod_range_and_loses_it_with_the_node() {
+    use super::routes;
+    let fake = Arc::new(FakeCloud::new());
+    let cloud = Resilient::new(fake.clone(), RetryPolicy::default());
+    let (net, ids) = network(&cloud).await;
+    let table = cloud.create_route_table(&net.vpc_id, &owned_by("c1")).await.unwrap();
+    cloud.create_route(&table.id, "0.0.0.0/0".parse().unwrap(), "igw-1").await.unwrap();
+    let block: ipnet::Ipv4Net = "100.64.0.0/16".parse().unwrap();
+    let with_range = |name: &str, id: &str, cidr: Option<&str>| {
+        let mut n = node(name, id, "True", true);
+        n.spec.pod_cidr = cidr.map(String::from);
+        n
+    };
+    let mut nodes = vec![with_range("w1", &ids[0], Some("100.64.1.0/24")), with_range("w2", &ids[1], Some("100.64.2.0/24")), with_range("w3", "i-none", None)];
+    let mut happened = Vec::new();
+    routes::reconcile(&cloud, "c1", block, &nodes, &mut happened).await.unwrap();
+    let routes_now = || async {
+        let t = cloud.route_tables(&owned_by("c1")).await.unwrap();
+        t[0].routes.iter().map(|r| (r.destination.to_string(), r.instance_id.clone(), r.gateway_id.clone(), r.blackhole)).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        routes_now().await,
+        vec![
+            ("0.0.0.0/0".into(), None, Some("igw-1".into()), false),
+            ("100.64.1.0/24".into(), Some(ids[0].clone()), None, false),
+            ("100.64.2.0/24".into(), Some(ids[1].clone()), None, false),
+        ]
+    );
+    assert_eq!(happened.iter().map(|(n, r, _)| (n.as_str(), *r)).collect::<Vec<_>>(), [("w1", "RouteCreated"), ("w2", "RouteCreated")]);
+    let checks: Vec<bool> = cloud.instances_by_id(&ids).await.unwrap().iter().map(|i| i.source_dest_check).collect();
+    assert_eq!(checks, [false, false], "both instances take their pods' traffic");
+
+    // A second pass changes nothing.
+    let before = cloud.mutations().len();
+    routes::reconcile(&cloud, "c1", block, &nodes, &mut happened).await.unwrap();
+    assert_eq!(cloud.mutations().len(), before, "{:?}", &cloud.mutations()[before..]);
+
+    // w2's machine is terminated: its route turns blackhole but stays while the Node stands...
+    cloud.terminate_instances(&ids[1..]).await.unwrap();
+    while cloud.instances_by_id(&ids[1..]).await.unwrap()[0].state != InstanceState::Terminated {}
+    routes::reconcile(&cloud, "c1", block, &nodes, &mut happened).await.unwrap();
+    assert!(routes_now().await[2].3, "a route to a terminated instance is a blackhole");
+    // ...and goes with the Node.
+    nodes.remove(1);
+    routes::reconcile(&cloud, "c1", block, &nodes, &mut happened).await.unwrap();
+    assert_eq!(routes_now().await.len(), 2, "the gateway's route and w1's");
+    // Routes outside the cluster CIDR are never touched, even with no node left.
+    routes::reconcile(&cloud, "c1", block, &[], &mut happened).await.unwrap();
+    assert_eq!(routes_now().await, vec![("0.0.0.0/0".into(), None, Some("igw-1".into()), false)]);
 }

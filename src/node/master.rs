@@ -87,12 +87,12 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         elections.push((election, controller_client.clone(), task));
     }
     if let Some(cloud) = settings.cloud.clone() {
-        let (client, config, ca_pem) = (controller_client.clone(), config.clone(), ca.cert_pem().to_string());
+        let (client, config, ca_pem, cluster_cidr) = (controller_client.clone(), config.clone(), ca.cert_pem().to_string(), settings.cluster_cidr);
         let election = LeaderElection::new(CLOUD_CONTROLLER_LEASE, &identity);
         let task = tokio::spawn(election.clone().run(controller_client.clone(), move || {
             let (client, cloud, config, ca_pem) = (client.clone(), cloud.clone(), config.clone(), ca_pem.clone());
             async move {
-                if let Err(e) = crate::cloudcontroller::run(client, cloud, config, ca_pem).await {
+                if let Err(e) = crate::cloudcontroller::run(client, cloud, config, ca_pem, cluster_cidr).await {
                     tracing::error!(error = format!("{e:#}"), "the cloud controller manager stopped");
                 }
             }

@@ -64,6 +64,9 @@ pub const MASTER_CALLS: &[(&str, &[&str])] = &[
     ("instance_profile", &["iam:GetInstanceProfile"]),
     ("run_instance", &["ec2:RunInstances", "ec2:CreateTags", "iam:PassRole"]),
     ("terminate_instances", &["ec2:TerminateInstances"]),
+    ("create_instance_route", &["ec2:CreateRoute"]),
+    ("delete_route", &["ec2:DeleteRoute"]),
+    ("disable_source_dest_check", &["ec2:ModifyInstanceAttribute"]),
     ("create_security_group", &["ec2:CreateSecurityGroup", "ec2:CreateTags"]),
     ("authorize_ingress", &["ec2:AuthorizeSecurityGroupIngress"]),
     ("revoke_ingress", &["ec2:RevokeSecurityGroupIngress"]),
@@ -103,9 +106,17 @@ pub fn master_policy(cluster: &str) -> Value {
                 "Resource": "*"
             },
             {
+                // The route controller: nodes' pod ranges in the cluster's own route tables.
+                "Sid": "OwnRouteTables",
+                "Effect": "Allow",
+                "Action": ["ec2:CreateRoute", "ec2:DeleteRoute"],
+                "Resource": "arn:aws:ec2:*:*:route-table/*",
+                "Condition": resource_tag
+            },
+            {
                 "Sid": "OwnInstances",
                 "Effect": "Allow",
-                "Action": ["ec2:TerminateInstances", "ec2:GetConsoleOutput"],
+                "Action": ["ec2:TerminateInstances", "ec2:GetConsoleOutput", "ec2:ModifyInstanceAttribute"],
                 "Resource": "arn:aws:ec2:*:*:instance/*",
                 "Condition": resource_tag
             },
