@@ -39,6 +39,8 @@ pub struct AgentConfig {
     /// The agent's serving certificate and the CA of its clients (the API server); no server
     /// without it.
     pub serving: Option<crate::apiserver::ServerTls>,
+    /// The cluster's blocks: pods' traffic to them keeps the pod's address.
+    pub network: Option<crate::nodeconfig::NodeNetwork>,
 }
 
 /// The taints a node is registered with (kubelet's `--register-with-taints`): a control-plane
@@ -166,7 +168,8 @@ async fn renew_lease(client: &ApiClient, config: &AgentConfig) -> Result<(), Cli
 /// Runs the agent until the process ends: report at once, then renew the lease every heartbeat
 /// and write the status every `status_every` (and whenever the node is not shown Ready).
 pub async fn run(client: ApiClient, config: AgentConfig) {
-    tokio::spawn(run_pods(client.clone(), config.node_name.clone(), config.internal_ip, config.serving.clone()));
+    let (pod_range, pod_range_seen) = tokio::sync::watch::channel(None);
+    tokio::spawn(run_pods(client.clone(), config.clone(), pod_range_seen));
     let mut host = host::HostInfo::read();
     let mut last_status = None::<tokio::time::Instant>;
     let mut ticker = tokio::time::interval(config.heartbeat);
@@ -183,7 +186,16 @@ pub async fn run(client: ApiClient, config: AgentConfig) {
             last_status = None;
         }
         let due = last_status.is_none_or(|t| t.elapsed() >= config.status_every);
-        let shown_ready = client.get::<Node>(&NODES, None, &config.node_name).await.is_ok_and(|n| n.is_ready());
+        let shown = client.get::<Node>(&NODES, None, &config.node_name).await.ok();
+        let shown_ready = shown.as_ref().is_some_and(Node::is_ready);
+        // The pod range the control plane gave the node (it never changes once given).
+        if let Some(range) = shown.and_then(|n| n.spec.pod_cidr).and_then(|c| c.parse::<ipnet::Ipv4Net>().ok()) {
+            pod_range.send_if_modified(|known| {
+                let changed = *known != Some(range);
+                *known = Some(range);
+                changed
+            });
+        }
         if due || !shown_ready {
             match report(&client, &config, &host).await {
                 Ok(()) => last_status = Some(tokio::time::Instant::now()),
@@ -197,8 +209,9 @@ pub async fn run(client: ApiClient, config: AgentConfig) {
 pub const POD_CHECKPOINT: &str = "/var/lib/clusterctl/agent/pods.json";
 
 /// Runs pod sync on the node's Docker, waiting for Docker to answer first, and the agent's
-/// server beside it.
-async fn run_pods(client: ApiClient, node_name: String, node_ip: IpAddr, serving: Option<crate::apiserver::ServerTls>) {
+/// server beside it; the pods' network follows the node's pod range as `pod_range` shows it.
+async fn run_pods(client: ApiClient, config: AgentConfig, mut pod_range: tokio::sync::watch::Receiver<Option<ipnet::Ipv4Net>>) {
+    let (node_name, node_ip, serving) = (config.node_name.clone(), config.internal_ip, config.serving.clone());
     let docker = loop {
         match runtime::docker::DockerRuntime::connect().await {
             Ok(d) => break d,
@@ -209,6 +222,21 @@ async fn run_pods(client: ApiClient, node_name: String, node_ip: IpAddr, serving
         }
     };
     let docker = std::sync::Arc::new(docker);
+    {
+        let docker = docker.clone();
+        let routed: Vec<ipnet::Ipv4Net> = config.network.iter().flat_map(|n| [n.cluster_cidr, n.vpc_cidr]).collect();
+        tokio::spawn(async move {
+            loop {
+                let range = *pod_range.borrow_and_update();
+                if let Some(range) = range {
+                    docker.set_network(runtime::podnet::PodNetwork::on_node(range, routed.clone()));
+                }
+                if pod_range.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     if let Some(tls) = serving {
         let runtime: std::sync::Arc<dyn runtime::ContainerRuntime> = docker.clone();
         tokio::spawn(async move {
@@ -241,6 +269,7 @@ mod tests {
             heartbeat: Duration::from_secs(2),
             status_every: Duration::from_secs(10),
             serving: None,
+            network: None,
         }
     }
 

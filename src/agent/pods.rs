@@ -8,14 +8,15 @@
 //! controller on [`crate::runtime`]: a store of the pods with `spec.nodeName` = this node feeds one
 //! key, each pass asks for the next after 1 s, and container-runtime failures are backed off.
 //!
-//! # Networking contract
-//! Containers run on their node's pod bridge, wired by the agent ([`super::runtime::podnet`]).
-//! Every TCP `containerPort` is published on the node: on its `hostPort` when given, otherwise on
-//! an ephemeral port the kernel picks, forwarded by the agent to the container. The pod's
-//! `status.podIP` is the node's internal IP (equal to `hostIP`), and `status.publishedPorts` lists
-//! `{containerName, containerPort, hostPort}`, so that the pod's port P is reached from anywhere in
-//! the VPC at `podIP:<hostPort of P>`. The service proxy ([`crate::proxy`]) makes that translation
-//! for endpoints that name their pod; an endpoint without a known pod is dialled as written.
+//! # Networking
+//! Every pod has a sandbox ([`super::runtime`]): the holder of its network namespace, wired by the
+//! agent to the node's pod bridge with an address from the node's pod range (`spec.podCIDR`,
+//! [`super::runtime::podnet`]). The pod's containers join it, so they share `localhost` and the
+//! address, reported as `status.podIP`/`podIPs` (`hostIP` is the node's). Pod addresses are routed
+//! between nodes by the VPC, so a pod's port P is reached from any node and pod at `podIP:P`;
+//! a `hostPort` is forwarded from the node's addresses by the agent. A sandbox that dies takes
+//! its pod's containers with it: they are made again in a new one (a new address), as kubelet
+//! does.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -27,10 +28,10 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::runtime::{ContainerInfo, ContainerRuntime, ContainerSpec, PortSpec, RuntimeError, labels};
+use super::runtime::{ContainerInfo, ContainerRuntime, ContainerSpec, PortSpec, RuntimeError, Sandbox, SandboxSpec, labels};
 use crate::api::pod::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
-    PodCondition, PodIp, PodStatus, Probe, PublishedPort,
+    PodCondition, PodIp, PodStatus, Probe,
 };
 use crate::api::quantity::{IntOrString, Quantity};
 use crate::api::time::Time;
@@ -114,7 +115,15 @@ pub struct PodSync<R: ContainerRuntime> {
     /// Deleted pods (marked with `deletionTimestamp`) whose containers are all gone: the API
     /// object may go now.
     finished: Vec<Pod>,
+    /// Each live pod's sandbox, by pod uid: made by the first container start that needs it.
+    sandboxes: Sandboxes,
 }
+
+/// A pod's sandbox as the agent knows it: the running one and when it was made (or adopted), or
+/// none yet. Locked while a start makes one.
+type SandboxCell = Arc<tokio::sync::Mutex<Option<(Sandbox, Instant)>>>;
+/// The sandbox cells by pod uid.
+type Sandboxes = Arc<Mutex<HashMap<String, SandboxCell>>>;
 
 /// Something that happened to a container of a pod, as the kubelet reports it in an Event
 /// (`Started`, `Failed`, `BackOff`, `Unhealthy`, `Killing`).
@@ -156,7 +165,7 @@ pub struct StatusUpdate {
 /// the one earlier agents hashed, so that an upgraded agent adopts the containers that run.
 fn spec_hash(container: &Container) -> String {
     let s = runtime_spec(container);
-    let key = format!("{:?}", (&s.image, &s.command, &s.args, &s.env, &s.working_dir, &s.ports, s.cpu_millis, s.memory_bytes));
+    let key = format!("{:?}", (&s.image, &s.command, &s.args, &s.env, &s.working_dir, s.cpu_millis, s.memory_bytes));
     hex::encode(&Sha256::digest(key.as_bytes())[..8])
 }
 
@@ -170,26 +179,14 @@ fn limit(container: &Container, resource: &str, amount: fn(&Quantity) -> Result<
     amount(container.resources.limits.get(resource)?).ok()
 }
 
-/// What the container runs (image, command, environment, ports, limits), without its name and labels.
+/// What the container runs (image, command, environment, limits), without its name and labels.
 fn runtime_spec(container: &Container) -> ContainerSpec {
-    let ports = container
-        .ports
-        .iter()
-        .filter(|p| p.protocol().eq_ignore_ascii_case("TCP"))
-        .filter_map(|p| {
-            Some(PortSpec {
-                container_port: u16::try_from(p.container_port).ok()?,
-                host_port: p.host_port.and_then(|h| u16::try_from(h).ok()).filter(|h| *h != 0),
-            })
-        })
-        .collect();
     ContainerSpec {
         image: container.image.clone(),
         command: container.command.clone(),
         args: container.args.clone(),
         env: container.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect(),
         working_dir: container.working_dir.clone(),
-        ports,
         cpu_millis: limit(container, "cpu", Quantity::millicores),
         memory_bytes: limit(container, "memory", Quantity::bytes),
         stdin: container.stdin,
@@ -199,21 +196,42 @@ fn runtime_spec(container: &Container) -> ContainerSpec {
     }
 }
 
+/// The labels that name a container's or sandbox's pod.
+fn pod_labels(pod: &Pod) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::NAMESPACE.to_string(), pod.metadata.namespace_or_default().to_string()),
+        (labels::POD.to_string(), pod.metadata.name.clone()),
+        (labels::UID.to_string(), pod.metadata.uid.clone()),
+        (labels::GRACE.to_string(), grace_of(pod).as_secs().to_string()),
+    ])
+}
+
 /// The runtime's spec for one pod container: what it runs, named and labelled after its pod.
 fn container_spec(prefix: &str, pod: &Pod, container: &Container, attempt: u32) -> ContainerSpec {
     let (ns, name, uid) = (pod.metadata.namespace_or_default(), pod.metadata.name.as_str(), pod.metadata.uid.as_str());
     let cname = container.name.as_str();
-    ContainerSpec {
-        name: format!("{prefix}{cname}_{name}_{ns}_{}_{attempt}", uid.get(..8).unwrap_or(uid)),
-        labels: BTreeMap::from([
-            (labels::NAMESPACE.to_string(), ns.to_string()),
-            (labels::POD.to_string(), name.to_string()),
-            (labels::UID.to_string(), uid.to_string()),
-            (labels::CONTAINER.to_string(), cname.to_string()),
-            (labels::SPEC_HASH.to_string(), spec_hash(container)),
-            (labels::GRACE.to_string(), grace_of(pod).as_secs().to_string()),
-        ]),
-        ..runtime_spec(container)
+    let mut labelled = pod_labels(pod);
+    labelled.insert(labels::CONTAINER.to_string(), cname.to_string());
+    labelled.insert(labels::SPEC_HASH.to_string(), spec_hash(container));
+    ContainerSpec { name: format!("{prefix}{cname}_{name}_{ns}_{}_{attempt}", uid.get(..8).unwrap_or(uid)), labels: labelled, ..runtime_spec(container) }
+}
+
+/// The runtime's spec for a pod's sandbox: named as dockershim named them (`k8s_POD_...`, with a
+/// random suffix: a dead one may still hold its name), with the pod's TCP host ports.
+fn sandbox_spec(prefix: &str, pod: &Pod) -> SandboxSpec {
+    let (ns, name, uid) = (pod.metadata.namespace_or_default(), pod.metadata.name.as_str(), pod.metadata.uid.as_str());
+    let host_ports = pod
+        .spec
+        .containers
+        .iter()
+        .flat_map(|c| &c.ports)
+        .filter(|p| p.protocol().eq_ignore_ascii_case("TCP"))
+        .filter_map(|p| Some(PortSpec { container_port: u16::try_from(p.container_port).ok()?, host_port: p.host_port.and_then(|h| u16::try_from(h).ok()).filter(|h| *h != 0)? }))
+        .collect();
+    SandboxSpec {
+        name: format!("{prefix}POD_{name}_{ns}_{}_{}", uid.get(..8).unwrap_or(uid), hex::encode(rand::random::<[u8; 3]>())),
+        labels: pod_labels(pod),
+        host_ports,
     }
 }
 
@@ -292,8 +310,17 @@ async fn step_probe<R: ContainerRuntime>(runtime: &R, spec: Option<&Probe>, trac
 impl<R: ContainerRuntime> PodSync<R> {
     /// Pod sync for the node at `node_ip`.
     pub fn new(runtime: Arc<R>, node_ip: IpAddr) -> Self {
-        PodSync { runtime, node_ip, pods: HashMap::new(), terminating: Arc::default(), starting: Arc::default(), name_prefix: "k8s_".into(), happened: Vec::new(),
-            finished: Vec::new() }
+        PodSync {
+            runtime,
+            node_ip,
+            pods: HashMap::new(),
+            terminating: Arc::default(),
+            starting: Arc::default(),
+            name_prefix: "k8s_".into(),
+            happened: Vec::new(),
+            finished: Vec::new(),
+            sandboxes: Arc::default(),
+        }
     }
 
     /// Names containers `<prefix><container>_<pod>_<namespace>_<uid>_<attempt>`.
@@ -334,12 +361,12 @@ impl<R: ContainerRuntime> PodSync<R> {
     /// One pass: `desired` are the pods bound to this node. Returns the statuses to write.
     pub async fn sync(&mut self, desired: &[Pod]) -> Result<Vec<StatusUpdate>, RuntimeError> {
         let now = Instant::now();
-        let actual = self.runtime.list(labels::UID).await?;
+        let (listed_sandboxes, actual): (Vec<ContainerInfo>, Vec<ContainerInfo>) = self.runtime.list(labels::UID).await?.into_iter().partition(|c| c.is_sandbox());
         let live: HashMap<&str, &Pod> = desired.iter().filter(|p| !p.is_terminating() && !p.metadata.uid.is_empty()).map(|p| (p.metadata.uid.as_str(), p)).collect();
         // Pods deleted through the API: stopped within the grace period their delete gave them.
         let deleting: HashMap<&str, &Pod> = desired.iter().filter(|p| p.is_terminating() && !p.metadata.uid.is_empty()).map(|p| (p.metadata.uid.as_str(), p)).collect();
-        let with_containers: HashSet<&str> = actual.iter().filter_map(|c| c.labels.get(labels::UID)).map(String::as_str).collect();
-        self.finished = deleting.iter().filter(|(uid, _)| !with_containers.contains(*uid)).map(|(_, p)| (*p).clone()).collect();
+        let with_containers: HashSet<String> = actual.iter().filter_map(|c| c.labels.get(labels::UID)).cloned().collect();
+        self.finished = deleting.iter().filter(|(uid, _)| !with_containers.contains(**uid)).map(|(_, p)| (*p).clone()).collect();
         let deleting_grace: HashMap<String, Duration> = deleting
             .iter()
             .filter_map(|(uid, p)| Some((uid.to_string(), Duration::from_secs(u64::try_from(p.metadata.deletion_grace_period_seconds?).ok()?))))
@@ -367,6 +394,18 @@ impl<R: ContainerRuntime> PodSync<R> {
             let cname = c.labels.get(labels::CONTAINER).cloned().unwrap_or_default();
             by_pod.entry(uid).or_default().entry(cname).or_default().push(c);
         }
+        // Sandboxes of pods that are gone go once the last of their containers has (the pod
+        // keeps its network while it stops gracefully); those of live pods go to their pod's sync.
+        let mut sandboxes_of: HashMap<String, Vec<ContainerInfo>> = HashMap::new();
+        for sandbox in listed_sandboxes {
+            let uid = sandbox.labels.get(labels::UID).cloned().unwrap_or_default();
+            if live.contains_key(uid.as_str()) {
+                sandboxes_of.entry(uid).or_default().push(sandbox);
+            } else if !with_containers.contains(&uid) && !self.is_terminating(&sandbox.id) {
+                self.terminate(&sandbox.id, Duration::ZERO);
+            }
+        }
+        self.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).retain(|uid, _| live.contains_key(uid.as_str()));
         self.pods.retain(|uid, _| live.contains_key(uid.as_str()));
         self.starting.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, start| {
             matches!(start, Start::Running) || key.split_once('/').is_some_and(|(uid, _)| live.contains_key(uid))
@@ -392,12 +431,14 @@ impl<R: ContainerRuntime> PodSync<R> {
             started: &started,
             listed_at: now,
             node_ip: self.node_ip,
+            sandboxes: &self.sandboxes,
         };
         let env = &env;
         let work = self.pods.iter_mut().filter_map(|(uid, track)| {
             let pod = *live.get(uid.as_str())?;
             let containers = by_pod.remove(uid).unwrap_or_default();
-            Some(async move { (pod, sync_pod(env, track, pod, containers, now).await) })
+            let sandboxes = sandboxes_of.remove(uid).unwrap_or_default();
+            Some(async move { (pod, sync_pod(env, track, pod, containers, sandboxes, now).await) })
         });
         let results = futures::future::join_all(work).await;
         self.happened.extend(happened.into_inner().unwrap_or_else(|e| e.into_inner()));
@@ -453,9 +494,15 @@ struct SyncEnv<'a, R> {
     /// When the containers this sync works from were listed.
     listed_at: Instant,
     node_ip: IpAddr,
+    sandboxes: &'a Sandboxes,
 }
 
 impl<R> SyncEnv<'_, R> {
+    /// The sandbox cell of the pod `uid`.
+    fn sandbox_cell(&self, uid: &str) -> SandboxCell {
+        self.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).entry(uid.to_string()).or_default().clone()
+    }
+
     /// Notes that `reason` happened to `container` of `pod`, to be reported as an Event.
     fn happen(&self, pod: &Pod, container: &str, event_type: &'static str, reason: &'static str, message: String) {
         let happening = Happening { pod: pod.clone(), container: container.into(), event_type, reason, message };
@@ -465,7 +512,15 @@ impl<R> SyncEnv<'_, R> {
 
 /// Syncs one pod; returns its status when it differs from the last one written, and the
 /// containers to stop.
-async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrack, pod: &Pod, mut actual: HashMap<String, Vec<ContainerInfo>>, now: Instant) -> (Option<PodStatus>, Vec<(String, Duration, bool)>) {
+#[allow(clippy::too_many_lines)]
+async fn sync_pod<R: ContainerRuntime>(
+    env: &SyncEnv<'_, R>,
+    track: &mut PodTrack,
+    pod: &Pod,
+    mut actual: HashMap<String, Vec<ContainerInfo>>,
+    sandboxes: Vec<ContainerInfo>,
+    now: Instant,
+) -> (Option<PodStatus>, Vec<(String, Duration, bool)>) {
     let policy = pod.spec.restart_policy();
     let grace = grace_of(pod);
     let specs = &pod.spec.containers;
@@ -474,18 +529,55 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
     let mut to_terminate = Vec::new();
     let mut infos: HashMap<String, Option<ContainerInfo>> = HashMap::new();
 
+    // The pod's sandbox: `Some(current)` when known (none: there is none running), `None` while a
+    // start is making one (then nothing is judged by it in this pass).
+    let cell = env.sandbox_cell(&pod.metadata.uid);
+    let sandbox: Option<Option<Sandbox>> = match cell.try_lock() {
+        Ok(mut known) => {
+            // A sandbox made after the listing is not in it yet; one made before must be running.
+            let alive = |s: &Sandbox, made: Instant| sandboxes.iter().find(|c| c.id == s.id).map_or(made >= env.listed_at, |c| c.running);
+            if known.as_ref().is_some_and(|(s, made)| !alive(s, *made)) {
+                *known = None;
+            }
+            if known.is_none()
+                && let Some(c) = sandboxes.iter().filter(|c| c.running && c.ip.is_some()).max_by_key(|c| c.started_at.clone())
+                && let Some(ip) = c.ip
+            {
+                // Adopted: made by this agent before it restarted.
+                *known = Some((Sandbox { id: c.id.clone(), ip }, env.listed_at));
+            }
+            Some(known.as_ref().map(|(s, _)| s.clone()))
+        }
+        Err(_) => None,
+    };
+    if let Some(current) = &sandbox {
+        for other in sandboxes.iter().filter(|c| current.as_ref().is_none_or(|s| s.id != c.id)) {
+            to_terminate.push((other.id.clone(), Duration::ZERO, true));
+        }
+    }
+    let in_sandbox = |c: &ContainerInfo| match &sandbox {
+        Some(Some(s)) => c.labels.get(labels::SANDBOX_ID) == Some(&s.id),
+        Some(None) => false,
+        None => true,
+    };
+
     for spec in specs {
         let cname = spec.name.clone();
         let ct = track.containers.entry(cname.clone()).or_insert_with(|| ContainerTrack::new(known_restarts.get(cname.as_str()).copied().unwrap_or(0)));
         let hash = spec_hash(spec);
         let mut found = actual.remove(&cname).unwrap_or_default();
-        // A container of an older spec is replaced.
+        // A container of an older spec is replaced; so is one outside the pod's sandbox (it died,
+        // and the containers are made again in a new one, a restart each, as kubelet does).
         found.retain(|c| {
             let same = c.labels.get(labels::SPEC_HASH) == Some(&hash);
-            if !same {
+            let here = in_sandbox(c);
+            if !same || !here {
                 to_terminate.push((c.id.clone(), grace, true));
             }
-            same
+            if same && !here && c.running {
+                ct.restart_count += 1;
+            }
+            same && here
         });
         found.sort_by_key(|c| (c.running, c.started_at.clone()));
         let current = found.pop();
@@ -585,7 +677,8 @@ async fn sync_pod<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrac
     for rest in actual.values().flatten() {
         to_terminate.push((rest.id.clone(), grace, true));
     }
-    let status = pod_status(pod, track, &infos, env.node_ip);
+    let pod_ip = sandbox.flatten().map(|s| s.ip);
+    let status = pod_status(pod, track, &infos, env.node_ip, pod_ip);
     // Written when it changed, or when the stored status is not ours (a fresh agent, someone
     // else's write, or our write not yet seen by the watch).
     if track.last_status.as_ref() == Some(&status) && pod.status == status {
@@ -604,7 +697,11 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
             // Started after the containers were listed: the next sync sees it.
             Some(Start::Done(at, Ok(()))) if *at >= env.listed_at => return,
             Some(Start::Done(_, Err(why))) => {
-                env.happen(pod, &spec.name, WARNING, "Failed", format!("Error: {}", why.1));
+                if why.0 == "ContainerCreating" {
+                    env.happen(pod, &spec.name, WARNING, "FailedCreatePodSandBox", format!("Failed to create pod sandbox: {}", why.1));
+                } else {
+                    env.happen(pod, &spec.name, WARNING, "Failed", format!("Error: {}", why.1));
+                }
                 ct.waiting = Some(why.clone());
                 starting.remove(&key);
                 return;
@@ -636,12 +733,26 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
     ct.container_id = None; // set when seen running, which resets probes
     ct.waiting = Some(("ContainerCreating".into(), String::new()));
     env.starting.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), Start::Running);
-    let (runtime, starting, container) = (env.shared.clone(), env.starting.clone(), container_spec(env.prefix, pod, spec, ct.restart_count));
+    let (runtime, starting, mut container) = (env.shared.clone(), env.starting.clone(), container_spec(env.prefix, pod, spec, ct.restart_count));
+    let (cell, sandbox_spec) = (env.sandbox_cell(&pod.metadata.uid), sandbox_spec(env.prefix, pod));
     let task = tokio::spawn(async move {
-        let outcome = match runtime.run(&container).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(("CreateContainerError".to_string(), e.to_string())),
-        };
+        let outcome = async {
+            // The pod's first container start makes its sandbox; the others wait for it.
+            let sandbox = {
+                let mut known = cell.lock().await;
+                match known.as_ref() {
+                    Some((s, _)) => s.clone(),
+                    None => {
+                        let made = runtime.run_sandbox(&sandbox_spec).await.map_err(|e| ("ContainerCreating".to_string(), e.to_string()))?;
+                        *known = Some((made.clone(), Instant::now()));
+                        made
+                    }
+                }
+            };
+            container.sandbox = Some(sandbox);
+            runtime.run(&container).await.map(|_| ()).map_err(|e| ("CreateContainerError".to_string(), e.to_string()))
+        }
+        .await;
         starting.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Start::Done(Instant::now(), outcome));
     });
     env.started.lock().unwrap_or_else(|e| e.into_inner()).push(task);
@@ -662,10 +773,9 @@ fn terminated_state(c: &ContainerInfo) -> ContainerStateTerminated {
 }
 
 /// The pod's status from what the sync saw.
-fn pod_status(pod: &Pod, track: &PodTrack, infos: &HashMap<String, Option<ContainerInfo>>, node_ip: IpAddr) -> PodStatus {
+fn pod_status(pod: &Pod, track: &PodTrack, infos: &HashMap<String, Option<ContainerInfo>>, node_ip: IpAddr, pod_ip: Option<IpAddr>) -> PodStatus {
     let specs = &pod.spec.containers;
     let mut statuses = Vec::new();
-    let mut published = Vec::new();
     let (mut all_ready, mut any_running, mut all_terminated, mut any_failed, mut all_started) = (true, false, true, false, true);
     for spec in specs {
         let cname = spec.name.as_str();
@@ -693,14 +803,6 @@ fn pod_status(pod: &Pod, track: &PodTrack, infos: &HashMap<String, Option<Contai
         all_ready &= ready;
         all_terminated &= state.terminated.is_some();
         all_started &= started;
-        if let Some(c) = &info {
-            published.extend(c.published.iter().map(|(cport, hport)| PublishedPort {
-                container_name: cname.to_string(),
-                container_port: i64::from(*cport),
-                host_port: i64::from(*hport),
-                ..Default::default()
-            }));
-        }
         let last_state = match &ct.last_terminated {
             Some(t) if state.terminated.is_none() => ContainerState { terminated: Some(t.clone()), ..Default::default() },
             _ => ContainerState::default(),
@@ -737,9 +839,8 @@ fn pod_status(pod: &Pod, track: &PodTrack, infos: &HashMap<String, Option<Contai
         conditions: vec![condition("PodScheduled", true), condition("Initialized", true), condition("ContainersReady", ready), condition("Ready", ready)],
         container_statuses: statuses,
         host_ip: Some(node_ip.to_string()),
-        pod_ip: Some(node_ip.to_string()),
-        pod_ips: vec![PodIp { ip: node_ip.to_string(), ..Default::default() }],
-        published_ports: published,
+        pod_ip: pod_ip.map(|ip| ip.to_string()),
+        pod_ips: pod_ip.map(|ip| PodIp { ip: ip.to_string(), ..Default::default() }).into_iter().collect(),
         start_time: Some(track.start_time),
         ..Default::default()
     }
@@ -957,10 +1058,11 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_bound_pod_gets_one_labelled_container_with_its_ports_published_and_limits() {
+    async fn a_bound_pod_gets_a_sandbox_with_its_host_ports_and_one_labelled_container_in_it_with_limits() {
         let fake = FakeRuntime::with_images(&[IMAGE]);
         let mut sync = sync_of(&fake);
-        let p = pod("web-1", "Always", web());
+        let mut p = pod("web-1", "Always", web());
+        p.spec.containers[0].ports.push(ContainerPort { container_port: 443, host_port: Some(8443), ..Default::default() });
         sync.sync(std::slice::from_ref(&p)).await.unwrap();
         let created = fake.containers();
         assert_eq!(created.len(), 1);
@@ -970,13 +1072,17 @@ mod tests {
         assert_eq!(spec.command, vec!["httpd", "-f"]);
         assert_eq!(spec.cpu_millis, Some(500));
         assert_eq!(spec.memory_bytes, Some(64 << 20));
-        assert_eq!(spec.ports, vec![PortSpec { container_port: 80, host_port: None }]);
+        let sandboxes = fake.sandboxes();
+        assert_eq!(sandboxes.len(), 1, "one sandbox per pod");
+        assert_eq!(sandboxes[0].labels[labels::UID], "uid-web-1-0000");
+        assert_eq!(sandboxes[0].labels[labels::HOST_PORTS], "443:8443", "only the ports with a hostPort are published");
+        assert_eq!(spec.sandbox.as_ref().map(|s| s.id.as_str()), Some(sandboxes[0].id.as_str()), "the container joins the sandbox's network");
+        assert_eq!(info.ip, sandboxes[0].ip);
         let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
         let status = &updates[0].status;
         assert_eq!(phase(&updates), Some("Running"));
-        assert_eq!(status.pod_ip.as_deref(), Some("10.0.1.5"));
-        assert_eq!(status.published_ports[0].container_port, 80);
-        assert_eq!(status.published_port(80), Some(i64::from(info.published[&80])));
+        assert_eq!(status.pod_ip.as_deref(), Some("100.64.1.1"), "the sandbox's address");
+        assert_eq!(status.host_ip.as_deref(), Some("10.0.1.5"));
         assert!(container_status(&updates).ready);
         assert_eq!(status.conditions[3].condition_type, "Ready");
         assert_eq!(status.conditions[3].status, "True");
@@ -992,7 +1098,7 @@ mod tests {
         fresh.sync(std::slice::from_ref(&p)).await.unwrap();
         fresh.sync(std::slice::from_ref(&p)).await.unwrap();
         assert_eq!(running_ids(&fake), before);
-        assert_eq!(fake.calls().iter().filter(|c| c.starts_with("run")).count(), 1);
+        assert_eq!(fake.calls().iter().filter(|c| c.starts_with("run ")).count(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1052,7 +1158,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(30)).await;
         let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
         assert_eq!(phase(&updates), Some("Succeeded"));
-        assert_eq!(fake.calls().iter().filter(|c| c.starts_with("run")).count(), 1);
+        assert_eq!(fake.calls().iter().filter(|c| c.starts_with("run ")).count(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1105,7 +1211,7 @@ mod tests {
         }
         assert!(fake.calls().contains(&format!("stop {id} 5s")));
         let u = sync.sync(std::slice::from_ref(&p)).await.unwrap();
-        assert_eq!(fake.calls().iter().filter(|c| c.starts_with("run")).count(), 2);
+        assert_eq!(fake.calls().iter().filter(|c| c.starts_with("run ")).count(), 2);
         assert_eq!(container_status(&u).restart_count, 1, "a liveness restart counts");
     }
 
@@ -1147,7 +1253,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn on_the_hosts_docker_a_pod_becomes_ready_serves_on_its_published_port_and_is_removed_when_deleted() {
+    async fn on_the_hosts_docker_a_pod_becomes_ready_serves_on_its_address_and_host_port_and_is_removed_when_deleted() {
         use crate::agent::runtime::docker::DockerRuntime;
         use crate::agent::runtime::podnet::PodNetwork;
         let bridge = format!("cct{}", hex::encode(rand::random::<[u8; 3]>()));
@@ -1159,11 +1265,12 @@ mod tests {
             return;
         }
         let rt = Arc::new(rt);
+        let host_port = i64::from(std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port());
         let mut p = pod("web-1", "Always", Container {
             name: "web".into(),
             image: IMAGE.into(),
             command: strings(&["httpd", "-f", "-p", "8080", "-h", "/www"]),
-            ports: vec![ContainerPort { container_port: 8080, ..Default::default() }],
+            ports: vec![ContainerPort { container_port: 8080, host_port: Some(host_port), ..Default::default() }],
             readiness_probe: Some(Probe {
                 http_get: Some(HttpGetAction { path: Some("/".into()), port: IntOrString::Int(8080), ..Default::default() }),
                 period_seconds: Some(1),
@@ -1187,16 +1294,20 @@ mod tests {
                 assert!(Instant::now() < deadline, "the pod never became ready");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             };
-            let host_port = u16::try_from(status.published_port(8080).expect("a published port")).expect("a port");
-            assert_eq!(http_get(SocketAddr::new("127.0.0.1".parse().unwrap(), host_port), "/").await, Some(200));
-            sync.sync(&[]).await.expect("sync");
+            let pod_ip: IpAddr = status.pod_ip.as_deref().expect("an address").parse().expect("an IP");
+            assert!("100.65.3.0/24".parse::<ipnet::IpNet>().unwrap().contains(&pod_ip), "{pod_ip} is from the node's pod range");
+            assert_eq!(http_get(SocketAddr::new(pod_ip, 8080), "/").await, Some(200), "the pod answers at its own address");
+            assert_eq!(http_get(SocketAddr::new("127.0.0.1".parse().unwrap(), u16::try_from(host_port).unwrap()), "/").await, Some(200), "and on its host port");
+            // Its container stops, then its sandbox goes (a sync every 200 ms).
             let deadline = Instant::now() + Duration::from_secs(15);
+            sync.sync(&[]).await.expect("sync");
             while rt.list(labels::UID).await.expect("list").iter().any(|c| c.labels.get(labels::UID) == Some(&uid)) {
-                assert!(Instant::now() < deadline, "the deleted pod's container was not removed");
+                assert!(Instant::now() < deadline, "the deleted pod's containers were not removed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                sync.sync(&[]).await.expect("sync");
             }
         };
-        // A failed assertion must not leave the container behind.
+        // A failed assertion must not leave the containers behind.
         let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(tokio::time::timeout(Duration::from_secs(60), outcome))).await;
         for c in rt.list(labels::UID).await.unwrap_or_default() {
             if c.labels.get(labels::UID) == Some(&uid) {
@@ -1220,7 +1331,7 @@ mod tests {
         sync.sync(&[pod("web-1", "Always", same)]).await.unwrap();
         let other = Container { image: "other:1".into(), ..web() };
         sync.sync(&[pod("web-1", "Always", other)]).await.unwrap();
-        let runs = fake.calls().iter().filter(|c| c.starts_with("run")).count();
+        let runs = fake.calls().iter().filter(|c| c.starts_with("run ")).count();
         assert_eq!(runs, 2, "only the new image makes a new container: {:?}", fake.calls());
     }
 
@@ -1251,7 +1362,7 @@ mod tests {
         // back-off is over.
         docker.exit(&running_ids(&docker)[0].clone(), 1);
         tokio::time::sleep(BACKOFF_START + Duration::from_secs(3)).await;
-        assert_eq!(docker.calls().iter().filter(|c| c.starts_with("run")).count(), 2, "{:?}", docker.calls());
+        assert_eq!(docker.calls().iter().filter(|c| c.starts_with("run ")).count(), 2, "{:?}", docker.calls());
         assert_eq!(web(&api).status.container_statuses[0].restart_count, 1);
 
         // Back-off: a failed sync is retried after 2 s, not at the next second.
@@ -1290,13 +1401,13 @@ mod tests {
     }
 
     #[test]
-    fn the_spec_hash_is_the_one_earlier_agents_wrote_so_an_upgrade_adopts_running_containers() {
-        // Computed by the agent before it read typed pods, for `web()`.
-        assert_eq!(spec_hash(&web()), "36f3a403c701dee1");
+    fn the_spec_hash_is_stable_across_agents() {
+        // An agent that computes another hash for the same container replaces every running one.
+        assert_eq!(spec_hash(&web()), "f16dfd166a0bcd3b");
     }
 
     fn info_at(ip: &str) -> ContainerInfo {
-        ContainerInfo { id: "c1".into(), image_id: String::new(), labels: BTreeMap::new(), running: true, exit_code: None, started_at: None, finished_at: None, ip: ip.parse().ok(), published: BTreeMap::new() }
+        ContainerInfo { id: "c1".into(), image_id: String::new(), labels: BTreeMap::new(), running: true, exit_code: None, started_at: None, finished_at: None, ip: ip.parse().ok() }
     }
 
     #[tokio::test]
@@ -1336,14 +1447,13 @@ mod tests {
         let wire = serde_json::to_value(&updates[0].status).unwrap();
         let mut fields: Vec<&str> = wire.as_object().unwrap().keys().map(String::as_str).collect();
         fields.sort();
-        assert_eq!(fields, ["conditions", "containerStatuses", "hostIP", "phase", "podIP", "podIPs", "publishedPorts", "startTime"]);
+        assert_eq!(fields, ["conditions", "containerStatuses", "hostIP", "phase", "podIP", "podIPs", "startTime"]);
         let container = wire["containerStatuses"][0].as_object().unwrap();
         let mut fields: Vec<&str> = container.keys().map(String::as_str).collect();
         fields.sort();
         assert_eq!(fields, ["containerID", "image", "imageID", "name", "ready", "restartCount", "started", "state"], "imageID always, as Kubernetes writes it");
         assert!(wire["containerStatuses"][0]["state"]["running"]["startedAt"].is_string());
-        assert_eq!(wire["publishedPorts"][0]["containerName"], "web");
-        assert_eq!(wire["podIPs"][0]["ip"], "10.0.1.5");
+        assert_eq!(wire["podIPs"][0]["ip"], "100.64.1.1");
         assert!(wire["conditions"].as_array().unwrap().iter().all(|c| c["lastTransitionTime"].is_string()));
     }
 

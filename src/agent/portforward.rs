@@ -178,15 +178,18 @@ where
     connection.close().await;
 }
 
-/// The pod's running containers' addresses for `port`: those that declare it first.
+/// Where `port` of the pod is dialled: its address (its running sandbox's, which every container
+/// of the pod shares), as kubelet dials inside the pod's network namespace.
 fn candidates(containers: Vec<ContainerInfo>, pod: &PodRef, port: u16) -> Vec<SocketAddr> {
     let of_pod = |c: &ContainerInfo, key: &str, value: &str| c.labels.get(key).map(String::as_str) == Some(value);
-    let mut found: Vec<ContainerInfo> = containers
+    let mut found: Vec<SocketAddr> = containers
         .into_iter()
-        .filter(|c| c.running && of_pod(c, labels::NAMESPACE, &pod.namespace) && of_pod(c, labels::POD, &pod.name))
+        .filter(|c| c.running && c.is_sandbox() && of_pod(c, labels::NAMESPACE, &pod.namespace) && of_pod(c, labels::POD, &pod.name))
+        .filter_map(|c| c.ip)
+        .map(|ip| SocketAddr::new(ip, port))
         .collect();
-    found.sort_by_key(|c| !c.published.contains_key(&port));
-    found.into_iter().filter_map(|c| c.ip).map(|ip| SocketAddr::new(ip, port)).collect()
+    found.dedup();
+    found
 }
 
 /// A connection to `port` of the pod, or why there is none.
@@ -258,29 +261,28 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    fn container(pod: &str, ip: &str, running: bool, published: &[u16]) -> ContainerInfo {
-        ContainerInfo {
-            id: format!("{pod}-{ip}"),
-            image_id: String::new(),
-            labels: BTreeMap::from([(labels::NAMESPACE.into(), "default".into()), (labels::POD.into(), pod.into())]),
-            running,
-            exit_code: None,
-            started_at: None,
-            finished_at: None,
-            ip: Some(ip.parse().unwrap()),
-            published: published.iter().map(|p| (*p, 30000 + *p)).collect(),
+    fn container(pod: &str, ip: &str, running: bool, sandbox: bool) -> ContainerInfo {
+        let mut labels = BTreeMap::from([(labels::NAMESPACE.to_string(), "default".to_string()), (labels::POD.to_string(), pod.to_string())]);
+        if sandbox {
+            labels.insert(labels::SANDBOX.into(), "true".into());
         }
+        ContainerInfo { id: format!("{pod}-{ip}-{sandbox}"), image_id: String::new(), labels, running, exit_code: None, started_at: None, finished_at: None, ip: Some(ip.parse().unwrap()) }
     }
 
     #[test]
-    fn the_container_that_declares_the_port_is_tried_first_and_only_running_ones_of_the_pod() {
+    fn the_pods_address_is_its_running_sandboxs() {
         let pod = PodRef { namespace: "default".into(), name: "web".into() };
         let found = candidates(
-            vec![container("web", "100.64.0.2", true, &[]), container("web", "100.64.0.3", true, &[80]), container("web", "100.64.0.4", false, &[80]), container("db", "100.64.0.5", true, &[80])],
+            vec![
+                container("web", "100.64.0.3", true, false),
+                container("web", "100.64.0.3", true, true),
+                container("web", "100.64.0.4", false, true),
+                container("db", "100.64.0.5", true, true),
+            ],
             &pod,
             80,
         );
-        assert_eq!(found, vec!["100.64.0.3:80".parse().unwrap(), "100.64.0.2:80".parse().unwrap()]);
+        assert_eq!(found, vec!["100.64.0.3:80".parse().unwrap()]);
     }
 
     /// A SPDY client (the codec's other side) forwards to a local listener through the fake
@@ -298,13 +300,12 @@ mod tests {
             socket.write_all(&[b"echo:".as_slice(), &got].concat()).await.unwrap();
         });
         let fake = super::super::runtime::fake::FakeRuntime::with_images(&["i"]);
-        let spec = super::super::runtime::ContainerSpec {
+        let spec = super::super::runtime::SandboxSpec {
             name: "web".into(),
-            image: "i".into(),
             labels: BTreeMap::from([(labels::NAMESPACE.into(), "default".into()), (labels::POD.into(), "web".into()), (labels::UID.into(), "u".into())]),
             ..Default::default()
         };
-        let id = fake.run(&spec).await.unwrap();
+        let id = fake.run_sandbox(&spec).await.unwrap().id;
         fake.set_ip(&id, "127.0.0.1".parse().unwrap());
         let runtime: Arc<dyn ContainerRuntime> = Arc::new(fake);
         let (client, server) = tokio::io::duplex(1 << 16);

@@ -425,7 +425,6 @@ mod tests {
             started_at: Some(started.into()),
             finished_at: None,
             ip: None,
-            published: BTreeMap::new(),
         }
     }
 
@@ -511,6 +510,18 @@ mod tests {
                 (labels::CONTAINER.to_string(), "web".to_string()),
             ]);
             self.fake.run(&super::super::runtime::ContainerSpec { name: name.into(), image: "img".into(), labels, ..Default::default() }).await.unwrap()
+        }
+
+        /// Starts the sandbox of `web-1` in the fake runtime, at 127.0.0.1.
+        async fn run_web_sandbox(&self) -> String {
+            let labels = BTreeMap::from([
+                (labels::NAMESPACE.to_string(), "default".to_string()),
+                (labels::POD.to_string(), "web-1".to_string()),
+                (labels::UID.to_string(), "u-1".to_string()),
+            ]);
+            let id = self.fake.run_sandbox(&super::super::runtime::SandboxSpec { name: "web-1".into(), labels, ..Default::default() }).await.unwrap().id;
+            self.fake.set_ip(&id, "127.0.0.1".parse().unwrap());
+            id
         }
 
         /// A TLS connection to the API server with a client certificate for `user`.
@@ -705,8 +716,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         use tokio_tungstenite::tungstenite::{Message as WsMessage, client::IntoClientRequest};
         let rig = Rig::start().await;
-        let id = rig.run_web("a").await;
-        rig.fake.set_ip(&id, "127.0.0.1".parse().unwrap());
+        rig.run_web_sandbox().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {
@@ -753,8 +763,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         use tokio_tungstenite::tungstenite::{Message as WsMessage, client::IntoClientRequest};
         let rig = Rig::start().await;
-        let id = rig.run_web("a").await;
-        rig.fake.set_ip(&id, "127.0.0.1".parse().unwrap());
+        rig.run_web_sandbox().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {

@@ -242,18 +242,6 @@ pub struct PodIp {
     pub extra: UnknownFields,
 }
 
-/// A container port published on the node's address, on `hostPort`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PublishedPort {
-    pub container_name: String,
-    pub container_port: i64,
-    pub host_port: i64,
-    #[serde(flatten)]
-    #[schemars(skip)]
-    pub extra: UnknownFields,
-}
-
 /// A named volume of a pod. Its source (`emptyDir`, `hostPath`, `configMap`, ...) is not typed yet,
 /// so the schema keeps whatever the volume carries besides its name.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -471,11 +459,6 @@ pub struct PodStatus {
     #[serde(default, rename = "podIPs", skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-patch-merge-key" = "ip", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["ip"]))]
     pub pod_ips: Vec<PodIp>,
-    /// Where each container port is published on the node (this cluster's own field, read by the
-    /// proxy: a pod's address is its node's).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
-    pub published_ports: Vec<PublishedPort>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -485,13 +468,6 @@ pub struct PodStatus {
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: UnknownFields,
-}
-
-impl PodStatus {
-    /// The node port that publishes `container_port`, if the agent has published it.
-    pub fn published_port(&self, container_port: i64) -> Option<i64> {
-        self.published_ports.iter().find(|p| p.container_port == container_port).map(|p| p.host_port)
-    }
 }
 
 /// One condition of a pod: `PodScheduled`, `Initialized`, `ContainersReady`, `Ready`.

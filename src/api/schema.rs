@@ -423,9 +423,8 @@ mod tests {
     fn a_pod_status_as_the_agent_writes_it_passes_whole() {
         let started = "2026-01-01T00:00:00.123456789Z";
         let mut pod = json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "web", "image": "nginx"}]},
-            "status": {"phase": "Running", "hostIP": "10.0.1.5", "podIP": "10.0.1.5", "podIPs": [{"ip": "10.0.1.5"}], "startTime": "2026-01-01T00:00:00Z",
+            "status": {"phase": "Running", "hostIP": "10.0.1.5", "podIP": "100.64.3.7", "podIPs": [{"ip": "100.64.3.7"}], "startTime": "2026-01-01T00:00:00Z",
                 "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
-                "publishedPorts": [{"containerName": "web", "containerPort": 80, "hostPort": 32801}],
                 "containerStatuses": [{"name": "web", "image": "nginx", "ready": true, "restartCount": 1, "started": true,
                     "containerID": "docker://abc", "state": {"running": {"startedAt": started}},
                     "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "startedAt": started, "finishedAt": started, "containerID": "docker://abd"}}}]}});

@@ -260,8 +260,8 @@ pub async fn install_master(
             etcd: plane.etcd.clone(),
             snapshot_every_minutes: u64::from(spec.backups.snapshot_every_minutes),
             snapshots_kept: spec.backups.snapshots_kept,
-            cluster_cidr: Some(spec.network.cluster_cidr),
         }),
+        network: Some(crate::nodeconfig::NodeNetwork::of(&spec.network)),
         ..m.node_config(spec.name.as_str(), NodeRole::Master, ApiEndpoint { endpoint: plane.api_host.clone(), port: spec.api.port })?
     };
     let toml = config.to_toml().map_err(|e| BootstrapError::Other(format!("rendering the config of {}: {e}", m.name)))?;

@@ -32,6 +32,8 @@ pub struct Join {
     pub token_ttl: Duration,
     /// Where they fetch the binary (a master inside the VPC); None sends it to each over SSH.
     pub binary: Option<BinaryFetch>,
+    /// The cluster's address blocks, for the workers' pod networks.
+    pub network: Option<crate::nodeconfig::NodeNetwork>,
 }
 
 /// Makes a join token (a bootstrap-token Secret, through `client`) and installs the workers in
@@ -120,6 +122,7 @@ pub(super) async fn install_with_token(join: &Join, workers: &[&Machine], sessio
                 };
                 let config = NodeConfig {
                     worker: Some(WorkerSettings { join_token, ca_hash: join.ca_hash, heartbeat_seconds: 2 }),
+                    network: join.network,
                     ..m.node_config(&join.cluster, NodeRole::Worker, ApiEndpoint { endpoint: join.api_host, port: join.port })?
                 };
                 let toml = config.to_toml().map_err(|e| BootstrapError::Other(format!("rendering the config of {}: {e}", m.name)))?;

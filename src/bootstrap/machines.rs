@@ -42,6 +42,7 @@ impl Machine {
             data_dir: DATA_DIR.into(),
             master: None,
             worker: None,
+            network: None,
         })
     }
 

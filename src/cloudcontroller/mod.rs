@@ -52,8 +52,9 @@ pub async fn connect(settings: &CloudSettings) -> Arc<dyn Cloud> {
 const ROUTE_RESYNC: Duration = Duration::from_secs(30);
 
 /// Runs the controllers forever on `client` (a `system:masters` identity); the route controller
-/// only with a `cluster_cidr` (the block the nodes' pod ranges come from).
-pub async fn run(client: ApiClient, settings: CloudSettings, config: NodeConfig, ca_pem: String, cluster_cidr: Option<ipnet::Ipv4Net>) -> anyhow::Result<()> {
+/// only when the config names the cluster's blocks.
+pub async fn run(client: ApiClient, settings: CloudSettings, config: NodeConfig, ca_pem: String) -> anyhow::Result<()> {
+    let cluster_cidr = config.network.map(|n| n.cluster_cidr);
     let cloud = connect(&settings).await;
     let cluster = config.cluster.clone();
     let join = Join {
@@ -69,6 +70,7 @@ pub async fn run(client: ApiClient, settings: CloudSettings, config: NodeConfig,
             url: format!("https://{}:{}{}", config.internal_ip, config.api.port, crate::apiserver::NODE_BINARY_PATH),
             ca_pem: ca_pem.clone(),
         }),
+        network: config.network,
     };
     let ctx = machines::Context {
         cloud: cloud.clone(),

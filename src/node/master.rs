@@ -63,7 +63,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     {
         let client = controller_client.clone();
         let (grace, eviction) = (Duration::from_secs(settings.node_grace_seconds), Duration::from_secs(settings.pod_eviction_seconds));
-        let cluster_cidr = settings.cluster_cidr;
+        let cluster_cidr = config.network.map(|n| n.cluster_cidr);
         let election = LeaderElection::new(CONTROLLERS_LEASE, &identity);
         let task = tokio::spawn(election.clone().run(controller_client.clone(), move || {
             let client = client.clone();
@@ -87,12 +87,12 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         elections.push((election, controller_client.clone(), task));
     }
     if let Some(cloud) = settings.cloud.clone() {
-        let (client, config, ca_pem, cluster_cidr) = (controller_client.clone(), config.clone(), ca.cert_pem().to_string(), settings.cluster_cidr);
+        let (client, config, ca_pem) = (controller_client.clone(), config.clone(), ca.cert_pem().to_string());
         let election = LeaderElection::new(CLOUD_CONTROLLER_LEASE, &identity);
         let task = tokio::spawn(election.clone().run(controller_client.clone(), move || {
             let (client, cloud, config, ca_pem) = (client.clone(), cloud.clone(), config.clone(), ca_pem.clone());
             async move {
-                if let Err(e) = crate::cloudcontroller::run(client, cloud, config, ca_pem, cluster_cidr).await {
+                if let Err(e) = crate::cloudcontroller::run(client, cloud, config, ca_pem).await {
                     tracing::error!(error = format!("{e:#}"), "the cloud controller manager stopped");
                 }
             }

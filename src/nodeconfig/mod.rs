@@ -143,6 +143,31 @@ pub struct NodeConfig {
     /// Present exactly on workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<WorkerSettings>,
+    /// The cluster's address blocks, as the node's pod network needs them (absent in the
+    /// configs of nodes installed before pods had addresses of their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NodeNetwork>,
+}
+
+/// The cluster's address blocks as every node sees them: pods' traffic to the cluster CIDR and
+/// to the VPC keeps its source address (it is routed); only the rest leaves through the node's
+/// address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeNetwork {
+    /// The VPC's block.
+    pub vpc_cidr: ipnet::Ipv4Net,
+    /// The block every node's pod range (`spec.podCIDR`) is taken from.
+    pub cluster_cidr: ipnet::Ipv4Net,
+    /// The services' cluster IPs.
+    pub service_cidr: ipnet::Ipv4Net,
+}
+
+impl NodeNetwork {
+    /// The blocks of a cluster spec.
+    pub fn of(spec: &crate::spec::Network) -> Self {
+        NodeNetwork { vpc_cidr: spec.vpc_cidr, cluster_cidr: spec.cluster_cidr, service_cidr: spec.service_cidr }
+    }
 }
 
 /// How nodes reach the API: through the load balancer.
@@ -197,9 +222,6 @@ pub struct MasterSettings {
     /// How many scheduled snapshots are kept.
     #[serde(default = "default_snapshots_kept")]
     pub snapshots_kept: u32,
-    /// The block each node's pod range (`spec.podCIDR`) is given from; without it no node gets one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster_cidr: Option<ipnet::Ipv4Net>,
 }
 
 fn default_snapshot_minutes() -> u64 {
@@ -436,6 +458,11 @@ mod tests {
             api: ApiEndpoint { endpoint: "demo-api.elb.localhost.localstack.cloud".into(), port: 6443 },
             master: None,
             worker: Some(WorkerSettings { join_token: "abcdef.0123456789abcdef".into(), ca_hash: HASH.into(), heartbeat_seconds: 2 }),
+            network: Some(NodeNetwork {
+                vpc_cidr: "10.0.0.0/16".parse().unwrap(),
+                cluster_cidr: "100.64.0.0/16".parse().unwrap(),
+                service_cidr: "10.96.0.0/16".parse().unwrap(),
+            }),
         }
     }
 
@@ -453,7 +480,6 @@ mod tests {
                 etcd: None,
                 snapshot_every_minutes: 60,
                 snapshots_kept: 5,
-                cluster_cidr: Some("100.64.0.0/16".parse().unwrap()),
             }),
             worker: None,
             ..worker()

@@ -1,11 +1,9 @@
 //! The service proxy: every node listens on the NodePort of every NodePort or LoadBalancer Service
 //! and forwards each TCP connection, round robin, to the service's ready endpoints.
 //!
-//! Endpoints are dialled as the agent's networking contract says (see the agent's `pods` module): an
-//! endpoint that names its pod (`targetRef`) is reached at the pod's `podIP` (its node's address)
-//! on the node port that publishes the endpoint's container port (`status.publishedPorts`), so
-//! endpoints on other nodes are reached over the VPC. An endpoint without a known pod is dialled
-//! as written. The table is rebuilt whenever Services, Endpoints or Pods change.
+//! Endpoints are dialled as written (pod address, container port): pod addresses are routed
+//! between nodes by the VPC (see the agent's `pods` module). The table is rebuilt whenever
+//! Services or Endpoints change.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -16,7 +14,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::api::pod::Pod;
 use crate::api::service::{EndpointAddress, Endpoints, Service};
 use crate::client::ListOptions;
 use crate::runtime::{Action, Backoff, Client, Controller, Object, ObjectKey, Store};
@@ -27,30 +24,18 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Backends per node port.
 pub type Table = BTreeMap<u16, Vec<SocketAddr>>;
 
-/// Where an endpoint address and port are dialled, after the published-port translation.
-fn dial_address(address: &EndpointAddress, port: u16, namespace: &str, pods: &Store<Pod>) -> Option<SocketAddr> {
-    let ip: IpAddr = address.ip.parse().ok()?;
-    let pod = address.target_ref.as_ref().filter(|r| r.kind == "Pod").and_then(|r| {
-        let ns = if r.namespace.is_empty() { namespace } else { r.namespace.as_str() };
-        pods.get(&ObjectKey::namespaced(ns, r.name.as_str()))
-    });
-    if let Some(pod) = pod
-        && let Some(host_port) = pod.status.published_port(i64::from(port)).and_then(|p| u16::try_from(p).ok())
-    {
-        let pod_ip = pod.status.pod_ip.as_deref().and_then(|i| i.parse().ok()).unwrap_or(ip);
-        return Some(SocketAddr::new(pod_ip, host_port));
-    }
-    Some(SocketAddr::new(ip, port))
+/// Where an endpoint address is dialled.
+fn dial_address(address: &EndpointAddress, port: u16) -> Option<SocketAddr> {
+    Some(SocketAddr::new(address.ip.parse().ok()?, port))
 }
 
-/// The forwarding table: node port -> ready backends, from Services, Endpoints and Pods.
-pub fn table(services: &Store<Service>, endpoints: &Store<Endpoints>, pods: &Store<Pod>) -> Table {
+/// The forwarding table: node port -> ready backends, from Services and Endpoints.
+pub fn table(services: &Store<Service>, endpoints: &Store<Endpoints>) -> Table {
     let mut out = Table::new();
     for service in services.snapshot() {
         if !service.spec.uses_node_ports() {
             continue;
         }
-        let namespace = service.metadata.namespace_or_default();
         for sp in &service.spec.ports {
             if !sp.protocol().eq_ignore_ascii_case("TCP") {
                 continue;
@@ -68,7 +53,7 @@ pub fn table(services: &Store<Service>, endpoints: &Store<Endpoints>, pods: &Sto
                     .and_then(|p| u16::try_from(p.port).ok());
                 let Some(port) = port else { continue };
                 // Only `addresses`: `notReadyAddresses` are skipped.
-                backends.extend(subset.addresses.iter().filter_map(|a| dial_address(a, port, namespace, pods)));
+                backends.extend(subset.addresses.iter().filter_map(|a| dial_address(a, port)));
             }
         }
     }
@@ -200,17 +185,15 @@ pub const RESYNC: Duration = Duration::from_secs(5);
 pub struct Context {
     pub services: Store<Service>,
     pub endpoints: Store<Endpoints>,
-    pub pods: Store<Pod>,
     proxy: tokio::sync::Mutex<ServiceProxy>,
 }
 
 impl Context {
-    /// Stores of every Service, Endpoints and Pod reflected from `client`, and listeners on `bind_ip`.
+    /// Stores of every Service and Endpoints reflected from `client`, and listeners on `bind_ip`.
     pub fn new<C: Client>(client: &C, bind_ip: IpAddr) -> Self {
         Context {
             services: Store::reflect(client.clone(), None, ListOptions::default()),
             endpoints: Store::reflect(client.clone(), None, ListOptions::default()),
-            pods: Store::reflect(client.clone(), None, ListOptions::default()),
             proxy: tokio::sync::Mutex::new(ServiceProxy::new(bind_ip)),
         }
     }
@@ -226,12 +209,11 @@ fn table_key() -> ObjectKey {
     ObjectKey::cluster("node-ports")
 }
 
-/// The proxy as a controller: any change of a Service, Endpoints or Pod rebuilds the table.
+/// The proxy as a controller: any change of a Service or Endpoints rebuilds the table.
 pub fn controller(ctx: &Context) -> Controller {
     Controller::new("proxy")
         .watches(&ctx.services, |_: &Service| vec![table_key()])
         .watches(&ctx.endpoints, |_: &Endpoints| vec![table_key()])
-        .watches(&ctx.pods, |_: &Pod| vec![table_key()])
         .resync_every(RESYNC, || vec![table_key()])
         .backoff(Backoff { initial: Duration::from_millis(500), max: RESYNC })
 }
@@ -240,7 +222,7 @@ pub fn controller(ctx: &Context) -> Controller {
 /// it) fails the reconcile, which is backed off (0.5 s, doubling, at most [`RESYNC`]); every other
 /// port is served meanwhile.
 async fn reconcile(_key: ObjectKey, ctx: Arc<Context>) -> Result<Action, Unbound> {
-    let t = table(&ctx.services, &ctx.endpoints, &ctx.pods);
+    let t = table(&ctx.services, &ctx.endpoints);
     ctx.proxy.lock().await.apply(&t).await?;
     Ok(Action::AwaitChange)
 }

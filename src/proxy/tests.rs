@@ -2,9 +2,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::api::ObjectMeta;
-use crate::api::pod::{PodStatus, PublishedPort};
 use crate::api::quantity::IntOrString;
-use crate::api::service::{EndpointPort, EndpointSubset, ObjectReference, ServicePort, ServiceSpec};
+use crate::api::service::{EndpointPort, EndpointSubset, ServicePort, ServiceSpec};
 
 /// A backend that answers every connection with its `name`.
 async fn backend(name: &'static str) -> SocketAddr {
@@ -64,7 +63,7 @@ fn endpoints(ready: &[SocketAddr], not_ready: &[SocketAddr]) -> Store<Endpoints>
 async fn connections_go_round_robin_to_ready_endpoints_only() {
     let (a, b, sick) = (backend("a").await, backend("b").await, backend("sick").await);
     let port = free_port().await;
-    let t = table(&service(port), &endpoints(&[a, b], &[sick]), &Store::new());
+    let t = table(&service(port), &endpoints(&[a, b], &[sick]));
     let mut proxy = ServiceProxy::new("127.0.0.1".parse().unwrap());
     proxy.apply(&t).await.unwrap();
     let mut answers = Vec::new();
@@ -81,9 +80,9 @@ async fn an_endpoint_change_is_applied_to_the_open_listener_and_a_deleted_servic
     let port = free_port().await;
     let services = service(port);
     let mut proxy = ServiceProxy::new("127.0.0.1".parse().unwrap());
-    proxy.apply(&table(&services, &endpoints(&[a], &[]), &Store::new())).await.unwrap();
+    proxy.apply(&table(&services, &endpoints(&[a], &[]))).await.unwrap();
     assert_eq!(ask(port).await, "a");
-    proxy.apply(&table(&services, &endpoints(&[b], &[]), &Store::new())).await.unwrap();
+    proxy.apply(&table(&services, &endpoints(&[b], &[]))).await.unwrap();
     assert_eq!(ask(port).await, "b");
     assert_eq!(ask(port).await, "b");
     proxy.apply(&Table::new()).await.unwrap();
@@ -98,38 +97,16 @@ async fn a_dead_endpoint_is_skipped_for_the_next() {
     let dead = SocketAddr::new("127.0.0.1".parse().unwrap(), free_port().await);
     let port = free_port().await;
     let mut proxy = ServiceProxy::new("127.0.0.1".parse().unwrap());
-    proxy.apply(&table(&service(port), &endpoints(&[dead, a], &[]), &Store::new())).await.unwrap();
+    proxy.apply(&table(&service(port), &endpoints(&[dead, a], &[]))).await.unwrap();
     assert_eq!(ask(port).await, "a");
     assert_eq!(ask(port).await, "a");
-}
-
-#[test]
-fn an_endpoint_naming_its_pod_is_dialled_on_the_published_port_of_its_node() {
-    let named = EndpointAddress {
-        ip: "10.0.1.7".into(),
-        target_ref: Some(ObjectReference { kind: "Pod".into(), namespace: "default".into(), name: "web-1".into(), ..Default::default() }),
-        ..Default::default()
-    };
-    let subset = EndpointSubset { addresses: vec![named, address("10.0.1.8".parse().unwrap())], ports: vec![EndpointPort { port: 8080, ..Default::default() }], ..Default::default() };
-    let ep = Endpoints { metadata: ObjectMeta::namespaced("default", "web"), subsets: vec![subset], ..Default::default() };
-    let pod = Pod {
-        metadata: ObjectMeta::namespaced("default", "web-1"),
-        status: PodStatus {
-            pod_ip: Some("10.0.1.7".into()),
-            published_ports: vec![PublishedPort { container_name: "web".into(), container_port: 8080, host_port: 32801, ..Default::default() }],
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let t = table(&service(30080), &store(vec![ep]), &store(vec![pod]));
-    assert_eq!(t[&30080], vec!["10.0.1.7:32801".parse().unwrap(), "10.0.1.8:8080".parse().unwrap()]);
 }
 
 #[test]
 fn cluster_ip_services_get_no_node_port() {
     let mut service = web_service(30080);
     service.spec.service_type = Some("ClusterIP".into());
-    assert!(table(&store(vec![service]), &Store::new(), &Store::new()).is_empty());
+    assert!(table(&store(vec![service]), &Store::new()).is_empty());
 }
 
 /// The proxy on the fake API and tokio's paused clock: a node port another process holds fails

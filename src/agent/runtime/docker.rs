@@ -17,7 +17,7 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 
 use super::podnet::{self, HostPorts, PodNetwork};
-use super::{ContainerInfo, ContainerRuntime, ContainerSpec, RuntimeError, labels};
+use super::{ContainerInfo, ContainerRuntime, ContainerSpec, RuntimeError, Sandbox, SandboxSpec, labels, pause};
 
 /// How many processes (threads count) one container may have.
 pub const PIDS_LIMIT: i64 = 4096;
@@ -31,9 +31,12 @@ pub struct DockerRuntime {
     /// every pass, and inspecting 30 unchanged containers each time kept the node's dockerd busy
     /// (and an inspection waits for a container that is being started).
     inspected: Arc<Mutex<HashMap<String, (String, ContainerInfo)>>>,
-    net: Arc<PodNetwork>,
-    /// Set once the bridge and its rules were made by this process.
+    /// The node's pod network, once the node has a pod range.
+    net: Arc<Mutex<Option<Arc<PodNetwork>>>>,
+    /// Set once the bridge and its rules were made by this process (for the network in `net`).
     net_ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Set once the sandbox image is known to be there.
+    pause_ready: Arc<std::sync::atomic::AtomicBool>,
     ports: Arc<HostPorts>,
     /// Pod addresses in use: those in the labels of the containers last listed, and those of
     /// containers being made (by container name).
@@ -44,13 +47,16 @@ pub struct DockerRuntime {
 struct Addresses {
     listed: HashSet<Ipv4Addr>,
     being_made: HashMap<String, Ipv4Addr>,
+    /// The address handed out last.
+    last: Option<Ipv4Addr>,
 }
 
 impl Addresses {
     fn take_free(&mut self, net: &PodNetwork, name: &str) -> Option<Ipv4Addr> {
         let used: HashSet<Ipv4Addr> = self.listed.iter().chain(self.being_made.values()).copied().collect();
-        let ip = net.free_address(&used)?;
+        let ip = net.free_address(&used, self.last)?;
         self.being_made.insert(name.to_string(), ip);
+        self.last = Some(ip);
         Some(ip)
     }
 }
@@ -74,29 +80,99 @@ pub async fn runtime_version() -> Option<String> {
 
 impl DockerRuntime {
     /// Connects to `/var/run/docker.sock` and agrees on an API version (nodes run Docker 20.10);
-    /// pods go on the node's pod bridge ([`PodNetwork::on_node`]).
+    /// pods have no network until [`DockerRuntime::set_network`] gives the node's.
     pub async fn connect() -> Result<Self, RuntimeError> {
-        Self::connect_with(PodNetwork::on_node()).await
-    }
-
-    /// The same with pods on another bridge (the runtime's tests on an operator's machine).
-    pub async fn connect_with(net: PodNetwork) -> Result<Self, RuntimeError> {
         let docker = Docker::connect_with_unix_defaults().map_err(|e| failed("connecting to the Docker socket", e))?;
         let docker = docker.negotiate_version().await.map_err(|e| failed("negotiating the Docker API version", e))?;
-        Ok(DockerRuntime { docker, inspected: Arc::default(), net: Arc::new(net), net_ready: Arc::default(), ports: Arc::default(), addresses: Arc::default() })
+        Ok(DockerRuntime {
+            docker,
+            inspected: Arc::default(),
+            net: Arc::default(),
+            net_ready: Arc::default(),
+            pause_ready: Arc::default(),
+            ports: Arc::default(),
+            addresses: Arc::default(),
+        })
     }
 
-    /// Creates and starts the container on the pod bridge with its ports published; undone on failure.
-    async fn run_wired(&self, spec: &ContainerSpec, ip: Ipv4Addr) -> Result<String, RuntimeError> {
+    /// The same with pods on another bridge at once (the runtime's tests on an operator's machine).
+    pub async fn connect_with(net: PodNetwork) -> Result<Self, RuntimeError> {
+        let rt = Self::connect().await?;
+        rt.set_network(net);
+        Ok(rt)
+    }
+
+    /// The node's pod network from now on (its range given, or changed, by the control plane);
+    /// the bridge is made or readdressed before the next sandbox.
+    pub fn set_network(&self, net: PodNetwork) {
+        let mut current = self.net.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_some_and(|c| c.cidr() == net.cidr()) {
+            return;
+        }
+        tracing::info!(range = %net.cidr(), "the node's pod range");
+        *current = Some(Arc::new(net));
+        self.net_ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn network(&self) -> Option<Arc<PodNetwork>> {
+        self.net.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Creates and starts a sandbox on the pod bridge with the pod's host ports forwarded to it;
+    /// undone on failure.
+    async fn run_sandbox_at(&self, net: &PodNetwork, spec: &SandboxSpec, ip: Ipv4Addr) -> Result<String, RuntimeError> {
         use std::sync::atomic::Ordering;
-        if !self.net_ready.load(Ordering::Relaxed) || !self.net.present() {
-            self.net.ensure().await?;
+        if !self.net_ready.load(Ordering::Relaxed) || !net.present() {
+            net.ensure().await?;
             self.net_ready.store(true, Ordering::Relaxed);
         }
-        let bound = HostPorts::bind(&spec.ports)?;
+        if !self.pause_ready.load(Ordering::Relaxed) {
+            pause::ensure_image(&self.docker).await.map_err(|message| RuntimeError::Failed { action: "making the pod sandbox image".into(), message })?;
+            self.pause_ready.store(true, Ordering::Relaxed);
+        }
+        let bound = HostPorts::bind(&spec.host_ports)?;
+        let mut sandbox_labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        sandbox_labels.insert(labels::SANDBOX.into(), "true".into());
+        sandbox_labels.insert(labels::POD_IP.into(), ip.to_string());
+        sandbox_labels.insert(labels::HOST_PORTS.into(), podnet::ports_label(&bound));
+        let body = ContainerCreateBody {
+            image: Some(pause::IMAGE.into()),
+            entrypoint: Some(vec![pause::PROGRAM.into()]),
+            labels: Some(sandbox_labels),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig { network_mode: Some("none".into()), pids_limit: Some(16), ..Default::default() }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let created = self.docker.create_container(Some(options), body).await.map_err(|e| failed(format!("creating sandbox {}", spec.name), e))?;
+        let wired = async {
+            self.docker.start_container(&created.id, None::<StartContainerOptions>).await.map_err(|e| failed(format!("starting sandbox {}", spec.name), e))?;
+            let inspected = self.docker.inspect_container(&created.id, None).await.map_err(|e| failed(format!("inspecting sandbox {}", spec.name), e))?;
+            let pid = inspected.state.filter(|s| s.running == Some(true)).and_then(|s| s.pid).filter(|p| *p > 0);
+            let pid = pid.ok_or_else(|| RuntimeError::Failed { action: format!("starting sandbox {}", spec.name), message: "it exited at once".into() })?;
+            net.attach(pid, &created.id, ip).await?;
+            self.ports.serve(&created.id, ip, bound)
+        };
+        match wired.await {
+            Ok(()) => Ok(created.id),
+            Err(e) => {
+                let _ = self.remove(&created.id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Creates and starts a container in its sandbox's network; undone on failure.
+    async fn run_in_sandbox(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         let mut container_labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
-        container_labels.insert(labels::POD_IP.into(), ip.to_string());
-        container_labels.insert(labels::HOST_PORTS.into(), podnet::ports_label(&bound));
+        let network_mode = match &spec.sandbox {
+            Some(sandbox) => {
+                container_labels.insert(labels::POD_IP.into(), sandbox.ip.to_string());
+                container_labels.insert(labels::SANDBOX_ID.into(), sandbox.id.clone());
+                format!("container:{}", sandbox.id)
+            }
+            None => "none".into(),
+        };
         let non_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
@@ -109,13 +185,12 @@ impl DockerRuntime {
             attach_stdin: Some(spec.stdin),
             tty: Some(spec.tty),
             labels: Some(container_labels),
-            network_disabled: Some(true),
             host_config: Some(HostConfig {
                 // docker-init (tini, shipped with Debian's docker.io) as PID 1 passes SIGTERM on,
                 // so that a process without a handler (busybox httpd) stops at once, not after
                 // the whole grace period.
                 init: Some(true),
-                network_mode: Some("none".into()),
+                network_mode: Some(network_mode),
                 nano_cpus: spec.cpu_millis.map(|m| (m * 1_000_000) as i64),
                 // A fork bomb in one container cannot take the node's process table.
                 pids_limit: Some(PIDS_LIMIT),
@@ -126,27 +201,12 @@ impl DockerRuntime {
         };
         let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
         let created = self.docker.create_container(Some(options), body).await.map_err(|e| failed(format!("creating container {}", spec.name), e))?;
-        let running_pid = |r: bollard::models::ContainerInspectResponse| r.state.filter(|s| s.running == Some(true)).and_then(|s| s.pid).filter(|p| *p > 0);
-        let wired = async {
-            self.docker.start_container(&created.id, None::<StartContainerOptions>).await.map_err(|e| failed(format!("starting container {}", spec.name), e))?;
-            let inspect = || async { self.docker.inspect_container(&created.id, None).await.map_err(|e| failed(format!("inspecting container {}", spec.name), e)) };
-            // A container that already exited (a crash loop) has nothing to wire: the sync sees its exit.
-            let Some(pid) = running_pid(inspect().await?) else { return Ok(()) };
-            if let Err(e) = self.net.attach(pid, &created.id, ip).await {
-                return match running_pid(inspect().await?) {
-                    Some(_) => Err(e),
-                    None => Ok(()), // it exited while being wired
-                };
-            }
-            self.ports.serve(&created.id, ip, bound)
-        };
-        match wired.await {
-            Ok(()) => Ok(created.id),
-            Err(e) => {
-                let _ = self.remove(&created.id).await;
-                Err(e)
-            }
+        // A container that exits at once (a crash loop) is seen exited by the next sync.
+        if let Err(e) = self.docker.start_container(&created.id, None::<StartContainerOptions>).await {
+            let _ = self.remove(&created.id).await;
+            return Err(failed(format!("starting container {}", spec.name), e));
         }
+        Ok(created.id)
     }
 
     /// The container's inspection, reused while the listing shows it in the same state.
@@ -164,24 +224,8 @@ impl DockerRuntime {
 fn info_from_inspect(r: bollard::models::ContainerInspectResponse) -> ContainerInfo {
     let state = r.state.unwrap_or_default();
     let labels: BTreeMap<String, String> = r.config.and_then(|c| c.labels).unwrap_or_default().into_iter().collect();
-    // Wired by the agent: address and ports in the labels. (Made by an agent before it wired
-    // pods itself: on Docker's bridge, with Docker's published ports.)
-    let net = r.network_settings.unwrap_or_default();
-    let ip = labels.get(labels::POD_IP).and_then(|a| a.parse::<IpAddr>().ok()).or_else(|| {
-        net.networks.clone().unwrap_or_default().values().filter_map(|n| n.ip_address.as_deref()).find(|a| !a.is_empty()).and_then(|a| a.parse().ok())
-    });
-    let mut published = BTreeMap::new();
-    match labels.get(labels::HOST_PORTS) {
-        Some(value) => published.extend(podnet::parse_ports_label(value)),
-        None => {
-            for (key, bindings) in net.ports.unwrap_or_default() {
-                let Some(cport) = key.split('/').next().and_then(|p| p.parse::<u16>().ok()) else { continue };
-                if let Some(hport) = bindings.unwrap_or_default().iter().filter_map(|b| b.host_port.as_deref()?.parse::<u16>().ok()).next() {
-                    published.insert(cport, hport);
-                }
-            }
-        }
-    }
+    // Wired by the agent: the pod's address in the labels.
+    let ip = labels.get(labels::POD_IP).and_then(|a| a.parse::<IpAddr>().ok());
     let zero = |t: Option<String>| t.filter(|s| !s.starts_with("0001-"));
     ContainerInfo {
         id: r.id.unwrap_or_default(),
@@ -192,24 +236,24 @@ fn info_from_inspect(r: bollard::models::ContainerInspectResponse) -> ContainerI
         started_at: zero(state.started_at),
         finished_at: zero(state.finished_at),
         ip,
-        published,
     }
 }
 
 impl DockerRuntime {
-    /// After a listing: the addresses in use are those listed (plus those being made), and the
-    /// ports of running containers are forwarded, of stopped and removed ones not (as Docker
-    /// does). A restarted agent so takes over the forwarding of the containers it adopts.
+    /// After a listing: the addresses in use are the sandboxes' listed (plus those being made),
+    /// and the host ports of running sandboxes are forwarded, of stopped and removed ones not.
+    /// A restarted agent so takes over the forwarding of the sandboxes it adopts.
     fn reconcile_network(&self, listed: &[ContainerInfo]) {
         {
             let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
-            addresses.listed = listed.iter().filter_map(|c| c.labels.get(labels::POD_IP)?.parse().ok()).collect();
+            addresses.listed = listed.iter().filter(|c| c.is_sandbox()).filter_map(|c| c.labels.get(labels::POD_IP)?.parse().ok()).collect();
         }
-        let running: HashSet<String> = listed.iter().filter(|c| c.running && c.labels.contains_key(labels::HOST_PORTS)).map(|c| c.id.clone()).collect();
+        let running: HashSet<String> = listed.iter().filter(|c| c.running && c.is_sandbox()).map(|c| c.id.clone()).collect();
         self.ports.retain(&running);
         for c in listed.iter().filter(|c| running.contains(&c.id) && !self.ports.is_open(&c.id)) {
             let Some(IpAddr::V4(ip)) = c.ip else { continue };
-            let specs: Vec<super::PortSpec> = c.published.iter().map(|(cport, hport)| super::PortSpec { container_port: *cport, host_port: Some(*hport) }).collect();
+            let published = c.labels.get(labels::HOST_PORTS).map(|v| podnet::parse_ports_label(v)).unwrap_or_default();
+            let specs: Vec<super::PortSpec> = published.iter().map(|(cport, hport)| super::PortSpec { container_port: *cport, host_port: *hport }).collect();
             match HostPorts::bind(&specs).and_then(|bound| self.ports.serve(&c.id, ip, bound)) {
                 Ok(()) => tracing::info!(container = %c.id, "forwarding the published ports of an adopted container"),
                 Err(e) => tracing::warn!(container = %c.id, error = %e, "cannot forward the published ports of an adopted container"),
@@ -255,23 +299,27 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn run(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-        if !self.image_present(&spec.image).await? {
-            return Err(RuntimeError::ImageNotPresent(spec.image.clone()));
-        }
+    async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
+        let net = self.network().ok_or(RuntimeError::NoPodNetwork)?;
         let ip = self
             .addresses
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take_free(&self.net, &spec.name)
-            .ok_or_else(|| RuntimeError::Failed { action: format!("creating container {}", spec.name), message: "the node's pod network has no free address".into() })?;
-        let result = self.run_wired(spec, ip).await;
+            .take_free(&net, &spec.name)
+            .ok_or_else(|| RuntimeError::Failed { action: format!("creating sandbox {}", spec.name), message: format!("the node's pod range {} has no free address", net.cidr()) })?;
+        let result = self.run_sandbox_at(&net, spec, ip).await;
         let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
         addresses.being_made.remove(&spec.name);
-        if result.is_ok() {
-            addresses.listed.insert(ip);
+        let id = result?;
+        addresses.listed.insert(ip);
+        Ok(Sandbox { id, ip: IpAddr::V4(ip) })
+    }
+
+    async fn run(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        if !self.image_present(&spec.image).await? {
+            return Err(RuntimeError::ImageNotPresent(spec.image.clone()));
         }
-        result
+        self.run_in_sandbox(spec).await
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
@@ -404,6 +452,7 @@ fn session_output(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
 
     const IMAGE: &str = "clusterctl-busybox:latest";
 
@@ -415,34 +464,50 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_container_runs_with_labels_and_published_ports_answers_exec_and_stops_gracefully() {
-        let bridge = format!("cct{}", hex::encode(rand::random::<[u8; 3]>()));
-        let Some(rt) = docker(&bridge, "100.65.1.0/24").await else {
+    async fn a_pods_containers_share_its_sandboxs_address_and_localhost_its_host_port_forwards_and_they_stop_gracefully() {
+        // one bridge name for this test: a run killed half-way leaves a bridge that the next run
+        // takes over, not a second route to the same subnet
+        let Some(rt) = docker("cctsandbox", "100.65.1.0/24").await else {
             eprintln!("skipped: no Docker with {IMAGE}");
             return;
         };
         let name = format!("clusterctl-test-{}", hex::encode(rand::random::<[u8; 4]>()));
-        let spec = ContainerSpec {
-            name: name.clone(),
+        let test_label = || BTreeMap::from([("io.clusterctl.test".to_string(), name.clone())]);
+        let sandbox_spec = SandboxSpec {
+            name: format!("{name}-pod"),
+            labels: test_label(),
+            host_ports: vec![super::super::PortSpec { container_port: 8080, host_port: 0 }],
+        };
+        let sandbox = rt.run_sandbox(&sandbox_spec).await.expect("running the sandbox");
+        let web = ContainerSpec {
+            name: format!("{name}-web"),
             image: IMAGE.into(),
             command: vec!["sh".into(), "-c".into()],
             args: vec!["echo hello-$GREETING; exec httpd -f -p 8080 -h /www".into()],
             env: vec![("GREETING".into(), "world".into())],
-            ports: vec![super::super::PortSpec { container_port: 8080, host_port: None }],
+            sandbox: Some(sandbox.clone()),
             memory_bytes: Some(32 << 20),
             cpu_millis: Some(200),
-            labels: [("io.clusterctl.test".to_string(), name.clone())].into(),
+            labels: test_label(),
             ..Default::default()
         };
-        let id = rt.run(&spec).await.expect("running the container");
-        let outcome = async {
+        let side = ContainerSpec { name: format!("{name}-side"), image: IMAGE.into(), command: vec!["sleep".into(), "600".into()], sandbox: Some(sandbox.clone()), labels: test_label(), ..Default::default() };
+        let mut ids = vec![sandbox.id.clone()];
+        let outcome = std::panic::AssertUnwindSafe(async {
+            let id = rt.run(&web).await?;
+            ids.push(id.clone());
+            let side_id = rt.run(&side).await?;
+            ids.push(side_id.clone());
             let info = rt.inspect(&id).await?;
             assert!(info.running);
             assert_eq!(info.labels["io.clusterctl.test"], name);
-            let host_port = info.published[&8080];
-            assert!(host_port > 0);
-            assert_eq!(info.ip, Some("100.65.1.2".parse().unwrap()), "the first address of the pod bridge after its gateway");
-            // the container's eth0 is wired and the published port forwards to it
+            assert_eq!(sandbox.ip, "100.65.1.2".parse::<IpAddr>().unwrap(), "the first address of the pod bridge after its gateway");
+            assert_eq!((info.ip, rt.inspect(&side_id).await?.ip), (Some(sandbox.ip), Some(sandbox.ip)), "one address per pod");
+            let listed = rt.list("io.clusterctl.test").await?;
+            let host_port = listed.iter().find(|c| c.id == sandbox.id).and_then(|c| podnet::parse_ports_label(&c.labels[labels::HOST_PORTS]).first().map(|p| p.1)).expect("the sandbox's host port");
+            assert!(listed.iter().find(|c| c.id == sandbox.id).is_some_and(|c| c.is_sandbox()) && !info.is_sandbox());
+            // the host port forwards to the pod's address, and the other container reaches the
+            // web server on localhost
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             loop {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -457,10 +522,11 @@ mod tests {
                 if answer.as_deref().is_some_and(|a| a.starts_with("HTTP/1.")) {
                     break;
                 }
-                assert!(tokio::time::Instant::now() < deadline, "nothing answered HTTP on the published port: {answer:?}");
+                assert!(tokio::time::Instant::now() < deadline, "nothing answered HTTP on the host port: {answer:?}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            assert!(rt.list("io.clusterctl.test").await?.iter().any(|c| c.id == id));
+            let over_localhost = ["sh".to_string(), "-c".into(), "wget -q -O /dev/null http://127.0.0.1:8080/index.html".into()];
+            assert_eq!(rt.exec(&side_id, &over_localhost).await?, 0, "the pod's containers share localhost");
             assert_eq!(rt.exec(&id, &["true".into()]).await?, 0);
             assert_eq!(rt.exec(&id, &["false".into()]).await?, 1);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -475,12 +541,21 @@ mod tests {
             let stopped = rt.inspect(&id).await?;
             assert!(!stopped.running);
             Ok::<_, RuntimeError>(())
-        }
+        })
+        .catch_unwind()
         .await;
-        rt.remove(&id).await.expect("removing the container");
-        rt.net.remove().await;
-        outcome.expect("runtime calls");
-        assert!(matches!(rt.inspect(&id).await, Err(RuntimeError::NotFound(_))));
+        // cleaned up also when an assertion failed
+        for id in ids.iter().rev() {
+            rt.remove(id).await.expect("removing a container");
+        }
+        if let Some(net) = rt.network() {
+            net.remove().await;
+        }
+        match outcome {
+            Ok(result) => result.expect("runtime calls"),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        assert!(matches!(rt.inspect(&ids[0]).await, Err(RuntimeError::NotFound(_))));
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{ContainerInfo, ContainerRuntime, ContainerSpec, RuntimeError};
+use super::{ContainerInfo, ContainerRuntime, ContainerSpec, RuntimeError, Sandbox, SandboxSpec, labels};
 
 #[derive(Debug, Default)]
 struct State {
@@ -14,7 +14,8 @@ struct State {
     containers: BTreeMap<String, (ContainerSpec, ContainerInfo)>,
     calls: Vec<String>,
     next_id: u64,
-    next_port: u16,
+    /// Sandboxes made, for their addresses (`100.64.1.<n>`).
+    sandboxes_made: u8,
     /// Operation names ("run", "stop", ...) whose next call fails.
     fail_next: BTreeSet<String>,
     /// Exit code that exec returns, per container id (0 when unset).
@@ -45,7 +46,6 @@ impl FakeRuntime {
     pub fn with_images(images: &[&str]) -> Self {
         let fake = FakeRuntime::default();
         fake.lock().images = images.iter().map(|s| s.to_string()).collect();
-        fake.lock().next_port = 32768;
         fake
     }
 
@@ -89,9 +89,14 @@ impl FakeRuntime {
         self.lock().logs.insert(id.to_string(), text.to_string());
     }
 
-    /// The containers that exist, with their specs.
+    /// The containers that exist (not the sandboxes), with their specs.
     pub fn containers(&self) -> Vec<(ContainerSpec, ContainerInfo)> {
-        self.lock().containers.values().cloned().collect()
+        self.lock().containers.values().filter(|(_, i)| !i.is_sandbox()).cloned().collect()
+    }
+
+    /// The sandboxes that exist.
+    pub fn sandboxes(&self) -> Vec<ContainerInfo> {
+        self.lock().containers.values().filter(|(_, i)| i.is_sandbox()).map(|(_, i)| i.clone()).collect()
     }
 
     fn call(&self, operation: &str, text: String) -> Result<(), RuntimeError> {
@@ -119,36 +124,60 @@ impl ContainerRuntime for FakeRuntime {
         Ok(self.lock().images.contains(image))
     }
 
+    async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
+        self.call("run_sandbox", format!("run_sandbox {}", spec.name))?;
+        let mut s = self.lock();
+        s.next_id += 1;
+        s.sandboxes_made = s.sandboxes_made.wrapping_add(1);
+        let (id, ip) = (format!("s{}", s.next_id), std::net::IpAddr::from([100, 64, 1, s.sandboxes_made]));
+        let mut sandbox_labels = spec.labels.clone();
+        sandbox_labels.insert(labels::SANDBOX.into(), "true".into());
+        sandbox_labels.insert(labels::POD_IP.into(), ip.to_string());
+        let ports: Vec<String> = spec.host_ports.iter().map(|p| format!("{}:{}", p.container_port, p.host_port)).collect();
+        sandbox_labels.insert(labels::HOST_PORTS.into(), ports.join(","));
+        let info = ContainerInfo {
+            id: id.clone(),
+            image_id: String::new(),
+            labels: sandbox_labels,
+            running: true,
+            exit_code: None,
+            started_at: Some("2026-01-01T00:00:00Z".into()),
+            finished_at: None,
+            ip: Some(ip),
+        };
+        let as_container = ContainerSpec { name: spec.name.clone(), labels: spec.labels.clone(), ..Default::default() };
+        s.containers.insert(id.clone(), (as_container, info));
+        Ok(Sandbox { id, ip })
+    }
+
     async fn run(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         self.call("run", format!("run {}", spec.name))?;
         let mut s = self.lock();
         if !s.images.contains(&spec.image) {
             return Err(RuntimeError::ImageNotPresent(spec.image.clone()));
         }
+        if let Some(sandbox) = &spec.sandbox
+            && !s.containers.get(&sandbox.id).is_some_and(|(_, i)| i.running)
+        {
+            return Err(RuntimeError::Failed { action: format!("starting container {}", spec.name), message: format!("cannot join the network of {}: not running", sandbox.id) });
+        }
         s.next_id += 1;
         let id = format!("c{}", s.next_id);
-        let mut published = BTreeMap::new();
-        for p in &spec.ports {
-            let host = match p.host_port {
-                Some(h) => h,
-                None => {
-                    s.next_port += 1;
-                    s.next_port
-                }
-            };
-            published.insert(p.container_port, host);
+        let mut container_labels = spec.labels.clone();
+        if let Some(sandbox) = &spec.sandbox {
+            container_labels.insert(labels::POD_IP.into(), sandbox.ip.to_string());
+            container_labels.insert(labels::SANDBOX_ID.into(), sandbox.id.clone());
         }
         let info = ContainerInfo {
             id: id.clone(),
             image_id: format!("sha256:{:0>64}", spec.image.len()),
-            labels: spec.labels.clone(),
+            labels: container_labels,
             running: true,
             exit_code: None,
             // Later containers started later (one second apart), as the current one is chosen by time.
             started_at: Some(format!("2026-01-01T{:02}:{:02}:{:02}Z", s.next_id / 3600 % 24, s.next_id / 60 % 60, s.next_id % 60)),
             finished_at: None,
-            ip: Some("172.17.0.2".parse().expect("a literal address")),
-            published,
+            ip: spec.sandbox.as_ref().map(|s| s.ip),
         };
         s.containers.insert(id.clone(), (spec.clone(), info));
         Ok(id)

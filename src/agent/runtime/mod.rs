@@ -3,9 +3,15 @@
 //! [`docker::DockerRuntime`] speaks the Docker Engine API on the node's local socket;
 //! [`fake::FakeRuntime`] is an in-memory recording fake for unit tests. The runtime never pulls:
 //! images come onto nodes by `clusterctl image load`.
+//!
+//! A pod is a *sandbox* and its containers, as in Kubernetes' CRI: the sandbox is a container that
+//! only holds the pod's network namespace (its address from the node's pod range, its host
+//! ports), and every container of the pod joins that namespace, so they share `localhost` and
+//! the pod's IP.
 
 pub mod docker;
 pub mod fake;
+pub mod pause;
 pub mod podnet;
 
 use std::collections::BTreeMap;
@@ -24,17 +30,41 @@ pub mod labels {
     pub const SPEC_HASH: &str = "io.clusterctl.container.hash";
     /// Grace period in seconds, so that orphans found after a restart stop as gracefully.
     pub const GRACE: &str = "io.clusterctl.pod.grace";
-    /// The container's address on the node's pod bridge ([`super::podnet`]).
+    /// The pod's address on the node's pod bridge ([`super::podnet`]), on its sandbox and on
+    /// each of its containers.
     pub const POD_IP: &str = "io.clusterctl.pod.ip";
-    /// Its published ports, `containerPort:hostPort,...` ([`super::podnet::ports_label`]).
+    /// On a sandbox: the host ports forwarded to the pod, `containerPort:hostPort,...`
+    /// ([`super::podnet::ports_label`]).
     pub const HOST_PORTS: &str = "io.clusterctl.pod.host-ports";
+    /// On a sandbox: `true`.
+    pub const SANDBOX: &str = "io.clusterctl.pod.sandbox";
+    /// On a pod's container: the id of the sandbox whose network namespace it joined.
+    pub const SANDBOX_ID: &str = "io.clusterctl.pod.sandbox-id";
 }
 
-/// A container port to publish on the node: on `host_port`, or on an ephemeral port when `None`.
+/// A pod port published on the node's `host_port` (a container's `hostPort`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PortSpec {
     pub container_port: u16,
-    pub host_port: Option<u16>,
+    pub host_port: u16,
+}
+
+/// What a pod's sandbox is made with.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SandboxSpec {
+    /// Docker's container name (unique on the node).
+    pub name: String,
+    /// The pod's identity ([`labels`]).
+    pub labels: BTreeMap<String, String>,
+    /// The pod's host ports.
+    pub host_ports: Vec<PortSpec>,
+}
+
+/// A running sandbox: the network namespace a pod's containers join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    pub id: String,
+    pub ip: IpAddr,
 }
 
 /// Everything needed to create one container.
@@ -49,7 +79,8 @@ pub struct ContainerSpec {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
-    pub ports: Vec<PortSpec>,
+    /// The sandbox whose network the container joins (none: a network of its own, loopback only).
+    pub sandbox: Option<Sandbox>,
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
     pub labels: BTreeMap<String, String>,
@@ -72,10 +103,15 @@ pub struct ContainerInfo {
     /// RFC 3339, as the runtime reports it.
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
-    /// Address on the node's pod bridge.
+    /// Its pod's address on the node's pod bridge.
     pub ip: Option<IpAddr>,
-    /// container port -> port published on the node.
-    pub published: BTreeMap<u16, u16>,
+}
+
+impl ContainerInfo {
+    /// Whether this is a pod's sandbox rather than one of its containers.
+    pub fn is_sandbox(&self) -> bool {
+        self.labels.contains_key(labels::SANDBOX)
+    }
 }
 
 /// What a read of a container's log asks for (kubelet's `PodLogOptions`, as the runtime takes them).
@@ -124,6 +160,9 @@ pub enum RuntimeError {
     /// The image is not on this node (and the agent never pulls).
     #[error("image {0} is not present on this node")]
     ImageNotPresent(String),
+    /// The node has no pod range yet (`spec.podCIDR`, given by the control plane after it registers).
+    #[error("the node has no pod address range yet")]
+    NoPodNetwork,
     #[error("container {0} not found")]
     NotFound(String),
     /// The runtime refused or failed the call.
@@ -137,11 +176,14 @@ pub enum RuntimeError {
 /// The side of a container runtime the agent uses.
 #[async_trait]
 pub trait ContainerRuntime: Send + Sync + 'static {
-    /// Every container (running or not) that carries `label_key`.
+    /// Every container (running or not) that carries `label_key`, sandboxes included.
     async fn list(&self, label_key: &str) -> Result<Vec<ContainerInfo>, RuntimeError>;
     async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError>;
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError>;
-    /// Creates and starts a container; returns its id.
+    /// Creates and starts a pod's sandbox with an address from the node's pod range and the
+    /// pod's host ports forwarded to it.
+    async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError>;
+    /// Creates and starts a container (in its sandbox's network); returns its id.
     async fn run(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
     /// SIGTERM, then SIGKILL after `grace`.
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;

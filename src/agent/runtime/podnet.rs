@@ -8,19 +8,17 @@
 //! containers are created with `NetworkDisabled` (a network namespace with loopback only, no hook),
 //! and the agent wires them, as kubelet's CNI bridge plugin did for dockershim's containers:
 //!
-//! - [`PodNetwork`]: a Linux bridge (`clusterctl0`, [`POD_CIDR`], gateway its first address) and,
-//!   per container, a veth pair whose host end (`cc` + 12 digits of the container id) is a port
-//!   of the bridge and whose other end is the container's `eth0` with an address of the bridge's
-//!   subnet (the lowest free one, recorded in the container's labels) and the gateway as default
-//!   route. Pods reach the VPC through the node's address (one MASQUERADE rule) and the node
-//!   reaches pods on the bridge.
-//! - [`HostPorts`]: every published port (a `hostPort`, or a free port the kernel picks) is a
-//!   listener of the agent that forwards each connection to the container's address, as
-//!   `docker-proxy` does; the listener is bound before the container is made, so two pods can
-//!   never hold one port.
-//!
-//! The addresses in `status` stay as the networking contract in [`crate::agent::pods`] says:
-//! `podIP` is the node's address and ports are reached at `podIP:hostPort`.
+//! - [`PodNetwork`]: a Linux bridge (`clusterctl0` on the node's pod range, `spec.podCIDR`,
+//!   gateway its first address) and, per pod sandbox, a veth pair whose host end (`cc` + 12
+//!   digits of the sandbox's id) is a port of the bridge and whose other end is the sandbox's
+//!   `eth0` with an address of the range (the lowest free one, recorded in the sandbox's labels)
+//!   and the gateway as default route. Pod addresses are routed between nodes by the VPC (the
+//!   cloud controller's route controller writes one route per node's range), so traffic to the
+//!   cluster CIDR and to the VPC keeps the pod's address; only traffic to elsewhere leaves
+//!   through the node's address (MASQUERADE, in the chain `CLUSTERCTL-POSTROUTING`).
+//! - [`HostPorts`]: every `hostPort` is a listener of the agent that forwards each connection to
+//!   the pod's address, as `docker-proxy` does; the listener is bound before the sandbox is
+//!   made, so two pods can never hold one port.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -32,11 +30,10 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{PortSpec, RuntimeError};
 use crate::client::leader::AbortOnDrop;
 
-/// The pods' subnet on every node (node-local: never routed between nodes). Shared address
-/// space (RFC 6598), outside the private ranges that a spec's VPC must be in, so never a VPC's.
-pub const POD_CIDR: &str = "100.64.0.0/24";
 /// The node's pod bridge.
 pub const POD_BRIDGE: &str = "clusterctl0";
+/// The nat chain of the pods' masquerading, jumped to from POSTROUTING.
+const NAT_CHAIN: &str = "CLUSTERCTL-POSTROUTING";
 
 fn failed(action: impl Into<String>, message: impl Into<String>) -> RuntimeError {
     RuntimeError::Failed { action: action.into(), message: message.into() }
@@ -75,17 +72,25 @@ pub struct PodNetwork {
     /// Forwarding and masquerading rules for pods' traffic out of the node (not on an operator's
     /// machine, where the runtime's tests use a bridge of their own).
     nat: bool,
+    /// Destinations reached with the pod's own address (the cluster CIDR, the VPC).
+    routed: Vec<Ipv4Net>,
 }
 
 impl PodNetwork {
-    /// The network of a node: [`POD_BRIDGE`] on [`POD_CIDR`], with NAT.
-    pub fn on_node() -> Self {
-        PodNetwork { bridge: POD_BRIDGE.into(), cidr: POD_CIDR.parse().expect("POD_CIDR is a CIDR"), nat: true }
+    /// The network of a node: [`POD_BRIDGE`] on its pod range, with NAT for traffic to anything
+    /// but `routed` (the cluster's blocks).
+    pub fn on_node(pod_cidr: Ipv4Net, routed: Vec<Ipv4Net>) -> Self {
+        PodNetwork { bridge: POD_BRIDGE.into(), cidr: pod_cidr, nat: true, routed }
     }
 
     /// Another bridge and subnet, without touching the firewall (tests on a shared machine).
     pub fn without_nat(bridge: &str, cidr: Ipv4Net) -> Self {
-        PodNetwork { bridge: bridge.into(), cidr, nat: false }
+        PodNetwork { bridge: bridge.into(), cidr, nat: false, routed: Vec::new() }
+    }
+
+    /// The pod range.
+    pub fn cidr(&self) -> Ipv4Net {
+        self.cidr
     }
 
     pub fn gateway(&self) -> Ipv4Addr {
@@ -103,6 +108,11 @@ impl PodNetwork {
             }
         }
         let gateway = format!("{}/{}", self.gateway(), self.cidr.prefix_len());
+        // An address of another range (the node's range changed, or an older agent's fixed one) goes.
+        let shown = tokio::process::Command::new("ip").args(["-o", "-4", "addr", "show", "dev", &self.bridge]).output().await.map_err(|e| failed(action(), e.to_string()))?;
+        for other in String::from_utf8_lossy(&shown.stdout).lines().filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1)).filter(|a| *a != gateway) {
+            run("ip", &["addr", "del", other, "dev", &self.bridge], None).await.map_err(|e| failed(action(), e))?;
+        }
         match run("ip", &["addr", "add", &gateway, "dev", &self.bridge], None).await {
             Ok(()) => {}
             Err(e) if e.contains("File exists") || e.contains("Address already assigned") => {}
@@ -111,23 +121,36 @@ impl PodNetwork {
         run("ip", &["link", "set", &self.bridge, "up"], None).await.map_err(|e| failed(action(), e))?;
         if self.nat {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| failed(action(), format!("enabling IP forwarding: {e}")))?;
-            let cidr = self.cidr.to_string();
+            // Pods' traffic is forwarded both ways (new connections to pods come from other
+            // nodes and pods now), before Docker's own rules (its policy there is DROP).
             let rules: [(&str, &str, Vec<&str>); 3] = [
-                ("nat", "POSTROUTING", vec!["-s", &cidr, "!", "-o", &self.bridge, "-j", "MASQUERADE"]),
+                ("nat", "POSTROUTING", vec!["-j", NAT_CHAIN]),
                 ("filter", "FORWARD", vec!["-i", &self.bridge, "-j", "ACCEPT"]),
-                ("filter", "FORWARD", vec!["-o", &self.bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"]),
+                ("filter", "FORWARD", vec!["-o", &self.bridge, "-j", "ACCEPT"]),
             ];
+            let _ = run("iptables", &["-w", "5", "-t", "nat", "-N", NAT_CHAIN], None).await; // exists already
+            // An older agent's rule, which masqueraded every pod's traffic.
+            let _ = run("iptables", &["-w", "5", "-t", "nat", "-D", "POSTROUTING", "-s", "100.64.0.0/24", "!", "-o", &self.bridge, "-j", "MASQUERADE"], None).await;
             for (table, chain, rule) in rules {
                 let check: Vec<&str> = ["-w", "5", "-t", table, "-C", chain].into_iter().chain(rule.iter().copied()).collect();
                 if run("iptables", &check, None).await.is_err() {
-                    // FORWARD: before Docker's own rules (its policy there is DROP).
-                    let verb = if chain == "FORWARD" { "-I" } else { "-A" };
-                    let add: Vec<&str> = ["-w", "5", "-t", table, verb, chain].into_iter().chain(rule.iter().copied()).collect();
+                    let add: Vec<&str> = ["-w", "5", "-t", table, "-I", chain].into_iter().chain(rule.iter().copied()).collect();
                     run("iptables", &add, None).await.map_err(|e| failed(action(), e))?;
                 }
             }
+            run("iptables-restore", &["-w", "5", "--noflush"], Some(&self.nat_rules())).await.map_err(|e| failed(action(), e))?;
         }
         Ok(())
+    }
+
+    /// The masquerading chain, whole (`iptables-restore` input that replaces it at once).
+    fn nat_rules(&self) -> String {
+        let mut out = format!("*nat\n:{NAT_CHAIN} - [0:0]\n");
+        for dest in &self.routed {
+            out.push_str(&format!("-A {NAT_CHAIN} -s {} -d {dest} -j RETURN\n", self.cidr));
+        }
+        out.push_str(&format!("-A {NAT_CHAIN} -s {} ! -o {} -j MASQUERADE\nCOMMIT\n", self.cidr, self.bridge));
+        out
     }
 
     /// Whether the bridge exists (it goes with the node's network namespace).
@@ -135,13 +158,17 @@ impl PodNetwork {
         link_exists(&self.bridge)
     }
 
-    /// The lowest address of the subnet that is neither the gateway nor in `used`.
-    pub fn free_address(&self, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    /// The first address after `last` (wrapping around) that is neither the gateway nor in `used`:
+    /// as CNI's host-local allocator, a pod's address is not handed out again at once, while
+    /// endpoints and connections may still name it.
+    pub fn free_address(&self, used: &HashSet<Ipv4Addr>, last: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
         let gateway = self.gateway();
-        self.cidr.hosts().find(|a| *a != gateway && !used.contains(a))
+        let hosts: Vec<Ipv4Addr> = self.cidr.hosts().collect();
+        let start = last.and_then(|l| hosts.iter().position(|a| *a == l)).map_or(0, |i| i + 1);
+        (0..hosts.len()).map(|i| hosts[(start + i) % hosts.len()]).find(|a| *a != gateway && !used.contains(a))
     }
 
-    /// Wires the network namespace of the container whose init is `pid`: `eth0` at `ip`.
+    /// Wires the network namespace of the sandbox whose init is `pid`: `eth0` at `ip`.
     pub async fn attach(&self, pid: i64, container_id: &str, ip: Ipv4Addr) -> Result<(), RuntimeError> {
         let short = &container_id[..container_id.len().min(12)];
         let action = || format!("wiring the network of container {short}");
@@ -188,12 +215,12 @@ impl std::fmt::Debug for HostPorts {
 }
 
 impl HostPorts {
-    /// Binds every port on all of the node's addresses: its `host_port`, or one the kernel picks.
+    /// Binds every port on all of the node's addresses (its `host_port`; 0 in tests: one the kernel picks).
     pub fn bind(ports: &[PortSpec]) -> Result<Vec<Bound>, RuntimeError> {
         ports
             .iter()
             .map(|p| {
-                let wanted = p.host_port.unwrap_or(0);
+                let wanted = p.host_port;
                 let listener = std::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], wanted))).map_err(|e| {
                     failed(format!("publishing container port {}", p.container_port), format!("host port {wanted}: {e}"))
                 })?;
@@ -268,16 +295,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_are_the_lowest_free_ones_after_the_gateway() {
+    fn addresses_go_round_the_range_skipping_the_gateway_and_those_in_use() {
         let net = PodNetwork::without_nat("cctest", "100.64.7.0/29".parse().unwrap());
-        assert_eq!(net.gateway(), Ipv4Addr::new(100, 64, 7, 1));
+        let a = |o: u8| Ipv4Addr::new(100, 64, 7, o);
+        assert_eq!(net.gateway(), a(1));
         let mut used = HashSet::new();
-        assert_eq!(net.free_address(&used), Some(Ipv4Addr::new(100, 64, 7, 2)));
-        used.insert(Ipv4Addr::new(100, 64, 7, 2));
-        used.insert(Ipv4Addr::new(100, 64, 7, 4));
-        assert_eq!(net.free_address(&used), Some(Ipv4Addr::new(100, 64, 7, 3)));
-        used.extend([3, 5, 6].map(|o| Ipv4Addr::new(100, 64, 7, o)));
-        assert_eq!(net.free_address(&used), None, "a /29 has six hosts, one of them the gateway");
+        assert_eq!(net.free_address(&used, None), Some(a(2)));
+        assert_eq!(net.free_address(&used, Some(a(2))), Some(a(3)), "not the one just freed");
+        used.insert(a(4));
+        assert_eq!(net.free_address(&used, Some(a(3))), Some(a(5)));
+        assert_eq!(net.free_address(&used, Some(a(6))), Some(a(2)), "round to the start, past the gateway");
+        used.extend([2, 3, 5, 6].map(a));
+        assert_eq!(net.free_address(&used, Some(a(2))), None, "a /29 has six hosts, one of them the gateway");
     }
 
     #[test]
@@ -297,7 +326,7 @@ mod tests {
                 let _ = s.write_all(b"hello").await;
             }
         });
-        let bound = HostPorts::bind(&[PortSpec { container_port: backend_port, host_port: None }]).unwrap();
+        let bound = HostPorts::bind(&[PortSpec { container_port: backend_port, host_port: 0 }]).unwrap();
         let host_port = bound[0].host_port;
         assert_ne!(host_port, 0);
         // the port is held: nobody else can bind it
