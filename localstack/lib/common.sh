@@ -140,3 +140,13 @@ ls_docker_cleanup() {
         ls_log "removed $n container(s), $nn network(s), $nv volume(s) of the realizer"
     fi
 }
+
+# Removes the VPC routers' policy routing of this harness's previous LocalStack (the rules and
+# routing tables recorded in <state>/vpc-routers.json, see plugin/clusterctl_localstack/routes.py),
+# and any rule of a VPC router whose bridge is gone (left by a crash).
+ls_router_cleanup() {
+    command -v ip >/dev/null 2>&1 || return 0
+    [[ -x "$LS_VENV/bin/python" ]] || { ls_log "no venv: no clean-up of VPC routing rules"; return 0; }
+    PYTHONPATH="$LS_DIR/plugin${PYTHONPATH:+:$PYTHONPATH}" "$LS_VENV/bin/python" \
+        -m clusterctl_localstack.routes cleanup "$LS_STATE" >&2 || ls_log "warning: the VPC routing clean-up failed"
+}

@@ -135,7 +135,7 @@ class Network:
         )["GroupId"]
         self.instance_ids: list[str] = []
 
-    def run_instances(self, count: int, role: str = "worker", **kw) -> list[str]:
+    def run_instances(self, count: int, role: str = "worker", subnet: int = 0, **kw) -> list[str]:
         image_id = self.ec2.describe_images(
             Filters=[{"Name": "name", "Values": ["ubuntu/images/hvm-ssd/ubuntu-*-amd64-server-*"]}]
         )["Images"][0]["ImageId"]
@@ -146,7 +146,7 @@ class Network:
                 InstanceType="t3.medium",
                 MinCount=count,
                 MaxCount=count,
-                SubnetId=self.subnet_ids[0],
+                SubnetId=self.subnet_ids[subnet],
                 SecurityGroupIds=[self.sg_id],
                 TagSpecifications=tag_spec("instance", self.cluster, **{"clusterctl:role": role}),
                 **kw,
@@ -189,6 +189,7 @@ class Network:
         for s in self.subnet_ids:
             ec2.delete_subnet(SubnetId=s)
         ec2.delete_vpc(VpcId=self.vpc_id)
+        self.destroyed = True
 
 
 @pytest.fixture

@@ -164,3 +164,96 @@ def test_tags_of_deleted_resources_are_gone_and_tag_filters_still_match(ec2, clu
     ec2.delete_vpc(VpcId=vpc)
     left = ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [vpc, sg]}])["Tags"]
     assert left == []
+
+
+def test_source_dest_check_is_the_primary_interfaces(ec2, network, realizer_on):
+    """AWS: an instance's SourceDestCheck is its primary network interface's. Moto keeps two
+    unrelated flags (and the Attribute/Value form of ModifyInstanceAttribute stores a string)."""
+    (iid,) = network.run_instances(1)
+
+    def flags() -> tuple[bool, bool, bool]:
+        inst = network.instances([iid])[iid]
+        attr = ec2.describe_instance_attribute(InstanceId=iid, Attribute="sourceDestCheck")["SourceDestCheck"]["Value"]
+        return inst["SourceDestCheck"], attr, inst["NetworkInterfaces"][0]["SourceDestCheck"]
+
+    eni = network.instances([iid])[iid]["NetworkInterfaces"][0]["NetworkInterfaceId"]
+    assert flags() == (True, True, True)
+    ec2.modify_instance_attribute(InstanceId=iid, SourceDestCheck={"Value": False})
+    assert flags() == ((False, False, False) if realizer_on else (False, False, True))
+    ec2.modify_instance_attribute(InstanceId=iid, Attribute="sourceDestCheck", Value="true")
+    assert flags() == (True, True, True)
+    ec2.modify_network_interface_attribute(NetworkInterfaceId=eni, SourceDestCheck={"Value": False})
+    assert flags() == ((False, False, False) if realizer_on else (True, True, False))
+
+
+def test_routes_to_instances(ec2, network, cluster, realizer_on):
+    """CreateRoute with InstanceId / NetworkInterfaceId and how DescribeRouteTables shows it."""
+    (iid,) = network.run_instances(1)
+    eni = network.instances([iid])[iid]["NetworkInterfaces"][0]["NetworkInterfaceId"]
+    rtb = network.rtb_id
+
+    def routes() -> dict[str, dict]:
+        (rt,) = ec2.describe_route_tables(RouteTableIds=[rtb])["RouteTables"]
+        return {r["DestinationCidrBlock"]: r for r in rt["Routes"] if r.get("DestinationCidrBlock", "").startswith("100.64.")}
+
+    ec2.create_route(RouteTableId=rtb, DestinationCidrBlock="100.64.1.0/24", InstanceId=iid)
+    ec2.create_route(RouteTableId=rtb, DestinationCidrBlock="100.64.2.0/24", NetworkInterfaceId=eni)
+    # a second route to the same destination: RouteAlreadyExists (AWS); moto checks that only for
+    # InstanceId and silently overwrites the route for NetworkInterfaceId
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ec2.create_route(RouteTableId=rtb, DestinationCidrBlock="100.64.1.0/24", InstanceId=iid)
+    assert _error(e) == ("RouteAlreadyExists", 400)
+    if realizer_on:
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            ec2.create_route(RouteTableId=rtb, DestinationCidrBlock="100.64.2.0/24", NetworkInterfaceId=eni)
+        assert _error(e) == ("RouteAlreadyExists", 400)
+    else:
+        ec2.create_route(RouteTableId=rtb, DestinationCidrBlock="100.64.2.0/24", NetworkInterfaceId=eni)
+
+    r = routes()
+    if realizer_on:  # as AWS: both ids (and the owner) whichever was given
+        full = {"InstanceId": iid, "InstanceOwnerId": "000000000000", "NetworkInterfaceId": eni,
+                "Origin": "CreateRoute", "State": "active"}
+        assert r["100.64.1.0/24"] == {"DestinationCidrBlock": "100.64.1.0/24", **full}
+        assert r["100.64.2.0/24"] == {"DestinationCidrBlock": "100.64.2.0/24", **full}
+    else:  # moto: only the id it was given
+        assert r["100.64.1.0/24"] == {"DestinationCidrBlock": "100.64.1.0/24", "InstanceId": iid,
+                                      "Origin": "CreateRoute", "State": "active"}
+        assert r["100.64.2.0/24"] == {"DestinationCidrBlock": "100.64.2.0/24", "NetworkInterfaceId": eni,
+                                      "Origin": "CreateRoute", "State": "active"}
+
+    # filters on a route's target: moto lacks them (501)
+    for name, value in (("route.instance-id", iid), ("route.network-interface-id", eni), ("route.state", "active")):
+        kw = dict(Filters=[{"Name": name, "Values": [value]}, {"Name": "vpc-id", "Values": [network.vpc_id]}])
+        if realizer_on:
+            assert rtb in [t["RouteTableId"] for t in ec2.describe_route_tables(**kw)["RouteTables"]], name
+        else:
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                ec2.describe_route_tables(**kw)
+            assert _error(e) == ("InternalFailure", 501), name
+
+    # a target in another VPC: InvalidParameterValue (AWS); moto accepts it
+    other = ec2.create_vpc(CidrBlock="10.248.0.0/16", TagSpecifications=tag_spec("vpc", cluster))["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=other, CidrBlock="10.248.1.0/24")["Subnet"]["SubnetId"]
+    foreign = ec2.create_network_interface(SubnetId=subnet)["NetworkInterface"]["NetworkInterfaceId"]
+    try:
+        if realizer_on:
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                ec2.create_route(RouteTableId=rtb, DestinationCidrBlock="100.64.3.0/24", NetworkInterfaceId=foreign)
+            assert _error(e) == ("InvalidParameterValue", 400)
+        else:
+            ec2.create_route(RouteTableId=rtb, DestinationCidrBlock="100.64.3.0/24", NetworkInterfaceId=foreign)
+            ec2.delete_route(RouteTableId=rtb, DestinationCidrBlock="100.64.3.0/24")
+    finally:
+        ec2.delete_network_interface(NetworkInterfaceId=foreign)
+        ec2.delete_subnet(SubnetId=subnet)
+        ec2.delete_vpc(VpcId=other)
+
+    # the instance terminated: AWS shows blackhole (and no instance id); moto still "active"
+    ec2.terminate_instances(InstanceIds=[iid])
+    r = routes()
+    if realizer_on:
+        assert r["100.64.1.0/24"] == {"DestinationCidrBlock": "100.64.1.0/24", "NetworkInterfaceId": eni,
+                                      "Origin": "CreateRoute", "State": "blackhole"}
+    else:
+        assert r["100.64.1.0/24"]["State"] == "active"

@@ -542,6 +542,132 @@ def test_nlb_a_deregistered_target_drains(ec2, elbv2, net, cluster):
             elbv2.delete_target_group(TargetGroupArn=tg["TargetGroupArn"])
 
 
+# ------------------------------------------------------------------------------- VPC routes
+def _router_of(vpc_id: str) -> dict | None:
+    """The realizer's VPC router of that VPC: {table, priority, bridge, routes}."""
+    for r in realizer_state()["vpc_routers"].values():
+        if r["vpc"] == vpc_id:
+            return r
+    return None
+
+
+def _host_rules() -> list[dict]:
+    return json.loads(subprocess.run(["ip", "-j", "-4", "rule", "show"], capture_output=True, text=True, check=True).stdout)
+
+
+def _host_table(table: int) -> list[dict]:
+    """The kernel's routing table (empty when it does not exist)."""
+    p = subprocess.run(["ip", "-j", "-4", "route", "show", "table", str(table)], capture_output=True, text=True)
+    return json.loads(p.stdout) if p.returncode == 0 and p.stdout.strip() else []
+
+
+def _answers(src: str, ip: str, timeout: float = 0.5) -> bool:
+    """From inside node SRC: does sshd answer at IP:22 (its banner) within TIMEOUT seconds?"""
+    p = docker("exec", src, "timeout", str(timeout), "bash", "-c", f"exec 3<>/dev/tcp/{ip}/22 && head -c 4 <&3", check=False)
+    return p.stdout.startswith("SSH-")
+
+
+def _wait_answers(src: str, ip: str, within: float = 5) -> float:
+    t0 = time.monotonic()
+    while not _answers(src, ip, timeout=1):
+        assert time.monotonic() - t0 < within, f"{ip} does not answer from {src} within {within} s"
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
+def test_routes_to_instances_go_through_the_vpc_router(ec2, net):
+    """A route whose target is an instance (what a Kubernetes route controller writes for a node's
+    pod CIDR) carries traffic from the other nodes through the VPC router on the host, only while
+    the instance runs with source/destination checking off; DescribeRouteTables reports it as AWS."""
+    t_start = time.monotonic()
+    (a,) = net.run_instances(1, subnet=0)
+    (b,) = net.run_instances(1, subnet=1)  # another subnet, another zone
+    found = net.wait_running([a, b])
+    a_ip = found[a]["PrivateIpAddress"]
+    eni = found[a]["NetworkInterfaces"][0]["NetworkInterfaceId"]
+    pod_cidr, pod_ip = f"100.64.{net.octet}.0/24", f"100.64.{net.octet}.1"  # a "pod" address on node A
+    docker("exec", a, "ip", "addr", "add", f"{pod_ip}/32", "dev", "lo")
+
+    # the VPC's router on the host: its table (nothing else may carry B's packets off this machine:
+    # a blackhole default) and its rule
+    deadline = time.monotonic() + 5
+    while (router := _router_of(net.vpc_id)) is None:
+        assert time.monotonic() < deadline, "no VPC router for the VPC's network"
+        time.sleep(0.1)
+    table, bridge = router["table"], router["bridge"]
+    assert router["priority"] == 1000 and 10000 <= table < 20000
+    assert {"priority": 1000, "src": "all", "iif": bridge, "table": str(table)} in _host_rules()
+    kernel = _host_table(table)
+    assert {"type": "blackhole", "dst": "default", "flags": []} in kernel
+    assert any(r["dst"] == net.cidr and r.get("dev") == bridge and "gateway" not in r for r in kernel), kernel
+    assert pathlib.Path(f"/proc/sys/net/ipv4/conf/{bridge}/send_redirects").read_text().strip() == "0"
+
+    def route() -> dict:
+        (rt,) = ec2.describe_route_tables(RouteTableIds=[net.rtb_id])["RouteTables"]
+        (r,) = [r for r in rt["Routes"] if r.get("DestinationCidrBlock") == pod_cidr]
+        return r
+
+    def in_kernel() -> list[dict]:
+        return [r for r in _host_table(table) if r["dst"] == pod_cidr]
+
+    assert not _answers(b, pod_ip)  # no route yet
+
+    ec2.create_route(RouteTableId=net.rtb_id, DestinationCidrBlock=pod_cidr, InstanceId=a)
+    assert route() == {"DestinationCidrBlock": pod_cidr, "InstanceId": a, "InstanceOwnerId": "000000000000",
+                       "NetworkInterfaceId": eni, "Origin": "CreateRoute", "State": "active"}
+    assert not _answers(b, pod_ip) and in_kernel() == []  # source/destination check still on
+
+    ec2.modify_instance_attribute(InstanceId=a, SourceDestCheck={"Value": False})
+    assert ec2.describe_instance_attribute(InstanceId=a, Attribute="sourceDestCheck")["SourceDestCheck"] == {"Value": False}
+    d = net.instances([a])[a]
+    assert d["SourceDestCheck"] is False and d["NetworkInterfaces"][0]["SourceDestCheck"] is False
+    measure("ModifyInstanceAttribute SourceDestCheck=false to the pod address answering", _wait_answers(b, pod_ip))
+    assert in_kernel() == [{"dst": pod_cidr, "gateway": a_ip, "dev": bridge, "flags": []}]
+    # B still sends through its gateway (it took no ICMP redirect to go to A directly)
+    assert f" via {net.prefix}0.1 " in docker("exec", b, "ip", "route", "get", pod_ip).stdout
+
+    ec2.delete_route(RouteTableId=net.rtb_id, DestinationCidrBlock=pod_cidr)
+    assert not _answers(b, pod_ip) and in_kernel() == []
+
+    # the same by network interface; then the instance stops (blackhole) and starts again (active)
+    ec2.create_route(RouteTableId=net.rtb_id, DestinationCidrBlock=pod_cidr, NetworkInterfaceId=eni)
+    assert route()["InstanceId"] == a and route()["State"] == "active"
+    _wait_answers(b, pod_ip)
+    ec2.stop_instances(InstanceIds=[a])
+    assert route() == {"DestinationCidrBlock": pod_cidr, "InstanceId": a, "InstanceOwnerId": "000000000000",
+                       "NetworkInterfaceId": eni, "Origin": "CreateRoute", "State": "blackhole"}
+    assert in_kernel() == []
+    t0 = time.monotonic()
+    deadline = t0 + 30
+    while net.instances([a])[a]["State"]["Name"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    ec2.start_instances(InstanceIds=[a])
+    net.wait_running([a])
+    assert route()["State"] == "active" and in_kernel() != []
+    docker("exec", a, "ip", "addr", "add", f"{pod_ip}/32", "dev", "lo")  # a new network namespace
+    _wait_answers(b, pod_ip)
+    measure("instance with a route stopped and started, to the pod address answering again", time.monotonic() - t0)
+
+    # terminated: blackhole, as AWS shows it (the interface's id, no instance id any more)
+    ec2.terminate_instances(InstanceIds=[a])
+    assert route() == {"DestinationCidrBlock": pod_cidr, "NetworkInterfaceId": eni, "Origin": "CreateRoute",
+                       "State": "blackhole"}
+    assert in_kernel() == []
+    blackholes = ec2.describe_route_tables(Filters=[{"Name": "route.state", "Values": ["blackhole"]},
+                                                    {"Name": "vpc-id", "Values": [net.vpc_id]}])["RouteTables"]
+    assert [t["RouteTableId"] for t in blackholes] == [net.rtb_id]
+
+    # the VPC goes: its network, then its rule and table
+    net.destroy()
+    deadline = time.monotonic() + 10
+    while any(r.get("iif") == bridge or r.get("table") == str(table) for r in _host_rules()) or _host_table(table):
+        assert time.monotonic() < deadline, (_host_rules(), _host_table(table))
+        time.sleep(0.2)
+    assert _router_of(net.vpc_id) is None
+    measure("VPC router test, launch to VPC gone", time.monotonic() - t_start)
+
+
 # ------------------------------------------------------------------------------- faults
 FAULT_REGION = "eu-west-3"  # faults limited to a region nobody else uses here
 

@@ -1,10 +1,12 @@
 """localstack/up and localstack/down with the realizer, on a second harness of their own (another
 state folder and port, CLUSTERCTL_LOCALSTACK_STATE_DIR / CLUSTERCTL_LOCALSTACK_PORT), so that the
-LocalStack everyone else uses keeps running: down leaves no Docker object of the realizer behind,
-and up after a crash (kill -9) starts from a clean slate."""
+LocalStack everyone else uses keeps running: down leaves no Docker object of the realizer behind
+(nor a VPC router's policy routing rule or table), and up after a crash (kill -9) starts from a
+clean slate."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -35,6 +37,26 @@ def _labelled(owner: str) -> dict[str, list[str]]:
                               capture_output=True, text=True, check=True).stdout.split()
 
     return {"containers": ids("ps", "-aq"), "networks": ids("network", "ls", "-q"), "volumes": ids("volume", "ls", "-q")}
+
+
+def _router_rules(bridges: list[str]) -> list[dict]:
+    """The VPC routers' policy routing rules (routes.py) for these bridges."""
+    rules = json.loads(subprocess.run(["ip", "-j", "-4", "rule", "show"], capture_output=True, text=True, check=True).stdout)
+    return [r for r in rules if r.get("iif") in bridges]
+
+
+def _table(table: int) -> list[dict]:
+    p = subprocess.run(["ip", "-j", "-4", "route", "show", "table", str(table)], capture_output=True, text=True)
+    return json.loads(p.stdout) if p.returncode == 0 and p.stdout.strip() else []
+
+
+def _wait_router_rule(network_ids: list[str]) -> list[dict]:
+    bridges = ["br-" + n[:12] for n in network_ids]
+    deadline = time.monotonic() + 10
+    while not (rules := _router_rules(bridges)):
+        assert time.monotonic() < deadline, f"no VPC router rule for {bridges}"
+        time.sleep(0.2)
+    return rules
 
 
 def test_down_leaves_nothing_and_up_after_a_crash_starts_clean(tmp_path, cluster):
@@ -76,6 +98,9 @@ def test_down_leaves_nothing_and_up_after_a_crash_starts_clean(tmp_path, cluster
         objs = _labelled(owner)
         assert len(objs["containers"]) == 2 and len(objs["networks"]) == 1, objs
         assert (state / "nodes").is_dir()
+        (rule,) = _wait_router_rule(objs["networks"])  # the VPC's router: a rule and a routing table
+        table, bridges = int(rule["table"]), [rule["iif"]]
+        assert (state / "vpc-routers.json").exists()
 
         # a crash: LocalStack dies, its machines and networks stay behind
         pid = int((state / "localstack.pid").read_text())
@@ -83,16 +108,21 @@ def test_down_leaves_nothing_and_up_after_a_crash_starts_clean(tmp_path, cluster
         time.sleep(1)
         assert len(_labelled(owner)["containers"]) == 2
         # up after the crash: a clean slate (nothing of before), then it works as ever
+        assert _router_rules(bridges) and _table(table)  # left behind by the crash
         up()
         assert _labelled(owner) == {"containers": [], "networks": [], "volumes": []}
+        assert _router_rules(bridges) == [] and _table(table) == []
         launch()
         assert len(_labelled(owner)["containers"]) == 2
+        (rule,) = _wait_router_rule(_labelled(owner)["networks"])
+        table, bridges = int(rule["table"]), [rule["iif"]]
 
         t0 = time.monotonic()
         down()
         assert _labelled(owner) == {"containers": [], "networks": [], "volumes": []}
         assert not (state / "localstack.pid").exists()
         assert not (state / "nodes").exists()
+        assert _router_rules(bridges) == [] and _table(table) == [] and not (state / "vpc-routers.json").exists()
         listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
         assert listening.strip() == "", listening  # nothing listens on the port any more
         print(f"down with 2 nodes and a balancer took {time.monotonic() - t0:.1f} s")

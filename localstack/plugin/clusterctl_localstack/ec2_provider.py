@@ -11,6 +11,11 @@ the handlers here change what only the API layer can:
 - DescribeInstances / DescribeInstanceStatus: instances still invisible after an ``invisible_ms``
   fault are left out (asked for by id: InvalidInstanceID.NotFound).
 - AllocateAddress: refused (an Elastic IP would be an address no container has).
+- DescribeRouteTables: routes to instances as AWS shows them (InstanceId, InstanceOwnerId,
+  NetworkInterfaceId, State active / blackhole; routes.py); moto shows only the id it was given
+  and always "active".
+
+Stopping the provider (LocalStack's shutdown) removes the VPC routers' rules and tables.
 """
 
 from __future__ import annotations
@@ -40,11 +45,21 @@ class RealizerEc2Provider(Ec2Provider):
 
     def on_after_init(self) -> None:
         super().on_after_init()
-        from . import ec2_realizer, moto_speedups, nlb
+        from . import ec2_realizer, moto_speedups, nlb, routes
 
         moto_speedups.install()
         ec2_realizer.install()
         nlb.install()
+        routes.install()
+
+    def on_before_stop(self) -> None:
+        from . import ec2_realizer
+
+        try:
+            if ec2_realizer._REALIZER is not None:
+                ec2_realizer._REALIZER.shutdown()
+        finally:
+            super().on_before_stop()
 
     # ---------------------------------------------------------------- RunInstances
     @handler("RunInstances", expand=False)
@@ -128,6 +143,15 @@ class RealizerEc2Provider(Ec2Provider):
         result["InstanceStatuses"] = [
             s for s in result.get("InstanceStatuses", []) if not r.invisible(s.get("InstanceId", ""))
         ]
+        return result
+
+    # ------------------------------------------------------------ route tables
+    @handler("DescribeRouteTables", expand=False)
+    def describe_route_tables(self, context: RequestContext, request: dict) -> dict:
+        from .routes import router
+
+        result = call_moto(context)
+        router().annotate(context.account_id, context.region, result)
         return result
 
     # ---------------------------------------------------------------- Elastic IPs

@@ -17,7 +17,9 @@ already shows the real machine:
 - states: ``pending`` until sshd answers on port 22, then ``running``; stop/start/reboot/terminate
   act on the container (terminate removes it before the API call returns);
 - a container that is not running while its instance is (``docker kill``) makes
-  DescribeInstanceStatus report failed instance and system reachability checks.
+  DescribeInstanceStatus report failed instance and system reachability checks;
+- each VPC network gets a router on the host (routes.py): routes whose target is an instance
+  forward real traffic to it.
 """
 
 from __future__ import annotations
@@ -447,6 +449,7 @@ class Ec2Realizer:
                 return
             if node.instance.state == "pending":
                 _set_state(node.instance, "running")
+                self._notify("running", node)
             if ok:
                 node.ready_after_s = time.monotonic() - t0
                 LOG.info("instance %s (%s) running: sshd answered %.1f s after the container start", node.iid, node.ip, node.ready_after_s)
@@ -592,11 +595,15 @@ class Ec2Realizer:
 
         shutil.rmtree(settings.nodes_dir() / node.iid, ignore_errors=True)
         self.release_network(node.net_key, node.iid)
-        for cb in self.listeners:
+        self._notify("terminated", node)
+
+    def _notify(self, event: str, node: Optional[Node]) -> None:
+        """Tells the NLB realizer and the VPC routers (``listeners``) about an instance event."""
+        for cb in list(self.listeners):
             try:
-                cb("terminated", node)
+                cb(event, node)
             except Exception:  # noqa: BLE001
-                LOG.exception("listener failed")
+                LOG.exception("listener failed (%s)", event)
 
     # --------------------------------------------------------------- queries
     def node(self, iid: str) -> Optional[Node]:
@@ -640,7 +647,10 @@ class Ec2Realizer:
             }
         nets = {n.name: {"vpc": k[2], "cidr": n.cidr, "gateway": n.gateway, "bridge": n.bridge, "users": sorted(n.users)}
                 for k, n in self.nets.items()}
-        return {"nodes": nodes, "networks": nets, "cloud_endpoint": settings.cloud_endpoint()}
+        from . import routes
+
+        routers = routes._ROUTER.describe() if routes._ROUTER is not None else {}
+        return {"nodes": nodes, "networks": nets, "vpc_routers": routers, "cloud_endpoint": settings.cloud_endpoint()}
 
     # --------------------------------------------------------------- monitor
     def _monitor_loop(self) -> None:
@@ -652,11 +662,7 @@ class Ec2Realizer:
                 self.monitor_errors += 1
                 if self.monitor_errors in (1, 10) or self.monitor_errors % 100 == 0:
                     LOG.exception("monitor tick failed (%d in a row)", self.monitor_errors)
-            for cb in self.listeners:
-                try:
-                    cb("tick", None)
-                except Exception:  # noqa: BLE001
-                    LOG.exception("tick listener failed")
+            self._notify("tick", None)
 
     def _monitor_once(self) -> None:
         with self.lock:
@@ -697,7 +703,13 @@ class Ec2Realizer:
                     del self.nets[key]
 
     def shutdown(self) -> None:
+        """Stops the monitor and removes the VPC routers' rules and tables (the containers and
+        networks stay until ``localstack/down``)."""
         self._stop.set()
+        from . import routes
+
+        if routes._ROUTER is not None:
+            routes._ROUTER.shutdown()
 
 
 _REALIZER: Optional[Ec2Realizer] = None

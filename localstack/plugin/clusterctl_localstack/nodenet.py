@@ -6,8 +6,9 @@ machine, the largest single cost of booting a node (more than its systemd). So n
 are created with ``NetworkDisabled`` (a network namespace with only loopback, no hook), and
 ``plumb`` gives that namespace what Docker would have: a veth pair whose host end is a port of the
 VPC network's bridge and whose other end is the node's ``eth0`` with the instance's private IP and
-the VPC gateway as default route. Docker's bridge rules (forwarding within the bridge, isolation
-from other networks) apply to it as to any port of that bridge. The namespace, and with it the
+the VPC gateway as default route (ICMP redirects refused: see routes.py). Docker's bridge rules
+(forwarding within the bridge, isolation from other networks) apply to it as to any port of that
+bridge. The namespace, and with it the
 pair, goes away when the container stops; every (re)start plumbs again.
 
 Needs root on the host (``ip`` from iproute2, ``nsenter`` from util-linux), like dockerd itself.
@@ -32,6 +33,13 @@ def bridge_of(network_id: str) -> str:
     return "br-" + network_id[:12]
 
 
+def mac_of(ip: str) -> str:
+    """eth0's MAC address: 02:42 and the four bytes of the IP, as Docker gives its containers. The
+    same after every restart, so that the neighbour entries of the host (the VPC router forwards to
+    instances) and of other nodes stay right; a random one would leave them stale for seconds."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.ip_address(ip).packed)
+
+
 def _ip(args: list[str], stdin: str | None = None) -> None:
     p = subprocess.run(args, input=stdin.encode() if stdin else None, capture_output=True, timeout=20, check=False)
     if p.returncode != 0:
@@ -45,9 +53,12 @@ def plumb(pid: int, iid: str, ip: str, cidr: str, gateway: str, bridge: str) -> 
     if os.path.exists(f"/sys/class/net/{veth}"):  # the previous namespace's pair, not yet reaped
         subprocess.run(["ip", "link", "del", veth], capture_output=True, timeout=20, check=False)
     prefix = ipaddress.ip_network(cidr, strict=False).prefixlen
-    _ip(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", str(pid)])
+    _ip(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "address", mac_of(ip), "netns", str(pid)])
     _ip(["ip", "link", "set", veth, "master", bridge, "up"])
-    _ip(["nsenter", "-t", str(pid), "-n", "ip", "-b", "-"], stdin=(
+    # ICMP redirects refused: the VPC router (routes.py) forwards to instances on the same bridge,
+    # and a node that took the host's redirect would bypass the route table from then on
+    _ip(["nsenter", "-t", str(pid), "-n", "sh", "-c",
+         "ip -b - && for c in all eth0; do echo 0 >/proc/sys/net/ipv4/conf/$c/accept_redirects; done"], stdin=(
         "link set lo up\n"
         "link set eth0 up\n"
         f"addr add {ip}/{prefix} dev eth0\n"
