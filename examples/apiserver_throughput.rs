@@ -114,6 +114,7 @@ async fn run_once(run: usize, backend: Backend) -> anyhow::Result<(f64, f64, f64
         cluster_info_ca_pem: ca.cert_pem().to_string(),
         node_binary: None,
         kubelet_client: None,
+        service_cidr: Some("10.96.0.0/16".parse()?),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("https://127.0.0.1:{}", listener.local_addr()?.port());

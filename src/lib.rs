@@ -13,7 +13,8 @@
 //!   host keys, install, the create flow, joins, master replacement, images, backups, logs.
 //! - [`nodeconfig`]: the node contract: the node's config file, its paths, etcd member naming.
 //! - [`agent`]: the kubelet: node registration, lease heartbeats, pods as Docker containers.
-//! - [`proxy`]: every node's NodePort listeners forwarding to ready endpoints.
+//! - [`proxy`]: every node's NodePort listeners forwarding to ready endpoints, and its cluster IP rules.
+//! - [`dns`]: the cluster DNS every node's agent serves to its pods.
 //! - [`controllers`]: node lifecycle (not-ready marking, eviction), deployments, endpoints.
 //! - [`scheduler`]: places unbound pods on nodes (filters, scores, binds; pure decision functions).
 //! - [`apiserver`]: the master's HTTPS API (REST, watch, authentication, authorization) over a
@@ -44,6 +45,7 @@ pub mod client;
 pub mod cloud;
 pub mod cloudcontroller;
 pub mod controllers;
+pub mod dns;
 pub mod home;
 pub mod manifest;
 pub mod node;

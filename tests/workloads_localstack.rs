@@ -128,9 +128,11 @@ async fn an_app_runs_is_reached_restarts_scales_and_moves_off_a_dead_worker() {
     }
     assert_eq!(answers.len(), 3, "round robin reaches all replicas: {answers:?}");
 
+    pods_have_routable_addresses_shared_by_their_containers(home.path(), &client).await;
+
     // A container that dies is restarted in place (restartPolicy Always).
     let ps = pods(&client).await;
-    let pod = ps.iter().find(|p| is_ready(p)).unwrap().clone();
+    let pod = (*app(&ps, "web").into_iter().find(|p| is_ready(p) && is_active(p)).unwrap()).clone();
     let pod_name = pod["metadata"]["name"].as_str().unwrap().to_string();
     let node = pod["spec"]["nodeName"].as_str().unwrap().to_string();
     let container = pod["status"]["containerStatuses"][0]["containerID"].as_str().unwrap().trim_start_matches("docker://").to_string();
@@ -170,6 +172,245 @@ async fn an_app_runs_is_reached_restarts_scales_and_moves_off_a_dead_worker() {
         app(ps, "web").iter().filter(|p| is_ready(p) && p.pointer("/spec/nodeName").and_then(Value::as_str) != Some(victim.as_str())).count() == 5
     })
     .await;
+    // its route goes with it: the tables route each node's range to that node's live instance
+    let (routes, took) = eventually("the route tables follow the nodes after the dead worker", Duration::from_secs(180), || async {
+        let (wanted, present) = (node_routes(&client).await, cluster_routes("it-apps").await);
+        if wanted == present && !present.values().any(|i| *i == victim_instance) { Ok(present) } else { Err(format!("nodes ask {wanted:?}, tables hold {present:?}")) }
+    })
+    .await;
+    eprintln!("routes after the dead worker, {:.1}s: {routes:?}", took.as_secs_f64());
+}
+
+/// The cluster CIDR of the test specs (the default).
+const CLUSTER_CIDR: &str = "100.64.0.0/16";
+
+/// Every node's pod range and the instance behind it, as the route controller should route them.
+async fn node_routes(client: &ApiClient) -> BTreeMap<String, String> {
+    let nodes = client.list_values("/api/v1/nodes").await.unwrap_or_default();
+    nodes.iter().filter(|n| !str_at(n, "/spec/podCIDR").is_empty()).map(|n| (str_at(n, "/spec/podCIDR").to_string(), str_at(n, "/spec/providerID").rsplit('/').next().unwrap().to_string())).collect()
+}
+
+/// The routes inside the cluster CIDR in the cluster's route tables (destination -> instance), or
+/// an empty map when the tables disagree with each other.
+async fn cluster_routes(cluster: &str) -> BTreeMap<String, String> {
+    let cidr: ipnet::Ipv4Net = CLUSTER_CIDR.parse().unwrap();
+    let tables = ec2()
+        .await
+        .describe_route_tables()
+        .filters(aws_sdk_ec2::types::Filter::builder().name(format!("tag:{}", clusterctl::cloud::OWNER_TAG)).values(cluster).build())
+        .send()
+        .await
+        .unwrap();
+    let per_table: Vec<BTreeMap<String, String>> = tables
+        .route_tables()
+        .iter()
+        .map(|t| {
+            t.routes()
+                .iter()
+                .filter(|r| r.destination_cidr_block().and_then(|d| d.parse::<ipnet::Ipv4Net>().ok()).is_some_and(|d| cidr.contains(&d)))
+                .map(|r| (r.destination_cidr_block().unwrap().to_string(), r.instance_id().unwrap_or("").to_string()))
+                .collect()
+        })
+        .collect();
+    assert!(!per_table.is_empty(), "the cluster {cluster} has route tables");
+    if per_table.windows(2).all(|w| w[0] == w[1]) { per_table[0].clone() } else { BTreeMap::new() }
+}
+
+/// Runs a command in a pod's container, from inside the node's machine.
+fn in_container(instance: &str, container_id: &str, command: &str) -> std::process::Output {
+    std::process::Command::new("docker").args(["exec", instance, "docker", "exec", container_id, "sh", "-c", command]).output().unwrap()
+}
+
+const STICKY_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web-sticky
+spec:
+  selector:
+    app: web
+  sessionAffinity: ClientIP
+  ports:
+    - port: 80
+      targetPort: http
+"#;
+
+const TWO_CONTAINER_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: pair
+  labels:
+    app: pair
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: server
+      image: clusterctl-busybox:latest
+      imagePullPolicy: Never
+      command: ["sh", "-c", "mkdir -p /www && echo pair-server > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www"]
+    - name: client
+      image: clusterctl-busybox:latest
+      imagePullPolicy: Never
+      command: ["sleep", "3600"]
+"#;
+
+/// The Kubernetes network model on the web pods: each has an address of its node's pod range,
+/// not the node's; the route tables hold one route per node's range to its instance; a pod
+/// reaches a pod on another node and a node a pod elsewhere at its pod address, and a pod
+/// reaches the harness outside the VPC through its node; two containers of one pod share
+/// `localhost`.
+async fn pods_have_routable_addresses_shared_by_their_containers(home: &Path, client: &ApiClient) {
+    let ps = pods(client).await;
+    let web: Vec<&Value> = app(&ps, "web").into_iter().filter(|p| is_ready(p)).collect();
+    let nodes = client.list_values("/api/v1/nodes").await.unwrap();
+    let node = |name: &str| nodes.iter().find(|n| n["metadata"]["name"] == name).unwrap().clone();
+    let mut ips = BTreeSet::new();
+    for p in &web {
+        let ip: std::net::Ipv4Addr = str_at(p, "/status/podIP").parse().unwrap_or_else(|_| panic!("a pod IP: {p}"));
+        let n = node(str_at(p, "/spec/nodeName"));
+        let range: ipnet::Ipv4Net = str_at(&n, "/spec/podCIDR").parse().unwrap();
+        assert!(range.contains(&ip), "pod IP {ip} in its node's range {range}");
+        assert_ne!(str_at(p, "/status/podIP"), str_at(p, "/status/hostIP"));
+        assert_eq!(str_at(p, "/status/podIPs/0/ip"), str_at(p, "/status/podIP"));
+        ips.insert(ip);
+    }
+    assert_eq!(ips.len(), web.len(), "one address per pod");
+
+    let (routes, took) = eventually("one route per node's range to its instance", Duration::from_secs(60), || async {
+        let (wanted, present) = (node_routes(client).await, cluster_routes("it-apps").await);
+        if wanted.len() == nodes.len() && wanted == present { Ok(present) } else { Err(format!("nodes ask {wanted:?}, tables hold {present:?}")) }
+    })
+    .await;
+    eprintln!("routes, {:.1}s: {routes:?}", took.as_secs_f64());
+
+    // pod to pod across nodes, and node to a pod on another node, at the pod's address
+    let (a, b) = (web[0], web.iter().find(|p| p["spec"]["nodeName"] != web[0]["spec"]["nodeName"]).expect("web pods on two nodes"));
+    let a_instance = instance_of(client, str_at(a, "/spec/nodeName")).await;
+    let a_container = str_at(a, "/status/containerStatuses/0/containerID").trim_start_matches("docker://").to_string();
+    let b_ip = str_at(b, "/status/podIP");
+    let out = in_container(&a_instance, &a_container, &format!("timeout 5 wget -q -O - http://{b_ip}/"));
+    assert!(out.status.success() && !out.stdout.is_empty(), "pod on {} to pod {b_ip} on {}: {}", a["spec"]["nodeName"], b["spec"]["nodeName"], String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("docker").args(["exec", &a_instance, "curl", "-sf", "-m", "5", &format!("http://{b_ip}/")]).output().unwrap();
+    assert!(out.status.success() && !out.stdout.is_empty(), "node {} to pod {b_ip}: {}", a["spec"]["nodeName"], String::from_utf8_lossy(&out.stderr));
+    // out of the cluster through the node: LocalStack's health on the harness's bridge
+    let out = in_container(&a_instance, &a_container, &format!("timeout 5 wget -q -O - http://{}:4566/_localstack/health", harness_gateway()));
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("services"), "pod to the harness outside the VPC: {}", String::from_utf8_lossy(&out.stderr));
+
+    // the Service's cluster IP, from a pod and from a node, balanced over the replicas; with
+    // ClientIP affinity one client keeps its replica
+    let service = client.get_value("/api/v1/namespaces/default/services/web").await.unwrap();
+    let cluster_ip: std::net::Ipv4Addr = str_at(&service, "/spec/clusterIP").parse().unwrap_or_else(|_| panic!("a cluster IP: {service}"));
+    assert!("10.96.0.0/16".parse::<ipnet::Ipv4Net>().unwrap().contains(&cluster_ip), "{cluster_ip} in the service CIDR");
+    let many = format!("for i in 1 2 3 4 5 6 7 8 9 10 11 12; do timeout 5 wget -q -O - http://{cluster_ip}/; done");
+    let (answers, took) = eventually("the cluster IP balanced over the replicas from a pod", Duration::from_secs(30), || async {
+        let out = in_container(&a_instance, &a_container, &many);
+        let answers: BTreeSet<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+        if out.status.success() && answers.len() >= 2 { Ok(answers) } else { Err(format!("{answers:?}: {}", String::from_utf8_lossy(&out.stderr))) }
+    })
+    .await;
+    eprintln!("cluster IP {cluster_ip} from a pod, {:.1}s: {answers:?}", took.as_secs_f64());
+    let out = std::process::Command::new("docker").args(["exec", &a_instance, "curl", "-sf", "-m", "5", &format!("http://{cluster_ip}/")]).output().unwrap();
+    assert!(out.status.success() && !out.stdout.is_empty(), "node to the cluster IP: {}", String::from_utf8_lossy(&out.stderr));
+    let sticky = manifest_file(home, "sticky.yaml", STICKY_SERVICE);
+    assert_ok(&clusterctl(home, &["apply", "-f", &sticky, "--cluster", "it-apps"]), "apply sticky.yaml");
+    let svc = client.get_value("/api/v1/namespaces/default/services/web-sticky").await.unwrap();
+    let sticky_ip = str_at(&svc, "/spec/clusterIP").to_string();
+    let many = format!("for i in 1 2 3 4 5 6 7 8; do timeout 5 wget -q -O - http://{sticky_ip}/; done");
+    let (answers, _) = eventually("the sticky service answers", Duration::from_secs(30), || async {
+        let out = in_container(&a_instance, &a_container, &many);
+        let answers: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+        if answers.len() == 8 { Ok(answers) } else { Err(format!("{answers:?}: {}", String::from_utf8_lossy(&out.stderr))) }
+    })
+    .await;
+    assert_eq!(answers.iter().collect::<BTreeSet<_>>().len(), 1, "ClientIP affinity keeps one replica: {answers:?}");
+    assert_ok(&clusterctl(home, &["delete", "-f", &sticky, "--cluster", "it-apps"]), "delete sticky.yaml");
+    // cluster DNS: the Service by its short name (search domains) and its full name, the
+    // kubernetes Service, NXDOMAIN for a name the cluster does not have
+    let out = in_container(&a_instance, &a_container, "timeout 5 wget -q -O - http://web/ && nslookup web.default.svc.cluster.local && nslookup kubernetes.default.svc.cluster.local");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains(&format!("Address: {cluster_ip}")) && text.contains("Address: 10.96.0.1"), "names from a pod: {text} {}", String::from_utf8_lossy(&out.stderr));
+    let out = in_container(&a_instance, &a_container, "nslookup nothing.default.svc.cluster.local 2>&1");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NXDOMAIN"), "{}", String::from_utf8_lossy(&out.stdout));
+    // the API at kubernetes.default's address, the first of the range
+    let api = client.get_value("/api/v1/namespaces/default/services/kubernetes").await.unwrap();
+    assert_eq!(str_at(&api, "/spec/clusterIP"), "10.96.0.1", "{api}");
+    let out = std::process::Command::new("docker").args(["exec", &a_instance, "curl", "-sk", "-m", "5", "https://10.96.0.1/healthz"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok", "the API through kubernetes.default: {}", String::from_utf8_lossy(&out.stderr));
+
+    // two containers of one pod share localhost (the server listens on 127.0.0.1 only)
+    let pair = manifest_file(home, "pair.yaml", TWO_CONTAINER_POD);
+    assert_ok(&clusterctl(home, &["apply", "-f", &pair, "--cluster", "it-apps"]), "apply pair.yaml");
+    let ps = wait_for(client, "the two-container pod ready", Duration::from_secs(60), |ps| app(ps, "pair").iter().any(|p| is_ready(p))).await;
+    let pod = app(&ps, "pair")[0].clone();
+    let instance = instance_of(client, str_at(&pod, "/spec/nodeName")).await;
+    let statuses = pod["status"]["containerStatuses"].as_array().unwrap();
+    let client_id = statuses.iter().find(|c| c["name"] == "client").unwrap()["containerID"].as_str().unwrap().trim_start_matches("docker://").to_string();
+    let out = in_container(&instance, &client_id, "timeout 5 wget -q -O - http://127.0.0.1:8080/");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "pair-server", "the client container reaches the server on localhost: {}", String::from_utf8_lossy(&out.stderr));
+
+    // a NetworkPolicy: the web pods accept only the pair pod, on the http port; the other web
+    // pods are refused until the policy goes
+    let web_b = format!("timeout 5 wget -q -O - http://{b_ip}/");
+    let policy = manifest_file(home, "policy.yaml", WEB_POLICY);
+    let out = kubectl_apply(home, &policy);
+    assert!(out.status.success(), "kubectl apply policy.yaml: {}", String::from_utf8_lossy(&out.stderr));
+    let (_, took) = eventually("a web pod refused by the policy", Duration::from_secs(30), || async {
+        let out = in_container(&a_instance, &a_container, &web_b);
+        if out.status.success() { Err("still answered".to_string()) } else { Ok(()) }
+    })
+    .await;
+    eprintln!("policy enforced after {:.1}s", took.as_secs_f64());
+    let out = in_container(&instance, &client_id, &web_b);
+    assert!(out.status.success() && !out.stdout.is_empty(), "the pair pod is let through: {}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl_delete(home, &policy);
+    assert!(out.status.success(), "kubectl delete policy.yaml: {}", String::from_utf8_lossy(&out.stderr));
+    eventually("the web pod answers again without the policy", Duration::from_secs(30), || async {
+        let out = in_container(&a_instance, &a_container, &web_b);
+        if out.status.success() { Ok(()) } else { Err("refused".to_string()) }
+    })
+    .await;
+    assert_ok(&clusterctl(home, &["delete", "-f", &pair, "--cluster", "it-apps"]), "delete pair.yaml");
+}
+
+const WEB_POLICY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web-from-pair
+spec:
+  podSelector:
+    matchLabels:
+      app: web
+  policyTypes: ["Ingress"]
+  ingress:
+    - from:
+        - podSelector:
+            matchLabels:
+              app: pair
+      ports:
+        - port: http
+"#;
+
+/// Debian's kubectl (as `scripts/test` fetches it) against the test's cluster.
+fn kubectl(home: &Path, args: &[&str]) -> std::process::Output {
+    let bin = match std::env::var("CLUSTERCTL_KUBECTL") {
+        Ok(path) => path,
+        Err(_) => {
+            let out = std::process::Command::new(root().join("scripts/lib/ensure-kubectl")).output().expect("running scripts/lib/ensure-kubectl");
+            assert!(out.status.success(), "ensure-kubectl failed: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).lines().last().expect("ensure-kubectl prints the path").trim().to_string()
+        }
+    };
+    std::process::Command::new(bin).env("KUBECONFIG", home.join("it-apps").join("kubeconfig")).env("HOME", home).args(args).output().unwrap()
+}
+
+fn kubectl_apply(home: &Path, file: &str) -> std::process::Output {
+    kubectl(home, &["apply", "-f", file])
+}
+
+fn kubectl_delete(home: &Path, file: &str) -> std::process::Output {
+    kubectl(home, &["delete", "-f", file])
 }
 
 const CRASH_POD: &str = r#"
@@ -457,4 +698,12 @@ async fn stopped_master_leaves_pods_serving_and_untouched(client: &ApiClient) {
     for ip in &worker_ips {
         assert!(http_get(ip, 30080).await.is_some(), "{ip}:30080 answers after the master is back");
     }
+}
+
+/// docker0's address on this machine, where LocalStack listens for the nodes: outside the VPC
+/// and the cluster CIDR.
+fn harness_gateway() -> String {
+    let out = std::process::Command::new("ip").args(["-4", "-o", "addr", "show", "dev", "docker0"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().skip_while(|w| *w != "inet").nth(1).and_then(|a| a.split('/').next()).expect("docker0 has an IPv4 address").to_string()
 }

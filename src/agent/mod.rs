@@ -225,11 +225,31 @@ async fn run_pods(client: ApiClient, config: AgentConfig, mut pod_range: tokio::
     {
         let docker = docker.clone();
         let routed: Vec<ipnet::Ipv4Net> = config.network.iter().flat_map(|n| [n.cluster_cidr, n.vpc_cidr]).collect();
+        let dns_client = client.clone();
         tokio::spawn(async move {
+            // The cluster DNS on the pod bridge's gateway, the pods' name server; moved if the
+            // range ever changes.
+            let mut dns: Option<(std::net::Ipv4Addr, crate::client::leader::AbortOnDrop)> = None;
+            let records = crate::dns::Records::reflect(&dns_client);
             loop {
                 let range = *pod_range.borrow_and_update();
                 if let Some(range) = range {
-                    docker.set_network(runtime::podnet::PodNetwork::on_node(range, routed.clone()));
+                    let net = runtime::podnet::PodNetwork::on_node(range, routed.clone());
+                    let gateway = net.gateway();
+                    if dns.as_ref().is_none_or(|(at, _)| *at != gateway) {
+                        let records = records.clone();
+                        let task = tokio::spawn(async move {
+                            let address = std::net::SocketAddr::from((gateway, 53));
+                            loop {
+                                if let Err(e) = crate::dns::serve(address, records.clone()).await {
+                                    tracing::warn!(error = %e, %address, "serving cluster DNS; again in 2 s");
+                                }
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                            }
+                        });
+                        dns = Some((gateway, crate::client::leader::AbortOnDrop(task)));
+                    }
+                    docker.set_network(net);
                 }
                 if pod_range.changed().await.is_err() {
                     return;

@@ -28,7 +28,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::runtime::{ContainerInfo, ContainerRuntime, ContainerSpec, PortSpec, RuntimeError, Sandbox, SandboxSpec, labels};
+use super::runtime::{ContainerInfo, ContainerRuntime, ContainerSpec, DnsPolicy, PodDns, PortSpec, RuntimeError, Sandbox, SandboxSpec, labels};
 use crate::api::pod::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
     PodCondition, PodIp, PodStatus, Probe,
@@ -228,11 +228,50 @@ fn sandbox_spec(prefix: &str, pod: &Pod) -> SandboxSpec {
         .filter(|p| p.protocol().eq_ignore_ascii_case("TCP"))
         .filter_map(|p| Some(PortSpec { container_port: u16::try_from(p.container_port).ok()?, host_port: p.host_port.and_then(|h| u16::try_from(h).ok()).filter(|h| *h != 0)? }))
         .collect();
+    let hostname = pod.spec.hostname.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| name.chars().take(63).collect::<String>().trim_end_matches(['-', '.']).to_string());
+    let host_aliases = match pod.spec.subdomain.as_deref().filter(|s| !s.is_empty()) {
+        Some(sub) => vec![format!("{hostname}.{sub}.{ns}.svc.{}", crate::dns::DOMAIN)],
+        None => Vec::new(),
+    };
     SandboxSpec {
         name: format!("{prefix}POD_{name}_{ns}_{}_{}", uid.get(..8).unwrap_or(uid), hex::encode(rand::random::<[u8; 3]>())),
         labels: pod_labels(pod),
         host_ports,
+        hostname,
+        host_aliases,
+        dns: pod_dns(pod),
     }
+}
+
+/// The pod's `/etc/resolv.conf` settings, as kubelet derives them from `dnsPolicy` and `dnsConfig`:
+/// `ClusterFirst` searches `<namespace>.svc`, `svc` and the cluster domain with `ndots:5`.
+fn pod_dns(pod: &Pod) -> PodDns {
+    let ns = pod.metadata.namespace_or_default();
+    let policy = match pod.spec.dns_policy.as_deref() {
+        Some("Default") => DnsPolicy::Default,
+        Some("None") => DnsPolicy::None,
+        _ => DnsPolicy::ClusterFirst,
+    };
+    let domain = crate::dns::DOMAIN;
+    let mut dns = PodDns { policy, ..Default::default() };
+    if policy == DnsPolicy::ClusterFirst {
+        dns.searches = vec![format!("{ns}.svc.{domain}"), format!("svc.{domain}"), domain.to_string()];
+        dns.options = vec!["ndots:5".into()];
+    }
+    if let Some(config) = &pod.spec.dns_config {
+        dns.nameservers.extend(config.nameservers.iter().cloned());
+        dns.searches.extend(config.searches.iter().cloned());
+        for option in &config.options {
+            let Some(name) = option.name.as_deref().filter(|n| !n.is_empty()) else { continue };
+            // a pod's option replaces the policy's of the same name
+            dns.options.retain(|o| o.split(':').next() != Some(name));
+            dns.options.push(match option.value.as_deref() {
+                Some(v) => format!("{name}:{v}"),
+                None => name.to_string(),
+            });
+        }
+    }
+    dns
 }
 
 /// A probe's port: a number, or the name of one of the container's ports.

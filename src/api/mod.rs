@@ -24,6 +24,7 @@ pub mod event;
 pub mod lease;
 pub mod machinepool;
 pub mod meta;
+pub mod networkpolicy;
 pub mod node;
 pub mod pod;
 pub mod quantity;

@@ -80,6 +80,51 @@ pub struct PodSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub tolerations: Vec<Toleration>,
+    /// `ClusterFirst` (default): the cluster's DNS, then the node's resolvers for other names;
+    /// `Default`: the node's resolvers only; `None`: only what `dnsConfig` gives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"]))]
+    pub dns_policy: Option<String>,
+    /// Name servers, search domains and options added to what `dnsPolicy` gives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_config: Option<PodDnsConfig>,
+    /// The pod's host name (default: its name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// With `hostname`: the pod is `<hostname>.<subdomain>.<namespace>.svc.<domain>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdomain: Option<String>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
+}
+
+/// A pod's own additions to its `/etc/resolv.conf`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDnsConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub nameservers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub searches: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub options: Vec<PodDnsConfigOption>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
+}
+
+/// One `options` entry of `/etc/resolv.conf` (`ndots:5`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDnsConfigOption {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: UnknownFields,
@@ -708,7 +753,8 @@ mod tests {
                                               "volumeMounts": []}]}
         });
         let pod: Pod = serde_json::from_value(written.clone()).unwrap();
-        assert_eq!(pod.spec.extra.0["dnsPolicy"], "ClusterFirst");
+        assert_eq!(pod.spec.dns_policy.as_deref(), Some("ClusterFirst"));
+        assert_eq!(pod.spec.tolerations[0].extra.0["tolerationSeconds"], 30);
         assert_eq!(pod.spec.containers[0].ports[0].extra.0["appProtocol"], "http");
         assert_eq!(serde_json::to_value(&pod).unwrap(), written);
     }

@@ -43,6 +43,9 @@ pub const CERTIFICATE_SIGNING_REQUESTS: ResourceType = ResourceType {
     namespaced: false,
 };
 
+pub const NETWORK_POLICIES: ResourceType =
+    ResourceType { group: "networking.k8s.io", version: "v1", plural: "networkpolicies", kind: "NetworkPolicy", namespaced: true };
+
 pub const MACHINE_POOLS: ResourceType =
     ResourceType { group: "clusterctl.io", version: "v1", plural: "machinepools", kind: "MachinePool", namespaced: false };
 
@@ -60,6 +63,7 @@ pub const ALL: &[ResourceType] = &[
     REPLICA_SETS,
     LEASES,
     CERTIFICATE_SIGNING_REQUESTS,
+    NETWORK_POLICIES,
     MACHINE_POOLS,
 ];
 

@@ -52,6 +52,7 @@ fn kinds() -> &'static [Kind] {
             kind::<super::deployment::ReplicaSet>(resource::REPLICA_SETS),
             kind::<super::Lease>(resource::LEASES),
             kind::<super::CertificateSigningRequest>(resource::CERTIFICATE_SIGNING_REQUESTS),
+            kind::<super::networkpolicy::NetworkPolicy>(resource::NETWORK_POLICIES),
             kind::<super::MachinePool>(resource::MACHINE_POOLS),
         ]
     })

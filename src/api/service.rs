@@ -53,8 +53,30 @@ pub struct ServiceSpec {
     #[serde(default)]
     #[schemars(extend("x-kubernetes-patch-merge-key" = "port", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["port", "protocol"]))]
     pub ports: Vec<ServicePort>,
+    /// The Service's address in the service CIDR, given by the API server; `None` for a headless
+    /// Service (its name resolves to its pods).
     #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
     pub cluster_ip: Option<String>,
+    /// `clusterIP` and, on dual-stack clusters, the other family's (this cluster is IPv4 only).
+    #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub cluster_ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub ip_families: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["PreferDualStack", "RequireDualStack", "SingleStack"]))]
+    pub ip_family_policy: Option<String>,
+    /// `ClientIP`: a client's connections go to one endpoint (for `sessionAffinityConfig`'s
+    /// timeout, 10800 s by default); `None` (default): each connection to any ready endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["ClientIP", "None"]))]
+    pub session_affinity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity_config: Option<SessionAffinityConfig>,
+    /// The DNS name an `ExternalName` Service stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_name: Option<String>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: UnknownFields,
@@ -69,6 +91,44 @@ impl ServiceSpec {
     /// Whether every node listens on the Service's node ports (`NodePort` and `LoadBalancer`).
     pub fn uses_node_ports(&self) -> bool {
         matches!(self.service_type(), "NodePort" | "LoadBalancer")
+    }
+}
+
+/// How long `ClientIP` affinity lasts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionAffinityConfig {
+    #[serde(default, rename = "clientIP", skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIpConfig>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientIpConfig {
+    /// Seconds of affinity, 1 to 86400 (default 10800).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i64>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
+}
+
+impl ServiceSpec {
+    /// The `ClientIP` affinity timeout in seconds, if the Service asks for affinity.
+    pub fn affinity_seconds(&self) -> Option<u32> {
+        if self.session_affinity.as_deref() != Some("ClientIP") {
+            return None;
+        }
+        let given = self.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
+        Some(given.and_then(|s| u32::try_from(s).ok()).filter(|s| (1..=86_400).contains(s)).unwrap_or(10_800))
+    }
+
+    /// The cluster IP, when the Service has one (not headless, not yet unallocated).
+    pub fn cluster_address(&self) -> Option<std::net::Ipv4Addr> {
+        self.cluster_ip.as_deref().and_then(|ip| ip.parse().ok())
     }
 }
 

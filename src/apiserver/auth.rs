@@ -12,7 +12,7 @@
 //! Authorization ([`authorize`]):
 //! - group `system:masters`: everything;
 //! - a node (`system:node:<name>` in group `system:nodes`): read (get, list, watch) nodes, pods,
-//!   services, endpoints, namespaces and leases (not their subresources: no pod logs or
+//!   services, endpoints, namespaces, leases and network policies (not their subresources: no pod logs or
 //!   exec); create a certificate signing request (for its own serving certificate, see [`super::csr`]);
 //!   create, update and patch its own Node and
 //!   its status; create, update and patch its own Lease in `kube-node-lease`; update and patch the
@@ -133,7 +133,7 @@ pub enum Decision {
 }
 
 const NODE_READABLE: &[ResourceType] =
-    &[resource::NODES, resource::PODS, resource::SERVICES, resource::ENDPOINTS, resource::NAMESPACES, resource::LEASES];
+    &[resource::NODES, resource::PODS, resource::SERVICES, resource::ENDPOINTS, resource::NAMESPACES, resource::LEASES, resource::NETWORK_POLICIES];
 
 /// Decides whether `identity` may do what `attrs` describe.
 pub fn authorize(identity: &Identity, attrs: &Attributes<'_>) -> Decision {

@@ -179,7 +179,7 @@ mod tests {
         let list = document("/apis/").unwrap();
         assert_eq!(list["kind"], "APIGroupList");
         let groups: Vec<&str> = list["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
-        assert_eq!(groups, ["apps", "coordination.k8s.io", "certificates.k8s.io", "clusterctl.io", "events.k8s.io"]);
+        assert_eq!(groups, ["apps", "coordination.k8s.io", "certificates.k8s.io", "networking.k8s.io", "clusterctl.io", "events.k8s.io"]);
         assert_eq!(list["groups"][0]["preferredVersion"], json!({"groupVersion": "apps/v1", "version": "v1"}));
     }
 

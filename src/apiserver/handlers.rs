@@ -17,7 +17,7 @@ use super::patch::{self, PatchError, PatchType};
 use super::selectors::Selectors;
 use super::store::StoreError;
 use super::target::Target;
-use super::{AppState, csr, scale, table, watch};
+use super::{AppState, csr, scale, serviceips, table, watch};
 use crate::api::resource;
 use crate::api::schema::{FieldError, FieldErrorKind, schema_for};
 
@@ -393,6 +393,10 @@ async fn create(state: &AppState, identity: &Identity, mut target: Target, body:
         if *rt == resource::CERTIFICATE_SIGNING_REQUESTS {
             csr::admit(identity, &mut candidate, state.config.csr_signer.as_ref())?;
         }
+        if *rt == resource::SERVICES {
+            let namespace = target.namespace.as_deref().unwrap_or("default");
+            serviceips::allocate(state.store.as_ref(), state.config.service_cidr, namespace, &name, &mut candidate, dry_run).await?;
+        }
         if dry_run {
             if state.store.get(&target.key(&name)).await.map_err(|e| ApiError::from_store(e, rt, &name))?.is_some() {
                 return Err(ApiError::already_exists(rt, &name));
@@ -504,8 +508,14 @@ async fn update(
 /// The object an update or patch is about to write, validated; the unknown fields it dropped are left
 /// in `unknown` (the last attempt's, when a race made `write_back` build it again).
 fn validated(target: &Target, stored: &Value, mut next: Value, mode: FieldValidation, unknown: &Mutex<Vec<String>>) -> Result<Value, ApiError> {
+    if *target.resource == resource::SERVICES {
+        serviceips::keep_allocated(stored, &mut next);
+    }
     let dropped = objects::validate(target.resource, name_of(target), &mut next, mode)?;
-    let changed = objects::immutable_changes(target.resource, stored, &next);
+    let mut changed = objects::immutable_changes(target.resource, stored, &next);
+    if *target.resource == resource::SERVICES {
+        changed.extend(serviceips::immutable_changes(stored, &next));
+    }
     if !changed.is_empty() {
         return Err(ApiError::invalid_fields(target.resource, name_of(target), &changed));
     }

@@ -36,6 +36,7 @@ pub mod openapi;
 pub mod patch;
 pub mod podproxy;
 mod scale;
+pub mod serviceips;
 mod table;
 pub mod selectors;
 pub mod store;
@@ -115,6 +116,8 @@ pub struct ApiServerConfig {
     pub node_binary: Option<std::path::PathBuf>,
     /// The client certificate for the node agents (pod logs); None answers 503 there.
     pub kubelet_client: Option<podproxy::KubeletClientTls>,
+    /// Where Services' cluster IPs come from (`serviceips`); None gives Services none.
+    pub service_cidr: Option<ipnet::Ipv4Net>,
 }
 
 /// Why the API server could not start.

@@ -102,6 +102,7 @@ impl TestServer {
             cluster_info_ca_pem: ca.pem.clone(),
             node_binary,
             kubelet_client: None,
+            service_cidr: Some("10.96.0.0/16".parse().unwrap()),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());

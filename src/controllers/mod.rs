@@ -3,9 +3,11 @@
 //! Layout: [`node_lifecycle`] marks nodes whose lease went stale as not ready and evicts their
 //! pods after a toleration; [`deployment`] keeps Deployments' ReplicaSets and ReplicaSets' pods;
 //! [`endpoints`] lists each Service's pods and allocates NodePorts; [`event_ttl`] deletes Events an
-//! hour after they last happened; [`node_ipam`] gives every Node its pod range. Every one reconciles one key
+//! hour after they last happened; [`node_ipam`] gives every Node its pod range; [`api_service`]
+//! keeps the `default/kubernetes` Service and its Endpoints (the Ready masters). Every one reconciles one key
 //! at a time per object (the runtime never runs two reconciles of one key at once).
 
+pub mod api_service;
 pub mod deployment;
 pub mod endpoints;
 pub mod event_ttl;

@@ -17,7 +17,7 @@ use crate::apiserver::store::{EtcdStore, SqliteStore, Store};
 use crate::apiserver::{self, ApiServerConfig, ServerTls};
 use crate::client::leader::LeaderElection;
 use crate::client::{ApiClient, ClientAuth};
-use crate::controllers::{deployment, endpoints, event_ttl, node_ipam, node_lifecycle};
+use crate::controllers::{api_service, deployment, endpoints, event_ttl, node_ipam, node_lifecycle};
 use crate::nodeconfig::{MasterSettings, NodeConfig};
 use crate::pki;
 
@@ -44,6 +44,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             let issued = ca.issue_client(pki::KUBELET_CLIENT_CN, &[])?;
             Some(apiserver::podproxy::KubeletClientTls { cert_pem: issued.cert_pem, key_pem: issued.key_pem, ca_pem: ca.cert_pem().to_string() })
         },
+        service_cidr: config.network.as_ref().map(|n| n.service_cidr),
     };
     // The server stops after the leases are given up (below), so that giving them up can reach it.
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -64,6 +65,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         let client = controller_client.clone();
         let (grace, eviction) = (Duration::from_secs(settings.node_grace_seconds), Duration::from_secs(settings.pod_eviction_seconds));
         let cluster_cidr = config.network.map(|n| n.cluster_cidr);
+        let api_port = settings.listen.port();
         let election = LeaderElection::new(CONTROLLERS_LEASE, &identity);
         let task = tokio::spawn(election.clone().run(controller_client.clone(), move || {
             let client = client.clone();
@@ -77,6 +79,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                 };
                 tokio::join!(
                     ipam,
+                    api_service::run(client.clone(), api_port),
                     node_lifecycle::run(client.clone(), grace, eviction),
                     deployment::run(client.clone()),
                     endpoints::run(client.clone()),

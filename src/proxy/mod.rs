@@ -1,5 +1,6 @@
 //! The service proxy: every node listens on the NodePort of every NodePort or LoadBalancer Service
-//! and forwards each TCP connection, round robin, to the service's ready endpoints.
+//! and forwards each TCP connection, round robin, to the service's ready endpoints; and writes the
+//! kernel rules that send connections to a Service's cluster IP to its endpoints (`clusterips`).
 //!
 //! Endpoints are dialled as written (pod address, container port): pod addresses are routed
 //! between nodes by the VPC (see the agent's `pods` module). The table is rebuilt whenever
@@ -14,9 +15,14 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use crate::api::networkpolicy::{Namespace, NetworkPolicy};
+use crate::api::pod::Pod;
 use crate::api::service::{EndpointAddress, Endpoints, Service};
 use crate::client::ListOptions;
 use crate::runtime::{Action, Backoff, Client, Controller, Object, ObjectKey, Store};
+
+pub mod clusterips;
+pub mod policy;
 
 /// How long dialling one endpoint may take before the next is tried.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -186,6 +192,18 @@ pub struct Context {
     pub services: Store<Service>,
     pub endpoints: Store<Endpoints>,
     proxy: tokio::sync::Mutex<ServiceProxy>,
+    /// The node's cluster IP and network policy rules, and what the policies are read from;
+    /// None where the proxy may not touch the kernel's (tests).
+    kernel: Option<Kernel>,
+}
+
+/// The rules the proxy writes into the node's kernel.
+pub struct Kernel {
+    cluster_ips: tokio::sync::Mutex<clusterips::ClusterIpRules>,
+    policy_rules: tokio::sync::Mutex<policy::PolicyRules>,
+    policies: Store<NetworkPolicy>,
+    pods: Store<Pod>,
+    namespaces: Store<Namespace>,
 }
 
 impl Context {
@@ -195,7 +213,20 @@ impl Context {
             services: Store::reflect(client.clone(), None, ListOptions::default()),
             endpoints: Store::reflect(client.clone(), None, ListOptions::default()),
             proxy: tokio::sync::Mutex::new(ServiceProxy::new(bind_ip)),
+            kernel: None,
         }
+    }
+
+    /// Also writes the node's cluster IP and network policy rules.
+    pub fn with_kernel_rules<C: Client>(mut self, client: &C) -> Self {
+        self.kernel = Some(Kernel {
+            cluster_ips: Default::default(),
+            policy_rules: Default::default(),
+            policies: Store::reflect(client.clone(), None, ListOptions::default()),
+            pods: Store::reflect(client.clone(), None, ListOptions::default()),
+            namespaces: Store::reflect(client.clone(), None, ListOptions::default()),
+        });
+        self
     }
 
     /// The node ports listened on.
@@ -211,19 +242,30 @@ fn table_key() -> ObjectKey {
 
 /// The proxy as a controller: any change of a Service or Endpoints rebuilds the table.
 pub fn controller(ctx: &Context) -> Controller {
-    Controller::new("proxy")
+    let mut controller = Controller::new("proxy")
         .watches(&ctx.services, |_: &Service| vec![table_key()])
-        .watches(&ctx.endpoints, |_: &Endpoints| vec![table_key()])
-        .resync_every(RESYNC, || vec![table_key()])
-        .backoff(Backoff { initial: Duration::from_millis(500), max: RESYNC })
+        .watches(&ctx.endpoints, |_: &Endpoints| vec![table_key()]);
+    if let Some(kernel) = &ctx.kernel {
+        controller = controller
+            .watches(&kernel.policies, |_: &NetworkPolicy| vec![table_key()])
+            .watches(&kernel.pods, |_: &Pod| vec![table_key()])
+            .watches(&kernel.namespaces, |_: &Namespace| vec![table_key()]);
+    }
+    controller.resync_every(RESYNC, || vec![table_key()]).backoff(Backoff { initial: Duration::from_millis(500), max: RESYNC })
 }
 
-/// Makes the listeners match the stores. A port that cannot be listened on (another process has
-/// it) fails the reconcile, which is backed off (0.5 s, doubling, at most [`RESYNC`]); every other
-/// port is served meanwhile.
-async fn reconcile(_key: ObjectKey, ctx: Arc<Context>) -> Result<Action, Unbound> {
+/// Makes the listeners and the cluster IP rules match the stores. A port that cannot be listened
+/// on (another process has it) or rules the kernel refused fail the reconcile, which is backed off
+/// (0.5 s, doubling, at most [`RESYNC`]); every other port is served meanwhile.
+async fn reconcile(_key: ObjectKey, ctx: Arc<Context>) -> Result<Action, String> {
     let t = table(&ctx.services, &ctx.endpoints);
-    ctx.proxy.lock().await.apply(&t).await?;
+    let listened = ctx.proxy.lock().await.apply(&t).await.map_err(|e| e.to_string());
+    if let Some(kernel) = &ctx.kernel {
+        let ports = clusterips::service_ports(&ctx.services, &ctx.endpoints);
+        kernel.cluster_ips.lock().await.apply(&ports).await.map_err(|e| format!("writing the cluster IP rules: {e}"))?;
+        kernel.policy_rules.lock().await.apply(&kernel.policies, &kernel.pods, &kernel.namespaces).await.map_err(|e| format!("writing the network policy rules: {e}"))?;
+    }
+    listened?;
     Ok(Action::AwaitChange)
 }
 
@@ -234,7 +276,7 @@ pub async fn run_with(ctx: Arc<Context>) {
 
 /// Runs the proxy until the process ends, listening on all of the node's addresses.
 pub async fn run<C: Client>(client: C) {
-    run_with(Arc::new(Context::new(&client, IpAddr::V4(Ipv4Addr::UNSPECIFIED)))).await;
+    run_with(Arc::new(Context::new(&client, IpAddr::V4(Ipv4Addr::UNSPECIFIED)).with_kernel_rules(&client))).await;
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use crate::api::deployment::{Deployment, ReplicaSet};
 use crate::api::event::Event;
 use crate::api::lease::Lease;
 use crate::api::machinepool::MachinePool;
+use crate::api::networkpolicy::{Namespace, NetworkPolicy};
 use crate::api::pod::Pod;
 use crate::api::resource::Resource;
 use crate::api::service::{Endpoints, Service};
@@ -37,7 +38,7 @@ macro_rules! object {
         })*
     };
 }
-object!(Pod, Node, Deployment, ReplicaSet, Service, Endpoints, Lease, MachinePool, Event);
+object!(Pod, Node, Deployment, ReplicaSet, Service, Endpoints, Lease, MachinePool, Event, NetworkPolicy, Namespace);
 
 /// Names one object: `namespace/name`, or `name` for cluster-scoped objects.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

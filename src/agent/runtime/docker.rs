@@ -41,7 +41,13 @@ pub struct DockerRuntime {
     /// Pod addresses in use: those in the labels of the containers last listed, and those of
     /// containers being made (by container name).
     addresses: Arc<Mutex<Addresses>>,
+    /// Where each sandbox's `/etc/hosts` and `/etc/resolv.conf` are written (a folder per sandbox
+    /// id), mounted into every container of its pod.
+    files: std::path::PathBuf,
 }
+
+/// Where the pods' `/etc/hosts` and `/etc/resolv.conf` live on a node.
+pub const SANDBOX_FILES: &str = "/var/lib/clusterctl/agent/sandboxes";
 
 #[derive(Debug, Default)]
 struct Addresses {
@@ -92,7 +98,27 @@ impl DockerRuntime {
             pause_ready: Arc::default(),
             ports: Arc::default(),
             addresses: Arc::default(),
+            files: SANDBOX_FILES.into(),
         })
+    }
+
+    /// The pods' `/etc/hosts` and `/etc/resolv.conf` under `dir` (tests).
+    pub fn with_files_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.files = dir.into();
+        self
+    }
+
+    /// Writes a sandbox's `/etc/hosts` and `/etc/resolv.conf` (readable by all: a pod's processes
+    /// run as any user); the node's resolvers from its own `/etc/resolv.conf`.
+    fn write_sandbox_files(&self, id: &str, net: &PodNetwork, spec: &SandboxSpec, ip: Ipv4Addr) -> Result<(), RuntimeError> {
+        let dir = self.files.join(id);
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            let node_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            std::fs::write(dir.join("resolv.conf"), podnet::resolv_conf(&spec.dns, net.gateway(), &node_resolv))?;
+            std::fs::write(dir.join("hosts"), podnet::hosts_file(ip, &spec.hostname, &spec.host_aliases))
+        };
+        write().map_err(|e| RuntimeError::Failed { action: format!("writing the name files of sandbox {}", spec.name), message: e.to_string() })
     }
 
     /// The same with pods on another bridge at once (the runtime's tests on an operator's machine).
@@ -137,6 +163,7 @@ impl DockerRuntime {
         sandbox_labels.insert(labels::HOST_PORTS.into(), podnet::ports_label(&bound));
         let body = ContainerCreateBody {
             image: Some(pause::IMAGE.into()),
+            hostname: (!spec.hostname.is_empty()).then(|| spec.hostname.clone()),
             entrypoint: Some(vec![pause::PROGRAM.into()]),
             labels: Some(sandbox_labels),
             network_disabled: Some(true),
@@ -151,6 +178,7 @@ impl DockerRuntime {
             let pid = inspected.state.filter(|s| s.running == Some(true)).and_then(|s| s.pid).filter(|p| *p > 0);
             let pid = pid.ok_or_else(|| RuntimeError::Failed { action: format!("starting sandbox {}", spec.name), message: "it exited at once".into() })?;
             net.attach(pid, &created.id, ip).await?;
+            self.write_sandbox_files(&created.id, net, spec, ip)?;
             self.ports.serve(&created.id, ip, bound)
         };
         match wired.await {
@@ -165,8 +193,14 @@ impl DockerRuntime {
     /// Creates and starts a container in its sandbox's network; undone on failure.
     async fn run_in_sandbox(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         let mut container_labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        let mut binds = Vec::new();
         let network_mode = match &spec.sandbox {
             Some(sandbox) => {
+                let files = self.files.join(&sandbox.id);
+                if files.join("resolv.conf").exists() {
+                    binds.push(format!("{}:/etc/hosts", files.join("hosts").display()));
+                    binds.push(format!("{}:/etc/resolv.conf:ro", files.join("resolv.conf").display()));
+                }
                 container_labels.insert(labels::POD_IP.into(), sandbox.ip.to_string());
                 container_labels.insert(labels::SANDBOX_ID.into(), sandbox.id.clone());
                 format!("container:{}", sandbox.id)
@@ -191,6 +225,7 @@ impl DockerRuntime {
                 // the whole grace period.
                 init: Some(true),
                 network_mode: Some(network_mode),
+                binds: (!binds.is_empty()).then_some(binds),
                 nano_cpus: spec.cpu_millis.map(|m| (m * 1_000_000) as i64),
                 // A fork bomb in one container cannot take the node's process table.
                 pids_limit: Some(PIDS_LIMIT),
@@ -339,6 +374,9 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         self.ports.close(id);
+        if !id.is_empty() && !id.contains('/') {
+            let _ = std::fs::remove_dir_all(self.files.join(id)); // a sandbox's name files
+        }
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
         match self.docker.remove_container(id, Some(options)).await {
             Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
@@ -471,12 +509,17 @@ mod tests {
             eprintln!("skipped: no Docker with {IMAGE}");
             return;
         };
+        let files = tempfile::tempdir().unwrap();
+        let rt = rt.with_files_dir(files.path());
         let name = format!("clusterctl-test-{}", hex::encode(rand::random::<[u8; 4]>()));
         let test_label = || BTreeMap::from([("io.clusterctl.test".to_string(), name.clone())]);
         let sandbox_spec = SandboxSpec {
             name: format!("{name}-pod"),
             labels: test_label(),
             host_ports: vec![super::super::PortSpec { container_port: 8080, host_port: 0 }],
+            hostname: "web-0".into(),
+            host_aliases: vec!["web-0.web.shop.svc.cluster.local".into()],
+            dns: super::super::PodDns { searches: vec!["shop.svc.cluster.local".into()], options: vec!["ndots:5".into()], ..Default::default() },
         };
         let sandbox = rt.run_sandbox(&sandbox_spec).await.expect("running the sandbox");
         let web = ContainerSpec {
@@ -527,6 +570,9 @@ mod tests {
             }
             let over_localhost = ["sh".to_string(), "-c".into(), "wget -q -O /dev/null http://127.0.0.1:8080/index.html".into()];
             assert_eq!(rt.exec(&side_id, &over_localhost).await?, 0, "the pod's containers share localhost");
+            // the pod's names: its host name, /etc/hosts and the cluster DNS on the bridge's gateway
+            let names = "[ \"$(hostname)\" = web-0 ] && grep -q '^100.65.1.2\tweb-0.web.shop.svc.cluster.local\tweb-0$' /etc/hosts && grep -qx 'nameserver 100.65.1.1' /etc/resolv.conf && grep -q '^search shop.svc.cluster.local' /etc/resolv.conf";
+            assert_eq!(rt.exec(&side_id, &["sh".into(), "-c".into(), names.into()]).await?, 0, "the pod's host name, hosts and resolv.conf");
             assert_eq!(rt.exec(&id, &["true".into()]).await?, 0);
             assert_eq!(rt.exec(&id, &["false".into()]).await?, 1);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -551,6 +597,7 @@ mod tests {
         if let Some(net) = rt.network() {
             net.remove().await;
         }
+        assert!(!files.path().join(&ids[0]).exists(), "the sandbox's name files go with it");
         match outcome {
             Ok(result) => result.expect("runtime calls"),
             Err(panic) => std::panic::resume_unwind(panic),

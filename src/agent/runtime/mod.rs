@@ -58,6 +58,33 @@ pub struct SandboxSpec {
     pub labels: BTreeMap<String, String>,
     /// The pod's host ports.
     pub host_ports: Vec<PortSpec>,
+    /// The pod's host name (its name, or `spec.hostname`) and the names `/etc/hosts` gives its address.
+    pub hostname: String,
+    pub host_aliases: Vec<String>,
+    /// What the pod's `/etc/resolv.conf` holds.
+    pub dns: PodDns,
+}
+
+/// Where a pod's DNS queries go (`spec.dnsPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DnsPolicy {
+    /// The node's cluster DNS (see [`crate::dns`]), which forwards other names.
+    #[default]
+    ClusterFirst,
+    /// The node's own resolvers.
+    Default,
+    /// Only what the pod's `dnsConfig` gives.
+    None,
+}
+
+/// A pod's `/etc/resolv.conf`: its policy, then its own name servers, search domains and options
+/// (the cluster's search domains already among them for `ClusterFirst`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodDns {
+    pub policy: DnsPolicy,
+    pub nameservers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<String>,
 }
 
 /// A running sandbox: the network namespace a pod's containers join.

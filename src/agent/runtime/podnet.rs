@@ -178,7 +178,10 @@ impl PodNetwork {
         }
         let pid = pid.to_string();
         run("ip", &["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pid], None).await.map_err(|e| failed(action(), e))?;
-        run("ip", &["link", "set", &veth, "master", &self.bridge, "up"], None).await.map_err(|e| failed(action(), e))?;
+        // hairpin: a pod that reaches itself through a Service's cluster IP (DNAT back to its own
+        // address, on a bridge the kernel filters) gets its packets back out of the port they came in
+        let port = format!("link set {veth} master {bridge} up\nlink set dev {veth} type bridge_slave hairpin on\n", bridge = self.bridge);
+        run("ip", &["-b", "-"], Some(&port)).await.map_err(|e| failed(action(), e))?;
         let inside = format!(
             "link set lo up\nlink set eth0 up\naddr add {ip}/{} dev eth0\nroute add default via {}\n",
             self.cidr.prefix_len(),
@@ -192,6 +195,62 @@ impl PodNetwork {
     pub async fn remove(&self) {
         let _ = run("ip", &["link", "del", &self.bridge], None).await;
     }
+}
+
+/// A pod's `/etc/resolv.conf`, as kubelet writes it: for `ClusterFirst` the node's cluster DNS
+/// (`cluster_dns`, the pod bridge's gateway) then the pod's own name servers, the pod's search
+/// domains then the node's; for `Default` the node's file with the pod's additions; for `None`
+/// only the pod's. At most 3 name servers and 32 search domains (what resolvers read).
+pub fn resolv_conf(dns: &super::PodDns, cluster_dns: Ipv4Addr, node_resolv: &str) -> String {
+    use super::DnsPolicy;
+    let node_field = |key: &str| -> Vec<String> {
+        node_resolv
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(key).filter(|rest| rest.starts_with([' ', '\t'])))
+            .flat_map(|rest| rest.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .collect()
+    };
+    let (mut nameservers, mut searches, mut options) = match dns.policy {
+        DnsPolicy::ClusterFirst => (vec![cluster_dns.to_string()], Vec::new(), Vec::new()),
+        DnsPolicy::Default => (node_field("nameserver"), Vec::new(), node_field("options")),
+        DnsPolicy::None => (Vec::new(), Vec::new(), Vec::new()),
+    };
+    nameservers.extend(dns.nameservers.iter().cloned());
+    searches.extend(dns.searches.iter().cloned());
+    if dns.policy != DnsPolicy::None {
+        searches.extend(node_field("search"));
+    }
+    options.extend(dns.options.iter().cloned());
+    let mut seen = HashSet::new();
+    nameservers.retain(|n| seen.insert(n.clone()));
+    nameservers.truncate(3);
+    let mut seen = HashSet::new();
+    searches.retain(|s| seen.insert(s.clone()));
+    searches.truncate(32);
+    let mut out = String::new();
+    if !searches.is_empty() {
+        out.push_str(&format!("search {}\n", searches.join(" ")));
+    }
+    for n in &nameservers {
+        out.push_str(&format!("nameserver {n}\n"));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
+}
+
+/// A pod's `/etc/hosts`, as kubelet manages it: loopback names and the pod's own names.
+pub fn hosts_file(ip: Ipv4Addr, hostname: &str, aliases: &[String]) -> String {
+    let mut names = aliases.to_vec();
+    if !hostname.is_empty() {
+        names.push(hostname.to_string());
+    }
+    let mut out = String::from("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n");
+    if !names.is_empty() {
+        out.push_str(&format!("{ip}\t{}\n", names.join("\t")));
+    }
+    out
 }
 
 /// A port published on the node, bound and not yet forwarding.
@@ -293,6 +352,21 @@ pub fn parse_ports_label(value: &str) -> Vec<(u16, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolv_conf_follows_the_dns_policy_as_kubelet_writes_it() {
+        use super::super::{DnsPolicy, PodDns};
+        let node = "nameserver 127.0.0.11\nsearch ec2.internal\noptions edns0\n";
+        let gw: Ipv4Addr = "100.64.3.1".parse().unwrap();
+        let cluster = PodDns { policy: DnsPolicy::ClusterFirst, searches: vec!["shop.svc.cluster.local".into(), "svc.cluster.local".into(), "cluster.local".into()], options: vec!["ndots:5".into()], ..Default::default() };
+        assert_eq!(resolv_conf(&cluster, gw, node), "search shop.svc.cluster.local svc.cluster.local cluster.local ec2.internal\nnameserver 100.64.3.1\noptions ndots:5\n");
+        let default = PodDns { policy: DnsPolicy::Default, ..Default::default() };
+        assert_eq!(resolv_conf(&default, gw, node), "search ec2.internal\nnameserver 127.0.0.11\noptions edns0\n");
+        let none = PodDns { policy: DnsPolicy::None, nameservers: vec!["1.1.1.1".into()], searches: vec!["example.com".into()], options: vec![] };
+        assert_eq!(resolv_conf(&none, gw, node), "search example.com\nnameserver 1.1.1.1\n");
+        let hosts = hosts_file("100.64.3.7".parse().unwrap(), "web-0", &["web-0.web.shop.svc.cluster.local".into()]);
+        assert!(hosts.contains("127.0.0.1\tlocalhost\n") && hosts.ends_with("100.64.3.7\tweb-0.web.shop.svc.cluster.local\tweb-0\n"), "{hosts}");
+    }
 
     #[test]
     fn addresses_go_round_the_range_skipping_the_gateway_and_those_in_use() {
