@@ -351,7 +351,7 @@ async fn pods_have_routable_addresses_shared_by_their_containers(home: &Path, cl
 
     // a NetworkPolicy: the web pods accept only the pair pod, on the http port; the other web
     // pods are refused until the policy goes
-    let web_b = format!("timeout 5 wget -q -O - http://{b_ip}/");
+    let web_b = format!("timeout 2 wget -q -O - http://{b_ip}/");
     let policy = manifest_file(home, "policy.yaml", WEB_POLICY);
     let out = kubectl_apply(home, &policy);
     assert!(out.status.success(), "kubectl apply policy.yaml: {}", String::from_utf8_lossy(&out.stderr));
@@ -371,6 +371,7 @@ async fn pods_have_routable_addresses_shared_by_their_containers(home: &Path, cl
     })
     .await;
     assert_ok(&clusterctl(home, &["delete", "-f", &pair, "--cluster", "it-apps"]), "delete pair.yaml");
+    three_tier_app_found_by_name_and_fenced_by_policies(home, client, (&a_instance, &a_container)).await;
 }
 
 const WEB_POLICY: &str = r#"
@@ -706,4 +707,298 @@ fn harness_gateway() -> String {
     let out = std::process::Command::new("ip").args(["-4", "-o", "addr", "show", "dev", "docker0"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace().skip_while(|w| *w != "inet").nth(1).and_then(|a| a.split('/').next()).expect("docker0 has an IPv4 address").to_string()
+}
+
+/// The three-tier app of issue 20 in its own namespace: `front` (NodePort 30081, zone a) calls
+/// `api` by its full name, `api` (2 replicas) calls `store` (zone b) by its short name.
+const SHOP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels:
+    team: shop
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: store, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: store}}
+  template:
+    metadata: {labels: {app: store}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      nodeSelector: {topology.kubernetes.io/zone: us-east-1b}
+      containers:
+        - name: store
+          image: clusterctl-busybox:latest
+          imagePullPolicy: Never
+          command: ["sh", "-c", "mkdir -p /www && echo store $(hostname) > /www/index.html && exec httpd -f -p 7000 -h /www"]
+          ports: [{name: http, containerPort: 7000}]
+          readinessProbe: {tcpSocket: {port: 7000}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: store, namespace: shop}
+spec:
+  selector: {app: store}
+  ports: [{name: http, port: 7000, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: store-headless, namespace: shop}
+spec:
+  clusterIP: None
+  selector: {app: store}
+  ports: [{name: http, port: 7000}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: api
+          image: clusterctl-busybox:latest
+          imagePullPolicy: Never
+          command: ["sh", "-c"]
+          args:
+            - |
+              mkdir -p /www/cgi-bin
+              printf '#!/bin/sh\necho Content-Type: text/plain\necho\necho api $(hostname)\nwget -q -O - http://store:7000/\n' > /www/cgi-bin/run
+              chmod +x /www/cgi-bin/run
+              exec httpd -f -p 80 -h /www
+          ports: [{name: http, containerPort: 80}]
+          readinessProbe: {tcpSocket: {port: 80}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {app: api}
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: front, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: front}}
+  template:
+    metadata: {labels: {app: front}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      nodeSelector: {topology.kubernetes.io/zone: us-east-1a}
+      containers:
+        - name: front
+          image: clusterctl-busybox:latest
+          imagePullPolicy: Never
+          command: ["sh", "-c"]
+          args:
+            - |
+              mkdir -p /www/cgi-bin
+              printf '#!/bin/sh\necho Content-Type: text/plain\necho\necho front $(hostname)\nwget -q -O - http://api.shop.svc.cluster.local/cgi-bin/run\n' > /www/cgi-bin/run
+              chmod +x /www/cgi-bin/run
+              exec httpd -f -p 80 -h /www
+          ports: [{name: http, containerPort: 80}]
+          readinessProbe: {tcpSocket: {port: 80}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: front, namespace: shop}
+spec:
+  type: NodePort
+  selector: {app: front}
+  ports: [{port: 80, targetPort: http, nodePort: 30081}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: probe, namespace: shop, labels: {role: test}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: probe
+      image: clusterctl-busybox:latest
+      imagePullPolicy: Never
+      command: ["sleep", "3600"]
+"#;
+
+/// Default-deny both ways in `shop`, then what the app needs: DNS, anyone to `front`,
+/// `front` to `api`, `api` to `store`.
+const SHOP_POLICIES: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: shop}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-dns, namespace: shop}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+    - ports: [{protocol: UDP, port: 53}, {protocol: TCP, port: 53}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: front, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: front}}
+  policyTypes: [Ingress, Egress]
+  ingress: [{}]
+  egress:
+    - to: [{podSelector: {matchLabels: {app: api}}}]
+      ports: [{port: http}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+    - from: [{podSelector: {matchLabels: {app: front}}}]
+      ports: [{port: 80}]
+  egress:
+    - to: [{podSelector: {matchLabels: {app: store}}}]
+      ports: [{port: 7000, endPort: 7001}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: store, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: store}}
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - namespaceSelector: {matchLabels: {team: shop}}
+          podSelector: {matchLabels: {app: api}}
+"#;
+
+/// The `shop` pods labelled `key=value`.
+async fn shop_pods(client: &ApiClient, label: &str, value: &str) -> Vec<Value> {
+    let all = client.list_values("/api/v1/namespaces/shop/pods").await.unwrap_or_default();
+    all.into_iter().filter(|p| p.pointer(&format!("/metadata/labels/{label}")).and_then(Value::as_str) == Some(value) && is_active(p)).collect()
+}
+
+/// (instance, container id) of a pod's first container.
+async fn exec_target(client: &ApiClient, pod: &Value) -> (String, String) {
+    let instance = instance_of(client, str_at(pod, "/spec/nodeName")).await;
+    (instance, str_at(pod, "/status/containerStatuses/0/containerID").trim_start_matches("docker://").to_string())
+}
+
+/// Issue 20's acceptance on the shared cluster: a three-tier app found by name across nodes and
+/// zones, a ClusterIP from every node and pod that refuses without endpoints and answers again,
+/// headless, SRV and pod names, and the app fenced by NetworkPolicies.
+async fn three_tier_app_found_by_name_and_fenced_by_policies(home: &Path, client: &ApiClient, other_pod: (&str, &str)) {
+    let shop = manifest_file(home, "shop.yaml", SHOP);
+    let out = kubectl_apply(home, &shop);
+    assert!(out.status.success(), "kubectl apply shop.yaml: {}", String::from_utf8_lossy(&out.stderr));
+    let ready = |ps: &[Value], n: usize| ps.iter().filter(|p| is_ready(p)).count() == n;
+    eventually("the shop's pods ready", Duration::from_secs(90), || async {
+        let (s, a, f, t) = (shop_pods(client, "app", "store").await, shop_pods(client, "app", "api").await, shop_pods(client, "app", "front").await, shop_pods(client, "role", "test").await);
+        if ready(&s, 1) && ready(&a, 2) && ready(&f, 2) && ready(&t, 1) { Ok(()) } else { Err(format!("store {} api {} front {} probe {}", s.len(), a.len(), f.len(), t.len())) }
+    })
+    .await;
+    let (store, api, front) = (shop_pods(client, "app", "store").await, shop_pods(client, "app", "api").await, shop_pods(client, "app", "front").await);
+    let nodes = client.list_values("/api/v1/nodes").await.unwrap();
+    let zone = |pod: &Value| nodes.iter().find(|n| n["metadata"]["name"] == pod["spec"]["nodeName"]).map(|n| str_at(n, "/metadata/labels/topology.kubernetes.io~1zone").to_string()).unwrap_or_default();
+    let placed: BTreeSet<(String, String)> = store.iter().chain(&front).map(|p| (str_at(p, "/spec/nodeName").to_string(), zone(p))).collect();
+    assert!(front.iter().all(|f| zone(f) != zone(&store[0]) && f["spec"]["nodeName"] != store[0]["spec"]["nodeName"]), "front and store on other nodes and zones: {placed:?}");
+    let api_nodes: BTreeSet<&str> = api.iter().map(|p| str_at(p, "/spec/nodeName")).collect();
+    eprintln!("shop placed: store {:?} front {placed:?} api {api_nodes:?}", zone(&store[0]));
+
+    // the NodePort reaches store through both hops, by names
+    let node_ip = nodes.iter().map(address).next().unwrap();
+    let (body, _) = eventually("front -> api -> store through the NodePort", Duration::from_secs(30), || async {
+        match http_get_path(&node_ip, 30081, "/cgi-bin/run").await {
+            Some(b) if b.contains("front ") && b.contains("api ") && b.contains("store ") => Ok(b),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    eprintln!("three tiers: {}", body.replace('\n', " | "));
+
+    // the store's cluster IP from every node and from pods of both namespaces
+    let store_svc = client.get_value("/api/v1/namespaces/shop/services/store").await.unwrap();
+    let store_ip = str_at(&store_svc, "/spec/clusterIP").to_string();
+    for n in &nodes {
+        let instance = str_at(n, "/spec/providerID").rsplit('/').next().unwrap().to_string();
+        let out = std::process::Command::new("docker").args(["exec", &instance, "curl", "-sf", "-m", "5", &format!("http://{store_ip}:7000/")]).output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("store "), "node {} to the store's cluster IP: {}", n["metadata"]["name"], String::from_utf8_lossy(&out.stderr));
+    }
+    let probe = shop_pods(client, "role", "test").await.remove(0);
+    let (probe_instance, probe_container) = exec_target(client, &probe).await;
+    let via_ip = format!("timeout 2 wget -q -O - http://{store_ip}:7000/");
+    for (instance, container) in [(probe_instance.as_str(), probe_container.as_str()), other_pod] {
+        let out = in_container(instance, container, &via_ip);
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("store "), "a pod to the store's cluster IP: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // names: headless to every ready pod, SRV of the named port, a pod's dashed name
+    let store_pod_ip = str_at(&store[0], "/status/podIP").to_string();
+    let dashed = store_pod_ip.replace('.', "-");
+    let lookups = format!("nslookup store-headless.shop.svc.cluster.local && nslookup -type=SRV _http._tcp.store.shop.svc.cluster.local && nslookup {dashed}.shop.pod.cluster.local");
+    let out = in_container(&probe_instance, &probe_container, &lookups);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.matches(&format!("Address: {store_pod_ip}")).count() == 2 && text.contains("7000"), "headless, SRV and pod names: {text}");
+
+    // no endpoints: the cluster IP refuses at once; an endpoint again: it answers
+    let refused = format!("timeout 3 wget -q -O - http://{store_ip}:7000/ 2>&1; echo rc=$?");
+    let scale = |n: &str| kubectl(home, &["-n", "shop", "scale", "deployment", "store", "--replicas", n]);
+    assert!(scale("0").status.success());
+    let (_, took) = eventually("the store's cluster IP refuses without endpoints", Duration::from_secs(20), || async {
+        let out = String::from_utf8_lossy(&in_container(&probe_instance, &probe_container, &refused).stdout).to_string();
+        if out.contains("refused") { Ok(()) } else { Err(out) }
+    })
+    .await;
+    eprintln!("refused {:.1}s after scaling to 0", took.as_secs_f64());
+    assert!(scale("1").status.success());
+    let (_, took) = eventually("the store's cluster IP answers again", Duration::from_secs(30), || async {
+        let out = in_container(&probe_instance, &probe_container, &via_ip);
+        if String::from_utf8_lossy(&out.stdout).starts_with("store ") { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).to_string()) }
+    })
+    .await;
+    eprintln!("answered {:.1}s after scaling to 1", took.as_secs_f64());
+
+    // policies: the app's path stays open, everything else is refused
+    let policies = manifest_file(home, "shop-policies.yaml", SHOP_POLICIES);
+    let out = kubectl_apply(home, &policies);
+    assert!(out.status.success(), "kubectl apply shop-policies.yaml: {}", String::from_utf8_lossy(&out.stderr));
+    let store = shop_pods(client, "app", "store").await;
+    let store_target = exec_target(client, &store[0]).await;
+    let outside = format!("timeout 2 wget -q -O - http://{}:4566/_localstack/health", harness_gateway());
+    let api_ip = str_at(&client.get_value("/api/v1/namespaces/shop/services/api").await.unwrap(), "/spec/clusterIP").to_string();
+    let (_, took) = eventually("only the app's paths open under the policies", Duration::from_secs(20), || async {
+        let probe_to_store = in_container(&probe_instance, &probe_container, &via_ip).status.success();
+        let store_out = in_container(&store_target.0, &store_target.1, &outside).status.success();
+        let other_ns_to_api = in_container(other_pod.0, other_pod.1, &format!("timeout 2 wget -q -O - http://{api_ip}/cgi-bin/run")).status.success();
+        let dns = in_container(&probe_instance, &probe_container, "nslookup store.shop.svc.cluster.local").status.success();
+        let app = http_get_path(&node_ip, 30081, "/cgi-bin/run").await.is_some_and(|b| b.contains("store "));
+        if !probe_to_store && !store_out && !other_ns_to_api && dns && app { Ok(()) } else { Err(format!("probe->store {probe_to_store}, store->outside {store_out}, default->api {other_ns_to_api}, dns {dns}, app {app}")) }
+    })
+    .await;
+    eprintln!("policies enforced within {:.1}s", took.as_secs_f64());
+    // removing the policies that isolate the probe (default-deny, and allow-dns, which isolates
+    // every pod's egress too) and the store opens the probe's path to the store
+    let out = kubectl(home, &["-n", "shop", "delete", "networkpolicy", "default-deny", "allow-dns", "store"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, took) = eventually("the probe reaches the store once its policies go", Duration::from_secs(10), || async {
+        if in_container(&probe_instance, &probe_container, &via_ip).status.success() { Ok(()) } else { Err("refused".into()) }
+    })
+    .await;
+    eprintln!("opened {:.1}s after the policies were deleted", took.as_secs_f64());
+    assert!(took < Duration::from_secs(3), "a removed policy opens its path within 2 s (and a 0.5 s poll): {took:?}");
+    let out = kubectl(home, &["delete", "-f", &policies, "--ignore-not-found"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl(home, &["delete", "-f", &shop, "--ignore-not-found", "--wait=false"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

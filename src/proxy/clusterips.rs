@@ -179,39 +179,58 @@ pub(super) async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Re
 #[derive(Debug, Default)]
 pub struct ClusterIpRules {
     written: Option<String>,
+    /// Whether the jumps into our chains must be checked before the next write is skipped.
+    recheck: bool,
 }
 
 impl ClusterIpRules {
     /// Makes the kernel's rules match `ports` (nothing is run when they are what was last written).
     pub async fn apply(&mut self, ports: &[ServicePortRules]) -> Result<(), String> {
         let wanted = restore_input(ports, &BTreeSet::new());
-        if self.written.as_deref() == Some(wanted.as_str()) {
+        let unchanged = self.written.as_deref() == Some(wanted.as_str());
+        if unchanged && !self.recheck {
             return Ok(());
         }
-        let saved = run("iptables-save", &["-t", "nat"], None).await?;
-        let input = restore_input(ports, &our_chains(&saved));
-        run("iptables-restore", &["-w", "5", "--noflush"], Some(&input)).await?;
-        for (table, from, to, first) in [
-            ("nat", "PREROUTING", SERVICES, true),
-            ("nat", "OUTPUT", SERVICES, true),
-            ("nat", "POSTROUTING", POSTROUTING, true),
-            ("filter", "OUTPUT", REJECT, true),
-            ("filter", "FORWARD", REJECT, true),
-        ] {
-            if run("iptables", &["-w", "5", "-t", table, "-C", from, "-j", to], None).await.is_err() {
-                let position = if first { "1" } else { "" };
-                let mut args = vec!["-w", "5", "-t", table, "-I", from];
-                if !position.is_empty() {
-                    args.push(position);
-                }
-                args.extend(["-j", to]);
-                run("iptables", &args, None).await?;
-            }
+        if !unchanged {
+            let saved = run("iptables-save", &["-t", "nat"], None).await?;
+            let input = restore_input(ports, &our_chains(&saved));
+            run("iptables-restore", &["-w", "5", "--noflush"], Some(&input)).await?;
+            tracing::info!(service_ports = ports.len(), "wrote the cluster IP rules");
         }
-        tracing::info!(service_ports = ports.len(), "wrote the cluster IP rules");
+        for (table, from, to) in [
+            ("nat", "PREROUTING", SERVICES),
+            ("nat", "OUTPUT", SERVICES),
+            ("nat", "POSTROUTING", POSTROUTING),
+            ("filter", "OUTPUT", REJECT),
+            ("filter", "FORWARD", REJECT),
+        ] {
+            jump_first(table, from, to).await?;
+        }
         self.written = Some(wanted);
+        self.recheck = false;
         Ok(())
     }
+
+    /// Makes the next [`ClusterIpRules::apply`] check the jumps into our chains again (another
+    /// program may have put rules before them).
+    pub fn recheck(&mut self) {
+        self.recheck = true;
+    }
+}
+
+/// Makes `chain` of `table` start with the jump to `to`, before anything but our other jumps
+/// (the agent's pod network accepts the pods' traffic in FORWARD, which must not come first).
+pub(super) async fn jump_first(table: &str, chain: &str, to: &str) -> Result<(), String> {
+    let listed = run("iptables", &["-w", "5", "-t", table, "-S", chain], None).await?;
+    let rules: Vec<&str> = listed.lines().filter(|l| l.starts_with("-A ")).collect();
+    let ours = |l: &str| l.split_whitespace().skip_while(|w| *w != "-j").nth(1).is_some_and(|t| t.starts_with("CLUSTERCTL-SVC") || t.starts_with("CLUSTERCTL-POLICY") || t == SERVICES);
+    let wanted = format!("-A {chain} -j {to}");
+    let leading = rules.iter().take_while(|l| ours(l)).count();
+    if rules[..leading].contains(&wanted.as_str()) {
+        return Ok(());
+    }
+    while run("iptables", &["-w", "5", "-t", table, "-D", chain, "-j", to], None).await.is_ok() {}
+    run("iptables", &["-w", "5", "-t", table, "-I", chain, "1", "-j", to], None).await.map(drop)
 }
 
 #[cfg(test)]

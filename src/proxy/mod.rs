@@ -201,6 +201,8 @@ pub struct Context {
 pub struct Kernel {
     cluster_ips: tokio::sync::Mutex<clusterips::ClusterIpRules>,
     policy_rules: tokio::sync::Mutex<policy::PolicyRules>,
+    /// When the rules were last written whether or not they changed.
+    checked: tokio::sync::Mutex<Option<std::time::Instant>>,
     policies: Store<NetworkPolicy>,
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
@@ -222,6 +224,7 @@ impl Context {
         self.kernel = Some(Kernel {
             cluster_ips: Default::default(),
             policy_rules: Default::default(),
+            checked: Default::default(),
             policies: Store::reflect(client.clone(), None, ListOptions::default()),
             pods: Store::reflect(client.clone(), None, ListOptions::default()),
             namespaces: Store::reflect(client.clone(), None, ListOptions::default()),
@@ -261,6 +264,13 @@ async fn reconcile(_key: ObjectKey, ctx: Arc<Context>) -> Result<Action, String>
     let t = table(&ctx.services, &ctx.endpoints);
     let listened = ctx.proxy.lock().await.apply(&t).await.map_err(|e| e.to_string());
     if let Some(kernel) = &ctx.kernel {
+        // Once per resync the jumps into our chains are checked again: another program (the
+        // agent's pod network, Docker) may have put rules before them meanwhile.
+        if kernel.checked.lock().await.is_none_or(|t| t.elapsed() >= RESYNC) {
+            kernel.cluster_ips.lock().await.recheck();
+            kernel.policy_rules.lock().await.recheck();
+            *kernel.checked.lock().await = Some(std::time::Instant::now());
+        }
         let ports = clusterips::service_ports(&ctx.services, &ctx.endpoints);
         kernel.cluster_ips.lock().await.apply(&ports).await.map_err(|e| format!("writing the cluster IP rules: {e}"))?;
         kernel.policy_rules.lock().await.apply(&kernel.policies, &kernel.pods, &kernel.namespaces).await.map_err(|e| format!("writing the network policy rules: {e}"))?;

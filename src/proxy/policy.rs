@@ -1,6 +1,6 @@
 //! NetworkPolicies in the kernel: every node's proxy writes one iptables chain in the filter
-//! table (`CLUSTERCTL-POLICY`, first in FORWARD) that every forwarded packet of a new connection
-//! passes: a pod isolated for egress by some policy jumps to its `CCPE-<hash>` chain, a pod isolated
+//! table (`CLUSTERCTL-POLICY`, first in FORWARD and in INPUT) that every packet of a new connection
+//! forwarded by the node or sent by a pod to the node passes: a pod isolated for egress by some policy jumps to its `CCPE-<hash>` chain, a pod isolated
 //! for ingress to its `CCPI-<hash>` chain; each returns for what one of its policies allows (peer
 //! addresses, protocol and ports, named ports resolved on the pods) and drops the rest. Packets of
 //! connections already allowed pass on conntrack's state, as every Kubernetes policy
@@ -11,9 +11,12 @@
 //! address the connection really goes to). Every node writes the rules of every pod: a connection
 //! between two nodes is checked on both, with the same answer.
 //!
-//! Where we differ from Kubernetes on purpose: traffic between a pod and its own node (the agent's
-//! probes, the node's DNS server) never passes FORWARD, so policies neither need to allow nor can
-//! deny it; egress-isolated pods can always resolve names.
+//! A pod's traffic to its node (INPUT) is egress like any other: the cluster DNS, which the node
+//! serves on the pod bridge's gateway, is reached by an egress-isolated pod only when a policy
+//! allows it: port 53 to anyone, or to the gateway's address (`ipBlock`), as the DNS pods of a
+//! Kubernetes cluster must be allowed. Where we differ on purpose: there are no DNS pods to select
+//! by label, and the node's own connections to its pods (the agent's probes) are never filtered,
+//! as most policy implementations leave the kubelet's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -242,6 +245,7 @@ pub fn our_chains(saved: &str) -> BTreeSet<String> {
 #[derive(Debug, Default)]
 pub struct PolicyRules {
     written: Option<String>,
+    recheck: bool,
 }
 
 impl PolicyRules {
@@ -249,18 +253,27 @@ impl PolicyRules {
     pub async fn apply(&mut self, policies: &Store<NetworkPolicy>, pods: &Store<Pod>, namespaces: &Store<Namespace>) -> Result<(), String> {
         let (policies, pods, namespaces) = (policies.snapshot(), pods.snapshot(), namespaces.snapshot());
         let wanted = restore_input(&policies, &pods, &namespaces, &BTreeSet::new());
-        if self.written.as_deref() == Some(wanted.as_str()) {
+        let unchanged = self.written.as_deref() == Some(wanted.as_str());
+        if unchanged && !self.recheck {
             return Ok(());
         }
-        let saved = super::clusterips::run("iptables-save", &["-t", "filter"], None).await?;
-        let input = restore_input(&policies, &pods, &namespaces, &our_chains(&saved));
-        super::clusterips::run("iptables-restore", &["-w", "5", "--noflush"], Some(&input)).await?;
-        if super::clusterips::run("iptables", &["-w", "5", "-C", "FORWARD", "-j", POLICY], None).await.is_err() {
-            super::clusterips::run("iptables", &["-w", "5", "-I", "FORWARD", "1", "-j", POLICY], None).await?;
+        if !unchanged {
+            let saved = super::clusterips::run("iptables-save", &["-t", "filter"], None).await?;
+            let input = restore_input(&policies, &pods, &namespaces, &our_chains(&saved));
+            super::clusterips::run("iptables-restore", &["-w", "5", "--noflush"], Some(&input)).await?;
+            tracing::info!(policies = policies.len(), "wrote the network policy rules");
         }
-        tracing::info!(policies = policies.len(), "wrote the network policy rules");
+        for from in ["FORWARD", "INPUT"] {
+            super::clusterips::jump_first("filter", from, POLICY).await?;
+        }
         self.written = Some(wanted);
+        self.recheck = false;
         Ok(())
+    }
+
+    /// Makes the next apply check the jumps again (see [`super::clusterips::ClusterIpRules::recheck`]).
+    pub fn recheck(&mut self) {
+        self.recheck = true;
     }
 }
 

@@ -106,13 +106,20 @@ impl Drop for DestroyGuard {
 /// GETs `http://ip:port/` with a plain TCP client (an address of a container the harness made);
 /// the body of a 200 answer, or None.
 pub async fn http_get(ip: &str, port: u16) -> Option<String> {
+    http_get_path(ip, port, "/").await
+}
+
+/// The same for another path.
+pub async fn http_get_path(ip: &str, port: u16, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect((ip, port))).await.ok()?.ok()?;
-    s.write_all(format!("GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()).await.ok()?;
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await.ok()?.ok()?;
+    tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut buf)).await.ok()?.ok()?;
     let text = String::from_utf8_lossy(&buf).to_string();
-    text.lines().next().is_some_and(|l| l.starts_with("HTTP/1.") && l.contains(" 200")).then(|| text.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string())
+    // a CGI program's own headers may end in a bare "\n\n"
+    let body = text.split_once("\r\n\r\n").or_else(|| text.split_once("\n\n")).map_or("", |(_, body)| body);
+    text.lines().next().is_some_and(|l| l.starts_with("HTTP/1.") && l.contains(" 200")).then(|| body.trim().to_string())
 }
 
 /// Polls `probe` every half second until it gives a value (printing how long that took); panics

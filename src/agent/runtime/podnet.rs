@@ -134,7 +134,10 @@ impl PodNetwork {
             for (table, chain, rule) in rules {
                 let check: Vec<&str> = ["-w", "5", "-t", table, "-C", chain].into_iter().chain(rule.iter().copied()).collect();
                 if run("iptables", &check, None).await.is_err() {
-                    let add: Vec<&str> = ["-w", "5", "-t", table, "-I", chain].into_iter().chain(rule.iter().copied()).collect();
+                    // after the proxy's jumps (policies and rejects come before accepting)
+                    let position = leading_proxy_jumps(table, chain).await + 1;
+                    let position = position.to_string();
+                    let add: Vec<&str> = ["-w", "5", "-t", table, "-I", chain, &position].into_iter().chain(rule.iter().copied()).collect();
                     run("iptables", &add, None).await.map_err(|e| failed(action(), e))?;
                 }
             }
@@ -143,7 +146,7 @@ impl PodNetwork {
         Ok(())
     }
 
-    /// The masquerading chain, whole (`iptables-restore` input that replaces it at once).
+        /// The masquerading chain, whole (`iptables-restore` input that replaces it at once).
     fn nat_rules(&self) -> String {
         let mut out = format!("*nat\n:{NAT_CHAIN} - [0:0]\n");
         for dest in &self.routed {
@@ -195,6 +198,18 @@ impl PodNetwork {
     pub async fn remove(&self) {
         let _ = run("ip", &["link", "del", &self.bridge], None).await;
     }
+}
+
+/// How many rules at the head of `chain` jump to the proxy's chains (`CLUSTERCTL-SVC-*`,
+/// `CLUSTERCTL-POLICY`, `CLUSTERCTL-SERVICES`).
+async fn leading_proxy_jumps(table: &str, chain: &str) -> usize {
+    let out = tokio::process::Command::new("iptables").args(["-w", "5", "-t", table, "-S", chain]).output().await;
+    let Ok(out) = out else { return 0 };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("-A "))
+        .take_while(|l| l.split_whitespace().skip_while(|w| *w != "-j").nth(1).is_some_and(|t| t.starts_with("CLUSTERCTL-SVC") || t == "CLUSTERCTL-POLICY" || t == "CLUSTERCTL-SERVICES"))
+        .count()
 }
 
 /// A pod's `/etc/resolv.conf`, as kubelet writes it: for `ClusterFirst` the node's cluster DNS
