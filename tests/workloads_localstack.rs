@@ -221,6 +221,30 @@ fn in_container(instance: &str, container_id: &str, command: &str) -> std::proce
     std::process::Command::new("docker").args(["exec", instance, "docker", "exec", container_id, "sh", "-c", command]).output().unwrap()
 }
 
+const DNS_UDP: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: dns-udp
+spec:
+  ports:
+    - name: dns
+      protocol: UDP
+      port: 53
+---
+apiVersion: v1
+kind: Endpoints
+metadata:
+  name: dns-udp
+subsets:
+  - addresses:
+      - ip: GATEWAY
+    ports:
+      - name: dns
+        protocol: UDP
+        port: 53
+"#;
+
 const STICKY_SERVICE: &str = r#"
 apiVersion: v1
 kind: Service
@@ -332,6 +356,22 @@ async fn pods_have_routable_addresses_shared_by_their_containers(home: &Path, cl
     assert!(out.status.success() && text.contains(&format!("Address: {cluster_ip}")) && text.contains("Address: 10.96.0.1"), "names from a pod: {text} {}", String::from_utf8_lossy(&out.stderr));
     let out = in_container(&a_instance, &a_container, "nslookup nothing.default.svc.cluster.local 2>&1");
     assert!(String::from_utf8_lossy(&out.stdout).contains("NXDOMAIN"), "{}", String::from_utf8_lossy(&out.stdout));
+    // UDP through a cluster IP: a Service without selector whose endpoint is another node's DNS
+    let other_node = nodes.iter().find(|n| n["metadata"]["name"] != a["spec"]["nodeName"] && !str_at(n, "/spec/podCIDR").is_empty()).unwrap();
+    let range: ipnet::Ipv4Net = str_at(other_node, "/spec/podCIDR").parse().unwrap();
+    let remote_dns = range.hosts().next().unwrap();
+    let udp = manifest_file(home, "dns-udp.yaml", &DNS_UDP.replace("GATEWAY", &remote_dns.to_string()));
+    let out = kubectl_apply(home, &udp);
+    assert!(out.status.success(), "kubectl apply dns-udp.yaml: {}", String::from_utf8_lossy(&out.stderr));
+    let udp_ip = str_at(&client.get_value("/api/v1/namespaces/default/services/dns-udp").await.unwrap(), "/spec/clusterIP").to_string();
+    let (_, took) = eventually("a DNS answer over UDP through a cluster IP", Duration::from_secs(20), || async {
+        let out = in_container(&a_instance, &a_container, &format!("nslookup web.default.svc.cluster.local {udp_ip}"));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains(&format!("Address: {cluster_ip}")) { Ok(()) } else { Err(text) }
+    })
+    .await;
+    eprintln!("UDP cluster IP {udp_ip} -> {remote_dns}:53 answered after {:.1}s", took.as_secs_f64());
+    assert!(kubectl(home, &["delete", "-f", &udp]).status.success());
     // the API at kubernetes.default's address, the first of the range
     let api = client.get_value("/api/v1/namespaces/default/services/kubernetes").await.unwrap();
     assert_eq!(str_at(&api, "/spec/clusterIP"), "10.96.0.1", "{api}");

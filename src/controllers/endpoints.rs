@@ -162,7 +162,22 @@ pub fn controller<C: Client>(ctx: &Context<C>) -> Controller {
     Controller::new("endpoints")
         .owns(&ctx.services, RESYNC)
         .watches(&ctx.endpoints, |e: &Endpoints| vec![ObjectKey::of(&e.metadata)])
-        .watches(&ctx.pods, move |pod: &Pod| services.snapshot().iter().filter(|s| selects(s, pod)).map(|s| ObjectKey::of(&s.metadata)).collect())
+        // a pod's Services: those that select it now, and those whose Endpoints still list it (its
+        // labels changed, or it went): the watch gives only the new object, as an informer's
+        // update handler also gets the old one
+        .watches(&ctx.pods, {
+            let endpoints = ctx.endpoints.clone();
+            move |pod: &Pod| {
+                let mut keys: Vec<ObjectKey> = services.snapshot().iter().filter(|s| selects(s, pod)).map(|s| ObjectKey::of(&s.metadata)).collect();
+                let listed = |e: &Endpoints| {
+                    e.subsets.iter().flat_map(|s| s.addresses.iter().chain(&s.not_ready_addresses)).any(|a| a.target_ref.as_ref().is_some_and(|r| r.name == pod.metadata.name && r.namespace == pod.metadata.namespace_or_default()))
+                };
+                keys.extend(endpoints.snapshot().iter().filter(|e| e.metadata.namespace == pod.metadata.namespace && listed(e)).map(|e| ObjectKey::of(&e.metadata)));
+                keys.sort();
+                keys.dedup();
+                keys
+            }
+        })
         .resync_every(RESYNC, {
             // Endpoints whose Service went while no one watched.
             let (endpoints, services) = (ctx.endpoints.clone(), ctx.services.clone());

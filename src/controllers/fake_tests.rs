@@ -152,6 +152,20 @@ async fn the_endpoints_controller_backs_off_a_failing_write_and_follows_its_pods
     eventually("the pod is taken out", || fake.objects::<Endpoints>()[0].subsets.is_empty().then_some(())).await;
     let took = Instant::now() - started;
     assert!(took >= Duration::from_millis(1500) && took < Duration::from_millis(2500), "two failures backed off 0.5 s then 1 s: {took:?}");
+    // A pod labelled out of the service leaves its endpoints at once, not at the resync: its new
+    // labels select no service, its old ones are only in the endpoints.
+    let mut again = pod.clone();
+    again.metadata.resource_version = String::new();
+    again.metadata.name = "web-2".into();
+    fake.create(&again).await.unwrap();
+    make_ready(&fake).await;
+    eventually("the second pod is listed", || (fake.objects::<Endpoints>()[0].subsets.iter().map(|s| s.addresses.len()).sum::<usize>() == 1).then_some(())).await;
+    let mut relabelled: Pod = fake.get(&ObjectKey::namespaced("default", "web-2")).await.unwrap();
+    relabelled.metadata.labels.insert("app".into(), "other".into());
+    let started = Instant::now();
+    fake.replace(&relabelled).await.unwrap();
+    eventually("the relabelled pod is taken out", || fake.objects::<Endpoints>()[0].subsets.is_empty().then_some(())).await;
+    assert!(Instant::now() - started < Duration::from_millis(500), "at once: {:?}", Instant::now() - started);
     // The service goes: so do its endpoints.
     fake.delete::<Service>(&ObjectKey::namespaced("default", "web")).await.unwrap();
     eventually("the endpoints are gone", || fake.objects::<Endpoints>().is_empty().then_some(())).await;

@@ -260,7 +260,7 @@ impl PolicyRules {
         if !unchanged {
             let saved = super::clusterips::run("iptables-save", &["-t", "filter"], None).await?;
             let input = restore_input(&policies, &pods, &namespaces, &our_chains(&saved));
-            super::clusterips::run("iptables-restore", &["-w", "5", "--noflush"], Some(&input)).await?;
+            super::clusterips::run("iptables-restore", &["-w", "5", "-W", "10000", "--noflush"], Some(&input)).await?;
             tracing::info!(policies = policies.len(), "wrote the network policy rules");
         }
         for from in ["FORWARD", "INPUT"] {
