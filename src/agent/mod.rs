@@ -39,8 +39,9 @@ pub struct AgentConfig {
     /// The agent's serving certificate and the CA of its clients (the API server); no server
     /// without it.
     pub serving: Option<crate::apiserver::ServerTls>,
-    /// The cluster's blocks: pods' traffic to them keeps the pod's address.
-    pub network: Option<crate::nodeconfig::NodeNetwork>,
+    /// The cluster's blocks (its cluster CIDR and VPC): pods' traffic to them keeps the pod's
+    /// address; to elsewhere it leaves through the node's.
+    pub routed: Vec<ipnet::Ipv4Net>,
 }
 
 /// The taints a node is registered with (kubelet's `--register-with-taints`): a control-plane
@@ -224,7 +225,7 @@ async fn run_pods(client: ApiClient, config: AgentConfig, mut pod_range: tokio::
     let docker = std::sync::Arc::new(docker);
     {
         let docker = docker.clone();
-        let routed: Vec<ipnet::Ipv4Net> = config.network.iter().flat_map(|n| [n.cluster_cidr, n.vpc_cidr]).collect();
+        let routed = config.routed.clone();
         let dns_client = client.clone();
         tokio::spawn(async move {
             // The cluster DNS on the pod bridge's gateway, the pods' name server; moved if the
@@ -289,7 +290,7 @@ mod tests {
             heartbeat: Duration::from_secs(2),
             status_every: Duration::from_secs(10),
             serving: None,
-            network: None,
+            routed: Vec::new(),
         }
     }
 

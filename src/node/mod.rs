@@ -31,6 +31,6 @@ pub fn agent_config(config: &NodeConfig, heartbeat: Duration, serving: crate::ap
         labels: config.labels.clone(),
         heartbeat,
         status_every: Duration::from_secs(10),
-        network: config.network,
+        routed: config.network.iter().flat_map(|n| [n.cluster_cidr, n.vpc_cidr]).collect(),
     }
 }
