@@ -195,7 +195,8 @@ pub async fn serve(address: SocketAddr, records: Records) -> std::io::Result<()>
     tracing::info!(%address, "serving cluster DNS");
     let udp = Arc::new(udp);
     let tcp_records = records.clone();
-    let tcp_task = crate::client::leader::AbortOnDrop(tokio::spawn(async move {
+    // the TCP side ends with the UDP side (dropped with it)
+    let _tcp_task = crate::client::leader::AbortOnDrop(tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = tcp.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -219,9 +220,6 @@ pub async fn serve(address: SocketAddr, records: Records) -> std::io::Result<()>
                 let _ = udp.send_to(&reply, peer).await;
             }
         });
-        if tcp_task.0.is_finished() {
-            return Ok(());
-        }
     }
 }
 

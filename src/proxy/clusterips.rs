@@ -91,7 +91,7 @@ pub fn service_ports(services: &Store<Service>, endpoints: &Store<Endpoints>) ->
 }
 
 /// A chain name of at most 28 characters, stable for what it names.
-fn chain(prefix: &str, what: &str) -> String {
+pub(super) fn chain(prefix: &str, what: &str) -> String {
     let digest = Sha256::digest(what.as_bytes());
     format!("{prefix}-{}", &hex::encode(digest)[..16].to_uppercase())
 }
@@ -171,13 +171,13 @@ pub fn restore_input(ports: &[ServicePortRules], stale: &BTreeSet<String>) -> St
     nat
 }
 
-/// Our per-Service chains present in `iptables-save -t nat` output.
-pub fn our_chains(saved: &str) -> BTreeSet<String> {
+/// The chains named with one of `prefixes` (ours) in `iptables-save` output.
+pub fn our_chains(saved: &str, prefixes: &[&str]) -> BTreeSet<String> {
     saved
         .lines()
         .filter_map(|l| l.strip_prefix(':'))
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|c| c.starts_with("CCSVC-") || c.starts_with("CCSEP-"))
+        .filter(|c| prefixes.iter().any(|p| c.starts_with(p)))
         .map(str::to_string)
         .collect()
 }
@@ -220,7 +220,7 @@ impl ClusterIpRules {
         }
         if !unchanged {
             let saved = run("iptables-save", &["-t", "nat"], None).await?;
-            let input = restore_input(ports, &our_chains(&saved));
+            let input = restore_input(ports, &our_chains(&saved, &["CCSVC-", "CCSEP-"]));
             run("iptables-restore", &["-w", "5", "-W", "10000", "--noflush"], Some(&input)).await?;
             tracing::info!(service_ports = ports.len(), "wrote the cluster IP rules");
         }
@@ -315,7 +315,7 @@ mod tests {
     #[test]
     fn stale_chains_are_emptied_and_deleted_in_the_same_transaction() {
         let saved = "*nat\n:PREROUTING ACCEPT [0:0]\n:CCSVC-0123456789ABCDEF - [0:0]\n:CCSEP-FEDCBA9876543210 - [0:0]\n:DOCKER - [0:0]\nCOMMIT\n";
-        let stale = our_chains(saved);
+        let stale = our_chains(saved, &["CCSVC-", "CCSEP-"]);
         assert_eq!(stale.len(), 2);
         let text = restore_input(&[], &stale);
         assert!(text.contains(":CCSVC-0123456789ABCDEF - [0:0]") && text.contains("-X CCSVC-0123456789ABCDEF") && text.contains("-X CCSEP-FEDCBA9876543210"));

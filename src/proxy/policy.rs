@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use sha2::{Digest, Sha256};
+use super::clusterips::{chain, our_chains};
 
 use crate::api::networkpolicy::{Namespace, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use crate::api::pod::Pod;
@@ -225,22 +225,6 @@ pub fn restore_input(policies: &[std::sync::Arc<NetworkPolicy>], pods: &[std::sy
     out
 }
 
-fn chain(prefix: &str, what: &str) -> String {
-    let digest = Sha256::digest(what.as_bytes());
-    format!("{prefix}-{}", &hex::encode(digest)[..16].to_uppercase())
-}
-
-/// Our per-pod chains in `iptables-save -t filter` output.
-pub fn our_chains(saved: &str) -> BTreeSet<String> {
-    saved
-        .lines()
-        .filter_map(|l| l.strip_prefix(':'))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|c| c.starts_with("CCPI-") || c.starts_with("CCPE-"))
-        .map(str::to_string)
-        .collect()
-}
-
 /// The policy rules as last written on this node.
 #[derive(Debug, Default)]
 pub struct PolicyRules {
@@ -259,7 +243,7 @@ impl PolicyRules {
         }
         if !unchanged {
             let saved = super::clusterips::run("iptables-save", &["-t", "filter"], None).await?;
-            let input = restore_input(&policies, &pods, &namespaces, &our_chains(&saved));
+            let input = restore_input(&policies, &pods, &namespaces, &our_chains(&saved, &["CCPI-", "CCPE-"]));
             super::clusterips::run("iptables-restore", &["-w", "5", "-W", "10000", "--noflush"], Some(&input)).await?;
             tracing::info!(policies = policies.len(), "wrote the network policy rules");
         }
@@ -334,7 +318,7 @@ mod tests {
 
     #[test]
     fn stale_pod_chains_are_deleted() {
-        let stale = our_chains("*filter\n:CCPI-0123456789ABCDEF - [0:0]\n:FORWARD DROP [0:0]\nCOMMIT\n");
+        let stale = our_chains("*filter\n:CCPI-0123456789ABCDEF - [0:0]\n:FORWARD DROP [0:0]\nCOMMIT\n", &["CCPI-", "CCPE-"]);
         let text = restore_input(&[], &[], &[], &stale);
         assert!(text.contains(":CCPI-0123456789ABCDEF - [0:0]") && text.contains("-X CCPI-0123456789ABCDEF"));
     }
