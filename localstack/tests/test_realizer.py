@@ -234,6 +234,47 @@ def test_nodes_reach_localstack_at_the_cloud_endpoint(three):
     assert health["services"]["ec2"] in ("available", "running")
 
 
+def _dns_query(name: str, qtype: int = 1) -> bytes:
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split("."))
+    return b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + labels + b"\x00" + qtype.to_bytes(2, "big") + b"\x00\x01"
+
+
+def test_nodes_resolve_private_names_through_the_vpc_resolver(three):
+    """As on AWS: the VPC's resolver is the nodes' name server and answers the instances' private
+    DNS names; it does not recurse (REFUSED at once), so nothing leaves this machine."""
+    n, found, ssh = three
+    (a, da), (_, db) = list(found.items())[:2]
+    gateway = n.prefix + "0.1"
+    assert_ours(gateway)
+    assert ssh[a].run("cat /etc/resolv.conf").stdout.decode().split() == [
+        "nameserver", gateway, "search", db["PrivateDnsName"].split(".", 1)[1]]
+    # the other instance by its full private name and, through the search domain, its short one
+    for name in (db["PrivateDnsName"], db["PrivateDnsName"].split(".")[0]):
+        out = ssh[a].run(f"getent hosts {name}").stdout.decode().split()
+        assert out[:1] == [db["PrivateIpAddress"]], (name, out)
+    t0 = time.monotonic()
+    assert ssh[a].run("getent hosts example.com", check=False).returncode != 0
+    assert time.monotonic() - t0 < 2, "refused at once, not a timeout"
+    # the wire: UDP and TCP from the host, NXDOMAIN for an address outside the VPC, REFUSED elsewhere
+    domain = db["PrivateDnsName"].split(".", 1)[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        for name, rcode, answer in ((db["PrivateDnsName"], 0, db["PrivateIpAddress"]),
+                                    (f"ip-192-0-2-1.{domain}", 3, None), ("example.com", 5, None)):
+            s.sendto(_dns_query(name), (gateway, 53))
+            reply = s.recv(512)
+            assert reply[:2] == b"\x12\x34" and reply[3] & 0xF == rcode, (name, reply)
+            assert (socket.inet_ntoa(reply[-4:]) if answer else None) == answer, name
+    with socket.create_connection((gateway, 53), timeout=2) as s:
+        q = _dns_query(db["PrivateDnsName"])
+        s.sendall(len(q).to_bytes(2, "big") + q)
+        size = int.from_bytes(s.recv(2), "big")
+        reply = b""
+        while len(reply) < size:
+            reply += s.recv(size - len(reply))
+        assert socket.inet_ntoa(reply[-4:]) == db["PrivateIpAddress"]
+
+
 def test_terminate_removes_the_container_within_2s_and_kill_impairs_within_10s(ec2, net, key):
     ids = net.run_instances(2, KeyName=key[0])
     net.wait_running(ids)

@@ -19,7 +19,9 @@ already shows the real machine:
 - a container that is not running while its instance is (``docker kill``) makes
   DescribeInstanceStatus report failed instance and system reachability checks;
 - each VPC network gets a router on the host (routes.py): routes whose target is an instance
-  forward real traffic to it.
+  forward real traffic to it;
+- and a resolver on its gateway (vpcdns.py), the nodes' name server, answering the instances'
+  private DNS names (``ip-10-1-0-5.ec2.internal``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import aioloop, nodenet, settings
+from . import aioloop, nodenet, settings, vpcdns
 from .dockercli import (
     DockerError, containers, create_and_start, docker, docker_bytes, image_exists, label_args, networks, pid_of, start,
 )
@@ -186,6 +188,7 @@ class Ec2Realizer:
             if net is None:
                 net = self._create_network(key, cidr)
                 self.nets[key] = net
+            vpcdns.resolver().ensure(net.name, net.gateway, net.cidr, region)
             net.users.add(user)
             return net
 
@@ -260,6 +263,7 @@ class Ec2Realizer:
                 continue
             if any(ipaddress.ip_network(s, strict=False).overlaps(net) for s in subnets if s):
                 if self._remove_network(n.get("Name")):
+                    vpcdns.resolver().drop(n.get("Name"))
                     self.nets = {k: v for k, v in self.nets.items() if v.name != n.get("Name")}
                     freed = True
         return freed
@@ -354,9 +358,10 @@ class Ec2Realizer:
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
             f"{node.ip}\t{hostname}\n"
         )
-        # no name server: nothing here needs one, and none may be dialled (the nodes' Docker is
-        # told the same for the pods, localstack/node-image/files/etc/docker/daemon.json)
-        (d / "resolv.conf").write_text("nameserver 127.0.0.1\noptions ndots:0\n")
+        # the VPC resolver (vpcdns.py) on the network's gateway, with the region's private domain
+        # to search, as AWS's DHCP options give an instance
+        net = self.nets[node.net_key]
+        (d / "resolv.conf").write_text(f"nameserver {net.gateway}\nsearch {vpcdns.domain_of(node.region)}\n")
         extra = {
             "region": node.region, "availability-zone": inst.placement, "instance-type": inst.instance_type,
             "local-ipv4": node.ip, "ami-id": node.ami, "vpc-id": node.vpc_id, "subnet-id": inst.subnet_id or "",
@@ -650,7 +655,8 @@ class Ec2Realizer:
         from . import routes
 
         routers = routes._ROUTER.describe() if routes._ROUTER is not None else {}
-        return {"nodes": nodes, "networks": nets, "vpc_routers": routers, "cloud_endpoint": settings.cloud_endpoint()}
+        return {"nodes": nodes, "networks": nets, "vpc_routers": routers, "vpc_resolvers": vpcdns.resolver().describe(),
+                "cloud_endpoint": settings.cloud_endpoint()}
 
     # --------------------------------------------------------------- monitor
     def _monitor_loop(self) -> None:
@@ -700,6 +706,7 @@ class Ec2Realizer:
         with self.net_lock:
             for key, net in list(self.nets.items()):
                 if not net.users and self._remove_network(net.name):
+                    vpcdns.resolver().drop(net.name)
                     del self.nets[key]
 
     def shutdown(self) -> None:
