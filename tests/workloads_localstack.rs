@@ -129,6 +129,7 @@ async fn an_app_runs_is_reached_restarts_scales_and_moves_off_a_dead_worker() {
     assert_eq!(answers.len(), 3, "round robin reaches all replicas: {answers:?}");
 
     pods_have_routable_addresses_shared_by_their_containers(home.path(), &client).await;
+    pods_get_configuration_secrets_and_volumes(home.path(), &client).await;
 
     // A container that dies is restarted in place (restartPolicy Always).
     let ps = pods(&client).await;
@@ -356,8 +357,16 @@ async fn pods_have_routable_addresses_shared_by_their_containers(home: &Path, cl
     assert!(out.status.success() && text.contains(&format!("Address: {cluster_ip}")) && text.contains("Address: 10.96.0.1"), "names from a pod: {text} {}", String::from_utf8_lossy(&out.stderr));
     let out = in_container(&a_instance, &a_container, "nslookup nothing.default.svc.cluster.local 2>&1");
     assert!(String::from_utf8_lossy(&out.stdout).contains("NXDOMAIN"), "{}", String::from_utf8_lossy(&out.stdout));
-    // UDP through a cluster IP: a Service without selector whose endpoint is another node's DNS
     let other_node = nodes.iter().find(|n| n["metadata"]["name"] != a["spec"]["nodeName"] && !str_at(n, "/spec/podCIDR").is_empty()).unwrap();
+    // a name outside the cluster goes to the node's resolver, the VPC's (the harness's, as AWS's
+    // answers the instances' private DNS names): another node's private name, read from EC2
+    let other_instance = instance_of(client, str_at(other_node, "/metadata/name")).await;
+    let described = ec2().await.describe_instances().instance_ids(&other_instance).send().await.unwrap();
+    let private_name = described.reservations()[0].instances()[0].private_dns_name().unwrap().to_string();
+    let out = in_container(&a_instance, &a_container, &format!("nslookup {private_name}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains(&format!("Address: {}", address(other_node))), "{private_name} forwarded to the VPC's resolver: {text} {}", String::from_utf8_lossy(&out.stderr));
+    // UDP through a cluster IP: a Service without selector whose endpoint is another node's DNS
     let range: ipnet::Ipv4Net = str_at(other_node, "/spec/podCIDR").parse().unwrap();
     let remote_dns = range.hosts().next().unwrap();
     let udp = manifest_file(home, "dns-udp.yaml", &DNS_UDP.replace("GATEWAY", &remote_dns.to_string()));
@@ -432,6 +441,183 @@ spec:
       ports:
         - port: http
 "#;
+
+/// Issue 21's configuration: a ConfigMap and a Secret reach a pod as variables and files, with
+/// the pod's own fields, an emptyDir shared by two containers; checked with `kubectl exec`.
+const CONFIGURED: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: app-config
+data:
+  mode: fast
+  app.conf: "level=3"
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: app-secret
+stringData:
+  password: s3cret
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: configured
+  labels:
+    app: configured
+spec:
+  volumes:
+    - name: conf
+      configMap:
+        name: app-config
+    - name: secret
+      secret:
+        secretName: app-secret
+        defaultMode: 0400
+    - name: me
+      downwardAPI:
+        items:
+          - path: labels
+            fieldRef:
+              fieldPath: metadata.labels
+    - name: scratch
+      emptyDir: {}
+    - name: both
+      projected:
+        sources:
+          - configMap:
+              name: app-config
+              items:
+                - key: mode
+                  path: mode
+          - secret:
+              name: app-secret
+  containers:
+    - name: app
+      image: clusterctl-busybox:latest
+      command: ["sh", "-c", "echo $(MODE) > /scratch/started; exec sleep 3600"]
+      envFrom:
+        - configMapRef:
+            name: app-config
+          prefix: CFG_
+      env:
+        - name: MODE
+          valueFrom:
+            configMapKeyRef:
+              name: app-config
+              key: mode
+        - name: PASSWORD
+          valueFrom:
+            secretKeyRef:
+              name: app-secret
+              key: password
+        - name: POD_NAME
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        - name: POD_IP
+          valueFrom:
+            fieldRef:
+              fieldPath: status.podIP
+        - name: NODE
+          valueFrom:
+            fieldRef:
+              fieldPath: spec.nodeName
+        - name: GREETING
+          value: "$(POD_NAME) on $(NODE)"
+      volumeMounts:
+        - name: conf
+          mountPath: /etc/app
+        - name: secret
+          mountPath: /etc/secret
+          readOnly: true
+        - name: me
+          mountPath: /etc/podinfo
+        - name: scratch
+          mountPath: /scratch
+        - name: both
+          mountPath: /etc/both
+    - name: reader
+      image: clusterctl-busybox:latest
+      command: ["sh", "-c", "exec sleep 3600"]
+      volumeMounts:
+        - name: scratch
+          mountPath: /shared
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: needs-key
+spec:
+  containers:
+    - name: app
+      image: clusterctl-busybox:latest
+      command: ["sh", "-c", "exec sleep 3600"]
+      env:
+        - name: USER
+          valueFrom:
+            secretKeyRef:
+              name: app-secret
+              key: user
+"#;
+
+async fn pods_get_configuration_secrets_and_volumes(home: &Path, client: &ApiClient) {
+    let file = manifest_file(home, "configured.yaml", CONFIGURED);
+    let out = kubectl_apply(home, &file);
+    assert!(out.status.success(), "kubectl apply configured.yaml: {}", String::from_utf8_lossy(&out.stderr));
+    let exec = |container: &str, script: &str| {
+        let out = kubectl(home, &["exec", "configured", "-c", container, "--", "sh", "-c", script]);
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    eventually("the configured pod runs", Duration::from_secs(60), || async {
+        let pod = client.get_value("/api/v1/namespaces/default/pods/configured").await.map_err(|e| e.to_string())?;
+        if is_ready(&pod) { Ok(()) } else { Err(pod["status"].to_string()) }
+    })
+    .await;
+    let pod = client.get_value("/api/v1/namespaces/default/pods/configured").await.unwrap();
+    let (ok, env, err) = exec("app", "echo \"$MODE|$PASSWORD|$POD_NAME|$POD_IP|$NODE|$CFG_mode|$GREETING\"");
+    assert!(ok, "{err}");
+    let expected = format!("fast|s3cret|configured|{}|{}|fast|configured on {}", str_at(&pod, "/status/podIP"), str_at(&pod, "/spec/nodeName"), str_at(&pod, "/spec/nodeName"));
+    assert_eq!(env, expected, "the environment from the ConfigMap, the Secret and the pod's fields");
+    let (ok, files, err) = exec("app", "cat /etc/app/mode /etc/app/app.conf /etc/secret/password /etc/podinfo/labels /etc/both/mode /etc/both/password");
+    assert!(ok, "{err}");
+    assert_eq!(files, "fastlevel=3s3cretapp=\"configured\"\nfasts3cret", "the volumes' files");
+    let (_, modes, _) = exec("app", "stat -L -c %a /etc/secret/password; grep ' /etc/secret ' /proc/mounts; touch /etc/secret/x 2>&1 || echo read-only");
+    assert!(modes.starts_with("400") && modes.contains("tmpfs") && modes.ends_with("read-only"), "the secret: mode 0400, in memory, read-only: {modes}");
+    let (ok, shared, err) = exec("reader", "cat /shared/started");
+    assert!(ok && shared == "fast", "the emptyDir shared by both containers, the command expanded: {shared} {err}");
+    // a ConfigMap change reaches the mounted file (goal 10 s)
+    let t0 = Instant::now();
+    let out = kubectl(home, &["patch", "configmap", "app-config", "--type", "merge", "-p", r#"{"data":{"mode":"slow"}}"#]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, took) = eventually("the changed ConfigMap in the pod's file", Duration::from_secs(30), || async {
+        let (_, mode, _) = exec("app", "cat /etc/app/mode");
+        if mode == "slow" { Ok(()) } else { Err(mode) }
+    })
+    .await;
+    eprintln!("ConfigMap change visible in the pod's file after {:.1}s", t0.elapsed().as_secs_f64());
+    assert!(took < Duration::from_secs(10), "a ConfigMap change in the file within 10 s: {took:?}");
+    // a missing key: the container waits with CreateContainerConfigError until the key is there
+    eventually("needs-key waits for its key", Duration::from_secs(30), || async {
+        let pod = client.get_value("/api/v1/namespaces/default/pods/needs-key").await.map_err(|e| e.to_string())?;
+        let waiting = &pod["status"]["containerStatuses"][0]["state"]["waiting"];
+        if waiting["reason"] == "CreateContainerConfigError" && waiting["message"].as_str().unwrap_or("").contains("couldn't find key user in Secret default/app-secret") { Ok(()) } else { Err(pod["status"].to_string()) }
+    })
+    .await;
+    let out = kubectl(home, &["patch", "secret", "app-secret", "--type", "merge", "-p", r#"{"stringData":{"user":"ann"}}"#]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, took) = eventually("needs-key runs once the key is there", Duration::from_secs(30), || async {
+        let pod = client.get_value("/api/v1/namespaces/default/pods/needs-key").await.map_err(|e| e.to_string())?;
+        if is_ready(&pod) { Ok(()) } else { Err(pod["status"].to_string()) }
+    })
+    .await;
+    eprintln!("the pod waiting for a Secret's key started {:.1}s after the key was added", took.as_secs_f64());
+    let out = kubectl(home, &["exec", "needs-key", "--", "sh", "-c", "echo $USER"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ann");
+    let out = kubectl(home, &["delete", "-f", &file, "--wait=false"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
 
 /// Debian's kubectl (as `scripts/test` fetches it) against the test's cluster.
 fn kubectl(home: &Path, args: &[&str]) -> std::process::Output {

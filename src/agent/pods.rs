@@ -28,10 +28,12 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use super::podconfig::{self, PodContext, SourceData, SourceKey, Sources, VolumeRoots};
+use crate::api::config::{ConfigMap, Secret};
 use super::runtime::{ContainerInfo, ContainerRuntime, ContainerSpec, DnsPolicy, PodDns, PortSpec, RuntimeError, Sandbox, SandboxSpec, labels};
 use crate::api::pod::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
-    PodCondition, PodIp, PodStatus, Probe,
+    PodCondition, PodIp, PodSpec, PodStatus, Probe,
 };
 use crate::api::quantity::{IntOrString, Quantity};
 use crate::api::time::Time;
@@ -117,6 +119,12 @@ pub struct PodSync<R: ContainerRuntime> {
     finished: Vec<Pod>,
     /// Each live pod's sandbox, by pod uid: made by the first container start that needs it.
     sandboxes: Sandboxes,
+    /// The ConfigMaps and Secrets the pods name, as last fetched ([`Context`] sets them).
+    sources: Sources,
+    /// Where the pods' volumes are made.
+    volumes: VolumeRoots,
+    /// The node's CPU (millicores) and memory (bytes): a `resourceFieldRef` to a limit not set.
+    capacity: (u64, u64),
 }
 
 /// A pod's sandbox as the agent knows it: the running one and when it was made (or adopted), or
@@ -165,7 +173,14 @@ pub struct StatusUpdate {
 /// the one earlier agents hashed, so that an upgraded agent adopts the containers that run.
 fn spec_hash(container: &Container) -> String {
     let s = runtime_spec(container);
-    let key = format!("{:?}", (&s.image, &s.command, &s.args, &s.env, &s.working_dir, s.cpu_millis, s.memory_bytes));
+    let mut key = format!("{:?}", (&s.image, &s.command, &s.args, &s.env, &s.working_dir, s.cpu_millis, s.memory_bytes));
+    // Where values and volumes come from (not their contents: a changed ConfigMap does not
+    // restart a container, as in Kubernetes); appended only when used, so that the hash of a
+    // container without them stays what it was.
+    let sourced: Vec<_> = container.env.iter().map(|e| &e.value_from).collect();
+    if !container.env_from.is_empty() || sourced.iter().any(|v| v.is_some()) || !container.volume_mounts.is_empty() {
+        key.push_str(&format!("{:?}", (&container.env_from, sourced, &container.volume_mounts)));
+    }
     hex::encode(&Sha256::digest(key.as_bytes())[..8])
 }
 
@@ -359,7 +374,24 @@ impl<R: ContainerRuntime> PodSync<R> {
             happened: Vec::new(),
             finished: Vec::new(),
             sandboxes: Arc::default(),
+            sources: Sources::new(),
+            volumes: VolumeRoots::default(),
+            capacity: {
+                let host = super::host::HostInfo::read();
+                (host.cpus as u64 * 1000, host.memory_kib * 1024)
+            },
         }
+    }
+
+    /// Makes the pods' volumes under `roots` (tests).
+    pub fn with_volume_roots(mut self, roots: VolumeRoots) -> Self {
+        self.volumes = roots;
+        self
+    }
+
+    /// The ConfigMaps and Secrets the next syncs read.
+    pub fn set_sources(&mut self, sources: Sources) {
+        self.sources = sources;
     }
 
     /// Names containers `<prefix><container>_<pod>_<namespace>_<uid>_<attempt>`.
@@ -405,6 +437,12 @@ impl<R: ContainerRuntime> PodSync<R> {
         // Pods deleted through the API: stopped within the grace period their delete gave them.
         let deleting: HashMap<&str, &Pod> = desired.iter().filter(|p| p.is_terminating() && !p.metadata.uid.is_empty()).map(|p| (p.metadata.uid.as_str(), p)).collect();
         let with_containers: HashSet<String> = actual.iter().filter_map(|c| c.labels.get(labels::UID)).cloned().collect();
+        // Volumes of pods that are gone, once their containers are.
+        for uid in self.volumes.pods() {
+            if !live.contains_key(uid.as_str()) && !with_containers.contains(&uid) && !deleting.contains_key(uid.as_str()) {
+                self.volumes.remove_pod(&uid);
+            }
+        }
         self.finished = deleting.iter().filter(|(uid, _)| !with_containers.contains(**uid)).map(|(_, p)| (*p).clone()).collect();
         let deleting_grace: HashMap<String, Duration> = deleting
             .iter()
@@ -471,6 +509,9 @@ impl<R: ContainerRuntime> PodSync<R> {
             listed_at: now,
             node_ip: self.node_ip,
             sandboxes: &self.sandboxes,
+            sources: &self.sources,
+            volumes: &self.volumes,
+            capacity: self.capacity,
         };
         let env = &env;
         let work = self.pods.iter_mut().filter_map(|(uid, track)| {
@@ -534,9 +575,17 @@ struct SyncEnv<'a, R> {
     listed_at: Instant,
     node_ip: IpAddr,
     sandboxes: &'a Sandboxes,
+    sources: &'a Sources,
+    volumes: &'a VolumeRoots,
+    capacity: (u64, u64),
 }
 
 impl<R> SyncEnv<'_, R> {
+    /// What the downward API reads of the node, with the pod's address.
+    fn pod_context(&self, pod_ip: Option<IpAddr>) -> PodContext {
+        PodContext { pod_ip, host_ip: self.node_ip, node_cpu_millis: self.capacity.0, node_memory_bytes: self.capacity.1 }
+    }
+
     /// The sandbox cell of the pod `uid`.
     fn sandbox_cell(&self, uid: &str) -> SandboxCell {
         self.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).entry(uid.to_string()).or_default().clone()
@@ -564,7 +613,7 @@ async fn sync_pod<R: ContainerRuntime>(
     let grace = grace_of(pod);
     let specs = &pod.spec.containers;
     let known_restarts: HashMap<&str, u32> =
-        pod.status.container_statuses.iter().map(|s| (s.name.as_str(), u32::try_from(s.restart_count).unwrap_or(0))).collect();
+        pod.status.container_statuses.iter().chain(&pod.status.init_container_statuses).map(|s| (s.name.as_str(), u32::try_from(s.restart_count).unwrap_or(0))).collect();
     let mut to_terminate = Vec::new();
     let mut infos: HashMap<String, Option<ContainerInfo>> = HashMap::new();
 
@@ -594,13 +643,53 @@ async fn sync_pod<R: ContainerRuntime>(
             to_terminate.push((other.id.clone(), Duration::ZERO, true));
         }
     }
+    // The pod's volumes, made or brought up to date (a changed ConfigMap reaches the files of
+    // running containers this way); a container that needs one that cannot be made waits.
+    let current_ip = sandbox.clone().flatten().map(|s| s.ip);
+    let volumes = if pod.spec.volumes.is_empty() { Ok(HashMap::new()) } else { podconfig::set_up(env.volumes, pod, env.sources, &env.pod_context(current_ip)) };
     let in_sandbox = |c: &ContainerInfo| match &sandbox {
         Some(Some(s)) => c.labels.get(labels::SANDBOX_ID) == Some(&s.id),
         Some(None) => false,
         None => true,
     };
 
-    for spec in specs {
+    // Init containers run one after another, each to success, before the app containers (a
+    // sidecar, `restartPolicy: Always`, only has to have started, and then runs beside them); one
+    // that succeeded is left as it is. A new sandbox runs them again, as kubelet does.
+    let mut active: Vec<(&Container, &str)> = Vec::new();
+    let mut init = Init::Done;
+    for spec in &pod.spec.init_containers {
+        let hash = spec_hash(spec);
+        let mine = |c: &&ContainerInfo| in_sandbox(c) && c.labels.get(labels::SPEC_HASH) == Some(&hash);
+        let found = actual.get(&spec.name).map(Vec::as_slice).unwrap_or_default();
+        if PodSpec::is_sidecar(spec) {
+            active.push((spec, "Always"));
+            // Once it has run, its restarts do not hold the app containers back.
+            if found.iter().any(|c| mine(&c)) {
+                continue;
+            }
+            init = Init::Running;
+            break;
+        }
+        if let Some(done) = found.iter().filter(mine).filter(|c| !c.running && c.exit_code == Some(0)).max_by_key(|c| c.started_at.clone()).cloned() {
+            for other in actual.remove(&spec.name).unwrap_or_default().into_iter().filter(|c| c.id != done.id) {
+                to_terminate.push((other.id, grace, true));
+            }
+            let ct = track.containers.entry(spec.name.clone()).or_insert_with(|| ContainerTrack::new(known_restarts.get(spec.name.as_str()).copied().unwrap_or(0)));
+            ct.waiting = None;
+            ct.last_terminated = None;
+            infos.insert(spec.name.clone(), Some(done));
+            continue;
+        }
+        let failed = policy == "Never" && found.iter().filter(mine).any(|c| !c.running && c.exit_code.unwrap_or(-1) != 0);
+        init = if failed { Init::Failed } else { Init::Running };
+        active.push((spec, if policy == "Never" { "Never" } else { "OnFailure" }));
+        break;
+    }
+    if init == Init::Done {
+        active.extend(specs.iter().map(|c| (c, policy)));
+    }
+    for (spec, policy) in active {
         let cname = spec.name.clone();
         let ct = track.containers.entry(cname.clone()).or_insert_with(|| ContainerTrack::new(known_restarts.get(cname.as_str()).copied().unwrap_or(0)));
         let hash = spec_hash(spec);
@@ -691,7 +780,7 @@ async fn sync_pod<R: ContainerRuntime>(
                         ct.restart_at = None;
                         // The exited container stays as the previous one (removed at the next
                         // restart, see above).
-                        start(env, start_key, pod, spec, ct).await;
+                        start(env, start_key, pod, spec, ct, &volumes).await;
                         infos.insert(cname, None);
                     } else {
                         if ct.waiting.as_ref().is_none_or(|(reason, _)| reason != "CrashLoopBackOff") {
@@ -707,7 +796,7 @@ async fn sync_pod<R: ContainerRuntime>(
                 }
             }
             None => {
-                start(env, start_key, pod, spec, ct).await;
+                start(env, start_key, pod, spec, ct, &volumes).await;
                 infos.insert(cname, None);
             }
         }
@@ -717,7 +806,7 @@ async fn sync_pod<R: ContainerRuntime>(
         to_terminate.push((rest.id.clone(), grace, true));
     }
     let pod_ip = sandbox.flatten().map(|s| s.ip);
-    let status = pod_status(pod, track, &infos, env.node_ip, pod_ip);
+    let status = pod_status(pod, track, &infos, init, env.node_ip, pod_ip);
     // Written when it changed, or when the stored status is not ours (a fresh agent, someone
     // else's write, or our write not yet seen by the watch).
     if track.last_status.as_ref() == Some(&status) && pod.status == status {
@@ -728,7 +817,7 @@ async fn sync_pod<R: ContainerRuntime>(
 
 /// Creates and starts a container in the background (a start already under way is left to
 /// finish); records in `ct.waiting` where it stands, or why it cannot start.
-async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod, spec: &Container, ct: &mut ContainerTrack) {
+async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod, spec: &Container, ct: &mut ContainerTrack, volumes: &Result<HashMap<String, PathBuf>, String>) {
     {
         let mut starting = env.starting.lock().unwrap_or_else(|e| e.into_inner());
         match starting.get(&key) {
@@ -751,6 +840,29 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
             }
         }
     }
+    // Its configuration first, as kubelet checks it: a missing ConfigMap, Secret or key leaves the
+    // container waiting (and the next sync tries again, so that adding the key starts it).
+    let dirs = match volumes {
+        Ok(dirs) => dirs,
+        Err(message) => {
+            if ct.waiting.as_ref().is_none_or(|(_, m)| m != message) {
+                env.happen(pod, &spec.name, WARNING, "FailedMount", message.clone());
+            }
+            ct.waiting = Some(("ContainerCreating".into(), message.clone()));
+            return;
+        }
+    };
+    let config = podconfig::container_env(pod, spec, env.sources, &env.pod_context(None)).and_then(|_| podconfig::mounts(spec, dirs));
+    let mounts = match config {
+        Ok(mounts) => mounts,
+        Err(message) => {
+            if ct.waiting.as_ref().is_none_or(|(_, m)| *m != message) {
+                env.happen(pod, &spec.name, WARNING, "Failed", format!("Error: {message}"));
+            }
+            ct.waiting = Some(("CreateContainerConfigError".into(), message));
+            return;
+        }
+    };
     let image = spec.image.as_str();
     let never = spec.image_pull_policy.as_deref() == Some("Never");
     match env.runtime.image_present(image).await {
@@ -773,7 +885,12 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
     ct.waiting = Some(("ContainerCreating".into(), String::new()));
     env.starting.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), Start::Running);
     let (runtime, starting, mut container) = (env.shared.clone(), env.starting.clone(), container_spec(env.prefix, pod, spec, ct.restart_count));
+    container.mounts = mounts;
     let (cell, sandbox_spec) = (env.sandbox_cell(&pod.metadata.uid), sandbox_spec(env.prefix, pod));
+    // The environment is made once the pod's address is known (`status.podIP`), from the sources
+    // as they are now.
+    let own: Sources = podconfig::referenced(pod).into_iter().filter_map(|k| Some((k.clone(), env.sources.get(&k)?.clone()))).collect();
+    let (pod_for_env, spec_for_env, context) = (pod.clone(), spec.clone(), env.pod_context(None));
     let task = tokio::spawn(async move {
         let outcome = async {
             // The pod's first container start makes its sandbox; the others wait for it.
@@ -788,6 +905,11 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
                     }
                 }
             };
+            let env = podconfig::container_env(&pod_for_env, &spec_for_env, &own, &PodContext { pod_ip: Some(sandbox.ip), ..context })
+                .map_err(|e| ("CreateContainerConfigError".to_string(), e))?;
+            container.command = spec_for_env.command.iter().map(|c| podconfig::expand(c, &env)).collect();
+            container.args = spec_for_env.args.iter().map(|a| podconfig::expand(a, &env)).collect();
+            container.env = env;
             container.sandbox = Some(sandbox);
             runtime.run(&container).await.map(|_| ()).map_err(|e| ("CreateContainerError".to_string(), e.to_string()))
         }
@@ -803,7 +925,7 @@ fn terminated_state(c: &ContainerInfo) -> ContainerStateTerminated {
     let time = |t: &Option<String>| t.as_deref().and_then(|t| Time::parse(t).ok());
     ContainerStateTerminated {
         exit_code: i32::try_from(exit).unwrap_or(-1),
-        reason: Some(if exit == 0 { "Completed" } else { "Error" }.into()),
+        reason: Some(if c.oom_killed { "OOMKilled" } else if exit == 0 { "Completed" } else { "Error" }.into()),
         started_at: time(&c.started_at),
         finished_at: time(&c.finished_at),
         container_id: Some(format!("docker://{}", c.id)),
@@ -811,55 +933,98 @@ fn terminated_state(c: &ContainerInfo) -> ContainerStateTerminated {
     }
 }
 
+/// One container's status from what the sync saw: the status, whether it is ready, whether it
+/// has started (ran at least once).
+fn container_status(spec: &Container, ct: &ContainerTrack, info: Option<&ContainerInfo>) -> (ContainerStatus, bool, bool) {
+    let waiting = |reason: &str, message: &str| ContainerState {
+        waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), message: Some(message.to_string()).filter(|m| !m.is_empty()), ..Default::default() }),
+        ..Default::default()
+    };
+    let (state, ready, started) = match (info, &ct.waiting) {
+        (Some(c), None) if c.running => {
+            let started_at = c.started_at.as_deref().and_then(|t| Time::parse(t).ok());
+            (ContainerState { running: Some(ContainerStateRunning { started_at, ..Default::default() }), ..Default::default() }, ct.readiness.passing, true)
+        }
+        (Some(c), None) => {
+            let terminated = ct.last_terminated.clone().unwrap_or_else(|| terminated_state(c));
+            (ContainerState { terminated: Some(terminated), ..Default::default() }, false, true)
+        }
+        (_, Some((reason, message))) => (waiting(reason, message), false, ct.last_terminated.is_some()),
+        (None, None) => (waiting("ContainerCreating", ""), false, false),
+    };
+    let last_state = match &ct.last_terminated {
+        Some(t) if state.terminated.is_none() => ContainerState { terminated: Some(t.clone()), ..Default::default() },
+        _ => ContainerState::default(),
+    };
+    let running = state.running.is_some();
+    let status = ContainerStatus {
+        name: spec.name.clone(),
+        image: spec.image.clone(),
+        ready,
+        restart_count: i32::try_from(ct.restart_count).unwrap_or(i32::MAX),
+        started: Some(running),
+        state,
+        last_state,
+        container_id: info.map(|c| format!("docker://{}", c.id)),
+        image_id: info.filter(|c| !c.image_id.is_empty()).map(|c| format!("docker://{}", c.image_id)).unwrap_or_default(),
+        ..Default::default()
+    };
+    (status, ready, started)
+}
+
+/// Where a pod's init containers stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Init {
+    /// Every init container has succeeded (sidecars: started): the app containers run.
+    Done,
+    /// One is running or waiting to.
+    Running,
+    /// One failed and will not be restarted (`restartPolicy: Never`): the pod has failed.
+    Failed,
+}
+
 /// The pod's status from what the sync saw.
-fn pod_status(pod: &Pod, track: &PodTrack, infos: &HashMap<String, Option<ContainerInfo>>, node_ip: IpAddr, pod_ip: Option<IpAddr>) -> PodStatus {
+fn pod_status(pod: &Pod, track: &PodTrack, infos: &HashMap<String, Option<ContainerInfo>>, init: Init, node_ip: IpAddr, pod_ip: Option<IpAddr>) -> PodStatus {
     let specs = &pod.spec.containers;
-    let mut statuses = Vec::new();
-    let (mut all_ready, mut any_running, mut all_terminated, mut any_failed, mut all_started) = (true, false, true, false, true);
-    for spec in specs {
-        let cname = spec.name.as_str();
-        let Some(ct) = track.containers.get(cname) else { continue };
-        let info = infos.get(cname).cloned().flatten();
-        let waiting = |reason: &str, message: &str| ContainerState {
-            waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), message: Some(message.to_string()).filter(|m| !m.is_empty()), ..Default::default() }),
-            ..Default::default()
-        };
-        let (state, ready, started) = match (&info, &ct.waiting) {
-            (Some(c), None) if c.running => {
-                let started_at = c.started_at.as_deref().and_then(|t| Time::parse(t).ok());
-                (ContainerState { running: Some(ContainerStateRunning { started_at, ..Default::default() }), ..Default::default() }, ct.readiness.passing, true)
+    let mut init_statuses = Vec::new();
+    let mut sidecars_ready = true;
+    for spec in &pod.spec.init_containers {
+        let status = match track.containers.get(&spec.name) {
+            Some(ct) => {
+                let (status, ready, _) = container_status(spec, ct, infos.get(&spec.name).and_then(Option::as_ref));
+                if PodSpec::is_sidecar(spec) {
+                    sidecars_ready &= ready;
+                }
+                status
             }
-            (Some(c), None) => {
-                any_failed |= c.exit_code.unwrap_or(-1) != 0;
-                let terminated = ct.last_terminated.clone().unwrap_or_else(|| terminated_state(c));
-                (ContainerState { terminated: Some(terminated), ..Default::default() }, false, true)
-            }
-            (_, Some((reason, message))) => (waiting(reason, message), false, ct.last_terminated.is_some()),
-            (None, None) => (waiting("ContainerCreating", ""), false, false),
+            None => ContainerStatus { name: spec.name.clone(), image: spec.image.clone(), state: pod_initializing(), ..Default::default() },
         };
-        let running = state.running.is_some();
-        any_running |= running;
-        all_ready &= ready;
-        all_terminated &= state.terminated.is_some();
-        all_started &= started;
-        let last_state = match &ct.last_terminated {
-            Some(t) if state.terminated.is_none() => ContainerState { terminated: Some(t.clone()), ..Default::default() },
-            _ => ContainerState::default(),
-        };
-        statuses.push(ContainerStatus {
-            name: cname.to_string(),
-            image: spec.image.clone(),
-            ready,
-            restart_count: i32::try_from(ct.restart_count).unwrap_or(i32::MAX),
-            started: Some(running),
-            state,
-            last_state,
-            container_id: info.as_ref().map(|c| format!("docker://{}", c.id)),
-            image_id: info.as_ref().filter(|c| !c.image_id.is_empty()).map(|c| format!("docker://{}", c.image_id)).unwrap_or_default(),
-            ..Default::default()
-        });
+        init_statuses.push(status);
     }
-    let phase = if all_terminated && !specs.is_empty() && pod.spec.restart_policy() != "Always" {
+    let mut statuses = Vec::new();
+    let (mut all_ready, mut any_running, mut all_terminated, mut any_failed, mut all_started) = (sidecars_ready, false, true, false, true);
+    for spec in specs {
+        let Some(ct) = track.containers.get(&spec.name).filter(|_| init == Init::Done) else {
+            statuses.push(ContainerStatus { name: spec.name.clone(), image: spec.image.clone(), state: pod_initializing(), ..Default::default() });
+            all_ready = false;
+            continue;
+        };
+        let info = infos.get(&spec.name).and_then(Option::as_ref);
+        let (status, ready, started) = container_status(spec, ct, info);
+        if status.state.terminated.is_some() {
+            any_failed |= info.and_then(|c| c.exit_code).unwrap_or(-1) != 0;
+        }
+        any_running |= status.state.running.is_some();
+        all_ready &= ready;
+        all_terminated &= status.state.terminated.is_some();
+        all_started &= started;
+        statuses.push(status);
+    }
+    let phase = if init == Init::Failed {
+        "Failed"
+    } else if init == Init::Running {
+        "Pending"
+    } else if all_terminated && !specs.is_empty() && pod.spec.restart_policy() != "Always" {
         if any_failed { "Failed" } else { "Succeeded" }
     } else if any_running || (all_started && !specs.is_empty()) {
         "Running"
@@ -875,14 +1040,20 @@ fn pod_status(pod: &Pod, track: &PodTrack, infos: &HashMap<String, Option<Contai
     };
     PodStatus {
         phase: Some(phase.into()),
-        conditions: vec![condition("PodScheduled", true), condition("Initialized", true), condition("ContainersReady", ready), condition("Ready", ready)],
+        conditions: vec![condition("PodScheduled", true), condition("Initialized", init == Init::Done), condition("ContainersReady", ready), condition("Ready", ready)],
         container_statuses: statuses,
+        init_container_statuses: init_statuses,
         host_ip: Some(node_ip.to_string()),
         pod_ip: pod_ip.map(|ip| ip.to_string()),
         pod_ips: pod_ip.map(|ip| PodIp { ip: ip.to_string(), ..Default::default() }).into_iter().collect(),
         start_time: Some(track.start_time),
         ..Default::default()
     }
+}
+
+/// A container that waits for the pod's init containers.
+fn pod_initializing() -> ContainerState {
+    ContainerState { waiting: Some(ContainerStateWaiting { reason: Some("PodInitializing".into()), ..Default::default() }), ..Default::default() }
 }
 
 /// Reads the pods last saved by [`save_checkpoint`].
@@ -923,6 +1094,8 @@ pub struct Context<C, R: ContainerRuntime> {
     checkpoint: Option<PathBuf>,
     /// The store revision last saved to the checkpoint.
     saved: std::sync::atomic::AtomicU64,
+    /// The ConfigMaps and Secrets the pods name, with when each was fetched.
+    fetched: tokio::sync::Mutex<HashMap<SourceKey, (Instant, Option<SourceData>)>>,
 }
 
 impl<C: Client, R: ContainerRuntime> Context<C, R> {
@@ -931,7 +1104,7 @@ impl<C: Client, R: ContainerRuntime> Context<C, R> {
     pub fn new(client: C, sync: PodSync<R>, node_name: &str, checkpoint: Option<PathBuf>) -> Self {
         let pods = Store::reflect(client.clone(), None, ListOptions::fields(format!("spec.nodeName={node_name}")));
         let events = Recorder::new(client.clone(), "kubelet", node_name);
-        Context { client, pods, events, sync: tokio::sync::Mutex::new(sync), checkpoint, saved: std::sync::atomic::AtomicU64::new(0) }
+        Context { client, pods, events, sync: tokio::sync::Mutex::new(sync), checkpoint, saved: std::sync::atomic::AtomicU64::new(0), fetched: tokio::sync::Mutex::default() }
     }
 }
 
@@ -946,6 +1119,51 @@ fn node_key() -> ObjectKey {
 /// rare, only makes sure the loop never stops).
 pub fn controller<C: Client, R: ContainerRuntime>(ctx: &Context<C, R>) -> Controller {
     Controller::new("pod-sync").watches(&ctx.pods, |_: &Pod| vec![node_key()]).resync_every(RESYNC, || vec![node_key()]).backoff(RUNTIME_BACKOFF)
+}
+
+/// How old a fetched ConfigMap or Secret may be before a sync reads it again: a change reaches the
+/// pods' files and new containers' environments within this and a sync (Kubernetes' kubelet takes
+/// up to a minute and its cache's TTL).
+const SOURCES_FRESH: Duration = Duration::from_secs(3);
+
+/// The ConfigMaps and Secrets the `pods` name, fetched again when older than [`SOURCES_FRESH`]
+/// (concurrently; one that cannot be read keeps its last contents, or is left out).
+async fn fetch_sources<C: Client, R: ContainerRuntime>(ctx: &Context<C, R>, pods: &[Pod]) -> Sources {
+    let wanted: HashSet<SourceKey> = pods.iter().flat_map(podconfig::referenced).collect();
+    let mut fetched = ctx.fetched.lock().await;
+    fetched.retain(|k, _| wanted.contains(k));
+    let now = Instant::now();
+    let stale: Vec<SourceKey> = wanted.iter().filter(|k| fetched.get(*k).is_none_or(|(at, _)| now.duration_since(*at) >= SOURCES_FRESH)).cloned().collect();
+    let reads = stale.into_iter().map(|k| async move {
+        let key = ObjectKey::namespaced(k.namespace.clone(), k.name.clone());
+        let read = if k.secret {
+            ctx.client.get::<Secret>(&key).await.map(|s| s.data.keys().filter_map(|name| Some((name.clone(), s.get(name)?))).collect())
+        } else {
+            ctx.client.get::<ConfigMap>(&key).await.map(|c| {
+                let mut data: BTreeMap<String, Vec<u8>> = c.data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+                for (name, value) in c.binary_data {
+                    if let Ok(bytes) = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, value) {
+                        data.insert(name, bytes);
+                    }
+                }
+                data
+            })
+        };
+        (k, read)
+    });
+    let results: Vec<_> = futures::stream::iter(reads).buffer_unordered(STATUS_WRITES_IN_FLIGHT).collect().await;
+    for (k, read) in results {
+        match read {
+            Ok(data) => {
+                fetched.insert(k, (now, Some(data)));
+            }
+            Err(e) if e.is_not_found() => {
+                fetched.insert(k, (now, None));
+            }
+            Err(e) => tracing::debug!(source = ?k, error = %e, "reading a pod's ConfigMap or Secret; trying again next sync"),
+        }
+    }
+    fetched.iter().map(|(k, (_, data))| (k.clone(), data.clone())).collect()
 }
 
 /// How often a sync is queued whatever else happens.
@@ -963,7 +1181,9 @@ async fn reconcile<C: Client, R: ContainerRuntime>(_key: ObjectKey, ctx: Arc<Con
     {
         tracing::warn!(path = %path.display(), error = %e, "saving the pods checkpoint");
     }
+    let sources = fetch_sources(&ctx, &desired).await;
     let mut sync = ctx.sync.lock().await;
+    sync.set_sources(sources);
     let updates = sync.sync(&desired).await;
     for h in sync.take_happenings() {
         ctx.events.record_at(&h.pod, &format!("spec.containers{{{}}}", h.container), h.event_type, h.reason, h.message);
@@ -1033,7 +1253,7 @@ mod tests {
     use super::*;
     use crate::agent::runtime::fake::FakeRuntime;
     use crate::api::ObjectMeta;
-    use crate::api::pod::{ContainerPort, ExecAction, HttpGetAction, PodSpec, ResourceRequirements, TcpSocketAction};
+    use crate::api::pod::{ContainerPort, ExecAction, HttpGetAction, ResourceRequirements, TcpSocketAction};
 
     const IMAGE: &str = "clusterctl-busybox:latest";
 
@@ -1198,6 +1418,117 @@ mod tests {
         let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
         assert_eq!(phase(&updates), Some("Succeeded"));
         assert_eq!(fake.calls().iter().filter(|c| c.starts_with("run ")).count(), 1);
+    }
+
+    /// The containers made, in order, by container name (removed ones too).
+    fn created_names(fake: &FakeRuntime) -> Vec<String> {
+        fake.calls().iter().filter_map(|c| c.strip_prefix("run k8s_")).map(|name| name.split('_').next().unwrap_or_default().to_string()).collect()
+    }
+
+    fn running_of(fake: &FakeRuntime, container: &str) -> String {
+        fake.containers().into_iter().find(|(spec, info)| info.running && spec.labels[labels::CONTAINER] == container).expect("running").1.id
+    }
+
+    fn sleeper(name: &str) -> Container {
+        Container { name: name.into(), image: IMAGE.into(), command: strings(&["sleep", "1"]), ..Default::default() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn init_containers_run_one_after_another_to_success_before_the_app_containers() {
+        let fake = FakeRuntime::with_images(&[IMAGE]);
+        let mut sync = sync_of(&fake);
+        let mut p = pod("inits", "Always", web());
+        p.spec.init_containers = vec![sleeper("first"), sleeper("second")];
+        let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        assert_eq!(created_names(&fake), vec!["first"]);
+        let status = &updates.last().unwrap().status;
+        assert_eq!((status.phase.as_deref(), status.init_container_statuses.len()), (Some("Pending"), 2));
+        assert_eq!(waiting_reason(&status.container_statuses[0]), Some("PodInitializing"));
+        assert_eq!(status.conditions.iter().find(|c| c.condition_type == "Initialized").unwrap().status, "False");
+        // a failure is restarted (OnFailure for init containers of an Always pod), not passed over
+        fake.exit(&running_of(&fake, "first"), 1);
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        assert_eq!(created_names(&fake), vec!["first", "first"]);
+        fake.exit(&running_of(&fake, "first"), 0);
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        assert_eq!(created_names(&fake), vec!["first", "first", "second"]);
+        fake.exit(&running_of(&fake, "second"), 0);
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        assert_eq!(created_names(&fake), vec!["first", "first", "second", "web"]);
+        let status = &updates.last().unwrap().status;
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert!(status.init_container_statuses.iter().all(|s| s.state.terminated.as_ref().is_some_and(|t| t.exit_code == 0)), "{:?}", status.init_container_statuses);
+        assert_eq!(status.init_container_statuses[0].restart_count, 1);
+        assert_eq!(status.conditions.iter().find(|c| c.condition_type == "Initialized").unwrap().status, "True");
+        // done init containers stay done
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        assert_eq!(created_names(&fake).len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_init_container_fails_a_never_pod_and_a_sidecar_runs_beside_the_app() {
+        let fake = FakeRuntime::with_images(&[IMAGE]);
+        let mut sync = sync_of(&fake);
+        let mut p = pod("never", "Never", web());
+        p.spec.init_containers = vec![sleeper("setup")];
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        fake.exit(&running_of(&fake, "setup"), 3);
+        let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        assert_eq!(phase(&updates), Some("Failed"));
+        assert_eq!(created_names(&fake), vec!["setup"]);
+
+        let fake = FakeRuntime::with_images(&[IMAGE]);
+        let mut sync = sync_of(&fake);
+        let mut p = pod("sidecar", "Always", web());
+        p.spec.init_containers = vec![Container { restart_policy: Some("Always".into()), ..sleeper("proxy") }];
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        assert_eq!(created_names(&fake), vec!["proxy", "web"], "the app starts once the sidecar runs");
+        assert_eq!(phase(&updates), Some("Running"));
+        fake.exit(&running_of(&fake, "proxy"), 0);
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_secs(11)).await;
+            sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        }
+        assert!(fake.containers().iter().any(|(spec, info)| info.running && spec.labels[labels::CONTAINER] == "web"), "the app keeps running meanwhile");
+        assert_eq!(created_names(&fake).iter().filter(|n| *n == "proxy").count(), 2, "a sidecar that exits is restarted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_secret_key_holds_the_container_with_create_container_config_error_until_it_is_there() {
+        let fake = FakeRuntime::with_images(&[IMAGE]);
+        let mut sync = sync_of(&fake);
+        let mut c = web();
+        c.env = serde_json::from_value(serde_json::json!([
+            {"name": "USER", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "user"}}},
+            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "HELLO", "value": "hi $(USER)"}
+        ]))
+        .unwrap();
+        c.args = strings(&["--user", "$(USER)"]);
+        let p = pod("creds", "Always", c);
+        let key = SourceKey { secret: true, namespace: "default".into(), name: "creds".into() };
+        sync.set_sources(Sources::from([(key.clone(), Some(BTreeMap::from([("other".to_string(), b"x".to_vec())])))]));
+        let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        let status = container_status(&updates);
+        assert_eq!(waiting_reason(&status), Some("CreateContainerConfigError"));
+        assert_eq!(status.state.waiting.as_ref().unwrap().message.as_deref(), Some("couldn't find key user in Secret default/creds"));
+        assert!(fake.containers().is_empty(), "nothing made, no sandbox either");
+        assert!(sync.take_happenings().iter().any(|h| h.reason == "Failed" && h.message == "Error: couldn't find key user in Secret default/creds"));
+        sync.set_sources(Sources::from([(key, Some(BTreeMap::from([("user".to_string(), b"ann".to_vec())])))]));
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        let (spec, _) = &fake.containers()[0];
+        let env: BTreeMap<_, _> = spec.env.iter().cloned().collect();
+        assert_eq!(env["USER"], "ann");
+        assert_eq!(env["HELLO"], "hi ann");
+        assert!(env["IP"].parse::<IpAddr>().is_ok(), "the sandbox's address: {:?}", env["IP"]);
+        assert_eq!(spec.args, vec!["--user", "ann"], "arguments expanded");
     }
 
     #[tokio::test(start_paused = true)]
@@ -1446,7 +1777,7 @@ mod tests {
     }
 
     fn info_at(ip: &str) -> ContainerInfo {
-        ContainerInfo { id: "c1".into(), image_id: String::new(), labels: BTreeMap::new(), running: true, exit_code: None, started_at: None, finished_at: None, ip: ip.parse().ok() }
+        ContainerInfo { oom_killed: false, id: "c1".into(), image_id: String::new(), labels: BTreeMap::new(), running: true, exit_code: None, started_at: None, finished_at: None, ip: ip.parse().ok() }
     }
 
     #[tokio::test]

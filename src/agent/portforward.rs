@@ -266,7 +266,7 @@ mod tests {
         if sandbox {
             labels.insert(labels::SANDBOX.into(), "true".into());
         }
-        ContainerInfo { id: format!("{pod}-{ip}-{sandbox}"), image_id: String::new(), labels, running, exit_code: None, started_at: None, finished_at: None, ip: Some(ip.parse().unwrap()) }
+        ContainerInfo { oom_killed: false, id: format!("{pod}-{ip}-{sandbox}"), image_id: String::new(), labels, running, exit_code: None, started_at: None, finished_at: None, ip: Some(ip.parse().unwrap()) }
     }
 
     #[test]

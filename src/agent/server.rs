@@ -416,7 +416,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn info(id: &str, running: bool, started: &str) -> ContainerInfo {
-        ContainerInfo {
+        ContainerInfo { oom_killed: false,
             id: id.into(),
             image_id: String::new(),
             labels: BTreeMap::new(),

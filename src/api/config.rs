@@ -33,6 +33,10 @@ pub struct Secret {
     pub secret_type: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
+    /// Values as text, a write-only convenience: the API server merges them into `data` (encoded)
+    /// and never stores or returns this field, as Kubernetes does.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub string_data: BTreeMap<String, String>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: UnknownFields,
@@ -89,6 +93,9 @@ pub struct ConfigMap {
     pub metadata: ObjectMeta,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
+    /// Values that are not UTF-8 text, base64-encoded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub binary_data: BTreeMap<String, String>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: UnknownFields,

@@ -129,6 +129,9 @@ pub enum Decision {
     Allow,
     /// Allowed if the stored pod is bound to this node (`spec.nodeName`); the caller checks.
     AllowIfPodOnNode(String),
+    /// Allowed if a pod bound to this node names the ConfigMap or Secret (Kubernetes' node
+    /// authorizer: its graph of pods and what they reference); the caller checks.
+    AllowIfReferencedOnNode(String),
     Deny,
 }
 
@@ -152,6 +155,10 @@ pub fn authorize(identity: &Identity, attrs: &Attributes<'_>) -> Decision {
 
 fn authorize_node(node: &str, a: &Attributes<'_>) -> Decision {
     let own = a.name == Some(node);
+    let sourced = *a.resource == resource::CONFIG_MAPS || *a.resource == resource::SECRETS;
+    if sourced && a.verb == Verb::Get && a.subresource.is_none() && a.name.is_some() {
+        return Decision::AllowIfReferencedOnNode(node.to_string());
+    }
     let allowed = match a.verb {
         Verb::Get | Verb::List | Verb::Watch => NODE_READABLE.contains(a.resource) && a.subresource.is_none(),
         Verb::Create => {
@@ -285,10 +292,13 @@ mod tests {
     }
 
     #[test]
-    fn a_node_reads_what_it_needs_but_no_secrets() {
+    fn a_node_reads_what_it_needs_and_only_the_secrets_its_pods_name() {
         let w1 = node("w1");
         assert_eq!(authorize(&w1, &attrs(Verb::Watch, &PODS, None, None, None)), Decision::Allow);
-        assert_eq!(authorize(&w1, &attrs(Verb::Get, &SECRETS, Some("default"), Some("s"), None)), Decision::Deny);
+        assert_eq!(authorize(&w1, &attrs(Verb::Get, &SECRETS, Some("default"), Some("s"), None)), Decision::AllowIfReferencedOnNode("w1".into()));
+        assert_eq!(authorize(&w1, &attrs(Verb::Get, &CONFIG_MAPS, Some("default"), Some("c"), None)), Decision::AllowIfReferencedOnNode("w1".into()));
+        assert_eq!(authorize(&w1, &attrs(Verb::List, &SECRETS, Some("default"), None, None)), Decision::Deny);
+        assert_eq!(authorize(&w1, &attrs(Verb::Update, &SECRETS, Some("default"), Some("s"), None)), Decision::Deny);
         for verb in [Verb::Get, Verb::List, Verb::Watch] {
             assert_eq!(authorize(&w1, &attrs(verb, &CONFIG_MAPS, Some("default"), None, None)), Decision::Deny, "no ConfigMaps");
         }

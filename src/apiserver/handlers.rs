@@ -115,6 +115,18 @@ pub(super) async fn authorize(state: &AppState, identity: &Identity, target: &Ta
             let bound = stored.as_ref().and_then(|s| s.value.pointer("/spec/nodeName")).and_then(Value::as_str) == Some(node.as_str());
             if bound { Ok(()) } else { Err(auth::forbidden(identity, &attrs)) }
         }
+        Decision::AllowIfReferencedOnNode(node) => {
+            let (name, namespace) = (attrs.name.unwrap_or(""), attrs.namespace.unwrap_or("default"));
+            let secret = *target.resource == crate::api::resource::SECRETS;
+            let prefix = crate::api::resource::PODS.store_prefix(Some(namespace));
+            let (pods, _) = state.store.list(&prefix).await.map_err(|e| ApiError::from_store(e, target.resource, name))?;
+            let referenced = pods.iter().filter(|p| p.value.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node.as_str())).any(|p| {
+                let Ok(spec) = serde_json::from_value::<crate::api::pod::PodSpec>(p.value.get("spec").cloned().unwrap_or_default()) else { return false };
+                let (config_maps, secrets) = spec.referenced();
+                if secret { secrets.contains(name) } else { config_maps.contains(name) }
+            });
+            if referenced { Ok(()) } else { Err(auth::forbidden(identity, &attrs)) }
+        }
     }
 }
 

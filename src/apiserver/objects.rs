@@ -115,11 +115,31 @@ pub fn validate(resource: &ResourceType, name: &str, object: &mut Value, mode: F
     if !errors.is_empty() {
         return Err(ApiError::invalid_fields(resource, name, &errors));
     }
+    if *resource == crate::api::resource::SECRETS {
+        merge_string_data(object);
+    }
     schema::decodes(resource, object).map_err(|e| {
         let error = FieldError { kind: FieldErrorKind::Invalid, field: String::new(), message: format!("Invalid value: the object does not decode: {e}") };
         ApiError::invalid_fields(resource, name, &[error])
     })?;
     Ok(checked.unknown)
+}
+
+/// A Secret's `stringData` merged into `data` (encoded; it wins over a key of the same name) and
+/// dropped, as Kubernetes stores a Secret.
+fn merge_string_data(secret: &mut Value) {
+    use base64::Engine;
+    let Some(map) = secret.as_object_mut() else { return };
+    let Some(Value::Object(strings)) = map.remove("stringData") else { return };
+    let data = map.entry("data").or_insert_with(|| json!({}));
+    if !data.is_object() {
+        *data = json!({});
+    }
+    for (k, v) in strings {
+        if let Some(text) = v.as_str() {
+            data[k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+        }
+    }
 }
 
 /// Sets the metadata the server owns on a new object.
@@ -274,6 +294,13 @@ mod tests {
         assert_eq!(next["spec"], json!({"a": 1}));
         assert_eq!(next["metadata"]["labels"], json!({"a": "b"}));
         assert_eq!(next["metadata"]["generation"], 1);
+    }
+
+    #[test]
+    fn a_secrets_string_data_is_stored_encoded_in_data() {
+        let mut secret = json!({"metadata": {"name": "s"}, "data": {"a": "YQ==", "b": "eA=="}, "stringData": {"b": "bee", "c": "see"}});
+        validate(&crate::api::resource::SECRETS, "s", &mut secret, FieldValidation::Strict).unwrap();
+        assert_eq!(secret, json!({"metadata": {"name": "s"}, "data": {"a": "YQ==", "b": "YmVl", "c": "c2Vl"}}));
     }
 
     #[test]

@@ -304,6 +304,34 @@ async fn a_node_writes_its_own_node_but_not_another_one() {
 }
 
 #[tokio::test]
+async fn a_node_reads_only_the_config_maps_and_secrets_its_own_pods_name() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let w1 = server.node("w1");
+    for name in ["mine", "theirs", "nobodys"] {
+        let _: Value = admin.create(&SECRETS, Some("default"), &json!({"metadata": {"name": name}, "data": {"k": "dg=="}})).await.unwrap();
+        let _: Value = admin.create(&crate::api::resource::CONFIG_MAPS, Some("default"), &json!({"metadata": {"name": name}, "data": {"k": "v"}})).await.unwrap();
+    }
+    for (pod, node, source) in [("p1", "w1", "mine"), ("p2", "w2", "theirs")] {
+        let spec = json!({"nodeName": node, "containers": [{"name": "c", "image": "i",
+            "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": source, "key": "k"}}}]}],
+            "volumes": [{"name": "v", "configMap": {"name": source}}]});
+        let _: Value = admin.create(&PODS, Some("default"), &json!({"metadata": {"name": pod}, "spec": spec})).await.unwrap();
+    }
+    let secret: Value = w1.get(&SECRETS, Some("default"), "mine").await.unwrap();
+    assert_eq!(secret["data"]["k"], "dg==");
+    let _: Value = w1.get(&crate::api::resource::CONFIG_MAPS, Some("default"), "mine").await.unwrap();
+    for resource in [SECRETS, crate::api::resource::CONFIG_MAPS] {
+        for name in ["theirs", "nobodys"] {
+            let err = w1.get::<Value>(&resource, Some("default"), name).await.unwrap_err();
+            assert_eq!(err.code(), Some(403), "{} {name}: {err}", resource.plural);
+        }
+        assert_eq!(code(w1.list::<Value>(&resource, Some("default"), &ListOptions::default()).await), 403);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_node_creates_and_renews_only_its_own_lease() {
     let server = TestServer::start().await;
     let w1 = server.node("w1");

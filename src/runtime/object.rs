@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::api::config::{ConfigMap, Secret};
 use crate::api::deployment::{Deployment, ReplicaSet};
 use crate::api::event::Event;
 use crate::api::lease::Lease;
@@ -38,7 +39,7 @@ macro_rules! object {
         })*
     };
 }
-object!(Pod, Node, Deployment, ReplicaSet, Service, Endpoints, Lease, MachinePool, Event, NetworkPolicy, Namespace);
+object!(Pod, Node, Deployment, ReplicaSet, Service, Endpoints, Lease, MachinePool, Event, NetworkPolicy, Namespace, ConfigMap, Secret);
 
 /// Names one object: `namespace/name`, or `name` for cluster-scoped objects.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -207,9 +207,21 @@ impl DockerRuntime {
             }
             None => "none".into(),
         };
+        for m in &spec.mounts {
+            binds.push(format!("{}:{}{}", m.host_path.display(), m.container_path, if m.read_only { ":ro" } else { "" }));
+        }
         let non_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        let sec = &spec.security;
+        let mut security_opt = Vec::new();
+        if sec.no_new_privileges {
+            security_opt.push("no-new-privileges".to_string());
+        }
+        if let Some(profile) = &sec.seccomp {
+            security_opt.push(format!("seccomp={profile}"));
+        }
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
+            user: sec.user.clone(),
             entrypoint: non_empty(&spec.command),
             cmd: non_empty(&spec.args),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
@@ -230,6 +242,14 @@ impl DockerRuntime {
                 // A fork bomb in one container cannot take the node's process table.
                 pids_limit: Some(PIDS_LIMIT),
                 memory: spec.memory_bytes.map(|b| b as i64),
+                // Swap would let a container run past its memory limit instead of being killed.
+                memory_swap: spec.memory_bytes.map(|b| b as i64),
+                privileged: Some(sec.privileged),
+                readonly_rootfs: Some(sec.read_only_root),
+                cap_add: non_empty(&sec.cap_add),
+                cap_drop: non_empty(&sec.cap_drop),
+                group_add: non_empty(&sec.groups),
+                security_opt: non_empty(&security_opt),
                 ..Default::default()
             }),
             ..Default::default()
@@ -268,6 +288,7 @@ fn info_from_inspect(r: bollard::models::ContainerInspectResponse) -> ContainerI
         labels,
         running: state.running.unwrap_or(false),
         exit_code: state.exit_code,
+        oom_killed: state.oom_killed.unwrap_or(false),
         started_at: zero(state.started_at),
         finished_at: zero(state.finished_at),
         ip,
@@ -330,6 +351,14 @@ impl ContainerRuntime for DockerRuntime {
         match self.docker.inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+            Err(e) => Err(failed(format!("inspecting image {image}"), e)),
+        }
+    }
+
+    async fn image_user(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(i) => Ok(Some(i.config.and_then(|c| c.user).unwrap_or_default())),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
             Err(e) => Err(failed(format!("inspecting image {image}"), e)),
         }
     }

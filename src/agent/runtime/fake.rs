@@ -22,6 +22,8 @@ struct State {
     exec_results: HashMap<String, i64>,
     /// What the container has written, per container id.
     logs: HashMap<String, String>,
+    /// The `USER` of images (root when unset).
+    image_users: HashMap<String, String>,
 }
 
 /// The fake exec's output: `first`, then what `rest` yields (stdin, once closed).
@@ -51,6 +53,11 @@ impl FakeRuntime {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `image` run as `user`.
+    pub fn set_image_user(&self, image: &str, user: &str) {
+        self.lock().image_users.insert(image.into(), user.into());
     }
 
     /// Every call so far, e.g. `run web-1`, `stop <id> 30s`, `remove <id>`.
@@ -124,6 +131,11 @@ impl ContainerRuntime for FakeRuntime {
         Ok(self.lock().images.contains(image))
     }
 
+    async fn image_user(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        let s = self.lock();
+        Ok(s.images.contains(image).then(|| s.image_users.get(image).cloned().unwrap_or_default()))
+    }
+
     async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
         self.call("run_sandbox", format!("run_sandbox {}", spec.name))?;
         let mut s = self.lock();
@@ -135,7 +147,7 @@ impl ContainerRuntime for FakeRuntime {
         sandbox_labels.insert(labels::POD_IP.into(), ip.to_string());
         let ports: Vec<String> = spec.host_ports.iter().map(|p| format!("{}:{}", p.container_port, p.host_port)).collect();
         sandbox_labels.insert(labels::HOST_PORTS.into(), ports.join(","));
-        let info = ContainerInfo {
+        let info = ContainerInfo { oom_killed: false,
             id: id.clone(),
             image_id: String::new(),
             labels: sandbox_labels,
@@ -168,7 +180,7 @@ impl ContainerRuntime for FakeRuntime {
             container_labels.insert(labels::POD_IP.into(), sandbox.ip.to_string());
             container_labels.insert(labels::SANDBOX_ID.into(), sandbox.id.clone());
         }
-        let info = ContainerInfo {
+        let info = ContainerInfo { oom_killed: false,
             id: id.clone(),
             image_id: format!("sha256:{:0>64}", spec.image.len()),
             labels: container_labels,

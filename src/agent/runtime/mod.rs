@@ -2,7 +2,8 @@
 //!
 //! [`docker::DockerRuntime`] speaks the Docker Engine API on the node's local socket;
 //! [`fake::FakeRuntime`] is an in-memory recording fake for unit tests. The runtime never pulls:
-//! images come onto nodes by `clusterctl image load`.
+//! images come onto nodes by `clusterctl image load`. Volumes come made (see
+//! [`super::podconfig`]): the runtime only binds them.
 //!
 //! A pod is a *sandbox* and its containers, as in Kubernetes' CRI: the sandbox is a container that
 //! only holds the pod's network namespace (its address from the node's pod range, its host
@@ -94,6 +95,30 @@ pub struct Sandbox {
     pub ip: IpAddr,
 }
 
+/// A directory or file of the node bound into a container (a pod's volume).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub host_path: std::path::PathBuf,
+    pub container_path: String,
+    pub read_only: bool,
+}
+
+/// Who a container runs as and what it may do (from its security context).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    /// `uid` or `uid:gid` (none: the image's user).
+    pub user: Option<String>,
+    /// Extra groups (`fsGroup`, supplemental groups).
+    pub groups: Vec<String>,
+    pub read_only_root: bool,
+    pub no_new_privileges: bool,
+    pub privileged: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    /// `unconfined`, a profile's JSON text, or none: the runtime's default filter.
+    pub seccomp: Option<String>,
+}
+
 /// Everything needed to create one container.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ContainerSpec {
@@ -110,6 +135,9 @@ pub struct ContainerSpec {
     pub sandbox: Option<Sandbox>,
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
+    /// The pod's volumes as the container mounts them.
+    pub mounts: Vec<Mount>,
+    pub security: Security,
     pub labels: BTreeMap<String, String>,
     /// Stdin kept open for `attach` (`stdin`), closed after the first attach (`stdin_once`), a
     /// terminal (`tty`): the container's fields of the same names.
@@ -127,6 +155,8 @@ pub struct ContainerInfo {
     pub labels: BTreeMap<String, String>,
     pub running: bool,
     pub exit_code: Option<i64>,
+    /// The kernel killed it for its memory limit.
+    pub oom_killed: bool,
     /// RFC 3339, as the runtime reports it.
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
@@ -207,6 +237,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn list(&self, label_key: &str) -> Result<Vec<ContainerInfo>, RuntimeError>;
     async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError>;
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError>;
+    /// The user an image runs as (its `USER`, empty for root by default); none when the image is
+    /// not on the node.
+    async fn image_user(&self, image: &str) -> Result<Option<String>, RuntimeError>;
     /// Creates and starts a pod's sandbox with an address from the node's pod range and the
     /// pod's host ports forwarded to it.
     async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError>;
