@@ -467,6 +467,17 @@ metadata:
   labels:
     app: configured
 spec:
+  securityContext:
+    runAsUser: 1000
+    runAsGroup: 3000
+    fsGroup: 2000
+  initContainers:
+    - name: init
+      image: clusterctl-busybox:latest
+      command: ["sh", "-c", "echo from-init > /scratch/init"]
+      volumeMounts:
+        - name: scratch
+          mountPath: /scratch
   volumes:
     - name: conf
       configMap:
@@ -497,6 +508,11 @@ spec:
     - name: app
       image: clusterctl-busybox:latest
       command: ["sh", "-c", "echo $(MODE) > /scratch/started; exec sleep 3600"]
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities:
+          drop: ["ALL"]
       envFrom:
         - configMapRef:
             name: app-config
@@ -548,6 +564,31 @@ spec:
 apiVersion: v1
 kind: Pod
 metadata:
+  name: rooty
+spec:
+  securityContext:
+    runAsNonRoot: true
+  containers:
+    - name: app
+      image: clusterctl-busybox:latest
+      command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: hog
+spec:
+  containers:
+    - name: hog
+      image: clusterctl-busybox:latest
+      command: ["sh", "-c", "head -c 200000000 /dev/zero | tail"]
+      resources:
+        limits:
+          memory: 32Mi
+---
+apiVersion: v1
+kind: Pod
+metadata:
   name: needs-key
 spec:
   containers:
@@ -583,8 +624,32 @@ async fn pods_get_configuration_secrets_and_volumes(home: &Path, client: &ApiCli
     let (ok, files, err) = exec("app", "cat /etc/app/mode /etc/app/app.conf /etc/secret/password /etc/podinfo/labels /etc/both/mode /etc/both/password");
     assert!(ok, "{err}");
     assert_eq!(files, "fastlevel=3s3cretapp=\"configured\"\nfasts3cret", "the volumes' files");
-    let (_, modes, _) = exec("app", "stat -L -c %a /etc/secret/password; grep ' /etc/secret ' /proc/mounts; touch /etc/secret/x 2>&1 || echo read-only");
-    assert!(modes.starts_with("400") && modes.contains("tmpfs") && modes.ends_with("read-only"), "the secret: mode 0400, in memory, read-only: {modes}");
+    let (_, modes, _) = exec("app", "stat -L -c '%a %g' /etc/secret/password; grep ' /etc/secret ' /proc/mounts; touch /etc/secret/x 2>&1 || echo read-only");
+    assert!(modes.starts_with("440 2000") && modes.contains("tmpfs") && modes.ends_with("read-only"), "the secret: mode 0400 made group-readable for fsGroup 2000, in memory, read-only: {modes}");
+    // the security context: user, group, fsGroup, a read-only root, no capabilities, no new privileges
+    let (_, who, _) = exec("app", "id; touch /rootfile 2>/dev/null || echo root-read-only; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status | tr -s '\t' ' '");
+    assert!(who.contains("uid=1000") && who.contains("gid=3000") && who.contains("2000") && who.contains("root-read-only"), "{who}");
+    assert!(who.contains("CapEff: 0000000000000000") && who.contains("NoNewPrivs: 1"), "{who}");
+    let (ok, from_init, err) = exec("app", "cat /scratch/init");
+    assert!(ok && from_init == "from-init", "the init container's output: {from_init} {err}");
+    let init_status = &pod["status"]["initContainerStatuses"][0];
+    assert_eq!(init_status["state"]["terminated"]["reason"], "Completed", "{init_status}");
+    // runAsNonRoot with an image that runs as root: refused with kubelet's words
+    eventually("rooty is refused", Duration::from_secs(30), || async {
+        let pod = client.get_value("/api/v1/namespaces/default/pods/rooty").await.map_err(|e| e.to_string())?;
+        let waiting = &pod["status"]["containerStatuses"][0]["state"]["waiting"];
+        if waiting["reason"] == "CreateContainerConfigError" && waiting["message"].as_str().unwrap_or("").contains("container has runAsNonRoot and image will run as root") { Ok(()) } else { Err(pod["status"].to_string()) }
+    })
+    .await;
+    // over its memory limit: OOMKilled, and restarted
+    let (_, took) = eventually("hog OOMKilled and restarted", Duration::from_secs(60), || async {
+        let pod = client.get_value("/api/v1/namespaces/default/pods/hog").await.map_err(|e| e.to_string())?;
+        let status = &pod["status"]["containerStatuses"][0];
+        let killed = status["lastState"]["terminated"]["reason"] == "OOMKilled" || status["state"]["terminated"]["reason"] == "OOMKilled";
+        if killed && status["restartCount"].as_u64().unwrap_or(0) >= 1 { Ok(()) } else { Err(status.to_string()) }
+    })
+    .await;
+    eprintln!("a container over its memory limit was OOMKilled and restarted within {:.1}s", took.as_secs_f64());
     let (ok, shared, err) = exec("reader", "cat /shared/started");
     assert!(ok && shared == "fast", "the emptyDir shared by both containers, the command expanded: {shared} {err}");
     // a ConfigMap change reaches the mounted file (goal 10 s)
@@ -616,6 +681,51 @@ async fn pods_get_configuration_secrets_and_volumes(home: &Path, client: &ApiCli
     let out = kubectl(home, &["exec", "needs-key", "--", "sh", "-c", "echo $USER"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ann");
     let out = kubectl(home, &["delete", "-f", &file, "--wait=false"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    pod_security_levels_refuse_what_they_forbid(home);
+}
+
+/// Namespaces labelled with Pod Security levels, a plain pod and a privileged one.
+const PSA: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: psa-restricted
+  labels:
+    pod-security.kubernetes.io/enforce: restricted
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: psa-baseline
+  labels:
+    pod-security.kubernetes.io/enforce: baseline
+"#;
+
+fn pod_yaml(namespace: &str, privileged: bool) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: probe\n  namespace: {namespace}\nspec:\n  containers:\n    - name: app\n      image: clusterctl-busybox:latest\n      securityContext:\n        privileged: {privileged}\n"
+    )
+}
+
+fn pod_security_levels_refuse_what_they_forbid(home: &Path) {
+    let namespaces = manifest_file(home, "psa.yaml", PSA);
+    let out = kubectl_apply(home, &namespaces);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let try_create = |namespace: &str, privileged: bool| {
+        let file = manifest_file(home, &format!("probe-{namespace}-{privileged}.yaml"), &pod_yaml(namespace, privileged));
+        kubectl(home, &["create", "--dry-run=server", "-f", &file])
+    };
+    let out = try_create("psa-restricted", true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is forbidden: violates PodSecurity \"restricted:latest\"") && err.contains("privileged (container \"app\" must not set securityContext.privileged=true)"), "{err}");
+    let out = try_create("psa-baseline", true);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("violates PodSecurity \"baseline:latest\""), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = try_create("psa-baseline", false);
+    assert!(out.status.success(), "a plain pod in a baseline namespace: {}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl(home, &["label", "namespace", "psa-baseline", "--overwrite", "pod-security.kubernetes.io/enforce=strict"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Unsupported value"), "an unknown level: {}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl(home, &["delete", "-f", &namespaces, "--wait=false"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 

@@ -22,7 +22,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::api::pod::{Container, DownwardApiVolumeFile, KeyToPath, ObjectFieldSelector, Pod, ResourceFieldSelector, Volume};
-use super::runtime::Mount;
+use super::runtime::{Mount, Security};
 use crate::api::quantity::Quantity;
 
 /// A ConfigMap or a Secret a pod names.
@@ -242,6 +242,64 @@ pub fn resource_value(pod: &Pod, default_container: Option<&str>, selector: &Res
     Ok(amount.div_ceil(unit).to_string())
 }
 
+/// Where Localhost seccomp profiles live on a node (`seccompProfile.localhostProfile` is relative
+/// to it, as to kubelet's `/var/lib/kubelet/seccomp`).
+pub const SECCOMP_PROFILES: &str = "/var/lib/clusterctl/agent/seccomp";
+
+/// Whether an image's `USER` is root (`""`, `root`, `0`, with or without a group).
+fn image_runs_as_root(user: &str) -> Option<bool> {
+    let name = user.split(':').next().unwrap_or("");
+    match name {
+        "" | "root" => Some(true),
+        n => n.parse::<u32>().ok().map(|uid| uid == 0),
+    }
+}
+
+/// The runtime's security settings for `container` (its security context over the pod's), with
+/// kubelet's check of `runAsNonRoot` against the user the image would run as.
+pub fn security(pod: &Pod, container: &Container, image_user: &str) -> Result<Security, String> {
+    let eff = pod.spec.security_of(container);
+    let m = &pod.metadata;
+    let whose = format!("(pod: \"{}_{}({})\", container: {})", m.name, m.namespace_or_default(), m.uid, container.name);
+    if eff.run_as_non_root {
+        match eff.run_as_user {
+            Some(0) => return Err(format!("container's runAsUser breaks non-root policy {whose}")),
+            Some(_) => {}
+            None => match image_runs_as_root(image_user) {
+                Some(true) => return Err(format!("container has runAsNonRoot and image will run as root {whose}")),
+                None => return Err(format!("container has runAsNonRoot and image has non-numeric user ({image_user}), cannot verify user is non-root {whose}")),
+                Some(false) => {}
+            },
+        }
+    }
+    let user = match (eff.run_as_user, eff.run_as_group) {
+        (Some(u), Some(g)) => Some(format!("{u}:{g}")),
+        (Some(u), None) => Some(u.to_string()),
+        (None, Some(g)) => Some(format!("{}:{g}", image_user.split(':').next().filter(|u| !u.is_empty()).unwrap_or("0"))),
+        (None, None) => None,
+    };
+    let seccomp = match eff.seccomp.as_ref().map(|s| (s.profile_type.as_str(), s.localhost_profile.as_deref())) {
+        None | Some(("RuntimeDefault", _)) => None,
+        Some(("Unconfined", _)) => Some("unconfined".to_string()),
+        Some(("Localhost", Some(path))) => {
+            safe_relative(path).map_err(|e| format!("seccompProfile.localhostProfile: {e}"))?;
+            let file = Path::new(SECCOMP_PROFILES).join(path);
+            Some(std::fs::read_to_string(&file).map_err(|e| format!("seccomp profile {}: {e}", file.display()))?)
+        }
+        Some((other, _)) => return Err(format!("seccompProfile: unsupported type {other:?}")),
+    };
+    Ok(Security {
+        user,
+        groups: eff.groups.iter().map(i64::to_string).collect(),
+        read_only_root: eff.read_only_root_filesystem,
+        no_new_privileges: eff.allow_privilege_escalation == Some(false),
+        privileged: eff.privileged,
+        cap_add: eff.add,
+        cap_drop: eff.drop,
+        seccomp,
+    })
+}
+
 /// Where a node keeps its pods' volumes.
 #[derive(Debug, Clone)]
 pub struct VolumeRoots {
@@ -445,6 +503,9 @@ fn check_host_path(path: &Path, path_type: &str) -> Result<(), String> {
 /// Makes (or brings up to date) every volume of the pod; the host directory of each, by name.
 pub fn set_up(roots: &VolumeRoots, pod: &Pod, sources: &Sources, ctx: &PodContext) -> Result<HashMap<String, PathBuf>, String> {
     let uid = pod.metadata.uid.as_str();
+    // `fsGroup`: the volumes belong to that group, and its members may read them (and write
+    // an emptyDir), as kubelet sets a volume's ownership.
+    let group = pod.spec.security_context.as_ref().and_then(|s| s.fs_group).and_then(|g| u32::try_from(g).ok());
     let mut dirs = HashMap::new();
     for volume in &pod.spec.volumes {
         let failed = |e: String| format!("MountVolume.SetUp failed for volume {:?} : {e}", volume.name);
@@ -454,11 +515,20 @@ pub fn set_up(roots: &VolumeRoots, pod: &Pod, sources: &Sources, ctx: &PodContex
                 std::fs::create_dir_all(&dir).map_err(|e| failed(e.to_string()))?;
                 // Writable by every user of the pod, as kubelet makes an emptyDir (0777).
                 std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(|e| failed(e.to_string()))?;
+                if group.is_some() {
+                    std::os::unix::fs::chown(&dir, None, group).map_err(|e| failed(e.to_string()))?;
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2777)).map_err(|e| failed(e.to_string()))?;
+                }
                 dir
             }
-            VolumeKind::Files { memory, payload } => {
+            VolumeKind::Files { memory, mut payload } => {
                 let dir = roots.dir(memory, uid, &volume.name);
-                write_atomic(&dir, &payload).map_err(|e| failed(e.to_string()))?;
+                if group.is_some() {
+                    for (_, mode) in payload.values_mut() {
+                        *mode |= 0o440;
+                    }
+                }
+                write_atomic(&dir, &payload, group).map_err(|e| failed(e.to_string()))?;
                 dir
             }
             VolumeKind::Host { path, path_type } => {
@@ -503,7 +573,7 @@ pub fn mounts(container: &Container, dirs: &HashMap<String, PathBuf>) -> Result<
 /// Writes `payload` into `dir` as kubelet's atomic writer does: only when it differs from what
 /// `..data` holds; true when it wrote. The directory is readable by all (0755), so that a pod's
 /// non-root users read their files.
-pub fn write_atomic(dir: &Path, payload: &Payload) -> std::io::Result<bool> {
+pub fn write_atomic(dir: &Path, payload: &Payload, group: Option<u32>) -> std::io::Result<bool> {
     let data = dir.join("..data");
     if current_payload(&data).as_ref() == Some(payload) {
         return Ok(false);
@@ -521,6 +591,9 @@ pub fn write_atomic(dir: &Path, payload: &Payload) -> std::io::Result<bool> {
         }
         std::fs::write(&file, content)?;
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(*mode))?;
+        if group.is_some() {
+            std::os::unix::fs::chown(&file, None, group)?;
+        }
     }
     // The swap: `..data_tmp` → the fresh directory, renamed over `..data` in one step.
     let tmp = dir.join("..data_tmp");

@@ -181,6 +181,9 @@ fn spec_hash(container: &Container) -> String {
     if !container.env_from.is_empty() || sourced.iter().any(|v| v.is_some()) || !container.volume_mounts.is_empty() {
         key.push_str(&format!("{:?}", (&container.env_from, sourced, &container.volume_mounts)));
     }
+    if let Some(security) = &container.security_context {
+        key.push_str(&format!("{security:?}"));
+    }
     hex::encode(&Sha256::digest(key.as_bytes())[..8])
 }
 
@@ -865,10 +868,22 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
     };
     let image = spec.image.as_str();
     let never = spec.image_pull_policy.as_deref() == Some("Never");
-    match env.runtime.image_present(image).await {
+    let security = match env.runtime.image_user(image).await {
         // Nodes never pull: the image is there, as kubelet words it for `IfNotPresent`.
-        Ok(true) => env.happen(pod, &spec.name, NORMAL, "Pulled", format!("Container image {image:?} already present on machine")),
-        Ok(false) => {
+        Ok(Some(user)) => match podconfig::security(pod, spec, &user) {
+            Ok(security) => {
+                env.happen(pod, &spec.name, NORMAL, "Pulled", format!("Container image {image:?} already present on machine"));
+                security
+            }
+            Err(message) => {
+                if ct.waiting.as_ref().is_none_or(|(_, m)| *m != message) {
+                    env.happen(pod, &spec.name, WARNING, "Failed", format!("Error: {message}"));
+                }
+                ct.waiting = Some(("CreateContainerConfigError".into(), message));
+                return;
+            }
+        },
+        Ok(None) => {
             let reason = if never { "ErrImageNeverPull" } else { "ImageNotPresent" };
             if ct.waiting.as_ref().is_none_or(|(r, _)| r != reason) {
                 env.happen(pod, &spec.name, WARNING, reason, format!("Container image {image:?} is not present on this node"));
@@ -880,12 +895,13 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
             ct.waiting = Some(("RuntimeUnavailable".into(), e.to_string()));
             return;
         }
-    }
+    };
     ct.container_id = None; // set when seen running, which resets probes
     ct.waiting = Some(("ContainerCreating".into(), String::new()));
     env.starting.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), Start::Running);
     let (runtime, starting, mut container) = (env.shared.clone(), env.starting.clone(), container_spec(env.prefix, pod, spec, ct.restart_count));
     container.mounts = mounts;
+    container.security = security;
     let (cell, sandbox_spec) = (env.sandbox_cell(&pod.metadata.uid), sandbox_spec(env.prefix, pod));
     // The environment is made once the pod's address is known (`status.podIP`), from the sources
     // as they are now.

@@ -17,7 +17,7 @@ use super::patch::{self, PatchError, PatchType};
 use super::selectors::Selectors;
 use super::store::StoreError;
 use super::target::Target;
-use super::{AppState, csr, scale, serviceips, table, watch};
+use super::{AppState, csr, podsecurity, scale, serviceips, table, watch};
 use crate::api::resource;
 use crate::api::schema::{FieldError, FieldErrorKind, schema_for};
 
@@ -405,6 +405,12 @@ async fn create(state: &AppState, identity: &Identity, mut target: Target, body:
         if *rt == resource::CERTIFICATE_SIGNING_REQUESTS {
             csr::admit(identity, &mut candidate, state.config.csr_signer.as_ref())?;
         }
+        if *rt == resource::PODS {
+            podsecurity::admit(state.store.as_ref(), target.namespace.as_deref().unwrap_or("default"), &name, &candidate).await?;
+        }
+        if *rt == resource::NAMESPACES {
+            podsecurity::check_labels(&name, &candidate)?;
+        }
         if *rt == resource::SERVICES {
             let namespace = target.namespace.as_deref().unwrap_or("default");
             serviceips::allocate(state.store.as_ref(), state.config.service_cidr, namespace, &name, &mut candidate, dry_run).await?;
@@ -524,6 +530,9 @@ fn validated(target: &Target, stored: &Value, mut next: Value, mode: FieldValida
         serviceips::keep_allocated(stored, &mut next);
     }
     let dropped = objects::validate(target.resource, name_of(target), &mut next, mode)?;
+    if *target.resource == resource::NAMESPACES {
+        podsecurity::check_labels(name_of(target), &next)?;
+    }
     let mut changed = objects::immutable_changes(target.resource, stored, &next);
     if *target.resource == resource::SERVICES {
         changed.extend(serviceips::immutable_changes(stored, &next));

@@ -35,6 +35,7 @@ pub mod objects;
 pub mod openapi;
 pub mod patch;
 pub mod podproxy;
+pub mod podsecurity;
 mod scale;
 pub mod serviceips;
 mod table;
