@@ -508,6 +508,14 @@ spec:
     - name: app
       image: clusterctl-busybox:latest
       command: ["sh", "-c", "echo $(MODE) > /scratch/started; exec sleep 3600"]
+      startupProbe:
+        exec:
+          command: ["test", "-f", "/scratch/started"]
+        periodSeconds: 1
+      lifecycle:
+        postStart:
+          exec:
+            command: ["sh", "-c", "echo hooked > /scratch/post-start"]
       securityContext:
         allowPrivilegeEscalation: false
         readOnlyRootFilesystem: true
@@ -560,6 +568,17 @@ spec:
       volumeMounts:
         - name: scratch
           mountPath: /shared
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: ender
+spec:
+  restartPolicy: Never
+  containers:
+    - name: app
+      image: clusterctl-busybox:latest
+      command: ["sh", "-c", "echo out of disk > /dev/termination-log; exit 3"]
 ---
 apiVersion: v1
 kind: Pod
@@ -632,6 +651,16 @@ async fn pods_get_configuration_secrets_and_volumes(home: &Path, client: &ApiCli
     assert!(who.contains("CapEff: 0000000000000000") && who.contains("NoNewPrivs: 1"), "{who}");
     let (ok, from_init, err) = exec("app", "cat /scratch/init");
     assert!(ok && from_init == "from-init", "the init container's output: {from_init} {err}");
+    let (ok, hooked, err) = exec("app", "cat /scratch/post-start");
+    assert!(ok && hooked == "hooked", "the postStart handler ran: {hooked} {err}");
+    assert_eq!(pod["status"]["qosClass"], "BestEffort");
+    assert_eq!(pod["status"]["containerStatuses"][0]["started"], true, "its startup probe passed");
+    eventually("ender's termination message", Duration::from_secs(30), || async {
+        let pod = client.get_value("/api/v1/namespaces/default/pods/ender").await.map_err(|e| e.to_string())?;
+        let t = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+        if t["exitCode"] == 3 && t["message"] == "out of disk\n" && pod["status"]["phase"] == "Failed" { Ok(()) } else { Err(pod["status"].to_string()) }
+    })
+    .await;
     let init_status = &pod["status"]["initContainerStatuses"][0];
     assert_eq!(init_status["state"]["terminated"]["reason"], "Completed", "{init_status}");
     // runAsNonRoot with an image that runs as root: refused with kubelet's words

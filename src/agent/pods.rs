@@ -32,7 +32,7 @@ use super::podconfig::{self, PodContext, SourceData, SourceKey, Sources, VolumeR
 use crate::api::config::{ConfigMap, Secret};
 use super::runtime::{ContainerInfo, ContainerRuntime, ContainerSpec, DnsPolicy, PodDns, PortSpec, RuntimeError, Sandbox, SandboxSpec, labels};
 use crate::api::pod::{
-    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
+    LifecycleHandler, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
     PodCondition, PodIp, PodSpec, PodStatus, Probe,
 };
 use crate::api::quantity::{IntOrString, Quantity};
@@ -75,6 +75,8 @@ struct ContainerTrack {
     last_terminated: Option<ContainerStateTerminated>,
     liveness: HealthTrack,
     readiness: HealthTrack,
+    /// The startup probe: passing once it has passed (at once without one).
+    startup: HealthTrack,
 }
 
 impl ContainerTrack {
@@ -89,6 +91,7 @@ impl ContainerTrack {
             last_terminated: None,
             liveness: HealthTrack::default(),
             readiness: HealthTrack::default(),
+            startup: HealthTrack::default(),
         }
     }
 }
@@ -123,6 +126,8 @@ pub struct PodSync<R: ContainerRuntime> {
     sources: Sources,
     /// Where the pods' volumes are made.
     volumes: VolumeRoots,
+    /// Containers whose postStart handler failed, with why: killed by the next sync.
+    hook_failures: HookFailures,
     /// The node's CPU (millicores) and memory (bytes): a `resourceFieldRef` to a limit not set.
     capacity: (u64, u64),
 }
@@ -150,6 +155,53 @@ enum Start {
     Running,
     /// Finished at this instant: created and started, or why not (reason, message).
     Done(Instant, Result<(), (String, String)>),
+}
+
+/// Containers whose postStart handler failed, by id, with the message to report.
+type HookFailures = Arc<Mutex<HashMap<String, String>>>;
+
+/// Runs a lifecycle handler against a running container (a command in it, an HTTP GET or a TCP
+/// connect to it, or a pause).
+async fn run_handler<R: ContainerRuntime>(runtime: &R, handler: &LifecycleHandler, container: &Container, info: &ContainerInfo) -> Result<(), String> {
+    if let Some(exec) = &handler.exec {
+        return match runtime.exec(&info.id, &exec.command).await {
+            Ok(0) => Ok(()),
+            Ok(code) => Err(format!("Exec lifecycle hook ({:?}) for Container {:?} failed - error: command '{}' exited with {code}", exec.command, container.name, exec.command.join(" "))),
+            Err(e) => Err(format!("Exec lifecycle hook ({:?}) for Container {:?} failed - error: {e}", exec.command, container.name)),
+        };
+    }
+    if let Some(http) = &handler.http_get {
+        let addr = probe_target(http.host.as_deref(), &http.port, container, info).ok_or("HTTP lifecycle hook: no such port")?;
+        let path = http.path.as_deref().unwrap_or("/");
+        return match http_get(addr, path).await {
+            Some(code) if (200..400).contains(&code) => Ok(()),
+            Some(code) => Err(format!("HTTP lifecycle hook ({path}) for Container {:?} failed - error: status {code}", container.name)),
+            None => Err(format!("HTTP lifecycle hook ({path}) for Container {:?} failed - error: no answer from {addr}", container.name)),
+        };
+    }
+    if let Some(tcp) = &handler.tcp_socket {
+        let addr = probe_target(tcp.host.as_deref(), &tcp.port, container, info).ok_or("TCP lifecycle hook: no such port")?;
+        return tokio::net::TcpStream::connect(addr).await.map(|_| ()).map_err(|e| format!("TCP lifecycle hook for Container {:?} failed - error: {e}", container.name));
+    }
+    if let Some(sleep) = &handler.sleep {
+        tokio::time::sleep(Duration::from_secs(u64::try_from(sleep.seconds).unwrap_or(0))).await;
+        return Ok(());
+    }
+    Err(format!("lifecycle hook for Container {:?}: no handler given", container.name))
+}
+
+/// Runs a container's postStart handler in the background; a failure is left for the next sync,
+/// which kills the container, as kubelet does.
+fn run_post_start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, pod: &Pod, spec: &Container, info: &ContainerInfo, hook: LifecycleHandler) {
+    let (runtime, failures, spec, info) = (env.shared.clone(), env.hook_failures.clone(), spec.clone(), info.clone());
+    let grace = grace_of(pod);
+    tokio::spawn(async move {
+        let outcome = tokio::time::timeout(grace, run_handler(&*runtime, &hook, &spec, &info)).await.unwrap_or_else(|_| Err(format!("PostStartHook for Container {:?} did not end within {}s", spec.name, grace.as_secs())));
+        if let Err(message) = outcome {
+            tracing::info!(container = %info.id, %message, "postStart handler failed");
+            failures.lock().unwrap_or_else(|e| e.into_inner()).insert(info.id, message);
+        }
+    });
 }
 
 /// The container starts in flight or finished, by `<pod uid>/<container name>`.
@@ -379,6 +431,7 @@ impl<R: ContainerRuntime> PodSync<R> {
             sandboxes: Arc::default(),
             sources: Sources::new(),
             volumes: VolumeRoots::default(),
+            hook_failures: Arc::default(),
             capacity: {
                 let host = super::host::HostInfo::read();
                 (host.cpus as u64 * 1000, host.memory_kib * 1024)
@@ -428,6 +481,31 @@ impl<R: ContainerRuntime> PodSync<R> {
         });
     }
 
+    /// Runs the container's preStop handler (within the grace period), then stops it with what is
+    /// left of the grace (at least 2 s, as kubelet extends it) and removes it, in the background.
+    fn terminate_after_pre_stop(&self, c: &ContainerInfo, grace: Duration, handler: LifecycleHandler, spec: Container) {
+        if !self.terminating.lock().unwrap_or_else(|e| e.into_inner()).insert(c.id.clone()) {
+            return;
+        }
+        let (runtime, terminating, info) = (self.runtime.clone(), self.terminating.clone(), c.clone());
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            match tokio::time::timeout(grace, run_handler(&*runtime, &handler, &spec, &info)).await {
+                Ok(Err(message)) => tracing::info!(container = %info.id, %message, "preStop handler failed"),
+                Err(_) => tracing::info!(container = %info.id, "preStop handler did not end within the grace period"),
+                Ok(Ok(())) => {}
+            }
+            let left = grace.saturating_sub(t0.elapsed()).max(Duration::from_secs(2));
+            if let Err(e) = runtime.stop(&info.id, left).await {
+                tracing::warn!(container = %info.id, error = %e, "stopping a container");
+            }
+            if let Err(e) = runtime.remove(&info.id).await {
+                tracing::warn!(container = %info.id, error = %e, "removing a container");
+            }
+            terminating.lock().unwrap_or_else(|e| e.into_inner()).remove(&info.id);
+        });
+    }
+
     fn is_terminating(&self, id: &str) -> bool {
         self.terminating.lock().unwrap_or_else(|e| e.into_inner()).contains(id)
     }
@@ -467,7 +545,15 @@ impl<R: ContainerRuntime> PodSync<R> {
                         let message = format!("Stopping container {cname}");
                         self.happened.push(Happening { pod: (*pod).clone(), container: cname, event_type: NORMAL, reason: "Killing", message });
                     }
-                    self.terminate(&c.id, grace);
+                    let hook = deleting.get(uid.as_str()).and_then(|pod| {
+                        let cname = c.labels.get(labels::CONTAINER)?;
+                        let spec = pod.spec.containers.iter().chain(&pod.spec.init_containers).find(|s| &s.name == cname)?;
+                        Some((spec.lifecycle.as_ref()?.pre_stop.clone()?, spec.clone()))
+                    });
+                    match hook.filter(|_| c.running) {
+                        Some((handler, spec)) => self.terminate_after_pre_stop(&c, grace, handler, spec),
+                        None => self.terminate(&c.id, grace),
+                    }
                 }
                 continue;
             }
@@ -514,6 +600,7 @@ impl<R: ContainerRuntime> PodSync<R> {
             sandboxes: &self.sandboxes,
             sources: &self.sources,
             volumes: &self.volumes,
+            hook_failures: &self.hook_failures,
             capacity: self.capacity,
         };
         let env = &env;
@@ -580,6 +667,7 @@ struct SyncEnv<'a, R> {
     sandboxes: &'a Sandboxes,
     sources: &'a Sources,
     volumes: &'a VolumeRoots,
+    hook_failures: &'a HookFailures,
     capacity: (u64, u64),
 }
 
@@ -713,11 +801,13 @@ async fn sync_pod<R: ContainerRuntime>(
         found.sort_by_key(|c| (c.running, c.started_at.clone()));
         let current = found.pop();
         let start_key = format!("{}/{cname}", pod.metadata.uid);
+        let mut just_started = false;
         if current.is_some() {
             let mut starting = env.starting.lock().unwrap_or_else(|e| e.into_inner());
             if matches!(starting.get(&start_key), Some(Start::Done(..)))
                 && let Some(Start::Done(_, Ok(()))) = starting.remove(&start_key)
             {
+                just_started = true;
                 env.happen(pod, &cname, NORMAL, "Created", format!("Created container {cname}"));
                 env.happen(pod, &cname, NORMAL, "Started", format!("Started container {cname}"));
             }
@@ -743,12 +833,37 @@ async fn sync_pod<R: ContainerRuntime>(
                     ct.running_since = Some(now);
                     ct.liveness = HealthTrack { passing: true, ..Default::default() };
                     ct.readiness = HealthTrack::default();
+                    ct.startup = HealthTrack::default();
+                    if let Some(hook) = spec.lifecycle.as_ref().and_then(|l| l.post_start.clone()).filter(|_| just_started) {
+                        run_post_start(env, pod, spec, &c, hook);
+                    }
                 }
                 ct.waiting = None;
                 ct.restart_at = None;
                 let since = ct.running_since.unwrap_or(now);
                 if now.duration_since(since) >= BACKOFF_RESET {
                     ct.backoff = BACKOFF_START;
+                }
+                if let Some(message) = env.hook_failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&c.id) {
+                    // Its postStart handler failed: the container is killed (and restarted by its policy).
+                    env.happen(pod, &cname, WARNING, "FailedPostStartHook", message);
+                    to_terminate.push((c.id.clone(), grace, false));
+                    infos.insert(cname, Some(c));
+                    continue;
+                }
+                // Liveness and readiness wait for the startup probe, which restarts the container
+                // once it has failed `failureThreshold` times.
+                step_probe(env.runtime, spec.startup_probe.as_ref(), &mut ct.startup, since, spec, &c, now).await;
+                if !ct.startup.passing {
+                    if spec.startup_probe.as_ref().is_some_and(|p| ct.startup.failures >= p.failures()) {
+                        env.happen(pod, &cname, WARNING, "Unhealthy", "Startup probe failed".into());
+                        env.happen(pod, &cname, NORMAL, "Killing", format!("Container {cname} failed startup probe, will be restarted"));
+                        to_terminate.push((c.id.clone(), grace, false));
+                        ct.startup = HealthTrack::default();
+                    }
+                    ct.readiness = HealthTrack::default();
+                    infos.insert(cname, Some(c));
+                    continue;
                 }
                 step_probe(env.runtime, spec.liveness_probe.as_ref(), &mut ct.liveness, since, spec, &c, now).await;
                 step_probe(env.runtime, spec.readiness_probe.as_ref(), &mut ct.readiness, since, spec, &c, now).await;
@@ -764,7 +879,15 @@ async fn sync_pod<R: ContainerRuntime>(
             Some(c) => {
                 // Exited.
                 let exit = c.exit_code.unwrap_or(-1);
-                ct.last_terminated = Some(terminated_state(&c));
+                let mut terminated = terminated_state(&c);
+                if terminated.message.is_none() && exit != 0 && spec.termination_message_policy.as_deref() == Some("FallbackToLogsOnError") {
+                    // The end of its log (80 lines, 2 KiB at most), as kubelet falls back.
+                    if let Ok(log) = env.runtime.logs(&c.id, 80).await {
+                        let start = log.len().saturating_sub(2048);
+                        terminated.message = Some(log[log.ceil_char_boundary(start)..].to_string()).filter(|m| !m.is_empty());
+                    }
+                }
+                ct.last_terminated = Some(terminated);
                 ct.readiness = HealthTrack::default();
                 let restart = match policy {
                     "Never" => false,
@@ -902,6 +1025,21 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
     let (runtime, starting, mut container) = (env.shared.clone(), env.starting.clone(), container_spec(env.prefix, pod, spec, ct.restart_count));
     container.mounts = mounts;
     container.security = security;
+    // The termination-message file: made per start, writable by any user of the pod.
+    let log_dir = env.volumes.disk.join(&pod.metadata.uid).join("containers").join(&spec.name);
+    let log_file = log_dir.join(format!("{}-{}", ct.restart_count, hex::encode(rand::random::<[u8; 4]>())));
+    let made = std::fs::create_dir_all(&log_dir).and_then(|()| std::fs::write(&log_file, b"")).and_then(|()| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&log_file, std::fs::Permissions::from_mode(0o666))
+    });
+    match made {
+        Ok(()) => {
+            let path = spec.termination_message_path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/dev/termination-log".into());
+            container.mounts.push(super::runtime::Mount { host_path: log_file.clone(), container_path: path, read_only: false });
+            container.labels.insert(labels::TERMINATION_LOG.into(), log_file.display().to_string());
+        }
+        Err(e) => tracing::warn!(path = %log_file.display(), error = %e, "making a termination-message file"),
+    }
     let (cell, sandbox_spec) = (env.sandbox_cell(&pod.metadata.uid), sandbox_spec(env.prefix, pod));
     // The environment is made once the pod's address is known (`status.podIP`), from the sources
     // as they are now.
@@ -945,8 +1083,18 @@ fn terminated_state(c: &ContainerInfo) -> ContainerStateTerminated {
         started_at: time(&c.started_at),
         finished_at: time(&c.finished_at),
         container_id: Some(format!("docker://{}", c.id)),
+        message: termination_message(c),
         ..Default::default()
     }
+}
+
+/// What the container wrote to its termination-message file (4 KiB at most).
+fn termination_message(c: &ContainerInfo) -> Option<String> {
+    use std::io::Read;
+    let path = c.labels.get(labels::TERMINATION_LOG)?;
+    let mut text = String::new();
+    std::fs::File::open(path).ok()?.take(4096).read_to_string(&mut text).ok()?;
+    Some(text).filter(|t| !t.is_empty())
 }
 
 /// One container's status from what the sync saw: the status, whether it is ready, whether it
@@ -978,7 +1126,7 @@ fn container_status(spec: &Container, ct: &ContainerTrack, info: Option<&Contain
         image: spec.image.clone(),
         ready,
         restart_count: i32::try_from(ct.restart_count).unwrap_or(i32::MAX),
-        started: Some(running),
+        started: Some(running && ct.startup.passing),
         state,
         last_state,
         container_id: info.map(|c| format!("docker://{}", c.id)),
@@ -1059,6 +1207,7 @@ fn pod_status(pod: &Pod, track: &PodTrack, infos: &HashMap<String, Option<Contai
         conditions: vec![condition("PodScheduled", true), condition("Initialized", init == Init::Done), condition("ContainersReady", ready), condition("Ready", ready)],
         container_statuses: statuses,
         init_container_statuses: init_statuses,
+        qos_class: Some(pod.spec.qos_class().into()),
         host_ip: Some(node_ip.to_string()),
         pod_ip: pod_ip.map(|ip| ip.to_string()),
         pod_ips: pod_ip.map(|ip| PodIp { ip: ip.to_string(), ..Default::default() }).into_iter().collect(),
@@ -1317,7 +1466,9 @@ mod tests {
     }
 
     fn sync_of(fake: &FakeRuntime) -> PodSync<FakeRuntime> {
-        PodSync::new(Arc::new(fake.clone()), "10.0.1.5".parse().unwrap())
+        // (the termination-message files go to a folder of the test's own, left in /tmp)
+        let dir = tempfile::tempdir().unwrap().keep();
+        PodSync::new(Arc::new(fake.clone()), "10.0.1.5".parse().unwrap()).with_volume_roots(VolumeRoots { disk: dir.join("disk"), memory: dir.join("memory") })
     }
 
     fn container_status(update: &[StatusUpdate]) -> ContainerStatus {
@@ -1545,6 +1696,91 @@ mod tests {
         assert_eq!(env["HELLO"], "hi ann");
         assert!(env["IP"].parse::<IpAddr>().is_ok(), "the sandbox's address: {:?}", env["IP"]);
         assert_eq!(spec.args, vec!["--user", "ann"], "arguments expanded");
+    }
+
+    fn hooked(post_start: Option<&str>, pre_stop: Option<&str>) -> Container {
+        let handler = |cmd: &str| LifecycleHandler { exec: Some(ExecAction { command: strings(&["sh", "-c", cmd]), ..Default::default() }), ..Default::default() };
+        Container { lifecycle: Some(crate::api::pod::Lifecycle { post_start: post_start.map(handler), pre_stop: pre_stop.map(handler), ..Default::default() }), ..web() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_startup_probe_holds_liveness_and_readiness_and_restarts_a_container_that_never_starts() {
+        let fake = FakeRuntime::with_images(&[IMAGE]);
+        let mut sync = sync_of(&fake);
+        let c = Container {
+            startup_probe: Some(exec_probe("started", |p| {
+                p.period_seconds = Some(1);
+                p.failure_threshold = Some(3);
+            })),
+            liveness_probe: Some(exec_probe("alive", |p| p.period_seconds = Some(1))),
+            ..web()
+        };
+        let p = pod("slow", "Always", c);
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        let id = running_ids(&fake)[0].clone();
+        fake.set_exec_result(&id, 1);
+        let mut last = Vec::new();
+        for _ in 0..3 {
+            last = sync.sync(std::slice::from_ref(&p)).await.unwrap();
+            if let Some(u) = last.last() {
+                assert_eq!(u.status.container_statuses[0].started, Some(false), "not started while its startup probe fails");
+            }
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        let _ = last;
+        assert!(!fake.calls().iter().any(|c| c.ends_with(" alive")), "liveness waits for the startup probe: {:?}", fake.calls());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(fake.calls().iter().any(|c| c.starts_with(&format!("stop {id}"))), "restarted after 3 failures: {:?}", fake.calls());
+        assert!(sync.take_happenings().iter().any(|h| h.message == "Startup probe failed"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_post_start_handler_kills_the_container_and_pre_stop_runs_before_a_deleted_pods_stop() {
+        let fake = FakeRuntime::with_images(&[IMAGE]);
+        let mut sync = sync_of(&fake);
+        let p = pod("hooks", "Always", hooked(Some("exit 3"), None));
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        let id = running_ids(&fake)[0].clone();
+        fake.set_exec_result(&id, 3);
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(fake.calls().contains(&format!("exec {id} sh -c exit 3")), "{:?}", fake.calls());
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let happened = sync.take_happenings();
+        assert!(happened.iter().any(|h| h.reason == "FailedPostStartHook" && h.message.contains("exited with 3")), "{happened:?}");
+        assert!(fake.calls().iter().any(|c| c.starts_with(&format!("stop {id}"))), "{:?}", fake.calls());
+
+        let fake = FakeRuntime::with_images(&[IMAGE]);
+        let mut sync = sync_of(&fake);
+        let mut p = pod("drain", "Always", hooked(None, Some("drain")));
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        let id = running_ids(&fake)[0].clone();
+        p.metadata.deletion_timestamp = Some(Time::now());
+        p.metadata.deletion_grace_period_seconds = Some(10);
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let calls = fake.calls();
+        let hook = calls.iter().position(|c| *c == format!("exec {id} sh -c drain")).expect("the preStop handler ran");
+        let stop = calls.iter().position(|c| c.starts_with(&format!("stop {id}"))).expect("then the stop");
+        assert!(hook < stop, "{calls:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_termination_message_and_the_qos_class_are_reported() {
+        let fake = FakeRuntime::with_images(&[IMAGE]);
+        let mut sync = sync_of(&fake);
+        let p = pod("ends", "Never", web());
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        let (spec, info) = fake.containers().into_iter().next().unwrap();
+        let file = spec.labels[labels::TERMINATION_LOG].clone();
+        assert!(spec.mounts.iter().any(|m| m.container_path == "/dev/termination-log" && m.host_path.display().to_string() == file));
+        std::fs::write(&file, "disk full").unwrap();
+        fake.exit(&info.id, 2);
+        let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        let terminated = container_status(&updates).state.terminated.unwrap();
+        assert_eq!((terminated.exit_code, terminated.message.as_deref()), (2, Some("disk full")));
+        assert_eq!(updates.last().unwrap().status.qos_class.as_deref(), Some("Guaranteed"), "limits only: requests equal them");
     }
 
     #[tokio::test(start_paused = true)]
@@ -1833,7 +2069,7 @@ mod tests {
         let wire = serde_json::to_value(&updates[0].status).unwrap();
         let mut fields: Vec<&str> = wire.as_object().unwrap().keys().map(String::as_str).collect();
         fields.sort();
-        assert_eq!(fields, ["conditions", "containerStatuses", "hostIP", "phase", "podIP", "podIPs", "startTime"]);
+        assert_eq!(fields, ["conditions", "containerStatuses", "hostIP", "phase", "podIP", "podIPs", "qosClass", "startTime"]);
         let container = wire["containerStatuses"][0].as_object().unwrap();
         let mut fields: Vec<&str> = container.keys().map(String::as_str).collect();
         fields.sort();

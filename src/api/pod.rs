@@ -193,6 +193,27 @@ impl PodSpec {
         Ok(total)
     }
 
+    /// The pod's quality-of-service class, as Kubernetes derives it: `Guaranteed` when every
+    /// container limits CPU and memory and requests (if any) equal the limits, `BestEffort` when
+    /// none requests or limits anything, else `Burstable`.
+    pub fn qos_class(&self) -> &'static str {
+        let all: Vec<&Container> = self.containers.iter().chain(&self.init_containers).collect();
+        let set = |c: &Container| ["cpu", "memory"].iter().any(|r| c.resources.requests.contains_key(*r) || c.resources.limits.contains_key(*r));
+        if !all.iter().any(|c| set(c)) {
+            return "BestEffort";
+        }
+        let guaranteed = all.iter().all(|c| {
+            ["cpu", "memory"].iter().all(|r| match c.resources.limits.get(*r) {
+                Some(limit) => c.resources.requests.get(*r).is_none_or(|req| {
+                    let amount = |q: &Quantity| if *r == "cpu" { q.millicores().ok() } else { q.bytes().ok() };
+                    amount(req).is_some() && amount(req) == amount(limit)
+                }),
+                None => false,
+            })
+        });
+        if guaranteed { "Guaranteed" } else { "Burstable" }
+    }
+
     /// The init containers that are sidecars (`restartPolicy: Always`).
     pub fn is_sidecar(container: &Container) -> bool {
         container.restart_policy.as_deref() == Some("Always")
@@ -312,6 +333,20 @@ pub struct Container {
     pub liveness_probe: Option<Probe>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<Probe>,
+    /// Until it passes, liveness and readiness wait; failing it restarts the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+    /// Handlers run after the container starts and before it is stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
+    /// The file the container may write why it ended to (default `/dev/termination-log`),
+    /// reported as its terminated state's `message`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_message_path: Option<String>,
+    /// `File` (default) or `FallbackToLogsOnError`: the end of its log when it failed without a message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["File", "FallbackToLogsOnError"]))]
+    pub termination_message_policy: Option<String>,
     /// `IfNotPresent` or `Never` (images are never pulled implicitly here); `Always` is accepted
     /// and treated like `IfNotPresent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -517,6 +552,46 @@ impl PodSpec {
             groups: pod.fs_group.into_iter().chain(pod.supplemental_groups).collect(),
         }
     }
+}
+
+/// `postStart` and `preStop` handlers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_start: Option<LifecycleHandler>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_stop: Option<LifecycleHandler>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
+}
+
+/// One lifecycle handler: a command in the container, an HTTP GET, a TCP connect, or a pause.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleHandler {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpSocketAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep: Option<SleepAction>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
+}
+
+/// A pause of `seconds`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SleepAction {
+    pub seconds: i64,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// A ConfigMap's keys as files (every key, or only `items`).
@@ -943,6 +1018,9 @@ pub struct PodStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub container_statuses: Vec<ContainerStatus>,
+    /// `Guaranteed`, `Burstable` or `BestEffort`, from the containers' requests and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos_class: Option<String>,
     /// The init containers' statuses, in their order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
@@ -1208,6 +1286,15 @@ mod tests {
         assert_eq!(pod.spec.tolerations[0].extra.0["tolerationSeconds"], 30);
         assert_eq!(pod.spec.containers[0].ports[0].extra.0["appProtocol"], "http");
         assert_eq!(serde_json::to_value(&pod).unwrap(), written);
+    }
+
+    #[test]
+    fn the_qos_class_follows_requests_and_limits() {
+        let spec = |resources: serde_json::Value| -> PodSpec { serde_json::from_value(serde_json::json!({"containers": [{"name": "c", "resources": resources}]})).unwrap() };
+        assert_eq!(spec(serde_json::json!({})).qos_class(), "BestEffort");
+        assert_eq!(spec(serde_json::json!({"requests": {"cpu": "100m"}})).qos_class(), "Burstable");
+        assert_eq!(spec(serde_json::json!({"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "1000m"}})).qos_class(), "Guaranteed");
+        assert_eq!(spec(serde_json::json!({"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m"}})).qos_class(), "Burstable");
     }
 
     #[test]

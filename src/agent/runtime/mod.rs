@@ -39,6 +39,8 @@ pub mod labels {
     pub const HOST_PORTS: &str = "io.clusterctl.pod.host-ports";
     /// On a sandbox: `true`.
     pub const SANDBOX: &str = "io.clusterctl.pod.sandbox";
+    /// On a pod's container: the node's file mounted at its termination-message path.
+    pub const TERMINATION_LOG: &str = "io.clusterctl.container.termination-log";
     /// On a pod's container: the id of the sandbox whose network namespace it joined.
     pub const SANDBOX_ID: &str = "io.clusterctl.pod.sandbox-id";
 }
