@@ -380,7 +380,9 @@ async fn pods_have_routable_addresses_shared_by_their_containers(home: &Path, cl
     })
     .await;
     eprintln!("UDP cluster IP {udp_ip} -> {remote_dns}:53 answered after {:.1}s", took.as_secs_f64());
-    assert!(kubectl(home, &["delete", "-f", &udp]).status.success());
+    // (the Endpoints may already be gone with their Service, as the endpoints controller deletes them)
+    let out = kubectl(home, &["delete", "--ignore-not-found", "-f", &udp]);
+    assert!(out.status.success(), "kubectl delete -f dns-udp.yaml: {}", String::from_utf8_lossy(&out.stderr));
     // the API at kubernetes.default's address, the first of the range
     let api = client.get_value("/api/v1/namespaces/default/services/kubernetes").await.unwrap();
     assert_eq!(str_at(&api, "/spec/clusterIP"), "10.96.0.1", "{api}");
