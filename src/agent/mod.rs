@@ -6,6 +6,7 @@
 //! node's pods; [`server`] is its HTTPS port (10250), where the API server reads pod logs.
 
 pub mod host;
+pub mod images;
 pub mod podconfig;
 pub mod pods;
 pub mod portforward;

@@ -28,6 +28,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use super::images;
 use super::podconfig::{self, PodContext, SourceData, SourceKey, Sources, VolumeRoots};
 use crate::api::config::{ConfigMap, Secret};
 use super::runtime::{ContainerInfo, ContainerRuntime, ContainerSpec, DnsPolicy, PodDns, PortSpec, RuntimeError, Sandbox, SandboxSpec, labels};
@@ -77,6 +78,9 @@ struct ContainerTrack {
     readiness: HealthTrack,
     /// The startup probe: passing once it has passed (at once without one).
     startup: HealthTrack,
+    /// The back-off of the image's next pull after a failed one, and when that pull may be.
+    pull_backoff: Duration,
+    pull_retry_at: Option<Instant>,
 }
 
 impl ContainerTrack {
@@ -92,6 +96,8 @@ impl ContainerTrack {
             liveness: HealthTrack::default(),
             readiness: HealthTrack::default(),
             startup: HealthTrack::default(),
+            pull_backoff: BACKOFF_START,
+            pull_retry_at: None,
         }
     }
 }
@@ -951,7 +957,13 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
             // Started after the containers were listed: the next sync sees it.
             Some(Start::Done(at, Ok(()))) if *at >= env.listed_at => return,
             Some(Start::Done(_, Err(why))) => {
-                if why.0 == "ContainerCreating" {
+                if why.0 == "ErrImagePull" {
+                    // Tried again after a back-off (10 s doubling to 300 s), as kubelet does.
+                    env.happen(pod, &spec.name, WARNING, "Failed", why.1.clone());
+                    env.happen(pod, &spec.name, WARNING, "Failed", "Error: ErrImagePull".into());
+                    ct.pull_retry_at = Some(Instant::now() + ct.pull_backoff);
+                    ct.pull_backoff = (ct.pull_backoff * 2).min(BACKOFF_CAP);
+                } else if why.0 == "ContainerCreating" {
                     env.happen(pod, &spec.name, WARNING, "FailedCreatePodSandBox", format!("Failed to create pod sandbox: {}", why.1));
                 } else {
                     env.happen(pod, &spec.name, WARNING, "Failed", format!("Error: {}", why.1));
@@ -962,7 +974,10 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
             }
             // Started, and gone since: start again.
             Some(Start::Done(_, Ok(()))) | None => {
-                starting.remove(&key);
+                if starting.remove(&key).is_some() {
+                    ct.pull_backoff = BACKOFF_START;
+                    ct.pull_retry_at = None;
+                }
             }
         }
     }
@@ -990,10 +1005,39 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
         }
     };
     let image = spec.image.as_str();
-    let never = spec.image_pull_policy.as_deref() == Some("Never");
-    let security = match env.runtime.image_user(image).await {
-        // Nodes never pull: the image is there, as kubelet words it for `IfNotPresent`.
-        Ok(Some(user)) => match podconfig::security(pod, spec, &user) {
+    let policy = images::pull_policy(spec);
+    if ct.pull_retry_at.is_some_and(|at| Instant::now() < at) {
+        if ct.waiting.as_ref().is_none_or(|(r, _)| r != "ImagePullBackOff") {
+            env.happen(pod, &spec.name, NORMAL, "BackOff", format!("Back-off pulling image {image:?}"));
+        }
+        ct.waiting = Some(("ImagePullBackOff".into(), format!("Back-off pulling image {image:?}")));
+        return;
+    }
+    let present = match env.runtime.image_user(image).await {
+        Ok(user) => user,
+        Err(e) => {
+            ct.waiting = Some(("RuntimeUnavailable".into(), e.to_string()));
+            return;
+        }
+    };
+    // A pull when the policy asks (`Always`, or `IfNotPresent` without the image), with the
+    // credentials of the pod's `imagePullSecrets` for the image's registry; in the background,
+    // before the sandbox, with the security check once the image's user is known.
+    let pull = (policy == "Always" || (policy == "IfNotPresent" && present.is_none())).then(|| {
+        let registry = images::registry_of(image);
+        let ns = pod.metadata.namespace_or_default();
+        pod.spec.image_pull_secrets.iter().find_map(|r| {
+            let key = SourceKey { secret: true, namespace: ns.to_string(), name: r.name.clone() };
+            images::credentials(env.sources.get(&key)?.as_ref()?.get(".dockerconfigjson")?, registry)
+        })
+    });
+    if pull.is_some() {
+        env.happen(pod, &spec.name, NORMAL, "Pulling", format!("Pulling image {image:?}"));
+    }
+    let security = match present.filter(|_| pull.is_none()) {
+        None if pull.is_some() => None,
+        // The image is there, as kubelet words it for `IfNotPresent`.
+        Some(user) => Some(match podconfig::security(pod, spec, &user) {
             Ok(security) => {
                 env.happen(pod, &spec.name, NORMAL, "Pulled", format!("Container image {image:?} already present on machine"));
                 security
@@ -1005,17 +1049,14 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
                 ct.waiting = Some(("CreateContainerConfigError".into(), message));
                 return;
             }
-        },
-        Ok(None) => {
-            let reason = if never { "ErrImageNeverPull" } else { "ImageNotPresent" };
+        }),
+        None => {
+            let reason = "ErrImageNeverPull";
+            let message = format!("Container image {image:?} is not present with pull policy of Never");
             if ct.waiting.as_ref().is_none_or(|(r, _)| r != reason) {
-                env.happen(pod, &spec.name, WARNING, reason, format!("Container image {image:?} is not present on this node"));
+                env.happen(pod, &spec.name, WARNING, reason, message.clone());
             }
-            ct.waiting = Some((reason.into(), format!("image {image} is not present on this node; load it with `clusterctl image load` (nodes never pull)")));
-            return;
-        }
-        Err(e) => {
-            ct.waiting = Some(("RuntimeUnavailable".into(), e.to_string()));
+            ct.waiting = Some((reason.into(), message));
             return;
         }
     };
@@ -1024,7 +1065,7 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
     env.starting.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), Start::Running);
     let (runtime, starting, mut container) = (env.shared.clone(), env.starting.clone(), container_spec(env.prefix, pod, spec, ct.restart_count));
     container.mounts = mounts;
-    container.security = security;
+    container.security = security.clone().unwrap_or_default();
     // The termination-message file: made per start, writable by any user of the pod.
     let log_dir = env.volumes.disk.join(&pod.metadata.uid).join("containers").join(&spec.name);
     let log_file = log_dir.join(format!("{}-{}", ct.restart_count, hex::encode(rand::random::<[u8; 4]>())));
@@ -1045,8 +1086,23 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
     // as they are now.
     let own: Sources = podconfig::referenced(pod).into_iter().filter_map(|k| Some((k.clone(), env.sources.get(&k)?.clone()))).collect();
     let (pod_for_env, spec_for_env, context) = (pod.clone(), spec.clone(), env.pod_context(None));
+    let always = policy == "Always";
     let task = tokio::spawn(async move {
         let outcome = async {
+            if let Some(auth) = pull {
+                let image = spec_for_env.image.as_str();
+                if let Err(e) = runtime.pull(image, auth.as_ref()).await {
+                    // `Always` with the image on the node and its registry failing: the node's copy
+                    // (a deliberate difference from kubelet, for images side-loaded with `image load`).
+                    let local = if always { runtime.image_user(image).await.ok().flatten() } else { None };
+                    if local.is_none() {
+                        return Err(("ErrImagePull".to_string(), format!("Failed to pull image {image:?}: {e}")));
+                    }
+                    tracing::info!(image, error = %e, "pulling failed; the image on the node is used");
+                }
+                let user = runtime.image_user(image).await.map_err(|e| ("ErrImagePull".to_string(), e.to_string()))?.unwrap_or_default();
+                container.security = podconfig::security(&pod_for_env, &spec_for_env, &user).map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+            }
             // The pod's first container start makes its sandbox; the others wait for it.
             let sandbox = {
                 let mut known = cell.lock().await;
@@ -1539,6 +1595,54 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_private_image_is_pulled_with_the_pods_pull_secret_and_backs_off_without_it() {
+        const PRIVATE: &str = "registry.test:5443/private/app:v1";
+        let fake = FakeRuntime::with_images(&[]);
+        fake.publish(PRIVATE, "ann");
+        let mut sync = sync_of(&fake);
+        let key = SourceKey { secret: true, namespace: "default".into(), name: "regcred".into() };
+        let config = br#"{"auths": {"registry.test:5443": {"username": "ann", "password": "pw"}}}"#.to_vec();
+        sync.set_sources(Sources::from([(key, Some(BTreeMap::from([(".dockerconfigjson".to_string(), config)])))]));
+        let mut with_secret = pod("pulled", "Always", Container { image: PRIVATE.into(), ..web() });
+        with_secret.spec.image_pull_secrets = vec![crate::api::pod::LocalObjectReference { name: "regcred".into(), ..Default::default() }];
+        sync.sync(std::slice::from_ref(&with_secret)).await.unwrap();
+        assert!(fake.calls().contains(&format!("pull {PRIVATE} ann")), "{:?}", fake.calls());
+        assert_eq!(running_ids(&fake).len(), 1, "pulled (IfNotPresent: a tag) and started");
+
+        let fake = FakeRuntime::with_images(&[]);
+        fake.publish(PRIVATE, "ann");
+        let mut sync = sync_of(&fake);
+        let without = pod("denied", "Always", Container { image: PRIVATE.into(), ..web() });
+        sync.sync(std::slice::from_ref(&without)).await.unwrap();
+        let updates = sync.sync(std::slice::from_ref(&without)).await.unwrap();
+        let status = container_status(&updates);
+        assert_eq!(waiting_reason(&status), Some("ErrImagePull"));
+        assert!(status.state.waiting.unwrap().message.unwrap().contains("no basic auth credentials"));
+        let updates = sync.sync(std::slice::from_ref(&without)).await.unwrap();
+        assert_eq!(waiting_reason(&container_status(&updates)), Some("ImagePullBackOff"));
+        let pulls = || fake.calls().iter().filter(|c| c.starts_with("pull ")).count();
+        assert_eq!(pulls(), 1, "no pull during the back-off");
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        sync.sync(std::slice::from_ref(&without)).await.unwrap();
+        assert_eq!(pulls(), 2, "pulled again after 10 s");
+
+        let wrong = pod("wrong", "Always", Container { image: "registry.test:5443/private/app:v9".into(), ..web() });
+        sync.sync(std::slice::from_ref(&wrong)).await.unwrap();
+        let updates = sync.sync(std::slice::from_ref(&wrong)).await.unwrap();
+        let message = container_status(&updates).state.waiting.unwrap().message.unwrap();
+        assert!(message.contains("Failed to pull image \"registry.test:5443/private/app:v9\"") && message.contains("manifest unknown"), "{message}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn latest_images_are_pulled_and_a_side_loaded_one_is_used_when_its_registry_fails() {
+        let fake = FakeRuntime::with_images(&[IMAGE]);
+        let mut sync = sync_of(&fake);
+        sync.sync(&[pod("web-1", "Always", web())]).await.unwrap();
+        assert!(fake.calls().iter().any(|c| c.starts_with(&format!("pull {IMAGE}"))), "Always for :latest: {:?}", fake.calls());
+        assert_eq!(running_ids(&fake).len(), 1, "the node's copy runs");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_crashing_container_restarts_after_a_doubling_back_off() {
         let fake = FakeRuntime::with_images(&[IMAGE]);
         let mut sync = sync_of(&fake);
@@ -1566,10 +1670,10 @@ mod tests {
         let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
         assert_eq!(container_status(&updates).restart_count, 4);
         assert_eq!(container_status(&updates).last_state.terminated.map(|t| t.exit_code), Some(1));
-        // As Events: each start (image present, created, started), and one BackOff per crash (not one per sync while it waits).
+        // As Events: each start (its image pulled: `:latest`, created, started), and one BackOff per crash (not one per sync while it waits).
         let happened = sync.take_happenings();
         let count = |reason: &str| happened.iter().filter(|h| h.reason == reason).count();
-        assert_eq!((count("Pulled"), count("Created"), count("Started"), count("BackOff")), (5, 5, 5, 4), "{happened:?}");
+        assert_eq!((count("Pulling"), count("Created"), count("Started"), count("BackOff")), (5, 5, 5, 4), "{happened:?}");
         assert!(happened.iter().all(|h| h.container == "web" && h.pod.metadata.name == "web-1"));
         assert!(container_status(&updates).image_id.starts_with("docker://sha256:"), "{:?}", container_status(&updates).image_id);
     }
@@ -1891,6 +1995,8 @@ mod tests {
         let mut p = pod("web-1", "Always", Container {
             name: "web".into(),
             image: IMAGE.into(),
+            // (side-loaded: no pull, which would go to Docker Hub from this machine)
+            image_pull_policy: Some("IfNotPresent".into()),
             command: strings(&["httpd", "-f", "-p", "8080", "-h", "/www"]),
             ports: vec![ContainerPort { container_port: 8080, host_port: Some(host_port), ..Default::default() }],
             readiness_probe: Some(Probe {

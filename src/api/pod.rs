@@ -94,6 +94,10 @@ pub struct PodSpec {
     /// With `hostname`: the pod is `<hostname>.<subdomain>.<namespace>.svc.<domain>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subdomain: Option<String>,
+    /// Secrets (`kubernetes.io/dockerconfigjson`) with the registries' credentials for pulls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "name", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
     /// Defaults for every container's security context, and the group volumes are given to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<PodSecurityContext>,
@@ -242,6 +246,7 @@ impl PodSpec {
                 }
             }
         }
+        secrets.extend(self.image_pull_secrets.iter().map(|r| r.name.clone()));
         for v in &self.volumes {
             if let Some(c) = &v.config_map {
                 config_maps.insert(c.name.clone());
@@ -552,6 +557,17 @@ impl PodSpec {
             groups: pod.fs_group.into_iter().chain(pod.supplemental_groups).collect(),
         }
     }
+}
+
+/// An object of the same namespace, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalObjectReference {
+    #[serde(default)]
+    pub name: String,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
 }
 
 /// `postStart` and `preStop` handlers.

@@ -363,6 +363,31 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    async fn pull(&self, image: &str, auth: Option<&super::RegistryAuth>) -> Result<(), RuntimeError> {
+        use futures::StreamExt;
+        let (repo, tag) = super::split_tag(image);
+        let options = bollard::query_parameters::CreateImageOptionsBuilder::default().from_image(repo).tag(tag).build();
+        let credentials = auth.map(|a| bollard::auth::DockerCredentials {
+            username: Some(a.username.clone()),
+            password: Some(a.password.clone()),
+            serveraddress: Some(a.server.clone()),
+            ..Default::default()
+        });
+        let mut progress = self.docker.create_image(Some(options), None, credentials);
+        while let Some(item) = progress.next().await {
+            match item {
+                Ok(info) if info.error_detail.is_some() => {
+                    let message = info.error_detail.and_then(|d| d.message).unwrap_or_default();
+                    return Err(RuntimeError::PullFailed(message));
+                }
+                Ok(_) => {}
+                Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => return Err(RuntimeError::PullFailed(format!("Error response from daemon: {message}"))),
+                Err(e) => return Err(failed(format!("pulling image {image}"), e)),
+            }
+        }
+        Ok(())
+    }
+
     async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
         let net = self.network().ok_or(RuntimeError::NoPodNetwork)?;
         let ip = self

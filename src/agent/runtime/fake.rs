@@ -24,6 +24,8 @@ struct State {
     logs: HashMap<String, String>,
     /// The `USER` of images (root when unset).
     image_users: HashMap<String, String>,
+    /// Images a pull finds, with the user whose credentials it needs (empty: none).
+    registry: HashMap<String, String>,
 }
 
 /// The fake exec's output: `first`, then what `rest` yields (stdin, once closed).
@@ -53,6 +55,11 @@ impl FakeRuntime {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `image` pullable, with `user`'s credentials (empty: by anyone).
+    pub fn publish(&self, image: &str, user: &str) {
+        self.lock().registry.insert(image.into(), user.into());
     }
 
     /// Makes `image` run as `user`.
@@ -134,6 +141,19 @@ impl ContainerRuntime for FakeRuntime {
     async fn image_user(&self, image: &str) -> Result<Option<String>, RuntimeError> {
         let s = self.lock();
         Ok(s.images.contains(image).then(|| s.image_users.get(image).cloned().unwrap_or_default()))
+    }
+
+    async fn pull(&self, image: &str, auth: Option<&super::RegistryAuth>) -> Result<(), RuntimeError> {
+        self.call("pull", format!("pull {image} {}", auth.map_or("anonymous".to_string(), |a| a.username.clone())))?;
+        let mut s = self.lock();
+        match s.registry.get(image) {
+            Some(user) if user.is_empty() || auth.is_some_and(|a| &a.username == user) => {
+                s.images.insert(image.to_string());
+                Ok(())
+            }
+            Some(_) => Err(RuntimeError::PullFailed(format!("Error response from daemon: Head \"https://registry/v2/{image}\": no basic auth credentials"))),
+            None => Err(RuntimeError::PullFailed(format!("Error response from daemon: manifest for {image} not found: manifest unknown"))),
+        }
     }
 
     async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {

@@ -1,8 +1,8 @@
 //! What the agent needs from a container runtime, behind one trait.
 //!
 //! [`docker::DockerRuntime`] speaks the Docker Engine API on the node's local socket;
-//! [`fake::FakeRuntime`] is an in-memory recording fake for unit tests. The runtime never pulls:
-//! images come onto nodes by `clusterctl image load`. Volumes come made (see
+//! [`fake::FakeRuntime`] is an in-memory recording fake for unit tests. Images come onto
+//! nodes by `clusterctl image load` or are pulled when a pod asks ([`ContainerRuntime::pull`]). Volumes come made (see
 //! [`super::podconfig`]): the runtime only binds them.
 //!
 //! A pod is a *sandbox* and its containers, as in Kubernetes' CRI: the sandbox is a container that
@@ -213,6 +213,33 @@ pub struct ExecSession {
     pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
 }
 
+/// `repo` and `tag` of a reference (`latest` when it has none; a digest reference is its own tag).
+pub fn split_tag(image: &str) -> (&str, &str) {
+    if let Some((repo, digest)) = image.split_once('@') {
+        return (repo, digest);
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.rsplit_once(':') {
+        Some((_, tag)) => (&image[..image.len() - tag.len() - 1], tag),
+        None => (image, "latest"),
+    }
+}
+
+/// Credentials for one registry (from an `imagePullSecret`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    pub server: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never the password (it would reach logs)
+        f.debug_struct("RegistryAuth").field("server", &self.server).field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
 /// A failed runtime call.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -224,6 +251,9 @@ pub enum RuntimeError {
     NoPodNetwork,
     #[error("container {0} not found")]
     NotFound(String),
+    /// An image could not be pulled: the registry's or the runtime's words.
+    #[error("{0}")]
+    PullFailed(String),
     /// The runtime refused or failed the call.
     #[error("{action}: {message}")]
     Failed { action: String, message: String },
@@ -242,6 +272,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// The user an image runs as (its `USER`, empty for root by default); none when the image is
     /// not on the node.
     async fn image_user(&self, image: &str) -> Result<Option<String>, RuntimeError>;
+    /// Pulls an image from its registry, with the registry's credentials when given; the error
+    /// is the registry's (or the runtime's) message.
+    async fn pull(&self, image: &str, auth: Option<&RegistryAuth>) -> Result<(), RuntimeError>;
     /// Creates and starts a pod's sandbox with an address from the node's pod range and the
     /// pod's host ports forwarded to it.
     async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError>;
