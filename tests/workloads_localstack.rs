@@ -97,6 +97,7 @@ async fn an_app_runs_is_reached_restarts_scales_and_moves_off_a_dead_worker() {
     harness();
     let home = temp_home();
     let spec_path = unique_spec(home.path(), "it-apps", 66, 3);
+    trust_the_harness_registry(&spec_path);
     let _guard = DestroyGuard { home: home.path().into(), spec: spec_path.clone() };
     let s = spec_path.to_str().unwrap();
     assert_ok(&clusterctl(home.path(), &["create", "-f", s]), "create");
@@ -130,6 +131,7 @@ async fn an_app_runs_is_reached_restarts_scales_and_moves_off_a_dead_worker() {
 
     pods_have_routable_addresses_shared_by_their_containers(home.path(), &client).await;
     pods_get_configuration_secrets_and_volumes(home.path(), &client).await;
+    private_images_are_pulled_with_their_pull_secret(home.path(), &client).await;
 
     // A container that dies is restarted in place (restartPolicy Always).
     let ps = pods(&client).await;
@@ -757,6 +759,135 @@ fn pod_security_levels_refuse_what_they_forbid(home: &Path) {
     let out = kubectl(home, &["label", "namespace", "psa-baseline", "--overwrite", "pod-security.kubernetes.io/enforce=strict"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Unsupported value"), "an unknown level: {}", String::from_utf8_lossy(&out.stderr));
     let out = kubectl(home, &["delete", "-f", &namespaces, "--wait=false"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The harness's registry (`localstack/registry/up`, started by `localstack/up`): its address
+/// (docker0's, port 5443), its CA and the password of its user `clusterctl`.
+fn harness_registry() -> (String, String, String) {
+    let state = std::env::var("CLUSTERCTL_LOCALSTACK_STATE_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| root().join("localstack/.state"));
+    let dir = state.join("registry");
+    let ca = std::fs::read_to_string(dir.join("ca.crt")).expect("the harness registry's CA (localstack/up starts it)");
+    let password = std::fs::read_to_string(dir.join("password")).expect("the harness registry's password").trim().to_string();
+    (format!("{}:5443", harness_gateway()), ca, password)
+}
+
+/// Adds the harness registry to a spec's `[[registries]]`, so that the nodes trust its CA.
+fn trust_the_harness_registry(spec: &Path) {
+    let (host, ca, _) = harness_registry();
+    let mut doc: toml::Table = std::fs::read_to_string(spec).unwrap().parse().unwrap();
+    let entry = toml::Table::from_iter([("host".to_string(), toml::Value::from(host)), ("ca".to_string(), toml::Value::from(ca))]);
+    doc.insert("registries".into(), toml::Value::Array(vec![toml::Value::Table(entry)]));
+    std::fs::write(spec, toml::to_string(&doc).unwrap()).unwrap();
+}
+
+/// Issue 21's pulls: a Deployment of an image only in the harness's private registry runs with
+/// an `imagePullSecret`; a pod without it (pulling `Always`) gets `ErrImagePull` then
+/// `ImagePullBackOff` with the registry's words; a wrong tag is reported as such.
+async fn private_images_are_pulled_with_their_pull_secret(home: &Path, client: &ApiClient) {
+    let (host, _, password) = harness_registry();
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("clusterctl:{password}"));
+    let config = serde_json::json!({"auths": {host.clone(): {"username": "clusterctl", "password": password, "auth": auth}}}).to_string();
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata:
+  name: regcred
+type: kubernetes.io/dockerconfigjson
+stringData:
+  .dockerconfigjson: '{config}'
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: private
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: private
+  template:
+    metadata:
+      labels:
+        app: private
+    spec:
+      imagePullSecrets:
+        - name: regcred
+      containers:
+        - name: app
+          image: {host}/private/busybox:v1
+          command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: no-secret
+spec:
+  containers:
+    - name: app
+      image: {host}/private/busybox:v1
+      imagePullPolicy: Always
+      command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: wrong-tag
+spec:
+  imagePullSecrets:
+    - name: regcred
+  containers:
+    - name: app
+      image: {host}/private/busybox:v9
+      command: ["sleep", "3600"]
+"#
+    );
+    let file = home.join("private.yaml");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&file).unwrap();
+        std::io::Write::write_all(&mut f, manifest.as_bytes()).unwrap();
+    }
+    let file = file.to_str().unwrap().to_string();
+    let t0 = Instant::now();
+    let out = kubectl_apply(home, &file);
+    assert!(out.status.success(), "kubectl apply private.yaml: {}", String::from_utf8_lossy(&out.stderr));
+    let (_, took) = eventually("the private image's replicas run", Duration::from_secs(60), || async {
+        let ps = pods(client).await;
+        let running = app(&ps, "private").into_iter().filter(|p| is_ready(p)).count();
+        if running == 2 { Ok(()) } else { Err(format!("{running} of 2 ready")) }
+    })
+    .await;
+    eprintln!("a Deployment pulled from the private registry: ready after {:.1}s", t0.elapsed().as_secs_f64().max(took.as_secs_f64()));
+    // without credentials: ErrImagePull, then ImagePullBackOff, with the registry's answer
+    let seen = std::sync::Mutex::new(BTreeSet::new());
+    let (message, _) = eventually("no-secret: ErrImagePull then ImagePullBackOff", Duration::from_secs(60), || {
+        let seen = &seen;
+        async move {
+            let pod = client.get_value("/api/v1/namespaces/default/pods/no-secret").await.map_err(|e| e.to_string())?;
+            let waiting = &pod["status"]["containerStatuses"][0]["state"]["waiting"];
+            let mut seen = seen.lock().unwrap();
+            if let Some(reason) = waiting["reason"].as_str() {
+                seen.insert(reason.to_string());
+            }
+            if seen.contains("ErrImagePull") && seen.contains("ImagePullBackOff") { Ok(waiting["message"].as_str().unwrap_or("").to_string()) } else { Err(format!("{seen:?} {waiting}")) }
+        }
+    })
+    .await;
+    eprintln!("no-secret: {message}");
+    let events = kubectl(home, &["get", "events", "--field-selector", "involvedObject.name=no-secret", "-o", "jsonpath={.items[*].message}"]);
+    let events = String::from_utf8_lossy(&events.stdout).to_string();
+    assert!(events.contains("Failed to pull image") && (events.contains("no basic auth credentials") || events.contains("unauthorized")), "the registry's refusal in the events: {events}");
+    let (message, _) = eventually("wrong-tag: reported as a missing tag", Duration::from_secs(60), || async {
+        let pod = client.get_value("/api/v1/namespaces/default/pods/wrong-tag").await.map_err(|e| e.to_string())?;
+        let waiting = &pod["status"]["containerStatuses"][0]["state"]["waiting"];
+        let message = waiting["message"].as_str().unwrap_or("").to_string();
+        if waiting["reason"] == "ErrImagePull" && message.contains("not found") { Ok(message) } else { Err(pod["status"].to_string()) }
+    })
+    .await;
+    eprintln!("wrong-tag: {message}");
+    let out = kubectl(home, &["delete", "-f", &file, "--wait=false"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 

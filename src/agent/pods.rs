@@ -81,6 +81,8 @@ struct ContainerTrack {
     /// The back-off of the image's next pull after a failed one, and when that pull may be.
     pull_backoff: Duration,
     pull_retry_at: Option<Instant>,
+    /// When the last pull failed.
+    pull_failed_at: Option<Instant>,
 }
 
 impl ContainerTrack {
@@ -98,6 +100,7 @@ impl ContainerTrack {
             startup: HealthTrack::default(),
             pull_backoff: BACKOFF_START,
             pull_retry_at: None,
+            pull_failed_at: None,
         }
     }
 }
@@ -212,6 +215,9 @@ fn run_post_start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, pod: &Pod, spec: &C
 
 /// The container starts in flight or finished, by `<pod uid>/<container name>`.
 type Starts = Arc<Mutex<HashMap<String, Start>>>;
+
+/// How long a failed pull is shown as `ErrImagePull` before `ImagePullBackOff`.
+const PULL_ERROR_SHOWN: Duration = Duration::from_secs(3);
 
 /// How long a sync waits for the container starts it made before it reports what it has; the
 /// starts that take longer finish in the background and are seen by a later sync, so that a pod
@@ -962,6 +968,7 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
                     env.happen(pod, &spec.name, WARNING, "Failed", why.1.clone());
                     env.happen(pod, &spec.name, WARNING, "Failed", "Error: ErrImagePull".into());
                     ct.pull_retry_at = Some(Instant::now() + ct.pull_backoff);
+                    ct.pull_failed_at = Some(Instant::now());
                     ct.pull_backoff = (ct.pull_backoff * 2).min(BACKOFF_CAP);
                 } else if why.0 == "ContainerCreating" {
                     env.happen(pod, &spec.name, WARNING, "FailedCreatePodSandBox", format!("Failed to create pod sandbox: {}", why.1));
@@ -1007,6 +1014,11 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
     let image = spec.image.as_str();
     let policy = images::pull_policy(spec);
     if ct.pull_retry_at.is_some_and(|at| Instant::now() < at) {
+        // The failure itself (`ErrImagePull`, the registry's words) stays shown for a while, as it
+        // does until kubelet's next sync of the pod (ours come every second and on every change).
+        if ct.pull_failed_at.is_some_and(|t| t.elapsed() < PULL_ERROR_SHOWN) {
+            return;
+        }
         if ct.waiting.as_ref().is_none_or(|(r, _)| r != "ImagePullBackOff") {
             env.happen(pod, &spec.name, NORMAL, "BackOff", format!("Back-off pulling image {image:?}"));
         }
@@ -1092,9 +1104,12 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
             if let Some(auth) = pull {
                 let image = spec_for_env.image.as_str();
                 if let Err(e) = runtime.pull(image, auth.as_ref()).await {
-                    // `Always` with the image on the node and its registry failing: the node's copy
-                    // (a deliberate difference from kubelet, for images side-loaded with `image load`).
-                    let local = if always { runtime.image_user(image).await.ok().flatten() } else { None };
+                    // `Always`, an image named without a registry (Docker Hub's) that the node has and
+                    // Docker Hub does not give: the node's copy (a deliberate difference from kubelet,
+                    // for images side-loaded with `image load`). A named registry's refusal stands, so
+                    // a pod without its credentials never runs a private image another pod pulled.
+                    let side_loaded = always && images::registry_of(image) == "docker.io";
+                    let local = if side_loaded { runtime.image_user(image).await.ok().flatten() } else { None };
                     if local.is_none() {
                         return Err(("ErrImagePull".to_string(), format!("Failed to pull image {image:?}: {e}")));
                     }
@@ -1619,14 +1634,18 @@ mod tests {
         assert_eq!(waiting_reason(&status), Some("ErrImagePull"));
         assert!(status.state.waiting.unwrap().message.unwrap().contains("no basic auth credentials"));
         let updates = sync.sync(std::slice::from_ref(&without)).await.unwrap();
+        assert_eq!(waiting_reason(&container_status(&updates)), Some("ErrImagePull"), "shown a while, not replaced by the next sync at once");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let updates = sync.sync(std::slice::from_ref(&without)).await.unwrap();
         assert_eq!(waiting_reason(&container_status(&updates)), Some("ImagePullBackOff"));
         let pulls = || fake.calls().iter().filter(|c| c.starts_with("pull ")).count();
         assert_eq!(pulls(), 1, "no pull during the back-off");
-        tokio::time::sleep(Duration::from_secs(11)).await;
+        tokio::time::sleep(Duration::from_secs(7)).await;
         sync.sync(std::slice::from_ref(&without)).await.unwrap();
         assert_eq!(pulls(), 2, "pulled again after 10 s");
 
         let wrong = pod("wrong", "Always", Container { image: "registry.test:5443/private/app:v9".into(), ..web() });
+        let mut sync = sync_of(&fake);
         sync.sync(std::slice::from_ref(&wrong)).await.unwrap();
         let updates = sync.sync(std::slice::from_ref(&wrong)).await.unwrap();
         let message = container_status(&updates).state.waiting.unwrap().message.unwrap();

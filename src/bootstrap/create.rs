@@ -155,7 +155,7 @@ pub async fn bootstrap(
         // The workers fetch the binary from the master inside the VPC: one copy crosses the
         // operator's link instead of one per worker (and nothing is unpacked on them).
         let binary = BinaryFetch { url: format!("https://{}:{}{}", master.private_ip()?, spec.api.port, crate::apiserver::NODE_BINARY_PATH), ca_pem: ca_pem.clone() };
-        let join = Join { cluster: spec.name.as_str().into(), api_host: api_host.clone(), port: spec.api.port, ca_hash, token_ttl: options.token_ttl, binary: Some(binary), network: Some(crate::nodeconfig::NodeNetwork::of(&spec.network)) };
+        let join = Join { cluster: spec.name.as_str().into(), api_host: api_host.clone(), port: spec.api.port, ca_hash, token_ttl: options.token_ttl, binary: Some(binary), network: Some(crate::nodeconfig::NodeNetwork::of(&spec.network)), registries: spec.registries.clone() };
         // Joined workers running another binary are upgraded one at a time, drained first; the
         // others (new machines, config changes) are installed in parallel.
         let mut upgrades = Vec::new();

@@ -262,6 +262,7 @@ pub async fn install_master(
             snapshots_kept: spec.backups.snapshots_kept,
         }),
         network: Some(crate::nodeconfig::NodeNetwork::of(&spec.network)),
+        registries: spec.registries.clone(),
         ..m.node_config(spec.name.as_str(), NodeRole::Master, ApiEndpoint { endpoint: plane.api_host.clone(), port: spec.api.port })?
     };
     let toml = config.to_toml().map_err(|e| BootstrapError::Other(format!("rendering the config of {}: {e}", m.name)))?;

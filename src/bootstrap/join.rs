@@ -34,6 +34,8 @@ pub struct Join {
     pub binary: Option<BinaryFetch>,
     /// The cluster's address blocks, for the workers' pod networks.
     pub network: Option<crate::nodeconfig::NodeNetwork>,
+    /// The registries with CAs of their own the workers trust.
+    pub registries: Vec<crate::spec::TrustedRegistry>,
 }
 
 /// Makes a join token (a bootstrap-token Secret, through `client`) and installs the workers in
@@ -123,6 +125,7 @@ pub(super) async fn install_with_token(join: &Join, workers: &[&Machine], sessio
                 let config = NodeConfig {
                     worker: Some(WorkerSettings { join_token, ca_hash: join.ca_hash, heartbeat_seconds: 2 }),
                     network: join.network,
+                    registries: join.registries,
                     ..m.node_config(&join.cluster, NodeRole::Worker, ApiEndpoint { endpoint: join.api_host, port: join.port })?
                 };
                 let toml = config.to_toml().map_err(|e| BootstrapError::Other(format!("rendering the config of {}: {e}", m.name)))?;

@@ -43,6 +43,7 @@ impl Machine {
             master: None,
             worker: None,
             network: None,
+            registries: Vec::new(),
         })
     }
 

@@ -71,6 +71,7 @@ pub async fn run(client: ApiClient, settings: CloudSettings, config: NodeConfig,
             ca_pem: ca_pem.clone(),
         }),
         network: config.network,
+        registries: config.registries.clone(),
     };
     let ctx = machines::Context {
         cloud: cloud.clone(),

@@ -121,6 +121,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     tokio::spawn(crate::proxy::run(node_client.clone()));
     let serving = ca.issue_node_serving(&config.node_name)?;
     let serving = apiserver::ServerTls { cert_pem: serving.cert_pem, key_pem: serving.key_pem, client_ca_pem: ca.cert_pem().to_string() };
+    super::trust_registries_logged(&config);
     tokio::spawn(agent::run(node_client, super::agent_config(&config, Duration::from_secs(2), serving)));
 
     tokio::select! {

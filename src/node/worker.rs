@@ -138,6 +138,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         }
     };
     tokio::spawn(crate::proxy::run(client.clone()));
+    super::trust_registries_logged(&config);
     tokio::select! {
         _ = agent::run(client, super::agent_config(&config, Duration::from_secs(worker.heartbeat_seconds.max(1)), serving)) => {}
         _ = super::master::shutdown_signal() => {}

@@ -147,6 +147,9 @@ pub struct NodeConfig {
     /// configs of nodes installed before pods had addresses of their own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NodeNetwork>,
+    /// Registries with a CA of their own, which the node's container runtime trusts for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registries: Vec<crate::spec::TrustedRegistry>,
 }
 
 /// The cluster's address blocks as every node sees them: pods' traffic to the cluster CIDR and
@@ -463,6 +466,7 @@ mod tests {
                 cluster_cidr: "100.64.0.0/16".parse().unwrap(),
                 service_cidr: "10.96.0.0/16".parse().unwrap(),
             }),
+            registries: vec![crate::spec::TrustedRegistry { host: "registry.example:5443".into(), ca: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into() }],
         }
     }
 

@@ -54,6 +54,17 @@ pub struct ClusterSpec {
     pub workers: Vec<NodePool>,
     /// The snapshots of the store every master keeps.
     pub backups: Backups,
+    /// Registries whose TLS certificates are signed by a CA of their own, which the nodes trust
+    /// for pulls from that registry only.
+    pub registries: Vec<TrustedRegistry>,
+}
+
+/// `[[registries]]`: a registry (`host` or `host:port`) and the CA (PEM, inline) its certificate
+/// chains to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TrustedRegistry {
+    pub host: String,
+    pub ca: String,
 }
 
 /// `[backups]`: the scheduled snapshots of the cluster's store kept on every master

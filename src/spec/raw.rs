@@ -28,6 +28,15 @@ pub(crate) struct RawSpec {
     pub masters: Option<Spanned<RawMasters>>,
     pub workers: Option<Spanned<Vec<Spanned<RawWorkerPool>>>>,
     pub backups: Option<Spanned<RawBackups>>,
+    pub registries: Option<Spanned<Vec<Spanned<RawRegistry>>>>,
+}
+
+/// `[[registries]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRegistry {
+    pub host: Option<SString>,
+    pub ca: Option<SString>,
 }
 
 /// `[cluster]`

@@ -13,7 +13,7 @@ use toml::de::DeTable;
 
 use super::error::{Problems, shape_problem, syntax_problem};
 use super::raw::{
-    RawApi, RawBackups, RawCluster, RawImage, RawMasters, RawNetwork, RawSpec, RawSsh, RawStringMap,
+    RawApi, RawBackups, RawCluster, RawImage, RawMasters, RawNetwork, RawRegistry, RawSpec, RawSsh, RawStringMap,
     RawWorkerPool, SString,
 };
 use super::{
@@ -146,6 +146,10 @@ impl Check {
             Some(b) => self.backups(b.get_ref()),
             None => Some(Backups::default()),
         };
+        let registries = match raw.registries.as_ref() {
+            Some(list) => self.registries(list.get_ref()),
+            None => Some(Vec::new()),
+        };
 
         Some(ClusterSpec {
             source: source.to_path_buf(),
@@ -159,6 +163,7 @@ impl Check {
             masters: masters?,
             workers: workers?,
             backups: backups?,
+            registries: registries?,
         })
     }
 
@@ -740,6 +745,36 @@ impl Check {
             port,
             load_balancer,
         })
+    }
+
+    /// `[[registries]]`: a host (`name` or `name:port`, no scheme or path) and a CA in PEM.
+    fn registries(&mut self, raw: &[Spanned<RawRegistry>]) -> Option<Vec<super::TrustedRegistry>> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, entry) in raw.iter().enumerate() {
+            let r = entry.get_ref();
+            let field = |f: &str| format!("registries[{i}].{f}");
+            let (Some(host), Some(ca)) = (r.host.as_ref(), r.ca.as_ref()) else {
+                let missing = if r.host.is_none() { "host" } else { "ca" };
+                self.problems.at(entry, &field(missing), "is required (a registry's host and the PEM of the CA its certificate chains to)".to_string());
+                ok = false;
+                continue;
+            };
+            let h = host.get_ref();
+            if h.is_empty() || h.contains(['/', ' ']) || h.contains("://") {
+                self.problems.at(host, &field("host"), format!("must be a host or host:port (no scheme, no path), got {h:?}"));
+                ok = false;
+            }
+            let certs: Vec<_> = CertificateDer::pem_slice_iter(ca.get_ref().as_bytes()).collect();
+            if certs.is_empty() || certs.iter().any(Result::is_err) {
+                self.problems.at(ca, &field("ca"), "must be one or more PEM certificates (-----BEGIN CERTIFICATE-----)".to_string());
+                ok = false;
+            }
+            out.push(super::TrustedRegistry { host: h.clone(), ca: ca.get_ref().clone() });
+        }
+        ok.then_some(out)
     }
 
     fn backups(&mut self, raw: &RawBackups) -> Option<Backups> {
