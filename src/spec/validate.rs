@@ -758,18 +758,18 @@ impl Check {
             let field = |f: &str| format!("registries[{i}].{f}");
             let (Some(host), Some(ca)) = (r.host.as_ref(), r.ca.as_ref()) else {
                 let missing = if r.host.is_none() { "host" } else { "ca" };
-                self.problems.at(entry, &field(missing), "is required (a registry's host and the PEM of the CA its certificate chains to)".to_string());
+                self.problems.at(entry, field(missing), "is required (a registry's host and the PEM of the CA its certificate chains to)".to_string());
                 ok = false;
                 continue;
             };
             let h = host.get_ref();
             if h.is_empty() || h.contains(['/', ' ']) || h.contains("://") {
-                self.problems.at(host, &field("host"), format!("must be a host or host:port (no scheme, no path), got {h:?}"));
+                self.problems.at(host, field("host"), format!("must be a host or host:port (no scheme, no path), got {h:?}"));
                 ok = false;
             }
             let certs: Vec<_> = CertificateDer::pem_slice_iter(ca.get_ref().as_bytes()).collect();
             if certs.is_empty() || certs.iter().any(Result::is_err) {
-                self.problems.at(ca, &field("ca"), "must be one or more PEM certificates (-----BEGIN CERTIFICATE-----)".to_string());
+                self.problems.at(ca, field("ca"), "must be one or more PEM certificates (-----BEGIN CERTIFICATE-----)".to_string());
                 ok = false;
             }
             out.push(super::TrustedRegistry { host: h.clone(), ca: ca.get_ref().clone() });
