@@ -475,6 +475,17 @@ spec:
     runAsUser: 1000
     runAsGroup: 3000
     fsGroup: 2000
+  hostAliases:
+    - ip: 10.1.2.3
+      hostnames: ["db.local"]
+  affinity:
+    nodeAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        nodeSelectorTerms:
+          - matchExpressions:
+              - key: kubernetes.io/os
+                operator: In
+                values: ["linux"]
   initContainers:
     - name: init
       image: clusterctl-busybox:latest
@@ -498,6 +509,10 @@ spec:
               fieldPath: metadata.labels
     - name: scratch
       emptyDir: {}
+    - name: cache
+      emptyDir:
+        medium: Memory
+        sizeLimit: 8Mi
     - name: both
       projected:
         sources:
@@ -566,6 +581,8 @@ spec:
           mountPath: /scratch
         - name: both
           mountPath: /etc/both
+        - name: cache
+          mountPath: /cache
     - name: reader
       image: clusterctl-busybox:latest
       command: ["sh", "-c", "exec sleep 3600"]
@@ -624,6 +641,60 @@ spec:
             secretKeyRef:
               name: app-secret
               key: user
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: deadline
+spec:
+  activeDeadlineSeconds: 2
+  containers:
+    - name: app
+      image: clusterctl-busybox:latest
+      command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: filler
+spec:
+  volumes:
+    - name: scratch
+      emptyDir:
+        sizeLimit: 1Mi
+  containers:
+    - name: app
+      image: clusterctl-busybox:latest
+      command: ["sh", "-c", "head -c 4000000 /dev/zero > /scratch/fill; exec sleep 3600"]
+      volumeMounts:
+        - name: scratch
+          mountPath: /scratch
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: apart
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: apart
+  template:
+    metadata:
+      labels:
+        app: apart
+    spec:
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            - labelSelector:
+                matchLabels:
+                  app: apart
+              topologyKey: kubernetes.io/hostname
+      containers:
+        - name: app
+          image: clusterctl-busybox:latest
+          command: ["sleep", "3600"]
 "#;
 
 async fn pods_get_configuration_secrets_and_volumes(home: &Path, client: &ApiClient) {
@@ -653,6 +724,8 @@ async fn pods_get_configuration_secrets_and_volumes(home: &Path, client: &ApiCli
     let (_, who, _) = exec("app", "id; touch /rootfile 2>/dev/null || echo root-read-only; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status | tr -s '\t' ' '");
     assert!(who.contains("uid=1000") && who.contains("gid=3000") && who.contains("2000") && who.contains("root-read-only"), "{who}");
     assert!(who.contains("CapEff: 0000000000000000") && who.contains("NoNewPrivs: 1"), "{who}");
+    let (_, hosts, _) = exec("app", "grep db.local /etc/hosts; df -k /cache | tail -1");
+    assert!(hosts.starts_with("10.1.2.3\tdb.local") && hosts.contains("tmpfs") && hosts.contains(" 8192 "), "hostAliases in /etc/hosts and the memory emptyDir a tmpfs of its sizeLimit: {hosts}");
     let (ok, from_init, err) = exec("app", "cat /scratch/init");
     assert!(ok && from_init == "from-init", "the init container's output: {from_init} {err}");
     let (ok, hooked, err) = exec("app", "cat /scratch/post-start");
@@ -713,6 +786,21 @@ async fn pods_get_configuration_secrets_and_volumes(home: &Path, client: &ApiCli
     eprintln!("the pod waiting for a Secret's key started {:.1}s after the key was added", took.as_secs_f64());
     let out = kubectl(home, &["exec", "needs-key", "--", "sh", "-c", "echo $USER"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ann");
+    // a pod past its activeDeadlineSeconds fails; one whose emptyDir outgrows its sizeLimit is evicted
+    for (name, reason, words) in [("deadline", "DeadlineExceeded", "longer than the specified deadline"), ("filler", "Evicted", "Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\"")] {
+        let (_, took) = eventually(&format!("{name} is {reason}"), Duration::from_secs(45), || async {
+            let pod = client.get_value(&format!("/api/v1/namespaces/default/pods/{name}")).await.map_err(|e| e.to_string())?;
+            let s = &pod["status"];
+            let stopped = s["containerStatuses"][0]["state"]["terminated"].is_object();
+            if s["phase"] == "Failed" && s["reason"] == reason && s["message"].as_str().unwrap_or("").contains(words) && stopped { Ok(()) } else { Err(s.to_string()) }
+        })
+        .await;
+        eprintln!("{name}: {reason} and its container stopped {:.1}s into the check", took.as_secs_f64());
+    }
+    // required anti-affinity on the host name: the three replicas on three nodes
+    let apart = wait_for(client, "apart's 3 replicas run", Duration::from_secs(60), |ps| app(ps, "apart").iter().filter(|p| is_ready(p)).count() == 3).await;
+    let nodes: std::collections::BTreeSet<&str> = app(&apart, "apart").iter().map(|p| str_at(p, "/spec/nodeName")).collect();
+    assert_eq!(nodes.len(), 3, "one replica per node: {nodes:?}");
     let out = kubectl(home, &["delete", "-f", &file, "--wait=false"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     pod_security_levels_refuse_what_they_forbid(home);

@@ -54,10 +54,21 @@ pub fn registered_taints(config: &AgentConfig) -> Vec<Taint> {
     control_plane.then(|| Taint { key: CONTROL_PLANE.into(), effect: "NoSchedule".into(), ..Default::default() }).into_iter().collect()
 }
 
+/// The labels this agent registers its node with: its configured ones and kubelet's well-known
+/// `kubernetes.io/hostname`, `kubernetes.io/os` and `kubernetes.io/arch`, which affinity and
+/// spread constraints name.
+pub fn registered_labels(config: &AgentConfig) -> BTreeMap<String, String> {
+    let mut labels = config.labels.clone();
+    labels.insert("kubernetes.io/hostname".into(), config.node_name.clone());
+    labels.insert("kubernetes.io/os".into(), std::env::consts::OS.into());
+    labels.insert("kubernetes.io/arch".into(), match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", other => other }.into());
+    labels
+}
+
 /// The node object this agent registers.
 pub fn node_object(config: &AgentConfig, host: &host::HostInfo) -> Node {
     Node {
-        metadata: ObjectMeta { labels: config.labels.clone(), ..ObjectMeta::named(&config.node_name) },
+        metadata: ObjectMeta { labels: registered_labels(config), ..ObjectMeta::named(&config.node_name) },
         spec: NodeSpec { provider_id: Some(config.provider_id.clone()), taints: registered_taints(config), ..Default::default() },
         status: reported_status(config, host, None),
         ..Node::new(&config.node_name)
@@ -135,7 +146,7 @@ pub fn take_over(node: &mut Node, config: &AgentConfig) -> bool {
         node.spec.provider_id = Some(config.provider_id.clone());
         changed = true;
     }
-    for (key, value) in &config.labels {
+    for (key, value) in &registered_labels(config) {
         if node.metadata.labels.get(key) != Some(value) {
             node.metadata.labels.insert(key.clone(), value.clone());
             changed = true;

@@ -14,7 +14,9 @@
 //! Where they live on the node: volumes on disk under [`VolumeRoots::disk`]
 //! (`/var/lib/clusterctl/agent/pods/<uid>/volumes/<name>`); Secrets and `medium: Memory` emptyDirs
 //! under [`VolumeRoots::memory`] (`/run/clusterctl/pods/...`, a tmpfs), so that no secret reaches
-//! the node's disk. Both go with the pod.
+//! the node's disk. Both go with the pod. An emptyDir's `sizeLimit` is enforced as kubelet does:
+//! a memory-backed one is its own tmpfs of that size (when [`VolumeRoots::sized_tmpfs`]), and a pod
+//! whose emptyDir holds more than its limit is evicted ([`over_size_limit`], checked by pod sync).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -306,12 +308,63 @@ pub struct VolumeRoots {
     pub disk: PathBuf,
     /// A tmpfs: Secrets and memory-backed emptyDirs.
     pub memory: PathBuf,
+    /// Whether a memory-backed emptyDir with a `sizeLimit` is mounted as a tmpfs of its own of
+    /// that size (on nodes, where the agent may mount; tests keep plain directories).
+    pub sized_tmpfs: bool,
 }
 
 impl Default for VolumeRoots {
     fn default() -> Self {
-        VolumeRoots { disk: "/var/lib/clusterctl/agent/pods".into(), memory: "/run/clusterctl/pods".into() }
+        VolumeRoots { disk: "/var/lib/clusterctl/agent/pods".into(), memory: "/run/clusterctl/pods".into(), sized_tmpfs: true }
     }
+}
+
+/// Bytes in use under `dir` (allocated blocks, as `du` counts them; not following symlinks).
+fn usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => m.blocks() * 512 + usage(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The eviction message for the first emptyDir of the pod that holds more than its `sizeLimit`,
+/// in kubelet's words (`Usage of EmptyDir volume "scratch" exceeds the limit "1Mi". `).
+pub fn over_size_limit(roots: &VolumeRoots, pod: &Pod) -> Option<String> {
+    pod.spec.volumes.iter().find_map(|v| {
+        let e = v.empty_dir.as_ref()?;
+        let limit = e.size_limit.as_ref()?;
+        let bytes = limit.bytes().ok()?;
+        let used = usage(&roots.dir(e.medium.as_deref() == Some("Memory"), &pod.metadata.uid, &v.name));
+        (used > bytes).then(|| format!("Usage of EmptyDir volume {:?} exceeds the limit {:?}. ", v.name, limit.0))
+    })
+}
+
+/// Whether `dir` is a mount point (its device differs from its parent's).
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(dir), dir.parent().map(std::fs::metadata)) {
+        (Ok(d), Some(Ok(p))) => d.dev() != p.dev(),
+        _ => false,
+    }
+}
+
+/// Mounts a tmpfs of `bytes` on `dir` (once), world-writable as an emptyDir is.
+fn mount_sized_tmpfs(dir: &Path, bytes: u64) -> Result<(), String> {
+    if is_mount_point(dir) {
+        return Ok(());
+    }
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={bytes},mode=0777,nosuid,nodev"), "tmpfs"])
+        .arg(dir)
+        .output()
+        .map_err(|e| format!("mount: {e}"))?;
+    if out.status.success() { Ok(()) } else { Err(format!("mount: {}", String::from_utf8_lossy(&out.stderr).trim())) }
 }
 
 impl VolumeRoots {
@@ -319,8 +372,15 @@ impl VolumeRoots {
         (if memory { &self.memory } else { &self.disk }).join(uid).join("volumes").join(volume)
     }
 
-    /// Removes a pod's volumes (its containers are gone).
+    /// Removes a pod's volumes (its containers are gone), unmounting its sized tmpfs first.
     pub fn remove_pod(&self, uid: &str) {
+        if let Ok(volumes) = std::fs::read_dir(self.memory.join(uid).join("volumes")) {
+            for dir in volumes.filter_map(Result::ok).map(|e| e.path()).filter(|d| is_mount_point(d)) {
+                if let Err(e) = std::process::Command::new("umount").arg(&dir).output() {
+                    tracing::warn!(dir = %dir.display(), error = %e, "unmounting an emptyDir");
+                }
+            }
+        }
         for root in [&self.disk, &self.memory] {
             let dir = root.join(uid);
             if dir.exists()
@@ -405,8 +465,8 @@ fn downward_payload(pod: &Pod, items: &[DownwardApiVolumeFile], mode: u32, ctx: 
 /// How a volume is made on the node.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VolumeKind {
-    /// A directory of the pod's own (memory-backed: on the tmpfs).
-    Empty { memory: bool },
+    /// A directory of the pod's own (memory-backed: on the tmpfs), and its `sizeLimit` in bytes.
+    Empty { memory: bool, size_limit: Option<u64> },
     /// Files written from API data (secrets: on the tmpfs).
     Files { memory: bool, payload: Payload },
     /// A path of the node, checked (or made) per its type.
@@ -426,7 +486,8 @@ pub fn volume_kind(pod: &Pod, volume: &Volume, sources: &Sources, ctx: &PodConte
     }
     let mut payload = Payload::new();
     if let Some(e) = &v.empty_dir {
-        return Ok(VolumeKind::Empty { memory: e.medium.as_deref() == Some("Memory") });
+        let size_limit = e.size_limit.as_ref().map(|q| q.bytes().map_err(|err| format!("sizeLimit {:?}: {err}", q.0))).transpose()?;
+        return Ok(VolumeKind::Empty { memory: e.medium.as_deref() == Some("Memory"), size_limit });
     }
     if let Some(c) = &v.config_map {
         keys_payload(&key(false, &c.name), &c.items, c.optional == Some(true), mode_of(c.default_mode, DEFAULT_MODE), sources, &mut payload)?;
@@ -510,9 +571,12 @@ pub fn set_up(roots: &VolumeRoots, pod: &Pod, sources: &Sources, ctx: &PodContex
     for volume in &pod.spec.volumes {
         let failed = |e: String| format!("MountVolume.SetUp failed for volume {:?} : {e}", volume.name);
         let dir = match volume_kind(pod, volume, sources, ctx).map_err(failed)? {
-            VolumeKind::Empty { memory } => {
+            VolumeKind::Empty { memory, size_limit } => {
                 let dir = roots.dir(memory, uid, &volume.name);
                 std::fs::create_dir_all(&dir).map_err(|e| failed(e.to_string()))?;
+                if let Some(bytes) = size_limit.filter(|_| memory && roots.sized_tmpfs) {
+                    mount_sized_tmpfs(&dir, bytes).map_err(failed)?;
+                }
                 // Writable by every user of the pod, as kubelet makes an emptyDir (0777).
                 std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(|e| failed(e.to_string()))?;
                 if group.is_some() {

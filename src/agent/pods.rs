@@ -105,12 +105,37 @@ impl ContainerTrack {
     }
 }
 
+/// A container to stop: after its preStop handler (with its spec and what the runtime said of it)
+/// when it has one and is killed by its node (liveness, startup, postStart failure, deadline,
+/// eviction), as kubelet runs the handler before every kill; then removed when `remove`.
+struct Stop {
+    id: String,
+    grace: Duration,
+    remove: bool,
+    pre_stop: Option<(LifecycleHandler, Container, ContainerInfo)>,
+}
+
+impl Stop {
+    fn plain(id: &str, grace: Duration, remove: bool) -> Self {
+        Stop { id: id.to_string(), grace, remove, pre_stop: None }
+    }
+
+    fn hooked(c: &ContainerInfo, spec: &Container, grace: Duration, remove: bool) -> Self {
+        let handler = spec.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()).filter(|_| c.running);
+        Stop { pre_stop: handler.map(|h| (h, spec.clone(), c.clone())), ..Stop::plain(&c.id, grace, remove) }
+    }
+}
+
 #[derive(Debug)]
 struct PodTrack {
     containers: HashMap<String, ContainerTrack>,
     start_time: Time,
     /// The status last written (or read back), to write only changes.
     last_status: Option<PodStatus>,
+    /// Why the pod was evicted, once it was.
+    evicted: Option<String>,
+    /// When its emptyDirs' usage was last measured.
+    usage_checked: Option<Instant>,
 }
 
 /// The node side of pods: desired pods in, containers and statuses out.
@@ -321,6 +346,7 @@ fn sandbox_spec(prefix: &str, pod: &Pod) -> SandboxSpec {
         host_ports,
         hostname,
         host_aliases,
+        extra_hosts: pod.spec.host_aliases.iter().map(|a| (a.ip.clone(), a.hostnames.clone())).collect(),
         dns: pod_dns(pod),
     }
 }
@@ -494,8 +520,9 @@ impl<R: ContainerRuntime> PodSync<R> {
     }
 
     /// Runs the container's preStop handler (within the grace period), then stops it with what is
-    /// left of the grace (at least 2 s, as kubelet extends it) and removes it, in the background.
-    fn terminate_after_pre_stop(&self, c: &ContainerInfo, grace: Duration, handler: LifecycleHandler, spec: Container) {
+    /// left of the grace (at least 2 s, as kubelet extends it) and removes it when `remove`, in the
+    /// background.
+    fn terminate_after_pre_stop(&self, c: &ContainerInfo, grace: Duration, handler: LifecycleHandler, spec: Container, remove: bool) {
         if !self.terminating.lock().unwrap_or_else(|e| e.into_inner()).insert(c.id.clone()) {
             return;
         }
@@ -511,7 +538,9 @@ impl<R: ContainerRuntime> PodSync<R> {
             if let Err(e) = runtime.stop(&info.id, left).await {
                 tracing::warn!(container = %info.id, error = %e, "stopping a container");
             }
-            if let Err(e) = runtime.remove(&info.id).await {
+            if remove
+                && let Err(e) = runtime.remove(&info.id).await
+            {
                 tracing::warn!(container = %info.id, error = %e, "removing a container");
             }
             terminating.lock().unwrap_or_else(|e| e.into_inner()).remove(&info.id);
@@ -563,7 +592,7 @@ impl<R: ContainerRuntime> PodSync<R> {
                         Some((spec.lifecycle.as_ref()?.pre_stop.clone()?, spec.clone()))
                     });
                     match hook.filter(|_| c.running) {
-                        Some((handler, spec)) => self.terminate_after_pre_stop(&c, grace, handler, spec),
+                        Some((handler, spec)) => self.terminate_after_pre_stop(&c, grace, handler, spec, true),
                         None => self.terminate(&c.id, grace),
                     }
                 }
@@ -593,6 +622,8 @@ impl<R: ContainerRuntime> PodSync<R> {
                 containers: HashMap::new(),
                 start_time: pod.status.start_time.unwrap_or_else(Time::now),
                 last_status: None,
+                evicted: None,
+                usage_checked: None,
             });
         }
 
@@ -630,8 +661,11 @@ impl<R: ContainerRuntime> PodSync<R> {
         }
         let mut updates = Vec::new();
         for (pod, (status, to_terminate)) in results {
-            for (id, grace, remove) in to_terminate {
-                self.stop_in_background(&id, grace, remove);
+            for stop in to_terminate {
+                match stop.pre_stop {
+                    Some((handler, spec, info)) => self.terminate_after_pre_stop(&info, stop.grace, handler, spec, stop.remove),
+                    None => self.stop_in_background(&stop.id, stop.grace, stop.remove),
+                }
             }
             if let Some(status) = status {
                 updates.push(StatusUpdate {
@@ -711,7 +745,7 @@ async fn sync_pod<R: ContainerRuntime>(
     mut actual: HashMap<String, Vec<ContainerInfo>>,
     sandboxes: Vec<ContainerInfo>,
     now: Instant,
-) -> (Option<PodStatus>, Vec<(String, Duration, bool)>) {
+) -> (Option<PodStatus>, Vec<Stop>) {
     let policy = pod.spec.restart_policy();
     let grace = grace_of(pod);
     let specs = &pod.spec.containers;
@@ -743,8 +777,11 @@ async fn sync_pod<R: ContainerRuntime>(
     };
     if let Some(current) = &sandbox {
         for other in sandboxes.iter().filter(|c| current.as_ref().is_none_or(|s| s.id != c.id)) {
-            to_terminate.push((other.id.clone(), Duration::ZERO, true));
+            to_terminate.push(Stop::plain(&other.id, Duration::ZERO, true));
         }
+    }
+    if let Some(why) = stop_reason(env, track, pod, now) {
+        return stop_failed(pod, track, actual, sandboxes, grace, to_terminate, env.node_ip, why);
     }
     // The pod's volumes, made or brought up to date (a changed ConfigMap reaches the files of
     // running containers this way); a container that needs one that cannot be made waits.
@@ -776,7 +813,7 @@ async fn sync_pod<R: ContainerRuntime>(
         }
         if let Some(done) = found.iter().filter(mine).filter(|c| !c.running && c.exit_code == Some(0)).max_by_key(|c| c.started_at.clone()).cloned() {
             for other in actual.remove(&spec.name).unwrap_or_default().into_iter().filter(|c| c.id != done.id) {
-                to_terminate.push((other.id, grace, true));
+                to_terminate.push(Stop::plain(&other.id, grace, true));
             }
             let ct = track.containers.entry(spec.name.clone()).or_insert_with(|| ContainerTrack::new(known_restarts.get(spec.name.as_str()).copied().unwrap_or(0)));
             ct.waiting = None;
@@ -803,7 +840,7 @@ async fn sync_pod<R: ContainerRuntime>(
             let same = c.labels.get(labels::SPEC_HASH) == Some(&hash);
             let here = in_sandbox(c);
             if !same || !here {
-                to_terminate.push((c.id.clone(), grace, true));
+                to_terminate.push(Stop::plain(&c.id, grace, true));
             }
             if same && !here && c.running {
                 ct.restart_count += 1;
@@ -829,7 +866,7 @@ async fn sync_pod<R: ContainerRuntime>(
         let previous = if current.is_some() { found.iter().rposition(|c| !c.running) } else { None };
         for (i, extra) in found.into_iter().enumerate() {
             if Some(i) != previous {
-                to_terminate.push((extra.id, grace, true));
+                to_terminate.push(Stop::plain(&extra.id, grace, true));
             }
         }
         if current.as_ref().is_some_and(|c| env.terminating.lock().unwrap_or_else(|e| e.into_inner()).contains(&c.id)) {
@@ -859,7 +896,7 @@ async fn sync_pod<R: ContainerRuntime>(
                 if let Some(message) = env.hook_failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&c.id) {
                     // Its postStart handler failed: the container is killed (and restarted by its policy).
                     env.happen(pod, &cname, WARNING, "FailedPostStartHook", message);
-                    to_terminate.push((c.id.clone(), grace, false));
+                    to_terminate.push(Stop::hooked(&c, spec, grace, false));
                     infos.insert(cname, Some(c));
                     continue;
                 }
@@ -870,7 +907,7 @@ async fn sync_pod<R: ContainerRuntime>(
                     if spec.startup_probe.as_ref().is_some_and(|p| ct.startup.failures >= p.failures()) {
                         env.happen(pod, &cname, WARNING, "Unhealthy", "Startup probe failed".into());
                         env.happen(pod, &cname, NORMAL, "Killing", format!("Container {cname} failed startup probe, will be restarted"));
-                        to_terminate.push((c.id.clone(), grace, false));
+                        to_terminate.push(Stop::hooked(&c, spec, grace, false));
                         ct.startup = HealthTrack::default();
                     }
                     ct.readiness = HealthTrack::default();
@@ -883,7 +920,7 @@ async fn sync_pod<R: ContainerRuntime>(
                     tracing::info!(pod = %pod.metadata.name, container = %cname, "liveness probe failed; restarting");
                     env.happen(pod, &cname, WARNING, "Unhealthy", "Liveness probe failed".into());
                     env.happen(pod, &cname, NORMAL, "Killing", format!("Container {cname} failed liveness probe, will be restarted"));
-                    to_terminate.push((c.id.clone(), grace, false));
+                    to_terminate.push(Stop::hooked(&c, spec, grace, false));
                     ct.liveness = HealthTrack { passing: true, ..Default::default() };
                 }
                 infos.insert(cname, Some(c));
@@ -941,12 +978,120 @@ async fn sync_pod<R: ContainerRuntime>(
     }
     // Containers no longer in the spec.
     for rest in actual.values().flatten() {
-        to_terminate.push((rest.id.clone(), grace, true));
+        to_terminate.push(Stop::plain(&rest.id, grace, true));
     }
     let pod_ip = sandbox.flatten().map(|s| s.ip);
     let status = pod_status(pod, track, &infos, init, env.node_ip, pod_ip);
     // Written when it changed, or when the stored status is not ours (a fresh agent, someone
     // else's write, or our write not yet seen by the watch).
+    if track.last_status.as_ref() == Some(&status) && pod.status == status {
+        return (None, to_terminate);
+    }
+    (Some(status), to_terminate)
+}
+
+/// The reason and message of a pod stopped for its `activeDeadlineSeconds`, in kubelet's words.
+const DEADLINE_EXCEEDED: (&str, &str) = ("DeadlineExceeded", "Pod was active on the node longer than the specified deadline");
+
+/// The reason of a pod evicted by its node.
+const EVICTED: &str = "Evicted";
+
+/// How often a pod's emptyDir usage is measured against its `sizeLimit`.
+const USAGE_CHECK: Duration = Duration::from_secs(5);
+
+/// Why the pod must stop for good, `(reason, message)`: it ran longer than its
+/// `activeDeadlineSeconds` (counted from its start on this node, `status.startTime`, as kubelet
+/// counts it), or an emptyDir holds more than its `sizeLimit` (evicted, measured every
+/// [`USAGE_CHECK`]); or it was stopped for one of them before.
+fn stop_reason<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrack, pod: &Pod, now: Instant) -> Option<(String, String)> {
+    let stopped_for = |reason: &str| pod.status.phase.as_deref() == Some("Failed") && pod.status.reason.as_deref() == Some(reason);
+    if let Some(deadline) = pod.spec.active_deadline_seconds
+        && (stopped_for(DEADLINE_EXCEEDED.0) || track.start_time.age() >= Duration::from_secs(u64::try_from(deadline).unwrap_or(0)))
+    {
+        return Some((DEADLINE_EXCEEDED.0.into(), DEADLINE_EXCEEDED.1.into()));
+    }
+    if stopped_for(EVICTED) {
+        return Some((EVICTED.into(), pod.status.message.clone().unwrap_or_default()));
+    }
+    if let Some(message) = &track.evicted {
+        return Some((EVICTED.into(), message.clone()));
+    }
+    let limited = pod.spec.volumes.iter().any(|v| v.empty_dir.as_ref().is_some_and(|e| e.size_limit.is_some()));
+    if limited && track.usage_checked.is_none_or(|at| now.duration_since(at) >= USAGE_CHECK) {
+        track.usage_checked = Some(now);
+        if let Some(message) = podconfig::over_size_limit(env.volumes, pod) {
+            tracing::info!(pod = %pod.metadata.name, "evicting: {message}");
+            env.happen(pod, "", WARNING, EVICTED, message.clone());
+            track.evicted = Some(message.clone());
+            return Some((EVICTED.into(), message));
+        }
+    }
+    None
+}
+
+/// A pod that must stop for good: every container and then the sandbox stopped, nothing started
+/// again, and the pod `Failed` with `reason` and `message`; the containers' states follow what
+/// they became.
+#[allow(clippy::too_many_arguments)]
+fn stop_failed(
+    pod: &Pod,
+    track: &mut PodTrack,
+    actual: HashMap<String, Vec<ContainerInfo>>,
+    sandboxes: Vec<ContainerInfo>,
+    grace: Duration,
+    mut to_terminate: Vec<Stop>,
+    node_ip: IpAddr,
+    (reason, message): (String, String),
+) -> (Option<PodStatus>, Vec<Stop>) {
+    let running: Vec<&ContainerInfo> = actual.values().flatten().filter(|c| c.running).collect();
+    for c in &running {
+        let spec = c.labels.get(labels::CONTAINER).and_then(|name| pod.spec.containers.iter().chain(&pod.spec.init_containers).find(|s| &s.name == name));
+        to_terminate.push(match spec {
+            Some(spec) => Stop::hooked(c, spec, grace, false),
+            None => Stop::plain(&c.id, grace, false),
+        });
+    }
+    if running.is_empty() {
+        to_terminate.extend(sandboxes.iter().filter(|c| c.running).map(|c| Stop::plain(&c.id, Duration::ZERO, false)));
+    }
+    let state_of = |spec: &Container| -> ContainerStatus {
+        let newest = actual.get(&spec.name).and_then(|cs| cs.iter().max_by_key(|c| c.started_at.clone()));
+        let before = pod.status.container_statuses.iter().chain(&pod.status.init_container_statuses).find(|s| s.name == spec.name);
+        let state = match newest {
+            Some(c) if c.running => ContainerState { running: Some(ContainerStateRunning { started_at: c.started_at.as_deref().and_then(|t| Time::parse(t).ok()), ..Default::default() }), ..Default::default() },
+            Some(c) => ContainerState { terminated: Some(terminated_state(c)), ..Default::default() },
+            None => before.map(|b| b.state.clone()).filter(|s| s.terminated.is_some()).unwrap_or_else(|| ContainerState {
+                terminated: Some(ContainerStateTerminated { exit_code: 137, reason: Some("ContainerStatusUnknown".into()), ..Default::default() }),
+                ..Default::default()
+            }),
+        };
+        ContainerStatus {
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            state,
+            restart_count: before.map_or(0, |b| b.restart_count),
+            container_id: newest.map(|c| format!("docker://{}", c.id)),
+            ..Default::default()
+        }
+    };
+    let condition = |kind: &str, status: &str| {
+        let since = pod.status.conditions.iter().find(|c| c.condition_type == kind && c.status == status).and_then(|c| c.last_transition_time);
+        PodCondition { condition_type: kind.into(), status: status.into(), last_transition_time: Some(since.unwrap_or_else(Time::now)), ..Default::default() }
+    };
+    let status = PodStatus {
+        phase: Some("Failed".into()),
+        reason: Some(reason),
+        message: Some(message),
+        conditions: vec![condition("PodScheduled", "True"), condition("ContainersReady", "False"), condition("Ready", "False")],
+        container_statuses: pod.spec.containers.iter().map(state_of).collect(),
+        init_container_statuses: if pod.spec.init_containers.is_empty() { Vec::new() } else { pod.spec.init_containers.iter().map(state_of).collect() },
+        qos_class: Some(pod.spec.qos_class().into()),
+        host_ip: Some(node_ip.to_string()),
+        pod_ip: pod.status.pod_ip.clone(),
+        pod_ips: pod.status.pod_ips.clone(),
+        start_time: Some(track.start_time),
+        ..Default::default()
+    };
     if track.last_status.as_ref() == Some(&status) && pod.status == status {
         return (None, to_terminate);
     }
@@ -1422,7 +1567,9 @@ async fn reconcile<C: Client, R: ContainerRuntime>(_key: ObjectKey, ctx: Arc<Con
     sync.set_sources(sources);
     let updates = sync.sync(&desired).await;
     for h in sync.take_happenings() {
-        ctx.events.record_at(&h.pod, &format!("spec.containers{{{}}}", h.container), h.event_type, h.reason, h.message);
+        // A pod-level happening (an eviction) names no container, as kubelet reports it.
+        let field_path = if h.container.is_empty() { String::new() } else { format!("spec.containers{{{}}}", h.container) };
+        ctx.events.record_at(&h.pod, &field_path, h.event_type, h.reason, h.message);
     }
     let updates = updates?;
     // Deleted pods whose containers are gone: the delete that lets the API object go.
@@ -1539,7 +1686,7 @@ mod tests {
     fn sync_of(fake: &FakeRuntime) -> PodSync<FakeRuntime> {
         // (the termination-message files go to a folder of the test's own, left in /tmp)
         let dir = tempfile::tempdir().unwrap().keep();
-        PodSync::new(Arc::new(fake.clone()), "10.0.1.5".parse().unwrap()).with_volume_roots(VolumeRoots { disk: dir.join("disk"), memory: dir.join("memory") })
+        PodSync::new(Arc::new(fake.clone()), "10.0.1.5".parse().unwrap()).with_volume_roots(VolumeRoots { disk: dir.join("disk"), memory: dir.join("memory"), sized_tmpfs: false })
     }
 
     fn container_status(update: &[StatusUpdate]) -> ContainerStatus {
@@ -1650,6 +1797,39 @@ mod tests {
         let updates = sync.sync(std::slice::from_ref(&wrong)).await.unwrap();
         let message = container_status(&updates).state.waiting.unwrap().message.unwrap();
         assert!(message.contains("Failed to pull image \"registry.test:5443/private/app:v9\"") && message.contains("manifest unknown"), "{message}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_past_its_active_deadline_is_stopped_and_failed_and_never_restarted() {
+        let fake = FakeRuntime::with_images(&[IMAGE]);
+        let mut sync = sync_of(&fake);
+        let mut p = pod("job-1", "Always", Container { image_pull_policy: Some("IfNotPresent".into()), ..web() });
+        sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        assert_eq!(running_ids(&fake).len(), 1);
+        p.spec.active_deadline_seconds = Some(0);
+        let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
+        let status = &updates[0].status;
+        assert_eq!((status.phase.as_deref(), status.reason.as_deref()), (Some("Failed"), Some("DeadlineExceeded")));
+        assert_eq!(status.message.as_deref(), Some("Pod was active on the node longer than the specified deadline"));
+        // The stop runs in the background; once it is done, nothing starts again and the state shows it.
+        for _ in 0..50 {
+            if running_ids(&fake).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(running_ids(&fake).is_empty(), "stopped");
+        p.status = status.clone();
+        for _ in 0..3 {
+            let updates = sync.sync(std::slice::from_ref(&p)).await.unwrap();
+            if let Some(u) = updates.first() {
+                p.status = u.status.clone();
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert!(running_ids(&fake).is_empty(), "never restarted");
+        assert_eq!(p.status.phase.as_deref(), Some("Failed"));
+        assert!(p.status.container_statuses[0].state.terminated.is_some(), "{:?}", p.status.container_statuses);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1935,7 +2115,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_failing_liveness_probe_restarts_the_container() {
+    async fn a_failing_liveness_probe_restarts_the_container_after_its_pre_stop_handler() {
         let fake = FakeRuntime::with_images(&[IMAGE]);
         let mut sync = sync_of(&fake);
         let c = Container {
@@ -1944,7 +2124,7 @@ mod tests {
                 p.period_seconds = Some(1);
                 p.failure_threshold = Some(2);
             })),
-            ..web()
+            ..hooked(None, Some("drain"))
         };
         let p = pod("web-1", "Always", c);
         sync.sync(std::slice::from_ref(&p)).await.unwrap();
@@ -1954,7 +2134,10 @@ mod tests {
             sync.sync(std::slice::from_ref(&p)).await.unwrap();
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        assert!(fake.calls().contains(&format!("stop {id} 5s")));
+        let calls = fake.calls();
+        let pre_stop = calls.iter().position(|c| *c == format!("exec {id} sh -c drain")).expect("the preStop handler ran");
+        let stop = calls.iter().position(|c| c.starts_with(&format!("stop {id} "))).expect("stopped");
+        assert!(pre_stop < stop, "preStop before the stop: {calls:?}");
         let u = sync.sync(std::slice::from_ref(&p)).await.unwrap();
         assert_eq!(fake.calls().iter().filter(|c| c.starts_with("run ")).count(), 2);
         assert_eq!(container_status(&u).restart_count, 1, "a liveness restart counts");

@@ -7,7 +7,7 @@
 //! - [`time`]: RFC 3339 timestamps (`Time` to the second, `MicroTime` to the microsecond).
 //! - Typed objects: [`node`] (`Node`), [`lease`] (`Lease`), [`certificates`]
 //!   (`CertificateSigningRequest`), [`config`] (`Secret`, `ConfigMap`), [`pod`] (`Pod`, `Container`,
-//!   probes, status), [`deployment`] (`Deployment`, `ReplicaSet`), [`service`] (`Service`, `Endpoints`),
+//!   probes, status), [`affinity`] (where a pod may run: affinity, topology spread), [`deployment`] (`Deployment`, `ReplicaSet`), [`service`] (`Service`, `Endpoints`),
 //!   [`event`] (`Event`).
 //! - [`machinepool`]: `MachinePool`, a worker pool's desired size and what the machine controller saw.
 //! - [`columns`]: the columns each kind of object is listed with (`clusterctl get`, kubectl's Tables).
@@ -16,6 +16,7 @@
 //! Typed objects leave `apiVersion` and `kind` empty when built by hand; the client and the server fill
 //! them from the resource.
 
+pub mod affinity;
 pub mod certificates;
 pub mod columns;
 pub mod config;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::affinity::{Affinity, TopologySpreadConstraint};
 use super::meta::{ObjectMeta, UnknownFields};
 use super::quantity::{IntOrString, Quantity, QuantityError};
 use super::resource::{PODS, Resource, ResourceType};
@@ -101,9 +102,125 @@ pub struct PodSpec {
     /// Defaults for every container's security context, and the group volumes are given to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<PodSecurityContext>,
+    /// Node affinity and pod (anti-)affinity, applied by the scheduler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How the pod's replicas spread over zones or nodes, applied by the scheduler.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "topologyKey", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["topologyKey", "whenUnsatisfiable"]))]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// The scheduler that places the pod; the cluster's own is `default-scheduler` (the default),
+    /// a pod naming another stays unbound until that scheduler binds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler_name: Option<String>,
+    /// Seconds from the pod's start after which its node stops it (phase `Failed`, reason
+    /// `DeadlineExceeded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_deadline_seconds: Option<i64>,
+    /// Extra lines of the pod's `/etc/hosts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-patch-merge-key" = "ip", "x-kubernetes-patch-strategy" = "merge", "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["ip"]))]
+    pub host_aliases: Vec<HostAlias>,
+    // Kubernetes fields this cluster stores (so they survive every copy and round trip) but does
+    // not act on; a write that sets one is answered with a `Warning` naming it ([`PodSpec::not_acted_on`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Deprecated alias of `serviceAccountName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// No service account token is mounted in any pod; `false` says so, `true` is not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
+    /// Service environment variables are not injected; `false` says so, `true` is not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_service_links: Option<bool>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not", rename = "hostPID")]
+    pub host_pid: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not", rename = "hostIPC")]
+    pub host_ipc: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_process_namespace: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preemption_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "setHostnameAsFQDN")]
+    pub set_hostname_as_fqdn: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_users: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_gates: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overhead: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduling_gates: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_claims: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_containers: Option<serde_json::Value>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: UnknownFields,
+}
+
+/// One `/etc/hosts` line: `ip` and its names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostAlias {
+    pub ip: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub hostnames: Vec<String>,
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub extra: UnknownFields,
+}
+
+/// The scheduler's name in `schedulerName`.
+pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
+
+impl PodSpec {
+    /// The Kubernetes fields set here that this cluster stores but does not act on, each with what
+    /// happens instead; the API server answers a write that sets one with a `Warning` per field.
+    pub fn not_acted_on(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        let mut note = |set: bool, field: &'static str, what: &'static str| {
+            if set {
+                out.push((field, what));
+            }
+        };
+        let account = self.service_account_name.as_deref().or(self.service_account.as_deref());
+        note(account.is_some_and(|a| a != "default"), "serviceAccountName", "service accounts are not modelled; the pod runs without a token");
+        note(self.automount_service_account_token == Some(true), "automountServiceAccountToken", "no service account token is mounted");
+        note(self.enable_service_links == Some(true), "enableServiceLinks", "service environment variables are not injected; use the cluster DNS");
+        note(self.host_network, "hostNetwork", "the pod gets its own network namespace and pod IP");
+        note(self.host_pid, "hostPID", "the pod gets its own PID namespace");
+        note(self.host_ipc, "hostIPC", "the pod gets its own IPC namespace");
+        note(self.share_process_namespace == Some(true), "shareProcessNamespace", "each container has its own PID namespace");
+        note(self.priority_class_name.is_some() || self.priority.is_some(), "priorityClassName", "pods are scheduled in arrival order without preemption");
+        note(self.preemption_policy.is_some(), "preemptionPolicy", "there is no preemption");
+        note(self.runtime_class_name.is_some(), "runtimeClassName", "every pod runs on the node's one runtime");
+        note(self.set_hostname_as_fqdn == Some(true), "setHostnameAsFQDN", "the host name stays the short name");
+        note(self.host_users == Some(false), "hostUsers", "user namespaces are not used");
+        note(self.readiness_gates.is_some(), "readinessGates", "readiness follows the containers only");
+        note(self.os.is_some(), "os", "every node runs Linux");
+        note(self.overhead.is_some(), "overhead", "no pod overhead is accounted");
+        note(self.scheduling_gates.is_some(), "schedulingGates", "the pod is scheduled at once");
+        note(self.resource_claims.is_some(), "resourceClaims", "dynamic resource allocation is not modelled");
+        note(self.resources.is_some(), "resources", "pod-level resources are not applied; set them per container");
+        note(self.ephemeral_containers.is_some(), "ephemeralContainers", "ephemeral containers are not run");
+        out
+    }
 }
 
 /// A pod's own additions to its `/etc/resolv.conf`.

@@ -131,13 +131,13 @@ pub(super) async fn authorize(state: &AppState, identity: &Identity, target: &Ta
 }
 
 /// `response` with one `Warning` header per unknown field dropped from the object, as Kubernetes
-/// answers `fieldValidation=Warn`: `299 - "unknown field \"spec.foo\""`.
-fn with_warnings(mut response: Response, unknown: &[String], mode: FieldValidation) -> Response {
-    if mode != FieldValidation::Warn {
-        return response;
-    }
-    for path in unknown {
-        let text = format!("unknown field {path:?}").replace('\\', "\\\\").replace('"', "\\\"");
+/// answers `fieldValidation=Warn` (`299 - "unknown field \"spec.foo\""`), and, whatever the mode,
+/// one per Kubernetes field the object sets that this cluster stores but does not act on
+/// ([`objects::not_acted_on`]), as Kubernetes always answers with its deprecation warnings.
+fn with_warnings(mut response: Response, unknown: &[String], mode: FieldValidation, notes: &[String]) -> Response {
+    let unknown = unknown.iter().filter(|_| mode == FieldValidation::Warn).map(|path| format!("unknown field {path:?}"));
+    for text in unknown.chain(notes.iter().cloned()) {
+        let text = text.replace('\\', "\\\\").replace('"', "\\\"");
         if let Ok(value) = HeaderValue::from_str(&format!("299 - \"{text}\"")) {
             response.headers_mut().append(header::WARNING, value);
         }
@@ -419,13 +419,15 @@ async fn create(state: &AppState, identity: &Identity, mut target: Target, body:
             if state.store.get(&target.key(&name)).await.map_err(|e| ApiError::from_store(e, rt, &name))?.is_some() {
                 return Err(ApiError::already_exists(rt, &name));
             }
+            let notes = objects::not_acted_on(rt, &candidate);
             let response = (StatusCode::CREATED, Json(candidate)).into_response();
-            return Ok(with_warnings(response, &unknown, mode));
+            return Ok(with_warnings(response, &unknown, mode, &notes));
         }
         match state.store.create(&target.key(&name), candidate.clone()).await {
             Ok(rev) => {
+                let notes = objects::not_acted_on(rt, &candidate);
                 let response = (StatusCode::CREATED, Json(with_revision(candidate, rev))).into_response();
-                return Ok(with_warnings(response, &unknown, mode));
+                return Ok(with_warnings(response, &unknown, mode, &notes));
             }
             Err(StoreError::AlreadyExists { .. }) if attempt < attempts => continue,
             Err(e) => return Err(ApiError::from_store(e, rt, &name)),
@@ -520,7 +522,8 @@ async fn update(
     })
     .await?;
     let unknown = unknown.into_inner().unwrap_or_default();
-    Ok(with_warnings(Json(written).into_response(), &unknown, mode))
+    let notes = if status_only { Vec::new() } else { objects::not_acted_on(target.resource, &written) };
+    Ok(with_warnings(Json(written).into_response(), &unknown, mode, &notes))
 }
 
 /// The object an update or patch is about to write, validated; the unknown fields it dropped are left
@@ -571,7 +574,8 @@ async fn patch(
     })
     .await?;
     let unknown = unknown.into_inner().unwrap_or_default();
-    Ok(with_warnings(Json(written).into_response(), &unknown, mode))
+    let notes = if status_only { Vec::new() } else { objects::not_acted_on(target.resource, &written) };
+    Ok(with_warnings(Json(written).into_response(), &unknown, mode, &notes))
 }
 
 /// `patch` applied to `stored` (which carries its `resourceVersion`); the patch's own errors as

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
@@ -123,6 +124,20 @@ pub fn validate(resource: &ResourceType, name: &str, object: &mut Value, mode: F
         ApiError::invalid_fields(resource, name, &[error])
     })?;
     Ok(checked.unknown)
+}
+
+/// The warnings for the Kubernetes pod fields `object` (a pod, or a workload's pod template) sets
+/// that this cluster stores but does not act on: `spec.template.spec.priorityClassName is stored but
+/// not acted on: pods are scheduled in arrival order without preemption`.
+pub fn not_acted_on(resource: &ResourceType, object: &Value) -> Vec<String> {
+    use crate::api::resource::{DEPLOYMENTS, PODS, REPLICA_SETS};
+    let (pointer, prefix) = match resource {
+        r if *r == PODS => ("/spec", "spec"),
+        r if *r == DEPLOYMENTS || *r == REPLICA_SETS => ("/spec/template/spec", "spec.template.spec"),
+        _ => return Vec::new(),
+    };
+    let Some(Ok(spec)) = object.pointer(pointer).map(crate::api::pod::PodSpec::deserialize) else { return Vec::new() };
+    spec.not_acted_on().into_iter().map(|(field, what)| format!("{prefix}.{field} is stored but not acted on: {what}")).collect()
 }
 
 /// A Secret's `stringData` merged into `data` (encoded; it wins over a key of the same name) and

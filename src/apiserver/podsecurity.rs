@@ -47,7 +47,7 @@ pub fn violations(level: &str, pod: &Pod) -> Vec<String> {
     let spec = &pod.spec;
     let names = |pred: &dyn Fn(&Container) -> bool| containers(pod).filter(|c| pred(c)).map(|c| c.name.clone()).collect::<Vec<_>>();
     // baseline
-    let host: Vec<&str> = ["hostNetwork", "hostPID", "hostIPC"].into_iter().filter(|f| spec.extra.0.get(*f) == Some(&Value::Bool(true))).collect();
+    let host: Vec<&str> = [("hostNetwork", spec.host_network), ("hostPID", spec.host_pid), ("hostIPC", spec.host_ipc)].into_iter().filter(|(_, set)| *set).map(|(f, _)| f).collect();
     if !host.is_empty() {
         out.push(format!("host namespaces ({})", host.iter().map(|h| format!("{h}=true")).collect::<Vec<_>>().join(", ")));
     }

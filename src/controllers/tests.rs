@@ -276,3 +276,53 @@ async fn a_foreground_delete_removes_the_pods_and_the_set_before_the_deployment(
     })
     .await;
 }
+
+/// A pod template using fields the cluster acts on (affinity, topology spread, host aliases, a
+/// deadline) and Kubernetes fields it only stores (service account, priority class, readiness
+/// gates): the API keeps every one, the ReplicaSet's template is the Deployment's, and so is
+/// each pod's spec (with its node added).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pod_field_survives_the_deployments_template_copy_into_its_replica_set_and_pods() {
+    use crate::api::resource::REPLICA_SETS;
+    let client = start().await;
+    add_node(&client, "w1", "a", "1Gi").await;
+    tokio::spawn(crate::scheduler::run(client.clone()));
+    tokio::spawn(super::deployment::run(client.clone()));
+    let pod_spec = json!({
+        "containers": [{"name": "app", "image": "busybox", "stdin": true, "workingDir": "/srv"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": crate::scheduler::ZONE_LABEL, "operator": "In", "values": ["a"]}]}]}},
+            "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 10, "podAffinityTerm": {
+                "labelSelector": {"matchLabels": {"app": "full"}}, "topologyKey": "kubernetes.io/hostname"}}]}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": crate::scheduler::ZONE_LABEL, "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": {"app": "full"}}}],
+        "hostAliases": [{"ip": "10.1.2.3", "hostnames": ["db.local"]}],
+        "activeDeadlineSeconds": 3600,
+        "serviceAccountName": "builder",
+        "automountServiceAccountToken": false,
+        "priorityClassName": "high",
+        "readinessGates": [{"conditionType": "example.com/ready"}],
+        "schedulerName": "default-scheduler",
+        "enableServiceLinks": false
+    });
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "full"}, "spec": {"replicas": 1,
+        "selector": {"matchLabels": {"app": "full"}}, "template": {"metadata": {"labels": {"app": "full"}}, "spec": pod_spec.clone()}}});
+    let created = client.request_raw(reqwest::Method::POST, "/apis/apps/v1/namespaces/default/deployments?fieldValidation=Strict", &deployment).await;
+    assert_eq!(created.status().as_u16(), 201, "Strict accepts every Kubernetes pod field");
+    let mut warnings: Vec<String> = created.headers().get_all("warning").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    warnings.sort();
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(warnings[0].starts_with("299 - \"spec.template.spec.priorityClassName is stored but not acted on: "), "{warnings:?}");
+    assert!(warnings[1].contains("spec.template.spec.readinessGates") && warnings[2].contains("spec.template.spec.serviceAccountName"), "{warnings:?}");
+    let set = eventually("the ReplicaSet", || async {
+        client.list::<serde_json::Value>(&REPLICA_SETS, Some("default"), &ListOptions::default()).await.ok()?.items.into_iter().next()
+    })
+    .await;
+    assert_eq!(set["spec"]["template"]["spec"], pod_spec, "the ReplicaSet's template is the Deployment's");
+    let pod = eventually("the bound pod", || async {
+        client.list::<serde_json::Value>(&PODS, Some("default"), &ListOptions::default()).await.ok()?.items.into_iter().find(|p| p["spec"]["nodeName"] == "w1")
+    })
+    .await;
+    let mut spec = pod["spec"].clone();
+    spec.as_object_mut().unwrap().remove("nodeName");
+    assert_eq!(spec, pod_spec, "the pod's spec is the template's");
+}

@@ -4,7 +4,10 @@
 //! a node passes when it is Ready, not cordoned, has no taint the pod does not tolerate (a master
 //! registers with `node-role.kubernetes.io/control-plane:NoSchedule`), has room for the pod's CPU and memory requests
 //! (allocatable minus what its pods request), carries the pod's `nodeSelector` labels and has
-//! the pod's host ports free; among those the least requested node wins, with a bonus for nodes
+//! the pod's host ports free, passes its required node affinity, pod affinity and anti-affinity
+//! (the pod's own and existing pods' against it, [`Topology`]) and `DoNotSchedule` topology spread
+//! constraints; among those the least requested node wins (plus preferred node and pod affinity,
+//! minus preferred anti-affinity and soft spread skew), with a bonus for nodes
 //! and zones (`topology.kubernetes.io/zone`) holding fewer pods of the same owner; a [`Placer`]
 //! keeps each owner's spread as a pass places pods, so a decision is one walk over the nodes. [`run`] feeds
 //! them from the [`runtime`](crate::runtime)'s stores of nodes and pods (one controller with one
@@ -18,6 +21,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
+use crate::api::affinity::PodAffinityTerm;
 use crate::api::pod::{Pod, PodCondition, ResourceAmounts};
 use crate::api::quantity::Quantity;
 use crate::api::{Node, Time};
@@ -49,6 +53,17 @@ pub struct NodeInfo {
     pub taints: Vec<(String, Option<String>, String)>,
     /// The zone label's value, read once.
     pub zone: Option<String>,
+    /// The pods bound here as affinity, anti-affinity and topology spread see them.
+    pub pods: Vec<Placed>,
+}
+
+/// A pod bound to a node, as pod affinity and topology spread read it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Placed {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    /// Its required anti-affinity terms, which keep new pods they select out of its domain.
+    pub anti: Vec<PodAffinityTerm>,
 }
 
 impl NodeInfo {
@@ -82,6 +97,8 @@ impl NodeInfo {
         if let Some(owner) = pod.metadata.controller_owner() {
             *self.owned.entry(owner.uid.clone()).or_default() += 1;
         }
+        let anti = pod.spec.affinity.as_ref().and_then(|a| a.pod_anti_affinity.as_ref()).map(|a| a.required_during_scheduling_ignored_during_execution.clone()).unwrap_or_default();
+        self.pods.push(Placed { namespace: pod.metadata.namespace_or_default().to_string(), labels: pod.metadata.labels.clone(), anti });
     }
 
     fn zone(&self) -> Option<&str> {
@@ -96,6 +113,9 @@ pub enum Rejection {
     Unschedulable,
     Taint,
     NodeSelector,
+    PodAffinity,
+    PodAntiAffinity,
+    TopologySpread,
     HostPorts,
     InsufficientCpu,
     InsufficientMemory,
@@ -108,6 +128,9 @@ impl Rejection {
             Rejection::Unschedulable => "node(s) were unschedulable",
             Rejection::Taint => "node(s) had untolerated taint(s)",
             Rejection::NodeSelector => "node(s) didn't match Pod's node affinity/selector",
+            Rejection::PodAffinity => "node(s) didn't match pod affinity rules",
+            Rejection::PodAntiAffinity => "node(s) didn't match pod anti-affinity rules",
+            Rejection::TopologySpread => "node(s) didn't match pod topology spread constraints",
             Rejection::HostPorts => "node(s) didn't have free ports for the requested pod ports",
             Rejection::InsufficientCpu => "Insufficient cpu",
             Rejection::InsufficientMemory => "Insufficient memory",
@@ -123,18 +146,163 @@ pub struct PodFacts<'a> {
     pub host_ports: Vec<(u16, String)>,
     /// The uid of the controlling owner (e.g. the ReplicaSet).
     pub owner: Option<&'a str>,
+    /// Where pod affinity, anti-affinity and topology spread allow the pod, given the nodes.
+    pub topology: Topology,
 }
 
 impl<'a> PodFacts<'a> {
-    /// The facts of `pod`; unparsable requests count as none (manifests are validated).
-    pub fn of(pod: &'a Pod) -> Self {
+    /// The facts of `pod` among `nodes`; unparsable requests count as none (manifests are validated).
+    pub fn of(pod: &'a Pod, nodes: &[NodeInfo]) -> Self {
         PodFacts {
             pod,
             requests: pod.spec.requests().unwrap_or_default(),
             host_ports: pod.spec.host_ports(),
             owner: pod.metadata.controller_owner().map(|o| o.uid.as_str()),
+            topology: Topology::of(pod, nodes),
         }
     }
+}
+
+/// One topology term resolved against the nodes: its key and the values of that key (domains)
+/// that hold a pod it selects.
+#[derive(Debug, Clone, Default)]
+pub struct Domains {
+    pub key: String,
+    pub values: BTreeSet<String>,
+    pub weight: i64,
+}
+
+/// A topology spread constraint resolved against the nodes: the matching pods per domain.
+#[derive(Debug, Clone, Default)]
+pub struct SpreadCount {
+    pub key: String,
+    pub max_skew: i64,
+    pub hard: bool,
+    pub counts: BTreeMap<String, i64>,
+    /// The fewest matching pods in any eligible domain.
+    pub min: i64,
+    /// Whether the pod itself matches the constraint's selector (it counts once placed).
+    pub self_match: i64,
+}
+
+/// What pod affinity, anti-affinity and topology spread say about the nodes for one pod: computed
+/// once per decision from the pods already bound (and placed earlier in the pass), empty (and so
+/// free) for the pods that use none of them.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    /// Required pod affinity: the node's value must be one of these (a term no pod matches yet
+    /// is satisfied by a pod that matches it itself, as in Kubernetes, so that the first replica
+    /// of a self-affine set can land).
+    pub affinity: Vec<Domains>,
+    /// Required anti-affinity, the pod's own and existing pods' against it: the node's value must
+    /// not be one of these.
+    pub anti: Vec<Domains>,
+    pub preferred: Vec<Domains>,
+    pub preferred_anti: Vec<Domains>,
+    pub spread: Vec<SpreadCount>,
+}
+
+impl Topology {
+    fn of(pod: &Pod, nodes: &[NodeInfo]) -> Self {
+        let mut t = Topology::default();
+        let ns = pod.metadata.namespace_or_default();
+        let affinity = pod.spec.affinity.as_ref();
+        let (pod_affinity, anti) = (affinity.and_then(|a| a.pod_affinity.as_ref()), affinity.and_then(|a| a.pod_anti_affinity.as_ref()));
+        let has_existing_anti = nodes.iter().any(|n| n.pods.iter().any(|p| !p.anti.is_empty()));
+        if pod_affinity.is_none() && anti.is_none() && pod.spec.topology_spread_constraints.is_empty() && !has_existing_anti {
+            return t;
+        }
+        let domains = |term: &PodAffinityTerm, weight: i64| {
+            let values = nodes
+                .iter()
+                .filter(|n| n.pods.iter().any(|p| term.selects(ns, &p.namespace, &p.labels)))
+                .filter_map(|n| n.labels.get(&term.topology_key).cloned())
+                .collect();
+            Domains { key: term.topology_key.clone(), values, weight }
+        };
+        if let Some(a) = pod_affinity {
+            for term in &a.required_during_scheduling_ignored_during_execution {
+                let d = domains(term, 0);
+                // No pod matches anywhere and the pod matches its own term: any node with the key.
+                if d.values.is_empty() && term.selects(ns, ns, &pod.metadata.labels) {
+                    let values = nodes.iter().filter_map(|n| n.labels.get(&term.topology_key).cloned()).collect();
+                    t.affinity.push(Domains { values, ..d });
+                } else {
+                    t.affinity.push(d);
+                }
+            }
+            t.preferred = a.preferred_during_scheduling_ignored_during_execution.iter().map(|w| domains(&w.pod_affinity_term, i64::from(w.weight))).collect();
+        }
+        if let Some(a) = anti {
+            t.anti = a.required_during_scheduling_ignored_during_execution.iter().map(|term| domains(term, 0)).collect();
+            t.preferred_anti = a.preferred_during_scheduling_ignored_during_execution.iter().map(|w| domains(&w.pod_affinity_term, i64::from(w.weight))).collect();
+        }
+        // Existing pods whose required anti-affinity selects this pod keep it out of their domain.
+        for node in nodes {
+            for placed in node.pods.iter().filter(|p| !p.anti.is_empty()) {
+                for term in placed.anti.iter().filter(|term| term.selects(&placed.namespace, ns, &pod.metadata.labels)) {
+                    if let Some(value) = node.labels.get(&term.topology_key) {
+                        t.anti.push(Domains { key: term.topology_key.clone(), values: BTreeSet::from([value.clone()]), weight: 0 });
+                    }
+                }
+            }
+        }
+        for c in &pod.spec.topology_spread_constraints {
+            let selects = |namespace: &str, labels: &BTreeMap<String, String>| namespace == ns && c.label_selector.as_ref().is_some_and(|s| s.matches(labels));
+            let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+            // Domains are those of the nodes the pod's node selector and affinity allow (Kubernetes'
+            // default `nodeAffinityPolicy: Honor`).
+            for node in nodes.iter().filter(|n| node_selected(pod, n)) {
+                let Some(value) = node.labels.get(&c.topology_key) else { continue };
+                *counts.entry(value.clone()).or_default() += node.pods.iter().filter(|p| selects(&p.namespace, &p.labels)).count() as i64;
+            }
+            let min = counts.values().copied().min().unwrap_or(0);
+            let self_match = i64::from(selects(ns, &pod.metadata.labels));
+            t.spread.push(SpreadCount { key: c.topology_key.clone(), max_skew: i64::from(c.max_skew.max(1)), hard: c.when_unsatisfiable == "DoNotSchedule", counts, min, self_match });
+        }
+        t
+    }
+
+    fn affinity_ok(&self, node: &NodeInfo) -> bool {
+        self.affinity.iter().all(|d| node.labels.get(&d.key).is_some_and(|v| d.values.contains(v)))
+    }
+
+    fn anti_ok(&self, node: &NodeInfo) -> bool {
+        self.anti.iter().all(|d| node.labels.get(&d.key).is_none_or(|v| !d.values.contains(v)))
+    }
+
+    fn spread_ok(&self, node: &NodeInfo) -> bool {
+        self.spread.iter().filter(|c| c.hard).all(|c| match node.labels.get(&c.key) {
+            Some(v) => c.counts.get(v).copied().unwrap_or(0) + c.self_match - c.min <= c.max_skew,
+            None => false,
+        })
+    }
+
+    /// Preferred affinity adds its weights, preferred anti-affinity subtracts them, and each soft
+    /// spread constraint costs 10 per pod above the emptiest domain.
+    fn score(&self, node: &NodeInfo) -> i64 {
+        let hit = |d: &Domains| node.labels.get(&d.key).is_some_and(|v| d.values.contains(v));
+        let soft_skew: i64 = self.spread.iter().filter(|c| !c.hard).map(|c| node.labels.get(&c.key).and_then(|v| c.counts.get(v)).map_or(0, |n| n - c.min)).sum();
+        self.preferred.iter().filter(|d| hit(d)).map(|d| d.weight).sum::<i64>() - self.preferred_anti.iter().filter(|d| hit(d)).map(|d| d.weight).sum::<i64>() - 10 * soft_skew
+    }
+}
+
+/// Whether the node carries the pod's `nodeSelector` labels and passes its required node affinity.
+fn node_selected(pod: &Pod, node: &NodeInfo) -> bool {
+    (pod.spec.node_selector.is_empty() || pod.spec.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)))
+        && pod
+            .spec
+            .affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+            .is_none_or(|required| required.matches(&node.name, &node.labels))
+}
+
+/// The summed weights of the pod's preferred node affinity terms the node matches.
+fn node_preference(pod: &Pod, node: &NodeInfo) -> i64 {
+    let Some(preferred) = pod.spec.affinity.as_ref().and_then(|a| a.node_affinity.as_ref()).map(|a| &a.preferred_during_scheduling_ignored_during_execution) else { return 0 };
+    preferred.iter().filter(|t| t.preference.matches(&node.name, &node.labels)).map(|t| i64::from(t.weight)).sum()
 }
 
 /// Every reason `node` cannot take the pod (empty: it can).
@@ -150,8 +318,17 @@ pub fn filter(facts: &PodFacts<'_>, node: &NodeInfo) -> Vec<Rejection> {
     if node.taints.iter().any(|(k, v, e)| !pod.spec.tolerations.iter().any(|t| t.tolerates(k, v.as_deref(), e))) {
         out.push(Rejection::Taint);
     }
-    if !pod.spec.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
+    if !node_selected(pod, node) {
         out.push(Rejection::NodeSelector);
+    }
+    if !facts.topology.affinity_ok(node) {
+        out.push(Rejection::PodAffinity);
+    }
+    if !facts.topology.anti_ok(node) {
+        out.push(Rejection::PodAntiAffinity);
+    }
+    if !facts.topology.spread_ok(node) {
+        out.push(Rejection::TopologySpread);
     }
     if facts.host_ports.iter().any(|p| node.host_ports.contains(p)) {
         out.push(Rejection::HostPorts);
@@ -212,8 +389,11 @@ fn fits(facts: &PodFacts<'_>, node: &NodeInfo) -> bool {
         && (requests.cpu_millis == 0 || node.requested.cpu_millis.saturating_add(requests.cpu_millis) <= node.allocatable.cpu_millis)
         && (requests.memory_bytes == 0 || node.requested.memory_bytes.saturating_add(requests.memory_bytes) <= node.allocatable.memory_bytes)
         && (node.taints.is_empty() || node.taints.iter().all(|(k, v, e)| pod.spec.tolerations.iter().any(|t| t.tolerates(k, v.as_deref(), e))))
-        && (pod.spec.node_selector.is_empty() || pod.spec.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)))
+        && node_selected(pod, node)
         && (facts.host_ports.is_empty() || !facts.host_ports.iter().any(|p| node.host_ports.contains(p)))
+        && facts.topology.affinity_ok(node)
+        && facts.topology.anti_ok(node)
+        && facts.topology.spread_ok(node)
 }
 
 /// How much a node is worth for the pod (higher is better): least requested (0-100) plus spread
@@ -224,7 +404,9 @@ pub fn score(facts: &PodFacts<'_>, node: &NodeInfo, here: u32, in_zone: Option<u
     let free = |alloc: u64, used: u64| (alloc.saturating_sub(used) * 100).checked_div(alloc).unwrap_or(0) as i64;
     let least_requested = (free(node.allocatable.cpu_millis, node.requested.cpu_millis + requests.cpu_millis)
         + free(node.allocatable.memory_bytes, node.requested.memory_bytes + requests.memory_bytes))
-        / 2;
+        / 2
+        + node_preference(facts.pod, node)
+        + facts.topology.score(node);
     let Some(spread) = spread else { return least_requested };
     let max = i64::from(spread.max_node.max(1));
     let node_spread = 100 * (max - i64::from(here).min(max)) / max;
@@ -273,7 +455,7 @@ impl<'n> Placer<'n> {
     /// The node the pod goes to (its index), counted there before the next decision; or the
     /// message of why none fits (`0/3 nodes are available: 3 Insufficient memory.`).
     pub fn place(&mut self, pod: &Pod) -> Result<usize, String> {
-        let facts = PodFacts::of(pod);
+        let facts = PodFacts::of(pod, self.nodes);
         let spread = match facts.owner {
             Some(uid) => Some(&*self.spreads.entry(uid.to_string()).or_insert_with(|| Spread::of(uid, self.nodes, &self.zone_of, self.zones))),
             None => None,
@@ -363,7 +545,9 @@ enum Decision {
 pub async fn pass<C: Client>(client: &C, events: &Recorder<C>, nodes: &Store<Node>, pods: &Store<Pod>) -> Result<usize, ClientError> {
     let all_pods = pods.cloned();
     let mut infos = node_infos(&nodes.cloned(), &all_pods);
-    let mut pending: Vec<Pod> = all_pods.into_iter().filter(|p| p.spec.bound_node().is_none() && !p.is_terminating() && !p.is_terminal()).collect();
+    // A pod naming another scheduler is left to it, as Kubernetes' scheduler does.
+    let ours = |p: &Pod| p.spec.scheduler_name.as_deref().is_none_or(|n| n.is_empty() || n == crate::api::pod::DEFAULT_SCHEDULER);
+    let mut pending: Vec<Pod> = all_pods.into_iter().filter(|p| p.spec.bound_node().is_none() && !p.is_terminating() && !p.is_terminal() && ours(p)).collect();
     pending.sort_by_key(|p| (p.metadata.creation_timestamp, p.metadata.name.clone()));
     // Decide every pod in order, each placement counted before the next (as if already bound).
     let mut placer = Placer::new(&mut infos);

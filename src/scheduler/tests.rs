@@ -1,7 +1,7 @@
 use super::*;
 use crate::api::node::CONTROL_PLANE;
 use crate::api::OwnerReference;
-use crate::api::pod::{Container, ContainerPort, ResourceRequirements};
+use crate::api::pod::{Container, ContainerPort, PodSpec, ResourceRequirements};
 
 fn node(name: &str, cpu: u64, mem_mi: u64, zone: &str) -> NodeInfo {
     NodeInfo {
@@ -81,6 +81,86 @@ fn node_selector_and_host_ports_filter_nodes() {
         place(&p, &nodes),
         Err("0/2 nodes are available: 1 node(s) didn't have free ports for the requested pod ports, 1 node(s) didn't match Pod's node affinity/selector.".into())
     );
+}
+
+/// `pod` with labels and an `affinity` / `topologySpreadConstraints` given as Kubernetes JSON.
+fn with(mut p: Pod, labels: &[(&str, &str)], spec: serde_json::Value) -> Pod {
+    p.metadata.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let extra: PodSpec = serde_json::from_value(spec).unwrap();
+    p.spec.affinity = extra.affinity;
+    p.spec.topology_spread_constraints = extra.topology_spread_constraints;
+    p
+}
+
+fn hostname(mut n: NodeInfo) -> NodeInfo {
+    n.labels.insert("kubernetes.io/hostname".into(), n.name.clone());
+    n
+}
+
+#[test]
+fn required_node_affinity_filters_and_preferred_node_affinity_scores() {
+    let nodes = [node("a", 4000, 4096, "z1"), node("b", 4000, 4096, "z2"), node("c", 4000, 4096, "z3")];
+    let required = with(pod("r", "100m", "16Mi", None), &[], serde_json::json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": ZONE_LABEL, "operator": "NotIn", "values": ["z1", "z2"]}]}]}}}}));
+    assert_eq!(place(&required, &nodes), Ok("c".into()));
+    let nowhere = with(pod("n", "100m", "16Mi", None), &[], serde_json::json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": ZONE_LABEL, "operator": "In", "values": ["z9"]}]}]}}}}));
+    assert_eq!(place(&nowhere, &nodes), Err("0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.".into()));
+    let preferred = with(pod("p", "100m", "16Mi", None), &[], serde_json::json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 50, "preference": {"matchExpressions": [{"key": ZONE_LABEL, "operator": "In", "values": ["z2"]}]}}]}}}));
+    assert_eq!(place(&preferred, &nodes), Ok("b".into()));
+}
+
+#[test]
+fn required_pod_anti_affinity_keeps_replicas_apart_and_existing_pods_keep_theirs() {
+    let mut nodes = vec![hostname(node("a", 4000, 4096, "z1")), hostname(node("b", 4000, 4096, "z1"))];
+    let apart = serde_json::json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "kubernetes.io/hostname"}]}}});
+    let pods: Vec<Pod> = (0..3).map(|i| with(pod(&format!("db-{i}"), "1m", "1Mi", None), &[("app", "db")], apart.clone())).collect();
+    let decisions = place_all(&pods, &mut nodes);
+    let mut placed: Vec<String> = decisions[..2].iter().cloned().map(Result::unwrap).collect();
+    placed.sort();
+    assert_eq!(placed, ["a", "b"]);
+    assert_eq!(decisions[2], Err("0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules.".into()));
+    // A plain pod with the label is kept out too: the placed pods' anti-affinity selects it.
+    let plain = with(pod("db-plain", "1m", "1Mi", None), &[("app", "db")], serde_json::json!({}));
+    assert!(place(&plain, &nodes).is_err());
+    // By zone: both nodes are one domain.
+    let mut zoned = vec![node("a", 4000, 4096, "z1"), node("b", 4000, 4096, "z1"), node("c", 4000, 4096, "z2")];
+    let by_zone = serde_json::json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]}, "topologyKey": ZONE_LABEL}]}}});
+    let web: Vec<Pod> = (0..3).map(|i| with(pod(&format!("web-{i}"), "1m", "1Mi", None), &[("app", "web")], by_zone.clone())).collect();
+    let decisions = place_all(&web, &mut zoned);
+    assert_eq!(decisions.iter().filter(|d| d.is_ok()).count(), 2, "{decisions:?}");
+}
+
+#[test]
+fn required_pod_affinity_follows_the_selected_pods_and_lets_the_first_of_a_set_land() {
+    let mut nodes = vec![hostname(node("a", 4000, 4096, "z1")), hostname(node("b", 4000, 4096, "z2"))];
+    nodes[1].add_pod(&with(pod("cache", "1m", "1Mi", None), &[("app", "cache")], serde_json::json!({})));
+    let near = serde_json::json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": ZONE_LABEL}]}}});
+    assert_eq!(place(&with(pod("web", "1m", "1Mi", None), &[("app", "web")], near), &nodes), Ok("b".into()));
+    let missing = serde_json::json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "nothing"}}, "topologyKey": ZONE_LABEL}]}}});
+    assert_eq!(place(&with(pod("lost", "1m", "1Mi", None), &[("app", "web")], missing.clone()), &nodes), Err("0/2 nodes are available: 2 node(s) didn't match pod affinity rules.".into()));
+    assert!(place(&with(pod("first", "1m", "1Mi", None), &[("app", "nothing")], missing), &nodes).is_ok(), "a pod matching its own term may start the set");
+}
+
+#[test]
+fn topology_spread_do_not_schedule_bounds_the_skew_between_zones() {
+    let mut nodes = vec![node("a", 4000, 4096, "z1"), node("b", 4000, 4096, "z1"), node("c", 4000, 4096, "z2")];
+    // Make zone z1 the least requested, so that without the constraint every pod would go there.
+    nodes[2].requested = ResourceAmounts { cpu_millis: 3000, memory_bytes: 3 << 30 };
+    let spread = serde_json::json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": ZONE_LABEL, "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "api"}}}]});
+    let pods: Vec<Pod> = (0..4).map(|i| with(pod(&format!("api-{i}"), "1m", "1Mi", None), &[("app", "api")], spread.clone())).collect();
+    let decisions: Vec<String> = place_all(&pods, &mut nodes).into_iter().map(Result::unwrap).collect();
+    let in_z2 = decisions.iter().filter(|n| *n == "c").count();
+    assert_eq!(in_z2, 2, "two of four in each zone: {decisions:?}");
+    // A node without the topology key is not a candidate for a hard constraint.
+    let mut unlabelled = node("d", 4000, 4096, "z3");
+    unlabelled.labels.clear();
+    assert_eq!(place(&pods[0], &[unlabelled]), Err("0/1 nodes are available: 1 node(s) didn't match pod topology spread constraints.".into()));
 }
 
 #[test]

@@ -85,7 +85,7 @@ fn read(dir: &Path, name: &str) -> String {
 #[test]
 fn volumes_are_written_atomically_and_follow_their_source() {
     let tmp = tempfile::tempdir().unwrap();
-    let roots = VolumeRoots { disk: tmp.path().join("disk"), memory: tmp.path().join("mem") };
+    let roots = VolumeRoots { disk: tmp.path().join("disk"), memory: tmp.path().join("mem"), sized_tmpfs: false };
     let p = pod(json!({"containers": [{"name": "app", "image": "i", "volumeMounts": [
             {"name": "conf", "mountPath": "/etc/conf"}, {"name": "conf", "mountPath": "/etc/level", "subPath": "level"}]}],
         "volumes": [
@@ -128,7 +128,7 @@ fn volumes_are_written_atomically_and_follow_their_source() {
 #[test]
 fn a_missing_source_an_unsupported_type_and_escaping_paths_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let roots = VolumeRoots { disk: tmp.path().join("disk"), memory: tmp.path().join("mem") };
+    let roots = VolumeRoots { disk: tmp.path().join("disk"), memory: tmp.path().join("mem"), sized_tmpfs: false };
     let set_up_with = |volumes: serde_json::Value| set_up(&roots, &pod(json!({"containers": [], "volumes": volumes})), &sources(), &ctx());
     let e = set_up_with(json!([{"name": "v", "configMap": {"name": "gone"}}])).unwrap_err();
     assert_eq!(e, "MountVolume.SetUp failed for volume \"v\" : configmap \"gone\" not found");
@@ -141,4 +141,19 @@ fn a_missing_source_an_unsupported_type_and_escaping_paths_are_refused() {
     assert!(e.contains("is not a directory"), "{e}");
     let c: Container = serde_json::from_value(json!({"name": "c", "volumeMounts": [{"name": "v", "mountPath": "/m", "subPath": "../../etc"}]})).unwrap();
     assert!(mounts(&c, &HashMap::from([("v".to_string(), tmp.path().to_path_buf())])).unwrap_err().contains(".."));
+}
+
+#[test]
+fn an_empty_dir_over_its_size_limit_is_named_in_kubelets_words() {
+    let tmp = tempfile::tempdir().unwrap();
+    let roots = VolumeRoots { disk: tmp.path().join("disk"), memory: tmp.path().join("mem"), sized_tmpfs: false };
+    let p = pod(json!({"containers": [{"name": "app", "image": "i"}],
+        "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "64Ki"}}, {"name": "free", "emptyDir": {}}]}));
+    let dirs = set_up(&roots, &p, &sources(), &ctx()).unwrap();
+    std::fs::write(dirs["free"].join("big"), vec![1u8; 1 << 20]).unwrap();
+    std::fs::write(dirs["scratch"].join("small"), vec![1u8; 16 << 10]).unwrap();
+    assert_eq!(over_size_limit(&roots, &p), None);
+    std::fs::create_dir(dirs["scratch"].join("sub")).unwrap();
+    std::fs::write(dirs["scratch"].join("sub/big"), vec![1u8; 128 << 10]).unwrap();
+    assert_eq!(over_size_limit(&roots, &p).as_deref(), Some("Usage of EmptyDir volume \"scratch\" exceeds the limit \"64Ki\". "));
 }

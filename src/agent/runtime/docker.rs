@@ -116,7 +116,7 @@ impl DockerRuntime {
             std::fs::create_dir_all(&dir)?;
             let node_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
             std::fs::write(dir.join("resolv.conf"), podnet::resolv_conf(&spec.dns, net.gateway(), &node_resolv))?;
-            std::fs::write(dir.join("hosts"), podnet::hosts_file(ip, &spec.hostname, &spec.host_aliases))
+            std::fs::write(dir.join("hosts"), podnet::hosts_file(ip, &spec.hostname, &spec.host_aliases, &spec.extra_hosts))
         };
         write().map_err(|e| RuntimeError::Failed { action: format!("writing the name files of sandbox {}", spec.name), message: e.to_string() })
     }
@@ -573,6 +573,7 @@ mod tests {
             host_ports: vec![super::super::PortSpec { container_port: 8080, host_port: 0 }],
             hostname: "web-0".into(),
             host_aliases: vec!["web-0.web.shop.svc.cluster.local".into()],
+            extra_hosts: vec![("10.9.8.7".into(), vec!["db.local".into()])],
             dns: super::super::PodDns { searches: vec!["shop.svc.cluster.local".into()], options: vec!["ndots:5".into()], ..Default::default() },
         };
         let sandbox = rt.run_sandbox(&sandbox_spec).await.expect("running the sandbox");
@@ -625,7 +626,7 @@ mod tests {
             let over_localhost = ["sh".to_string(), "-c".into(), "wget -q -O /dev/null http://127.0.0.1:8080/index.html".into()];
             assert_eq!(rt.exec(&side_id, &over_localhost).await?, 0, "the pod's containers share localhost");
             // the pod's names: its host name, /etc/hosts and the cluster DNS on the bridge's gateway
-            let names = "[ \"$(hostname)\" = web-0 ] && grep -q '^100.65.1.2\tweb-0.web.shop.svc.cluster.local\tweb-0$' /etc/hosts && grep -qx 'nameserver 100.65.1.1' /etc/resolv.conf && grep -q '^search shop.svc.cluster.local' /etc/resolv.conf";
+            let names = "[ \"$(hostname)\" = web-0 ] && grep -q '^100.65.1.2\tweb-0.web.shop.svc.cluster.local\tweb-0$' /etc/hosts && grep -q '^10.9.8.7\tdb.local$' /etc/hosts && grep -qx 'nameserver 100.65.1.1' /etc/resolv.conf && grep -q '^search shop.svc.cluster.local' /etc/resolv.conf";
             assert_eq!(rt.exec(&side_id, &["sh".into(), "-c".into(), names.into()]).await?, 0, "the pod's host name, hosts and resolv.conf");
             assert_eq!(rt.exec(&id, &["true".into()]).await?, 0);
             assert_eq!(rt.exec(&id, &["false".into()]).await?, 1);

@@ -64,6 +64,8 @@ pub struct SandboxSpec {
     /// The pod's host name (its name, or `spec.hostname`) and the names `/etc/hosts` gives its address.
     pub hostname: String,
     pub host_aliases: Vec<String>,
+    /// The pod's `spec.hostAliases`: more `/etc/hosts` lines, `(ip, names)`.
+    pub extra_hosts: Vec<(String, Vec<String>)>,
     /// What the pod's `/etc/resolv.conf` holds.
     pub dns: PodDns,
 }

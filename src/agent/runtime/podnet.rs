@@ -255,8 +255,9 @@ pub fn resolv_conf(dns: &super::PodDns, cluster_dns: Ipv4Addr, node_resolv: &str
     out
 }
 
-/// A pod's `/etc/hosts`, as kubelet manages it: loopback names and the pod's own names.
-pub fn hosts_file(ip: Ipv4Addr, hostname: &str, aliases: &[String]) -> String {
+/// A pod's `/etc/hosts`, as kubelet manages it: loopback names, the pod's own names and then its
+/// `hostAliases` under kubelet's comment.
+pub fn hosts_file(ip: Ipv4Addr, hostname: &str, aliases: &[String], extra: &[(String, Vec<String>)]) -> String {
     let mut names = aliases.to_vec();
     if !hostname.is_empty() {
         names.push(hostname.to_string());
@@ -264,6 +265,12 @@ pub fn hosts_file(ip: Ipv4Addr, hostname: &str, aliases: &[String]) -> String {
     let mut out = String::from("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n");
     if !names.is_empty() {
         out.push_str(&format!("{ip}\t{}\n", names.join("\t")));
+    }
+    if !extra.is_empty() {
+        out.push_str("\n# Entries added by HostAliases.\n");
+        for (alias_ip, names) in extra {
+            out.push_str(&format!("{alias_ip}\t{}\n", names.join("\t")));
+        }
     }
     out
 }
@@ -379,8 +386,8 @@ mod tests {
         assert_eq!(resolv_conf(&default, gw, node), "search ec2.internal\nnameserver 127.0.0.11\noptions edns0\n");
         let none = PodDns { policy: DnsPolicy::None, nameservers: vec!["1.1.1.1".into()], searches: vec!["example.com".into()], options: vec![] };
         assert_eq!(resolv_conf(&none, gw, node), "search example.com\nnameserver 1.1.1.1\n");
-        let hosts = hosts_file("100.64.3.7".parse().unwrap(), "web-0", &["web-0.web.shop.svc.cluster.local".into()]);
-        assert!(hosts.contains("127.0.0.1\tlocalhost\n") && hosts.ends_with("100.64.3.7\tweb-0.web.shop.svc.cluster.local\tweb-0\n"), "{hosts}");
+        let hosts = hosts_file("100.64.3.7".parse().unwrap(), "web-0", &["web-0.web.shop.svc.cluster.local".into()], &[("10.1.2.3".into(), vec!["db.local".into(), "db".into()])]);
+        assert!(hosts.contains("127.0.0.1\tlocalhost\n") && hosts.ends_with("100.64.3.7\tweb-0.web.shop.svc.cluster.local\tweb-0\n\n# Entries added by HostAliases.\n10.1.2.3\tdb.local\tdb\n"), "{hosts}");
     }
 
     #[test]
