@@ -54,11 +54,14 @@ pub fn registered_taints(config: &AgentConfig) -> Vec<Taint> {
     control_plane.then(|| Taint { key: CONTROL_PLANE.into(), effect: "NoSchedule".into(), ..Default::default() }).into_iter().collect()
 }
 
-/// The labels this agent registers its node with: its configured ones and kubelet's well-known
+/// The labels this agent registers its node with: its configured ones but those a node may not set
+/// itself (a role, `node-restriction.kubernetes.io/`: the master marks itself with its admin
+/// credential, see [`crate::apiserver::noderestriction`]), and kubelet's well-known
 /// `kubernetes.io/hostname`, `kubernetes.io/os` and `kubernetes.io/arch`, which affinity and
 /// spread constraints name.
 pub fn registered_labels(config: &AgentConfig) -> BTreeMap<String, String> {
     let mut labels = config.labels.clone();
+    labels.retain(|k, _| !crate::apiserver::noderestriction::RESTRICTED_PREFIXES.iter().any(|p| k.starts_with(p)));
     labels.insert("kubernetes.io/hostname".into(), config.node_name.clone());
     labels.insert("kubernetes.io/os".into(), std::env::consts::OS.into());
     labels.insert("kubernetes.io/arch".into(), match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", other => other }.into());
@@ -127,7 +130,8 @@ async fn report(client: &ApiClient, config: &AgentConfig, host: &host::HostInfo)
         }
         Err(e) => return Err(e),
         Ok(mut node) => {
-            if take_over(&mut node, config) {
+            let taken = take_over(&mut node, config).map_err(|reason| ClientError::Config { server: "the Node object".into(), reason })?;
+            if taken {
                 node = client.replace(&NODES, None, &config.node_name, &node).await?;
             }
             node.status = reported_status(config, host, node.ready_condition());
@@ -137,12 +141,17 @@ async fn report(client: &ApiClient, config: &AgentConfig, host: &host::HostInfo)
     Ok(())
 }
 
-/// Makes an existing Node object this machine's: a machine that replaced an earlier one of the
-/// same name (a worker slot filled again) writes its own `providerID` and labels, which the
-/// object otherwise keeps from the machine that is gone. Returns whether anything changed.
-pub fn take_over(node: &mut Node, config: &AgentConfig) -> bool {
+/// Brings an existing Node object of this machine up to date with the labels it registers
+/// (`Ok(true)` when one changed). An object of another machine (a `providerID` of another
+/// instance: the slot was filled again before the cloud controller removed the old Node) is not
+/// this agent's to take: a node may not change a `providerID` nor its taints, so it waits (`Err`)
+/// until the cloud controller has deleted that object, and then registers anew.
+pub fn take_over(node: &mut Node, config: &AgentConfig) -> Result<bool, String> {
+    if let Some(other) = node.spec.provider_id.as_deref().filter(|p| !p.is_empty() && *p != config.provider_id) {
+        return Err(format!("the Node {:?} belongs to another machine ({other}); waiting for the cloud controller to remove it", config.node_name));
+    }
     let mut changed = false;
-    if node.spec.provider_id.as_deref() != Some(config.provider_id.as_str()) {
+    if node.spec.provider_id.as_deref().is_none_or(str::is_empty) {
         node.spec.provider_id = Some(config.provider_id.clone());
         changed = true;
     }
@@ -152,14 +161,7 @@ pub fn take_over(node: &mut Node, config: &AgentConfig) -> bool {
             changed = true;
         }
     }
-    // Taints it registers with that the object lacks (one registered by an older agent, say).
-    for taint in registered_taints(config) {
-        if !node.spec.taints.iter().any(|t| t.key == taint.key && t.effect == taint.effect) {
-            node.spec.taints.push(taint);
-            changed = true;
-        }
-    }
-    changed
+    Ok(changed)
 }
 
 /// Renews (or creates) the node's lease.
@@ -329,31 +331,34 @@ mod tests {
     }
 
     #[test]
-    fn a_replacement_machine_takes_over_the_node_object_with_its_own_provider_id() {
+    fn a_node_object_of_another_machine_is_not_taken_over_and_its_own_gets_its_labels() {
         let mut node = node(Some("aws:///us-east-1a/i-old"), &[("tier", "web"), ("other", "kept")]);
-        assert!(take_over(&mut node, &config("aws:///us-east-1b/i-new")));
-        assert_eq!(node.spec.provider_id.as_deref(), Some("aws:///us-east-1b/i-new"));
-        assert_eq!(node.metadata.labels["other"], "kept", "labels set by others stay");
-        assert!(!take_over(&mut node, &config("aws:///us-east-1b/i-new")), "the same machine again changes nothing");
+        let refused = take_over(&mut node, &config("aws:///us-east-1b/i-new")).unwrap_err();
+        assert!(refused.contains("belongs to another machine (aws:///us-east-1a/i-old)"), "{refused}");
+        assert_eq!(node.spec.provider_id.as_deref(), Some("aws:///us-east-1a/i-old"), "a node may not change a providerID");
+        let mut own = node.clone();
+        own.spec.provider_id = Some("aws:///us-east-1b/i-new".into());
+        own.metadata.labels.remove("tier");
+        assert_eq!(take_over(&mut own, &config("aws:///us-east-1b/i-new")), Ok(true));
+        assert_eq!(own.metadata.labels["other"], "kept", "labels set by others stay");
+        assert_eq!(take_over(&mut own, &config("aws:///us-east-1b/i-new")), Ok(false), "the same machine again changes nothing");
     }
 
     #[test]
-    fn a_control_plane_node_is_registered_tainted_and_an_untainted_one_gets_the_taint() {
+    fn a_control_plane_node_registers_tainted_without_giving_itself_the_role() {
         let mut master = config("aws:///us-east-1a/i-m");
         master.labels.insert(CONTROL_PLANE.into(), String::new());
         let registered = node_object(&master, &host());
         assert_eq!(registered.spec.taints.iter().map(|t| (t.key.as_str(), t.effect.as_str())).collect::<Vec<_>>(), [(CONTROL_PLANE, "NoSchedule")]);
+        assert!(!registered.metadata.labels.contains_key(CONTROL_PLANE), "the role label is the master's to set, not the node's");
+        assert_eq!(registered.metadata.labels["kubernetes.io/hostname"], registered.metadata.name);
         assert!(node_object(&config("aws:///us-east-1a/i-w"), &host()).spec.taints.is_empty(), "workers take no taint");
-        let mut older = node(Some("aws:///us-east-1a/i-m"), &[("tier", "web"), (CONTROL_PLANE, "")]);
-        assert!(take_over(&mut older, &master), "a node registered before the taint gets it");
-        assert_eq!(older.spec.taints.len(), 1);
-        assert!(!take_over(&mut older, &master), "once");
     }
 
     #[test]
     fn missing_labels_and_spec_are_filled_in() {
         let mut node = node(None, &[]);
-        assert!(take_over(&mut node, &config("aws:///us-east-1a/i-1")));
+        assert_eq!(take_over(&mut node, &config("aws:///us-east-1a/i-1")), Ok(true));
         assert_eq!(node.metadata.labels["tier"], "web");
         assert_eq!(node.spec.provider_id.as_deref(), Some("aws:///us-east-1a/i-1"));
     }

@@ -17,7 +17,7 @@ use super::patch::{self, PatchError, PatchType};
 use super::selectors::Selectors;
 use super::store::StoreError;
 use super::target::Target;
-use super::{AppState, csr, podsecurity, scale, serviceips, table, watch};
+use super::{AppState, csr, noderestriction, podsecurity, scale, serviceips, table, watch};
 use crate::api::resource;
 use crate::api::schema::{FieldError, FieldErrorKind, schema_for};
 
@@ -411,6 +411,9 @@ async fn create(state: &AppState, identity: &Identity, mut target: Target, body:
         if *rt == resource::NAMESPACES {
             podsecurity::check_labels(&name, &candidate)?;
         }
+        if *rt == resource::NODES {
+            noderestriction::admit_create(identity, &candidate)?;
+        }
         if *rt == resource::SERVICES {
             let namespace = target.namespace.as_deref().unwrap_or("default");
             serviceips::allocate(state.store.as_ref(), state.config.service_cidr, namespace, &name, &mut candidate, dry_run).await?;
@@ -518,7 +521,7 @@ async fn update(
     let unknown = Mutex::new(Vec::new());
     let written = write_back(state, target, requested, dry_run, |stored| {
         let next = objects::merge_update(stored, incoming.clone(), status_only);
-        validated(target, stored, next, mode, &unknown)
+        validated(identity, target, stored, next, mode, &unknown)
     })
     .await?;
     let unknown = unknown.into_inner().unwrap_or_default();
@@ -528,13 +531,16 @@ async fn update(
 
 /// The object an update or patch is about to write, validated; the unknown fields it dropped are left
 /// in `unknown` (the last attempt's, when a race made `write_back` build it again).
-fn validated(target: &Target, stored: &Value, mut next: Value, mode: FieldValidation, unknown: &Mutex<Vec<String>>) -> Result<Value, ApiError> {
+fn validated(identity: &Identity, target: &Target, stored: &Value, mut next: Value, mode: FieldValidation, unknown: &Mutex<Vec<String>>) -> Result<Value, ApiError> {
     if *target.resource == resource::SERVICES {
         serviceips::keep_allocated(stored, &mut next);
     }
     let dropped = objects::validate(target.resource, name_of(target), &mut next, mode)?;
     if *target.resource == resource::NAMESPACES {
         podsecurity::check_labels(name_of(target), &next)?;
+    }
+    if *target.resource == resource::NODES {
+        noderestriction::admit_update(identity, stored, &next)?;
     }
     let mut changed = objects::immutable_changes(target.resource, stored, &next);
     if *target.resource == resource::SERVICES {
@@ -570,7 +576,7 @@ async fn patch(
     let written = write_back(state, target, requested, dry_run, |stored| {
         let mut patched = patch_object(kind, stored, &patch, target)?;
         check_identity(&mut patched, target)?;
-        validated(target, stored, objects::merge_update(stored, patched, status_only), mode, &unknown)
+        validated(identity, target, stored, objects::merge_update(stored, patched, status_only), mode, &unknown)
     })
     .await?;
     let unknown = unknown.into_inner().unwrap_or_default();

@@ -31,6 +31,7 @@ pub mod discovery;
 pub mod error;
 mod events_v1;
 mod handlers;
+pub mod noderestriction;
 pub mod objects;
 pub mod openapi;
 pub mod patch;

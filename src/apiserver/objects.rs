@@ -185,7 +185,8 @@ fn desired_part(object: &Value) -> Map<String, Value> {
 /// `status` from `incoming`; a `status` update takes only `status`. Server-owned metadata is kept and
 /// `generation` is bumped when the desired part changed.
 /// Fields an update may not change once set, as Kubernetes' validation refuses them: a Node's
-/// pod range (`spec.podCIDR`, `spec.podCIDRs`), which only its IPAM controller gives.
+/// pod range (`spec.podCIDR`, `spec.podCIDRs`), which only its IPAM controller gives, and its
+/// `spec.providerID`.
 pub fn immutable_changes(resource: &ResourceType, stored: &Value, next: &Value) -> Vec<FieldError> {
     let mut refused = Vec::new();
     if *resource == crate::api::resource::NODES {
@@ -196,6 +197,7 @@ pub fn immutable_changes(resource: &ResourceType, stored: &Value, next: &Value) 
                 refused.push(FieldError { field: field.into(), kind: FieldErrorKind::Forbidden, message: format!("Forbidden: node updates may not change {what}") });
             }
         }
+        refused.extend(super::noderestriction::immutable_changes(stored, next));
     }
     refused
 }

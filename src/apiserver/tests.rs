@@ -303,6 +303,38 @@ async fn a_node_writes_its_own_node_but_not_another_one() {
     server.stop().await;
 }
 
+/// NodeRestriction: a worker's own credential cannot make its node a master, shed or add taints,
+/// or move its Node to another instance; the control plane can label and taint it.
+#[tokio::test]
+async fn a_node_cannot_give_itself_a_role_change_its_taints_or_its_provider_id() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let w1 = server.node("w1");
+    let mut master_like = Node::new("w1");
+    master_like.metadata.labels.insert(crate::api::node::CONTROL_PLANE.into(), String::new());
+    let refused = w1.create(&NODES, None, &master_like).await.unwrap_err();
+    assert_eq!(refused.code(), Some(403));
+    assert!(refused.to_string().contains("node \"w1\" is not allowed to set the following labels: node-role.kubernetes.io/control-plane"), "{refused}");
+    let mut plain = Node::new("w1");
+    plain.spec.provider_id = Some("aws:///us-east-1a/i-1".into());
+    plain.spec.taints.push(crate::api::node::Taint { key: "dedicated".into(), value: Some("db".into()), effect: "NoSchedule".into(), ..Default::default() });
+    w1.create::<Node>(&NODES, None, &plain).await.expect("registering with taints");
+    for (patch, code_wanted) in [
+        (json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": ""}}}), 403),
+        (json!({"metadata": {"labels": {"node-restriction.kubernetes.io/pci": "true"}}}), 403),
+        (json!({"spec": {"taints": []}}), 403),
+        (json!({"spec": {"providerID": "aws:///us-east-1b/i-victim"}}), 422),
+    ] {
+        assert_eq!(code(w1.patch::<Value>(&NODES, None, "w1", &patch).await), code_wanted, "{patch}");
+    }
+    let own_label: Node = w1.patch(&NODES, None, "w1", &json!({"metadata": {"labels": {"tier": "web"}}})).await.unwrap();
+    assert_eq!(own_label.metadata.labels["tier"], "web", "ordinary labels are the node's");
+    let marked: Node = admin.patch(&NODES, None, "w1", &json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": ""}}, "spec": {"taints": []}})).await.unwrap();
+    assert!(marked.metadata.labels.contains_key(crate::api::node::CONTROL_PLANE) && marked.spec.taints.is_empty(), "the control plane may");
+    assert_eq!(code(admin.patch::<Value>(&NODES, None, "w1", &json!({"spec": {"providerID": "aws:///x/i-2"}})).await), 422, "providerID is fixed for everyone");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_node_reads_only_the_config_maps_and_secrets_its_own_pods_name() {
     let server = TestServer::start().await;

@@ -104,6 +104,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     }
     let scheduler = ca.issue_client("system:kube-scheduler", &["system:masters"])?;
     let scheduler_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: scheduler.cert_pem, key_pem: scheduler.key_pem })?;
+    tokio::spawn(mark_control_plane(scheduler_client.clone(), config.node_name.clone()));
     {
         let client = scheduler_client.clone();
         let election = LeaderElection::new(SCHEDULER_LEASE, &identity);
@@ -221,6 +222,41 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+/// Marks this master's Node as the control plane once its agent has registered it, as kubeadm's
+/// mark-control-plane phase does with the admin credential: the
+/// `node-role.kubernetes.io/control-plane` label, which NodeRestriction keeps the node's own
+/// credential from setting (`apiserver/noderestriction.rs`), and its `NoSchedule` taint (for a Node
+/// registered without it). Tried every second until done.
+async fn mark_control_plane(client: ApiClient, name: String) {
+    use crate::api::node::{CONTROL_PLANE, Taint};
+    use crate::api::resource::NODES;
+    loop {
+        match client.get::<crate::api::Node>(&NODES, None, &name).await {
+            Ok(mut node) => {
+                let tainted = node.spec.taints.iter().any(|t| t.key == CONTROL_PLANE && t.effect == "NoSchedule");
+                if node.metadata.labels.contains_key(CONTROL_PLANE) && tainted {
+                    return;
+                }
+                node.metadata.labels.insert(CONTROL_PLANE.into(), String::new());
+                if !tainted {
+                    node.spec.taints.push(Taint { key: CONTROL_PLANE.into(), effect: "NoSchedule".into(), ..Default::default() });
+                }
+                match client.replace(&NODES, None, &name, &node).await {
+                    Ok(_) => {
+                        tracing::info!(node = %name, "marked as the control plane");
+                        return;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "marking the node as the control plane"),
+                }
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => tracing::debug!(error = %e, "reading the node to mark it as the control plane"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 
 #[cfg(test)]
 mod tests {
