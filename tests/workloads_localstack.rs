@@ -801,6 +801,19 @@ async fn pods_get_configuration_secrets_and_volumes(home: &Path, client: &ApiCli
     let apart = wait_for(client, "apart's 3 replicas run", Duration::from_secs(60), |ps| app(ps, "apart").iter().filter(|p| is_ready(p)).count() == 3).await;
     let nodes: std::collections::BTreeSet<&str> = app(&apart, "apart").iter().map(|p| str_at(p, "/spec/nodeName")).collect();
     assert_eq!(nodes.len(), 3, "one replica per node: {nodes:?}");
+    // bound around the scheduler to a master: its agent refuses it for the taint
+    let all_nodes = client.list_values("/api/v1/nodes").await.unwrap();
+    let master = all_nodes.iter().find(|n| is_master(n)).map(|n| str_at(n, "/metadata/name").to_string()).expect("a master");
+    let intruder = format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: intruder\nspec:\n  nodeName: {master}\n  containers:\n    - name: app\n      image: clusterctl-busybox:latest\n      command: [\"sleep\", \"3600\"]\n");
+    let intruder_file = manifest_file(home, "intruder.yaml", &intruder);
+    assert!(kubectl_apply(home, &intruder_file).status.success());
+    eventually("the master's agent refuses a pod bound to it by nodeName", Duration::from_secs(30), || async {
+        let pod = client.get_value("/api/v1/namespaces/default/pods/intruder").await.map_err(|e| e.to_string())?;
+        let s = &pod["status"];
+        if s["phase"] == "Failed" && s["reason"] == "TaintToleration" && s["message"].as_str().unwrap_or("").contains("node-role.kubernetes.io/control-plane") { Ok(()) } else { Err(s.to_string()) }
+    })
+    .await;
+    assert!(kubectl(home, &["delete", "-f", &intruder_file, "--wait=false"]).status.success());
     let out = kubectl(home, &["delete", "-f", &file, "--wait=false"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     pod_security_levels_refuse_what_they_forbid(home);

@@ -289,7 +289,8 @@ async fn run_pods(client: ApiClient, config: AgentConfig, mut pod_range: tokio::
             }
         });
     }
-    pods::run(client, docker, &node_name, node_ip, Some(POD_CHECKPOINT.into())).await;
+    let taints = registered_taints(&config);
+    pods::run(client, docker, &node_name, node_ip, taints, Some(POD_CHECKPOINT.into())).await;
 }
 
 #[cfg(test)]

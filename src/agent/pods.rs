@@ -36,6 +36,7 @@ use crate::api::pod::{
     LifecycleHandler, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
     PodCondition, PodIp, PodSpec, PodStatus, Probe,
 };
+use crate::api::node::Taint;
 use crate::api::quantity::{IntOrString, Quantity};
 use crate::api::time::Time;
 use crate::client::ListOptions;
@@ -164,6 +165,9 @@ pub struct PodSync<R: ContainerRuntime> {
     hook_failures: HookFailures,
     /// The node's CPU (millicores) and memory (bytes): a `resourceFieldRef` to a limit not set.
     capacity: (u64, u64),
+    /// The node's `NoSchedule` and `NoExecute` taints: a new pod that does not tolerate them is
+    /// refused (it was bound around the scheduler, by `nodeName`).
+    taints: Vec<Taint>,
 }
 
 /// A pod's sandbox as the agent knows it: the running one and when it was made (or adopted), or
@@ -470,6 +474,7 @@ impl<R: ContainerRuntime> PodSync<R> {
             sources: Sources::new(),
             volumes: VolumeRoots::default(),
             hook_failures: Arc::default(),
+            taints: Vec::new(),
             capacity: {
                 let host = super::host::HostInfo::read();
                 (host.cpus as u64 * 1000, host.memory_kib * 1024)
@@ -486,6 +491,12 @@ impl<R: ContainerRuntime> PodSync<R> {
     /// The ConfigMaps and Secrets the next syncs read.
     pub fn set_sources(&mut self, sources: Sources) {
         self.sources = sources;
+    }
+
+    /// The node's taints, which pods bound here must tolerate to be admitted.
+    pub fn with_taints(mut self, taints: Vec<Taint>) -> Self {
+        self.taints = taints;
+        self
     }
 
     /// Names containers `<prefix><container>_<pod>_<namespace>_<uid>_<attempt>`.
@@ -645,6 +656,7 @@ impl<R: ContainerRuntime> PodSync<R> {
             volumes: &self.volumes,
             hook_failures: &self.hook_failures,
             capacity: self.capacity,
+            taints: &self.taints,
         };
         let env = &env;
         let work = self.pods.iter_mut().filter_map(|(uid, track)| {
@@ -715,6 +727,7 @@ struct SyncEnv<'a, R> {
     volumes: &'a VolumeRoots,
     hook_failures: &'a HookFailures,
     capacity: (u64, u64),
+    taints: &'a [Taint],
 }
 
 impl<R> SyncEnv<'_, R> {
@@ -780,7 +793,7 @@ async fn sync_pod<R: ContainerRuntime>(
             to_terminate.push(Stop::plain(&other.id, Duration::ZERO, true));
         }
     }
-    if let Some(why) = stop_reason(env, track, pod, now) {
+    if let Some(why) = refused_by_taints(env.taints, pod, actual.is_empty()).or_else(|| stop_reason(env, track, pod, now)) {
         return stop_failed(pod, track, actual, sandboxes, grace, to_terminate, env.node_ip, why);
     }
     // The pod's volumes, made or brought up to date (a changed ConfigMap reaches the files of
@@ -992,6 +1005,28 @@ async fn sync_pod<R: ContainerRuntime>(
 
 /// The reason and message of a pod stopped for its `activeDeadlineSeconds`, in kubelet's words.
 const DEADLINE_EXCEEDED: (&str, &str) = ("DeadlineExceeded", "Pod was active on the node longer than the specified deadline");
+
+/// The reason of a pod the node refuses for a taint it does not tolerate.
+const TAINTED: &str = "TaintToleration";
+
+/// Why a pod new to the node (never started: no `startTime`, no container) is refused, as
+/// kubelet's admission refuses what the scheduler would not have placed here: a `NoSchedule` or
+/// `NoExecute` taint of the node it does not tolerate (a pod bound by `nodeName` to a master, say).
+/// A pod refused once stays refused.
+fn refused_by_taints(taints: &[Taint], pod: &Pod, no_containers: bool) -> Option<(String, String)> {
+    if pod.status.phase.as_deref() == Some("Failed") && pod.status.reason.as_deref() == Some(TAINTED) {
+        return Some((TAINTED.into(), pod.status.message.clone().unwrap_or_default()));
+    }
+    if pod.status.start_time.is_some() || !no_containers {
+        return None;
+    }
+    let taint = taints
+        .iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .find(|t| !pod.spec.tolerations.iter().any(|tol| tol.tolerates(&t.key, t.value.as_deref(), &t.effect)))?;
+    let shown = format!("{{{}: {}}}", taint.key, taint.value.as_deref().unwrap_or(""));
+    Some((TAINTED.into(), format!("Pod was rejected: the node had taint {shown}, that the pod didn't tolerate")))
+}
 
 /// The reason of a pod evicted by its node.
 const EVICTED: &str = "Evicted";
@@ -1610,8 +1645,8 @@ async fn reconcile<C: Client, R: ContainerRuntime>(_key: ObjectKey, ctx: Arc<Con
 /// changed statuses are written. With a `checkpoint` file, the last known pods are saved there;
 /// until the first list of pods arrives (the API server may be down) they are synced instead of
 /// nothing, so that an agent restarted while the master is away keeps running what it ran.
-pub async fn run<C: Client, R: ContainerRuntime>(client: C, runtime: Arc<R>, node_name: &str, node_ip: IpAddr, checkpoint: Option<PathBuf>) {
-    let ctx = Arc::new(Context::new(client, PodSync::new(runtime, node_ip), node_name, checkpoint));
+pub async fn run<C: Client, R: ContainerRuntime>(client: C, runtime: Arc<R>, node_name: &str, node_ip: IpAddr, taints: Vec<Taint>, checkpoint: Option<PathBuf>) {
+    let ctx = Arc::new(Context::new(client, PodSync::new(runtime, node_ip).with_taints(taints), node_name, checkpoint));
     run_with(ctx).await;
 }
 
@@ -1830,6 +1865,28 @@ mod tests {
         assert!(running_ids(&fake).is_empty(), "never restarted");
         assert_eq!(p.status.phase.as_deref(), Some("Failed"));
         assert!(p.status.container_statuses[0].state.terminated.is_some(), "{:?}", p.status.container_statuses);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_bound_around_the_scheduler_to_a_tainted_node_is_refused_unless_it_tolerates_the_taint() {
+        let fake = FakeRuntime::with_images(&[IMAGE]);
+        let master_taint = Taint { key: crate::api::node::CONTROL_PLANE.into(), effect: "NoSchedule".into(), ..Default::default() };
+        let mut sync = sync_of(&fake).with_taints(vec![master_taint]);
+        let intruder = pod("intruder", "Always", Container { image_pull_policy: Some("IfNotPresent".into()), ..web() });
+        let updates = sync.sync(std::slice::from_ref(&intruder)).await.unwrap();
+        let status = &updates[0].status;
+        assert_eq!((status.phase.as_deref(), status.reason.as_deref()), (Some("Failed"), Some("TaintToleration")));
+        assert_eq!(status.message.as_deref(), Some("Pod was rejected: the node had taint {node-role.kubernetes.io/control-plane: }, that the pod didn't tolerate"));
+        assert!(running_ids(&fake).is_empty(), "nothing ran");
+        let mut welcome = pod("welcome", "Always", Container { image_pull_policy: Some("IfNotPresent".into()), ..web() });
+        welcome.spec.tolerations.push(crate::api::pod::Toleration { key: Some(crate::api::node::CONTROL_PLANE.into()), operator: Some("Exists".into()), effect: Some("NoSchedule".into()), ..Default::default() });
+        sync.sync(&[intruder.clone(), welcome]).await.unwrap();
+        assert_eq!(running_ids(&fake).len(), 1, "the tolerating pod runs");
+        let mut admitted = intruder;
+        admitted.metadata.uid = "u-admitted".into();
+        admitted.status.start_time = Some(Time::now());
+        let updates = sync.sync(&[admitted]).await.unwrap();
+        assert_ne!(updates[0].status.reason.as_deref(), Some("TaintToleration"), "a pod already started here is not judged again");
     }
 
     #[tokio::test(start_paused = true)]
