@@ -793,7 +793,7 @@ async fn sync_pod<R: ContainerRuntime>(
             to_terminate.push(Stop::plain(&other.id, Duration::ZERO, true));
         }
     }
-    if let Some(why) = refused_by_taints(env.taints, pod, actual.is_empty()).or_else(|| stop_reason(env, track, pod, now)) {
+    if let Some(why) = stop_reason(env, track, pod, actual.is_empty(), now) {
         return stop_failed(pod, track, actual, sandboxes, grace, to_terminate, env.node_ip, why);
     }
     // The pod's volumes, made or brought up to date (a changed ConfigMap reaches the files of
@@ -1012,11 +1012,7 @@ const TAINTED: &str = "TaintToleration";
 /// Why a pod new to the node (never started: no `startTime`, no container) is refused, as
 /// kubelet's admission refuses what the scheduler would not have placed here: a `NoSchedule` or
 /// `NoExecute` taint of the node it does not tolerate (a pod bound by `nodeName` to a master, say).
-/// A pod refused once stays refused.
 fn refused_by_taints(taints: &[Taint], pod: &Pod, no_containers: bool) -> Option<(String, String)> {
-    if pod.status.phase.as_deref() == Some("Failed") && pod.status.reason.as_deref() == Some(TAINTED) {
-        return Some((TAINTED.into(), pod.status.message.clone().unwrap_or_default()));
-    }
     if pod.status.start_time.is_some() || !no_containers {
         return None;
     }
@@ -1034,22 +1030,28 @@ const EVICTED: &str = "Evicted";
 /// How often a pod's emptyDir usage is measured against its `sizeLimit`.
 const USAGE_CHECK: Duration = Duration::from_secs(5);
 
-/// Why the pod must stop for good, `(reason, message)`: it ran longer than its
+/// Why the pod must stop for good, `(reason, message)`: it was stopped for good before (its
+/// status says so, or this agent evicted it and has not seen that written yet); it is new here and
+/// does not tolerate the node's taints ([`refused_by_taints`]); it ran longer than its
 /// `activeDeadlineSeconds` (counted from its start on this node, `status.startTime`, as kubelet
-/// counts it), or an emptyDir holds more than its `sizeLimit` (evicted, measured every
-/// [`USAGE_CHECK`]); or it was stopped for one of them before.
-fn stop_reason<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrack, pod: &Pod, now: Instant) -> Option<(String, String)> {
-    let stopped_for = |reason: &str| pod.status.phase.as_deref() == Some("Failed") && pod.status.reason.as_deref() == Some(reason);
-    if let Some(deadline) = pod.spec.active_deadline_seconds
-        && (stopped_for(DEADLINE_EXCEEDED.0) || track.start_time.age() >= Duration::from_secs(u64::try_from(deadline).unwrap_or(0)))
+/// counts it); or an emptyDir holds more than its `sizeLimit` (evicted, measured every
+/// [`USAGE_CHECK`]).
+fn stop_reason<R: ContainerRuntime>(env: &SyncEnv<'_, R>, track: &mut PodTrack, pod: &Pod, no_containers: bool, now: Instant) -> Option<(String, String)> {
+    if let Some(reason) = pod.status.reason.as_deref().filter(|r| [TAINTED, DEADLINE_EXCEEDED.0, EVICTED].contains(r))
+        && pod.status.phase.as_deref() == Some("Failed")
     {
-        return Some((DEADLINE_EXCEEDED.0.into(), DEADLINE_EXCEEDED.1.into()));
-    }
-    if stopped_for(EVICTED) {
-        return Some((EVICTED.into(), pod.status.message.clone().unwrap_or_default()));
+        return Some((reason.into(), pod.status.message.clone().unwrap_or_default()));
     }
     if let Some(message) = &track.evicted {
         return Some((EVICTED.into(), message.clone()));
+    }
+    if let Some(refused) = refused_by_taints(env.taints, pod, no_containers) {
+        return Some(refused);
+    }
+    if let Some(deadline) = pod.spec.active_deadline_seconds
+        && track.start_time.age() >= Duration::from_secs(u64::try_from(deadline).unwrap_or(0))
+    {
+        return Some((DEADLINE_EXCEEDED.0.into(), DEADLINE_EXCEEDED.1.into()));
     }
     let limited = pod.spec.volumes.iter().any(|v| v.empty_dir.as_ref().is_some_and(|e| e.size_limit.is_some()));
     if limited && track.usage_checked.is_none_or(|at| now.duration_since(at) >= USAGE_CHECK) {
@@ -1109,15 +1111,11 @@ fn stop_failed(
             ..Default::default()
         }
     };
-    let condition = |kind: &str, status: &str| {
-        let since = pod.status.conditions.iter().find(|c| c.condition_type == kind && c.status == status).and_then(|c| c.last_transition_time);
-        PodCondition { condition_type: kind.into(), status: status.into(), last_transition_time: Some(since.unwrap_or_else(Time::now)), ..Default::default() }
-    };
     let status = PodStatus {
         phase: Some("Failed".into()),
         reason: Some(reason),
         message: Some(message),
-        conditions: vec![condition("PodScheduled", "True"), condition("ContainersReady", "False"), condition("Ready", "False")],
+        conditions: vec![held_condition(pod, "PodScheduled", true), held_condition(pod, "ContainersReady", false), held_condition(pod, "Ready", false)],
         container_statuses: pod.spec.containers.iter().map(state_of).collect(),
         init_container_statuses: if pod.spec.init_containers.is_empty() { Vec::new() } else { pod.spec.init_containers.iter().map(state_of).collect() },
         qos_class: Some(pod.spec.qos_class().into()),
@@ -1398,6 +1396,13 @@ enum Init {
     Failed,
 }
 
+/// A pod condition of `kind`, keeping its transition time while its status holds.
+fn held_condition(pod: &Pod, kind: &str, ok: bool) -> PodCondition {
+    let status = if ok { "True" } else { "False" };
+    let since = pod.status.conditions.iter().find(|c| c.condition_type == kind && c.status == status).and_then(|c| c.last_transition_time);
+    PodCondition { condition_type: kind.into(), status: status.into(), last_transition_time: Some(since.unwrap_or_else(Time::now)), ..Default::default() }
+}
+
 /// The pod's status from what the sync saw.
 fn pod_status(pod: &Pod, track: &PodTrack, infos: &HashMap<String, Option<ContainerInfo>>, init: Init, node_ip: IpAddr, pod_ip: Option<IpAddr>) -> PodStatus {
     let specs = &pod.spec.containers;
@@ -1448,14 +1453,14 @@ fn pod_status(pod: &Pod, track: &PodTrack, infos: &HashMap<String, Option<Contai
     };
     let ready = all_ready && !specs.is_empty();
     // Keep each condition's transition time while its status holds.
-    let condition = |kind: &str, ok: bool| {
-        let status = if ok { "True" } else { "False" };
-        let since = pod.status.conditions.iter().find(|c| c.condition_type == kind && c.status == status).and_then(|c| c.last_transition_time);
-        PodCondition { condition_type: kind.into(), status: status.into(), last_transition_time: Some(since.unwrap_or_else(Time::now)), ..Default::default() }
-    };
     PodStatus {
         phase: Some(phase.into()),
-        conditions: vec![condition("PodScheduled", true), condition("Initialized", init == Init::Done), condition("ContainersReady", ready), condition("Ready", ready)],
+        conditions: vec![
+            held_condition(pod, "PodScheduled", true),
+            held_condition(pod, "Initialized", init == Init::Done),
+            held_condition(pod, "ContainersReady", ready),
+            held_condition(pod, "Ready", ready),
+        ],
         container_statuses: statuses,
         init_container_statuses: init_statuses,
         qos_class: Some(pod.spec.qos_class().into()),

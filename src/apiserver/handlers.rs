@@ -418,17 +418,16 @@ async fn create(state: &AppState, identity: &Identity, mut target: Target, body:
             let namespace = target.namespace.as_deref().unwrap_or("default");
             serviceips::allocate(state.store.as_ref(), state.config.service_cidr, namespace, &name, &mut candidate, dry_run).await?;
         }
+        let notes = objects::not_acted_on(rt, &candidate);
         if dry_run {
             if state.store.get(&target.key(&name)).await.map_err(|e| ApiError::from_store(e, rt, &name))?.is_some() {
                 return Err(ApiError::already_exists(rt, &name));
             }
-            let notes = objects::not_acted_on(rt, &candidate);
             let response = (StatusCode::CREATED, Json(candidate)).into_response();
             return Ok(with_warnings(response, &unknown, mode, &notes));
         }
         match state.store.create(&target.key(&name), candidate.clone()).await {
             Ok(rev) => {
-                let notes = objects::not_acted_on(rt, &candidate);
                 let response = (StatusCode::CREATED, Json(with_revision(candidate, rev))).into_response();
                 return Ok(with_warnings(response, &unknown, mode, &notes));
             }

@@ -55,6 +55,8 @@ pub struct NodeInfo {
     pub zone: Option<String>,
     /// The pods bound here as affinity, anti-affinity and topology spread see them.
     pub pods: Vec<Placed>,
+    /// How many of them have required anti-affinity terms (which every new pod must respect).
+    pub with_anti: u32,
 }
 
 /// A pod bound to a node, as pod affinity and topology spread read it.
@@ -98,6 +100,7 @@ impl NodeInfo {
             *self.owned.entry(owner.uid.clone()).or_default() += 1;
         }
         let anti = pod.spec.affinity.as_ref().and_then(|a| a.pod_anti_affinity.as_ref()).map(|a| a.required_during_scheduling_ignored_during_execution.clone()).unwrap_or_default();
+        self.with_anti += u32::from(!anti.is_empty());
         self.pods.push(Placed { namespace: pod.metadata.namespace_or_default().to_string(), labels: pod.metadata.labels.clone(), anti });
     }
 
@@ -208,7 +211,7 @@ impl Topology {
         let ns = pod.metadata.namespace_or_default();
         let affinity = pod.spec.affinity.as_ref();
         let (pod_affinity, anti) = (affinity.and_then(|a| a.pod_affinity.as_ref()), affinity.and_then(|a| a.pod_anti_affinity.as_ref()));
-        let has_existing_anti = nodes.iter().any(|n| n.pods.iter().any(|p| !p.anti.is_empty()));
+        let has_existing_anti = nodes.iter().any(|n| n.with_anti > 0);
         if pod_affinity.is_none() && anti.is_none() && pod.spec.topology_spread_constraints.is_empty() && !has_existing_anti {
             return t;
         }
@@ -238,7 +241,7 @@ impl Topology {
             t.preferred_anti = a.preferred_during_scheduling_ignored_during_execution.iter().map(|w| domains(&w.pod_affinity_term, i64::from(w.weight))).collect();
         }
         // Existing pods whose required anti-affinity selects this pod keep it out of their domain.
-        for node in nodes {
+        for node in nodes.iter().filter(|n| n.with_anti > 0) {
             for placed in node.pods.iter().filter(|p| !p.anti.is_empty()) {
                 for term in placed.anti.iter().filter(|term| term.selects(&placed.namespace, ns, &pod.metadata.labels)) {
                     if let Some(value) = node.labels.get(&term.topology_key) {
