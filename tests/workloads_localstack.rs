@@ -873,12 +873,18 @@ fn harness_registry() -> (String, String, String) {
     (format!("{}:5443", harness_gateway()), ca, password)
 }
 
-/// Adds the harness registry to a spec's `[[registries]]`, so that the nodes trust its CA.
+/// Adds the harness registry to a spec's `[[registries]]`, so that the nodes trust its CA, and its
+/// read-only copy on port 5444 as the nodes' mirror of Docker Hub.
 fn trust_the_harness_registry(spec: &Path) {
     let (host, ca, _) = harness_registry();
     let mut doc: toml::Table = std::fs::read_to_string(spec).unwrap().parse().unwrap();
-    let entry = toml::Table::from_iter([("host".to_string(), toml::Value::from(host)), ("ca".to_string(), toml::Value::from(ca))]);
-    doc.insert("registries".into(), toml::Value::Array(vec![toml::Value::Table(entry)]));
+    let entry = toml::Table::from_iter([("host".to_string(), toml::Value::from(host)), ("ca".to_string(), toml::Value::from(ca.clone()))]);
+    let mirror = toml::Table::from_iter([
+        ("host".to_string(), toml::Value::from(format!("{}:5444", harness_gateway()))),
+        ("ca".to_string(), toml::Value::from(ca)),
+        ("mirror_of".to_string(), toml::Value::from("docker.io")),
+    ]);
+    doc.insert("registries".into(), toml::Value::Array(vec![toml::Value::Table(entry), toml::Value::Table(mirror)]));
     std::fs::write(spec, toml::to_string(&doc).unwrap()).unwrap();
 }
 
@@ -942,6 +948,16 @@ spec:
     - name: app
       image: {host}/private/busybox:v9
       command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: mirrored
+spec:
+  containers:
+    - name: app
+      image: busybox:mirrored
+      command: ["sleep", "3600"]
 "#
     );
     let file = home.join("private.yaml");
@@ -988,6 +1004,14 @@ spec:
     })
     .await;
     eprintln!("wrong-tag: {message}");
+    // A Docker Hub image no node has, which only the spec's mirror of Docker Hub holds: pulled
+    // through it (the nodes reach no other registry).
+    let (_, took) = eventually("mirrored: busybox:mirrored runs, pulled through the mirror", Duration::from_secs(60), || async {
+        let pod = client.get_value("/api/v1/namespaces/default/pods/mirrored").await.map_err(|e| e.to_string())?;
+        if is_ready(&pod) { Ok(()) } else { Err(pod["status"].to_string()) }
+    })
+    .await;
+    eprintln!("a Docker Hub image pulled through the spec's mirror, Ready after {:.1}s", took.as_secs_f64());
     let out = kubectl(home, &["delete", "-f", &file, "--wait=false"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

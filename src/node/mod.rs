@@ -23,6 +23,32 @@ use crate::nodeconfig::NodeConfig;
 
 /// Where Docker looks for a registry's own CA (`<host>/ca.crt`), read at every pull.
 pub const REGISTRY_CAS: &str = "/etc/docker/certs.d";
+/// Docker's settings file, whose `registry-mirrors` a node keeps as its config says.
+pub const DOCKER_DAEMON_JSON: &str = "/etc/docker/daemon.json";
+
+/// Sets `registry-mirrors` in Docker's `daemon.json` at `path` to the registries that mirror
+/// Docker Hub (`https://<host>`), keeping every other setting; returns whether the file changed
+/// (then Docker must reload it: `registry-mirrors` is one of the settings dockerd reloads on
+/// SIGHUP, with no restart of its containers).
+pub fn set_registry_mirrors(registries: &[crate::spec::TrustedRegistry], path: &std::path::Path) -> std::io::Result<bool> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "{}".into(),
+        Err(e) => return Err(e),
+    };
+    let mut settings: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+    let mirrors: Vec<serde_json::Value> =
+        registries.iter().filter(|r| r.mirror_of.as_deref() == Some(crate::spec::MIRRORABLE)).map(|r| serde_json::Value::String(format!("https://{}", r.host))).collect();
+    if settings.get("registry-mirrors").and_then(serde_json::Value::as_array).map_or(mirrors.is_empty(), |now| *now == mirrors) {
+        return Ok(false);
+    }
+    settings.insert("registry-mirrors".into(), serde_json::Value::Array(mirrors));
+    let written = serde_json::to_string_pretty(&settings).map_err(std::io::Error::other)? + "\n";
+    let next = path.with_extension("json.clusterctl");
+    std::fs::write(&next, written)?;
+    std::fs::rename(&next, path)?;
+    Ok(true)
+}
 
 /// Makes the node's container runtime trust each registry's CA, for that registry only (Docker's
 /// `certs.d/<host>/ca.crt`); a registry no longer in the config loses its trust. Readable by all:
@@ -45,11 +71,21 @@ pub fn trust_registries(registries: &[crate::spec::TrustedRegistry], dir: &std::
     Ok(())
 }
 
-/// [`trust_registries`] at [`REGISTRY_CAS`], logged when it fails (pulls from those registries then
-/// fail with the runtime's TLS error).
+/// [`trust_registries`] at [`REGISTRY_CAS`] and [`set_registry_mirrors`] in [`DOCKER_DAEMON_JSON`]
+/// (reloading Docker when the mirrors changed), logged when it fails (pulls from those registries
+/// then fail with the runtime's TLS error, or go to Docker Hub itself).
 pub fn trust_registries_logged(config: &NodeConfig) {
     if let Err(e) = trust_registries(&config.registries, std::path::Path::new(REGISTRY_CAS)) {
         tracing::warn!(error = %e, dir = REGISTRY_CAS, "writing the registries' CAs");
+    }
+    match set_registry_mirrors(&config.registries, std::path::Path::new(DOCKER_DAEMON_JSON)) {
+        Ok(false) => {}
+        Ok(true) => match std::process::Command::new("systemctl").args(["reload", "docker"]).output() {
+            Ok(out) if out.status.success() => tracing::info!("Docker reloaded with the spec's registry mirrors"),
+            Ok(out) => tracing::warn!(stderr = %String::from_utf8_lossy(&out.stderr).trim(), "reloading Docker for the registry mirrors"),
+            Err(e) => tracing::warn!(error = %e, "reloading Docker for the registry mirrors"),
+        },
+        Err(e) => tracing::warn!(error = %e, file = DOCKER_DAEMON_JSON, "writing the registry mirrors"),
     }
 }
 
@@ -75,11 +111,27 @@ mod tests {
     fn registries_cas_are_written_for_their_hosts_and_removed_with_them() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("someone.else:5000")).unwrap();
-        let one = TrustedRegistry { host: "registry.example:5443".into(), ca: "PEM".into() };
+        let one = TrustedRegistry { host: "registry.example:5443".into(), ca: "PEM".into(), mirror_of: None };
         super::trust_registries(std::slice::from_ref(&one), dir.path()).unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join("registry.example:5443/ca.crt")).unwrap(), "PEM");
         super::trust_registries(&[], dir.path()).unwrap();
         assert!(!dir.path().join("registry.example:5443").exists(), "gone with the spec's entry");
         assert!(dir.path().join("someone.else:5000").exists(), "what clusterctl did not write stays");
+    }
+
+    #[test]
+    fn docker_hub_mirrors_go_into_daemon_json_beside_its_other_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("daemon.json");
+        std::fs::write(&path, r#"{"default-runtime": "crun", "registry-mirrors": []}"#).unwrap();
+        let plain = TrustedRegistry { host: "private.example:5443".into(), ca: "PEM".into(), mirror_of: None };
+        assert!(!super::set_registry_mirrors(std::slice::from_ref(&plain), &path).unwrap(), "no mirror, nothing to change");
+        let mirror = TrustedRegistry { host: "mirror.example:5444".into(), mirror_of: Some("docker.io".into()), ..plain.clone() };
+        assert!(super::set_registry_mirrors(&[plain.clone(), mirror.clone()], &path).unwrap());
+        let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(written["registry-mirrors"], serde_json::json!(["https://mirror.example:5444"]));
+        assert_eq!(written["default-runtime"], "crun", "other settings stay");
+        assert!(!super::set_registry_mirrors(&[plain.clone(), mirror], &path).unwrap(), "once");
+        assert!(super::set_registry_mirrors(&[plain], &path).unwrap(), "a mirror taken out of the spec goes");
     }
 }

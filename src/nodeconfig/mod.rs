@@ -466,7 +466,7 @@ mod tests {
                 cluster_cidr: "100.64.0.0/16".parse().unwrap(),
                 service_cidr: "10.96.0.0/16".parse().unwrap(),
             }),
-            registries: vec![crate::spec::TrustedRegistry { host: "registry.example:5443".into(), ca: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into() }],
+            registries: vec![crate::spec::TrustedRegistry { host: "registry.example:5443".into(), ca: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(), mirror_of: Some("docker.io".into()) }],
         }
     }
 

@@ -60,12 +60,18 @@ pub struct ClusterSpec {
 }
 
 /// `[[registries]]`: a registry (`host` or `host:port`) and the CA (PEM, inline) its certificate
-/// chains to.
+/// chains to; with `mirror_of = "docker.io"` the nodes' Docker also pulls Docker Hub's images
+/// through it (a pull-through cache or a copy, answering without credentials).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TrustedRegistry {
     pub host: String,
     pub ca: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_of: Option<String>,
 }
+
+/// The one registry Docker takes mirrors for.
+pub const MIRRORABLE: &str = "docker.io";
 
 /// `[backups]`: the scheduled snapshots of the cluster's store kept on every master
 /// (`clusterctl backup` takes one on demand).

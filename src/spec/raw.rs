@@ -37,6 +37,7 @@ pub(crate) struct RawSpec {
 pub(crate) struct RawRegistry {
     pub host: Option<SString>,
     pub ca: Option<SString>,
+    pub mirror_of: Option<SString>,
 }
 
 /// `[cluster]`

@@ -747,7 +747,8 @@ impl Check {
         })
     }
 
-    /// `[[registries]]`: a host (`name` or `name:port`, no scheme or path) and a CA in PEM.
+    /// `[[registries]]`: a host (`name` or `name:port`, no scheme or path), a CA in PEM, and what it
+    /// may mirror (`docker.io` only).
     fn registries(&mut self, raw: &[Spanned<RawRegistry>]) -> Option<Vec<super::TrustedRegistry>> {
         use rustls_pki_types::CertificateDer;
         use rustls_pki_types::pem::PemObject;
@@ -772,7 +773,11 @@ impl Check {
                 self.problems.at(ca, field("ca"), "must be one or more PEM certificates (-----BEGIN CERTIFICATE-----)".to_string());
                 ok = false;
             }
-            out.push(super::TrustedRegistry { host: h.clone(), ca: ca.get_ref().clone() });
+            if let Some(of) = r.mirror_of.as_ref().filter(|of| of.get_ref() != super::MIRRORABLE) {
+                self.problems.at(of, field("mirror_of"), format!("must be {:?} (Docker takes mirrors for Docker Hub only), got {:?}", super::MIRRORABLE, of.get_ref()));
+                ok = false;
+            }
+            out.push(super::TrustedRegistry { host: h.clone(), ca: ca.get_ref().clone(), mirror_of: r.mirror_of.as_ref().map(|m| m.get_ref().clone()) });
         }
         ok.then_some(out)
     }
