@@ -115,6 +115,8 @@ async fn run_once(run: usize, backend: Backend) -> anyhow::Result<(f64, f64, f64
         node_binary: None,
         kubelet_client: None,
         service_cidr: Some("10.96.0.0/16".parse()?),
+        limits: clusterctl::apiserver::limits::LimitSettings::default(),
+        audit: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("https://127.0.0.1:{}", listener.local_addr()?.port());

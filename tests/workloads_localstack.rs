@@ -814,6 +814,12 @@ async fn pods_get_configuration_secrets_and_volumes(home: &Path, client: &ApiCli
     })
     .await;
     assert!(kubectl(home, &["delete", "-f", &intruder_file, "--wait=false"]).status.success());
+    // the master's audit log: private, and it names who deleted the intruder
+    let master_instance = instance_of(client, &master).await;
+    let audited = "stat -c %a /var/log/clusterctl/audit.log; grep '\"name\":\"intruder\"' /var/log/clusterctl/audit.log | grep '\"verb\":\"delete\"' | grep -c '\"username\":\"admin\"'";
+    let out = std::process::Command::new("docker").args(["exec", &master_instance, "sh", "-c", audited]).output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.starts_with("600\n") && out.lines().nth(1).and_then(|n| n.trim().parse::<u32>().ok()).is_some_and(|n| n >= 1), "the audit log (mode, the admin's delete of intruder): {out}");
     let out = kubectl(home, &["delete", "-f", &file, "--wait=false"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     pod_security_levels_refuse_what_they_forbid(home);

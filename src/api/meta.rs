@@ -209,6 +209,8 @@ pub enum StatusReason {
     InternalError,
     ServiceUnavailable,
     Timeout,
+    /// HTTP 429: beyond a cap; retry after `details.retryAfterSeconds`.
+    TooManyRequests,
     /// A reason this version does not know.
     #[serde(other)]
     Unknown,
@@ -227,6 +229,9 @@ pub struct StatusDetails {
     /// The fields that made a request invalid.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub causes: Vec<StatusCause>,
+    /// For `TooManyRequests`: when to try again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<i32>,
 }
 
 /// One reason a request failed, for `Invalid`: the field's path and what is wrong with it.

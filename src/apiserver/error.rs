@@ -14,7 +14,7 @@ use crate::api::{Status, StatusCause, StatusDetails, StatusReason};
 pub struct ApiError(pub Box<Status>);
 
 fn details(resource: &ResourceType, name: &str) -> StatusDetails {
-    StatusDetails { name: name.into(), group: resource.group.into(), kind: resource.plural.into(), causes: Vec::new() }
+    StatusDetails { name: name.into(), group: resource.group.into(), kind: resource.plural.into(), ..Default::default() }
 }
 
 impl ApiError {
@@ -83,7 +83,7 @@ impl ApiError {
     /// Invalid is about a kind (`Deployment.apps`), where the other reasons name a resource.
     fn invalid_with_causes(resource: &ResourceType, name: &str, message: String, causes: Vec<StatusCause>) -> Self {
         let kind = if resource.group.is_empty() { resource.kind.to_string() } else { format!("{}.{}", resource.kind, resource.group) };
-        let details = StatusDetails { name: name.into(), group: resource.group.into(), kind: resource.kind.into(), causes };
+        let details = StatusDetails { name: name.into(), group: resource.group.into(), kind: resource.kind.into(), causes, ..Default::default() };
         ApiError(Box::new(Status::failure(StatusReason::Invalid, 422, format!("{kind} {name:?} is invalid: {message}")).with_details(details)))
     }
 
@@ -110,6 +110,12 @@ impl ApiError {
     /// 415: a body format this server does not read (e.g. strategic merge patch).
     pub fn unsupported_media_type(content_type: &str) -> Self {
         Self::new(StatusReason::UnsupportedMediaType, 415, format!("the body of the request was in an unknown format: {content_type}"))
+    }
+
+    /// 429 beyond a cap, with when to retry (the caller adds the `Retry-After` header).
+    pub fn too_many_requests(message: &str, retry_after_seconds: i32) -> Self {
+        let details = StatusDetails { retry_after_seconds: Some(retry_after_seconds), ..Default::default() };
+        ApiError(Box::new(Status::failure(StatusReason::TooManyRequests, 429, message).with_details(details)))
     }
 
     /// 410 Expired: a resource version older than the store's history.

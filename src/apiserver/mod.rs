@@ -32,6 +32,7 @@ pub mod error;
 mod events_v1;
 mod handlers;
 pub mod noderestriction;
+pub mod limits;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
@@ -120,6 +121,10 @@ pub struct ApiServerConfig {
     pub kubelet_client: Option<podproxy::KubeletClientTls>,
     /// Where Services' cluster IPs come from (`serviceips`); None gives Services none.
     pub service_cidr: Option<ipnet::Ipv4Net>,
+    /// What the server takes at once ([`limits`]).
+    pub limits: limits::LimitSettings,
+    /// Where the audit log goes; None keeps none.
+    pub audit: Option<limits::AuditSettings>,
 }
 
 /// Why the API server could not start.
@@ -141,6 +146,8 @@ pub enum ApiServerError {
     },
     #[error("building the client certificate verifier")]
     ClientVerifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("opening the audit log")]
+    Audit(#[source] std::io::Error),
 }
 
 /// What every request handler shares.
@@ -152,6 +159,8 @@ pub(crate) struct AppState {
     pub(crate) stopping: signal::Receiver<bool>,
     /// TLS towards the node agents, from [`ApiServerConfig::kubelet_client`].
     pub(crate) kubelet_client: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) limits: Arc<limits::Limits>,
+    pub(crate) audit: Option<limits::AuditLog>,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets open requests finish (watches
@@ -166,7 +175,9 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(&config.tls, tls::ClientCerts::Optional)?));
     let (stop_tx, stop_rx) = signal::channel(false);
     let kubelet_client = config.kubelet_client.as_ref().map(podproxy::client_config).transpose()?;
-    let state = AppState { store, config: Arc::new(config), stopping: stop_rx.clone(), kubelet_client };
+    let audit = config.audit.clone().map(limits::AuditLog::start).transpose().map_err(ApiServerError::Audit)?;
+    let limits = Arc::new(limits::Limits::new(config.limits));
+    let state = AppState { store, config: Arc::new(config), stopping: stop_rx.clone(), kubelet_client, limits, audit };
     let app = router(state);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -249,6 +260,10 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/namespaces/{namespace}/pods/{name}/attach", get(podproxy::attach).post(podproxy::attach))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/portforward", get(podproxy::portforward).post(podproxy::portforward))
         .fallback(resource)
+        // Inside authentication (layers added later run first): the caps, and the audit line
+        // around them so that a refusal is logged too.
+        .layer(middleware::from_fn_with_state(state.clone(), limits::admit))
+        .layer(middleware::from_fn_with_state(state.clone(), limits::audit))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }

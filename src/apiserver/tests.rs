@@ -94,16 +94,23 @@ impl TestServer {
     }
 
     async fn start_serving(store: SqliteStore, node_binary: Option<std::path::PathBuf>) -> Self {
+        Self::start_configured(store, |c| c.node_binary = node_binary).await
+    }
+
+    async fn start_configured(store: SqliteStore, tune: impl FnOnce(&mut ApiServerConfig)) -> Self {
         let ca = Arc::new(TestCa::new("test-ca"));
         let (cert_pem, key_pem) = ca.serving();
-        let config = ApiServerConfig {
+        let mut config = ApiServerConfig {
             tls: ServerTls { cert_pem, key_pem, client_ca_pem: ca.pem.clone() },
             csr_signer: ca.clone(),
             cluster_info_ca_pem: ca.pem.clone(),
-            node_binary,
+            node_binary: None,
             kubelet_client: None,
             service_cidr: Some("10.96.0.0/16".parse().unwrap()),
+            limits: crate::apiserver::limits::LimitSettings::default(),
+            audit: None,
         };
+        tune(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -333,6 +340,70 @@ async fn a_node_cannot_give_itself_a_role_change_its_taints_or_its_provider_id()
     assert!(marked.metadata.labels.contains_key(crate::api::node::CONTROL_PLANE) && marked.spec.taints.is_empty(), "the control plane may");
     assert_eq!(code(admin.patch::<Value>(&NODES, None, "w1", &json!({"spec": {"providerID": "aws:///x/i-2"}})).await), 422, "providerID is fixed for everyone");
     server.stop().await;
+}
+
+/// Issue 22's API limits: the cluster's own identities keep a pool of their own (here the others'
+/// is empty: every other request is 429 with `Retry-After`), a user's watches stop at the cap and
+/// free their place when they end, and every request, refused or not, is one audit line.
+#[tokio::test]
+async fn the_cluster_keeps_its_share_watches_are_capped_per_user_and_every_request_is_audited() {
+    use crate::apiserver::limits::{AuditSettings, LimitSettings};
+    let dir = tempfile::tempdir().unwrap();
+    let audit_path = dir.path().join("audit.log");
+    let audit = AuditSettings::at(&audit_path);
+    let server = TestServer::start_configured(SqliteStore::in_memory().unwrap(), |c| {
+        c.limits = LimitSettings { others_in_flight: 0, watches_per_user: 2, ..LimitSettings::default() };
+        c.audit = Some(audit);
+    })
+    .await;
+    let admin = server.admin();
+    admin.create::<Node>(&NODES, None, &Node::new("w1")).await.unwrap();
+    let _: Node = server.node("w1").get(&NODES, None, "w1").await.expect("nodes draw from the cluster's pool");
+    let operator = server.as_user("ann", &["developers"]);
+    let refused = operator.request_raw(Method::GET, "/api/v1/namespaces/default/pods", &json!(null)).await;
+    assert_eq!(refused.status().as_u16(), 429);
+    assert_eq!(refused.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    let status: crate::api::Status = refused.json().await.unwrap();
+    assert_eq!((status.reason, status.message.as_str()), (crate::api::StatusReason::TooManyRequests, "Too many requests, please try again later."));
+    assert_eq!(status.details.unwrap().retry_after_seconds, Some(1));
+
+    let watch = || admin.request_raw(Method::GET, "/api/v1/nodes?watch=true", &json!(null));
+    let first = watch().await;
+    let second = watch().await;
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    assert_eq!(watch().await.status().as_u16(), 429, "a third watch of the same user");
+    drop(first);
+    let mut again = 0;
+    for _ in 0..50 {
+        again = watch().await.status().as_u16();
+        if again == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(again, 200, "an ended watch frees its place");
+    drop(second);
+
+    server.stop().await;
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        lines = std::fs::read_to_string(&audit_path).unwrap_or_default().lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect();
+        if lines.iter().any(|l| l["responseStatus"]["code"] == 429 && l["verb"] == "watch") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let created = lines.iter().find(|l| l["verb"] == "create").expect("the create is audited");
+    assert_eq!(created["user"]["username"], "admin");
+    assert_eq!(created["objectRef"], json!({"resource": "nodes", "apiVersion": "v1"}));
+    assert_eq!(created["responseStatus"]["code"], 201);
+    assert_eq!(created["apiVersion"], "audit.k8s.io/v1");
+    let got = lines.iter().find(|l| l["user"]["username"] == "system:node:w1").unwrap();
+    assert_eq!((got["verb"].as_str(), got["objectRef"]["name"].as_str()), (Some("get"), Some("w1")));
+    assert!(lines.iter().any(|l| l["user"]["username"] == "ann" && l["verb"] == "list" && l["responseStatus"]["code"] == 429), "refusals are audited");
+    assert!(lines.iter().any(|l| l["verb"] == "watch" && l["responseStatus"]["code"] == 429));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&audit_path).unwrap().permissions().mode() & 0o777, 0o600);
 }
 
 #[tokio::test]

@@ -28,6 +28,8 @@ pub async fn start_with_ca(ca: Arc<ClusterCa>) -> ApiClient {
             Some(crate::apiserver::podproxy::KubeletClientTls { cert_pem: issued.cert_pem, key_pem: issued.key_pem, ca_pem: ca.cert_pem().to_string() })
         },
         service_cidr: Some("10.96.0.0/16".parse().unwrap()),
+        limits: crate::apiserver::limits::LimitSettings::default(),
+        audit: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());

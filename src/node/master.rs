@@ -45,6 +45,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             Some(apiserver::podproxy::KubeletClientTls { cert_pem: issued.cert_pem, key_pem: issued.key_pem, ca_pem: ca.cert_pem().to_string() })
         },
         service_cidr: config.network.as_ref().map(|n| n.service_cidr),
+        limits: crate::apiserver::limits::LimitSettings::default(),
+        audit: Some(crate::apiserver::limits::AuditSettings::at(crate::nodeconfig::AUDIT_LOG)),
     };
     // The server stops after the leases are given up (below), so that giving them up can reach it.
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();

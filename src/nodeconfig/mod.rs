@@ -63,6 +63,8 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/clusterctl";
 pub const PKI_DIR: &str = "/var/lib/clusterctl/pki";
 /// Where a node keeps the image tarballs loaded into the cluster (`clusterctl image load`).
 pub const IMAGES_DIR: &str = "/var/lib/clusterctl/images";
+/// Where a master's API server writes its audit log (0600; rotated beside it as `.1`, `.2`, `.3`).
+pub const AUDIT_LOG: &str = "/var/log/clusterctl/audit.log";
 
 /// Errors reading, checking or writing a node config.
 #[derive(Debug, Error)]
