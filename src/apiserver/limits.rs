@@ -102,15 +102,14 @@ impl Drop for WatchGuard {
     }
 }
 
-/// Whether the request is a watch.
-fn is_watch(req: &Request) -> bool {
-    req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv.split_once('=').is_some_and(|(k, v)| k == "watch" && super::target::query_bool(v) == Some(true))))
+/// Whether the request (its URI) is a watch.
+fn is_watch(uri: &axum::http::Uri) -> bool {
+    uri.query().is_some_and(|q| q.split('&').any(|kv| kv.split_once('=').is_some_and(|(k, v)| k == "watch" && super::target::query_bool(v) == Some(true))))
 }
 
 /// Whether the request runs as long as its client keeps it open (not counted in flight).
-fn is_long_running(req: &Request) -> bool {
-    let path = req.uri().path();
-    is_watch(req) || ["/exec", "/attach", "/portforward", "/log"].iter().any(|end| path.ends_with(end))
+fn is_long_running(uri: &axum::http::Uri) -> bool {
+    is_watch(uri) || ["/exec", "/attach", "/portforward", "/log"].iter().any(|end| uri.path().ends_with(end))
 }
 
 /// Kubernetes' answer beyond a cap.
@@ -125,7 +124,7 @@ fn too_many() -> Response {
 pub(crate) async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Some(identity) = req.extensions().get::<Identity>().cloned() else { return next.run(req).await };
     let limits = &state.limits;
-    if is_watch(&req) {
+    if is_watch(req.uri()) {
         let Some(guard) = limits.watch(&identity.user) else {
             tracing::warn!(user = %identity.user, "refusing a watch: the user has {} open", limits.settings.watches_per_user);
             return too_many();
@@ -139,7 +138,7 @@ pub(crate) async fn admit(State(state): State<AppState>, req: Request, next: Nex
         }));
         return Response::from_parts(parts, body);
     }
-    if is_long_running(&req) {
+    if is_long_running(req.uri()) {
         return next.run(req).await;
     }
     let pool = if identity.in_group(MASTERS_GROUP) || identity.in_group(NODES_GROUP) { &limits.system } else { &limits.others };
@@ -257,24 +256,31 @@ fn verb(method: &axum::http::Method, named: bool, watch: bool) -> &'static str {
     }
 }
 
+/// What the audit line reads of a request, taken before the request is handed on.
+struct Head {
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    user_agent: Option<String>,
+    received: MicroTime,
+}
+
 /// The audit event of one request, as kube-apiserver writes it at level `Metadata`.
-fn event(identity: &Identity, req: &Request, code: u16, received: MicroTime) -> serde_json::Value {
-    let path = req.uri().path();
-    let target = super::target::Target::parse(path).ok();
+fn event(identity: &Identity, head: &Head, code: u16) -> serde_json::Value {
+    let target = super::target::Target::parse(head.uri.path()).ok();
     let mut event = json!({
         "kind": "Event",
         "apiVersion": "audit.k8s.io/v1",
         "level": "Metadata",
         "auditID": uuid_like(),
         "stage": "ResponseComplete",
-        "requestURI": req.uri().to_string(),
-        "verb": verb(req.method(), target.as_ref().is_some_and(|t| t.name.is_some()), is_watch(req)),
+        "requestURI": head.uri.to_string(),
+        "verb": verb(&head.method, target.as_ref().is_some_and(|t| t.name.is_some()), is_watch(&head.uri)),
         "user": {"username": identity.user, "groups": identity.groups},
         "responseStatus": {"metadata": {}, "code": code},
-        "requestReceivedTimestamp": received,
+        "requestReceivedTimestamp": head.received,
         "stageTimestamp": MicroTime::now(),
     });
-    if let Some(agent) = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+    if let Some(agent) = &head.user_agent {
         event["userAgent"] = json!(agent);
     }
     if let Some(t) = target {
@@ -302,11 +308,14 @@ fn uuid_like() -> String {
 /// made (for a watch or an exec: once it began streaming).
 pub(crate) async fn audit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (Some(log), Some(identity)) = (state.audit.clone(), req.extensions().get::<Identity>().cloned()) else { return next.run(req).await };
-    let received = MicroTime::now();
-    let (parts, body) = req.into_parts();
-    let head = Request::from_parts(parts.clone(), Body::empty());
-    let response = next.run(Request::from_parts(parts, body)).await;
-    log.record(event(&identity, &head, response.status().as_u16(), received).to_string());
+    let head = Head {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(String::from),
+        received: MicroTime::now(),
+    };
+    let response = next.run(req).await;
+    log.record(event(&identity, &head, response.status().as_u16()).to_string());
     response
 }
 
