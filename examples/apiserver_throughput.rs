@@ -117,6 +117,7 @@ async fn run_once(run: usize, backend: Backend) -> anyhow::Result<(f64, f64, f64
         service_cidr: Some("10.96.0.0/16".parse()?),
         limits: clusterctl::apiserver::limits::LimitSettings::default(),
         audit: None,
+        default_toleration_seconds: Some(300),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("https://127.0.0.1:{}", listener.local_addr()?.port());

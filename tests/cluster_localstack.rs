@@ -83,6 +83,8 @@ async fn a_cluster_is_created_ready_secured_idempotent_and_survives_failures() {
     harness();
     let home = temp_home();
     let spec_path = unique_spec(home.path(), "it-boot", 65, 2);
+    // Shorter than Kubernetes' 40 s and 300 s, so that not-ready nodes and evictions are seen.
+    set_health(&spec_path, &[("node_grace_seconds", 10), ("eviction_seconds", 10)]);
     let _guard = DestroyGuard { home: home.path().into(), spec: spec_path.clone() };
     let s = spec_path.to_str().unwrap();
 
@@ -157,11 +159,46 @@ async fn a_cluster_is_created_ready_secured_idempotent_and_survives_failures() {
     eprintln!("re-run took {:.1}s", rerun.as_secs_f64());
     assert!(rerun < Duration::from_secs(30), "re-run took {rerun:?}");
 
-    // A worker whose agent stops goes NotReady within 15 s, and Ready again when it returns.
+    // Safe under partition (this spec: grace 10 s, eviction 10 s). Zone b's only worker cut off
+    // from the API, its processes running: it is shown not ready, but a zone with no Ready node
+    // keeps its pods however long. Then zone a's worker stops reporting while the master of its
+    // zone stays Ready: a failed machine, whose pod is evicted.
     let admin = ApiClient::new(&kc.server, ClientAuth::Certificate { ca_pem: kc.ca_pem.clone(), cert_pem: kc.client_cert_pem.clone(), key_pem: kc.client_key_pem.clone() }).unwrap();
+    let nodes = admin.list_values("/api/v1/nodes").await.unwrap();
+    let zone_of = |name: &str| nodes.iter().find(|n| n["metadata"]["name"] == name).and_then(|n| n.pointer("/metadata/labels/topology.kubernetes.io~1zone")).and_then(Value::as_str).unwrap_or_default().to_string();
+    assert_eq!(zone_of("it-boot-masters-0"), zone_of("it-boot-default-0"));
+    assert_ne!(zone_of("it-boot-default-1"), zone_of("it-boot-default-0"), "default-1 is alone in its zone");
+    for node in ["it-boot-default-0", "it-boot-default-1"] {
+        // Bound past the scheduler; the image is never pulled (the pod object is what matters).
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("pinned-{node}"), "namespace": "default"},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "clusterctl.invalid/none:1", "imagePullPolicy": "Never"}]}});
+        let created = admin.create_value("/api/v1/namespaces/default/pods", &pod).await.unwrap();
+        let tolerations = created["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+        assert!(tolerations.iter().any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["tolerationSeconds"] == 10), "the spec's eviction_seconds as the default toleration: {tolerations:?}");
+    }
+    let lone = by_name("it-boot-default-1").id.clone();
+    cut_off_from_the_api(&lone, 6443, true);
+    let took = wait_ready(&admin, "it-boot-default-1", "Unknown", Duration::from_secs(25)).await;
+    eprintln!("the cut-off worker shown not ready after {:.1}s", took.as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let pod = admin.get_value("/api/v1/namespaces/default/pods/pinned-it-boot-default-1").await.unwrap();
+    assert!(pod["metadata"]["deletionTimestamp"].is_null(), "twice the toleration later, the pod of a zone without a Ready node is kept: {}", pod["metadata"]);
+    cut_off_from_the_api(&lone, 6443, false);
+    let took = wait_ready(&admin, "it-boot-default-1", "True", Duration::from_secs(30)).await;
+    eprintln!("the cut-off worker Ready again {:.1}s after the partition healed", took.as_secs_f64());
+
+    // A worker whose agent stops goes NotReady within 15 s, and Ready again when it returns.
     sudo(&worker0, "systemctl stop clusterctl-worker").await;
     let took = wait_ready(&admin, "it-boot-default-0", "Unknown", Duration::from_secs(15)).await;
     eprintln!("NotReady after {:.1}s", took.as_secs_f64());
+    let (_, evicted) = eventually("the stopped worker's pod evicted", Duration::from_secs(30), || async {
+        match admin.get_value("/api/v1/namespaces/default/pods/pinned-it-boot-default-0").await {
+            Err(e) if e.code() == Some(404) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    eprintln!("its pod evicted {:.1}s after the node was shown not ready", evicted.as_secs_f64());
     sudo(&worker0, "systemctl start clusterctl-worker").await;
     let took = wait_ready(&admin, "it-boot-default-0", "True", Duration::from_secs(15)).await;
     eprintln!("Ready again after {:.1}s", took.as_secs_f64());
@@ -173,6 +210,9 @@ async fn a_cluster_is_created_ready_secured_idempotent_and_survives_failures() {
     eprintln!("master journal: {} lines; info lines by target: {:?}", journal.lines().count(), info_lines_by_target(&journal));
     let marked = journal.lines().find(|l| l.contains(" INFO ") && l.contains("clusterctl::controllers::node_lifecycle") && l.contains("node not ready"));
     assert!(marked.is_some(), "no info line of the node lifecycle controller in the master's journal:\n{journal}");
+    let zone_b = zone_of("it-boot-default-1");
+    let paused = journal.lines().find(|l| l.contains("evictions paused") && l.contains(&zone_b) && l.contains("no Ready node"));
+    assert!(paused.is_some(), "the master's journal says why zone {zone_b} kept its pods:\n{journal}");
     let journal = sudo(&worker0, "journalctl -u clusterctl-worker -a -o cat --no-pager").await;
     assert!(!journal.contains('\u{1b}'), "escape codes in the worker's journal");
     eprintln!("worker journal: {} lines; info lines by target: {:?}", journal.lines().count(), info_lines_by_target(&journal));

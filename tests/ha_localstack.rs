@@ -85,6 +85,37 @@ async fn ready_pods(client: &ApiClient, app: &str) -> usize {
         .count()
 }
 
+
+/// A worker's own credential (its node certificate from the cluster CA) is refused by every etcd
+/// member at the TLS handshake, even with etcd's CA to trust the member: etcd trusts a CA of its
+/// own, whose certificates only the masters hold.
+async fn worker_credentials_do_not_reach_etcd(client: &ApiClient, cloud: &dyn Cloud) {
+    use clusterctl::apiserver::store::{EtcdCluster, EtcdOptions, EtcdTls};
+    let read = |instance: &str, path: &str| {
+        let out = std::process::Command::new("docker").args(["exec", instance, "cat", path]).output().unwrap();
+        assert!(out.status.success(), "reading {path} on {instance}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let nodes = client.list_values("/api/v1/nodes").await.unwrap();
+    let worker = nodes.iter().find(|n| n["metadata"]["name"].as_str().is_some_and(|n| n.contains("-default-"))).unwrap();
+    let worker_instance = worker["spec"]["providerID"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+    let masters = cloud.instances(&owned_by(CLUSTER)).await.unwrap().into_iter().filter(|i| i.tags.get(ROLE_TAG).map(String::as_str) == Some("master") && !i.state.is_gone()).collect::<Vec<_>>();
+    let etcd_ca = read(&masters[0].id, "/var/lib/clusterctl/pki/etcd-ca.crt");
+    let cluster_ca = read(&masters[0].id, "/var/lib/clusterctl/pki/ca.crt");
+    assert_ne!(etcd_ca, cluster_ca, "etcd has a CA of its own");
+    let tls = EtcdTls { ca_pem: etcd_ca, cert_pem: read(&worker_instance, "/var/lib/clusterctl/pki/node.crt"), key_pem: read(&worker_instance, "/var/lib/clusterctl/pki/node.key") };
+    for m in &masters {
+        let ip = m.private_ip.unwrap();
+        let options = EtcdOptions::new(vec![format!("https://{ip}:2379")]).with_tls(tls.clone());
+        let answer = match EtcdCluster::connect(&options).await {
+            Ok(cluster) => cluster.endpoint_status().await.into_iter().next().map(|s| s.status.map(|_| ()).map_err(|e| e.to_string())),
+            Err(e) => Some(Err(e.to_string())),
+        };
+        assert!(matches!(answer, Some(Err(_))), "etcd on {ip} answered a worker's certificate: {answer:?}");
+        eprintln!("etcd on {ip} refuses a worker's certificate: {answer:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
     harness();
@@ -101,6 +132,7 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
     assert_eq!((members.len(), healthy_members(&members)), (3, 3), "three healthy etcd members: {members:?}");
     assert_eq!(members.iter().filter(|m| m["leader"] == true).count(), 1, "one etcd leader: {members:?}");
     let client = admin(home.path());
+    worker_credentials_do_not_reach_etcd(&client, cloud.as_ref()).await;
     let status: Value = serde_json::from_slice(&clusterctl(home.path(), &["status", "-f", s, "-o", "json"]).stdout).unwrap();
     let lb = status.pointer("/resources/load_balancers/0/dns_name").and_then(Value::as_str).unwrap_or_default().to_string();
     assert_eq!(client.server(), format!("https://{lb}:6443"), "the kubeconfig points at the API load balancer");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clusterctl::cloud::aws::{AwsCloud, AwsOptions};
-use clusterctl::cloud::{IngressRule, InstanceState, Protocol, Resilient, RetryPolicy};
+use clusterctl::cloud::{IngressRule, InstanceState, Protocol, Resilient, RetryPolicy, RuleSource};
 use clusterctl::provision::{self, ConvergeOptions};
 use clusterctl::report::NoReport;
 use clusterctl::spec::ClusterSpec;
@@ -74,11 +74,24 @@ async fn example_cluster_is_created_checked_rerun_without_changes_and_destroyed_
     }
     let admin = "10.61.0.1/32".parse().unwrap();
     let vpc = "10.61.0.0/16".parse().unwrap();
-    let tcp = |port, source| IngressRule { protocol: Protocol::Tcp, from_port: port, to_port: port, source };
+    let rule = |protocol, from_port, to_port, source| IngressRule { protocol, from_port, to_port, source };
+    let tcp = |port, source| rule(Protocol::Tcp, port, port, RuleSource::Cidr(source));
+    let from_vpc = |protocol, from, to| rule(protocol, from, to, RuleSource::Cidr(vpc));
     let rules = |name: &str| inv.security_groups.iter().find(|g| g.name == name).unwrap_or_else(|| panic!("group {name}")).ingress.iter().cloned().collect::<BTreeSet<_>>();
-    let all = IngressRule { protocol: Protocol::All, from_port: 0, to_port: 0, source: vpc };
-    assert_eq!(rules("it-full-masters"), BTreeSet::from([tcp(22, admin), tcp(6443, admin), all.clone()]));
-    assert_eq!(rules("it-full-workers"), BTreeSet::from([tcp(22, admin), all]));
+    // The masters take everything from the VPC but etcd's ports, which only their own group
+    // reaches (read back through EC2 as the group's id).
+    let masters_group = inv.security_groups.iter().find(|g| g.name == "it-full-masters").unwrap().id.clone();
+    let masters = [
+        tcp(22, admin),
+        tcp(6443, admin),
+        from_vpc(Protocol::Tcp, 0, 2378),
+        from_vpc(Protocol::Tcp, 2381, 65535),
+        from_vpc(Protocol::Udp, 0, 65535),
+        from_vpc(Protocol::Icmp, 0, 0),
+        rule(Protocol::Tcp, 2379, 2380, RuleSource::Group(masters_group)),
+    ];
+    assert_eq!(rules("it-full-masters"), BTreeSet::from(masters));
+    assert_eq!(rules("it-full-workers"), BTreeSet::from([tcp(22, admin), from_vpc(Protocol::All, 0, 0)]));
     assert_eq!(rules("it-full-api-lb"), BTreeSet::from([tcp(6443, admin)]));
     assert_eq!(inv.load_balancers.len(), 1);
     assert_eq!(inv.target_groups.len(), 1);

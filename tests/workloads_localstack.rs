@@ -164,6 +164,7 @@ async fn an_app_runs_is_reached_restarts_scales_and_moves_off_a_dead_worker() {
 
     unschedulable_until_room_is_made(home.path(), &client).await;
     stopped_master_leaves_pods_serving_and_untouched(&client).await;
+    partitioned_worker_runs_no_pod_twice_and_loses_none(&client).await;
 
     // A dead worker machine: its pods are replaced on the other nodes.
     let ps = pods(&client).await;
@@ -1292,7 +1293,8 @@ async fn stopped_master_leaves_pods_serving_and_untouched(client: &ApiClient) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eprintln!("master stopped after {:.1}s", stopped_at.elapsed().as_secs_f64());
-    // Longer than the node grace (10 s), so that every lease is stale when the master is back.
+    // Every lease is 15 s stale when the master is back: its node lifecycle controller counts
+    // them from its own start, so no node is shown not ready.
     let mut served = 0;
     while stopped_at.elapsed() < Duration::from_secs(15) || served < 6 {
         let ip = &worker_ips[served % worker_ips.len()];
@@ -1318,7 +1320,7 @@ async fn stopped_master_leaves_pods_serving_and_untouched(client: &ApiClient) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eprintln!("master back, every lease renewed and all nodes Ready after {:.1}s", start.elapsed().as_secs_f64());
-    // Beyond the eviction toleration (10 s): nothing evicted, recreated or restarted.
+    // Nothing evicted, recreated or restarted.
     let back = Instant::now();
     while back.elapsed() < Duration::from_secs(15) {
         let now = web_pods_snapshot(client).await;
@@ -1328,6 +1330,47 @@ async fn stopped_master_leaves_pods_serving_and_untouched(client: &ApiClient) {
     for ip in &worker_ips {
         assert!(http_get(ip, 30080).await.is_some(), "{ip}:30080 answers after the master is back");
     }
+}
+
+/// With Kubernetes' default timings (this cluster's spec has no `[health]`): a worker of the
+/// master's zone cut off from the API for 60 s (its traffic dropped, its processes running) is
+/// shown not ready after the 40 s grace, yet no web pod is evicted, recreated or restarted (the
+/// 300 s toleration), so none runs twice; healed, it is Ready again and still nothing changed.
+async fn partitioned_worker_runs_no_pod_twice_and_loses_none(client: &ApiClient) {
+    let nodes = client.list_values("/api/v1/nodes").await.unwrap();
+    let zone = |n: &Value| n.pointer("/metadata/labels/topology.kubernetes.io~1zone").and_then(Value::as_str).unwrap_or_default().to_string();
+    let master_zone = zone(nodes.iter().find(|n| is_master(n)).unwrap());
+    let ps = pods(client).await;
+    let web_nodes: BTreeSet<&str> = app(&ps, "web").iter().filter(|p| is_active(p)).filter_map(|p| p.pointer("/spec/nodeName").and_then(Value::as_str)).collect();
+    let victim = nodes.iter().find(|n| !is_master(n) && zone(n) == master_zone && web_nodes.contains(str_at(n, "/metadata/name"))).expect("a worker with web pods in the master's zone");
+    let victim_name = str_at(victim, "/metadata/name").to_string();
+    let instance = instance_of(client, &victim_name).await;
+    let before = web_pods_snapshot(client).await;
+    assert_eq!(before.len(), 5, "{before:?}");
+
+    cut_off_from_the_api(&instance, 6443, true);
+    let cut_at = Instant::now();
+    let mut shown_not_ready = None;
+    while cut_at.elapsed() < Duration::from_secs(60) {
+        let now = web_pods_snapshot(client).await;
+        assert_eq!(now, before, "{:.0}s into the partition of {victim_name}: web pods (uid -> name, container, restarts) changed", cut_at.elapsed().as_secs_f64());
+        let node = client.get_value(&format!("/api/v1/nodes/{victim_name}")).await.unwrap();
+        if shown_not_ready.is_none() && !node_ready(&node) {
+            shown_not_ready = Some(cut_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let shown = shown_not_ready.unwrap_or_else(|| panic!("{victim_name} was never shown not ready in 60 s of partition"));
+    eprintln!("{victim_name} cut off: shown not ready after {:.1}s (grace 40 s), nothing evicted in 60 s", shown.as_secs_f64());
+    assert!(shown >= Duration::from_secs(35), "shown not ready after {shown:?}, before Kubernetes' 40 s grace");
+    cut_off_from_the_api(&instance, 6443, false);
+    let (_, back) = eventually("the healed worker Ready again", Duration::from_secs(60), || async {
+        let node = client.get_value(&format!("/api/v1/nodes/{victim_name}")).await.map_err(|e| e.to_string())?;
+        if node_ready(&node) { Ok(()) } else { Err(node["status"]["conditions"].to_string()) }
+    })
+    .await;
+    eprintln!("{victim_name} Ready again {:.1}s after the partition healed", back.as_secs_f64());
+    assert_eq!(web_pods_snapshot(client).await, before, "after the partition, the same web pods run with the same containers");
 }
 
 /// docker0's address on this machine, where LocalStack listens for the nodes: outside the VPC

@@ -60,6 +60,10 @@ pub struct NodeSpec {
 
 /// The label of a control-plane node, and the key of the `NoSchedule` taint it is registered with.
 pub const CONTROL_PLANE: &str = "node-role.kubernetes.io/control-plane";
+/// The `NoExecute` taint Kubernetes puts on a node that stopped reporting (`Ready=Unknown`).
+pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+/// The same when the node itself reports `Ready=False`.
+pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 
 /// Keeps pods that do not tolerate it away from a node.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -270,6 +270,9 @@ pub struct Toleration {
     /// Empty matches every effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effect: Option<String>,
+    /// For a `NoExecute` taint: how long the pod stays once the taint is there (none: for ever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toleration_seconds: Option<i64>,
     #[serde(flatten)]
     #[schemars(skip)]
     pub extra: UnknownFields,
@@ -1416,7 +1419,7 @@ mod tests {
         });
         let pod: Pod = serde_json::from_value(written.clone()).unwrap();
         assert_eq!(pod.spec.dns_policy.as_deref(), Some("ClusterFirst"));
-        assert_eq!(pod.spec.tolerations[0].extra.0["tolerationSeconds"], 30);
+        assert_eq!(pod.spec.tolerations[0].toleration_seconds, Some(30));
         assert_eq!(pod.spec.containers[0].ports[0].extra.0["appProtocol"], "http");
         assert_eq!(serde_json::to_value(&pod).unwrap(), written);
     }

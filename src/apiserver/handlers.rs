@@ -406,6 +406,9 @@ async fn create(state: &AppState, identity: &Identity, mut target: Target, body:
             csr::admit(identity, &mut candidate, state.config.csr_signer.as_ref())?;
         }
         if *rt == resource::PODS {
+            if let Some(seconds) = state.config.default_toleration_seconds {
+                objects::default_tolerations(&mut candidate, seconds);
+            }
             podsecurity::admit(state.store.as_ref(), target.namespace.as_deref().unwrap_or("default"), &name, &candidate).await?;
         }
         if *rt == resource::NAMESPACES {

@@ -125,6 +125,9 @@ pub struct ApiServerConfig {
     pub limits: limits::LimitSettings,
     /// Where the audit log goes; None keeps none.
     pub audit: Option<limits::AuditSettings>,
+    /// The `tolerationSeconds` a new pod gets for the `not-ready` and `unreachable` taints unless
+    /// it tolerates them itself (Kubernetes' DefaultTolerationSeconds admission); None adds none.
+    pub default_toleration_seconds: Option<u64>,
 }
 
 /// Why the API server could not start.

@@ -157,6 +157,29 @@ fn merge_string_data(secret: &mut Value) {
     }
 }
 
+/// Gives a new pod the tolerations of a node shown not ready that it does not have itself, for
+/// `seconds`, as Kubernetes' DefaultTolerationSeconds admission does: one for
+/// `node.kubernetes.io/not-ready` and one for `node.kubernetes.io/unreachable`, `NoExecute`. A
+/// toleration of the same key (or of every key) with effect `NoExecute` or any effect counts as
+/// its own.
+pub fn default_tolerations(pod: &mut Value, seconds: u64) {
+    use crate::api::node::{NOT_READY, UNREACHABLE};
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    let list = spec.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = list.as_array_mut() else { return };
+    for key in [NOT_READY, UNREACHABLE] {
+        let own = list.iter().any(|t| {
+            let k = t.get("key").and_then(Value::as_str).unwrap_or("");
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            let operator = t.get("operator").and_then(Value::as_str).unwrap_or("Equal");
+            (k == key || (k.is_empty() && operator == "Exists")) && (effect.is_empty() || effect == "NoExecute")
+        });
+        if !own {
+            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}));
+        }
+    }
+}
+
 /// Sets the metadata the server owns on a new object.
 pub fn prepare_create(object: &mut Value, namespace: Option<&str>) {
     let meta = metadata_mut(object);
@@ -269,6 +292,25 @@ pub fn with_revision(mut object: Value, rev: u64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_pod_tolerates_a_not_ready_node_for_the_default_unless_it_says_otherwise() {
+        let mut plain = json!({"spec": {"containers": []}});
+        default_tolerations(&mut plain, 300);
+        assert_eq!(plain["spec"]["tolerations"], json!([
+            {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+        ]));
+        let own = json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 6000});
+        let mut given = json!({"spec": {"tolerations": [own.clone()]}});
+        default_tolerations(&mut given, 300);
+        assert_eq!(given["spec"]["tolerations"].as_array().unwrap().len(), 2);
+        assert_eq!(given["spec"]["tolerations"][0], own, "its own is kept");
+        assert_eq!(given["spec"]["tolerations"][1]["key"], "node.kubernetes.io/not-ready");
+        let mut everything = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        default_tolerations(&mut everything, 300);
+        assert_eq!(everything["spec"]["tolerations"], json!([{"operator": "Exists"}]), "tolerating every taint for ever needs nothing added");
+    }
 
     #[test]
     fn names_are_dns_subdomains() {

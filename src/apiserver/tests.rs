@@ -109,6 +109,7 @@ impl TestServer {
             service_cidr: Some("10.96.0.0/16".parse().unwrap()),
             limits: crate::apiserver::limits::LimitSettings::default(),
             audit: None,
+            default_toleration_seconds: None,
         };
         tune(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -976,12 +977,14 @@ async fn a_nodes_pod_range_may_be_set_once_and_not_changed() {
     server.stop().await;
 }
 
-/// A client that never finishes a request's head loses its connection after
-/// `HEADER_READ_TIMEOUT` (slowloris), while a complete request on another connection is answered.
+/// 500 clients that never finish a request's head (slowloris) lose their connections after
+/// `HEADER_READ_TIMEOUT`, while complete requests on other connections, a raw one and the admin's
+/// lists, are answered all along.
 #[tokio::test]
-async fn a_connection_that_never_finishes_its_request_head_is_closed() {
+async fn five_hundred_connections_that_never_finish_their_request_heads_are_closed_while_others_are_answered() {
     use rustls_pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SLOW: usize = 500;
     let server = TestServer::start().await;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls_pki_types::CertificateDer::from_pem_slice(server.ca.pem.as_bytes()).unwrap()).unwrap();
@@ -996,18 +999,40 @@ async fn a_connection_that_never_finishes_its_request_head_is_closed() {
         let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
         connector.connect(rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap()
     };
-    let mut slow = connect().await;
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let started = std::time::Instant::now();
+    let mut slow = Vec::with_capacity(SLOW);
+    for _ in 0..SLOW {
+        let mut c = connect().await;
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        slow.push(c);
+    }
+    let opened = started.elapsed();
     let mut whole = connect().await;
     whole.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut answer = String::new();
     whole.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let mut rest = Vec::new();
-    let read = tokio::time::timeout(super::HEADER_READ_TIMEOUT + Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
-    assert!(read.is_ok(), "the slow connection is still open after {:?}", started.elapsed());
+    // The admin's lists keep answering, each within a second, while the slow ones hang.
+    let admin = server.admin();
+    let mut slowest = Duration::ZERO;
+    while started.elapsed() < super::HEADER_READ_TIMEOUT - Duration::from_secs(5) {
+        let asked = std::time::Instant::now();
+        admin.list::<Value>(&NODES, None, &Default::default()).await.unwrap();
+        slowest = slowest.max(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(slowest < Duration::from_secs(1), "a list took {slowest:?} with {SLOW} slow clients holding connections");
+    // Every slow connection is closed by the server within the timeout (counted from its own start).
+    let closed = futures::future::join_all(slow.into_iter().map(|mut c| async move {
+        let mut rest = Vec::new();
+        tokio::time::timeout(super::HEADER_READ_TIMEOUT + Duration::from_secs(10), c.read_to_end(&mut rest)).await.is_ok()
+    }))
+    .await;
+    let open = closed.iter().filter(|c| !**c).count();
+    assert_eq!(open, 0, "{open} of {SLOW} slow connections still open {:?} after the first was opened", started.elapsed());
     assert!(started.elapsed() >= super::HEADER_READ_TIMEOUT - Duration::from_secs(1), "closed by the timeout, not at once: {:?}", started.elapsed());
+    assert!(started.elapsed() <= opened + super::HEADER_READ_TIMEOUT + Duration::from_secs(10), "all closed within the timeout of the last: {:?}", started.elapsed());
+    eprintln!("{SLOW} slow connections opened in {opened:?}, all closed after {:?}; slowest list meanwhile {slowest:?}", started.elapsed());
     server.stop().await;
 }
 

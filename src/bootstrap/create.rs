@@ -94,7 +94,7 @@ pub async fn bootstrap(
     let install_masters = async {
         let mut changed = Vec::new();
         // An HA control plane: an etcd member on every master, formed together; the first master
-        // makes the cluster CA, and the others get a copy of it before they start.
+        // makes the cluster CA and etcd's CA, and the others get a copy of both before they start.
         for (index, m) in masters.iter().enumerate() {
             if plane.etcd.is_some() && index > 0 {
                 copy_ca(&sessions[&master.name], &sessions[&m.name]).await?;

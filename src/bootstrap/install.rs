@@ -176,8 +176,6 @@ pub fn master_cloud_settings(region: &str, operator_endpoint: Option<String>, in
         secret_access_key: test_credentials.then(|| "test".into()),
         spec_path: crate::nodeconfig::SPEC_PATH.into(),
         ssh_key_path: crate::nodeconfig::SSH_KEY_PATH.into(),
-        health_timeout_seconds: 60,
-        max_unhealthy_percent: 50,
     }
 }
 
@@ -254,8 +252,9 @@ pub async fn install_master(
             listen: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), spec.api.port),
             serving_names: plane.serving_names.clone(),
             serving_ips: plane.serving_ips.clone(),
-            node_grace_seconds: 10,
-            pod_eviction_seconds: 10,
+            node_grace_seconds: u64::from(spec.health.node_grace_seconds),
+            pod_eviction_seconds: u64::from(spec.health.eviction_seconds),
+            unhealthy_zone_percent: spec.health.unhealthy_zone_percent,
             cloud: Some(cloud_settings),
             etcd: plane.etcd.clone(),
             snapshot_every_minutes: u64::from(spec.backups.snapshot_every_minutes),
@@ -305,8 +304,21 @@ pub fn etcd_settings(masters: &[&Machine], state: &str) -> Result<EtcdSettings, 
     Ok(EtcdSettings { initial_cluster, initial_cluster_state: state.into(), endpoints })
 }
 
-/// Copies the cluster CA (certificate and key) from one master to another over the operator's
-/// sessions, in memory only: every master of an HA control plane signs with the same CA.
+/// The CAs every master of an HA control plane holds, by file stem in the PKI folder: the cluster
+/// CA (nodes, users, serving certificates) and etcd's own (members and their clients only).
+pub const MASTER_CAS: [&str; 2] = ["ca", crate::pki::ETCD_CA];
+
+/// A CA's certificate and key (PEM) by its file stem.
+#[derive(Debug, Clone)]
+pub struct CaPair {
+    pub stem: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// Copies the masters' CAs ([`MASTER_CAS`], certificate and key) from one master to another over
+/// the operator's sessions, in memory only: every master of an HA control plane signs with the
+/// same CAs.
 pub async fn copy_ca(from: &SharedShell, to: &SharedShell) -> Result<(), BootstrapError> {
     let (from, to) = (from.clone(), to.clone());
     tokio::task::spawn_blocking(move || -> Result<(), BootstrapError> {
@@ -314,37 +326,40 @@ pub async fn copy_ca(from: &SharedShell, to: &SharedShell) -> Result<(), Bootstr
         let node = source.node().to_string();
         let read = |f: &str| -> Result<String, BootstrapError> {
             read_root_file(&*source, &format!("{PKI_DIR}/{f}"))
-                .map_err(|e| BootstrapError::Ssh { node: node.clone(), step: format!("reading the cluster CA's {f}"), source: Box::new(e) })?
-                .ok_or_else(|| BootstrapError::Node { node: node.clone(), step: "copying the cluster CA".into(), message: format!("{PKI_DIR}/{f} is missing") })
+                .map_err(|e| BootstrapError::Ssh { node: node.clone(), step: format!("reading the CA file {f}"), source: Box::new(e) })?
+                .ok_or_else(|| BootstrapError::Node { node: node.clone(), step: "copying the masters' CAs".into(), message: format!("{PKI_DIR}/{f} is missing") })
         };
-        let (cert, key) = (read("ca.crt")?, read("ca.key")?);
+        let mut pairs = Vec::new();
+        for stem in MASTER_CAS {
+            pairs.push(CaPair { stem: stem.into(), cert: read(&format!("{stem}.crt"))?, key: read(&format!("{stem}.key"))? });
+        }
         drop(source);
         let target = to.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
-        upload_ca(&*target, &cert, &key)
+        pairs.iter().try_for_each(|pair| upload_ca(&*target, pair))
     })
     .await
     .map_err(|e| BootstrapError::Other(e.to_string()))?
 }
 
-/// Puts the cluster CA on a master that has none (blocking); a master with another CA is an error.
-pub fn upload_ca(target: &dyn NodeShell, cert: &str, key: &str) -> Result<(), BootstrapError> {
+/// Puts a CA on a master that has none (blocking); a master with another one is an error.
+pub fn upload_ca(target: &dyn NodeShell, pair: &CaPair) -> Result<(), BootstrapError> {
     let node = target.node().to_string();
+    let stem = &pair.stem;
     let err = |step: &str| {
         let (node, step) = (node.clone(), step.to_string());
         move |e| BootstrapError::Ssh { node, step, source: Box::new(e) }
     };
-    if let Some(existing) = read_root_file(target, &format!("{PKI_DIR}/ca.crt")).map_err(err("reading its cluster CA"))? {
-        if existing == cert {
+    if let Some(existing) = read_root_file(target, &format!("{PKI_DIR}/{stem}.crt")).map_err(err(&format!("reading its {stem}.crt")))? {
+        if existing == pair.cert {
             return Ok(());
         }
-        return Err(BootstrapError::Node { node, step: "copying the cluster CA".into(), message: format!("{PKI_DIR}/ca.crt is another CA than the first master's; a master of another cluster?") });
+        return Err(BootstrapError::Node { node, step: format!("copying the CA {stem}"), message: format!("{PKI_DIR}/{stem}.crt is another CA than the first master's; a master of another cluster?") });
     }
     target.sudo(&format!("install -d -m 700 {DATA_DIR} {PKI_DIR}")).map_err(err("creating the PKI folder"))?;
-    target.upload(key.as_bytes(), &format!("{PKI_DIR}/ca.key"), 0o600).map_err(err("uploading the CA key"))?;
-    target.upload(cert.as_bytes(), &format!("{PKI_DIR}/ca.crt"), 0o644).map_err(err("uploading the CA certificate"))?;
+    target.upload(pair.key.as_bytes(), &format!("{PKI_DIR}/{stem}.key"), 0o600).map_err(err(&format!("uploading {stem}.key")))?;
+    target.upload(pair.cert.as_bytes(), &format!("{PKI_DIR}/{stem}.crt"), 0o644).map_err(err(&format!("uploading {stem}.crt")))?;
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -480,11 +495,15 @@ mod tests {
         assert!(harness.commands().iter().any(|c| c.contains(INSTANCE_CLOUD_ENDPOINT)), "the machine's view of the endpoint is read");
     }
 
+    fn pair() -> CaPair {
+        CaPair { stem: "ca".into(), cert: "CERT".into(), key: "KEY".into() }
+    }
+
     #[test]
     fn the_ca_goes_to_a_master_without_one_key_first() {
         let shell = FakeShell::new("demo-masters-1");
         shell.answer("cat", 1, "");
-        upload_ca(&shell, "CERT", "KEY").unwrap();
+        upload_ca(&shell, &pair()).unwrap();
         assert!(shell.commands().iter().any(|c| c.contains("install -d -m 700")));
         assert_eq!(shell.uploads(), vec![(format!("{PKI_DIR}/ca.key"), 0o600), (format!("{PKI_DIR}/ca.crt"), 0o644)]);
     }
@@ -493,11 +512,11 @@ mod tests {
     fn a_master_with_the_same_ca_is_left_alone_and_one_with_another_is_refused() {
         let same = FakeShell::new("demo-masters-1");
         same.answer("cat", 0, "CERT");
-        upload_ca(&same, "CERT", "KEY").unwrap();
+        upload_ca(&same, &pair()).unwrap();
         assert!(same.uploads().is_empty());
         let other = FakeShell::new("demo-masters-1");
         other.answer("cat", 0, "ANOTHER");
-        let err = upload_ca(&other, "CERT", "KEY").unwrap_err();
+        let err = upload_ca(&other, &pair()).unwrap_err();
         assert!(err.to_string().contains("another CA"), "{err}");
         assert!(other.uploads().is_empty(), "nothing is overwritten");
     }

@@ -1,7 +1,7 @@
 //! Replacing a lost master of an HA control plane, from a running master (the machine
 //! controller): etcd membership first (stale members removed while a quorum remains, the new one
-//! added), then the new machine gets the cluster CA, the images loaded into the cluster and the
-//! master software, and its node must become Ready.
+//! added), then the new machine gets the masters' CAs (the cluster's and etcd's), the images
+//! loaded into the cluster and the master software, and its node must become Ready.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::hostkeys::KnownHosts;
-use super::install::{install_master, node_spec_copy, upload_ca, Artifacts, ControlPlane, Packing};
+use super::install::{install_master, node_spec_copy, upload_ca, Artifacts, CaPair, ControlPlane, Packing, MASTER_CAS};
 use super::machines::{connect, wait_ready, Machine};
 use super::ssh::{NodeShell, SharedShell};
 use super::{BootstrapError, BootstrapOptions, IMAGES_DIR};
@@ -41,7 +41,7 @@ pub struct MasterReplacement<'a> {
 
 /// Bootstraps a master that replaces a lost one, from a running master (the machine controller):
 /// etcd's member in the new machine's slot, or of a master that is gone, is removed while the
-/// others keep a quorum; the new machine is added as a member; it gets the cluster CA, the images
+/// others keep a quorum; the new machine is added as a member; it gets the masters' CAs, the images
 /// loaded into the cluster and the master software with `initial_cluster_state = existing`; then
 /// its node must become Ready.
 pub async fn add_master(cloud: &dyn Cloud, client: &ApiClient, r: &MasterReplacement<'_>, options: &BootstrapOptions, reporter: &dyn Reporter) -> Result<(), BootstrapError> {
@@ -49,8 +49,11 @@ pub async fn add_master(cloud: &dyn Cloud, client: &ApiClient, r: &MasterReplace
     let other = |step: &str, e: &dyn std::fmt::Display| BootstrapError::Node { node: r.new.name.clone(), step: step.into(), message: e.to_string() };
     let pki_dir = r.data_dir.join("pki");
     let local = etcd::local_options(r.data_dir).map_err(|e| other("reading this master's etcd credentials", &format!("{e:#}")))?;
-    let ca_pem = std::fs::read_to_string(pki_dir.join("ca.crt")).map_err(|e| other("reading the cluster CA", &e))?;
-    let ca_key = std::fs::read_to_string(pki_dir.join("ca.key")).map_err(|e| other("reading the cluster CA key", &e))?;
+    let mut cas = Vec::new();
+    for stem in MASTER_CAS {
+        let read = |ext: &str| std::fs::read_to_string(pki_dir.join(format!("{stem}.{ext}"))).map_err(|e| other(&format!("reading this master's {stem}.{ext}"), &e));
+        cas.push(CaPair { stem: stem.into(), cert: read("crt")?, key: read("key")? });
+    }
     let cluster = EtcdCluster::connect(&local).await.map_err(|e| other("connecting to the local etcd member", &e))?;
     let new_peer = etcd::peer_url(r.new.private_ip()?);
     let live_peers: Vec<String> = r.masters.iter().filter_map(|m| m.private_ip().ok()).map(etcd::peer_url).collect();
@@ -91,11 +94,11 @@ pub async fn add_master(cloud: &dyn Cloud, client: &ApiClient, r: &MasterReplace
     let session = connect(cloud, r.new, &r.spec.ssh.user, r.ssh_key, r.known, options.ssh_deadline).await?;
     let session: SharedShell = Arc::new(std::sync::Mutex::new(session));
     {
-        let (session, ca_pem, ca_key) = (session.clone(), ca_pem.clone(), ca_key.clone());
+        let (session, cas) = (session.clone(), cas.clone());
         let images: Vec<PathBuf> = std::fs::read_dir(IMAGES_DIR).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
         tokio::task::spawn_blocking(move || -> Result<(), BootstrapError> {
             let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
-            give_ca_and_images(&*s, &ca_pem, &ca_key, &images)
+            give_ca_and_images(&*s, &cas, &images)
         })
         .await
         .map_err(|e| BootstrapError::Other(e.to_string()))??;
@@ -113,8 +116,8 @@ pub async fn add_master(cloud: &dyn Cloud, client: &ApiClient, r: &MasterReplace
 /// Gives a new master the cluster CA (refused when it has another) and then the image tarballs
 /// loaded into the cluster (`images`: the `.tar` files among them), each 0600 in [`IMAGES_DIR`],
 /// before its install starts the agent that needs them (blocking).
-pub(super) fn give_ca_and_images(s: &dyn NodeShell, ca_pem: &str, ca_key: &str, images: &[PathBuf]) -> Result<(), BootstrapError> {
-    upload_ca(s, ca_pem, ca_key)?;
+pub(super) fn give_ca_and_images(s: &dyn NodeShell, cas: &[CaPair], images: &[PathBuf]) -> Result<(), BootstrapError> {
+    cas.iter().try_for_each(|pair| upload_ca(s, pair))?;
     let node = s.node().to_string();
     for tar in images.iter().filter(|p| p.extension().is_some_and(|x| x == "tar")) {
         let bytes = std::fs::read(tar).map_err(|e| BootstrapError::Node { node: node.clone(), step: format!("reading {}", tar.display()), message: e.to_string() })?;
@@ -186,17 +189,27 @@ mod tests {
         (dir, vec![other, tar])
     }
 
+    fn cas() -> Vec<CaPair> {
+        MASTER_CAS.iter().map(|stem| CaPair { stem: (*stem).into(), cert: "CERT".into(), key: "KEY".into() }).collect()
+    }
+
     #[test]
     fn a_replacement_master_gets_the_ca_then_the_clusters_images() {
         let shell = FakeShell::new("demo-masters-2");
         shell.answer("cat", 1, "");
         let (_dir, images) = images();
-        give_ca_and_images(&shell, "CERT", "KEY", &images).unwrap();
+        give_ca_and_images(&shell, &cas(), &images).unwrap();
         let pki = crate::nodeconfig::PKI_DIR;
         assert_eq!(
             shell.uploads(),
-            vec![(format!("{pki}/ca.key"), 0o600), (format!("{pki}/ca.crt"), 0o644), (format!("{IMAGES_DIR}/web.tar"), 0o600)],
-            "only the .tar files are images"
+            vec![
+                (format!("{pki}/ca.key"), 0o600),
+                (format!("{pki}/ca.crt"), 0o644),
+                (format!("{pki}/etcd-ca.key"), 0o600),
+                (format!("{pki}/etcd-ca.crt"), 0o644),
+                (format!("{IMAGES_DIR}/web.tar"), 0o600)
+            ],
+            "both CAs, then only the .tar files as images"
         );
     }
 
@@ -205,7 +218,7 @@ mod tests {
         let shell = FakeShell::new("demo-masters-2");
         shell.answer("cat", 0, "ANOTHER");
         let (_dir, images) = images();
-        assert!(give_ca_and_images(&shell, "CERT", "KEY", &images).is_err());
+        assert!(give_ca_and_images(&shell, &cas(), &images).is_err());
         assert!(shell.uploads().is_empty());
     }
 
@@ -215,7 +228,7 @@ mod tests {
         shell.answer("cat", 1, "");
         shell.fail_upload("web.tar");
         let (_dir, images) = images();
-        let err = give_ca_and_images(&shell, "CERT", "KEY", &images).unwrap_err();
+        let err = give_ca_and_images(&shell, &cas(), &images).unwrap_err();
         assert!(matches!(&err, BootstrapError::Ssh { node, step, .. } if node == "demo-masters-2" && step.contains("web.tar")), "{err}");
     }
 }

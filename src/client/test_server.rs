@@ -30,6 +30,7 @@ pub async fn start_with_ca(ca: Arc<ClusterCa>) -> ApiClient {
         service_cidr: Some("10.96.0.0/16".parse().unwrap()),
         limits: crate::apiserver::limits::LimitSettings::default(),
         audit: None,
+        default_toleration_seconds: Some(300),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());

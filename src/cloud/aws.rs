@@ -236,11 +236,14 @@ fn ip_permission(rule: &IngressRule) -> ec2::types::IpPermission {
     let (proto, from, to) = match rule.protocol {
         Protocol::Tcp => ("tcp", rule.from_port as i32, rule.to_port as i32),
         Protocol::Udp => ("udp", rule.from_port as i32, rule.to_port as i32),
+        Protocol::Icmp => ("icmp", -1, -1),
         Protocol::All => ("-1", -1, -1),
     };
-    let mut b = ec2::types::IpPermission::builder()
-        .ip_protocol(proto)
-        .ip_ranges(ec2::types::IpRange::builder().cidr_ip(rule.source.to_string()).build());
+    let mut b = ec2::types::IpPermission::builder().ip_protocol(proto);
+    b = match &rule.source {
+        RuleSource::Cidr(c) => b.ip_ranges(ec2::types::IpRange::builder().cidr_ip(c.to_string()).build()),
+        RuleSource::Group(id) => b.user_id_group_pairs(ec2::types::UserIdGroupPair::builder().group_id(id).build()),
+    };
     if rule.protocol != Protocol::All {
         b = b.from_port(from).to_port(to);
     }
@@ -253,18 +256,17 @@ fn ingress_rules(perms: &[ec2::types::IpPermission]) -> Vec<IngressRule> {
         let protocol = match p.ip_protocol() {
             Some("tcp") | Some("6") => Protocol::Tcp,
             Some("udp") | Some("17") => Protocol::Udp,
+            Some("icmp") | Some("1") => Protocol::Icmp,
             Some("-1") | Some("all") => Protocol::All,
             _ => continue,
         };
         let (from_port, to_port) = match protocol {
-            Protocol::All => (0, 0),
+            Protocol::All | Protocol::Icmp => (0, 0),
             _ => (p.from_port().unwrap_or(0).clamp(0, 65535) as u16, p.to_port().unwrap_or(0).clamp(0, 65535) as u16),
         };
-        for range in p.ip_ranges() {
-            if let Some(source) = range.cidr_ip().and_then(|c| c.parse().ok()) {
-                rules.push(IngressRule { protocol, from_port, to_port, source });
-            }
-        }
+        let cidrs = p.ip_ranges().iter().filter_map(|r| r.cidr_ip().and_then(|c| c.parse().ok())).map(RuleSource::Cidr);
+        let groups = p.user_id_group_pairs().iter().filter_map(|g| g.group_id()).map(|g| RuleSource::Group(g.to_string()));
+        rules.extend(cidrs.chain(groups).map(|source| IngressRule { protocol, from_port, to_port, source }));
     }
     rules
 }

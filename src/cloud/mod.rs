@@ -105,6 +105,8 @@ pub struct RouteTable {
 pub enum Protocol {
     Tcp,
     Udp,
+    /// Every ICMP type (ports unused).
+    Icmp,
     /// Every protocol and port (`-1` in the EC2 API).
     All,
 }
@@ -114,24 +116,64 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
             Protocol::All => "all",
         })
     }
 }
 
-/// One inbound rule of a security group: traffic from a CIDR to a port range.
+/// Where the traffic of an inbound rule may come from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RuleSource {
+    /// Any address of a block.
+    Cidr(Ipv4Net),
+    /// The instances in a security group: its id in the [`Cloud`] calls; its name in the plans of
+    /// `provision`, which map one to the other.
+    Group(String),
+}
+
+/// As in `status -o json`: the block, or `group <name or id>`.
+impl Serialize for RuleSource {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl fmt::Display for RuleSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleSource::Cidr(c) => write!(f, "{c}"),
+            RuleSource::Group(g) => write!(f, "group {g}"),
+        }
+    }
+}
+
+/// One inbound rule of a security group: traffic from a CIDR or a group to a port range.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct IngressRule {
     pub protocol: Protocol,
     pub from_port: u16,
     pub to_port: u16,
-    pub source: Ipv4Net,
+    pub source: RuleSource,
+}
+
+impl IngressRule {
+    /// The same rule with its group source (if any) renamed by `f` (ids to names, or back);
+    /// None when `f` does not know the group.
+    pub fn map_group(&self, f: impl Fn(&str) -> Option<String>) -> Option<IngressRule> {
+        let source = match &self.source {
+            RuleSource::Group(g) => RuleSource::Group(f(g)?),
+            other => other.clone(),
+        };
+        Some(IngressRule { source, ..self.clone() })
+    }
 }
 
 impl fmt::Display for IngressRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.protocol {
             Protocol::All => write!(f, "all traffic from {}", self.source),
+            Protocol::Icmp => write!(f, "icmp from {}", self.source),
             p if self.from_port == self.to_port => {
                 write!(f, "{p}/{} from {}", self.from_port, self.source)
             }

@@ -2,9 +2,11 @@
 //! (and an HA control plane at its three masters),
 //! and replaces machines that are unhealthy.
 //!
-//! A machine is unhealthy when its instance fails EC2's status checks (a machine that died outside
-//! the API), when its node has not been Ready for the health timeout (default 60 s), or when it never
-//! joined within the timeout plus a boot allowance. Each pass, per pool:
+//! A machine is unhealthy when the cloud says so: its instance fails EC2's status checks (a machine
+//! that died outside the API) or is stopped; or when, by the controller's own records, no node
+//! joined for it within [`JOIN_TIMEOUT`]. Its node's Ready condition, which the node writes itself,
+//! counts only when the spec's `[health].replace_not_ready_after_seconds` says so (not by default:
+//! a forged or partitioned Node must not get a healthy machine terminated). Each pass, per pool:
 //! - fewer machines than desired (terminated ones are gone from the count): launch the missing ones;
 //! - else, one unhealthy machine is replaced: a new one launched and bootstrapped over SSH (the same
 //!   converge and bootstrap code as `clusterctl create`), and only when it is Ready the old one is
@@ -45,8 +47,11 @@ use crate::spec::{ClusterSpec, Role};
 
 use super::services::instance_id;
 
-/// How long a new machine may take to boot and join, beyond the health timeout.
-pub const BOOT_ALLOWANCE: Duration = Duration::from_secs(180);
+/// How long a new machine may take to boot and join.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// How long a stopped machine is given to start again.
+pub const STOPPED_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the controller makes of one machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +59,8 @@ pub enum Health {
     Healthy,
     /// Booting or joining, not yet judged.
     Starting,
+    /// Its node is not Ready, which alone does not get the machine replaced.
+    NotReady,
     /// Why it is unhealthy.
     Unhealthy(String),
 }
@@ -79,9 +86,10 @@ pub enum Action {
     Blocked(String),
 }
 
-/// Judges a pool's machines (`instances` not terminated) from their nodes and status checks.
-/// `first_seen` is when the controller first saw each instance, `now` the same clock's time.
-pub fn assess(instances: &[Instance], nodes: &[Node], impaired: &BTreeSet<String>, first_seen: &BTreeMap<String, Instant>, now: Instant, timeout: Duration) -> Vec<Machine> {
+/// Judges a pool's machines (`instances` not terminated) from their status checks and, when
+/// `not_ready_timeout` is given, from how long their nodes have not been Ready. `first_seen` is
+/// when the controller first saw each instance, `now` the same clock's time.
+pub fn assess(instances: &[Instance], nodes: &[Node], impaired: &BTreeSet<String>, first_seen: &BTreeMap<String, Instant>, now: Instant, not_ready_timeout: Option<Duration>) -> Vec<Machine> {
     instances
         .iter()
         .map(|i| {
@@ -89,23 +97,22 @@ pub fn assess(instances: &[Instance], nodes: &[Node], impaired: &BTreeSet<String
             let seen = first_seen.get(&i.id).map(|t| now.saturating_duration_since(*t)).unwrap_or_default();
             let health = if impaired.contains(&i.id) {
                 Health::Unhealthy("the machine failed its status checks".into())
+            } else if i.state == InstanceState::Stopped && seen >= STOPPED_TIMEOUT {
+                Health::Unhealthy("the machine is stopped".into())
             } else if let Some(n) = node {
                 match n.status.conditions.iter().find(|c| c.condition_type == "Ready") {
                     Some(c) if c.status == "True" => Health::Healthy,
                     Some(c) => {
                         let since = c.last_transition_time.map(|t| t.age()).unwrap_or(seen);
-                        if since >= timeout && seen >= timeout {
-                            Health::Unhealthy(format!("node {} not Ready for {}s", n.metadata.name, since.as_secs()))
-                        } else {
-                            Health::Starting
+                        match not_ready_timeout {
+                            Some(timeout) if since >= timeout && seen >= timeout => Health::Unhealthy(format!("node {} not Ready for {}s", n.metadata.name, since.as_secs())),
+                            _ => Health::NotReady,
                         }
                     }
-                    None if seen >= timeout + BOOT_ALLOWANCE => Health::Unhealthy(format!("node {} never reported Ready", n.metadata.name)),
+                    None if seen >= JOIN_TIMEOUT => Health::Unhealthy(format!("node {} never reported Ready", n.metadata.name)),
                     None => Health::Starting,
                 }
-            } else if i.state == InstanceState::Stopped && seen >= timeout {
-                Health::Unhealthy("the machine is stopped".into())
-            } else if seen >= timeout + BOOT_ALLOWANCE {
+            } else if seen >= JOIN_TIMEOUT {
                 Health::Unhealthy(format!("no node joined in {}s", seen.as_secs()))
             } else {
                 Health::Starting
@@ -158,8 +165,6 @@ pub struct Context {
     pub ssh_key: std::path::PathBuf,
     pub known_hosts: KnownHosts,
     pub join: Join,
-    pub health_timeout: Duration,
-    pub max_unhealthy_percent: u32,
     /// This master's data folder (its PKI and the images loaded into the cluster), and its instance.
     pub data_dir: std::path::PathBuf,
     pub own_instance: String,
@@ -190,6 +195,7 @@ fn condition(kind: &str, status: bool, reason: &str, message: &str) -> NodeCondi
 /// One pass over every worker pool.
 pub async fn pass(ctx: &Context, client: &ApiClient, events: &Recorder<ApiClient>, state: &mut State) -> anyhow::Result<()> {
     let spec = ClusterSpec::load(&ctx.spec_path)?;
+    let not_ready_timeout = spec.health.replace_not_ready_after_seconds.map(|s| Duration::from_secs(u64::from(s)));
     let cluster = spec.name.as_str().to_string();
     let all: Vec<Instance> = ctx.cloud.instances(&owned_by(&cluster)).await?.into_iter().filter(|i| !i.state.is_gone()).collect();
     let now = Instant::now();
@@ -204,8 +210,8 @@ pub async fn pass(ctx: &Context, client: &ApiClient, events: &Recorder<ApiClient
     let role = |i: &Instance, r: &str| i.tags.get(ROLE_TAG).map(String::as_str) == Some(r);
     let masters: Vec<Instance> = all.iter().filter(|i| role(i, "master")).cloned().collect();
     if spec.masters.count > 1 {
-        let machines = assess(&masters, &nodes, &impaired, &state.first_seen, now, ctx.health_timeout);
-        match decide(spec.masters.count, &machines, ctx.max_unhealthy_percent) {
+        let machines = assess(&masters, &nodes, &impaired, &state.first_seen, now, not_ready_timeout);
+        match decide(spec.masters.count, &machines, spec.health.max_unhealthy_percent) {
             Action::Nothing => {}
             Action::Blocked(message) => tracing::warn!(pool = "masters", "{message}"),
             Action::Launch(_) => {
@@ -238,9 +244,9 @@ pub async fn pass(ctx: &Context, client: &ApiClient, events: &Recorder<ApiClient
             Err(e) => return Err(e.into()),
         };
         let mine: Vec<Instance> = instances.iter().filter(|i| i.tags.get(POOL_TAG).map(String::as_str) == Some(name)).cloned().collect();
-        let machines = assess(&mine, &nodes, &impaired, &state.first_seen, now, ctx.health_timeout);
+        let machines = assess(&mine, &nodes, &impaired, &state.first_seen, now, not_ready_timeout);
         let unhealthy: BTreeSet<String> = machines.iter().filter(|m| matches!(m.health, Health::Unhealthy(_))).map(|m| m.instance.id.clone()).collect();
-        let decided = decide(object.spec.replicas, &machines, ctx.max_unhealthy_percent);
+        let decided = decide(object.spec.replicas, &machines, spec.health.max_unhealthy_percent);
         let action = settled(decided.clone(), &unhealthy, state.unhealthy.get(name));
         if action != decided {
             tracing::info!(pool = name, unhealthy = ?unhealthy, "unhealthy machines seen: replacing when the next pass sees the same");

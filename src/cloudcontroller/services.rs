@@ -93,7 +93,7 @@ pub async fn reconcile(cloud: &dyn Cloud, cluster: &str, network: &Network, serv
                     .spec
                     .ports
                     .iter()
-                    .map(|p| IngressRule { protocol: Protocol::Tcp, from_port: p.port as u16, to_port: p.port as u16, source: Default::default() })
+                    .map(|p| IngressRule { protocol: Protocol::Tcp, from_port: p.port as u16, to_port: p.port as u16, source: crate::cloud::RuleSource::Cidr(Default::default()) })
                     .collect();
                 cloud.authorize_ingress(&g.id, &rules).await?;
                 tracing::info!(service = %key, group = %g.id, "created the balancer's security group");

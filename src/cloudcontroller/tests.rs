@@ -176,7 +176,7 @@ fn a_replacement_waits_until_two_passes_see_the_same_unhealthy_machines() {
 }
 
 #[test]
-fn machines_are_judged_by_status_checks_node_readiness_and_time_to_join() {
+fn machines_are_judged_by_the_clouds_word_their_own_records_and_node_readiness_only_when_asked() {
     let timeout = Duration::from_secs(60);
     let t0 = Instant::now();
     let later = t0 + Duration::from_secs(61);
@@ -187,18 +187,23 @@ fn machines_are_judged_by_status_checks_node_readiness_and_time_to_join() {
     let first_seen: BTreeMap<String, Instant> = instances.iter().map(|i| (i.id.clone(), t0)).collect();
     let impaired = BTreeSet::from(["i-3".to_string()]);
 
-    let early = assess(&instances, &nodes, &impaired, &first_seen, t0, timeout);
+    let early = assess(&instances, &nodes, &impaired, &first_seen, t0, Some(timeout));
     let health: Vec<&Health> = early.iter().map(|m| &m.health).collect();
     assert_eq!(health[0], &Health::Healthy);
-    assert_eq!(health[1], &Health::Starting, "just seen: not judged yet");
+    assert_eq!(health[1], &Health::NotReady, "just seen: not judged yet");
     assert!(matches!(health[2], Health::Unhealthy(r) if r.contains("status checks")), "a failed status check counts at once");
-    assert_eq!(health[3], &Health::Starting, "no node yet, within the boot allowance");
+    assert_eq!(health[3], &Health::Starting, "no node yet, within the time to join");
 
-    let late = assess(&instances, &nodes, &impaired, &first_seen, later, timeout);
-    assert!(matches!(&late[1].health, Health::Unhealthy(r) if r.contains("not Ready")));
-    assert_eq!(late[3].health, Health::Starting, "a machine may take the timeout plus the boot allowance to join");
-    let much_later = assess(&instances, &nodes, &impaired, &first_seen, t0 + timeout + super::machines::BOOT_ALLOWANCE, timeout);
-    assert!(matches!(&much_later[3].health, Health::Unhealthy(r) if r.contains("no node joined")));
+    let late = assess(&instances, &nodes, &impaired, &first_seen, later, Some(timeout));
+    assert!(matches!(&late[1].health, Health::Unhealthy(r) if r.contains("not Ready")), "the spec asked for NotReady machines to be replaced");
+    assert_eq!(late[3].health, Health::Starting, "a machine may take the join timeout to join");
+    // By default the node's own word never gets its machine replaced: a partition or a forged
+    // Node with the victim's providerID and Ready=False changes nothing in the cloud.
+    let by_default = assess(&instances, &nodes, &impaired, &first_seen, t0 + Duration::from_secs(3600), None);
+    assert_eq!(by_default[1].health, Health::NotReady);
+    assert!(matches!(&by_default[2].health, Health::Unhealthy(r) if r.contains("status checks")));
+    let much_later = assess(&instances, &nodes, &impaired, &first_seen, t0 + super::machines::JOIN_TIMEOUT, None);
+    assert!(matches!(&much_later[3].health, Health::Unhealthy(r) if r.contains("no node joined")), "the controller's own record of the launch counts");
 }
 
 #[test]
@@ -380,8 +385,6 @@ async fn the_machine_controller_backs_off_cloud_errors_then_makes_the_pools_and_
         ssh_key: dir.path().join("id"),
         known_hosts: crate::bootstrap::hostkeys::KnownHosts::at(dir.path().join("known_hosts")),
         join: crate::bootstrap::Join { cluster: "c1".into(), api_host: "127.0.0.1".into(), port: 6443, ca_hash: "sha256:00".into(), token_ttl: Duration::from_secs(60), binary: None, network: None, registries: Vec::new() },
-        health_timeout: Duration::from_secs(60),
-        max_unhealthy_percent: 40,
         data_dir: dir.path().to_path_buf(),
         own_instance: "i-master".into(),
         cloud_settings: serde_json::from_value(serde_json::json!({"region": "us-east-1"})).unwrap(),

@@ -186,19 +186,100 @@ async fn the_node_lifecycle_controller_requeues_each_node_marks_a_stale_one_and_
     let mut pod = Pod { metadata: ObjectMeta::namespaced("default", "p"), ..Default::default() };
     pod.spec.node_name = Some("w1".into());
     fake.create(&pod).await.unwrap();
+    // Two more nodes whose agents keep renewing their leases: with w1 alone not ready its zone
+    // still has Ready nodes, so its pod is evicted (the disruption guard stays open).
+    for other in ["w2", "w3"] {
+        fake.ready_node(other).await;
+        let lease = Lease { metadata: ObjectMeta::namespaced(NODE_LEASE_NAMESPACE, other), spec: crate::api::LeaseSpec { renew_time: Some(MicroTime::now()), ..Default::default() }, ..Default::default() };
+        fake.create(&lease).await.unwrap();
+    }
+    let renewing = {
+        let fake = fake.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                for other in ["w2", "w3"] {
+                    let mut lease: Lease = fake.get(&ObjectKey::namespaced(NODE_LEASE_NAMESPACE, other)).await.unwrap();
+                    lease.spec.renew_time = Some(MicroTime::now());
+                    fake.replace(&lease).await.unwrap();
+                }
+            }
+        })
+    };
     fake.fail_next("replace_status", &crate::api::resource::NODES, 2, 500);
     let (grace, toleration) = (Duration::from_secs(1), Duration::from_secs(1));
-    let task = tokio::spawn(super::node_lifecycle::run(fake.clone(), grace, toleration));
+    let settings = super::node_lifecycle::Settings { grace, toleration, unhealthy_zone_percent: 55 };
+    let task = tokio::spawn(super::node_lifecycle::run(fake.clone(), settings));
     // Nothing changes in the API, yet the node is looked at again every second: once the lease is
     // older than the grace it is marked, after two failed writes backed off 0.5 s and 1 s.
     let started = Instant::now();
-    eventually("the node is marked Unknown", || fake.objects::<Node>()[0].ready_condition().filter(|c| c.status == "Unknown").map(drop)).await;
+    let w1 = || fake.objects::<Node>().into_iter().find(|n| n.metadata.name == "w1").unwrap();
+    eventually("the node is marked Unknown", || w1().ready_condition().filter(|c| c.status == "Unknown").map(drop)).await;
     let took = Instant::now() - started;
     assert!(took >= grace + Duration::from_millis(1500) && took < grace + Duration::from_secs(5), "marked after the grace and two back-offs: {took:?}");
     // The toleration later, its pod is evicted.
     eventually("the pod is evicted", || fake.objects::<Pod>().is_empty().then_some(())).await;
     assert!(Instant::now() - started >= grace + toleration);
+    let others: Vec<String> = fake.objects::<Node>().iter().filter(|n| n.ready_condition().is_some_and(|c| c.status == "True")).map(|n| n.metadata.name.clone()).collect();
+    assert_eq!(others, ["w2", "w3"], "the nodes whose leases are renewed stay Ready");
     task.abort();
+    renewing.abort();
+}
+
+/// With every node of a zone not ready (a partition), nothing is evicted however long it lasts;
+/// once one of them is back, the pods of those still not ready go.
+#[tokio::test]
+async fn a_zone_without_a_ready_node_keeps_its_pods_until_one_is_back() {
+    let fake = FakeClient::new();
+    for (name, zone) in [("a0", "a"), ("b0", "b"), ("b1", "b")] {
+        fake.ready_node(name).await;
+        let mut node: Node = fake.get(&ObjectKey::cluster(name)).await.unwrap();
+        node.metadata.labels.insert("topology.kubernetes.io/zone".into(), zone.into());
+        fake.replace(&node).await.unwrap();
+        let mut pod = Pod { metadata: ObjectMeta::namespaced("default", format!("on-{name}")), ..Default::default() };
+        pod.spec.node_name = Some(name.into());
+        fake.create(&pod).await.unwrap();
+    }
+    // a0's agent keeps renewing its lease; zone b's two nodes stop (their leases never exist, so
+    // their heartbeats age from the controller's start).
+    let lease = Lease { metadata: ObjectMeta::namespaced(NODE_LEASE_NAMESPACE, "a0"), spec: crate::api::LeaseSpec { renew_time: Some(MicroTime::now()), ..Default::default() }, ..Default::default() };
+    fake.create(&lease).await.unwrap();
+    let renewing = {
+        let fake = fake.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                // b0's lease exists once its agent is back.
+                for name in ["a0", "b0"] {
+                    if let Ok(mut lease) = fake.get::<Lease>(&ObjectKey::namespaced(NODE_LEASE_NAMESPACE, name)).await {
+                        lease.spec.renew_time = Some(MicroTime::now());
+                        fake.replace(&lease).await.unwrap();
+                    }
+                }
+            }
+        })
+    };
+    let settings = super::node_lifecycle::Settings { grace: Duration::from_secs(1), toleration: Duration::from_secs(1), unhealthy_zone_percent: 55 };
+    let task = tokio::spawn(super::node_lifecycle::run(fake.clone(), settings));
+    let not_ready = |name: &str| fake.objects::<Node>().iter().any(|n| n.metadata.name == name && n.ready_condition().is_some_and(|c| c.status == "Unknown"));
+    eventually("zone b's nodes marked Unknown", || (not_ready("b0") && not_ready("b1")).then_some(())).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let pods: Vec<String> = fake.objects::<Pod>().iter().map(|p| p.metadata.name.clone()).collect();
+    assert_eq!(pods, ["on-a0", "on-b0", "on-b1"], "well past the toleration, a zone with no Ready node keeps its pods");
+    // b0 reports Ready again (its agent is back): b1's pod goes, b0's stays.
+    let mut b0: Node = fake.get(&ObjectKey::cluster("b0")).await.unwrap();
+    for c in b0.status.conditions.iter_mut().filter(|c| c.condition_type == "Ready") {
+        c.status = "True".into();
+        c.last_heartbeat_time = Some(crate::api::time::Time::now());
+    }
+    fake.replace_status(&b0).await.unwrap();
+    let lease = Lease { metadata: ObjectMeta::namespaced(NODE_LEASE_NAMESPACE, "b0"), spec: crate::api::LeaseSpec { renew_time: Some(MicroTime::now()), ..Default::default() }, ..Default::default() };
+    fake.create(&lease).await.unwrap();
+    eventually("b1's pod evicted", || (!fake.objects::<Pod>().iter().any(|p| p.metadata.name == "on-b1")).then_some(())).await;
+    let pods: Vec<String> = fake.objects::<Pod>().iter().map(|p| p.metadata.name.clone()).collect();
+    assert_eq!(pods, ["on-a0", "on-b0"]);
+    task.abort();
+    renewing.abort();
 }
 
 /// Issue 18's acceptance: objects with wrong-typed fields already in the store (from before

@@ -235,7 +235,7 @@ async fn every_pod_of_a_node_not_ready_beyond_the_toleration_is_evicted_in_one_p
     }
     let dead: Node = client.get(&NODES, None, "w1").await.unwrap();
     let now = crate::api::time::now_seconds();
-    assert!(super::node_lifecycle::evicts(&dead, now, Duration::from_secs(10)));
+    assert!(super::node_lifecycle::not_ready_for(&dead, now).is_some_and(|(since, _)| since > Duration::from_secs(10)));
     let on_dead: Vec<Arc<Pod>> = pods(&client).await.into_iter().filter(|p| p.spec.bound_node() == Some("w1")).map(Arc::new).collect();
     let events = crate::runtime::events::Recorder::new(client.clone(), "node-controller", "");
     let evicted = super::node_lifecycle::evict(&client, &events, "w1", &on_dead).await.unwrap();
@@ -324,5 +324,12 @@ async fn every_pod_field_survives_the_deployments_template_copy_into_its_replica
     .await;
     let mut spec = pod["spec"].clone();
     spec.as_object_mut().unwrap().remove("nodeName");
+    // The API server gave the pod the default tolerations of a node shown not ready, as
+    // Kubernetes' DefaultTolerationSeconds admission does.
+    let added = spec.as_object_mut().unwrap().remove("tolerations").unwrap();
+    assert_eq!(added, serde_json::json!([
+        {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+    ]));
     assert_eq!(spec, pod_spec, "the pod's spec is the template's");
 }

@@ -1,8 +1,9 @@
 //! A master's etcd member on the node: `clusterctl node etcd-setup --config /etc/clusterctl/node.toml`,
 //! run by the install script as root before it (re)starts the `clusterctl-etcd` unit, makes the
-//! cluster CA if this master has none (the first master; `create` copies it to the others), issues
-//! the member's certificate (serverAuth + clientAuth, for clients and peers, SANs the master's IP,
-//! `127.0.0.1`, `localhost`) and the API server's etcd client certificate, and writes
+//! cluster CA and etcd's own CA if this master has none (the first master; `create` copies both to
+//! the others), issues from etcd's CA the member's certificate (serverAuth + clientAuth, for clients
+//! and peers, SANs the master's IP, `127.0.0.1`, `localhost`) and the API server's etcd client
+//! certificate, and writes
 //! [`crate::nodeconfig::etcd::ENV_PATH`], the unit's `EnvironmentFile` (etcd reads its flags from `ETCD_*` variables);
 //! `node etcd-status` shows every member's health. The names and files are the node contract's
 //! ([`crate::nodeconfig::etcd`]).
@@ -23,7 +24,9 @@ pub fn setup(config: &NodeConfig, env_path: &Path) -> Result<()> {
     let pki_dir = config.data_dir.join("pki");
     std::fs::create_dir_all(&pki_dir).with_context(|| format!("creating {}", pki_dir.display()))?;
     crate::home::restrict_dir(&pki_dir).context("restricting the PKI folder")?;
-    let ca = pki::load_or_create_ca(&pki_dir, &config.cluster).with_context(|| format!("loading or making the cluster CA in {}", pki_dir.display()))?;
+    pki::load_or_create_ca(&pki_dir, &config.cluster).with_context(|| format!("loading or making the cluster CA in {}", pki_dir.display()))?;
+    // etcd trusts its own CA only: a node's or a user's certificate from the cluster CA is refused.
+    let ca = pki::load_or_create_etcd_ca(&pki_dir, &config.cluster).with_context(|| format!("loading or making etcd's CA in {}", pki_dir.display()))?;
     let files = EtcdFiles::in_dir(&pki_dir);
     let ip = config.internal_ip;
     let wanted = vec![ip.to_string(), "127.0.0.1".to_string(), "localhost".to_string()];
@@ -73,4 +76,62 @@ pub async fn status(config: &NodeConfig) -> Result<serde_json::Value> {
         });
     }
     Ok(serde_json::Value::Array(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(data_dir: &Path) -> NodeConfig {
+        let text = format!(
+            r#"cluster = "demo"
+role = "master"
+node_name = "demo-masters-0"
+instance_id = "i-0123456789abcdef0"
+internal_ip = "10.0.1.5"
+zone = "us-east-1a"
+pool = "masters"
+data_dir = "{}"
+api = {{ endpoint = "10.0.1.5", port = 6443 }}
+
+[master]
+listen = "0.0.0.0:6443"
+
+[master.etcd]
+initial_cluster = ["demo-masters-0=https://10.0.1.5:2380"]
+initial_cluster_state = "new"
+endpoints = ["https://10.0.1.5:2379"]
+"#,
+            data_dir.display()
+        );
+        NodeConfig::from_toml(&text).unwrap()
+    }
+
+    /// etcd trusts a CA of its own: its member's and the API server's certificates come from it,
+    /// and no certificate of the cluster CA (a node's, a user's) verifies against it.
+    #[test]
+    fn etcd_gets_a_ca_of_its_own_that_signs_nothing_but_etcd_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let env_path = dir.path().join("etcd.env");
+        let config = config(dir.path());
+        setup(&config, &env_path).unwrap();
+        let pki_dir = dir.path().join("pki");
+        let read = |f: &str| std::fs::read_to_string(pki_dir.join(f)).unwrap();
+        let cluster_ca = pki::ClusterCa::from_pem(&read("ca.crt"), &read("ca.key")).unwrap();
+        let etcd_ca = pki::ClusterCa::from_pem(&read("etcd-ca.crt"), &read("etcd-ca.key")).unwrap();
+        assert_ne!(cluster_ca.cert_pem(), etcd_ca.cert_pem());
+        for cert in ["etcd-member.crt", "etcd-client.crt"] {
+            etcd_ca.verify_issued(&read(cert)).unwrap_or_else(|e| panic!("{cert} from etcd's CA: {e}"));
+            assert!(cluster_ca.verify_issued(&read(cert)).is_err(), "{cert} is not the cluster CA's");
+        }
+        let node = cluster_ca.issue_client("system:node:demo-default-0", &["system:nodes"]).unwrap();
+        assert!(etcd_ca.verify_issued(&node.cert_pem).is_err(), "a node's certificate does not verify against etcd's CA");
+        let env = std::fs::read_to_string(&env_path).unwrap();
+        let trusted = pki_dir.join("etcd-ca.crt").display().to_string();
+        assert!(env.contains(&format!("ETCD_TRUSTED_CA_FILE={trusted}\n")) && env.contains(&format!("ETCD_PEER_TRUSTED_CA_FILE={trusted}\n")), "{env}");
+        // A second run keeps everything.
+        let member = read("etcd-member.crt");
+        setup(&config, &env_path).unwrap();
+        assert_eq!(read("etcd-member.crt"), member);
+    }
 }

@@ -47,6 +47,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         service_cidr: config.network.as_ref().map(|n| n.service_cidr),
         limits: crate::apiserver::limits::LimitSettings::default(),
         audit: Some(crate::apiserver::limits::AuditSettings::at(crate::nodeconfig::AUDIT_LOG)),
+        default_toleration_seconds: Some(settings.pod_eviction_seconds),
     };
     // The server stops after the leases are given up (below), so that giving them up can reach it.
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -65,7 +66,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let controller_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: controller.cert_pem, key_pem: controller.key_pem })?;
     {
         let client = controller_client.clone();
-        let (grace, eviction) = (Duration::from_secs(settings.node_grace_seconds), Duration::from_secs(settings.pod_eviction_seconds));
+        let lifecycle = node_lifecycle::Settings {
+            grace: Duration::from_secs(settings.node_grace_seconds),
+            toleration: Duration::from_secs(settings.pod_eviction_seconds),
+            unhealthy_zone_percent: settings.unhealthy_zone_percent,
+        };
         let cluster_cidr = config.network.map(|n| n.cluster_cidr);
         let api_port = settings.listen.port();
         let election = LeaderElection::new(CONTROLLERS_LEASE, &identity);
@@ -82,7 +87,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                 tokio::join!(
                     ipam,
                     api_service::run(client.clone(), api_port),
-                    node_lifecycle::run(client.clone(), grace, eviction),
+                    node_lifecycle::run(client.clone(), lifecycle),
                     deployment::run(client.clone()),
                     endpoints::run(client.clone()),
                     event_ttl::run(client, event_ttl::TTL),

@@ -2,7 +2,8 @@
 //! certificates in the master's PKI folder, the `ETCD_*` environment of the `clusterctl-etcd`
 //! unit, and how the API server (and the operator's tools on a master) connect to it.
 //!
-//! Peer and client traffic is TLS with client certificates required on both. Data lives in
+//! Peer and client traffic is TLS with client certificates required on both, from etcd's own CA
+//! (`etcd-ca.crt`, not the cluster CA that signs nodes' and users' certificates). Data lives in
 //! `<data_dir>/etcd`. `clusterctl node etcd-setup` (`crate::node`) writes these files.
 
 use std::net::IpAddr;
@@ -45,7 +46,7 @@ pub struct EtcdFiles {
 impl EtcdFiles {
     pub fn in_dir(pki_dir: &Path) -> Self {
         EtcdFiles {
-            ca: pki_dir.join("ca.crt"),
+            ca: pki_dir.join(format!("{}.crt", crate::pki::ETCD_CA)),
             member_cert: pki_dir.join("etcd-member.crt"),
             member_key: pki_dir.join("etcd-member.key"),
             client_cert: pki_dir.join("etcd-client.crt"),

@@ -39,7 +39,7 @@
 //! listen = "0.0.0.0:6443"
 //! serving_names = ["demo-api-0123.elb.localhost.localstack.cloud", "localhost"]
 //! serving_ips = ["10.0.1.5", "127.0.0.1"]
-//! node_grace_seconds = 10
+//! node_grace_seconds = 40
 //! ```
 
 pub mod etcd;
@@ -211,9 +211,14 @@ pub struct MasterSettings {
     #[serde(default = "default_grace")]
     pub node_grace_seconds: u64,
     /// How long a node may stay NotReady before its pods are evicted (deleted, so that their
-    /// controllers replace them elsewhere).
+    /// controllers replace them elsewhere): the `tolerationSeconds` every pod gets for the
+    /// `not-ready` and `unreachable` taints unless it says otherwise.
     #[serde(default = "default_pod_eviction")]
     pub pod_eviction_seconds: u64,
+    /// No eviction in a zone with no Ready node or with more than two not-ready nodes making up
+    /// at least this share of it (percent); the same share of the whole cluster stops them all.
+    #[serde(default = "default_unhealthy_zone_percent")]
+    pub unhealthy_zone_percent: u32,
     /// The cloud controller manager's settings; without them it does not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud: Option<CloudSettings>,
@@ -273,12 +278,6 @@ pub struct CloudSettings {
     /// The cluster's dedicated SSH private key, for bootstrapping new machines.
     #[serde(default = "default_ssh_key_path")]
     pub ssh_key_path: PathBuf,
-    /// How long a worker's node may stay NotReady before its machine is replaced.
-    #[serde(default = "default_health_timeout")]
-    pub health_timeout_seconds: u64,
-    /// No machine of a pool is replaced while more than this share (percent) of it is unhealthy.
-    #[serde(default = "default_max_unhealthy")]
-    pub max_unhealthy_percent: u32,
 }
 
 /// Where `create` puts the master's copy of the cluster spec.
@@ -292,12 +291,6 @@ fn default_spec_path() -> PathBuf {
 fn default_ssh_key_path() -> PathBuf {
     SSH_KEY_PATH.into()
 }
-fn default_health_timeout() -> u64 {
-    60
-}
-fn default_max_unhealthy() -> u32 {
-    50
-}
 
 impl fmt::Debug for CloudSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -308,8 +301,6 @@ impl fmt::Debug for CloudSettings {
             .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<hidden>"))
             .field("spec_path", &self.spec_path)
             .field("ssh_key_path", &self.ssh_key_path)
-            .field("health_timeout_seconds", &self.health_timeout_seconds)
-            .field("max_unhealthy_percent", &self.max_unhealthy_percent)
             .finish()
     }
 }
@@ -349,11 +340,15 @@ fn default_data_dir() -> PathBuf {
 }
 
 fn default_grace() -> u64 {
-    10
+    40
 }
 
 fn default_pod_eviction() -> u64 {
-    10
+    300
+}
+
+fn default_unhealthy_zone_percent() -> u32 {
+    55
 }
 
 fn default_heartbeat() -> u64 {
@@ -482,6 +477,7 @@ mod tests {
                 serving_ips: vec!["10.0.1.5".parse().unwrap(), "127.0.0.1".parse().unwrap()],
                 node_grace_seconds: 10,
                 pod_eviction_seconds: 10,
+                unhealthy_zone_percent: 55,
                 cloud: None,
                 etcd: None,
                 snapshot_every_minutes: 60,
@@ -530,9 +526,10 @@ ca_hash = "{HASH}"
     }
 
     #[test]
-    fn master_defaults_the_grace_period_to_ten_seconds() {
-        let text = master().to_toml().unwrap().replace("node_grace_seconds = 10\n", "");
-        assert_eq!(NodeConfig::from_toml(&text).unwrap().master.unwrap().node_grace_seconds, 10);
+    fn master_defaults_to_kubernetes_grace_and_toleration() {
+        let text = master().to_toml().unwrap().replace("node_grace_seconds = 10\n", "").replace("pod_eviction_seconds = 10\n", "");
+        let master = NodeConfig::from_toml(&text).unwrap().master.unwrap();
+        assert_eq!((master.node_grace_seconds, master.pod_eviction_seconds), (40, 300));
     }
 
     #[test]

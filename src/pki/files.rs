@@ -45,11 +45,26 @@ pub fn write_key_file(path: &Path, pem: &str) -> Result<(), PkiError> {
 /// Loads the cluster CA from `ca.crt` and `ca.key` in `dir`, making it on the very first start
 /// (a master's, or an HA master's `node etcd-setup`, whichever runs first).
 pub fn load_or_create_ca(dir: &Path, cluster: &str) -> Result<ClusterCa, PkiError> {
-    let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    load_or_create_named_ca(dir, "ca", cluster)
+}
+
+/// The stem of etcd's own CA's files (`etcd-ca.crt`, `etcd-ca.key`): it signs the etcd members'
+/// and the API servers' etcd client certificates only, so that no certificate of the cluster CA
+/// (a node's, a user's) is ever accepted by etcd.
+pub const ETCD_CA: &str = "etcd-ca";
+
+/// Loads etcd's CA from `dir` ([`ETCD_CA`]), making it on the first master's first `etcd-setup`.
+pub fn load_or_create_etcd_ca(dir: &Path, cluster: &str) -> Result<ClusterCa, PkiError> {
+    load_or_create_named_ca(dir, ETCD_CA, &format!("{cluster}-etcd"))
+}
+
+/// Loads the CA `<stem>.crt`/`<stem>.key` in `dir`, or makes one named after `name`.
+fn load_or_create_named_ca(dir: &Path, stem: &str, name: &str) -> Result<ClusterCa, PkiError> {
+    let (cert, key) = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
     if let (Ok(c), Ok(k)) = (fs::read_to_string(&cert), fs::read_to_string(&key)) {
         return ClusterCa::from_pem(&c, &k);
     }
-    let ca = ClusterCa::generate(cluster)?;
+    let ca = ClusterCa::generate(name)?;
     write_key_file(&key, ca.key_pem())?;
     // Written after the key: a certificate without its key would be loaded as a broken CA.
     fs::write(&cert, ca.cert_pem()).map_err(|source| PkiError::Io { path: cert.clone(), source })?;

@@ -135,6 +135,12 @@ impl Resolved {
         r
     }
 
+    /// `rules` with their source groups named by id, as the cloud takes them (a source that is
+    /// no group of the cluster's is an id already, see `plan`).
+    fn with_group_ids(&self, rules: &[crate::cloud::IngressRule]) -> Result<Vec<crate::cloud::IngressRule>, ProvisionError> {
+        Ok(rules.iter().filter_map(|r| r.map_group(|g| Some(self.groups.get(g).cloned().unwrap_or_else(|| g.to_string())))).collect())
+    }
+
     fn subnet(&self, zone: &str) -> Result<&str, ProvisionError> {
         self.subnets.get(zone).map(String::as_str).ok_or_else(|| ProvisionError::Conflict(format!("cannot continue: the subnet in {zone} is missing")))
     }
@@ -252,11 +258,11 @@ async fn apply(cloud: &dyn Cloud, spec: &ClusterSpec, names: &Names<'_>, options
         }
         Step::AuthorizeIngress { group, rules } => {
             let id = need(&r.groups.get(group).cloned(), &format!("security group {group}"))?.to_string();
-            cloud.authorize_ingress(&id, rules).await?;
+            cloud.authorize_ingress(&id, &r.with_group_ids(rules)?).await?;
         }
         Step::RevokeIngress { group, rules } => {
             let id = need(&r.groups.get(group).cloned(), &format!("security group {group}"))?.to_string();
-            cloud.revoke_ingress(&id, rules).await?;
+            cloud.revoke_ingress(&id, &r.with_group_ids(rules)?).await?;
         }
         Step::ImportKeyPair { name } => {
             cloud.import_key_pair(name, &options.public_key, &names.tags("ssh", name)).await?;

@@ -1,6 +1,10 @@
 //! Deletes everything a cluster owns, found by its ownership tag, in dependency order.
 //!
-//! Order: listeners, load balancers, target groups, instances (and wait until
+//! First the cluster's controllers are stopped: the masters' instances are terminated (and waited
+//! for) before anything else, and what the cluster owns is then found again, so that a machine
+//! controller relaunching workers, a service controller recreating a balancer or a route
+//! controller writing a route cannot act mid-destroy and leave something behind. Terminating the
+//! masters stops them whatever state their API is in. Then, in order: listeners, load balancers, target groups, instances (and wait until
 //! terminated), the masters' instance profile and role (only once no instance
 //! can use them any more), security groups, subnets, route tables, internet
 //! gateway (detach, delete), VPC, key pair. Every step goes on after a failure so
@@ -10,11 +14,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::cloud::{Cloud, CloudError, InstanceState};
+use crate::cloud::{Cloud, CloudError, Instance, InstanceState, ROLE_TAG};
 use crate::report::Reporter;
 
 use super::iam::MASTER_POLICY_NAME;
-use super::inventory::{discover, Inventory};
+use super::inventory::discover;
 use super::ProvisionError;
 
 /// What a destroy did and what it could not do.
@@ -58,10 +62,33 @@ impl Run<'_> {
 /// Deletes every resource tagged with the cluster; waits up to `instance_deadline` for instances to terminate.
 pub async fn destroy(cloud: &dyn Cloud, cluster: &str, instance_deadline: Duration, reporter: &dyn Reporter) -> Result<DestroyReport, ProvisionError> {
     reporter.phase("discovering resources tagged with the cluster");
-    let inv = discover(cloud, cluster).await?;
+    let mut inv = discover(cloud, cluster).await?;
     let mut run = Run { reporter, report: DestroyReport::default() };
     if inv.is_empty() {
         return Ok(run.report);
+    }
+
+    let masters: Vec<Instance> = inv.instances.iter().filter(|i| i.tags.get(ROLE_TAG).map(String::as_str) == Some("master")).cloned().collect();
+    if !masters.is_empty() {
+        reporter.phase("stopping the cluster's controllers: terminating the masters first");
+        let ids: Vec<String> = masters.iter().map(|i| i.id.clone()).collect();
+        let result = cloud.terminate_instances(&ids).await;
+        let terminated = result.is_ok();
+        run.record(format!("masters {}", ids.join(", ")), result);
+        let stopped = terminated && match wait_terminated(cloud, &masters, instance_deadline, reporter).await {
+            Ok(()) => true,
+            Err(e) => {
+                reporter.warn(&e.to_string());
+                run.report.errors.push(e.to_string());
+                false
+            }
+        };
+        // What the controllers made up to their last moment; masters that did not go are tried
+        // again with the other instances.
+        inv = discover(cloud, cluster).await?;
+        if stopped {
+            inv.instances.retain(|i| !ids.contains(&i.id));
+        }
     }
 
     reporter.phase("deleting load balancers");
@@ -82,7 +109,7 @@ pub async fn destroy(cloud: &dyn Cloud, cluster: &str, instance_deadline: Durati
         let result = cloud.terminate_instances(&ids).await;
         instances_gone = result.is_ok();
         run.record(format!("instances {}", ids.join(", ")), result);
-        if instances_gone && let Err(e) = wait_terminated(cloud, &inv, instance_deadline, reporter).await {
+        if instances_gone && let Err(e) = wait_terminated(cloud, &inv.instances, instance_deadline, reporter).await {
             instances_gone = false;
             reporter.warn(&e.to_string());
             run.report.errors.push(e.to_string());
@@ -144,10 +171,10 @@ pub async fn destroy(cloud: &dyn Cloud, cluster: &str, instance_deadline: Durati
     Ok(run.report)
 }
 
-async fn wait_terminated(cloud: &dyn Cloud, inv: &Inventory, deadline: Duration, reporter: &dyn Reporter) -> Result<(), ProvisionError> {
+async fn wait_terminated(cloud: &dyn Cloud, instances: &[Instance], deadline: Duration, reporter: &dyn Reporter) -> Result<(), ProvisionError> {
     let start = Instant::now();
-    let mut ids: Vec<String> = inv.instances.iter().map(|i| i.id.clone()).collect();
-    let name = |id: &str| inv.instances.iter().find(|i| i.id == id).and_then(|i| i.tags.get("Name").cloned()).unwrap_or_else(|| id.to_string());
+    let mut ids: Vec<String> = instances.iter().map(|i| i.id.clone()).collect();
+    let name = |id: &str| instances.iter().find(|i| i.id == id).and_then(|i| i.tags.get("Name").cloned()).unwrap_or_else(|| id.to_string());
     loop {
         let current = match cloud.instances_by_id(&ids).await {
             Ok(c) => c,

@@ -10,7 +10,7 @@ use std::fmt;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::cloud::{Instance, IngressRule, Protocol, ROLE_TAG};
+use crate::cloud::{Instance, IngressRule, Protocol, RuleSource, ROLE_TAG};
 use crate::spec::ClusterSpec;
 
 use super::iam::{master_policy, same_policy, MASTER_POLICY_NAME};
@@ -140,21 +140,36 @@ impl fmt::Display for Plan {
     }
 }
 
-/// The inbound rules each security group must have, exactly.
+/// etcd's client and peer ports, open on the masters to the masters only.
+pub const ETCD_PORTS: (u16, u16) = (2379, 2380);
+
+/// The inbound rules each security group must have, exactly; a group source is named by the
+/// group's name (the plan maps it to and from the cloud's ids).
+///
+/// The VPC reaches every port of the workers, and every port of the masters but etcd's: those
+/// only the masters' own group reaches, so that no worker, pod or load balancer can even open a
+/// connection to etcd (which also trusts a CA of its own, see `node::etcd`).
 pub fn desired_rules(spec: &ClusterSpec, role: GroupRole) -> BTreeSet<IngressRule> {
-    let tcp = |port: u16, source: Ipv4Net| IngressRule { protocol: Protocol::Tcp, from_port: port, to_port: port, source };
-    let all_from_vpc = IngressRule { protocol: Protocol::All, from_port: 0, to_port: 0, source: spec.network.vpc_cidr };
+    let vpc = RuleSource::Cidr(spec.network.vpc_cidr);
+    let tcp = |port: u16, source: Ipv4Net| IngressRule { protocol: Protocol::Tcp, from_port: port, to_port: port, source: RuleSource::Cidr(source) };
+    let range = |protocol: Protocol, from_port: u16, to_port: u16, source: &RuleSource| IngressRule { protocol, from_port, to_port, source: source.clone() };
     let admins = &spec.network.admin_cidrs;
     let mut rules = BTreeSet::new();
     match role {
         GroupRole::Masters => {
             rules.extend(admins.iter().map(|a| tcp(22, *a)));
             rules.extend(admins.iter().map(|a| tcp(spec.api.port, *a)));
-            rules.insert(all_from_vpc);
+            let (etcd_from, etcd_to) = ETCD_PORTS;
+            rules.insert(range(Protocol::Tcp, 0, etcd_from - 1, &vpc));
+            rules.insert(range(Protocol::Tcp, etcd_to + 1, 65535, &vpc));
+            rules.insert(range(Protocol::Udp, 0, 65535, &vpc));
+            rules.insert(range(Protocol::Icmp, 0, 0, &vpc));
+            let masters = RuleSource::Group(Names::new(spec).group_name(GroupRole::Masters));
+            rules.insert(range(Protocol::Tcp, etcd_from, etcd_to, &masters));
         }
         GroupRole::Workers => {
             rules.extend(admins.iter().map(|a| tcp(22, *a)));
-            rules.insert(all_from_vpc);
+            rules.insert(range(Protocol::All, 0, 0, &vpc));
         }
         GroupRole::ApiLb => {
             rules.extend(admins.iter().map(|a| tcp(spec.api.port, *a)));
@@ -264,7 +279,10 @@ pub fn plan(spec: &ClusterSpec, inventory: &Inventory) -> Result<Plan, Provision
                 steps.push(Step::AuthorizeIngress { group: name, rules: want.into_iter().collect() });
             }
             Some(g) => {
-                let have: BTreeSet<IngressRule> = g.ingress.iter().cloned().collect();
+                // The cloud names a source group by id, the plan by name; a group the cluster
+                // does not own keeps its id, and so never matches a wanted rule.
+                let name_of = |id: &str| Some(inventory.security_groups.iter().find(|g| g.id == id).map_or_else(|| id.to_string(), |g| g.name.clone()));
+                let have: BTreeSet<IngressRule> = g.ingress.iter().filter_map(|r| r.map_group(name_of)).collect();
                 let missing: Vec<_> = want.difference(&have).cloned().collect();
                 let extra: Vec<_> = have.difference(&want).cloned().collect();
                 if !missing.is_empty() {

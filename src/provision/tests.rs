@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::cloud::fake::FakeCloud;
-use crate::cloud::{Cloud, ErrorKind, IngressRule, Protocol, Resilient, RetryPolicy};
+use crate::cloud::{Cloud, ErrorKind, IngressRule, Protocol, RuleSource, Resilient, RetryPolicy};
 use crate::report::{NoReport, RecordingReport};
 use crate::spec::ClusterSpec;
 
@@ -86,11 +86,26 @@ async fn security_groups_open_ssh_and_api_only_to_admins() {
     let admin = "10.42.0.1/32".parse().unwrap();
     let vpc = "10.42.0.0/16".parse().unwrap();
     let group = |name: &str| inv.security_groups.iter().find(|g| g.name == name).unwrap().ingress.iter().cloned().collect::<std::collections::BTreeSet<_>>();
-    let tcp = |port, source| IngressRule { protocol: Protocol::Tcp, from_port: port, to_port: port, source };
-    let all = IngressRule { protocol: Protocol::All, from_port: 0, to_port: 0, source: vpc };
-    assert_eq!(group("t1-masters"), [tcp(22, admin), tcp(6443, admin), all.clone()].into());
-    assert_eq!(group("t1-workers"), [tcp(22, admin), all].into());
+    let rule = |protocol, from_port, to_port, source| IngressRule { protocol, from_port, to_port, source };
+    let tcp = |port, source| rule(Protocol::Tcp, port, port, RuleSource::Cidr(source));
+    let from_vpc = |protocol, from, to| rule(protocol, from, to, RuleSource::Cidr(vpc));
+    let masters_id = inv.security_groups.iter().find(|g| g.name == "t1-masters").unwrap().id.clone();
+    // Every port of the masters from the VPC but etcd's, which only the masters' own group reaches
+    // (the cloud names the group by id).
+    let masters = [
+        tcp(22, admin),
+        tcp(6443, admin),
+        from_vpc(Protocol::Tcp, 0, 2378),
+        from_vpc(Protocol::Tcp, 2381, 65535),
+        from_vpc(Protocol::Udp, 0, 65535),
+        from_vpc(Protocol::Icmp, 0, 0),
+        rule(Protocol::Tcp, 2379, 2380, RuleSource::Group(masters_id)),
+    ];
+    assert_eq!(group("t1-masters"), masters.into());
+    assert_eq!(group("t1-workers"), [tcp(22, admin), from_vpc(Protocol::All, 0, 0)].into());
     assert_eq!(group("t1-api-lb"), [tcp(6443, admin)].into());
+    // The plan reads the group rule back by name: nothing to change.
+    assert!(plan(&spec, &inv).unwrap().is_empty(), "{}", plan(&spec, &inv).unwrap());
 }
 
 #[tokio::test(start_paused = true)]
@@ -223,7 +238,7 @@ async fn a_rule_added_out_of_band_is_revoked() {
     create(&cloud, &spec_with(1)).await;
     let inv = discover(&cloud, "t1").await.unwrap();
     let workers = inv.security_groups.iter().find(|g| g.name == "t1-workers").unwrap();
-    let open = IngressRule { protocol: Protocol::Tcp, from_port: 80, to_port: 80, source: "0.0.0.0/0".parse().unwrap() };
+    let open = IngressRule { protocol: Protocol::Tcp, from_port: 80, to_port: 80, source: RuleSource::Cidr("0.0.0.0/0".parse().unwrap()) };
     cloud.authorize_ingress(&workers.id, std::slice::from_ref(&open)).await.unwrap();
     let p = plan(&spec_with(1), &discover(&cloud, "t1").await.unwrap()).unwrap();
     assert_eq!(p.steps, vec![Step::RevokeIngress { group: "t1-workers".into(), rules: vec![open] }]);
@@ -241,6 +256,23 @@ async fn destroy_removes_everything_and_a_second_destroy_has_nothing_to_do() {
     assert_eq!(fake.resource_count(), 0);
     let again = destroy(&cloud, "t1", Duration::from_secs(60), &NoReport).await.unwrap();
     assert!(again.deleted.is_empty() && again.is_clean());
+}
+
+#[tokio::test(start_paused = true)]
+async fn destroy_stops_the_controllers_by_terminating_the_masters_before_anything_else() {
+    let (fake, cloud) = setup();
+    create(&cloud, &spec_with(2)).await;
+    let before = fake.calls().len();
+    let report = RecordingReport::default();
+    let done = destroy(&cloud, "t1", Duration::from_secs(60), &report).await.unwrap();
+    assert!(done.is_clean(), "{done:?}");
+    let calls: Vec<String> = fake.calls()[before..].to_vec();
+    let first = |name: &str| calls.iter().position(|c| c == name).unwrap_or_else(|| panic!("no {name} in {calls:?}"));
+    let terminations: Vec<usize> = calls.iter().enumerate().filter(|(_, c)| *c == "terminate_instances").map(|(i, _)| i).collect();
+    assert_eq!(terminations.len(), 2, "the masters, then the workers: {calls:?}");
+    assert!(terminations[0] < first("delete_load_balancer"), "the masters go before their controllers' balancers: {calls:?}");
+    assert!(done.deleted[0].starts_with("masters "), "{:?}", done.deleted);
+    assert!(done.deleted[1].starts_with("listener "), "{:?}", done.deleted);
 }
 
 #[tokio::test(start_paused = true)]
@@ -419,7 +451,8 @@ async fn destroy_keeps_the_profile_while_instances_may_still_use_it() {
     let (fake, cloud) = setup();
     let spec = spec_with(1);
     create(&cloud, &spec).await;
-    fake.fail("terminate_instances", ErrorKind::AccessDenied, 1);
+    // Both attempts fail: the masters' (to stop the controllers) and the one of every instance.
+    fake.fail("terminate_instances", ErrorKind::AccessDenied, 2);
     let report = destroy(&cloud, "t1", Duration::from_secs(60), &NoReport).await.unwrap();
     assert!(report.remaining.iter().any(|r| r.starts_with("instance profile")), "{:?}", report.remaining);
     assert!(!fake.calls().iter().any(|c| c == "delete_instance_profile"));

@@ -54,6 +54,8 @@ pub struct ClusterSpec {
     pub workers: Vec<NodePool>,
     /// The snapshots of the store every master keeps.
     pub backups: Backups,
+    /// When a node counts as not ready, when its pods move and when its machine is replaced.
+    pub health: Health,
     /// Registries whose TLS certificates are signed by a CA of their own, which the nodes trust
     /// for pulls from that registry only.
     pub registries: Vec<TrustedRegistry>,
@@ -86,6 +88,33 @@ pub struct Backups {
 impl Default for Backups {
     fn default() -> Self {
         Backups { snapshot_every_minutes: 60, snapshots_kept: 5 }
+    }
+}
+
+/// `[health]`: when a node counts as not ready, when its pods are moved, when its machine is
+/// replaced. The defaults are Kubernetes' (a 40 s node monitor grace period, a 300 s toleration
+/// of `not-ready`/`unreachable`, a 55 % unhealthy-zone threshold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// A node whose lease is older than this is shown not ready (default 40).
+    pub node_grace_seconds: u32,
+    /// How long pods stay on a node shown not ready before they are deleted, for those that do
+    /// not say otherwise with a `tolerationSeconds` (default 300).
+    pub eviction_seconds: u32,
+    /// No pod is evicted in a zone with no Ready node, or with more than two not-ready nodes
+    /// making up at least this share of it; the same share over the whole cluster stops every
+    /// eviction (default 55).
+    pub unhealthy_zone_percent: u32,
+    /// None: a machine is replaced only when the cloud says it failed (status checks, stopped);
+    /// Some(s): also when its node stayed not ready for s seconds.
+    pub replace_not_ready_after_seconds: Option<u32>,
+    /// No machine of a pool is replaced while more than this share of it is unhealthy (default 50).
+    pub max_unhealthy_percent: u32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health { node_grace_seconds: 40, eviction_seconds: 300, unhealthy_zone_percent: 55, replace_not_ready_after_seconds: None, max_unhealthy_percent: 50 }
     }
 }
 

@@ -28,6 +28,7 @@ pub(crate) struct RawSpec {
     pub masters: Option<Spanned<RawMasters>>,
     pub workers: Option<Spanned<Vec<Spanned<RawWorkerPool>>>>,
     pub backups: Option<Spanned<RawBackups>>,
+    pub health: Option<Spanned<RawHealth>>,
     pub registries: Option<Spanned<Vec<Spanned<RawRegistry>>>>,
 }
 
@@ -103,6 +104,17 @@ pub(crate) struct RawMasters {
 pub(crate) struct RawBackups {
     pub snapshot_every_minutes: Option<Spanned<i64>>,
     pub snapshots_kept: Option<Spanned<i64>>,
+}
+
+/// `[health]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub node_grace_seconds: Option<Spanned<i64>>,
+    pub eviction_seconds: Option<Spanned<i64>>,
+    pub unhealthy_zone_percent: Option<Spanned<i64>>,
+    pub replace_not_ready_after_seconds: Option<Spanned<i64>>,
+    pub max_unhealthy_percent: Option<Spanned<i64>>,
 }
 
 /// `[[workers]]`

@@ -312,6 +312,10 @@ fn three_masters_are_allowed() {
     assert_eq!(spec.backups, crate::spec::Backups { snapshot_every_minutes: 15, snapshots_kept: 8 });
     let ha = ClusterSpec::load(&repo_file("clusters/localstack-ha.toml")).unwrap();
     assert_eq!((ha.masters.count, ha.zones.len(), ha.backups), (3, 3, crate::spec::Backups::default()));
+    let health = crate::spec::Health { node_grace_seconds: 20, eviction_seconds: 60, replace_not_ready_after_seconds: Some(120), ..Default::default() };
+    assert_eq!(spec.health, health, "given fields are read, the others default");
+    assert_eq!(ha.health, crate::spec::Health::default());
+    assert_eq!((ha.health.node_grace_seconds, ha.health.eviction_seconds, ha.health.unhealthy_zone_percent), (40, 300, 55), "Kubernetes' defaults");
 }
 
 #[test]

@@ -13,11 +13,11 @@ use toml::de::DeTable;
 
 use super::error::{Problems, shape_problem, syntax_problem};
 use super::raw::{
-    RawApi, RawBackups, RawCluster, RawImage, RawMasters, RawNetwork, RawRegistry, RawSpec, RawSsh, RawStringMap,
+    RawApi, RawBackups, RawHealth, RawCluster, RawImage, RawMasters, RawNetwork, RawRegistry, RawSpec, RawSsh, RawStringMap,
     RawWorkerPool, SString,
 };
 use super::{
-    ApiConfig, Backups, ClusterName, ClusterSpec, ImageRef, Network, NodePool, PoolName, Region, Role,
+    ApiConfig, Backups, Health, ClusterName, ClusterSpec, ImageRef, Network, NodePool, PoolName, Region, Role,
     SpecError, SshConfig, SshKeySource, SubnetSpec, Zone,
 };
 
@@ -146,6 +146,10 @@ impl Check {
             Some(b) => self.backups(b.get_ref()),
             None => Some(Backups::default()),
         };
+        let health = match raw.health.as_ref() {
+            Some(h) => self.health(h.get_ref()),
+            None => Some(Health::default()),
+        };
         let registries = match raw.registries.as_ref() {
             Some(list) => self.registries(list.get_ref()),
             None => Some(Vec::new()),
@@ -163,6 +167,7 @@ impl Check {
             masters: masters?,
             workers: workers?,
             backups: backups?,
+            health: health?,
             registries: registries?,
         })
     }
@@ -793,6 +798,23 @@ impl Check {
             None => Some(defaults.snapshots_kept),
         };
         Some(Backups { snapshot_every_minutes: every?, snapshots_kept: kept? })
+    }
+
+    fn health(&mut self, raw: &RawHealth) -> Option<Health> {
+        let d = Health::default();
+        let mut field = |v: &Option<Spanned<i64>>, name: &str, lo: i64, hi: i64, default: u32| match v.as_ref() {
+            Some(v) => self.int_in(v, &format!("health.{name}"), lo, hi).and_then(|n| u32::try_from(n).ok()),
+            None => Some(default),
+        };
+        let grace = field(&raw.node_grace_seconds, "node_grace_seconds", 5, 3_600, d.node_grace_seconds);
+        let eviction = field(&raw.eviction_seconds, "eviction_seconds", 0, 86_400, d.eviction_seconds);
+        let zone = field(&raw.unhealthy_zone_percent, "unhealthy_zone_percent", 1, 100, d.unhealthy_zone_percent);
+        let pool = field(&raw.max_unhealthy_percent, "max_unhealthy_percent", 0, 100, d.max_unhealthy_percent);
+        let replace = match raw.replace_not_ready_after_seconds.as_ref() {
+            Some(v) => Some(self.int_in(v, "health.replace_not_ready_after_seconds", 30, 86_400).and_then(|n| u32::try_from(n).ok())),
+            None => Some(None),
+        };
+        Some(Health { node_grace_seconds: grace?, eviction_seconds: eviction?, unhealthy_zone_percent: zone?, replace_not_ready_after_seconds: replace?, max_unhealthy_percent: pool? })
     }
 
     /// An integer within `lo..=hi`, or a problem saying which bound it broke.

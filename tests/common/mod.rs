@@ -63,6 +63,28 @@ pub fn unique_spec_from(example: &str, dir: &Path, name: &str, second_octet: u8,
     path
 }
 
+/// Sets fields of the spec's `[health]` table (the tests' clusters shorten Kubernetes' timings).
+pub fn set_health(spec: &Path, fields: &[(&str, i64)]) {
+    let mut doc: toml::Table = std::fs::read_to_string(spec).unwrap().parse().unwrap();
+    let health = doc.entry("health").or_insert_with(|| toml::Value::Table(toml::Table::new())).as_table_mut().unwrap();
+    for (k, v) in fields {
+        health.insert((*k).into(), (*v).into());
+    }
+    std::fs::write(spec, toml::to_string(&doc).unwrap()).unwrap();
+}
+
+/// Cuts the node machine `instance` off from the API server (`cut`), or heals it: every packet to
+/// or from the API port is dropped in the machine's raw table, which the node's proxy never
+/// touches. Its processes keep running: a partition, not a stop.
+pub fn cut_off_from_the_api(instance: &str, api_port: u16, cut: bool) {
+    let op = if cut { "-I" } else { "-D" };
+    for rule in [format!("OUTPUT -p tcp --dport {api_port}"), format!("PREROUTING -p tcp --sport {api_port}")] {
+        let command = format!("iptables -w 5 -t raw {op} {rule} -j DROP");
+        let out = Command::new("docker").args(["exec", instance, "sh", "-c", &command]).output().unwrap();
+        assert!(out.status.success(), "{command} on {instance}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 /// The kubeconfig `create` merges into and `destroy` edits in the tests: a file in the test's home
 /// folder, never the real `~/.kube/config`.
 pub fn kubectl_config(home: &Path) -> PathBuf {
