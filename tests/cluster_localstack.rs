@@ -217,6 +217,19 @@ async fn a_cluster_is_created_ready_secured_idempotent_and_survives_failures() {
     assert!(!journal.contains('\u{1b}'), "escape codes in the worker's journal");
     eprintln!("worker journal: {} lines; info lines by target: {:?}", journal.lines().count(), info_lines_by_target(&journal));
 
+    // A deleted Node's certificate stops working: default-1's own credential answers until its
+    // Node is deleted, then is refused with 401 (its agent is locked out; nothing below needs it).
+    let read = |path: &str| {
+        let out = std::process::Command::new("docker").args(["exec", &lone, "cat", path]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let as_default1 = ApiClient::new(&kc.server, ClientAuth::Certificate { ca_pem: kc.ca_pem.clone(), cert_pem: read("/var/lib/clusterctl/pki/node.crt"), key_pem: read("/var/lib/clusterctl/pki/node.key") }).unwrap();
+    as_default1.get_value("/api/v1/nodes/it-boot-default-1").await.expect("a node's certificate works while its Node exists");
+    admin.delete_value("/api/v1/nodes/it-boot-default-1").await.unwrap();
+    let err = as_default1.get_value("/api/v1/nodes/it-boot-default-0").await.unwrap_err();
+    assert_eq!(err.code(), Some(401), "a deleted node's certificate is refused: {err}");
+    as_worker0.get_value("/api/v1/nodes/it-boot-default-0").await.expect("another node's certificate still works");
+
     // kill -9 of the master during 1,000 writes: every acknowledged write survives.
     let master_ip = by_name("it-boot-masters-0").private_ip.unwrap();
     let direct = ApiClient::new(&format!("https://{master_ip}:6443"), ClientAuth::Certificate { ca_pem: kc.ca_pem.clone(), cert_pem: kc.client_cert_pem.clone(), key_pem: kc.client_key_pem.clone() }).unwrap();

@@ -4,7 +4,8 @@
 //! holding the leases is terminated while a client writes and reads through the API load balancer:
 //! the API answers again within 15 s, no acknowledged write is lost, the leases move, a workload
 //! change afterwards is carried out, and the dead master is replaced with etcd back at three
-//! healthy members; backup, delete a deployment, restore: it is back.
+//! healthy members; backup, delete a deployment, restore: it is back; two masters lost at once
+//! (no quorum), restore: the survivor takes the snapshot and the lost two are replaced.
 
 mod common;
 
@@ -341,6 +342,50 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
         if n == 4 { Ok(()) } else { Err(format!("{n} ready")) }
     })
     .await;
+    // Quorum lost: two of the three masters terminated at once, so etcd has no quorum and the
+    // survivor cannot act. `restore` from the backup makes the survivor a one-member etcd with
+    // the snapshot's objects; its machine controller then replaces the lost masters one at a
+    // time: three masters and three healthy members again, the snapshot's objects there, every
+    // node Ready.
+    let masters_before = master_instances(cloud.as_ref()).await;
+    assert_eq!(masters_before.len(), 3, "{masters_before:?}");
+    let lost: Vec<String> = masters_before[..2].to_vec();
+    cloud.terminate_instances(&lost).await.unwrap();
+    let lost_at = Instant::now();
+    eventually("the two masters terminated", Duration::from_secs(60), || async {
+        let ids = master_instances(cloud.as_ref()).await;
+        if ids.iter().any(|i| lost.contains(i)) { Err(format!("{ids:?}")) } else { Ok(()) }
+    })
+    .await;
+    let out = assert_ok(&clusterctl(home.path(), &["restore", "-f", s, "--from", backup.to_str().unwrap()]), "restore after losing two of three masters");
+    eprintln!("{out}");
+    eprintln!("the API answers {:.1}s after two masters were lost", lost_at.elapsed().as_secs_f64());
+    let (_, took) = eventually("the lost masters replaced, etcd at three healthy members", Duration::from_secs(600), || async {
+        let ids = master_instances(cloud.as_ref()).await;
+        if ids.len() != 3 || ids.iter().any(|i| lost.contains(i)) {
+            return Err(format!("master instances {ids:?}"));
+        }
+        let members = etcd_members(home.path(), s)?;
+        if members.len() == 3 && healthy_members(&members) == 3 { Ok(()) } else { Err(format!("members {members:?}")) }
+    })
+    .await;
+    eprintln!("two lost masters replaced {:.1}s after the restore", took.as_secs_f64());
+    eventually("every node Ready, the snapshot's deployment and its 4 ready pods", Duration::from_secs(180), || async {
+        let nodes = client.list_values("/api/v1/nodes").await.map_err(|e| e.to_string())?;
+        let ready = |n: &Value| n.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+        let not_ready: Vec<&str> = nodes.iter().filter(|n| !ready(n)).filter_map(|n| n["metadata"]["name"].as_str()).collect();
+        if nodes.len() != 5 || !not_ready.is_empty() {
+            return Err(format!("{} nodes, not ready: {not_ready:?}", nodes.len()));
+        }
+        client.get_value("/apis/apps/v1/namespaces/default/deployments/web").await.map_err(|e| e.to_string())?;
+        let n = ready_pods(&client, "web").await;
+        if n == 4 { Ok(()) } else { Err(format!("{n} ready web pods")) }
+    })
+    .await;
+    let kept = client.list_values("/api/v1/namespaces/default/configmaps").await.unwrap();
+    let kept: BTreeSet<String> = kept.iter().map(|c| c["metadata"]["name"].as_str().unwrap_or("").to_string()).collect();
+    let missing: Vec<&String> = written.iter().filter(|n| !kept.contains(*n)).collect();
+    assert!(missing.is_empty(), "objects written before the backup are missing after the quorum restore: {missing:?}");
 
     drop(guard);
 }

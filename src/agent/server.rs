@@ -90,7 +90,7 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAccepto
         }
         Err(_) => return,
     };
-    let who = Peer(tls::peer_identity(tls.get_ref().1).map(|i| i.user));
+    let who = Peer(tls::peer_identity(tls.get_ref().1).map(|(i, _)| i.user));
     let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(who.clone());
         app.clone().oneshot(req.map(Body::new))

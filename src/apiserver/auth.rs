@@ -81,9 +81,10 @@ impl Identity {
     }
 }
 
-/// The identity a connection's client certificate carries; put into every request's extensions.
+/// The identity a connection's client certificate carries, and when the certificate was issued
+/// (Unix seconds); put into every request's extensions.
 #[derive(Debug, Clone)]
-pub(crate) struct PeerIdentity(pub Option<Identity>);
+pub(crate) struct PeerIdentity(pub Option<(Identity, i64)>);
 
 /// What a request does, in Kubernetes' verbs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -793,7 +793,15 @@ async fn delete_object(state: &AppState, target: &Target, options: &DeleteOption
         }
         if grace == 0 && finalizers.is_empty() {
             match state.store.delete(&key, Some(stored.mod_rev)).await {
-                Ok((old, rev)) => return Ok(Json(with_revision(old, rev)).into_response()),
+                Ok((old, rev)) => {
+                    if *rt == resource::NODES {
+                        // The node's certificates go with it; a failure here is reported, the
+                        // Node stays deleted (a repeated delete is 404 and cannot retry it).
+                        super::revocation::revoke(state.store.as_ref(), &old).await.map_err(|e| ApiError::from_store(e, rt, name))?;
+                        state.revocations.forget(name);
+                    }
+                    return Ok(Json(with_revision(old, rev)).into_response());
+                }
                 Err(StoreError::Conflict { .. }) if options.expected_rev.is_none() => continue,
                 Err(e) => return Err(ApiError::from_store(e, rt, name)),
             }

@@ -38,6 +38,7 @@ pub mod openapi;
 pub mod patch;
 pub mod podproxy;
 pub mod podsecurity;
+pub mod revocation;
 mod scale;
 pub mod serviceips;
 mod table;
@@ -164,6 +165,8 @@ pub(crate) struct AppState {
     pub(crate) kubelet_client: Option<Arc<rustls::ClientConfig>>,
     pub(crate) limits: Arc<limits::Limits>,
     pub(crate) audit: Option<limits::AuditLog>,
+    /// Deleted nodes' certificates, as lately looked up ([`revocation`]).
+    pub(crate) revocations: Arc<revocation::Revocations>,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets open requests finish (watches
@@ -180,7 +183,7 @@ pub async fn serve(
     let kubelet_client = config.kubelet_client.as_ref().map(podproxy::client_config).transpose()?;
     let audit = config.audit.clone().map(limits::AuditLog::start).transpose().map_err(ApiServerError::Audit)?;
     let limits = Arc::new(limits::Limits::new(config.limits));
-    let state = AppState { store, config: Arc::new(config), stopping: stop_rx.clone(), kubelet_client, limits, audit };
+    let state = AppState { store, config: Arc::new(config), stopping: stop_rx.clone(), kubelet_client, limits, audit, revocations: Arc::default() };
     let app = router(state);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -274,6 +277,20 @@ fn router(state: AppState) -> Router {
 /// Finds out who is asking and refuses anonymous requests outside the allowed paths.
 async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let from_cert = req.extensions().get::<PeerIdentity>().and_then(|p| p.0.clone());
+    // A node's certificate stops working with its Node (`revocation`).
+    if let Some((identity, issued_at)) = &from_cert
+        && let Some(node) = identity.node_name()
+    {
+        match state.revocations.refuses(state.store.as_ref(), node, *issued_at).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(node, "refused the certificate of a deleted node");
+                return ApiError::unauthorized(&format!("the certificate of node {node:?} was revoked when its Node was deleted")).into_response();
+            }
+            Err(e) => return ApiError::from_store(e, &crate::api::resource::NODES, node).into_response(),
+        }
+    }
+    let from_cert = from_cert.map(|(identity, _)| identity);
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)

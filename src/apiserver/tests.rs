@@ -50,8 +50,21 @@ impl TestCa {
         (params.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
     }
 
+    /// A client certificate dated as the cluster CA dates them (issued now, `notBefore` backdated).
+    fn client_issued_now(&self, user: &str, groups: &[&str]) -> (String, String) {
+        self.client_with(user, groups, |params| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+            params.not_before = x509_parser::time::ASN1Time::from_timestamp(now - crate::pki::BACKDATE.as_secs() as i64).unwrap().to_datetime();
+        })
+    }
+
     fn client(&self, user: &str, groups: &[&str]) -> (String, String) {
+        self.client_with(user, groups, |_| {})
+    }
+
+    fn client_with(&self, user: &str, groups: &[&str], tune: impl FnOnce(&mut CertificateParams)) -> (String, String) {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        tune(&mut params);
         params.distinguished_name.push(DnType::CommonName, user);
         for g in groups {
             params.distinguished_name.push(DnType::OrganizationName, *g);
@@ -133,6 +146,12 @@ impl TestServer {
 
     fn node(&self, name: &str) -> ApiClient {
         self.as_user(&format!("system:node:{name}"), &["system:nodes"])
+    }
+
+    /// A node's client with a certificate issued now, as the cluster CA issues them.
+    fn node_issued_now(&self, name: &str) -> ApiClient {
+        let (cert_pem, key_pem) = self.ca.client_issued_now(&format!("system:node:{name}"), &["system:nodes"]);
+        ApiClient::new(&self.url, ClientAuth::Certificate { ca_pem: self.ca.pem.clone(), cert_pem, key_pem }).unwrap()
     }
 
     fn anonymous(&self) -> ApiClient {
@@ -1033,6 +1052,33 @@ async fn five_hundred_connections_that_never_finish_their_request_heads_are_clos
     assert!(started.elapsed() >= super::HEADER_READ_TIMEOUT - Duration::from_secs(1), "closed by the timeout, not at once: {:?}", started.elapsed());
     assert!(started.elapsed() <= opened + super::HEADER_READ_TIMEOUT + Duration::from_secs(10), "all closed within the timeout of the last: {:?}", started.elapsed());
     eprintln!("{SLOW} slow connections opened in {opened:?}, all closed after {:?}; slowest list meanwhile {slowest:?}", started.elapsed());
+    server.stop().await;
+}
+
+/// A deleted Node's certificates stop working: the one that registered it is refused with 401
+/// from the deletion on, while one issued afterwards (a machine joining again under the name)
+/// registers the Node again, and other nodes are not touched.
+#[tokio::test]
+async fn a_deleted_nodes_certificate_is_refused_and_a_later_one_registers_again() {
+    let server = TestServer::start().await;
+    let old = server.node_issued_now("w1");
+    let other = server.node_issued_now("w2");
+    old.create(&NODES, None, &Node::new("w1")).await.unwrap();
+    other.create(&NODES, None, &Node::new("w2")).await.unwrap();
+    old.get::<Node>(&NODES, None, "w1").await.unwrap();
+    server.admin().delete(&NODES, None, "w1").await.unwrap();
+    let err = old.get::<Value>(&NODES, None, "w2").await.unwrap_err();
+    assert_eq!(err.code(), Some(401), "{err}");
+    assert!(err.to_string().contains("revoked"), "{err}");
+    let err = old.create(&NODES, None, &Node::new("w1")).await.unwrap_err();
+    assert_eq!(err.code(), Some(401), "the old certificate cannot register the node again: {err}");
+    other.get::<Node>(&NODES, None, "w2").await.expect("another node's certificate still works");
+    // A machine that joins under the name later gets a certificate issued after the old Node.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let new = server.node_issued_now("w1");
+    new.create(&NODES, None, &Node::new("w1")).await.expect("a newer certificate registers the node");
+    new.get::<Node>(&NODES, None, "w1").await.unwrap();
+    assert_eq!(old.get::<Value>(&NODES, None, "w1").await.unwrap_err().code(), Some(401), "the old one stays refused");
     server.stop().await;
 }
 

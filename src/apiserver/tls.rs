@@ -55,8 +55,9 @@ pub fn server_config(tls: &ServerTls, clients: ClientCerts) -> Result<rustls::Se
     Ok(config)
 }
 
-/// The identity in a verified client certificate: `CN` is the user, each `O` a group.
-pub fn peer_identity(conn: &rustls::ServerConnection) -> Option<Identity> {
+/// The identity in a verified client certificate: `CN` is the user, each `O` a group; and when
+/// the certificate was issued (Unix seconds: its `notBefore` plus the CA's backdating).
+pub fn peer_identity(conn: &rustls::ServerConnection) -> Option<(Identity, i64)> {
     let cert = conn.peer_certificates()?.first()?;
     let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let subject = x509.subject();
@@ -65,5 +66,6 @@ pub fn peer_identity(conn: &rustls::ServerConnection) -> Option<Identity> {
         return None;
     }
     let groups = subject.iter_organization().filter_map(|o| o.as_str().ok()).map(String::from).collect();
-    Some(Identity::new(user, groups))
+    let issued_at = x509.validity().not_before.timestamp() + crate::pki::BACKDATE.as_secs() as i64;
+    Some((Identity::new(user, groups), issued_at))
 }

@@ -4,7 +4,8 @@
 //! pods after a toleration; [`deployment`] keeps Deployments' ReplicaSets and ReplicaSets' pods;
 //! [`endpoints`] lists each Service's pods and allocates NodePorts; [`event_ttl`] deletes Events an
 //! hour after they last happened; [`node_ipam`] gives every Node its pod range; [`api_service`]
-//! keeps the `default/kubernetes` Service and its Endpoints (the Ready masters). Every one reconciles one key
+//! keeps the `default/kubernetes` Service and its Endpoints (the Ready masters); [`token_cleaner`]
+//! deletes expired bootstrap tokens. Every one reconciles one key
 //! at a time per object (the runtime never runs two reconciles of one key at once).
 
 pub mod api_service;
@@ -13,6 +14,7 @@ pub mod endpoints;
 pub mod event_ttl;
 pub mod node_ipam;
 pub mod node_lifecycle;
+pub mod token_cleaner;
 
 #[cfg(test)]
 mod fake_tests;

@@ -34,6 +34,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
+pub use crate::api::node::{NOT_READY, UNREACHABLE};
+
 use crate::api::lease::{Lease, NODE_LEASE_NAMESPACE};
 use crate::api::pod::Pod;
 use crate::api::time::{MicroTime, Time};
@@ -73,8 +75,6 @@ pub fn verdict(node: &Node, lease_renewed: Option<f64>, watching_since: f64, now
         Verdict::Keep
     }
 }
-
-pub use crate::api::node::{NOT_READY, UNREACHABLE};
 
 /// How long `node` has been shown not ready (its Ready condition not `True`), counted from the
 /// condition's last transition, and the taint that stands for it; None while it is Ready.

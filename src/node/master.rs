@@ -17,7 +17,7 @@ use crate::apiserver::store::{EtcdStore, SqliteStore, Store};
 use crate::apiserver::{self, ApiServerConfig, ServerTls};
 use crate::client::leader::LeaderElection;
 use crate::client::{ApiClient, ClientAuth};
-use crate::controllers::{api_service, deployment, endpoints, event_ttl, node_ipam, node_lifecycle};
+use crate::controllers::{api_service, deployment, endpoints, event_ttl, node_ipam, node_lifecycle, token_cleaner};
 use crate::nodeconfig::{MasterSettings, NodeConfig};
 use crate::pki;
 
@@ -90,7 +90,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                     node_lifecycle::run(client.clone(), lifecycle),
                     deployment::run(client.clone()),
                     endpoints::run(client.clone()),
-                    event_ttl::run(client, event_ttl::TTL),
+                    event_ttl::run(client.clone(), event_ttl::TTL),
+                    token_cleaner::run(client),
                 );
             }
         }));

@@ -29,7 +29,7 @@ pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// How long serving, client and node certificates are valid.
 pub const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How far certificates are back-dated, for clocks that lag the master's.
-const BACKDATE: Duration = Duration::from_secs(5 * 60);
+pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
 
 /// The common-name prefix of a node's client certificate (`system:node:<name>`).
 pub const NODE_CN_PREFIX: &str = "system:node:";
