@@ -285,7 +285,7 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
             Ok(false) => {}
             Ok(true) => {
                 tracing::info!(node, "refused the certificate of a deleted node");
-                return ApiError::unauthorized(&format!("the certificate of node {node:?} was revoked when its Node was deleted")).into_response();
+                return ApiError::unauthorized(format!("the certificate of node {node:?} was revoked when its Node was deleted")).into_response();
             }
             Err(e) => return ApiError::from_store(e, &crate::api::resource::NODES, node).into_response(),
         }
