@@ -40,6 +40,19 @@ async fn holders(client: &ApiClient) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+async fn worker_instances(cloud: &dyn Cloud) -> Vec<String> {
+    let mut selector = owned_by(CLUSTER);
+    selector.insert(ROLE_TAG.into(), "worker".into());
+    cloud.instances(&selector).await.unwrap().into_iter().filter(|i| !i.state.is_gone()).map(|i| i.id).collect()
+}
+
+/// A node machine's client certificate (PEM).
+fn node_cert(instance: &str) -> String {
+    let out = std::process::Command::new("docker").args(["exec", instance, "cat", "/var/lib/clusterctl/pki/node.crt"]).output().unwrap();
+    assert!(out.status.success(), "reading {instance}'s node.crt");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 async fn master_instances(cloud: &dyn Cloud) -> Vec<String> {
     let mut selector = owned_by(CLUSTER);
     selector.insert(ROLE_TAG.into(), "master".into());
@@ -126,7 +139,12 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
     let s = spec_path.to_str().unwrap();
     let cloud: Arc<dyn Cloud> = Arc::new(AwsCloud::connect(&AwsOptions::default(), "us-east-1").await);
     let t0 = Instant::now();
-    assert_ok(&clusterctl(home.path(), &["create", "-f", s]), "create");
+    // Node client certificates live 120 s here (the test-only setting): the agents renew them
+    // every 80 s, and the cluster runs well past the first ones' end.
+    let out = clusterctl_command(home.path()).args(["create", "-f", s]).env("CLUSTERCTL_NODE_CERT_SECONDS", "120").output().unwrap();
+    assert_ok(&out, "create");
+    let workers_at_create = worker_instances(cloud.as_ref()).await;
+    let first_certs: Vec<String> = workers_at_create.iter().map(|w| node_cert(w)).collect();
     eprintln!("create (3 masters, 2 workers): {:.1}s", t0.elapsed().as_secs_f64());
 
     let members = etcd_members(home.path(), s).unwrap();
@@ -382,6 +400,17 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
         if n == 4 { Ok(()) } else { Err(format!("{n} ready web pods")) }
     })
     .await;
+    // Every worker's client certificate was renewed, the first ones have expired, and the
+    // workers are Ready (checked just above) on the renewed ones.
+    for (worker, first) in workers_at_create.iter().zip(&first_certs) {
+        let expired = clusterctl::pki::not_after(first).unwrap();
+        assert!(expired < std::time::SystemTime::now(), "{worker}'s first certificate has expired");
+        let now = node_cert(worker);
+        assert_ne!(&now, first, "{worker}'s client certificate was renewed");
+        assert!(clusterctl::pki::not_after(&now).unwrap() > std::time::SystemTime::now(), "{worker} holds a valid certificate");
+        let renewals = journal_lines(worker, "-u clusterctl-worker", "renewed the node.s client certificate").unwrap();
+        eprintln!("{worker}: {} renewals of its 120 s client certificate", renewals.lines().count());
+    }
     let kept = client.list_values("/api/v1/namespaces/default/configmaps").await.unwrap();
     let kept: BTreeSet<String> = kept.iter().map(|c| c["metadata"]["name"].as_str().unwrap_or("").to_string()).collect();
     let missing: Vec<&String> = written.iter().filter(|n| !kept.contains(*n)).collect();

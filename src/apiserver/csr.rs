@@ -5,8 +5,8 @@
 //! A bootstrap identity may only ask for `kubernetes.io/kube-apiserver-client-kubelet` certificates
 //! whose subject is exactly `CN=system:node:<name>, O=system:nodes` with a valid node name. As with
 //! kubeadm, a bootstrap token may claim any node name. A node may ask, with its own client
-//! certificate, for its agent's serving certificate (`kubernetes.io/kubelet-serving`, subject its
-//! own name only); the CA writes the node name as the certificate's one DNS name, which is what the
+//! certificate, for a new client certificate (renewal) and for its agent's serving certificate
+//! (`kubernetes.io/kubelet-serving`), each for its own name only; the CA writes the node name as the certificate's one DNS name, which is what the
 //! API server checks when it connects to the agent. Requests created by other identities are
 //! stored as they are, unsigned.
 
@@ -29,6 +29,23 @@ pub trait CsrSigner: Send + Sync {
     /// The same for the node agent's serving certificate (`kubelet-serving`: serverAuth, the node
     /// name as the one DNS name).
     fn sign_node_serving_csr(&self, csr_pem: &str) -> Result<String, String>;
+}
+
+/// The cluster CA signing node client certificates valid for `client_lifetime` (the master's
+/// setting; serving certificates keep the CA's year).
+pub struct NodeCertSigner {
+    pub ca: std::sync::Arc<crate::pki::ClusterCa>,
+    pub client_lifetime: std::time::Duration,
+}
+
+impl CsrSigner for NodeCertSigner {
+    fn sign_node_csr(&self, csr_pem: &str) -> Result<String, String> {
+        self.ca.sign_node_csr_valid_for(csr_pem, self.client_lifetime).map_err(|e| e.to_string())
+    }
+
+    fn sign_node_serving_csr(&self, csr_pem: &str) -> Result<String, String> {
+        self.ca.sign_node_serving_csr(csr_pem).map_err(|e| e.to_string())
+    }
 }
 
 /// The cluster CA signs node CSRs for the API server (its errors are plain text here).
@@ -93,14 +110,19 @@ pub fn admit(identity: &Identity, object: &mut Value, signer: &dyn CsrSigner) ->
         }
         (KUBELET_CLIENT_SIGNER, "client auth")
     } else if identity.node_name().is_some() {
-        if csr.spec.signer_name != KUBELET_SERVING_SIGNER {
-            return Err(ApiError::forbidden(
-                &CERTIFICATE_SIGNING_REQUESTS,
-                &name,
-                format!("nodes may only request their own serving certificates (signerName {KUBELET_SERVING_SIGNER})"),
-            ));
+        match csr.spec.signer_name.as_str() {
+            // Renewing its own client certificate (kubelet's rotation; Kubernetes' approver
+            // signs a node's "selfnodeclient" request the same way).
+            KUBELET_CLIENT_SIGNER => (KUBELET_CLIENT_SIGNER, "client auth"),
+            KUBELET_SERVING_SIGNER => (KUBELET_SERVING_SIGNER, "server auth"),
+            _ => {
+                return Err(ApiError::forbidden(
+                    &CERTIFICATE_SIGNING_REQUESTS,
+                    &name,
+                    format!("nodes may only request their own client or serving certificates (signerName {KUBELET_CLIENT_SIGNER} or {KUBELET_SERVING_SIGNER})"),
+                ));
+            }
         }
-        (KUBELET_SERVING_SIGNER, "server auth")
     } else {
         return Ok(());
     };
@@ -116,18 +138,13 @@ pub fn admit(identity: &Identity, object: &mut Value, signer: &dyn CsrSigner) ->
     let pem = STANDARD.decode(csr.spec.request.trim()).map_err(|_| invalid("spec.request is not base64".into()))?;
     let pem = String::from_utf8(pem).map_err(|_| invalid("spec.request is not a PEM text".into()))?;
     let node = node_name_of_request(&pem).map_err(|m| invalid(format!("spec.request: {m}")))?;
-    let (cert, what) = if signer_name == KUBELET_CLIENT_SIGNER {
-        (signer.sign_node_csr(&pem), "client")
-    } else {
-        if identity.node_name() != Some(node.as_str()) {
-            return Err(ApiError::forbidden(
-                &CERTIFICATE_SIGNING_REQUESTS,
-                &name,
-                format!("node {:?} may not request a serving certificate for node {node:?}", identity.node_name().unwrap_or_default()),
-            ));
-        }
-        (signer.sign_node_serving_csr(&pem), "serving")
-    };
+    let what = if signer_name == KUBELET_CLIENT_SIGNER { "client" } else { "serving" };
+    if let Some(own) = identity.node_name()
+        && own != node
+    {
+        return Err(ApiError::forbidden(&CERTIFICATE_SIGNING_REQUESTS, &name, format!("node {own:?} may not request a {what} certificate for node {node:?}")));
+    }
+    let cert = if signer_name == KUBELET_CLIENT_SIGNER { signer.sign_node_csr(&pem) } else { signer.sign_node_serving_csr(&pem) };
     let cert = cert.map_err(|e| ApiError::internal(format!("signing the {what} certificate for node {node:?}: {e}")))?;
     let now = Time::now();
     object["status"] = json!({

@@ -1,19 +1,18 @@
-//! A deleted Node's credentials stop working: a deny list, not short lifetimes.
+//! A deleted Node's credentials stop working: a deny list.
 //!
 //! When a Node is deleted, the API server records (one store key per node name, under
-//! [`PREFIX`]) the Node's `creationTimestamp`; from then on a client certificate of that node
-//! (`CN=system:node:<name>`) issued up to that moment is refused with 401. That covers the
-//! certificate that registered the Node (it is issued just before) and every older one, whether
-//! the machine is gone or its key leaked. A machine that joins afterwards under the same name (a
-//! worker slot filled again) holds a certificate issued after the old Node was created, so it is
-//! let through, also when it joined while the old Node was still there and waited for it to go.
-//! A certificate's issue time is its `notBefore` plus the CA's backdating (`pki::BACKDATE`).
+//! [`PREFIX`]) when; from then on a client certificate of that node (`CN=system:node:<name>`)
+//! issued up to that moment is refused with 401: the one that registered the Node, every renewal
+//! of it, and any copy of its key. A machine that joins under the same name afterwards (a worker
+//! slot filled again) holds a certificate issued after the deletion and is let through. A
+//! certificate's issue time is its `notBefore` plus the CA's backdating (`pki::BACKDATE`).
 //!
-//! Kubernetes has no revocation for client certificates; it relies on their lifetime. Here a
-//! leaf certificate lives a year and is not renewed yet, so the deny list is what cuts a deleted
-//! node off. A node whose Node an operator deletes (`kubectl delete node`) cannot register again
-//! with its old certificate: the machine controller replaces a machine that has no Node for its
-//! join timeout.
+//! Kubernetes has no revocation for client certificates; it relies on their lifetime (here a
+//! year unless the master is told otherwise; the agents renew at two thirds). Two consequences
+//! of cutting a node off at once: a node whose Node an operator deletes (`kubectl delete node`)
+//! cannot register again with its certificate, and a machine that joined while a stale Node of
+//! its name was still there (the agent waits for the cloud controller to delete it) is cut off
+//! with it; the machine controller replaces a machine that has no Node for its join timeout.
 //!
 //! Each API server looks a node name up at most every [`CACHE_FOR`] (a deletion through another
 //! API server of an HA control plane is seen within it; one through this server at once).
@@ -31,13 +30,11 @@ pub const PREFIX: &str = "/registry/clusterctl/revokednodes/";
 /// How long a lookup is trusted.
 pub const CACHE_FOR: Duration = Duration::from_secs(2);
 
-/// Records that the certificates of the node `node` (a Node object as stored) issued up to its
-/// creation are revoked.
-pub async fn revoke(store: &dyn Store, node: &Value) -> Result<(), StoreError> {
-    let Some(name) = node.pointer("/metadata/name").and_then(Value::as_str) else { return Ok(()) };
-    let created = node.pointer("/metadata/creationTimestamp").and_then(Value::as_str).and_then(|t| crate::api::Time::parse(t).ok());
-    let Some(created) = created else { return Ok(()) };
-    let record = json!({"node": name, "issuedUpTo": created, "revokedAt": crate::api::Time::now()});
+/// Records that the certificates of the node `name` issued up to now are revoked (its Node was
+/// just deleted).
+pub async fn revoke(store: &dyn Store, name: &str) -> Result<(), StoreError> {
+    let now = crate::api::Time::now();
+    let record = json!({"node": name, "issuedUpTo": now});
     let key = format!("{PREFIX}{name}");
     let mut attempts = 0;
     loop {

@@ -702,6 +702,16 @@ async fn a_bootstrap_token_gets_a_node_certificate_that_then_authenticates_as_th
     w9.status.conditions.push(ready("True"));
     node.replace_status(&NODES, None, "w9", &w9).await.unwrap();
     assert_eq!(code(node.create(&NODES, None, &Node::new("w8")).await), 403);
+
+    // The node renews its own client certificate with itself, for its own name only.
+    let (renewal, new_key) = node_csr("system:node:w9", "system:nodes");
+    let renewed: CertificateSigningRequest = node.create(&CERTIFICATE_SIGNING_REQUESTS, None, &csr_object("node-csr-w9-renewal", &renewal)).await.unwrap();
+    assert_eq!((renewed.spec.username.as_str(), renewed.status.conditions[0].condition_type.as_str()), ("system:node:w9", "Approved"));
+    let renewed_pem = String::from_utf8(STANDARD.decode(renewed.status.certificate.unwrap()).unwrap()).unwrap();
+    let renewed_node = ApiClient::new(&server.url, ClientAuth::Certificate { ca_pem: server.ca.pem.clone(), cert_pem: renewed_pem, key_pem: new_key.serialize_pem() }).unwrap();
+    renewed_node.get::<Node>(&NODES, None, "w9").await.expect("the renewed certificate authenticates as the node");
+    let (for_other, _) = node_csr("system:node:w8", "system:nodes");
+    assert_eq!(code(node.create(&CERTIFICATE_SIGNING_REQUESTS, None, &csr_object("node-csr-w8", &for_other)).await), 403, "not for another node");
     server.stop().await;
 }
 

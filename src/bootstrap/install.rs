@@ -179,6 +179,21 @@ pub fn master_cloud_settings(region: &str, operator_endpoint: Option<String>, in
     }
 }
 
+/// The environment variable of the test-only node certificate lifetime.
+pub const NODE_CERT_SECONDS_ENV: &str = "CLUSTERCTL_NODE_CERT_SECONDS";
+
+/// The node client certificates' lifetime `create` gives the masters: a year unless the
+/// test-only [`NODE_CERT_SECONDS_ENV`] says otherwise (at least 120 s).
+fn node_cert_seconds() -> Result<Option<u64>, BootstrapError> {
+    match std::env::var(NODE_CERT_SECONDS_ENV) {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(s) if s >= 120 => Ok(Some(s)),
+            _ => Err(BootstrapError::Other(format!("{NODE_CERT_SECONDS_ENV} must be a number of seconds, at least 120, got {v:?}"))),
+        },
+    }
+}
+
 /// Reads a file as root, or None when it does not exist yet.
 pub(super) fn read_root_file(session: &dyn NodeShell, path: &str) -> Result<Option<String>, SshError> {
     let out = session.exec(&format!("sudo -n cat {} 2>/dev/null", ssh::shell_quote(path)))?;
@@ -255,6 +270,7 @@ pub async fn install_master(
             node_grace_seconds: u64::from(spec.health.node_grace_seconds),
             pod_eviction_seconds: u64::from(spec.health.eviction_seconds),
             unhealthy_zone_percent: spec.health.unhealthy_zone_percent,
+            node_cert_seconds: node_cert_seconds()?,
             cloud: Some(cloud_settings),
             etcd: plane.etcd.clone(),
             snapshot_every_minutes: u64::from(spec.backups.snapshot_every_minutes),

@@ -46,6 +46,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum ClientAuth {
     /// A client certificate and key signed by the cluster CA; the server is checked against `ca_pem`.
     Certificate { ca_pem: String, cert_pem: String, key_pem: String },
+    /// A client certificate that is replaced while the client runs (a node's, renewed before it
+    /// expires): each new connection presents the current one.
+    Renewable { ca_pem: String, cert: RenewableCertificate },
     /// A bearer token (a bootstrap token when joining); the server is checked against `ca_pem`.
     Token { ca_pem: String, token: String },
     /// No credentials and no server check: only for reading `cluster-info`, whose content the caller
@@ -57,10 +60,58 @@ impl std::fmt::Debug for ClientAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             ClientAuth::Certificate { .. } => "ClientAuth::Certificate",
+            ClientAuth::Renewable { .. } => "ClientAuth::Renewable",
             ClientAuth::Token { .. } => "ClientAuth::Token",
             ClientAuth::Insecure => "ClientAuth::Insecure",
         })
     }
+}
+
+/// A client certificate and key that can be swapped for new ones; clones share them.
+#[derive(Clone)]
+pub struct RenewableCertificate(Arc<CurrentCertificate>);
+
+#[derive(Debug)]
+struct CurrentCertificate(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl std::fmt::Debug for RenewableCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RenewableCertificate(<redacted>)")
+    }
+}
+
+impl RenewableCertificate {
+    /// Starts with a certificate and its key (PEM).
+    pub fn new(cert_pem: &str, key_pem: &str) -> Result<Self, String> {
+        Ok(RenewableCertificate(Arc::new(CurrentCertificate(std::sync::RwLock::new(certified_key(cert_pem, key_pem)?)))))
+    }
+
+    /// New connections present this certificate from now on; open ones keep theirs.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<(), String> {
+        let next = certified_key(cert_pem, key_pem)?;
+        *self.0.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        Ok(())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for CurrentCertificate {
+    fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| format!("reading the client certificate PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err("the client certificate PEM holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("reading the client key PEM: {e}"))?;
+    let key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| format!("loading the client key: {e}"))?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, key)))
 }
 
 /// A failed API call, with what was being done.
@@ -255,6 +306,7 @@ fn tls_config(auth: &ClientAuth) -> Result<rustls::ClientConfig, String> {
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| format!("loading the client certificate and key: {e}"))?
         }
+        ClientAuth::Renewable { ca_pem, cert } => builder.with_root_certificates(roots(ca_pem)?).with_client_cert_resolver(cert.0.clone()),
         ClientAuth::Token { ca_pem, .. } => builder.with_root_certificates(roots(ca_pem)?).with_no_client_auth(),
         ClientAuth::Insecure => {
             builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider))).with_no_client_auth()

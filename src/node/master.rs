@@ -36,7 +36,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let ca = Arc::new(ca);
     let api_config = ApiServerConfig {
         tls: ServerTls { cert_pem: serving_cert, key_pem: serving_key, client_ca_pem: ca.cert_pem().to_string() },
-        csr_signer: ca.clone(),
+        csr_signer: Arc::new(apiserver::csr::NodeCertSigner {
+            ca: ca.clone(),
+            client_lifetime: settings.node_cert_seconds.map_or(pki::LEAF_VALIDITY, Duration::from_secs),
+        }),
         cluster_info_ca_pem: ca.cert_pem().to_string(),
         // The running binary, even after an upgrade has replaced the file on disk.
         node_binary: Some("/proc/self/exe".into()),

@@ -3,8 +3,9 @@
 //! Joining, as `kubeadm join --discovery-token-ca-cert-hash` does: fetch the CA from the public
 //! `cluster-info`, accept it only if its public-key hash is the pinned one, then send a
 //! certificate signing request authenticated by the join token. The node's key never leaves it.
+//! The client certificate is renewed two thirds into its life with a request sent with itself.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -12,7 +13,7 @@ use base64::Engine;
 use serde_json::json;
 
 use crate::agent;
-use crate::client::{ApiClient, ClientAuth};
+use crate::client::{ApiClient, ClientAuth, RenewableCertificate};
 use crate::nodeconfig::NodeConfig;
 use crate::pki;
 
@@ -24,6 +25,7 @@ struct Credentials {
 }
 
 fn load(dir: &Path) -> Option<Credentials> {
+    finish_renewal(dir);
     Some(Credentials {
         ca_pem: std::fs::read_to_string(dir.join("ca.crt")).ok()?,
         cert_pem: std::fs::read_to_string(dir.join("node.crt")).ok()?,
@@ -63,6 +65,72 @@ async fn join(server: &str, config: &NodeConfig, dir: &Path) -> Result<Credentia
     // Written last: its presence means the node has joined.
     pki::write_key_file(&dir.join("node.crt"), &cert_pem)?;
     Ok(Credentials { ca_pem, cert_pem, key_pem })
+}
+
+/// Puts a renewed certificate and key in place: each is written beside the current one
+/// (`node.key.new`, `node.crt.new`), then the key and the certificate are renamed over them; a
+/// renewal interrupted between the renames is finished here at the next start.
+fn finish_renewal(dir: &Path) {
+    for f in ["node.key", "node.crt"] {
+        let new = dir.join(format!("{f}.new"));
+        if new.exists()
+            && let Err(e) = std::fs::rename(&new, dir.join(f))
+        {
+            tracing::warn!(error = %e, "putting the renewed {f} in place");
+        }
+    }
+}
+
+/// How long after a failed renewal the next attempt comes.
+const RENEW_RETRY: Duration = Duration::from_secs(10);
+
+/// Renews the node's client certificate two thirds into its life, as kubelet rotates its own: a
+/// new key and a CSR sent with the current certificate (`kube-apiserver-client-kubelet`, for its
+/// own name), the files replaced, and the client's new connections present the new one. A failed
+/// attempt is retried every [`RENEW_RETRY`]; a certificate past its end is refused by the API
+/// server, so a node cut off until then has to be replaced.
+async fn renew_client_certificate(client: ApiClient, cert: RenewableCertificate, node_name: String, dir: PathBuf) {
+    loop {
+        let due = std::fs::read_to_string(dir.join("node.crt")).map_err(anyhow::Error::from).and_then(|c| Ok(pki::renewal_due(&c)?));
+        let wait = match due {
+            Ok(due) => due.duration_since(std::time::SystemTime::now()).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "reading the node's certificate to renew it");
+                RENEW_RETRY
+            }
+        };
+        tokio::time::sleep(wait).await;
+        match renew_once(&client, &cert, &node_name, &dir).await {
+            Ok(()) => tracing::info!("renewed the node's client certificate"),
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "renewing the node's client certificate; again in {}s", RENEW_RETRY.as_secs());
+                tokio::time::sleep(RENEW_RETRY).await;
+            }
+        }
+    }
+}
+
+async fn renew_once(client: &ApiClient, cert: &RenewableCertificate, node_name: &str, dir: &Path) -> Result<()> {
+    let (csr_pem, key_pem) = pki::node_csr(node_name).context("making a new key and signing request")?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let request = json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": { "name": format!("node-csr-{node_name}-{}", &hex::encode(rand::random::<[u8; 4]>())) },
+        "spec": {
+            "request": b64.encode(&csr_pem),
+            "signerName": crate::api::KUBELET_CLIENT_SIGNER,
+            "usages": ["digital signature", "client auth"],
+        },
+    });
+    let signed = client.create_value("/apis/certificates.k8s.io/v1/certificatesigningrequests", &request).await.context("sending the signing request")?;
+    let cert_b64 = signed.pointer("/status/certificate").and_then(|v| v.as_str()).context("the signing request came back without a certificate")?;
+    let cert_pem = String::from_utf8(b64.decode(cert_b64).context("decoding the certificate")?).context("the certificate is not text")?;
+    cert.replace(&cert_pem, &key_pem).map_err(anyhow::Error::msg)?;
+    pki::write_key_file(&dir.join("node.key.new"), &key_pem)?;
+    pki::write_key_file(&dir.join("node.crt.new"), &cert_pem)?;
+    finish_renewal(dir);
+    Ok(())
 }
 
 /// The agent's serving certificate and key (PEM): the ones in `dir` (`serving.crt`, `serving.key`)
@@ -127,7 +195,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         }
     };
     let ca_pem = creds.ca_pem.clone();
-    let client = ApiClient::new(&server, ClientAuth::Certificate { ca_pem: creds.ca_pem, cert_pem: creds.cert_pem, key_pem: creds.key_pem })?;
+    let cert = RenewableCertificate::new(&creds.cert_pem, &creds.key_pem).map_err(anyhow::Error::msg)?;
+    let client = ApiClient::new(&server, ClientAuth::Renewable { ca_pem: creds.ca_pem, cert: cert.clone() })?;
+    tokio::spawn(renew_client_certificate(client.clone(), cert, config.node_name.clone(), dir.clone()));
     let serving = loop {
         match serving_certificate(&client, &config.node_name, &dir).await {
             Ok((cert_pem, key_pem)) => break crate::apiserver::ServerTls { cert_pem, key_pem, client_ca_pem: ca_pem },

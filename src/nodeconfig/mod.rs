@@ -219,6 +219,11 @@ pub struct MasterSettings {
     /// at least this share of it (percent); the same share of the whole cluster stops them all.
     #[serde(default = "default_unhealthy_zone_percent")]
     pub unhealthy_zone_percent: u32,
+    /// How long the node client certificates the API server signs are valid (the agents renew
+    /// them at two thirds); None: a year. A test-only setting (`CLUSTERCTL_NODE_CERT_SECONDS`
+    /// when `create` runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_cert_seconds: Option<u64>,
     /// The cloud controller manager's settings; without them it does not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud: Option<CloudSettings>,
@@ -478,6 +483,7 @@ mod tests {
                 node_grace_seconds: 10,
                 pod_eviction_seconds: 10,
                 unhealthy_zone_percent: 55,
+                node_cert_seconds: None,
                 cloud: None,
                 etcd: None,
                 snapshot_every_minutes: 60,

@@ -258,7 +258,13 @@ impl ClusterCa {
     /// Only the public key and that subject are taken from the request; validity, key usage and
     /// extensions are the CA's (clientAuth, one year). Returns the certificate, PEM.
     pub fn sign_node_csr(&self, csr_pem: &str) -> Result<String, PkiError> {
-        self.sign_node_request(csr_pem, NodeCertUsage::Client)
+        self.sign_node_request(csr_pem, NodeCertUsage::Client, LEAF_VALIDITY)
+    }
+
+    /// The same, valid for `lifetime` instead of a year (the API server's setting; the agents
+    /// renew at two thirds of it, see `node::worker`).
+    pub fn sign_node_csr_valid_for(&self, csr_pem: &str, lifetime: Duration) -> Result<String, PkiError> {
+        self.sign_node_request(csr_pem, NodeCertUsage::Client, lifetime)
     }
 
     /// Signs a node's CSR for its agent's serving certificate (Kubernetes' `kubelet-serving`
@@ -266,10 +272,10 @@ impl ClusterCa {
     /// request asks for, the certificate names only the node (one DNS SAN), so that a node can
     /// serve only as itself. Returns the certificate, PEM.
     pub fn sign_node_serving_csr(&self, csr_pem: &str) -> Result<String, PkiError> {
-        self.sign_node_request(csr_pem, NodeCertUsage::Serving)
+        self.sign_node_request(csr_pem, NodeCertUsage::Serving, LEAF_VALIDITY)
     }
 
-    fn sign_node_request(&self, csr_pem: &str, usage: NodeCertUsage) -> Result<String, PkiError> {
+    fn sign_node_request(&self, csr_pem: &str, usage: NodeCertUsage, lifetime: Duration) -> Result<String, PkiError> {
         let (_, pem) = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()).map_err(|e| PkiError::Parse { what: "node CSR", message: e.to_string() })?;
         if pem.label != "CERTIFICATE REQUEST" {
             return Err(PkiError::Parse { what: "node CSR", message: format!("expected a CERTIFICATE REQUEST PEM block, found {}", pem.label) });
@@ -284,6 +290,7 @@ impl ClusterCa {
             NodeCertUsage::Client => leaf_params(&format!("{NODE_CN_PREFIX}{node}"), &[NODES_GROUP], ExtendedKeyUsagePurpose::ClientAuth)?,
             NodeCertUsage::Serving => node_serving_params(&node)?,
         };
+        set_validity(&mut request.params, lifetime)?;
         let cert = request.signed_by(&self.issuer).map_err(rcgen_err(format!("signing the {usage} certificate of node {node}")))?;
         Ok(cert.pem())
     }
@@ -458,6 +465,18 @@ pub fn cert_matches_names(cert_pem: &str, names: &[String]) -> Result<bool, PkiE
     }
     let (names, addrs) = split_names(names, &[]);
     Ok(names.iter().all(|n| have_names.contains(n)) && addrs.iter().all(|a| have_ips.contains(a)))
+}
+
+/// When a certificate from this CA is due for renewal: two thirds into its life, counted from
+/// when it was issued (its `notBefore` plus [`BACKDATE`]), as kubelet renews its own.
+pub fn renewal_due(cert_pem: &str) -> Result<SystemTime, PkiError> {
+    let der = cert_der(cert_pem, "certificate")?;
+    let cert = parse_cert(&der, "certificate")?;
+    let at = |secs: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    let not_after = at(cert.validity().not_after.timestamp());
+    let issued = at(cert.validity().not_before.timestamp()) + BACKDATE;
+    let life = not_after.duration_since(issued).unwrap_or_default();
+    Ok(issued + life * 2 / 3)
 }
 
 /// When a PEM certificate expires.

@@ -328,3 +328,18 @@ fn the_api_server_signs_node_csrs_through_the_ca_and_accepts_what_node_csr_makes
     verify_client(&ca, &cert).unwrap();
     assert!(signer.sign_node_csr("garbage").unwrap_err().contains("node CSR"));
 }
+
+#[test]
+fn a_node_client_certificate_signed_for_a_short_life_is_due_for_renewal_two_thirds_in() {
+    let ca = ClusterCa::generate("demo").unwrap();
+    let (csr, _) = node_csr("w1").unwrap();
+    let cert = ca.sign_node_csr_valid_for(&csr, Duration::from_secs(600)).unwrap();
+    let now = std::time::SystemTime::now();
+    let expires = not_after(&cert).unwrap();
+    let life = expires.duration_since(now).unwrap_or_default();
+    assert!(life > Duration::from_secs(590) && life <= Duration::from_secs(600), "{life:?}");
+    let due = renewal_due(&cert).unwrap().duration_since(now).unwrap_or_default();
+    assert!(due > Duration::from_secs(390) && due <= Duration::from_secs(400), "two thirds of 600 s: {due:?}");
+    let year = ca.sign_node_csr(&csr).unwrap();
+    assert!(not_after(&year).unwrap().duration_since(now).unwrap() > Duration::from_secs(364 * 24 * 3600), "a year by default");
+}
