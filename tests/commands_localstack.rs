@@ -464,6 +464,19 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("no controller owns pod(s) default/lonely"), "{refused:?}");
     assert!(client.get_value(&format!("/api/v1/nodes/{lonely_node}")).await.unwrap()["spec"].get("unschedulable").is_none(), "a refused drain leaves the node schedulable");
 
+    // --- rotate-certs: a new admin credential; the old one is refused at once ---
+    let old = admin(h);
+    old.get_value("/api/v1/nodes").await.expect("the admin credential works before the rotation");
+    let rotated = assert_ok(&clusterctl(h, &["rotate-certs", "-f", s]), "rotate-certs");
+    assert!(rotated.contains("rotated the admin credential"), "{rotated}");
+    let err = old.get_value("/api/v1/nodes").await.unwrap_err();
+    assert_eq!(err.code(), Some(401), "the old admin certificate is refused: {err}");
+    admin(h).get_value("/api/v1/nodes").await.expect("the new credential in the cluster's kubeconfig works");
+    kubectl(&kubectl_bin, h, &["get", "nodes"]);
+    let again = assert_ok(&clusterctl(h, &["rotate-certs", "-f", s]), "rotate-certs again");
+    assert!(again.contains("rotated the admin credential"), "{again}");
+    admin(h).get_value("/api/v1/nodes").await.expect("a second rotation works with the first's credential");
+
     // --- destroy takes out exactly the cluster's entries ---
     let destroyed = assert_ok(&clusterctl(h, &["destroy", "-f", s, "--yes", "-q"]), "destroy");
     assert!(destroyed.contains(&format!("context {CLUSTER} removed from")), "{destroyed}");

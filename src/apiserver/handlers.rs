@@ -797,8 +797,8 @@ async fn delete_object(state: &AppState, target: &Target, options: &DeleteOption
                     if *rt == resource::NODES {
                         // The node's certificates go with it; a failure here is reported, the
                         // Node stays deleted (a repeated delete is 404 and cannot retry it).
-                        super::revocation::revoke(state.store.as_ref(), name).await.map_err(|e| ApiError::from_store(e, rt, name))?;
-                        state.revocations.forget(name);
+                        super::revocation::revoke_node(state.store.as_ref(), name).await.map_err(|e| ApiError::from_store(e, rt, name))?;
+                        state.revocations.forget(&format!("{}{name}", super::auth::NODE_USER_PREFIX));
                     }
                     return Ok(Json(with_revision(old, rev)).into_response());
                 }

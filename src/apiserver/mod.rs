@@ -80,6 +80,9 @@ use store::Store;
 /// joining node checks it against the CA hash it was given).
 pub const CLUSTER_INFO_PATH: &str = "/api/v1/namespaces/kube-public/configmaps/cluster-info";
 
+/// Where `system:masters` revoke certificates of a user ([`revocation::create`]).
+pub const REVOCATIONS_PATH: &str = "/clusterctl/v1/revocations";
+
 /// Where machines of the cluster fetch the clusterctl binary the master runs.
 pub const NODE_BINARY_PATH: &str = "/clusterctl/v1/binary";
 
@@ -261,6 +264,7 @@ fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/version", get(version))
         .route(NODE_BINARY_PATH, get(node_binary))
+        .route(REVOCATIONS_PATH, axum::routing::post(revocation::create))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/log", get(podproxy::log))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/exec", get(podproxy::exec).post(podproxy::exec))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/attach", get(podproxy::attach).post(podproxy::attach))
@@ -277,17 +281,19 @@ fn router(state: AppState) -> Router {
 /// Finds out who is asking and refuses anonymous requests outside the allowed paths.
 async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let from_cert = req.extensions().get::<PeerIdentity>().and_then(|p| p.0.clone());
-    // A node's certificate stops working with its Node (`revocation`).
-    if let Some((identity, issued_at)) = &from_cert
-        && let Some(node) = identity.node_name()
-    {
-        match state.revocations.refuses(state.store.as_ref(), node, *issued_at).await {
+    // A deleted node's certificates, and those an operator revoked (`revocation`).
+    if let Some((identity, issued_at)) = &from_cert {
+        match state.revocations.refuses(state.store.as_ref(), &identity.user, *issued_at).await {
             Ok(false) => {}
             Ok(true) => {
-                tracing::info!(node, "refused the certificate of a deleted node");
-                return ApiError::unauthorized(format!("the certificate of node {node:?} was revoked when its Node was deleted")).into_response();
+                tracing::info!(user = %identity.user, "refused a revoked certificate");
+                let why = match identity.node_name() {
+                    Some(node) => format!("the certificate of node {node:?} was revoked when its Node was deleted"),
+                    None => format!("this certificate of {:?} was revoked (clusterctl rotate-certs)", identity.user),
+                };
+                return ApiError::unauthorized(why).into_response();
             }
-            Err(e) => return ApiError::from_store(e, &crate::api::resource::NODES, node).into_response(),
+            Err(e) => return ApiError::internal(format!("reading the revoked certificates: {e}")).into_response(),
         }
     }
     let from_cert = from_cert.map(|(identity, _)| identity);

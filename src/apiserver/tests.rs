@@ -1092,6 +1092,28 @@ async fn a_deleted_nodes_certificate_is_refused_and_a_later_one_registers_again(
     server.stop().await;
 }
 
+/// `POST /clusterctl/v1/revocations`: a master refuses a user's certificates issued up to a time
+/// (what `clusterctl rotate-certs` does for `admin`); nobody else may, and not the certificate
+/// the request is made with.
+#[tokio::test]
+async fn masters_revoke_a_users_certificates_and_nobody_else_can() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let jane = server.as_user("jane", &["developers"]);
+    assert_eq!(code(jane.list::<Node>(&NODES, None, &ListOptions::default()).await), 403, "jane is known, not allowed");
+    let now = Time::now();
+    let path = super::REVOCATIONS_PATH;
+    assert_eq!(code(jane.create_value(path, &json!({"user": "admin", "issuedUpTo": now})).await), 403);
+    assert_eq!(code(admin.create_value(path, &json!({"user": "jane"})).await), 400);
+    admin.create_value(path, &json!({"user": "jane", "issuedUpTo": now})).await.unwrap();
+    let err = jane.list::<Node>(&NODES, None, &ListOptions::default()).await.unwrap_err();
+    assert_eq!(err.code(), Some(401), "{err}");
+    assert!(err.to_string().contains("rotate-certs"), "{err}");
+    assert_eq!(code(admin.create_value(path, &json!({"user": "admin", "issuedUpTo": now})).await), 400, "not the certificate the request is made with");
+    admin.list::<Node>(&NODES, None, &ListOptions::default()).await.expect("the admin still works");
+    server.stop().await;
+}
+
 /// `limit` and `continue`: pages in key order with `remainingItemCount`, after the selectors;
 /// a token the server did not make is 400.
 #[tokio::test]

@@ -161,7 +161,7 @@ pub async fn restore(spec: &ClusterSpec, masters: Vec<MasterSession>, snapshot: 
 }
 
 /// Runs `step` (blocking SSH) with a master's session on a blocking thread.
-async fn on_master<T, F>(session: &Arc<Mutex<SshSession>>, node: &str, step: &str, work: F) -> Result<T, BootstrapError>
+pub(super) async fn on_master<T, F>(session: &Arc<Mutex<SshSession>>, node: &str, step: &str, work: F) -> Result<T, BootstrapError>
 where
     T: Send + 'static,
     F: FnOnce(&SshSession) -> Result<T, SshError> + Send + 'static,

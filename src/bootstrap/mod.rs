@@ -24,6 +24,7 @@
 //! has identical files, and the install script restarts a service only when something changed.
 
 pub mod backup;
+pub mod certs;
 pub mod create;
 pub mod fake;
 pub mod hostkeys;

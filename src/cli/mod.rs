@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod backup;
+pub mod certs;
 pub mod completion;
 pub mod cordon;
 pub mod create;
@@ -97,6 +98,8 @@ pub enum Command {
     Backup(backup::BackupArgs),
     /// Put a snapshot back on every master (the control plane restarts; workloads keep running).
     Restore(backup::RestoreArgs),
+    /// Issue the admin credential again and refuse the old one at once (kubeconfigs updated).
+    RotateCerts(certs::RotateCertsArgs),
     /// Print the cluster's kubeconfig, or merge it into kubectl's own file with --write.
     Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Print the shell completion script: `source <(clusterctl completion bash)`.
@@ -206,6 +209,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Logs(args) => logs::run(args).await,
         Command::Backup(args) => backup::run_backup(&cli.global, args).await,
         Command::Restore(args) => backup::run_restore(&cli.global, args).await,
+        Command::RotateCerts(args) => certs::run(&cli.global, args).await,
         Command::Cordon(args) => cordon::run(args, true).await,
         Command::Uncordon(args) => cordon::run(args, false).await,
         Command::Drain(args) => drain::run(args).await,

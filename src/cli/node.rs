@@ -53,6 +53,12 @@ pub enum NodeCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Issue this master's admin certificate again (`clusterctl rotate-certs` runs it).
+    RotateAdmin {
+        /// The node's config file.
+        #[arg(long, default_value = "/etc/clusterctl/node.toml")]
+        config: PathBuf,
+    },
     /// Replace this master's store with a snapshot (the master and etcd must be stopped).
     Restore {
         /// The node's config file.
@@ -75,6 +81,7 @@ pub async fn run(args: &NodeArgs) -> Result<(), Failure> {
         | NodeCommand::EtcdSetup { config, .. }
         | NodeCommand::EtcdStatus { config }
         | NodeCommand::Snapshot { config, .. }
+        | NodeCommand::RotateAdmin { config }
         | NodeCommand::Restore { config, .. } => config,
     };
     let config = NodeConfig::load(path).map_err(|e| Failure::Input(anyhow::Error::new(e)))?;
@@ -84,6 +91,7 @@ pub async fn run(args: &NodeArgs) -> Result<(), Failure> {
         NodeCommand::EtcdSetup { env_file, .. } => crate::node::etcd::setup(&config, env_file)?,
         NodeCommand::EtcdStatus { .. } => println!("{}", crate::node::etcd::status(&config).await?),
         NodeCommand::Snapshot { out, .. } => crate::node::backup::snapshot(&config, out).await?,
+        NodeCommand::RotateAdmin { .. } => crate::node::rotate_admin(&config)?,
         NodeCommand::Restore { from, initial_cluster, .. } => crate::node::backup::restore(&config, from, initial_cluster.as_deref())?,
     }
     Ok(())

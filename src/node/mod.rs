@@ -89,6 +89,18 @@ pub fn trust_registries_logged(config: &NodeConfig) {
     }
 }
 
+
+/// `clusterctl node rotate-admin`: issues this master's admin certificate again
+/// (`clusterctl rotate-certs` runs it on every master, then revokes the old ones).
+pub fn rotate_admin(config: &NodeConfig) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dir = config.data_dir.join("pki");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()));
+    let ca = crate::pki::ClusterCa::from_pem(&read("ca.crt")?, &read("ca.key")?).context("loading the cluster CA")?;
+    crate::pki::rotate_admin_certificate(&ca, &dir).context("writing the new admin certificate")?;
+    Ok(())
+}
+
 /// The agent settings a node's config implies.
 pub fn agent_config(config: &NodeConfig, heartbeat: Duration, serving: crate::apiserver::ServerTls) -> AgentConfig {
     AgentConfig {

@@ -479,6 +479,13 @@ pub fn renewal_due(cert_pem: &str) -> Result<SystemTime, PkiError> {
     Ok(issued + life * 2 / 3)
 }
 
+/// When a certificate from this CA was issued (Unix seconds): its `notBefore` plus [`BACKDATE`].
+pub fn issued_at(cert_pem: &str) -> Result<i64, PkiError> {
+    let der = cert_der(cert_pem, "certificate")?;
+    let cert = parse_cert(&der, "certificate")?;
+    Ok(cert.validity().not_before.timestamp() + BACKDATE.as_secs() as i64)
+}
+
 /// When a PEM certificate expires.
 pub fn not_after(cert_pem: &str) -> Result<SystemTime, PkiError> {
     let der = cert_der(cert_pem, "certificate")?;

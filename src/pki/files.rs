@@ -103,6 +103,16 @@ pub fn admin_certificate(ca: &ClusterCa, dir: &Path) -> Result<(), PkiError> {
     Ok(())
 }
 
+/// Issues a new admin certificate and key in `dir` over the old ones (key first: a half-done
+/// rotation leaves the old pair's certificate unreadable with the new key, and is done again).
+/// Returns the new certificate's PEM.
+pub fn rotate_admin_certificate(ca: &ClusterCa, dir: &Path) -> Result<String, PkiError> {
+    let issued = ca.issue_client("admin", &["system:masters"])?;
+    write_key_file(&dir.join("admin.key"), &issued.key_pem)?;
+    write_key_file(&dir.join("admin.crt"), &issued.cert_pem)?;
+    Ok(issued.cert_pem)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
