@@ -190,22 +190,9 @@ async fn the_node_lifecycle_controller_requeues_each_node_marks_a_stale_one_and_
     // still has Ready nodes, so its pod is evicted (the disruption guard stays open).
     for other in ["w2", "w3"] {
         fake.ready_node(other).await;
-        let lease = Lease { metadata: ObjectMeta::namespaced(NODE_LEASE_NAMESPACE, other), spec: crate::api::LeaseSpec { renew_time: Some(MicroTime::now()), ..Default::default() }, ..Default::default() };
-        fake.create(&lease).await.unwrap();
+        create_lease(&fake, other).await;
     }
-    let renewing = {
-        let fake = fake.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                for other in ["w2", "w3"] {
-                    let mut lease: Lease = fake.get(&ObjectKey::namespaced(NODE_LEASE_NAMESPACE, other)).await.unwrap();
-                    lease.spec.renew_time = Some(MicroTime::now());
-                    fake.replace(&lease).await.unwrap();
-                }
-            }
-        })
-    };
+    let renewing = renew_leases(&fake, &["w2", "w3"]);
     fake.fail_next("replace_status", &crate::api::resource::NODES, 2, 500);
     let (grace, toleration) = (Duration::from_secs(1), Duration::from_secs(1));
     let settings = super::node_lifecycle::Settings { grace, toleration, unhealthy_zone_percent: 55 };
@@ -226,6 +213,29 @@ async fn the_node_lifecycle_controller_requeues_each_node_marks_a_stale_one_and_
     renewing.abort();
 }
 
+/// A node's lease, renewed now.
+async fn create_lease(fake: &FakeClient, node: &str) {
+    let lease = Lease { metadata: ObjectMeta::namespaced(NODE_LEASE_NAMESPACE, node), spec: crate::api::LeaseSpec { renew_time: Some(MicroTime::now()), ..Default::default() }, ..Default::default() };
+    fake.create(&lease).await.unwrap();
+}
+
+/// Renews the leases of `nodes` every 200 ms, as their agents would (a lease not there yet is
+/// skipped); abort the task to stop.
+fn renew_leases(fake: &FakeClient, nodes: &[&'static str]) -> tokio::task::JoinHandle<()> {
+    let (fake, nodes) = (fake.clone(), nodes.to_vec());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for node in &nodes {
+                if let Ok(mut lease) = fake.get::<Lease>(&ObjectKey::namespaced(NODE_LEASE_NAMESPACE, *node)).await {
+                    lease.spec.renew_time = Some(MicroTime::now());
+                    fake.replace(&lease).await.unwrap();
+                }
+            }
+        }
+    })
+}
+
 /// With every node of a zone not ready (a partition), nothing is evicted however long it lasts;
 /// once one of them is back, the pods of those still not ready go.
 #[tokio::test]
@@ -242,23 +252,9 @@ async fn a_zone_without_a_ready_node_keeps_its_pods_until_one_is_back() {
     }
     // a0's agent keeps renewing its lease; zone b's two nodes stop (their leases never exist, so
     // their heartbeats age from the controller's start).
-    let lease = Lease { metadata: ObjectMeta::namespaced(NODE_LEASE_NAMESPACE, "a0"), spec: crate::api::LeaseSpec { renew_time: Some(MicroTime::now()), ..Default::default() }, ..Default::default() };
-    fake.create(&lease).await.unwrap();
-    let renewing = {
-        let fake = fake.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                // b0's lease exists once its agent is back.
-                for name in ["a0", "b0"] {
-                    if let Ok(mut lease) = fake.get::<Lease>(&ObjectKey::namespaced(NODE_LEASE_NAMESPACE, name)).await {
-                        lease.spec.renew_time = Some(MicroTime::now());
-                        fake.replace(&lease).await.unwrap();
-                    }
-                }
-            }
-        })
-    };
+    create_lease(&fake, "a0").await;
+    // b0's lease exists once its agent is back.
+    let renewing = renew_leases(&fake, &["a0", "b0"]);
     let settings = super::node_lifecycle::Settings { grace: Duration::from_secs(1), toleration: Duration::from_secs(1), unhealthy_zone_percent: 55 };
     let task = tokio::spawn(super::node_lifecycle::run(fake.clone(), settings));
     let not_ready = |name: &str| fake.objects::<Node>().iter().any(|n| n.metadata.name == name && n.ready_condition().is_some_and(|c| c.status == "Unknown"));
@@ -273,8 +269,7 @@ async fn a_zone_without_a_ready_node_keeps_its_pods_until_one_is_back() {
         c.last_heartbeat_time = Some(crate::api::time::Time::now());
     }
     fake.replace_status(&b0).await.unwrap();
-    let lease = Lease { metadata: ObjectMeta::namespaced(NODE_LEASE_NAMESPACE, "b0"), spec: crate::api::LeaseSpec { renew_time: Some(MicroTime::now()), ..Default::default() }, ..Default::default() };
-    fake.create(&lease).await.unwrap();
+    create_lease(&fake, "b0").await;
     eventually("b1's pod evicted", || (!fake.objects::<Pod>().iter().any(|p| p.metadata.name == "on-b1")).then_some(())).await;
     let pods: Vec<String> = fake.objects::<Pod>().iter().map(|p| p.metadata.name.clone()).collect();
     assert_eq!(pods, ["on-a0", "on-b0"]);

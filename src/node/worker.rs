@@ -33,6 +33,28 @@ fn load(dir: &Path) -> Option<Credentials> {
     })
 }
 
+/// A `certificates.k8s.io/v1` request for `csr_pem` named `<prefix>-<random>`, to `signer`.
+fn signing_request(prefix: &str, csr_pem: &str, signer: &str, usage: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": { "name": format!("{prefix}-{}", &hex::encode(rand::random::<[u8; 4]>())) },
+        "spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode(csr_pem),
+            "signerName": signer,
+            "usages": ["digital signature", usage],
+        },
+    })
+}
+
+/// Sends a signing request with `client` and returns the certificate it came back with (PEM).
+async fn signed_certificate(client: &ApiClient, request: &serde_json::Value) -> Result<String> {
+    let signed = client.create_value("/apis/certificates.k8s.io/v1/certificatesigningrequests", request).await.context("sending the signing request")?;
+    let cert_b64 = signed.pointer("/status/certificate").and_then(|v| v.as_str()).context("the signing request came back without a certificate")?;
+    let cert = base64::engine::general_purpose::STANDARD.decode(cert_b64).context("decoding the certificate")?;
+    String::from_utf8(cert).context("the certificate is not text")
+}
+
 async fn join(server: &str, config: &NodeConfig, dir: &Path) -> Result<Credentials> {
     let worker = config.worker.as_ref().context("the config has no [worker] section")?;
     let discovery = ApiClient::new(server, ClientAuth::Insecure)?;
@@ -43,21 +65,9 @@ async fn join(server: &str, config: &NodeConfig, dir: &Path) -> Result<Credentia
         bail!("the API server offers a CA with hash {hash}, but this node pins {}; refusing to join", worker.ca_hash);
     }
     let (csr_pem, key_pem) = pki::node_csr(&config.node_name).context("making the node's key and signing request")?;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let request = json!({
-        "apiVersion": "certificates.k8s.io/v1",
-        "kind": "CertificateSigningRequest",
-        "metadata": { "name": format!("node-csr-{}-{}", config.node_name, &hex::encode(rand::random::<[u8; 4]>())) },
-        "spec": {
-            "request": b64.encode(&csr_pem),
-            "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
-            "usages": ["digital signature", "client auth"],
-        },
-    });
+    let request = signing_request(&format!("node-csr-{}", config.node_name), &csr_pem, crate::api::KUBELET_CLIENT_SIGNER, "client auth");
     let joining = ApiClient::new(server, ClientAuth::Token { ca_pem: ca_pem.clone(), token: worker.join_token.clone() })?;
-    let signed = joining.create_value("/apis/certificates.k8s.io/v1/certificatesigningrequests", &request).await.context("sending the signing request")?;
-    let cert_b64 = signed.pointer("/status/certificate").and_then(|v| v.as_str()).context("the signing request came back without a certificate")?;
-    let cert_pem = String::from_utf8(b64.decode(cert_b64).context("decoding the certificate")?).context("the certificate is not text")?;
+    let cert_pem = signed_certificate(&joining, &request).await?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     crate::home::restrict_dir(dir)?;
     pki::write_key_file(&dir.join("node.key"), &key_pem)?;
@@ -112,20 +122,8 @@ async fn renew_client_certificate(client: ApiClient, cert: RenewableCertificate,
 
 async fn renew_once(client: &ApiClient, cert: &RenewableCertificate, node_name: &str, dir: &Path) -> Result<()> {
     let (csr_pem, key_pem) = pki::node_csr(node_name).context("making a new key and signing request")?;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let request = json!({
-        "apiVersion": "certificates.k8s.io/v1",
-        "kind": "CertificateSigningRequest",
-        "metadata": { "name": format!("node-csr-{node_name}-{}", &hex::encode(rand::random::<[u8; 4]>())) },
-        "spec": {
-            "request": b64.encode(&csr_pem),
-            "signerName": crate::api::KUBELET_CLIENT_SIGNER,
-            "usages": ["digital signature", "client auth"],
-        },
-    });
-    let signed = client.create_value("/apis/certificates.k8s.io/v1/certificatesigningrequests", &request).await.context("sending the signing request")?;
-    let cert_b64 = signed.pointer("/status/certificate").and_then(|v| v.as_str()).context("the signing request came back without a certificate")?;
-    let cert_pem = String::from_utf8(b64.decode(cert_b64).context("decoding the certificate")?).context("the certificate is not text")?;
+    let request = signing_request(&format!("node-csr-{node_name}"), &csr_pem, crate::api::KUBELET_CLIENT_SIGNER, "client auth");
+    let cert_pem = signed_certificate(client, &request).await?;
     cert.replace(&cert_pem, &key_pem).map_err(anyhow::Error::msg)?;
     pki::write_key_file(&dir.join("node.key.new"), &key_pem)?;
     pki::write_key_file(&dir.join("node.crt.new"), &cert_pem)?;
@@ -142,20 +140,8 @@ async fn serving_certificate(client: &ApiClient, node_name: &str, dir: &Path) ->
         return Ok((cert, key));
     }
     let (csr_pem, key_pem) = pki::node_csr(node_name).context("making the serving key and signing request")?;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let request = json!({
-        "apiVersion": "certificates.k8s.io/v1",
-        "kind": "CertificateSigningRequest",
-        "metadata": { "name": format!("node-serving-{node_name}-{}", &hex::encode(rand::random::<[u8; 4]>())) },
-        "spec": {
-            "request": b64.encode(&csr_pem),
-            "signerName": crate::api::KUBELET_SERVING_SIGNER,
-            "usages": ["digital signature", "server auth"],
-        },
-    });
-    let signed = client.create_value("/apis/certificates.k8s.io/v1/certificatesigningrequests", &request).await.context("sending the serving certificate request")?;
-    let cert_b64 = signed.pointer("/status/certificate").and_then(|v| v.as_str()).context("the signing request came back without a certificate")?;
-    let cert_pem = String::from_utf8(b64.decode(cert_b64).context("decoding the certificate")?).context("the certificate is not text")?;
+    let request = signing_request(&format!("node-serving-{node_name}"), &csr_pem, crate::api::KUBELET_SERVING_SIGNER, "server auth");
+    let cert_pem = signed_certificate(client, &request).await.context("the serving certificate")?;
     pki::write_key_file(&key_path, &key_pem)?;
     pki::write_key_file(&cert_path, &cert_pem)?;
     Ok((cert_pem, key_pem))
