@@ -77,17 +77,23 @@ async fn join(server: &str, config: &NodeConfig, dir: &Path) -> Result<Credentia
     Ok(Credentials { ca_pem, cert_pem, key_pem })
 }
 
-/// Puts a renewed certificate and key in place: each is written beside the current one
-/// (`node.key.new`, `node.crt.new`), then the key and the certificate are renamed over them; a
-/// renewal interrupted between the renames is finished here at the next start.
+/// Puts a renewed certificate and key in place: the key is written beside the current one
+/// first (`node.key.new`), then the certificate (`node.crt.new`), and they are renamed over the
+/// current ones in the same order. `node.crt.new` is therefore there only once both are written:
+/// a renewal interrupted before it leaves a lone `node.key.new`, which is dropped; one interrupted
+/// between the renames is finished here at the next start.
 fn finish_renewal(dir: &Path) {
-    for f in ["node.key", "node.crt"] {
-        let new = dir.join(format!("{f}.new"));
-        if new.exists()
-            && let Err(e) = std::fs::rename(&new, dir.join(f))
-        {
-            tracing::warn!(error = %e, "putting the renewed {f} in place");
-        }
+    let (key_new, cert_new) = (dir.join("node.key.new"), dir.join("node.crt.new"));
+    let result = if cert_new.exists() {
+        let key = if key_new.exists() { std::fs::rename(&key_new, dir.join("node.key")) } else { Ok(()) };
+        key.and_then(|()| std::fs::rename(&cert_new, dir.join("node.crt")))
+    } else if key_new.exists() {
+        std::fs::remove_file(&key_new)
+    } else {
+        Ok(())
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "putting the renewed certificate and key in place");
     }
 }
 
@@ -200,4 +206,42 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         _ = super::master::shutdown_signal() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read_to_string(e.path()).unwrap())).collect();
+        out.sort();
+        out
+    }
+
+    /// A renewal is taken whole or not at all, wherever it was interrupted.
+    #[test]
+    fn a_renewal_interrupted_anywhere_leaves_a_matching_key_and_certificate() {
+        let pair = |key: &str, cert: &str| vec![("node.crt".to_string(), cert.to_string()), ("node.key".to_string(), key.to_string())];
+        for (written, want) in [
+            (vec![], pair("old-key", "old-cert")),
+            (vec![("node.key.new", "new-key")], pair("old-key", "old-cert")),
+            (vec![("node.key.new", "new-key"), ("node.crt.new", "new-cert")], pair("new-key", "new-cert")),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("node.key"), "old-key").unwrap();
+            std::fs::write(dir.path().join("node.crt"), "old-cert").unwrap();
+            for (f, text) in &written {
+                std::fs::write(dir.path().join(f), text).unwrap();
+            }
+            finish_renewal(dir.path());
+            assert_eq!(files(dir.path()), want, "after writing {written:?}");
+        }
+        // Interrupted between the renames: the key is new already, the certificate follows.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node.key"), "new-key").unwrap();
+        std::fs::write(dir.path().join("node.crt"), "old-cert").unwrap();
+        std::fs::write(dir.path().join("node.crt.new"), "new-cert").unwrap();
+        finish_renewal(dir.path());
+        assert_eq!(files(dir.path()), pair("new-key", "new-cert"));
+    }
 }
