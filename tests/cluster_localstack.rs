@@ -142,6 +142,20 @@ async fn a_cluster_is_created_ready_secured_idempotent_and_survives_failures() {
     assert_eq!(err.code(), Some(403), "{err}");
     let own = as_worker0.get_value("/api/v1/nodes/it-boot-default-0").await.unwrap();
     as_worker0.replace_value("/api/v1/nodes/it-boot-default-0/status", &own).await.unwrap();
+    // Nor can it give itself a role, change its taints or providerID, or make another Node.
+    let merge = "application/merge-patch+json";
+    let taint = json!({"spec": {"taints": [{"key": "mine", "effect": "NoSchedule"}]}});
+    // providerID is immutable for every writer (Kubernetes' validation: 422).
+    for (patch, code) in [(json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": ""}}}), 403), (taint, 403), (json!({"spec": {"providerID": "aws:///us-east-1a/i-0"}}), 422)] {
+        let err = as_worker0.patch_path("/api/v1/nodes/it-boot-default-0", merge, &patch).await.unwrap_err();
+        assert_eq!(err.code(), Some(code), "{patch}: {err}");
+    }
+    let err = as_worker0.create_value("/api/v1/nodes", &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "forged"}})).await.unwrap_err();
+    assert_eq!(err.code(), Some(403), "{err}");
+    for path in ["/api/v1/secrets", "/api/v1/configmaps", "/api/v1/namespaces/kube-system/configmaps"] {
+        let err = as_worker0.get_value(path).await.unwrap_err();
+        assert_eq!(err.code(), Some(403), "{path}: {err}");
+    }
 
     // Key and token files on nodes are 0600.
     let modes = sudo(&master, "stat -c '%a %n' /etc/clusterctl/node.toml /var/lib/clusterctl/pki/*.key").await;
@@ -176,6 +190,18 @@ async fn a_cluster_is_created_ready_secured_idempotent_and_survives_failures() {
         let tolerations = created["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
         assert!(tolerations.iter().any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["tolerationSeconds"] == 10), "the spec's eviction_seconds as the default toleration: {tolerations:?}");
     }
+    // A worker's credential reads the pods bound to it, whole, and the others in their network
+    // view only (what its network policy rules need): never another node's pod, nor all pods.
+    for path in ["/api/v1/pods", "/api/v1/namespaces/default/pods", "/api/v1/pods?fieldSelector=spec.nodeName%3Dit-boot-default-1", "/api/v1/namespaces/default/pods/pinned-it-boot-default-1"] {
+        let err = as_worker0.get_value(path).await.unwrap_err();
+        assert_eq!(err.code(), Some(403), "{path}: {err}");
+    }
+    as_worker0.get_value("/api/v1/namespaces/default/pods/pinned-it-boot-default-0").await.expect("a pod bound to it");
+    let own: Vec<String> = as_worker0.list_values("/api/v1/pods?fieldSelector=spec.nodeName%3Dit-boot-default-0").await.unwrap().iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    assert!(own.contains(&"pinned-it-boot-default-0".to_string()) && !own.contains(&"pinned-it-boot-default-1".to_string()), "{own:?}");
+    let view = as_worker0.list::<Value>(&clusterctl::api::resource::PODS, None, &clusterctl::client::ListOptions::pod_network()).await.unwrap();
+    let other = view.items.iter().find(|p| p["metadata"]["name"] == "pinned-it-boot-default-1").expect("every pod in the network view");
+    assert!(other["spec"]["containers"][0].get("image").is_none() && other["spec"].get("tolerations").is_none(), "{other}");
     let lone = by_name("it-boot-default-1").id.clone();
     cut_off_from_the_api(&lone, 6443, true);
     let took = wait_ready(&admin, "it-boot-default-1", "Unknown", Duration::from_secs(25)).await;

@@ -203,6 +203,8 @@ pub enum StatusReason {
     Invalid,
     MethodNotAllowed,
     UnsupportedMediaType,
+    /// HTTP 406: the response cannot be given in the media type asked for.
+    NotAcceptable,
     /// The requested resource version is older than the server's history (HTTP 410).
     Expired,
     Gone,

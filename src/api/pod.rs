@@ -189,6 +189,11 @@ pub struct HostAlias {
 /// The scheduler's name in `schedulerName`.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 
+/// The media type that asks the API server for pods in their network view (ours, not
+/// Kubernetes'): only name, namespace, uid, labels, `spec.nodeName`, the containers' names and
+/// ports, `status.phase`, `podIP` and `podIPs`. The only way a node reads pods not bound to it.
+pub const POD_NETWORK_ACCEPT: &str = "application/json;as=PodNetwork;v=v1;g=clusterctl.io";
+
 impl PodSpec {
     /// The Kubernetes fields set here that this cluster stores but does not act on, each with what
     /// happens instead; the API server answers a write that sets one with a `Warning` per field.

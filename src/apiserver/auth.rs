@@ -133,11 +133,14 @@ pub enum Decision {
     /// Allowed if a pod bound to this node names the ConfigMap or Secret (Kubernetes' node
     /// authorizer: its graph of pods and what they reference); the caller checks.
     AllowIfReferencedOnNode(String),
+    /// A node's list or watch of pods: allowed for the pods bound to it (the `spec.nodeName` field
+    /// selector) or in the pods' network view; the caller checks.
+    AllowIfOwnPodsOrNetworkView(String),
     Deny,
 }
 
 const NODE_READABLE: &[ResourceType] =
-    &[resource::NODES, resource::PODS, resource::SERVICES, resource::ENDPOINTS, resource::NAMESPACES, resource::LEASES, resource::NETWORK_POLICIES];
+    &[resource::NODES, resource::SERVICES, resource::ENDPOINTS, resource::NAMESPACES, resource::LEASES, resource::NETWORK_POLICIES];
 
 /// Decides whether `identity` may do what `attrs` describe.
 pub fn authorize(identity: &Identity, attrs: &Attributes<'_>) -> Decision {
@@ -159,6 +162,13 @@ fn authorize_node(node: &str, a: &Attributes<'_>) -> Decision {
     let sourced = *a.resource == resource::CONFIG_MAPS || *a.resource == resource::SECRETS;
     if sourced && a.verb == Verb::Get && a.subresource.is_none() && a.name.is_some() {
         return Decision::AllowIfReferencedOnNode(node.to_string());
+    }
+    if *a.resource == resource::PODS && a.subresource.is_none() {
+        match a.verb {
+            Verb::Get => return Decision::AllowIfPodOnNode(node.to_string()),
+            Verb::List | Verb::Watch => return Decision::AllowIfOwnPodsOrNetworkView(node.to_string()),
+            _ => {}
+        }
     }
     let allowed = match a.verb {
         Verb::Get | Verb::List | Verb::Watch => NODE_READABLE.contains(a.resource) && a.subresource.is_none(),
@@ -295,7 +305,8 @@ mod tests {
     #[test]
     fn a_node_reads_what_it_needs_and_only_the_secrets_its_pods_name() {
         let w1 = node("w1");
-        assert_eq!(authorize(&w1, &attrs(Verb::Watch, &PODS, None, None, None)), Decision::Allow);
+        assert_eq!(authorize(&w1, &attrs(Verb::Watch, &PODS, None, None, None)), Decision::AllowIfOwnPodsOrNetworkView("w1".into()));
+        assert_eq!(authorize(&w1, &attrs(Verb::Get, &PODS, Some("default"), Some("p"), None)), Decision::AllowIfPodOnNode("w1".into()));
         assert_eq!(authorize(&w1, &attrs(Verb::Get, &SECRETS, Some("default"), Some("s"), None)), Decision::AllowIfReferencedOnNode("w1".into()));
         assert_eq!(authorize(&w1, &attrs(Verb::Get, &CONFIG_MAPS, Some("default"), Some("c"), None)), Decision::AllowIfReferencedOnNode("w1".into()));
         assert_eq!(authorize(&w1, &attrs(Verb::List, &SECRETS, Some("default"), None, None)), Decision::Deny);

@@ -107,6 +107,11 @@ impl ApiError {
         Self::new(StatusReason::MethodNotAllowed, 405, "the server does not allow this method on the requested resource")
     }
 
+    /// 406: the answer cannot take the form the `Accept` header asks for.
+    pub fn not_acceptable(message: impl Into<String>) -> Self {
+        Self::new(StatusReason::NotAcceptable, 406, message)
+    }
+
     /// 415: a body format this server does not read (e.g. strategic merge patch).
     pub fn unsupported_media_type(content_type: &str) -> Self {
         Self::new(StatusReason::UnsupportedMediaType, 415, format!("the body of the request was in an unknown format: {content_type}"))

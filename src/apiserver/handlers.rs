@@ -17,6 +17,7 @@ use super::patch::{self, PatchError, PatchType};
 use super::selectors::Selectors;
 use super::store::StoreError;
 use super::target::Target;
+use super::view::View;
 use super::{AppState, csr, noderestriction, podsecurity, scale, serviceips, table, watch};
 use crate::api::resource;
 use crate::api::schema::{FieldError, FieldErrorKind, schema_for};
@@ -47,15 +48,16 @@ pub(crate) async fn resource(
     }
     let status_sub = target.subresource.is_some();
     match (&method, &target.name) {
-        (&Method::GET, Some(_)) => get(&state, &identity, &target, &headers).await,
+        (&Method::GET, Some(_)) => get(&state, &identity, &target, View::of(&headers, target.resource)?).await,
         (&Method::GET, None) => {
             let selectors = Selectors::parse(query.get("labelSelector").map(String::as_str), query.get("fieldSelector").map(String::as_str))
                 .map_err(ApiError::bad_request)?;
+            let view = View::of(&headers, target.resource)?;
             if query.get("watch").and_then(|w| super::target::query_bool(w)) == Some(true) {
-                authorize(&state, &identity, &target, Verb::Watch, None).await?;
-                watch::serve(state, target, selectors, &query, table::wants_table(&headers)).await
+                authorize_read(&state, &identity, &target, Verb::Watch, &selectors, view).await?;
+                watch::serve(state, target, selectors, &query, view).await
             } else {
-                list(&state, &identity, &target, &selectors, &headers, &query).await
+                list(&state, &identity, &target, &selectors, view, &query).await
             }
         }
         (&Method::DELETE, None) => {
@@ -109,6 +111,7 @@ pub(super) async fn authorize(state: &AppState, identity: &Identity, target: &Ta
     match auth::authorize(identity, &attrs) {
         Decision::Allow => Ok(()),
         Decision::Deny => Err(auth::forbidden(identity, &attrs)),
+        Decision::AllowIfOwnPodsOrNetworkView(_) => Err(auth::forbidden(identity, &attrs)),
         Decision::AllowIfPodOnNode(node) => {
             let name = attrs.name.unwrap_or("");
             let stored = state.store.get(&target.key(name)).await.map_err(|e| ApiError::from_store(e, target.resource, name))?;
@@ -130,6 +133,22 @@ pub(super) async fn authorize(state: &AppState, identity: &Identity, target: &Ta
     }
 }
 
+/// Checks a list or watch against the authorizer: a node reads the pods bound to it
+/// (`fieldSelector=spec.nodeName=<node>`, as Kubernetes' node authorizer with selectors requires)
+/// and every pod in its network view ([`View::PodNetwork`]) only.
+async fn authorize_read(state: &AppState, identity: &Identity, target: &Target, verb: Verb, selectors: &Selectors, view: View) -> Result<(), ApiError> {
+    let attrs = Attributes { verb, resource: target.resource, subresource: None, namespace: target.namespace.as_deref(), name: None };
+    if let Decision::AllowIfOwnPodsOrNetworkView(node) = auth::authorize(identity, &attrs) {
+        if view == View::PodNetwork || selectors.field_equals("spec.nodeName") == Some(node.as_str()) {
+            return Ok(());
+        }
+        let mut refused = auth::forbidden(identity, &attrs);
+        refused.0.message.push_str(&format!(": can only {verb} pods with the spec.nodeName={node} field selector, or in their network view"));
+        return Err(refused);
+    }
+    authorize(state, identity, target, verb, None).await
+}
+
 /// `response` with one `Warning` header per unknown field dropped from the object, as Kubernetes
 /// answers `fieldValidation=Warn` (`299 - "unknown field \"spec.foo\""`), and, whatever the mode,
 /// one per Kubernetes field the object sets that this cluster stores but does not act on
@@ -149,7 +168,7 @@ fn name_of(target: &Target) -> &str {
     target.name.as_deref().unwrap_or("")
 }
 
-async fn get(state: &AppState, identity: &Identity, target: &Target, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn get(state: &AppState, identity: &Identity, target: &Target, view: View) -> Result<Response, ApiError> {
     authorize(state, identity, target, Verb::Get, None).await?;
     let name = name_of(target);
     let stored = state
@@ -159,10 +178,10 @@ async fn get(state: &AppState, identity: &Identity, target: &Target, headers: &H
         .map_err(|e| ApiError::from_store(e, target.resource, name))?
         .ok_or_else(|| ApiError::not_found(target.resource, name))?;
     let object = with_revision(stored.value, stored.mod_rev);
-    if table::wants_table(headers) {
+    if view == View::Table {
         return Ok(Json(table::table(target.resource, &[object], &stored.mod_rev.to_string())).into_response());
     }
-    Ok(Json(object).into_response())
+    Ok(Json(view.shown(object)).into_response())
 }
 
 /// A list's page: `limit` objects from where `continue` left off (in key order), and the token
@@ -298,8 +317,8 @@ async fn read_list(state: &AppState, target: &Target, at: ListAt, continuing: bo
     Ok((stored, rev))
 }
 
-async fn list(state: &AppState, identity: &Identity, target: &Target, selectors: &Selectors, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<Response, ApiError> {
-    authorize(state, identity, target, Verb::List, None).await?;
+async fn list(state: &AppState, identity: &Identity, target: &Target, selectors: &Selectors, view: View, query: &HashMap<String, String>) -> Result<Response, ApiError> {
+    authorize_read(state, identity, target, Verb::List, selectors, view).await?;
     let page = page_of(query)?;
     let at = list_at(query, &page)?;
     let (stored, rev) = read_list(state, target, at, page.start.is_some()).await?;
@@ -313,7 +332,7 @@ async fn list(state: &AppState, identity: &Identity, target: &Target, selectors:
             remaining = 1;
             break;
         }
-        items.push(object);
+        items.push(view.shown(object));
     }
     remaining += matching.count();
     let mut metadata = json!({ "resourceVersion": rev.to_string() });
@@ -322,7 +341,7 @@ async fn list(state: &AppState, identity: &Identity, target: &Target, selectors:
         metadata["continue"] = json!(base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token));
         metadata["remainingItemCount"] = json!(remaining);
     }
-    if table::wants_table(headers) {
+    if view == View::Table {
         let mut table = table::table(target.resource, &items, &rev.to_string());
         if let Some(m) = table.get_mut("metadata") {
             *m = metadata;

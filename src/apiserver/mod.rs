@@ -42,6 +42,7 @@ pub mod revocation;
 mod scale;
 pub mod serviceips;
 mod table;
+mod view;
 pub mod selectors;
 pub mod store;
 pub mod target;

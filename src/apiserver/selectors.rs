@@ -81,6 +81,14 @@ impl Selectors {
         self.labels.is_empty() && self.fields.is_empty()
     }
 
+    /// The value a field selector requires `key` to equal, if it does (`spec.nodeName=w1`).
+    pub fn field_equals(&self, key: &str) -> Option<&str> {
+        self.fields.iter().find_map(|r| match &r.op {
+            Op::Equals(v) if r.key == key => Some(v.as_str()),
+            _ => None,
+        })
+    }
+
     /// Whether `object` is selected.
     pub fn matches(&self, object: &Value) -> bool {
         let labels = object.pointer("/metadata/labels");

@@ -3,18 +3,10 @@
 //! which are those of `clusterctl get` ([`crate::api::columns`]). Rows carry the object's metadata
 //! (`PartialObjectMetadata`), from which kubectl takes the NAMESPACE column of `-A`.
 
-use axum::http::{HeaderMap, header};
 use serde_json::{Value, json};
 
 use crate::api::columns;
 use crate::api::resource::ResourceType;
-
-/// Whether the client prefers a Table (the first media type it accepts asks for one).
-pub fn wants_table(headers: &HeaderMap) -> bool {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let first: Vec<&str> = accept.split(',').next().unwrap_or("").split(';').map(str::trim).collect();
-    ["as=Table", "g=meta.k8s.io", "v=v1"].iter().all(|wanted| first.contains(wanted))
-}
 
 /// The Table of `items` (objects of `rt`).
 pub fn table(rt: &ResourceType, items: &[Value], resource_version: &str) -> Value {
@@ -43,24 +35,8 @@ pub fn table(rt: &ResourceType, items: &[Value], resource_version: &str) -> Valu
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
-
     use super::*;
     use crate::api::resource::{NODES, PODS};
-
-    fn accept(value: &'static str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::ACCEPT, HeaderValue::from_static(value));
-        h
-    }
-
-    #[test]
-    fn kubectl_get_asks_for_a_table_and_other_clients_do_not() {
-        assert!(wants_table(&accept("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json")));
-        assert!(!wants_table(&accept("application/json")));
-        assert!(!wants_table(&accept("application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json")));
-        assert!(!wants_table(&HeaderMap::new()));
-    }
 
     #[test]
     fn a_table_has_the_get_columns_and_a_row_per_object_with_its_metadata() {

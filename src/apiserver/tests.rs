@@ -455,6 +455,56 @@ async fn a_node_reads_only_the_config_maps_and_secrets_its_own_pods_name() {
 }
 
 #[tokio::test]
+async fn a_node_reads_only_its_own_pods_and_every_pod_in_its_network_view() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let w1 = server.node("w1");
+    let mut theirs = pod("theirs", Some("w2"), "db");
+    theirs["spec"]["containers"][0]["env"] = json!([{"name": "PASSWORD", "value": "hunter2"}]);
+    theirs["spec"]["containers"][0]["ports"] = json!([{"name": "sql", "containerPort": 5432}]);
+    let _: Value = admin.create(&PODS, Some("default"), &theirs).await.unwrap();
+    let _: Value = admin.create(&PODS, Some("default"), &pod("mine", Some("w1"), "web")).await.unwrap();
+    let _: Value = admin.create(&PODS, Some("default"), &pod("pending", None, "web")).await.unwrap();
+
+    // Whole pods: the ones bound to it, by the field selector or by name.
+    for options in [ListOptions::default(), ListOptions::fields("spec.nodeName=w2"), ListOptions::labels("app=db")] {
+        let err = w1.list::<Value>(&PODS, None, &options).await.unwrap_err();
+        assert_eq!(err.code(), Some(403), "{options:?}: {err}");
+        assert!(err.to_string().contains("spec.nodeName=w1 field selector"), "{err}");
+        assert_eq!(code(w1.watch::<Value>(&PODS, Some("default"), None, &options).await.map(drop)), 403);
+    }
+    let own = w1.list::<Value>(&PODS, None, &ListOptions::fields("spec.nodeName=w1")).await.unwrap();
+    assert_eq!(own.items.iter().map(|p| p["metadata"]["name"].as_str().unwrap()).collect::<Vec<_>>(), ["mine"]);
+    assert!(own.items[0]["spec"]["containers"][0]["image"].is_string(), "its own pods whole");
+    let _: Value = w1.get(&PODS, Some("default"), "mine").await.unwrap();
+    for name in ["theirs", "pending"] {
+        assert_eq!(code(w1.get::<Value>(&PODS, Some("default"), name).await), 403, "{name}");
+    }
+
+    // Every pod in its network view: addresses, labels and ports, nothing a container is given.
+    let view = w1.list::<Value>(&PODS, None, &ListOptions::pod_network()).await.unwrap();
+    assert_eq!(view.items.len(), 3);
+    let text = serde_json::to_string(&view.items).unwrap();
+    assert!(!text.contains("hunter2") && !text.contains("busybox"), "{text}");
+    let seen = view.items.iter().find(|p| p["metadata"]["name"] == "theirs").unwrap();
+    assert_eq!((&seen["metadata"]["labels"]["app"], &seen["spec"]["nodeName"]), (&json!("db"), &json!("w2")));
+    assert_eq!(seen["spec"]["containers"][0]["ports"][0]["containerPort"], 5432);
+    let mut watch = w1.watch::<Value>(&PODS, None, None, &ListOptions::pod_network()).await.unwrap();
+    let _: Value = admin.patch(&PODS, Some("default"), "theirs", &json!({"metadata": {"labels": {"tier": "data"}}})).await.unwrap();
+    let mut events = Vec::new();
+    while events.len() < 4 {
+        events.push(next_event(&mut watch).await);
+    }
+    assert!(events.iter().all(|e| !e.object.to_string().contains("hunter2")), "{events:?}");
+    assert_eq!(events[3].event_type, WatchEventType::Modified);
+    assert_eq!(events[3].object["metadata"]["labels"]["tier"], "data");
+    drop(watch);
+    let secrets_view = ListOptions { accept: ListOptions::pod_network().accept, ..Default::default() };
+    assert_eq!(code(admin.list::<Value>(&SECRETS, None, &secrets_view).await), 406, "only pods have a network view");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_node_creates_and_renews_only_its_own_lease() {
     let server = TestServer::start().await;
     let w1 = server.node("w1");
@@ -483,7 +533,7 @@ async fn a_node_writes_the_status_only_of_pods_bound_to_it() {
     p1["status"] = json!({"phase": "Running"});
     let p1: Value = w1.replace_status(&PODS, Some("default"), "p1", &p1).await.unwrap();
     assert_eq!(p1["status"]["phase"], "Running");
-    let mut p2: Value = w1.get(&PODS, Some("default"), "p2").await.unwrap();
+    let mut p2: Value = admin.get(&PODS, Some("default"), "p2").await.unwrap();
     p2["status"] = json!({"phase": "Running"});
     assert_eq!(code(w1.replace_status(&PODS, Some("default"), "p2", &p2).await), 403);
     assert_eq!(code(w1.replace(&PODS, Some("default"), "p1", &p1).await), 403);
@@ -854,7 +904,7 @@ async fn label_and_field_selectors_filter_lists_across_namespaces() {
     assert_eq!(names(admin.list(&PODS, Some("default"), &ListOptions::default()).await.unwrap()), vec!["a", "b"]);
     assert_eq!(names(admin.list(&PODS, None, &ListOptions::fields("spec.nodeName=w1")).await.unwrap()), vec!["a", "c"]);
     assert_eq!(names(admin.list(&PODS, None, &ListOptions::labels("app=web")).await.unwrap()), vec!["a", "b"]);
-    let both = ListOptions { label_selector: Some("app=web".into()), field_selector: Some("spec.nodeName=w1".into()) };
+    let both = ListOptions { label_selector: Some("app=web".into()), field_selector: Some("spec.nodeName=w1".into()), accept: None };
     assert_eq!(names(admin.list(&PODS, None, &both).await.unwrap()), vec!["a"]);
     assert_eq!(code(admin.list::<Value>(&PODS, None, &ListOptions::fields("spec.nodeName")).await), 400);
     server.stop().await;

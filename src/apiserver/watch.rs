@@ -35,6 +35,7 @@ use super::objects::with_revision;
 use super::selectors::Selectors;
 use super::store::{StoreError, StoreEvent, StoreEventKind};
 use super::target::Target;
+use super::view::View;
 use crate::api::resource::ResourceType;
 use crate::api::schema::{FieldError, FieldErrorKind};
 use crate::api::{Status, WatchEventType};
@@ -83,10 +84,10 @@ fn to_watch_event(event: StoreEvent, selectors: &Selectors) -> Option<(WatchEven
     Some((event_type, object))
 }
 
-/// The object as the watcher wants it: itself, or a one-row Table of it.
-fn shown(rt: &ResourceType, as_table: bool, object: Value) -> Value {
-    if !as_table {
-        return object;
+/// The object as the watcher wants it: in its view, or a one-row Table of it.
+fn shown(rt: &ResourceType, view: View, object: Value) -> Value {
+    if view != View::Table {
+        return view.shown(object);
     }
     let rv = object.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("").to_string();
     super::table::table(rt, &[object], &rv)
@@ -97,7 +98,7 @@ fn streaming(body: Body) -> Response {
 }
 
 /// Starts a watch on `target`'s collection.
-pub(crate) async fn serve(state: AppState, target: Target, selectors: Selectors, query: &HashMap<String, String>, as_table: bool) -> Result<Response, ApiError> {
+pub(crate) async fn serve(state: AppState, target: Target, selectors: Selectors, query: &HashMap<String, String>, view: View) -> Result<Response, ApiError> {
     let rt = target.resource;
     let prefix = target.prefix();
     let timeout = match query.get("timeoutSeconds") {
@@ -105,7 +106,7 @@ pub(crate) async fn serve(state: AppState, target: Target, selectors: Selectors,
         None => None,
     };
     let flag = |name: &str| query.get(name).and_then(|v| super::target::query_bool(v)) == Some(true);
-    let bookmarks = flag("allowWatchBookmarks") && !as_table;
+    let bookmarks = flag("allowWatchBookmarks") && view != View::Table;
     let send_initial = flag("sendInitialEvents");
     let matching = query.get("resourceVersionMatch").map(String::as_str).filter(|m| !m.is_empty());
     let forbidden = |field: &str, why: &str| {
@@ -131,7 +132,7 @@ pub(crate) async fn serve(state: AppState, target: Target, selectors: Selectors,
             for item in items {
                 let object = with_revision(item.value, item.mod_rev);
                 if selectors.matches(&object) {
-                    initial.push(line(WatchEventType::Added, &shown(rt, as_table, object)));
+                    initial.push(line(WatchEventType::Added, &shown(rt, view, object)));
                 }
             }
             if send_initial {
@@ -161,7 +162,7 @@ pub(crate) async fn serve(state: AppState, target: Target, selectors: Selectors,
             let out = match item {
                 Ok(event) => {
                     seen.fetch_max(event.rev, Ordering::AcqRel);
-                    to_watch_event(event, &selectors).map(|(t, o)| line(t, &shown(rt, as_table, o)))
+                    to_watch_event(event, &selectors).map(|(t, o)| line(t, &shown(rt, view, o)))
                 }
                 Err(e) => {
                     *failed = true;

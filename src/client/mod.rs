@@ -193,17 +193,26 @@ pub struct ListOptions {
     pub label_selector: Option<String>,
     /// e.g. `spec.nodeName=w1`.
     pub field_selector: Option<String>,
+    /// The media type asked for instead of plain JSON: the pod network view
+    /// ([`crate::api::pod::POD_NETWORK_ACCEPT`]), which is what a node may read of pods not
+    /// bound to it.
+    pub accept: Option<&'static str>,
 }
 
 impl ListOptions {
     /// Objects whose labels match `selector`.
     pub fn labels(selector: impl Into<String>) -> Self {
-        ListOptions { label_selector: Some(selector.into()), field_selector: None }
+        ListOptions { label_selector: Some(selector.into()), ..Default::default() }
     }
 
     /// Objects whose fields match `selector`.
     pub fn fields(selector: impl Into<String>) -> Self {
-        ListOptions { label_selector: None, field_selector: Some(selector.into()) }
+        ListOptions { field_selector: Some(selector.into()), ..Default::default() }
+    }
+
+    /// Every pod in its network view.
+    pub fn pod_network() -> Self {
+        ListOptions { accept: Some(crate::api::pod::POD_NETWORK_ACCEPT), ..Default::default() }
     }
 
     fn query(&self, extra: &[(&str, &str)]) -> String {
@@ -379,7 +388,11 @@ impl ApiClient {
 
     /// Sends one request and returns the response if it succeeded.
     async fn send(&self, method: Method, path: &str, body: Option<(&str, Vec<u8>)>, action: &str, timeout: Option<Duration>) -> Result<reqwest::Response, ClientError> {
-        let mut req = self.http.request(method, format!("{}{path}", self.server)).header("Accept", "application/json");
+        self.send_accepting(method, path, body, action, timeout, "application/json").await
+    }
+
+    async fn send_accepting(&self, method: Method, path: &str, body: Option<(&str, Vec<u8>)>, action: &str, timeout: Option<Duration>, accept: &str) -> Result<reqwest::Response, ClientError> {
+        let mut req = self.http.request(method, format!("{}{path}", self.server)).header("Accept", accept);
         if let Some(t) = timeout {
             req = req.timeout(t);
         }
@@ -419,7 +432,9 @@ impl ApiClient {
     pub async fn list<T: DeserializeOwned>(&self, resource: &ResourceType, namespace: Option<&str>, options: &ListOptions) -> Result<List<T>, ClientError> {
         let action = describe("listing", resource, namespace, None);
         let path = format!("{}{}", resource.collection_path(namespace), options.query(&[]));
-        self.json(Method::GET, &path, None, &action).await
+        let response = self.send_accepting(Method::GET, &path, None, &action, Some(REQUEST_TIMEOUT), options.accept.unwrap_or("application/json")).await?;
+        let bytes = response.bytes().await.map_err(|source| ClientError::Transport { action: action.clone(), source })?;
+        serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode { action, source })
     }
 
     /// Creates an object; the namespace defaults to the object's own. `apiVersion` and `kind` are
@@ -513,7 +528,7 @@ impl ApiClient {
             extra.push(("resourceVersion", rv));
         }
         let path = format!("{}{}", resource.collection_path(namespace), options.query(&extra));
-        let response = self.send(Method::GET, &path, None, &action, None).await?;
+        let response = self.send_accepting(Method::GET, &path, None, &action, None, options.accept.unwrap_or("application/json")).await?;
         Ok(watch_lines(response.bytes_stream(), action).boxed())
     }
 
@@ -588,6 +603,7 @@ fn reason_for(code: u16) -> StatusReason {
         405 => StatusReason::MethodNotAllowed,
         409 => StatusReason::Conflict,
         410 => StatusReason::Expired,
+        406 => StatusReason::NotAcceptable,
         415 => StatusReason::UnsupportedMediaType,
         422 => StatusReason::Invalid,
         500 => StatusReason::InternalError,
@@ -662,7 +678,7 @@ mod tests {
 
     #[test]
     fn selectors_are_percent_encoded() {
-        let q = ListOptions { label_selector: Some("app=web,tier!=db".into()), field_selector: Some("spec.nodeName=w1".into()) }
+        let q = ListOptions { label_selector: Some("app=web,tier!=db".into()), field_selector: Some("spec.nodeName=w1".into()), accept: None }
             .query(&[("watch", "true")]);
         assert_eq!(q, "?labelSelector=app%3Dweb%2Ctier%21%3Ddb&fieldSelector=spec.nodeName%3Dw1&watch=true");
         assert_eq!(ListOptions::default().query(&[]), "");

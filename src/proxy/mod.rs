@@ -226,7 +226,8 @@ impl Context {
             policy_rules: Default::default(),
             checked: Default::default(),
             policies: Store::reflect(client.clone(), None, ListOptions::default()),
-            pods: Store::reflect(client.clone(), None, ListOptions::default()),
+            // Every pod may be a policy's peer; a node reads other nodes' pods in their network view only.
+            pods: Store::reflect(client.clone(), None, ListOptions::pod_network()),
             namespaces: Store::reflect(client.clone(), None, ListOptions::default()),
         });
         self
