@@ -325,6 +325,24 @@ async fn pods_have_routable_addresses_shared_by_their_containers(home: &Path, cl
     let out = in_container(&a_instance, &a_container, &format!("timeout 5 wget -q -O - http://{}:4566/_localstack/health", harness_gateway()));
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("services"), "pod to the harness outside the VPC: {}", String::from_utf8_lossy(&out.stderr));
 
+    // The instance metadata service (the harness's, as AWS's: IMDSv2 required, hop limit 1): the
+    // node gets a token and its metadata with it (workers have no instance role: only masters
+    // call the cloud); a pod reaches the service (its
+    // request without a token is refused, 401) but never receives a token, whose answer dies one
+    // routed hop behind the node.
+    let put_token = "curl -s -m 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token";
+    let on_node = |cmd: &str| std::process::Command::new("docker").args(["exec", &a_instance, "sh", "-c", cmd]).output().unwrap();
+    let token = String::from_utf8(on_node(put_token).stdout).unwrap();
+    assert!(token.len() > 40, "the node gets a metadata token: {token:?}");
+    let id = on_node(&format!("curl -sf -m 5 -H 'X-aws-ec2-metadata-token: {token}' http://169.254.169.254/latest/meta-data/instance-id"));
+    assert_eq!(String::from_utf8_lossy(&id.stdout), a_instance, "the node reads its metadata: {}", String::from_utf8_lossy(&id.stderr));
+    let get = "printf 'GET /latest/meta-data/instance-id HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc 169.254.169.254 80";
+    let out = String::from_utf8(in_container(&a_instance, &a_container, get).stdout).unwrap();
+    assert!(out.starts_with("HTTP/1.1 401"), "a pod's request without a token: {out:?}");
+    let put = "printf 'PUT /latest/api/token HTTP/1.0\\r\\nX-aws-ec2-metadata-token-ttl-seconds: 60\\r\\n\\r\\n' | timeout 5 nc 169.254.169.254 80";
+    let out = String::from_utf8(in_container(&a_instance, &a_container, put).stdout).unwrap();
+    assert_eq!(out, "", "a pod never receives a metadata token");
+
     // the Service's cluster IP, from a pod and from a node, balanced over the replicas; with
     // ClientIP affinity one client keeps its replica
     let service = client.get_value("/api/v1/namespaces/default/services/web").await.unwrap();

@@ -275,6 +275,58 @@ def test_nodes_resolve_private_names_through_the_vpc_resolver(three):
         assert socket.inet_ntoa(reply[-4:]) == db["PrivateIpAddress"]
 
 
+IMDS = "http://169.254.169.254"
+PUT_TOKEN = f"curl -s -m 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' {IMDS}/latest/api/token"
+
+
+def test_the_metadata_service_speaks_imdsv2_signs_identity_and_keeps_the_hop_limit(ec2m, three, busybox_tar):
+    """As AWS's: the node's own processes get a token and, with it, the instance's metadata and a
+    signed identity document; the token's answer leaves with TTL = the hop limit, so a container
+    behind the node's bridge (one routed hop further) never gets it at hop limit 1 and does at 2;
+    with HttpTokens required a request without a token is 401."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    _, found, ssh = three
+    iid, s = list(ssh.items())[1]
+    def code(cmd: str) -> str:
+        return s.run(cmd, check=False).stdout.decode().strip()
+
+    token = code(PUT_TOKEN.replace("ttl-seconds: 60", "ttl-seconds: 600"))
+    assert len(token) > 40, token
+    auth = f"-H 'X-aws-ec2-metadata-token: {token}'"
+    assert code(f"curl -sf -m 5 {auth} {IMDS}/latest/meta-data/instance-id") == iid
+    assert code(f"curl -s -o /dev/null -w '%{{http_code}}' -m 5 -H 'X-aws-ec2-metadata-token: wrong' {IMDS}/latest/meta-data/instance-id") == "401"
+    assert code(f"curl -s -o /dev/null -w '%{{http_code}}' -m 5 -X PUT -H 'X-Forwarded-For: 1.2.3.4' "
+                f"-H 'X-aws-ec2-metadata-token-ttl-seconds: 60' {IMDS}/latest/api/token") == "403"
+    doc = s.run(f"curl -sf -m 5 {auth} {IMDS}/latest/dynamic/instance-identity/document").stdout
+    sig = base64.b64decode(code(f"curl -sf -m 5 {auth} {IMDS}/latest/dynamic/instance-identity/signature"))
+    cert = x509.load_pem_x509_certificate((STATE / "imds/identity.crt").read_bytes())
+    cert.public_key().verify(sig, doc, padding.PKCS1v15(), hashes.SHA256())
+    parsed = json.loads(doc)
+    assert (parsed["instanceId"], parsed["privateIp"], parsed["region"]) == (iid, found[iid]["PrivateIpAddress"], "us-east-1")
+    with pytest.raises(Exception):
+        cert.public_key().verify(sig, doc.replace(iid.encode(), b"i-00000000000000000"), padding.PKCS1v15(), hashes.SHA256())
+
+    # A container on the node's Docker bridge: its packets are routed (and masqueraded) by the node.
+    with open(busybox_tar, "rb") as f:
+        s.run("sudo docker load -q", input=f.read())
+    request = "printf 'PUT /latest/api/token HTTP/1.0\\r\\nX-aws-ec2-metadata-token-ttl-seconds: 60\\r\\n\\r\\n' | timeout 5 nc 169.254.169.254 80"
+    in_container = f"sudo docker run --rm --pull never clusterctl-busybox sh -c \"{request}\""
+    # masqueraded to the node's address as a cluster's pod network does (this bare node's Docker
+    # writes no rules)
+    s.run("sudo iptables -t nat -C POSTROUTING -o eth0 -j MASQUERADE 2>/dev/null || sudo iptables -t nat -A POSTROUTING -o eth0 -j MASQUERADE")
+    get = "printf 'GET /latest/meta-data/instance-id HTTP/1.0\\r\\n\\r\\n' | nc -w 3 169.254.169.254 80"
+    assert code(f"sudo docker run --rm --pull never clusterctl-busybox sh -c \"{get}\"").endswith(iid), "the container reaches the service"
+    assert code(in_container) == "", "hop limit 1: the token never reaches a container"
+    ec2m.modify_instance_metadata_options(InstanceId=iid, HttpPutResponseHopLimit=2)
+    assert code(in_container).startswith("HTTP/1.1 200"), "hop limit 2: it does"
+    ec2m.modify_instance_metadata_options(InstanceId=iid, HttpTokens="required", HttpPutResponseHopLimit=1)
+    assert code(f"curl -s -o /dev/null -w '%{{http_code}}' -m 5 {IMDS}/latest/meta-data/instance-id") == "401"
+    assert code(f"curl -sf -m 5 {auth} {IMDS}/latest/meta-data/placement/availability-zone") == found[iid]["Placement"]["AvailabilityZone"]
+
+
 def test_terminate_removes_the_container_within_2s_and_kill_impairs_within_10s(ec2, net, key):
     ids = net.run_instances(2, KeyName=key[0])
     net.wait_running(ids)

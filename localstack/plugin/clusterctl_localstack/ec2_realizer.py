@@ -21,7 +21,9 @@ already shows the real machine:
 - each VPC network gets a router on the host (routes.py): routes whose target is an instance
   forward real traffic to it;
 - and a resolver on its gateway (vpcdns.py), the nodes' name server, answering the instances'
-  private DNS names (``ip-10-1-0-5.ec2.internal``).
+  private DNS names (``ip-10-1-0-5.ec2.internal``);
+- and the instance metadata service at 169.254.169.254 (imds.py), with IMDSv2, the hop limit and
+  a signed instance identity document.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import aioloop, nodenet, settings, vpcdns
+from . import aioloop, imds, nodenet, settings, vpcdns
 from .dockercli import (
     DockerError, containers, create_and_start, docker, docker_bytes, image_exists, label_args, networks, pid_of, start,
 )
@@ -189,6 +191,7 @@ class Ec2Realizer:
                 net = self._create_network(key, cidr)
                 self.nets[key] = net
             vpcdns.resolver().ensure(net.name, net.gateway, net.cidr, region)
+            imds.service().ensure(net.bridge, self.metadata_caller)
             net.users.add(user)
             return net
 
@@ -611,6 +614,12 @@ class Ec2Realizer:
                 LOG.exception("listener failed (%s)", event)
 
     # --------------------------------------------------------------- queries
+    def metadata_caller(self, ip: str) -> Optional[imds.Caller]:
+        """The instance metadata service's view of the live instance at private IP IP, if any."""
+        with self.lock:
+            node = next((n for n in self.nodes.values() if n.ip == ip and n.desired != "terminated"), None)
+        return imds.caller_of(node) if node else None
+
     def node(self, iid: str) -> Optional[Node]:
         return self.nodes.get(iid)
 
@@ -656,6 +665,7 @@ class Ec2Realizer:
 
         routers = routes._ROUTER.describe() if routes._ROUTER is not None else {}
         return {"nodes": nodes, "networks": nets, "vpc_routers": routers, "vpc_resolvers": vpcdns.resolver().describe(),
+                "metadata_service": imds.service().describe(),
                 "cloud_endpoint": settings.cloud_endpoint()}
 
     # --------------------------------------------------------------- monitor

@@ -18,6 +18,9 @@
     DELETE /_clusterctl/faults   clears every fault (?region=R: only those limited to region R)
 
     GET    /_clusterctl/realizer the realizer's view: nodes, networks, load balancers, target health
+    GET    /_clusterctl/instance-identity-certificate
+                                 the certificate of the metadata service's identity signatures
+                                 (imds.py), what AWS publishes per region
 
 Faults are checked in LocalStack's request handler chain right after the request is parsed, so an
 injected error never reaches the provider (a failed RunInstances launches nothing) and is
@@ -203,6 +206,14 @@ def realizer_endpoint(request: Any, **_: Any):
     return _json({"enabled": True, **realizer().describe(), **nlb().describe()})
 
 
+def identity_certificate_endpoint(request: Any, **_: Any):
+    from localstack.http import Response
+
+    from . import imds
+
+    return Response(imds.service().identity_key().cert_pem, status=200, mimetype="application/x-pem-file")
+
+
 @hooks.on_infra_start()
 def clusterctl_harness_endpoints() -> None:
     """Adds /_clusterctl/faults and /_clusterctl/realizer and the fault handler to the gateway."""
@@ -211,5 +222,6 @@ def clusterctl_harness_endpoints() -> None:
 
     ROUTER.add("/_clusterctl/faults", endpoint=faults_endpoint, methods=["GET", "POST", "DELETE"])
     ROUTER.add("/_clusterctl/realizer", endpoint=realizer_endpoint, methods=["GET"])
+    ROUTER.add("/_clusterctl/instance-identity-certificate", endpoint=identity_certificate_endpoint, methods=["GET"])
     handlers.serve_custom_service_request_handlers.append(fault_handler)
     LOG.info("clusterctl harness endpoints: /_clusterctl/faults, /_clusterctl/realizer")
