@@ -111,6 +111,7 @@ async fn run_once(run: usize, backend: Backend) -> anyhow::Result<(f64, f64, f64
     let config = ApiServerConfig {
         tls: ServerTls { cert_pem: serving.cert_pem, key_pem: serving.key_pem, client_ca_pem: ca.cert_pem().to_string() },
         csr_signer: ca.clone(),
+        join_verifier: None,
         cluster_info_ca_pem: ca.cert_pem().to_string(),
         node_binary: None,
         kubelet_client: None,

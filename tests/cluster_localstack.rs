@@ -157,6 +157,27 @@ async fn a_cluster_is_created_ready_secured_idempotent_and_survives_failures() {
         assert_eq!(err.code(), Some(403), "{path}: {err}");
     }
 
+    // A leaked join token (this worker's own, from its config) yields a certificate only for the
+    // machine whose cloud-signed identity names the node: none without an identity, and not
+    // default-1's name with default-0's identity (which only default-0's processes can read).
+    let config = sudo(&worker0, "cat /etc/clusterctl/node.toml").await;
+    let token = config.lines().find_map(|l| l.trim().strip_prefix("join_token = ")).expect("the worker's join token").trim_matches('"').to_string();
+    let leaked = ApiClient::new(&kc.server, ClientAuth::Token { ca_pem: kc.ca_pem.clone(), token }).unwrap();
+    let imds = "t=$(curl -s -m 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token) && curl -sf -m 5 -H \"X-aws-ec2-metadata-token: $t\" http://169.254.169.254/latest/dynamic/instance-identity";
+    let document = sudo(&worker0, &format!("{imds}/document")).await;
+    let signature = sudo(&worker0, &format!("{imds}/signature")).await;
+    assert!(document.contains(&by_name("it-boot-default-0").id), "{document}");
+    let b64 = |text: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, text);
+    let (csr_pem, _) = clusterctl::pki::node_csr("it-boot-default-1").unwrap();
+    let own_identity = json!({clusterctl::api::INSTANCE_IDENTITY_DOCUMENT_ANNOTATION: b64(&document), clusterctl::api::INSTANCE_IDENTITY_SIGNATURE_ANNOTATION: signature.trim()});
+    for (annotations, why) in [(json!({}), "carries no instance identity"), (own_identity, "is named \"it-boot-default-0\", not \"it-boot-default-1\"")] {
+        let request = json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"generateName": "leaked-", "annotations": annotations},
+            "spec": {"request": b64(&csr_pem), "signerName": clusterctl::api::KUBELET_CLIENT_SIGNER, "usages": ["digital signature", "client auth"]}});
+        let err = leaked.create_value("/apis/certificates.k8s.io/v1/certificatesigningrequests", &request).await.unwrap_err();
+        assert_eq!(err.code(), Some(403), "{why}: {err}");
+        assert!(err.to_string().contains(why), "{why}: {err}");
+    }
+
     // Key and token files on nodes are 0600.
     let modes = sudo(&master, "stat -c '%a %n' /etc/clusterctl/node.toml /var/lib/clusterctl/pki/*.key").await;
     assert!(modes.lines().count() >= 4 && modes.lines().all(|l| l.starts_with("600 ")), "{modes}");

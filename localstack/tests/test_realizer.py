@@ -23,6 +23,7 @@ import botocore.exceptions
 import pytest
 from botocore.handlers import decode_console_output
 from conftest import (
+    ENDPOINT,
     OPENER,
     REPO,
     STATE,
@@ -302,7 +303,10 @@ def test_the_metadata_service_speaks_imdsv2_signs_identity_and_keeps_the_hop_lim
                 f"-H 'X-aws-ec2-metadata-token-ttl-seconds: 60' {IMDS}/latest/api/token") == "403"
     doc = s.run(f"curl -sf -m 5 {auth} {IMDS}/latest/dynamic/instance-identity/document").stdout
     sig = base64.b64decode(code(f"curl -sf -m 5 {auth} {IMDS}/latest/dynamic/instance-identity/signature"))
-    cert = x509.load_pem_x509_certificate((STATE / "imds/identity.crt").read_bytes())
+    cert_pem = (STATE / "imds/identity.crt").read_bytes()
+    with OPENER.open(f"{ENDPOINT}/_clusterctl/instance-identity-certificate", timeout=5) as resp:
+        assert resp.read() == cert_pem, "the harness serves the certificate it signs with"
+    cert = x509.load_pem_x509_certificate(cert_pem)
     cert.public_key().verify(sig, doc, padding.PKCS1v15(), hashes.SHA256())
     parsed = json.loads(doc)
     assert (parsed["instanceId"], parsed["privateIp"], parsed["region"]) == (iid, found[iid]["PrivateIpAddress"], "us-east-1")

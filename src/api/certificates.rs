@@ -14,6 +14,13 @@ pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kub
 /// connects to the agent for a pod's logs, exec, attach and port-forward).
 pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 
+/// On a joining node's request (bootstrap token): its instance identity document, base64, as the
+/// cloud's metadata service gave it (ours, not Kubernetes': the API server checks with the cloud
+/// that the machine is the cluster's and carries the node name it asks for).
+pub const INSTANCE_IDENTITY_DOCUMENT_ANNOTATION: &str = "clusterctl.io/instance-identity-document";
+/// The cloud's signature of that document (base64 RSA-SHA256, AWS's `instance-identity/signature`).
+pub const INSTANCE_IDENTITY_SIGNATURE_ANNOTATION: &str = "clusterctl.io/instance-identity-signature";
+
 /// A request for a certificate, and the certificate once issued.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -36,7 +36,7 @@ pub mod time;
 
 pub use certificates::{
     CertificateSigningRequest, CertificateSigningRequestCondition, CertificateSigningRequestSpec,
-    CertificateSigningRequestStatus, KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER,
+    CertificateSigningRequestStatus, INSTANCE_IDENTITY_DOCUMENT_ANNOTATION, INSTANCE_IDENTITY_SIGNATURE_ANNOTATION, KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER,
 };
 pub use config::{ConfigMap, Secret};
 pub use machinepool::{MachinePool, MachinePoolSpec, MachinePoolStatus};

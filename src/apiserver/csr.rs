@@ -9,6 +9,13 @@
 //! (`kubernetes.io/kubelet-serving`), each for its own name only; the CA writes the node name as the certificate's one DNS name, which is what the
 //! API server checks when it connects to the agent. Requests created by other identities are
 //! stored as they are, unsigned.
+//!
+//! Unlike kubeadm's, a bootstrap token does not name its node at will where the cluster has a
+//! cloud: [`check_join`] asks the request for the machine's signed instance identity document
+//! (annotations), and a [`JoinVerifier`] checks with the cloud that the document is a live machine
+//! of this cluster carrying that node name; a Node of that name registered by another machine
+//! stays its own. So a leaked token yields a certificate only for a machine of the cluster that
+//! presents its own identity, which only processes on that machine can read (IMDSv2, hop limit 1).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -19,7 +26,9 @@ use super::auth::{Identity, NODE_USER_PREFIX, NODES_GROUP};
 use super::error::ApiError;
 use super::objects::valid_name;
 use crate::api::resource::CERTIFICATE_SIGNING_REQUESTS;
-use crate::api::{CertificateSigningRequest, KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER, Time};
+use crate::api::{
+    CertificateSigningRequest, INSTANCE_IDENTITY_DOCUMENT_ANNOTATION, INSTANCE_IDENTITY_SIGNATURE_ANNOTATION, KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER, Time,
+};
 
 /// Signs node certificates with the cluster CA (implemented by `pki::ClusterCa`).
 pub trait CsrSigner: Send + Sync {
@@ -57,6 +66,45 @@ impl CsrSigner for crate::pki::ClusterCa {
     fn sign_node_serving_csr(&self, csr_pem: &str) -> Result<String, String> {
         crate::pki::ClusterCa::sign_node_serving_csr(self, csr_pem).map_err(|e| e.to_string())
     }
+}
+
+/// Checks a joining machine's claim to a node name (implemented with the cloud by
+/// `cloudcontroller::join::InstanceIdentityVerifier`).
+#[async_trait::async_trait]
+pub trait JoinVerifier: Send + Sync {
+    /// The machine's instance id when `document`, signed with `signature` (base64), is the
+    /// identity of a live machine of this cluster named `node`; otherwise why not.
+    async fn verify(&self, node: &str, document: &[u8], signature: &str) -> Result<String, String>;
+}
+
+/// A bootstrap token's request for a node client certificate must carry the machine's instance
+/// identity document and signature, which `verifier` accepts for the node name asked for, and
+/// no Node of that name may be registered by another machine (`spec.providerID`). 403 otherwise.
+/// Requests from other identities, and malformed ones (which [`admit`] refuses), pass.
+pub async fn check_join(identity: &Identity, object: &Value, verifier: &dyn JoinVerifier, store: &dyn super::store::Store) -> Result<(), ApiError> {
+    if !identity.is_bootstrapper() {
+        return Ok(());
+    }
+    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+    let request = object.pointer("/spec/request").and_then(Value::as_str).and_then(|r| STANDARD.decode(r.trim()).ok()).and_then(|pem| String::from_utf8(pem).ok());
+    let Some(node) = request.and_then(|pem| node_name_of_request(&pem).ok()) else { return Ok(()) };
+    let refuse = |why: String| ApiError::forbidden(&CERTIFICATE_SIGNING_REQUESTS, &name, format!("a bootstrap token may not obtain a certificate for node {node:?}: {why}"));
+    let annotation = |key: &str| object.pointer("/metadata/annotations").and_then(|a| a.get(key)).and_then(Value::as_str).map(str::to_string);
+    let (Some(document), Some(signature)) = (annotation(INSTANCE_IDENTITY_DOCUMENT_ANNOTATION), annotation(INSTANCE_IDENTITY_SIGNATURE_ANNOTATION)) else {
+        return Err(refuse(format!("the request carries no instance identity (annotations {INSTANCE_IDENTITY_DOCUMENT_ANNOTATION} and {INSTANCE_IDENTITY_SIGNATURE_ANNOTATION})")));
+    };
+    let document = STANDARD.decode(document.trim()).map_err(|_| refuse("the instance identity document is not base64".into()))?;
+    let instance = verifier.verify(&node, &document, &signature).await.map_err(refuse)?;
+    let key = crate::api::resource::NODES.store_key(None, &node);
+    let stored = store.get(&key).await.map_err(|e| ApiError::from_store(e, &crate::api::resource::NODES, &node))?;
+    let holder = stored.as_ref().and_then(|s| s.value.pointer("/spec/providerID")).and_then(Value::as_str).map(str::to_string);
+    if let Some(holder) = holder
+        && holder.rsplit('/').next() != Some(instance.as_str())
+    {
+        return Err(refuse(format!("the Node is registered by another machine ({holder})")));
+    }
+    tracing::info!(node = %node, instance = %instance, "a joining machine's instance identity checked");
+    Ok(())
 }
 
 const CLIENT_USAGES: &[&str] = &["digital signature", "key encipherment", "client auth"];

@@ -422,6 +422,9 @@ async fn create(state: &AppState, identity: &Identity, mut target: Target, body:
         objects::prepare_create(&mut candidate, target.namespace.as_deref().filter(|_| rt.namespaced));
         let unknown = objects::validate(rt, &name, &mut candidate, mode)?;
         if *rt == resource::CERTIFICATE_SIGNING_REQUESTS {
+            if let Some(verifier) = &state.config.join_verifier {
+                csr::check_join(identity, &candidate, verifier.as_ref(), state.store.as_ref()).await?;
+            }
             csr::admit(identity, &mut candidate, state.config.csr_signer.as_ref())?;
         }
         if *rt == resource::PODS {

@@ -117,6 +117,9 @@ pub struct ApiServerConfig {
     pub tls: ServerTls,
     /// Signs node client certificates for bootstrap-token requests.
     pub csr_signer: Arc<dyn CsrSigner>,
+    /// Checks a bootstrap-token request's instance identity ([`csr::check_join`]); None (a
+    /// cluster without a cloud) lets a token name any node, as kubeadm's does.
+    pub join_verifier: Option<Arc<dyn csr::JoinVerifier>>,
     /// The CA published in `kube-public/cluster-info`.
     pub cluster_info_ca_pem: String,
     /// The binary served at [`NODE_BINARY_PATH`] (a master serves its own, `/proc/self/exe`);

@@ -116,6 +116,7 @@ impl TestServer {
         let mut config = ApiServerConfig {
             tls: ServerTls { cert_pem, key_pem, client_ca_pem: ca.pem.clone() },
             csr_signer: ca.clone(),
+            join_verifier: None,
             cluster_info_ca_pem: ca.pem.clone(),
             node_binary: None,
             kubelet_client: None,
@@ -762,6 +763,62 @@ async fn a_bootstrap_token_gets_a_node_certificate_that_then_authenticates_as_th
     renewed_node.get::<Node>(&NODES, None, "w9").await.expect("the renewed certificate authenticates as the node");
     let (for_other, _) = node_csr("system:node:w8", "system:nodes");
     assert_eq!(code(node.create(&CERTIFICATE_SIGNING_REQUESTS, None, &csr_object("node-csr-w8", &for_other)).await), 403, "not for another node");
+    server.stop().await;
+}
+
+/// Accepts the document `i-1:<name>` (signature `ok`) for node `<name>`, as instance `i-1`.
+struct TestVerifier;
+
+#[async_trait::async_trait]
+impl super::csr::JoinVerifier for TestVerifier {
+    async fn verify(&self, node: &str, document: &[u8], signature: &str) -> Result<String, String> {
+        if signature != "ok" {
+            return Err("the signature does not verify".into());
+        }
+        match std::str::from_utf8(document).ok().and_then(|d| d.strip_prefix("i-1:")) {
+            Some(name) if name == node => Ok("i-1".into()),
+            _ => Err(format!("instance i-1 is not named {node:?}")),
+        }
+    }
+}
+
+#[tokio::test]
+async fn where_there_is_a_cloud_a_bootstrap_token_gets_only_the_name_its_machine_proves() {
+    let server = TestServer::start_configured(SqliteStore::in_memory().unwrap(), |c| c.join_verifier = Some(Arc::new(TestVerifier))).await;
+    let admin = server.admin();
+    create_token(&admin, "abcdef", "0123456789abcdef", Time::from_system_time(std::time::SystemTime::now() + Duration::from_secs(3600))).await;
+    let joining = server.with_token("abcdef.0123456789abcdef");
+    let proved = |name: &str, csr_pem: &str, document: &str, signature: &str| {
+        let mut csr = csr_object(&format!("node-csr-{name}"), csr_pem);
+        csr.metadata.annotations.insert(crate::api::INSTANCE_IDENTITY_DOCUMENT_ANNOTATION.into(), STANDARD.encode(document));
+        csr.metadata.annotations.insert(crate::api::INSTANCE_IDENTITY_SIGNATURE_ANNOTATION.into(), signature.into());
+        csr
+    };
+    let (w9, _) = node_csr("system:node:w9", "system:nodes");
+    for (csr, why) in [
+        (csr_object("node-csr-w9", &w9), "carries no instance identity"),
+        (proved("w9", &w9, "i-1:w9", "forged"), "does not verify"),
+        (proved("w9", &w9, "i-1:w8", "ok"), "is not named \"w9\""),
+    ] {
+        let err = joining.create(&CERTIFICATE_SIGNING_REQUESTS, None, &csr).await.unwrap_err();
+        assert_eq!(err.code(), Some(403), "{why}: {err}");
+        assert!(err.to_string().contains(why), "{why}: {err}");
+    }
+    let signed: CertificateSigningRequest = joining.create(&CERTIFICATE_SIGNING_REQUESTS, None, &proved("w9", &w9, "i-1:w9", "ok")).await.unwrap();
+    assert_eq!(signed.status.conditions[0].condition_type, "Approved");
+    // A Node of that name registered by another machine stays its own; by this one, it may rejoin.
+    let mut other = Node::new("w8");
+    other.spec.provider_id = Some("aws:///us-east-1a/i-2".into());
+    let _: Node = admin.create(&NODES, None, &other).await.unwrap();
+    let (w8, _) = node_csr("system:node:w8", "system:nodes");
+    let err = joining.create(&CERTIFICATE_SIGNING_REQUESTS, None, &proved("w8", &w8, "i-1:w8", "ok")).await.unwrap_err();
+    assert!(err.code() == Some(403) && err.to_string().contains("registered by another machine (aws:///us-east-1a/i-2)"), "{err}");
+    let mut mine = Node::new("w9");
+    mine.spec.provider_id = Some("aws:///us-east-1a/i-1".into());
+    let _: Node = admin.create(&NODES, None, &mine).await.unwrap();
+    let mut again = proved("w9", &w9, "i-1:w9", "ok");
+    again.metadata.name = "node-csr-w9-again".into();
+    let _: CertificateSigningRequest = joining.create(&CERTIFICATE_SIGNING_REQUESTS, None, &again).await.unwrap();
     server.stop().await;
 }
 

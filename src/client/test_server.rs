@@ -21,6 +21,7 @@ pub async fn start_with_ca(ca: Arc<ClusterCa>) -> ApiClient {
     let config = ApiServerConfig {
         tls: ServerTls { cert_pem: serving.cert_pem, key_pem: serving.key_pem, client_ca_pem: ca.cert_pem().to_string() },
         csr_signer: ca.clone(),
+        join_verifier: None,
         cluster_info_ca_pem: ca.cert_pem().to_string(),
         node_binary: None,
         kubelet_client: {

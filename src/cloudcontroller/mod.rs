@@ -9,6 +9,7 @@
 //! Credentials: the master's config (`[master.cloud]`) names the region and, against the LocalStack
 //! harness, the endpoint and LocalStack's fixed test credentials; on AWS the instance's own.
 
+pub mod join;
 pub mod machines;
 pub mod pools;
 pub mod nodes;

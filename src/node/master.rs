@@ -34,7 +34,12 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let store = open_store(&config, &settings).await?;
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
     let ca = Arc::new(ca);
+    let join_verifier = match &settings.cloud {
+        Some(cloud) => crate::cloudcontroller::join::verifier(cloud, crate::cloudcontroller::connect(cloud).await, &config.cluster),
+        None => None,
+    };
     let api_config = ApiServerConfig {
+        join_verifier,
         tls: ServerTls { cert_pem: serving_cert, key_pem: serving_key, client_ca_pem: ca.cert_pem().to_string() },
         csr_signer: Arc::new(apiserver::csr::NodeCertSigner {
             ca: ca.clone(),

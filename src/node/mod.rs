@@ -13,6 +13,7 @@
 
 pub mod backup;
 pub mod etcd;
+pub mod identity;
 pub mod master;
 pub mod worker;
 

@@ -65,7 +65,13 @@ async fn join(server: &str, config: &NodeConfig, dir: &Path) -> Result<Credentia
         bail!("the API server offers a CA with hash {hash}, but this node pins {}; refusing to join", worker.ca_hash);
     }
     let (csr_pem, key_pem) = pki::node_csr(&config.node_name).context("making the node's key and signing request")?;
-    let request = signing_request(&format!("node-csr-{}", config.node_name), &csr_pem, crate::api::KUBELET_CLIENT_SIGNER, "client auth");
+    let mut request = signing_request(&format!("node-csr-{}", config.node_name), &csr_pem, crate::api::KUBELET_CLIENT_SIGNER, "client auth");
+    // Which machine this is, in the cloud's signed words: where the cluster has a cloud, the API
+    // server signs only for the name the cloud gives this machine.
+    match super::identity::read().await {
+        Ok(identity) => request["metadata"]["annotations"] = identity.annotations(),
+        Err(why) => tracing::info!(%why, "joining without an instance identity"),
+    }
     let joining = ApiClient::new(server, ClientAuth::Token { ca_pem: ca_pem.clone(), token: worker.join_token.clone() })?;
     let cert_pem = signed_certificate(&joining, &request).await?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
