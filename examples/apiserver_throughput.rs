@@ -109,7 +109,7 @@ async fn run_once(run: usize, backend: Backend) -> anyhow::Result<(f64, f64, f64
     };
     let serving = ca.issue_server(&["localhost".to_string()], &["127.0.0.1".parse()?])?;
     let config = ApiServerConfig {
-        tls: ServerTls { cert_pem: serving.cert_pem, key_pem: serving.key_pem, client_ca_pem: ca.cert_pem().to_string() },
+        tls: ServerTls::from_pem(&serving.cert_pem, &serving.key_pem, ca.cert_pem()).map_err(anyhow::Error::msg)?,
         csr_signer: ca.clone(),
         join_verifier: None,
         cluster_info_ca_pem: ca.cert_pem().to_string(),

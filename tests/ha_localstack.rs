@@ -47,10 +47,18 @@ async fn worker_instances(cloud: &dyn Cloud) -> Vec<String> {
 }
 
 /// A node machine's client certificate (PEM).
-fn node_cert(instance: &str) -> String {
-    let out = std::process::Command::new("docker").args(["exec", instance, "cat", "/var/lib/clusterctl/pki/node.crt"]).output().unwrap();
-    assert!(out.status.success(), "reading {instance}'s node.crt");
+fn pki_file(instance: &str, file: &str) -> String {
+    let out = std::process::Command::new("docker").args(["exec", instance, "cat", &format!("/var/lib/clusterctl/pki/{file}")]).output().unwrap();
+    assert!(out.status.success(), "reading {instance}'s {file}");
     String::from_utf8(out.stdout).unwrap()
+}
+
+fn node_cert(instance: &str) -> String {
+    pki_file(instance, "node.crt")
+}
+
+fn serving_cert(instance: &str) -> String {
+    pki_file(instance, "serving.crt")
 }
 
 async fn master_instances(cloud: &dyn Cloud) -> Vec<String> {
@@ -139,12 +147,14 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
     let s = spec_path.to_str().unwrap();
     let cloud: Arc<dyn Cloud> = Arc::new(AwsCloud::connect(&AwsOptions::default(), "us-east-1").await);
     let t0 = Instant::now();
-    // Node client certificates live 120 s here (the test-only setting): the agents renew them
-    // every 80 s, and the cluster runs well past the first ones' end.
+    // Node client and serving certificates and the masters' serving certificates live 120 s here
+    // (the test-only setting): agents and masters renew them every 80 s, and the cluster runs
+    // well past the first ones' end.
     let out = clusterctl_command(home.path()).args(["create", "-f", s]).env("CLUSTERCTL_NODE_CERT_SECONDS", "120").output().unwrap();
     assert_ok(&out, "create");
     let workers_at_create = worker_instances(cloud.as_ref()).await;
     let first_certs: Vec<String> = workers_at_create.iter().map(|w| node_cert(w)).collect();
+    let first_serving: Vec<String> = workers_at_create.iter().map(|w| serving_cert(w)).collect();
     eprintln!("create (3 masters, 2 workers): {:.1}s", t0.elapsed().as_secs_f64());
 
     let members = etcd_members(home.path(), s).unwrap();
@@ -423,6 +433,27 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
         assert!(clusterctl::pki::not_after(&now).unwrap() > std::time::SystemTime::now(), "{worker} holds a valid certificate");
         let renewals = journal_lines(worker, "-u clusterctl-worker", "renewed the node.s client certificate").unwrap();
         eprintln!("{worker}: {} renewals of its 120 s client certificate", renewals.lines().count());
+    }
+    // Serving certificates live 120 s here too: every master serves one valid now (renewed by the
+    // master two thirds in), and every worker's agent holds a renewed one, which the API server
+    // verifies when it reads a pod's log from that agent.
+    let masters = cloud.instances_by_id(&master_instances(cloud.as_ref()).await).await.unwrap();
+    for master in &masters {
+        let ip = master.private_ip.unwrap();
+        let check = format!("openssl s_client -connect {ip}:6443 </dev/null 2>/dev/null | openssl x509 -noout -enddate -checkend 0");
+        let out = std::process::Command::new("sh").args(["-c", &check]).output().unwrap();
+        assert!(out.status.success(), "master {} serves a valid certificate: {}", master.id, String::from_utf8_lossy(&out.stdout));
+    }
+    for (worker, first) in workers_at_create.iter().zip(&first_serving) {
+        let now = serving_cert(worker);
+        assert!(&now != first && clusterctl::pki::not_after(&now).unwrap() > std::time::SystemTime::now(), "{worker}'s agent serving certificate was renewed");
+        let renewals = journal_lines(worker, "-u clusterctl-worker", "renewed the agent.s serving certificate").unwrap();
+        eprintln!("{worker}: {} renewals of its 120 s serving certificate", renewals.lines().count());
+    }
+    let pods = client.list_values("/api/v1/namespaces/default/pods").await.unwrap();
+    for pod in pods.iter().filter(|p| p.pointer("/metadata/labels/app") == Some(&Value::from("web"))) {
+        let name = pod["metadata"]["name"].as_str().unwrap();
+        client.request_text("GET", &format!("/api/v1/namespaces/default/pods/{name}/log")).await.unwrap_or_else(|e| panic!("the log of {name} through its agent: {e}"));
     }
     let kept = client.list_values("/api/v1/namespaces/default/configmaps").await.unwrap();
     let kept: BTreeSet<String> = kept.iter().map(|c| c["metadata"]["name"].as_str().unwrap_or("").to_string()).collect();

@@ -459,7 +459,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let serving = ca.issue_node_serving(node).unwrap();
-        let tls = ServerTls { cert_pem: serving.cert_pem, key_pem: serving.key_pem, client_ca_pem: ca.cert_pem().to_string() };
+        let tls = ServerTls::from_pem(&serving.cert_pem, &serving.key_pem, ca.cert_pem()).unwrap();
         let runtime: Arc<dyn ContainerRuntime> = Arc::new(fake.clone());
         tokio::spawn(async move { serve(listener, &tls, runtime).await });
         port

@@ -40,20 +40,20 @@ pub trait CsrSigner: Send + Sync {
     fn sign_node_serving_csr(&self, csr_pem: &str) -> Result<String, String>;
 }
 
-/// The cluster CA signing node client certificates valid for `client_lifetime` (the master's
-/// setting; serving certificates keep the CA's year).
+/// The cluster CA signing node client and serving certificates valid for `lifetime` (the
+/// master's setting; the agents renew both at two thirds of it).
 pub struct NodeCertSigner {
     pub ca: std::sync::Arc<crate::pki::ClusterCa>,
-    pub client_lifetime: std::time::Duration,
+    pub lifetime: std::time::Duration,
 }
 
 impl CsrSigner for NodeCertSigner {
     fn sign_node_csr(&self, csr_pem: &str) -> Result<String, String> {
-        self.ca.sign_node_csr_valid_for(csr_pem, self.client_lifetime).map_err(|e| e.to_string())
+        self.ca.sign_node_csr_valid_for(csr_pem, self.lifetime).map_err(|e| e.to_string())
     }
 
     fn sign_node_serving_csr(&self, csr_pem: &str) -> Result<String, String> {
-        self.ca.sign_node_serving_csr(csr_pem).map_err(|e| e.to_string())
+        self.ca.sign_node_serving_csr_valid_for(csr_pem, self.lifetime).map_err(|e| e.to_string())
     }
 }
 

@@ -96,18 +96,18 @@ pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long open requests may run on after shutdown was asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The server's certificate and key, and the CA that signs client certificates (all PEM).
-#[derive(Clone)]
+/// The server's certificate and key, which its owner may replace while it serves (renewal), and
+/// the CA that signs client certificates (PEM).
+#[derive(Clone, Debug)]
 pub struct ServerTls {
-    pub cert_pem: String,
-    pub key_pem: String,
+    pub cert: crate::client::RenewableCertificate,
     pub client_ca_pem: String,
 }
 
-impl std::fmt::Debug for ServerTls {
-    // Never the key.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ServerTls")
+impl ServerTls {
+    /// A serving certificate and key (PEM), checked to be a pair, and the client CA (PEM).
+    pub fn from_pem(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> Result<Self, String> {
+        Ok(ServerTls { cert: crate::client::RenewableCertificate::new(cert_pem, key_pem)?, client_ca_pem: client_ca_pem.to_string() })
     }
 }
 

@@ -114,7 +114,7 @@ impl TestServer {
         let ca = Arc::new(TestCa::new("test-ca"));
         let (cert_pem, key_pem) = ca.serving();
         let mut config = ApiServerConfig {
-            tls: ServerTls { cert_pem, key_pem, client_ca_pem: ca.pem.clone() },
+            tls: ServerTls::from_pem(&cert_pem, &key_pem, &ca.pem).unwrap(),
             csr_signer: ca.clone(),
             join_verifier: None,
             cluster_info_ca_pem: ca.pem.clone(),
@@ -502,6 +502,37 @@ async fn a_node_reads_only_its_own_pods_and_every_pod_in_its_network_view() {
     drop(watch);
     let secrets_view = ListOptions { accept: ListOptions::pod_network().accept, ..Default::default() };
     assert_eq!(code(admin.list::<Value>(&SECRETS, None, &secrets_view).await), 406, "only pods have a network view");
+    server.stop().await;
+}
+
+/// The certificate (DER) a server presents to a new TLS connection.
+async fn served_certificate(server: &TestServer) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(server.ca.pem.as_bytes()).unwrap()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(server.url.trim_start_matches("https://")).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect("localhost".try_into().unwrap(), tcp).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn a_renewed_serving_certificate_is_served_to_new_connections() {
+    let mut handle = None;
+    let server = TestServer::start_configured(SqliteStore::in_memory().unwrap(), |c| handle = Some(c.tls.cert.clone())).await;
+    let before = served_certificate(&server).await;
+    let admin = server.admin();
+    let _: List<Node> = admin.list(&NODES, None, &ListOptions::default()).await.unwrap();
+    let (cert_pem, key_pem) = server.ca.serving();
+    handle.unwrap().replace(&cert_pem, &key_pem).unwrap();
+    let after = served_certificate(&server).await;
+    let (_, renewed) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).unwrap();
+    assert!(after != before && after == renewed.contents, "new connections get the renewed certificate");
+    let _: List<Node> = admin.list(&NODES, None, &ListOptions::default()).await.expect("a client keeps working across the renewal");
     server.stop().await;
 }
 

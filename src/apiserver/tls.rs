@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::CertificateDer;
 
 use super::auth::Identity;
 use super::{ApiServerError, ServerTls};
@@ -31,11 +31,9 @@ pub enum ClientCerts {
     Required,
 }
 
-/// The rustls configuration for `tls`.
+/// The rustls configuration for `tls`: each handshake serves its current certificate.
 pub fn server_config(tls: &ServerTls, clients: ClientCerts) -> Result<rustls::ServerConfig, ApiServerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = certificates(&tls.cert_pem, "serving certificate")?;
-    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|source| ApiServerError::Pem { what: "serving key", source })?;
     let mut roots = RootCertStore::empty();
     for ca in certificates(&tls.client_ca_pem, "client CA")? {
         roots.add(ca).map_err(|source| ApiServerError::Tls { action: "adding the client CA", source })?;
@@ -49,8 +47,7 @@ pub fn server_config(tls: &ServerTls, clients: ClientCerts) -> Result<rustls::Se
         .with_safe_default_protocol_versions()
         .map_err(|source| ApiServerError::Tls { action: "choosing protocol versions", source })?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|source| ApiServerError::Tls { action: "loading the serving certificate and key", source })?;
+        .with_cert_resolver(tls.cert.serving_resolver());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

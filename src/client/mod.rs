@@ -67,7 +67,8 @@ impl std::fmt::Debug for ClientAuth {
     }
 }
 
-/// A client certificate and key that can be swapped for new ones; clones share them.
+/// A certificate and key that can be swapped for new ones; clones share them. A client presents
+/// it ([`ClientAuth::Renewable`]); a server serves it ([`Self::serving_resolver`]).
 #[derive(Clone)]
 pub struct RenewableCertificate(Arc<CurrentCertificate>);
 
@@ -92,6 +93,17 @@ impl RenewableCertificate {
         *self.0.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
         Ok(())
     }
+
+    /// What a rustls server serves it with: every new handshake gets the current certificate.
+    pub fn serving_resolver(&self) -> Arc<dyn rustls::server::ResolvesServerCert> {
+        self.0.clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CurrentCertificate {
+    fn resolve(&self, _client_hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+    }
 }
 
 impl rustls::client::ResolvesClientCert for CurrentCertificate {
@@ -105,13 +117,15 @@ impl rustls::client::ResolvesClientCert for CurrentCertificate {
 }
 
 fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
-    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| format!("reading the client certificate PEM: {e}"))?;
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| format!("reading the certificate PEM: {e}"))?;
     if chain.is_empty() {
-        return Err("the client certificate PEM holds no certificate".into());
+        return Err("the certificate PEM holds no certificate".into());
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("reading the client key PEM: {e}"))?;
-    let key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| format!("loading the client key: {e}"))?;
-    Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, key)))
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("reading the key PEM: {e}"))?;
+    let key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| format!("loading the key: {e}"))?;
+    let certified = rustls::sign::CertifiedKey::new(chain, key);
+    certified.keys_match().map_err(|e| format!("the key is not the certificate's: {e}"))?;
+    Ok(Arc::new(certified))
 }
 
 /// A failed API call, with what was being done.

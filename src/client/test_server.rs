@@ -19,7 +19,7 @@ pub async fn start() -> ApiClient {
 pub async fn start_with_ca(ca: Arc<ClusterCa>) -> ApiClient {
     let serving = ca.issue_server(&["localhost".to_string()], &["127.0.0.1".parse().unwrap()]).unwrap();
     let config = ApiServerConfig {
-        tls: ServerTls { cert_pem: serving.cert_pem, key_pem: serving.key_pem, client_ca_pem: ca.cert_pem().to_string() },
+        tls: ServerTls::from_pem(&serving.cert_pem, &serving.key_pem, ca.cert_pem()).unwrap(),
         csr_signer: ca.clone(),
         join_verifier: None,
         cluster_info_ca_pem: ca.cert_pem().to_string(),

@@ -29,7 +29,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     std::fs::create_dir_all(&pki_dir).with_context(|| format!("creating {}", pki_dir.display()))?;
     crate::home::restrict_dir(&pki_dir).context("restricting the PKI folder")?;
     let ca = pki::load_or_create_ca(&pki_dir, &config.cluster).with_context(|| format!("loading or making the cluster CA in {}", pki_dir.display()))?;
-    let (serving_cert, serving_key) = pki::serving_certificate(&ca, &pki_dir, &settings.serving_names, &settings.serving_ips).context("the serving certificate")?;
+    // A year, or the test-only shorter life of every leaf this cluster issues.
+    let leaf_lifetime = settings.node_cert_seconds.map_or(pki::LEAF_VALIDITY, Duration::from_secs);
+    let (serving_cert, serving_key) = pki::serving_certificate(&ca, &pki_dir, &settings.serving_names, &settings.serving_ips, leaf_lifetime).context("the serving certificate")?;
+    let api_tls = ServerTls::from_pem(&serving_cert, &serving_key, ca.cert_pem()).map_err(anyhow::Error::msg)?;
 
     let store = open_store(&config, &settings).await?;
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
@@ -40,10 +43,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     };
     let api_config = ApiServerConfig {
         join_verifier,
-        tls: ServerTls { cert_pem: serving_cert, key_pem: serving_key, client_ca_pem: ca.cert_pem().to_string() },
+        tls: api_tls.clone(),
         csr_signer: Arc::new(apiserver::csr::NodeCertSigner {
             ca: ca.clone(),
-            client_lifetime: settings.node_cert_seconds.map_or(pki::LEAF_VALIDITY, Duration::from_secs),
+            lifetime: leaf_lifetime,
         }),
         cluster_info_ca_pem: ca.cert_pem().to_string(),
         // The running binary, even after an upgrade has replaced the file on disk.
@@ -57,6 +60,17 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         audit: Some(crate::apiserver::limits::AuditSettings::at(crate::nodeconfig::AUDIT_LOG)),
         default_toleration_seconds: Some(settings.pod_eviction_seconds),
     };
+    {
+        // Renewed two thirds into its life; new connections get the new one.
+        let (ca, dir, names, ips, cert) = (ca.clone(), pki_dir.clone(), settings.serving_names.clone(), settings.serving_ips.clone(), api_tls.cert.clone());
+        tokio::spawn(super::renew_when_due("the API server's serving certificate", pki_dir.join("apiserver.crt"), move || {
+            let (ca, dir, names, ips, cert) = (ca.clone(), dir.clone(), names.clone(), ips.clone(), cert.clone());
+            async move {
+                let (cert_pem, key_pem) = pki::serving_certificate(&ca, &dir, &names, &ips, leaf_lifetime)?;
+                cert.replace(&cert_pem, &key_pem).map_err(anyhow::Error::msg)
+            }
+        }));
+    }
     // The server stops after the leases are given up (below), so that giving them up can reach it.
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(apiserver::serve(api_config, store, listener, server_stopped));
@@ -137,7 +151,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let node_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: node.cert_pem, key_pem: node.key_pem })?;
     tokio::spawn(crate::proxy::run(node_client.clone()));
     let serving = ca.issue_node_serving(&config.node_name)?;
-    let serving = apiserver::ServerTls { cert_pem: serving.cert_pem, key_pem: serving.key_pem, client_ca_pem: ca.cert_pem().to_string() };
+    let serving = apiserver::ServerTls::from_pem(&serving.cert_pem, &serving.key_pem, ca.cert_pem()).map_err(anyhow::Error::msg)?;
     super::trust_registries_logged(&config);
     tokio::spawn(agent::run(node_client, super::agent_config(&config, Duration::from_secs(2), serving)));
 

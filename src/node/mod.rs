@@ -103,6 +103,38 @@ pub fn rotate_admin(config: &NodeConfig) -> anyhow::Result<()> {
 }
 
 /// The agent settings a node's config implies.
+/// How long after a failed renewal the next attempt comes.
+const RENEW_RETRY: Duration = Duration::from_secs(10);
+
+/// Renews a certificate two thirds into its life, as kubelet rotates its own: sleeps until the
+/// certificate at `cert_path` is due ([`crate::pki::renewal_due`]), then `renew`s it (which
+/// replaces the file and what is presented). A failed attempt is retried every [`RENEW_RETRY`];
+/// a certificate past its end is refused, so a node cut off until then has to be replaced.
+pub(crate) async fn renew_when_due<F, Fut>(what: &'static str, cert_path: std::path::PathBuf, mut renew: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    loop {
+        let due = std::fs::read_to_string(&cert_path).map_err(anyhow::Error::from).and_then(|c| Ok(crate::pki::renewal_due(&c)?));
+        let wait = match due {
+            Ok(due) => due.duration_since(std::time::SystemTime::now()).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "reading {what} to renew it");
+                RENEW_RETRY
+            }
+        };
+        tokio::time::sleep(wait).await;
+        match renew().await {
+            Ok(()) => tracing::info!("renewed {what}"),
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "renewing {what}; again in {}s", RENEW_RETRY.as_secs());
+                tokio::time::sleep(RENEW_RETRY).await;
+            }
+        }
+    }
+}
+
 pub fn agent_config(config: &NodeConfig, heartbeat: Duration, serving: crate::apiserver::ServerTls) -> AgentConfig {
     AgentConfig {
         serving: Some(serving),

@@ -5,7 +5,7 @@
 //! certificate signing request authenticated by the join token. The node's key never leaves it.
 //! The client certificate is renewed two thirds into its life with a request sent with itself.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -25,7 +25,7 @@ struct Credentials {
 }
 
 fn load(dir: &Path) -> Option<Credentials> {
-    finish_renewal(dir);
+    finish_renewal(dir, "node");
     Some(Credentials {
         ca_pem: std::fs::read_to_string(dir.join("ca.crt")).ok()?,
         cert_pem: std::fs::read_to_string(dir.join("node.crt")).ok()?,
@@ -83,79 +83,64 @@ async fn join(server: &str, config: &NodeConfig, dir: &Path) -> Result<Credentia
     Ok(Credentials { ca_pem, cert_pem, key_pem })
 }
 
-/// Puts a renewed certificate and key in place: the key is written beside the current one
-/// first (`node.key.new`), then the certificate (`node.crt.new`), and they are renamed over the
-/// current ones in the same order. `node.crt.new` is therefore there only once both are written:
-/// a renewal interrupted before it leaves a lone `node.key.new`, which is dropped; one interrupted
+/// Puts a renewed certificate and key in place (`<stem>.crt`, `<stem>.key`: the client pair
+/// `node`, the serving pair `serving`): the key is written beside the current one first
+/// (`<stem>.key.new`), then the certificate (`<stem>.crt.new`), and they are renamed over the
+/// current ones in the same order. `<stem>.crt.new` is therefore there only once both are
+/// written: a renewal interrupted before it leaves a lone key, which is dropped; one interrupted
 /// between the renames is finished here at the next start.
-fn finish_renewal(dir: &Path) {
-    let (key_new, cert_new) = (dir.join("node.key.new"), dir.join("node.crt.new"));
+fn finish_renewal(dir: &Path, stem: &str) {
+    let (key_new, cert_new) = (dir.join(format!("{stem}.key.new")), dir.join(format!("{stem}.crt.new")));
     let result = if cert_new.exists() {
-        let key = if key_new.exists() { std::fs::rename(&key_new, dir.join("node.key")) } else { Ok(()) };
-        key.and_then(|()| std::fs::rename(&cert_new, dir.join("node.crt")))
+        let key = if key_new.exists() { std::fs::rename(&key_new, dir.join(format!("{stem}.key"))) } else { Ok(()) };
+        key.and_then(|()| std::fs::rename(&cert_new, dir.join(format!("{stem}.crt"))))
     } else if key_new.exists() {
         std::fs::remove_file(&key_new)
     } else {
         Ok(())
     };
     if let Err(e) = result {
-        tracing::warn!(error = %e, "putting the renewed certificate and key in place");
+        tracing::warn!(error = %e, "putting the renewed {stem} certificate and key in place");
     }
 }
 
-/// How long after a failed renewal the next attempt comes.
-const RENEW_RETRY: Duration = Duration::from_secs(10);
-
-/// Renews the node's client certificate two thirds into its life, as kubelet rotates its own: a
-/// new key and a CSR sent with the current certificate (`kube-apiserver-client-kubelet`, for its
-/// own name), the files replaced, and the client's new connections present the new one. A failed
-/// attempt is retried every [`RENEW_RETRY`]; a certificate past its end is refused by the API
-/// server, so a node cut off until then has to be replaced.
-async fn renew_client_certificate(client: ApiClient, cert: RenewableCertificate, node_name: String, dir: PathBuf) {
-    loop {
-        let due = std::fs::read_to_string(dir.join("node.crt")).map_err(anyhow::Error::from).and_then(|c| Ok(pki::renewal_due(&c)?));
-        let wait = match due {
-            Ok(due) => due.duration_since(std::time::SystemTime::now()).unwrap_or_default(),
-            Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), "reading the node's certificate to renew it");
-                RENEW_RETRY
-            }
-        };
-        tokio::time::sleep(wait).await;
-        match renew_once(&client, &cert, &node_name, &dir).await {
-            Ok(()) => tracing::info!("renewed the node's client certificate"),
-            Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), "renewing the node's client certificate; again in {}s", RENEW_RETRY.as_secs());
-                tokio::time::sleep(RENEW_RETRY).await;
-            }
-        }
-    }
+/// Writes a renewed pair as [`finish_renewal`] expects, and puts it in place.
+fn write_renewed(dir: &Path, stem: &str, cert_pem: &str, key_pem: &str) -> Result<()> {
+    pki::write_key_file(&dir.join(format!("{stem}.key.new")), key_pem)?;
+    pki::write_key_file(&dir.join(format!("{stem}.crt.new")), cert_pem)?;
+    finish_renewal(dir, stem);
+    Ok(())
 }
 
-async fn renew_once(client: &ApiClient, cert: &RenewableCertificate, node_name: &str, dir: &Path) -> Result<()> {
+async fn renew_client(client: &ApiClient, cert: &RenewableCertificate, node_name: &str, dir: &Path) -> Result<()> {
     let (csr_pem, key_pem) = pki::node_csr(node_name).context("making a new key and signing request")?;
     let request = signing_request(&format!("node-csr-{node_name}"), &csr_pem, crate::api::KUBELET_CLIENT_SIGNER, "client auth");
     let cert_pem = signed_certificate(client, &request).await?;
     cert.replace(&cert_pem, &key_pem).map_err(anyhow::Error::msg)?;
-    pki::write_key_file(&dir.join("node.key.new"), &key_pem)?;
-    pki::write_key_file(&dir.join("node.crt.new"), &cert_pem)?;
-    finish_renewal(dir);
-    Ok(())
+    write_renewed(dir, "node", &cert_pem, &key_pem)
 }
 
-/// The agent's serving certificate and key (PEM): the ones in `dir` (`serving.crt`, `serving.key`)
-/// when there, else new ones asked for with the node's own credential
+/// A new serving certificate for the agent, asked for with the node's own credential
 /// (`kubernetes.io/kubelet-serving`; the key never leaves the node).
-async fn serving_certificate(client: &ApiClient, node_name: &str, dir: &Path) -> Result<(String, String)> {
-    let (cert_path, key_path) = (dir.join("serving.crt"), dir.join("serving.key"));
-    if let (Ok(cert), Ok(key)) = (std::fs::read_to_string(&cert_path), std::fs::read_to_string(&key_path)) {
-        return Ok((cert, key));
-    }
+async fn request_serving(client: &ApiClient, node_name: &str) -> Result<(String, String)> {
     let (csr_pem, key_pem) = pki::node_csr(node_name).context("making the serving key and signing request")?;
     let request = signing_request(&format!("node-serving-{node_name}"), &csr_pem, crate::api::KUBELET_SERVING_SIGNER, "server auth");
     let cert_pem = signed_certificate(client, &request).await.context("the serving certificate")?;
-    pki::write_key_file(&key_path, &key_pem)?;
-    pki::write_key_file(&cert_path, &cert_pem)?;
+    Ok((cert_pem, key_pem))
+}
+
+/// The agent's serving certificate and key (PEM): the ones in `dir` (`serving.crt`,
+/// `serving.key`) when there and not yet due for renewal, else new ones ([`request_serving`]).
+async fn serving_certificate(client: &ApiClient, node_name: &str, dir: &Path) -> Result<(String, String)> {
+    finish_renewal(dir, "serving");
+    if let (Ok(cert), Ok(key)) = (std::fs::read_to_string(dir.join("serving.crt")), std::fs::read_to_string(dir.join("serving.key"))) {
+        let due = pki::renewal_due(&cert).map(|due| due <= std::time::SystemTime::now()).unwrap_or(true);
+        if !due {
+            return Ok((cert, key));
+        }
+    }
+    let (cert_pem, key_pem) = request_serving(client, node_name).await?;
+    write_renewed(dir, "serving", &cert_pem, &key_pem)?;
     Ok((cert_pem, key_pem))
 }
 
@@ -195,16 +180,33 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let ca_pem = creds.ca_pem.clone();
     let cert = RenewableCertificate::new(&creds.cert_pem, &creds.key_pem).map_err(anyhow::Error::msg)?;
     let client = ApiClient::new(&server, ClientAuth::Renewable { ca_pem: creds.ca_pem, cert: cert.clone() })?;
-    tokio::spawn(renew_client_certificate(client.clone(), cert, config.node_name.clone(), dir.clone()));
+    {
+        let (client, node_name, dir) = (client.clone(), config.node_name.clone(), dir.clone());
+        tokio::spawn(super::renew_when_due("the node's client certificate", dir.join("node.crt"), move || {
+            let (client, cert, node_name, dir) = (client.clone(), cert.clone(), node_name.clone(), dir.clone());
+            async move { renew_client(&client, &cert, &node_name, &dir).await }
+        }));
+    }
     let serving = loop {
         match serving_certificate(&client, &config.node_name, &dir).await {
-            Ok((cert_pem, key_pem)) => break crate::apiserver::ServerTls { cert_pem, key_pem, client_ca_pem: ca_pem },
+            Ok((cert_pem, key_pem)) => break crate::apiserver::ServerTls::from_pem(&cert_pem, &key_pem, &ca_pem).map_err(anyhow::Error::msg)?,
             Err(e) => {
                 tracing::warn!(error = format!("{e:#}"), "getting the agent's serving certificate; again in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     };
+    {
+        let (client, node_name, dir, cert) = (client.clone(), config.node_name.clone(), dir.clone(), serving.cert.clone());
+        tokio::spawn(super::renew_when_due("the agent's serving certificate", dir.join("serving.crt"), move || {
+            let (client, node_name, dir, cert) = (client.clone(), node_name.clone(), dir.clone(), cert.clone());
+            async move {
+                let (cert_pem, key_pem) = request_serving(&client, &node_name).await?;
+                cert.replace(&cert_pem, &key_pem).map_err(anyhow::Error::msg)?;
+                write_renewed(&dir, "serving", &cert_pem, &key_pem)
+            }
+        }));
+    }
     tokio::spawn(crate::proxy::run(client.clone()));
     super::trust_registries_logged(&config);
     tokio::select! {
@@ -239,7 +241,7 @@ mod tests {
             for (f, text) in &written {
                 std::fs::write(dir.path().join(f), text).unwrap();
             }
-            finish_renewal(dir.path());
+            finish_renewal(dir.path(), "node");
             assert_eq!(files(dir.path()), want, "after writing {written:?}");
         }
         // Interrupted between the renames: the key is new already, the certificate follows.
@@ -247,7 +249,7 @@ mod tests {
         std::fs::write(dir.path().join("node.key"), "new-key").unwrap();
         std::fs::write(dir.path().join("node.crt"), "old-cert").unwrap();
         std::fs::write(dir.path().join("node.crt.new"), "new-cert").unwrap();
-        finish_renewal(dir.path());
+        finish_renewal(dir.path(), "node");
         assert_eq!(files(dir.path()), pair("new-key", "new-cert"));
     }
 }

@@ -208,6 +208,11 @@ impl ClusterCa {
     /// Issues the API server's serving certificate (serverAuth, one year) for every name and
     /// address it is reached by. Entries of `dns_names` that are IP addresses become IP SANs.
     pub fn issue_server(&self, dns_names: &[String], ips: &[IpAddr]) -> Result<Issued, PkiError> {
+        self.issue_server_valid_for(dns_names, ips, LEAF_VALIDITY)
+    }
+
+    /// The same, valid for `lifetime` (the masters renew it at two thirds of it).
+    pub fn issue_server_valid_for(&self, dns_names: &[String], ips: &[IpAddr], lifetime: Duration) -> Result<Issued, PkiError> {
         let (names, addrs) = split_names(dns_names, ips);
         let mut params = leaf_params("clusterctl-apiserver", &[], ExtendedKeyUsagePurpose::ServerAuth)?;
         for name in &names {
@@ -215,6 +220,7 @@ impl ClusterCa {
             params.subject_alt_names.push(SanType::DnsName(ia5));
         }
         params.subject_alt_names.extend(addrs.into_iter().map(SanType::IpAddress));
+        set_validity(&mut params, lifetime)?;
         self.issue(params, "the API server's serving certificate")
     }
 
@@ -273,6 +279,11 @@ impl ClusterCa {
     /// serve only as itself. Returns the certificate, PEM.
     pub fn sign_node_serving_csr(&self, csr_pem: &str) -> Result<String, PkiError> {
         self.sign_node_request(csr_pem, NodeCertUsage::Serving, LEAF_VALIDITY)
+    }
+
+    /// The same, valid for `lifetime` (the agents renew it at two thirds of it).
+    pub fn sign_node_serving_csr_valid_for(&self, csr_pem: &str, lifetime: Duration) -> Result<String, PkiError> {
+        self.sign_node_request(csr_pem, NodeCertUsage::Serving, lifetime)
     }
 
     fn sign_node_request(&self, csr_pem: &str, usage: NodeCertUsage, lifetime: Duration) -> Result<String, PkiError> {

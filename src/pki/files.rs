@@ -72,21 +72,34 @@ fn load_or_create_named_ca(dir: &Path, stem: &str, name: &str) -> Result<Cluster
 }
 
 /// The API server's serving certificate and key in `dir` (`apiserver.crt`, `apiserver.key`),
-/// issued again when they do not cover every wanted name (the names a master is reached by change
-/// when a load balancer is added or a master replaced).
-pub fn serving_certificate(ca: &ClusterCa, dir: &Path, names: &[String], ips: &[std::net::IpAddr]) -> Result<(String, String), PkiError> {
+/// issued again, valid for `lifetime`, when they do not cover every wanted name (the names a
+/// master is reached by change when a load balancer is added or a master replaced), when two
+/// thirds of their life has passed ([`super::renewal_due`]: the master renews it while it runs
+/// too), or when the key is not the certificate's (a renewal interrupted between the two writes).
+pub fn serving_certificate(ca: &ClusterCa, dir: &Path, names: &[String], ips: &[std::net::IpAddr], lifetime: std::time::Duration) -> Result<(String, String), PkiError> {
     let (cert, key) = (dir.join("apiserver.crt"), dir.join("apiserver.key"));
     let wanted: Vec<String> = names.iter().cloned().chain(ips.iter().map(|i| i.to_string())).collect();
     if let (Ok(c), Ok(k)) = (fs::read_to_string(&cert), fs::read_to_string(&key)) {
-        if super::cert_matches_names(&c, &wanted).unwrap_or(false) {
+        let due = super::renewal_due(&c).map(|due| due <= std::time::SystemTime::now()).unwrap_or(true);
+        if super::cert_matches_names(&c, &wanted).unwrap_or(false) && !due && pair_matches(&c, &k) {
             return Ok((c, k));
         }
-        tracing::info!("re-issuing the serving certificate for {wanted:?}");
+        tracing::info!("issuing the serving certificate for {wanted:?} again");
     }
-    let issued = ca.issue_server(names, ips)?;
+    let issued = ca.issue_server_valid_for(names, ips, lifetime)?;
+    // The key first: until the certificate follows, the old pair's certificate does not match
+    // it and is issued again at the next start.
     write_key_file(&key, &issued.key_pem)?;
     fs::write(&cert, &issued.cert_pem).map_err(|source| PkiError::Io { path: cert.clone(), source })?;
     Ok((issued.cert_pem, issued.key_pem))
+}
+
+/// Whether `key_pem` is the private key of `cert_pem`'s public key.
+fn pair_matches(cert_pem: &str, key_pem: &str) -> bool {
+    let Ok(key) = rcgen::KeyPair::from_pem(key_pem) else { return false };
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else { return false };
+    let Ok(cert) = pem.parse_x509() else { return false };
+    rcgen::PublicKeyData::subject_public_key_info(&key) == cert.tbs_certificate.subject_pki.raw
 }
 
 /// The admin's client certificate in `dir` (`admin.crt`, `admin.key`), made once; the operator
@@ -169,12 +182,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = load_or_create_ca(dir.path(), "demo").unwrap();
         let ip = std::net::IpAddr::from([10, 0, 1, 5]);
-        let (first, _) = serving_certificate(&ca, dir.path(), &["localhost".into()], &[ip]).unwrap();
-        let (again, _) = serving_certificate(&ca, dir.path(), &["localhost".into()], &[ip]).unwrap();
+        let (first, _) = serving_certificate(&ca, dir.path(), &["localhost".into()], &[ip], super::super::LEAF_VALIDITY).unwrap();
+        let (again, _) = serving_certificate(&ca, dir.path(), &["localhost".into()], &[ip], super::super::LEAF_VALIDITY).unwrap();
         assert_eq!(first, again);
-        let (wider, _) = serving_certificate(&ca, dir.path(), &["localhost".into(), "api.example".into()], &[ip]).unwrap();
+        let (wider, _) = serving_certificate(&ca, dir.path(), &["localhost".into(), "api.example".into()], &[ip], super::super::LEAF_VALIDITY).unwrap();
         assert_ne!(first, wider, "a new name issues a new certificate");
         assert!(super::super::cert_matches_names(&wider, &["api.example".into(), "10.0.1.5".into()]).unwrap());
+    }
+
+    #[test]
+    fn the_serving_certificate_is_issued_again_when_due_or_when_its_key_is_not_its_own() {
+        use super::super::LEAF_VALIDITY;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = load_or_create_ca(dir.path(), "demo").unwrap();
+        let names = ["localhost".to_string()];
+        // A one-second certificate is due (two thirds into its life) a second later.
+        let (short, _) = serving_certificate(&ca, dir.path(), &names, &[], std::time::Duration::from_secs(1)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let (renewed, key) = serving_certificate(&ca, dir.path(), &names, &[], LEAF_VALIDITY).unwrap();
+        assert_ne!(short, renewed, "due: issued again");
+        assert_eq!(serving_certificate(&ca, dir.path(), &names, &[], LEAF_VALIDITY).unwrap().0, renewed, "not due: kept");
+        // Interrupted between the key's write and the certificate's.
+        fs::write(dir.path().join("apiserver.key"), rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+        let (fixed, fixed_key) = serving_certificate(&ca, dir.path(), &names, &[], LEAF_VALIDITY).unwrap();
+        assert!(fixed != renewed && fixed_key != key && super::pair_matches(&fixed, &fixed_key));
     }
 
     #[test]
