@@ -27,22 +27,8 @@ pub fn setup(config: &NodeConfig, env_path: &Path) -> Result<()> {
     pki::load_or_create_ca(&pki_dir, &config.cluster).with_context(|| format!("loading or making the cluster CA in {}", pki_dir.display()))?;
     // etcd trusts its own CA only: a node's or a user's certificate from the cluster CA is refused.
     let ca = pki::load_or_create_etcd_ca(&pki_dir, &config.cluster).with_context(|| format!("loading or making etcd's CA in {}", pki_dir.display()))?;
-    let files = EtcdFiles::in_dir(&pki_dir);
-    let ip = config.internal_ip;
-    let wanted = vec![ip.to_string(), "127.0.0.1".to_string(), "localhost".to_string()];
-    let current = std::fs::read_to_string(&files.member_cert).ok();
-    let fits = current.as_deref().is_some_and(|c| ca.verify_issued(c).is_ok() && pki::cert_matches_names(c, &wanted).unwrap_or(false));
-    if !fits || !files.member_key.exists() {
-        let issued = ca.issue_etcd_member(&config.node_name, &["localhost".to_string()], &[ip, IpAddr::from([127, 0, 0, 1])])?;
-        pki::write_key_file(&files.member_key, &issued.key_pem)?;
-        pki::write_key_file(&files.member_cert, &issued.cert_pem)?;
-    }
-    let client_fits = std::fs::read_to_string(&files.client_cert).ok().is_some_and(|c| ca.verify_issued(&c).is_ok());
-    if !client_fits || !files.client_key.exists() {
-        let issued = ca.issue_client("clusterctl-apiserver-etcd-client", &[])?;
-        pki::write_key_file(&files.client_key, &issued.key_pem)?;
-        pki::write_key_file(&files.client_cert, &issued.cert_pem)?;
-    }
+    let lifetime = master.node_cert_seconds.map_or(pki::LEAF_VALIDITY, std::time::Duration::from_secs);
+    let files = certificates(config, &ca, lifetime)?;
     let data_dir = config.data_dir.join("etcd");
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     crate::home::restrict_dir(&data_dir).context("restricting etcd's data folder")?;
@@ -51,6 +37,37 @@ pub fn setup(config: &NodeConfig, env_path: &Path) -> Result<()> {
         pki::files::write_file_atomic(env_path, env.as_bytes(), 0o600).with_context(|| format!("writing {}", env_path.display()))?;
     }
     Ok(())
+}
+
+/// This master's etcd certificates, issued (valid for `lifetime`) when missing, not of `ca`, not
+/// covering its addresses, not matching their keys, or due for renewal ([`pki::renewal_due`]):
+/// then the member's and the API server's client certificate are issued again together, each
+/// key written before its certificate (etcd reads both at every new TLS handshake, so a renewed
+/// member certificate needs no restart). Returns the files.
+pub fn certificates(config: &NodeConfig, ca: &pki::ClusterCa, lifetime: std::time::Duration) -> Result<EtcdFiles> {
+    let files = EtcdFiles::in_dir(&config.data_dir.join("pki"));
+    let ip = config.internal_ip;
+    let wanted = vec![ip.to_string(), "127.0.0.1".to_string(), "localhost".to_string()];
+    let read = |cert: &Path, key: &Path| std::fs::read_to_string(cert).ok().zip(std::fs::read_to_string(key).ok());
+    let usable = |pair: Option<(String, String)>, names: &[String]| {
+        pair.is_some_and(|(c, k)| {
+            let due = pki::renewal_due(&c).map(|due| due <= std::time::SystemTime::now()).unwrap_or(true);
+            ca.verify_issued(&c).is_ok() && pki::pair_matches(&c, &k) && !due && pki::cert_matches_names(&c, names).unwrap_or(false)
+        })
+    };
+    let member_ok = usable(read(&files.member_cert, &files.member_key), &wanted);
+    let client_ok = usable(read(&files.client_cert, &files.client_key), &[]);
+    if member_ok && client_ok {
+        return Ok(files);
+    }
+    let member = ca.issue_etcd_member_valid_for(&config.node_name, &["localhost".to_string()], &[ip, IpAddr::from([127, 0, 0, 1])], lifetime)?;
+    pki::write_key_file(&files.member_key, &member.key_pem)?;
+    pki::write_key_file(&files.member_cert, &member.cert_pem)?;
+    let client = ca.issue_client_valid_for("clusterctl-apiserver-etcd-client", &[], lifetime)?;
+    pki::write_key_file(&files.client_key, &client.key_pem)?;
+    pki::write_key_file(&files.client_cert, &client.cert_pem)?;
+    tracing::info!("issued this master's etcd certificates");
+    Ok(files)
 }
 
 /// Every member of the etcd cluster (as the local member lists them) and its health, as JSON:
@@ -133,5 +150,30 @@ endpoints = ["https://10.0.1.5:2379"]
         let member = read("etcd-member.crt");
         setup(&config, &env_path).unwrap();
         assert_eq!(read("etcd-member.crt"), member);
+    }
+
+    /// Both certificates are issued again together once either is due, or when a key is not its
+    /// certificate's; otherwise they are kept.
+    #[test]
+    fn etcd_certificates_are_issued_again_together_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        setup(&config, &dir.path().join("etcd.env")).unwrap();
+        let pki_dir = dir.path().join("pki");
+        let read = |f: &str| std::fs::read_to_string(pki_dir.join(f)).unwrap();
+        let ca = pki::ClusterCa::from_pem(&read("etcd-ca.crt"), &read("etcd-ca.key")).unwrap();
+        let before = (read("etcd-member.crt"), read("etcd-client.crt"));
+        certificates(&config, &ca, std::time::Duration::from_secs(1)).unwrap();
+        assert_eq!((read("etcd-member.crt"), read("etcd-client.crt")), before, "not due: kept");
+        std::fs::write(pki_dir.join("etcd-client.key"), rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+        certificates(&config, &ca, std::time::Duration::from_secs(1)).unwrap();
+        let short = (read("etcd-member.crt"), read("etcd-client.crt"));
+        assert!(short.0 != before.0 && short.1 != before.1, "a mismatched key: both issued again");
+        assert!(pki::pair_matches(&short.1, &read("etcd-client.key")));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        certificates(&config, &ca, pki::LEAF_VALIDITY).unwrap();
+        let renewed = (read("etcd-member.crt"), read("etcd-client.crt"));
+        assert!(renewed.0 != short.0 && renewed.1 != short.1, "due: both issued again");
+        assert!(pki::not_after(&renewed.0).unwrap() > std::time::SystemTime::now() + std::time::Duration::from_secs(3600));
     }
 }

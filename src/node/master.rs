@@ -34,7 +34,23 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let (serving_cert, serving_key) = pki::serving_certificate(&ca, &pki_dir, &settings.serving_names, &settings.serving_ips, leaf_lifetime).context("the serving certificate")?;
     let api_tls = ServerTls::from_pem(&serving_cert, &serving_key, ca.cert_pem()).map_err(anyhow::Error::msg)?;
 
-    let store = open_store(&config, &settings).await?;
+    let (store, etcd_store) = open_store(&config, &settings).await?;
+    if let Some(etcd_store) = etcd_store {
+        // etcd's certificates renew with the others: etcd reads its member certificate at each new
+        // handshake; the API server connects again with its renewed client certificate.
+        let etcd_ca = pki::load_or_create_etcd_ca(&pki_dir, &config.cluster).context("loading etcd's CA")?;
+        let files = crate::nodeconfig::etcd::EtcdFiles::in_dir(&pki_dir);
+        let (config, etcd_ca) = (config.clone(), Arc::new(etcd_ca));
+        tokio::spawn(super::renew_when_due("this master's etcd certificates", files.client_cert.clone(), move || {
+            let (config, etcd_ca, store) = (config.clone(), etcd_ca.clone(), etcd_store.clone());
+            async move {
+                super::etcd::certificates(&config, &etcd_ca, leaf_lifetime)?;
+                let options = crate::nodeconfig::etcd::local_options(&config.data_dir)?;
+                store.reconnect(options.tls.as_ref().context("no etcd client certificate")?).await?;
+                Ok(())
+            }
+        }));
+    }
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
     let ca = Arc::new(ca);
     let join_verifier = match &settings.cloud {
@@ -205,11 +221,12 @@ const ETCD_MEMBERS_EVERY: Duration = Duration::from_secs(5);
 /// The API server's store: this master's etcd member and its peers (following etcd's member
 /// list) when the config has `[master.etcd]` (retried until etcd answers: the members may still
 /// be forming), else the embedded store in `<data_dir>/store.db`.
-async fn open_store(config: &NodeConfig, settings: &MasterSettings) -> Result<Arc<dyn Store>> {
+/// The store, and on an HA master the etcd store itself (whose connection is renewed).
+async fn open_store(config: &NodeConfig, settings: &MasterSettings) -> Result<(Arc<dyn Store>, Option<EtcdStore>)> {
     let Some(etcd) = &settings.etcd else {
         let path = config.data_dir.join("store.db");
         let store = SqliteStore::open(&path).with_context(|| format!("opening the store {}", path.display()))?;
-        return Ok(Arc::new(store));
+        return Ok((Arc::new(store), None));
     };
     let options = crate::nodeconfig::etcd::client_options(config, etcd)?;
     let started = std::time::Instant::now();
@@ -221,7 +238,7 @@ async fn open_store(config: &NodeConfig, settings: &MasterSettings) -> Result<Ar
                     // Its own member always; the others as etcd lists them now, not as they were
                     // at create (a master replaced since has another address).
                     store.follow_members(options.endpoints[..1].to_vec(), ETCD_MEMBERS_EVERY);
-                    return Ok(Arc::new(store));
+                    return Ok((Arc::new(store.clone()), Some(store)));
                 }
                 Err(e) => (e.to_string(), "etcd does not answer yet"),
             },

@@ -226,7 +226,13 @@ impl ClusterCa {
 
     /// Issues a client certificate (clientAuth, one year); the admin's is CN `admin`, O `system:masters`.
     pub fn issue_client(&self, common_name: &str, organizations: &[&str]) -> Result<Issued, PkiError> {
-        let params = leaf_params(common_name, organizations, ExtendedKeyUsagePurpose::ClientAuth)?;
+        self.issue_client_valid_for(common_name, organizations, LEAF_VALIDITY)
+    }
+
+    /// The same, valid for `lifetime`.
+    pub fn issue_client_valid_for(&self, common_name: &str, organizations: &[&str], lifetime: Duration) -> Result<Issued, PkiError> {
+        let mut params = leaf_params(common_name, organizations, ExtendedKeyUsagePurpose::ClientAuth)?;
+        set_validity(&mut params, lifetime)?;
         self.issue(params, "a client certificate")
     }
 
@@ -235,6 +241,11 @@ impl ClusterCa {
     /// a client when it dials the other members (and its own gRPC gateway). `name` becomes the CN;
     /// entries of `dns_names` that are IP addresses become IP SANs, as with [`Self::issue_server`].
     pub fn issue_etcd_member(&self, name: &str, dns_names: &[String], ips: &[IpAddr]) -> Result<Issued, PkiError> {
+        self.issue_etcd_member_valid_for(name, dns_names, ips, LEAF_VALIDITY)
+    }
+
+    /// The same, valid for `lifetime` (the masters renew it at two thirds of it).
+    pub fn issue_etcd_member_valid_for(&self, name: &str, dns_names: &[String], ips: &[IpAddr], lifetime: Duration) -> Result<Issued, PkiError> {
         let (names, addrs) = split_names(dns_names, ips);
         let mut params = leaf_params(name, &[], ExtendedKeyUsagePurpose::ServerAuth)?;
         params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
@@ -243,6 +254,7 @@ impl ClusterCa {
             params.subject_alt_names.push(SanType::DnsName(ia5));
         }
         params.subject_alt_names.extend(addrs.into_iter().map(SanType::IpAddress));
+        set_validity(&mut params, lifetime)?;
         self.issue(params, "an etcd member's certificate")
     }
 

@@ -95,7 +95,7 @@ pub fn serving_certificate(ca: &ClusterCa, dir: &Path, names: &[String], ips: &[
 }
 
 /// Whether `key_pem` is the private key of `cert_pem`'s public key.
-fn pair_matches(cert_pem: &str, key_pem: &str) -> bool {
+pub fn pair_matches(cert_pem: &str, key_pem: &str) -> bool {
     let Ok(key) = rcgen::KeyPair::from_pem(key_pem) else { return false };
     let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else { return false };
     let Ok(cert) = pem.parse_x509() else { return false };

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use ca::{BACKDATE, ca_hash, ca_hash_der, cert_matches_names, issued_at, node_csr, not_after, renewal_due, CertSubject, ClusterCa, Issued, NodeKey, KUBELET_CLIENT_CN, LEAF_VALIDITY};
-pub use files::{admin_certificate, rotate_admin_certificate, load_or_create_ca, load_or_create_etcd_ca, serving_certificate, write_file_atomic, write_key_file, ETCD_CA};
+pub use files::{admin_certificate, rotate_admin_certificate, load_or_create_ca, load_or_create_etcd_ca, pair_matches, serving_certificate, write_file_atomic, write_key_file, ETCD_CA};
 pub use token::{JoinToken, DEFAULT_TOKEN_TTL};
 
 /// Errors of certificate, key and token work.

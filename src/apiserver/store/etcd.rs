@@ -309,7 +309,8 @@ fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
 /// The store on an etcd cluster (see the module docs for the mapping).
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    /// Swapped for a new connection when the client certificate is renewed ([`EtcdStore::reconnect`]).
+    client: Arc<std::sync::RwLock<Client>>,
     history: u64,
     /// The revision this store last compacted etcd to (others may have compacted further).
     compacted: Arc<AtomicU64>,
@@ -334,7 +335,7 @@ impl EtcdStore {
         let client = connect(&options.endpoints, options.tls.as_ref(), true).await?;
         let endpoints = Arc::new(std::sync::Mutex::new(options.endpoints.iter().cloned().collect()));
         Ok(EtcdStore {
-            client,
+            client: Arc::new(std::sync::RwLock::new(client)),
             history: options.history.max(1),
             compacted: Arc::new(AtomicU64::new(0)),
             endpoints,
@@ -343,12 +344,27 @@ impl EtcdStore {
         })
     }
 
+    /// The current connection (cheap to clone; requests under way keep theirs).
+    fn client(&self) -> Client {
+        self.client.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Connects again to the same endpoints with `tls` (a renewed client certificate: a connection
+    /// made with the old one would be refused once it expires); later requests and watches use the
+    /// new connection, those under way finish on the old one.
+    pub async fn reconnect(&self, tls: &EtcdTls) -> Result<(), StoreError> {
+        let endpoints: Vec<String> = self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        let client = connect(&endpoints, Some(tls), true).await?;
+        *self.client.write().unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+        Ok(())
+    }
+
     /// Makes the client balance over `keep` and the client URL of every current member that
     /// accepts connections: a member added since the store connected (a replaced master's) is
     /// added, one removed or not answering is dropped.
     /// Returns the endpoints added and removed.
     pub async fn sync_endpoints(&self, keep: &[String]) -> Result<(Vec<String>, Vec<String>), StoreError> {
-        let response = member_list(&self.client).await?;
+        let response = member_list(&self.client()).await?;
         let mut want: std::collections::BTreeSet<String> = keep.iter().cloned().collect();
         // Only members that accept connections: the machine of a dead one may not even refuse
         // (its address is simply gone), and each request the balancer handed it would wait for
@@ -360,10 +376,10 @@ impl EtcdStore {
         let added: Vec<String> = want.difference(&current).cloned().collect();
         let removed: Vec<String> = current.difference(&want).cloned().collect();
         for endpoint in &added {
-            self.client.add_endpoint(endpoint).await.map_err(|e| StoreError::backend(format!("adding the etcd endpoint {endpoint}"), e))?;
+            self.client().add_endpoint(endpoint).await.map_err(|e| StoreError::backend(format!("adding the etcd endpoint {endpoint}"), e))?;
         }
         for endpoint in &removed {
-            self.client.remove_endpoint(endpoint).await.map_err(|e| StoreError::backend(format!("removing the etcd endpoint {endpoint}"), e))?;
+            self.client().remove_endpoint(endpoint).await.map_err(|e| StoreError::backend(format!("removing the etcd endpoint {endpoint}"), e))?;
         }
         *self.endpoints.lock().unwrap_or_else(|e| e.into_inner()) = want;
         Ok((added, removed))
@@ -391,7 +407,7 @@ impl EtcdStore {
     async fn range(&self, key: impl Into<Vec<u8>>, options: GetOptions) -> Result<GetResponse, etcd_client::Error> {
         let key = key.into();
         retried(|| {
-            let (mut kv, key, options) = (self.client.kv_client(), key.clone(), options.clone());
+            let (mut kv, key, options) = (self.client().kv_client(), key.clone(), options.clone());
             async move { kv.get(key, Some(options)).await }
         })
         .await
@@ -403,7 +419,7 @@ impl EtcdStore {
     /// attempt came first, in which case a refusal may be the earlier attempt's own doing.
     async fn write_txn(&self, txn: Txn) -> Result<(TxnResponse, bool), etcd_client::Error> {
         retrying(|| {
-            let (mut kv, txn) = (self.client.kv_client(), txn.clone());
+            let (mut kv, txn) = (self.client().kv_client(), txn.clone());
             async move {
                 match tokio::time::timeout(WRITE_ATTEMPT_TIMEOUT, kv.txn(txn)).await {
                     #[cfg(test)]
@@ -431,7 +447,7 @@ impl EtcdStore {
         }
         let options = WatchOptions::new().with_prev_key().with_start_revision(to_etcd(after.saturating_add(1)));
         let mut stream = retried(|| {
-            let (mut client, options) = (self.client.watch_client(), options.clone());
+            let (mut client, options) = (self.client().watch_client(), options.clone());
             async move { client.watch(key, Some(options)).await }
         })
         .await
@@ -482,7 +498,7 @@ impl EtcdStore {
             // Another write of this store is compacting.
             return;
         }
-        match self.client.kv_client().compact(to_etcd(target), None).await {
+        match self.client().kv_client().compact(to_etcd(target), None).await {
             Ok(_) => {}
             Err(e) if is_compacted(&e) => {}
             Err(e) => {
@@ -590,7 +606,7 @@ impl EtcdStore {
     async fn compact_revision(&self, prefix: &str, from: u64) -> u64 {
         let fallback = self.compacted.load(Ordering::Acquire);
         let options = WatchOptions::new().with_prefix().with_start_revision(to_etcd(from.saturating_add(1)));
-        let Ok(mut stream) = self.client.watch_client().watch(prefix, Some(options)).await else { return fallback };
+        let Ok(mut stream) = self.client().watch_client().watch(prefix, Some(options)).await else { return fallback };
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
             loop {
                 match stream.message().await {
@@ -681,7 +697,7 @@ impl Store for EtcdStore {
         }
         let action = || format!("starting a watch on {prefix} in etcd");
         let mut stream = retried(|| {
-            let (mut client, options) = (self.client.watch_client(), options.clone());
+            let (mut client, options) = (self.client().watch_client(), options.clone());
             async move { client.watch(prefix, Some(options)).await }
         })
         .await

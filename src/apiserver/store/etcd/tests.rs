@@ -88,7 +88,7 @@ async fn a_watch_that_etcd_cancels_for_compaction_ends_too_old() {
     }
     // What a watch created just before a compaction meets: etcd accepts it, then cancels it.
     let options = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(to_etcd(first + 1));
-    let mut raw = store.client.watch_client().watch("/r/", Some(options)).await.unwrap();
+    let mut raw = store.client().watch_client().watch("/r/", Some(options)).await.unwrap();
     assert!(raw.message().await.unwrap().unwrap().created());
     let mut watch = follow(raw, "/r/".into(), first);
     match next_item(&mut watch).await {
@@ -135,6 +135,24 @@ async fn a_store_reaches_etcd_over_tls_with_certificates_of_the_cluster_ca() {
         Err(StoreError::Backend { .. }) => {}
         other => panic!("a client certificate from another CA was accepted: {other:?}"),
     }
+}
+
+/// A client certificate's end refuses new connections made with it; the store connects again
+/// with the renewed one and carries on (what a master does when it renews its etcd certificates).
+#[tokio::test]
+async fn a_store_connects_again_with_a_renewed_client_certificate() {
+    let pki = TestPki::generate();
+    let etcd = EtcdProcess::start(Some(&pki.ca)).await;
+    let short = pki.ca.issue_client_valid_for("clusterctl-apiserver", &[], Duration::from_secs(2)).unwrap();
+    let expiring = EtcdTls { cert_pem: short.cert_pem, key_pem: short.key_pem, ..pki.client.clone() };
+    let store = EtcdStore::connect(EtcdProcess::options(&[&etcd], None).with_tls(expiring.clone())).await.unwrap();
+    store.create("/r/a", json!({"v": 1})).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let late = EtcdStore::connect(EtcdProcess::options(&[&etcd], None).with_tls(expiring)).await.unwrap();
+    assert!(late.revision().await.is_err(), "etcd refuses an expired client certificate");
+    store.reconnect(&pki.client).await.unwrap();
+    assert_eq!(store.get("/r/a").await.unwrap().unwrap().value, json!({"v": 1}));
+    store.create("/r/b", json!({"v": 2})).await.unwrap();
 }
 
 #[tokio::test]
@@ -309,7 +327,7 @@ async fn a_list_larger_than_a_page_is_read_at_one_revision() {
     let puts: Vec<TxnOp> = (0..n).map(|i| TxnOp::put(format!("/r/k{i:05}"), "{}", None)).collect();
     // One transaction writes them all at one revision (etcd allows 128 operations per transaction by default).
     for chunk in puts.chunks(100) {
-        store.client.kv_client().txn(Txn::new().and_then(chunk.to_vec())).await.unwrap();
+        store.client().kv_client().txn(Txn::new().and_then(chunk.to_vec())).await.unwrap();
     }
     let (items, rev) = store.list("/r/").await.unwrap();
     assert_eq!(items.len(), n);
@@ -320,7 +338,7 @@ async fn a_list_larger_than_a_page_is_read_at_one_revision() {
 #[tokio::test]
 async fn a_value_that_is_not_json_is_corrupt() {
     let fixture = own_etcd(DEFAULT_HISTORY).await;
-    fixture.store.client.kv_client().put("/r/bad", "not json", None).await.unwrap();
+    fixture.store.client().kv_client().put("/r/bad", "not json", None).await.unwrap();
     assert!(matches!(fixture.store.get("/r/bad").await, Err(StoreError::Corrupt { .. })));
     assert!(matches!(fixture.store.list("/r/").await, Err(StoreError::Corrupt { .. })));
 }
