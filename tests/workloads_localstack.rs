@@ -100,7 +100,11 @@ async fn an_app_runs_is_reached_restarts_scales_and_moves_off_a_dead_worker() {
     trust_the_harness_registry(&spec_path);
     let _guard = DestroyGuard { home: home.path().into(), spec: spec_path.clone() };
     let s = spec_path.to_str().unwrap();
-    assert_ok(&clusterctl(home.path(), &["create", "-f", s]), "create");
+    // Every certificate the cluster issues itself lives 120 s here (the test-only setting), so the
+    // whole run goes on across renewals of the agents', the API server's and the master's
+    // in-process certificates (checked at the end).
+    let out = clusterctl_command(home.path()).args(["create", "-f", s]).env("CLUSTERCTL_NODE_CERT_SECONDS", "120").output().unwrap();
+    assert_ok(&out, "create");
     let tarball = std::env::var("CLUSTERCTL_BUSYBOX_TAR").unwrap_or_else(|_| root().join(".cache/images/busybox.tar").to_string_lossy().into_owned());
     assert_ok(&clusterctl(home.path(), &["load-image", "-f", s, &tarball]), "load-image");
     let manifest = root().join("manifests/web.yaml");
@@ -183,6 +187,26 @@ async fn an_app_runs_is_reached_restarts_scales_and_moves_off_a_dead_worker() {
     })
     .await;
     eprintln!("routes after the dead worker, {:.1}s: {routes:?}", took.as_secs_f64());
+
+    // Everything above ran across certificate renewals (120 s lives): the master renewed its API
+    // serving certificate and its in-process ones (controllers, scheduler, its agent, its client
+    // towards the agents), and the workers their client and serving certificates.
+    let nodes = client.list_values("/api/v1/nodes").await.unwrap();
+    let master = nodes.iter().find(|n| is_master(n)).map(|n| str_at(n, "/spec/providerID").rsplit('/').next().unwrap().to_string()).unwrap();
+    let journal = |instance: &str, unit: &str| {
+        let out = std::process::Command::new("docker").args(["exec", instance, "journalctl", "-u", unit, "-o", "cat", "--no-pager"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let master_journal = journal(&master, "clusterctl-master");
+    for line in ["renewed the API server's serving certificate", "renewed the master's in-process certificates"] {
+        assert!(master_journal.contains(line), "the master's journal says {line:?}");
+    }
+    let workers: Vec<String> = nodes.iter().filter(|n| !is_master(n)).map(|n| str_at(n, "/spec/providerID").rsplit('/').next().unwrap().to_string()).collect();
+    let renewed = workers.iter().filter(|w| {
+        let j = journal(w, "clusterctl-worker");
+        j.contains("renewed the node's client certificate") && j.contains("renewed the agent's serving certificate")
+    });
+    assert!(renewed.count() >= 2, "the workers that ran from the start renewed both their certificates");
 }
 
 /// The cluster CIDR of the test specs (the default).

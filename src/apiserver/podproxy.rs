@@ -31,7 +31,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -53,8 +53,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// certificates are checked against (all PEM).
 #[derive(Clone)]
 pub struct KubeletClientTls {
-    pub cert_pem: String,
-    pub key_pem: String,
+    /// The API server's client certificate towards the agents, which its owner may renew.
+    pub cert: crate::client::RenewableCertificate,
     pub ca_pem: String,
 }
 
@@ -66,14 +66,11 @@ pub(crate) fn client_config(tls: &KubeletClientTls) -> Result<Arc<rustls::Client
     for ca in CertificateDer::pem_slice_iter(tls.ca_pem.as_bytes()) {
         roots.add(ca.map_err(pem("agent CA"))?).map_err(|source| ApiServerError::Tls { action: "adding the agent CA", source })?;
     }
-    let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(pem("kubelet client certificate"))?;
-    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(pem("kubelet client key"))?;
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|source| ApiServerError::Tls { action: "choosing protocol versions", source })?
         .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|source| ApiServerError::Tls { action: "loading the kubelet client certificate", source })?;
+        .with_client_cert_resolver(tls.cert.client_resolver());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -94,6 +94,11 @@ impl RenewableCertificate {
         Ok(())
     }
 
+    /// What a rustls client presents it with: every new handshake gets the current certificate.
+    pub fn client_resolver(&self) -> Arc<dyn rustls::client::ResolvesClientCert> {
+        self.0.clone()
+    }
+
     /// What a rustls server serves it with: every new handshake gets the current certificate.
     pub fn serving_resolver(&self) -> Arc<dyn rustls::server::ResolvesServerCert> {
         self.0.clone()
@@ -329,7 +334,7 @@ fn tls_config(auth: &ClientAuth) -> Result<rustls::ClientConfig, String> {
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| format!("loading the client certificate and key: {e}"))?
         }
-        ClientAuth::Renewable { ca_pem, cert } => builder.with_root_certificates(roots(ca_pem)?).with_client_cert_resolver(cert.0.clone()),
+        ClientAuth::Renewable { ca_pem, cert } => builder.with_root_certificates(roots(ca_pem)?).with_client_cert_resolver(cert.client_resolver()),
         ClientAuth::Token { ca_pem, .. } => builder.with_root_certificates(roots(ca_pem)?).with_no_client_auth(),
         ClientAuth::Insecure => {
             builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider))).with_no_client_auth()

@@ -26,7 +26,7 @@ pub async fn start_with_ca(ca: Arc<ClusterCa>) -> ApiClient {
         node_binary: None,
         kubelet_client: {
             let issued = ca.issue_client(crate::pki::KUBELET_CLIENT_CN, &[]).unwrap();
-            Some(crate::apiserver::podproxy::KubeletClientTls { cert_pem: issued.cert_pem, key_pem: issued.key_pem, ca_pem: ca.cert_pem().to_string() })
+            Some(crate::apiserver::podproxy::KubeletClientTls { cert: super::RenewableCertificate::new(&issued.cert_pem, &issued.key_pem).unwrap(), ca_pem: ca.cert_pem().to_string() })
         },
         service_cidr: Some("10.96.0.0/16".parse().unwrap()),
         limits: crate::apiserver::limits::LimitSettings::default(),

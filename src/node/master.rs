@@ -16,10 +16,64 @@ use crate::agent;
 use crate::apiserver::store::{EtcdStore, SqliteStore, Store};
 use crate::apiserver::{self, ApiServerConfig, ServerTls};
 use crate::client::leader::LeaderElection;
-use crate::client::{ApiClient, ClientAuth};
+use crate::client::{ApiClient, ClientAuth, RenewableCertificate};
 use crate::controllers::{api_service, deployment, endpoints, event_ttl, node_ipam, node_lifecycle, token_cleaner};
 use crate::nodeconfig::{MasterSettings, NodeConfig};
 use crate::pki;
+
+/// The certificates the master issues itself for its own processes (controllers, scheduler, its
+/// agent's client and serving certificates, the API server's towards the agents): issued at start,
+/// held only in memory, and issued again together two thirds into their life.
+struct InProcess {
+    ca: Arc<pki::ClusterCa>,
+    lifetime: Duration,
+    certs: Vec<(InProcessCert, RenewableCertificate)>,
+}
+
+/// What one in-process certificate is.
+#[derive(Clone)]
+enum InProcessCert {
+    Client { user: String, group: Option<&'static str> },
+    NodeServing { node: String },
+}
+
+impl InProcess {
+    fn issue(&self, what: &InProcessCert) -> Result<pki::Issued> {
+        Ok(match what {
+            InProcessCert::Client { user, group } => self.ca.issue_client_valid_for(user, group.as_slice(), self.lifetime)?,
+            InProcessCert::NodeServing { node } => self.ca.issue_node_serving_valid_for(node, self.lifetime)?,
+        })
+    }
+
+    /// A new certificate of this kind, renewed with the others from now on.
+    fn certificate(&mut self, what: InProcessCert) -> Result<RenewableCertificate> {
+        let issued = self.issue(&what)?;
+        let cert = RenewableCertificate::new(&issued.cert_pem, &issued.key_pem).map_err(anyhow::Error::msg)?;
+        self.certs.push((what, cert.clone()));
+        Ok(cert)
+    }
+
+    /// A client of the local API server as `user` (in `group`).
+    fn client(&mut self, local: &str, user: &str, group: Option<&'static str>) -> Result<ApiClient> {
+        let cert = self.certificate(InProcessCert::Client { user: user.to_string(), group })?;
+        Ok(ApiClient::new(local, ClientAuth::Renewable { ca_pem: self.ca.cert_pem().to_string(), cert })?)
+    }
+
+    /// Issues every certificate again two thirds into its life, for ever.
+    async fn renew(self) {
+        loop {
+            tokio::time::sleep(self.lifetime * 2 / 3).await;
+            let renewed = self.certs.iter().try_for_each(|(what, cert)| {
+                let issued = self.issue(what)?;
+                cert.replace(&issued.cert_pem, &issued.key_pem).map_err(anyhow::Error::msg)
+            });
+            match renewed {
+                Ok(()) => tracing::info!(count = self.certs.len(), "renewed the master's in-process certificates"),
+                Err(e) => tracing::error!(error = format!("{e:#}"), "renewing the master's in-process certificates"),
+            }
+        }
+    }
+}
 
 /// Runs the master until the process is stopped.
 pub async fn run(config: NodeConfig) -> Result<()> {
@@ -53,6 +107,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
     let ca = Arc::new(ca);
+    let mut in_process = InProcess { ca: ca.clone(), lifetime: leaf_lifetime, certs: Vec::new() };
     let join_verifier = match &settings.cloud {
         Some(cloud) => crate::cloudcontroller::join::verifier(cloud, crate::cloudcontroller::connect(cloud).await, &config.cluster),
         None => None,
@@ -67,10 +122,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         cluster_info_ca_pem: ca.cert_pem().to_string(),
         // The running binary, even after an upgrade has replaced the file on disk.
         node_binary: Some("/proc/self/exe".into()),
-        kubelet_client: {
-            let issued = ca.issue_client(pki::KUBELET_CLIENT_CN, &[])?;
-            Some(apiserver::podproxy::KubeletClientTls { cert_pem: issued.cert_pem, key_pem: issued.key_pem, ca_pem: ca.cert_pem().to_string() })
-        },
+        kubelet_client: Some(apiserver::podproxy::KubeletClientTls {
+            cert: in_process.certificate(InProcessCert::Client { user: pki::KUBELET_CLIENT_CN.to_string(), group: None })?,
+            ca_pem: ca.cert_pem().to_string(),
+        }),
         service_cidr: config.network.as_ref().map(|n| n.service_cidr),
         limits: crate::apiserver::limits::LimitSettings::default(),
         audit: Some(crate::apiserver::limits::AuditSettings::at(crate::nodeconfig::AUDIT_LOG)),
@@ -100,8 +155,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     // to the host name for the same reason).
     let identity = leader_identity(&config.node_name, &config.instance_id);
     let mut elections: Vec<(LeaderElection, ApiClient, tokio::task::JoinHandle<()>)> = Vec::new();
-    let controller = ca.issue_client("system:kube-controller-manager", &["system:masters"])?;
-    let controller_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: controller.cert_pem, key_pem: controller.key_pem })?;
+    let controller_client = in_process.client(&local, "system:kube-controller-manager", Some("system:masters"))?;
     {
         let client = controller_client.clone();
         let lifecycle = node_lifecycle::Settings {
@@ -148,8 +202,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         }));
         elections.push((election, controller_client, task));
     }
-    let scheduler = ca.issue_client("system:kube-scheduler", &["system:masters"])?;
-    let scheduler_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: scheduler.cert_pem, key_pem: scheduler.key_pem })?;
+    let scheduler_client = in_process.client(&local, "system:kube-scheduler", Some("system:masters"))?;
     tokio::spawn(mark_control_plane(scheduler_client.clone(), config.node_name.clone()));
     {
         let client = scheduler_client.clone();
@@ -163,11 +216,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         tokio::spawn(super::backup::run_scheduled(config.clone(), every, settings.snapshots_kept as usize));
     }
 
-    let node = ca.issue_client(&format!("system:node:{}", config.node_name), &["system:nodes"])?;
-    let node_client = ApiClient::new(&local, ClientAuth::Certificate { ca_pem: ca.cert_pem().to_string(), cert_pem: node.cert_pem, key_pem: node.key_pem })?;
+    let node_client = in_process.client(&local, &format!("system:node:{}", config.node_name), Some("system:nodes"))?;
     tokio::spawn(crate::proxy::run(node_client.clone()));
-    let serving = ca.issue_node_serving(&config.node_name)?;
-    let serving = apiserver::ServerTls::from_pem(&serving.cert_pem, &serving.key_pem, ca.cert_pem()).map_err(anyhow::Error::msg)?;
+    let serving = apiserver::ServerTls { cert: in_process.certificate(InProcessCert::NodeServing { node: config.node_name.clone() })?, client_ca_pem: ca.cert_pem().to_string() };
+    tokio::spawn(in_process.renew());
     super::trust_registries_logged(&config);
     tokio::spawn(agent::run(node_client, super::agent_config(&config, Duration::from_secs(2), serving)));
 

@@ -269,7 +269,14 @@ impl ClusterCa {
     /// verifies when it connects to the agent at the node's address (see
     /// [`Self::sign_node_serving_csr`]).
     pub fn issue_node_serving(&self, node_name: &str) -> Result<Issued, PkiError> {
-        self.issue(node_serving_params(node_name)?, "a node serving certificate")
+        self.issue_node_serving_valid_for(node_name, LEAF_VALIDITY)
+    }
+
+    /// The same, valid for `lifetime`.
+    pub fn issue_node_serving_valid_for(&self, node_name: &str, lifetime: Duration) -> Result<Issued, PkiError> {
+        let mut params = node_serving_params(node_name)?;
+        set_validity(&mut params, lifetime)?;
+        self.issue(params, "a node serving certificate")
     }
 
     /// Signs a joining node's CSR: its subject must be `CN=system:node:<name>, O=system:nodes`.
