@@ -505,8 +505,8 @@ async fn a_node_reads_only_its_own_pods_and_every_pod_in_its_network_view() {
     server.stop().await;
 }
 
-/// The certificate (DER) a server presents to a new TLS connection.
-async fn served_certificate(server: &TestServer) -> Vec<u8> {
+/// A raw TLS connector that trusts the test server's CA and presents no client certificate.
+fn tls_connector(server: &TestServer) -> tokio_rustls::TlsConnector {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls_pki_types::CertificateDer::from_pem_slice(server.ca.pem.as_bytes()).unwrap()).unwrap();
@@ -515,8 +515,13 @@ async fn served_certificate(server: &TestServer) -> Vec<u8> {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// The certificate (DER) a server presents to a new TLS connection.
+async fn served_certificate(server: &TestServer) -> Vec<u8> {
     let tcp = tokio::net::TcpStream::connect(server.url.trim_start_matches("https://")).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect("localhost".try_into().unwrap(), tcp).await.unwrap();
+    let tls = tls_connector(server).connect("localhost".try_into().unwrap(), tcp).await.unwrap();
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
@@ -1149,18 +1154,10 @@ async fn a_nodes_pod_range_may_be_set_once_and_not_changed() {
 /// lists, are answered all along.
 #[tokio::test]
 async fn five_hundred_connections_that_never_finish_their_request_heads_are_closed_while_others_are_answered() {
-    use rustls_pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const SLOW: usize = 500;
     let server = TestServer::start().await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(server.ca.pem.as_bytes()).unwrap()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tls_connector(&server);
     let address = server.url.trim_start_matches("https://").to_string();
     let connect = || async {
         let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();

@@ -8,8 +8,9 @@
 //! the document is of this cluster's region, and asks the cloud that the instance is pending or
 //! running, carries this cluster's owner tag, and is named (`Name` tag) as the node it asks for.
 //!
-//! The certificate: AWS publishes one per region, which this cluster does not carry yet, so on
-//! AWS the verifier is off (a token names any node, as kubeadm's, logged at start); the LocalStack
+//! The certificate: AWS publishes one per region (its "RSA" certificate, for the base64
+//! signature), which the spec names as `[cluster] instance_identity_certificate`; without it, on AWS
+//! the verifier is off (a token names any node, as kubeadm's, logged at start). The LocalStack
 //! harness serves its own at `<endpoint>/_clusterctl/instance-identity-certificate`, read when first
 //! needed and again until it is read (a join meanwhile is refused, never let through).
 
@@ -44,14 +45,26 @@ pub enum CertificateSource {
     Url(String),
 }
 
-/// The verifier for a master's cloud settings, if the cloud has an identity certificate here.
+/// The verifier for a master's cloud settings, if there is an identity certificate: the one the
+/// spec names (`[cluster] instance_identity_certificate`, read from the master's copy), else the
+/// harness's when the cloud is the harness; on AWS without one, none (logged).
 pub fn verifier(settings: &CloudSettings, cloud: Arc<dyn Cloud>, cluster: &str) -> Option<Arc<dyn JoinVerifier>> {
-    let Some(endpoint) = &settings.endpoint_url else {
-        tracing::warn!("joining machines are not checked against their instance identity: the region's AWS identity certificate is not built in yet");
-        return None;
+    let named = match crate::spec::ClusterSpec::load(&settings.spec_path) {
+        Ok(spec) => spec.instance_identity_certificate,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the spec copy for an instance identity certificate");
+            None
+        }
     };
-    let url = format!("{}{HARNESS_CERTIFICATE_PATH}", endpoint.trim_end_matches('/'));
-    Some(Arc::new(InstanceIdentityVerifier::new(cloud, cluster, &settings.region, CertificateSource::Url(url))))
+    let source = match (named, &settings.endpoint_url) {
+        (Some(pem), _) => CertificateSource::Pem(pem),
+        (None, Some(endpoint)) => CertificateSource::Url(format!("{}{HARNESS_CERTIFICATE_PATH}", endpoint.trim_end_matches('/'))),
+        (None, None) => {
+            tracing::warn!("joining machines are not checked against their instance identity: name the region's AWS RSA certificate as [cluster] instance_identity_certificate in the spec");
+            return None;
+        }
+    };
+    Some(Arc::new(InstanceIdentityVerifier::new(cloud, cluster, &settings.region, source)))
 }
 
 /// The RSA public key (PKCS#1 DER) of a PEM certificate.

@@ -42,6 +42,9 @@ pub struct ClusterSpec {
     pub zones: Vec<Zone>,
     /// Extra tags put on every resource, besides clusterctl's own.
     pub tags: BTreeMap<String, String>,
+    /// The region's RSA certificate of AWS's instance identity signatures (PEM, as AWS publishes
+    /// it): with it, a joining machine must prove its identity ([`crate::cloudcontroller::join`]).
+    pub instance_identity_certificate: Option<String>,
     /// The VPC, its subnets and who may reach the cluster.
     pub network: Network,
     /// How clusterctl logs into the nodes.

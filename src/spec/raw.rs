@@ -49,6 +49,7 @@ pub(crate) struct RawCluster {
     pub region: Option<SString>,
     pub availability_zones: Option<Spanned<Vec<SString>>>,
     pub tags: Option<RawStringMap>,
+    pub instance_identity_certificate: Option<SString>,
 }
 
 /// `[network]`

@@ -98,10 +98,7 @@ impl Check {
             "add a [cluster] table with name, region and availability_zones",
         );
         let cluster = cluster.map(|c| self.cluster(c));
-        let (name, region, zones, tags) = match cluster {
-            Some((name, region, zones, tags)) => (name, region, zones, tags),
-            None => (None, None, None, None),
-        };
+        let (name, region, zones, tags, identity) = cluster.unwrap_or_default();
 
         let network = self.require(
             raw.network.as_ref(),
@@ -161,6 +158,7 @@ impl Check {
             region: region?,
             zones: zones?,
             tags: tags?,
+            instance_identity_certificate: identity?,
             network: network?,
             ssh: ssh?,
             api: api?,
@@ -196,6 +194,7 @@ impl Check {
         Option<Region>,
         Option<Vec<Zone>>,
         Option<BTreeMap<String, String>>,
+        Option<Option<String>>,
     ) {
         let header = table.span();
         let raw = table.get_ref();
@@ -228,7 +227,17 @@ impl Check {
             Some(tags) => self.tags(tags),
             None => Some(BTreeMap::new()),
         };
-        (name, region, zones, tags)
+        let identity = match raw.instance_identity_certificate.as_ref() {
+            None => Some(None),
+            Some(pem) => match rsa_certificate(pem.get_ref()) {
+                Ok(()) => Some(Some(pem.get_ref().clone())),
+                Err(why) => {
+                    self.problems.at(pem, "cluster.instance_identity_certificate".to_string(), format!("must be one PEM certificate with an RSA key (AWS's RSA certificate of the region): {why}"));
+                    None
+                }
+            },
+        };
+        (name, region, zones, tags, identity)
     }
 
     /// Runs a name check on a spanned string, recording its complaint.
@@ -1325,6 +1334,19 @@ fn io_reason(error: &std::io::Error) -> String {
     }
 }
 
+/// Whether `pem` is exactly one certificate whose key is RSA (what AWS signs identities with).
+fn rsa_certificate(pem: &str) -> Result<(), String> {
+    let (rest, block) = x509_parser::pem::parse_x509_pem(pem.trim().as_bytes()).map_err(|_| "not a PEM certificate".to_string())?;
+    if block.label != "CERTIFICATE" || !rest.iter().all(u8::is_ascii_whitespace) {
+        return Err("exactly one -----BEGIN CERTIFICATE----- block is expected".into());
+    }
+    let cert = block.parse_x509().map_err(|e| format!("the certificate does not parse: {e}"))?;
+    match cert.public_key().parsed() {
+        Ok(x509_parser::public_key::PublicKey::RSA(_)) => Ok(()),
+        _ => Err("its key is not RSA".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1408,3 +1430,4 @@ mod tests {
         );
     }
 }
+

@@ -98,3 +98,18 @@ async fn an_unreadable_certificate_refuses_every_join() {
     let doc = document(&mine, "us-east-1");
     assert!(v.verify("c1-default-0", &doc, &sign(&doc)).await.unwrap_err().contains("could not be read"));
 }
+
+#[tokio::test]
+async fn on_aws_the_spec_names_the_certificate_and_without_one_nothing_is_checked() {
+    let (cloud, mine, _) = cloud().await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = |spec: &str| {
+        let path = dir.path().join(spec);
+        std::fs::copy(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spec_corpus/valid").join(spec), &path).unwrap();
+        CloudSettings { region: "us-east-1".into(), endpoint_url: None, access_key_id: None, secret_access_key: None, spec_path: path, ssh_key_path: "/k".into() }
+    };
+    assert!(super::verifier(&settings("minimal.toml"), cloud.clone(), "c1").is_none(), "no certificate on AWS: no check");
+    let v = super::verifier(&settings("instance_identity_certificate.toml"), cloud, "c1").expect("the spec's certificate");
+    let doc = document(&mine, "us-east-1");
+    assert_eq!(v.verify("c1-default-0", &doc, &sign(&doc)).await, Ok(mine));
+}
