@@ -39,12 +39,17 @@ def _listening_sockets_of(pid: int) -> list[tuple[str, str]]:
 
 
 def _forwarder_addresses() -> set[str]:
-    """host:port of the realizer's load-balancer listeners (they are LocalStack's sockets too)."""
+    """host:port of the realizer's load-balancer listeners and of its instance metadata service
+    (169.254.169.254:80, an address of the VPC bridges only): LocalStack's sockets too."""
     try:
         state = realizer_state()
     except OSError:
         return set()
-    return {l["address"] for l in state.get("listeners", {}).values()}
+    found = {l["address"] for l in state.get("listeners", {}).values()}
+    imds = state.get("metadata_service", {})
+    if imds.get("listening"):
+        found.add(imds["address"])
+    return found
 
 
 def test_listens_only_on_the_configured_addresses():
@@ -59,7 +64,7 @@ def test_listens_only_on_the_configured_addresses():
     forwarders = before | _forwarder_addresses()  # load balancers others create meanwhile
     assert sockets, "the LocalStack process owns no listening socket"
     for proto, local in sockets:
-        assert local in configured or local in forwarders, f"{proto} {local} is not one of {configured} nor a forwarder"
+        assert local in configured or local in forwarders, f"{proto} {local} is not one of {configured} nor a forwarder or the metadata service"
         # a load balancer listens only on its VPC network's gateway address
         assert not re.match(r"^(0\.0\.0\.0|\*|\[::\]|::):", local), local
 
