@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -476,6 +476,53 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
     let again = assert_ok(&clusterctl(h, &["rotate-certs", "-f", s]), "rotate-certs again");
     assert!(again.contains("rotated the admin credential"), "{again}");
     admin(h).get_value("/api/v1/nodes").await.expect("a second rotation works with the first's credential");
+
+    // --- rotate-certs --ca: a new cluster CA, rotated with overlap; the workloads never notice ---
+    // Each node's Ready status and when it last changed.
+    let ready_since = |nodes: &[Value]| -> BTreeMap<String, (Value, Value)> {
+        nodes.iter().map(|n| {
+            let ready = n["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+            (name(n), (ready["status"].clone(), ready["lastTransitionTime"].clone()))
+        }).collect()
+    };
+    let old_ca = Kubeconfig::load(&h.join(CLUSTER).join("kubeconfig")).unwrap().ca_pem;
+    let old_admin = admin(h);
+    let nodes_before = ready_since(&old_admin.list_values("/api/v1/nodes").await.unwrap());
+    let pods_before: BTreeMap<String, Value> = hello_pods(&old_admin).await.into_iter().map(|p| (name(&p), p["status"]["containerStatuses"][0]["containerID"].clone())).collect();
+    let rotation_started = Instant::now();
+    let rotated = assert_ok(&clusterctl(h, &["rotate-certs", "-f", s, "--ca", "-q"]), "rotate-certs --ca");
+    let rotation_ended = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    eprintln!("rotate-certs --ca: {:.1}s", rotation_started.elapsed().as_secs_f64());
+    assert!(rotated.contains(&format!("rotated the CA of cluster {CLUSTER}: 1 master(s) and 2 worker(s) trust only the new CA (sha256:")), "{rotated}");
+    let new_ca = Kubeconfig::load(&h.join(CLUSTER).join("kubeconfig")).unwrap().ca_pem;
+    assert_eq!(clusterctl::pki::bundle_certificates(&new_ca).len(), 1, "the kubeconfig trusts the new CA alone: {new_ca}");
+    assert_ne!(clusterctl::pki::bundle_certificates(&new_ca), clusterctl::pki::bundle_certificates(&old_ca));
+    let err = old_admin.get_value("/api/v1/nodes").await.unwrap_err();
+    assert_eq!(err.code(), None, "the old CA no longer vouches for the API server (a TLS failure, not an answer): {err}");
+    let client = admin(h);
+    let nodes_after = client.list_values("/api/v1/nodes").await.unwrap();
+    assert_eq!(ready_since(&nodes_after), nodes_before, "no node went NotReady during the rotation");
+    let pods_after: BTreeMap<String, Value> = hello_pods(&client).await.into_iter().map(|p| (name(&p), p["status"]["containerStatuses"][0]["containerID"].clone())).collect();
+    assert_eq!(pods_after, pods_before, "the same pods in the same containers: the agents' restarts adopted them");
+    // Every agent's client certificate is the new CA's: the masters trust no other now, and each
+    // node's lease is renewed after the rotation ended.
+    let start = Instant::now();
+    for node in nodes_before.keys() {
+        loop {
+            let lease = client.get_value(&format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}")).await.unwrap();
+            let renewed = lease["spec"]["renewTime"].as_str().and_then(clusterctl::api::time::parse_rfc3339);
+            if renewed.is_some_and(|r| r > rotation_ended) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{node}'s lease is not renewed after the rotation: {lease}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    // The API server reaches the agents (their serving certificates, its client certificate).
+    let pod_name = pods_after.keys().next().unwrap().clone();
+    let logs = assert_ok(&clusterctl(h, &["logs", &pod_name, "--cluster", CLUSTER, "--tail", "1"]), "logs after the CA rotation");
+    assert_eq!(logs.lines().count(), 1, "{logs}");
+    kubectl(&kubectl_bin, h, &["get", "nodes"]);
 
     // --- destroy takes out exactly the cluster's entries ---
     let destroyed = assert_ok(&clusterctl(h, &["destroy", "-f", s, "--yes", "-q"]), "destroy");

@@ -53,19 +53,31 @@ pub type MasterSession = (Machine, SshSession);
 
 /// The cluster's running masters, in slot order, each with an SSH session.
 pub async fn master_sessions(cloud: &dyn Cloud, spec: &ClusterSpec, ssh_key: &Path, known: &KnownHosts) -> Result<Vec<MasterSession>, BackupError> {
-    let inventory = crate::provision::discover(cloud, spec.name.as_str()).await.map_err(|source| BackupError::Discover { cluster: spec.name.to_string(), source })?;
-    let mut masters: Vec<(u32, Machine)> = inventory
-        .instances
-        .iter()
-        .filter(|i| i.state == InstanceState::Running)
-        .filter_map(|i| pool_slot(i).filter(|(pool, _)| pool == spec.masters.name.as_str()).map(|(_, slot)| (slot, super::machine(spec, &spec.masters, slot, i))))
-        .collect();
-    masters.sort_by_key(|(slot, _)| *slot);
+    let masters = node_sessions(cloud, spec, ssh_key, known, true).await?;
     if masters.is_empty() {
         return Err(BackupError::NoMaster(spec.name.to_string()));
     }
+    Ok(masters)
+}
+
+/// The cluster's running machines of the master pool (`masters`) or of the spec's worker pools,
+/// in pool and slot order, each with an SSH session.
+pub async fn node_sessions(cloud: &dyn Cloud, spec: &ClusterSpec, ssh_key: &Path, known: &KnownHosts, masters: bool) -> Result<Vec<MasterSession>, BackupError> {
+    let inventory = crate::provision::discover(cloud, spec.name.as_str()).await.map_err(|source| BackupError::Discover { cluster: spec.name.to_string(), source })?;
+    let is_master = |pool: &str| pool == spec.masters.name.as_str();
+    let mut machines: Vec<(String, u32, Machine)> = inventory
+        .instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Running)
+        .filter_map(|i| {
+            let (pool, slot) = pool_slot(i).filter(|(pool, _)| is_master(pool) == masters)?;
+            let node_pool = spec.pool(&pool)?;
+            Some((pool.clone(), slot, super::machine(spec, node_pool, slot, i)))
+        })
+        .collect();
+    machines.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     let mut out = Vec::new();
-    for (_, m) in masters {
+    for (_, _, m) in machines {
         let session = super::connect(cloud, &m, &spec.ssh.user, ssh_key, known, Duration::from_secs(60)).await?;
         out.push((m, session));
     }

@@ -45,6 +45,15 @@ pub async fn master_sessions(global: &Global, spec: &ClusterSpec) -> Result<Vec<
     Ok(backup::master_sessions(cloud.as_ref(), spec, &key.private_path, &known).await?)
 }
 
+/// The cluster's running workers of the spec's pools, each with an SSH session.
+pub async fn worker_sessions(global: &Global, spec: &ClusterSpec) -> Result<Vec<MasterSession>, Failure> {
+    let cloud = connect(global, spec).await;
+    let home = ClusterHome::of(spec.name.as_str());
+    let key = home.ssh_key(spec)?;
+    let known = KnownHosts::at(home.dir.join("known_hosts"));
+    Ok(backup::node_sessions(cloud.as_ref(), spec, &key.private_path, &known, false).await?)
+}
+
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -59,6 +59,16 @@ pub enum NodeCommand {
         #[arg(long, default_value = "/etc/clusterctl/node.toml")]
         config: PathBuf,
     },
+    /// Run one step of a rotation of the cluster CA on this master, then restart it and wait until
+    /// its API server answers (`clusterctl rotate-certs --ca` runs the steps in order).
+    RotateCa {
+        /// The node's config file.
+        #[arg(long, default_value = "/etc/clusterctl/node.toml")]
+        config: PathBuf,
+        /// The step.
+        #[arg(long, value_enum)]
+        step: crate::pki::rotation::Step,
+    },
     /// Replace this master's store with a snapshot (the master and etcd must be stopped).
     Restore {
         /// The node's config file.
@@ -82,6 +92,7 @@ pub async fn run(args: &NodeArgs) -> Result<(), Failure> {
         | NodeCommand::EtcdStatus { config }
         | NodeCommand::Snapshot { config, .. }
         | NodeCommand::RotateAdmin { config }
+        | NodeCommand::RotateCa { config, .. }
         | NodeCommand::Restore { config, .. } => config,
     };
     let config = NodeConfig::load(path).map_err(|e| Failure::Input(anyhow::Error::new(e)))?;
@@ -92,6 +103,7 @@ pub async fn run(args: &NodeArgs) -> Result<(), Failure> {
         NodeCommand::EtcdStatus { .. } => println!("{}", crate::node::etcd::status(&config).await?),
         NodeCommand::Snapshot { out, .. } => crate::node::backup::snapshot(&config, out).await?,
         NodeCommand::RotateAdmin { .. } => crate::node::rotate_admin(&config)?,
+        NodeCommand::RotateCa { step, .. } => crate::node::rotate_ca(&config, *step).await?,
         NodeCommand::Restore { from, initial_cluster, .. } => crate::node::backup::restore(&config, from, initial_cluster.as_deref())?,
     }
     Ok(())

@@ -26,6 +26,8 @@ use crate::pki;
 /// held only in memory, and issued again together two thirds into their life.
 struct InProcess {
     ca: Arc<pki::ClusterCa>,
+    /// The CAs the master trusts (the signing one first; two during a CA rotation).
+    trust: String,
     lifetime: Duration,
     certs: Vec<(InProcessCert, RenewableCertificate)>,
 }
@@ -56,7 +58,7 @@ impl InProcess {
     /// A client of the local API server as `user` (in `group`).
     fn client(&mut self, local: &str, user: &str, group: Option<&'static str>) -> Result<ApiClient> {
         let cert = self.certificate(InProcessCert::Client { user: user.to_string(), group })?;
-        Ok(ApiClient::new(local, ClientAuth::Renewable { ca_pem: self.ca.cert_pem().to_string(), cert })?)
+        Ok(ApiClient::new(local, ClientAuth::Renewable { ca_pem: self.trust.clone(), cert })?)
     }
 
     /// Issues every certificate again two thirds into its life, for ever.
@@ -86,7 +88,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     // A year, or the test-only shorter life of every leaf this cluster issues.
     let leaf_lifetime = settings.node_cert_seconds.map_or(pki::LEAF_VALIDITY, Duration::from_secs);
     let (serving_cert, serving_key) = pki::serving_certificate(&ca, &pki_dir, &settings.serving_names, &settings.serving_ips, leaf_lifetime).context("the serving certificate")?;
-    let api_tls = ServerTls::from_pem(&serving_cert, &serving_key, ca.cert_pem()).map_err(anyhow::Error::msg)?;
+    // Every CA the master accepts: the signing one, and during a CA rotation the other one too.
+    let trust = pki::rotation::trust_bundle(&pki_dir, &ca);
+    let api_tls = ServerTls::from_pem(&serving_cert, &serving_key, &trust).map_err(anyhow::Error::msg)?;
 
     let (store, etcd_store) = open_store(&config, &settings).await?;
     if let Some(etcd_store) = etcd_store {
@@ -107,7 +111,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
     let ca = Arc::new(ca);
-    let mut in_process = InProcess { ca: ca.clone(), lifetime: leaf_lifetime, certs: Vec::new() };
+    let mut in_process = InProcess { ca: ca.clone(), trust: trust.clone(), lifetime: leaf_lifetime, certs: Vec::new() };
     let join_verifier = match &settings.cloud {
         Some(cloud) => crate::cloudcontroller::join::verifier(cloud, crate::cloudcontroller::connect(cloud).await, &config.cluster),
         None => None,
@@ -119,12 +123,12 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             ca: ca.clone(),
             lifetime: leaf_lifetime,
         }),
-        cluster_info_ca_pem: ca.cert_pem().to_string(),
+        cluster_info_ca_pem: trust.clone(),
         // The running binary, even after an upgrade has replaced the file on disk.
         node_binary: Some("/proc/self/exe".into()),
         kubelet_client: Some(apiserver::podproxy::KubeletClientTls {
             cert: in_process.certificate(InProcessCert::Client { user: pki::KUBELET_CLIENT_CN.to_string(), group: None })?,
-            ca_pem: ca.cert_pem().to_string(),
+            ca_pem: trust.clone(),
         }),
         service_cidr: config.network.as_ref().map(|n| n.service_cidr),
         limits: crate::apiserver::limits::LimitSettings::default(),
@@ -190,7 +194,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         elections.push((election, controller_client.clone(), task));
     }
     if let Some(cloud) = settings.cloud.clone() {
-        let (client, config, ca_pem) = (controller_client.clone(), config.clone(), ca.cert_pem().to_string());
+        let (client, config, ca_pem) = (controller_client.clone(), config.clone(), trust.clone());
         let election = LeaderElection::new(CLOUD_CONTROLLER_LEASE, &identity);
         let task = tokio::spawn(election.clone().run(controller_client.clone(), move || {
             let (client, cloud, config, ca_pem) = (client.clone(), cloud.clone(), config.clone(), ca_pem.clone());
@@ -218,7 +222,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 
     let node_client = in_process.client(&local, &format!("system:node:{}", config.node_name), Some("system:nodes"))?;
     tokio::spawn(crate::proxy::run(node_client.clone()));
-    let serving = apiserver::ServerTls { cert: in_process.certificate(InProcessCert::NodeServing { node: config.node_name.clone() })?, client_ca_pem: ca.cert_pem().to_string() };
+    let serving = apiserver::ServerTls { cert: in_process.certificate(InProcessCert::NodeServing { node: config.node_name.clone() })?, client_ca_pem: trust.clone() };
     tokio::spawn(in_process.renew());
     super::trust_registries_logged(&config);
     tokio::spawn(agent::run(node_client, super::agent_config(&config, Duration::from_secs(2), serving)));

@@ -102,6 +102,35 @@ pub fn rotate_admin(config: &NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `clusterctl node rotate-ca --step STEP`: one step of a CA rotation on this master's files
+/// ([`crate::pki::rotation`]); every step but the first then restarts the master, so that it
+/// takes the new trust and signing CA up, and waits until its API server answers again.
+pub async fn rotate_ca(config: &NodeConfig, step: crate::pki::rotation::Step) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = config.data_dir.join("pki");
+    let settings = config.master.as_ref().context("rotate-ca runs on masters only (the config has no [master] section)")?;
+    let changed = crate::pki::rotation::apply(&dir, &config.cluster, step).with_context(|| format!("the CA rotation's {step:?} step in {}", dir.display()))?;
+    tracing::info!(?step, changed, "CA rotation step done on the files");
+    if step == crate::pki::rotation::Step::Prepare {
+        return Ok(());
+    }
+    let restart = std::process::Command::new("systemctl").args(["restart", "clusterctl-master.service"]).output().context("running systemctl")?;
+    anyhow::ensure!(restart.status.success(), "restarting the master: {}", String::from_utf8_lossy(&restart.stderr).trim());
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()));
+    let ca = crate::pki::ClusterCa::from_pem(&read("ca.crt")?, &read("ca.key")?).context("loading the cluster CA")?;
+    let auth = crate::client::ClientAuth::Certificate { ca_pem: crate::pki::rotation::trust_bundle(&dir, &ca), cert_pem: read("admin.crt")?, key_pem: read("admin.key")? };
+    let client = crate::client::ApiClient::new(&format!("https://127.0.0.1:{}", settings.listen.port()), auth)?;
+    let started = std::time::Instant::now();
+    loop {
+        match client.request_text("GET", "/readyz").await {
+            Ok(_) => return Ok(()),
+            Err(e) if started.elapsed() > Duration::from_secs(120) => anyhow::bail!("the restarted master's API server did not answer within 120 s: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
 /// The agent settings a node's config implies.
 /// How long after a failed renewal the next attempt comes.
 const RENEW_RETRY: Duration = Duration::from_secs(10);

@@ -130,18 +130,25 @@ async fn request_serving(client: &ApiClient, node_name: &str) -> Result<(String,
 }
 
 /// The agent's serving certificate and key (PEM): the ones in `dir` (`serving.crt`,
-/// `serving.key`) when there and not yet due for renewal, else new ones ([`request_serving`]).
-async fn serving_certificate(client: &ApiClient, node_name: &str, dir: &Path) -> Result<(String, String)> {
+/// `serving.key`) when there, not yet due for renewal and issued by the newest CA the node trusts,
+/// else new ones ([`request_serving`]).
+async fn serving_certificate(client: &ApiClient, node_name: &str, dir: &Path, ca_pem: &str) -> Result<(String, String)> {
     finish_renewal(dir, "serving");
     if let (Ok(cert), Ok(key)) = (std::fs::read_to_string(dir.join("serving.crt")), std::fs::read_to_string(dir.join("serving.key"))) {
         let due = pki::renewal_due(&cert).map(|due| due <= std::time::SystemTime::now()).unwrap_or(true);
-        if !due {
+        if !due && from_newest_ca(&cert, ca_pem) {
             return Ok((cert, key));
         }
     }
     let (cert_pem, key_pem) = request_serving(client, node_name).await?;
     write_renewed(dir, "serving", &cert_pem, &key_pem)?;
     Ok((cert_pem, key_pem))
+}
+
+/// Whether `cert_pem` was issued by the first CA of the node's trust bundle (`ca.crt`: the
+/// newest, during a CA rotation).
+fn from_newest_ca(cert_pem: &str, ca_pem: &str) -> bool {
+    pki::bundle_certificates(ca_pem).first().is_some_and(|newest| pki::verify_issued_by(cert_pem, newest).is_ok())
 }
 
 /// Runs the worker until the process is stopped.
@@ -180,6 +187,19 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let ca_pem = creds.ca_pem.clone();
     let cert = RenewableCertificate::new(&creds.cert_pem, &creds.key_pem).map_err(anyhow::Error::msg)?;
     let client = ApiClient::new(&server, ClientAuth::Renewable { ca_pem: creds.ca_pem, cert: cert.clone() })?;
+    if !from_newest_ca(&creds.cert_pem, &ca_pem) {
+        // The cluster's CA is being rotated (`rotate-certs --ca` put the new CA first in
+        // `ca.crt`): renew at once, with the certificate of the old CA, which the masters still
+        // accept.
+        let (client, cert, node_name, dir) = (client.clone(), cert.clone(), config.node_name.clone(), dir.clone());
+        tokio::spawn(async move {
+            while let Err(e) = renew_client(&client, &cert, &node_name, &dir).await {
+                tracing::warn!(error = format!("{e:#}"), "renewing the node's client certificate from the new CA; again in 2 s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            tracing::info!("renewed the node's client certificate from the new CA");
+        });
+    }
     {
         let (client, node_name, dir) = (client.clone(), config.node_name.clone(), dir.clone());
         tokio::spawn(super::renew_when_due("the node's client certificate", dir.join("node.crt"), move || {
@@ -188,7 +208,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         }));
     }
     let serving = loop {
-        match serving_certificate(&client, &config.node_name, &dir).await {
+        match serving_certificate(&client, &config.node_name, &dir, &ca_pem).await {
             Ok((cert_pem, key_pem)) => break crate::apiserver::ServerTls::from_pem(&cert_pem, &key_pem, &ca_pem).map_err(anyhow::Error::msg)?,
             Err(e) => {
                 tracing::warn!(error = format!("{e:#}"), "getting the agent's serving certificate; again in 1 s");

@@ -15,6 +15,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
+use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::certification_request::X509CertificationRequest;
@@ -327,15 +328,43 @@ impl ClusterCa {
 
     /// Checks that a certificate was signed by this CA's key and names it as issuer.
     pub fn verify_issued(&self, cert_pem: &str) -> Result<(), PkiError> {
-        let der = cert_der(cert_pem, "certificate")?;
-        let cert = parse_cert(&der, "certificate")?;
-        let ca_der = cert_der(&self.cert_pem, "the CA certificate")?;
-        let ca = parse_cert(&ca_der, "the CA certificate")?;
-        if cert.issuer().as_raw() != ca.subject().as_raw() {
-            return Err(PkiError::NotIssuedByCa { reason: format!("its issuer is {}, the CA is {}", cert.issuer(), ca.subject()) });
-        }
-        cert.verify_signature(Some(ca.public_key())).map_err(|e| PkiError::NotIssuedByCa { reason: e.to_string() })
+        verify_issued_by(cert_pem, &self.cert_pem)
     }
+}
+
+/// Checks that the certificate `cert_pem` names the CA `ca_pem` as its issuer and was signed by
+/// its key (the first certificate of each PEM counts).
+pub fn verify_issued_by(cert_pem: &str, ca_pem: &str) -> Result<(), PkiError> {
+    let der = cert_der(cert_pem, "certificate")?;
+    let cert = parse_cert(&der, "certificate")?;
+    let ca_der = cert_der(ca_pem, "the CA certificate")?;
+    let ca = parse_cert(&ca_der, "the CA certificate")?;
+    if cert.issuer().as_raw() != ca.subject().as_raw() {
+        return Err(PkiError::NotIssuedByCa { reason: format!("its issuer is {}, the CA is {}", cert.issuer(), ca.subject()) });
+    }
+    cert.verify_signature(Some(ca.public_key())).map_err(|e| PkiError::NotIssuedByCa { reason: e.to_string() })
+}
+
+/// The certificates of a PEM bundle (a trust bundle: several CAs, one after the other), each as
+/// its own PEM text, in order; other blocks are skipped.
+pub fn bundle_certificates(bundle_pem: &str) -> Vec<String> {
+    x509_parser::pem::Pem::iter_from_buffer(bundle_pem.as_bytes())
+        .filter_map(Result::ok)
+        .filter(|p| p.label == "CERTIFICATE")
+        .map(|p| pem_text("CERTIFICATE", &p.contents))
+        .collect()
+}
+
+/// DER as PEM text (64-character lines).
+fn pem_text(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 /// What a node certificate is for.

@@ -75,13 +75,15 @@ fn load_or_create_named_ca(dir: &Path, stem: &str, name: &str) -> Result<Cluster
 /// issued again, valid for `lifetime`, when they do not cover every wanted name (the names a
 /// master is reached by change when a load balancer is added or a master replaced), when two
 /// thirds of their life has passed ([`super::renewal_due`]: the master renews it while it runs
-/// too), or when the key is not the certificate's (a renewal interrupted between the two writes).
+/// too), when the key is not the certificate's (a renewal interrupted between the two writes), or
+/// when the signing CA did not issue them (after a CA rotation's switch).
 pub fn serving_certificate(ca: &ClusterCa, dir: &Path, names: &[String], ips: &[std::net::IpAddr], lifetime: std::time::Duration) -> Result<(String, String), PkiError> {
     let (cert, key) = (dir.join("apiserver.crt"), dir.join("apiserver.key"));
     let wanted: Vec<String> = names.iter().cloned().chain(ips.iter().map(|i| i.to_string())).collect();
     if let (Ok(c), Ok(k)) = (fs::read_to_string(&cert), fs::read_to_string(&key)) {
         let due = super::renewal_due(&c).map(|due| due <= std::time::SystemTime::now()).unwrap_or(true);
-        if super::cert_matches_names(&c, &wanted).unwrap_or(false) && !due && pair_matches(&c, &k) {
+        // Not the signing CA's: the CA was rotated.
+        if super::cert_matches_names(&c, &wanted).unwrap_or(false) && !due && pair_matches(&c, &k) && ca.verify_issued(&c).is_ok() {
             return Ok((c, k));
         }
         tracing::info!("issuing the serving certificate for {wanted:?} again");

@@ -6,6 +6,8 @@
 //!   serving and client certificates, signing of node CSRs, the node's own key and CSR
 //!   ([`NodeKey`], [`node_csr`]), and checks on certificates ([`ca_hash`], [`cert_matches_names`],
 //!   [`not_after`], [`CertSubject`]).
+//! - [`rotation`]: the CA rotation's steps on a master's files, and the trust bundle a master
+//!   accepts during one ([`rotation::trust_bundle`]).
 //! - [`token`]: [`JoinToken`] in kubeadm's `[a-z0-9]{6}.[a-z0-9]{16}` form, its expiry in RFC 3339
 //!   and the data of its Kubernetes bootstrap-token Secret.
 //! - [`files`]: writing key files with mode 0600 through a temporary file and a rename; the
@@ -21,13 +23,14 @@
 
 pub mod ca;
 pub mod files;
+pub mod rotation;
 pub mod token;
 
 use std::path::PathBuf;
 
 use thiserror::Error;
 
-pub use ca::{BACKDATE, ca_hash, ca_hash_der, cert_matches_names, issued_at, node_csr, not_after, renewal_due, CertSubject, ClusterCa, Issued, NodeKey, KUBELET_CLIENT_CN, LEAF_VALIDITY};
+pub use ca::{BACKDATE, bundle_certificates, ca_hash, ca_hash_der, verify_issued_by, cert_matches_names, issued_at, node_csr, not_after, renewal_due, CertSubject, ClusterCa, Issued, NodeKey, KUBELET_CLIENT_CN, LEAF_VALIDITY};
 pub use files::{admin_certificate, rotate_admin_certificate, load_or_create_ca, load_or_create_etcd_ca, pair_matches, serving_certificate, write_file_atomic, write_key_file, ETCD_CA};
 pub use token::{JoinToken, DEFAULT_TOKEN_TTL};
 
