@@ -473,5 +473,56 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
     let missing: Vec<&String> = written.iter().filter(|n| !kept.contains(*n)).collect();
     assert!(missing.is_empty(), "objects written before the backup are missing after the quorum restore: {missing:?}");
 
+    // --- rotate-certs --ca on three masters: the API answers through the balancer throughout ---
+    let old_ca = pki_file(&masters[0].id, "ca.crt");
+    let polling = Arc::new(AtomicBool::new(true));
+    let poller = {
+        let (polling, home) = (polling.clone(), home.path().to_path_buf());
+        tokio::spawn(async move {
+            // The kubeconfig as rotate-certs leaves it at each stage.
+            let (mut last_answer, mut longest) = (Instant::now(), Duration::ZERO);
+            while polling.load(Ordering::SeqCst) {
+                if admin(&home).request_text("GET", "/readyz").await.is_ok() {
+                    longest = longest.max(last_answer.elapsed());
+                    last_answer = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            longest.max(last_answer.elapsed())
+        })
+    };
+    let t = Instant::now();
+    let rotated = assert_ok(&clusterctl(home.path(), &["rotate-certs", "-f", s, "--ca", "-q"]), "rotate-certs --ca");
+    polling.store(false, Ordering::SeqCst);
+    let gap = poller.await.unwrap();
+    eprintln!("rotate-certs --ca on 3 masters and 2 workers: {:.1}s; longest time without an answer through the balancer: {:.1}s", t.elapsed().as_secs_f64(), gap.as_secs_f64());
+    assert!(rotated.contains("3 master(s) and 2 worker(s) trust only the new CA"), "{rotated}");
+    assert!(gap < Duration::from_secs(10), "the API was unanswered for {gap:?} during the rotation");
+    let new_ca = pki_file(&masters[0].id, "ca.crt");
+    assert_ne!(new_ca, old_ca);
+    for master in &masters {
+        assert_eq!(pki_file(&master.id, "ca.crt"), new_ca, "master {} signs with the new CA", master.id);
+        let leftovers = std::process::Command::new("docker").args(["exec", &master.id, "ls", "/var/lib/clusterctl/pki"]).output().unwrap();
+        let leftovers = String::from_utf8_lossy(&leftovers.stdout);
+        assert!(!leftovers.contains("ca-next") && !leftovers.contains("ca-trusted"), "master {}: {leftovers}", master.id);
+        let ip = master.private_ip.unwrap();
+        let served = std::process::Command::new("sh").args(["-c", &format!("openssl s_client -connect {ip}:6443 </dev/null 2>/dev/null | openssl x509")]).output().unwrap();
+        clusterctl::pki::verify_issued_by(&String::from_utf8_lossy(&served.stdout), &new_ca).unwrap_or_else(|e| panic!("master {} serves a certificate of the new CA: {e}", master.id));
+    }
+    for worker in &worker_instances(cloud.as_ref()).await {
+        assert_eq!(pki_file(worker, "ca.crt"), new_ca, "{worker} trusts the new CA alone");
+        for cert in [node_cert(worker), serving_cert(worker)] {
+            clusterctl::pki::verify_issued_by(&cert, &new_ca).unwrap_or_else(|e| panic!("{worker}'s certificates are the new CA's: {e}"));
+        }
+    }
+    let client = admin(home.path());
+    eventually("the app's 4 pods ready after the rotation", Duration::from_secs(30), || async {
+        let n = ready_pods(&client, "web").await;
+        if n == 4 { Ok(()) } else { Err(format!("{n} ready web pods")) }
+    })
+    .await;
+    let members = etcd_members(home.path(), s).unwrap();
+    assert_eq!((members.len(), healthy_members(&members)), (3, 3), "etcd (its own CA) is untouched: {members:?}");
+
     drop(guard);
 }
