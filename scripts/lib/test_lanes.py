@@ -8,8 +8,9 @@ Reads `cargo test --no-run --message-format=json` on stdin. First runs every tes
 not end-to-end (the unit tests among them, which are CPU-bound and timing-sensitive), one after
 the other; then spreads the end-to-end binaries over LANES lanes, longest first (by the run
 times below, measured on a 2-core machine; an unknown binary counts as 60 s), each lane running
-its binaries one after the other. Each binary's output goes to target/test-logs/<name>.log and is
-printed whole when it fails; otherwise one line with its time and libtest's summary. Clusters do
+its binaries one after the other. Each binary's output goes to target/test-logs/<name>.log (the
+end-to-end ones with --nocapture, so that the figures they print are kept) and is printed whole
+when it fails; otherwise one line with its time and libtest's summary. Clusters do
 not collide across binaries: each test file has its own cluster names and VPC CIDRs
 (tests/common). Exits 1 if any binary failed, after every lane has finished.
 """
@@ -48,11 +49,13 @@ def binaries(lines):
     return found
 
 
-def run(label, executable, threads, logs):
+def run(label, executable, threads, logs, nocapture=False):
     log_path = os.path.join(logs, label.replace(":", "-") + ".log")
     started = time.monotonic()
+    # End-to-end tests print their figures (boot, heal, rotation times): kept in the log.
+    args = [executable, f"--test-threads={threads}"] + (["--nocapture"] if nocapture else [])
     with open(log_path, "w") as log:
-        code = subprocess.call([executable, f"--test-threads={threads}"], stdout=log, stderr=subprocess.STDOUT)
+        code = subprocess.call(args, stdout=log, stderr=subprocess.STDOUT)
     took = time.monotonic() - started
     with open(log_path) as log:
         text = log.read()
@@ -89,7 +92,7 @@ def main():
 
     def run_lane(lane):
         for label, _, executable in lane:
-            if not run(label, executable, threads, logs):
+            if not run(label, executable, threads, logs, nocapture=True):
                 failed.append(label)
 
     workers = [threading.Thread(target=run_lane, args=(lane,)) for lane in plan if lane]
