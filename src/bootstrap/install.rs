@@ -334,7 +334,7 @@ pub struct CaPair {
 
 /// Copies the masters' CAs ([`MASTER_CAS`], certificate and key) from one master to another over
 /// the operator's sessions, in memory only: every master of an HA control plane signs with the
-/// same CAs.
+/// same CAs. The files of a CA rotation under way ([`crate::pki::rotation::FILES`]) go with them.
 pub async fn copy_ca(from: &SharedShell, to: &SharedShell) -> Result<(), BootstrapError> {
     let (from, to) = (from.clone(), to.clone());
     tokio::task::spawn_blocking(move || -> Result<(), BootstrapError> {
@@ -349,9 +349,21 @@ pub async fn copy_ca(from: &SharedShell, to: &SharedShell) -> Result<(), Bootstr
         for stem in MASTER_CAS {
             pairs.push(CaPair { stem: stem.into(), cert: read(&format!("{stem}.crt"))?, key: read(&format!("{stem}.key"))? });
         }
+        // A CA rotation under way: its files too, those the source has.
+        let mut rotation = Vec::new();
+        for (name, mode) in crate::pki::rotation::FILES {
+            let found = read_root_file(&*source, &format!("{PKI_DIR}/{name}")).map_err(|e| BootstrapError::Ssh { node: node.clone(), step: format!("reading {name}"), source: Box::new(e) })?;
+            rotation.extend(found.map(|contents| (name, contents, mode)));
+        }
         drop(source);
         let target = to.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
-        pairs.iter().try_for_each(|pair| upload_ca(&*target, pair))
+        pairs.iter().try_for_each(|pair| upload_ca(&*target, pair))?;
+        for (name, contents, mode) in rotation {
+            target
+                .upload(contents.as_bytes(), &format!("{PKI_DIR}/{name}"), mode)
+                .map_err(|e| BootstrapError::Ssh { node: target.node().to_string(), step: format!("copying the CA rotation's {name}"), source: Box::new(e) })?;
+        }
+        Ok(())
     })
     .await
     .map_err(|e| BootstrapError::Other(e.to_string()))?
@@ -382,6 +394,23 @@ mod tests {
     use super::*;
     use crate::bootstrap::fake::{FakeShell, ShellEvent};
     use crate::bootstrap::templates::{INSTALL_SCRIPT_PATH, STAGED_BINARY_PATH, STAGED_PLAIN_BINARY_PATH, UNIT_DIR};
+
+    #[tokio::test]
+    async fn a_master_added_during_a_ca_rotation_gets_its_files_with_the_cas() {
+        let source = Arc::new(std::sync::Mutex::new(FakeShell::new("demo-masters-0")));
+        {
+            let s = source.lock().unwrap();
+            s.answer("cat", 0, "PEM");
+            s.answer("ca-trusted.crt", 1, ""); // between a rotation's first step and its second
+        }
+        let target = Arc::new(std::sync::Mutex::new(FakeShell::new("demo-masters-1")));
+        target.lock().unwrap().answer("cat", 1, "");
+        let (from, to): (SharedShell, SharedShell) = (source.clone(), target.clone());
+        copy_ca(&from, &to).await.unwrap();
+        let uploads: Vec<(String, u32)> = target.lock().unwrap().uploads();
+        let names: Vec<(&str, u32)> = uploads.iter().map(|(p, m)| (p.rsplit('/').next().unwrap(), *m)).collect();
+        assert_eq!(names, [("ca.key", 0o600), ("ca.crt", 0o644), ("etcd-ca.key", 0o600), ("etcd-ca.crt", 0o644), ("ca-next.crt", 0o644), ("ca-next.key", 0o600)]);
+    }
 
     fn artifacts(packing: Packing) -> Artifacts {
         let dir = tempfile::tempdir().unwrap();

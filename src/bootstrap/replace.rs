@@ -12,7 +12,7 @@ use super::hostkeys::KnownHosts;
 use super::install::{install_master, node_spec_copy, upload_ca, Artifacts, CaPair, ControlPlane, Packing, MASTER_CAS};
 use super::machines::{connect, wait_ready, Machine};
 use super::ssh::{NodeShell, SharedShell};
-use super::{BootstrapError, BootstrapOptions, IMAGES_DIR};
+use super::{BootstrapError, BootstrapOptions, IMAGES_DIR, PKI_DIR};
 use crate::client::ApiClient;
 use crate::cloud::Cloud;
 use crate::nodeconfig::etcd;
@@ -54,6 +54,9 @@ pub async fn add_master(cloud: &dyn Cloud, client: &ApiClient, r: &MasterReplace
         let read = |ext: &str| std::fs::read_to_string(pki_dir.join(format!("{stem}.{ext}"))).map_err(|e| other(&format!("reading this master's {stem}.{ext}"), &e));
         cas.push(CaPair { stem: stem.into(), cert: read("crt")?, key: read("key")? });
     }
+    // A CA rotation under way: its files too (`pki::rotation::FILES`, those this master has).
+    let rotation: Vec<RotationFile> =
+        crate::pki::rotation::FILES.iter().filter_map(|(name, mode)| Some(((*name).to_string(), std::fs::read_to_string(pki_dir.join(name)).ok()?, *mode))).collect();
     let cluster = EtcdCluster::connect(&local).await.map_err(|e| other("connecting to the local etcd member", &e))?;
     let new_peer = etcd::peer_url(r.new.private_ip()?);
     let live_peers: Vec<String> = r.masters.iter().filter_map(|m| m.private_ip().ok()).map(etcd::peer_url).collect();
@@ -94,11 +97,11 @@ pub async fn add_master(cloud: &dyn Cloud, client: &ApiClient, r: &MasterReplace
     let session = connect(cloud, r.new, &r.spec.ssh.user, r.ssh_key, r.known, options.ssh_deadline).await?;
     let session: SharedShell = Arc::new(std::sync::Mutex::new(session));
     {
-        let (session, cas) = (session.clone(), cas.clone());
+        let (session, cas, rotation) = (session.clone(), cas.clone(), rotation.clone());
         let images: Vec<PathBuf> = std::fs::read_dir(IMAGES_DIR).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
         tokio::task::spawn_blocking(move || -> Result<(), BootstrapError> {
             let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
-            give_ca_and_images(&*s, &cas, &images)
+            give_ca_and_images(&*s, &cas, &rotation, &images)
         })
         .await
         .map_err(|e| BootstrapError::Other(e.to_string()))??;
@@ -113,12 +116,20 @@ pub async fn add_master(cloud: &dyn Cloud, client: &ApiClient, r: &MasterReplace
     Ok(())
 }
 
-/// Gives a new master the cluster CA (refused when it has another) and then the image tarballs
-/// loaded into the cluster (`images`: the `.tar` files among them), each 0600 in [`IMAGES_DIR`],
-/// before its install starts the agent that needs them (blocking).
-pub(super) fn give_ca_and_images(s: &dyn NodeShell, cas: &[CaPair], images: &[PathBuf]) -> Result<(), BootstrapError> {
+/// A file of a CA rotation under way: its name in the PKI folder, contents and mode.
+pub(super) type RotationFile = (String, String, u32);
+
+/// Gives a new master the cluster CA (refused when it has another), the files of a CA rotation
+/// under way, and then the image tarballs loaded into the cluster (`images`: the `.tar` files
+/// among them), each 0600 in [`IMAGES_DIR`], before its install starts the agent that needs them
+/// (blocking).
+pub(super) fn give_ca_and_images(s: &dyn NodeShell, cas: &[CaPair], rotation: &[RotationFile], images: &[PathBuf]) -> Result<(), BootstrapError> {
     cas.iter().try_for_each(|pair| upload_ca(s, pair))?;
     let node = s.node().to_string();
+    for (name, contents, mode) in rotation {
+        s.upload(contents.as_bytes(), &format!("{PKI_DIR}/{name}"), *mode)
+            .map_err(|source| BootstrapError::Ssh { node: node.clone(), step: format!("copying the CA rotation's {name}"), source: Box::new(source) })?;
+    }
     for tar in images.iter().filter(|p| p.extension().is_some_and(|x| x == "tar")) {
         let bytes = std::fs::read(tar).map_err(|e| BootstrapError::Node { node: node.clone(), step: format!("reading {}", tar.display()), message: e.to_string() })?;
         let remote = format!("{IMAGES_DIR}/{}", tar.file_name().and_then(|f| f.to_str()).unwrap_or("image.tar"));
@@ -198,7 +209,7 @@ mod tests {
         let shell = FakeShell::new("demo-masters-2");
         shell.answer("cat", 1, "");
         let (_dir, images) = images();
-        give_ca_and_images(&shell, &cas(), &images).unwrap();
+        give_ca_and_images(&shell, &cas(), &[], &images).unwrap();
         let pki = crate::nodeconfig::PKI_DIR;
         assert_eq!(
             shell.uploads(),
@@ -214,11 +225,25 @@ mod tests {
     }
 
     #[test]
+    fn a_replacement_during_a_ca_rotation_gets_its_files_after_the_cas() {
+        let shell = FakeShell::new("demo-masters-2");
+        shell.answer("cat", 1, "");
+        let rotation: Vec<RotationFile> = crate::pki::rotation::FILES.iter().map(|(n, m)| ((*n).to_string(), "PEM".to_string(), *m)).collect();
+        give_ca_and_images(&shell, &cas(), &rotation, &[]).unwrap();
+        let pki = crate::nodeconfig::PKI_DIR;
+        assert_eq!(
+            shell.uploads()[4..],
+            [(format!("{pki}/ca-trusted.crt"), 0o644), (format!("{pki}/ca-next.crt"), 0o644), (format!("{pki}/ca-next.key"), 0o600)],
+            "the trust and the next CA, its key 0600"
+        );
+    }
+
+    #[test]
     fn a_replacement_with_another_ca_gets_nothing_more() {
         let shell = FakeShell::new("demo-masters-2");
         shell.answer("cat", 0, "ANOTHER");
         let (_dir, images) = images();
-        assert!(give_ca_and_images(&shell, &cas(), &images).is_err());
+        assert!(give_ca_and_images(&shell, &cas(), &[], &images).is_err());
         assert!(shell.uploads().is_empty());
     }
 
@@ -228,7 +253,7 @@ mod tests {
         shell.answer("cat", 1, "");
         shell.fail_upload("web.tar");
         let (_dir, images) = images();
-        let err = give_ca_and_images(&shell, &cas(), &images).unwrap_err();
+        let err = give_ca_and_images(&shell, &cas(), &[], &images).unwrap_err();
         assert!(matches!(&err, BootstrapError::Ssh { node, step, .. } if node == "demo-masters-2" && step.contains("web.tar")), "{err}");
     }
 }

@@ -61,9 +61,15 @@ pub async fn run(global: &Global, args: &RotateCertsArgs) -> Result<(), Failure>
         .await
         .map_err(|e| Failure::Operation(anyhow::Error::new(e).context("revoking the old admin certificates (the new credential is in place; run rotate-certs again)")))?;
     println!("rotated the admin credential of cluster {}: admin certificates issued before {up_to} are refused", spec.name);
+    print_kubeconfigs(args, spec.name.as_str(), &path)
+}
+
+/// Says where the new credential went: the cluster's kubeconfig, and kubectl's unless
+/// `--no-kubeconfig` (merged into it here).
+fn print_kubeconfigs(args: &RotateCertsArgs, cluster: &str, path: &std::path::Path) -> Result<(), Failure> {
     println!("  kubeconfig: {}", path.display());
     if !args.no_kubeconfig {
-        let merged = kubeconfig::merge_into_kubectl_config(spec.name.as_str(), false)?;
+        let merged = kubeconfig::merge_into_kubectl_config(cluster, false)?;
         println!("  kubectl: {}", kubeconfig::summary(&merged));
     }
     Ok(())
@@ -103,10 +109,5 @@ async fn rotate_ca(global: &Global, args: &RotateCertsArgs, spec: &crate::spec::
     let credential = rotated?;
     let hash = crate::pki::ca_hash(&credential.ca_pem).map_err(|e| Failure::Operation(anyhow::Error::new(e)))?;
     println!("rotated the CA of cluster {}: {master_count} master(s) and {worker_count} worker(s) trust only the new CA ({hash})", spec.name);
-    println!("  kubeconfig: {}", path.display());
-    if !args.no_kubeconfig {
-        let merged = kubeconfig::merge_into_kubectl_config(spec.name.as_str(), false)?;
-        println!("  kubectl: {}", kubeconfig::summary(&merged));
-    }
-    Ok(())
+    print_kubeconfigs(args, spec.name.as_str(), path)
 }

@@ -26,6 +26,10 @@ pub const TRUSTED: &str = "ca-trusted.crt";
 /// The stem of the next CA's files.
 pub const NEXT: &str = "ca-next";
 
+/// The files of a rotation under way, with their modes: a master that joins the control plane
+/// meanwhile (a replacement) gets them with the CAs, so that it trusts what the others trust.
+pub const FILES: [(&str, u32); 3] = [(TRUSTED, 0o644), ("ca-next.crt", 0o644), ("ca-next.key", 0o600)];
+
 /// One step of a CA rotation on a master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Step {
