@@ -487,6 +487,13 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
     };
     let old_ca = Kubeconfig::load(&h.join(CLUSTER).join("kubeconfig")).unwrap().ca_pem;
     let old_admin = admin(h);
+    // A Node that is no machine it can reach (it would be cut off): refused, nothing changed.
+    old_admin.create_value("/api/v1/nodes", &serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "ghost"}})).await.unwrap();
+    let refused = clusterctl(h, &["rotate-certs", "-f", s, "--ca", "-q"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("node(s) ghost are not running machines"), "{refused:?}");
+    assert_eq!(Kubeconfig::load(&h.join(CLUSTER).join("kubeconfig")).unwrap().ca_pem, old_ca, "nothing changed");
+    old_admin.delete_value("/api/v1/nodes/ghost").await.unwrap();
     let nodes_before = ready_since(&old_admin.list_values("/api/v1/nodes").await.unwrap());
     let pods_before: BTreeMap<String, Value> = hello_pods(&old_admin).await.into_iter().map(|p| (name(&p), p["status"]["containerStatuses"][0]["containerID"].clone())).collect();
     let rotation_started = Instant::now();
