@@ -131,7 +131,6 @@ pub async fn rotate_ca(config: &NodeConfig, step: crate::pki::rotation::Step) ->
     }
 }
 
-/// The agent settings a node's config implies.
 /// How long after a failed renewal the next attempt comes.
 const RENEW_RETRY: Duration = Duration::from_secs(10);
 
@@ -164,6 +163,7 @@ where
     }
 }
 
+/// The agent settings a node's config implies.
 pub fn agent_config(config: &NodeConfig, heartbeat: Duration, serving: crate::apiserver::ServerTls) -> AgentConfig {
     AgentConfig {
         serving: Some(serving),
