@@ -498,26 +498,14 @@ async fn kubectl_describe_logs_and_drain_work_on_one_cluster() {
     let pods_before: BTreeMap<String, Value> = hello_pods(&old_admin).await.into_iter().map(|p| (name(&p), p["status"]["containerStatuses"][0]["containerID"].clone())).collect();
     // The API polled through the balancer meanwhile, with the kubeconfig of each stage: the one
     // master restarts three times.
-    let polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let poller = {
-        let (polling, home) = (polling.clone(), h.to_path_buf());
-        tokio::spawn(async move {
-            let (mut last_answer, mut longest) = (Instant::now(), Duration::ZERO);
-            while polling.load(std::sync::atomic::Ordering::SeqCst) {
-                if admin(&home).request_text("GET", "/readyz").await.is_ok() {
-                    longest = longest.max(last_answer.elapsed());
-                    last_answer = Instant::now();
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            longest.max(last_answer.elapsed())
-        })
+    let gauge = {
+        let home = h.to_path_buf();
+        UnansweredGauge::start(Duration::from_millis(100), move || admin(&home))
     };
     let rotation_started = Instant::now();
     let rotated = assert_ok(&clusterctl(h, &["rotate-certs", "-f", s, "--ca", "-q"]), "rotate-certs --ca");
     let rotation_ended = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-    polling.store(false, std::sync::atomic::Ordering::SeqCst);
-    let gap = poller.await.unwrap();
+    let gap = gauge.stop().await;
     eprintln!("rotate-certs --ca: {:.1}s; longest time without an answer from the one master: {:.1}s", rotation_started.elapsed().as_secs_f64(), gap.as_secs_f64());
     assert!(rotated.contains(&format!("rotated the CA of cluster {CLUSTER}: 1 master(s) and 2 worker(s) trust only the new CA (sha256:")), "{rotated}");
     let new_ca = Kubeconfig::load(&h.join(CLUSTER).join("kubeconfig")).unwrap().ca_pem;

@@ -475,26 +475,14 @@ async fn three_masters_survive_losing_the_leader_and_restore_a_backup() {
 
     // --- rotate-certs --ca on three masters: the API answers through the balancer throughout ---
     let old_ca = pki_file(&masters[0].id, "ca.crt");
-    let polling = Arc::new(AtomicBool::new(true));
-    let poller = {
-        let (polling, home) = (polling.clone(), home.path().to_path_buf());
-        tokio::spawn(async move {
-            // The kubeconfig as rotate-certs leaves it at each stage.
-            let (mut last_answer, mut longest) = (Instant::now(), Duration::ZERO);
-            while polling.load(Ordering::SeqCst) {
-                if admin(&home).request_text("GET", "/readyz").await.is_ok() {
-                    longest = longest.max(last_answer.elapsed());
-                    last_answer = Instant::now();
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            longest.max(last_answer.elapsed())
-        })
+    // The kubeconfig as rotate-certs leaves it at each stage.
+    let gauge = {
+        let home = home.path().to_path_buf();
+        UnansweredGauge::start(Duration::from_millis(200), move || admin(&home))
     };
     let t = Instant::now();
     let rotated = assert_ok(&clusterctl(home.path(), &["rotate-certs", "-f", s, "--ca", "-q"]), "rotate-certs --ca");
-    polling.store(false, Ordering::SeqCst);
-    let gap = poller.await.unwrap();
+    let gap = gauge.stop().await;
     eprintln!("rotate-certs --ca on 3 masters and 2 workers: {:.1}s; longest time without an answer through the balancer: {:.1}s", t.elapsed().as_secs_f64(), gap.as_secs_f64());
     assert!(rotated.contains("3 master(s) and 2 worker(s) trust only the new CA"), "{rotated}");
     assert!(gap < Duration::from_secs(10), "the API was unanswered for {gap:?} during the rotation");

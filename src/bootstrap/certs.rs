@@ -49,8 +49,8 @@ pub async fn rotate_admin(masters: Vec<MasterSession>, reporter: &dyn Reporter) 
     first.ok_or_else(|| BootstrapError::Other("no running master".into()))
 }
 
-/// What each master and node is given at each stage of a CA rotation, for the operator's
-/// kubeconfig: the CAs to trust (the signing one first) and the admin credential to use.
+/// Told, after each stage of a CA rotation, what the operator's kubeconfig is to hold from then
+/// on: the CAs to trust (the signing one first) and the admin credential.
 pub type KubeconfigUpdate<'a> = dyn FnMut(&AdminCredential) -> Result<(), BootstrapError> + Send + 'a;
 
 /// How long a worker may take to hold certificates of the new CA after its agent restarted.
@@ -91,6 +91,7 @@ pub async fn rotate_ca(masters: Vec<MasterSession>, workers: Vec<MasterSession>,
         reporter.item_done(name, "new CA copied");
     }
 
+    let mut last = None;
     for (step, doing) in [(Step::Trust, "trusting the old and the new CA"), (Step::Switch, "signing with the new CA"), (Step::Finish, "trusting the new CA only")] {
         reporter.phase(&format!("{doing}: {} master(s), one at a time", masters.len()));
         for (name, session) in &masters {
@@ -98,9 +99,10 @@ pub async fn rotate_ca(masters: Vec<MasterSession>, workers: Vec<MasterSession>,
             step_on(name, session, step).await?;
             reporter.item_done(name, "restarted, answering");
         }
-        let files = read_files(&first_name, &first, &["ca.crt", "admin.crt", "admin.key"]).await?;
-        let trust = if step == Step::Finish { files[0].clone() } else { read_files(&first_name, &first, &[TRUSTED]).await?.remove(0) };
-        let credential = AdminCredential { ca_pem: trust.clone(), cert_pem: files[1].clone(), key_pem: files[2].clone() };
+        // What the first master trusts now: its trust file, or after the finish its CA alone.
+        let trust_file = if step == Step::Finish { "ca.crt" } else { TRUSTED };
+        let [trust, cert_pem, key_pem] = <[String; 3]>::try_from(read_files(&first_name, &first, &[trust_file, "admin.crt", "admin.key"]).await?).unwrap_or_default();
+        let credential = AdminCredential { ca_pem: trust.clone(), cert_pem, key_pem };
         kubeconfig(&credential)?;
         reporter.phase(&format!("{doing}: {} worker(s)", workers.len()));
         for (name, session) in &workers {
@@ -119,11 +121,9 @@ pub async fn rotate_ca(masters: Vec<MasterSession>, workers: Vec<MasterSession>,
                 reporter.item_done(name, "client and serving certificates from the new CA");
             }
         }
-        if step == Step::Finish {
-            return Ok(credential);
-        }
+        last = Some(credential);
     }
-    unreachable!("the last step returns")
+    last.ok_or_else(|| BootstrapError::Other("the CA rotation has no stages".into()))
 }
 
 /// Runs `clusterctl node rotate-ca --step STEP` on a master.

@@ -78,8 +78,7 @@ fn print_kubeconfigs(args: &RotateCertsArgs, cluster: &str, path: &std::path::Pa
 /// `rotate-certs --ca`: checks first that every Node of the cluster is a machine it can reach
 /// (a node left out would lose the API when the old CA goes), then rotates.
 async fn rotate_ca(global: &Global, args: &RotateCertsArgs, spec: &crate::spec::ClusterSpec, mut own: Kubeconfig, path: &std::path::Path) -> Result<(), Failure> {
-    let client = ApiClient::new(&own.server, ClientAuth::Certificate { ca_pem: own.ca_pem.clone(), cert_pem: own.client_cert_pem.clone(), key_pem: own.client_key_pem.clone() })
-        .map_err(|e| Failure::Operation(anyhow::Error::new(e)))?;
+    let client = super::get::cluster_client(Some(&args.file), None)?;
     let nodes = client.list_values("/api/v1/nodes").await.map_err(|e| Failure::Operation(anyhow::Error::new(e).context("listing the cluster's nodes")))?;
     let masters = master_sessions(global, spec).await?;
     let workers = super::backup::worker_sessions(global, spec).await?;

@@ -163,3 +163,36 @@ where
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Polls the API's `/readyz` every `every` with a client that `client()` makes afresh each time
+/// (a kubeconfig may change meanwhile) until [`UnansweredGauge::stop`], which gives the longest
+/// time without an answer.
+pub struct UnansweredGauge {
+    polling: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Duration>,
+}
+
+impl UnansweredGauge {
+    pub fn start(every: Duration, client: impl Fn() -> clusterctl::client::ApiClient + Send + 'static) -> Self {
+        use std::sync::atomic::Ordering;
+        let polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let still = polling.clone();
+        let task = tokio::spawn(async move {
+            let (mut last_answer, mut longest) = (std::time::Instant::now(), Duration::ZERO);
+            while still.load(Ordering::SeqCst) {
+                if client().request_text("GET", "/readyz").await.is_ok() {
+                    longest = longest.max(last_answer.elapsed());
+                    last_answer = std::time::Instant::now();
+                }
+                tokio::time::sleep(every).await;
+            }
+            longest.max(last_answer.elapsed())
+        });
+        UnansweredGauge { polling, task }
+    }
+
+    pub async fn stop(self) -> Duration {
+        self.polling.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.expect("the API poller")
+    }
+}
