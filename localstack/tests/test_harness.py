@@ -1,24 +1,32 @@
-"""The harness works: LocalStack is up on loopback only, with EC2, ELBv2 (our plugin), STS and IAM,
-and the EC2 / ELBv2 calls clusterctl makes answer as expected."""
+"""The harness works: LocalStack is up on loopback only, with EC2, ELBv2 (our plugin), STS, IAM and
+ECR (moto's, through our plugin), the EC2 / ELBv2 calls clusterctl makes answer as expected, and the
+ECR stand-in (registry/up on docker0:443, named by the VPC resolver) takes ECR's token."""
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 import os
 import re
+import socket
+import ssl
 import subprocess
+import time
 
 import pytest
-from conftest import CLUSTER_TAG, PORT, STATE, cluster_filter, health, realizer_state, tag_spec
+from conftest import CLUSTER_TAG, PORT, STATE, _client, cluster_filter, health, realizer_state, tag_spec
 
 READY = {"available", "running"}
+SERVICES = ("ec2", "elbv2", "sts", "iam", "ecr")
 
 
-def test_health_shows_ec2_elbv2_sts_iam_ready():
+def test_health_shows_ec2_elbv2_sts_iam_ecr_ready():
     services = health()["services"]
-    for s in ("ec2", "elbv2", "sts", "iam"):
+    for s in SERVICES:
         assert services.get(s) in READY, f"{s}: {services.get(s)}"
     # nothing else was asked for
-    others = {k: v for k, v in services.items() if k not in ("ec2", "elbv2", "sts", "iam")}
+    others = {k: v for k, v in services.items() if k not in SERVICES}
     assert set(others.values()) <= {"disabled"}, others
 
 
@@ -73,6 +81,162 @@ def test_listens_only_on_the_configured_addresses():
     for line in out.splitlines():
         local = line.split()[3]
         assert not re.match(r"^(0\.0\.0\.0|\*|\[::\]|::):", local), line
+
+
+def _docker0() -> str:
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "docker0"], capture_output=True, text=True).stdout.split()
+    return out[out.index("inet") + 1].split("/")[0] if "inet" in out else ""
+
+
+def _registry_pid(name: str) -> int | None:
+    """The pid of the harness registry process NAME (registry, mirror, ecr) if it runs."""
+    try:
+        pid = int((STATE / "registry" / f"{name}.pid").read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def test_registries_listen_only_on_docker0():
+    """The harness's registries (registry/up): the private one on docker0:5443, its mirror on :5444
+    and the ECR stand-in on :443, each on docker0's address only, never a wildcard."""
+    want = {"registry": 5443, "mirror": 5444, "ecr": 443}
+    pids = {name: _registry_pid(name) for name in want}
+    if not any(pids.values()):
+        pytest.skip("registry/up has not run for this state folder (only the default harness runs it)")
+    addr = _docker0()
+    for name, port in want.items():
+        assert pids[name], f"the {name} registry does not run"
+        assert _listening_sockets_of(pids[name]) == [("tcp", f"{addr}:{port}")], name
+
+
+# ------------------------------------------------------------------------------ the ECR stand-in
+ECR_HOST = "000000000000.dkr.ecr.us-east-1.amazonaws.com"
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+@pytest.fixture(scope="module")
+def ecr_stand_in() -> str:
+    """docker0's address, where the ECR stand-in listens on port 443 (skips when it does not run)."""
+    if _registry_pid("ecr") is None:
+        pytest.skip("no ECR stand-in (registry/up runs with the realizer, default harness only)")
+    addr = _docker0()
+    assert addr, "the ECR stand-in runs but there is no docker0"
+    return addr
+
+
+def _registry_get(addr: str, host: str, path: str, auth: str | None = None, accept: str | None = None, method: str = "GET"):
+    """GET (or METHOD) https://HOST/PATH, connected to ADDR:443 (HOST as SNI and as the name the certificate
+    must carry, checked against the harness registry CA): (status, headers, body)."""
+    ctx = ssl.create_default_context(cafile=str(STATE / "registry/ca.crt"))
+    with socket.create_connection((addr, 443), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
+        conn = http.client.HTTPConnection(host, 443, timeout=5)
+        conn.sock = tls  # the TLS connection above: the request goes nowhere else
+        headers = {"Host": host}
+        if auth:
+            headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+        if accept:
+            headers["Accept"] = accept
+        conn.request(method, path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+
+
+def test_ecr_authorization_token_is_the_ecr_stand_in_s_password(ecr_stand_in):
+    """ECR's GetAuthorizationToken (moto's, through LocalStack) answers a token whose password the
+    registry on docker0:443 takes for the ECR host name, as AWS's registry takes its token's; the
+    TLS certificate verifies against the harness registry CA for that name (and every region's)."""
+    data = _client("ecr").get_authorization_token()["authorizationData"]
+    assert len(data) == 1
+    user, password = base64.b64decode(data[0]["authorizationToken"]).decode().split(":", 1)
+    assert (user, password) == ("AWS", "000000000000-auth-token")
+    assert data[0]["proxyEndpoint"] == f"https://{ECR_HOST}"
+    # moto hard-codes expiresAt (2015-01-01, in the past): a client must not refuse such a token
+    assert data[0]["expiresAt"].year == 2015
+
+    status, headers, _ = _registry_get(ecr_stand_in, ECR_HOST, "/v2/", f"{user}:{password}")
+    assert status == 200
+    status, headers, _ = _registry_get(ecr_stand_in, ECR_HOST, "/v2/")
+    assert status == 401 and headers.get("Www-Authenticate", "").startswith("Basic "), headers
+    assert _registry_get(ecr_stand_in, ECR_HOST, "/v2/", f"{user}:wrong")[0] == 401
+    assert _registry_get(ecr_stand_in, ECR_HOST, "/v2/", f"clusterctl:{password}")[0] == 401
+
+    # another region's token names its own host, which the certificate covers too
+    for region in ("eu-west-1", "ap-southeast-2"):
+        (d,) = _client("ecr", region).get_authorization_token()["authorizationData"]
+        host = d["proxyEndpoint"].removeprefix("https://")
+        assert host == f"000000000000.dkr.ecr.{region}.amazonaws.com"
+        assert _registry_get(ecr_stand_in, host, "/v2/", base64.b64decode(d["authorizationToken"]).decode())[0] == 200
+    # a name the certificate does not carry fails verification
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _registry_get(ecr_stand_in, "registry.example", "/v2/")
+
+
+def test_ecr_stand_in_serves_the_private_images_read_only(ecr_stand_in):
+    auth = "AWS:000000000000-auth-token"
+    status, headers, body = _registry_get(ecr_stand_in, ECR_HOST, "/v2/private/busybox/manifests/v1", auth, MANIFEST_V2)
+    assert status == 200, body[:300]
+    manifest = json.loads(body)
+    assert manifest["mediaType"] == MANIFEST_V2 and manifest["layers"], manifest
+    assert headers.get("Docker-Content-Digest", "").startswith("sha256:")
+    # the blob it names is there too (the same storage as the private registry on 5443)
+    layer = manifest["layers"][0]["digest"]
+    status, _, _ = _registry_get(ecr_stand_in, ECR_HOST, f"/v2/private/busybox/blobs/{layer}", auth)
+    assert status == 200
+    assert _registry_get(ecr_stand_in, ECR_HOST, "/v2/bench/pull/manifests/10mb", auth, MANIFEST_V2)[0] == 200
+    assert _registry_get(ecr_stand_in, ECR_HOST, "/v2/private/busybox/manifests/v1", None, MANIFEST_V2)[0] == 401
+    # read-only: pushes go to the private registry on 5443
+    assert _registry_get(ecr_stand_in, ECR_HOST, "/v2/private/busybox/blobs/uploads/", auth, method="POST")[0] == 405
+    # ECR's records of the repositories (registry/up makes them in us-east-1 when LocalStack answers)
+    repos = {r["repositoryName"]: r["repositoryUri"] for r in _client("ecr").describe_repositories()["repositories"]}
+    assert repos.get("private/busybox") == f"{ECR_HOST}/private/busybox", repos
+
+
+def _dns(server: str, name: str, qtype: int = 1) -> tuple[int, list[str], int]:
+    """(rcode, A answers, ancount) of one UDP query to SERVER:53."""
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split("."))
+    query = b"\x43\x21\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + labels + b"\x00" + qtype.to_bytes(2, "big") + b"\x00\x01"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(query, (server, 53))
+        reply = s.recv(512)
+    assert reply[:2] == b"\x43\x21", reply
+    ancount = int.from_bytes(reply[6:8], "big")
+    answers = [socket.inet_ntoa(reply[-4:])] if ancount and qtype == 1 else []
+    return reply[3] & 0xF, answers, ancount
+
+
+def test_vpc_resolver_answers_ecr_registry_names_with_docker0(ec2, elbv2, network, cluster, realized):
+    """As AWS's public DNS answers ECR's registry names, the VPC resolver answers
+    <12 digits>.dkr.ecr.<region>.amazonaws.com (any region, any case) with docker0's address, where
+    the ECR stand-in listens; every other name outside the VPC's domain stays REFUSED."""
+    addr = _docker0()
+    assert addr, "no docker0"
+    # a balancer gives the VPC its network, and with it the resolver on the gateway (10.x.0.1)
+    lb = elbv2.create_load_balancer(Name=f"{cluster}-dns", Type="network", Subnets=network.subnet_ids)["LoadBalancers"][0]
+    try:
+        gateway = network.prefix + "0.1"
+        deadline = time.monotonic() + 10
+        while True:
+            state = realizer_state()
+            if any(n["gateway"] == gateway for n in state["networks"].values()):
+                break
+            assert time.monotonic() < deadline, state["networks"]
+            time.sleep(0.2)
+        resolvers = [r for r in state["vpc_resolvers"].values() if r["cidr"] == network.cidr]
+        assert [r["ecr"] for r in resolvers] == [addr], state["vpc_resolvers"]
+        for name in (ECR_HOST, "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+                     "000000000000.DKR.ECR.AP-SOUTHEAST-2.AMAZONAWS.COM.", "210987654321.dkr.ecr.us-gov-west-1.amazonaws.com"):
+            assert _dns(gateway, name) == (0, [addr], 1), name
+        assert _dns(gateway, ECR_HOST, qtype=28) == (0, [], 0), "AAAA: an empty answer"
+        for name in ("example.com", "api.ecr.us-east-1.amazonaws.com", "ecr.us-east-1.amazonaws.com",
+                     "12345.dkr.ecr.us-east-1.amazonaws.com", f"x.{ECR_HOST}", "000000000000.dkr.ecr.us-east-1.amazonaws.com.evil.example"):
+            assert _dns(gateway, name)[0] == 5, f"{name}: REFUSED"
+        # the VPC's own names as before
+        assert _dns(gateway, f"ip-{network.prefix.replace('.', '-')}1-9.ec2.internal") == (0, [network.prefix + "1.9"], 1)
+    finally:
+        elbv2.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
 
 
 def test_sts_get_caller_identity(sts):

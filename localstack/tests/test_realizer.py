@@ -276,6 +276,34 @@ def test_nodes_resolve_private_names_through_the_vpc_resolver(three):
         assert socket.inet_ntoa(reply[-4:]) == db["PrivateIpAddress"]
 
 
+def test_a_node_pulls_from_ecr_with_ecr_s_token(ec2, net, key, tmp_path):
+    """As on AWS: a node resolves 000000000000.dkr.ecr.<region>.amazonaws.com through its VPC
+    resolver (docker0's address), its Docker reaches it past the no-pull proxy (NO_PROXY
+    .amazonaws.com:443), trusts it with the harness registry CA in certs.d (what clusterctl's agent
+    writes from the spec's [[registries]]), and pulls with the password from ECR's
+    GetAuthorizationToken; without logging in the pull is refused."""
+    ecr = _client("ecr")
+    (data,) = ecr.get_authorization_token()["authorizationData"]
+    host = data["proxyEndpoint"].removeprefix("https://")
+    user, password = base64.b64decode(data["authorizationToken"]).decode().split(":", 1)
+    (iid,) = net.run_instances(1, KeyName=key[0])
+    d = net.wait_running([iid])[iid]
+    s = Ssh(key[1], tmp_path, ec2, iid, d["PrivateIpAddress"])
+    (resolver,) = [r for r in realizer_state()["vpc_resolvers"].values() if r["cidr"] == net.cidr]
+    assert resolver["ecr"], "the VPC resolver knows docker0's address"
+    assert s.run(f"getent hosts {host}").stdout.decode().split()[:1] == [resolver["ecr"]]
+    s.run(f"sudo install -d /etc/docker/certs.d/{host} && sudo tee /etc/docker/certs.d/{host}/ca.crt >/dev/null",
+          input=(STATE / "registry/ca.crt").read_bytes())
+    image = f"{host}/private/busybox:v1"
+    denied = s.run(f"sudo docker pull -q {image}", check=False)
+    assert denied.returncode != 0 and b"no basic auth credentials" in denied.stderr, denied.stderr
+    s.run(f"sudo docker login -u {user} --password-stdin {host}", input=password.encode())  # not in argv
+    t0 = time.monotonic()
+    s.run(f"sudo docker pull -q {image}")
+    measure("a node pulls private/busybox:v1 from the ECR stand-in", time.monotonic() - t0)
+    assert s.run(f"sudo docker run --rm --pull never {image} echo pulled").stdout.decode().strip() == "pulled"
+
+
 IMDS = "http://169.254.169.254"
 PUT_TOKEN = f"curl -s -m 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' {IMDS}/latest/api/token"
 

@@ -12,7 +12,15 @@ On Python 3.11 LocalStack 4.14's own STS provider cannot load:
 ``"sts": "error"``. The ``sts:moto`` provider here serves STS from moto instead; ``up``
 selects it with ``PROVIDER_OVERRIDE_STS=moto``.
 
-Both are registered under the entry-point group ``localstack.aws.provider`` (see
+The community edition has no ECR provider either. ``ecr:moto`` serves ECR's API from moto
+(``up`` selects it with ``PROVIDER_OVERRIDE_ECR=moto``), so that a node can get a registry token
+as on AWS: moto's GetAuthorizationToken answers ``base64("AWS:<registry id>-auth-token")`` with
+``proxyEndpoint`` ``https://<registry id>.dkr.ecr.<region>.amazonaws.com`` (and an ``expiresAt``
+hard-coded to 2015-01-01, in the past). The registry behind that name is the harness's
+(``localstack/registry/up``: docker0's address, port 443, user ``AWS`` with the password of
+account 000000000000's token).
+
+All are registered under the entry-point group ``localstack.aws.provider`` (see
 ../pyproject.toml), the way LocalStack's own moto-backed providers in
 ``localstack/services/providers.py`` are, e.g.::
 
@@ -67,3 +75,8 @@ def elbv2() -> Service:
 @aws_provider(api="sts", name="moto")
 def sts() -> Service:
     return moto_service("sts")
+
+
+@aws_provider(api="ecr", name="moto")
+def ecr() -> Service:
+    return moto_service("ecr")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import subprocess
 
 LABEL_HARNESS = "clusterctl.harness"
 LABEL_OWNER = "clusterctl.localstack"
@@ -55,6 +56,22 @@ def nodes_dir() -> pathlib.Path:
 
 def cloud_endpoint() -> str:
     return os.environ.get("CLUSTERCTL_NODE_CLOUD_ENDPOINT", "")
+
+
+def docker_bridge_addr() -> str:
+    """docker0's IPv4 address (172.17.0.1 normally; empty without that bridge): where nodes reach
+    this machine's harness services (LocalStack, the registry, the ECR stand-in). The same question
+    as ``ls_docker_bridge_addr`` in lib/common.sh; asked when needed, not per request."""
+    try:
+        out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "docker0"],
+                             capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    for line in out.splitlines():
+        cols = line.split()
+        if "inet" in cols:
+            return cols[cols.index("inet") + 1].split("/")[0]
+    return ""
 
 
 def node_image() -> str:

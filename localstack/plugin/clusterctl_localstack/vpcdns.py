@@ -6,9 +6,18 @@ load balancers listen too), port 53, UDP and TCP, and every node's ``/etc/resolv
 (``ec2_realizer._write_meta``). It answers what AWS's resolver answers from the VPC itself: the
 instances' private DNS names, ``ip-10-1-0-5.ec2.internal`` in us-east-1 and
 ``ip-10-1-0-5.<region>.compute.internal`` elsewhere, for every address of the VPC's CIDR (as AWS does,
-whether or not an instance holds it). It does not recurse: every other name is ``REFUSED`` at once,
-since nothing here may query the internet. Unknown names in those domains are ``NXDOMAIN``; other
-record types of a known name are an empty answer.
+whether or not an instance holds it). Unknown names in those domains are ``NXDOMAIN``.
+
+One public name is answered too, standing in for what AWS's public DNS says: the ECR registry
+endpoint of any account in any region, ``<12 digits>.dkr.ecr.<region>.amazonaws.com`` (case does not
+matter), resolves to docker0's address (``settings.docker_bridge_addr``, read when the VPC's resolver
+starts), where the harness's registry stands in for ECR (``localstack/registry/up``, port 443: TLS
+for those names from the harness registry CA, basic auth with ECR's GetAuthorizationToken password
+as moto makes it). No VPC endpoint or private zone is modelled: it is the same address everywhere.
+Without docker0 those names are ``REFUSED`` like the rest.
+
+It does not recurse: every other name is ``REFUSED`` at once, since nothing here may query the
+internet. Other record types (AAAA, ...) of a name it knows are an empty answer.
 
 This is what a cluster's DNS forwards to for names outside the cluster, so that forwarding is tested
 end to end against a resolver that is not the cluster's own.
@@ -19,12 +28,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import struct
 import threading
 from dataclasses import dataclass
 from typing import Optional
 
-from . import aioloop
+from . import aioloop, settings
 
 LOG = logging.getLogger(__name__)
 
@@ -32,6 +42,10 @@ TTL = 60
 TYPE_A = 1
 CLASS_IN = 1
 NOERROR, FORMERR, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 3, 4, 5
+
+
+# ECR's registry endpoint: <registry id = account>.dkr.ecr.<region>.amazonaws.com (lower case here)
+ECR_NAME = re.compile(r"^[0-9]{12}\.dkr\.ecr\.[a-z]{2}(-[a-z]+)+-[0-9]+\.amazonaws\.com$")
 
 
 def domain_of(region: str) -> str:
@@ -43,10 +57,13 @@ def domain_of(region: str) -> str:
 class Zone:
     cidr: ipaddress.IPv4Network
     domain: str  # without the trailing dot, lower case
+    ecr: Optional[ipaddress.IPv4Address] = None  # where ECR registry names point (docker0's address)
 
     def lookup(self, name: str) -> tuple[int, Optional[ipaddress.IPv4Address]]:
         """The response code and, for a served name, its address."""
         name = name.rstrip(".").lower()
+        if self.ecr is not None and ECR_NAME.match(name):
+            return NOERROR, self.ecr
         if name != self.domain and not name.endswith("." + self.domain):
             return REFUSED, None
         host = name[: -len(self.domain)].rstrip(".")
@@ -101,7 +118,10 @@ def respond(zone: Zone, msg: bytes) -> Optional[bytes]:
     answers = b""
     if rcode == NOERROR and addr is not None and qtype == TYPE_A and qclass == CLASS_IN:
         answers = struct.pack("!HHHIH", 0xC00C, TYPE_A, CLASS_IN, TTL, 4) + addr.packed
-    authoritative = 0x0400 if rcode in (NOERROR, NXDOMAIN) else 0
+    # authoritative for the VPC's own names; an ECR name's answer is a recursive resolver's (AWS's
+    # public DNS is the authority for it)
+    own = rcode in (NOERROR, NXDOMAIN) and not ECR_NAME.match(name.rstrip(".").lower())
+    authoritative = 0x0400 if own else 0
     reply_flags = 0x8000 | (flags & 0x7900) | authoritative | rcode  # QR, opcode and RD copied; RA clear
     return struct.pack("!HHHHHH", qid, reply_flags, 1, 1 if answers else 0, 0, 0) + question + answers
 
@@ -153,7 +173,9 @@ class VpcResolver:
         with self.lock:
             if name in self.servers:
                 return
-            zone = Zone(ipaddress.IPv4Network(cidr, strict=False), domain_of(region))
+            ecr = settings.docker_bridge_addr()
+            zone = Zone(ipaddress.IPv4Network(cidr, strict=False), domain_of(region),
+                        ipaddress.IPv4Address(ecr) if ecr else None)
 
             async def start() -> _Server:
                 lp = asyncio.get_running_loop()
@@ -167,7 +189,8 @@ class VpcResolver:
 
             try:
                 self.servers[name] = aioloop.run(start())
-                LOG.info("VPC resolver for %s on %s:53 (%s, %s)", name, gateway, cidr, zone.domain)
+                LOG.info("VPC resolver for %s on %s:53 (%s, %s; ECR registry names -> %s)", name, gateway, cidr,
+                         zone.domain, zone.ecr or "refused: no docker0")
             except OSError as e:  # the nodes then time out on names outside the cluster: say why
                 LOG.warning("no VPC resolver for %s: cannot listen on %s:53: %s", name, gateway, e)
 
@@ -188,7 +211,8 @@ class VpcResolver:
 
     def describe(self) -> dict:
         with self.lock:
-            return {name: {"cidr": str(s.zone.cidr), "domain": s.zone.domain} for name, s in self.servers.items()}
+            return {name: {"cidr": str(s.zone.cidr), "domain": s.zone.domain, "ecr": str(s.zone.ecr) if s.zone.ecr else None}
+                    for name, s in self.servers.items()}
 
 
 _RESOLVER = VpcResolver()
