@@ -324,6 +324,9 @@ def test_the_metadata_service_speaks_imdsv2_signs_identity_and_keeps_the_hop_lim
 
     token = code(PUT_TOKEN.replace("ttl-seconds: 60", "ttl-seconds: 600"))
     assert len(token) > 40, token
+    # The answer says the token's lifetime, as AWS's does (the SDKs refuse a token without it).
+    head = code(PUT_TOKEN.replace("curl -s ", "curl -s -D - -o /dev/null ").replace("ttl-seconds: 60", "ttl-seconds: 600")).lower()
+    assert "x-aws-ec2-metadata-token-ttl-seconds: 600" in head, head
     auth = f"-H 'X-aws-ec2-metadata-token: {token}'"
     assert code(f"curl -sf -m 5 {auth} {IMDS}/latest/meta-data/instance-id") == iid
     assert code(f"curl -s -o /dev/null -w '%{{http_code}}' -m 5 -H 'X-aws-ec2-metadata-token: wrong' {IMDS}/latest/meta-data/instance-id") == "401"

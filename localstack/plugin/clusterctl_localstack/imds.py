@@ -294,8 +294,11 @@ class MetadataService:
             if hop_limited:
                 writer.get_extra_info("socket").setsockopt(socket.IPPROTO_IP, socket.IP_TTL, caller.hop_limit)
             self.served += 1
+            # A token's answer says its lifetime, as AWS's does (the SDKs refuse a token without it).
+            ttl = headers.get("x-aws-ec2-metadata-token-ttl-seconds", "") if method == "PUT" and status == 200 else ""
+            extra = f"X-aws-ec2-metadata-token-ttl-seconds: {ttl}\r\n" if ttl else ""
             out = (f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                   f"Connection: close\r\nServer: EC2ws\r\n\r\n").encode()
+                   f"{extra}Connection: close\r\nServer: EC2ws\r\n\r\n").encode()
             writer.write(out + (body if method != "HEAD" else b""))
             await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError, ValueError):
