@@ -28,11 +28,11 @@ async fn raw_iam() -> aws_sdk_iam::Client {
 /// Names of the roles and instance profiles under clusterctl's IAM path that belong to `cluster`.
 async fn iam_leftovers(cluster: &str) -> Vec<String> {
     let iam = raw_iam().await;
-    let name = format!("clusterctl-{cluster}-master");
+    let names: Vec<String> = provision::iam::InstanceRole::ALL.iter().map(|k| k.name(cluster)).collect();
     let roles = iam.list_roles().path_prefix("/clusterctl/").send().await.unwrap();
     let profiles = iam.list_instance_profiles().path_prefix("/clusterctl/").send().await.unwrap();
-    let mut left: Vec<String> = roles.roles().iter().filter(|r| r.role_name() == name).map(|r| format!("role {}", r.role_name())).collect();
-    left.extend(profiles.instance_profiles().iter().filter(|p| p.instance_profile_name() == name).map(|p| format!("instance profile {}", p.instance_profile_name())));
+    let mut left: Vec<String> = roles.roles().iter().filter(|r| names.iter().any(|n| n == r.role_name())).map(|r| format!("role {}", r.role_name())).collect();
+    left.extend(profiles.instance_profiles().iter().filter(|p| names.iter().any(|n| n == p.instance_profile_name())).map(|p| format!("instance profile {}", p.instance_profile_name())));
     left
 }
 
@@ -102,20 +102,24 @@ async fn example_cluster_is_created_checked_rerun_without_changes_and_destroyed_
     let targets: Vec<_> = inv.targets[&inv.target_groups[0].arn].iter().map(|t| (t.instance_id.clone(), t.port)).collect();
     assert_eq!(targets, vec![(master.id.clone(), 6443)]);
 
-    // The masters' role, its policy and the instance profile, and the master launched with it.
-    let role = inv.master_role.as_ref().expect("the masters' role");
-    assert_eq!((role.name.as_str(), role.path.as_str()), ("clusterctl-it-full-master", "/clusterctl/"));
-    assert_eq!(role.tags["clusterctl:cluster"], "it-full");
-    let policy = inv.master_role_policy.as_deref().expect("the masters' inline policy");
-    assert!(provision::iam::same_policy(policy, &provision::iam::master_policy("it-full")), "{policy}");
-    let profile = inv.master_profile.as_ref().expect("the masters' instance profile");
-    assert_eq!(profile.roles, vec![role.name.clone()]);
-    let raw = raw_iam().await.get_instance_profile().instance_profile_name("clusterctl-it-full-master").send().await.unwrap();
-    let raw_roles: Vec<&str> = raw.instance_profile().unwrap().roles().iter().map(|r| r.role_name()).collect();
-    assert_eq!(raw_roles, vec!["clusterctl-it-full-master"]);
-    assert_eq!(master.instance_profile.as_deref(), Some(profile.arn.as_str()), "DescribeInstances shows the master's profile");
+    // Each kind's role, its policy and the instance profile, and the machines launched with it.
+    for kind in provision::iam::InstanceRole::ALL {
+        let found = inv.iam(kind);
+        let role = found.role.as_ref().expect("the role");
+        assert_eq!((role.name.as_str(), role.path.as_str()), (kind.name("it-full").as_str(), "/clusterctl/"));
+        assert_eq!(role.tags["clusterctl:cluster"], "it-full");
+        let policy = found.policy.as_deref().expect("the inline policy");
+        assert!(provision::iam::same_policy(policy, &kind.policy("it-full")), "{policy}");
+        let profile = found.profile.as_ref().expect("the instance profile");
+        assert_eq!(profile.roles, vec![role.name.clone()]);
+        let raw = raw_iam().await.get_instance_profile().instance_profile_name(kind.name("it-full")).send().await.unwrap();
+        let raw_roles: Vec<&str> = raw.instance_profile().unwrap().roles().iter().map(|r| r.role_name()).collect();
+        assert_eq!(raw_roles, vec![kind.name("it-full").as_str()]);
+    }
+    let profile_arn = |kind| inv.iam(kind).profile.as_ref().map(|p| p.arn.clone());
+    assert_eq!(master.instance_profile, profile_arn(provision::iam::InstanceRole::Master), "DescribeInstances shows the master's profile");
     for worker in inv.instances.iter().filter(|i| i.tags["clusterctl:pool"] != "masters") {
-        assert_eq!(worker.instance_profile, None);
+        assert_eq!(worker.instance_profile, profile_arn(provision::iam::InstanceRole::Worker), "a worker runs on the workers' role");
     }
 
     // The raw SDK agrees on instances by tag.
@@ -216,6 +220,7 @@ async fn dry_run_prints_the_plan_and_changes_nothing() {
     assert!(stdout.contains("+ vpc 10.63.0.0/16"), "{stdout}");
     assert!(stdout.contains("+ instance it-dry-default-1"), "{stdout}");
     assert!(stdout.contains("+ instance profile clusterctl-it-dry-master"), "{stdout}");
+    assert!(stdout.contains("+ instance profile clusterctl-it-dry-worker"), "{stdout}");
     assert!(stdout.contains("to create"), "{stdout}");
     assert!(provision::discover(&cloud, "it-dry").await.unwrap().is_empty());
     assert_eq!(iam_leftovers("it-dry").await, Vec::<String>::new());

@@ -350,8 +350,8 @@ async fn pods_have_routable_addresses_shared_by_their_containers(home: &Path, cl
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("services"), "pod to the harness outside the VPC: {}", String::from_utf8_lossy(&out.stderr));
 
     // The instance metadata service (the harness's, as AWS's: IMDSv2 required, hop limit 1): the
-    // node gets a token and its metadata with it (workers have no instance role: only masters
-    // call the cloud); a pod reaches the service (its
+    // node gets a token and its metadata with it, its instance role the workers' (whose
+    // credentials its agent asks ECR for pull tokens with); a pod reaches the service (its
     // request without a token is refused, 401) but never receives a token, whose answer dies one
     // routed hop behind the node.
     let put_token = "curl -s -m 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token";
@@ -360,6 +360,8 @@ async fn pods_have_routable_addresses_shared_by_their_containers(home: &Path, cl
     assert!(token.len() > 40, "the node gets a metadata token: {token:?}");
     let id = on_node(&format!("curl -sf -m 5 -H 'X-aws-ec2-metadata-token: {token}' http://169.254.169.254/latest/meta-data/instance-id"));
     assert_eq!(String::from_utf8_lossy(&id.stdout), a_instance, "the node reads its metadata: {}", String::from_utf8_lossy(&id.stderr));
+    let role = on_node(&format!("curl -sf -m 5 -H 'X-aws-ec2-metadata-token: {token}' http://169.254.169.254/latest/meta-data/iam/security-credentials/"));
+    assert_eq!(String::from_utf8_lossy(&role.stdout), "clusterctl-it-apps-worker", "a worker runs on the workers' role: {}", String::from_utf8_lossy(&role.stderr));
     let get = "printf 'GET /latest/meta-data/instance-id HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc 169.254.169.254 80";
     let out = String::from_utf8(in_container(&a_instance, &a_container, get).stdout).unwrap();
     assert!(out.starts_with("HTTP/1.1 401"), "a pod's request without a token: {out:?}");
@@ -922,24 +924,33 @@ fn harness_registry() -> (String, String, String) {
     (format!("{}:5443", harness_gateway()), ca, password)
 }
 
-/// Adds the harness registry to a spec's `[[registries]]`, so that the nodes trust its CA, and its
-/// read-only copy on port 5444 as the nodes' mirror of Docker Hub.
+/// The harness's stand-in for Amazon ECR's registry of its account in the cluster's region
+/// (`localstack/registry/up`: the same images, basic auth with the password of the token ECR
+/// gives; the VPC resolver answers its name with docker0's address).
+const HARNESS_ECR: &str = "000000000000.dkr.ecr.us-east-1.amazonaws.com";
+
+/// Adds the harness registry to a spec's `[[registries]]`, so that the nodes trust its CA, its
+/// read-only copy on port 5444 as the nodes' mirror of Docker Hub, and its ECR stand-in (on AWS
+/// ECR's certificates are of a public CA; here the harness's CA signs it).
 fn trust_the_harness_registry(spec: &Path) {
     let (host, ca, _) = harness_registry();
     let mut doc: toml::Table = std::fs::read_to_string(spec).unwrap().parse().unwrap();
     let entry = toml::Table::from_iter([("host".to_string(), toml::Value::from(host)), ("ca".to_string(), toml::Value::from(ca.clone()))]);
+    let ecr = toml::Table::from_iter([("host".to_string(), toml::Value::from(HARNESS_ECR)), ("ca".to_string(), toml::Value::from(ca.clone()))]);
     let mirror = toml::Table::from_iter([
         ("host".to_string(), toml::Value::from(format!("{}:5444", harness_gateway()))),
         ("ca".to_string(), toml::Value::from(ca)),
         ("mirror_of".to_string(), toml::Value::from("docker.io")),
     ]);
-    doc.insert("registries".into(), toml::Value::Array(vec![toml::Value::Table(entry), toml::Value::Table(mirror)]));
+    doc.insert("registries".into(), toml::Value::Array(vec![toml::Value::Table(entry), toml::Value::Table(mirror), toml::Value::Table(ecr)]));
     std::fs::write(spec, toml::to_string(&doc).unwrap()).unwrap();
 }
 
 /// Issue 21's pulls: a Deployment of an image only in the harness's private registry runs with
 /// an `imagePullSecret`; a pod without it (pulling `Always`) gets `ErrImagePull` then
-/// `ImagePullBackOff` with the registry's words; a wrong tag is reported as such.
+/// `ImagePullBackOff` with the registry's words; a wrong tag is reported as such. A Deployment of
+/// an image in (the harness's) Amazon ECR runs with no secret at all: each node's agent asks ECR
+/// for a token on its instance role, through the metadata service's credentials.
 async fn private_images_are_pulled_with_their_pull_secret(home: &Path, client: &ApiClient) {
     let (host, _, password) = harness_registry();
     use base64::Engine;
@@ -998,6 +1009,33 @@ spec:
       image: {host}/private/busybox:v9
       command: ["sleep", "3600"]
 ---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: from-ecr
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: from-ecr
+  template:
+    metadata:
+      labels:
+        app: from-ecr
+    spec:
+      topologySpreadConstraints:
+        - maxSkew: 1
+          topologyKey: kubernetes.io/hostname
+          whenUnsatisfiable: DoNotSchedule
+          labelSelector:
+            matchLabels:
+              app: from-ecr
+      containers:
+        - name: app
+          image: {HARNESS_ECR}/private/busybox:v1
+          imagePullPolicy: Always
+          command: ["sleep", "3600"]
+---
 apiVersion: v1
 kind: Pod
 metadata:
@@ -1026,6 +1064,17 @@ spec:
     })
     .await;
     eprintln!("a Deployment pulled from the private registry: ready after {:.1}s", t0.elapsed().as_secs_f64().max(took.as_secs_f64()));
+    // From ECR with no secret: the nodes' own tokens (two nodes, each its own).
+    let (nodes, took) = eventually("the ECR image's replicas run, on two nodes", Duration::from_secs(60), || async {
+        let ps = pods(client).await;
+        let ready: Vec<&serde_json::Value> = app(&ps, "from-ecr").into_iter().filter(|p| is_ready(p)).collect();
+        let nodes: BTreeSet<String> = ready.iter().filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string)).collect();
+        if ready.len() == 2 && nodes.len() == 2 { Ok(nodes) } else { Err(format!("{} of 2 ready on {nodes:?}: {:?}", ready.len(), app(&ps, "from-ecr").iter().map(|p| p["status"]["containerStatuses"].to_string()).collect::<Vec<_>>())) }
+    })
+    .await;
+    eprintln!("a Deployment pulled from ECR on the nodes' instance role, no secret: ready {:.1}s after the apply on {nodes:?}", t0.elapsed().as_secs_f64().max(took.as_secs_f64()));
+    let events = kubectl(home, &["get", "events", "--field-selector", "reason=Pulling", "-o", "jsonpath={.items[*].message}"]);
+    assert!(String::from_utf8_lossy(&events.stdout).contains(&format!("Pulling image \"{HARNESS_ECR}/private/busybox:v1\"")), "pulled, not found on the node: {}", String::from_utf8_lossy(&events.stdout));
     // without credentials: ErrImagePull, then ImagePullBackOff, with the registry's answer
     let seen = std::sync::Mutex::new(BTreeSet::new());
     let (message, _) = eventually("no-secret: ErrImagePull then ImagePullBackOff", Duration::from_secs(60), || {

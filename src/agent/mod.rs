@@ -44,6 +44,9 @@ pub struct AgentConfig {
     /// The cluster's blocks (its cluster CIDR and VPC): pods' traffic to them keeps the pod's
     /// address; to elsewhere it leaves through the node's.
     pub routed: Vec<ipnet::Ipv4Net>,
+    /// An endpoint other than AWS's for the node's own cloud calls (ECR's tokens): only the
+    /// LocalStack harness's, as the machine reaches it.
+    pub cloud_endpoint: Option<String>,
 }
 
 /// The taints a node is registered with (kubelet's `--register-with-taints`): a control-plane
@@ -290,7 +293,10 @@ async fn run_pods(client: ApiClient, config: AgentConfig, mut pod_range: tokio::
         });
     }
     let taints = registered_taints(&config);
-    pods::run(client, docker, &node_name, node_ip, taints, Some(POD_CHECKPOINT.into())).await;
+    // Images of Amazon ECR's registries with the machine's own role, as on EKS.
+    let ecr = images::EcrCredentials::new(std::sync::Arc::new(crate::cloud::ecr::EcrTokens::new(config.cloud_endpoint.clone())));
+    let sync = pods::PodSync::new(docker, node_ip).with_taints(taints).with_ecr(std::sync::Arc::new(ecr));
+    pods::run(client, sync, &node_name, Some(POD_CHECKPOINT.into())).await;
 }
 
 #[cfg(test)]
@@ -307,6 +313,7 @@ mod tests {
             status_every: Duration::from_secs(10),
             serving: None,
             routed: Vec::new(),
+            cloud_endpoint: None,
         }
     }
 

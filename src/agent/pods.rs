@@ -168,6 +168,8 @@ pub struct PodSync<R: ContainerRuntime> {
     /// The node's `NoSchedule` and `NoExecute` taints: a new pod that does not tolerate them is
     /// refused (it was bound around the scheduler, by `nodeName`).
     taints: Vec<Taint>,
+    /// The node's own credentials for Amazon ECR's registries, when it has them.
+    ecr: Option<Arc<images::EcrCredentials>>,
 }
 
 /// A pod's sandbox as the agent knows it: the running one and when it was made (or adopted), or
@@ -475,11 +477,18 @@ impl<R: ContainerRuntime> PodSync<R> {
             volumes: VolumeRoots::default(),
             hook_failures: Arc::default(),
             taints: Vec::new(),
+            ecr: None,
             capacity: {
                 let host = super::host::HostInfo::read();
                 (host.cpus as u64 * 1000, host.memory_kib * 1024)
             },
         }
+    }
+
+    /// Pulls from Amazon ECR's registries that no pull secret names with `ecr`'s credentials.
+    pub fn with_ecr(mut self, ecr: Arc<images::EcrCredentials>) -> Self {
+        self.ecr = Some(ecr);
+        self
     }
 
     /// Makes the pods' volumes under `roots` (tests).
@@ -657,6 +666,7 @@ impl<R: ContainerRuntime> PodSync<R> {
             hook_failures: &self.hook_failures,
             capacity: self.capacity,
             taints: &self.taints,
+            ecr: self.ecr.as_ref(),
         };
         let env = &env;
         let work = self.pods.iter_mut().filter_map(|(uid, track)| {
@@ -728,6 +738,7 @@ struct SyncEnv<'a, R> {
     hook_failures: &'a HookFailures,
     capacity: (u64, u64),
     taints: &'a [Taint],
+    ecr: Option<&'a Arc<images::EcrCredentials>>,
 }
 
 impl<R> SyncEnv<'_, R> {
@@ -1277,11 +1288,38 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
     let own: Sources = podconfig::referenced(pod).into_iter().filter_map(|k| Some((k.clone(), env.sources.get(&k)?.clone()))).collect();
     let (pod_for_env, spec_for_env, context) = (pod.clone(), spec.clone(), env.pod_context(None));
     let always = policy == "Always";
+    let ecr = env.ecr.cloned();
     let task = tokio::spawn(async move {
         let outcome = async {
             if let Some(auth) = pull {
                 let image = spec_for_env.image.as_str();
-                if let Err(e) = runtime.pull(image, auth.as_ref()).await {
+                // The pod's pull secret's credentials first, then, for an ECR registry, the node's
+                // own token (kubelet's ECR credential provider: kubelet tries each credential
+                // that matches the registry until one pulls). With no secret, ECR's refusal to give
+                // a token is the pull's error.
+                let registry = images::registry_of(image);
+                let pulled = match auth {
+                    Some(secret) => {
+                        let first = runtime.pull(image, Some(&secret)).await;
+                        if first.is_err()
+                            && let Some(ecr) = &ecr
+                            && let Some(Ok(node)) = ecr.for_registry(registry).await
+                        {
+                            runtime.pull(image, Some(&node)).await
+                        } else {
+                            first
+                        }
+                    }
+                    None => match ecr.as_ref() {
+                        Some(ecr) => match ecr.for_registry(registry).await {
+                            Some(Ok(node)) => runtime.pull(image, Some(&node)).await,
+                            Some(Err(e)) => return Err(("ErrImagePull".to_string(), format!("Failed to pull image {image:?}: getting the node's credentials for Amazon ECR: {e}"))),
+                            None => runtime.pull(image, None).await,
+                        },
+                        None => runtime.pull(image, None).await,
+                    },
+                };
+                if let Err(e) = pulled {
                     // `Always`, an image named without a registry (Docker Hub's) that the node has and
                     // Docker Hub does not give: the node's copy (a deliberate difference from kubelet,
                     // for images side-loaded with `image load`). A named registry's refusal stands, so
@@ -1650,8 +1688,8 @@ async fn reconcile<C: Client, R: ContainerRuntime>(_key: ObjectKey, ctx: Arc<Con
 /// changed statuses are written. With a `checkpoint` file, the last known pods are saved there;
 /// until the first list of pods arrives (the API server may be down) they are synced instead of
 /// nothing, so that an agent restarted while the master is away keeps running what it ran.
-pub async fn run<C: Client, R: ContainerRuntime>(client: C, runtime: Arc<R>, node_name: &str, node_ip: IpAddr, taints: Vec<Taint>, checkpoint: Option<PathBuf>) {
-    let ctx = Arc::new(Context::new(client, PodSync::new(runtime, node_ip).with_taints(taints), node_name, checkpoint));
+pub async fn run<C: Client, R: ContainerRuntime>(client: C, sync: PodSync<R>, node_name: &str, checkpoint: Option<PathBuf>) {
+    let ctx = Arc::new(Context::new(client, sync, node_name, checkpoint));
     run_with(ctx).await;
 }
 
@@ -1837,6 +1875,54 @@ mod tests {
         let updates = sync.sync(std::slice::from_ref(&wrong)).await.unwrap();
         let message = container_status(&updates).state.waiting.unwrap().message.unwrap();
         assert!(message.contains("Failed to pull image \"registry.test:5443/private/app:v9\"") && message.contains("manifest unknown"), "{message}");
+    }
+
+    /// ECR as the node's agent sees it: a token for user `AWS`, or a refusal.
+    struct NodeRole(bool);
+
+    #[async_trait::async_trait]
+    impl crate::cloud::ecr::RegistryTokens for NodeRole {
+        async fn authorization_token(&self, _: &crate::cloud::ecr::EcrRegistry) -> Result<crate::cloud::ecr::AuthorizationToken, String> {
+            if self.0 { Ok(crate::cloud::ecr::AuthorizationToken { username: "AWS".into(), password: "token".into(), expires_at: None }) } else { Err("no credentials in the chain".into()) }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ecr_image_is_pulled_with_the_nodes_token_after_any_pull_secret_that_fails() {
+        const ECR: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/app:v1";
+        let ecr_sync = |fake: &FakeRuntime, role: bool| sync_of(fake).with_ecr(Arc::new(images::EcrCredentials::new(Arc::new(NodeRole(role)))));
+        // No secret: the node's token.
+        let fake = FakeRuntime::with_images(&[]);
+        fake.publish(ECR, "AWS");
+        let mut sync = ecr_sync(&fake, true);
+        sync.sync(&[pod("plain", "Always", Container { image: ECR.into(), ..web() })]).await.unwrap();
+        assert!(fake.calls().contains(&format!("pull {ECR} AWS")), "{:?}", fake.calls());
+        assert_eq!(running_ids(&fake).len(), 1);
+        // A secret for the registry that does not pull: then the node's token, as kubelet tries each.
+        let fake = FakeRuntime::with_images(&[]);
+        fake.publish(ECR, "AWS");
+        let mut sync = ecr_sync(&fake, true);
+        let key = SourceKey { secret: true, namespace: "default".into(), name: "stale".into() };
+        let config = br#"{"auths": {"123456789012.dkr.ecr.us-east-1.amazonaws.com": {"username": "bob", "password": "old"}}}"#.to_vec();
+        sync.set_sources(Sources::from([(key, Some(BTreeMap::from([(".dockerconfigjson".to_string(), config)])))]));
+        let mut stale = pod("stale", "Always", Container { image: ECR.into(), ..web() });
+        stale.spec.image_pull_secrets = vec![crate::api::pod::LocalObjectReference { name: "stale".into(), ..Default::default() }];
+        sync.sync(std::slice::from_ref(&stale)).await.unwrap();
+        let pulls: Vec<String> = fake.calls().into_iter().filter(|c| c.starts_with("pull ")).collect();
+        assert_eq!(pulls, vec![format!("pull {ECR} bob"), format!("pull {ECR} AWS")]);
+        assert_eq!(running_ids(&fake).len(), 1);
+        // No token to be had: the pull fails with why, and nothing is pulled.
+        let fake = FakeRuntime::with_images(&[]);
+        fake.publish(ECR, "AWS");
+        let mut sync = ecr_sync(&fake, false);
+        let denied = pod("denied", "Always", Container { image: ECR.into(), ..web() });
+        sync.sync(std::slice::from_ref(&denied)).await.unwrap();
+        let updates = sync.sync(std::slice::from_ref(&denied)).await.unwrap();
+        let status = container_status(&updates);
+        assert_eq!(waiting_reason(&status), Some("ErrImagePull"));
+        let message = status.state.waiting.unwrap().message.unwrap();
+        assert!(message.contains("getting the node's credentials for Amazon ECR: no credentials in the chain"), "{message}");
+        assert!(!fake.calls().iter().any(|c| c.starts_with("pull ")), "{:?}", fake.calls());
     }
 
     #[tokio::test(start_paused = true)]

@@ -155,7 +155,29 @@ pub async fn bootstrap(
         // The workers fetch the binary from the master inside the VPC: one copy crosses the
         // operator's link instead of one per worker (and nothing is unpacked on them).
         let binary = BinaryFetch { url: format!("https://{}:{}{}", master.private_ip()?, spec.api.port, crate::apiserver::NODE_BINARY_PATH), ca_pem: ca_pem.clone() };
-        let join = Join { cluster: spec.name.as_str().into(), api_host: api_host.clone(), port: spec.api.port, ca_hash, token_ttl: options.token_ttl, binary: Some(binary), network: Some(crate::nodeconfig::NodeNetwork::of(&spec.network)), registries: spec.registries.clone() };
+        // The workers' own cloud calls go where the masters' do (the harness's endpoint as its
+        // machines reach it; none on AWS).
+        let cloud_endpoint = {
+            let session = sessions[&master.name].clone();
+            let node = master.name.clone();
+            tokio::task::spawn_blocking(move || {
+                let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
+                super::install::instance_cloud_endpoint(&*s).map_err(|source| BootstrapError::Ssh { node, step: "reading the instance's cloud endpoint".into(), source: Box::new(source) })
+            })
+            .await
+            .map_err(|e| BootstrapError::Other(e.to_string()))??
+        };
+        let join = Join {
+            cluster: spec.name.as_str().into(),
+            api_host: api_host.clone(),
+            port: spec.api.port,
+            ca_hash,
+            token_ttl: options.token_ttl,
+            binary: Some(binary),
+            network: Some(crate::nodeconfig::NodeNetwork::of(&spec.network)),
+            registries: spec.registries.clone(),
+            cloud_endpoint,
+        };
         // Joined workers running another binary are upgraded one at a time, drained first; the
         // others (new machines, config changes) are installed in parallel.
         let mut upgrades = Vec::new();

@@ -167,7 +167,7 @@ pub(super) fn node_spec_copy(spec: &ClusterSpec) -> Result<String, BootstrapErro
 /// harness) the master gets the endpoint as the machine reaches it, and only LocalStack's fixed
 /// `test` credentials, never the operator's; on AWS neither (the instance's own credentials).
 pub fn master_cloud_settings(region: &str, operator_endpoint: Option<String>, instance_endpoint: Option<String>, operator_key_id: Option<String>) -> CloudSettings {
-    let endpoint_url = operator_endpoint.map(|op| instance_endpoint.map(|i| i.trim().to_string()).filter(|i| !i.is_empty()).unwrap_or(op));
+    let endpoint_url = machine_endpoint(operator_endpoint, instance_endpoint);
     let test_credentials = endpoint_url.is_some() && operator_key_id.as_deref() == Some("test");
     CloudSettings {
         region: region.into(),
@@ -177,6 +177,21 @@ pub fn master_cloud_settings(region: &str, operator_endpoint: Option<String>, in
         spec_path: crate::nodeconfig::SPEC_PATH.into(),
         ssh_key_path: crate::nodeconfig::SSH_KEY_PATH.into(),
     }
+}
+
+/// The cloud endpoint a machine's own calls go to: with the operator's endpoint override (the
+/// LocalStack harness), the override as the machine reaches it (else the operator's); on AWS none.
+fn machine_endpoint(operator_endpoint: Option<String>, instance_endpoint: Option<String>) -> Option<String> {
+    operator_endpoint.map(|op| instance_endpoint.map(|i| i.trim().to_string()).filter(|i| !i.is_empty()).unwrap_or(op))
+}
+
+/// [`machine_endpoint`] for the machine behind `s`, with what `create` sees (blocking).
+pub(super) fn instance_cloud_endpoint(s: &dyn NodeShell) -> Result<Option<String>, SshError> {
+    let operator = std::env::var("AWS_ENDPOINT_URL").ok();
+    if operator.is_none() {
+        return Ok(None);
+    }
+    Ok(machine_endpoint(operator, read_root_file(s, INSTANCE_CLOUD_ENDPOINT)?))
 }
 
 /// The environment variable of the test-only node certificate lifetime.
@@ -262,6 +277,8 @@ pub async fn install_master(
         .await
         .map_err(|e| BootstrapError::Other(e.to_string()))??
     };
+    // Its agent's own cloud calls (ECR's tokens) go where its cloud controller's do.
+    let cloud_endpoint = cloud_settings.endpoint_url.clone();
     let config = NodeConfig {
         master: Some(MasterSettings {
             listen: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), spec.api.port),
@@ -278,6 +295,7 @@ pub async fn install_master(
         }),
         network: Some(crate::nodeconfig::NodeNetwork::of(&spec.network)),
         registries: spec.registries.clone(),
+        cloud_endpoint,
         ..m.node_config(spec.name.as_str(), NodeRole::Master, ApiEndpoint { endpoint: plane.api_host.clone(), port: spec.api.port })?
     };
     let toml = config.to_toml().map_err(|e| BootstrapError::Other(format!("rendering the config of {}: {e}", m.name)))?;

@@ -36,6 +36,8 @@ pub struct Join {
     pub network: Option<crate::nodeconfig::NodeNetwork>,
     /// The registries with CAs of their own the workers trust.
     pub registries: Vec<crate::spec::TrustedRegistry>,
+    /// An endpoint other than AWS's for the workers' own cloud calls (the harness's).
+    pub cloud_endpoint: Option<String>,
 }
 
 /// Makes a join token (a bootstrap-token Secret, through `client`) and installs the workers in
@@ -126,6 +128,7 @@ pub(super) async fn install_with_token(join: &Join, workers: &[&Machine], sessio
                     worker: Some(WorkerSettings { join_token, ca_hash: join.ca_hash, heartbeat_seconds: 2 }),
                     network: join.network,
                     registries: join.registries,
+                    cloud_endpoint: join.cloud_endpoint,
                     ..m.node_config(&join.cluster, NodeRole::Worker, ApiEndpoint { endpoint: join.api_host, port: join.port })?
                 };
                 let toml = config.to_toml().map_err(|e| BootstrapError::Other(format!("rendering the config of {}: {e}", m.name)))?;

@@ -44,6 +44,7 @@ impl Machine {
             worker: None,
             network: None,
             registries: Vec::new(),
+            cloud_endpoint: None,
         })
     }
 

@@ -10,9 +10,12 @@
 //!   consistency, `DependencyViolation` until a deadline, not-found on delete
 //!   is success). Layers above always talk to a `Resilient<C>`;
 //! - [`aws`]: the implementation on aws-sdk-ec2, aws-sdk-elasticloadbalancingv2 and aws-sdk-iam;
-//! - [`fake`]: a stateful in-memory cloud with failure injection, for unit tests.
+//! - [`fake`]: a stateful in-memory cloud with failure injection, for unit tests;
+//! - [`ecr`]: Amazon ECR's registry credentials for a node's agent (aws-sdk-ecr, on the
+//!   machine's own role), apart from the [`Cloud`] trait, which is the operator's and masters'.
 
 pub mod aws;
+pub mod ecr;
 pub mod error;
 pub mod fake;
 pub mod resilient;

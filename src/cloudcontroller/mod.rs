@@ -73,6 +73,7 @@ pub async fn run(client: ApiClient, settings: CloudSettings, config: NodeConfig,
         }),
         network: config.network,
         registries: config.registries.clone(),
+        cloud_endpoint: settings.endpoint_url.clone(),
     };
     let ctx = machines::Context {
         cloud: cloud.clone(),

@@ -384,7 +384,7 @@ async fn the_machine_controller_backs_off_cloud_errors_then_makes_the_pools_and_
         spec_path,
         ssh_key: dir.path().join("id"),
         known_hosts: crate::bootstrap::hostkeys::KnownHosts::at(dir.path().join("known_hosts")),
-        join: crate::bootstrap::Join { cluster: "c1".into(), api_host: "127.0.0.1".into(), port: 6443, ca_hash: "sha256:00".into(), token_ttl: Duration::from_secs(60), binary: None, network: None, registries: Vec::new() },
+        join: crate::bootstrap::Join { cluster: "c1".into(), api_host: "127.0.0.1".into(), port: 6443, ca_hash: "sha256:00".into(), token_ttl: Duration::from_secs(60), binary: None, network: None, registries: Vec::new(), cloud_endpoint: None },
         data_dir: dir.path().to_path_buf(),
         own_instance: "i-master".into(),
         cloud_settings: serde_json::from_value(serde_json::json!({"region": "us-east-1"})).unwrap(),

@@ -174,6 +174,7 @@ pub fn agent_config(config: &NodeConfig, heartbeat: Duration, serving: crate::ap
         heartbeat,
         status_every: Duration::from_secs(10),
         routed: config.network.iter().flat_map(|n| [n.cluster_cidr, n.vpc_cidr]).collect(),
+        cloud_endpoint: config.cloud_endpoint.clone(),
     }
 }
 

@@ -152,6 +152,10 @@ pub struct NodeConfig {
     /// Registries with a CA of their own, which the node's container runtime trusts for them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub registries: Vec<crate::spec::TrustedRegistry>,
+    /// An endpoint other than AWS's for the node's own cloud calls (its agent's ECR tokens, on the
+    /// instance's role): only the LocalStack harness's, as the machine reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_endpoint: Option<String>,
 }
 
 /// The cluster's address blocks as every node sees them: pods' traffic to the cluster CIDR and
@@ -469,6 +473,7 @@ mod tests {
                 service_cidr: "10.96.0.0/16".parse().unwrap(),
             }),
             registries: vec![crate::spec::TrustedRegistry { host: "registry.example:5443".into(), ca: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(), mirror_of: Some("docker.io".into()) }],
+            cloud_endpoint: Some("http://172.17.0.1:4566".into()),
         }
     }
 

@@ -14,9 +14,9 @@ use tokio::time::Instant;
 
 use crate::cloud::{Cloud, Image, Instance, InstanceState, LaunchRequest, LoadBalancer};
 use crate::report::Reporter;
-use crate::spec::{ClusterSpec, ImageRef, NodePool, Role};
+use crate::spec::{ClusterSpec, ImageRef, NodePool};
 
-use super::iam::{master_policy, trust_policy, IAM_PATH};
+use super::iam::{trust_policy, InstanceRole, IAM_PATH};
 use super::inventory::{discover, Inventory};
 use super::plan::{desired_rules, group_roles, instances_by_slot, plan, Plan, Step};
 use super::{Names, ProvisionError};
@@ -267,14 +267,14 @@ async fn apply(cloud: &dyn Cloud, spec: &ClusterSpec, names: &Names<'_>, options
         Step::ImportKeyPair { name } => {
             cloud.import_key_pair(name, &options.public_key, &names.tags("ssh", name)).await?;
         }
-        Step::CreateRole { name } => {
-            cloud.create_role(name, IAM_PATH, &trust_policy().to_string(), &names.tags("master-role", name)).await?;
+        Step::CreateRole { name, kind } => {
+            cloud.create_role(name, IAM_PATH, &trust_policy().to_string(), &names.tags(kind.tag(), name)).await?;
         }
-        Step::PutRolePolicy { role, policy } | Step::UpdateRolePolicy { role, policy } => {
-            cloud.put_role_policy(role, policy, &master_policy(spec.name.as_str()).to_string()).await?;
+        Step::PutRolePolicy { role, policy, kind } | Step::UpdateRolePolicy { role, policy, kind } => {
+            cloud.put_role_policy(role, policy, &kind.policy(spec.name.as_str()).to_string()).await?;
         }
-        Step::CreateInstanceProfile { name } => {
-            cloud.create_instance_profile(name, IAM_PATH, &names.tags("master-role", name)).await?;
+        Step::CreateInstanceProfile { name, kind } => {
+            cloud.create_instance_profile(name, IAM_PATH, &names.tags(kind.tag(), name)).await?;
         }
         Step::AddRoleToInstanceProfile { profile, role } => cloud.add_role_to_instance_profile(profile, role).await?,
         Step::LaunchInstance { .. } => unreachable!("launches are applied together by launch_all"),
@@ -346,8 +346,9 @@ async fn launch_all(cloud: &dyn Cloud, spec: &ClusterSpec, r: &mut Resolved, slo
             disk_gb: pool.disk_gb,
             client_token: String::new(),
             user_data: None,
-            // Masters get their own credentials on AWS (the cloud controller runs there).
-            instance_profile: (pool.role == Role::Master).then(|| names.master_role()),
+            // Every machine runs on its own kind's credentials (the masters' cloud controller, every
+            // agent's pulls from ECR).
+            instance_profile: Some(names.instance_role(InstanceRole::of(pool.role))),
             tags: names.instance_tags(pool, *slot),
         };
         requests.push((pool, *slot, request));

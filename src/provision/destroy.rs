@@ -5,7 +5,7 @@
 //! controller relaunching workers, a service controller recreating a balancer or a route
 //! controller writing a route cannot act mid-destroy and leave something behind. Terminating the
 //! masters stops them whatever state their API is in. Then, in order: listeners, load balancers, target groups, instances (and wait until
-//! terminated), the masters' instance profile and role (only once no instance
+//! terminated), the masters' and workers' instance profiles and roles (only once no instance
 //! can use them any more), security groups, subnets, route tables, internet
 //! gateway (detach, delete), VPC, key pair. Every step goes on after a failure so
 //! that as much as possible is removed; the report lists what remains.
@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::cloud::{Cloud, CloudError, Instance, InstanceState, ROLE_TAG};
 use crate::report::Reporter;
 
-use super::iam::MASTER_POLICY_NAME;
+use super::iam::InstanceRole;
 use super::inventory::discover;
 use super::ProvisionError;
 
@@ -116,25 +116,29 @@ pub async fn destroy(cloud: &dyn Cloud, cluster: &str, instance_deadline: Durati
         }
     }
 
-    if inv.master_role.is_some() || inv.master_profile.is_some() {
-        if instances_gone {
-            reporter.phase("deleting the masters' instance profile and role");
-            if let Some(p) = &inv.master_profile {
-                for role in &p.roles {
-                    run.record(format!("role {role} in instance profile {}", p.name), cloud.remove_role_from_instance_profile(&p.name, role).await);
-                }
-                run.record(format!("instance profile {}", p.name), cloud.delete_instance_profile(&p.name).await);
+    for kind in InstanceRole::ALL {
+        let found = inv.iam(kind);
+        if found.role.is_none() && found.profile.is_none() {
+            continue;
+        }
+        if !instances_gone {
+            let e = format!("kept the {}s' instance profile and role: instances may still use them; run destroy again", kind.as_str());
+            reporter.warn(&e);
+            run.report.errors.push(e);
+            continue;
+        }
+        reporter.phase(&format!("deleting the {}s' instance profile and role", kind.as_str()));
+        if let Some(p) = &found.profile {
+            for role in &p.roles {
+                run.record(format!("role {role} in instance profile {}", p.name), cloud.remove_role_from_instance_profile(&p.name, role).await);
             }
-            if let Some(r) = &inv.master_role {
-                if inv.master_role_policy.is_some() {
-                    run.record(format!("policy {MASTER_POLICY_NAME} of role {}", r.name), cloud.delete_role_policy(&r.name, MASTER_POLICY_NAME).await);
-                }
-                run.record(format!("iam role {}", r.name), cloud.delete_role(&r.name).await);
+            run.record(format!("instance profile {}", p.name), cloud.delete_instance_profile(&p.name).await);
+        }
+        if let Some(r) = &found.role {
+            if found.policy.is_some() {
+                run.record(format!("policy {} of role {}", kind.policy_name(), r.name), cloud.delete_role_policy(&r.name, kind.policy_name()).await);
             }
-        } else {
-            let e = "kept the masters' instance profile and role: instances may still use them; run destroy again";
-            reporter.warn(e);
-            run.report.errors.push(e.into());
+            run.record(format!("iam role {}", r.name), cloud.delete_role(&r.name).await);
         }
     }
 

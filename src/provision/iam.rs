@@ -1,12 +1,17 @@
-//! The masters' IAM role, its least-privilege policy, and the instance profile that carries it.
+//! The nodes' IAM roles, their least-privilege policies, and the instance profiles that carry them.
 //!
-//! On AWS the master's cloud controller (service load balancers, machine replacement through the
-//! same converge as `create`, bootstrap of new machines) runs on the instance's own credentials:
-//! the role `clusterctl-<cluster>-master` under the path `/clusterctl/`, in the instance profile of
-//! the same name. The policy allows exactly the calls [`MASTER_CALLS`] lists, mutations only on
-//! resources tagged with the cluster (or created with its tag), and `iam:PassRole` only on the
-//! masters' own role (a replacement master is launched with the profile). IAM is global, so the
-//! role and the profile are found by name and then checked for the cluster's tag.
+//! Every machine runs on its instance's own credentials, one role per kind of node
+//! ([`InstanceRole`]): `clusterctl-<cluster>-master` and `clusterctl-<cluster>-worker` under the
+//! path `/clusterctl/`, each in the instance profile of the same name.
+//! - The masters' cloud controller (service load balancers, machine replacement through the same
+//!   converge as `create`, bootstrap of new machines): exactly the calls [`MASTER_CALLS`] lists,
+//!   mutations only on resources tagged with the cluster (or created with its tag), and
+//!   `iam:PassRole` only on the cluster's two roles (a replacement is launched with its profile).
+//! - Every node's agent (masters run one too): exactly [`AGENT_CALLS`], the ECR read calls with
+//!   which it pulls images from Amazon ECR (`src/agent/images.rs`), as kubelet's ECR credential
+//!   provider does on EKS.
+//!
+//! IAM is global, so the roles and profiles are found by name and then checked for the cluster's tag.
 
 use serde_json::{json, Value};
 
@@ -15,16 +20,66 @@ use crate::cloud::OWNER_TAG;
 /// The IAM path of every role and instance profile clusterctl makes.
 pub const IAM_PATH: &str = "/clusterctl/";
 
-/// Name of the masters' inline policy inside their role.
-pub const MASTER_POLICY_NAME: &str = "clusterctl-master";
-
-/// Name of the masters' role and of their instance profile (cluster names are at most 28
-/// characters, so this stays under IAM's 64).
-pub fn master_role_name(cluster: &str) -> String {
-    format!("clusterctl-{cluster}-master")
+/// A kind of node, as IAM knows it: one role, inline policy and instance profile each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceRole {
+    Master,
+    Worker,
 }
 
-/// Who may assume the masters' role: EC2, on behalf of the instances launched with the profile.
+impl InstanceRole {
+    /// Both, in creation order.
+    pub const ALL: [InstanceRole; 2] = [InstanceRole::Master, InstanceRole::Worker];
+
+    /// The role of a pool's machines.
+    pub fn of(role: crate::spec::Role) -> Self {
+        match role {
+            crate::spec::Role::Master => InstanceRole::Master,
+            crate::spec::Role::Worker => InstanceRole::Worker,
+        }
+    }
+
+    /// `master` or `worker`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceRole::Master => "master",
+            InstanceRole::Worker => "worker",
+        }
+    }
+
+    /// Name of the role and of its instance profile (cluster names are at most 28 characters, so
+    /// this stays under IAM's 64).
+    pub fn name(self, cluster: &str) -> String {
+        format!("clusterctl-{cluster}-{}", self.as_str())
+    }
+
+    /// Name of the inline policy inside the role.
+    pub fn policy_name(self) -> &'static str {
+        match self {
+            InstanceRole::Master => "clusterctl-master",
+            InstanceRole::Worker => "clusterctl-worker",
+        }
+    }
+
+    /// The value of the role tag on the role and its profile.
+    pub fn tag(self) -> &'static str {
+        match self {
+            InstanceRole::Master => "master-role",
+            InstanceRole::Worker => "worker-role",
+        }
+    }
+
+    /// The inline policy of the role.
+    pub fn policy(self, cluster: &str) -> Value {
+        match self {
+            InstanceRole::Master => master_policy(cluster),
+            InstanceRole::Worker => worker_policy(),
+        }
+    }
+}
+
+/// Who may assume the nodes' roles: EC2, on behalf of the instances launched with the profile.
 pub fn trust_policy() -> Value {
     json!({
         "Version": "2012-10-17",
@@ -81,14 +136,43 @@ pub const MASTER_CALLS: &[(&str, &[&str])] = &[
     ("delete_target_group", &["elasticloadbalancing:DeleteTargetGroup"]),
 ];
 
+/// What every node's agent calls, with the IAM actions it needs: an ECR authorization token
+/// (`cloud::ecr`), with which the container runtime then pulls, each pull being authorized on
+/// the role for the repository's image and layers.
+pub const AGENT_CALLS: &[(&str, &[&str])] = &[
+    ("ecr authorization_token", &["ecr:GetAuthorizationToken"]),
+    ("the runtime's pull with the token", &["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"]),
+];
+
+/// The agent's statements: ECR's token (which has no resource-level permission) and reads of any
+/// repository (images may come from other accounts' registries that share them with this one).
+fn agent_statements() -> Vec<Value> {
+    vec![
+        json!({ "Sid": "EcrToken", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*" }),
+        json!({
+            "Sid": "EcrPull",
+            "Effect": "Allow",
+            "Action": ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"],
+            "Resource": "arn:aws:ecr:*:*:repository/*"
+        }),
+    ]
+}
+
+/// The workers' inline policy: the agent's calls and nothing else.
+pub fn worker_policy() -> Value {
+    json!({ "Version": "2012-10-17", "Statement": agent_statements() })
+}
+
 /// The masters' inline policy: least privilege for [`MASTER_CALLS`], scoped to the cluster's tag.
 pub fn master_policy(cluster: &str) -> Value {
-    let role = master_role_name(cluster);
+    let roles: Vec<String> = InstanceRole::ALL.iter().map(|r| r.name(cluster)).collect();
+    let role_arns: Vec<String> = roles.iter().map(|r| format!("arn:aws:iam::*:role{IAM_PATH}{r}")).collect();
+    let profile_arns = roles.iter().map(|r| format!("arn:aws:iam::*:instance-profile{IAM_PATH}{r}"));
     let resource_tag = json!({ "StringEquals": { format!("ec2:ResourceTag/{OWNER_TAG}"): cluster } });
     let request_tag = json!({ "StringEquals": { format!("aws:RequestTag/{OWNER_TAG}"): cluster } });
     let elb_resource_tag = json!({ "StringEquals": { format!("aws:ResourceTag/{OWNER_TAG}"): cluster } });
     let elb = ["arn:aws:elasticloadbalancing:*:*:loadbalancer/net/*/*", "arn:aws:elasticloadbalancing:*:*:targetgroup/*/*", "arn:aws:elasticloadbalancing:*:*:listener/net/*/*/*"];
-    json!({
+    let mut policy = json!({
         "Version": "2012-10-17",
         "Statement": [
             {
@@ -199,22 +283,27 @@ pub fn master_policy(cluster: &str) -> Value {
                 "Condition": elb_resource_tag
             },
             {
-                // A replacement master is launched with the masters' own profile, and nothing else.
-                "Sid": "PassOwnRole",
+                // A replacement is launched with its kind's profile (the cluster's own), and nothing else.
+                "Sid": "PassOwnRoles",
                 "Effect": "Allow",
                 "Action": "iam:PassRole",
-                "Resource": format!("arn:aws:iam::*:role{IAM_PATH}{role}"),
+                "Resource": role_arns,
                 "Condition": { "StringEquals": { "iam:PassedToService": "ec2.amazonaws.com" } }
             },
             {
-                // The converge a replacement runs reads the role and profile it would otherwise create.
-                "Sid": "ReadOwnRole",
+                // The converge a replacement runs reads the roles and profiles it would otherwise create.
+                "Sid": "ReadOwnRoles",
                 "Effect": "Allow",
                 "Action": ["iam:GetRole", "iam:GetRolePolicy", "iam:GetInstanceProfile"],
-                "Resource": [format!("arn:aws:iam::*:role{IAM_PATH}{role}"), format!("arn:aws:iam::*:instance-profile{IAM_PATH}{role}")]
+                "Resource": role_arns.iter().cloned().chain(profile_arns).collect::<Vec<_>>()
             }
         ]
-    })
+    });
+    // The master's own agent pulls as every node's does.
+    if let Some(statements) = policy["Statement"].as_array_mut() {
+        statements.extend(agent_statements());
+    }
+    policy
 }
 
 /// Whether a policy document as the cloud returned it says the same as `want` (the JSON is
@@ -262,8 +351,26 @@ mod tests {
             }
         }
         // Nothing is allowed that no call needs.
-        let needed: BTreeSet<String> = MASTER_CALLS.iter().flat_map(|(_, a)| a.iter().map(|s| s.to_string())).collect();
+        let needed: BTreeSet<String> = MASTER_CALLS.iter().chain(AGENT_CALLS).flat_map(|(_, a)| a.iter().map(|s| s.to_string())).collect();
         assert_eq!(actions, needed);
+    }
+
+    #[test]
+    fn the_worker_policy_allows_exactly_the_ecr_reads() {
+        let policy = worker_policy();
+        let needed: BTreeSet<String> = AGENT_CALLS.iter().flat_map(|(_, a)| a.iter().map(|s| s.to_string())).collect();
+        assert_eq!(allowed(&policy), needed);
+        assert_eq!(needed, ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetAuthorizationToken", "ecr:GetDownloadUrlForLayer"].map(String::from).into());
+        for s in statements(&policy) {
+            assert_eq!(s["Effect"], "Allow");
+            let resources = list(&s["Resource"]);
+            if list(&s["Action"]) != ["ecr:GetAuthorizationToken"] {
+                assert_eq!(resources, ["arn:aws:ecr:*:*:repository/*"], "{}", s["Sid"]);
+            }
+        }
+        assert_eq!(InstanceRole::Worker.policy("demo"), policy);
+        assert_eq!(InstanceRole::Worker.name("demo"), "clusterctl-demo-worker");
+        assert_ne!(InstanceRole::Worker.policy_name(), InstanceRole::Master.policy_name());
     }
 
     #[test]
@@ -271,7 +378,8 @@ mod tests {
         let policy = master_policy("demo");
         for s in statements(&policy) {
             let actions = list(&s["Action"]);
-            let read_only = actions.iter().all(|a| a.contains(":Describe") || a.contains(":Get"));
+            let ecr_read = |a: &str| AGENT_CALLS.iter().any(|(_, needs)| needs.contains(&a));
+            let read_only = actions.iter().all(|a| a.contains(":Describe") || a.contains(":Get") || ecr_read(a));
             let resources = list(&s["Resource"]);
             if read_only {
                 continue;
@@ -281,7 +389,7 @@ mod tests {
             assert!(scoped, "statement {} is not scoped to the cluster", s["Sid"]);
         }
         let pass = statements(&policy).into_iter().find(|s| list(&s["Action"]) == ["iam:PassRole"]).expect("PassRole statement");
-        assert_eq!(list(&pass["Resource"]), vec!["arn:aws:iam::*:role/clusterctl/clusterctl-demo-master".to_string()]);
+        assert_eq!(list(&pass["Resource"]), vec!["arn:aws:iam::*:role/clusterctl/clusterctl-demo-master".to_string(), "arn:aws:iam::*:role/clusterctl/clusterctl-demo-worker".to_string()]);
         let terminate = statements(&policy).into_iter().find(|s| list(&s["Action"]).contains(&"ec2:TerminateInstances".to_string())).expect("terminate statement");
         assert_eq!(terminate["Condition"]["StringEquals"]["ec2:ResourceTag/clusterctl:cluster"], "demo");
         let launch = statements(&policy).into_iter().find(|s| s["Sid"] == "LaunchTagged").expect("launch statement");
@@ -312,7 +420,7 @@ mod tests {
     #[test]
     fn names_fit_iam_limits() {
         let longest = "a".repeat(28);
-        assert!(master_role_name(&longest).len() <= 64);
+        assert!(InstanceRole::ALL.iter().all(|r| r.name(&longest).len() <= 64));
         assert!(same_policy(&master_policy("x").to_string(), &master_policy("x")));
         assert!(!same_policy(&master_policy("x").to_string(), &master_policy("y")));
         assert!(!same_policy("not json", &master_policy("x")));

@@ -9,7 +9,7 @@ use crate::cloud::{
     SecurityGroup, Subnet, TargetGroup, TargetHealth, Vpc, POOL_TAG, ROLE_TAG, SLOT_TAG,
 };
 
-use super::iam::{master_role_name, MASTER_POLICY_NAME};
+use super::iam::InstanceRole;
 use super::ProvisionError;
 
 /// Every resource carrying a cluster's ownership tag.
@@ -29,12 +29,41 @@ pub struct Inventory {
     pub listeners: Vec<Listener>,
     /// Registered targets per target group ARN.
     pub targets: BTreeMap<String, Vec<TargetHealth>>,
-    /// The masters' IAM role (global, found by name, kept only when it carries the cluster's tag).
-    pub master_role: Option<Role>,
-    /// The masters' inline policy document (JSON text), when the role has it.
-    pub master_role_policy: Option<String>,
-    /// The masters' instance profile (found by name, kept only when it carries the cluster's tag).
-    pub master_profile: Option<InstanceProfile>,
+    /// The masters' IAM role, policy and instance profile.
+    pub masters_iam: FoundIdentity,
+    /// The workers' IAM role, policy and instance profile.
+    pub workers_iam: FoundIdentity,
+}
+
+/// One kind of node's IAM identity as found ([`InstanceRole`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FoundIdentity {
+    /// The role (global, found by name, kept only when it carries the cluster's tag).
+    pub role: Option<Role>,
+    /// Its inline policy document (JSON text), when the role has it.
+    pub policy: Option<String>,
+    /// The instance profile (found by name, kept only when it carries the cluster's tag).
+    pub profile: Option<InstanceProfile>,
+}
+
+impl FoundIdentity {
+    fn len(&self) -> usize {
+        usize::from(self.role.is_some()) + usize::from(self.policy.is_some()) + usize::from(self.profile.is_some())
+    }
+}
+
+/// Finds a kind of node's role, policy and profile by name, kept only with the cluster's tag.
+async fn find_identity(cloud: &dyn Cloud, cluster: &str, kind: InstanceRole) -> Result<FoundIdentity, ProvisionError> {
+    let owned = owned_by(cluster);
+    let name = kind.name(cluster);
+    let (role, profile) = tokio::try_join!(cloud.role(&name), cloud.instance_profile(&name))?;
+    let role = role.filter(|r| tags_match(&r.tags, &owned));
+    let profile = profile.filter(|p| tags_match(&p.tags, &owned));
+    let policy = match &role {
+        Some(r) => cloud.role_policy(&r.name, kind.policy_name()).await?,
+        None => None,
+    };
+    Ok(FoundIdentity { role, policy, profile })
 }
 
 /// Lists everything tagged as owned by the cluster.
@@ -60,14 +89,7 @@ pub async fn discover(cloud: &dyn Cloud, cluster: &str) -> Result<Inventory, Pro
         targets.insert(tg.arn.clone(), cloud.target_health(&tg.arn).await?);
     }
     // IAM is global and has no tag filters: the names are the cluster's, the tag proves it.
-    let role_name = master_role_name(cluster);
-    let (master_role, master_profile) = tokio::try_join!(cloud.role(&role_name), cloud.instance_profile(&role_name))?;
-    let master_role = master_role.filter(|r| tags_match(&r.tags, &owned));
-    let master_profile = master_profile.filter(|p| tags_match(&p.tags, &owned));
-    let master_role_policy = match &master_role {
-        Some(r) => cloud.role_policy(&r.name, MASTER_POLICY_NAME).await?,
-        None => None,
-    };
+    let (masters_iam, workers_iam) = tokio::try_join!(find_identity(cloud, cluster, InstanceRole::Master), find_identity(cloud, cluster, InstanceRole::Worker))?;
     Ok(Inventory {
         vpcs,
         subnets,
@@ -80,9 +102,8 @@ pub async fn discover(cloud: &dyn Cloud, cluster: &str) -> Result<Inventory, Pro
         target_groups,
         listeners,
         targets,
-        master_role,
-        master_role_policy,
-        master_profile,
+        masters_iam,
+        workers_iam,
     })
 }
 
@@ -104,9 +125,8 @@ impl Inventory {
             + self.load_balancers.len()
             + self.target_groups.len()
             + self.listeners.len()
-            + usize::from(self.master_role.is_some())
-            + usize::from(self.master_role_policy.is_some())
-            + usize::from(self.master_profile.is_some())
+            + self.masters_iam.len()
+            + self.workers_iam.len()
     }
 
     /// One line per resource: `kind id (name)`, for listings of what remains.
@@ -123,17 +143,28 @@ impl Inventory {
         out.extend(self.load_balancers.iter().map(|l| format!("load balancer {}", l.name)));
         out.extend(self.target_groups.iter().map(|t| format!("target group {}", t.name)));
         out.extend(self.listeners.iter().map(|l| format!("listener {} port {}", l.arn, l.port)));
-        if let Some(r) = &self.master_role {
-            out.push(format!("iam role {}{}", r.path, r.name));
-            if self.master_role_policy.is_some() {
-                out.push(format!("iam role policy {} of {}", MASTER_POLICY_NAME, r.name));
+        for kind in InstanceRole::ALL {
+            let found = self.iam(kind);
+            if let Some(r) = &found.role {
+                out.push(format!("iam role {}{}", r.path, r.name));
+                if found.policy.is_some() {
+                    out.push(format!("iam role policy {} of {}", kind.policy_name(), r.name));
+                }
+            }
+            if let Some(p) = &found.profile {
+                let roles = if p.roles.is_empty() { "no role".to_string() } else { format!("role {}", p.roles.join(", ")) };
+                out.push(format!("instance profile {}{} ({roles})", p.path, p.name));
             }
         }
-        if let Some(p) = &self.master_profile {
-            let roles = if p.roles.is_empty() { "no role".to_string() } else { format!("role {}", p.roles.join(", ")) };
-            out.push(format!("instance profile {}{} ({roles})", p.path, p.name));
-        }
         out
+    }
+
+    /// A kind of node's IAM identity as found.
+    pub fn iam(&self, kind: InstanceRole) -> &FoundIdentity {
+        match kind {
+            InstanceRole::Master => &self.masters_iam,
+            InstanceRole::Worker => &self.workers_iam,
+        }
     }
 
     /// The resource of a kind that carries a role tag.

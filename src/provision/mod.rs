@@ -8,7 +8,7 @@
 //! - [`converge`]: applies a plan (instances launched in parallel), then waits
 //!   until instances run and the API's targets are registered;
 //! - [`destroy`]: deletes everything the cluster owns, in dependency order;
-//! - [`iam`]: the masters' IAM role, its least-privilege policy and instance profile.
+//! - [`iam`]: the nodes' IAM roles (masters', workers'), their least-privilege policies and instance profiles.
 //!
 //! Everything here talks to a [`crate::cloud::Cloud`], normally a
 //! [`crate::cloud::Resilient`], and reports through a [`crate::report::Reporter`].
@@ -120,9 +120,9 @@ impl<'a> Names<'a> {
         format!("clusterctl-{}", self.cluster())
     }
 
-    /// Name of the masters' IAM role and of the instance profile that carries it.
-    pub fn master_role(&self) -> String {
-        iam::master_role_name(self.cluster())
+    /// Name of a kind of node's IAM role and of the instance profile that carries it.
+    pub fn instance_role(&self, kind: iam::InstanceRole) -> String {
+        kind.name(self.cluster())
     }
 
     /// Name of the API load balancer and of its target group (at most 32 characters by spec validation).

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::cloud::{Instance, IngressRule, Protocol, RuleSource, ROLE_TAG};
 use crate::spec::ClusterSpec;
 
-use super::iam::{master_policy, same_policy, MASTER_POLICY_NAME};
+use super::iam::{same_policy, InstanceRole};
 use super::inventory::{pool_slot, Inventory};
 use super::{GroupRole, Names, ProvisionError};
 
@@ -33,10 +33,10 @@ pub enum Step {
     AuthorizeIngress { group: String, rules: Vec<IngressRule> },
     RevokeIngress { group: String, rules: Vec<IngressRule> },
     ImportKeyPair { name: String },
-    CreateRole { name: String },
-    PutRolePolicy { role: String, policy: String },
-    UpdateRolePolicy { role: String, policy: String },
-    CreateInstanceProfile { name: String },
+    CreateRole { name: String, kind: InstanceRole },
+    PutRolePolicy { role: String, policy: String, kind: InstanceRole },
+    UpdateRolePolicy { role: String, policy: String, kind: InstanceRole },
+    CreateInstanceProfile { name: String, kind: InstanceRole },
     AddRoleToInstanceProfile { profile: String, role: String },
     LaunchInstance { pool: String, slot: u32, name: String, zone: String, instance_type: String },
     TerminateInstance { id: String, name: String, reason: String },
@@ -85,10 +85,10 @@ impl fmt::Display for Step {
             Step::AuthorizeIngress { group, rules: r } => write!(f, "security group {group}: allow {}", rules(r)),
             Step::RevokeIngress { group, rules: r } => write!(f, "security group {group}: revoke {}", rules(r)),
             Step::ImportKeyPair { name } => write!(f, "key pair {name}"),
-            Step::CreateRole { name } => write!(f, "iam role {name} (for the masters' instances)"),
-            Step::PutRolePolicy { role, policy } => write!(f, "iam role {role}: inline policy {policy}"),
-            Step::UpdateRolePolicy { role, policy } => write!(f, "iam role {role}: update inline policy {policy}"),
-            Step::CreateInstanceProfile { name } => write!(f, "instance profile {name}"),
+            Step::CreateRole { name, kind } => write!(f, "iam role {name} (for the {}s' instances)", kind.as_str()),
+            Step::PutRolePolicy { role, policy, .. } => write!(f, "iam role {role}: inline policy {policy}"),
+            Step::UpdateRolePolicy { role, policy, .. } => write!(f, "iam role {role}: update inline policy {policy}"),
+            Step::CreateInstanceProfile { name, .. } => write!(f, "instance profile {name}"),
             Step::AddRoleToInstanceProfile { profile, role } => write!(f, "instance profile {profile}: add role {role}"),
             Step::LaunchInstance { name, zone, instance_type, .. } => write!(f, "instance {name} ({instance_type} in {zone})"),
             Step::TerminateInstance { id, name, reason } => write!(f, "instance {name} ({id}): {reason}"),
@@ -295,33 +295,35 @@ pub fn plan(spec: &ClusterSpec, inventory: &Inventory) -> Result<Plan, Provision
         }
     }
 
-    // The masters' credentials, before any master is launched with them.
-    let role = names.master_role();
-    match (&inventory.master_role, &inventory.master_role_policy) {
-        (None, _) => {
-            steps.push(Step::CreateRole { name: role.clone() });
-            steps.push(Step::PutRolePolicy { role: role.clone(), policy: MASTER_POLICY_NAME.into() });
+    // The nodes' credentials, before any machine is launched with them.
+    for kind in InstanceRole::ALL {
+        let role = kind.name(spec.name.as_str());
+        let found = inventory.iam(kind);
+        let policy = kind.policy_name().to_string();
+        match (&found.role, &found.policy) {
+            (None, _) => {
+                steps.push(Step::CreateRole { name: role.clone(), kind });
+                steps.push(Step::PutRolePolicy { role: role.clone(), policy, kind });
+            }
+            (Some(_), None) => steps.push(Step::PutRolePolicy { role: role.clone(), policy, kind }),
+            (Some(_), Some(doc)) if !same_policy(doc, &kind.policy(spec.name.as_str())) => steps.push(Step::UpdateRolePolicy { role: role.clone(), policy, kind }),
+            (Some(_), Some(_)) => {}
         }
-        (Some(_), None) => steps.push(Step::PutRolePolicy { role: role.clone(), policy: MASTER_POLICY_NAME.into() }),
-        (Some(_), Some(doc)) if !same_policy(doc, &master_policy(spec.name.as_str())) => {
-            steps.push(Step::UpdateRolePolicy { role: role.clone(), policy: MASTER_POLICY_NAME.into() })
+        match &found.profile {
+            None => {
+                steps.push(Step::CreateInstanceProfile { name: role.clone(), kind });
+                steps.push(Step::AddRoleToInstanceProfile { profile: role.clone(), role: role.clone() });
+            }
+            Some(p) if p.roles.is_empty() => steps.push(Step::AddRoleToInstanceProfile { profile: role.clone(), role: role.clone() }),
+            Some(p) if !p.roles.contains(&role) => {
+                return Err(ProvisionError::Conflict(format!(
+                    "the instance profile {} holds role {} instead of {role}; remove that role from it (aws iam remove-role-from-instance-profile) and run create again",
+                    p.name,
+                    p.roles.join(", ")
+                )));
+            }
+            Some(_) => {}
         }
-        (Some(_), Some(_)) => {}
-    }
-    match &inventory.master_profile {
-        None => {
-            steps.push(Step::CreateInstanceProfile { name: role.clone() });
-            steps.push(Step::AddRoleToInstanceProfile { profile: role.clone(), role: role.clone() });
-        }
-        Some(p) if p.roles.is_empty() => steps.push(Step::AddRoleToInstanceProfile { profile: role.clone(), role: role.clone() }),
-        Some(p) if !p.roles.contains(&role) => {
-            return Err(ProvisionError::Conflict(format!(
-                "the instance profile {} holds role {} instead of {role}; remove that role from it (aws iam remove-role-from-instance-profile) and run create again",
-                p.name,
-                p.roles.join(", ")
-            )));
-        }
-        Some(_) => {}
     }
 
     // Key pair.

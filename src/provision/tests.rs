@@ -338,36 +338,44 @@ async fn the_plan_makes_the_masters_role_policy_and_profile_before_any_launch() 
     let spec = spec_with(1);
     let p = plan(&spec, &discover(&cloud, "t1").await.unwrap()).unwrap();
     let position = |want: &Step| p.steps.iter().position(|s| s == want).unwrap_or_else(|| panic!("{want:?} missing from\n{p}"));
-    let role = "clusterctl-t1-master".to_string();
-    let create_role = position(&Step::CreateRole { name: role.clone() });
-    let put = position(&Step::PutRolePolicy { role: role.clone(), policy: "clusterctl-master".into() });
-    let profile = position(&Step::CreateInstanceProfile { name: role.clone() });
-    let add = position(&Step::AddRoleToInstanceProfile { profile: role.clone(), role: role.clone() });
     let first_launch = p.steps.iter().position(|s| matches!(s, Step::LaunchInstance { .. })).unwrap();
-    assert!(create_role < put && put < add && profile < add && add < first_launch, "{p}");
-    assert!(p.to_string().contains("+ instance profile clusterctl-t1-master"), "{p}");
+    for kind in iam::InstanceRole::ALL {
+        let role = kind.name("t1");
+        let create_role = position(&Step::CreateRole { name: role.clone(), kind });
+        let put = position(&Step::PutRolePolicy { role: role.clone(), policy: kind.policy_name().into(), kind });
+        let profile = position(&Step::CreateInstanceProfile { name: role.clone(), kind });
+        let add = position(&Step::AddRoleToInstanceProfile { profile: role.clone(), role: role.clone() });
+        assert!(create_role < put && put < add && profile < add && add < first_launch, "{p}");
+        assert!(p.to_string().contains(&format!("+ instance profile {role}")), "{p}");
+    }
+    assert!(p.to_string().contains("+ iam role clusterctl-t1-worker (for the workers' instances)"), "{p}");
 }
 
 #[tokio::test(start_paused = true)]
-async fn converge_launches_masters_with_the_profile_and_a_rerun_changes_nothing() {
+async fn converge_launches_every_machine_with_its_kinds_profile_and_a_rerun_changes_nothing() {
     let (fake, cloud) = setup();
     let spec = spec_with(1);
     create(&cloud, &spec).await;
     let inv = discover(&cloud, "t1").await.unwrap();
-    let role = inv.master_role.as_ref().expect("role");
-    assert_eq!((role.name.as_str(), role.path.as_str()), ("clusterctl-t1-master", "/clusterctl/"));
-    assert_eq!(role.tags["clusterctl:cluster"], "t1");
-    let trust: serde_json::Value = serde_json::from_str(&role.trust_policy).unwrap();
-    assert_eq!(trust["Statement"][0]["Principal"]["Service"], "ec2.amazonaws.com");
-    let profile = inv.master_profile.as_ref().expect("profile");
-    assert_eq!(profile.roles, vec![role.name.clone()]);
-    let policy: serde_json::Value = serde_json::from_str(inv.master_role_policy.as_deref().expect("policy")).unwrap();
-    assert_eq!(policy, iam::master_policy("t1"));
-    for i in &inv.instances {
-        let want = (i.tags["clusterctl:pool"] == "masters").then(|| profile.arn.clone());
-        assert_eq!(i.instance_profile, want, "{}", i.tags["Name"]);
+    for kind in iam::InstanceRole::ALL {
+        let found = inv.iam(kind);
+        let role = found.role.as_ref().expect("role");
+        assert_eq!((role.name.as_str(), role.path.as_str()), (kind.name("t1").as_str(), "/clusterctl/"));
+        assert_eq!(role.tags["clusterctl:cluster"], "t1");
+        assert_eq!(role.tags["clusterctl:role"], kind.tag());
+        let trust: serde_json::Value = serde_json::from_str(&role.trust_policy).unwrap();
+        assert_eq!(trust["Statement"][0]["Principal"]["Service"], "ec2.amazonaws.com");
+        let profile = found.profile.as_ref().expect("profile");
+        assert_eq!(profile.roles, vec![role.name.clone()]);
+        let policy: serde_json::Value = serde_json::from_str(found.policy.as_deref().expect("policy")).unwrap();
+        assert_eq!(policy, kind.policy("t1"));
+        let line = format!("instance profile /clusterctl/{0} (role {0})", role.name);
+        assert!(inv.describe().contains(&line), "{:?}", inv.describe());
     }
-    assert!(inv.describe().iter().any(|l| l == "instance profile /clusterctl/clusterctl-t1-master (role clusterctl-t1-master)"), "{:?}", inv.describe());
+    for i in &inv.instances {
+        let kind = if i.tags["clusterctl:pool"] == "masters" { iam::InstanceRole::Master } else { iam::InstanceRole::Worker };
+        assert_eq!(i.instance_profile, inv.iam(kind).profile.as_ref().map(|p| p.arn.clone()), "{}", i.tags["Name"]);
+    }
 
     fake.clear_calls();
     let done = create(&Resilient::new(fake.clone(), RetryPolicy::default()), &spec).await;
@@ -386,7 +394,7 @@ async fn a_policy_that_differs_is_replaced_and_a_profile_without_its_role_gets_i
     assert_eq!(
         p.steps,
         vec![
-            Step::UpdateRolePolicy { role: "clusterctl-t1-master".into(), policy: "clusterctl-master".into() },
+            Step::UpdateRolePolicy { role: "clusterctl-t1-master".into(), policy: "clusterctl-master".into(), kind: iam::InstanceRole::Master },
             Step::AddRoleToInstanceProfile { profile: "clusterctl-t1-master".into(), role: "clusterctl-t1-master".into() },
         ]
     );
@@ -402,7 +410,7 @@ async fn a_role_of_the_same_name_without_the_cluster_tag_is_not_the_clusters() {
     let (_fake, cloud) = setup();
     cloud.create_role("clusterctl-t1-master", "/clusterctl/", "{}", &crate::cloud::owned_by("someone-else")).await.unwrap();
     let inv = discover(&cloud, "t1").await.unwrap();
-    assert!(inv.master_role.is_none() && inv.is_empty());
+    assert!(inv.masters_iam.role.is_none() && inv.is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -426,7 +434,8 @@ async fn a_failed_role_creation_stops_before_any_launch_and_the_next_run_finishe
     assert!(err.to_string().contains("access denied"), "{err}");
     assert!(fake.live_instances().is_empty());
     create(&cloud, &spec).await;
-    assert!(discover(&cloud, "t1").await.unwrap().master_profile.is_some());
+    let inv = discover(&cloud, "t1").await.unwrap();
+    assert!(inv.masters_iam.profile.is_some() && inv.workers_iam.profile.is_some());
 }
 
 #[tokio::test(start_paused = true)]
@@ -443,7 +452,9 @@ async fn destroy_removes_the_profile_and_role_after_the_instances() {
     assert!(at("terminate_instances") < at("remove_role_from_instance_profile"));
     assert!(at("remove_role_from_instance_profile") < at("delete_instance_profile"));
     assert!(at("delete_role_policy") < at("delete_role"));
-    assert!(report.deleted.iter().any(|d| d == "iam role clusterctl-t1-master"), "{:?}", report.deleted);
+    for role in ["clusterctl-t1-master", "clusterctl-t1-worker"] {
+        assert!(report.deleted.iter().any(|d| *d == format!("iam role {role}")), "{:?}", report.deleted);
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -469,7 +480,7 @@ async fn destroy_retries_a_role_still_in_use_and_treats_a_missing_one_as_gone() 
     fake.fail("delete_role", ErrorKind::DependencyViolation, 2);
     let report = destroy(&cloud, "t1", Duration::from_secs(60), &NoReport).await.unwrap();
     assert!(report.is_clean(), "{report:?}");
-    assert_eq!(fake.calls().iter().filter(|c| *c == "delete_role").count(), 3);
+    assert_eq!(fake.calls().iter().filter(|c| *c == "delete_role").count(), 4, "two failures, then each of the two roles once");
     assert_eq!(fake.resource_count(), 0);
     cloud.delete_role("clusterctl-t1-master").await.expect("not found is success");
     cloud.delete_instance_profile("clusterctl-t1-master").await.expect("not found is success");
