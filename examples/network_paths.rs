@@ -5,6 +5,9 @@
 //!      cluster DNS on the pod bridge's gateway): p50 and p99.
 //!   2. ClusterIP connection setup: 500 TCP connects from a pod to a Service's cluster IP and 500
 //!      to one of its pods' addresses (on another node), alternated: p99 of each and the difference.
+//!      The pod's listener is this binary's `sink` (a thread per connection, Rust's listen backlog),
+//!      not busybox's httpd, whose backlog of 9 overflowed under back-to-back connects: the
+//!      dropped SYNs (the kernel's `ListenOverflows`) came back after 1 s and made both p99s 1 s.
 //!   3. Endpoint change to every node's rules: a pod labelled into a Service and out again, 10
 //!      times; on every node a watcher polls the nat table every 25 ms and notes when the pod's
 //!      DNAT appears or goes: p50 and p99 over every node and change (one clock: one machine).
@@ -181,7 +184,7 @@ async fn pod_ns(client: &ApiClient, name: &str) -> anyhow::Result<PodNs> {
 
 fn pod(name: &str, labels: Value, node: Option<&str>, command: &[&str]) -> Value {
     let mut spec = json!({"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": "clusterctl-busybox:latest", "imagePullPolicy": "Never",
-        "command": command, "ports": [{"name": "http", "containerPort": 80}], "readinessProbe": {"tcpSocket": {"port": 80}, "periodSeconds": 1}}]});
+        "command": command, "ports": [{"name": "http", "containerPort": 80}, {"name": "accept", "containerPort": 81}], "readinessProbe": {"tcpSocket": {"port": 80}, "periodSeconds": 1}}]});
     if let Some(node) = node {
         spec["nodeName"] = json!(node);
     }
@@ -251,7 +254,7 @@ async fn orchestrate(cluster: &str) -> anyhow::Result<()> {
     client.create_value(&format!("{NAMESPACE_PATH}/pods"), &pod("bench-net-b", json!({"bench": "net", "bench-svc": "in"}), Some(w2), &httpd)).await?;
     client
         .create_value(&format!("{NAMESPACE_PATH}/services"), &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bench-net"},
-            "spec": {"selector": {"bench-svc": "in"}, "ports": [{"port": 80, "targetPort": "http"}]}}))
+            "spec": {"selector": {"bench-svc": "in"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}, {"name": "accept", "port": 81, "targetPort": "accept"}]}}))
         .await?;
     let result = measure(&client, &nodes).await;
     for name in ["bench-net-a", "bench-net-b"] {
@@ -277,7 +280,13 @@ async fn measure(client: &ApiClient, nodes: &[Value]) -> anyhow::Result<()> {
     println!("RESULT dns-lookup-p50-ms {:.3}", percentile(&times, 0.5) / 1000.0);
     println!("RESULT dns-lookup-p99-ms {:.3}", percentile(&times, 0.99) / 1000.0);
 
-    let out = a.run(&["connect", &format!("{cluster_ip}:80"), &format!("{}:80", b.ip), "500"])?;
+    let accept = std::process::Command::new("docker").args(["exec", &b.instance, "nsenter", "-t", &b.pid, "-n", BINARY_IN_NODE, "sink", "81"]).spawn()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = a.run(&["connect", &format!("{cluster_ip}:81"), &format!("{}:81", b.ip), "500"]);
+    let mut accept = accept;
+    let _ = accept.kill();
+    let _ = docker(&["exec", &b.instance, "pkill", "-f", &format!("{BINARY_IN_NODE} sink 81")]);
+    let out = out?;
     let mut lines = out.lines();
     let (via, direct) = (stats(lines.next().unwrap_or("")), stats(lines.next().unwrap_or("")));
     let (pv, pd) = (percentile(&via, 0.99) / 1000.0, percentile(&direct, 0.99) / 1000.0);
