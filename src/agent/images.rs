@@ -77,6 +77,8 @@ impl EcrCredentials {
     }
 
     /// The credentials for `registry` (a host) if it is ECR's (None otherwise), or why there are none.
+    /// The cache stays locked while ECR is asked, so that a node starting many pods of one
+    /// registry asks once.
     pub async fn for_registry(&self, registry: &str) -> Option<Result<RegistryAuth, String>> {
         let ecr = EcrRegistry::parse(registry)?;
         let mut cache = self.cache.lock().await;

@@ -1298,24 +1298,23 @@ async fn start<R: ContainerRuntime>(env: &SyncEnv<'_, R>, key: String, pod: &Pod
                 // that matches the registry until one pulls). With no secret, ECR's refusal to give
                 // a token is the pull's error.
                 let registry = images::registry_of(image);
-                let pulled = match auth {
-                    Some(secret) => {
-                        let first = runtime.pull(image, Some(&secret)).await;
-                        if first.is_err()
-                            && let Some(ecr) = &ecr
-                            && let Some(Ok(node)) = ecr.for_registry(registry).await
-                        {
-                            runtime.pull(image, Some(&node)).await
-                        } else {
-                            first
-                        }
+                let node_token = || async {
+                    match &ecr {
+                        Some(ecr) => ecr.for_registry(registry).await,
+                        None => None,
                     }
-                    None => match ecr.as_ref() {
-                        Some(ecr) => match ecr.for_registry(registry).await {
+                };
+                let pulled = match auth {
+                    Some(secret) => match runtime.pull(image, Some(&secret)).await {
+                        Err(e) => match node_token().await {
                             Some(Ok(node)) => runtime.pull(image, Some(&node)).await,
-                            Some(Err(e)) => return Err(("ErrImagePull".to_string(), format!("Failed to pull image {image:?}: getting the node's credentials for Amazon ECR: {e}"))),
-                            None => runtime.pull(image, None).await,
+                            _ => Err(e),
                         },
+                        pulled => pulled,
+                    },
+                    None => match node_token().await {
+                        Some(Ok(node)) => runtime.pull(image, Some(&node)).await,
+                        Some(Err(e)) => return Err(("ErrImagePull".to_string(), format!("Failed to pull image {image:?}: getting the node's credentials for Amazon ECR: {e}"))),
                         None => runtime.pull(image, None).await,
                     },
                 };

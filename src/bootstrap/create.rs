@@ -92,7 +92,7 @@ pub async fn bootstrap(
     let spec_copy = node_spec_copy(spec)?;
     let ssh_key_bytes = std::fs::read(ssh_key).map_err(|e| BootstrapError::Other(format!("reading the cluster's SSH key {}: {e}", ssh_key.display())))?;
     let install_masters = async {
-        let mut changed = Vec::new();
+        let (mut changed, mut cloud_endpoint) = (Vec::new(), None);
         // An HA control plane: an etcd member on every master, formed together; the first master
         // makes the cluster CA and etcd's CA, and the others get a copy of both before they start.
         for (index, m) in masters.iter().enumerate() {
@@ -100,17 +100,18 @@ pub async fn bootstrap(
                 copy_ca(&sessions[&master.name], &sessions[&m.name]).await?;
             }
             reporter.item(&m.name, "installing");
-            let did = install_master(&sessions[&m.name], spec, m, &plane, &spec_copy, &ssh_key_bytes, &artifacts, None).await?;
-            reporter.item_done(&m.name, if did { "installed and started" } else { "already up to date" });
-            if did {
+            let installed = install_master(&sessions[&m.name], spec, m, &plane, &spec_copy, &ssh_key_bytes, &artifacts, None).await?;
+            reporter.item_done(&m.name, if installed.changed { "installed and started" } else { "already up to date" });
+            if installed.changed {
                 changed.push(m.name.clone());
             }
+            cloud_endpoint = installed.cloud_endpoint;
         }
-        Ok::<_, BootstrapError>(changed)
+        Ok::<_, BootstrapError>((changed, cloud_endpoint))
     };
     let check_workers = futures::future::join_all(workers.iter().map(|m| needs_upgrade(&sessions[&m.name], &artifacts)));
     let (masters_changed, upgrade_checks) = tokio::join!(install_masters, check_workers);
-    let mut changed = masters_changed?;
+    let (mut changed, cloud_endpoint) = masters_changed?;
 
     // The master made the cluster's PKI on its first start: fetch the CA and the admin credentials.
     reporter.phase("waiting for the API server");
@@ -155,18 +156,6 @@ pub async fn bootstrap(
         // The workers fetch the binary from the master inside the VPC: one copy crosses the
         // operator's link instead of one per worker (and nothing is unpacked on them).
         let binary = BinaryFetch { url: format!("https://{}:{}{}", master.private_ip()?, spec.api.port, crate::apiserver::NODE_BINARY_PATH), ca_pem: ca_pem.clone() };
-        // The workers' own cloud calls go where the masters' do (the harness's endpoint as its
-        // machines reach it; none on AWS).
-        let cloud_endpoint = {
-            let session = sessions[&master.name].clone();
-            let node = master.name.clone();
-            tokio::task::spawn_blocking(move || {
-                let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
-                super::install::instance_cloud_endpoint(&*s).map_err(|source| BootstrapError::Ssh { node, step: "reading the instance's cloud endpoint".into(), source: Box::new(source) })
-            })
-            .await
-            .map_err(|e| BootstrapError::Other(e.to_string()))??
-        };
         let join = Join {
             cluster: spec.name.as_str().into(),
             api_host: api_host.clone(),
@@ -176,6 +165,7 @@ pub async fn bootstrap(
             binary: Some(binary),
             network: Some(crate::nodeconfig::NodeNetwork::of(&spec.network)),
             registries: spec.registries.clone(),
+            // The workers' own cloud calls go where the masters' do.
             cloud_endpoint,
         };
         // Joined workers running another binary are upgraded one at a time, drained first; the

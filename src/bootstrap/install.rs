@@ -185,15 +185,6 @@ fn machine_endpoint(operator_endpoint: Option<String>, instance_endpoint: Option
     operator_endpoint.map(|op| instance_endpoint.map(|i| i.trim().to_string()).filter(|i| !i.is_empty()).unwrap_or(op))
 }
 
-/// [`machine_endpoint`] for the machine behind `s`, with what `create` sees (blocking).
-pub(super) fn instance_cloud_endpoint(s: &dyn NodeShell) -> Result<Option<String>, SshError> {
-    let operator = std::env::var("AWS_ENDPOINT_URL").ok();
-    if operator.is_none() {
-        return Ok(None);
-    }
-    Ok(machine_endpoint(operator, read_root_file(s, INSTANCE_CLOUD_ENDPOINT)?))
-}
-
 /// The environment variable of the test-only node certificate lifetime.
 pub const NODE_CERT_SECONDS_ENV: &str = "CLUSTERCTL_NODE_CERT_SECONDS";
 
@@ -251,10 +242,20 @@ impl ControlPlane {
     }
 }
 
+/// What installing a master did, and what the machines beside it are told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterInstall {
+    /// Whether anything changed on it.
+    pub changed: bool,
+    /// Where its own cloud calls go (its cloud controller's endpoint: the harness's as the machine
+    /// reaches it, none on AWS); the workers' agents are given the same.
+    pub cloud_endpoint: Option<String>,
+}
+
 /// Installs the master software on one machine (the spec copy, the cluster's SSH key, the config
 /// with the control plane's settings, binary and units). `cloud` is how its cloud controller
 /// reaches the cloud; without it, what `create` sees (its endpoint override as the machine reaches
-/// it, LocalStack's test credentials). Returns whether anything changed.
+/// it, LocalStack's test credentials).
 #[allow(clippy::too_many_arguments)]
 pub async fn install_master(
     session: &SharedShell,
@@ -265,7 +266,7 @@ pub async fn install_master(
     ssh_key: &[u8],
     artifacts: &Arc<Artifacts>,
     cloud: Option<CloudSettings>,
-) -> Result<bool, BootstrapError> {
+) -> Result<MasterInstall, BootstrapError> {
     let cloud_settings = {
         let session = session.clone();
         let region = spec.region.as_str().to_string();
@@ -300,12 +301,13 @@ pub async fn install_master(
     };
     let toml = config.to_toml().map_err(|e| BootstrapError::Other(format!("rendering the config of {}: {e}", m.name)))?;
     let (session, artifacts) = (session.clone(), artifacts.clone());
-    tokio::task::spawn_blocking(move || {
+    let changed = tokio::task::spawn_blocking(move || {
         let s = session.lock().map_err(|_| BootstrapError::Other("session lock poisoned".into()))?;
         install(&*s, &artifacts, NodeRole::Master, &toml, None).map(|(changed, _)| changed)
     })
     .await
-    .map_err(|e| BootstrapError::Other(e.to_string()))?
+    .map_err(|e| BootstrapError::Other(e.to_string()))??;
+    Ok(MasterInstall { changed, cloud_endpoint: config.cloud_endpoint })
 }
 
 /// Puts a master's own files on it (blocking): the spec copy and the cluster's SSH key, both

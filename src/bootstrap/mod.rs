@@ -42,7 +42,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use create::{bootstrap, record_pool_size, Bootstrapped};
-pub use install::{copy_ca, etcd_settings, install_master, master_cloud_settings, upload_ca, Artifacts, ArtifactsTask, BinaryFetch, ControlPlane, Delivery, Packing, INSTANCE_CLOUD_ENDPOINT};
+pub use install::{copy_ca, etcd_settings, install_master, master_cloud_settings, upload_ca, Artifacts, ArtifactsTask, BinaryFetch, ControlPlane, Delivery, MasterInstall, Packing, INSTANCE_CLOUD_ENDPOINT};
 pub use join::{add_workers, Join};
 pub use machines::{connect, machine, machines, wait_ready, Machine};
 pub use replace::{add_master, MasterReplacement};
