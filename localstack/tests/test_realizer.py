@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import ipaddress
 import json
 import pathlib
 import re
@@ -164,7 +165,8 @@ def test_three_instances_are_machines(ec2m, three):
         # the address is the container's own: its eth0, whose veth peer is a port of the VPC's bridge
         assert info["Config"]["NetworkDisabled"] is True  # wired by the realizer, not by Docker
         addr = docker("exec", iid, "ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
-        assert f" {ip}/16 " in addr, addr
+        subnet = ipaddress.ip_network(ec2m.describe_subnets(SubnetIds=[d["SubnetId"]])["Subnets"][0]["CidrBlock"])
+        assert f" {ip}/{subnet.prefixlen} " in addr, addr  # its subnet's prefix, as AWS's DHCP gives
         (bridge,) = [net["bridge"] for net in realizer_state()["networks"].values() if net["vpc"] == n.vpc_id]
         veth = "vn" + iid.removeprefix("i-")[-12:]
         assert pathlib.Path(f"/sys/class/net/{veth}/master").resolve().name == bridge
@@ -753,6 +755,10 @@ def test_routes_to_instances_go_through_the_vpc_router(ec2, net):
     assert in_kernel() == [{"dst": pod_cidr, "gateway": a_ip, "dev": bridge, "flags": []}]
     # B still sends through its gateway (it took no ICMP redirect to go to A directly)
     assert f" via {net.prefix}0.1 " in docker("exec", b, "ip", "route", "get", pod_ip).stdout
+    # and so do its packets to A itself, in another subnet, as on AWS (each node's eth0 has its
+    # subnet's prefix): node-to-node and pod traffic cross the same router
+    assert f" via {net.prefix}0.1 " in docker("exec", b, "ip", "route", "get", a_ip).stdout
+    assert _answers(b, a_ip) and _answers(a, found[b]["PrivateIpAddress"])
 
     ec2.delete_route(RouteTableId=net.rtb_id, DestinationCidrBlock=pod_cidr)
     assert not _answers(b, pod_ip) and in_kernel() == []

@@ -8,8 +8,8 @@ already shows the real machine:
   masquerading (nodes reach this machine only: their gateway, the load balancers on it, and
   LocalStack on the docker0 address);
 - one node container per instance, named by the instance id, at the instance's private IP (moto
-  takes it from the subnet, from .4 on, so never the gateway; the realizer wires it, not Docker:
-  see nodenet.py), with the key pair's public key,
+  takes it from the subnet, from .4 on, so never the gateway; the realizer wires it, not Docker,
+  with its subnet's prefix as AWS's DHCP gives it: see nodenet.py), with the key pair's public key,
   the user data and the instance id in ``<state>/nodes/<id>`` mounted at /etc/clusterctl-instance;
 - the public IP of an instance that gets one is its private IP (the only reachable address):
   moto's random 54.x address is never made, and ``PublicDnsName`` stays empty (as for a VPC without
@@ -84,6 +84,7 @@ class Node:
     ami: str
     instance: Any  # moto's Instance
     net_key: tuple[str, str, str]
+    subnet_cidr: str = ""  # the instance's subnet: the prefix of its eth0 (nodenet.plumb)
     lock: threading.Lock = field(default_factory=threading.Lock)
     gen: int = 0  # bumped by every API transition; background work of an older one gives up
     desired: str = "running"  # running | stopped | terminated
@@ -322,6 +323,7 @@ class Ec2Realizer:
                 node = Node(
                     iid=inst.id, account=account, region=region, vpc_id=inst.vpc_id, ip=inst.private_ip,
                     image=image, ami=ami, instance=inst, net_key=net.key,
+                    subnet_cidr=backend.get_subnet(inst.subnet_id).cidr_block,
                 )
                 if invisible_s > 0:
                     node.invisible_until = node.launched + invisible_s
@@ -417,7 +419,7 @@ class Ec2Realizer:
 
     def _plumb(self, node: Node, pid: int) -> None:
         net = self.nets[node.net_key]
-        nodenet.plumb(pid, node.iid, node.ip, net.cidr, net.gateway, net.bridge)
+        nodenet.plumb(pid, node.iid, node.ip, node.subnet_cidr or net.cidr, net.gateway, net.bridge)
 
     def _boot(self, node: Node, gen: int, create: bool) -> None:
         """Creates (or starts) the container, then waits for sshd and makes the instance running."""

@@ -6,7 +6,11 @@ machine, the largest single cost of booting a node (more than its systemd). So n
 are created with ``NetworkDisabled`` (a network namespace with only loopback, no hook), and
 ``plumb`` gives that namespace what Docker would have: a veth pair whose host end is a port of the
 VPC network's bridge and whose other end is the node's ``eth0`` with the instance's private IP and
-the VPC gateway as default route (ICMP redirects refused: see routes.py). Docker's bridge rules
+the VPC gateway as default route (ICMP redirects refused: see routes.py). As AWS's DHCP does, the
+address has its **subnet's** prefix, not the VPC's: a packet to another subnet (another zone's
+node) goes to the gateway, the VPC router on the host, as on AWS, where it would otherwise be
+bridged past the router that a pod route's packets cross (the gateway, outside a node's subnet, is
+reached by a link route of its own). Docker's bridge rules
 (forwarding within the bridge, isolation from other networks) apply to it as to any port of that
 bridge. The namespace, and with it the
 pair, goes away when the container stops; every (re)start plumbs again.
@@ -48,11 +52,12 @@ def _ip(args: list[str], stdin: str | None = None) -> None:
 
 def plumb(pid: int, iid: str, ip: str, cidr: str, gateway: str, bridge: str) -> None:
     """Wires the network namespace of process PID (a node container's init) to BRIDGE as
-    ``eth0`` at IP/prefix of CIDR with GATEWAY as default route."""
+    ``eth0`` at IP/prefix of CIDR (the instance's subnet) with GATEWAY as default route."""
     veth = host_end(iid)
     if os.path.exists(f"/sys/class/net/{veth}"):  # the previous namespace's pair, not yet reaped
         subprocess.run(["ip", "link", "del", veth], capture_output=True, timeout=20, check=False)
-    prefix = ipaddress.ip_network(cidr, strict=False).prefixlen
+    subnet = ipaddress.ip_network(cidr, strict=False)
+    to_gateway = "" if ipaddress.ip_address(gateway) in subnet else f"route add {gateway} dev eth0 scope link\n"
     _ip(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "address", mac_of(ip), "netns", str(pid)])
     _ip(["ip", "link", "set", veth, "master", bridge, "up"])
     # ICMP redirects refused: the VPC router (routes.py) forwards to instances on the same bridge,
@@ -61,6 +66,7 @@ def plumb(pid: int, iid: str, ip: str, cidr: str, gateway: str, bridge: str) -> 
          "ip -b - && for c in all eth0; do echo 0 >/proc/sys/net/ipv4/conf/$c/accept_redirects; done"], stdin=(
         "link set lo up\n"
         "link set eth0 up\n"
-        f"addr add {ip}/{prefix} dev eth0\n"
+        f"addr add {ip}/{subnet.prefixlen} dev eth0\n"
+        f"{to_gateway}"
         f"route add default via {gateway}\n"
     ))

@@ -8,14 +8,20 @@
 //! containers are created with `NetworkDisabled` (a network namespace with loopback only, no hook),
 //! and the agent wires them, as kubelet's CNI bridge plugin did for dockershim's containers:
 //!
-//! - [`PodNetwork`]: a Linux bridge (`clusterctl0` on the node's pod range, `spec.podCIDR`,
-//!   gateway its first address) and, per pod sandbox, a veth pair whose host end (`cc` + 12
-//!   digits of the sandbox's id) is a port of the bridge and whose other end is the sandbox's
-//!   `eth0` with an address of the range (the lowest free one, recorded in the sandbox's labels)
-//!   and the gateway as default route. Pod addresses are routed between nodes by the VPC (the
-//!   cloud controller's route controller writes one route per node's range), so traffic to the
-//!   cluster CIDR and to the VPC keeps the pod's address; only traffic to elsewhere leaves
-//!   through the node's address (MASQUERADE, in the chain `CLUSTERCTL-POSTROUTING`).
+//! - [`PodNetwork`]: pods are routed, not bridged (as Calico wires them): per pod sandbox a veth
+//!   pair whose host end (`cc` + 12 digits of the sandbox's id) has a route to the pod's address
+//!   alone, and whose other end is the sandbox's `eth0` with that address (`/32`, the lowest free
+//!   one of the node's range, `spec.podCIDR`, recorded in the sandbox's labels) and the range's
+//!   gateway as default route. The gateway (the range's first address) is the node's own, on
+//!   `clusterctl0`, an interface without ports that holds it and the range's route (the cluster
+//!   DNS listens there). Every packet of a pod crosses the node's IP layer once, not a bridge and
+//!   its `br_netfilter` pass first: a pod's end costs about half as much as a bridge port did
+//!   (docs/performance.md). Traffic between two pods of one node is routed too, so Services'
+//!   DNAT and policies see it in FORWARD as traffic between nodes. Pod addresses are routed
+//!   between nodes by the VPC (the cloud controller's route controller writes one route per
+//!   node's range), so traffic to the cluster CIDR and to the VPC keeps the pod's address; only
+//!   traffic to elsewhere leaves through the node's address (MASQUERADE, in the chain
+//!   `CLUSTERCTL-POSTROUTING`).
 //! - [`HostPorts`]: every `hostPort` is a listener of the agent that forwards each connection to
 //!   the pod's address, as `docker-proxy` does; the listener is bound before the sandbox is
 //!   made, so two pods can never hold one port.
@@ -30,8 +36,12 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{PortSpec, RuntimeError};
 use crate::client::leader::AbortOnDrop;
 
-/// The node's pod bridge.
+/// The interface that holds the gateway address and the pod range's route: a bridge (every
+/// kernel has them; a `dummy` is a module not every kernel builds) whose ports are only those of
+/// pods an older agent wired.
 pub const POD_BRIDGE: &str = "clusterctl0";
+/// The host ends of pods' veth pairs (`cc` + 12 digits), as iptables matches them.
+const POD_LINKS: &str = "cc+";
 /// The nat chain of the pods' masquerading, jumped to from POSTROUTING.
 const NAT_CHAIN: &str = "CLUSTERCTL-POSTROUTING";
 
@@ -122,12 +132,19 @@ impl PodNetwork {
         if self.nat {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| failed(action(), format!("enabling IP forwarding: {e}")))?;
             // Pods' traffic is forwarded both ways (new connections to pods come from other
-            // nodes and pods now), before Docker's own rules (its policy there is DROP).
-            let rules: [(&str, &str, Vec<&str>); 3] = [
+            // nodes and pods now), before Docker's own rules (its policy there is DROP); the
+            // bridge's for pods an older agent made its ports. Each rule goes in at one place,
+            // so the last one here is the first in the chain: the pods' links.
+            let rules: [(&str, &str, Vec<&str>); 5] = [
                 ("nat", "POSTROUTING", vec!["-j", NAT_CHAIN]),
                 ("filter", "FORWARD", vec!["-i", &self.bridge, "-j", "ACCEPT"]),
                 ("filter", "FORWARD", vec!["-o", &self.bridge, "-j", "ACCEPT"]),
+                ("filter", "FORWARD", vec!["-i", POD_LINKS, "-j", "ACCEPT"]),
+                ("filter", "FORWARD", vec!["-o", POD_LINKS, "-j", "ACCEPT"]),
             ];
+            // Pods of an older agent (ports of the bridge, the range on their eth0) reach the
+            // routed ones through the node's answers to their ARP requests.
+            std::fs::write(format!("/proc/sys/net/ipv4/conf/{}/proxy_arp", self.bridge), "1").map_err(|e| failed(action(), format!("answering ARP for routed pods: {e}")))?;
             let _ = run("iptables", &["-w", "5", "-t", "nat", "-N", NAT_CHAIN], None).await; // exists already
             // An older agent's rule, which masqueraded every pod's traffic.
             let _ = run("iptables", &["-w", "5", "-t", "nat", "-D", "POSTROUTING", "-s", "100.64.0.0/24", "!", "-o", &self.bridge, "-j", "MASQUERADE"], None).await;
@@ -152,7 +169,7 @@ impl PodNetwork {
         for dest in &self.routed {
             out.push_str(&format!("-A {NAT_CHAIN} -s {} -d {dest} -j RETURN\n", self.cidr));
         }
-        out.push_str(&format!("-A {NAT_CHAIN} -s {} ! -o {} -j MASQUERADE\nCOMMIT\n", self.cidr, self.bridge));
+        out.push_str(&format!("-A {NAT_CHAIN} -s {} -j MASQUERADE\nCOMMIT\n", self.cidr));
         out
     }
 
@@ -181,15 +198,13 @@ impl PodNetwork {
         }
         let pid = pid.to_string();
         run("ip", &["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pid], None).await.map_err(|e| failed(action(), e))?;
-        // hairpin: a pod that reaches itself through a Service's cluster IP (DNAT back to its own
-        // address, on a bridge the kernel filters) gets its packets back out of the port they came in
-        let port = format!("link set {veth} master {bridge} up\nlink set dev {veth} type bridge_slave hairpin on\n", bridge = self.bridge);
-        run("ip", &["-b", "-"], Some(&port)).await.map_err(|e| failed(action(), e))?;
-        let inside = format!(
-            "link set lo up\nlink set eth0 up\naddr add {ip}/{} dev eth0\nroute add default via {}\n",
-            self.cidr.prefix_len(),
-            self.gateway()
-        );
+        // the node's route to the pod, from the gateway address (what the pod sees of its node)
+        let gateway = self.gateway();
+        let host = format!("link set {veth} up\nroute replace {ip}/32 dev {veth} src {gateway}\n");
+        run("ip", &["-b", "-"], Some(&host)).await.map_err(|e| failed(action(), e))?;
+        // everything the pod sends goes to the gateway, whose address the node's end answers ARP
+        // for (a local address); a Service's DNAT back to the pod itself is routed back out
+        let inside = format!("link set lo up\nlink set eth0 up\naddr add {ip}/32 dev eth0\nroute add {gateway} dev eth0 scope link\nroute add default via {gateway} dev eth0\n");
         run("nsenter", &["-t", &pid, "-n", "ip", "-b", "-"], Some(&inside)).await.map_err(|e| failed(action(), e))
     }
 
