@@ -2,7 +2,7 @@
 //! realizer harness, measured from inside pods: this binary is copied into the nodes and run in
 //! a pod's network namespace (`nsenter`), so that what is timed is the pod's own path.
 //!   1. DNS: 1,000 lookups of a Service's name from a pod, one after another (UDP, the node's
-//!      cluster DNS on the pod bridge's gateway): p50 and p99.
+//!      cluster DNS on the pod range's gateway): p50 and p99.
 //!   2. ClusterIP connection setup: 500 TCP connects from a pod to a Service's cluster IP and 500
 //!      to one of its pods' addresses (on another node), alternated: p99 of each and the difference.
 //!      The pod's listener is this binary's `sink` (a thread per connection, Rust's listen backlog),

@@ -246,7 +246,7 @@ async fn run_pods(client: ApiClient, config: AgentConfig, mut pod_range: tokio::
         let routed = config.routed.clone();
         let dns_client = client.clone();
         tokio::spawn(async move {
-            // The cluster DNS on the pod bridge's gateway, the pods' name server; moved if the
+            // The cluster DNS on the pod range's gateway, the pods' name server; moved if the
             // range ever changes.
             let mut dns: Option<(std::net::Ipv4Addr, crate::client::leader::AbortOnDrop)> = None;
             let records = crate::dns::Records::reflect(&dns_client);

@@ -10,7 +10,7 @@
 //!
 //! # Networking
 //! Every pod has a sandbox ([`super::runtime`]): the holder of its network namespace, wired by the
-//! agent to the node's pod bridge with an address from the node's pod range (`spec.podCIDR`,
+//! agent to the node (routed, `runtime/podnet.rs`) with an address from the node's pod range (`spec.podCIDR`,
 //! [`super::runtime::podnet`]). The pod's containers join it, so they share `localhost` and the
 //! address, reported as `status.podIP`/`podIPs` (`hostIP` is the node's). Pod addresses are routed
 //! between nodes by the VPC, so a pod's port P is reached from any node and pod at `podIP:P`;

@@ -6,7 +6,7 @@
 //! For every local connection the client opens two streams with the same `requestID` header (or,
 //! from clients too old to send one, consecutive stream ids): `streamType: error` and
 //! `streamType: data`, both with the `port` header. Once both are there the agent connects to
-//! that port of the pod (its containers' addresses on the node's pod bridge, the one that declares
+//! that port of the pod (its containers' pod address, the one that declares
 //! the port first) and copies bytes both ways: the client's `FIN` on the data stream ends the
 //! write side towards the pod, the pod's end of the connection ends the data stream, and then the
 //! error stream (empty when all went well, else the reason, as kubelet writes it).

@@ -813,7 +813,7 @@ impl Cloud for AwsCloud {
             .block_device_mappings(disk)
             .client_token(&request.client_token)
             // IMDSv2 only, one hop: the node's own processes reach the metadata service (and its
-            // role's credentials); a pod, one routed hop further behind its bridge, does not.
+            // role's credentials); a pod, one routed hop further behind its node, does not.
             .metadata_options(
                 ec2::types::InstanceMetadataOptionsRequest::builder()
                     .http_endpoint(ec2::types::InstanceMetadataEndpointState::Enabled)

@@ -1,4 +1,4 @@
-//! Cluster DNS: every node's agent answers its pods' DNS queries, on its pod bridge's gateway
+//! Cluster DNS: every node's agent answers its pods' DNS queries, on its pod range's gateway
 //! address (port 53, UDP and TCP), which is the `nameserver` of every pod's `/etc/resolv.conf`
 //! (dnsPolicy `ClusterFirst`). Node-local, as Kubernetes' NodeLocal DNSCache is: a query never
 //! leaves the node for a cluster name, and no DNS pod has to be scheduled before the first pod.

@@ -6,13 +6,13 @@
 //! connections already allowed pass on conntrack's state, as every Kubernetes policy
 //! implementation does.
 //!
-//! The pod bridge is filtered by the kernel (`br_netfilter`), so traffic between two pods of one
+//! Pods are routed by their node (`agent/runtime/podnet.rs`), so traffic between two pods of one
 //! node passes FORWARD as traffic between nodes does, after a Service's DNAT (a policy sees the pod
 //! address the connection really goes to). Every node writes the rules of every pod: a connection
 //! between two nodes is checked on both, with the same answer.
 //!
 //! A pod's traffic to its node (INPUT) is egress like any other: the cluster DNS, which the node
-//! serves on the pod bridge's gateway, is reached by an egress-isolated pod only when a policy
+//! serves on the pod range's gateway, is reached by an egress-isolated pod only when a policy
 //! allows it: port 53 to anyone, or to the gateway's address (`ipBlock`), as the DNS pods of a
 //! Kubernetes cluster must be allowed. Where we differ on purpose: there are no DNS pods to select
 //! by label, and the node's own connections to its pods (the agent's probes) are never filtered,

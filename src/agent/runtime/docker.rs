@@ -144,7 +144,7 @@ impl DockerRuntime {
         self.net.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Creates and starts a sandbox on the pod bridge with the pod's host ports forwarded to it;
+    /// Creates and starts a sandbox routed by the node with the pod's host ports forwarded to it;
     /// undone on failure.
     async fn run_sandbox_at(&self, net: &PodNetwork, spec: &SandboxSpec, ip: Ipv4Addr) -> Result<String, RuntimeError> {
         use std::sync::atomic::Ordering;
@@ -599,7 +599,7 @@ mod tests {
             let info = rt.inspect(&id).await?;
             assert!(info.running);
             assert_eq!(info.labels["io.clusterctl.test"], name);
-            assert_eq!(sandbox.ip, "100.65.1.2".parse::<IpAddr>().unwrap(), "the first address of the pod bridge after its gateway");
+            assert_eq!(sandbox.ip, "100.65.1.2".parse::<IpAddr>().unwrap(), "the first address of the pod range after its gateway");
             assert_eq!((info.ip, rt.inspect(&side_id).await?.ip), (Some(sandbox.ip), Some(sandbox.ip)), "one address per pod");
             let listed = rt.list("io.clusterctl.test").await?;
             let host_port = listed.iter().find(|c| c.id == sandbox.id).and_then(|c| podnet::parse_ports_label(&c.labels[labels::HOST_PORTS]).first().map(|p| p.1)).expect("the sandbox's host port");
@@ -625,7 +625,7 @@ mod tests {
             }
             let over_localhost = ["sh".to_string(), "-c".into(), "wget -q -O /dev/null http://127.0.0.1:8080/index.html".into()];
             assert_eq!(rt.exec(&side_id, &over_localhost).await?, 0, "the pod's containers share localhost");
-            // the pod's names: its host name, /etc/hosts and the cluster DNS on the bridge's gateway
+            // the pod's names: its host name, /etc/hosts and the cluster DNS on the range's gateway
             let names = "[ \"$(hostname)\" = web-0 ] && grep -q '^100.65.1.2\tweb-0.web.shop.svc.cluster.local\tweb-0$' /etc/hosts && grep -q '^10.9.8.7\tdb.local$' /etc/hosts && grep -qx 'nameserver 100.65.1.1' /etc/resolv.conf && grep -q '^search shop.svc.cluster.local' /etc/resolv.conf";
             assert_eq!(rt.exec(&side_id, &["sh".into(), "-c".into(), names.into()]).await?, 0, "the pod's host name, hosts and resolv.conf");
             assert_eq!(rt.exec(&id, &["true".into()]).await?, 0);

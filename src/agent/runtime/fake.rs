@@ -86,7 +86,7 @@ impl FakeRuntime {
         }
     }
 
-    /// The container's address on the pod bridge.
+    /// The container's pod address.
     pub fn set_ip(&self, id: &str, ip: std::net::IpAddr) {
         if let Some((_, info)) = self.lock().containers.get_mut(id) {
             info.ip = Some(ip);

@@ -31,7 +31,7 @@ pub mod labels {
     pub const SPEC_HASH: &str = "io.clusterctl.container.hash";
     /// Grace period in seconds, so that orphans found after a restart stop as gracefully.
     pub const GRACE: &str = "io.clusterctl.pod.grace";
-    /// The pod's address on the node's pod bridge ([`super::podnet`]), on its sandbox and on
+    /// The pod's address of the node's pod range ([`super::podnet`]), on its sandbox and on
     /// each of its containers.
     pub const POD_IP: &str = "io.clusterctl.pod.ip";
     /// On a sandbox: the host ports forwarded to the pod, `containerPort:hostPort,...`
@@ -164,7 +164,7 @@ pub struct ContainerInfo {
     /// RFC 3339, as the runtime reports it.
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
-    /// Its pod's address on the node's pod bridge.
+    /// Its pod's address of the node's pod range.
     pub ip: Option<IpAddr>,
 }
 
