@@ -628,6 +628,13 @@ mod tests {
             // the pod's names: its host name, /etc/hosts and the cluster DNS on the range's gateway
             let names = "[ \"$(hostname)\" = web-0 ] && grep -q '^100.65.1.2\tweb-0.web.shop.svc.cluster.local\tweb-0$' /etc/hosts && grep -q '^10.9.8.7\tdb.local$' /etc/hosts && grep -qx 'nameserver 100.65.1.1' /etc/resolv.conf && grep -q '^search shop.svc.cluster.local' /etc/resolv.conf";
             assert_eq!(rt.exec(&side_id, &["sh".into(), "-c".into(), names.into()]).await?, 0, "the pod's host name, hosts and resolv.conf");
+            // routed, not bridged: the pod has its address alone and the gateway as its only
+            // neighbour, and the node a route to that address on the pod's own link
+            let routed = "ip -4 -o addr show dev eth0 | grep -q ' 100.65.1.2/32 ' && ip route | grep -q '^default via 100.65.1.1 dev eth0' && ip route | grep -q '^100.65.1.1 dev eth0'";
+            assert_eq!(rt.exec(&side_id, &["sh".into(), "-c".into(), routed.into()]).await?, 0, "the pod's address and routes");
+            let host_route = std::process::Command::new("ip").args(["-4", "route", "show", "100.65.1.2/32"]).output().expect("ip route");
+            let host_route = String::from_utf8_lossy(&host_route.stdout);
+            assert!(host_route.contains(&format!("dev cc{}", &sandbox.id[..12])) && host_route.contains("src 100.65.1.1"), "the node's route to the pod: {host_route}");
             assert_eq!(rt.exec(&id, &["true".into()]).await?, 0);
             assert_eq!(rt.exec(&id, &["false".into()]).await?, 1);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

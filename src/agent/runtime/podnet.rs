@@ -6,7 +6,7 @@
 //! node (`perf` on the harness: 0.2 s for the re-execs alone; a 100-replica Deployment on three
 //! workers was Running after 19.7 s then, 10.7 s now). So pod
 //! containers are created with `NetworkDisabled` (a network namespace with loopback only, no hook),
-//! and the agent wires them, as kubelet's CNI bridge plugin did for dockershim's containers:
+//! and the agent wires them, as a CNI plugin does for kubelet:
 //!
 //! - [`PodNetwork`]: pods are routed, not bridged (as Calico wires them): per pod sandbox a veth
 //!   pair whose host end (`cc` + 12 digits of the sandbox's id) has a route to the pod's address
