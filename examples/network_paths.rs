@@ -151,6 +151,20 @@ fn docker(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// A Node's instance id (the last part of its `providerID`).
+fn instance_of(node: &Value) -> String {
+    node["spec"]["providerID"].as_str().and_then(|p| p.rsplit('/').next()).unwrap_or("").to_string()
+}
+
+/// A Node's zone label.
+fn zone(node: &Value) -> &str {
+    node.pointer("/metadata/labels/topology.kubernetes.io~1zone").and_then(Value::as_str).unwrap_or("")
+}
+
+fn is_worker(node: &Value) -> bool {
+    node.pointer("/metadata/labels/node-role.kubernetes.io~1control-plane").is_none()
+}
+
 /// A pod's way in: its node's instance and its sandbox's process (for `nsenter -t PID -n`).
 struct PodNs {
     instance: String,
@@ -174,7 +188,7 @@ async fn pod_ns(client: &ApiClient, name: &str) -> anyhow::Result<PodNs> {
         if ready {
             let node = p["spec"]["nodeName"].as_str().context("nodeName")?;
             let n = client.get_value(&format!("/api/v1/nodes/{node}")).await?;
-            let instance = n["spec"]["providerID"].as_str().context("providerID")?.rsplit('/').next().unwrap().to_string();
+            let instance = instance_of(&n);
             let container = p["status"]["containerStatuses"][0]["containerID"].as_str().context("containerID")?.trim_start_matches("docker://").to_string();
             let sandbox = docker(&["exec", &instance, "docker", "inspect", "-f", "{{index .Config.Labels \"io.clusterctl.pod.sandbox-id\"}}", &container])?;
             let pid = docker(&["exec", &instance, "docker", "inspect", "-f", "{{.State.Pid}}", &sandbox])?;
@@ -244,18 +258,16 @@ async fn orchestrate(cluster: &str) -> anyhow::Result<()> {
     println!("RESULT clusterip-rule-sync-1000x10-s {:.3} (min {:.3} max {:.3})", syncs[2], syncs[0], syncs[4]);
 
     let nodes = client.list_values("/api/v1/nodes").await?;
-    let workers: Vec<&Value> = nodes.iter().filter(|n| n.pointer("/metadata/labels/node-role.kubernetes.io~1control-plane").is_none()).collect();
+    let workers: Vec<&Value> = nodes.iter().filter(|n| is_worker(n)).collect();
     if workers.len() < 2 {
         bail!("two workers needed");
     }
     // two workers in two zones (throughput across the VPC router), the first worker's zone first
-    let zone = |n: &Value| n.pointer("/metadata/labels/topology.kubernetes.io~1zone").and_then(Value::as_str).unwrap_or("").to_string();
     let w2 = workers.iter().find(|n| zone(n) != zone(workers[0])).context("workers in two zones needed")?;
     let (w1, w2) = (workers[0]["metadata"]["name"].as_str().unwrap(), w2["metadata"]["name"].as_str().unwrap());
     let me = std::env::current_exe()?;
     for n in &nodes {
-        let instance = n["spec"]["providerID"].as_str().unwrap().rsplit('/').next().unwrap();
-        docker(&["cp", me.to_str().unwrap(), &format!("{instance}:{BINARY_IN_NODE}")])?;
+        docker(&["cp", me.to_str().unwrap(), &format!("{}:{BINARY_IN_NODE}", instance_of(n))])?;
     }
     let httpd = ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"];
     client.create_value(&format!("{NAMESPACE_PATH}/pods"), &pod("bench-net-a", json!({"bench": "net"}), Some(w1), &httpd)).await?;
@@ -312,7 +324,7 @@ async fn measure(client: &ApiClient, nodes: &[Value]) -> anyhow::Result<()> {
         let watchers: Vec<_> = nodes
             .iter()
             .map(|n| {
-                let instance = n["spec"]["providerID"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+                let instance = instance_of(n);
                 let present = if joining { "1" } else { "0" };
                 std::process::Command::new("docker").args(["exec", &instance, BINARY_IN_NODE, "watch-rule", &needle, present, "20"]).stdout(std::process::Stdio::piped()).spawn()
             })
@@ -333,15 +345,13 @@ async fn measure(client: &ApiClient, nodes: &[Value]) -> anyhow::Result<()> {
 
     // throughput: pod a -> pod b across nodes, node a -> node b, alternated
     let address = |n: &Value| n.pointer("/status/addresses/0/address").and_then(Value::as_str).map(str::to_string);
-    let instance_of = |n: &Value| n["spec"]["providerID"].as_str().and_then(|p| p.rsplit('/').next()).unwrap_or("").to_string();
     let node_of = |instance: &str| nodes.iter().find(|n| instance_of(n) == instance);
     let b_node_ip = node_of(&b.instance).and_then(address).context("b's node")?;
     let a_node = node_of(&a.instance).context("a's node")?;
-    let zone = |n: &Value| n.pointer("/metadata/labels/topology.kubernetes.io~1zone").and_then(Value::as_str).unwrap_or("").to_string();
     // a third worker in a's zone: node to node without the router, for comparison
     let same_subnet = nodes
         .iter()
-        .filter(|n| n.pointer("/metadata/labels/node-role.kubernetes.io~1control-plane").is_none())
+        .filter(|n| is_worker(n))
         .find(|n| instance_of(n) != a.instance && instance_of(n) != b.instance && zone(n) == zone(a_node))
         .and_then(|n| Some((instance_of(n), address(n)?)));
     let pod_sink = std::process::Command::new("docker").args(["exec", &b.instance, "nsenter", "-t", &b.pid, "-n", BINARY_IN_NODE, "sink", "9100"]).spawn()?;
