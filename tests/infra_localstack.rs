@@ -149,6 +149,42 @@ async fn example_cluster_is_created_checked_rerun_without_changes_and_destroyed_
     let stdout = assert_ok(&clusterctl(home.path(), &["create", "-f", s, "--infra-only"]), "second create");
     assert!(stdout.contains("no changes"), "{stdout}");
 
+    // A worker without a profile (as in a cluster made before the workers' role) and a master on
+    // the workers' profile (given by hand) are each put back on their own kind's, in place.
+    let association = |id: String| {
+        let ec2 = ec2.clone();
+        async move {
+            let found = ec2
+                .describe_iam_instance_profile_associations()
+                .filters(aws_sdk_ec2::types::Filter::builder().name("instance-id").values(id).build())
+                .send()
+                .await
+                .unwrap();
+            found.iam_instance_profile_associations().first().map(|a| (a.association_id().unwrap().to_string(), a.iam_instance_profile().unwrap().arn().unwrap().to_string()))
+        }
+    };
+    let worker = inv.instances.iter().find(|i| i.tags["clusterctl:pool"] != "masters").unwrap();
+    let (worker_association, _) = association(worker.id.clone()).await.expect("the worker's profile association");
+    ec2.disassociate_iam_instance_profile().association_id(worker_association).send().await.unwrap();
+    let (master_association, _) = association(master.id.clone()).await.expect("the master's profile association");
+    let workers_profile = aws_sdk_ec2::types::IamInstanceProfileSpecification::builder().name(provision::iam::InstanceRole::Worker.name("it-full")).build();
+    ec2.replace_iam_instance_profile_association().association_id(master_association).iam_instance_profile(workers_profile).send().await.unwrap();
+    let plan = assert_ok(&clusterctl(home.path(), &["create", "-f", s, "--infra-only", "--dry-run"]), "dry run after the profiles changed");
+    for (i, kind) in [(worker, "worker"), (master, "master")] {
+        let line = format!("~ instance {} ({}): run on instance profile clusterctl-it-full-{kind}", i.tags["Name"], i.id);
+        assert!(plan.contains(&line), "{line} in {plan}");
+    }
+    let stdout = assert_ok(&clusterctl(home.path(), &["create", "-f", s, "--infra-only"]), "create after the profiles changed");
+    assert!(stdout.contains("2 changes applied (2 cloud calls that change something)"), "{stdout}");
+    let fixed = provision::discover(&cloud, "it-full").await.unwrap();
+    for i in &fixed.instances {
+        let kind = if i.id == master.id { provision::iam::InstanceRole::Master } else { provision::iam::InstanceRole::Worker };
+        assert_eq!(i.instance_profile, profile_arn(kind), "DescribeInstances shows {}'s own profile again", i.tags["Name"]);
+        assert_eq!(association(i.id.clone()).await.map(|(_, arn)| arn), profile_arn(kind), "the association of {}", i.tags["Name"]);
+    }
+    let stdout = assert_ok(&clusterctl(home.path(), &["create", "-f", s, "--infra-only"]), "create once more");
+    assert!(stdout.contains("no changes"), "{stdout}");
+
     let status = assert_ok(&clusterctl(home.path(), &["status", "-f", s, "-o", "json"]), "status");
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["in_sync"], true);

@@ -88,6 +88,16 @@ pub fn https_client() -> SharedHttpClient {
 }
 
 /// Turns an SDK error into a [`CloudError`] saying what was being done.
+/// EC2 does not see an instance profile made seconds ago yet (IAM is eventually consistent) and
+/// answers `InvalidParameterValue` "Invalid IAM Instance Profile name": a not-found, which the
+/// retry layer waits out, not a bad request.
+fn profile_not_seen_yet(mut e: CloudError) -> CloudError {
+    if e.code.as_deref() == Some("InvalidParameterValue") && e.message.to_ascii_lowercase().contains("iam instance profile") {
+        e.kind = ErrorKind::NotFound;
+    }
+    e
+}
+
 fn classify<E, R>(action: impl Into<String>, err: SdkError<E, R>) -> CloudError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -724,6 +734,30 @@ impl Cloud for AwsCloud {
         Ok(())
     }
 
+    async fn set_instance_profile(&self, instance_id: &str, profile: &str) -> CloudResult<()> {
+        let action = format!("giving instance {instance_id} the instance profile {profile}");
+        let spec = ec2::types::IamInstanceProfileSpecification::builder().name(profile).build();
+        let current = self
+            .ec2
+            .describe_iam_instance_profile_associations()
+            .filters(ec2::types::Filter::builder().name("instance-id").values(instance_id).build())
+            .send()
+            .await
+            .map_err(|e| classify(action.clone(), e))?;
+        let association = current.iam_instance_profile_associations().iter().find(|a| {
+            matches!(a.state(), Some(ec2::types::IamInstanceProfileAssociationState::Associated | ec2::types::IamInstanceProfileAssociationState::Associating))
+        });
+        match association.and_then(|a| a.association_id()) {
+            Some(id) => {
+                self.ec2.replace_iam_instance_profile_association().association_id(id).iam_instance_profile(spec).send().await.map_err(|e| profile_not_seen_yet(classify(action.clone(), e)))?;
+            }
+            None => {
+                self.ec2.associate_iam_instance_profile().instance_id(instance_id).iam_instance_profile(spec).send().await.map_err(|e| profile_not_seen_yet(classify(action.clone(), e)))?;
+            }
+        }
+        Ok(())
+    }
+
     async fn associate_route_table(&self, route_table_id: &str, subnet_id: &str) -> CloudResult<()> {
         self.ec2
             .associate_route_table()
@@ -830,15 +864,7 @@ impl Cloud for AwsCloud {
         if let Some(profile) = &request.instance_profile {
             req = req.iam_instance_profile(ec2::types::IamInstanceProfileSpecification::builder().name(profile).build());
         }
-        let resp = req.send().await.map_err(|e| {
-            let mut e = classify(action.clone(), e);
-            // EC2 does not see an instance profile made seconds ago yet (IAM is eventually
-            // consistent): that is a not-found, not a bad request.
-            if e.code.as_deref() == Some("InvalidParameterValue") && e.message.to_ascii_lowercase().contains("iam instance profile") {
-                e.kind = ErrorKind::NotFound;
-            }
-            e
-        })?;
+        let resp = req.send().await.map_err(|e| profile_not_seen_yet(classify(action.clone(), e)))?;
         resp.instances().first().and_then(convert_instance).ok_or_else(|| missing(&action, "instance"))
     }
 

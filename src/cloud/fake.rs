@@ -116,6 +116,13 @@ impl FakeCloud {
         self.lock().profile_invisible_launches = launches;
     }
 
+    /// Takes an instance's profile away, as on a machine launched before its kind had one.
+    pub fn drop_instance_profile(&self, instance_id: &str) {
+        if let Some(f) = self.lock().instances.get_mut(instance_id) {
+            f.instance.instance_profile = None;
+        }
+    }
+
     /// The inline policy document of a role, if any.
     pub fn role_policy_document(&self, role: &str, policy_name: &str) -> Option<String> {
         self.lock().role_policies.get(&(role.to_string(), policy_name.to_string())).cloned()
@@ -431,6 +438,16 @@ impl Cloud for FakeCloud {
         let mut s = self.enter("disable_source_dest_check", action)?;
         let f = s.instances.get_mut(instance_id).ok_or_else(|| not_found(action(), "InvalidInstanceID.NotFound"))?;
         f.instance.source_dest_check = false;
+        Ok(())
+    }
+    async fn set_instance_profile(&self, instance_id: &str, profile: &str) -> CloudResult<()> {
+        let action = || format!("giving instance {instance_id} the instance profile {profile}");
+        let mut s = self.enter("set_instance_profile", action)?;
+        let arn = s.profiles.get(profile).map(|p| p.arn.clone()).ok_or_else(|| {
+            CloudError::new(action(), ErrorKind::NotFound, Some("InvalidParameterValue".into()), format!("Invalid IAM Instance Profile name {profile}"))
+        })?;
+        let f = s.instances.get_mut(instance_id).ok_or_else(|| not_found(action(), "InvalidInstanceID.NotFound"))?;
+        f.instance.instance_profile = Some(arn);
         Ok(())
     }
     async fn associate_route_table(&self, route_table_id: &str, subnet_id: &str) -> CloudResult<()> {

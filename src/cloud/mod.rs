@@ -426,6 +426,10 @@ pub trait Cloud: Send + Sync {
     async fn delete_route(&self, route_table_id: &str, destination: Ipv4Net) -> CloudResult<()>;
     /// Turns off an instance's source/destination check, so that it receives traffic routed to it.
     async fn disable_source_dest_check(&self, instance_id: &str) -> CloudResult<()>;
+    /// Gives a running or stopped instance the instance profile `profile` (by name), in place of
+    /// the one it has, if any (EC2's `AssociateIamInstanceProfile`, or
+    /// `ReplaceIamInstanceProfileAssociation` of its current association).
+    async fn set_instance_profile(&self, instance_id: &str, profile: &str) -> CloudResult<()>;
     /// Associates a route table with a subnet.
     async fn associate_route_table(&self, route_table_id: &str, subnet_id: &str) -> CloudResult<()>;
     /// Creates a security group with no inbound rules.

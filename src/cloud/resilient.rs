@@ -297,6 +297,9 @@ impl Cloud for Resilient {
     async fn disable_source_dest_check(&self, instance_id: &str) -> CloudResult<()> {
         self.mutate(format!("disable_source_dest_check {instance_id}"), || self.inner.disable_source_dest_check(instance_id)).await
     }
+    async fn set_instance_profile(&self, instance_id: &str, profile: &str) -> CloudResult<()> {
+        self.mutate(format!("set_instance_profile {instance_id} {profile}"), || self.inner.set_instance_profile(instance_id, profile)).await
+    }
     async fn associate_route_table(&self, route_table_id: &str, subnet_id: &str) -> CloudResult<()> {
         self.mutate(format!("associate_route_table {route_table_id} {subnet_id}"), || {
             self.inner.associate_route_table(route_table_id, subnet_id)

@@ -278,6 +278,7 @@ async fn apply(cloud: &dyn Cloud, spec: &ClusterSpec, names: &Names<'_>, options
         }
         Step::AddRoleToInstanceProfile { profile, role } => cloud.add_role_to_instance_profile(profile, role).await?,
         Step::LaunchInstance { .. } => unreachable!("launches are applied together by launch_all"),
+        Step::SetInstanceProfile { id, profile, .. } => cloud.set_instance_profile(id, profile).await?,
         Step::TerminateInstance { id, .. } => {
             cloud.terminate_instances(std::slice::from_ref(id)).await?;
             r.instances.retain(|_, i| &i.id != id);

@@ -40,6 +40,7 @@ pub enum Step {
     AddRoleToInstanceProfile { profile: String, role: String },
     LaunchInstance { pool: String, slot: u32, name: String, zone: String, instance_type: String },
     TerminateInstance { id: String, name: String, reason: String },
+    SetInstanceProfile { id: String, name: String, profile: String },
     CreateTargetGroup { name: String, port: u16 },
     CreateLoadBalancer { name: String },
     CreateListener { port: u16 },
@@ -62,7 +63,8 @@ impl Step {
             | Step::RegisterMasters { .. }
             | Step::DeregisterTargets { .. }
             | Step::UpdateRolePolicy { .. }
-            | Step::AddRoleToInstanceProfile { .. } => '~',
+            | Step::AddRoleToInstanceProfile { .. }
+            | Step::SetInstanceProfile { .. } => '~',
             Step::TerminateInstance { .. } | Step::DeleteListener { .. } | Step::DeleteLoadBalancer { .. } | Step::DeleteTargetGroup { .. } => '-',
             _ => '+',
         }
@@ -92,6 +94,7 @@ impl fmt::Display for Step {
             Step::AddRoleToInstanceProfile { profile, role } => write!(f, "instance profile {profile}: add role {role}"),
             Step::LaunchInstance { name, zone, instance_type, .. } => write!(f, "instance {name} ({instance_type} in {zone})"),
             Step::TerminateInstance { id, name, reason } => write!(f, "instance {name} ({id}): {reason}"),
+            Step::SetInstanceProfile { id, name, profile } => write!(f, "instance {name} ({id}): run on instance profile {profile}"),
             Step::CreateTargetGroup { name, port } => write!(f, "target group {name} (tcp/{port})"),
             Step::CreateLoadBalancer { name } => write!(f, "network load balancer {name}"),
             Step::CreateListener { port } => write!(f, "listener tcp/{port}"),
@@ -362,6 +365,13 @@ pub fn plan(spec: &ClusterSpec, inventory: &Inventory) -> Result<Plan, Provision
                 steps.push(Step::TerminateInstance { id: i.id.clone(), name, reason: format!("pool {pool} wants fewer machines") });
             } else if n > 0 {
                 steps.push(Step::TerminateInstance { id: i.id.clone(), name, reason: format!("a second machine in slot {pool}/{slot}") });
+            } else if let Some(kind) = spec.pool(pool).map(|p| InstanceRole::of(p.role)) {
+                // A machine launched before its kind had a profile (or given another by hand) runs
+                // on the kind's profile from now on: EC2 changes a running machine's profile in place.
+                let profile = names.instance_role(kind);
+                if !i.instance_profile.as_deref().is_some_and(|arn| arn.ends_with(&format!("/{profile}"))) {
+                    steps.push(Step::SetInstanceProfile { id: i.id.clone(), name, profile });
+                }
             }
         }
     }

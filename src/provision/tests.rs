@@ -384,6 +384,38 @@ async fn converge_launches_every_machine_with_its_kinds_profile_and_a_rerun_chan
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_machine_without_its_kinds_profile_or_with_another_is_given_its_own_in_place() {
+    let (fake, cloud) = setup();
+    let spec = spec_with(1);
+    create(&cloud, &spec).await;
+    let inv = discover(&cloud, "t1").await.unwrap();
+    let id_of = |masters: bool| inv.instances.iter().find(|i| (i.tags["clusterctl:pool"] == "masters") == masters).unwrap().id.clone();
+    let (master, worker) = (id_of(true), id_of(false));
+    // A worker of a cluster made before the workers' role; a master given the workers' by hand.
+    fake.drop_instance_profile(&worker);
+    cloud.set_instance_profile(&master, &iam::InstanceRole::Worker.name("t1")).await.unwrap();
+
+    fake.clear_calls();
+    let done = create(&cloud, &spec).await;
+    let shown = done.plan.to_string();
+    for (id, kind) in [(&master, iam::InstanceRole::Master), (&worker, iam::InstanceRole::Worker)] {
+        assert!(done.plan.steps.contains(&Step::SetInstanceProfile { id: id.clone(), name: fake_name(&inv, id), profile: kind.name("t1") }), "{shown}");
+    }
+    assert_eq!(done.plan.steps.len(), 2, "nothing else changes, nothing is launched or terminated: {shown}");
+    assert!(shown.contains(&format!("~ instance {} ({worker}): run on instance profile clusterctl-t1-worker", fake_name(&inv, &worker))), "{shown}");
+    let after = discover(&cloud, "t1").await.unwrap();
+    for i in &after.instances {
+        let kind = if i.id == master { iam::InstanceRole::Master } else { iam::InstanceRole::Worker };
+        assert_eq!(i.instance_profile, after.iam(kind).profile.as_ref().map(|p| p.arn.clone()), "{}", i.tags["Name"]);
+    }
+    assert!(create(&cloud, &spec).await.plan.is_empty());
+}
+
+fn fake_name(inv: &crate::provision::Inventory, id: &str) -> String {
+    inv.instances.iter().find(|i| i.id == id).unwrap().tags["Name"].clone()
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_policy_that_differs_is_replaced_and_a_profile_without_its_role_gets_it() {
     let (fake, cloud) = setup();
     let spec = spec_with(1);

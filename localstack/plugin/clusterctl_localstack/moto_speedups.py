@@ -1,4 +1,5 @@
-"""A fix for moto's EC2 tags that keeps the harness as fast after a hundred clusters as after one.
+"""Fixes for moto's EC2: tags that keep the harness as fast after a hundred clusters as after one,
+and an instance's profile after a replaced association.
 
 moto finds one resource's tags by scanning every tag of the region (``get_tags`` calls
 ``describe_tags`` with a ``resource-id`` filter, a regex matched against every tag), and it keeps
@@ -9,7 +10,10 @@ everything that polls it slowed down as the session went on.
 
 ``install`` (1) reads a resource's tags from moto's tag table directly, giving what the scan gave
 (same dicts, same order), and (2) drops the tags of a VPC, subnet, security group, internet gateway,
-route table, volume or network interface when moto deletes it, as AWS does.
+route table, volume or network interface when moto deletes it, as AWS does; (3) makes
+``ReplaceIamInstanceProfileAssociation`` change the instance's profile as ``DescribeInstances``
+shows it (moto changes only the association, so a running machine given another profile showed the
+old one for ever; the metadata service, which reads the association, already served the new role).
 """
 
 from __future__ import annotations
@@ -59,4 +63,14 @@ def install() -> None:
     forget_tags_on("delete_network_interface", first("eni_id"))
     # security groups are deleted by id (clusterctl) or by name
     forget_tags_on("delete_security_group", lambda args, kwargs: kwargs.get("group_id") or (args[1] if len(args) > 1 else None))
-    LOG.info("moto EC2 tag look-ups made direct; tags of deleted resources dropped")
+    replace = EC2Backend.replace_iam_instance_profile_association
+
+    def replace_association(self: Any, *args: Any, **kwargs: Any) -> Any:
+        association = replace(self, *args, **kwargs)
+        self.modify_instance_attribute(
+            association.instance_id, "iam_instance_profile", {"Arn": association.iam_instance_profile.arn, "Id": association.association_id}
+        )
+        return association
+
+    EC2Backend.replace_iam_instance_profile_association = replace_association
+    LOG.info("moto EC2 tag look-ups made direct; tags of deleted resources dropped; replaced profile associations shown")
