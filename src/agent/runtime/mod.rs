@@ -12,6 +12,7 @@
 
 pub mod docker;
 pub mod fake;
+pub mod fastpath;
 pub mod pause;
 pub mod podnet;
 

@@ -159,6 +159,8 @@ impl PodNetwork {
                 }
             }
             run("iptables-restore", &["-w", "5", "--noflush"], Some(&self.nat_rules())).await.map_err(|e| failed(action(), e))?;
+            // pods wired before the agent (re)started, and the uplink
+            super::fastpath::add_existing_pod_links();
         }
         Ok(())
     }
@@ -202,6 +204,9 @@ impl PodNetwork {
         let gateway = self.gateway();
         let host = format!("link set {veth} up\nroute replace {ip}/32 dev {veth} src {gateway}\n");
         run("ip", &["-b", "-"], Some(&host)).await.map_err(|e| failed(action(), e))?;
+        if self.nat {
+            super::fastpath::add_pod_link(&veth);
+        }
         // everything the pod sends goes to the gateway, whose address the node's end answers ARP
         // for (a local address); a Service's DNAT back to the pod itself is routed back out
         let inside = format!("link set lo up\nlink set eth0 up\naddr add {ip}/32 dev eth0\nroute add {gateway} dev eth0 scope link\nroute add default via {gateway} dev eth0\n");
