@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import ipaddress
 import json
 import os
 import re
@@ -47,13 +48,15 @@ def _listening_sockets_of(pid: int) -> list[tuple[str, str]]:
 
 
 def _forwarder_addresses() -> set[str]:
-    """host:port of the realizer's load-balancer listeners and of its instance metadata service
+    """host:port of the realizer's load-balancer listeners, of its VPC resolvers (each VPC's
+    gateway address, port 53, while a cluster lives there) and of its instance metadata service
     (169.254.169.254:80, an address of the VPC bridges only): LocalStack's sockets too."""
     try:
         state = realizer_state()
     except OSError:
         return set()
     found = {l["address"] for l in state.get("listeners", {}).values()}
+    found |= {f"{ipaddress.ip_network(r['cidr'])[1]}:53" for r in state.get("vpc_resolvers", {}).values()}
     imds = state.get("metadata_service", {})
     if imds.get("listening"):
         found.add(imds["address"])

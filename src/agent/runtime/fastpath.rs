@@ -39,7 +39,10 @@ use std::sync::{Mutex, OnceLock};
 
 // ---------------------------------------------------------------- the bpf(2) system call
 
-const SYS_BPF: i64 = 321; // x86_64
+#[cfg(target_arch = "x86_64")]
+const SYS_BPF: i64 = 321;
+#[cfg(target_arch = "aarch64")]
+const SYS_BPF: i64 = 280;
 const BPF_MAP_CREATE: i64 = 0;
 const BPF_MAP_UPDATE_ELEM: i64 = 2;
 const BPF_MAP_DELETE_ELEM: i64 = 3;
