@@ -347,7 +347,14 @@ async fn pods_have_routable_addresses_shared_by_their_containers(home: &Path, cl
     assert!(out.status.success() && !out.stdout.is_empty(), "node {} to pod {b_ip}: {}", a["spec"]["nodeName"], String::from_utf8_lossy(&out.stderr));
     // The established connection's packets skip the node's IP layer (agent/runtime/fastpath.rs):
     // 16 MiB from pod to pod cross the pod's link in hundreds of packets, of which the node's
-    // FORWARD chain sees only the opening, the closing and one in 256.
+    // FORWARD chain sees only the opening, the closing and one ACK in 256. (Where the kernel has
+    // no tcx, before Linux 6.6, or no BTF, the agent runs without the fast path: the copy must
+    // still arrive whole.)
+    let fast_path_kernel = std::path::Path::new("/sys/kernel/btf/vmlinux").exists() && {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (6, 6)
+    };
     let b_instance = instance_of(client, str_at(b, "/spec/nodeName")).await;
     let b_container = str_at(b, "/status/containerStatuses/0/containerID").trim_start_matches("docker://").to_string();
     let on = |instance: &str, cmd: &str| String::from_utf8(std::process::Command::new("docker").args(["exec", instance, "sh", "-c", cmd]).output().unwrap().stdout).unwrap();
@@ -371,7 +378,10 @@ async fn pods_have_routable_addresses_shared_by_their_containers(home: &Path, cl
     })
     .await;
     assert_eq!(got, "16777216", "the receiving pod got all 16 MiB");
-    assert!(sent >= 200 && forwarded * 4 < sent, "the fast path takes the established packets: {sent} sent, {forwarded} forwarded by the IP layer");
+    assert!(sent >= 200, "16 MiB in {sent} packets?");
+    if fast_path_kernel {
+        assert!(forwarded * 4 < sent, "the fast path takes the established packets: {sent} sent, {forwarded} forwarded by the IP layer");
+    }
     // out of the cluster through the node: LocalStack's health on the harness's bridge
     let out = in_container(&a_instance, &a_container, &format!("timeout 5 wget -q -O - http://{}:4566/_localstack/health", harness_gateway()));
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("services"), "pod to the harness outside the VPC: {}", String::from_utf8_lossy(&out.stderr));
