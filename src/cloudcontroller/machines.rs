@@ -314,7 +314,7 @@ async fn grow(ctx: &Context, client: &ApiClient, spec: &ClusterSpec, instances: 
     let key_text = std::fs::read_to_string(&ctx.ssh_key)?;
     let public = ssh_key::PrivateKey::from_openssh(&key_text)?.public_key().to_openssh()?;
     let report = LogReport::default();
-    let converged = provision::converge(ctx.cloud.as_ref(), &target, &ConvergeOptions::new(public), &report).await?;
+    let converged = provision::converge(ctx.cloud.as_ref(), &target, &ConvergeOptions { set_instance_profiles: false, ..ConvergeOptions::new(public) }, &report).await?;
     let known: BTreeSet<&str> = instances.iter().map(|i| i.id.as_str()).collect();
     let pool_spec = target.pool(pool).ok_or_else(|| anyhow::anyhow!("pool {pool} is not in the spec"))?;
     let new: Vec<bootstrap::Machine> = converged
@@ -345,7 +345,7 @@ async fn replace_master(ctx: &Context, client: &ApiClient, spec: &ClusterSpec, a
     let key_text = std::fs::read_to_string(&ctx.ssh_key)?;
     let public = ssh_key::PrivateKey::from_openssh(&key_text)?.public_key().to_openssh()?;
     let report = LogReport::default();
-    let converged = provision::converge(ctx.cloud.as_ref(), &target, &ConvergeOptions::new(public), &report).await?;
+    let converged = provision::converge(ctx.cloud.as_ref(), &target, &ConvergeOptions { set_instance_profiles: false, ..ConvergeOptions::new(public) }, &report).await?;
     let known: BTreeSet<&str> = all.iter().map(|i| i.id.as_str()).collect();
     let masters: Vec<bootstrap::Machine> = converged
         .instances

@@ -43,6 +43,10 @@ pub struct ConvergeOptions {
     /// Leave the masters' registration with the API load balancer to the caller (in
     /// [`Converged::registration`]), which registers them once they serve.
     pub defer_registration: bool,
+    /// Give a machine on no instance profile, or on the other kind's, its own
+    /// ([`Step::SetInstanceProfile`]): the operator's `create` does; the master's machine
+    /// controller may not (its policy passes only the masters' role), so it leaves them, noted.
+    pub set_instance_profiles: bool,
 }
 
 impl ConvergeOptions {
@@ -54,6 +58,7 @@ impl ConvergeOptions {
             target_deadline: Duration::from_secs(120),
             poll_interval: Duration::from_secs(1),
             defer_registration: false,
+            set_instance_profiles: true,
         }
     }
 }
@@ -150,7 +155,12 @@ impl Resolved {
 pub async fn converge(cloud: &dyn Cloud, spec: &ClusterSpec, options: &ConvergeOptions, reporter: &dyn Reporter) -> Result<Converged, ProvisionError> {
     reporter.phase("discovering existing resources");
     let inventory = discover(cloud, spec.name.as_str()).await?;
-    let plan = plan(spec, &inventory)?;
+    let mut plan = plan(spec, &inventory)?;
+    if !options.set_instance_profiles {
+        let (left, steps): (Vec<Step>, Vec<Step>) = plan.steps.into_iter().partition(|s| matches!(s, Step::SetInstanceProfile { .. }));
+        plan.steps = steps;
+        plan.notes.extend(left.iter().map(|s| format!("{s}: left to `clusterctl create`")));
+    }
     for note in &plan.notes {
         reporter.warn(note);
     }

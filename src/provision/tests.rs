@@ -395,6 +395,14 @@ async fn a_machine_without_its_kinds_profile_or_with_another_is_given_its_own_in
     fake.drop_instance_profile(&worker);
     cloud.set_instance_profile(&master, &iam::InstanceRole::Worker.name("t1")).await.unwrap();
 
+    // The master's machine controller may not pass the workers' role: it leaves them, noted.
+    fake.clear_calls();
+    let master_run = ConvergeOptions { set_instance_profiles: false, ..options() };
+    let done = converge(&cloud, &spec, &master_run, &NoReport).await.unwrap();
+    assert!(done.plan.is_empty(), "{}", done.plan);
+    assert!(done.plan.notes.iter().any(|n| n.contains(&worker) && n.contains("left to `clusterctl create`")), "{:?}", done.plan.notes);
+    assert_eq!(fake.mutating_calls(), Vec::<String>::new());
+
     fake.clear_calls();
     let done = create(&cloud, &spec).await;
     let shown = done.plan.to_string();
