@@ -87,7 +87,6 @@ pub fn https_client() -> SharedHttpClient {
     aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()
 }
 
-/// Turns an SDK error into a [`CloudError`] saying what was being done.
 /// EC2 does not see an instance profile made seconds ago yet (IAM is eventually consistent) and
 /// answers `InvalidParameterValue` "Invalid IAM Instance Profile name": a not-found, which the
 /// retry layer waits out, not a bad request.
@@ -98,6 +97,7 @@ fn profile_not_seen_yet(mut e: CloudError) -> CloudError {
     e
 }
 
+/// Turns an SDK error into a [`CloudError`] saying what was being done.
 fn classify<E, R>(action: impl Into<String>, err: SdkError<E, R>) -> CloudError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,

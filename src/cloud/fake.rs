@@ -199,6 +199,11 @@ fn not_found(action: String, code: &str) -> CloudError {
     CloudError::new(action, ErrorKind::NotFound, Some(code.into()), "does not exist")
 }
 
+/// As EC2 answers (and aws.rs classifies) an instance profile it does not see (yet).
+fn profile_not_seen(action: String, name: &str) -> CloudError {
+    CloudError::new(action, ErrorKind::NotFound, Some("InvalidParameterValue".into()), format!("Value ({name}) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"))
+}
+
 fn in_use(action: String, what: &str) -> CloudError {
     CloudError::new(action, ErrorKind::DependencyViolation, Some("DependencyViolation".into()), format!("still used by {what}"))
 }
@@ -443,9 +448,7 @@ impl Cloud for FakeCloud {
     async fn set_instance_profile(&self, instance_id: &str, profile: &str) -> CloudResult<()> {
         let action = || format!("giving instance {instance_id} the instance profile {profile}");
         let mut s = self.enter("set_instance_profile", action)?;
-        let arn = s.profiles.get(profile).map(|p| p.arn.clone()).ok_or_else(|| {
-            CloudError::new(action(), ErrorKind::NotFound, Some("InvalidParameterValue".into()), format!("Invalid IAM Instance Profile name {profile}"))
-        })?;
+        let arn = s.profiles.get(profile).map(|p| p.arn.clone()).ok_or_else(|| profile_not_seen(action(), profile))?;
         let f = s.instances.get_mut(instance_id).ok_or_else(|| not_found(action(), "InvalidInstanceID.NotFound"))?;
         f.instance.instance_profile = Some(arn);
         Ok(())
@@ -506,8 +509,7 @@ impl Cloud for FakeCloud {
         let subnet = s.subnets.get(&request.subnet_id).cloned().ok_or_else(|| not_found(action(), "InvalidSubnetID.NotFound"))?;
         let mut instance_profile = None;
         if let Some(name) = &request.instance_profile {
-            // As EC2 answers (and aws.rs classifies) a profile it does not see (yet).
-            let invisible = || CloudError::new(action(), ErrorKind::NotFound, Some("InvalidParameterValue".into()), format!("Value ({name}) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"));
+            let invisible = || profile_not_seen(action(), name);
             if s.profile_invisible_launches > 0 {
                 s.profile_invisible_launches -= 1;
                 return Err(invisible());

@@ -406,7 +406,7 @@ impl FastPath {
         let mut attached = self.attached.lock().unwrap();
         // links of devices that are gone (pods deleted) are dead: drop them, and their map entries
         attached.retain(|name, (index, _)| {
-            let alive = std::path::Path::new(&format!("/sys/class/net/{name}")).exists();
+            let alive = super::podnet::link_exists(name);
             if !alive {
                 let key = index.to_le_bytes();
                 let _ = bpf(BPF_MAP_DELETE_ELEM, &attr(&[&(self.pod_links.as_raw_fd() as u32).to_le_bytes(), &0u32.to_le_bytes(), &(key.as_ptr() as u64).to_le_bytes()]));

@@ -70,7 +70,7 @@ async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), St
 }
 
 /// Whether a network interface of this name exists in the agent's network namespace.
-fn link_exists(name: &str) -> bool {
+pub(super) fn link_exists(name: &str) -> bool {
     std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
